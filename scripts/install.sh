@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install tapswitch on Debian, as root: the system packages it needs, a
+# virtualenv in .venv with tapswitch built into it (the C fast path is
+# compiled here), and the `tapswitch` command in /usr/local/bin.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=(iproute2 gcc)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+python3 - <<'PY' 2>/dev/null || need+=(python3-dev)
+import os, sysconfig
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+PY
+missing=()
+for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+modprobe tun 2>/dev/null || true
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e .
+ln -sf "$PWD/.venv/bin/tapswitch" /usr/local/bin/tapswitch
+echo "tapswitch installed: $(command -v tapswitch)"

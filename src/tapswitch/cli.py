@@ -1,0 +1,144 @@
+"""Command line: tapswitch run | check | ports | fdb [flush].
+
+Exit codes: 0 clean stop, 2 configuration error (nothing created), 1 runtime
+failure with a one-line reason.
+"""
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+SOCKET_DIR = "/run/tapswitch"
+
+PORT_COLUMNS = ["rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
+                "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the switch in the foreground")
+    run.add_argument("-c", "--config", help="config file (default: the built-in demo)")
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("-c", "--config", required=True)
+
+    def client(name, help):
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--json", action="store_true", help="print JSON")
+        c.add_argument("-s", "--socket", help="control socket of the switch")
+        c.add_argument("-c", "--config", help="take the control socket from this config")
+        return c
+
+    client("ports", "show the ports of a running switch")
+    fdb = client("fdb", "show the MAC table of a running switch")
+    fdb_sub = fdb.add_subparsers(dest="action")
+    flush = fdb_sub.add_parser("flush", help="flush learned entries")
+    flush.add_argument("--port", help="only this port's entries")
+    flush.add_argument("-s", "--socket", dest="flush_socket", help=argparse.SUPPRESS)
+    return p
+
+
+def find_socket(args) -> str:
+    """The control socket: -s, else the config's, else the only one running."""
+    path = getattr(args, "flush_socket", None) or args.socket
+    if path:
+        return path
+    if args.config:
+        from tapswitch import config
+        return config.load(args.config).switch.control.socket
+    running = sorted(glob.glob(os.path.join(SOCKET_DIR, "*.sock")))
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise SystemExit(f"tapswitch: no switch is running (no socket in {SOCKET_DIR}); give one with -s")
+    raise SystemExit(f"tapswitch: several switches are running ({', '.join(running)}); pick one with -s")
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    cells = [headers] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def cmd_run(args) -> int:
+    from tapswitch import config, log
+    from tapswitch.switch import StartError, Switch
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
+    log.setup(cfg.switch.log.level, cfg.switch.log.format)
+    switch = Switch(cfg)
+    try:
+        switch.start()
+    except StartError as e:
+        print(f"tapswitch: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        switch.run()
+    finally:
+        switch.stop()
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from tapswitch import config
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as e:
+        print(e, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: ok, switch {cfg.switch.name}, {len(cfg.ports)} ports")
+    return EXIT_OK
+
+
+def _request(args, cmd: str, **kw):
+    from tapswitch import control
+    try:
+        return control.request(find_socket(args), cmd, **kw)
+    except control.ControlError as e:
+        raise SystemExit(f"tapswitch: {e}") from None
+
+
+def cmd_ports(args) -> int:
+    result = _request(args, "ports")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    headers = ["NAME", "STATE", "MAC", "MTU", "SPEED", "REMOTE", "QUEUES"] + [c.upper().replace("_", "-") for c in PORT_COLUMNS]
+    print(table([[p["name"], p["state"], p["mac"], p["mtu"], p["speed"], p["remote"], p["queues"]]
+                 + [p["counters"][c] for c in PORT_COLUMNS] for p in result], headers))
+    return EXIT_OK
+
+
+def cmd_fdb(args) -> int:
+    if args.action == "flush":
+        result = _request(args, "fdb_flush", port=args.port)
+        print(f"flushed {result['flushed']} entries")
+        return EXIT_OK
+    result = _request(args, "fdb")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    rows = sorted(result, key=lambda e: (e["port"], e["vlan"], e["mac"]))
+    print(table([[e["mac"], e["vlan"], e["port"], e["age"], "yes" if e["static"] else "no"] for e in rows],
+                ["MAC", "VLAN", "PORT", "AGE", "STATIC"]))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_fdb}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Control socket: the running switch answers `tapswitch ports` / `fdb` over a Unix socket.
+
+One JSON request per connection, one JSON reply:
+    {"cmd": "ports"} -> {"ok": true, "result": [...]}
+    {"cmd": "fdb_flush", "port": "web0"} -> {"ok": true, "result": {"flushed": 3}}
+    anything wrong -> {"ok": false, "error": "one line"}
+The socket is mode 0600 and only root or the switch's own user may talk to it
+(SO_PEERCRED).
+"""
+
+import json
+import os
+import socket
+import socketserver
+import struct
+import threading
+
+import structlog
+
+log = structlog.get_logger("tapswitch.control")
+
+MAX_REQUEST = 64 * 1024
+CLIENT_TIMEOUT = 5.0
+
+
+class ControlError(Exception):
+    """The request cannot be served; the message goes back to the client."""
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    timeout = CLIENT_TIMEOUT
+
+    def handle(self) -> None:
+        uid = _peer_uid(self.request)
+        if uid not in (0, os.getuid()):
+            self._reply({"ok": False, "error": "permission denied"})
+            return
+        try:
+            request = json.loads(self.rfile.readline(MAX_REQUEST))
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ControlError("a request is a JSON object with a \"cmd\" string")
+            result = self.server.dispatch(request)
+            self._reply({"ok": True, "result": result})
+        except (ControlError, ValueError) as e:
+            self._reply({"ok": False, "error": str(e)})
+
+    def _reply(self, obj) -> None:
+        self.wfile.write(json.dumps(obj).encode() + b"\n")
+
+
+class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Serves commands from `handlers` (cmd name -> callable taking the request)."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, handlers: dict):
+        self.path = path
+        self.handlers = handlers
+        _claim(path)
+        old = os.umask(0o177)
+        try:
+            super().__init__(path, _Handler)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        self.thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
+
+    def dispatch(self, request: dict):
+        handler = self.handlers.get(request["cmd"])
+        if handler is None:
+            raise ControlError(f"unknown command {request['cmd']!r}")
+        return handler(request)
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("control.listening", socket=self.path)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.shutdown()
+        self.server_close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _claim(path: str) -> None:
+    """Make way for our socket: refuse if a live switch owns it, remove a stale one."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)      # left by a switch that died
+        return
+    finally:
+        probe.close()
+    raise ControlError(f"another tapswitch is running on control socket {path}")
+
+
+def request(path: str, cmd: str, **args):
+    """Send one command to the switch at `path`; return its result or raise ControlError."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(CLIENT_TIMEOUT)
+    try:
+        s.connect(path)
+    except FileNotFoundError:
+        raise ControlError(f"no switch is running on {path}") from None
+    except OSError as e:
+        raise ControlError(f"cannot reach the switch on {path}: {e.strerror}") from None
+    with s, s.makefile("rwb") as f:
+        f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        f.flush()
+        line = f.readline(16 * 1024 * 1024)
+    if not line:
+        raise ControlError(f"the switch on {path} closed the connection")
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error", "request failed"))
+    return reply["result"]

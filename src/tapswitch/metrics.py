@@ -1,0 +1,88 @@
+"""Metrics: every tapswitch_* metric, read from shared memory at scrape time.
+
+All metrics are declared here. Per-packet counting happens in the fast path;
+this collector only sums the (worker, port) slots when Prometheus scrapes.
+A MAC address is never a label (a port's own MAC in port_info is config).
+"""
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+import tapswitch
+
+# fast path counter -> (metric name without tapswitch_ and _total, help)
+PORT_COUNTERS = {
+    "rx_packets": ("port_rx_packets", "Frames received from the port and accepted."),
+    "rx_bytes": ("port_rx_bytes", "Bytes of the frames received from the port."),
+    "rx_errors": ("port_rx_errors", "Malformed frames received: runts, bad virtio-net headers, bad source MACs."),
+    "rx_dropped": ("port_rx_dropped", "Well-formed frames received but not forwarded."),
+    "tx_packets": ("port_tx_packets", "Frames sent to the port."),
+    "tx_bytes": ("port_tx_bytes", "Bytes of the frames sent to the port."),
+    "tx_errors": ("port_tx_errors", "Frames not sent: over the port's MTU, or the write failed."),
+    "tx_dropped": ("port_tx_dropped", "Frames not sent because the port's queue was full."),
+    "flooded": ("port_flooded_packets", "Frames received on the port that were flooded."),
+}
+
+FDB_COUNTERS = {
+    "learned": "MAC table entries learned.",
+    "moved": "MAC table entries that moved to another port.",
+    "aged": "MAC table entries removed by aging.",
+    "evicted": "MAC table entries evicted because their bucket was full.",
+}
+
+
+def _family(kind, name: str, doc: str, labels: list[str], rows) -> object:
+    """A metric family of `kind` with one sample per (label values, value) row."""
+    family = kind(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+class SwitchCollector:
+    """Reads one running switch's counters and state at scrape time."""
+
+    def __init__(self, switch):
+        self.switch = switch
+
+    def collect(self):
+        sw = self.switch
+        shared, name = sw.shared, sw.name
+        per_queue = [(port, q, shared.queue_counters(port.index, q))
+                     for port in sw.ports for q in range(sw.queues)]
+        for key, (metric, doc) in PORT_COUNTERS.items():
+            yield _family(CounterMetricFamily, f"tapswitch_{metric}", doc, ["switch", "port", "queue"],
+                          (([name, port.name, str(q)], counts[key]) for port, q, counts in per_queue))
+        yield _family(GaugeMetricFamily, "tapswitch_port_up", "1 if the port's link is up, else 0.",
+                      ["switch", "port"], (([name, p.name], int(p.up)) for p in sw.ports))
+        yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",
+                      ["switch", "port", "mac", "mtu", "speed", "remote"],
+                      (([name, p.name, p.mac, str(p.cfg.mtu), str(p.cfg.speed or ""), p.cfg.remote or ""], 1)
+                       for p in sw.ports))
+        yield _family(GaugeMetricFamily, "tapswitch_port_fdb_entries", "MAC table entries on the port.",
+                      ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in sw.ports))
+        yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
+                      ["switch"], [([name], shared.fdb_entries())])
+        yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity", "MAC table size in entries.",
+                      ["switch"], [([name], shared.fdb_capacity)])
+        stats = shared.fdb_stats()
+        for key, doc in FDB_COUNTERS.items():
+            yield _family(CounterMetricFamily, f"tapswitch_fdb_{key}", doc, ["switch"], [([name], stats[key])])
+        workers = sw.supervisor.workers if sw.supervisor else []
+        yield _family(GaugeMetricFamily, "tapswitch_worker_up", "1 if the worker process of the queue runs.",
+                      ["switch", "queue"], (([name, str(w.queue)], int(sw.supervisor.alive(w))) for w in workers))
+        yield _family(CounterMetricFamily, "tapswitch_worker_restarts", "Worker processes restarted.",
+                      ["switch", "queue"], (([name, str(w.queue)], w.restarts) for w in workers))
+        yield _family(CounterMetricFamily, "tapswitch_config_reloads", "Configuration reloads, by result.",
+                      ["switch", "result"], (([name, r], n) for r, n in sw.reloads.items()))
+        yield _family(GaugeMetricFamily, "tapswitch_build_info", "tapswitch version; always 1.",
+                      ["version"], [([tapswitch.__version__], 1)])
+
+
+def serve(switch, host: str, port: int):
+    """Serve /metrics (text and OpenMetrics) on host:port; return the server to shut down."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    registry.register(SwitchCollector(switch))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

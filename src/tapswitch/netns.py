@@ -1,0 +1,139 @@
+"""Network namespaces the ports live in: resolve them, create missing named ones, remove those on stop.
+
+A port's `netns:` is a name (/run/netns/NAME, created when missing and then
+owned by the switch), a path (/proc/PID/ns/net, a bind mount) or `pid:N`.
+Only namespaces the switch created are removed again.
+
+Nothing here forks: the control process has threads (control socket,
+metrics), and a fork of a threaded process can hang on a lock some other
+thread held. A namespace is entered by a short-lived thread instead
+(setns changes only the calling thread), which makes what is needed there
+(a netlink socket, a new namespace) and ends.
+"""
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+
+import structlog
+
+log = structlog.get_logger("tapswitch.netns")
+
+RUN_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
+MNT_DETACH = 2
+NETLINK_ROUTE = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(Exception):
+    """A namespace could not be found or made; the message is one line for the user."""
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _in_thread(fn):
+    """Run fn() in a new thread (which may change its own namespaces) and return its result."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn()
+        except BaseException as e:   # handed back to the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=target, name="netns")
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _enter(nspath: str) -> None:
+    fd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns {nspath}")
+    finally:
+        os.close(fd)
+
+
+def netlink_socket(nspath: str | None) -> socket.socket:
+    """A NETLINK_ROUTE socket (datagram, as pyroute2 wants it) in the namespace at nspath."""
+    def make():
+        if nspath is not None:
+            _enter(nspath)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    return _in_thread(make)
+
+
+def create(name: str) -> str:
+    """Create the named namespace /run/netns/NAME, as `ip netns add` does; return its path."""
+    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+    # /run/netns must be a shared mount, so namespaces mounted on it are seen by every mount namespace.
+    if _libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None) != 0:
+        _check(_libc.mount(RUN_DIR.encode(), RUN_DIR.encode(), b"none", MS_BIND | MS_REC, None), "bind /run/netns")
+        _check(_libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None), "share /run/netns")
+    path = os.path.join(RUN_DIR, name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+
+    def make():
+        _check(_libc.unshare(CLONE_NEWNET), "unshare")
+        _check(_libc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net".encode(), path.encode(),
+                           b"none", MS_BIND, None), f"mount {path}")
+    try:
+        _in_thread(make)
+    except OSError:
+        os.unlink(path)
+        raise
+    return path
+
+
+def remove(name: str) -> None:
+    """Remove the named namespace, as `ip netns del` does."""
+    path = os.path.join(RUN_DIR, name)
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0 and ctypes.get_errno() != errno.EINVAL:
+        _check(-1, f"umount {path}")
+    os.unlink(path)
+
+
+class Namespaces:
+    """The namespaces of one switch run, and which of them it created."""
+
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def ensure(self, port) -> str | None:
+        """Return the path of `port`'s namespace, creating a missing named one."""
+        path = port.netns_path
+        if path is None:
+            return None
+        if os.path.exists(path):
+            return path
+        if port.netns_kind != "name":
+            raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
+        try:
+            create(port.netns)
+        except OSError as e:
+            raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
+        self.created.append(port.netns)
+        log.info("netns.created", netns=port.netns)
+        return path
+
+    def remove_created(self) -> None:
+        """Remove every namespace this run created, newest first."""
+        while self.created:
+            name = self.created.pop()
+            try:
+                remove(name)
+                log.info("netns.removed", netns=name)
+            except OSError as e:
+                log.warning("netns.remove_failed", netns=name, error=str(e))

@@ -1,0 +1,121 @@
+"""Supervisor: starts one worker process per queue and restarts any that dies.
+
+Worker q is handed queue q of every port. The control process keeps every
+fd open, so a restarted worker gets the very same queues; the MAC table and
+the counters are in shared memory and survive it.
+"""
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import structlog
+
+log = structlog.get_logger("tapswitch.supervisor")
+
+READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
+RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
+RESTART_WINDOW = 10.0
+BACKOFF = 1.0
+
+
+class WorkerError(Exception):
+    """A worker did not come up; the message is one line for the user."""
+
+
+class Worker:
+    """One worker process and what it needs to be started again."""
+
+    def __init__(self, queue: int):
+        self.queue = queue
+        self.proc: subprocess.Popen | None = None
+        self.pidfd = -1
+        self.restarts = 0
+        self.recent: list[float] = []   # monotonic times of recent restarts
+
+    def fileno(self) -> int:
+        return self.pidfd
+
+
+class Supervisor:
+    """The worker processes of one switch."""
+
+    def __init__(self, shm_fd: int, queues: int):
+        self.shm_fd = shm_fd
+        self.workers = [Worker(q) for q in range(queues)]
+        self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
+
+    def start(self, port_fds: dict[int, list[int]]) -> None:
+        """Start every worker over `port_fds` and wait until each is running."""
+        self.port_fds = port_fds
+        for w in self.workers:
+            self._spawn(w)
+
+    def _spawn(self, w: Worker) -> None:
+        ready_r, ready_w = os.pipe()
+        fds = {p: qfds[w.queue] for p, qfds in self.port_fds.items()}
+        argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
+                "--shm", str(self.shm_fd), "--ready", str(ready_w)]
+        argv += [f"--port={p}:{fd}" for p, fd in sorted(fds.items())]
+        try:
+            w.proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, ready_w, *fds.values()],
+                                      stdin=subprocess.DEVNULL)
+        finally:
+            os.close(ready_w)
+        try:
+            ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+            ok = bool(ready) and os.read(ready_r, 1) == b"R"
+        finally:
+            os.close(ready_r)
+        if not ok:
+            w.proc.kill()
+            w.proc.wait()
+            raise WorkerError(f"worker {w.queue} did not start (exit code {w.proc.returncode})")
+        w.pidfd = os.pidfd_open(w.proc.pid)
+        log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(fds))
+
+    def exited(self, w: Worker) -> None:
+        """Called when w's pidfd is readable: reap it and start it again."""
+        rc = w.proc.wait()
+        os.close(w.pidfd)
+        w.pidfd = -1
+        how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
+        log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
+        now = time.monotonic()
+        w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
+        if len(w.recent) >= RESTART_BURST:
+            # A worker that keeps dying would otherwise spin the control process.
+            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent), backoff=BACKOFF)
+            time.sleep(BACKOFF)
+        w.recent.append(now)
+        self._spawn(w)
+        w.restarts += 1
+        log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
+
+    def restart_all(self, port_fds: dict[int, list[int]]) -> None:
+        """Hand every worker a new set of ports (a port was added or removed)."""
+        self.stop()
+        self.start(port_fds)
+
+    def alive(self, w: Worker) -> bool:
+        return w.proc is not None and w.proc.poll() is None
+
+    def stop(self) -> None:
+        """Stop every worker: SIGTERM, then SIGKILL for any still there after a second."""
+        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for p in procs:
+            p.terminate()
+        deadline = time.monotonic() + 1.0
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for w in self.workers:
+            if w.pidfd >= 0:
+                os.close(w.pidfd)
+                w.pidfd = -1

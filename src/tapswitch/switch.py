@@ -1,0 +1,307 @@
+"""The switch: starts ports, workers, control socket and metrics; runs the control loop; stops cleanly.
+
+Start order: shared memory, ports (TAP, namespace, addresses), link
+monitor, workers, control socket, metrics, then READY=1. Stop undoes it in
+reverse. A failed start runs the same stop, so it leaves no device,
+namespace or socket behind.
+
+The control loop waits on: signals (SIGTERM/SIGINT stop, SIGHUP reload),
+worker processes (restart the one that exited), link events (port up/down),
+and a one-second tick for MAC table aging.
+"""
+
+import math
+import os
+import selectors
+import signal
+import socket
+
+import structlog
+
+from tapswitch import config as config_mod
+from tapswitch import fastpath, ports
+from tapswitch.control import ControlError, ControlServer
+from tapswitch.linkmon import LinkMonitor
+from tapswitch.netns import Namespaces, NetnsError
+from tapswitch.supervisor import Supervisor, WorkerError
+from tapswitch.tap import TapError
+
+log = structlog.get_logger("tapswitch.switch")
+
+TICK = 1.0                 # seconds between MAC table maintenance steps
+AGING_STEPS = 4            # a full aging pass takes this many ticks
+FULL_LOG_INTERVAL = 60.0   # seconds between fdb.full warnings
+CAP_NET_ADMIN = 12
+
+
+class StartError(Exception):
+    """The switch could not start; the message is one line for the user."""
+
+
+STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
+
+
+def preflight() -> None:
+    """Fail early, with a reason, on what would fail later with a worse one."""
+    if not os.path.exists("/dev/net/tun"):
+        raise StartError("/dev/net/tun is missing: load the tun module (modprobe tun)")
+    with open("/proc/self/status") as f:
+        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    if not caps & (1 << CAP_NET_ADMIN):
+        raise StartError("tapswitch needs CAP_NET_ADMIN to create TAP devices (run it as root)")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def notify(state: str) -> None:
+    """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(addr)
+            s.sendall(state.encode())
+        except OSError as e:
+            log.warning("notify.failed", socket=os.environ["NOTIFY_SOCKET"], error=str(e))
+
+
+class Switch:
+    """One running switch: its config, ports, workers and services."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.name = cfg.switch.name
+        self.queues = cfg.switch.queues
+        self.ports: list[ports.Port] = []
+        self.namespaces = Namespaces()
+        self.shared: fastpath.Shared | None = None
+        self.supervisor: Supervisor | None = None
+        self.monitor = LinkMonitor()
+        self.control: ControlServer | None = None
+        self.metrics_server = None
+        self.selector = selectors.DefaultSelector()
+        self.reloads = {"success": 0, "failure": 0}
+        self.stopping = False
+        self.reload_requested = False
+        self.aging_cursor = 0
+        self.evicted_seen = 0
+        self.full_logged_at = -math.inf
+
+    # Starting.
+
+    def start(self) -> None:
+        """Bring everything up, or undo what was done and raise StartError."""
+        # A SIGTERM during start must still clean up: raise where start can catch it.
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            preflight()
+            self._start()
+        except STARTUP_ERRORS as e:
+            self.stop()
+            raise StartError(str(e)) from None
+        except BaseException:
+            self.stop()
+            raise
+        log.info("switch.ready", switch=self.name, ports=len(self.ports), queues=self.queues)
+        notify("READY=1")
+
+    def _start(self) -> None:
+        sw = self.cfg.switch
+        self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
+        self._start_services()
+        for index, pcfg in enumerate(self.cfg.ports):
+            port = ports.create(index, pcfg, self.queues, self.namespaces)
+            self.ports.append(port)
+            self.shared.set_port(index, fastpath.lib.TS_PORT_UP, pcfg.mtu)
+            ipr = self.monitor.watch(port.nspath)
+            if ipr is not None:
+                self.selector.register(ipr.fileno(), selectors.EVENT_READ, ("link", ipr))
+        self.supervisor = Supervisor(self.shared.fd, self.queues)
+        self.supervisor.start({p.index: p.fds for p in self.ports})
+        for w in self.supervisor.workers:
+            self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+
+    def _start_services(self) -> None:
+        """Control socket and metrics first: a clash there is found before any device is made."""
+        sw = self.cfg.switch
+        self.control = ControlServer(sw.control.socket, {
+            "ports": lambda req: self.ports_info(),
+            "fdb": lambda req: self.fdb_info(),
+            "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
+        })
+        self.control.start()
+        address = sw.metrics.address()
+        if address is not None:
+            from tapswitch import metrics    # only the control process serves metrics
+            try:
+                self.metrics_server = metrics.serve(self, *address)
+            except OSError as e:
+                raise StartError(f"metrics: cannot listen on {sw.metrics.listen}: {e.strerror}") from None
+            log.info("metrics.listening", address=sw.metrics.listen)
+
+    # The control loop.
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self.selector.register(wake_r, selectors.EVENT_READ, ("wake", wake_r))
+        try:
+            while not self.stopping:
+                for key, _ in self.selector.select(TICK):
+                    self._dispatch(*key.data)
+                if self.reload_requested:
+                    self.reload_requested = False
+                    self.reload()
+                self.maintain_fdb()
+        finally:
+            signal.set_wakeup_fd(-1)
+            self.selector.unregister(wake_r)
+            wake_r.close()
+            wake_w.close()
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _on_reload(self, signum, frame) -> None:
+        self.reload_requested = True
+
+    def _dispatch(self, kind: str, obj) -> None:
+        if kind == "wake":
+            try:
+                while obj.recv(512):
+                    pass
+            except BlockingIOError:
+                pass     # drained: the signal handlers have set their flags
+        elif kind == "worker":
+            if self.stopping:
+                return       # the stop signal went to the whole group: stop() reaps it
+            self.selector.unregister(obj.pidfd)
+            self.supervisor.exited(obj)
+            self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
+        elif kind == "link":
+            for ifindex, up in self.monitor.read(obj):
+                self.link_changed(obj, ifindex, up)
+
+    def link_changed(self, ipr, ifindex: int, up: bool) -> None:
+        """A port's device changed state: skip it when flooding and forget its MACs while down."""
+        for port in self.ports:
+            if self.monitor.sockets.get(port.nspath) is ipr and port.ifindex == ifindex:
+                break
+        else:
+            return
+        if port.up == up:
+            return
+        port.up = up
+        state = fastpath.lib.TS_PORT_UP if up else fastpath.lib.TS_PORT_DOWN
+        self.shared.set_port(port.index, state, port.cfg.mtu)
+        if up:
+            log.info("port.up", port=port.name)
+        else:
+            flushed = self.shared.fdb_flush(port.index)
+            log.warning("port.down", port=port.name, fdb_flushed=flushed)
+
+    def maintain_fdb(self) -> None:
+        """One aging step over a slice of the MAC table; warn when it is full."""
+        shared = self.shared
+        buckets = shared.fdb_capacity // fastpath.lib.TS_FDB_WAYS
+        step = math.ceil(buckets / AGING_STEPS)
+        aged = shared.fdb_age(shared.now(), self.cfg.switch.mac_table.aging, self.aging_cursor, step)
+        self.aging_cursor = (self.aging_cursor + step) % buckets
+        if aged:
+            log.debug("fdb.aged", entries=aged)
+        evicted = shared.fdb_stats()["evicted"]
+        if evicted > self.evicted_seen:
+            now = shared.now()
+            if now - self.full_logged_at >= FULL_LOG_INTERVAL:
+                log.warning("fdb.full", capacity=shared.fdb_capacity, evicted=evicted - self.evicted_seen)
+                self.full_logged_at = now
+            self.evicted_seen = evicted
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; an invalid one changes nothing."""
+        notify("RELOADING=1")
+        try:
+            new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
+        except config_mod.ConfigError as e:
+            self.reloads["failure"] += 1
+            log.error("config.reload_failed", errors=e.errors)
+        else:
+            self.reloads["success"] += 1
+            if new == self.cfg:
+                log.info("config.reloaded", changed=False)
+            else:
+                log.warning("config.reload_needs_restart",
+                            detail="this version applies a changed config on restart only")
+        notify("READY=1")
+
+    # What the control socket serves.
+
+    def port_by_name(self, name: str) -> ports.Port:
+        for port in self.ports:
+            if port.name == name:
+                return port
+        raise ControlError(f"no port named {name!r}")
+
+    def ports_info(self) -> list[dict]:
+        return [{
+            "name": p.name,
+            "state": "up" if p.up else "down",
+            "mac": p.mac,
+            "mtu": p.cfg.mtu,
+            "speed": p.cfg.speed,
+            "remote": p.cfg.remote,
+            "queues": self.queues,
+            "counters": self.shared.counters(p.index),
+        } for p in self.ports]
+
+    def fdb_info(self) -> list[dict]:
+        now = self.shared.now()
+        names = {p.index: p.name for p in self.ports}
+        return [{"mac": mac, "vlan": vlan, "port": names.get(port, str(port)),
+                 "age": max(0, now - seen), "static": static}
+                for mac, vlan, port, static, seen in self.shared.fdb_dump()]
+
+    def fdb_flush(self, port_name: str | None) -> int:
+        index = None if port_name is None else self.port_by_name(port_name).index
+        flushed = self.shared.fdb_flush(index)
+        log.info("fdb.flushed", port=port_name or "*", entries=flushed)
+        return flushed
+
+    # Stopping.
+
+    def stop(self) -> None:
+        """Undo everything start did, in reverse; safe after a partial start."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)    # a second signal must not cut the cleanup short
+        notify("STOPPING=1")
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
+        self.monitor.close()
+        for port in reversed(self.ports):
+            port.close()
+            log.info("port.removed", port=port.name)
+        self.ports.clear()
+        self.namespaces.remove_created()
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+        log.info("switch.stopped", switch=self.name)

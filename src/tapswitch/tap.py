@@ -1,0 +1,73 @@
+"""TAP queues: open the fds of a multi-queue TAP device, with vnet_hdr and offloads.
+
+Every queue of a device is opened with identical flags: a queue opened with
+other flags silently changes the framing of all queues (DESIGN.md). The
+device is not persistent: it exists while its fds are open, so a crashed
+switch leaves no TAP behind.
+"""
+
+import errno
+import fcntl
+import os
+import struct
+
+TUN_PATH = "/dev/net/tun"
+
+# <linux/if_tun.h>
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+
+QUEUE_FLAGS = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+VNET_HDR_LEN = 12
+
+
+class TapError(Exception):
+    """A TAP device could not be made; the message is one line for the user."""
+
+
+def _open_queue(name: str, flags: int) -> int:
+    fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        ifr = struct.pack("16sH22x", name.encode(), flags)
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
+        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_queues(name: str, queues: int) -> list[int]:
+    """Create TAP `name` with `queues` queue fds (non-blocking).
+
+    The first queue is opened with IFF_TUN_EXCL, so a name that is already
+    taken (by anything, TAP or not) is refused rather than joined.
+    """
+    if not os.path.exists(TUN_PATH):
+        raise TapError(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
+    fds: list[int] = []
+    try:
+        for q in range(queues):
+            flags = QUEUE_FLAGS | (IFF_TUN_EXCL if q == 0 else 0)
+            fds.append(_open_queue(name, flags))
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        if e.errno == errno.EBUSY or (e.errno == errno.EINVAL and not fds):
+            raise TapError(f"port {name}: a device named {name} already exists") from None
+        if e.errno == errno.EPERM:
+            raise TapError(f"port {name}: not permitted to create a TAP device (needs CAP_NET_ADMIN)") from None
+        raise TapError(f"port {name}: cannot open TAP queue {len(fds)}: {e.strerror}") from None
+    return fds

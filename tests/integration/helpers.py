@@ -1,0 +1,146 @@
+"""Helpers for integration tests: a tapswitch subprocess, namespaces, and cleanup that always runs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import yaml
+
+
+def uid(prefix: str = "t") -> str:
+    """A short unique tag for names in this test (TAP names are at most 15 chars)."""
+    return f"{prefix}{uuid.uuid4().hex[:6]}"
+
+
+def sh(*argv, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], check=check, timeout=timeout,
+                          capture_output=True, text=True, **kw)
+
+
+def nsexec(ns: str, *argv, **kw) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *argv, **kw)
+
+
+def netns_list() -> set[str]:
+    return {line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines() if line.strip()}
+
+
+def link_exists(name: str, ns: str | None = None) -> bool:
+    argv = ["ip", "link", "show", "dev", name]
+    if ns:
+        argv = ["ip", "netns", "exec", ns] + argv
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def link_mac(ns: str, dev: str) -> str:
+    info = json.loads(nsexec(ns, "ip", "-j", "link", "show", "dev", dev).stdout)
+    return info[0]["address"]
+
+
+def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
+    six = ["-6"] if ":" in address else []
+    r = nsexec(ns, "ping", *six, "-c", count, "-W", wait, "-i", "0.2", address, check=False)
+    return r.returncode == 0
+
+
+class Switch:
+    """A `tapswitch run` subprocess, started on a config dict, ready when it says READY=1."""
+
+    def __init__(self, cfg: dict, tmpdir: str):
+        self.cfg = cfg
+        self.dir = tmpdir
+        self.config_path = os.path.join(tmpdir, "tapswitch.yaml")
+        self.socket = cfg.setdefault("switch", {}).setdefault("control", {}).setdefault(
+            "socket", os.path.join(tmpdir, "ctl.sock"))
+        cfg["switch"].setdefault("metrics", {"listen": ""})
+        cfg["switch"].setdefault("log", {"level": "debug", "format": "json"})
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        self.log_path = os.path.join(tmpdir, "switch.log")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0, expect_ready: bool = True) -> "Switch":
+        notify_path = os.path.join(self.dir, "notify.sock")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        notify.settimeout(timeout)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            if expect_ready:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        msg = notify.recv(4096).decode()
+                    except socket.timeout:
+                        raise AssertionError(f"switch not ready in {timeout}s:\n{self.log()}") from None
+                    if "READY=1" in msg:
+                        break
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"switch not ready:\n{self.log()}")
+        finally:
+            notify.close()
+            os.unlink(notify_path)
+        return self
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()
+
+    def events(self, name: str | None = None) -> list[dict]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or e.get("event") == name:
+                out.append(e)
+        return out
+
+    def cli(self, *argv) -> subprocess.CompletedProcess:
+        return sh(sys.executable, "-m", "tapswitch", *argv, "-s", self.socket)
+
+    def cli_json(self, *argv):
+        return json.loads(self.cli(*argv, "--json").stdout)
+
+    def worker_pids(self) -> list[int]:
+        out = sh("pgrep", "-P", self.proc.pid, "-f", "tapswitch.worker", check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.log_file.close()
+        return rc
+
+
+def cleanup(namespaces=(), links=()) -> None:
+    """Remove whatever a test may have left, whether or not it passed."""
+    present = netns_list()
+    for ns in namespaces:
+        if ns in present:
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for link in links:
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+
+def tmpdir() -> str:
+    return tempfile.mkdtemp(prefix="tapswitch-test-")

@@ -1,0 +1,44 @@
+"""MAC learning at scale, end to end: thousands of hosts behind one port, reached without flooding."""
+
+import os
+import sys
+
+from tests.integration import helpers
+
+SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
+HOSTS = 3000
+
+
+def quiet_namespace(lab, suffix: str) -> str:
+    """A namespace whose kernel sends nothing by itself (no IPv6, no addresses)."""
+    ns = lab.netns(suffix, create=True)
+    helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    return ns
+
+
+def counters(sw) -> dict:
+    return {p["name"]: p["counters"] for p in sw.cli_json("ports")}
+
+
+def test_thousands_of_learned_hosts_are_reached_with_no_flooding(lab):
+    nss = [quiet_namespace(lab, s) for s in ("a", "b", "c")]
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0"} for i, ns in enumerate(nss)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2, "mac_table": {"size": 16384}}, "ports": ports})
+    a, b, c = (p["name"] for p in ports)
+
+    # Learning: HOSTS source MACs behind port a (broadcast frames, flooded once each).
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", "02:aa:00:00:00:00", "ff:ff:ff:ff:ff:ff",
+                   HOSTS, "--vary", "src", timeout=60)
+    learned = [e for e in sw.cli_json("fdb") if e["port"] == a and e["mac"].startswith("02:aa:")]
+    assert len(learned) == HOSTS
+
+    # Reaching them: unicast from port b to every learned MAC goes to port a only.
+    before = counters(sw)
+    b_mac = helpers.link_mac(nss[1], "eth0")
+    helpers.nsexec(nss[1], sys.executable, SENDER, "eth0", b_mac, "02:aa:00:00:00:00",
+                   HOSTS, "--vary", "dst", timeout=60)
+    after = counters(sw)
+    assert after[b]["rx_packets"] - before[b]["rx_packets"] == HOSTS
+    assert after[b]["flooded"] - before[b]["flooded"] == 0
+    assert after[a]["tx_packets"] - before[a]["tx_packets"] == HOSTS
+    assert after[c]["tx_packets"] - before[c]["tx_packets"] == 0

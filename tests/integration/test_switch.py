@@ -1,0 +1,217 @@
+"""The switch end to end: real TAP ports in real namespaces, driven through the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration import helpers
+
+
+def containers(lab, n: int, queues: int = 2, **switch) -> dict:
+    """A config with n containers (named namespaces the switch creates), 198.18.0.i and fd00::i."""
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24", f"fd00::{i + 1}/64"]} for i in range(n)]
+    return {"switch": {"name": lab.name("sw"), "queues": queues, **switch}, "ports": ports}
+
+
+def test_four_containers_reach_every_pair_over_ipv4_and_ipv6(lab):
+    cfg = containers(lab, 4, queues=2)
+    lab.switch(cfg)
+    failures = []
+    for i, src in enumerate(cfg["ports"]):
+        for j in range(4):
+            if i == j:
+                continue
+            for addr in (f"198.18.0.{j + 1}", f"fd00::{j + 1}"):
+                if not helpers.ping(src["netns"], addr):
+                    failures.append(f"{src['netns']} -> {addr}")
+    assert failures == []
+
+
+def test_iperf3_tcp_between_two_containers(lab):
+    cfg = containers(lab, 2, queues=1)
+    lab.switch(cfg)
+    a, b = cfg["ports"][0]["netns"], cfg["ports"][1]["netns"]
+    server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(server)
+    time.sleep(0.5)
+    r = helpers.nsexec(b, "iperf3", "-c", "198.18.0.1", "-t", "3", "-J", timeout=30)
+    result = json.loads(r.stdout)
+    received = result["end"]["sum_received"]["bytes"]
+    # A TCP stream of several seconds crossed the switch (speed is the benchmark's job).
+    assert received > 10 * 1024 * 1024
+
+
+def test_fdb_shows_each_host_on_its_port(lab):
+    cfg = containers(lab, 3, queues=2)
+    sw = lab.switch(cfg)
+    for j in (2, 3):
+        assert helpers.ping(cfg["ports"][0]["netns"], f"198.18.0.{j}")
+    fdb = sw.cli_json("fdb")
+    by_mac = {e["mac"]: e for e in fdb}
+    for port in cfg["ports"]:
+        mac = helpers.link_mac(port["netns"], "eth0")
+        assert by_mac[mac]["port"] == port["name"]
+        assert by_mac[mac]["vlan"] == 0
+        assert by_mac[mac]["static"] is False
+        assert 0 <= by_mac[mac]["age"] <= 5
+    assert set(fdb[0]) == {"mac", "vlan", "port", "age", "static"}
+
+
+def test_fdb_flush_by_port(lab):
+    # Namespaces without IPv6, so nothing relearns a flushed MAC behind the test's back.
+    nss = [lab.netns(s, create=True) for s in ("a", "b")]
+    for ns in nss:
+        helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0", "addresses": [f"198.18.0.{i + 1}/24"]}
+             for i, ns in enumerate(nss)]
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    assert helpers.ping(nss[0], "198.18.0.2")
+    p0, p1 = ports[0]["name"], ports[1]["name"]
+    assert {e["port"] for e in sw.cli_json("fdb")} == {p0, p1}
+    assert sw.cli("fdb", "flush", "--port", p0).stdout.strip() == "flushed 1 entries"
+    assert {e["port"] for e in sw.cli_json("fdb")} == {p1}
+    assert sw.cli("fdb", "flush").stdout.strip() == "flushed 1 entries"
+    assert sw.cli_json("fdb") == []
+
+
+def test_ports_json_has_exactly_the_contract_keys(lab):
+    cfg = containers(lab, 2, queues=2)
+    cfg["ports"][0]["mac"] = "02:00:00:00:00:0a"
+    cfg["ports"][0]["speed"] = 10000
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2", count=3)
+    ports = sw.cli_json("ports")
+    assert [p["name"] for p in ports] == [p["name"] for p in cfg["ports"]]
+    for p in ports:
+        assert set(p) == {"name", "state", "mac", "mtu", "speed", "remote", "queues", "counters"}
+        assert p["state"] == "up" and p["queues"] == 2 and p["mtu"] == 1500
+        assert p["counters"]["rx_packets"] >= 3 and p["counters"]["tx_packets"] >= 3
+    assert ports[0]["mac"] == "02:00:00:00:00:0a" and ports[0]["speed"] == 10000
+    # The port's MAC is the TAP's, seen from inside the container.
+    assert helpers.link_mac(cfg["ports"][0]["netns"], "eth0") == "02:00:00:00:00:0a"
+    human = sw.cli("ports").stdout
+    assert "NAME" in human and cfg["ports"][0]["name"] in human
+
+
+def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
+    cfg = containers(lab, 2, queues=2)
+    sw = lab.switch(cfg)
+    a = cfg["ports"][0]["netns"]
+    pids = sw.worker_pids()
+    assert len(pids) == 2
+    before = sw.cli_json("ports")[0]["counters"]["rx_packets"]
+    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-i", "0.05", "-c", "100", "-W", "1", "198.18.0.2"],
+                            stdout=subprocess.PIPE, text=True)
+    lab.procs.append(ping)
+    time.sleep(1.0)
+    os.kill(pids[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    while len(set(sw.worker_pids()) - set(pids)) < 1:
+        assert time.monotonic() - killed_at < 1.0, "worker not restarted within a second"
+        time.sleep(0.02)
+    out, _ = ping.communicate(timeout=30)
+    received = int(out.split(" received")[0].split()[-1])
+    # 100 pings at 50 ms: a restart within a second loses at most ~20 of them.
+    assert received >= 80, out
+    assert sw.events("worker.exited") and sw.events("worker.restarted")
+    # The table and the counters survived the worker.
+    assert sw.cli_json("ports")[0]["counters"]["rx_packets"] >= before + received
+    assert any(e["port"] == cfg["ports"][0]["name"] for e in sw.cli_json("fdb"))
+
+
+def test_sigterm_removes_every_device_namespace_and_process(lab):
+    cfg = containers(lab, 3, queues=2)
+    sw = lab.switch(cfg)
+    workers = sw.worker_pids()
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+    assert sw.stop(signal.SIGTERM) == 0
+    left = helpers.netns_list() & {p["netns"] for p in cfg["ports"]}
+    assert left == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+    assert not os.path.exists(sw.socket)
+    assert sw.events("switch.stopped")
+
+
+def test_sigint_is_a_clean_stop_too(lab):
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg)
+    assert sw.stop(signal.SIGINT) == 0
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+
+
+def test_bad_config_exits_2_and_creates_nothing(lab):
+    cfg = containers(lab, 2)
+    cfg["ports"][1]["mtu"] = "big"
+    cfg["ports"][0]["colour"] = "blue"
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert f"{sw.config_path}:" in r.stderr and "ports[1].mtu" in r.stderr and "ports[0].colour" in r.stderr
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+
+
+def test_name_clash_with_a_non_tap_device_exits_1_and_leaves_nothing(lab):
+    cfg = containers(lab, 2)
+    clash = cfg["ports"][1]["name"]
+    helpers.sh("ip", "link", "add", clash, "type", "veth", "peer", "name", clash + "x")
+    lab.links += [clash]
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"a device named {clash} already exists" in r.stderr
+    reason = [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+    assert len(reason) == 1
+    # The first port was made before the clash was found: it is gone again, and so is its namespace.
+    assert not helpers.link_exists(cfg["ports"][0]["name"])
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert helpers.link_exists(clash)    # the user's device is untouched
+
+
+def test_containers_given_by_pid_and_by_path(lab):
+    """Docker-style: a process's namespace by pid:N, and a bind-mounted namespace by path."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])
+    lab.procs.append(holder)
+    time.sleep(0.2)
+    ns_b = lab.netns("b", create=True)
+    ports = [
+        {"name": lab.name("pa"), "netns": f"pid:{holder.pid}", "ifname": "eth0", "addresses": ["198.18.1.1/24"]},
+        {"name": lab.name("pb"), "netns": f"/run/netns/{ns_b}", "addresses": ["198.18.1.2/24"]},
+    ]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports})
+    r = helpers.sh("nsenter", "-t", holder.pid, "-n", "ping", "-c", "1", "-W", "2", "198.18.1.2", check=False)
+    assert r.returncode == 0, r.stdout
+    assert sw.stop() == 0
+    # Namespaces the switch did not create are left alone.
+    assert ns_b in helpers.netns_list()
+    assert holder.poll() is None
+
+
+def test_ready_is_logged_and_notified(lab):
+    cfg = containers(lab, 2)
+    sw = lab.switch(cfg)     # start() waits for READY=1 on $NOTIFY_SOCKET
+    ready = sw.events("switch.ready")
+    assert ready and ready[0]["ports"] == 2
+
+
+def test_second_switch_on_the_same_socket_is_refused(lab):
+    cfg = containers(lab, 1)
+    sw = lab.switch(cfg)
+    other = {"switch": {"name": lab.name("s2"), "control": {"socket": sw.socket}},
+             "ports": [{"name": lab.name("q0")}]}
+    sw2 = lab.switch(other, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw2.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "another tapswitch is running" in r.stderr
+    assert not helpers.link_exists(other["ports"][0]["name"])
+    assert sw.cli_json("ports")      # the first switch still answers
