@@ -303,29 +303,35 @@ class Config(_Model):
         return self
 
 
+IDENTITY = ("name", "netns", "ifname", "remote")  # the Port keys that port_clashes reads
+
+
 def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     """(loc, message) for every port that clashes with an earlier one, given (index, port) pairs."""
     clashes = []
-    by_name: dict[str, int] = {}
-    by_inner: dict[tuple[str, str], int] = {}
+    by_name: dict[str, int] = {}  # TAP name → first port index
+    by_inner: dict[tuple[str, str], int] = {}  # (netns path, name inside) → first port index
     by_remote: dict[str, int] = {}
     for i, port in ports:
         if port.name in by_name:
-            clashes.append((("ports", i, "name"), f"duplicate port name {port.name!r} (first at ports[{by_name[port.name]}])"))
+            first = by_name[port.name]
+            clashes.append((("ports", i, "name"), f"duplicate port name {port.name!r} (first at ports[{first}])"))
         by_name.setdefault(port.name, i)
-        if port.netns is not None:
+        if port.netns is not None:  # in the host's netns the name rule above already holds
             key = (port.netns_path, port.inner_name)
             if key in by_inner:
-                field = "ifname" if port.ifname else "name"
-                clashes.append((("ports", i, field), f"{port.inner_name!r} is already in netns {port.netns!r} (ports[{by_inner[key]}])"))
+                where = ("ports", i, "ifname" if port.ifname else "name")
+                clashes.append((where, f"{port.inner_name!r} is already in netns {port.netns!r} (ports[{by_inner[key]}])"))
             by_inner.setdefault(key, i)
         if port.remote is not None:
             if port.remote in by_remote:
-                clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{by_remote[port.remote]}]"))
+                first = by_remote[port.remote]
+                clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{first}]"))
             by_remote.setdefault(port.remote, i)
-    for i, port in ports:  # after all names are known: a remote may name a later port
+    for i, port in ports:  # once every name is known: a remote may name a later port
         if port.remote in by_name:
-            clashes.append((("ports", i, "remote"), f"{port.remote!r} is the TAP of ports[{by_name[port.remote]}]; a port cannot attach a port"))
+            first = by_name[port.remote]
+            clashes.append((("ports", i, "remote"), f"{port.remote!r} is the TAP of ports[{first}]; a port cannot attach a port"))
     return clashes
 
 
@@ -347,29 +353,10 @@ def load(path: str | None) -> Config:
 
 def loads(text: str, source: str = "<string>") -> Config:
     """The config in `text` (named `source` in errors); raises ConfigError with every error found."""
-    try:
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            lines, errors = _lines(root)
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 0
-        problem = ": ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
-        raise ConfigError([f"{source}:{line}: -: YAML: {problem}"]) from None
-    except yaml.reader.ReaderError as e:  # a character YAML does not allow
-        line = text.count("\n", 0, e.position) + 1
-        raise ConfigError([f"{source}:{line}: -: YAML: character #x{e.character:04x} is not allowed"]) from None
-    except (ValueError, TypeError, OverflowError) as e:  # a scalar that fits its tag's pattern only
-        raise ConfigError([f"{source}:0: -: YAML: {e}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{source}:0: -: YAML: nested too deeply"]) from None
-
+    root, data = _parse(text, source)
     if root is None:
         raise ConfigError([f"{source}:1: -: empty config: expected a mapping with switch and ports"])
+    lines, errors = _lines(root)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:{lines[()]}: -: the top level must be a mapping, got {_kind(data)}"])
 
@@ -380,22 +367,52 @@ def loads(text: str, source: str = "<string>") -> Config:
         config = None
         located += _from_pydantic(e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
-            located += [(loc, msg, None) for loc, msg in port_clashes(_valid_ports(data.get("ports")))]
+            located += [(loc, msg, None) for loc, msg in port_clashes(_identities(data.get("ports")))]
     if located:
-        numbered = sorted(((line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located), key=lambda n: n[0])
+        numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
+        numbered.sort(key=lambda n: n[0])  # file order; pydantic's order within a line
         raise ConfigError([f"{source}:{line}: {path}: {msg}" for line, path, msg in numbered])
     return config
 
 
-def _valid_ports(ports: Any) -> list[tuple[int, Port]]:
-    """The ports that validate on their own, so clashes are found beside other errors."""
-    valid = []
-    for i, raw in enumerate(ports if isinstance(ports, list) else []):
+def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's root node (None when empty) and its Python value; a YAML error is a ConfigError."""
+    try:
+        loader = yaml.SafeLoader(text)
         try:
-            valid.append((i, Port.model_validate(raw)))
-        except ValidationError:
-            pass
-    return valid
+            root = loader.get_single_node()
+            return root, loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else 0
+        problem = ": ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
+        raise ConfigError([f"{source}:{line}: -: YAML: {problem}"]) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow
+        line = text.count("\n", 0, e.position) + 1
+        raise ConfigError([f"{source}:{line}: -: YAML: character #x{e.character:04x} is not allowed"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}:0: -: YAML: nested too deeply"]) from None
+    except Exception as e:  # noqa: BLE001 -- PyYAML's constructors raise what the conversion
+        # raises: ValueError for the date 2001-13-45, IndexError for an empty !!int...
+        raise ConfigError([f"{source}:0: -: YAML: cannot convert a value: {type(e).__name__}: {e}"]) from None
+
+
+def _identities(ports: Any) -> list[tuple[int, Port]]:
+    """Each port built from the keys that say where it lives, when those are valid.
+
+    Clashes depend on these keys only, so they are found in ports whose
+    other keys (mac, mtu...) are wrong, beside those errors.
+    """
+    identities = []
+    for i, raw in enumerate(ports if isinstance(ports, list) else []):
+        if isinstance(raw, dict):
+            try:
+                identities.append((i, Port.model_validate({k: v for k, v in raw.items() if k in IDENTITY})))
+            except ValidationError:
+                pass
+    return identities
 
 
 def _lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[Located]]:
