@@ -39,7 +39,12 @@
  * operations; nothing takes a lock. `key` is claimed with a compare-and-swap
  * from 0, `val` is replaced with a compare-and-swap from the value the writer
  * read, so every change of an entry has exactly one winner, and only the
- * winner adjusts the per-port entry counts. Lost races, stated:
+ * winner adjusts the per-port entry counts. A slot whose key is set and whose
+ * val is 0 belongs to the writer that put it there (the claimer, until it
+ * writes val; a remover, which then clears key; an evictor, which then writes
+ * the new key and val): everyone else skips it. A val carries a 14-bit tag of
+ * its key's hash, so a reader that raced with the slot's reuse never takes
+ * another key's value for its own. Lost races, stated:
  *   - two workers learning the same new MAC at once may each claim a slot;
  *     lookups return the first, the other ages out;
  *   - a reader may see a key whose value is not yet written (val == 0) and
@@ -59,9 +64,13 @@
  *   parse (virtio-net header + Ethernet) -> learn the source -> look up the
  *   destination -> send to its port, or flood to every other port that is up
  *   -> count.
- * Frames carry the 12-byte virtio-net header; GSO super-frames (up to 64 KiB)
- * are written out byte for byte. Writes never block: the fds are
- * O_NONBLOCK, a full queue drops the frame and counts it (tx_dropped).
+ * Frames carry the 12-byte virtio-net header (host byte order, the TAP
+ * default); GSO super-frames (up to 64 KiB) are written out byte for byte.
+ * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
+ * and counts it (tx_dropped). A frame that fills the whole TS_FRAME_MAX
+ * buffer may have been cut, and counts as rx_errors. A queue whose read fails
+ * (or ends) counts one rx_errors and is no longer polled: the control process
+ * restarts the worker with fresh queues.
  * No allocation, no logging, no Python per packet.
  */
 #ifndef TAPSWITCH_FASTPATH_H
@@ -91,7 +100,8 @@
 /* Port table entry. Written by the control process, read by workers. */
 struct ts_port {
     uint32_t state;            /* TS_PORT_* */
-    uint32_t mtu;              /* L3 MTU: untagged frames over mtu+14 are tx_errors */
+    uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 if tagged), or GSO frames
+                                  with gso_size over mtu, are tx_errors */
     uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers) */
     uint32_t reserved[13];     /* room for VLAN, limits, ACLs; keeps 64 bytes */
 };
@@ -122,7 +132,8 @@ struct ts_fdb_stats {
 /* One MAC table entry: two words, each written atomically.
  * key: 0 = empty; else bit 63 set | vlan << 48 | MAC as a 48-bit big-endian number.
  * val: 0 = not yet written; else bits 0..15 port, bit 16 static, bit 17 valid,
- *      bits 32..63 last seen (ts_now()). */
+ *      bits 18..31 tag (low 14 bits of the key's hash), bits 32..63 last seen
+ *      (ts_now()). VLAN is 0..4095. */
 struct ts_fdb_entry {
     uint64_t key;
     uint64_t val;
@@ -144,7 +155,7 @@ struct ts_shared {
     uint32_t fdb_buckets;      /* buckets of TS_FDB_WAYS entries */
     uint32_t fdb_capacity;     /* fdb_buckets * TS_FDB_WAYS */
     uint64_t hash_seed;        /* random per switch */
-    uint64_t reserved[5];      /* header is 64 bytes */
+    uint64_t reserved[4];      /* header is 64 bytes, so counters start 64-byte aligned */
     struct ts_port ports[256];
     struct ts_counters counters[16][256];
     struct ts_fdb_stats fdb_stats[17];
@@ -158,19 +169,24 @@ int ts_shared_init(struct ts_shared *s, uint32_t fdb_size, uint32_t n_workers, u
 uint32_t ts_now(void);                              /* CLOCK_MONOTONIC seconds */
 
 /* Learning. Returns 1 if a new entry was made, 2 if moved, 0 if refreshed or
- * unchanged (static), -1 if not learned (bucket full of static entries). */
+ * unchanged (static), -1 if not learned (bucket full of static entries, bad
+ * arguments, or four races lost in a row). writer: worker index or TS_CONTROL. */
 int ts_fdb_learn(struct ts_shared *s, int writer, const uint8_t *mac, uint16_t vlan,
                  uint16_t port, uint32_t now);
 
 /* Lookup. Port of (mac, vlan), or -1. */
 int ts_fdb_lookup(const struct ts_shared *s, const uint8_t *mac, uint16_t vlan);
 
-/* Static entries (control process). 0, or -ENOSPC / -ENOENT. */
+/* Static entries (control process). add: 0, -EINVAL, or -ENOSPC when the
+ * bucket holds only static entries (a full bucket evicts a learned one, fairly).
+ * del removes the entry, static or learned: 0, -EINVAL or -ENOENT. */
 int ts_fdb_add_static(struct ts_shared *s, const uint8_t *mac, uint16_t vlan, uint16_t port);
 int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan);
 
-/* Flushing and aging (control process). Both return entries removed and
- * count them in fdb_stats[TS_CONTROL] (aging as `aged`). Static entries stay.
+/* Flushing and aging (control process). Both return entries removed; only
+ * aging counts them (as `aged` in fdb_stats[TS_CONTROL]): a flush is an
+ * operator's or a link's decision, not a host gone quiet. Static entries stay.
+ * An entry expires when now - seen > aging.
  * ts_fdb_age scans n_buckets buckets from first_bucket (wrapping), so the
  * control process can age incrementally. port < 0 flushes every port. */
 uint32_t ts_fdb_flush(struct ts_shared *s, int port);
@@ -182,7 +198,10 @@ uint32_t ts_fdb_dump(const struct ts_shared *s, struct ts_fdb_record *out, uint3
 
 /* The worker. fds[p] is this worker's queue of port p, or -1; nfds <= TS_MAX_PORTS.
  * The fds must be O_NONBLOCK and deliver one frame (virtio-net header first)
- * per read, as a TAP queue or a SOCK_SEQPACKET socket does. */
+ * per read, as a TAP queue or a SOCK_SEQPACKET socket does. ts_worker_new
+ * copies fds (the caller keeps them open) and returns NULL with errno set
+ * (EINVAL: bad arguments, or an fd that is not O_NONBLOCK). ts_worker_poll
+ * returns -EINTR when a signal interrupts the wait; ts_worker_run retries. */
 struct ts_worker;
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds);
 int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or -errno */
