@@ -1,0 +1,579 @@
+"""Tests of the C fast path (fastpath.h), through cffi, with hand-built frames.
+
+Each port is a SOCK_SEQPACKET socketpair: the worker holds the queue end
+(O_NONBLOCK, one read = one frame, like a TAP queue), the test holds the host
+end. No root needed.
+"""
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tapswitch._fastpath import ffi, lib
+from tapswitch.fastpath import Shared, mac_bytes
+
+VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
+NEEDS_CSUM = 1
+GSO_TCPV4 = 1
+
+A = "02:00:00:00:00:0a"
+B = "02:00:00:00:00:0b"
+C = "02:00:00:00:00:0c"
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def frame(dst, src, payload=bytes(46), ethertype=0x0800, *, flags=0, gso_type=0,
+          gso_size=0, hdr_len=0, csum_start=0, csum_offset=0):
+    """virtio-net header + Ethernet frame."""
+    return (VNET.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 0)
+            + mac_bytes(dst) + mac_bytes(src) + struct.pack("!H", ethertype) + payload)
+
+
+class Switch:
+    """One worker (index 0) over n ports; hosts[p] is the test's end of port p."""
+
+    def __init__(self, n_ports=3, fdb_size=1024, mtu=1500, bufsize=None):
+        self.shared = Shared.create(fdb_size, 1)
+        self.hosts, self.queues = [], []
+        for p in range(n_ports):
+            host, queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            for sk in (host, queue):
+                sk.setblocking(False)
+                if bufsize:
+                    sk.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+                    sk.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+            self.hosts.append(host)
+            self.queues.append(queue)
+            self.shared.set_port(p, lib.TS_PORT_UP, mtu)
+        fds = ffi.new("int[]", [q.fileno() for q in self.queues])
+        self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, n_ports)
+        assert self.worker != ffi.NULL
+
+    def send(self, port, data):
+        """The host on `port` sends data; the worker takes one turn."""
+        self.hosts[port].send(data)
+        return lib.ts_worker_poll(self.worker, 100)
+
+    def received(self, port):
+        frames = []
+        while True:
+            try:
+                frames.append(self.hosts[port].recv(1 << 17))
+            except BlockingIOError:
+                return frames
+
+    def drain(self):
+        for p in range(len(self.hosts)):
+            self.received(p)
+
+    def learn(self, port, mac):
+        """Make the switch learn mac on port, from a broadcast; drain the flood."""
+        assert self.send(port, frame(BROADCAST, mac)) == 1
+        self.drain()
+
+    def counters(self, port):
+        return self.shared.counters(port)
+
+    def close(self):
+        lib.ts_worker_free(self.worker)
+        for sk in self.hosts + self.queues:
+            sk.close()
+        self.shared.close()
+
+
+@pytest.fixture
+def sw():
+    s = Switch()
+    yield s
+    s.close()
+
+
+class Table:
+    """A MAC table in private memory, with a fixed seed: same buckets every run."""
+
+    def __init__(self, size, seed=0x5eed):
+        self.buf = ffi.new("char[]", lib.ts_shared_size(size))
+        self.s = ffi.cast("struct ts_shared *", self.buf)
+        assert lib.ts_shared_init(self.s, size, 1, seed) == 0
+
+    def learn(self, mac, port, now=100, writer=0):
+        return lib.ts_fdb_learn(self.s, writer, mac_bytes(mac), 0, port, now)
+
+    def lookup(self, mac, vlan=0):
+        return lib.ts_fdb_lookup(self.s, mac_bytes(mac), vlan)
+
+    def entries(self):
+        return sum(p.fdb_entries for p in self.s.ports)
+
+    def stats(self, slot):
+        st = self.s.fdb_stats[slot]
+        return (st.learned, st.moved, st.aged, st.evicted)
+
+
+def host_mac(i, prefix=0x02):
+    return ":".join(f"{b:02x}" for b in bytes([prefix, 0, 0]) + i.to_bytes(3, "big"))
+
+
+# Learning and forwarding.
+
+def test_source_is_learned_on_ingress_port(sw):
+    before = sw.shared.now()
+    sw.send(0, frame(BROADCAST, A))
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 0) == 0
+    assert sw.shared.fdb_stats() == {"learned": 1, "moved": 0, "aged": 0, "evicted": 0}
+    assert sw.shared.port_fdb_entries(0) == 1
+    assert sw.shared.fdb_entries() == 1
+    [(mac, vlan, port, static, seen)] = sw.shared.fdb_dump()
+    assert (mac, vlan, port, static) == (A, 0, 0, False)
+    assert before <= seen <= sw.shared.now()
+
+
+def test_relearning_on_same_port_changes_nothing(sw):
+    sw.learn(0, A)
+    sw.learn(0, A)
+    assert sw.shared.fdb_stats() == {"learned": 1, "moved": 0, "aged": 0, "evicted": 0}
+    assert sw.shared.fdb_entries() == 1
+
+
+def test_known_unicast_goes_only_to_its_port(sw):
+    sw.learn(1, B)
+    f = frame(B, A, b"hello".ljust(46, b"."))
+    assert sw.send(0, f) == 1
+    assert sw.received(1) == [f]
+    assert sw.received(0) == [] and sw.received(2) == []
+    assert sw.counters(0)["flooded"] == 0
+    assert sw.counters(1)["tx_packets"] == 1
+    assert sw.counters(2)["tx_packets"] == 1     # only B's learning broadcast
+
+
+def test_unknown_unicast_is_flooded_to_every_other_up_port(sw):
+    f = frame(C, A)
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    assert sw.received(2) == [f]
+    assert sw.received(0) == []                  # never back out of the ingress port
+    assert sw.counters(0)["flooded"] == 1
+    assert sw.counters(0)["tx_packets"] == 0
+
+
+def test_broadcast_is_flooded(sw):
+    sw.learn(1, B)                               # a known source does not stop flooding
+    f = frame(BROADCAST, A, ethertype=0x0806)
+    sw.send(0, f)
+    assert sw.received(1) == [f] and sw.received(2) == [f] and sw.received(0) == []
+    assert sw.counters(0)["flooded"] == 1
+
+
+@pytest.mark.parametrize("group", ["01:00:5e:00:00:01", "33:33:00:00:00:01"])
+def test_multicast_is_flooded(sw, group):
+    f = frame(group, A)
+    sw.send(0, f)
+    assert sw.received(1) == [f] and sw.received(2) == [f] and sw.received(0) == []
+    assert sw.counters(0)["flooded"] == 1
+
+
+def test_destination_on_the_ingress_port_is_dropped_silently(sw):
+    sw.learn(0, B)
+    sw.send(0, frame(B, A))
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_dropped"], c["flooded"]) == (2, 0, 1)   # B's broadcast flooded once
+    assert sw.counters(1)["tx_packets"] == 1 and sw.counters(2)["tx_packets"] == 1
+
+
+def test_mac_move_updates_the_port(sw):
+    sw.learn(0, A)
+    sw.learn(1, A)
+    assert sw.shared.fdb_stats()["moved"] == 1
+    assert sw.shared.fdb_stats()["learned"] == 1
+    assert (sw.shared.port_fdb_entries(0), sw.shared.port_fdb_entries(1)) == (0, 1)
+    f = frame(A, C)
+    sw.send(2, f)
+    assert sw.received(1) == [f]
+    assert sw.received(0) == []
+
+
+def test_counters_count_ethernet_bytes_without_vnet_header(sw):
+    f = frame(BROADCAST, A, bytes(100))          # 114 bytes of Ethernet
+    sw.send(0, f)
+    assert sw.counters(0)["rx_bytes"] == 114
+    assert sw.counters(1)["tx_bytes"] == 114
+    assert sw.counters(2)["tx_bytes"] == 114
+    assert sw.shared.queue_counters(1, 0) == {
+        "rx_packets": 0, "rx_bytes": 0, "rx_errors": 0, "rx_dropped": 0,
+        "tx_packets": 1, "tx_bytes": 114, "tx_errors": 0, "tx_dropped": 0, "flooded": 0}
+
+
+# Ports that are down, or not served.
+
+def test_down_port_is_not_flooded_to(sw):
+    sw.shared.set_port(2, lib.TS_PORT_DOWN, 1500)
+    f = frame(BROADCAST, A)
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    assert sw.received(2) == []
+    assert sw.counters(2)["tx_packets"] == 0
+
+
+def test_unicast_to_a_down_port_is_rx_dropped(sw):
+    sw.learn(2, C)
+    sw.shared.set_port(2, lib.TS_PORT_DOWN, 1500)
+    sw.send(0, frame(C, A))
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    assert sw.counters(0)["rx_dropped"] == 1
+    assert sw.counters(0)["flooded"] == 0
+
+
+def test_frame_from_a_down_port_is_rx_dropped_and_not_learned(sw):
+    sw.shared.set_port(0, lib.TS_PORT_DOWN, 1500)
+    sw.send(0, frame(BROADCAST, A, bytes(46)))
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_bytes"], c["rx_dropped"], c["flooded"]) == (1, 60, 1, 0)
+    assert sw.shared.fdb_entries() == 0
+
+
+def test_unicast_to_a_port_without_queue_is_rx_dropped(sw):
+    sw.shared.set_port(5, lib.TS_PORT_UP, 1500)  # up, but this worker has no fd for it
+    sw.shared.fdb_add_static(C, 0, 5)
+    sw.send(0, frame(C, A))
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    assert sw.counters(0)["rx_dropped"] == 1
+
+
+# Malformed frames.
+
+MALFORMED = {
+    "runt": frame(BROADCAST, A)[:12 + 13],
+    "bad_gso_type": frame(BROADCAST, A, gso_type=2, gso_size=1448),
+    "unknown_gso_type": frame(BROADCAST, A, gso_type=6, gso_size=1448),
+    "ecn_without_gso_type": frame(BROADCAST, A, gso_type=0x80, gso_size=1448),
+    "gso_with_size_0": frame(BROADCAST, A, gso_type=GSO_TCPV4, gso_size=0),
+    "csum_beyond_frame": frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=50, csum_offset=9),
+    "unknown_flags": frame(BROADCAST, A, flags=8),
+    "multicast_source": frame(BROADCAST, "01:00:5e:00:00:01"),
+    "zero_source": frame(BROADCAST, "00:00:00:00:00:00"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_frame_is_rx_error_and_not_forwarded(sw, name):
+    assert sw.send(0, MALFORMED[name]) == 1
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    c = sw.counters(0)
+    assert (c["rx_errors"], c["rx_packets"], c["rx_bytes"], c["flooded"]) == (1, 0, 0, 0)
+    assert sw.shared.fdb_entries() == 0
+
+
+def test_checksum_ending_at_the_last_byte_is_accepted(sw):
+    f = frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=50, csum_offset=8)  # 50+8+2 == 60
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == 0
+
+
+def test_frame_filling_the_whole_buffer_is_rx_error():
+    s = Switch(bufsize=1 << 20)
+    try:
+        f = frame(BROADCAST, A, bytes(lib.TS_FRAME_MAX - 12 - 14))   # may have been cut
+        s.send(0, f)
+        assert [s.received(p) for p in range(3)] == [[], [], []]
+        assert s.counters(0)["rx_errors"] == 1
+    finally:
+        s.close()
+
+
+# GSO, MTU, full queues.
+
+def test_gso_superframe_crosses_byte_for_byte():
+    s = Switch(bufsize=1 << 20)
+    try:
+        s.learn(1, B)
+        payload = random.Random(7).randbytes(65535)      # IPv4 total length 65535
+        f = frame(B, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
+                  hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
+        assert len(f) == 12 + 14 + 65535
+        assert s.send(0, f) == 1
+        assert s.received(1) == [f]
+        assert s.counters(1)["tx_bytes"] == 14 + 65535
+        assert s.counters(1)["tx_errors"] == 0
+    finally:
+        s.close()
+
+
+def test_over_mtu_frame_is_tx_error(sw):
+    sw.learn(1, B)
+    fits = frame(B, A, bytes(1500))              # 1514 bytes: mtu + 14
+    over = frame(B, A, bytes(1501))
+    sw.send(0, fits)
+    sw.send(0, over)
+    assert sw.received(1) == [fits]
+    assert sw.counters(1)["tx_errors"] == 1
+    assert sw.counters(0)["rx_dropped"] == 0
+
+
+def test_tagged_frame_may_be_four_bytes_longer(sw):
+    sw.learn(1, B)
+    fits = frame(B, A, bytes(1504), ethertype=0x8100)
+    over = frame(B, A, bytes(1505), ethertype=0x88a8)
+    sw.send(0, fits)
+    sw.send(0, over)
+    assert sw.received(1) == [fits]
+    assert sw.counters(1)["tx_errors"] == 1
+
+
+def test_gso_frame_is_judged_by_gso_size(sw):
+    sw.learn(1, B)
+    fits = frame(B, A, bytes(3000), gso_type=GSO_TCPV4, gso_size=1500)
+    over = frame(B, A, bytes(1000), gso_type=GSO_TCPV4, gso_size=1501)
+    sw.send(0, fits)
+    sw.send(0, over)
+    assert sw.received(1) == [fits]
+    assert sw.counters(1)["tx_errors"] == 1
+
+
+def test_full_queue_drops_without_blocking(sw):
+    sw.learn(1, B)
+    filler = frame(BROADCAST, C)
+    while True:                                  # fill host 1's receive queue
+        try:
+            sw.queues[1].send(filler)
+        except BlockingIOError:
+            break
+    start = time.monotonic()
+    assert sw.send(0, frame(B, A)) == 1
+    assert time.monotonic() - start < 0.5
+    c = sw.counters(1)
+    assert (c["tx_dropped"], c["tx_packets"], c["tx_errors"]) == (1, 0, 0)
+    sw.drain()
+    f = frame(B, A)
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    assert sw.counters(1)["tx_packets"] == 1
+
+
+def test_failed_queue_is_counted_once_and_not_polled_again(sw):
+    sw.hosts[2].close()                          # the queue's other end is gone: reads return 0
+    assert lib.ts_worker_poll(sw.worker, 100) == 0
+    assert lib.ts_worker_poll(sw.worker, 50) == 0
+    assert sw.counters(2)["rx_errors"] == 1
+
+
+def test_poll_without_traffic_times_out(sw):
+    start = time.monotonic()
+    assert lib.ts_worker_poll(sw.worker, 50) == 0
+    assert time.monotonic() - start >= 0.04
+
+
+def test_worker_refuses_blocking_fds():
+    shared = Shared.create(64, 1)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        fds = ffi.new("int[]", [a.fileno()])
+        assert lib.ts_worker_new(shared.ptr, 0, fds, 1) == ffi.NULL
+        assert ffi.errno == 22                   # EINVAL
+        a.setblocking(False)
+        assert lib.ts_worker_new(shared.ptr, 1, fds, 1) == ffi.NULL   # one worker: index 0 only
+        w = lib.ts_worker_new(shared.ptr, 0, fds, 1)
+        assert w != ffi.NULL
+        lib.ts_worker_free(w)
+    finally:
+        a.close()
+        b.close()
+        shared.close()
+
+
+# The MAC table: aging, eviction, flushing, static entries.
+
+def test_aging_removes_expired_entries_and_keeps_static(sw):
+    sw.learn(0, A)
+    sw.shared.fdb_add_static(C, 0, 2)
+    [seen] = [e[4] for e in sw.shared.fdb_dump() if e[0] == A]
+    buckets = sw.shared.fdb_capacity // lib.TS_FDB_WAYS
+    assert sw.shared.fdb_age(seen + 300, 300, 0, buckets) == 0       # not yet
+    assert sw.shared.fdb_age(seen + 301, 300, 0, buckets) == 1
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 0) == -1
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(C), 0) == 2
+    assert sw.shared.fdb_age(seen + 10**6, 300, 0, buckets) == 0      # static never ages
+    assert sw.shared.fdb_stats()["aged"] == 1
+    assert (sw.shared.port_fdb_entries(0), sw.shared.port_fdb_entries(2)) == (0, 1)
+
+
+def test_aging_is_incremental_by_bucket():
+    t = Table(64)                                # 8 buckets
+    for i in range(40):
+        t.learn(host_mac(i), 1, now=100)
+    n = t.entries()
+    removed = [lib.ts_fdb_age(t.s, 1000, 300, b, 1) for b in range(8)]
+    assert sum(removed) == n
+    assert t.entries() == 0
+    assert t.stats(lib.TS_CONTROL)[2] == n       # aged
+
+
+def test_fair_eviction_keeps_established_hosts_of_a_small_port():
+    t = Table(64)
+    capacity = t.s.fdb_capacity
+    assert capacity == 64
+    established = [host_mac(i, 0x06) for i in range(4)]
+    for mac in established:
+        assert t.learn(mac, 1) == 1
+    flood = [host_mac(i) for i in range(1000)]
+    for mac in flood:                            # port 0 floods random sources
+        assert t.learn(mac, 0, now=200) == 1
+        assert t.entries() <= capacity
+    for mac in established:
+        assert t.lookup(mac) == 1
+    newcomers = [host_mac(i, 0x0a) for i in range(8)]
+    for mac in newcomers:                        # another port learns: port 0 pays
+        assert t.learn(mac, 2, now=300) == 1
+    for mac in established:
+        assert t.lookup(mac) == 1
+    for mac in newcomers:
+        assert t.lookup(mac) == 2
+    learned = 4 + 1000 + 8
+    assert t.stats(0) == (learned, 0, 0, learned - capacity)
+    assert t.entries() == capacity
+    assert (t.s.ports[1].fdb_entries, t.s.ports[2].fdb_entries) == (4, 8)
+    assert t.s.ports[0].fdb_entries == capacity - 12
+
+
+def test_eviction_takes_the_oldest_of_the_largest_port():
+    t = Table(8)                                 # one bucket
+    for i in range(8):
+        t.learn(host_mac(i), 0, now=100 + i)
+    t.learn(host_mac(100), 1, now=200)           # evicts host 0, seen at 100
+    assert t.lookup(host_mac(0)) == -1
+    assert all(t.lookup(host_mac(i)) == 0 for i in range(1, 8))
+    t.learn(host_mac(1), 0, now=300)             # refresh host 1: host 2 is now the oldest
+    t.learn(host_mac(101), 1, now=300)
+    assert t.lookup(host_mac(2)) == -1
+    assert t.lookup(host_mac(1)) == 0
+    assert t.stats(0)[3] == 2
+
+
+def test_full_table_never_grows():
+    t = Table(8)                                 # one bucket
+    for i in range(8):
+        assert lib.ts_fdb_add_static(t.s, mac_bytes(host_mac(i)), 0, 1) == 0
+    assert lib.ts_fdb_add_static(t.s, mac_bytes(host_mac(8)), 0, 1) == -28   # ENOSPC
+    assert t.learn(host_mac(9), 0) == -1         # nothing may be evicted
+    assert t.lookup(host_mac(9)) == -1
+    assert t.entries() == 8
+    assert t.stats(0) == (0, 0, 0, 0)
+    out = ffi.new("struct ts_fdb_record[]", 16)
+    assert lib.ts_fdb_dump(t.s, out, 16) == 8
+
+
+def test_static_entry_is_not_moved_by_learning():
+    t = Table(64)
+    assert lib.ts_fdb_add_static(t.s, mac_bytes(A), 0, 3) == 0
+    assert t.learn(A, 1) == 0
+    assert t.lookup(A) == 3
+    assert t.stats(0) == (0, 0, 0, 0)
+
+
+def test_flush_one_port_keeps_other_ports_and_static(sw):
+    sw.learn(0, A)
+    sw.learn(0, B)
+    sw.learn(1, C)
+    sw.shared.fdb_add_static("02:00:00:00:00:5a", 0, 0)
+    assert sw.shared.fdb_flush(0) == 2
+    look = {m: lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(m), 0) for m in (A, B, C, "02:00:00:00:00:5a")}
+    assert look == {A: -1, B: -1, C: 1, "02:00:00:00:00:5a": 0}
+    assert sw.shared.fdb_flush() == 1
+    assert sw.shared.fdb_entries() == 1
+    assert sw.shared.fdb_stats()["aged"] == 0    # a flush is not aging
+
+
+def test_vlans_are_separate_keys():
+    t = Table(64)
+    assert lib.ts_fdb_learn(t.s, 0, mac_bytes(A), 10, 1, 100) == 1
+    assert lib.ts_fdb_learn(t.s, 0, mac_bytes(A), 20, 2, 100) == 1
+    assert (t.lookup(A, 10), t.lookup(A, 20), t.lookup(A, 0)) == (1, 2, -1)
+    assert lib.ts_fdb_learn(t.s, 0, mac_bytes(A), 4096, 1, 100) == -1
+
+
+def test_del_removes_static_and_learned():
+    shared = Shared.create(64, 1)
+    try:
+        shared.fdb_add_static(A, 0, 1)
+        lib.ts_fdb_learn(shared.ptr, 0, mac_bytes(B), 0, 2, 100)
+        assert shared.fdb_del(A, 0) is True
+        assert shared.fdb_del(B, 0) is True
+        assert shared.fdb_del(B, 0) is False
+        assert shared.fdb_entries() == 0
+    finally:
+        shared.close()
+
+
+# Shared memory across mappings and processes.
+
+def test_attached_mapping_sees_the_same_table():
+    control = Shared.create(1024, 2)
+    worker = Shared.attach(os.dup(control.fd))
+    try:
+        assert worker.ptr != control.ptr
+        assert worker.fdb_capacity == control.fdb_capacity == 1024
+        assert lib.ts_fdb_learn(worker.ptr, 1, mac_bytes(A), 0, 4, 100) == 1
+        assert lib.ts_fdb_lookup(control.ptr, mac_bytes(A), 0) == 4
+        control.set_port(4, lib.TS_PORT_UP, 9000)
+        assert (worker.ptr.ports[4].state, worker.ptr.ports[4].mtu) == (lib.TS_PORT_UP, 9000)
+        assert control.fdb_stats()["learned"] == 1
+        assert control.fdb_dump() == [(A, 0, 4, False, 100)]
+    finally:
+        worker.close()
+        control.close()
+
+
+def test_attach_refuses_other_memory():
+    fd = os.memfd_create("not-tapswitch")
+    os.ftruncate(fd, lib.ts_shared_size(64))
+    with pytest.raises(ValueError):
+        Shared.attach(fd)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from tapswitch._fastpath import ffi, lib
+    from tapswitch.fastpath import Shared
+    shm, q0, q1 = map(int, sys.argv[1:4])
+    assert lib.ts_die_with_parent() == 0
+    shared = Shared.attach(shm)
+    w = lib.ts_worker_new(shared.ptr, 1, ffi.new("int[]", [q0, q1]), 2)
+    assert w != ffi.NULL
+    handled = 0
+    while handled < 1:
+        handled += lib.ts_worker_poll(w, 5000)
+    lib.ts_worker_free(w)
+""")
+
+
+def test_worker_in_another_process_learns_into_the_parents_table():
+    shared = Shared.create(1024, 2)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    try:
+        for p, (host, queue) in enumerate(pairs):
+            queue.setblocking(False)
+            shared.set_port(p, lib.TS_PORT_UP, 1500)
+        q0, q1 = pairs[0][1].fileno(), pairs[1][1].fileno()
+        f = frame(BROADCAST, A)
+        pairs[0][0].send(f)
+        subprocess.run([sys.executable, "-c", CHILD, str(shared.fd), str(q0), str(q1)],
+                       pass_fds=[shared.fd, q0, q1], check=True, timeout=30)
+        assert lib.ts_fdb_lookup(shared.ptr, mac_bytes(A), 0) == 0
+        assert shared.fdb_stats()["learned"] == 1
+        assert shared.queue_counters(0, 1)["rx_packets"] == 1
+        assert shared.counters(0)["rx_packets"] == 1
+        assert pairs[1][0].recv(1 << 16) == f
+    finally:
+        for host, queue in pairs:
+            host.close()
+            queue.close()
+        shared.close()
