@@ -61,7 +61,8 @@ class Shared:
 
     @classmethod
     def attach(cls, fd: int) -> "Shared":
-        """Map a region another process created (its memfd, inherited)."""
+        """Map a region another process created (its memfd, inherited).
+        Takes ownership of fd: close() closes it."""
         self = cls(fd)
         if self.ptr.magic != lib.TS_MAGIC or self.ptr.version != lib.TS_VERSION \
                 or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_capacity):

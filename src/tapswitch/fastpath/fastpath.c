@@ -381,6 +381,8 @@ uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
                     uint32_t first_bucket, uint32_t n_buckets)
 {
     uint32_t buckets = s->fdb_buckets, removed = 0;
+    if (buckets == 0)
+        return 0;               /* not initialised */
     if (n_buckets > buckets)
         n_buckets = buckets;
     for (uint32_t j = 0; j < n_buckets; j++) {

@@ -43,8 +43,9 @@
  * val is 0 belongs to the writer that put it there (the claimer, until it
  * writes val; a remover, which then clears key; an evictor, which then writes
  * the new key and val): everyone else skips it. A val carries a 14-bit tag of
- * its key's hash, so a reader that raced with the slot's reuse never takes
- * another key's value for its own. Lost races, stated:
+ * its key's hash, so a reader that raced with the slot's reuse takes another
+ * key's value for its own only if the two tags collide (1 in 16384).
+ * Lost races, stated:
  *   - two workers learning the same new MAC at once may each claim a slot;
  *     lookups return the first, the other ages out;
  *   - a reader may see a key whose value is not yet written (val == 0) and
