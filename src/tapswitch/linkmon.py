@@ -1,51 +1,97 @@
-"""Link monitor: follows the link state of port devices over RTMGRP_LINK, one socket per namespace.
+"""Link monitor: follows the link state of port devices over RTMGRP_LINK, in every namespace, from one socket.
+
+The socket lives in the switch's own namespace and listens to all peer
+namespaces (NETLINK_LISTEN_ALL_NSID); the kernel tags each message with the
+nsid of the namespace it came from. Nothing is held open inside a
+container's namespace, so a container that dies takes its namespace (and
+the TAP in it) with it, and the monitor sees the TAP go.
+
+A namespace that dies is different: the kernel forgets its nsid before it
+tears its devices down, so no event reaches us; tap.attached() notices
+instead (see Switch.maintain_ports).
 
 TAP devices report operstate UNKNOWN, so "up" here is IFF_UP and
-IFF_LOWER_UP (carrier), as the seed's tap_link_update reads it. A device
-that is deleted (its namespace vanished with its container) is down.
+IFF_LOWER_UP (carrier), as the seed's tap_link_update reads it.
 """
 
-from pyroute2 import IPRoute
+import os
+import socket
+import struct
 
-from tapswitch.ports import iproute
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 RTMGRP_LINK = 0x1
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+SOL_NETLINK = 270
+NETLINK_LISTEN_ALL_NSID = 8
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+OWN_NSID = -1            # events from the switch's own namespace carry no peer id
+RECV_SIZE = 1 << 16
 
 
 def link_up(flags: int) -> bool:
     return bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
 
 
+def nsid_of(nspath: str | None) -> int:
+    """The id under which the switch's namespace knows the namespace at nspath (assigned if needed)."""
+    if nspath is None:
+        return OWN_NSID
+    fd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with IPRoute() as ipr:
+            nsid = ipr.get_netnsid(fd=fd).get("nsid")
+            if nsid is None or nsid < 0:
+                ipr.set_netnsid(nsid=-1, fd=fd)      # let the kernel pick a free id
+                nsid = ipr.get_netnsid(fd=fd)["nsid"]
+    finally:
+        os.close(fd)
+    return nsid
+
+
 class LinkMonitor:
-    """Netlink sockets subscribed to link events, one per namespace holding a port."""
+    """One netlink socket subscribed to link events of every namespace."""
 
     def __init__(self) -> None:
-        self.sockets: dict[str | None, IPRoute] = {}
+        self.overrun = False     # events were lost (ENOBUFS): the owner must re-read link state
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                  socket.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
+        self.sock.bind((0, RTMGRP_LINK))
 
-    def watch(self, nspath: str | None) -> IPRoute | None:
-        """Subscribe to the namespace at `nspath`; return the new socket, or None if already watched."""
-        if nspath in self.sockets:
-            return None
-        ipr = iproute(nspath)
-        ipr.bind(groups=RTMGRP_LINK)
-        self.sockets[nspath] = ipr
-        return ipr
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
-    @staticmethod
-    def read(ipr: IPRoute) -> list[tuple[int, bool]]:
-        """Drain the link events waiting on `ipr`: (ifindex, up) for each."""
+    def read(self) -> list[tuple[int, int, bool]]:
+        """Drain waiting link events: (nsid, ifindex, up) for each."""
         events = []
-        for msg in ipr.get():
-            event = msg.get("event")
-            if event == "RTM_NEWLINK":
-                events.append((msg["index"], link_up(msg["flags"])))
-            elif event == "RTM_DELLINK":
-                events.append((msg["index"], False))
-        return events
+        while True:
+            try:
+                data, ancdata, _flags, _addr = self.sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                return events
+            except OSError:          # ENOBUFS: the kernel dropped events for us
+                self.overrun = True
+                return events
+            nsid = OWN_NSID
+            for level, kind, value in ancdata:
+                if level == SOL_NETLINK and kind == NETLINK_LISTEN_ALL_NSID:
+                    nsid = struct.unpack("i", value[:4])[0]
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("IH", data, offset)
+                if length < 16:
+                    break
+                if kind in (RTM_NEWLINK, RTM_DELLINK):
+                    msg = ifinfmsg(data[offset:offset + length])
+                    msg.decode()
+                    up = kind == RTM_NEWLINK and link_up(msg["flags"])
+                    events.append((nsid, msg["index"], up))
+                offset += (length + 3) & ~3
 
     def close(self) -> None:
-        for ipr in self.sockets.values():
-            ipr.close()
-        self.sockets.clear()
+        self.sock.close()
+

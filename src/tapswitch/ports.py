@@ -36,6 +36,8 @@ class Port:
     nspath: str | None         # the namespace the TAP lives in; None = the switch's
     ifindex: int               # in that namespace
     up: bool = True            # TAP admin up and carrier on
+    gone: bool = False         # the TAP device was deleted (its namespace died)
+    nsid: int = -1             # the id of its namespace as seen from the switch's (link events)
     extra: dict = field(default_factory=dict)
 
     @property

@@ -17,11 +17,11 @@ import signal
 import socket
 
 import structlog
+from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
-from tapswitch import fastpath, ports
+from tapswitch import fastpath, linkmon, ports, tap
 from tapswitch.control import ControlError, ControlServer
-from tapswitch.linkmon import LinkMonitor
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
 from tapswitch.tap import TapError
@@ -81,7 +81,7 @@ class Switch:
         self.namespaces = Namespaces()
         self.shared: fastpath.Shared | None = None
         self.supervisor: Supervisor | None = None
-        self.monitor = LinkMonitor()
+        self.monitor: linkmon.LinkMonitor | None = None
         self.control: ControlServer | None = None
         self.metrics_server = None
         self.selector = selectors.DefaultSelector()
@@ -114,13 +114,16 @@ class Switch:
         sw = self.cfg.switch
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
+        self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
+        self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         for index, pcfg in enumerate(self.cfg.ports):
             port = ports.create(index, pcfg, self.queues, self.namespaces)
             self.ports.append(port)
+            port.nsid = linkmon.nsid_of(port.nspath)
             self.shared.set_port(index, fastpath.lib.TS_PORT_UP, pcfg.mtu)
-            ipr = self.monitor.watch(port.nspath)
-            if ipr is not None:
-                self.selector.register(ipr.fileno(), selectors.EVENT_READ, ("link", ipr))
+        # The events of setting the ports up are history: start from their state now.
+        self.monitor.read()
+        self.resync_links()
         self.supervisor = Supervisor(self.shared.fd, self.queues)
         self.supervisor.start({p.index: p.fds for p in self.ports})
         for w in self.supervisor.workers:
@@ -163,6 +166,7 @@ class Switch:
                 if self.reload_requested:
                     self.reload_requested = False
                     self.reload()
+                self.maintain_ports()
                 self.maintain_fdb()
         finally:
             signal.set_wakeup_fd(-1)
@@ -190,16 +194,33 @@ class Switch:
             self.supervisor.exited(obj)
             self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
         elif kind == "link":
-            for ifindex, up in self.monitor.read(obj):
-                self.link_changed(obj, ifindex, up)
+            for nsid, ifindex, up in obj.read():
+                self.link_changed(nsid, ifindex, up)
+            if obj.overrun:
+                obj.overrun = False
+                log.warning("link.events_lost", ports=len(self.ports))
+                self.resync_links()
 
-    def link_changed(self, ipr, ifindex: int, up: bool) -> None:
-        """A port's device changed state: skip it when flooding and forget its MACs while down."""
+    def link_changed(self, nsid: int, ifindex: int, up: bool) -> None:
+        """A device changed state; if it is a port's, follow it."""
         for port in self.ports:
-            if self.monitor.sockets.get(port.nspath) is ipr and port.ifindex == ifindex:
-                break
-        else:
-            return
+            if port.nsid == nsid and port.ifindex == ifindex:
+                self.set_port_up(port, up)
+                return
+
+    def resync_links(self) -> None:
+        """Ask each port's namespace for the state of its device (at start, or when events were lost)."""
+        for port in self.ports:
+            try:
+                with ports.iproute(port.nspath) as ipr:
+                    up = linkmon.link_up(ipr.get_links(port.ifindex)[0]["flags"])
+            except (OSError, NetlinkError):
+                up = False            # the device or its namespace is gone
+            self.set_port_up(port, up)
+        self.monitor.overrun = False
+
+    def set_port_up(self, port: ports.Port, up: bool) -> None:
+        """Skip a down port when flooding and forget its MACs; resume when it is up."""
         if port.up == up:
             return
         port.up = up
@@ -210,6 +231,14 @@ class Switch:
         else:
             flushed = self.shared.fdb_flush(port.index)
             log.warning("port.down", port=port.name, fdb_flushed=flushed)
+
+    def maintain_ports(self) -> None:
+        """Notice TAPs that vanished with their namespace (no link event tells us)."""
+        for port in self.ports:
+            if not port.gone and not tap.attached(port.fds[0]):
+                port.gone = True
+                log.warning("port.gone", port=port.name, netns=port.cfg.netns)
+                self.set_port_up(port, False)
 
     def maintain_fdb(self) -> None:
         """One aging step over a slice of the MAC table; warn when it is full."""
@@ -295,7 +324,9 @@ class Switch:
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
-        self.monitor.close()
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         for port in reversed(self.ports):
             port.close()
             log.info("port.removed", port=port.name)

@@ -15,6 +15,7 @@ TUN_PATH = "/dev/net/tun"
 
 # <linux/if_tun.h>
 TUNSETIFF = 0x400454CA
+TUNGETIFF = 0x800454D2
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
@@ -71,3 +72,14 @@ def open_queues(name: str, queues: int) -> list[int]:
             raise TapError(f"port {name}: not permitted to create a TAP device (needs CAP_NET_ADMIN)") from None
         raise TapError(f"port {name}: cannot open TAP queue {len(fds)}: {e.strerror}") from None
     return fds
+
+
+def attached(fd: int) -> bool:
+    """Is the TAP device behind queue fd still there? (False once it was deleted.)"""
+    try:
+        fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError as e:
+        if e.errno == errno.EBADFD:
+            return False
+        raise
+    return True

@@ -69,7 +69,7 @@ class Switch:
         notify_path = os.path.join(self.dir, "notify.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
-        notify.settimeout(timeout)
+        notify.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
@@ -79,13 +79,14 @@ class Switch:
                 deadline = time.monotonic() + timeout
                 while True:
                     try:
-                        msg = notify.recv(4096).decode()
+                        if "READY=1" in notify.recv(4096).decode():
+                            break
                     except socket.timeout:
-                        raise AssertionError(f"switch not ready in {timeout}s:\n{self.log()}") from None
-                    if "READY=1" in msg:
-                        break
+                        pass
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"switch exited ({self.proc.returncode}) before READY:\n{self.log()}")
                     if time.monotonic() > deadline:
-                        raise AssertionError(f"switch not ready:\n{self.log()}")
+                        raise AssertionError(f"switch not ready in {timeout}s:\n{self.log()}")
         finally:
             notify.close()
             os.unlink(notify_path)

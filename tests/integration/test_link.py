@@ -1,0 +1,62 @@
+"""Link state: a port follows its TAP; a down port is not flooded to and its MACs are forgotten."""
+
+import time
+
+from tests.integration import helpers
+
+
+def wait_state(sw, port: str, state: str, within: float = 2.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if {p["name"]: p["state"] for p in sw.cli_json("ports")}[port] == state:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"port {port} not {state} within {within}s")
+
+
+def three_containers(lab):
+    nss = [lab.netns(s, create=True) for s in ("a", "b", "c")]
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0", "addresses": [f"198.18.2.{i + 1}/24"]}
+             for i, ns in enumerate(nss)]
+    return nss, ports
+
+
+def test_port_set_down_in_its_container_goes_down_and_comes_back(lab):
+    nss, ports = three_containers(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports})
+    assert helpers.ping(nss[0], "198.18.2.3")
+    c = ports[2]["name"]
+    assert any(e["port"] == c for e in sw.cli_json("fdb"))
+
+    helpers.nsexec(nss[2], "ip", "link", "set", "eth0", "down")
+    wait_state(sw, c, "down")
+    assert not any(e["port"] == c for e in sw.cli_json("fdb"))
+    assert sw.events("port.down")
+    # Flooding skips the down port: broadcasts from a reach b but not c.
+    before = {p["name"]: p["counters"]["tx_packets"] for p in sw.cli_json("ports")}
+    helpers.nsexec(nss[0], "python3", helpers_sender(), "eth0", helpers.link_mac(nss[0], "eth0"),
+                   "ff:ff:ff:ff:ff:ff", 50)
+    after = {p["name"]: p["counters"]["tx_packets"] for p in sw.cli_json("ports")}
+    assert after[ports[1]["name"]] - before[ports[1]["name"]] >= 50
+    assert after[c] == before[c]
+
+    helpers.nsexec(nss[2], "ip", "link", "set", "eth0", "up")
+    wait_state(sw, c, "up")
+    assert helpers.ping(nss[0], "198.18.2.3")
+
+
+def test_container_namespace_deleted_takes_only_its_port_down(lab):
+    nss, ports = three_containers(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports})
+    assert helpers.ping(nss[0], "198.18.2.3")
+    helpers.sh("ip", "netns", "del", nss[2])        # the container died; nothing holds its namespace
+    wait_state(sw, ports[2]["name"], "down")
+    assert helpers.ping(nss[0], "198.18.2.2")
+    states = {p["name"]: p["state"] for p in sw.cli_json("ports")}
+    assert states[ports[0]["name"]] == states[ports[1]["name"]] == "up"
+    assert sw.stop() == 0
+
+
+def helpers_sender() -> str:
+    import os
+    return os.path.join(os.path.dirname(__file__), "sendframes.py")
