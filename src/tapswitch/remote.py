@@ -1,0 +1,328 @@
+"""remote: a port's TAP attached to an existing interface (NIC, VM tap, veth) through tc clsact + mirred.
+
+This is the seed's `remote=` feature (rte_eth_tap.c: tap_flow_implicit_create
+and its implicit rules LOCAL_MAC, BROADCAST, BROADCASTV6, PROMISC, ALLMULTI,
+TX; tap_ioctl(..., LOCAL_AND_REMOTE)), with three modes:
+
+- promisc (a switch uplink): everything arriving on IFACE goes to the port;
+  the host no longer sees it.
+- local (the seed's rules): frames for the port's MAC are stolen; broadcast
+  and IPv6 multicast (33:33) are mirrored, the host keeps a copy;
+  `allmulti` adds all multicast (mirror).
+- shared: the host keeps using IFACE and its address; frames for the MACs
+  living behind the switch's other ports are stolen, broadcast and multicast
+  mirrored. The MAC list follows the MAC table (`update_shared_macs`).
+
+In every mode, what the switch writes into the TAP (the TAP's ingress) is
+redirected to IFACE's egress (TX).
+
+The rules are decided by pure functions (`rules_for`, `diff`,
+`iface_flags`); `RemoteAttachment` acts on the kernel, through `tc` for
+filters and pyroute2 for IFACE's flags and MTU.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import structlog
+from pyroute2.netlink.exceptions import NetlinkError
+
+from tapswitch import tc
+from tapswitch.tc import MacMatch
+
+log = structlog.get_logger("tapswitch.remote")
+
+MODES = ("promisc", "local", "shared")
+
+Where = Literal["remote", "tap"]  # a rule's device: IFACE, or the port's TAP
+Action = Literal["redirect", "mirror"]  # mirred egress redirect (steal) or mirror (copy)
+
+BROADCAST = MacMatch("ff:ff:ff:ff:ff:ff")
+IPV6_MULTICAST = MacMatch("33:33:00:00:00:00", "ff:ff:00:00:00:00")
+MULTICAST = MacMatch("01:00:00:00:00:00", "01:00:00:00:00:00")
+
+# One priority per implicit rule, in the order a frame meets them; the first
+# match decides (mirred's pipe ends classification too), so unicast comes first
+# and a broadcast frame is mirrored once, by BROADCAST, not again by ALLMULTI.
+PRIO_TX = tc.PRIO_FIRST + 0  # on the TAP
+PRIO_UNICAST = tc.PRIO_FIRST + 1  # LOCAL_MAC, SHARED_MAC (one node per MAC)
+PRIO_BROADCAST = tc.PRIO_FIRST + 2
+PRIO_BROADCASTV6 = tc.PRIO_FIRST + 3
+PRIO_ALLMULTI = tc.PRIO_FIRST + 4
+PRIO_PROMISC = tc.PRIO_FIRST + 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One implicit rule: on `where`'s ingress, frames matching `match` (None:
+    every frame) are redirected or mirrored to `target`'s egress."""
+
+    name: str  # LOCAL_MAC | SHARED_MAC | BROADCAST | BROADCASTV6 | ALLMULTI | PROMISC | TX
+    where: Where  # whose ingress the filter sits on
+    match: MacMatch | None
+    action: Action
+    target: Where  # whose egress mirred sends the frame to
+    prio: int
+
+
+def _steal(name: str, match: MacMatch | None, prio: int) -> Rule:
+    return Rule(name, "remote", match, "redirect", "tap", prio)
+
+
+def _copy(name: str, match: MacMatch, prio: int) -> Rule:
+    return Rule(name, "remote", match, "mirror", "tap", prio)
+
+
+TX = Rule("TX", "tap", None, "redirect", "remote", PRIO_TX)
+
+
+def is_unicast(mac: str) -> bool:
+    return not tc.mac_bytes(mac)[0] & 1
+
+
+def rules_for(mode: str, port_mac: str | None, allmulti: bool, shared_macs: Iterable[str] = ()) -> list[Rule]:
+    """The rules a remote port needs, in priority order."""
+    if mode == "promisc":
+        rules = [_steal("PROMISC", None, PRIO_PROMISC)]
+    elif mode == "local":
+        if port_mac is None:
+            raise ValueError("local mode needs the port's MAC")
+        rules = [
+            _steal("LOCAL_MAC", MacMatch(port_mac), PRIO_UNICAST),
+            _copy("BROADCAST", BROADCAST, PRIO_BROADCAST),
+            _copy("BROADCASTV6", IPV6_MULTICAST, PRIO_BROADCASTV6),
+        ]
+        if allmulti:
+            rules.append(_copy("ALLMULTI", MULTICAST, PRIO_ALLMULTI))
+    elif mode == "shared":
+        # only unicast MACs can live behind a port; one spelling, one rule each
+        macs = sorted({MacMatch(m) for m in shared_macs if is_unicast(m)}, key=lambda m: m.dst)
+        rules = [_steal("SHARED_MAC", m, PRIO_UNICAST) for m in macs]
+        rules += [
+            _copy("BROADCAST", BROADCAST, PRIO_BROADCAST),
+            _copy("ALLMULTI", MULTICAST, PRIO_ALLMULTI),  # IPv6 multicast included
+        ]
+    else:
+        raise ValueError(f"unknown remote mode {mode!r} (one of {', '.join(MODES)})")
+    return [TX] + rules
+
+
+def diff(old: Iterable[Rule], new: Iterable[Rule]) -> tuple[list[Rule], list[Rule]]:
+    """(to remove, to add) to go from `old` to `new`; rules in both are left alone."""
+    old, new = list(old), list(new)
+    keep_old, keep_new = set(old), set(new)
+    return [r for r in old if r not in keep_new], [r for r in new if r not in keep_old]
+
+
+def iface_flags(mode: str, port_mac: str | None, iface_mac: str, allmulti: bool) -> dict[str, bool]:
+    """Flags IFACE must have while attached; a flag not named is left as it is.
+
+    promisc mode wants every frame. shared mode (and local mode with a `mac:`
+    other than IFACE's) steals frames for MACs that are not IFACE's: a real
+    NIC drops those in its unicast filter before tc sees them, unless promisc.
+    """
+    flags = {}
+    if mode in ("promisc", "shared") or (mode == "local" and port_mac is not None
+                                         and MacMatch(port_mac).dst != MacMatch(iface_mac).dst):
+        flags["promisc"] = True
+    if allmulti:
+        flags["allmulti"] = True
+    return flags
+
+
+# Acting on the kernel. ----------------------------------------------------
+
+_FLAG_BITS = {"up": tc.IFF_UP, "promisc": tc.IFF_PROMISC, "allmulti": tc.IFF_ALLMULTI}
+
+
+def _link(ipr, index: int):
+    return ipr.link("get", index=index)[0]
+
+
+def default_mac(ipr, remote_ifname: str) -> str:
+    """IFACE's MAC: a local-mode port's MAC unless `mac:` is given."""
+    return _link(ipr, tc.index_of(ipr, remote_ifname)).get_attr("IFLA_ADDRESS").lower()
+
+
+def _observe(ipr, index: int) -> tc.DeviceState:
+    link = _link(ipr, index)
+    flags = link["flags"]  # promisc/allmulti as set by users, not by packet sockets
+    return tc.DeviceState(up=bool(flags & tc.IFF_UP), promisc=bool(flags & tc.IFF_PROMISC),
+                          allmulti=bool(flags & tc.IFF_ALLMULTI), mtu=link.get_attr("IFLA_MTU"))
+
+
+def _set_flags(ipr, index: int, wanted: dict[str, bool]) -> None:
+    if not wanted:
+        return
+    mask = sum(_FLAG_BITS[k] for k in wanted)
+    flags = sum(_FLAG_BITS[k] for k, on in wanted.items() if on)
+    ipr.link("set", index=index, flags=flags, mask=mask)
+
+
+def _gone(e: Exception) -> bool:
+    """The device (ENODEV) or its clsact qdisc (EINVAL, ENOENT) went away under us: nothing left to undo."""
+    return isinstance(e, NetlinkError) and e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL)
+
+
+class RemoteAttachment:
+    """One port's TAP attached to IFACE. attach() then detach(); detach()
+    leaves IFACE's qdiscs, filters, flags and MTU as attach() found them."""
+
+    def __init__(self, ipr, tap_ifname: str, remote_ifname: str, mode: str = "promisc",
+                 port_mac: str | None = None, allmulti: bool = False, mtu: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown remote mode {mode!r} (one of {', '.join(MODES)})")
+        self.ipr = ipr
+        self.tap_ifname = tap_ifname
+        self.remote_ifname = remote_ifname
+        self.mode = mode
+        self.port_mac = port_mac
+        self.allmulti = allmulti
+        self.mtu = mtu
+        self.kind = "u32"
+        self.rules: list[Rule] = []
+        self.shared_macs: frozenset[str] = frozenset()
+        self.attached = False
+        self._index: dict[str, int] = {}  # "tap" | "remote" -> ifindex
+        self._cookie: dict[str, bytes] = {}
+        self._clsact_ours: dict[str, bool] = {}
+        self._handles: dict[Rule, int] = {}
+        self._original: tc.DeviceState | None = None  # IFACE before we came
+        self._iface_mac = ""
+
+    # Attaching. -----------------------------------------------------------
+
+    def attach(self) -> None:
+        """Remove stale tapswitch rules, set IFACE up (MTU, flags), install clsact and rules.
+        Calling it again (IFACE came back, or a restart) starts over from what the kernel has."""
+        try:
+            self._attach()
+        except BaseException:
+            try:
+                self.detach()
+            except Exception as e:  # keep the first error; say what is left behind
+                log.error("remote.detach_failed", tap=self.tap_ifname, remote=self.remote_ifname, error=str(e))
+            raise
+
+    def _attach(self) -> None:
+        ipr = self.ipr
+        self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
+        self.attached = True  # from here on, detach() has something to undo
+        # A run killed before detach() left its filters (so may an earlier attach() of ours, if IFACE
+        # went away meanwhile); their cookies say how the devices were before it.
+        recovered = {where: tc.remove_stale(ipr, name).state
+                     for where, name in (("tap", self.tap_ifname), ("remote", self.remote_ifname))}
+        self.rules, self._handles = [], {}
+        for where, index in self._index.items():
+            added = tc.ensure_clsact(ipr, index)
+            self._clsact_ours[where] = added or bool(recovered[where] and recovered[where].clsact_added)
+        remote = self._index["remote"]
+        self._original = recovered["remote"] or _observe(ipr, remote)
+        for where, index in self._index.items():
+            before = self._original if where == "remote" else (recovered["tap"] or _observe(ipr, index))
+            self._cookie[where] = replace(before, clsact_added=self._clsact_ours[where]).cookie()
+        self.kind = "flower" if tc.flower_supported(ipr, remote) else "u32"
+
+        self._iface_mac = default_mac(ipr, self.remote_ifname)
+        self.shared_macs = self._not_host(self.shared_macs)
+        if self.mode == "local" and self.port_mac is None:
+            self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
+        if self.mtu is not None and self.mtu != _observe(ipr, remote).mtu:
+            ipr.link("set", index=remote, mtu=self.mtu)
+        _set_flags(ipr, remote, {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti),
+                                 "up": True})
+
+        self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
+        log.info("remote.attached", tap=self.tap_ifname, remote=self.remote_ifname, mode=self.mode,
+                 kind=self.kind, port_mac=self.port_mac, rules=len(self.rules), mtu=self.mtu)
+
+    def update_shared_macs(self, macs: Iterable[str]) -> None:
+        """shared mode: steal frames for exactly these MACs (those behind the switch's other ports)."""
+        if self.mode != "shared":
+            raise ValueError(f"update_shared_macs in {self.mode} mode")
+        self.shared_macs = self._not_host(macs)
+        if self.attached:
+            self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
+
+    def _not_host(self, macs: Iterable[str]) -> frozenset[str]:
+        # never steal the host's own address, whatever the MAC table says
+        return frozenset(m for m in (MacMatch(m).dst for m in macs) if m != self._iface_mac)
+
+    def _install(self, wanted: list[Rule]) -> None:
+        """Go from self.rules to `wanted`: add the new rules first (no gap), then remove the old."""
+        remove, add = diff(self.rules, wanted)
+        for rule in add:
+            handle = self._free_handle(rule)
+            if handle is None:
+                log.warning("remote.rules_full", tap=self.tap_ifname, rule=rule.name, match=str(rule.match),
+                            limit=tc.U32_NODE_MAX)
+                continue
+            f = self._filter(rule, handle)
+            tc.add_filter(self.ipr, f, self._cookie[rule.where])
+            self._handles[rule] = handle
+            self.rules.append(rule)
+            log.info("rule.installed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
+                     handle=handle, match=str(rule.match or "all"), action=rule.action,
+                     target=self._name(rule.target), kind=self.kind)
+        for rule in remove:
+            self._remove(rule)
+        self.rules.sort(key=lambda r: (r.prio, r.match.dst if r.match else ""))
+
+    def _free_handle(self, rule: Rule) -> int | None:
+        taken = {h for r, h in self._handles.items() if (r.where, r.prio) == (rule.where, rule.prio)}
+        return next((h for h in range(1, tc.U32_NODE_MAX + 1) if h not in taken), None)
+
+    def _filter(self, rule: Rule, handle: int) -> tc.Filter:
+        return tc.Filter(self._index[rule.where], rule.prio, handle, rule.match, rule.action,
+                         self._index[rule.target], self.kind)
+
+    def _name(self, where: str) -> str:
+        return self.tap_ifname if where == "tap" else self.remote_ifname
+
+    def _remove(self, rule: Rule) -> None:
+        handle = self._handles.pop(rule)
+        self.rules.remove(rule)
+        try:
+            tc.delete_filter(self.ipr, self._index[rule.where], rule.prio, handle)
+        except NetlinkError as e:
+            if not _gone(e):
+                raise
+        log.info("rule.removed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
+                 handle=handle, match=str(rule.match or "all"))
+
+    # Detaching. -----------------------------------------------------------
+
+    def detach(self) -> None:
+        """Remove exactly what attach() added and give IFACE back its flags and MTU.
+        A device that has gone meanwhile is skipped."""
+        if not self.attached:
+            return
+        # stop stealing first: IFACE's rules, then TX
+        for rule in sorted(self.rules, key=lambda r: r.where == "tap"):
+            self._remove(rule)
+        for where, index in self._index.items():
+            if self._clsact_ours.get(where):
+                self._quietly(tc.remove_clsact, self.ipr, index)
+        if self._original is not None:
+            self._quietly(self._restore, self._index["remote"], self._original)
+        self.attached = False
+        log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
+
+    def _restore(self, index: int, original: tc.DeviceState) -> None:
+        now = _observe(self.ipr, index)
+        if now.mtu != original.mtu:
+            self.ipr.link("set", index=index, mtu=original.mtu)
+        _set_flags(self.ipr, index, {k: getattr(original, k) for k in _FLAG_BITS
+                                     if getattr(now, k) != getattr(original, k)})
+
+    @staticmethod
+    def _quietly(fn, *args) -> None:
+        try:
+            fn(*args)
+        except NetlinkError as e:
+            if not _gone(e):
+                raise

@@ -1,0 +1,568 @@
+"""remote and tc on a real kernel: namespaces, a veth "NIC", a TAP, real tc rules, frame by frame.
+
+Topology, made fresh by every test and removed after it, even when it fails:
+
+    ts-tc-<id>-out            ts-tc-<id>-sw
+    eth0 198.18.0.2/24 ─veth─ nic0 198.18.0.1/24   (IFACE, the "NIC")
+         fd00::2/64                fd00::1/64
+                                  tap0             (the port's TAP, opened here)
+
+Frames are crafted with scapy and sent from an AF_PACKET socket on eth0.
+Whether the switch got a frame is read from the TAP's fd; whether the host
+got it, from UDP sockets bound in the switch namespace (a packet socket on
+nic0 would see frames before tc steals them, so it cannot tell).
+"""
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from pyroute2 import IPRoute
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from structlog.testing import capture_logs
+
+from tapswitch import remote, tc
+from tapswitch.remote import RemoteAttachment
+
+pytestmark = pytest.mark.root
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
+CLONE_NEWNET = 0x40000000
+ETH_P_ALL = 0x0003
+
+NIC, PEER, TAP = "nic0", "eth0", "tap0"
+SW_IP, OUT_IP, SW_IP6, OUT_IP6 = "198.18.0.1", "198.18.0.2", "fd00::1", "fd00::2"
+UDP_PORT = 4789
+PORT_MAC = "02:54:53:00:00:01"
+OTHER_MAC = "02:54:53:00:00:99"
+COOKIE_HEX = tc.COOKIE_MAGIC.hex()
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(*argv, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in argv], check=check, capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def inside(ns: str):
+    """Run the block in network namespace `ns` (this thread only); sockets made there stay there."""
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    there = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if _libc.setns(there, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            if _libc.setns(here, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")
+    finally:
+        os.close(here)
+        os.close(there)
+
+
+def token() -> bytes:
+    return b"ts-tc-" + uuid.uuid4().hex.encode()
+
+
+class Lab:
+    """Two namespaces, a veth between them, a TAP in the switch's; close() removes all of it."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:8]
+        self.sw, self.out = f"ts-tc-{tag}-sw", f"ts-tc-{tag}-out"
+        self.namespaces: list[str] = []
+        self.fds: list[int] = []
+        self.socks: list[socket.socket] = []
+        self.iprs: list[IPRoute] = []
+
+    def build(self, nic_up: bool = True) -> "Lab":
+        for ns in (self.sw, self.out):
+            sh("ip", "netns", "add", ns)
+            self.namespaces.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", self.sw, "link", "add", NIC, "type", "veth", "peer", "name", PEER, "netns", self.out)
+        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", PEER)
+        sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP6}/64", "dev", PEER, "nodad")
+        sh("ip", "-n", self.out, "link", "set", PEER, "up")
+        sh("ip", "-n", self.sw, "addr", "add", f"{SW_IP}/24", "dev", NIC)
+        sh("ip", "-n", self.sw, "addr", "add", f"{SW_IP6}/64", "dev", NIC, "nodad")
+        sh("ip", "-n", self.sw, "link", "set", NIC, "up")
+        if not nic_up:
+            # down, but up once before: a device never up has no qdisc until its first up
+            # gives it the kernel's default one, which is no one's to take back
+            sh("ip", "-n", self.sw, "link", "set", NIC, "down")
+        with inside(self.sw):
+            self.tap = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
+            self.fds.append(self.tap)
+            fcntl.ioctl(self.tap, TUNSETIFF, struct.pack("16sH", TAP.encode(), IFF_TAP | IFF_NO_PI))
+            self.udp4 = self._sock(socket.AF_INET, "0.0.0.0")
+            self.udp6 = self._sock(socket.AF_INET6, "::")
+        sh("ip", "-n", self.sw, "link", "set", TAP, "up")
+        self.rewire()
+        self.ipr = self.iproute()
+        self.nic_mac = self.link(NIC)["address"]
+        return self
+
+    def rewire(self) -> None:
+        """(Re)open the outside host's packet socket on eth0 (a new eth0 after the veth was remade)."""
+        with inside(self.out):
+            self.wire = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            self.socks.append(self.wire)
+            self.wire.bind((PEER, ETH_P_ALL))
+            self.wire.setblocking(False)
+        self.out_mac = json.loads(sh("ip", "-n", self.out, "-j", "link", "show", PEER).stdout)[0]["address"]
+
+    def _sock(self, family, any_addr) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        self.socks.append(s)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((any_addr, UDP_PORT))
+        s.setblocking(False)
+        return s
+
+    def iproute(self) -> IPRoute:
+        ipr = IPRoute(netns=self.sw)
+        self.iprs.append(ipr)
+        return ipr
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for s in self.socks:
+            s.close()
+        for ipr in self.iprs:
+            with contextlib.suppress(Exception):
+                ipr.close()
+        for ns in self.namespaces:
+            sh("ip", "netns", "del", ns, check=False)
+
+    # Frames. --------------------------------------------------------------
+
+    def tx_frame(self) -> bytes:
+        """A frame as the switch would write it into the TAP, for the outside host."""
+        return bytes(Ether(src=PORT_MAC, dst=self.out_mac) / IP(src="198.18.0.10", dst=OUT_IP)
+                     / UDP(sport=40000, dport=UDP_PORT) / token())
+
+    def frame(self, dst_mac: str, tok: bytes, v6: bool = False, dst_ip: str | None = None) -> bytes:
+        if v6:
+            l3 = IPv6(src=OUT_IP6, dst=dst_ip or SW_IP6)
+        else:
+            l3 = IP(src=OUT_IP, dst=dst_ip or SW_IP)
+        return bytes(Ether(src=self.out_mac, dst=dst_mac) / l3 / UDP(sport=40000, dport=UDP_PORT) / tok)
+
+    def send(self, frame: bytes) -> None:
+        self.wire.send(frame)
+
+    def _read_until(self, fds_read, found, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select(list(fds_read), [], [], left)
+            for r in ready:
+                if found(r):
+                    return True
+
+    def tap_count(self, tok: bytes, wait: float = 0.6) -> int:
+        """How many frames carrying `tok` the switch reads from the TAP within `wait` seconds."""
+        n, deadline = 0, time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([self.tap], [], [], left)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    n += tok in os.read(self.tap, 65536)
+        return n
+
+    def tap_got(self, tok: bytes, wait: float = 2.0) -> bool:
+        def found(_):
+            try:
+                return tok in os.read(self.tap, 65536)
+            except BlockingIOError:
+                return False
+        return self._read_until([self.tap], found, wait)
+
+    def host_got(self, tok: bytes, wait: float = 2.0) -> bool:
+        def found(s):
+            try:
+                return s.recv(65536) == tok
+            except BlockingIOError:
+                return False
+        return self._read_until([self.udp4, self.udp6], found, wait)
+
+    def wire_got(self, frame: bytes, wait: float = 2.0) -> bool:
+        def found(s):
+            try:
+                return s.recv(65536) == frame
+            except BlockingIOError:
+                return False
+        return self._read_until([self.wire], found, wait)
+
+    # State. ---------------------------------------------------------------
+
+    def link(self, dev: str) -> dict:
+        return json.loads(sh("ip", "-n", self.sw, "-d", "-j", "link", "show", "dev", dev).stdout)[0]
+
+    def flags(self, dev: str = NIC) -> set[str]:
+        return set(self.link(dev)["flags"])
+
+    def filters(self, dev: str, hook: str = "ingress") -> list[dict]:
+        r = sh("tc", "-n", self.sw, "-j", "filter", "show", "dev", dev, hook, check=False)
+        return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else []
+
+    def ours(self, dev: str) -> list[tuple[int, str]]:
+        """(prio, handle) of each tapswitch filter on the device's ingress, as tc shows them."""
+        def tapswitch(f):
+            actions = f.get("options", {}).get("actions", [])
+            return any(a.get("cookie", "").startswith(COOKIE_HEX) for a in actions)
+        return sorted((f["pref"], f["options"]["fh"]) for f in self.filters(dev) if tapswitch(f))
+
+    def snapshot(self, dev: str = NIC) -> dict:
+        """Everything about the device that detach() must give back."""
+        link = self.link(dev)
+        qdiscs = json.loads(sh("tc", "-n", self.sw, "-j", "qdisc", "show", "dev", dev).stdout)
+        return {
+            "flags": sorted(link["flags"]),
+            "mtu": link["mtu"],
+            "promiscuity": link.get("promiscuity"),
+            "allmulti": link.get("allmulti"),
+            "qdiscs": qdiscs,
+            "ingress": self.filters(dev, "ingress"),
+            "egress": self.filters(dev, "egress"),
+        }
+
+
+@pytest.fixture
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces, TAP devices, tc")
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def attached():
+    """attach() a RemoteAttachment; detach() it at the end whatever happens."""
+    made: list[RemoteAttachment] = []
+
+    def attach(lab: Lab, mode: str, **kw) -> RemoteAttachment:
+        a = RemoteAttachment(lab.ipr, TAP, NIC, mode, **kw)
+        made.append(a)
+        a.attach()
+        return a
+
+    yield attach
+    for a in made:
+        with contextlib.suppress(Exception):
+            a.detach()
+
+
+# --- promisc --------------------------------------------------------------------
+
+
+def test_promisc_mode_steals_everything(lab, attached):
+    lab.build()
+    a = attached(lab, "promisc")
+    assert lab.ours(NIC) == [(remote.PRIO_PROMISC, "800::1")]
+    assert [p for p, _ in lab.ours(TAP)] == [remote.PRIO_TX]
+    assert "PROMISC" in lab.flags()
+
+    for frame_for in (lambda t: lab.frame(lab.nic_mac, t),  # the host's own unicast
+                      lambda t: lab.frame("ff:ff:ff:ff:ff:ff", t, dst_ip="255.255.255.255"),
+                      lambda t: lab.frame("33:33:00:00:00:01", t, v6=True, dst_ip="ff02::1")):
+        tok = token()
+        lab.send(frame_for(tok))
+        assert lab.tap_got(tok), "the switch did not get the frame"
+        assert not lab.host_got(tok, wait=0.5), "the host still got a frame promisc mode should steal"
+    assert a.kind == "u32"
+
+
+# --- local ----------------------------------------------------------------------
+
+
+def test_local_mode_steals_the_port_mac_and_mirrors_broadcast_and_ipv6_multicast(lab, attached):
+    lab.build()
+    a = attached(lab, "local")
+    assert a.port_mac == lab.nic_mac  # the port takes IFACE's MAC
+    assert remote.default_mac(lab.ipr, NIC) == lab.nic_mac
+    assert "PROMISC" not in lab.flags()
+
+    tok = token()
+    lab.send(lab.frame(lab.nic_mac, tok))
+    assert lab.tap_got(tok)
+    assert not lab.host_got(tok, wait=0.5), "a frame for the port's MAC reached the host"
+
+    for frame_for in (lambda t: lab.frame("ff:ff:ff:ff:ff:ff", t, dst_ip="255.255.255.255"),
+                      lambda t: lab.frame("33:33:00:00:00:01", t, v6=True, dst_ip="ff02::1")):
+        tok = token()
+        lab.send(frame_for(tok))
+        assert lab.tap_count(tok) == 1, "the switch should get exactly one copy"
+        assert lab.host_got(tok), "the host lost its copy"
+
+    tok = token()  # IPv4 multicast: not without allmulti
+    lab.send(lab.frame("01:00:5e:00:00:fb", tok, dst_ip="224.0.0.251"))
+    assert not lab.tap_got(tok, wait=0.5)
+
+
+def test_local_mode_with_its_own_mac_and_allmulti(lab, attached):
+    lab.build()
+    attached(lab, "local", port_mac=PORT_MAC, allmulti=True)
+    assert {"ALLMULTI", "PROMISC"} <= lab.flags()  # PROMISC: a real NIC would drop PORT_MAC's frames
+
+    tok = token()
+    lab.send(lab.frame(PORT_MAC, tok))
+    assert lab.tap_got(tok)
+
+    tok = token()  # the host keeps its own unicast
+    lab.send(lab.frame(lab.nic_mac, tok))
+    assert lab.host_got(tok)
+    assert not lab.tap_got(tok, wait=0.5)
+
+    tok = token()
+    lab.send(lab.frame("01:00:5e:00:00:fb", tok, dst_ip="224.0.0.251"))
+    assert lab.tap_count(tok) == 1
+
+
+# --- shared ---------------------------------------------------------------------
+
+
+def ping(ns: str, address: str) -> bool:
+    six = ["-6"] if ":" in address else []
+    return sh("ip", "netns", "exec", ns, "ping", *six, "-c", "2", "-i", "0.2", "-W", "2", address,
+              check=False).returncode == 0
+
+
+def test_shared_mode_steals_listed_macs_and_the_host_keeps_its_address(lab, attached):
+    lab.build()
+    m1, m2 = "02:54:53:00:00:0a", "02:54:53:00:00:0b"
+    a = attached(lab, "shared")
+    a.update_shared_macs([m1])
+
+    assert ping(lab.out, SW_IP) and ping(lab.sw, OUT_IP)
+    assert ping(lab.out, SW_IP6) and ping(lab.sw, OUT_IP6)
+
+    tok = token()
+    lab.send(lab.frame(m1, tok))
+    assert lab.tap_got(tok)
+    tok = token()
+    lab.send(lab.frame(m2, tok))
+    assert not lab.tap_got(tok, wait=0.5)
+
+    a.update_shared_macs([m2, lab.nic_mac.upper()])  # the host's own MAC is never stolen
+    assert [p for p, _ in lab.ours(NIC)].count(remote.PRIO_UNICAST) == 1
+    tok = token()
+    lab.send(lab.frame(m2, tok))
+    assert lab.tap_got(tok)
+    tok = token()
+    lab.send(lab.frame(m1, tok))
+    assert not lab.tap_got(tok, wait=0.5)
+    assert ping(lab.out, SW_IP)
+
+    tok = token()  # broadcast: both get it
+    lab.send(lab.frame("ff:ff:ff:ff:ff:ff", tok, dst_ip="255.255.255.255"))
+    assert lab.tap_count(tok) == 1
+    assert lab.host_got(tok)
+
+    a.update_shared_macs([])
+    assert remote.PRIO_UNICAST not in [p for p, _ in lab.ours(NIC)]
+    assert not any(f["pref"] == remote.PRIO_UNICAST for f in lab.filters(NIC)), "an empty u32 table is left"
+
+
+# --- TX -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", remote.MODES)
+def test_what_the_switch_writes_into_the_tap_leaves_through_iface(lab, attached, mode):
+    lab.build()
+    attached(lab, mode)
+    frame = lab.tx_frame()
+    os.write(lab.tap, frame)
+    assert lab.wire_got(frame)
+
+
+# --- detach ---------------------------------------------------------------------
+
+
+def add_user_tc(lab: Lab) -> None:
+    """A user's own clsact and filters, one of them inside tapswitch's priority range."""
+    tcn = ["tc", "-n", lab.sw]
+    sh(*tcn, "qdisc", "add", "dev", NIC, "clsact")
+    sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", "10", "protocol", "all",
+       "u32", "match", "u16", "0x88b5", "0xffff", "at", "-2", "classid", "1:1")
+    sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", hex(tc.PRIO_FIRST + 0x50), "protocol", "all",
+       "u32", "match", "u16", "0x88b6", "0xffff", "at", "-2", "classid", "1:3")
+    sh(*tcn, "filter", "add", "dev", NIC, "egress", "prio", "7", "protocol", "all",
+       "u32", "match", "u32", "0", "0", "classid", "1:2")
+
+
+@pytest.mark.parametrize("user_tc", [False, True], ids=["bare", "user-clsact"])
+def test_detach_leaves_iface_as_it_was(lab, user_tc):
+    lab.build(nic_up=False)
+    if user_tc:
+        add_user_tc(lab)
+    before, tap_before = lab.snapshot(), lab.snapshot(TAP)
+
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "promisc", allmulti=True, mtu=1400)
+    try:
+        a.attach()
+        during = lab.link(NIC)
+        assert during["mtu"] == 1400
+        assert {"UP", "PROMISC", "ALLMULTI"} <= set(during["flags"])
+        assert len(lab.ours(NIC)) == 1
+    finally:
+        a.detach()
+
+    assert lab.snapshot() == before
+    assert lab.snapshot(TAP) == tap_before
+
+
+def test_a_users_ingress_qdisc_is_never_replaced(lab):
+    lab.build()
+    sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "ingress")
+    before, tap_before = lab.snapshot(), lab.snapshot(TAP)
+    with pytest.raises(tc.TcError, match="ingress"):
+        RemoteAttachment(lab.ipr, TAP, NIC, "promisc").attach()
+    assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
+
+
+def test_attach_again_is_still_one_attachment(lab):
+    lab.build(nic_up=False)
+    before = lab.snapshot()
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "local", port_mac=PORT_MAC, mtu=1400)
+    try:
+        a.attach()
+        rules = lab.ours(NIC)
+        a.attach()
+        assert lab.ours(NIC) == rules and len(lab.ours(TAP)) == 1
+    finally:
+        a.detach()
+    assert lab.snapshot() == before
+
+
+def test_iface_gone_then_back(lab):
+    """What the link monitor will do: IFACE vanishes (detach() copes), comes back (attach() again)."""
+    lab.build()
+    tap_before = lab.snapshot(TAP)
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "promisc")
+    try:
+        a.attach()
+        sh("ip", "-n", lab.sw, "link", "del", NIC)
+        a.detach()
+        assert lab.snapshot(TAP) == tap_before  # no TX rule left pointing nowhere
+
+        sh("ip", "-n", lab.sw, "link", "add", NIC, "type", "veth", "peer", "name", PEER, "netns", lab.out)
+        sh("ip", "-n", lab.out, "link", "set", PEER, "up")
+        lab.rewire()
+        a.attach()
+        frame = lab.tx_frame()
+        os.write(lab.tap, frame)
+        assert lab.wire_got(frame)
+        tok = token()
+        lab.send(lab.frame("02:54:53:00:00:77", tok))
+        assert lab.tap_got(tok)
+    finally:
+        a.detach()
+    assert lab.snapshot(TAP) == tap_before
+
+
+# --- after a crash --------------------------------------------------------------
+
+CRASH = """
+import os, sys
+from pyroute2 import IPRoute
+from tapswitch.remote import RemoteAttachment
+a = RemoteAttachment(IPRoute(), "tap0", "nic0", "local", port_mac=sys.argv[1], allmulti=True, mtu=1400)
+a.attach()
+os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.mark.parametrize("how", ["dropped", "sigkill"])
+def test_a_start_after_a_crash_removes_stale_rules_and_heals(lab, how):
+    lab.build(nic_up=False)
+    before = lab.snapshot()
+
+    if how == "dropped":  # attach, then lose the object without detach()
+        ipr = lab.iproute()
+        RemoteAttachment(ipr, TAP, NIC, "local", port_mac=PORT_MAC, allmulti=True, mtu=1400).attach()
+        ipr.close()
+    else:
+        r = sh("ip", "netns", "exec", lab.sw, sys.executable, "-c", CRASH, PORT_MAC, check=False)
+        assert r.returncode == -9, r.stderr
+    stale = lab.ours(NIC)
+    assert len(stale) == 4 and lab.link(NIC)["mtu"] == 1400
+
+    b = RemoteAttachment(lab.ipr, TAP, NIC, "local", port_mac=PORT_MAC, allmulti=True, mtu=1400)
+    try:
+        with capture_logs() as logs:
+            b.attach()
+        removed = [e for e in logs if e["event"] == "remote.stale_removed"]
+        assert {e["dev"] for e in removed} == {NIC, TAP}
+        prios = [p for p, _ in lab.ours(NIC)]
+        assert sorted(prios) == sorted(set(prios)) == [remote.PRIO_UNICAST, remote.PRIO_BROADCAST,
+                                                        remote.PRIO_BROADCASTV6, remote.PRIO_ALLMULTI]
+        assert [p for p, _ in lab.ours(TAP)] == [remote.PRIO_TX]
+
+        tok = token()
+        lab.send(lab.frame(PORT_MAC, tok))
+        assert lab.tap_count(tok) == 1
+        tok = token()
+        lab.send(lab.frame("ff:ff:ff:ff:ff:ff", tok, dst_ip="255.255.255.255"))
+        assert lab.tap_count(tok) == 1, "a duplicate mirror rule survived"
+    finally:
+        b.detach()
+    # the crashed run's cookies remembered how nic0 was: down, MTU 1500, no clsact
+    assert lab.snapshot() == before
+
+
+def test_stale_removal_never_touches_a_users_filters(lab, attached):
+    lab.build()
+    add_user_tc(lab)
+    user_ingress = lab.filters(NIC)
+    ipr = lab.iproute()
+    RemoteAttachment(ipr, TAP, NIC, "promisc").attach()  # and never detached
+    stale = tc.remove_stale(lab.ipr, NIC)
+    assert [f.prio for f in stale.removed] == [remote.PRIO_PROMISC]
+    assert stale.state is not None and stale.state.up and not stale.state.clsact_added
+    assert lab.filters(NIC) == user_ingress
+    assert tc.remove_stale(lab.ipr, NIC).removed == ()
+
+
+# --- flower or u32 --------------------------------------------------------------
+
+
+def test_flower_probe_falls_back_to_u32_and_leaves_nothing(lab, monkeypatch):
+    lab.build()
+    index = lab.link(NIC)["ifindex"]
+    assert tc.ensure_clsact(lab.ipr, index)
+    monkeypatch.setattr(tc, "_flower", None)
+    with capture_logs() as logs:
+        assert tc.flower_supported(lab.ipr, index) is False
+        assert tc.flower_supported(lab.ipr, index) is False
+    assert [e["event"] for e in logs if e["log_level"] == "info"] == ["tc.u32"]  # probed and logged once
+    # the same probe with a classifier this kernel has: it works and is gone afterwards
+    assert tc.probe(lab.ipr, index, "u32") is True
+    assert lab.filters(NIC) == []
+    chains = json.loads(sh("tc", "-n", lab.sw, "-j", "chain", "show", "dev", NIC, "ingress").stdout)
+    assert tc.PROBE_CHAIN not in [c["chain"] for c in chains]
+    assert tc.remove_clsact(lab.ipr, index)
+    assert "clsact" not in sh("tc", "-n", lab.sw, "qdisc", "show", "dev", NIC).stdout
