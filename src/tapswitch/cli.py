@@ -80,6 +80,8 @@ def cmd_run(args) -> int:
     except StartError as e:
         print(f"tapswitch: {e}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK           # stopped while starting; start() has undone what it made
     try:
         switch.run()
     finally:

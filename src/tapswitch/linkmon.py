@@ -17,6 +17,7 @@ IFF_LOWER_UP (carrier), as the seed's tap_link_update reads it.
 import os
 import socket
 import struct
+from typing import NamedTuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -29,6 +30,14 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 OWN_NSID = -1            # events from the switch's own namespace carry no peer id
 RECV_SIZE = 1 << 16
+
+
+class LinkEvent(NamedTuple):
+    nsid: int            # OWN_NSID for the switch's own namespace
+    ifindex: int
+    ifname: str | None
+    up: bool             # IFF_UP and carrier
+    deleted: bool        # RTM_DELLINK
 
 
 def link_up(flags: int) -> bool:
@@ -65,8 +74,8 @@ class LinkMonitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[tuple[int, int, bool]]:
-        """Drain waiting link events: (nsid, ifindex, up) for each."""
+    def read(self) -> list[LinkEvent]:
+        """Drain the waiting link events."""
         events = []
         while True:
             try:
@@ -88,8 +97,9 @@ class LinkMonitor:
                 if kind in (RTM_NEWLINK, RTM_DELLINK):
                     msg = ifinfmsg(data[offset:offset + length])
                     msg.decode()
-                    up = kind == RTM_NEWLINK and link_up(msg["flags"])
-                    events.append((nsid, msg["index"], up))
+                    deleted = kind == RTM_DELLINK
+                    events.append(LinkEvent(nsid, msg["index"], msg.get_attr("IFLA_IFNAME"),
+                                            not deleted and link_up(msg["flags"]), deleted))
                 offset += (length + 3) & ~3
 
     def close(self) -> None:

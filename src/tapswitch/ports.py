@@ -8,13 +8,14 @@ queue fds removes the device, wherever it is by then.
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import netns, tap
+from tapswitch import netns, remote, tap, tc
+from tapswitch.remote import RemoteAttachment
 
 log = structlog.get_logger("tapswitch.ports")
 
@@ -35,17 +36,23 @@ class Port:
     mac: str
     nspath: str | None         # the namespace the TAP lives in; None = the switch's
     ifindex: int               # in that namespace
-    up: bool = True            # TAP admin up and carrier on
+    up: bool = True            # forwarding: the TAP is up, and so is the remote if there is one
+    tap_up: bool = True        # TAP admin up and carrier on
     gone: bool = False         # the TAP device was deleted (its namespace died)
     nsid: int = -1             # the id of its namespace as seen from the switch's (link events)
-    extra: dict = field(default_factory=dict)
+    remote: RemoteAttachment | None = None    # remote: IFACE attached through tc
+    remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
+    remote_up: bool = True
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
     def close(self) -> None:
-        """Close the queues; the kernel removes the TAP device with the last one."""
+        """Detach the remote, then close the queues: the kernel removes the TAP with the last one."""
+        if self.remote is not None:
+            _detach(self.remote)
+            self.remote = None
         _close(self.fds)
         self.fds = []
 
@@ -99,10 +106,11 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
     to remove.
     """
     fds = tap.open_queues(cfg.name, queues)
+    attachment = None
     try:
-        mac = cfg.mac or random_mac()
         with IPRoute() as ipr:
             ifindex = _lookup(ipr, cfg.name)
+            mac = cfg.mac or _default_mac(ipr, cfg)
             ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu)
             nspath = namespaces.ensure(cfg)
             if nspath is not None:
@@ -113,15 +121,52 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
                 if cfg.netns in namespaces.created:
                     ipr.link("set", index=_lookup(ipr, "lo"), state="up")
             ifindex = _configure_inside(ipr, cfg, ifindex)
-    except NetlinkError as e:
+        if cfg.remote:
+            attachment, remote_ifindex = _attach(cfg, mac)
+    except (NetlinkError, tc.TcError) as e:
         _close(fds)
-        raise PortError(f"port {cfg.name}: {os.strerror(e.code) if e.code else e}") from None
+        detail = os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
+        raise PortError(f"port {cfg.name}: {detail}") from None
     except BaseException:
         _close(fds)
         raise
     log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
              netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues)
-    return Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex)
+    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex)
+    if attachment is not None:
+        port.remote, port.remote_ifindex = attachment, remote_ifindex
+    return port
+
+
+def _default_mac(ipr: IPRoute, cfg) -> str:
+    """A port's MAC when none is given: IFACE's in local mode (as the seed does), else random."""
+    if cfg.remote:
+        if not ipr.link_lookup(ifname=cfg.remote):
+            raise PortError(f"port {cfg.name}: remote {cfg.remote} does not exist")
+        if cfg.remote_mode == "local":
+            return remote.default_mac(ipr, cfg.remote)
+    return random_mac()
+
+
+def _attach(cfg, mac: str) -> tuple[RemoteAttachment, int]:
+    """Steer IFACE's frames into the port's TAP and the TAP's out of IFACE (tc clsact + mirred)."""
+    ipr = IPRoute()     # kept for the life of the attachment: shared mode updates, detach
+    try:
+        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, cfg.mtu)
+        att.attach()
+        return att, _lookup(ipr, cfg.remote)
+    except BaseException:
+        ipr.close()
+        raise
+
+
+def _detach(att: RemoteAttachment) -> None:
+    try:
+        att.detach()
+    except Exception as e:         # a stop must go on: say what may be left
+        log.error("remote.detach_failed", tap=att.tap_ifname, remote=att.remote_ifname, error=str(e))
+    finally:
+        att.ipr.close()
 
 
 def _close(fds: list[int]) -> None:

@@ -96,8 +96,10 @@ class Switch:
 
     def start(self) -> None:
         """Bring everything up, or undo what was done and raise StartError."""
-        # A SIGTERM during start must still clean up: raise where start can catch it.
+        # A stop signal during start must still clean up: raise where start can catch it.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # nothing to reload yet
         try:
             preflight()
             self._start()
@@ -107,6 +109,10 @@ class Switch:
         except BaseException:
             self.stop()
             raise
+        # From here a signal only sets a flag; run() acts on it (even one that came before run()).
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
         log.info("switch.ready", switch=self.name, ports=len(self.ports), queues=self.queues)
         notify("READY=1")
 
@@ -155,9 +161,6 @@ class Switch:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
         self.selector.register(wake_r, selectors.EVENT_READ, ("wake", wake_r))
         try:
             while not self.stopping:
@@ -168,6 +171,7 @@ class Switch:
                     self.reload()
                 self.maintain_ports()
                 self.maintain_fdb()
+                self.feed_shared_remotes()
         finally:
             signal.set_wakeup_fd(-1)
             self.selector.unregister(wake_r)
@@ -194,30 +198,61 @@ class Switch:
             self.supervisor.exited(obj)
             self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
         elif kind == "link":
-            for nsid, ifindex, up in obj.read():
-                self.link_changed(nsid, ifindex, up)
+            for event in obj.read():
+                self.link_changed(event)
             if obj.overrun:
                 obj.overrun = False
                 log.warning("link.events_lost", ports=len(self.ports))
                 self.resync_links()
 
-    def link_changed(self, nsid: int, ifindex: int, up: bool) -> None:
-        """A device changed state; if it is a port's, follow it."""
+    def link_changed(self, event: linkmon.LinkEvent) -> None:
+        """A device changed state; if it is a port's TAP or remote, follow it."""
         for port in self.ports:
-            if port.nsid == nsid and port.ifindex == ifindex:
-                self.set_port_up(port, up)
+            if port.nsid == event.nsid and port.ifindex == event.ifindex:
+                port.tap_up = event.up
+            elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
+                    port.remote_ifindex == event.ifindex
+                    or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted)):
+                self.remote_changed(port, event)
+            else:
+                continue
+            self.set_port_up(port, port.tap_up and port.remote_up)
+
+    def remote_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
+        """IFACE went, came back, or changed state (a VM restarted, a driver reloaded, a cable)."""
+        if event.deleted:
+            port.remote_ifindex = None
+            port.remote_up = False
+            port.remote.detach()          # its rules went with the device; forget them
+            log.warning("remote.gone", port=port.name, remote=port.cfg.remote)
+            return
+        if port.remote_ifindex is None:
+            port.remote_ifindex = event.ifindex
+            try:
+                port.remote.attach()      # rules and settings again, on the new device
+            except Exception as e:
+                log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e))
+                port.remote_ifindex = None
                 return
+            log.info("remote.returned", port=port.name, remote=port.cfg.remote)
+        port.remote_up = event.up
 
     def resync_links(self) -> None:
-        """Ask each port's namespace for the state of its device (at start, or when events were lost)."""
+        """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""
         for port in self.ports:
-            try:
-                with ports.iproute(port.nspath) as ipr:
-                    up = linkmon.link_up(ipr.get_links(port.ifindex)[0]["flags"])
-            except (OSError, NetlinkError):
-                up = False            # the device or its namespace is gone
-            self.set_port_up(port, up)
+            port.tap_up = self._device_up(port.nspath, index=port.ifindex)
+            if port.remote is not None:
+                port.remote_up = port.remote_ifindex is not None and self._device_up(None, index=port.remote_ifindex)
+            self.set_port_up(port, port.tap_up and port.remote_up)
         self.monitor.overrun = False
+
+    @staticmethod
+    def _device_up(nspath: str | None, index: int) -> bool:
+        try:
+            with ports.iproute(nspath) as ipr:
+                return linkmon.link_up(ipr.get_links(index)[0]["flags"])
+        except (OSError, NetlinkError):
+            return False             # the device or its namespace is gone
 
     def set_port_up(self, port: ports.Port, up: bool) -> None:
         """Skip a down port when flooding and forget its MACs; resume when it is up."""
@@ -239,6 +274,20 @@ class Switch:
                 port.gone = True
                 log.warning("port.gone", port=port.name, netns=port.cfg.netns)
                 self.set_port_up(port, False)
+
+    def feed_shared_remotes(self) -> None:
+        """Shared-mode remotes steal frames for the MACs behind the other ports: tell them which."""
+        shared_ports = [p for p in self.ports if p.remote is not None and p.cfg.remote_mode == "shared"
+                        and p.remote_ifindex is not None]
+        if not shared_ports:
+            return
+        entries = self.shared.fdb_dump()
+        for port in shared_ports:
+            macs = {mac for mac, _vlan, index, _static, _seen in entries if index != port.index}
+            try:
+                port.remote.update_shared_macs(macs)
+            except Exception as e:
+                log.error("remote.update_failed", port=port.name, error=str(e))
 
     def maintain_fdb(self) -> None:
         """One aging step over a slice of the MAC table; warn when it is full."""

@@ -1,0 +1,121 @@
+"""Remote ports end to end: the switch in its own namespace, a veth "NIC" wired to an outside host."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.integration import helpers
+
+
+def nic_state(ns: str, dev: str = "nic0") -> dict:
+    """Everything a stop must give back: qdiscs, filters, flags, MTU."""
+    link = json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", "dev", dev).stdout)[0]
+    qdiscs = helpers.nsexec(ns, "tc", "qdisc", "show", "dev", dev).stdout
+    filters = [helpers.nsexec(ns, "tc", "filter", "show", "dev", dev, where).stdout for where in ("ingress", "egress")]
+    return {"flags": sorted(link["flags"]), "mtu": link["mtu"], "promisc": link.get("promiscuity"),
+            "qdiscs": qdiscs, "filters": filters}
+
+
+@pytest.fixture
+def site(lab):
+    """Namespaces: sw (the switch, with nic0), out (the outside host, eth0 198.18.3.100), c1, c2."""
+    sw, out = lab.netns("sw", create=True), lab.netns("out", create=True)
+    c1, c2 = lab.netns("c1", create=True), lab.netns("c2", create=True)
+    helpers.sh("ip", "link", "add", "nic0", "netns", sw, "type", "veth", "peer", "name", "eth0", "netns", out)
+    helpers.nsexec(sw, "ip", "link", "set", "nic0", "up")
+    helpers.nsexec(out, "ip", "addr", "add", "198.18.3.100/24", "dev", "eth0")
+    helpers.nsexec(out, "ip", "link", "set", "eth0", "up")
+    return {"sw": sw, "out": out, "c": [c1, c2]}
+
+
+def config(lab, site, mode: str, mtu: int | None = None) -> dict:
+    ports = [{"name": lab.name(f"p{i}"), "netns": f"/run/netns/{c}", "ifname": "eth0",
+              "addresses": [f"198.18.3.{i + 1}/24"]} for i, c in enumerate(site["c"])]
+    uplink = {"name": lab.name("up"), "remote": "nic0", "remote_mode": mode}
+    if mtu:
+        uplink["mtu"] = mtu
+    return {"switch": {"name": lab.name("s"), "queues": 1}, "ports": ports + [uplink]}
+
+
+def wait_port(sw, name: str, state: str, within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if {p["name"]: p["state"] for p in sw.cli_json("ports")}[name] == state:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{name} not {state} within {within}s")
+
+
+def test_promisc_uplink_reaches_the_outside_host(lab, site):
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    for c in site["c"]:
+        assert helpers.ping(c, "198.18.3.100")
+    fdb = {e["mac"]: e["port"] for e in sw.cli_json("fdb")}
+    assert fdb[helpers.link_mac(site["out"], "eth0")] == lab.name("up")
+
+
+def test_shared_uplink_leaves_the_host_its_own_address(lab, site):
+    helpers.nsexec(site["sw"], "ip", "addr", "add", "198.18.3.50/24", "dev", "nic0")
+    lab.switch(config(lab, site, "shared"), netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert helpers.ping(site["c"][1], "198.18.3.100")
+    # The host keeps using its NIC: the outside host still reaches the host's own address, both ways.
+    assert helpers.ping(site["out"], "198.18.3.50")
+    assert helpers.ping(site["sw"], "198.18.3.100")
+
+
+def test_nic_down_takes_the_port_down_and_traffic_resumes_when_up(lab, site):
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    up = lab.name("up")
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "down")
+    wait_port(sw, up, "down")
+    assert not helpers.ping(site["c"][0], "198.18.3.100", wait=1)
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "up")
+    wait_port(sw, up, "up")
+    deadline = time.monotonic() + 5
+    while not helpers.ping(site["c"][0], "198.18.3.100", wait=1):
+        assert time.monotonic() < deadline, "traffic did not resume"
+
+
+def test_nic_deleted_and_recreated_is_attached_again(lab, site):
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    up = lab.name("up")
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic0")
+    wait_port(sw, up, "down")
+    helpers.sh("ip", "link", "add", "nic0", "netns", site["sw"], "type", "veth", "peer", "name", "eth0",
+               "netns", site["out"])
+    helpers.nsexec(site["out"], "ip", "addr", "add", "198.18.3.100/24", "dev", "eth0")
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "up")
+    wait_port(sw, up, "up", within=3)
+    assert sw.events("remote.returned")
+    deadline = time.monotonic() + 5
+    while not helpers.ping(site["c"][0], "198.18.3.100", wait=1):
+        assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
+
+
+def test_sigterm_restores_the_nic_exactly(lab, site):
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
+    during = nic_state(site["sw"])
+    assert during["mtu"] == 1400 and during != before
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw.stop(signal.SIGTERM) == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_restart_after_sigkill_heals_without_duplicate_rules(lab, site):
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1400)
+    sw = lab.switch(cfg, netns=site["sw"])
+    rules = nic_state(site["sw"])["filters"]
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert nic_state(site["sw"])["filters"] == rules       # same rules, none twice
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw2.stop() == 0
+    # The original state, learned from the crashed run's rules, is what comes back.
+    assert nic_state(site["sw"]) == before
