@@ -1,0 +1,403 @@
+"""The Prometheus exporter end to end: a running switch's /metrics, checked by count, by promtool, by Prometheus.
+
+Each test runs its own switch with /metrics on a free port of 127.0.0.1.
+Exact counts come from quiet namespaces (no IPv6, no addresses: the kernel
+sends nothing by itself) and frames sent by tests/integration/sendframes.py.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration import helpers
+from tests.integration.prom import free_port, prometheus  # noqa: F401 (prometheus is a fixture)
+from tests.promql import DASHBOARDS, all_queries, rule_queries
+
+SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
+FRAME = 60                      # bytes of a sendframes.py frame: 14 header + 46 payload
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+MAC_A, MAC_B = "02:aa:00:00:00:01", "02:bb:00:00:00:01"
+
+# `tapswitch ports --json` counter -> metric (DESIGN.md: metrics are contracts).
+PORT_METRICS = {
+    "rx_packets": "tapswitch_port_rx_packets_total",
+    "rx_bytes": "tapswitch_port_rx_bytes_total",
+    "rx_errors": "tapswitch_port_rx_errors_total",
+    "rx_dropped": "tapswitch_port_rx_dropped_total",
+    "tx_packets": "tapswitch_port_tx_packets_total",
+    "tx_bytes": "tapswitch_port_tx_bytes_total",
+    "tx_errors": "tapswitch_port_tx_errors_total",
+    "tx_dropped": "tapswitch_port_tx_dropped_total",
+    "flooded": "tapswitch_port_flooded_packets_total",
+}
+
+# A MAC address in any usual spelling: 02:aa:.., 02-aa-.., 02aa.00.., 02aa00000001.
+MAC_LIKE = re.compile(r"(?i)(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}|(?:[0-9a-f]{4}\.){2}[0-9a-f]{4}|\b[0-9a-f]{12}\b")
+
+
+# --- Reading /metrics -----------------------------------------------------------
+
+class Exporter:
+    """The /metrics endpoint of one switch."""
+
+    def __init__(self, listen: str):
+        self.listen = listen
+        self.url = f"http://{listen}/metrics"
+
+    def get(self, accept: str | None = None) -> tuple[str, str]:
+        """(Content-Type, body) of one scrape."""
+        req = urllib.request.Request(self.url, headers={"Accept": accept} if accept else {})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.headers.get("Content-Type", ""), r.read().decode()
+
+    def samples(self) -> list:
+        """Every sample of one scrape (text format), as prometheus_client parses it."""
+        return [s for family in text_string_to_metric_families(self.get()[1]) for s in family.samples]
+
+    def values(self, name: str, by: tuple[str, ...]) -> dict[tuple, float]:
+        """Samples of `name` summed into one value per `by` label values."""
+        out: dict[tuple, float] = {}
+        for s in self.samples():
+            if s.name == name:
+                key = tuple(s.labels[label] for label in by)
+                out[key] = out.get(key, 0) + s.value
+        return out
+
+    def port_counters(self) -> dict[str, dict[str, int]]:
+        """port -> {rx_packets: .., ..., flooded: ..}, summed over the queue label."""
+        out: dict[str, dict[str, int]] = {}
+        samples = self.samples()
+        for key, metric in PORT_METRICS.items():
+            for s in samples:
+                if s.name == metric:
+                    port = out.setdefault(s.labels["port"], dict.fromkeys(PORT_METRICS, 0))
+                    port[key] += int(s.value)
+        return out
+
+    def series(self) -> dict[tuple, float]:
+        """(name, sorted labels) -> value, for every tapswitch_port_* counter sample."""
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for s in self.samples() if s.name in PORT_METRICS.values()}
+
+
+def delta(after: dict, before: dict) -> dict[str, dict[str, int]]:
+    return {port: {k: after[port][k] - before[port][k] for k in PORT_METRICS} for port in after}
+
+
+def wait_until(what, predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll what() until predicate(value); return the value, or fail with the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s; last value: {value}")
+        time.sleep(interval)
+
+
+def settled(exporter: Exporter, port: str, key: str, at_least: int) -> dict:
+    """Port counters once port's `key` reached at_least, and a moment later (so extras would show)."""
+    wait_until(exporter.port_counters, lambda c: c[port][key] >= at_least)
+    time.sleep(0.3)
+    return exporter.port_counters()
+
+
+# --- Switches -------------------------------------------------------------------
+
+def quiet_namespace(lab, suffix: str) -> str:
+    """A namespace whose kernel sends nothing by itself (no IPv6, no addresses)."""
+    ns = lab.netns(suffix, create=True)
+    helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    return ns
+
+
+def send(ns: str, src: str, dst: str, count: int) -> None:
+    helpers.nsexec(ns, sys.executable, SENDER, "eth0", src, dst, count, timeout=60)
+
+
+def quiet_switch(lab, n: int = 3, queues: int = 2, **port0):
+    """A switch over n quiet namespaces; returns (switch, exporter, namespaces, port names)."""
+    nss = [quiet_namespace(lab, "abc"[i]) for i in range(n)]
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0"} for i, ns in enumerate(nss)]
+    ports[0].update(port0)
+    listen = f"127.0.0.1:{free_port()}"
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": queues, "metrics": {"listen": listen}},
+                     "ports": ports})
+    return sw, Exporter(listen), nss, [p["name"] for p in ports]
+
+
+def container_switch(lab, n: int = 2, queues: int = 2):
+    """A switch over n containers with addresses (198.18.0.i, fd00::i); returns (switch, exporter, cfg)."""
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24", f"fd00::{i + 1}/64"]} for i in range(n)]
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = {"switch": {"name": lab.name("sw"), "queues": queues, "metrics": {"listen": listen}}, "ports": ports}
+    sw = lab.switch(cfg)
+    return sw, Exporter(listen), cfg
+
+
+def ping_loop(lab, ns: str, address: str, seconds: int = 60) -> subprocess.Popen:
+    """Ping every 0.1 s in the background (stopped by the lab at the end of the test)."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-q", "-i", "0.1", "-w", str(seconds), address],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(p)
+    return p
+
+
+# --- Format ---------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)")
+def test_metrics_pass_promtool_and_are_served_as_openmetrics_too(lab):
+    sw, exporter, cfg = container_switch(lab)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2", count=3)
+
+    content_type, text = exporter.get()
+    assert content_type.startswith("text/plain; version=0.0.4"), content_type
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"promtool check metrics:\n{r.stdout}{r.stderr}"
+
+    exported = {f.name for f in text_string_to_metric_families(text)}
+    contract = {line.strip() for line in (DASHBOARDS / "METRICS.txt").read_text().splitlines() if line.strip()}
+    # The parser names a counter family without _total; METRICS.txt names samples.
+    sample_names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert contract - sample_names == set(), f"in METRICS.txt, not exported; exported families: {sorted(exported)}"
+
+    content_type, om = exporter.get(accept="application/openmetrics-text; version=1.0.0; charset=utf-8")
+    assert content_type.startswith("application/openmetrics-text"), content_type
+    assert om.endswith("# EOF\n")
+    om_names = {s.name for f in openmetrics_families(om) for s in f.samples}   # raises on malformed input
+    assert contract - om_names == set()
+
+
+# --- Counting -------------------------------------------------------------------
+
+def test_unicast_and_broadcast_frames_are_counted_exactly(lab):
+    sw, exporter, nss, (a, b, c) = quiet_switch(lab, 3, queues=2)
+    # Every port counter has one series per queue.
+    queues = exporter.values("tapswitch_port_rx_packets_total", ("port", "queue"))
+    assert set(queues) == {(p, q) for p in (a, b, c) for q in ("0", "1")}
+
+    # MAC_B is learned behind port b (one broadcast frame, flooded to a and c).
+    send(nss[1], MAC_B, BROADCAST, 1)
+    wait_until(lambda: {e["mac"]: e["port"] for e in sw.cli_json("fdb")}, lambda fdb: fdb.get(MAC_B) == b)
+    before = settled(exporter, c, "tx_packets", 1)
+
+    n = 500
+    send(nss[0], MAC_A, MAC_B, n)
+    d = delta(settled(exporter, b, "tx_packets", before[b]["tx_packets"] + n), before)
+    assert d[a]["rx_packets"] == n and d[a]["rx_bytes"] == n * FRAME, d[a]
+    assert d[b]["tx_packets"] == n and d[b]["tx_bytes"] == n * FRAME, d[b]
+    assert d[a]["flooded"] == 0, d[a]
+    assert d[c]["tx_packets"] == 0 and d[a]["tx_packets"] == 0, d
+    assert all(d[p][k] == 0 for p in (b, c) for k in ("rx_packets", "rx_bytes")), d
+    assert all(d[p][k] == 0 for p in (a, b, c) for k in ("rx_errors", "rx_dropped", "tx_errors", "tx_dropped")), d
+
+    before = exporter.port_counters()
+    m = 300
+    send(nss[0], MAC_A, BROADCAST, m)
+    d = delta(settled(exporter, c, "tx_packets", before[c]["tx_packets"] + m), before)
+    assert d[a]["flooded"] == m and d[a]["rx_packets"] == m and d[a]["rx_bytes"] == m * FRAME, d[a]
+    for p in (b, c):
+        assert d[p]["tx_packets"] == m and d[p]["tx_bytes"] == m * FRAME and d[p]["flooded"] == 0, (p, d[p])
+    assert d[a]["tx_packets"] == 0, d[a]
+
+
+def test_ports_json_shows_the_same_numbers_as_metrics(lab):
+    sw, exporter, nss, (a, b, c) = quiet_switch(lab, 3, queues=2, mac="02:00:00:00:00:0a", speed=10000, mtu=1400)
+    send(nss[1], MAC_B, BROADCAST, 7)            # flooded to a and c; MAC_B learned on b
+    wait_until(lambda: {e["mac"] for e in sw.cli_json("fdb")}, lambda macs: MAC_B in macs)
+    send(nss[0], MAC_A, MAC_B, 11)               # unicast a -> b
+    settled(exporter, b, "tx_packets", 11)
+
+    ports = sw.cli_json("ports")
+    metrics = exporter.port_counters()
+    assert [p["name"] for p in ports] == [a, b, c]
+    for p in ports:
+        assert p["counters"] == metrics[p["name"]], p["name"]
+    assert metrics[b]["tx_packets"] == 11 and metrics[a]["tx_packets"] == 7     # not a match of zeros
+
+    up = exporter.values("tapswitch_port_up", ("port",))
+    info = {s.labels["port"]: s.labels for s in exporter.samples() if s.name == "tapswitch_port_info"}
+    fdb = exporter.values("tapswitch_port_fdb_entries", ("port",))
+    fdb_json = sw.cli_json("fdb")
+    for p in ports:
+        name = p["name"]
+        assert up[(name,)] == (1 if p["state"] == "up" else 0)
+        assert info[name]["mac"] == p["mac"] and info[name]["mtu"] == str(p["mtu"])
+        assert info[name]["speed"] == ("" if p["speed"] is None else str(p["speed"]))
+        assert info[name]["remote"] == (p["remote"] or "")
+        assert fdb[(name,)] == sum(1 for e in fdb_json if e["port"] == name)
+    assert info[a]["mac"] == "02:00:00:00:00:0a" and info[a]["speed"] == "10000" and info[a]["mtu"] == "1400"
+
+
+# --- A real Prometheus ----------------------------------------------------------
+
+def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(lab, prometheus):
+    sw, exporter, cfg = container_switch(lab, 2, queues=2)
+    a_ns, b_ns = (p["netns"] for p in cfg["ports"])
+    ping_loop(lab, a_ns, "198.18.0.2")
+    server = subprocess.Popen(["ip", "netns", "exec", b_ns, "iperf3", "-s", "-1", "-B", "198.18.0.2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(server)
+    prom = prometheus([exporter.listen], rule_files=[str(DASHBOARDS / "alerts.yml")])
+    time.sleep(0.3)     # the iperf3 server listens by now
+    client = subprocess.Popen(["ip", "netns", "exec", a_ns, "iperf3", "-c", "198.18.0.2", "-t", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(client)
+
+    switch, port = cfg["switch"]["name"], cfg["ports"][0]["name"]
+    # Five scrapes a second apart: every [10s] window holds at least two points.
+    prom.wait_for_scrapes('up{job="tapswitch"}', 5)
+    assert prom.targets_up()
+
+    queries = all_queries(switch=switch, port=port, rate_interval="10s")
+    empty = []
+    for q in queries:
+        try:
+            result = prom.query(q.signal)
+        except AssertionError as e:
+            empty.append(f"{q.source}: {q.name}: {q.signal!r}: {e}")
+            continue
+        if not result:
+            empty.append(f"{q.source}: {q.name}: {q.signal!r}")
+    assert empty == [], f"{len(empty)} of {len(queries)} queries returned nothing:\n" + "\n".join(empty)
+
+    # The traffic is in the graphs, not just zeros.
+    rx = prom.query(f'sum by (port) (rate(tapswitch_port_rx_packets_total{{switch="{switch}"}}[10s])) > 0')
+    assert {r["metric"]["port"] for r in rx} == {p["name"] for p in cfg["ports"]}, rx
+    assert client.wait(timeout=30) == 0, "iperf3 failed"
+
+    # Prometheus loaded every alert rule and evaluates it without error.
+    def rules():
+        return [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+    evaluated = wait_until(rules, lambda rs: rs and all(r["health"] != "unknown" for r in rs))
+    assert sorted(r["name"] for r in evaluated) == sorted(q.name for q in rule_queries())
+    assert [(r["name"], r["health"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
+
+
+# --- Labels ---------------------------------------------------------------------
+
+def test_no_mac_address_is_a_label_value_except_port_info_mac(lab):
+    sw, exporter, cfg = container_switch(lab, 3, queues=2)
+    for j in (2, 3):
+        assert helpers.ping(cfg["ports"][0]["netns"], f"198.18.0.{j}")
+        assert helpers.ping(cfg["ports"][0]["netns"], f"fd00::{j}")
+    fdb = sw.cli_json("fdb")
+    assert len(fdb) >= 3
+    known = {e["mac"].replace(":", "") for e in fdb} | {p["mac"].replace(":", "") for p in sw.cli_json("ports")}
+
+    offenders = []
+    port_macs = {}
+    for s in exporter.samples():
+        for label, value in s.labels.items():
+            if s.name == "tapswitch_port_info" and label == "mac":
+                port_macs[s.labels["port"]] = value
+                continue
+            bare = re.sub(r"[:.-]", "", value.lower())
+            if MAC_LIKE.search(value) or any(mac in bare for mac in known):
+                offenders.append(f"{s.name}{{{label}={value!r}}}")
+    assert offenders == []
+    # The one allowed place holds each port's own MAC, as `tapswitch ports` shows it.
+    assert port_macs == {p["name"]: p["mac"] for p in sw.cli_json("ports")}
+
+
+# --- Ports and workers ----------------------------------------------------------
+
+def worker_pid(sw, queue: int) -> int:
+    for pid in sw.worker_pids():
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if argv[argv.index(b"--queue") + 1] == str(queue).encode():
+            return pid
+    raise AssertionError(f"no worker for queue {queue} among {sw.worker_pids()}")
+
+
+def test_port_and_worker_state_and_a_worker_restart(lab):
+    sw, exporter, cfg = container_switch(lab, 2, queues=2)
+    names = [p["name"] for p in cfg["ports"]]
+    assert exporter.values("tapswitch_port_up", ("port",)) == {(n,): 1 for n in names}
+    assert exporter.values("tapswitch_worker_up", ("queue",)) == {("0",): 1, ("1",): 1}
+    assert exporter.values("tapswitch_worker_restarts_total", ("queue",)) == {("0",): 0, ("1",): 0}
+
+    ping_loop(lab, cfg["ports"][0]["netns"], "198.18.0.2")
+    ping_loop(lab, cfg["ports"][1]["netns"], "fd00::1")
+    time.sleep(0.5)
+    history = [exporter.series()]
+    os.kill(worker_pid(sw, 0), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while True:
+        history.append(exporter.series())
+        restarts = exporter.values("tapswitch_worker_restarts_total", ("queue",))
+        if restarts.get(("0",)) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert restarts == {("0",): 1, ("1",): 0}
+    assert exporter.values("tapswitch_worker_up", ("queue",)) == {("0",): 1, ("1",): 1}
+    for _ in range(10):                     # traffic flows through the new worker
+        time.sleep(0.1)
+        history.append(exporter.series())
+
+    backwards = [(key, earlier[key], later.get(key))
+                 for earlier, later in zip(history, history[1:]) for key in earlier
+                 if later.get(key, -1) < earlier[key]]
+    assert backwards == []
+    rx = {n: sum(v for (name, labels), v in history[-1].items()
+                 if name == "tapswitch_port_rx_packets_total" and ("port", n) in labels) for n in names}
+    rx_before = {n: sum(v for (name, labels), v in history[0].items()
+                        if name == "tapswitch_port_rx_packets_total" and ("port", n) in labels) for n in names}
+    assert all(rx[n] > rx_before[n] for n in names), (rx_before, rx)
+    assert exporter.values("tapswitch_port_up", ("port",)) == {(n,): 1 for n in names}
+
+
+# --- Reloads --------------------------------------------------------------------
+
+def test_config_reloads_count_success_and_failure_from_zero(lab):
+    sw, exporter, nss, _ = quiet_switch(lab, 1, queues=1)
+    reloads = lambda: exporter.values("tapswitch_config_reloads_total", ("result",))  # noqa: E731
+    assert reloads() == {("success",): 0, ("failure",): 0}
+
+    sw.proc.send_signal(signal.SIGHUP)           # the same config: a successful reload
+    assert wait_until(reloads, lambda r: r[("success",)] == 1) == {("success",): 1, ("failure",): 0}
+
+    with open(sw.config_path) as f:
+        good = f.read()
+    with open(sw.config_path, "w") as f:
+        f.write(good + "\nbogus_key: 1\n")       # unknown keys are errors
+    sw.proc.send_signal(signal.SIGHUP)
+    assert wait_until(reloads, lambda r: r[("failure",)] == 1) == {("success",): 1, ("failure",): 1}
+
+
+# --- Start failures -------------------------------------------------------------
+
+def test_metrics_address_in_use_exits_1_naming_it_and_leaves_nothing(lab):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+                  "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+        sw = lab.switch({"switch": {"name": lab.name("sw"), "metrics": {"listen": listen}}, "ports": ports},
+                        start=False)
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        taken.close()
+    assert r.returncode == 1, r.stderr
+    reason = [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+    assert len(reason) == 1 and listen in reason[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not any(helpers.link_exists(p["name"]) for p in ports)
+    assert helpers.netns_list() & {p["netns"] for p in ports} == set()
+    assert not os.path.exists(sw.socket)
