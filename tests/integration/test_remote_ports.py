@@ -1,6 +1,7 @@
 """Remote ports end to end: the switch in its own namespace, a veth "NIC" wired to an outside host."""
 
 import json
+import re
 import signal
 import time
 
@@ -13,7 +14,9 @@ def nic_state(ns: str, dev: str = "nic0") -> dict:
     """Everything a stop must give back: qdiscs, filters, flags, MTU."""
     link = json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", "dev", dev).stdout)[0]
     qdiscs = helpers.nsexec(ns, "tc", "qdisc", "show", "dev", dev).stdout
-    filters = [helpers.nsexec(ns, "tc", "filter", "show", "dev", dev, where).stdout for where in ("ingress", "egress")]
+    # The kernel numbers actions as they are made: compare rules without their action index.
+    filters = [re.sub(r"index \d+ ref \d+ bind \d+", "", helpers.nsexec(ns, "tc", "filter", "show", "dev", dev, where).stdout)
+               for where in ("ingress", "egress")]
     return {"flags": sorted(link["flags"]), "mtu": link["mtu"], "promisc": link.get("promiscuity"),
             "qdiscs": qdiscs, "filters": filters}
 
