@@ -5,14 +5,67 @@ memory fd, its queue fds and a ready pipe passed down. Imports only the fast
 path: no pyroute2, no prometheus_client here. It holds no state of its own:
 the MAC table and the counters live in shared memory, so SIGTERM (the default
 action) or SIGKILL stops it and a restarted worker carries on where it was.
+
+Once its fast path is set up, a worker gives up every capability for good
+(drop_privileges): from then on it only reads and writes fds it already
+holds. It keeps its uid (0, under the usual unit), so it can still write
+files that root owns; dropping to a user of its own needs a `switch.user`
+key that the config does not have yet.
 """
 
 import argparse
+import ctypes
 import os
 import signal
 import sys
 
 from tapswitch import fastpath
+
+# linux/prctl.h and linux/capability.h
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522      # two data structs: capabilities 0-31, 32-63
+CAP_LIMIT = 64
+
+
+class _CapHeader(ctypes.Structure):           # struct __user_cap_header_struct
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):             # struct __user_cap_data_struct
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges() -> None:
+    """Give up every capability, for good; raise OSError if the kernel refuses.
+
+    - no_new_privs: no execve can grant anything again (without it, root's
+      execve refills the permitted set from the bounding set);
+    - the bounding set is emptied when we may (that takes CAP_SETPCAP, which
+      a systemd unit's bounding set usually leaves out: no_new_privs covers it);
+    - ambient, effective, permitted and inheritable sets become empty (capset
+      may always lower them).
+    capset changes the calling thread only: a worker has no other thread.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"{what}: {os.strerror(e)}")
+
+    check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    for cap in range(CAP_LIMIT):
+        if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break   # EINVAL: past the kernel's last capability; EPERM: no CAP_SETPCAP
+    check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    empty = (_CapData * 2)()
+    check(libc.capset(ctypes.byref(header), empty), "capset")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     w = lib.ts_worker_new(shared.ptr, args.queue, fds, n)
     if w == ffi.NULL:
         print(f"worker {args.queue}: cannot start the fast path", file=sys.stderr)
+        return 1
+    try:
+        drop_privileges()
+    except OSError as e:
+        print(f"worker {args.queue}: cannot drop privileges: {e}", file=sys.stderr)
         return 1
     os.write(args.ready, b"R")
     os.close(args.ready)

@@ -1,0 +1,158 @@
+"""Least privilege: workers without capabilities, a control socket only root may use."""
+
+import ctypes
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import time
+
+from tests.integration import helpers
+
+NOBODY = 65534
+CAP_DAC_OVERRIDE = 1
+CAP_SETS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+
+
+def two_containers(lab, queues: int = 2, **switch) -> dict:
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    return {"switch": {"name": lab.name("sw"), "queues": queues, **switch}, "ports": ports}
+
+
+def status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def capabilities(pid: int) -> dict[str, int]:
+    st = status(pid)
+    return {name: int(st[name], 16) for name in CAP_SETS}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        time.sleep(0.02)
+
+
+def test_every_worker_runs_without_capabilities_and_frames_still_cross(lab):
+    sw = lab.switch(two_containers(lab, queues=2))
+    pids = sw.worker_pids()
+    assert len(pids) == 2
+    assert capabilities(sw.proc.pid)["CapEff"] != 0        # the control process keeps what it needs
+    for pid in pids:
+        assert capabilities(pid) == dict.fromkeys(CAP_SETS, 0), pid
+        assert status(pid)["NoNewPrivs"] == "1"
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=3)
+    assert helpers.ping(lab.name("c1"), "198.18.0.1", count=3)
+
+
+def test_a_restarted_worker_drops_its_capabilities_too(lab):
+    sw = lab.switch(two_containers(lab, queues=1))
+    [old] = sw.worker_pids()
+    os.kill(old, signal.SIGKILL)
+    # A worker reports ready only once it has dropped them: check right then.
+    [event] = wait_for(lambda: sw.events("worker.restarted"), 2.0, "worker restarted")
+    new = event["pid"]
+    assert new != old
+    assert capabilities(new) == dict.fromkeys(CAP_SETS, 0)
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
+
+
+def test_workers_still_die_with_the_control_process(lab):
+    # Lowering capabilities keeps the parent-death signal; a change of uid (a future
+    # switch.user) would clear it, and the worker would have to ask for it again.
+    sw = lab.switch(two_containers(lab, queues=2))
+    pids = sw.worker_pids()
+    sw.proc.kill()
+    sw.proc.wait()
+
+    def all_gone():
+        return not any(os.path.exists(f"/proc/{pid}") and status(pid).get("State", "").split()[0] != "Z"
+                       for pid in pids)
+    wait_for(all_gone, 1.0, "workers gone after the control process was killed")
+
+
+# The control socket.
+
+def as_user(uid: int, fn, *, dac_override: bool = False):
+    """Run fn() in a forked child whose effective uid is `uid` (with CAP_DAC_OVERRIDE
+    effective if asked) and return what it returned, or the OSError it raised."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                          # the child: never returns
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setegid(uid)
+            os.seteuid(uid)                               # clears the effective set
+            if dac_override:
+                set_effective_caps(1 << CAP_DAC_OVERRIDE)
+            try:
+                out = {"value": fn()}
+            except OSError as e:
+                out = {"errno": e.errno}
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    out = json.loads(data)
+    if "errno" in out:
+        return OSError(out["errno"], os.strerror(out["errno"]))
+    return out["value"]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def set_effective_caps(mask: int) -> None:
+    """Make `mask` (capabilities 0-31) the effective set, keeping the permitted set."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header, data = _CapHeader(0x20080522, 0), (_CapData * 2)()
+    assert libc.capget(ctypes.byref(header), data) == 0
+    data[0].effective, data[1].effective = mask, 0
+    assert libc.capset(ctypes.byref(header), data) == 0, os.strerror(ctypes.get_errno())
+
+
+def ask(path: str) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    with s:
+        s.connect(path)
+        try:
+            s.sendall(b'{"cmd": "ports"}\n')
+        except BrokenPipeError:
+            pass        # refused before the request was read: the reply is waiting
+        return json.loads(s.makefile("rb").readline())
+
+
+def test_control_socket_is_0600_and_refuses_other_users(lab):
+    path = f"/run/tapswitch/{lab.name('sw')}.sock"
+    sw = lab.switch(two_containers(lab, queues=1, control={"socket": path}))
+    st = os.stat(path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
+    assert os.stat(os.path.dirname(path)).st_mode & stat.S_IXOTH    # the socket's own mode refuses
+    assert ask(path)["ok"] is True                                    # root is served
+    refused = as_user(NOBODY, lambda: ask(path))
+    assert isinstance(refused, OSError) and refused.errno == errno.EACCES, refused
+    # Past the file mode (CAP_DAC_OVERRIDE), the switch still checks who is asking (SO_PEERCRED).
+    reply = as_user(NOBODY, lambda: ask(path), dac_override=True)
+    assert reply == {"ok": False, "error": "permission denied"}
+    assert sw.proc.poll() is None
