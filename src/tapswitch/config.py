@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from tapswitch import vxlan as tunnel
+
 DEMO = "<demo>"
 Located = tuple[tuple, str, int | None]  # (pydantic-style loc, message, line if known already)
 SOCKET_DIR = "/run/tapswitch"
@@ -120,6 +122,21 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
 
 
+def _is_host_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A unicast IPv4 or IPv6 address without prefix length, as in 198.19.0.1 or fd00::1."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address string like 198.19.0.1, got {_kind(value)}")
+    if "/" in value:
+        raise ValueError("an underlay address has no prefix length, as in 198.19.0.1")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 address: {value!r}") from None
+    if address.is_multicast or address.is_unspecified:
+        raise ValueError(f"{address} is not a unicast address")
+    return address
+
+
 def _parse_listen(value: str) -> tuple[str, int] | None:
     """'host:port' or '[v6]:port' → (host, port); '' → None (metrics disabled)."""
     if value == "":
@@ -160,6 +177,7 @@ Mac = Annotated[str, PlainValidator(_is_unicast_mac)]
 Address = Annotated[
     ipaddress.IPv4Interface | ipaddress.IPv6Interface, PlainValidator(_is_interface_address)
 ]
+HostAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainValidator(_is_host_address)]
 
 
 # --- Schema ------------------------------------------------------------------
@@ -213,6 +231,36 @@ class Switch(_Model):
         return data
 
 
+class Vxlan(_Model):
+    """A VXLAN port: the kernel's VXLAN device, attached like a remote port in promisc mode."""
+
+    vni: int = Field(ge=0, le=16_777_215)  # VXLAN network identifier (24 bits)
+    local: HostAddress  # this host's underlay address; its family is the underlay's
+    remotes: list[HostAddress] = Field([], max_length=1024)  # the other hosts' underlay addresses
+    dstport: int = Field(tunnel.DSTPORT, ge=1, le=65535)  # UDP port, the same on every host
+    dev: IfName | None = None  # the underlay device; default: the one holding `local`
+
+    @field_validator("remotes")
+    @classmethod
+    def _remotes_are_other_hosts_of_one_family(cls, value: list, info: ValidationInfo) -> list:
+        local = info.data.get("local")
+        seen = set()
+        for address in value:
+            if local is not None and address.version != local.version:
+                raise ValueError(f"remote {address} is IPv{address.version}, local {local} is IPv{local.version}")
+            if address == local:
+                raise ValueError(f"remote {address} is this host (local)")
+            if address in seen:
+                raise ValueError(f"remote {address} is listed twice")
+            seen.add(address)
+        return value
+
+    @property
+    def overhead(self) -> int:
+        """Bytes VXLAN adds on this underlay: 50 over IPv4, 70 over IPv6."""
+        return tunnel.overhead(self.local)
+
+
 class Port(_Model):
     name: IfName  # the TAP device
     netns: Netns | None = None  # a name, an absolute path, or pid:N
@@ -224,6 +272,7 @@ class Port(_Model):
     remote: IfName | None = None  # existing interface to attach
     remote_mode: Literal["promisc", "local", "shared"] = "promisc"
     allmulti: bool = False
+    vxlan: Vxlan | None = None  # a VXLAN port: the tunnel's settings
 
     # Field validators run only on keys present in the file, after the fields
     # declared above them; a field that failed is absent from info.data, and
@@ -241,6 +290,15 @@ class Port(_Model):
     def _remote_excludes_netns(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("netns") is not None:
             raise ValueError("remote and netns are mutually exclusive")
+        return value
+
+    @field_validator("vxlan")
+    @classmethod
+    def _vxlan_excludes_netns_and_remote(cls, value: Vxlan | None, info: ValidationInfo) -> Vxlan | None:
+        if value is not None:
+            for other in ("netns", "remote"):
+                if info.data.get(other) is not None:
+                    raise ValueError(f"vxlan and {other} are mutually exclusive")
         return value
 
     @field_validator("remote_mode", "allmulti")
@@ -267,6 +325,11 @@ class Port(_Model):
         if kind == "pid":
             return f"/proc/{self.netns[4:]}/ns/net"
         return self.netns
+
+    @property
+    def mtu_given(self) -> bool:
+        """The file sets mtu (else a port next to a VXLAN port takes the tunnel's)."""
+        return "mtu" in self.model_fields_set
 
     @property
     def inner_name(self) -> str:
@@ -297,13 +360,13 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
-        clashes = port_clashes(list(enumerate(self.ports)))
+        clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(self.ports)
         if clashes:
             raise PortClash(clashes)
         return self
 
 
-IDENTITY = ("name", "netns", "ifname", "remote")  # the Port keys that port_clashes reads
+IDENTITY = ("name", "netns", "ifname", "remote", "vxlan")  # the Port keys that port_clashes reads
 
 
 def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
@@ -328,11 +391,35 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
                 first = by_remote[port.remote]
                 clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{first}]"))
             by_remote.setdefault(port.remote, i)
+    by_tunnel = {tunnel.device_name(p.name): i for i, p in ports if p.vxlan is not None}
     for i, port in ports:  # once every name is known: a remote may name a later port
         if port.remote in by_name:
             first = by_name[port.remote]
             clashes.append((("ports", i, "remote"), f"{port.remote!r} is the TAP of ports[{first}]; a port cannot attach a port"))
+        if port.remote in by_tunnel:
+            first = by_tunnel[port.remote]
+            clashes.append((("ports", i, "remote"), f"{port.remote!r} is the VXLAN device of ports[{first}]"))
+        if port.vxlan is not None and tunnel.device_name(port.name) in by_name:
+            other = by_name[tunnel.device_name(port.name)]
+            clashes.append((("ports", i, "vxlan"), f"its device {tunnel.device_name(port.name)!r} "
+                                                   f"is the name of ports[{other}]; rename one of them"))
     return clashes
+
+
+def tunnel_mtu_clashes(ports: list[Port]) -> list[tuple[tuple, str]]:
+    """(loc, message) for every mtu that no underlay could carry across a VXLAN port of the switch.
+
+    The underlay's MTU is known only at start (and checked then); here, the
+    largest an underlay can have, less the VXLAN overhead, is the bound.
+    """
+    tunnels = [(i, p) for i, p in enumerate(ports) if p.vxlan is not None]
+    if not tunnels:
+        return []
+    i_min, narrowest = min(tunnels, key=lambda t: -t[1].vxlan.overhead)
+    limit = tunnel.MTU_MAX - narrowest.vxlan.overhead
+    across = f"IPv{narrowest.vxlan.local.version} VXLAN (at most {limit})"
+    return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
+                                  f"{across}") for i, p in enumerate(ports) if p.mtu_given and p.mtu > limit]
 
 
 # --- Loading -----------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""vxlan: a port's kernel VXLAN device — made for the port, told its remote hosts, and removed with it.
+
+No tunnelling code of our own. For `ports[].vxlan` tapswitch makes a kernel
+VXLAN device (`device_name(port)`), and the switch attaches it like any
+`remote:` IFACE, in promisc mode (remote.py): what the kernel decapsulates
+enters the port, what the switch sends on the port is encapsulated by the
+kernel. tapswitch learns the MACs behind the port and floods like on any
+other port.
+
+Head-end replication: the device's FDB holds one all-zeros entry per remote
+host (`bridge fdb append 00:00:00:00:00:00 dst R dev VX`), so a broadcast,
+or a frame for a MAC the kernel does not know, goes once to each remote host.
+
+The kernel's own learning stays on: from each frame it decapsulates, the
+device notes which host the source MAC lives behind, and sends unicast for
+that MAC to that host only. With learning off every unicast frame would go
+to every remote host, and each of them would flood it to its own ports as
+an unknown destination. (tapswitch still learns the MAC on the VXLAN port.)
+
+MTU: VXLAN costs 50 bytes over IPv4 (outer IPv4 20, UDP 8, VXLAN 8, the
+inner Ethernet header 14), 70 over IPv6 (outer IPv6 40). A frame the
+underlay cannot carry is dropped by the kernel, so the port MTU derives from
+the underlay's, and every port in the segment must fit in it
+(`segment_mtus`): a port without `mtu:` gets the tunnel's, a port whose
+`mtu:` is larger is refused at start. GSO frames cross whole: the kernel
+segments them after encapsulation.
+
+A device left by a run that did not stop (SIGKILL) is found by its alias
+(`ALIAS_PREFIX`) and replaced; a device of that name that is not ours is an
+error, never touched.
+
+The decisions are pure functions (`device_name`, `overhead`,
+`carried_mtu`, `segment_mtus`, `remotes_diff`); `Tunnel` acts on the
+kernel through pyroute2.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = structlog.get_logger("tapswitch.vxlan")
+
+SUFFIX = "-vx"               # device_name(): the port's name and this, when it fits
+IFNAMSIZ = 15                # bytes in an interface name, without the NUL
+ALL_ZEROS = "00:00:00:00:00:00"
+ALIAS_PREFIX = "tapswitch vxlan port "   # the device's alias: this and the port's name
+DSTPORT = 4789               # IANA's VXLAN port
+ETH_HLEN, UDP_HLEN, VXLAN_HLEN = 14, 8, 8
+IP_HLEN = {4: 20, 6: 40}
+MTU_MAX = 65535              # the largest MTU an underlay (veth, loopback-like) can have
+LEARNING = True              # the kernel learns which host a MAC is behind (see the module doc)
+
+
+class VxlanError(Exception):
+    """A VXLAN port cannot be made as configured; the message is one line for the user."""
+
+
+# Deciding (pure). ---------------------------------------------------------
+
+
+def device_name(port: str) -> str:
+    """The VXLAN device of port `port`: `port-vx`, or, for a long port name, its
+    first 9 characters, 4 hex digits of its CRC-32 and `vx` (15 in all, distinct per name)."""
+    if len((port + SUFFIX).encode()) <= IFNAMSIZ:
+        return port + SUFFIX
+    head = port.encode()[:9].decode(errors="ignore")
+    return f"{head}{zlib.crc32(port.encode()) & 0xFFFF:04x}vx"
+
+
+def family(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return ipaddress.ip_address(str(address)).version
+
+
+def overhead(local: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """Bytes VXLAN adds to a frame on an underlay of `local`'s family: 50 (IPv4) or 70 (IPv6)."""
+    return ETH_HLEN + VXLAN_HLEN + UDP_HLEN + IP_HLEN[family(local)]
+
+
+def carried_mtu(underlay_mtu: int, local) -> int:
+    """The largest port MTU whose frames, encapsulated, still fit the underlay's MTU."""
+    return underlay_mtu - overhead(local)
+
+
+@dataclass(frozen=True)
+class PortMtu:
+    """What segment_mtus needs to know of a port."""
+
+    name: str
+    mtu: int | None          # as configured; None when the config does not say
+    carried: int | None = None   # a VXLAN port: the largest MTU its tunnel carries
+    default: int = 1500      # a port's MTU when neither the config nor a tunnel says
+
+
+def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
+    """The MTU of every port when some are VXLAN ports, or VxlanError for a port that cannot fit.
+
+    All ports are one segment: a frame from any port may have to cross any
+    tunnel. So a port without an MTU of its own takes the smallest tunnel's
+    (as Flannel does for its containers), and a configured MTU larger than
+    a tunnel carries is refused, naming both.
+    """
+    tunnels = [p for p in ports if p.carried is not None]
+    if not tunnels:
+        return [p.mtu if p.mtu is not None else p.default for p in ports]
+    narrowest = min(tunnels, key=lambda p: p.carried)
+    out = []
+    for p in ports:
+        if p.mtu is None:
+            out.append(narrowest.carried)
+            continue
+        if p.mtu > narrowest.carried:
+            if p is narrowest:
+                raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross its underlay, "
+                                 f"which carries at most {p.carried}")
+            raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross VXLAN port {narrowest.name}, "
+                             f"whose underlay carries at most {narrowest.carried}")
+        out.append(p.mtu)
+    return out
+
+
+def normalise(addresses: Iterable) -> list[str]:
+    """Addresses in their canonical spelling, duplicates dropped, first ones first."""
+    out: list[str] = []
+    for a in addresses:
+        s = str(ipaddress.ip_address(str(a)))
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def remotes_diff(current: Iterable, wanted: Iterable) -> tuple[list[str], list[str]]:
+    """(to remove, to add) to go from the `current` remote hosts to the `wanted` ones;
+    hosts in both are left alone, whatever their spelling."""
+    cur, new = normalise(current), normalise(wanted)
+    return [r for r in cur if r not in new], [r for r in new if r not in cur]
+
+
+# Acting on the kernel. ----------------------------------------------------
+
+
+def _strerror(e: NetlinkError) -> str:
+    return errno.errorcode.get(e.code, str(e.code)) + ": " + (e.args[1] if len(e.args) > 1 else str(e))
+
+
+def _find_underlay(ipr, dev: str | None, local: str) -> tuple[int, str, int]:
+    """(ifindex, name, MTU) of the underlay: `dev`, else the device that holds `local`."""
+    if dev is not None:
+        found = ipr.link_lookup(ifname=dev)
+        if not found:
+            raise VxlanError(f"underlay device {dev} does not exist")
+        index = found[0]
+    else:
+        holders = [a["index"] for a in ipr.get_addr(family=2 if family(local) == 4 else 10)
+                   if str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))) == local]
+        if not holders:
+            raise VxlanError(f"no device holds the local address {local}: give the underlay as dev")
+        index = holders[0]
+    link = ipr.link("get", index=index)[0]
+    return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
+
+
+class Tunnel:
+    """The VXLAN device of one port. underlay() and create(), then update_remotes() any
+    number of times, then remove(). `ipr` is the switch's namespace; the caller closes it."""
+
+    def __init__(self, ipr, port: str, vni: int, local, remotes: Iterable = (), dstport: int = DSTPORT,
+                 dev: str | None = None):
+        self.ipr = ipr
+        self.port = port
+        self.name = device_name(port)
+        self.vni = vni
+        self.local = str(ipaddress.ip_address(str(local)))
+        self.wanted = normalise(remotes)      # what the config asks for
+        self.remotes: list[str] = []          # what the device has
+        self.dstport = dstport
+        self.dev = dev
+        self.ifindex: int | None = None
+
+    @property
+    def alias(self) -> str:
+        return ALIAS_PREFIX + self.port
+
+    def underlay(self) -> tuple[str, int]:
+        """(name, MTU) of the device under the tunnel."""
+        _index, name, mtu = _find_underlay(self.ipr, self.dev, self.local)
+        return name, mtu
+
+    def carried_mtu(self) -> int:
+        return carried_mtu(self.underlay()[1], self.local)
+
+    def create(self) -> int:
+        """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.
+        Returns its ifindex. On failure nothing is left."""
+        ipr = self.ipr
+        self._remove_stale()
+        link = {}
+        if self.dev is not None:
+            link["vxlan_link"] = _find_underlay(ipr, self.dev, self.local)[0]
+        where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"
+        try:
+            ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=self.vni, vxlan_port=self.dstport,
+                     vxlan_learning=int(LEARNING), **{where: self.local}, **link)
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise VxlanError(f"port {self.port}: a device named {self.name} already exists "
+                                 f"(not made by tapswitch)") from None
+            raise VxlanError(f"port {self.port}: cannot make VXLAN device {self.name}: {_strerror(e)}") from None
+        try:
+            self.ifindex = ipr.link_lookup(ifname=self.name)[0]
+            ipr.link("set", index=self.ifindex, ifalias=self.alias)
+            self._apply(*remotes_diff([], self.wanted))
+        except BaseException:
+            self.remove()
+            raise
+        log.info("vxlan.created", port=self.port, dev=self.name, vni=self.vni, local=self.local,
+                 dstport=self.dstport, underlay=self.dev, remotes=len(self.remotes))
+        return self.ifindex
+
+    def _remove_stale(self) -> None:
+        """A device of our name left by a run that did not stop: ours by its alias, so remove it."""
+        found = self.ipr.link_lookup(ifname=self.name)
+        if not found:
+            return
+        link = self.ipr.link("get", index=found[0])[0]
+        kind = (link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
+        if kind != "vxlan" or link.get_attr("IFLA_IFALIAS") != self.alias:
+            raise VxlanError(f"port {self.port}: a device named {self.name} already exists "
+                             f"(not made by tapswitch)")
+        self.ipr.link("del", index=found[0])
+        log.warning("vxlan.stale_removed", port=self.port, dev=self.name)
+
+    def update_remotes(self, remotes: Iterable) -> tuple[list[str], list[str]]:
+        """Replicate to exactly these hosts: add the new ones, then remove those gone (and
+        what the kernel learned behind them). Hosts in both are not touched. Returns (removed, added)."""
+        self.wanted = normalise(remotes)
+        removed, added = remotes_diff(self.remotes, self.wanted)
+        self._apply(removed, added)
+        if removed or added:
+            log.info("vxlan.remotes_updated", port=self.port, dev=self.name, added=added, removed=removed,
+                     remotes=len(self.remotes))
+        return removed, added
+
+    def _apply(self, removed: list[str], added: list[str]) -> None:
+        for r in added:
+            try:
+                self.ipr.fdb("append", ifindex=self.ifindex, lladdr=ALL_ZEROS, dst=r)
+            except NetlinkError as e:
+                raise VxlanError(f"port {self.port}: cannot add remote host {r}: {_strerror(e)}") from None
+            self.remotes.append(r)
+        for r in removed:
+            for mac in self._macs_behind(r):
+                self._quietly_del(mac, r)
+            self.remotes.remove(r)
+
+    def _macs_behind(self, remote: str) -> list[str]:
+        """FDB entries pointing at `remote`: its all-zeros entry and what the kernel learned there."""
+        macs = []
+        for e in self.ipr.fdb("dump", ifindex=self.ifindex):
+            dst = e.get_attr("NDA_DST")
+            if e["ifindex"] == self.ifindex and dst and str(ipaddress.ip_address(dst)) == remote:
+                macs.append(e.get_attr("NDA_LLADDR"))
+        return macs or [ALL_ZEROS]
+
+    def _quietly_del(self, mac: str, remote: str) -> None:
+        try:
+            self.ipr.fdb("del", ifindex=self.ifindex, lladdr=mac, dst=remote)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ENODEV):
+                raise
+
+    def remove(self) -> None:
+        """Delete the device (its FDB and tc filters go with it); one already gone is fine."""
+        if self.ifindex is None:
+            return
+        try:
+            self.ipr.link("del", index=self.ifindex)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise
+        log.info("vxlan.removed", port=self.port, dev=self.name)
+        self.ifindex = None
+        self.remotes = []

@@ -1,0 +1,222 @@
+"""vxlan without root: device names, MTUs across the tunnel, the remote hosts' diff, and the config keys."""
+
+import textwrap
+
+import pytest
+
+from tapswitch import vxlan
+from tapswitch.config import ConfigError, loads
+from tapswitch.vxlan import PortMtu, VxlanError, carried_mtu, device_name, overhead, remotes_diff, segment_mtus
+
+# --- Device names -------------------------------------------------------------
+
+
+def test_a_short_port_name_gets_the_suffix():
+    assert device_name("vx0") == "vx0-vx"
+    assert device_name("uplink-dc2") == "uplink-dc2-vx"   # 13 characters
+
+
+def test_a_long_port_name_is_cut_to_15_with_a_hash():
+    name = device_name("fabric-uplink-1")
+    assert len(name) == 15 and name.startswith("fabric-up") and name.endswith("vx")
+    # names alike but for their tail get different devices
+    assert device_name("fabric-uplink-1") != device_name("fabric-uplink-2")
+
+
+def test_device_names_are_stable_and_never_longer_than_15_bytes():
+    for n in range(1, 16):
+        port = "p" * n
+        assert device_name(port) == device_name(port)
+        assert len(device_name(port).encode()) <= 15
+
+
+# --- MTU ----------------------------------------------------------------------
+
+
+def test_overhead_is_50_over_ipv4_and_70_over_ipv6():
+    assert overhead("198.19.0.1") == 50
+    assert overhead("fd00::1") == 70
+
+
+def test_the_carried_mtu_is_the_underlays_less_the_overhead():
+    assert carried_mtu(1500, "198.19.0.1") == 1450
+    assert carried_mtu(1500, "fd00::1") == 1430
+    assert carried_mtu(9000, "198.19.0.1") == 8950
+
+
+def test_ports_without_mtu_take_the_tunnels():
+    mtus = segment_mtus([PortMtu("c1", None), PortMtu("vx0", None, carried=1450), PortMtu("c2", 1400)])
+    assert mtus == [1450, 1450, 1400]
+
+
+def test_the_narrowest_tunnel_sets_the_default():
+    mtus = segment_mtus([PortMtu("c1", None), PortMtu("vx4", None, carried=1450), PortMtu("vx6", None, carried=1430)])
+    assert mtus == [1430, 1430, 1430]
+
+
+def test_a_port_mtu_that_cannot_cross_a_tunnel_is_refused_naming_both():
+    with pytest.raises(VxlanError) as e:
+        segment_mtus([PortMtu("web0", 1500), PortMtu("vx0", None, carried=1450)])
+    assert str(e.value) == "port web0: mtu 1500 cannot cross VXLAN port vx0, whose underlay carries at most 1450"
+
+
+def test_a_vxlan_port_mtu_larger_than_its_underlay_carries_is_refused():
+    with pytest.raises(VxlanError) as e:
+        segment_mtus([PortMtu("vx0", 1500, carried=1450)])
+    assert str(e.value) == "port vx0: mtu 1500 cannot cross its underlay, which carries at most 1450"
+
+
+def test_without_a_tunnel_mtus_are_as_configured_or_the_default():
+    assert segment_mtus([PortMtu("a", None), PortMtu("b", 9000)]) == [1500, 9000]
+
+
+# --- Remote hosts -------------------------------------------------------------
+
+
+def test_remotes_diff_adds_and_removes_only_the_difference():
+    assert remotes_diff(["198.19.0.2", "198.19.0.3"], ["198.19.0.3", "198.19.0.4"]) == (
+        ["198.19.0.2"], ["198.19.0.4"])
+
+
+def test_remotes_diff_ignores_spelling_and_duplicates():
+    assert remotes_diff(["fd00::2"], ["fd00:0::0002", "fd00::2"]) == ([], [])
+    assert remotes_diff([], ["198.19.0.2", "198.19.0.2"]) == ([], ["198.19.0.2"])
+
+
+def test_remotes_diff_from_nothing_and_to_nothing():
+    assert remotes_diff([], ["198.19.0.2"]) == ([], ["198.19.0.2"])
+    assert remotes_diff(["198.19.0.2"], []) == (["198.19.0.2"], [])
+
+
+# --- Tunnel against a fake netlink socket ---------------------------------------
+
+
+class FakeIPR:
+    """Enough of pyroute2's IPRoute for Tunnel: links by name and a VXLAN FDB."""
+
+    def __init__(self):
+        self.fdb_entries: list[tuple[str, str]] = []
+        self.calls: list[tuple] = []
+        self.links = {"u0": 2}
+
+    def link_lookup(self, ifname):
+        return [self.links[ifname]] if ifname in self.links else []
+
+    def link(self, cmd, **kw):
+        self.calls.append(("link", cmd, kw))
+        if cmd == "add":
+            self.links[kw["ifname"]] = 7
+        return []
+
+    def fdb(self, cmd, **kw):
+        self.calls.append(("fdb", cmd, kw.get("lladdr"), kw.get("dst")))
+        if cmd == "append":
+            self.fdb_entries.append((kw["lladdr"], kw["dst"]))
+        elif cmd == "del":
+            self.fdb_entries.remove((kw["lladdr"], kw["dst"]))
+        return []
+
+
+def test_update_remotes_touches_only_the_hosts_that_changed():
+    ipr = FakeIPR()
+    t = vxlan.Tunnel(ipr, "vx0", 42, "198.19.0.1", ["198.19.0.2", "198.19.0.3"])
+    t.create()
+    assert ipr.fdb_entries == [(vxlan.ALL_ZEROS, "198.19.0.2"), (vxlan.ALL_ZEROS, "198.19.0.3")]
+    ipr.calls.clear()
+    assert t.update_remotes(["198.19.0.3", "198.19.0.4"]) == (["198.19.0.2"], ["198.19.0.4"])
+    fdb_calls = [c for c in ipr.calls if c[0] == "fdb" and c[1] != "dump"]
+    assert fdb_calls == [("fdb", "append", vxlan.ALL_ZEROS, "198.19.0.4"), ("fdb", "del", vxlan.ALL_ZEROS, "198.19.0.2")]
+    assert t.remotes == ["198.19.0.3", "198.19.0.4"]
+
+
+def test_create_asks_for_the_configured_device():
+    ipr = FakeIPR()
+    vxlan.Tunnel(ipr, "vx0", 42, "fd00::1", [], dstport=8472).create()
+    add = next(kw for kind, cmd, *rest in ipr.calls if kind == "link" and cmd == "add" for kw in rest)
+    assert add == {"ifname": "vx0-vx", "kind": "vxlan", "vxlan_id": 42, "vxlan_port": 8472,
+                   "vxlan_learning": 1, "vxlan_local6": "fd00::1"}
+
+
+# --- Config -------------------------------------------------------------------
+
+SWITCH = "switch:\n  name: sw0\nports:\n"
+
+
+def errors_of(ports: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        loads(SWITCH + textwrap.indent(textwrap.dedent(ports), "  "), "t.yaml")
+    return info.value.errors
+
+
+def test_a_vxlan_port_loads_with_defaults():
+    cfg = loads(SWITCH + "  - {name: vx0, vxlan: {vni: 42, local: 198.19.0.1, remotes: [198.19.0.2]}}\n")
+    v = cfg.ports[0].vxlan
+    assert (v.vni, str(v.local), [str(r) for r in v.remotes], v.dstport, v.dev) == (
+        42, "198.19.0.1", ["198.19.0.2"], 4789, None)
+    assert v.overhead == 50
+    assert not cfg.ports[0].mtu_given
+
+
+def test_vxlan_is_mutually_exclusive_with_netns_and_remote():
+    errors = errors_of("""\
+        - {name: vx0, netns: a, vxlan: {vni: 1, local: 198.19.0.1}}
+        - {name: vx1, remote: eth1, vxlan: {vni: 1, local: 198.19.0.1}}
+        """)
+    assert errors == ["t.yaml:4: ports[0].vxlan: vxlan and netns are mutually exclusive",
+                      "t.yaml:5: ports[1].vxlan: vxlan and remote are mutually exclusive"]
+
+
+def test_vxlan_values_are_checked_where_they_are():
+    errors = errors_of("""\
+        - name: vx0
+          vxlan:
+            vni: 16777216
+            local: 198.19.0.1/24
+            dstport: 0
+        - name: vx1
+          vxlan: {vni: 1, local: "fd00::1", remotes: [198.19.0.2]}
+        - name: vx2
+          vxlan: {vni: 1, local: 198.19.0.1, remotes: [198.19.0.1]}
+        - name: vx3
+          vxlan: {vni: 1, local: 198.19.0.1, remotes: [198.19.0.2, 198.19.0.2], mode: l2}
+        - name: vx4
+          vxlan: {vni: 1, local: 239.1.1.1}
+        """)
+    assert errors == [
+        "t.yaml:6: ports[0].vxlan.vni: must be at most 16777215",
+        "t.yaml:7: ports[0].vxlan.local: an underlay address has no prefix length, as in 198.19.0.1",
+        "t.yaml:8: ports[0].vxlan.dstport: must be at least 1",
+        "t.yaml:10: ports[1].vxlan.remotes: remote 198.19.0.2 is IPv4, local fd00::1 is IPv6",
+        "t.yaml:12: ports[2].vxlan.remotes: remote 198.19.0.1 is this host (local)",
+        "t.yaml:14: ports[3].vxlan.remotes: remote 198.19.0.2 is listed twice",
+        "t.yaml:14: ports[3].vxlan.mode: unknown key",
+        "t.yaml:16: ports[4].vxlan.local: 239.1.1.1 is not a unicast address",
+    ]
+
+
+def test_an_mtu_no_underlay_could_carry_is_a_located_error():
+    errors = errors_of("""\
+        - {name: c0, netns: a, mtu: 65500}
+        - {name: vx0, mtu: 65470, vxlan: {vni: 1, local: "fd00::1"}}
+        - {name: c1, netns: b, mtu: 9000}
+        """)
+    assert errors == [
+        "t.yaml:4: ports[0].mtu: mtu 65500 cannot cross ports[1]'s IPv6 VXLAN (at most 65465)",
+        "t.yaml:5: ports[1].mtu: mtu 65470 cannot cross this port's IPv6 VXLAN (at most 65465)",
+    ]
+
+
+def test_the_vxlan_device_name_cannot_clash_with_a_port():
+    errors = errors_of("""\
+        - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}
+        - {name: vx0-vx, netns: a}
+        """)
+    assert errors == ["t.yaml:4: ports[0].vxlan: its device 'vx0-vx' is the name of ports[1]; rename one of them"]
+
+
+def test_a_port_cannot_attach_a_vxlan_device_as_its_remote():
+    errors = errors_of("""\
+        - {name: up0, remote: vx0-vx}
+        - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}
+        """)
+    assert errors == ["t.yaml:4: ports[0].remote: 'vx0-vx' is the VXLAN device of ports[1]"]
