@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     client("ports", "show the ports of a running switch")
+    client("reload", "make a running switch re-read its config file (as SIGHUP does)")
     fdb = client("fdb", "show the MAC table of a running switch")
     fdb_sub = fdb.add_subparsers(dest="action")
     flush = fdb_sub.add_parser("flush", help="flush learned entries")
@@ -134,7 +135,23 @@ def cmd_fdb(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_fdb}
+def cmd_reload(args) -> int:
+    result = _request(args, "reload")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK if result["ok"] else EXIT_CONFIG
+    for error in result["errors"]:
+        print(error, file=sys.stderr)
+    if "added" not in result:
+        print("reload refused; the switch runs on as it was", file=sys.stderr)
+        return EXIT_CONFIG
+    changes = ", ".join(f"{what} {' '.join(names)}" for what, names in result.items()
+                        if what in ("added", "removed", "remade", "updated") and names)
+    print(f"reloaded: {changes or 'no port changed'}")
+    return EXIT_OK if result["ok"] else EXIT_FAILURE
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_fdb, "reload": cmd_reload}
 
 
 def main(argv: list[str] | None = None) -> int:

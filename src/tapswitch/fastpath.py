@@ -87,6 +87,12 @@ class Shared:
         port.mtu = mtu          # before state: a port is never seen up with a stale MTU
         port.state = state
 
+    def reset_counters(self, index: int) -> None:
+        """Zero a port slot's counters before a new port takes it (no worker serves it then)."""
+        for w in range(lib.TS_MAX_WORKERS):
+            ffi.memmove(ffi.addressof(self.ptr.counters[w][index]), bytes(ffi.sizeof("struct ts_counters")),
+                        ffi.sizeof("struct ts_counters"))
+
     def queue_counters(self, port: int, worker: int) -> dict[str, int]:
         c = self.ptr.counters[worker][port]
         return {name: getattr(c, name) for name in COUNTERS}

@@ -128,12 +128,20 @@ class Namespaces:
         log.info("netns.created", netns=port.netns)
         return path
 
+    def remove_unused(self, in_use: set) -> None:
+        """Remove the namespaces this run created that no port uses any more."""
+        for name in [n for n in self.created if n not in in_use]:
+            self.created.remove(name)
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        try:
+            remove(name)
+            log.info("netns.removed", netns=name)
+        except OSError as e:
+            log.warning("netns.remove_failed", netns=name, error=str(e))
+
     def remove_created(self) -> None:
         """Remove every namespace this run created, newest first."""
         while self.created:
-            name = self.created.pop()
-            try:
-                remove(name)
-                log.info("netns.removed", netns=name)
-            except OSError as e:
-                log.warning("netns.remove_failed", netns=name, error=str(e))
+            self._remove(self.created.pop())

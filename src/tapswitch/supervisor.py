@@ -95,27 +95,32 @@ class Supervisor:
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
 
-    def restart_all(self, port_fds: dict[int, list[int]]) -> None:
-        """Hand every worker a new set of ports (a port was added or removed)."""
-        self.stop()
-        self.start(port_fds)
+    def replace_ports(self, port_fds: dict[int, list[int]]) -> None:
+        """Hand every worker a new set of ports (a port was added or removed).
+
+        One worker at a time: while worker q restarts, frames wait in queue q
+        of each TAP (500 frames deep) instead of being dropped, and the other
+        queues keep flowing.
+        """
+        self.port_fds = port_fds
+        for w in self.workers:
+            self._stop(w)
+            self._spawn(w)
+        log.info("workers.replaced", ports=len(port_fds))
 
     def alive(self, w: Worker) -> bool:
-        return w.proc is not None and w.proc.poll() is None
+        """Running, as far as the control loop knows (it reaps; readers in other threads must not)."""
+        return w.proc is not None and w.proc.returncode is None
+
+    def _stop(self, w: Worker) -> None:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()            # a worker holds no state of its own: nothing to flush
+            w.proc.wait()
+        if w.pidfd >= 0:
+            os.close(w.pidfd)
+            w.pidfd = -1
 
     def stop(self) -> None:
-        """Stop every worker: SIGTERM, then SIGKILL for any still there after a second."""
-        procs = [w.proc for w in self.workers if w.proc is not None and w.proc.poll() is None]
-        for p in procs:
-            p.terminate()
-        deadline = time.monotonic() + 1.0
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """Stop every worker."""
         for w in self.workers:
-            if w.pidfd >= 0:
-                os.close(w.pidfd)
-                w.pidfd = -1
+            self._stop(w)

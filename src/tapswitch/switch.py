@@ -15,11 +15,13 @@ import os
 import selectors
 import signal
 import socket
+import threading
 
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
+from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, tap
 from tapswitch.control import ControlError, ControlServer
 from tapswitch.netns import Namespaces, NetnsError
@@ -88,7 +90,10 @@ class Switch:
         self.reloads = {"success": 0, "failure": 0}
         self.stopping = False
         self.reload_requested = False
+        self.reload_waiters: list[threading.Event] = []
+        self.last_reload: dict = {}
         self.aging_cursor = 0
+        self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
         self.full_logged_at = -math.inf
 
@@ -123,17 +128,27 @@ class Switch:
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         for index, pcfg in enumerate(self.cfg.ports):
-            port = ports.create(index, pcfg, self.queues, self.namespaces)
-            self.ports.append(port)
-            port.nsid = linkmon.nsid_of(port.nspath)
-            self.shared.set_port(index, fastpath.lib.TS_PORT_UP, pcfg.mtu)
+            self.ports.append(self._add_port(index, pcfg))
         # The events of setting the ports up are history: start from their state now.
         self.monitor.read()
         self.resync_links()
         self.supervisor = Supervisor(self.shared.fd, self.queues)
         self.supervisor.start({p.index: p.fds for p in self.ports})
+        self._watch_workers(True)
+
+    def _add_port(self, index: int, pcfg) -> ports.Port:
+        port = ports.create(index, pcfg, self.queues, self.namespaces)
+        port.nsid = linkmon.nsid_of(port.nspath)
+        self.slots_used.add(index)
+        self.shared.set_port(index, fastpath.lib.TS_PORT_UP, pcfg.mtu)
+        return port
+
+    def _watch_workers(self, on: bool) -> None:
         for w in self.supervisor.workers:
-            self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+            if on:
+                self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+            else:
+                self.selector.unregister(w.pidfd)
 
     def _start_services(self) -> None:
         """Control socket and metrics first: a clash there is found before any device is made."""
@@ -142,6 +157,7 @@ class Switch:
             "ports": lambda req: self.ports_info(),
             "fdb": lambda req: self.fdb_info(),
             "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
+            "reload": lambda req: self.request_reload(),
         })
         self.control.start()
         address = sw.metrics.address()
@@ -168,7 +184,9 @@ class Switch:
                     self._dispatch(*key.data)
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.reload()
+                    self.last_reload = self.reload()
+                    while self.reload_waiters:
+                        self.reload_waiters.pop().set()
                 self.maintain_ports()
                 self.maintain_fdb()
                 self.feed_shared_remotes()
@@ -183,6 +201,15 @@ class Switch:
 
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True
+
+    def request_reload(self) -> dict:
+        """`tapswitch reload`: the control loop reloads; the client waits for the outcome."""
+        done = threading.Event()
+        self.reload_waiters.append(done)
+        os.kill(os.getpid(), signal.SIGHUP)
+        if not done.wait(30):
+            raise ControlError("the reload did not finish within 30 s")
+        return self.last_reload
 
     def _dispatch(self, kind: str, obj) -> None:
         if kind == "wake":
@@ -306,22 +333,91 @@ class Switch:
                 self.full_logged_at = now
             self.evicted_seen = evicted
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; an invalid one changes nothing."""
+    def reload(self) -> dict:
+        """SIGHUP or `tapswitch reload`: apply what changed in the config file.
+
+        An invalid config, or one that changes a setting fixed at start,
+        changes nothing: the error is logged and counted, and the switch goes
+        on with the config it has.
+        """
         notify("RELOADING=1")
         try:
+            return self._reload()
+        finally:
+            notify("READY=1")
+
+    def _reload(self) -> dict:
+        try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
+            plan = reload_mod.plan(self.cfg, new)
         except config_mod.ConfigError as e:
             self.reloads["failure"] += 1
             log.error("config.reload_failed", errors=e.errors)
-        else:
-            self.reloads["success"] += 1
-            if new == self.cfg:
-                log.info("config.reloaded", changed=False)
-            else:
-                log.warning("config.reload_needs_restart",
-                            detail="this version applies a changed config on restart only")
-        notify("READY=1")
+            return {"ok": False, "errors": e.errors}
+        except reload_mod.ReloadRefused as e:
+            self.reloads["failure"] += 1
+            log.error("config.reload_failed", errors=[str(e)])
+            return {"ok": False, "errors": [str(e)]}
+        failed = self.apply(plan, new)
+        self.reloads["failure" if failed else "success"] += 1
+        summary = plan.summary()
+        log.info("config.reloaded", failed=failed, **summary)
+        return {"ok": not failed, "errors": failed, **summary}
+
+    def apply(self, plan: reload_mod.Plan, new) -> list[str]:
+        """Carry out a reload plan; returns the errors of ports that could not be made.
+
+        Ports go before ports come: a port made again needs its old device
+        gone first (same name, same name inside its namespace).
+        """
+        retired = [p for p in self.ports if p.name in plan.remove]
+        if retired:
+            for port in retired:
+                self.shared.set_port(port.index, fastpath.lib.TS_PORT_UNUSED, 0)   # no frame goes to it now
+                self.shared.fdb_flush(port.index)
+            self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
+            self._replace_workers()                                                # they let go of its fds
+            for port in retired:
+                port.close()
+                log.info("port.removed", port=port.name)
+            self.namespaces.remove_unused({p.netns for p in new.ports})
+        errors, added = [], []
+        busy = {p.index for p in self.ports}
+        for pcfg in plan.add:
+            index = self._free_slot(busy)
+            busy.add(index)
+            try:
+                added.append(self._add_port(index, pcfg))
+            except STARTUP_ERRORS as e:
+                errors.append(str(e))
+                log.error("port.add_failed", port=pcfg.name, error=str(e))
+        by_name = {p.name: p for p in new.ports}
+        for port in self.ports:
+            port.cfg = by_name[port.name]
+        order = {p.name: i for i, p in enumerate(new.ports)}
+        self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
+        if added:
+            self._replace_workers()
+        self.namespaces.remove_unused({p.cfg.netns for p in self.ports})    # those of ports that failed
+        running = {p.name for p in self.ports}
+        self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
+        return errors
+
+    def _replace_workers(self) -> None:
+        self._watch_workers(False)
+        self.supervisor.replace_ports({p.index: p.fds for p in self.ports})
+        self._watch_workers(True)
+
+    def _free_slot(self, busy: set[int]) -> int:
+        """A port table slot for a new port: a never-used one if any, else a freed one, zeroed."""
+        free = [i for i in range(fastpath.lib.TS_MAX_PORTS) if i not in busy]
+        if not free:
+            raise ControlError(f"the switch has {fastpath.lib.TS_MAX_PORTS} ports already")
+        fresh = [i for i in free if i not in self.slots_used]
+        if fresh:
+            return fresh[0]
+        self.shared.reset_counters(free[0])
+        return free[0]
 
     # What the control socket serves.
 

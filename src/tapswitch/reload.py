@@ -1,0 +1,77 @@
+"""Reload: what a new config changes in a running switch, decided without touching anything.
+
+plan(old, new) compares two validated configs. Ports are matched by name:
+a port whose device settings changed (namespace, name inside it, addresses,
+MAC, MTU, remote) is made again; one whose other settings changed keeps its
+device and only has its fast path settings rewritten; an untouched port is
+not touched at all. Settings fixed at start (the switch's name, queues,
+MAC table size, control socket, metrics address) cannot change by reload:
+such a config is refused as a whole, and the switch keeps the old one.
+"""
+
+from dataclasses import dataclass, field
+
+# Port keys that are properties of the device: changing one means making the port again.
+DEVICE_KEYS = ("netns", "ifname", "addresses", "mac", "mtu", "remote", "remote_mode", "allmulti")
+
+# Switch keys fixed for the life of the process.
+FIXED_KEYS = (("name",), ("queues",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"))
+
+
+class ReloadRefused(Exception):
+    """The new config is valid but cannot be applied while running; nothing changes."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    remove: tuple[str, ...] = ()        # names of ports to take away (incl. those made again)
+    add: tuple = ()                     # config.Port of ports to make (new, or made again)
+    update: tuple[str, ...] = ()        # ports that keep their device but have new settings
+    unchanged: tuple[str, ...] = ()
+    switch_changed: bool = False        # live switch settings (aging, log, mirrors, static MACs...)
+    notes: list = field(default_factory=list)
+
+    @property
+    def ports_changed(self) -> bool:
+        return bool(self.remove or self.add)
+
+    def summary(self) -> dict:
+        return {"added": [p.name for p in self.add if p.name not in self.remove],
+                "removed": [n for n in self.remove if n not in {p.name for p in self.add}],
+                "remade": [p.name for p in self.add if p.name in self.remove],
+                "updated": list(self.update)}
+
+
+def _get(model, path: tuple[str, ...]):
+    for key in path:
+        model = getattr(model, key)
+    return model
+
+
+def plan(old, new) -> Plan:
+    """The changes that turn a switch running `old` into one running `new`."""
+    fixed = [".".join(("switch",) + path) for path in FIXED_KEYS
+             if _get(old.switch, path) != _get(new.switch, path)]
+    if fixed:
+        raise ReloadRefused(f"{', '.join(fixed)} cannot change while running (restart the switch)")
+    old_ports = {p.name: p for p in old.ports}
+    new_ports = {p.name: p for p in new.ports}
+    remove, add, update, unchanged = [], [], [], []
+    for name, p in old_ports.items():
+        if name not in new_ports:
+            remove.append(name)
+    for name, p in new_ports.items():
+        before = old_ports.get(name)
+        if before is None:
+            add.append(p)
+        elif any(getattr(before, k) != getattr(p, k) for k in DEVICE_KEYS):
+            remove.append(name)
+            add.append(p)
+        elif before != p:
+            update.append(name)
+        else:
+            unchanged.append(name)
+    old_rest = old.model_dump(exclude={"ports"})
+    new_rest = new.model_dump(exclude={"ports"})
+    return Plan(remove=tuple(remove), add=tuple(add), update=tuple(update), unchanged=tuple(unchanged),
+                switch_changed=old_rest != new_rest)

@@ -1,0 +1,97 @@
+"""Live reload: SIGHUP / `tapswitch reload` applies only what changed; a bad config changes nothing."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from tests.integration import helpers
+
+
+def base(lab, n: int = 2) -> dict:
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.4.{i + 1}/24"]} for i in range(n)]
+    return {"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports}
+
+
+def rewrite(sw, cfg: dict) -> None:
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+
+
+def test_sighup_adds_a_port_while_a_running_ping_loses_nothing(lab):
+    cfg = base(lab)
+    sw = lab.switch(cfg)
+    a = cfg["ports"][0]["netns"]
+    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-i", "0.02", "-c", "200", "-W", "1", "198.18.4.2"],
+                            stdout=subprocess.PIPE, text=True)
+    lab.procs.append(ping)
+    time.sleep(1)
+    new_port = {"name": lab.name("p2"), "netns": lab.name("c2"), "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+    lab.namespaces.append(new_port["netns"])
+    lab.links.append(new_port["name"])
+    cfg["ports"].append(new_port)
+    rewrite(sw, cfg)
+    sw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not sw.events("config.reloaded"):
+        assert time.monotonic() < deadline, sw.log()
+        time.sleep(0.05)
+    out, _ = ping.communicate(timeout=30)
+    assert " 0% packet loss" in out, out
+    assert helpers.ping(new_port["netns"], "198.18.4.1")
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    assert sw.events("config.reloaded")[-1]["added"] == [new_port["name"]]
+
+
+def test_reload_removes_a_port_its_device_and_its_namespace(lab):
+    cfg = base(lab, 3)
+    sw = lab.switch(cfg)
+    gone = cfg["ports"].pop()
+    rewrite(sw, cfg)
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: removed {gone['name']}"
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    assert not helpers.link_exists(gone["name"])
+    assert gone["netns"] not in helpers.netns_list()
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
+
+def test_changed_address_remakes_only_that_port(lab):
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {cfg['ports'][1]['name']}"
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.22")
+    assert not helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", wait=1)
+
+
+def test_invalid_config_changes_nothing_and_says_where(lab):
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    good = open(sw.config_path).read()
+    with open(sw.config_path, "w") as f:
+        f.write(good.replace("queues: 2", "queues: 2\n  colour: blue"))
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert re.search(re.escape(sw.config_path) + r":\d+: switch\.colour: ", r.stderr), r.stderr
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    failed = sw.events("config.reload_failed")
+    assert failed and "switch.colour" in failed[-1]["errors"][0]
+
+
+def test_a_setting_fixed_at_start_is_refused(lab):
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    cfg["switch"]["queues"] = 1
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "switch.queues cannot change while running" in r.stderr
+    assert all(p["queues"] == 2 for p in sw.cli_json("ports"))

@@ -1,0 +1,72 @@
+"""reload.plan: what a new config changes, decided without root."""
+
+import pytest
+
+from tapswitch import config, reload
+
+BASE = """
+switch: {name: sw0, queues: 2}
+ports:
+  - {name: a0, netns: a, addresses: [198.18.0.1/24]}
+  - {name: b0, netns: b, addresses: [198.18.0.2/24]}
+"""
+
+
+def cfg(text: str = BASE):
+    return config.loads(text, "t.yaml")
+
+
+def test_same_config_changes_nothing():
+    p = reload.plan(cfg(), cfg())
+    assert (p.remove, p.add, p.update) == ((), (), ())
+    assert p.unchanged == ("a0", "b0") and not p.switch_changed and not p.ports_changed
+
+
+def test_added_port_is_added_and_the_others_are_untouched():
+    new = cfg(BASE + "  - {name: c0, netns: c}\n")
+    p = reload.plan(cfg(), new)
+    assert [x.name for x in p.add] == ["c0"] and p.remove == () and p.unchanged == ("a0", "b0")
+    assert p.summary()["added"] == ["c0"]
+
+
+def test_removed_port_is_removed():
+    new = cfg("switch: {name: sw0, queues: 2}\nports:\n  - {name: a0, netns: a, addresses: [198.18.0.1/24]}\n")
+    p = reload.plan(cfg(), new)
+    assert p.remove == ("b0",) and p.add == () and p.summary()["removed"] == ["b0"]
+
+
+@pytest.mark.parametrize("change", ["addresses: [198.18.0.9/24]", "mtu: 9000", "mac: '02:00:00:00:00:09'",
+                                    "ifname: eth7", "netns: z"])
+def test_a_device_setting_change_makes_the_port_again(change):
+    new = cfg(BASE.replace("{name: b0, netns: b, addresses: [198.18.0.2/24]}",
+                           "{name: b0, netns: b, addresses: [198.18.0.2/24], %s}" % change)
+              if "addresses" not in change and "netns" not in change else
+              BASE.replace("addresses: [198.18.0.2/24]", change) if "addresses" in change else
+              BASE.replace("netns: b,", change + ","))
+    p = reload.plan(cfg(), new)
+    assert p.remove == ("b0",) and [x.name for x in p.add] == ["b0"]
+    assert p.summary()["remade"] == ["b0"] and p.unchanged == ("a0",)
+
+
+def test_speed_is_a_live_setting():
+    new = cfg(BASE.replace("{name: b0, netns: b,", "{name: b0, speed: 100, netns: b,"))
+    p = reload.plan(cfg(), new)
+    assert p.update == ("b0",) and p.remove == () and p.add == ()
+
+
+def test_aging_is_live():
+    new = cfg(BASE.replace("queues: 2}", "queues: 2, mac_table: {aging: 60}}"))
+    p = reload.plan(cfg(), new)
+    assert p.switch_changed and not p.ports_changed
+
+
+@pytest.mark.parametrize("switch, key", [
+    ("{name: sw1, queues: 2}", "switch.name"),
+    ("{name: sw0, queues: 1}", "switch.queues"),
+    ("{name: sw0, queues: 2, mac_table: {size: 1024}}", "switch.mac_table.size"),
+    ("{name: sw0, queues: 2, metrics: {listen: ''}}", "switch.metrics.listen"),
+])
+def test_settings_fixed_at_start_refuse_the_reload(switch, key):
+    new = cfg(BASE.replace("{name: sw0, queues: 2}", switch))
+    with pytest.raises(reload.ReloadRefused, match=key.replace(".", r"\.")):
+        reload.plan(cfg(), new)
