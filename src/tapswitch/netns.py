@@ -11,8 +11,10 @@ thread held. A namespace is entered by a short-lived thread instead
 (a netlink socket, a new namespace) and ends.
 """
 
+import contextlib
 import ctypes
 import errno
+import json
 import os
 import socket
 import threading
@@ -106,10 +108,36 @@ def remove(name: str) -> None:
 
 
 class Namespaces:
-    """The namespaces of one switch run, and which of them it created."""
+    """The namespaces of one switch run, and which of them it created.
 
-    def __init__(self) -> None:
+    The names it created are also written to a state file, so that a start
+    after a crash (SIGKILL, power loss) knows which namespaces were the dead
+    run's to remove (`recover`).
+    """
+
+    def __init__(self, state_path: str | None = None) -> None:
         self.created: list[str] = []
+        self.state_path = state_path
+
+    def recover(self, wanted: set) -> None:
+        """Take over what a dead run left: namespaces still named in the config stay ours, others go."""
+        if not self.state_path or not os.path.exists(self.state_path):
+            return
+        try:
+            with open(self.state_path) as f:
+                left = json.load(f)["created"]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("netns.state_unreadable", path=self.state_path, error=str(e))
+            left = []
+        for name in left:
+            if not os.path.exists(os.path.join(RUN_DIR, name)):
+                continue
+            if name in wanted:
+                self.created.append(name)
+                log.info("netns.adopted", netns=name)
+            else:
+                self._remove(name)
+        self._save()
 
     def ensure(self, port) -> str | None:
         """Return the path of `port`'s namespace, creating a missing named one."""
@@ -125,14 +153,28 @@ class Namespaces:
         except OSError as e:
             raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
         self.created.append(port.netns)
+        self._save()
         log.info("netns.created", netns=port.netns)
         return path
+
+    def _save(self) -> None:
+        if not self.state_path:
+            return
+        if not self.created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.state_path)
+            return
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"created": self.created}, f)
+        os.replace(tmp, self.state_path)
 
     def remove_unused(self, in_use: set) -> None:
         """Remove the namespaces this run created that no port uses any more."""
         for name in [n for n in self.created if n not in in_use]:
             self.created.remove(name)
             self._remove(name)
+        self._save()
 
     def _remove(self, name: str) -> None:
         try:
@@ -145,3 +187,4 @@ class Namespaces:
         """Remove every namespace this run created, newest first."""
         while self.created:
             self._remove(self.created.pop())
+        self._save()

@@ -125,9 +125,12 @@ class Switch:
         sw = self.cfg.switch
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
+        # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
+        self.namespaces.state_path = sw.control.socket + ".state"
+        self.namespaces.recover({p.netns for p in self.cfg.ports if p.netns_kind == "name"})
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
-        for index, pcfg in enumerate(self.cfg.ports):
+        for index, pcfg in enumerate(ports.plan(self.cfg.ports)):     # MTUs fit the VXLAN ports
             self.ports.append(self._add_port(index, pcfg))
         # The events of setting the ports up are history: start from their state now.
         self.monitor.read()

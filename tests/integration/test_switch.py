@@ -215,3 +215,19 @@ def test_second_switch_on_the_same_socket_is_refused(lab):
     assert r.returncode == 1 and "another tapswitch is running" in r.stderr
     assert not helpers.link_exists(other["ports"][0]["name"])
     assert sw.cli_json("ports")      # the first switch still answers
+
+
+def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
+    cfg = containers(lab, 3, queues=1)
+    sw = lab.switch(cfg)
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.3)
+    made = {p["netns"] for p in cfg["ports"]}
+    assert made <= helpers.netns_list()          # what a crash leaves behind
+    dropped = cfg["ports"].pop()                 # the next run no longer wants one of them
+    sw2 = lab.switch(cfg)                        # cfg still names the same control socket, so the same state
+    assert sw2.socket == sw.socket
+    assert dropped["netns"] not in helpers.netns_list()
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+    assert sw2.stop() == 0
+    assert helpers.netns_list() & made == set()  # the adopted ones went with the clean stop
