@@ -73,6 +73,8 @@ class SwitchCollector:
                       ["switch", "queue"], (([name, str(w.queue)], int(sw.supervisor.alive(w))) for w in workers))
         yield _family(CounterMetricFamily, "tapswitch_worker_restarts", "Worker processes restarted.",
                       ["switch", "queue"], (([name, str(w.queue)], w.restarts) for w in workers))
+        yield _family(CounterMetricFamily, "tapswitch_worker_cpu_seconds", "CPU seconds used by the queue's workers.",
+                      ["switch", "queue"], (([name, str(w.queue)], sw.supervisor.cpu_seconds(w)) for w in workers))
         yield _family(CounterMetricFamily, "tapswitch_config_reloads", "Configuration reloads, by result.",
                       ["switch", "result"], (([name, r], n) for r, n in sw.reloads.items()))
         yield _family(GaugeMetricFamily, "tapswitch_build_info", "tapswitch version; always 1.",

@@ -16,6 +16,7 @@ import structlog
 
 log = structlog.get_logger("tapswitch.supervisor")
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
 RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
 RESTART_WINDOW = 10.0
@@ -35,6 +36,7 @@ class Worker:
         self.pidfd = -1
         self.restarts = 0
         self.recent: list[float] = []   # monotonic times of recent restarts
+        self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
 
     def fileno(self) -> int:
         return self.pidfd
@@ -77,9 +79,26 @@ class Supervisor:
         w.pidfd = os.pidfd_open(w.proc.pid)
         log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(fds))
 
+    def _reap(self, w: Worker) -> int:
+        """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""
+        _pid, status, usage = os.wait4(w.proc.pid, 0)
+        w.proc.returncode = os.waitstatus_to_exitcode(status)
+        w.cpu_reaped += usage.ru_utime + usage.ru_stime
+        return w.proc.returncode
+
+    def cpu_seconds(self, w: Worker) -> float:
+        """CPU seconds used by queue w's workers since start, the running one included."""
+        try:
+            with open(f"/proc/{w.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            running = (int(fields[11]) + int(fields[12])) / CLK_TCK     # utime, stime
+        except (OSError, AttributeError):
+            running = 0.0
+        return w.cpu_reaped + running
+
     def exited(self, w: Worker) -> None:
         """Called when w's pidfd is readable: reap it and start it again."""
-        rc = w.proc.wait()
+        rc = self._reap(w)
         os.close(w.pidfd)
         w.pidfd = -1
         how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
@@ -113,9 +132,9 @@ class Supervisor:
         return w.proc is not None and w.proc.returncode is None
 
     def _stop(self, w: Worker) -> None:
-        if w.proc is not None and w.proc.poll() is None:
+        if w.proc is not None and w.proc.returncode is None:
             w.proc.kill()            # a worker holds no state of its own: nothing to flush
-            w.proc.wait()
+            self._reap(w)
         if w.pidfd >= 0:
             os.close(w.pidfd)
             w.pidfd = -1
