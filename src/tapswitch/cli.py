@@ -66,13 +66,21 @@ def table(rows: list[list], headers: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
-def cmd_run(args) -> int:
-    from tapswitch import config, log
-    from tapswitch.switch import StartError, Switch
+def load_config(path: str | None):
+    """The validated config, or None after printing every error (FILE:LINE: key.path: message)."""
+    from tapswitch import config
     try:
-        cfg = config.load(args.config)
+        return config.load(path)
     except config.ConfigError as e:
         print(e, file=sys.stderr)
+        return None
+
+
+def cmd_run(args) -> int:
+    from tapswitch import log
+    from tapswitch.switch import StartError, Switch
+    cfg = load_config(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     log.setup(cfg.switch.log.level, cfg.switch.log.format)
     switch = Switch(cfg)
@@ -91,11 +99,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from tapswitch import config
-    try:
-        cfg = config.load(args.config)
-    except config.ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_config(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     print(f"{args.config}: ok, switch {cfg.switch.name}, {len(cfg.ports)} ports")
     return EXIT_OK
