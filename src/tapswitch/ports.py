@@ -4,6 +4,10 @@ The order matters and is the same for every port: open the queues (the
 device appears, down, in the switch's namespace), set MAC and MTU, move it
 into its namespace, rename it there, add addresses, set it up. Closing the
 queue fds removes the device, wherever it is by then.
+
+A VXLAN port is a remote port whose IFACE tapswitch makes: the kernel's
+VXLAN device (vxlan.py), attached in promisc mode. Its MTU, and that of
+every port without one of its own, comes from the underlay (`plan`).
 """
 
 import contextlib
@@ -14,7 +18,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import netns, remote, tap, tc
+from tapswitch import netns, remote, tap, tc, vxlan
 from tapswitch.remote import RemoteAttachment
 
 log = structlog.get_logger("tapswitch.ports")
@@ -43,16 +47,21 @@ class Port:
     remote: RemoteAttachment | None = None    # remote: IFACE attached through tc
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
     remote_up: bool = True
+    tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
 
     @property
     def name(self) -> str:
         return self.cfg.name
 
     def close(self) -> None:
-        """Detach the remote, then close the queues: the kernel removes the TAP with the last one."""
+        """Detach the remote (and remove a VXLAN port's device), then close the queues:
+        the kernel removes the TAP with the last one."""
         if self.remote is not None:
             _detach(self.remote)
             self.remote = None
+        if self.tunnel is not None:
+            _remove_tunnel(self.tunnel)
+            self.tunnel = None
         _close(self.fds)
         self.fds = []
 
@@ -99,6 +108,27 @@ def _configure_inside(ipr: IPRoute, cfg, ifindex: int) -> int:
     return ifindex
 
 
+def plan(cfgs: list) -> list:
+    """The ports' configs as they are made: beside VXLAN ports, every MTU fits the narrowest
+    tunnel (vxlan.segment_mtus); PortError for one that cannot, before anything is made."""
+    if not any(c.vxlan for c in cfgs):
+        return list(cfgs)
+    carried = {}
+    with IPRoute() as ipr:
+        for c in cfgs:
+            if c.vxlan:
+                try:
+                    carried[c.name] = _tunnel(ipr, c).carried_mtu()
+                except vxlan.VxlanError as e:
+                    raise PortError(f"port {c.name}: {e}") from None
+    try:
+        mtus = vxlan.segment_mtus([vxlan.PortMtu(c.name, c.mtu if c.mtu_given else None, carried.get(c.name), c.mtu)
+                                   for c in cfgs])
+    except vxlan.VxlanError as e:
+        raise PortError(str(e)) from None
+    return [c if c.mtu == mtu else c.model_copy(update={"mtu": mtu}) for c, mtu in zip(cfgs, mtus)]
+
+
 def create(index: int, cfg, queues: int, namespaces) -> Port:
     """Make port `cfg` ready for forwarding, or raise PortError leaving nothing behind.
 
@@ -106,8 +136,11 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
     to remove.
     """
     fds = tap.open_queues(cfg.name, queues)
-    attachment = None
+    attachment = tunnel = None
     try:
+        if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
+            tunnel = _make_tunnel(cfg)
+            cfg = cfg.model_copy(update={"remote": tunnel.name, "remote_mode": "promisc"})
         with IPRoute() as ipr:
             ifindex = _lookup(ipr, cfg.name)
             mac = cfg.mac or _default_mac(ipr, cfg)
@@ -125,17 +158,52 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
             attachment, remote_ifindex = _attach(cfg, mac)
     except (NetlinkError, tc.TcError) as e:
         _close(fds)
+        _remove_tunnel(tunnel)
         detail = os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
         raise PortError(f"port {cfg.name}: {detail}") from None
+    except vxlan.VxlanError as e:
+        _close(fds)
+        _remove_tunnel(tunnel)
+        raise PortError(str(e)) from None
     except BaseException:
         _close(fds)
+        _remove_tunnel(tunnel)
         raise
     log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
              netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues)
     port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
+    port.tunnel = tunnel
     return port
+
+
+def _tunnel(ipr: IPRoute, cfg) -> vxlan.Tunnel:
+    v = cfg.vxlan
+    return vxlan.Tunnel(ipr, cfg.name, v.vni, v.local, v.remotes, v.dstport, v.dev)
+
+
+def _make_tunnel(cfg) -> vxlan.Tunnel:
+    """The port's VXLAN device, with its remote hosts (vxlan.Tunnel.create)."""
+    ipr = IPRoute()     # kept for the life of the device: remote updates, removal
+    try:
+        tunnel = _tunnel(ipr, cfg)
+        tunnel.create()
+        return tunnel
+    except BaseException:
+        ipr.close()
+        raise
+
+
+def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:
+    if tunnel is None:
+        return
+    try:
+        tunnel.remove()
+    except Exception as e:         # a stop must go on: say what may be left
+        log.error("vxlan.remove_failed", port=tunnel.port, dev=tunnel.name, error=str(e))
+    finally:
+        tunnel.ipr.close()
 
 
 def _default_mac(ipr: IPRoute, cfg) -> str:
