@@ -1,0 +1,181 @@
+"""The bench's lab: its namespaces, hosts and processes, and the cleanup that always runs.
+
+Everything the bench makes is named after one tag (`bn` + 4 hex digits by
+default), is registered here the moment it exists, and is removed by
+`Lab.close()`, which run.py calls in a `finally` that SIGTERM and Ctrl-C
+also reach. Addresses: 198.18.1.0/24 inside the bench's own namespaces only.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+SUBNET = "198.18.1"        # /24; host i is SUBNET.(i+1)
+IFNAME = "eth1"            # every host's switch port, whatever the system
+
+
+def sh(*argv, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
+    """Run a command, capture its output; raise with its stderr when it fails."""
+    argv = [str(a) for a in argv]
+    r = subprocess.run(argv, timeout=timeout, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def nsexec(ns: str, *argv, **kw) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *argv, **kw)
+
+
+def netns_list() -> set[str]:
+    out = sh("ip", "netns", "list").stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def link_names() -> set[str]:
+    """Devices in the bench's own (the root) namespace."""
+    return {link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show").stdout)}
+
+
+@dataclass
+class Host:
+    """One end point: a namespace whose device IFNAME is plugged into the switch."""
+
+    index: int
+    ns: str
+    mac: str
+    ip: str                 # without prefix length
+    ifname: str = IFNAME
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.ip}/24"
+
+    def stat(self, counter: str) -> int:
+        """An interface counter, read inside the host's namespace (the truth for received frames)."""
+        r = nsexec(self.ns, "cat", f"/sys/class/net/{self.ifname}/statistics/{counter}")
+        return int(r.stdout)
+
+    def stats(self, *counters: str) -> dict[str, int]:
+        paths = [f"/sys/class/net/{self.ifname}/statistics/{c}" for c in counters]
+        out = nsexec(self.ns, "cat", *paths).stdout.split()
+        return dict(zip(counters, map(int, out)))
+
+    def configure(self) -> None:
+        """MAC, address and link up on the host's device (the system has put it there)."""
+        nsexec(self.ns, "ip", "link", "set", self.ifname, "address", self.mac, "up")
+        nsexec(self.ns, "ip", "addr", "replace", self.cidr, "dev", self.ifname)
+
+
+class Lab:
+    """Names, namespaces and processes of one bench run."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.dir = tempfile.mkdtemp(prefix=f"{tag}-")
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.cleanups: list = []          # callables, run newest first
+
+    def name(self, suffix: str) -> str:
+        """A device or namespace name of this run (devices: at most 15 bytes)."""
+        n = f"{self.tag}{suffix}"
+        if len(n) > 15:
+            raise ValueError(f"name too long: {n}")
+        return n
+
+    def netns(self, suffix: str) -> str:
+        """A new namespace: loopback up, IPv6 off (no ND/MLD noise in the counters)."""
+        ns = self.name(suffix)
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        for key in ("all", "default"):
+            nsexec(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
+        nsexec(ns, "ip", "link", "set", "lo", "up")
+        return ns
+
+    def hosts(self, n: int) -> list[Host]:
+        """n end points h0..h(n-1), each in its own namespace, not yet plugged in."""
+        t = int(self.tag[-4:], 16) if all(c in "0123456789abcdef" for c in self.tag[-4:]) else 0
+        return [Host(index=i, ns=self.netns(f"h{i}"),
+                     mac=f"02:b5:{t >> 8:02x}:{t & 0xff:02x}:00:{i + 1:02x}",
+                     ip=f"{SUBNET}.{i + 1}") for i in range(n)]
+
+    def drop_hosts(self, hosts: list[Host]) -> None:
+        for h in hosts:
+            self.del_netns(h.ns)
+
+    def del_netns(self, ns: str) -> None:
+        if ns not in netns_list():
+            if ns in self.namespaces:
+                self.namespaces.remove(ns)
+            return
+        for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        for _ in range(50):
+            if sh("ip", "netns", "del", ns, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        if ns in self.namespaces:
+            self.namespaces.remove(ns)
+
+    def popen(self, argv, **kw) -> subprocess.Popen:
+        """Start a process in a session of its own: Ctrl-C reaches only the bench, which stops it."""
+        p = subprocess.Popen([str(a) for a in argv], start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def signal(self, p: subprocess.Popen, sig: int) -> None:
+        """Signal p's whole process group (trafgen's workers are its children)."""
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap(self, p: subprocess.Popen, timeout: float = 10.0) -> int:
+        """Stop p (SIGTERM, then SIGKILL) and whatever is left of its process group."""
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.signal(p, signal.SIGKILL)
+        if p in self.procs:
+            self.procs.remove(p)
+        return p.returncode
+
+    def close(self) -> None:
+        """Remove everything this run made, whatever state it is in."""
+        while self.cleanups:
+            fn = self.cleanups.pop()
+            try:
+                fn()
+            except Exception as e:      # keep cleaning: one failure must not leave the rest
+                print(f"bench: cleanup {getattr(fn, '__name__', fn)}: {e}")
+        for p in list(self.procs):
+            self.reap(p, timeout=5)
+        for ns in list(self.namespaces):
+            self.del_netns(ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """Namespaces and devices of this run still present (empty after close())."""
+        found = [ns for ns in netns_list() if ns.startswith(self.tag)]
+        found += [d for d in link_names() if d.startswith(self.tag)]
+        return found
+
+
+def wait_until(pred, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()

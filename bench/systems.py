@@ -1,0 +1,319 @@
+"""The systems under test: one class per switch, one interface for all of them.
+
+A system plugs a list of hosts (namespaces made by the lab) into one switch:
+`setup(hosts, **opts)` leaves every host with device `eth1` up, with the
+host's MAC and address, joined to the switch; `teardown()` removes all the
+system made (not the hosts). A case never needs to know which system it
+drives: it reads the hosts' counters, and asks the system only for what every
+system can say (`fdb_count`, `pids`, `forwarding_pids`).
+
+  Tapswitch  `python -m tapswitch run` on TAP ports moved into the hosts
+  Bridge     the Linux bridge in a namespace of its own, veth into the hosts,
+             br_netfilter off in that namespace
+  Ovs        Open vSwitch's userspace datapath (datapath_type=netdev) with
+             internal ports (TAP devices) moved into the hosts; its own
+             ovsdb-server and ovs-vswitchd, with db, sockets and logs in a
+             temporary directory
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import yaml
+
+from lab import Host, Lab, nsexec, sh, wait_until
+
+DEFAULT_FDB_SIZE = 8192
+
+
+class System:
+    """What every system offers to the cases."""
+
+    name = "?"             # column in the results
+    label = "?"            # for humans
+    kind = "?"             # tapswitch | bridge | ovs
+
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.hosts: list[Host] = []
+        self.setup_seconds = float("nan")   # from start to every port forwarding
+
+    def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        raise NotImplementedError
+
+    def fdb_count(self) -> int:
+        """Learned entries in the MAC table now."""
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        """Every process of the switch (for memory); [] for an in-kernel switch."""
+        return []
+
+    def forwarding_pids(self) -> list[int]:
+        """The processes that forward frames (for CPU per frame)."""
+        return []
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Tapswitch(System):
+    kind = "tapswitch"
+
+    def __init__(self, lab: Lab, queues: int = 1):
+        super().__init__(lab)
+        self.queues = queues
+        self.name = f"tapswitch-q{queues}"
+        self.label = f"tapswitch, {queues} queue{'s' if queues > 1 else ''}"
+        self.proc: subprocess.Popen | None = None
+        self.metrics_port = 0
+
+    def config(self, hosts: list[Host], fdb_size: int) -> dict:
+        self.metrics_port = _free_port()
+        return {
+            "switch": {
+                "name": self.lab.name(f"q{self.queues}"),
+                "queues": self.queues,
+                "mac_table": {"size": fdb_size, "aging": 300},
+                "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
+                "control": {"socket": os.path.join(self.lab.dir, "tapswitch.sock")},
+                "log": {"level": "info", "format": "json"},
+            },
+            "ports": [{"name": self.lab.name(f"p{h.index}"), "netns": h.ns, "ifname": h.ifname,
+                       "mac": h.mac, "addresses": [h.cidr], "mtu": 1500} for h in hosts],
+        }
+
+    def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
+        self.hosts = hosts
+        path = os.path.join(self.lab.dir, "tapswitch.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(self.config(hosts, fdb_size), f)
+        notify_path = os.path.join(self.lab.dir, "notify.sock")
+        if os.path.exists(notify_path):
+            os.unlink(notify_path)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        notify.settimeout(30)
+        self.log_path = os.path.join(self.lab.dir, f"tapswitch-{self.name}.log")
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        try:
+            with open(self.log_path, "w") as log:
+                t0 = time.monotonic()
+                self.proc = self.lab.popen([sys.executable, "-m", "tapswitch", "run", "-c", path],
+                                           stdout=log, stderr=subprocess.STDOUT, env=env)
+            while True:
+                try:
+                    msg = notify.recv(4096).decode()
+                except socket.timeout:
+                    raise RuntimeError(f"tapswitch not ready in 30 s:\n{self.log()}") from None
+                if "READY=1" in msg:
+                    self.setup_seconds = time.monotonic() - t0
+                    break
+        finally:
+            notify.close()
+            os.unlink(notify_path)
+
+    def log(self) -> str:
+        with open(self.log_path) as f:
+            return f.read()[-4000:]
+
+    def teardown(self) -> None:
+        if self.proc is not None:
+            rc = self.lab.reap(self.proc, timeout=15)
+            self.proc = None
+            if rc not in (0, -signal.SIGTERM):
+                print(f"bench: {self.name} exited with {rc}:\n{self.log()}")
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def fdb_count(self) -> int:
+        return int(self.metric("tapswitch_fdb_entries"))
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] + self.forwarding_pids()
+
+    def forwarding_pids(self) -> list[int]:
+        out = sh("pgrep", "-P", self.proc.pid, "-f", "tapswitch.worker", check=False).stdout
+        return [int(p) for p in out.split()]
+
+
+class Bridge(System):
+    name = "bridge"
+    label = "Linux bridge + veth"
+    kind = "bridge"
+
+    def __init__(self, lab: Lab):
+        super().__init__(lab)
+        self.ns: str | None = None
+        self.netfilter = "?"       # br_netfilter in the bridge's namespace, as found after setup
+
+    def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
+        """fdb_size is ignored: the bridge's table has no limit unless one is set."""
+        self.hosts = hosts
+        t0 = time.monotonic()
+        self.ns = self.lab.netns("sw")
+        # br_netfilter is per namespace on this kernel: off here, the bridge at its fastest.
+        nf = "/proc/sys/net/bridge"
+        if nsexec(self.ns, "test", "-d", nf, check=False).returncode == 0:
+            for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
+                nsexec(self.ns, "sh", "-c", f"echo 0 > {nf}/{key}")
+        self.netfilter = "off" if self.br_netfilter_off() else "ON"
+        nsexec(self.ns, "ip", "link", "add", "br0", "type", "bridge")
+        for h in hosts:
+            nsexec(self.ns, "ip", "link", "add", f"v{h.index}", "type", "veth",
+                   "peer", "name", h.ifname, "netns", h.ns)
+            nsexec(self.ns, "ip", "link", "set", f"v{h.index}", "master", "br0", "up")
+            h.configure()
+        nsexec(self.ns, "ip", "link", "set", "br0", "up")
+        self.setup_seconds = time.monotonic() - t0
+
+    def br_netfilter_off(self) -> bool:
+        nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        r = nsexec(self.ns, "cat", nf, check=False)
+        return r.returncode != 0 or r.stdout.strip() == "0"
+
+    def teardown(self) -> None:
+        if self.ns is not None:
+            self.lab.del_netns(self.ns)     # takes the veth pairs with it
+            self.ns = None
+
+    def fdb_count(self) -> int:
+        out = nsexec(self.ns, "bridge", "fdb", "show", "br", "br0", timeout=300).stdout
+        return sum(1 for line in out.splitlines() if "permanent" not in line and line.strip())
+
+
+class Ovs(System):
+    name = "ovs"
+    label = "Open vSwitch userspace (netdev), TAP ports"
+    kind = "ovs"
+
+    SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+    def __init__(self, lab: Lab):
+        super().__init__(lab)
+        self.dir = ""
+        self.db: subprocess.Popen | None = None
+        self.vswitchd: subprocess.Popen | None = None
+        self.bridge = lab.name("br")
+
+    @classmethod
+    def available(cls) -> bool:
+        return all(shutil.which(b) for b in ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool")) \
+            and os.path.exists(cls.SCHEMA)
+
+    @staticmethod
+    def install() -> str:
+        """apt-get the package (no recommends); returns a one-line outcome."""
+        if Ovs.available():
+            return "already installed"
+        policy = sh("apt-cache", "policy", "openvswitch-switch", check=False).stdout
+        if "Candidate: (none)" in policy or "Candidate:" not in policy:
+            sh("apt-get", "update", "-qq", check=False, timeout=600)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        r = sh("apt-get", "install", "-y", "--no-install-recommends", "openvswitch-switch",
+               check=False, timeout=900, env=env)
+        return "installed" if r.returncode == 0 and Ovs.available() else f"install failed: {r.stderr.strip()[-300:]}"
+
+    def env(self) -> dict:
+        d = self.dir
+        return dict(os.environ, OVS_RUNDIR=d, OVS_DBDIR=d, OVS_LOGDIR=d, OVS_SYSCONFDIR=d)
+
+    def vsctl(self, *argv, **kw):
+        return sh("ovs-vsctl", f"--db=unix:{self.dir}/db.sock", "--timeout=30", *argv, env=self.env(), **kw)
+
+    def appctl(self, *argv, **kw):
+        return sh("ovs-appctl", "-t", f"{self.dir}/ovs-vswitchd.ctl", *argv, env=self.env(), **kw)
+
+    def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
+        self.hosts = hosts
+        self.dir = os.path.join(self.lab.dir, "ovs")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        d = self.dir
+        t0 = time.monotonic()
+        sh("ovsdb-tool", "create", f"{d}/conf.db", self.SCHEMA, env=self.env())
+        self.db = self.lab.popen(["ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
+                                  f"--unixctl={d}/ovsdb-server.ctl", f"--log-file={d}/ovsdb-server.log",
+                                  f"--pidfile={d}/ovsdb-server.pid"],
+                                 env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(lambda: os.path.exists(f"{d}/db.sock"), 10):
+            raise RuntimeError("ovsdb-server did not start")
+        self.vsctl("--no-wait", "init")
+        self.vswitchd = self.lab.popen(["ovs-vswitchd", f"unix:{d}/db.sock", f"--unixctl={d}/ovs-vswitchd.ctl",
+                                        f"--log-file={d}/ovs-vswitchd.log", f"--pidfile={d}/ovs-vswitchd.pid"],
+                                       env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(lambda: os.path.exists(f"{d}/ovs-vswitchd.ctl"), 10):
+            raise RuntimeError("ovs-vswitchd did not start")
+        self.vsctl("add-br", self.bridge, "--", "set", "bridge", self.bridge, "datapath_type=netdev",
+                   f"other_config:mac-table-size={fdb_size}")
+        for h in hosts:
+            port = self.lab.name(f"o{h.index}")
+            self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port, "type=internal")
+            sh("ip", "link", "set", port, "netns", h.ns)
+            nsexec(h.ns, "ip", "link", "set", port, "name", h.ifname)
+            h.configure()
+        self.setup_seconds = time.monotonic() - t0
+
+    def teardown(self) -> None:
+        if self.vswitchd is not None:
+            self.vsctl("del-br", self.bridge, check=False)
+            self.appctl("exit", "--cleanup", check=False)
+            self.lab.reap(self.vswitchd, timeout=10)
+            self.vswitchd = None
+        if self.db is not None:
+            self.lab.reap(self.db, timeout=10)
+            self.db = None
+        # Ports moved into the hosts go with their TAP fds; the bridge's own port too.
+        for dev in (self.bridge,):
+            sh("ip", "link", "del", dev, check=False)
+
+    def fdb_count(self) -> int:
+        out = self.appctl("fdb/stats-show", self.bridge).stdout
+        m = re.search(r"Current/maximum MAC entries in the table: (\d+)/", out)
+        return int(m.group(1)) if m else 0
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self.vswitchd, self.db) if p is not None]
+
+    def forwarding_pids(self) -> list[int]:
+        return [self.vswitchd.pid] if self.vswitchd is not None else []
+
+
+def make(names: list[str], lab: Lab) -> list[System]:
+    """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs."""
+    out: list[System] = []
+    for n in names:
+        if n == "tapswitch":
+            out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
+        elif n.startswith("tapswitch-q"):
+            out.append(Tapswitch(lab, int(n[len("tapswitch-q"):])))
+        elif n == "bridge":
+            out.append(Bridge(lab))
+        elif n == "ovs":
+            out.append(Ovs(lab))
+        else:
+            raise SystemExit(f"bench: unknown system {n!r} (tapswitch, tapswitch-q1, tapswitch-q2, bridge, ovs)")
+    return out

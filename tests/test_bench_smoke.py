@@ -1,0 +1,66 @@
+"""Smoke run of the benchmark (bench/run.py): it runs end to end, reports every case, and leaves nothing.
+
+Tiny durations, tapswitch and the Linux bridge only, one frame size, no
+thresholds: this keeps the bench working, it does not judge speed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench", "run.py")
+CASES = ["TCP goodput", "forwarding rate", "address caching", "learning rate",
+         "broadcast, 4 ports", "broadcast, 8 ports", "resources"]
+
+pytestmark = pytest.mark.root
+
+
+def _missing_tools() -> list[str]:
+    return [t for t in ("trafgen", "iperf3", "ip", "ping") if shutil.which(t) is None]
+
+
+@pytest.fixture
+def tag():
+    return f"bn{uuid.uuid4().hex[:4]}"
+
+
+def _leftovers(tag: str) -> list[str]:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found = [line.split()[0] for line in ns.splitlines() if line.startswith(tag)]
+    found += [m for m in re.findall(r"^\d+: ([^:@]+)", links, re.M) if m.startswith(tag)]
+    return found
+
+
+def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces and TAP devices")
+    if _missing_tools():
+        pytest.skip(f"missing: {', '.join(_missing_tools())}")
+    out = tmp_path / "out"
+    argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge", "--sizes", "64",
+            "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024",
+            "--out", str(out), "--tag", tag]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    finally:
+        left = _leftovers(tag)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    results = (out / "RESULTS.md").read_text()
+    rows = [line for line in results.splitlines() if line.startswith("| ")]
+    for case in CASES:
+        assert any(line.startswith(f"| {case} |") for line in rows), f"no row for {case}:\n{results}"
+    assert "ratio to the Linux bridge" in results
+    assert re.search(r"\d+ cores, Linux \S+", results)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "results.png").stat().st_size > 0
