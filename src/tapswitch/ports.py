@@ -109,8 +109,9 @@ def _configure_inside(ipr: IPRoute, cfg, ifindex: int) -> int:
 
 
 def plan(cfgs: list) -> list:
-    """The ports' configs as they are made: beside VXLAN ports, every MTU fits the narrowest
-    tunnel (vxlan.segment_mtus); PortError for one that cannot, before anything is made."""
+    """The ports' configs as they are made: a VXLAN port is a promisc remote port on its device,
+    and beside VXLAN ports every MTU fits the narrowest tunnel (vxlan.segment_mtus).
+    PortError for a port that cannot fit, before anything is made."""
     if not any(c.vxlan for c in cfgs):
         return list(cfgs)
     carried = {}
@@ -126,7 +127,13 @@ def plan(cfgs: list) -> list:
                                    for c in cfgs])
     except vxlan.VxlanError as e:
         raise PortError(str(e)) from None
-    return [c if c.mtu == mtu else c.model_copy(update={"mtu": mtu}) for c, mtu in zip(cfgs, mtus)]
+    return [c.model_copy(update={"mtu": mtu, **_as_remote(c)}) if c.mtu != mtu or c.vxlan else c
+            for c, mtu in zip(cfgs, mtus)]
+
+
+def _as_remote(cfg) -> dict:
+    """A VXLAN port's settings as a remote port: its device, promisc."""
+    return {"remote": vxlan.device_name(cfg.name), "remote_mode": "promisc"} if cfg.vxlan else {}
 
 
 def create(index: int, cfg, queues: int, namespaces) -> Port:
@@ -140,7 +147,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
     try:
         if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
             tunnel = _make_tunnel(cfg)
-            cfg = cfg.model_copy(update={"remote": tunnel.name, "remote_mode": "promisc"})
+            cfg = cfg.model_copy(update=_as_remote(cfg))
         with IPRoute() as ipr:
             ifindex = _lookup(ipr, cfg.name)
             mac = cfg.mac or _default_mac(ipr, cfg)
@@ -193,6 +200,20 @@ def _make_tunnel(cfg) -> vxlan.Tunnel:
     except BaseException:
         ipr.close()
         raise
+
+
+def update_tunnel(port: Port) -> None:
+    """After a reload: give a VXLAN port's device the remote hosts of its new config, touching
+    nothing else. (A change of vni, local, dstport or dev makes the port again, or waits for a restart.)"""
+    t, v = port.tunnel, port.cfg.vxlan
+    if t is None or v is None:
+        return
+    if (t.vni, t.local, t.dstport, t.dev) != (v.vni, str(v.local), v.dstport, v.dev):
+        log.warning("vxlan.restart_needed", port=port.name, detail="only remotes change by reload")
+    try:
+        t.update_remotes(v.remotes)
+    except (vxlan.VxlanError, NetlinkError) as e:
+        log.error("vxlan.update_failed", port=port.name, error=str(e))
 
 
 def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:

@@ -130,7 +130,8 @@ class Switch:
         self.namespaces.recover({p.netns for p in self.cfg.ports if p.netns_kind == "name"})
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
-        for index, pcfg in enumerate(ports.plan(self.cfg.ports)):     # MTUs fit the VXLAN ports
+        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})   # as made: VXLAN MTUs
+        for index, pcfg in enumerate(self.cfg.ports):
             self.ports.append(self._add_port(index, pcfg))
         # The events of setting the ports up are history: start from their state now.
         self.monitor.read()
@@ -352,12 +353,13 @@ class Switch:
     def _reload(self) -> dict:
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
+            new = new.model_copy(update={"ports": ports.plan(new.ports)})
             plan = reload_mod.plan(self.cfg, new)
         except config_mod.ConfigError as e:
             self.reloads["failure"] += 1
             log.error("config.reload_failed", errors=e.errors)
             return {"ok": False, "errors": e.errors}
-        except reload_mod.ReloadRefused as e:
+        except (reload_mod.ReloadRefused, ports.PortError) as e:
             self.reloads["failure"] += 1
             log.error("config.reload_failed", errors=[str(e)])
             return {"ok": False, "errors": [str(e)]}
@@ -397,6 +399,7 @@ class Switch:
         by_name = {p.name: p for p in new.ports}
         for port in self.ports:
             port.cfg = by_name[port.name]
+            ports.update_tunnel(port)
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
         if added:

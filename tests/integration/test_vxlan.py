@@ -21,6 +21,7 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from tests.integration import helpers
 
@@ -266,3 +267,33 @@ def test_a_device_of_that_name_not_made_by_tapswitch_is_left_alone(lab, site):
     assert f"a device named {vx} already exists (not made by tapswitch)" in r.stderr
     details = json.loads(helpers.nsexec(site.hosts[1], "ip", "-d", "-j", "link", "show", "dev", vx).stdout)[0]
     assert details["linkinfo"]["info_data"]["id"] == 7
+
+
+def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, site):
+    cfg = site.config(1)
+    cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(2)]       # host 3 not yet known to host 1
+    sw = site.start(1, cfg)
+    site.start(2)
+    site.start(3)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert not helpers.ping(site.containers[1, 1], address(3, 1), wait=1)
+    vx = f"{site.vx(1)}-vx"
+    ifindex = json.loads(helpers.nsexec(site.hosts[1], "ip", "-j", "link", "show", "dev", vx).stdout)[0]["ifindex"]
+
+    cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(3), site.underlay(2)]
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {site.vx(1)}"
+    assert unreachable(site, [((1, 1), (3, 1)), ((1, 2), (2, 2))]) == []
+    # The same device, the same port: only its FDB gained a host.
+    assert json.loads(helpers.nsexec(site.hosts[1], "ip", "-j", "link", "show", "dev", vx).stdout)[0]["ifindex"] == ifindex
+    assert not sw.events("port.removed")
+    assert sw.events("vxlan.remotes_updated")[-1]["added"] == [site.underlay(3)]
+
+    cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(3)]
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {site.vx(1)}"
+    fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
+    assert site.underlay(2) not in fdb          # its all-zeros entry, and what was learned behind it
+    assert unreachable(site, [((1, 1), (3, 2))]) == []
