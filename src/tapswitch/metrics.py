@@ -61,6 +61,9 @@ class SwitchCollector:
                        for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_fdb_entries", "MAC table entries on the port.",
                       ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in sw.ports))
+        yield _family(GaugeMetricFamily, "tapswitch_vxlan_remotes",
+                      "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
+                      (([name, p.name], len(p.tunnel.remotes)) for p in sw.ports if p.tunnel is not None))
         yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
                       ["switch"], [([name], shared.fdb_entries())])
         yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity", "MAC table size in entries.",

@@ -297,3 +297,17 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
     assert site.underlay(2) not in fdb          # its all-zeros entry, and what was learned behind it
     assert unreachable(site, [((1, 1), (3, 2))]) == []
+
+
+SCRAPE = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def test_metrics_count_the_remote_hosts_of_a_vxlan_port(lab, site):
+    cfg = site.config(1)
+    cfg["switch"]["metrics"] = {"listen": "127.0.0.1:9417"}       # in host 1's own namespace
+    site.start(1, cfg)
+    text = helpers.nsexec(site.hosts[1], sys.executable, "-c", SCRAPE, "http://127.0.0.1:9417/metrics").stdout
+    labels = f'port="{site.vx(1)}",switch="{lab.name("s1")}"'
+    assert f"tapswitch_vxlan_remotes{{{labels}}} 2.0" in text.splitlines()
+    assert sum(line.startswith("tapswitch_vxlan_remotes{") for line in text.splitlines()) == 1   # only VXLAN ports
+    assert f'tapswitch_port_up{{{labels}}} 1.0' in text.splitlines()
