@@ -121,17 +121,17 @@ def host_mac(i, prefix=0x02):
     return ":".join(f"{b:02x}" for b in bytes([prefix, 0, 0]) + i.to_bytes(3, "big"))
 
 
-# Learning and forwarding.
+# Learning and forwarding. A port with default settings is in VLAN 1, untagged.
 
 def test_source_is_learned_on_ingress_port(sw):
     before = sw.shared.now()
     sw.send(0, frame(BROADCAST, A))
-    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 0) == 0
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 1) == 0
     assert sw.shared.fdb_stats() == {"learned": 1, "moved": 0, "aged": 0, "evicted": 0}
     assert sw.shared.port_fdb_entries(0) == 1
     assert sw.shared.fdb_entries() == 1
     [(mac, vlan, port, static, seen)] = sw.shared.fdb_dump()
-    assert (mac, vlan, port, static) == (A, 0, 0, False)
+    assert (mac, vlan, port, static) == (A, 1, 0, False)
     assert before <= seen <= sw.shared.now()
 
 
@@ -208,7 +208,8 @@ def test_counters_count_ethernet_bytes_without_vnet_header(sw):
     assert sw.counters(2)["tx_bytes"] == 114
     assert sw.shared.queue_counters(1, 0) == {
         "rx_packets": 0, "rx_bytes": 0, "rx_errors": 0, "rx_dropped": 0,
-        "tx_packets": 1, "tx_bytes": 114, "tx_errors": 0, "tx_dropped": 0, "flooded": 0}
+        "tx_packets": 1, "tx_bytes": 114, "tx_errors": 0, "tx_dropped": 0, "flooded": 0,
+        "vlan_dropped": 0, "acl_dropped": 0, "mac_limit_dropped": 0, "storm_dropped": 0}
 
 
 # Ports that are down, or not served.
@@ -242,7 +243,7 @@ def test_frame_from_a_down_port_is_rx_dropped_and_not_learned(sw):
 
 def test_unicast_to_a_port_without_queue_is_rx_dropped(sw):
     sw.shared.set_port(5, lib.TS_PORT_UP, 1500)  # up, but this worker has no fd for it
-    sw.shared.fdb_add_static(C, 0, 5)
+    sw.shared.fdb_add_static(C, 1, 5)
     sw.send(0, frame(C, A))
     assert [sw.received(p) for p in range(3)] == [[], [], []]
     assert sw.counters(0)["rx_dropped"] == 1
@@ -320,8 +321,10 @@ def test_over_mtu_frame_is_tx_error(sw):
 
 
 def test_tagged_frame_may_be_four_bytes_longer(sw):
+    # An 802.1ad S-tag crosses this C-VLAN switch as it is; 802.1Q tags on
+    # trunk ports: tests/test_fastpath_features.py.
     sw.learn(1, B)
-    fits = frame(B, A, bytes(1504), ethertype=0x8100)
+    fits = frame(B, A, bytes(1504), ethertype=0x88a8)
     over = frame(B, A, bytes(1505), ethertype=0x88a8)
     sw.send(0, fits)
     sw.send(0, over)
@@ -483,9 +486,9 @@ def test_flush_one_port_keeps_other_ports_and_static(sw):
     sw.learn(0, A)
     sw.learn(0, B)
     sw.learn(1, C)
-    sw.shared.fdb_add_static("02:00:00:00:00:5a", 0, 0)
+    sw.shared.fdb_add_static("02:00:00:00:00:5a", 1, 0)
     assert sw.shared.fdb_flush(0) == 2
-    look = {m: lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(m), 0) for m in (A, B, C, "02:00:00:00:00:5a")}
+    look = {m: lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(m), 1) for m in (A, B, C, "02:00:00:00:00:5a")}
     assert look == {A: -1, B: -1, C: 1, "02:00:00:00:00:5a": 0}
     assert sw.shared.fdb_flush() == 1
     assert sw.shared.fdb_entries() == 1
@@ -567,7 +570,7 @@ def test_worker_in_another_process_learns_into_the_parents_table():
         pairs[0][0].send(f)
         subprocess.run([sys.executable, "-c", CHILD, str(shared.fd), str(q0), str(q1)],
                        pass_fds=[shared.fd, q0, q1], check=True, timeout=30)
-        assert lib.ts_fdb_lookup(shared.ptr, mac_bytes(A), 0) == 0
+        assert lib.ts_fdb_lookup(shared.ptr, mac_bytes(A), 1) == 0
         assert shared.fdb_stats()["learned"] == 1
         assert shared.queue_counters(0, 1)["rx_packets"] == 1
         assert shared.counters(0)["rx_packets"] == 1

@@ -1,9 +1,11 @@
 """fastpath.py -- the Python handle on the C fast path: shared memory and its readers.
 
 `Shared` maps the region laid out in fastpath/fastpath.h (port table,
-counters, MAC table): the control process creates it, worker processes attach
-to its memfd. Worker processes import this module, so it imports nothing
-beyond os, mmap, errno and the compiled cffi module.
+port settings, counters, MAC table): the control process creates it, worker
+processes attach to its memfd. Worker processes import this module, so it
+imports nothing beyond os, mmap, errno and the compiled cffi module.
+(What goes into the settings is tapswitch.settings's business, in the
+control process; this module only hands out the copy to write.)
 """
 
 import errno
@@ -13,8 +15,12 @@ import os
 from tapswitch._fastpath import ffi, lib
 
 COUNTERS = ("rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
-            "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded")
+            "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded",
+            # why rx_dropped (each is also in it)
+            "vlan_dropped", "acl_dropped", "mac_limit_dropped", "storm_dropped")
 FDB_STATS = ("learned", "moved", "aged", "evicted")
+MIRROR_COUNTERS = ("packets", "bytes", "dropped")
+PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -38,6 +44,10 @@ class Shared:
         self._mm = mmap.mmap(fd, os.fstat(fd).st_size, mmap.MAP_SHARED)
         self._buf = ffi.from_buffer(self._mm)
         self.ptr = ffi.cast("struct ts_shared *", self._buf)
+        # Control process: counts at the last reset of a slot whose meaning
+        # changed (a port's ACL, a mirror), subtracted from what workers wrote.
+        self._acl_base: dict[int, list[int]] = {}
+        self._mirror_base: dict[int, dict[str, int]] = {}
 
     @classmethod
     def create(cls, fdb_size: int, n_workers: int) -> "Shared":
@@ -93,6 +103,11 @@ class Shared:
             ffi.memmove(ffi.addressof(self.ptr.counters[w][index]), bytes(ffi.sizeof("struct ts_counters")),
                         ffi.sizeof("struct ts_counters"))
 
+    def port_state(self, index: int) -> tuple[int, int]:
+        """(state, mtu) of a port slot."""
+        port = self.ptr.ports[index]
+        return port.state, port.mtu
+
     def queue_counters(self, port: int, worker: int) -> dict[str, int]:
         c = self.ptr.counters[worker][port]
         return {name: getattr(c, name) for name in COUNTERS}
@@ -123,6 +138,10 @@ class Shared:
 
     def port_fdb_entries(self, index: int) -> int:
         return self.ptr.ports[index].fdb_entries
+
+    def port_fdb_static(self, index: int) -> int:
+        """Of the port's entries, how many are static (the MAC limit counts the others)."""
+        return self.ptr.ports[index].fdb_static
 
     def fdb_entries(self) -> int:
         return sum(p.fdb_entries for p in self.ptr.ports)
@@ -155,6 +174,59 @@ class Shared:
         if rc < 0:
             raise OSError(-rc, f"fdb_del {mac} vlan {vlan}: {os.strerror(-rc)}")
         return True
+
+    # Port settings (double-buffered: fastpath.h, "Settings updates").
+
+    def settings_current(self):
+        """The `struct ts_settings *` workers use now. Read it, never write it."""
+        return lib.ts_settings_current(self.ptr)
+
+    def settings_next(self):
+        """The other copy, reset to the defaults (every port in VLAN 1, no
+        feature, no mirror; ACL rules left as they were, unused): fill it,
+        then settings_publish()."""
+        t = lib.ts_settings_next(self.ptr)
+        lib.ts_settings_default(t)
+        return t
+
+    def settings_publish(self, timeout_ms: int = PUBLISH_TIMEOUT_MS) -> int:
+        """Make the copy from settings_next() current; returns the number of
+        workers still reading the old one after timeout_ms (0 normally)."""
+        return lib.ts_settings_publish(self.ptr, timeout_ms)
+
+    # Counters of the features (summed over the workers' slots).
+
+    def acl_hits(self, port: int) -> list[int]:
+        """Matches of each of the port's ACL rules, in rule order."""
+        rules = self.settings_current().ports[port].acl_rules
+        base = self._acl_base.get(port, [])
+        hits = []
+        for r in range(rules):
+            n = sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
+            hits.append(n - (base[r] if r < len(base) else 0))
+        return hits
+
+    def reset_acl_hits(self, port: int) -> None:
+        """The port's rules changed: count their hits from 0 again."""
+        self._acl_base[port] = [sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
+                                for r in range(lib.TS_MAX_ACL_RULES)]
+
+    def _mirror_sums(self, mirror: int) -> dict[str, int]:
+        total = dict.fromkeys(MIRROR_COUNTERS, 0)
+        for w in range(self.ptr.n_workers):
+            c = self.ptr.mirror_counters[w][mirror]
+            for name in MIRROR_COUNTERS:
+                total[name] += getattr(c, name)
+        return total
+
+    def mirror_counters(self, mirror: int) -> dict[str, int]:
+        """packets, bytes and dropped copies of mirror slot `mirror`."""
+        base = self._mirror_base.get(mirror, {})
+        return {k: v - base.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
+
+    def reset_mirror_counters(self, mirror: int) -> None:
+        """The mirror slot holds another mirror now: count from 0 again."""
+        self._mirror_base[mirror] = self._mirror_sums(mirror)
 
     @staticmethod
     def now() -> int:

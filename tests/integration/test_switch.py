@@ -58,7 +58,7 @@ def test_fdb_shows_each_host_on_its_port(lab):
     for port in cfg["ports"]:
         mac = helpers.link_mac(port["netns"], "eth0")
         assert by_mac[mac]["port"] == port["name"]
-        assert by_mac[mac]["vlan"] == 0
+        assert by_mac[mac]["vlan"] == 1        # a port without vlan/trunk is in VLAN 1
         assert by_mac[mac]["static"] is False
         assert 0 <= by_mac[mac]["age"] <= 5
     assert set(fdb[0]) == {"mac", "vlan", "port", "age", "static"}

@@ -1,8 +1,9 @@
-/* fastpath.c -- the per-packet half of tapswitch: MAC table and worker loop.
+/* fastpath.c -- the per-packet half of tapswitch: MAC table, port settings and worker loop.
  *
  * fastpath.h is the design note (layout, who writes what, the races); this
  * file follows its sections: shared memory, the MAC table (learning, lookup,
- * static entries, flushing and aging), then the worker.
+ * static entries, flushing and aging), the settings copies, then the worker
+ * (frames, VLANs, ACLs, storm control, mirrors, and the loop).
  */
 #define _GNU_SOURCE
 #include "fastpath.h"
@@ -28,6 +29,18 @@ _Static_assert(offsetof(struct ts_shared, fdb_stats) % 64 == 0, "fdb_stats are 6
 _Static_assert(sizeof(struct ts_fdb_stats) == 64, "fdb_stats are one cache line");
 _Static_assert(offsetof(struct ts_shared, fdb) % 64 == 0, "buckets are 64-byte aligned");
 _Static_assert(sizeof(struct ts_fdb_record) == 16, "records are 16 bytes");
+_Static_assert(sizeof(struct ts_counters) == 128, "counters stay two cache lines");
+_Static_assert(offsetof(struct ts_shared, readers) % 64 == 0 && sizeof(struct ts_reader) == 64,
+               "each worker's reader marker has its own cache line");
+_Static_assert(offsetof(struct ts_shared, storm) % 64 == 0 && sizeof(struct ts_storm) == 64,
+               "each port's storm buckets have their own cache line");
+_Static_assert(offsetof(struct ts_shared, mirror_counters) % 64 == 0
+               && sizeof(struct ts_mirror_counters) == 64, "mirror counters are one cache line");
+_Static_assert(offsetof(struct ts_shared, acl_hits) % 64 == 0, "ACL hits are 64-byte aligned");
+_Static_assert(offsetof(struct ts_shared, settings) % 64 == 0, "settings are 64-byte aligned");
+_Static_assert(offsetof(struct ts_port_conf, vlans) == 64, "a port's hot settings are one cache line");
+_Static_assert(sizeof(struct ts_acl_rule) == 128, "an ACL rule is two cache lines");
+_Static_assert(TS_MAX_MIRRORS <= 16, "mirror masks are 16 bits");
 
 /* ---------------------------------------------------------------- Shared memory. */
 
@@ -56,6 +69,9 @@ int ts_shared_init(struct ts_shared *s, uint32_t fdb_size, uint32_t n_workers, u
     s->fdb_buckets = fdb_buckets_for(fdb_size);
     s->fdb_capacity = s->fdb_buckets * TS_FDB_WAYS;
     s->hash_seed = hash_seed;
+    s->settings_gen = 0;
+    ts_settings_default(&s->settings[0]);
+    ts_settings_default(&s->settings[1]);
     /* Last: a process that sees the magic sees the fields above. */
     __atomic_store_n(&s->magic, TS_MAGIC, __ATOMIC_RELEASE);
     return 0;
@@ -154,6 +170,17 @@ static void port_count_add(struct ts_shared *s, uint16_t port)
 static void port_count_sub(struct ts_shared *s, uint16_t port)
 {
     __atomic_sub_fetch(&s->ports[port].fdb_entries, 1, __ATOMIC_RELAXED);
+}
+
+/* Static entries per port: only the control process makes or removes them. */
+static void static_count_add(struct ts_shared *s, uint16_t port)
+{
+    __atomic_add_fetch(&s->ports[port].fdb_static, 1, __ATOMIC_RELAXED);
+}
+
+static void static_count_sub(struct ts_shared *s, uint16_t port)
+{
+    __atomic_sub_fetch(&s->ports[port].fdb_static, 1, __ATOMIC_RELAXED);
 }
 
 static bool writer_is_valid(int writer)
@@ -338,10 +365,18 @@ int ts_fdb_add_static(struct ts_shared *s, const uint8_t *mac, uint16_t vlan, ui
 {
     if (vlan > VLAN_MAX || port >= TS_MAX_PORTS)
         return -EINVAL;
-    uint64_t key = fdb_key(mac, vlan), h = fdb_hash(s, key);
+    uint64_t key = fdb_key(mac, vlan), h = fdb_hash(s, key), old = 0;
+    /* The static entry this one replaces, if any: learning never changes a
+     * static value, so what we read stays until our put replaces it. */
+    bool was_static = fdb_find(fdb_bucket(s, h), key, hash_tag(h), &old) && val_static(old);
     int r = fdb_put(s, &s->fdb_stats[TS_CONTROL], key, h,
                     make_val(port, true, ts_now(), hash_tag(h)));
-    return r < 0 ? -ENOSPC : 0;
+    if (r < 0)
+        return -ENOSPC;
+    if (was_static)
+        static_count_sub(s, val_port(old));
+    static_count_add(s, port);
+    return 0;
 }
 
 int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
@@ -352,8 +387,12 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
     struct ts_fdb_entry *b = fdb_bucket(s, h), *e;
     uint32_t removed = 0;
     /* Every copy: a lost learning race may have made two. */
-    while ((e = fdb_find(b, key, hash_tag(h), &v)))
-        removed += fdb_remove(s, e, v);
+    while ((e = fdb_find(b, key, hash_tag(h), &v))) {
+        uint32_t r = fdb_remove(s, e, v);
+        if (r && val_static(v))
+            static_count_sub(s, val_port(v));
+        removed += r;
+    }
     return removed ? 0 : -ENOENT;
 }
 
@@ -416,13 +455,69 @@ uint32_t ts_fdb_dump(const struct ts_shared *s, struct ts_fdb_record *out, uint3
     return n;
 }
 
+/* ---------------------------------------------------------------- Settings. */
+
+void ts_settings_default(struct ts_settings *t)
+{
+    memset(t->ports, 0, sizeof t->ports);
+    memset(t->mirrors, 0, sizeof t->mirrors);
+    for (int p = 0; p < TS_MAX_PORTS; p++)
+        t->ports[p].pvid = 1;
+}
+
+struct ts_settings *ts_settings_next(struct ts_shared *s)
+{
+    return &s->settings[(s->settings_gen + 1) & 1];
+}
+
+const struct ts_settings *ts_settings_current(const struct ts_shared *s)
+{
+    return &s->settings[__atomic_load_n(&s->settings_gen, __ATOMIC_ACQUIRE) & 1];
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+static int readers_of(const struct ts_shared *s, uint32_t copy)
+{
+    int n = 0;
+    for (uint32_t w = 0; w < s->n_workers; w++)
+        if (__atomic_load_n(&s->readers[w].active, __ATOMIC_SEQ_CST) == copy + 1)
+            n++;
+    return n;
+}
+
+int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
+{
+    uint32_t gen = s->settings_gen, old = gen & 1;
+    /* Sequentially consistent, as the readers' marker and re-check are: either
+     * a reader sees the new generation, or we see it in the old copy. */
+    __atomic_store_n(&s->settings_gen, gen + 1, __ATOMIC_SEQ_CST);
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    int busy;
+    while ((busy = readers_of(s, old)) && now_ns() < deadline) {
+        struct timespec pause = { .tv_nsec = 20000 };
+        nanosleep(&pause, NULL);
+    }
+    return busy;
+}
+
 /* ---------------------------------------------------------------- The worker. */
 
 #define ETH_HLEN 14
 #define ETH_ALEN 6
 #define VLAN_HLEN 4
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86dd
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88a8
+#define VLAN_VID_MASK 0x0fff
+#define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
+#define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
 /* struct virtio_net_hdr_v1, in the host's byte order (the TAP default). */
 struct vnet_hdr {
@@ -447,37 +542,63 @@ _Static_assert(sizeof(struct vnet_hdr) == TS_VNET_HDR_LEN, "virtio-net header is
 
 /* One received frame: virtio-net header, then Ethernet. */
 struct frame {
-    uint8_t *buf;
-    uint32_t len;               /* bytes read, header included */
+    uint8_t *buf;               /* TS_HEADROOM into its buffer when read; moves 4 bytes
+                                   back on a tag push, forward on a pop */
+    uint32_t len;               /* bytes from buf, header included */
     uint16_t gso_size;          /* 0 unless a GSO super-frame */
+    uint16_t vlan;              /* its VLAN in the switch, once classified */
+    bool tagged;                /* an 802.1Q tag follows the MACs (now, in buf) */
     bool accepted;
 };
 
 struct ts_worker {
     struct ts_shared *s;
     struct ts_counters *counters;   /* s->counters[worker], indexed by port */
+    struct ts_mirror_counters *mirror_counters;      /* s->mirror_counters[worker] */
+    uint64_t (*acl_hits)[TS_MAX_ACL_RULES];          /* s->acl_hits[worker], by port */
+    struct ts_reader *reader;       /* &s->readers[worker] */
+    const struct ts_settings *set;  /* the copy entered for this wake-up */
+    uint64_t now_ns;                /* storm control's clock, read once a wake-up; 0 = not yet */
     int worker;
     int epfd;
     int nfds;
     int fds[TS_MAX_PORTS];          /* -1: no queue of that port */
-    uint8_t *buffers;               /* TS_BURST * TS_FRAME_MAX bytes */
+    uint8_t *buffers;               /* TS_BURST * BUF_STRIDE bytes */
     struct frame burst[TS_BURST];
     struct epoll_event events[TS_MAX_PORTS];
 };
 
-static const uint8_t *eth_dst(const struct frame *f) { return f->buf + TS_VNET_HDR_LEN; }
-static const uint8_t *eth_src(const struct frame *f) { return eth_dst(f) + ETH_ALEN; }
+/* Frames. */
+
+static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint8_t *eth_hdr(const struct frame *f) { return f->buf + TS_VNET_HDR_LEN; }
+static const uint8_t *eth_dst(const struct frame *f) { return eth_hdr(f); }
+static const uint8_t *eth_src(const struct frame *f) { return eth_hdr(f) + ETH_ALEN; }
 static uint32_t eth_len(const struct frame *f) { return f->len - TS_VNET_HDR_LEN; }
 
-static uint16_t eth_type(const struct frame *f)
+/* The ethertype after the MACs: 0x8100 for a tagged frame. */
+static uint16_t eth_type(const struct frame *f) { return be16(eth_hdr(f) + 2 * ETH_ALEN); }
+
+/* The ethertype of the payload, after the tag if there is one. */
+static uint16_t inner_type(const struct frame *f)
 {
-    const uint8_t *t = eth_dst(f) + 2 * ETH_ALEN;
-    return (uint16_t)(t[0] << 8 | t[1]);
+    return be16(eth_hdr(f) + 2 * ETH_ALEN + (f->tagged ? VLAN_HLEN : 0));
+}
+
+static uint16_t tag_vid(const struct frame *f)
+{
+    return be16(eth_hdr(f) + ETH_HLEN) & VLAN_VID_MASK;
 }
 
 static bool is_multicast(const uint8_t *mac)
 {
     return mac[0] & 1;
+}
+
+static bool is_broadcast(const uint8_t *mac)
+{
+    return (mac[0] & mac[1] & mac[2] & mac[3] & mac[4] & mac[5]) == 0xff;
 }
 
 static bool is_zero(const uint8_t *mac)
@@ -520,14 +641,27 @@ static bool vnet_hdr_is_valid(struct frame *f)
     return true;
 }
 
+/* An 802.1Q tag is whole, with an ethertype after it, and a checksum does
+ * not start inside it (so the tag can be popped). */
+static bool tag_is_whole(const struct frame *f)
+{
+    struct vnet_hdr h;
+    memcpy(&h, f->buf, sizeof h);
+    if (eth_len(f) < ETH_HLEN + VLAN_HLEN)
+        return false;
+    return !(h.flags & VNET_F_NEEDS_CSUM) || h.csum_start >= ETH_HLEN + VLAN_HLEN;
+}
+
 /* Malformed frames are counted as rx_errors and go no further: runts, frames
- * that may have been cut at our buffer's end, bad virtio-net headers, and
- * source MACs no host may have (multicast, zero). */
+ * that may have been cut at our buffer's end, bad virtio-net headers, broken
+ * 802.1Q tags, and source MACs no host may have (multicast, zero). */
 static bool is_well_formed(struct frame *f)
 {
     if (f->len < TS_VNET_HDR_LEN + ETH_HLEN || f->len >= TS_FRAME_MAX)
         return false;
     if (!vnet_hdr_is_valid(f))
+        return false;
+    if (eth_type(f) == ETH_P_8021Q && !tag_is_whole(f))
         return false;
     return !is_multicast(eth_src(f)) && !is_zero(eth_src(f));
 }
@@ -544,12 +678,285 @@ static bool fits_port(const struct ts_port *port, const struct frame *f)
     return eth_len(f) <= mtu + ETH_HLEN + (tagged ? VLAN_HLEN : 0);
 }
 
+/* VLANs. */
+
+static bool port_in_vlan(const struct ts_port_conf *pc, uint16_t vlan)
+{
+    if (pc->pvid == vlan)
+        return true;
+    return (pc->flags & TS_PORT_TRUNK) && (pc->vlans[vlan >> 6] >> (vlan & 63) & 1);
+}
+
+/* The frame's VLAN: its tag's VID, or the port's pvid when it has no tag or a
+ * priority tag (VID 0). False if the port is not in that VLAN. */
+static bool classify(const struct ts_port_conf *pc, struct frame *f)
+{
+    f->tagged = eth_type(f) == ETH_P_8021Q;
+    uint16_t vid = f->tagged ? tag_vid(f) : 0;
+    f->vlan = vid ? vid : pc->pvid;
+    return f->vlan != 0 && port_in_vlan(pc, f->vlan);
+}
+
+/* The headers moved by `delta` bytes after the MACs: so did the checksum
+ * start and the header length (0 = not given, stays 0). */
+static void vnet_hdr_shift(struct frame *f, int delta)
+{
+    struct vnet_hdr h;
+    memcpy(&h, f->buf, sizeof h);
+    if (h.flags & VNET_F_NEEDS_CSUM)
+        h.csum_start = (uint16_t)(h.csum_start + delta);
+    if (h.hdr_len)
+        h.hdr_len = (uint16_t)(h.hdr_len > VLAN_HLEN || delta > 0 ? h.hdr_len + delta : 0);
+    memcpy(f->buf, &h, sizeof h);
+}
+
+/* Insert a tag after the MACs, in place: the virtio-net header and the MACs
+ * move into the headroom. False if the frame is too long to take one more
+ * tag (or its header's offsets would overflow). */
+static bool tag_push(struct frame *f, uint16_t vid)
+{
+    struct vnet_hdr h;
+    memcpy(&h, f->buf, sizeof h);
+    if (f->len + VLAN_HLEN >= TS_FRAME_MAX || h.csum_start > 0xffff - VLAN_HLEN
+        || h.hdr_len > 0xffff - VLAN_HLEN)
+        return false;
+    memmove(f->buf - VLAN_HLEN, f->buf, TS_VNET_HDR_LEN + 2 * ETH_ALEN);
+    f->buf -= VLAN_HLEN;
+    f->len += VLAN_HLEN;
+    uint8_t *tag = eth_hdr(f) + 2 * ETH_ALEN;
+    tag[0] = ETH_P_8021Q >> 8;
+    tag[1] = ETH_P_8021Q & 0xff;
+    tag[2] = (uint8_t)(vid >> 8);
+    tag[3] = (uint8_t)vid;
+    vnet_hdr_shift(f, VLAN_HLEN);
+    f->tagged = true;
+    return true;
+}
+
+/* Remove the tag after the MACs, in place. */
+static void tag_pop(struct frame *f)
+{
+    memmove(f->buf + VLAN_HLEN, f->buf, TS_VNET_HDR_LEN + 2 * ETH_ALEN);
+    f->buf += VLAN_HLEN;
+    f->len -= VLAN_HLEN;
+    vnet_hdr_shift(f, -VLAN_HLEN);
+    f->tagged = false;
+}
+
+/* Give the frame the form port o carries its VLAN in: untagged in o's pvid,
+ * tagged with the VLAN otherwise (a priority tag gets the VID, PCP kept).
+ * False if a tag was needed and did not fit. */
+static bool tag_for(struct frame *f, const struct ts_port_conf *o)
+{
+    bool want_tag = o->pvid != f->vlan;
+    if (want_tag == f->tagged) {
+        /* First try the common case: the frame is already in the right form. */
+        if (want_tag && tag_vid(f) != f->vlan) {
+            uint8_t *tci = eth_hdr(f) + ETH_HLEN;
+            tci[0] = (uint8_t)((tci[0] & 0xf0) | f->vlan >> 8);
+            tci[1] = (uint8_t)f->vlan;
+        }
+        return true;
+    }
+    if (want_tag)
+        return tag_push(f, f->vlan);
+    tag_pop(f);
+    return true;
+}
+
+/* ACLs. */
+
+/* The IP header fields a rule may match, parsed at most once per frame. */
+struct l3 {
+    int version;                /* -1 not parsed yet, 0 not IP, 4, 6 */
+    uint8_t proto;              /* IPv4 protocol, IPv6 upper-layer next header */
+    bool has_ports;             /* TCP or UDP, first fragment, ports present */
+    uint16_t sport, dport;
+    const uint8_t *src, *dst;   /* 4 or 16 bytes */
+};
+
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_DSTOPTS 60
+#define IPV6_EXT_MAX 6              /* extension headers walked before giving up */
+
+static void parse_ports(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t len)
+{
+    if ((l3->proto == IPPROTO_TCP || l3->proto == IPPROTO_UDP) && off + 4 <= len) {
+        l3->has_ports = true;
+        l3->sport = be16(p + off);
+        l3->dport = be16(p + off + 2);
+    }
+}
+
+static void parse_ipv4(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t len)
+{
+    if (off + 20 > len || p[off] >> 4 != 4)
+        return;
+    uint32_t ihl = (p[off] & 0xf) * 4u;
+    if (ihl < 20 || off + ihl > len)
+        return;
+    l3->version = 4;
+    l3->proto = p[off + 9];
+    l3->src = p + off + 12;
+    l3->dst = p + off + 16;
+    if (!(be16(p + off + 6) & 0x1fff))     /* ports are in the first fragment only */
+        parse_ports(l3, p, off + ihl, len);
+}
+
+static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t len)
+{
+    if (off + 40 > len || p[off] >> 4 != 6)
+        return;
+    l3->version = 6;
+    l3->src = p + off + 8;
+    l3->dst = p + off + 24;
+    uint8_t next = p[off + 6];
+    bool first = true;
+    off += 40;
+    for (int i = 0; i < IPV6_EXT_MAX && off + 8 <= len; i++) {
+        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
+            next = p[off];
+            off += (p[off + 1] + 1u) * 8;
+        } else if (next == IPPROTO_FRAGMENT) {
+            first = !(be16(p + off + 2) & 0xfff8);
+            next = p[off];
+            off += 8;
+        } else if (next == IPPROTO_AH) {
+            next = p[off];
+            off += (p[off + 1] + 2u) * 4;
+        } else {
+            break;
+        }
+    }
+    l3->proto = next;
+    if (first)
+        parse_ports(l3, p, off, len);
+}
+
+static void parse_l3(const struct frame *f, struct l3 *l3)
+{
+    const uint8_t *p = eth_hdr(f);
+    uint32_t off = ETH_HLEN + (f->tagged ? VLAN_HLEN : 0);
+    uint16_t type = inner_type(f);
+    l3->version = 0;
+    if (type == ETH_P_IP)
+        parse_ipv4(l3, p, off, eth_len(f));
+    else if (type == ETH_P_IPV6)
+        parse_ipv6(l3, p, off, eth_len(f));
+}
+
+static bool masked_equal(const uint8_t *value, const uint8_t *want, const uint8_t *mask, int n)
+{
+    for (int i = 0; i < n; i++)
+        if ((value[i] & mask[i]) != want[i])
+            return false;
+    return true;
+}
+
+static bool acl_rule_matches(const struct ts_acl_rule *r, const struct frame *f, struct l3 *l3)
+{
+    uint32_t m = r->match;
+    if ((m & TS_ACL_ETH_DST) && !masked_equal(eth_dst(f), r->eth_dst, r->eth_dst_mask, ETH_ALEN))
+        return false;
+    if ((m & TS_ACL_ETH_SRC) && !masked_equal(eth_src(f), r->eth_src, r->eth_src_mask, ETH_ALEN))
+        return false;
+    if ((m & TS_ACL_ETH_TYPE) && inner_type(f) != r->eth_type)
+        return false;
+    if ((m & TS_ACL_VLAN) && f->vlan != r->vlan)
+        return false;
+    if (!(m & TS_ACL_L3))
+        return true;
+    /* Parse L3/L4 only for a rule that needs them, and once per frame. */
+    if (l3->version < 0)
+        parse_l3(f, l3);
+    if (l3->version == 0)
+        return false;
+    if (((m & TS_ACL_IPV4) && l3->version != 4) || ((m & TS_ACL_IPV6) && l3->version != 6))
+        return false;
+    int alen = l3->version == 4 ? 4 : 16;
+    if ((m & TS_ACL_IP_SRC) && !masked_equal(l3->src, r->ip_src, r->ip_src_mask, alen))
+        return false;
+    if ((m & TS_ACL_IP_DST) && !masked_equal(l3->dst, r->ip_dst, r->ip_dst_mask, alen))
+        return false;
+    if ((m & TS_ACL_IP_PROTO) && l3->proto != r->ip_proto)
+        return false;
+    if ((m & (TS_ACL_SRC_PORT | TS_ACL_DST_PORT)) && !l3->has_ports)
+        return false;
+    if ((m & TS_ACL_SRC_PORT) && l3->sport != r->src_port)
+        return false;
+    if ((m & TS_ACL_DST_PORT) && l3->dport != r->dst_port)
+        return false;
+    return true;
+}
+
+/* First match wins; no match allows. */
+static bool acl_allows(struct ts_worker *w, int in, const struct ts_port_conf *pc,
+                       const struct frame *f)
+{
+    const struct ts_acl_rule *rules = w->set->acl[in];
+    struct l3 l3 = { .version = -1 };
+    int n = pc->acl_rules < TS_MAX_ACL_RULES ? pc->acl_rules : TS_MAX_ACL_RULES;
+    for (int r = 0; r < n; r++) {
+        if (acl_rule_matches(&rules[r], f, &l3)) {
+            w->acl_hits[in][r]++;
+            return rules[r].action != TS_ACL_DROP;
+        }
+    }
+    return true;
+}
+
+/* Storm control. */
+
+static uint64_t worker_now_ns(struct ts_worker *w)
+{
+    if (!w->now_ns)
+        w->now_ns = now_ns();
+    return w->now_ns;
+}
+
+static int storm_kind(const uint8_t *dst)
+{
+    if (!is_multicast(dst))
+        return TS_STORM_UNKNOWN_UNICAST;
+    return is_broadcast(dst) ? TS_STORM_BROADCAST : TS_STORM_MULTICAST;
+}
+
+/* GCRA: a frame conforms unless it comes more than storm_burst before its
+ * theoretical arrival time; each conforming frame moves that time one
+ * interval on. The bucket is the port's, shared by its workers. */
+static bool storm_allows(struct ts_worker *w, int in, const struct ts_port_conf *pc,
+                         const uint8_t *dst)
+{
+    int kind = storm_kind(dst);
+    uint64_t interval = pc->storm_interval[kind];
+    if (!interval)
+        return true;
+    uint64_t now = worker_now_ns(w), *tatp = &w->s->storm[in].tat[kind];
+    uint64_t tat = load(tatp);
+    for (int attempt = 0; attempt < STORM_ATTEMPTS; attempt++) {
+        uint64_t t = tat > now ? tat : now;
+        if (t - now > pc->storm_burst[kind])
+            return false;
+        if (cas(tatp, &tat, t + interval))
+            return true;
+    }
+    return false;   /* the port's other workers took the tokens meanwhile */
+}
+
+/* Receiving, learning, sending. */
+
 /* Read up to TS_BURST frames from queue `in`, until it is empty. */
 static int rx_burst(struct ts_worker *w, int in)
 {
     int n = 0;
     while (n < TS_BURST) {
         struct frame *f = &w->burst[n];
+        f->buf = w->buffers + (size_t)n * BUF_STRIDE + TS_HEADROOM;
         ssize_t r = read(w->fds[in], f->buf, TS_FRAME_MAX);
         if (r > 0) {
             f->len = (uint32_t)r;
@@ -567,8 +974,58 @@ static int rx_burst(struct ts_worker *w, int in)
     return n;
 }
 
-/* Count a frame in; only accepted frames from an up port go further. */
-static bool rx_accept(struct ts_worker *w, int in, struct frame *f)
+/* Write the frame as it is; true if the port took it. */
+static bool xmit(struct ts_worker *w, int out, const struct frame *f)
+{
+    struct ts_counters *c = &w->counters[out];
+    if (!fits_port(&w->s->ports[out], f)) {
+        c->tx_errors++;
+        return false;
+    }
+    /* Header and frame, byte for byte: GSO frames cross unchanged. */
+    ssize_t r = write(w->fds[out], f->buf, f->len);
+    if (r == (ssize_t)f->len) {
+        c->tx_packets++;
+        c->tx_bytes += eth_len(f);
+        return true;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
+        c->tx_dropped++;            /* the queue is full: drop, never block */
+    else
+        c->tx_errors++;
+    return false;
+}
+
+/* A copy for each mirror in the mask, to its monitor port, as the frame is now. */
+static void mirror(struct ts_worker *w, uint16_t mirrors, const struct frame *f)
+{
+    for (; mirrors; mirrors &= (uint16_t)(mirrors - 1)) {
+        int m = __builtin_ctz(mirrors);
+        struct ts_mirror_counters *mc = &w->mirror_counters[m];
+        uint32_t to = w->set->mirrors[m].to;
+        if (to < TS_MAX_PORTS && can_send_to(w, (int)to) && xmit(w, (int)to, f)) {
+            mc->packets++;
+            mc->bytes += eth_len(f);
+        } else {
+            mc->dropped++;
+        }
+    }
+}
+
+/* Send to port `out` (settings o) in the form it carries the frame's VLAN in. */
+static void tx(struct ts_worker *w, int out, const struct ts_port_conf *o, struct frame *f)
+{
+    if (!tag_for(f, o)) {
+        w->counters[out].tx_errors++;
+        return;
+    }
+    if (xmit(w, out, f) && o->mirror_tx)
+        mirror(w, o->mirror_tx, f);
+}
+
+/* Count a frame in; only frames accepted from an up port, in one of its
+ * VLANs, allowed by its ACL go further. */
+static bool rx_accept(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
 {
     struct ts_counters *c = &w->counters[in];
     if (!is_well_formed(f)) {
@@ -581,65 +1038,127 @@ static bool rx_accept(struct ts_worker *w, int in, struct frame *f)
         c->rx_dropped++;
         return false;
     }
+    if (pc->mirror_rx)
+        mirror(w, pc->mirror_rx, f);    /* what arrived, as it arrived */
+    if (pc->flags & TS_PORT_MONITOR) {
+        c->rx_dropped++;                /* a monitor port only receives */
+        return false;
+    }
+    if (!classify(pc, f)) {
+        c->rx_dropped++;
+        c->vlan_dropped++;
+        return false;
+    }
+    if ((pc->flags & TS_PORT_ACL) && !acl_allows(w, in, pc, f)) {
+        c->rx_dropped++;
+        c->acl_dropped++;
+        return false;
+    }
     return true;
 }
 
-static void tx(struct ts_worker *w, int out, const struct frame *f)
+/* A new source MAC may be learned on a port with a MAC limit while the port
+ * holds fewer learned entries than the limit (lost race: see the header). */
+static bool mac_limit_allows(const struct ts_shared *s, int in, const struct ts_port_conf *pc,
+                             const struct frame *f)
 {
-    struct ts_counters *c = &w->counters[out];
-    if (!fits_port(&w->s->ports[out], f)) {
-        c->tx_errors++;
-        return;
-    }
-    /* Header and frame, byte for byte: GSO frames cross unchanged. */
-    ssize_t r = write(w->fds[out], f->buf, f->len);
-    if (r == (ssize_t)f->len) {
-        c->tx_packets++;
-        c->tx_bytes += eth_len(f);
-    } else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
-        c->tx_dropped++;            /* the queue is full: drop, never block */
-    } else {
-        c->tx_errors++;
-    }
+    /* First try the common case: the source is known on this port already. */
+    if (ts_fdb_lookup(s, eth_src(f), f->vlan) == in)
+        return true;
+    uint32_t entries = __atomic_load_n(&s->ports[in].fdb_entries, __ATOMIC_RELAXED);
+    uint32_t statics = __atomic_load_n(&s->ports[in].fdb_static, __ATOMIC_RELAXED);
+    return entries <= statics || entries - statics < pc->mac_limit;
 }
 
-/* Broadcast, multicast and unknown unicast: every other port that is up. */
-static void flood(struct ts_worker *w, int in, const struct frame *f)
+/* Learn the source in the frame's VLAN; false if the port's MAC limit drops the frame. */
+static bool learn(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f,
+                  uint32_t now)
 {
+    if ((pc->flags & TS_PORT_MAC_LIMIT) && !mac_limit_allows(w->s, in, pc, f)) {
+        w->counters[in].rx_dropped++;
+        w->counters[in].mac_limit_dropped++;
+        return false;
+    }
+    fdb_learn(w->s, w->worker, eth_src(f), f->vlan, (uint16_t)in, now);
+    return true;
+}
+
+/* A port (settings o) may get a frame of this VLAN from a port with settings
+ * i: it is in the VLAN, and the two ports are not both isolated. */
+static bool should_deliver(const struct ts_port_conf *i, const struct ts_port_conf *o,
+                           uint16_t vlan)
+{
+    return port_in_vlan(o, vlan) && !(i->flags & o->flags & TS_PORT_ISOLATED);
+}
+
+/* Broadcast, multicast and unknown unicast: every other port of the VLAN that is up. */
+static void flood(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
+{
+    const struct ts_port_conf *ports = w->set->ports;
+    uint16_t vlan = f->vlan;
     w->counters[in].flooded++;
     for (int p = 0; p < w->nfds; p++)
-        if (p != in && can_send_to(w, p))
-            tx(w, p, f);
+        if (p != in && can_send_to(w, p) && should_deliver(pc, &ports[p], vlan))
+            tx(w, p, &ports[p], f);
 }
 
-static void forward(struct ts_worker *w, int in, const struct frame *f)
+static void forward(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
 {
-    int out = is_multicast(eth_dst(f)) ? -1 : ts_fdb_lookup(w->s, eth_dst(f), 0);
-    if (out < 0)
-        flood(w, in, f);
-    else if (out == in)
+    const uint8_t *dst = eth_dst(f);
+    int out = is_multicast(dst) ? -1 : ts_fdb_lookup(w->s, dst, f->vlan);
+    if (out < 0) {
+        if ((pc->flags & TS_PORT_STORM) && !storm_allows(w, in, pc, dst)) {
+            w->counters[in].rx_dropped++;
+            w->counters[in].storm_dropped++;
+            return;
+        }
+        flood(w, in, pc, f);
+    } else if (out == in) {
         ;   /* the destination is on the segment the frame came from: it has it already */
-    else if (can_send_to(w, out))
-        tx(w, out, f);
-    else
-        w->counters[in].rx_dropped++;   /* its port is down, or not served here */
+    } else if (can_send_to(w, out) && should_deliver(pc, &w->set->ports[out], f->vlan)) {
+        tx(w, out, &w->set->ports[out], f);
+    } else {
+        w->counters[in].rx_dropped++;   /* its port is down, not served here, or isolated */
+    }
 }
 
-/* One queue's turn: receive a burst -> learn sources -> look up destinations
- * and send -> count (counting happens where each fate is decided). */
+/* One queue's turn: receive a burst -> classify and filter -> learn sources
+ * -> look up destinations and send -> count (counting happens where each
+ * fate is decided). */
 static int handle_queue(struct ts_worker *w, int in, uint32_t now)
 {
+    const struct ts_port_conf *pc = &w->set->ports[in];
     int n = rx_burst(w, in);
     for (int i = 0; i < n; i++)
-        w->burst[i].accepted = rx_accept(w, in, &w->burst[i]);
-    /* Learn after filtering, so malformed frames cannot poison the table. */
+        w->burst[i].accepted = rx_accept(w, in, pc, &w->burst[i]);
+    /* Learn after filtering, so malformed or filtered frames cannot poison the table. */
     for (int i = 0; i < n; i++)
         if (w->burst[i].accepted)
-            fdb_learn(w->s, w->worker, eth_src(&w->burst[i]), 0, (uint16_t)in, now);
+            w->burst[i].accepted = learn(w, in, pc, &w->burst[i], now);
     for (int i = 0; i < n; i++)
         if (w->burst[i].accepted)
-            forward(w, in, &w->burst[i]);
+            forward(w, in, pc, &w->burst[i]);
     return n;
+}
+
+/* Enter the current settings copy for one wake-up (see "Settings updates"). */
+static void settings_enter(struct ts_worker *w)
+{
+    uint32_t gen = __atomic_load_n(&w->s->settings_gen, __ATOMIC_ACQUIRE);
+    for (;;) {
+        __atomic_store_n(&w->reader->active, (gen & 1) + 1, __ATOMIC_SEQ_CST);
+        uint32_t again = __atomic_load_n(&w->s->settings_gen, __ATOMIC_SEQ_CST);
+        if (again == gen)
+            break;
+        gen = again;    /* a publish came in between: the copy we marked may be rewritten */
+    }
+    w->set = &w->s->settings[gen & 1];
+}
+
+static void settings_leave(struct ts_worker *w)
+{
+    __atomic_store_n(&w->reader->active, 0, __ATOMIC_RELEASE);
+    w->set = NULL;
 }
 
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)
@@ -647,10 +1166,15 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
     int n = epoll_wait(w->epfd, w->events, TS_MAX_PORTS, timeout_ms);
     if (n < 0)
         return -errno;
+    if (n == 0)
+        return 0;
     uint32_t now = ts_now();
     int frames = 0;
+    w->now_ns = 0;
+    settings_enter(w);
     for (int i = 0; i < n; i++)
         frames += handle_queue(w, (int)w->events[i].data.u32, now);
+    settings_leave(w);
     return frames;
 }
 
@@ -689,14 +1213,17 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
         return NULL;
     w->s = s;
     w->counters = s->counters[worker];
+    w->mirror_counters = s->mirror_counters[worker];
+    w->acl_hits = s->acl_hits[worker];
+    w->reader = &s->readers[worker];
+    /* A worker that died between enter and leave left its marker: ours now. */
+    __atomic_store_n(&w->reader->active, 0, __ATOMIC_RELEASE);
     w->worker = worker;
     w->nfds = nfds;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
-    w->buffers = malloc((size_t)TS_BURST * TS_FRAME_MAX);
+    w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE);
     if (w->epfd < 0 || !w->buffers)
         goto fail;
-    for (int i = 0; i < TS_BURST; i++)
-        w->burst[i].buf = w->buffers + (size_t)i * TS_FRAME_MAX;
     for (int p = 0; p < TS_MAX_PORTS; p++)
         w->fds[p] = p < nfds ? fds[p] : -1;
     for (int p = 0; p < nfds; p++) {

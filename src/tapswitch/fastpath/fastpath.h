@@ -13,10 +13,18 @@
  * owns queue q of every port: fds[p] is queue q of port p, or -1.
  *
  *   ts_shared.ports[p]          port table        written by: control process
+ *   ts_shared.settings[2]       port settings     written by: control process
+ *                               (VLANs, isolation, limits, storm control,
+ *                               ACLs, mirrors), double-buffered: see below
  *   ts_shared.counters[w][p]    per (worker,port) written by: worker w only
+ *   ts_shared.acl_hits[w][p][r] per (worker,port,rule)       worker w only
+ *   ts_shared.mirror_counters[w][m] per (worker,mirror)      worker w only
+ *   ts_shared.readers[w]        settings in use   written by: worker w only
  *   ts_shared.fdb_stats[w]      per worker        written by: worker w only
  *   ts_shared.fdb_stats[TS_CONTROL]               written by: control process
  *   ts_shared.ports[p].fdb_entries                every writer, atomically
+ *   ts_shared.ports[p].fdb_static                 control process, atomically
+ *   ts_shared.storm[p]          token buckets     every worker, atomically
  *   fdb entries                 MAC table         every worker (learning),
  *                                                 control (aging, flushing)
  *
@@ -62,9 +70,10 @@
  * ts_worker_poll() is one turn of the loop: wait on epoll (level-triggered,
  * no busy polling), then for each ready queue read a burst of frames until
  * the queue is empty or the burst is full, and for each frame:
- *   parse (virtio-net header + Ethernet) -> learn the source -> look up the
- *   destination -> send to its port, or flood to every other port that is up
- *   -> count.
+ *   parse (virtio-net header + Ethernet) -> classify its VLAN -> filter
+ *   (ACL) -> learn the source (MAC limit) -> look up (destination, VLAN) ->
+ *   send to its port, or flood to every other port of the VLAN that is up
+ *   (storm control) -> count.
  * Frames carry the 12-byte virtio-net header (host byte order, the TAP
  * default); GSO super-frames (up to 64 KiB) are written out byte for byte.
  * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
@@ -73,6 +82,87 @@
  * (or ends) counts one rx_errors and is no longer polled: the control process
  * restarts the worker with fresh queues.
  * No allocation, no logging, no Python per packet.
+ *
+ * Port settings (issue 6)
+ * -----------------------
+ * Every feature below is off in a port whose ts_port_conf is the default
+ * (pvid 1, flags 0, no mirrors): such a port takes the short path -- one
+ * compare for its VLAN on ingress and on egress, and a test of `flags` or
+ * a mirror mask where a feature would act. Nothing else is read for it.
+ *
+ * VLANs. A port's VLANs are its pvid (the access VLAN, or a trunk's native
+ * VLAN: untagged on the wire; 0 = none) and, with TS_PORT_TRUNK, the VLANs
+ * set in `vlans` (802.1Q-tagged on the wire, TPID 0x8100 only: an 802.1ad
+ * S-tag, 0x88a8, is an ethertype like any other to this C-VLAN switch). On
+ * ingress a frame tagged with a VID that is one of the port's VLANs is in
+ * that VLAN; an untagged or priority-tagged (VID 0) frame is in the pvid;
+ * anything else is dropped (vlan_dropped). On egress a frame leaves untagged
+ * in the port's pvid and tagged otherwise. The tag is pushed or popped in
+ * place: the worker reads every frame TS_HEADROOM bytes into its buffer, so
+ * a push moves the virtio-net header and the two MACs 4 bytes back, a pop 4
+ * bytes forward (24 bytes either way, no copy of the payload); csum_start
+ * moves by the same 4 bytes when NEEDS_CSUM is set and hdr_len when it is
+ * not 0, so GSO super-frames stay valid. A flood to ports of both kinds
+ * pushes or pops between writes. The MAC table key is (MAC, VLAN), learning
+ * and flooding are per VLAN.
+ *
+ * Isolation. Two ports with TS_PORT_ISOLATED never exchange frames (not
+ * flooded, unicast dropped); each still talks to every port without it.
+ *
+ * Mirrors (SPAN). Mirror m copies to port mirrors[m].to every frame read
+ * from a port whose mirror_rx has bit m (as read, before any VLAN edit or
+ * filter: what arrived on the wire), and every frame written to a port whose
+ * mirror_tx has bit m (as written). The monitor port (TS_PORT_MONITOR, pvid
+ * 0, no VLANs) is in no VLAN, so nothing else is sent to it; what it sends
+ * is dropped (rx_dropped). Copies are counted per (worker, mirror).
+ *
+ * MAC limit. With TS_PORT_MAC_LIMIT, a frame from a source MAC that is not
+ * already in the table on this port (in this VLAN) is dropped
+ * (mac_limit_dropped) when the port holds mac_limit learned entries
+ * (fdb_entries - fdb_static) or more. Lost race, stated: workers learning
+ * new MACs of one port at the same time may each pass the check, so the port
+ * may exceed its limit by up to one entry per other worker.
+ *
+ * ACLs. With TS_PORT_ACL, the port's first acl_rules rules of acl[port]
+ * are tried in order on ingress, after VLAN classification; the first whose
+ * every field in `match` matches decides (allow or drop, acl_dropped); none
+ * matching allows. Each rule counts its matches in acl_hits. L3/L4 headers
+ * are parsed only for a rule that needs them (TS_ACL_L3 bits), once per
+ * frame: IPv4 (ports only in first fragments) and IPv6 (through hop-by-hop,
+ * routing, fragment, destination-options and AH headers). eth_type is the
+ * one after the 802.1Q tag; vlan is the frame's VLAN.
+ *
+ * Storm control. With TS_PORT_STORM, broadcast, multicast and unknown
+ * unicast frames received on the port (the three kinds it would flood) each
+ * pass a rate limit when their interval is not 0: GCRA (a token bucket in
+ * one word, the theoretical arrival time, storm[port].tat[kind], advanced by
+ * compare-and-swap). The bucket is shared by the port's workers, so the
+ * rate holds however the kernel spreads the port's flows over its queues;
+ * excess frames are dropped (storm_dropped). A burst of storm_burst ns
+ * ((frames - 1) * interval) passes at once.
+ *
+ * Every drop above is a well-formed frame not forwarded, so each also
+ * counts in rx_dropped: vlan_dropped, acl_dropped, mac_limit_dropped and
+ * storm_dropped say why.
+ *
+ * Settings updates (RCU-like). settings[] holds two copies; settings_gen & 1
+ * is the current one. The control process writes the other copy
+ * (ts_settings_next), then ts_settings_publish flips settings_gen and waits
+ * until no worker still reads the old copy, so the next update may write it.
+ * A worker enters a copy once per wake-up, before its first frame: it stores
+ * which copy it reads in readers[w].active, then reads settings_gen again
+ * (both sequentially consistent: either it sees the flip, or the publisher
+ * sees it reading the old copy and waits), and leaves (active = 0) after its
+ * last frame. A worker therefore never sees a half-written copy, and all the
+ * frames of one wake-up see one copy. Races, stated:
+ *   - frames handled during a publish use the old settings, at most one
+ *     burst per queue after the flip;
+ *   - a worker that dies between enter and leave keeps its marker until it
+ *     is restarted; ts_settings_publish gives up waiting after its timeout
+ *     and says how many workers it waited for in vain (a live worker leaves
+ *     within one burst);
+ *   - ts_port.state and mtu are single words outside the copies: a port
+ *     going down takes effect at once.
  */
 #ifndef TAPSWITCH_FASTPATH_H
 #define TAPSWITCH_FASTPATH_H
@@ -84,7 +174,7 @@
  * expressions). */
 
 #define TS_MAGIC 0x7473776974636801
-#define TS_VERSION 1
+#define TS_VERSION 2
 #define TS_MAX_PORTS 256       /* port index 0..255 */
 #define TS_MAX_WORKERS 16      /* switch.queues upper bound */
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
@@ -92,6 +182,10 @@
 #define TS_BURST 32            /* frames read from one queue per turn */
 #define TS_VNET_HDR_LEN 12     /* struct virtio_net_hdr_v1 (num_buffers incl.) */
 #define TS_FRAME_MAX 65600     /* vnet header + 64 KiB GSO frame + tags */
+#define TS_HEADROOM 4          /* bytes before each frame in the worker's buffer: one tag push */
+#define TS_VLAN_MAX 4094       /* VLANs 1..4094; 0 = none, 4095 reserved */
+#define TS_MAX_MIRRORS 16      /* mirrors (bits of mirror_rx, mirror_tx) */
+#define TS_MAX_ACL_RULES 64    /* ACL rules per port */
 
 /* ts_port.state */
 #define TS_PORT_UNUSED 0       /* no port in this slot */
@@ -104,21 +198,133 @@ struct ts_port {
     uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 if tagged), or GSO frames
                                   with gso_size over mtu, are tx_errors */
     uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers) */
-    uint32_t reserved[13];     /* room for VLAN, limits, ACLs; keeps 64 bytes */
+    uint32_t fdb_static;       /* of which static (atomic, control process) */
+    uint32_t reserved[12];     /* keeps 64 bytes */
+};
+
+/* ts_port_conf.flags: the features a port uses. 0 = none (the short path). */
+#define TS_PORT_TRUNK 1        /* tagged VLANs in `vlans` */
+#define TS_PORT_ISOLATED 2     /* exchanges no frame with another isolated port */
+#define TS_PORT_MONITOR 4      /* a mirror's destination: receives copies only */
+#define TS_PORT_MAC_LIMIT 8    /* at most mac_limit learned MACs */
+#define TS_PORT_ACL 16         /* acl_rules rules of acl[port] on ingress */
+#define TS_PORT_STORM 32       /* storm control: storm_interval */
+
+/* Storm control kinds: ts_port_conf.storm_*[kind], ts_storm.tat[kind]. */
+#define TS_STORM_BROADCAST 0
+#define TS_STORM_MULTICAST 1
+#define TS_STORM_UNKNOWN_UNICAST 2
+
+/* A port's settings, one per port in each settings copy. Default (what
+ * ts_settings_default writes): pvid 1, everything else 0. */
+struct ts_port_conf {
+    uint16_t pvid;             /* untagged VLAN (access, or a trunk's native); 0 = none */
+    uint16_t flags;            /* TS_PORT_TRUNK | ... */
+    uint16_t mirror_rx;        /* bit m: mirror m copies what this port receives */
+    uint16_t mirror_tx;        /* bit m: mirror m copies what is sent to this port */
+    uint32_t mac_limit;        /* TS_PORT_MAC_LIMIT: learned entries allowed */
+    uint16_t acl_rules;        /* TS_PORT_ACL: rules in acl[port], <= TS_MAX_ACL_RULES */
+    uint16_t reserved0;
+    uint64_t storm_interval[3];  /* TS_PORT_STORM: ns between frames of a kind (1e9 / pps);
+                                    0 = that kind is not limited */
+    uint64_t storm_burst[3];     /* ns of tolerance: (burst frames - 1) * interval */
+    uint64_t vlans[64];        /* TS_PORT_TRUNK: bit v (word v / 64, bit v % 64) = tagged VLAN v */
+};
+
+/* A mirror: where its copies go. Its sources are the ports whose mirror_rx
+ * or mirror_tx has its bit. */
+struct ts_mirror {
+    uint32_t to;               /* the monitor port */
+    uint32_t id;               /* the control process's name for it (a slot whose id
+                                  changes starts its counters afresh) */
+};
+
+/* ts_acl_rule.match: the fields a rule compares; all of them must match. */
+#define TS_ACL_ETH_SRC 0x1     /* (source MAC & eth_src_mask) == eth_src */
+#define TS_ACL_ETH_DST 0x2
+#define TS_ACL_ETH_TYPE 0x4    /* the ethertype after any 802.1Q tag */
+#define TS_ACL_VLAN 0x8        /* the frame's VLAN */
+#define TS_ACL_IPV4 0x10       /* an IPv4 packet */
+#define TS_ACL_IPV6 0x20       /* an IPv6 packet; with neither, IP_PROTO/ports match both */
+#define TS_ACL_IP_SRC 0x40     /* (address & ip_src_mask) == ip_src; IPv4 in bytes 0..3 */
+#define TS_ACL_IP_DST 0x80
+#define TS_ACL_IP_PROTO 0x100  /* IPv4 protocol, IPv6 upper-layer next header */
+#define TS_ACL_SRC_PORT 0x200  /* TCP or UDP source port */
+#define TS_ACL_DST_PORT 0x400
+#define TS_ACL_L3 0x7f0        /* the bits that need the IP header parsed */
+
+/* ts_acl_rule.action */
+#define TS_ACL_ALLOW 0
+#define TS_ACL_DROP 1
+
+/* One ACL rule. Addresses and ports in network byte order as on the wire,
+ * except src_port, dst_port, eth_type and vlan: host order. */
+struct ts_acl_rule {
+    uint32_t match;            /* TS_ACL_* */
+    uint16_t eth_type;
+    uint16_t vlan;
+    uint8_t action;            /* TS_ACL_ALLOW | TS_ACL_DROP */
+    uint8_t ip_proto;
+    uint16_t src_port;
+    uint16_t dst_port;
+    uint16_t reserved0;
+    uint8_t eth_src[6];
+    uint8_t eth_src_mask[6];
+    uint8_t eth_dst[6];
+    uint8_t eth_dst_mask[6];
+    uint8_t ip_src[16];
+    uint8_t ip_src_mask[16];
+    uint8_t ip_dst[16];
+    uint8_t ip_dst_mask[16];
+    uint8_t reserved1[24];     /* keeps 128 bytes */
+};
+
+/* One copy of the settings (double-buffered: see "Settings updates"). */
+struct ts_settings {
+    struct ts_port_conf ports[256];
+    struct ts_mirror mirrors[16];
+    struct ts_acl_rule acl[256][64];
 };
 
 /* Per (worker, port) counters. Single writer: worker w. */
 struct ts_counters {
     uint64_t rx_packets;       /* frames read from the port, accepted */
     uint64_t rx_bytes;         /* their Ethernet bytes (no virtio-net header) */
-    uint64_t rx_errors;        /* malformed: runt, bad vnet header, bad source MAC */
-    uint64_t rx_dropped;       /* well formed but not forwarded: port down, dst down */
-    uint64_t tx_packets;       /* frames written to the port */
+    uint64_t rx_errors;        /* malformed: runt, bad vnet header, bad source MAC, bad tag */
+    uint64_t rx_dropped;       /* well formed but not forwarded: port down, dst down or
+                                  isolated, read from a monitor port, and every *_dropped
+                                  below */
+    uint64_t tx_packets;       /* frames written to the port (mirror copies included) */
     uint64_t tx_bytes;
     uint64_t tx_errors;        /* over MTU, or the write failed */
     uint64_t tx_dropped;       /* the port's queue was full (EAGAIN/ENOBUFS) */
     uint64_t flooded;          /* frames received here that were flooded */
-    uint64_t reserved[7];      /* keeps 128 bytes, two cache lines */
+    uint64_t vlan_dropped;     /* received in a VLAN the port is not in (or untagged, no pvid) */
+    uint64_t acl_dropped;      /* dropped by an ACL rule */
+    uint64_t mac_limit_dropped;  /* from a new source MAC beyond the port's mac_limit */
+    uint64_t storm_dropped;    /* broadcast, multicast or unknown unicast over its rate */
+    uint64_t reserved[3];      /* keeps 128 bytes, two cache lines */
+};
+
+/* Per (worker, mirror) counters. Single writer: worker w. */
+struct ts_mirror_counters {
+    uint64_t packets;          /* copies written to the monitor port */
+    uint64_t bytes;            /* their Ethernet bytes */
+    uint64_t dropped;          /* copies not written: monitor down, full, over its MTU */
+    uint64_t reserved[5];
+};
+
+/* Which settings copy worker w reads. Single writer: worker w. */
+struct ts_reader {
+    uint32_t active;           /* 1 + copy index while handling frames; 0 otherwise */
+    uint32_t reserved[15];
+};
+
+/* Storm control state of a port: GCRA theoretical arrival time (ns,
+ * CLOCK_MONOTONIC) per kind. Every worker, compare-and-swap. */
+struct ts_storm {
+    uint64_t tat[3];
+    uint64_t reserved[5];
 };
 
 /* MAC table counters, one slot per writer. */
@@ -134,7 +340,7 @@ struct ts_fdb_stats {
  * key: 0 = empty; else bit 63 set | vlan << 48 | MAC as a 48-bit big-endian number.
  * val: 0 = not yet written; else bits 0..15 port, bit 16 static, bit 17 valid,
  *      bits 18..31 tag (low 14 bits of the key's hash), bits 32..63 last seen
- *      (ts_now()). VLAN is 0..4095. */
+ *      (ts_now()). VLAN is 0..4095; workers learn in the frame's VLAN, 1..4094. */
 struct ts_fdb_entry {
     uint64_t key;
     uint64_t val;
@@ -156,10 +362,17 @@ struct ts_shared {
     uint32_t fdb_buckets;      /* buckets of TS_FDB_WAYS entries */
     uint32_t fdb_capacity;     /* fdb_buckets * TS_FDB_WAYS */
     uint64_t hash_seed;        /* random per switch */
-    uint64_t reserved[4];      /* header is 64 bytes, so counters start 64-byte aligned */
+    uint32_t settings_gen;     /* settings[settings_gen & 1] is current (control process) */
+    uint32_t reserved32;
+    uint64_t reserved[3];      /* header is 64 bytes, so counters start 64-byte aligned */
     struct ts_port ports[256];
     struct ts_counters counters[16][256];
     struct ts_fdb_stats fdb_stats[17];
+    struct ts_reader readers[16];
+    struct ts_storm storm[256];
+    struct ts_mirror_counters mirror_counters[16][16];
+    uint64_t acl_hits[16][256][64];
+    struct ts_settings settings[2];
     struct ts_fdb_entry fdb[];  /* fdb_capacity entries */
 };
 
@@ -196,6 +409,16 @@ uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
 
 /* Copy up to max live entries into out; returns the number copied. */
 uint32_t ts_fdb_dump(const struct ts_shared *s, struct ts_fdb_record *out, uint32_t max);
+
+/* Settings (control process, one thread at a time). Write the copy that
+ * ts_settings_next returns (ts_settings_default first, for a fresh start),
+ * then ts_settings_publish: it makes that copy current and waits, up to
+ * timeout_ms, until no worker reads the other one. Returns the number of
+ * workers still reading it then (0: the other copy is free). */
+struct ts_settings *ts_settings_next(struct ts_shared *s);
+const struct ts_settings *ts_settings_current(const struct ts_shared *s);
+void ts_settings_default(struct ts_settings *t);    /* port confs and mirrors; ACL rules untouched */
+int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms);
 
 /* The worker. fds[p] is this worker's queue of port p, or -1; nfds <= TS_MAX_PORTS.
  * The fds must be O_NONBLOCK and deliver one frame (virtio-net header first)

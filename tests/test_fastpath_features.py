@@ -1,0 +1,825 @@
+"""Tests of the fast path's port settings (fastpath.h, "Port settings"), through cffi.
+
+VLANs, isolation, mirrors, MAC limits, ACLs, storm control and the
+double-buffered settings, one behaviour per test, with hand-built frames on
+SOCK_SEQPACKET socketpairs as in test_fastpath.py. No root needed.
+"""
+
+import ipaddress
+import random
+import socket
+import struct
+import time
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+
+from tapswitch._fastpath import ffi, lib
+from tapswitch.fastpath import Shared, mac_bytes
+from tests.test_fastpath import BROADCAST, GSO_TCPV4, NEEDS_CSUM, VNET, A, B, C, Switch, frame
+
+D = "02:00:00:00:00:0d"
+E = "02:00:00:00:00:0e"
+MCAST = "01:00:5e:00:00:01"
+
+
+def tag(vid, ethertype=0x0800, pcp=0):
+    """An 802.1Q tag and the ethertype after it."""
+    return struct.pack("!HHH", 0x8100, pcp << 13 | vid, ethertype)
+
+
+def tagged(dst, src, vid, payload=bytes(46), ethertype=0x0800, pcp=0, **vnet):
+    """virtio-net header + Ethernet with an 802.1Q tag (as frame(), plus the tag)."""
+    plain = frame(dst, src, payload, ethertype, **vnet)
+    return plain[:24] + tag(vid, ethertype, pcp) + plain[26:]
+
+
+def untag(data):
+    """The frame without its tag (header untouched)."""
+    return data[:24] + data[28:]
+
+
+def l3(packet, **vnet):
+    """virtio-net header + a scapy packet (Ether first)."""
+    header = VNET.pack(vnet.get("flags", 0), 0, 0, 0, 0, 0, 0)
+    return header + bytes(packet)
+
+
+def vnet_of(data):
+    return VNET.unpack(data[:12])
+
+
+class Settings:
+    """Writes the next settings copy like tapswitch.settings does, from raw values."""
+
+    def __init__(self, shared):
+        self.shared = shared
+        self.t = shared.settings_next()
+
+    def port(self, p, *, pvid=None, trunk=(), isolated=False, monitor=False, mac_limit=None,
+             mirror_rx=0, mirror_tx=0, storm=None, acl=()):
+        c = self.t.ports[p]
+        flags = 0
+        if pvid is not None:
+            c.pvid = pvid
+        if trunk:
+            flags |= lib.TS_PORT_TRUNK
+            for v in trunk:
+                c.vlans[v // 64] |= 1 << (v % 64)
+        if isolated:
+            flags |= lib.TS_PORT_ISOLATED
+        if monitor:
+            flags |= lib.TS_PORT_MONITOR
+            c.pvid = 0
+        if mac_limit is not None:
+            flags |= lib.TS_PORT_MAC_LIMIT
+            c.mac_limit = mac_limit
+        if storm:
+            flags |= lib.TS_PORT_STORM
+            for kind, (interval, burst) in storm.items():
+                c.storm_interval[kind] = interval
+                c.storm_burst[kind] = burst
+        if acl:
+            flags |= lib.TS_PORT_ACL
+            c.acl_rules = len(acl)
+            for r, rule in enumerate(acl):
+                write_rule(self.t.acl[p][r], **rule)
+        c.flags = flags
+        c.mirror_rx = mirror_rx
+        c.mirror_tx = mirror_tx
+        return self
+
+    def mirror(self, m, to):
+        self.t.mirrors[m].to = to
+        return self
+
+    def publish(self):
+        assert self.shared.settings_publish() == 0
+
+
+def write_rule(r, action="drop", eth_src=None, eth_dst=None, eth_type=None, vlan=None,
+               ip_src=None, ip_dst=None, ip_proto=None, src_port=None, dst_port=None):
+    match = 0
+    r.action = lib.TS_ACL_DROP if action == "drop" else lib.TS_ACL_ALLOW
+    for field, value, bit in (("eth_src", eth_src, lib.TS_ACL_ETH_SRC), ("eth_dst", eth_dst, lib.TS_ACL_ETH_DST)):
+        if value is not None:
+            mac, _, mask = value.partition("/")
+            setattr(r, field, list(mac_bytes(mac)))
+            setattr(r, field + "_mask", list(mac_bytes(mask or "ff:ff:ff:ff:ff:ff")))
+            match |= bit
+    if eth_type is not None:
+        r.eth_type, match = eth_type, match | lib.TS_ACL_ETH_TYPE
+    if vlan is not None:
+        r.vlan, match = vlan, match | lib.TS_ACL_VLAN
+    for field, value, bit in (("ip_src", ip_src, lib.TS_ACL_IP_SRC), ("ip_dst", ip_dst, lib.TS_ACL_IP_DST)):
+        if value is not None:
+            net = ipaddress.ip_network(value)
+            setattr(r, field, list(net.network_address.packed.ljust(16, b"\0")))
+            setattr(r, field + "_mask", list(net.netmask.packed.ljust(16, b"\0")))
+            match |= bit | (lib.TS_ACL_IPV4 if net.version == 4 else lib.TS_ACL_IPV6)
+    if ip_proto is not None:
+        r.ip_proto, match = ip_proto, match | lib.TS_ACL_IP_PROTO
+    if src_port is not None:
+        r.src_port, match = src_port, match | lib.TS_ACL_SRC_PORT
+    if dst_port is not None:
+        r.dst_port, match = dst_port, match | lib.TS_ACL_DST_PORT
+    r.match = match
+
+
+@pytest.fixture
+def sw():
+    s = Switch(n_ports=4)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def big():
+    s = Switch(n_ports=3, bufsize=1 << 20)
+    yield s
+    s.close()
+
+
+def received_all(sw):
+    return [sw.received(p) for p in range(len(sw.hosts))]
+
+
+# Settings copies.
+
+def test_every_port_starts_in_vlan_1_in_both_copies():
+    shared = Shared.create(64, 1)
+    try:
+        for copy in (shared.ptr.settings[0], shared.ptr.settings[1]):
+            assert {copy.ports[p].pvid for p in range(lib.TS_MAX_PORTS)} == {1}
+            assert {copy.ports[p].flags for p in range(lib.TS_MAX_PORTS)} == {0}
+    finally:
+        shared.close()
+
+
+def test_publish_makes_the_next_copy_current(sw):
+    before = sw.shared.settings_current()
+    Settings(sw.shared).port(1, pvid=10).publish()
+    assert sw.shared.settings_current() != before
+    assert sw.shared.settings_current().ports[1].pvid == 10
+    Settings(sw.shared).publish()                # the next copy starts from the defaults
+    assert sw.shared.settings_current() == before
+    assert sw.shared.settings_current().ports[1].pvid == 1
+
+
+def test_worker_uses_new_settings_from_its_next_wake_up(sw):
+    f = frame(BROADCAST, A)
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    sw.drain()
+    Settings(sw.shared).port(1, pvid=10).publish()
+    sw.send(0, f)
+    assert sw.received(1) == []
+    assert sw.received(2) == [f]
+
+
+def test_worker_marks_no_copy_between_wake_ups(sw):
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.shared.ptr.readers[0].active == 0
+
+
+def test_publish_waits_for_a_worker_still_in_the_old_copy(sw):
+    gen = sw.shared.ptr.settings_gen
+    sw.shared.ptr.readers[0].active = (gen & 1) + 1    # as a worker mid-burst in the current copy
+    sw.shared.settings_next()
+    start = time.monotonic()
+    assert sw.shared.settings_publish(50) == 1
+    assert time.monotonic() - start >= 0.05
+    sw.shared.ptr.readers[0].active = 0
+    sw.shared.settings_next()
+    assert sw.shared.settings_publish(50) == 0
+
+
+def test_new_worker_clears_a_dead_workers_marker(sw):
+    sw.shared.ptr.readers[0].active = 1
+    w = lib.ts_worker_new(sw.shared.ptr, 0, ffi.new("int[]", [-1]), 1)
+    try:
+        assert sw.shared.ptr.readers[0].active == 0
+    finally:
+        lib.ts_worker_free(w)
+
+
+# VLANs: access ports.
+
+def test_access_ports_in_different_vlans_do_not_see_each_others_broadcasts(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=10).port(2, pvid=20).port(3, pvid=20).publish()
+    f = frame(BROADCAST, A)
+    sw.send(0, f)
+    assert received_all(sw) == [[], [f], [], []]
+    sw.send(2, frame(BROADCAST, C))
+    assert received_all(sw) == [[], [], [], [frame(BROADCAST, C)]]
+
+
+def test_learning_is_per_vlan(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=20).publish()
+    sw.learn(0, A)
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 10) == 0
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 20) == -1
+    assert [(mac, vlan, port) for mac, vlan, port, _, _ in sw.shared.fdb_dump()] == [(A, 10, 0)]
+
+
+def test_unicast_to_a_mac_known_in_another_vlan_is_flooded_in_its_own(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=20).port(2, pvid=20).port(3, pvid=20).publish()
+    sw.learn(0, A)                               # A is in VLAN 10, on port 0
+    f = frame(A, B)
+    sw.send(1, f)                                # from VLAN 20
+    assert received_all(sw) == [[], [], [f], [f]]
+    assert sw.counters(1)["flooded"] == 1
+
+
+def test_unicast_to_a_port_no_longer_in_the_vlan_is_dropped(sw):
+    sw.learn(1, B)                               # learned in VLAN 1
+    Settings(sw.shared).port(1, pvid=10, trunk=[20]).publish()
+    sw.send(0, frame(B, A))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["rx_dropped"] == 1
+
+
+def test_access_port_accepts_its_own_vid_tagged_and_sends_it_untagged(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=10).port(2, pvid=20).port(3, pvid=20).publish()
+    sw.send(0, tagged(BROADCAST, A, 10))
+    assert sw.received(1) == [frame(BROADCAST, A)]
+
+
+def test_access_port_drops_other_vids_and_counts_them(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=20).publish()
+    sw.send(0, tagged(BROADCAST, A, 20))
+    assert received_all(sw) == [[], [], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_dropped"], c["vlan_dropped"], c["flooded"]) == (1, 1, 1, 0)
+    assert sw.shared.fdb_entries() == 0          # dropped before learning
+
+
+def test_default_port_drops_tagged_frames_of_other_vlans(sw):
+    sw.send(0, tagged(BROADCAST, A, 10))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["vlan_dropped"] == 1
+
+
+def test_priority_tagged_frame_is_in_the_pvid_and_leaves_untagged(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=10).publish()
+    sw.send(0, tagged(BROADCAST, A, 0, pcp=5))
+    assert sw.received(1) == [frame(BROADCAST, A)]
+
+
+def test_priority_tagged_frame_gets_the_vid_on_a_trunk_and_keeps_its_priority(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
+    sw.send(0, tagged(BROADCAST, A, 0, pcp=5))
+    assert sw.received(1) == [tagged(BROADCAST, A, 10, pcp=5)]
+
+
+# VLANs: trunk ports, tag push and pop.
+
+def test_access_to_trunk_pushes_the_tag(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10, 20]).publish()
+    payload = bytes(range(46))
+    sw.send(0, frame(BROADCAST, A, payload))
+    assert sw.received(1) == [tagged(BROADCAST, A, 10, payload)]
+    assert sw.counters(1)["tx_bytes"] == 64
+
+
+def test_trunk_to_access_pops_the_tag(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10, 20]).port(1, pvid=20).port(2, pvid=10).publish()
+    payload = bytes(range(46))
+    sw.send(0, tagged(BROADCAST, A, 20, payload))
+    assert received_all(sw) == [[], [frame(BROADCAST, A, payload)], [], []]
+
+
+def test_trunk_to_trunk_keeps_the_tag(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10, 20]).port(1, pvid=0, trunk=[20]).publish()
+    f = tagged(BROADCAST, A, 20, pcp=3)
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+
+
+def test_trunk_drops_vids_it_does_not_carry(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10, 20]).port(1, pvid=30, trunk=[10]).publish()
+    sw.send(0, tagged(BROADCAST, A, 30))
+    sw.send(0, tagged(BROADCAST, A, 4095))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["vlan_dropped"] == 2
+
+
+def test_trunk_without_native_vlan_drops_untagged_frames(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).publish()
+    sw.send(0, frame(BROADCAST, A))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["vlan_dropped"] == 1
+
+
+def test_native_vlan_is_untagged_on_the_trunk(sw):
+    Settings(sw.shared).port(0, pvid=10, trunk=[20]).port(1, pvid=10).port(2, pvid=20).publish()
+    sw.send(1, frame(BROADCAST, B))
+    assert sw.received(0) == [frame(BROADCAST, B)]
+    sw.send(2, frame(BROADCAST, C))
+    assert sw.received(0) == [tagged(BROADCAST, C, 20)]
+    sw.send(0, frame(BROADCAST, A))              # untagged in: native VLAN 10
+    assert received_all(sw) == [[], [frame(BROADCAST, A)], [], []]
+
+
+def test_flood_gives_each_port_its_own_form(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).port(2, pvid=0, trunk=[10]) \
+        .port(3, pvid=10).publish()
+    f = tagged(BROADCAST, A, 10)
+    sw.send(0, f)
+    assert received_all(sw) == [[], [untag(f)], [f], [untag(f)]]
+
+
+def test_push_moves_checksum_start_and_header_length(big):
+    Settings(big.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
+    payload = random.Random(3).randbytes(20000)
+    f = frame(BROADCAST, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
+              hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
+    big.send(0, f)
+    [out] = big.received(1)
+    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 4 + 20 + 32, 1448, 14 + 4 + 20, 16, 0)
+    assert out[12:24] == f[12:24] and out[24:28] == tag(10)[:4] and out[28:] == f[24:]
+
+
+def test_pop_moves_checksum_start_and_header_length_back(big):
+    Settings(big.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
+    payload = random.Random(4).randbytes(20000)
+    f = tagged(BROADCAST, A, 10, payload, ethertype=0x0800, flags=NEEDS_CSUM, gso_type=GSO_TCPV4,
+               gso_size=1448, hdr_len=18 + 20 + 32, csum_start=18 + 20, csum_offset=16)
+    big.send(0, f)
+    [out] = big.received(1)
+    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 20 + 32, 1448, 14 + 20, 16, 0)
+    assert out[12:] == untag(f)[12:]
+
+
+def test_push_leaves_an_unset_header_length_and_checksum_alone(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
+    sw.send(0, frame(BROADCAST, A, csum_start=7))    # no NEEDS_CSUM: csum_start means nothing
+    [out] = sw.received(1)
+    assert vnet_of(out) == (0, 0, 0, 0, 7, 0, 0)
+
+
+def test_gso_superframe_gets_a_tag_and_loses_it_byte_for_byte(big):
+    Settings(big.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
+    big.learn(2, C)
+    payload = random.Random(7).randbytes(65535 - 4)
+    f = frame(C, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
+              hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
+    big.send(1, tagged(C, A, 10, payload, ethertype=0x0800, flags=NEEDS_CSUM, gso_type=GSO_TCPV4,
+                       gso_size=1448, hdr_len=18 + 20 + 32, csum_start=18 + 20, csum_offset=16))
+    assert big.received(2) == [f]
+
+
+def test_frame_too_long_for_one_more_tag_is_a_tx_error(big):
+    Settings(big.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
+    f = frame(BROADCAST, A, bytes(lib.TS_FRAME_MAX - 12 - 14 - 2), gso_type=GSO_TCPV4, gso_size=1448)
+    big.send(0, f)
+    assert big.received(2) == [f]
+    assert big.received(1) == []
+    assert big.counters(1)["tx_errors"] == 1
+
+
+def test_tagged_frame_on_a_trunk_may_be_four_bytes_over_the_mtu(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
+    sw.send(0, frame(BROADCAST, A, bytes(1500)))     # 1514 in, 1518 out
+    sw.send(0, frame(BROADCAST, A, bytes(1501)))
+    assert sw.received(1) == [tagged(BROADCAST, A, 10, bytes(1500))]
+    assert sw.counters(1)["tx_errors"] == 1
+
+
+@pytest.mark.parametrize("data", [
+    frame(BROADCAST, A, b"", ethertype=0x8100)[:12 + 16],                      # no room for the tag
+    tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=16, csum_offset=4),  # checksum starts in the tag
+])
+def test_broken_tag_is_an_rx_error(sw, data):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).publish()
+    sw.send(0, data)
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["rx_errors"] == 1
+
+
+def test_static_entry_in_a_vlan_directs_only_that_vlan(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10, 20]).port(2, pvid=20).publish()
+    sw.shared.fdb_add_static(C, 10, 1)
+    sw.send(0, frame(C, A))
+    assert received_all(sw) == [[], [tagged(C, A, 10)], [], []]
+
+
+# Isolated ports.
+
+def test_isolated_ports_do_not_flood_to_each_other(sw):
+    Settings(sw.shared).port(0, isolated=True).port(1, isolated=True).publish()
+    f = frame(BROADCAST, A)
+    sw.send(0, f)
+    assert received_all(sw) == [[], [], [f], [f]]
+
+
+def test_isolated_ports_do_not_unicast_to_each_other(sw):
+    Settings(sw.shared).port(0, isolated=True).port(1, isolated=True).publish()
+    sw.learn(1, B)
+    sw.send(0, frame(B, A))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["rx_dropped"] == 1
+
+
+def test_isolated_port_talks_to_a_shared_port_both_ways(sw):
+    Settings(sw.shared).port(0, isolated=True).port(1, isolated=True).publish()
+    sw.learn(2, C)
+    sw.learn(0, A)
+    sw.send(0, frame(C, A))
+    sw.send(2, frame(A, C))
+    assert received_all(sw) == [[frame(A, C)], [], [frame(C, A)], []]
+
+
+# Mirrors.
+
+def test_rx_mirror_copies_what_arrived_as_it_arrived(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10], mirror_rx=1).port(1, pvid=10) \
+        .port(3, monitor=True).mirror(0, 3).publish()
+    f = tagged(BROADCAST, A, 10)
+    sw.send(0, f)
+    assert received_all(sw) == [[], [untag(f)], [], [f]]
+    assert sw.shared.mirror_counters(0) == {"packets": 1, "bytes": 64, "dropped": 0}
+    assert sw.counters(3)["tx_packets"] == 1
+
+
+def test_rx_mirror_copies_frames_the_switch_then_drops(sw):
+    Settings(sw.shared).port(0, pvid=10, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    f = tagged(BROADCAST, A, 20)                     # not a VLAN of port 0
+    sw.send(0, f)
+    assert received_all(sw) == [[], [], [], [f]]
+    assert sw.counters(0)["vlan_dropped"] == 1
+
+
+def test_tx_mirror_copies_what_was_sent_as_it_was_sent(sw):
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10], mirror_tx=1) \
+        .port(2, pvid=10).port(3, monitor=True).mirror(0, 3).publish()
+    sw.send(0, frame(BROADCAST, A))
+    assert received_all(sw) == [[], [tagged(BROADCAST, A, 10)], [frame(BROADCAST, A)],
+                                [tagged(BROADCAST, A, 10)]]
+    assert sw.shared.mirror_counters(0)["packets"] == 1
+
+
+def test_both_directions_of_one_port(sw):
+    Settings(sw.shared).port(0, mirror_rx=1, mirror_tx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.learn(1, B)                                   # flooded to port 0: a tx copy
+    sw.send(0, frame(B, A))                          # received on port 0: an rx copy
+    assert sw.received(3) == [frame(B, A)]
+    assert sw.shared.mirror_counters(0)["packets"] == 2
+
+
+def test_two_mirrors_each_count_their_copies(sw):
+    Settings(sw.shared).port(0, mirror_rx=1).port(1, mirror_rx=2).port(2, monitor=True) \
+        .port(3, monitor=True).mirror(0, 2).mirror(1, 3).publish()
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(1, frame(BROADCAST, B))
+    sw.send(1, frame(BROADCAST, B))
+    assert [len(sw.received(p)) for p in (2, 3)] == [1, 2]
+    assert sw.shared.mirror_counters(0)["packets"] == 1
+    assert sw.shared.mirror_counters(1)["packets"] == 2
+
+
+def test_monitor_port_gets_nothing_but_copies(sw):
+    Settings(sw.shared).port(3, monitor=True).publish()
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.received(3) == []
+    sw.shared.fdb_add_static(D, 1, 3)               # even a MAC pointed at it
+    sw.send(0, frame(D, A))
+    assert sw.received(3) == []
+
+
+def test_frames_from_the_monitor_port_are_dropped_and_not_learned(sw):
+    Settings(sw.shared).port(3, monitor=True).publish()
+    sw.send(3, frame(BROADCAST, D))
+    assert received_all(sw) == [[], [], [], []]
+    c = sw.counters(3)
+    assert (c["rx_packets"], c["rx_dropped"]) == (1, 1)
+    assert sw.shared.fdb_entries() == 0
+
+
+def test_copy_to_a_monitor_that_is_down_is_counted_dropped(sw):
+    Settings(sw.shared).port(0, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.shared.set_port(3, lib.TS_PORT_DOWN, 1500)
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.received(3) == []
+    assert sw.shared.mirror_counters(0) == {"packets": 0, "bytes": 0, "dropped": 1}
+
+
+def test_mirror_counters_can_start_again(sw):
+    Settings(sw.shared).port(0, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.send(0, frame(BROADCAST, A))
+    sw.shared.reset_mirror_counters(0)
+    assert sw.shared.mirror_counters(0) == {"packets": 0, "bytes": 0, "dropped": 0}
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.shared.mirror_counters(0)["packets"] == 1
+
+
+# MAC limit.
+
+def test_mac_limit_drops_frames_from_new_sources_beyond_it(sw):
+    Settings(sw.shared).port(0, mac_limit=3).publish()
+    macs = [f"02:00:00:00:01:{i:02x}" for i in range(5)]
+    for mac in macs:
+        sw.send(0, frame(BROADCAST, mac))
+    assert len(sw.received(1)) == 3
+    assert sw.shared.port_fdb_entries(0) == 3
+    c = sw.counters(0)
+    assert (c["mac_limit_dropped"], c["rx_dropped"], c["flooded"]) == (2, 2, 3)
+    assert [lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(m), 1) for m in macs] == [0, 0, 0, -1, -1]
+
+
+def test_mac_limit_lets_known_sources_through(sw):
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.learn(0, A)
+    sw.send(0, frame(BROADCAST, B))
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.received(1) == [frame(BROADCAST, A)]
+
+
+def test_mac_limit_does_not_count_static_entries(sw):
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.shared.fdb_add_static(D, 1, 0)
+    sw.shared.fdb_add_static(E, 1, 0)
+    assert sw.shared.port_fdb_static(0) == 2
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, B))
+    assert len(sw.received(1)) == 1
+    assert sw.shared.port_fdb_entries(0) == 3
+
+
+def test_mac_moving_into_a_full_port_is_a_new_mac(sw):
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.learn(0, A)
+    sw.learn(1, B)
+    sw.send(0, frame(BROADCAST, B))
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(B), 1) == 1
+    assert sw.counters(0)["mac_limit_dropped"] == 1
+
+
+def test_flush_makes_room_under_the_limit(sw):
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.learn(0, A)
+    sw.shared.fdb_flush(0)
+    sw.send(0, frame(BROADCAST, B))
+    assert sw.received(1) == [frame(BROADCAST, B)]
+
+
+def test_static_counts_follow_add_move_and_del():
+    shared = Shared.create(64, 1)
+    try:
+        shared.fdb_add_static(A, 1, 2)
+        shared.fdb_add_static(A, 1, 2)               # again: still one
+        assert (shared.port_fdb_static(2), shared.port_fdb_entries(2)) == (1, 1)
+        shared.fdb_add_static(A, 1, 3)               # moved
+        assert (shared.port_fdb_static(2), shared.port_fdb_static(3)) == (0, 1)
+        lib.ts_fdb_learn(shared.ptr, 0, mac_bytes(B), 1, 3, 100)
+        shared.fdb_add_static(B, 1, 3)               # a learned entry made static
+        assert (shared.port_fdb_static(3), shared.port_fdb_entries(3)) == (2, 2)
+        shared.fdb_del(A, 1)
+        shared.fdb_del(B, 1)
+        assert (shared.port_fdb_static(3), shared.port_fdb_entries(3)) == (0, 0)
+    finally:
+        shared.close()
+
+
+# ACLs.
+
+def acl_send(sw, acl, packet, port=0, **settings):
+    """Port `port` gets `acl`; send the packet from it; True if it was forwarded
+    (port 1 is an uplink in VLAN 1 and tagged in 10 and 20)."""
+    Settings(sw.shared).port(1, trunk=[10, 20]).port(port, acl=acl, **settings).publish()
+    data = l3(packet)
+    sw.send(port, data)
+    forwarded = any(sw.received(p) for p in range(len(sw.hosts)) if p != port)
+    sw.drain()
+    return forwarded
+
+
+def ip4(proto_layer=None, src="198.18.0.1", dst="198.18.0.2"):
+    p = Ether(src=A, dst=B) / IP(src=src, dst=dst)
+    return p / proto_layer if proto_layer is not None else p
+
+
+def test_no_rule_matching_allows(sw):
+    assert acl_send(sw, [dict(eth_type=0x86DD)], ip4(ICMP()))
+    assert sw.counters(0)["acl_dropped"] == 0
+
+
+def test_drop_rule_drops_and_counts(sw):
+    assert not acl_send(sw, [dict(eth_type=0x0800)], ip4(ICMP()))
+    c = sw.counters(0)
+    assert (c["acl_dropped"], c["rx_dropped"], c["rx_packets"]) == (1, 1, 1)
+    assert sw.shared.fdb_entries() == 0          # filtered before learning
+
+
+def test_first_match_wins_and_each_rule_counts_its_hits(sw):
+    acl = [dict(action="allow", ip_src="198.18.0.1/32"), dict(eth_type=0x0800)]
+    assert acl_send(sw, acl, ip4(ICMP()))
+    assert not acl_send(sw, acl, ip4(ICMP(), src="198.18.0.9"))
+    assert not acl_send(sw, acl, ip4(ICMP(), src="198.18.0.9"))
+    assert sw.shared.acl_hits(0) == [1, 2]
+
+
+def test_acl_hits_can_start_again(sw):
+    acl_send(sw, [dict(eth_type=0x0800)], ip4(ICMP()))
+    sw.shared.reset_acl_hits(0)
+    assert sw.shared.acl_hits(0) == [0]
+    acl_send(sw, [dict(eth_type=0x0800)], ip4(ICMP()))
+    assert sw.shared.acl_hits(0) == [1]
+
+
+def test_icmp_rule_drops_ping_but_not_arp(sw):
+    acl = [dict(ip_proto=1)]
+    assert not acl_send(sw, acl, ip4(ICMP()))
+    assert acl_send(sw, acl, Ether(src=A, dst=BROADCAST) / ARP(psrc="198.18.0.1", pdst="198.18.0.2"))
+
+
+@pytest.mark.parametrize("value, matches", [
+    ("02:00:00:00:00:0b", True),
+    ("02:00:00:00:00:0c", False),
+    ("02:00:00:00:00:00/ff:ff:ff:00:00:00", True),
+    ("02:00:00:00:00:00/ff:ff:ff:ff:ff:ff", False),
+    ("01:00:00:00:00:00/01:00:00:00:00:00", False),   # multicast destinations only
+])
+def test_eth_dst_with_and_without_mask(sw, value, matches):
+    assert acl_send(sw, [dict(eth_dst=value)], ip4(ICMP())) != matches
+
+
+def test_eth_src(sw):
+    assert not acl_send(sw, [dict(eth_src=A)], ip4(ICMP()))
+    assert acl_send(sw, [dict(eth_src=C)], ip4(ICMP()))
+
+
+def test_eth_type_and_ip_fields_are_read_after_the_vlan_tag(sw):
+    acl = [dict(eth_type=0x0800, vlan=10, ip_dst="198.18.0.0/24", ip_proto=6, dst_port=80)]
+    packet = Ether(src=A, dst=B) / Dot1Q(vlan=10) / IP(src="198.18.0.1", dst="198.18.0.2") / TCP(dport=80)
+    assert not acl_send(sw, acl, packet, pvid=0, trunk=[10, 20])
+    packet[Dot1Q].vlan = 20
+    assert acl_send(sw, acl, packet, pvid=0, trunk=[10, 20])
+
+
+def test_vlan_is_the_frames_vlan_even_untagged(sw):
+    assert not acl_send(sw, [dict(vlan=10)], ip4(ICMP()), pvid=10)
+    assert acl_send(sw, [dict(vlan=10)], ip4(ICMP()), pvid=20)
+
+
+@pytest.mark.parametrize("rule, matches", [
+    (dict(ip_src="198.18.0.0/24"), True),
+    (dict(ip_src="198.18.1.0/24"), False),
+    (dict(ip_dst="198.18.0.2/32"), True),
+    (dict(ip_src="fd00::/8"), False),              # an IPv6 rule never matches IPv4
+    (dict(ip_proto=6, dst_port=443), True),
+    (dict(ip_proto=6, dst_port=80), False),
+    (dict(ip_proto=6, src_port=40000), True),
+    (dict(ip_proto=17, dst_port=443), False),
+])
+def test_ipv4_fields(sw, rule, matches):
+    packet = ip4(TCP(sport=40000, dport=443))
+    assert acl_send(sw, [rule], packet) != matches
+
+
+@pytest.mark.parametrize("rule, matches", [
+    (dict(ip_src="fd00::1/128"), True),
+    (dict(ip_dst="fd00::/64"), True),
+    (dict(ip_dst="fd01::/64"), False),
+    (dict(ip_dst="198.18.0.0/15"), False),
+    (dict(ip_proto=17, dst_port=53), True),
+    (dict(ip_proto=17, src_port=53), False),
+])
+def test_ipv6_fields(sw, rule, matches):
+    packet = Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=5353, dport=53)
+    assert acl_send(sw, [rule], packet) != matches
+
+
+def test_ipv6_upper_layer_is_found_past_extension_headers(sw):
+    packet = Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / ICMPv6EchoRequest()
+    assert not acl_send(sw, [dict(ip_proto=58)], packet)
+
+
+def test_non_first_fragment_has_no_ports(sw):
+    packet = ip4(UDP(sport=1, dport=53))
+    packet[IP].frag = 100
+    assert acl_send(sw, [dict(ip_proto=17, dst_port=53)], packet)
+    assert not acl_send(sw, [dict(ip_proto=17)], packet)
+
+
+def test_ip_rule_does_not_match_a_frame_that_is_not_ip(sw):
+    assert acl_send(sw, [dict(ip_proto=17)], Ether(src=A, dst=BROADCAST) / ARP())
+
+
+def test_truncated_ip_header_matches_no_ip_rule(sw):
+    data = bytes(ip4(UDP(dport=53)))[:14 + 12]
+    Settings(sw.shared).port(0, acl=[dict(ip_proto=17)]).publish()
+    sw.send(0, VNET.pack(0, 0, 0, 0, 0, 0, 0) + data)
+    assert sw.received(1) != []
+
+
+# Storm control.
+
+def storm(kind, pps, burst):
+    interval = 10**9 // pps
+    return {kind: (interval, (burst - 1) * interval)}
+
+
+def test_broadcast_over_its_rate_is_dropped_and_counted(sw):
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 3)).publish()
+    for _ in range(5):
+        sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 3
+    c = sw.counters(0)
+    assert (c["storm_dropped"], c["rx_dropped"], c["flooded"]) == (2, 2, 3)
+
+
+def test_each_kind_has_its_own_bucket(sw):
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 1)).publish()
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(MCAST, A))
+    sw.send(0, frame(D, A))                          # unknown unicast
+    assert len(sw.received(1)) == 3
+
+
+@pytest.mark.parametrize("kind, dst", [
+    (lib.TS_STORM_MULTICAST, MCAST),
+    (lib.TS_STORM_UNKNOWN_UNICAST, D),
+])
+def test_multicast_and_unknown_unicast_limits(sw, kind, dst):
+    Settings(sw.shared).port(0, storm=storm(kind, 10, 2)).publish()
+    for _ in range(4):
+        sw.send(0, frame(dst, A))
+    assert len(sw.received(1)) == 2
+
+
+def test_known_unicast_is_never_limited(sw):
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_UNKNOWN_UNICAST, 10, 1)).publish()
+    sw.learn(1, B)
+    for _ in range(5):
+        sw.send(0, frame(B, A))
+    assert len(sw.received(1)) == 5
+
+
+def test_the_rate_refills_over_time(sw):
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 20, 1)).publish()
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 1
+    time.sleep(0.06)                                 # more than 1/20 s
+    sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 1
+
+
+def test_workers_of_a_port_share_its_bucket():
+    shared = Shared.create(64, 2)
+    pairs = [[socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)] for _ in range(2)]
+    workers = []
+    try:
+        for p in range(2):
+            shared.set_port(p, lib.TS_PORT_UP, 1500)
+        for w in range(2):
+            for host, queue in pairs[w]:
+                queue.setblocking(False)
+                host.setblocking(False)
+            fds = ffi.new("int[]", [q.fileno() for _, q in pairs[w]])
+            workers.append(lib.ts_worker_new(shared.ptr, w, fds, 2))
+        Settings(shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 3)).publish()
+        for i in range(6):                           # queue 0, then queue 1, of port 0
+            w = i % 2
+            pairs[w][0][0].send(frame(BROADCAST, A))
+            assert lib.ts_worker_poll(workers[w], 100) == 1
+        got = 0
+        for w in range(2):
+            while True:
+                try:
+                    pairs[w][1][0].recv(2048)
+                    got += 1
+                except BlockingIOError:
+                    break
+        assert got == 3
+        assert shared.counters(0)["storm_dropped"] == 3
+    finally:
+        for w in workers:
+            lib.ts_worker_free(w)
+        for per in pairs:
+            for host, queue in per:
+                host.close()
+                queue.close()
+        shared.close()
+
+
+# Features combined: the order of the rules.
+
+def test_isolation_applies_within_a_vlan(sw):
+    Settings(sw.shared).port(0, pvid=10, isolated=True).port(1, pvid=10, isolated=True) \
+        .port(2, pvid=10).port(3, pvid=20).publish()
+    sw.send(0, frame(BROADCAST, A))
+    assert [len(x) for x in received_all(sw)] == [0, 0, 1, 0]
+
+
+def test_acl_runs_before_the_mac_limit(sw):
+    Settings(sw.shared).port(0, mac_limit=1, acl=[dict(eth_src=B)]).publish()
+    sw.send(0, frame(BROADCAST, B))                  # dropped by the ACL: uses no room
+    sw.send(0, frame(BROADCAST, A))
+    assert sw.received(1) == [frame(BROADCAST, A)]
+    c = sw.counters(0)
+    assert (c["acl_dropped"], c["mac_limit_dropped"]) == (1, 0)
