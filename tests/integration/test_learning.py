@@ -41,7 +41,8 @@ def test_thousands_of_learned_hosts_are_reached_with_no_flooding(lab):
     helpers.nsexec(nss[1], sys.executable, SENDER, "eth0", b_mac, "02:aa:00:00:00:00",
                    HOSTS, "--vary", "dst", timeout=60)
     after = counters(sw)
-    assert after[b]["rx_packets"] - before[b]["rx_packets"] == HOSTS
-    assert after[b]["flooded"] - before[b]["flooded"] == 0
-    assert after[a]["tx_packets"] - before[a]["tx_packets"] == HOSTS
+    received = after[b]["rx_packets"] - before[b]["rx_packets"]
+    assert received >= 0.99 * HOSTS          # (the kernel may drop a few before the switch, under load)
+    assert after[a]["tx_packets"] - before[a]["tx_packets"] == received    # every one went to port a...
+    assert after[b]["flooded"] - before[b]["flooded"] == 0                  # ...as known unicast
     assert after[c]["tx_packets"] - before[c]["tx_packets"] == 0
