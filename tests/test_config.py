@@ -325,6 +325,341 @@ def test_netns_relative_path_is_rejected():
     )
 
 
+# --- VLANs, isolation, limits, storm control, ACLs (ports[]) -------------------
+
+
+FEATURES = """\
+    switch: {name: sw0}
+    ports:
+      - name: a
+        vlan: 10
+        isolated: true
+        mac_limit: 100
+        storm_control: {broadcast_pps: 1000, unknown_unicast_pps: 500}
+      - name: up
+        trunk: [10, 20]
+        vlan: 30
+        acl:
+          - match: {eth_type: ipv4, ip_proto: icmp}
+            action: drop
+          - match: {eth_dst: "01:00:5e:00:00:00/ff:ff:ff:80:00:00", vlan: 20}
+            action: allow
+          - match: {ip_dst: fd00::/8, ip_proto: tcp, dst_port: 22, src_port: 40000}
+            action: drop
+          - match: {eth_src: "02-00-00-00-00-0A", eth_type: 0x88b5}
+            action: drop
+      - name: tap
+    mirrors:
+      - name: span0
+        from: [a, up]
+        to: tap
+        direction: rx
+      - {name: span1, from: [up], to: tap}
+    static_macs:
+      - {mac: "02:00:00:00:00:01", port: a}
+      - {mac: "02:00:00:00:00:02", port: up, vlan: 20}
+      - {mac: "02:00:00:00:00:03", port: up}
+    """
+
+
+def test_feature_keys_load():
+    cfg = loads(textwrap.dedent(FEATURES))
+    a, up, tap = cfg.ports
+    assert (a.vlan, a.trunk, a.isolated, a.mac_limit) == (10, None, True, 100)
+    assert (a.storm_control.broadcast_pps, a.storm_control.multicast_pps, a.storm_control.unknown_unicast_pps) == (1000, None, 500)
+    assert (up.vlan, up.trunk, up.isolated, up.mac_limit, up.storm_control) == (30, [10, 20], False, None, None)
+    icmp, mcast, ssh, local = (rule.match for rule in up.acl)
+    assert [rule.action for rule in up.acl] == ["drop", "allow", "drop", "drop"]
+    assert (icmp.eth_type, icmp.ip_proto, icmp.ip_version) == (0x0800, 1, 4)
+    assert (mcast.eth_dst, mcast.vlan, mcast.ip_version) == ("01:00:5e:00:00:00/ff:ff:ff:80:00:00", 20, None)
+    assert (ssh.ip_dst, ssh.ip_proto, ssh.dst_port, ssh.src_port, ssh.ip_version) == (
+        ipaddress.ip_network("fd00::/8"), 6, 22, 40000, 6)
+    assert (local.eth_src, local.eth_type) == ("02:00:00:00:00:0a", 0x88B5)
+    assert (tap.vlan, tap.trunk, tap.acl) == (None, None, [])
+
+
+def test_feature_keys_default_to_off():
+    port = loads(with_port("name: p\n")).ports[0]
+    assert (port.vlan, port.trunk, port.isolated, port.mac_limit, port.storm_control, port.acl) == (
+        None, None, False, None, None, [])
+
+
+@pytest.mark.parametrize("keys, pvid, vlans", [
+    ("", 1, {1}),
+    ("vlan: 10\n", 10, {10}),
+    ("trunk: [10, 20]\n", None, {10, 20}),
+    ("trunk: [10, 20]\nvlan: 30\n", 30, {10, 20, 30}),
+])
+def test_untagged_vlan_and_every_vlan_of_a_port(keys, pvid, vlans):
+    port = loads(with_port("name: p\n" + keys)).ports[0]
+    assert (port.pvid, port.vlans) == (pvid, frozenset(vlans))
+
+
+@pytest.mark.parametrize("vlan, message", [
+    (0, "must be at least 1"),
+    (4095, "must be at most 4094"),
+    ('"10"', "expected an integer, got string"),
+])
+def test_vlan_range(vlan, message):
+    assert one_error(with_port(f"name: p\nvlan: {vlan}\n")) == f"t.yaml:5: ports[0].vlan: {message}"
+
+
+def test_trunk_vlan_range_is_located_at_the_item():
+    text = with_port("name: p\ntrunk:\n  - 10\n  - 5000\n")
+    assert one_error(text) == "t.yaml:7: ports[0].trunk[1]: must be at most 4094"
+
+
+def test_trunk_needs_a_vlan():
+    assert one_error(with_port("name: p\ntrunk: []\n")) == (
+        "t.yaml:5: ports[0].trunk: a trunk carries at least one VLAN (no trunk: leave the key out)")
+
+
+def test_trunk_vlan_listed_twice_is_located_at_the_second():
+    text = with_port("name: p\ntrunk:\n  - 10\n  - 20\n  - 10\n")
+    assert one_error(text) == "t.yaml:8: ports[0].trunk[2]: VLAN 10 is listed twice (first at trunk[0])"
+
+
+def test_native_vlan_cannot_also_be_tagged():
+    assert one_error(with_port("name: p\nvlan: 10\ntrunk: [20, 10]\n")) == (
+        "t.yaml:6: ports[0].trunk[1]: VLAN 10 is the native VLAN (vlan), untagged: it cannot be tagged too")
+
+
+@pytest.mark.parametrize("key", ["mac_limit: 0", "storm_control: {broadcast_pps: 0}"])
+def test_limits_are_at_least_1(key):
+    assert one_error(with_port(f"name: p\n{key}\n")).endswith("must be at least 1")
+
+
+def test_storm_control_rejects_unknown_kinds():
+    assert one_error(with_port("name: p\nstorm_control: {arp_pps: 10}\n")) == (
+        "t.yaml:5: ports[0].storm_control.arp_pps: unknown key")
+
+
+def test_isolated_is_a_boolean():
+    assert one_error(with_port("name: p\nisolated: 1\n")) == (
+        "t.yaml:5: ports[0].isolated: expected true or false, got integer")
+
+
+def acl(*rules: str) -> str:
+    """A one-port config whose ACL is `rules` (each a flow mapping); rule j is on line 6 + j."""
+    return with_port("name: p\ntrunk: [10, 20]\nvlan: 1\nacl:\n" + "".join(f"  - {r}\n" for r in rules))
+
+
+def acl_error(rule: str) -> str:
+    return one_error(acl(rule))
+
+
+def test_acl_rule_needs_match_and_action():
+    assert errors_of(acl("{}")) == [
+        "t.yaml:8: ports[0].acl[0].match: required key is missing",
+        "t.yaml:8: ports[0].acl[0].action: required key is missing",
+    ]
+
+
+def test_acl_empty_match_matches_everything():
+    [rule] = loads(acl("{match: {}, action: drop}")).ports[0].acl
+    assert rule.match == config.AclMatch()
+
+
+def test_acl_action_is_allow_or_drop():
+    assert acl_error("{match: {}, action: deny}") == "t.yaml:8: ports[0].acl[0].action: must be one of 'allow' or 'drop'"
+
+
+def test_acl_match_rejects_unknown_fields():
+    assert acl_error("{match: {tcp_flags: 2}, action: drop}") == "t.yaml:8: ports[0].acl[0].match.tcp_flags: unknown key"
+
+
+def test_at_most_64_acl_rules_per_port():
+    text = acl(*["{match: {}, action: allow}"] * 65)
+    assert one_error(text) == "t.yaml:7: ports[0].acl: at most 64 rules per port (the fast path's bound), got 65"
+    assert len(loads(acl(*["{match: {}, action: allow}"] * 64)).ports[0].acl) == 64
+
+
+def test_acl_vlan_must_be_one_of_the_ports():
+    text = acl("{match: {}, action: allow}", "{match: {vlan: 30}, action: drop}")
+    assert one_error(text) == "t.yaml:9: ports[0].acl[1].match.vlan: VLAN 30 is not a VLAN of this port (its VLANs: 1, 10, 20)"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("ipv4", 0x0800), ("ipv6", 0x86DD), ("arp", 0x0806), ("0x88b5", 0x88B5), ("2048", 0x0800),
+])
+def test_eth_type_by_name_or_number(value, expected):
+    assert loads(acl(f"{{match: {{eth_type: {value}}}, action: drop}}")).ports[0].acl[0].match.eth_type == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0x8100", "0x8100 is the VLAN tag, not a payload's type: match on vlan"),
+    ("0x05dc", "an eth_type is 0x0600 to 0xffff, got 0x05dc"),
+    ("ip", "eth_type is a number like 0x0800 or one of ipv4, ipv6, arp; got 'ip'"),
+    ("true", "expected an eth_type (0x0800, ipv4...), got boolean"),
+])
+def test_bad_eth_type(value, message):
+    assert acl_error(f"{{match: {{eth_type: {value}}}, action: drop}}") == f"t.yaml:8: ports[0].acl[0].match.eth_type: {message}"
+
+
+@pytest.mark.parametrize("value, expected", [("icmp", 1), ("icmpv6", 58), ("tcp", 6), ("udp", 17), ("132", 132)])
+def test_ip_proto_by_name_or_number(value, expected):
+    assert loads(acl(f"{{match: {{ip_proto: {value}}}, action: drop}}")).ports[0].acl[0].match.ip_proto == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ("256", "an ip_proto is 0 to 255, got 256"),
+    ("sctp", "ip_proto is a number 0 to 255 or one of icmp, icmpv6, tcp, udp; got 'sctp'"),
+])
+def test_bad_ip_proto(value, message):
+    assert acl_error(f"{{match: {{ip_proto: {value}}}, action: drop}}") == f"t.yaml:8: ports[0].acl[0].match.ip_proto: {message}"
+
+
+@pytest.mark.parametrize("match, key, message", [
+    ("{dst_port: 80}", "dst_port", "dst_port needs ip_proto tcp or udp"),
+    ("{ip_proto: icmp, src_port: 80}", "src_port", "src_port needs ip_proto tcp or udp"),
+    ("{ip_src: fd00::/8, ip_proto: icmp}", "ip_proto", "icmp is IPv4's; IPv6 has icmpv6"),
+    ("{eth_type: ipv4, ip_proto: icmpv6}", "ip_proto", "icmpv6 is IPv6's; IPv4 has icmp"),
+    ("{eth_type: arp, ip_proto: udp}", "ip_proto", "ip_proto needs an IP packet, and eth_type 0x0806 is neither IPv4 nor IPv6"),
+    ("{eth_type: ipv6, ip_src: 198.18.0.0/15}", "ip_src", "an IPv4 prefix never matches eth_type 0x86dd"),
+    ("{ip_src: 198.18.0.0/15, ip_dst: fd00::/8}", "ip_dst", "ip_dst is IPv6 and ip_src IPv4: no packet has both"),
+    ("{ip_dst: 198.18.0.1/15}", "ip_dst", "198.18.0.1/15 has host bits set: the prefix is 198.18.0.0/15"),
+    ("{ip_dst: 198.18.0.300}", "ip_dst", "not an IPv4 or IPv6 prefix: '198.18.0.300'"),
+    ('{eth_dst: "01:00:5e:00:00:01/ff:ff:ff:00:00:00"}', "eth_dst", "01:00:5e:00:00:01 has bits outside its mask ff:ff:ff:00:00:00"),
+    ('{eth_src: "02:00:00:00:00/ff:ff:ff:00:00:00"}', "eth_src", "a MAC address is six hex octets, as in 02:00:00:00:00:10"),
+])
+def test_acl_match_that_can_never_match_is_an_error(match, key, message):
+    assert acl_error(f"{{match: {match}, action: drop}}") == f"t.yaml:8: ports[0].acl[0].match.{key}: {message}"
+
+
+def test_acl_address_alone_is_a_host_prefix():
+    match = loads(acl("{match: {ip_src: 198.18.0.7, ip_dst: 198.18.0.8}, action: drop}")).ports[0].acl[0].match
+    assert (match.ip_src, match.ip_dst) == (ipaddress.ip_network("198.18.0.7/32"), ipaddress.ip_network("198.18.0.8/32"))
+
+
+@pytest.mark.parametrize("value, octets", [
+    ('"02:00:00:00:00:0b"', (bytes.fromhex("02000000000b"), b"\xff" * 6)),
+    ('"ff:ff:ff:ff:ff:ff"', (b"\xff" * 6, b"\xff" * 6)),
+    ('"01:00:00:00:00:00/01:00:00:00:00:00"', (bytes.fromhex("010000000000"), bytes.fromhex("010000000000"))),
+])
+def test_acl_mac_match_may_be_any_mac_and_masked(value, octets):
+    match = loads(acl(f"{{match: {{eth_dst: {value}}}, action: drop}}")).ports[0].acl[0].match
+    assert config.mac_and_mask(match.eth_dst) == octets
+
+
+# --- Mirrors and static MACs (top level) --------------------------------------
+
+
+def mirrored(mirrors: str, statics: str = "") -> str:
+    """Ports a (access 10), b (trunk 10, 20), m, n; then `mirrors` (the first on line 9) and `statics`."""
+    text = SWITCH + "ports:\n  - {name: a, vlan: 10}\n  - {name: b, trunk: [10, 20]}\n  - {name: m}\n  - {name: n}\n"
+    text += "mirrors:\n" + "".join(f"  - {m}\n" for m in mirrors.split(";") if m) if mirrors else ""
+    text += "static_macs:\n" + "".join(f"  - {s}\n" for s in statics.split(";") if s) if statics else ""
+    return text
+
+
+def test_mirror_direction_defaults_to_both():
+    [m] = loads(mirrored("{name: s, from: [a, b], to: m}")).mirrors
+    assert (m.name, m.from_, m.to, m.direction, m.rx, m.tx) == ("s", ["a", "b"], "m", "both", True, True)
+    assert loads(mirrored("{name: s, from: [a], to: m, direction: tx}")).mirrors[0].rx is False
+
+
+def test_config_names_its_monitor_ports():
+    cfg = loads(mirrored("{name: s, from: [a], to: m};{name: t, from: [b], to: m}"))
+    assert cfg.monitor_ports() == {"m"}
+
+
+def test_mirror_needs_sources():
+    assert errors_of(mirrored("{name: s, to: m};{name: t, from: [], to: m}")) == [
+        "t.yaml:9: mirrors[0].from: required key is missing",
+        "t.yaml:10: mirrors[1].from: needs at least 1 item(s), got 0",
+    ]
+
+
+def test_mirror_from_is_spelled_from():
+    assert errors_of(mirrored("{name: s, from_: [a], to: m}")) == [
+        "t.yaml:9: mirrors[0].from: required key is missing",
+        "t.yaml:9: mirrors[0].from_: unknown key",
+    ]
+
+
+@pytest.mark.parametrize("mirror, message", [
+    ("{name: s, from: [a, x], to: m}", "t.yaml:9: mirrors[0].from[1]: no port named 'x'"),
+    ("{name: s, from: [a], to: x}", "t.yaml:9: mirrors[0].to: no port named 'x'"),
+    ("{name: s, from: [a, m], to: m}", "t.yaml:9: mirrors[0].to: 'm' is also a source (from): a monitor port only receives"),
+    ("{name: s, from: [a, b, a], to: m}", "t.yaml:9: mirrors[0].from[2]: 'a' is listed twice (first at from[0])"),
+    ("{name: s, from: [a], to: m, direction: in}", "t.yaml:9: mirrors[0].direction: must be one of 'rx', 'tx' or 'both'"),
+    ("{name: 's 1', from: [a], to: m}", "t.yaml:9: mirrors[0].name: a mirror name is 1 to 32 of A-Z a-z 0-9 _ . -"),
+])
+def test_bad_mirror(mirror, message):
+    assert one_error(mirrored(mirror)) == message
+
+
+def test_monitor_port_cannot_be_another_mirrors_source():
+    assert one_error(mirrored("{name: s, from: [a], to: m};{name: t, from: [m], to: n}")) == (
+        "t.yaml:10: mirrors[1].from[0]: 'm' is the monitor port of mirrors[0]: it only receives")
+
+
+def test_duplicate_mirror_names():
+    assert one_error(mirrored("{name: s, from: [a], to: m};{name: s, from: [b], to: m}")) == (
+        "t.yaml:10: mirrors[1].name: duplicate mirror name 's' (first at mirrors[0])")
+
+
+def test_at_most_16_mirrors():
+    many = ";".join(f"{{name: s{i}, from: [a], to: m}}" for i in range(17))
+    assert one_error(mirrored(many)) == "t.yaml:8: mirrors: at most 16 mirrors (the fast path's bound), got 17"
+
+
+def test_static_macs_default_to_the_ports_untagged_vlan():
+    cfg = loads(mirrored("", '{mac: "02:00:00:00:00:01", port: a};{mac: "02:00:00:00:00:02", port: b, vlan: 20};'
+                             '{mac: "02-00-00-00-00-0A", port: m}'))
+    assert cfg.static_macs[0].vlan is None
+    assert cfg.static_mac_entries() == [("02:00:00:00:00:01", "a", 10), ("02:00:00:00:00:02", "b", 20),
+                                        ("02:00:00:00:00:0a", "m", 1)]
+
+
+@pytest.mark.parametrize("static, message", [
+    ('{mac: "02:00:00:00:00:01", port: x}', "t.yaml:9: static_macs[0].port: no port named 'x'"),
+    ('{mac: "02:00:00:00:00:01", port: a, vlan: 20}', "t.yaml:9: static_macs[0].vlan: VLAN 20 is not a VLAN of port 'a' (its VLANs: 10)"),
+    ('{mac: "02:00:00:00:00:01", port: b}', "t.yaml:9: static_macs[0].port: port 'b' is a trunk without a native VLAN: give vlan"),
+    ('{mac: "01:00:5e:00:00:01", port: a}', "t.yaml:9: static_macs[0].mac: a static MAC must be unicast (the first octet is odd: multicast)"),
+    ('{mac: "02:00:00:00:00:01", port: a, vlan: 0}', "t.yaml:9: static_macs[0].vlan: must be at least 1"),
+    ('{mac: "02:00:00:00:00:01"}', "t.yaml:9: static_macs[0].port: required key is missing"),
+])
+def test_bad_static_mac(static, message):
+    assert one_error(mirrored("", static)) == message
+
+
+def test_same_static_mac_twice_in_one_vlan():
+    text = mirrored("", '{mac: "02:00:00:00:00:01", port: b, vlan: 10};{mac: "02:00:00:00:00:01", port: a}')
+    assert one_error(text) == "t.yaml:10: static_macs[1].mac: 02:00:00:00:00:01 in VLAN 10 is already static_macs[0]"
+
+
+def test_same_static_mac_in_two_vlans_is_fine():
+    text = mirrored("", '{mac: "02:00:00:00:00:01", port: b, vlan: 10};{mac: "02:00:00:00:00:01", port: b, vlan: 20}')
+    assert len(loads(text).static_macs) == 2
+
+
+def test_static_mac_on_a_monitor_port():
+    text = mirrored("{name: s, from: [a], to: m}", '{mac: "02:00:00:00:00:01", port: m}')
+    assert one_error(text) == "t.yaml:11: static_macs[0].port: 'm' is the monitor port of mirrors[0]: it only receives"
+
+
+def test_references_are_checked_beside_other_errors():
+    text = SWITCH + textwrap.dedent("""\
+        ports:
+          - {name: a, mtu: big}
+          - {name: b, vlan: 10}
+        mirrors:
+          - {name: s, from: [a, x], to: b}
+        static_macs:
+          - {mac: "02:00:00:00:00:01", port: b, vlan: 20}
+        """)
+    assert errors_of(text) == [
+        "t.yaml:4: ports[0].mtu: expected an integer, got string",
+        "t.yaml:7: mirrors[0].from[1]: no port named 'x'",
+        "t.yaml:9: static_macs[0].port: 'b' is the monitor port of mirrors[0]: it only receives",
+    ]
+
+
+def test_same_features_load_equal():
+    assert loads(textwrap.dedent(FEATURES)) == loads(textwrap.dedent(FEATURES))
+
+
 # --- Switch sections ----------------------------------------------------------
 
 
@@ -465,11 +800,15 @@ def test_load_reports_the_file_name(tmp_path):
 
 KEYS = ["switch", "ports", "name", "queues", "mac_table", "size", "aging", "metrics", "listen",
         "control", "socket", "log", "level", "format", "netns", "ifname", "addresses", "mac",
-        "mtu", "speed", "remote", "remote_mode", "allmulti"]
+        "mtu", "speed", "remote", "remote_mode", "allmulti",
+        "vlan", "trunk", "isolated", "mac_limit", "storm_control", "broadcast_pps", "acl", "match",
+        "action", "eth_src", "eth_dst", "eth_type", "ip_src", "ip_proto", "dst_port", "mirrors", "from",
+        "to", "direction", "static_macs", "port"]
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
     st.sampled_from(["pid:1", "pid:x", "/run/netns/a", "198.18.0.1/24", "fd00::1/64", "[::1]:9417",
-                     "02:00:00:00:00:01", "01:00:00:00:00:01", "eth0", "promisc", "", "info"]),
+                     "02:00:00:00:00:01", "01:00:00:00:00:01", "eth0", "promisc", "", "info",
+                     "drop", "allow", "icmp", "ipv6", "both", "198.18.0.0/15", "ff:ff:ff:00:00:00/ff:ff:ff:00:00:00"]),
 )
 DOCUMENTS = st.recursive(
     SCALARS,

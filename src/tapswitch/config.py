@@ -10,7 +10,12 @@ are done here by hand, each in one place:
   falling back to the nearest enclosing key that is in the file;
 - duplicate keys in a mapping, which PyYAML would silently collapse (`_lines`);
 - clashes between ports (`port_clashes`), reported even when other ports are
-  invalid, so that a single `tapswitch check` shows every error at once.
+  invalid, so that a single `tapswitch check` shows every error at once;
+- references to ports (`reference_errors`: mirrors and static MACs name
+  ports, and a static MAC's VLAN must be one of its port's), found the same way.
+
+Errors that one rule finds together at several keys (a LocatedErrors) are
+reported each at its own key, relative to where the rule ran.
 """
 
 from __future__ import annotations
@@ -93,8 +98,8 @@ def _is_netns(value: str) -> str:
     return value
 
 
-def _is_unicast_mac(value: Any) -> str:
-    """aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff, unicast, not zero; returned lower-case with colons."""
+def _mac_octets(value: Any) -> bytes:
+    """The six octets of aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff."""
     if isinstance(value, int) and not isinstance(value, bool):
         # YAML 1.1 reads an unquoted 12:34:56:00:00:10 as a base-60 number.
         raise ValueError('quote the MAC address ("02:00:00:00:00:10"); YAML read it as a number')
@@ -102,12 +107,100 @@ def _is_unicast_mac(value: Any) -> str:
         raise ValueError(f"expected a MAC address string, got {_kind(value)}")
     if not re.fullmatch(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}", value):
         raise ValueError("a MAC address is six hex octets, as in 02:00:00:00:00:10")
-    octets = bytes.fromhex(value.replace(":", "").replace("-", ""))
-    if octets[0] & 1:
-        raise ValueError("a port MAC address must be unicast (the first octet is odd: multicast)")
-    if not any(octets):
-        raise ValueError("a port MAC address cannot be 00:00:00:00:00:00")
+    return bytes.fromhex(value.replace(":", "").replace("-", ""))
+
+
+def _mac_str(octets: bytes) -> str:
     return ":".join(f"{b:02x}" for b in octets)
+
+
+def _unicast_mac(value: Any, what: str) -> str:
+    octets = _mac_octets(value)
+    if octets[0] & 1:
+        raise ValueError(f"{what} must be unicast (the first octet is odd: multicast)")
+    if not any(octets):
+        raise ValueError(f"{what} cannot be 00:00:00:00:00:00")
+    return _mac_str(octets)
+
+
+def _is_unicast_mac(value: Any) -> str:
+    """aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff, unicast, not zero; returned lower-case with colons."""
+    return _unicast_mac(value, "a port MAC address")
+
+
+def _is_static_mac(value: Any) -> str:
+    return _unicast_mac(value, "a static MAC")
+
+
+def _is_mac_match(value: Any) -> str:
+    """A MAC to match (any: multicast too), optionally masked: 01:00:5e:00:00:00/ff:ff:ff:80:00:00."""
+    if isinstance(value, str) and "/" in value:
+        mac, mask = (_mac_octets(part) for part in value.split("/", 1))
+        if any(m & ~k for m, k in zip(mac, mask)):
+            raise ValueError(f"{_mac_str(mac)} has bits outside its mask {_mac_str(mask)}")
+        return f"{_mac_str(mac)}/{_mac_str(mask)}"
+    return _mac_str(_mac_octets(value))
+
+
+def mac_and_mask(value: str) -> tuple[bytes, bytes]:
+    """The octets of a validated MAC match and of its mask (all ones if none was given)."""
+    mac, _, mask = value.partition("/")
+    return _mac_octets(mac), _mac_octets(mask) if mask else b"\xff" * 6
+
+
+ETH_TYPES = {"ipv4": 0x0800, "arp": 0x0806, "ipv6": 0x86DD}
+IP_ETH_TYPE = {4: 0x0800, 6: 0x86DD}
+IP_PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+PORT_PROTOS = (6, 17)  # the protocols whose src_port/dst_port an ACL reads
+
+
+def _is_eth_type(value: Any) -> int:
+    """An ethertype, a number 0x0600..0xffff or ipv4, ipv6, arp."""
+    if isinstance(value, str):
+        if value in ETH_TYPES:
+            return ETH_TYPES[value]
+        raise ValueError(f"eth_type is a number like 0x0800 or one of ipv4, ipv6, arp; got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an eth_type (0x0800, ipv4...), got {_kind(value)}")
+    if value == 0x8100:
+        raise ValueError("0x8100 is the VLAN tag, not a payload's type: match on vlan")
+    if not 0x0600 <= value <= 0xFFFF:
+        raise ValueError(f"an eth_type is 0x0600 to 0xffff, got {value:#06x}")
+    return value
+
+
+def _is_ip_proto(value: Any) -> int:
+    """An IP protocol, a number 0..255 or icmp, icmpv6, tcp, udp."""
+    if isinstance(value, str):
+        if value in IP_PROTOS:
+            return IP_PROTOS[value]
+        raise ValueError(f"ip_proto is a number 0 to 255 or one of icmp, icmpv6, tcp, udp; got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an ip_proto (tcp, 17...), got {_kind(value)}")
+    if not 0 <= value <= 255:
+        raise ValueError(f"an ip_proto is 0 to 255, got {value}")
+    return value
+
+
+def _is_prefix(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4 or IPv6 prefix (an address alone is a /32 or /128), no host bits set."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a prefix string like 198.18.0.0/24, got {_kind(value)}")
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"not an IPv4 or IPv6 prefix: {value!r}") from None
+    raise ValueError(f"{value} has host bits set: the prefix is {network}")
+
+
+def _is_mirror_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
+        raise ValueError("a mirror name is 1 to 32 of A-Z a-z 0-9 _ . -")
+    return value
 
 
 def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -174,6 +267,17 @@ IfName = Annotated[str, AfterValidator(_is_interface_name)]
 SwitchName = Annotated[str, AfterValidator(_is_switch_name)]
 Netns = Annotated[str, AfterValidator(_is_netns)]
 Mac = Annotated[str, PlainValidator(_is_unicast_mac)]
+StaticMacAddress = Annotated[str, PlainValidator(_is_static_mac)]
+MacMatch = Annotated[str, PlainValidator(_is_mac_match)]  # "mac" or "mac/mask", lower-case
+EthType = Annotated[int, PlainValidator(_is_eth_type)]
+IpProto = Annotated[int, PlainValidator(_is_ip_proto)]
+Prefix = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_is_prefix)]
+VlanId = Annotated[int, Field(ge=1, le=4094)]
+MirrorName = Annotated[str, AfterValidator(_is_mirror_name)]
+
+MAX_ACL_RULES = 64  # per port: the fast path's TS_MAX_ACL_RULES
+MAX_MIRRORS = 16  # the fast path's TS_MAX_MIRRORS
+STORM_PPS_MAX = 100_000_000
 Address = Annotated[
     ipaddress.IPv4Interface | ipaddress.IPv6Interface, PlainValidator(_is_interface_address)
 ]
@@ -261,6 +365,91 @@ class Vxlan(_Model):
         return tunnel.overhead(self.local)
 
 
+class LocatedErrors(ValueError):
+    """Errors one rule found together, each at its own key: `clashes` holds (loc, message),
+    loc relative to where the rule ran (a field, a model)."""
+
+    def __init__(self, clashes: list[tuple[tuple, str]]):
+        super().__init__("; ".join(f"{_key_path(loc)}: {msg}" for loc, msg in clashes))
+        self.clashes = clashes
+
+
+class StormControl(_Model):
+    """Frames per second a port may send of each kind the switch floods; absent: no limit."""
+
+    broadcast_pps: int | None = Field(None, ge=1, le=STORM_PPS_MAX)
+    multicast_pps: int | None = Field(None, ge=1, le=STORM_PPS_MAX)
+    unknown_unicast_pps: int | None = Field(None, ge=1, le=STORM_PPS_MAX)
+
+
+class AclMatch(_Model):
+    """What an ACL rule matches: every field given must match (none given: every frame)."""
+
+    eth_src: MacMatch | None = None  # "mac" or "mac/mask"
+    eth_dst: MacMatch | None = None
+    eth_type: EthType | None = None  # after the VLAN tag, if any
+    vlan: VlanId | None = None  # the frame's VLAN in the switch
+    ip_src: Prefix | None = None
+    ip_dst: Prefix | None = None
+    ip_proto: IpProto | None = None
+    src_port: int | None = Field(None, ge=0, le=65535)  # TCP or UDP
+    dst_port: int | None = Field(None, ge=0, le=65535)
+
+    # As in Port: each rule reads the fields declared above it, and stays
+    # silent about a field that failed (absent from info.data).
+
+    @field_validator("ip_src", "ip_dst")
+    @classmethod
+    def _prefix_can_match(cls, value: Any, info: ValidationInfo) -> Any:
+        eth_type = info.data.get("eth_type")
+        if eth_type is not None and eth_type != IP_ETH_TYPE[value.version]:
+            raise ValueError(f"an IPv{value.version} prefix never matches eth_type {eth_type:#06x}")
+        src = info.data.get("ip_src")
+        if info.field_name == "ip_dst" and src is not None and src.version != value.version:
+            raise ValueError(f"ip_dst is IPv{value.version} and ip_src IPv{src.version}: no packet has both")
+        return value
+
+    @field_validator("ip_proto")
+    @classmethod
+    def _proto_can_match(cls, value: int, info: ValidationInfo) -> int:
+        eth_type = info.data.get("eth_type")
+        if eth_type is not None and eth_type not in IP_ETH_TYPE.values():
+            raise ValueError(f"ip_proto needs an IP packet, and eth_type {eth_type:#06x} is neither IPv4 nor IPv6")
+        version = _ip_version(info.data.get("ip_src"), info.data.get("ip_dst"), eth_type, None)
+        if value == IP_PROTOS["icmp"] and version == 6:
+            raise ValueError("icmp is IPv4's; IPv6 has icmpv6")
+        if value == IP_PROTOS["icmpv6"] and version == 4:
+            raise ValueError("icmpv6 is IPv6's; IPv4 has icmp")
+        return value
+
+    @field_validator("src_port", "dst_port")
+    @classmethod
+    def _ports_need_tcp_or_udp(cls, value: int, info: ValidationInfo) -> int:
+        if "ip_proto" in info.data and info.data["ip_proto"] not in PORT_PROTOS:
+            raise ValueError(f"{info.field_name} needs ip_proto tcp or udp")
+        return value
+
+    @property
+    def ip_version(self) -> int | None:
+        """4 or 6 when only packets of that IP version can match, else None."""
+        return _ip_version(self.ip_src, self.ip_dst, self.eth_type, self.ip_proto)
+
+
+def _ip_version(ip_src, ip_dst, eth_type, ip_proto) -> int | None:
+    for prefix in (ip_src, ip_dst):
+        if prefix is not None:
+            return prefix.version
+    for version, value in IP_ETH_TYPE.items():
+        if eth_type == value:
+            return version
+    return {IP_PROTOS["icmp"]: 4, IP_PROTOS["icmpv6"]: 6}.get(ip_proto)
+
+
+class AclRule(_Model):
+    match: AclMatch
+    action: Literal["allow", "drop"]
+
+
 class Port(_Model):
     name: IfName  # the TAP device
     netns: Netns | None = None  # a name, an absolute path, or pid:N
@@ -273,6 +462,12 @@ class Port(_Model):
     remote_mode: Literal["promisc", "local", "shared"] = "promisc"
     allmulti: bool = False
     vxlan: Vxlan | None = None  # a VXLAN port: the tunnel's settings
+    vlan: VlanId | None = None  # access VLAN, untagged; on a trunk, its native VLAN
+    trunk: list[VlanId] | None = None  # VLANs carried 802.1Q-tagged
+    isolated: bool = False  # exchanges no frame with another isolated port
+    mac_limit: int | None = Field(None, ge=1, le=16_777_216)  # learned MACs at most
+    storm_control: StormControl | None = None
+    acl: list[AclRule] = []  # on ingress, first match wins, default allow
 
     # Field validators run only on keys present in the file, after the fields
     # declared above them; a field that failed is absent from info.data, and
@@ -308,6 +503,46 @@ class Port(_Model):
             raise ValueError(f"{info.field_name} applies to a remote port: it requires remote")
         return value
 
+    @field_validator("trunk")
+    @classmethod
+    def _trunk_vlans_are_tagged_once(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if not value:
+            raise ValueError("a trunk carries at least one VLAN (no trunk: leave the key out)")
+        native, first, errors = info.data.get("vlan"), {}, []
+        for j, vid in enumerate(value):
+            if vid in first:
+                errors.append(((j,), f"VLAN {vid} is listed twice (first at trunk[{first[vid]}])"))
+            elif vid == native:
+                errors.append(((j,), f"VLAN {vid} is the native VLAN (vlan), untagged: it cannot be tagged too"))
+            first.setdefault(vid, j)
+        if errors:
+            raise LocatedErrors(errors)
+        return value
+
+    @field_validator("acl")
+    @classmethod
+    def _acl_fits_the_port(cls, value: list[AclRule], info: ValidationInfo) -> list[AclRule]:
+        if len(value) > MAX_ACL_RULES:
+            raise ValueError(f"at most {MAX_ACL_RULES} rules per port (the fast path's bound), got {len(value)}")
+        if "vlan" not in info.data or "trunk" not in info.data:
+            return value  # the port's VLANs are wrong: reported there
+        vlans = _vlans_of(info.data["vlan"], info.data["trunk"])
+        errors = [((j, "match", "vlan"), f"VLAN {rule.match.vlan} is not a VLAN of this port ({_describe(vlans)})")
+                  for j, rule in enumerate(value) if rule.match.vlan is not None and rule.match.vlan not in vlans]
+        if errors:
+            raise LocatedErrors(errors)
+        return value
+
+    @property
+    def pvid(self) -> int | None:
+        """The VLAN the port carries untagged: `vlan`, else 1 -- unless it is a trunk (then none)."""
+        return _pvid_of(self.vlan, self.trunk)
+
+    @property
+    def vlans(self) -> frozenset[int]:
+        """Every VLAN the port is in: its untagged one and its trunk's."""
+        return _vlans_of(self.vlan, self.trunk)
+
     @property
     def netns_kind(self) -> Literal["name", "path", "pid"] | None:
         if self.netns is None:
@@ -337,18 +572,83 @@ class Port(_Model):
         return self.ifname or self.name
 
 
-class PortClash(ValueError):
-    """Ports that are each valid but cannot live together; `clashes` holds (loc, message)."""
+def _pvid_of(vlan: int | None, trunk: list[int] | None) -> int | None:
+    if vlan is not None:
+        return vlan
+    return None if trunk else 1
 
-    def __init__(self, clashes: list[tuple[tuple, str]]):
-        super().__init__("; ".join(f"{_key_path(loc)}: {msg}" for loc, msg in clashes))
-        self.clashes = clashes
+
+def _vlans_of(vlan: int | None, trunk: list[int] | None) -> frozenset[int]:
+    pvid = _pvid_of(vlan, trunk)
+    return frozenset(trunk or ()) | ({pvid} if pvid is not None else set())
+
+
+def _describe(vlans: frozenset[int]) -> str:
+    return "its VLANs: " + ", ".join(map(str, sorted(vlans))) if vlans else "it is in no VLAN"
+
+
+class Mirror(_Model):
+    """Port mirroring (SPAN): copies of what `from` ports receive and/or send, to the `to` port."""
+
+    name: MirrorName  # in metric labels
+    from_: list[IfName] = Field(alias="from", min_length=1)  # the source ports
+    to: IfName  # the monitor port: receives the copies, and only them
+    direction: Literal["rx", "tx", "both"] = "both"  # what the sources receive, send, or both
+
+    @field_validator("from_")
+    @classmethod
+    def _sources_are_distinct(cls, value: list[str]) -> list[str]:
+        first, errors = {}, []
+        for j, name in enumerate(value):
+            if name in first:
+                errors.append(((j,), f"{name!r} is listed twice (first at from[{first[name]}])"))
+            first.setdefault(name, j)
+        if errors:
+            raise LocatedErrors(errors)
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _monitor_is_not_a_source(cls, value: str, info: ValidationInfo) -> str:
+        if value in info.data.get("from_", []):
+            raise ValueError(f"{value!r} is also a source (from): a monitor port only receives")
+        return value
+
+    @property
+    def rx(self) -> bool:
+        return self.direction in ("rx", "both")
+
+    @property
+    def tx(self) -> bool:
+        return self.direction in ("tx", "both")
+
+
+class StaticMac(_Model):
+    """A MAC table entry that is never aged, never moved by learning, and survives a flush."""
+
+    mac: StaticMacAddress
+    port: IfName
+    vlan: VlanId | None = None  # default: the port's untagged VLAN (Port.pvid)
+
+
+class PortClash(LocatedErrors):
+    """Parts that are each valid but do not fit together: ports that clash, a
+    mirror or static MAC naming a port that is not there or cannot have it."""
 
 
 class Config(_Model):
     switch: Switch
     ports: list[Port] = Field(min_length=1, max_length=256)
+    mirrors: list[Mirror] = []
+    static_macs: list[StaticMac] = []
     _source: str = PrivateAttr("<string>")
+
+    @field_validator("mirrors")
+    @classmethod
+    def _mirrors_fit_the_fast_path(cls, value: list[Mirror]) -> list[Mirror]:
+        if len(value) > MAX_MIRRORS:
+            raise ValueError(f"at most {MAX_MIRRORS} mirrors (the fast path's bound), got {len(value)}")
+        return value
 
     def model_post_init(self, context: Any) -> None:
         self._source = (context or {}).get("source", "<string>")
@@ -361,9 +661,20 @@ class Config(_Model):
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
         clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(self.ports)
+        clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
+                                    list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
         if clashes:
             raise PortClash(clashes)
         return self
+
+    def monitor_ports(self) -> set[str]:
+        """The ports that mirrors send their copies to."""
+        return {m.to for m in self.mirrors}
+
+    def static_mac_entries(self) -> list[tuple[str, str, int]]:
+        """(mac, port name, vlan) of each static MAC, vlan defaulted to its port's untagged VLAN."""
+        pvid = {p.name: p.pvid for p in self.ports}
+        return [(s.mac, s.port, s.vlan if s.vlan is not None else pvid[s.port]) for s in self.static_macs]
 
 
 IDENTITY = ("name", "netns", "ifname", "remote", "vxlan")  # the Port keys that port_clashes reads
@@ -422,6 +733,56 @@ def tunnel_mtu_clashes(ports: list[Port]) -> list[tuple[tuple, str]]:
                                   f"{across}") for i, p in enumerate(ports) if p.mtu_given and p.mtu > limit]
 
 
+def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: list[tuple[int, Mirror]],
+                     statics: list[tuple[int, StaticMac]]) -> list[tuple[tuple, str]]:
+    """(loc, message) for every mirror or static MAC that names a port that is not
+    there or cannot have it. `names` holds every port name in the file; `ports`
+    the ports whose VLAN keys are valid, given as (index, port) pairs."""
+    errors = []
+    by_name = {p.name: p for _, p in ports}
+    first_name: dict[str, int] = {}
+    monitor_of: dict[str, int] = {}  # monitor port -> first mirror sending to it
+    for i, m in mirrors:
+        if m.name in first_name:
+            errors.append((("mirrors", i, "name"), f"duplicate mirror name {m.name!r} (first at mirrors[{first_name[m.name]}])"))
+        first_name.setdefault(m.name, i)
+        for j, source in enumerate(m.from_):
+            if source not in names:
+                errors.append((("mirrors", i, "from", j), f"no port named {source!r}"))
+        if m.to not in names:
+            errors.append((("mirrors", i, "to"), f"no port named {m.to!r}"))
+        monitor_of.setdefault(m.to, i)
+    for i, m in mirrors:  # once every monitor is known: a mirror may name a later one's
+        for j, source in enumerate(m.from_):
+            if source in monitor_of and source != m.to:
+                errors.append((("mirrors", i, "from", j),
+                               f"{source!r} is the monitor port of mirrors[{monitor_of[source]}]: it only receives"))
+    first_entry: dict[tuple[str, int], int] = {}
+    for i, s in statics:
+        if s.port not in names:
+            errors.append((("static_macs", i, "port"), f"no port named {s.port!r}"))
+            continue
+        if s.port in monitor_of:
+            errors.append((("static_macs", i, "port"),
+                           f"{s.port!r} is the monitor port of mirrors[{monitor_of[s.port]}]: it only receives"))
+            continue
+        port = by_name.get(s.port)
+        if port is None:
+            continue  # its VLAN keys are wrong: reported there
+        vlan = s.vlan if s.vlan is not None else port.pvid
+        if vlan is None:
+            errors.append((("static_macs", i, "port"), f"port {s.port!r} is a trunk without a native VLAN: give vlan"))
+            continue
+        if vlan not in port.vlans:
+            errors.append((("static_macs", i, "vlan"), f"VLAN {vlan} is not a VLAN of port {s.port!r} ({_describe(port.vlans)})"))
+            continue
+        if (s.mac, vlan) in first_entry:
+            errors.append((("static_macs", i, "mac"),
+                           f"{s.mac} in VLAN {vlan} is already static_macs[{first_entry[s.mac, vlan]}]"))
+        first_entry.setdefault((s.mac, vlan), i)
+    return errors
+
+
 # --- Loading -----------------------------------------------------------------
 
 
@@ -455,6 +816,7 @@ def loads(text: str, source: str = "<string>") -> Config:
         located += _from_pydantic(e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_identities(data.get("ports")))]
+            located += [(loc, msg, None) for loc, msg in _references(data)]
     if located:
         numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
         numbered.sort(key=lambda n: n[0])  # file order; pydantic's order within a line
@@ -500,6 +862,29 @@ def _identities(ports: Any) -> list[tuple[int, Port]]:
             except ValidationError:
                 pass
     return identities
+
+
+def _references(data: dict) -> list[tuple[tuple, str]]:
+    """reference_errors over the parts of a config that failed elsewhere: every
+    port name written, the ports whose VLAN keys are valid, the valid mirrors
+    and static MACs."""
+    ports = data.get("ports") if isinstance(data.get("ports"), list) else []
+    names = {raw["name"] for raw in ports if isinstance(raw, dict) and isinstance(raw.get("name"), str)}
+    views = _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "vlan", "trunk")}
+                                if isinstance(raw, dict) else raw for raw in ports])
+    return reference_errors(views, names, _valid_items(Mirror, data.get("mirrors")),
+                            _valid_items(StaticMac, data.get("static_macs")))
+
+
+def _valid_items(model: type[_Model], items: Any) -> list[tuple[int, Any]]:
+    """(index, model) for each item of a list that is a valid `model` on its own."""
+    valid = []
+    for i, raw in enumerate(items if isinstance(items, list) else []):
+        try:
+            valid.append((i, model.model_validate(raw)))
+        except ValidationError:
+            pass
+    return valid
 
 
 def _lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[Located]]:
@@ -554,12 +939,12 @@ def _lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[Located]]:
 
 
 def _from_pydantic(error: ValidationError) -> list[Located]:
-    """(loc, message) for each pydantic error; a PortClash expands to one per clash."""
+    """(loc, message) for each pydantic error; LocatedErrors (a PortClash...) expand to one each."""
     located = []
     for e in error.errors(include_url=False):
         loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and "[" in x))
         cause = e.get("ctx", {}).get("error")
-        if isinstance(cause, PortClash):
+        if isinstance(cause, LocatedErrors):
             located += [(loc + sub, msg, None) for sub, msg in cause.clashes]
         else:
             located.append((loc, _message(e), None))
