@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, ports, tap
+from tapswitch import fastpath, linkmon, ports, settings, tap
 from tapswitch.control import ControlError, ControlServer
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
@@ -133,6 +133,7 @@ class Switch:
         self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})   # as made: VXLAN MTUs
         for index, pcfg in enumerate(self.cfg.ports):
             self.ports.append(self._add_port(index, pcfg))
+        settings.apply(self.shared, self.cfg, self.ports)   # VLANs, ACLs, mirrors...: before any worker
         # The events of setting the ports up are history: start from their state now.
         self.monitor.read()
         self.resync_links()
