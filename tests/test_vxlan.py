@@ -91,8 +91,14 @@ def test_remotes_diff_from_nothing_and_to_nothing():
 # --- Tunnel against a fake netlink socket ---------------------------------------
 
 
+class FakeMsg(dict):
+    def get_attr(self, name):
+        return self.get(name)
+
+
 class FakeIPR:
-    """Enough of pyroute2's IPRoute for Tunnel: links by name and a VXLAN FDB."""
+    """Enough of pyroute2's IPRoute for Tunnel: links by name, the underlay u0 holding
+    198.19.0.1 and fd00::1, and a VXLAN FDB."""
 
     def __init__(self):
         self.fdb_entries: list[tuple[str, str]] = []
@@ -106,7 +112,12 @@ class FakeIPR:
         self.calls.append(("link", cmd, kw))
         if cmd == "add":
             self.links[kw["ifname"]] = 7
+        if cmd == "get" and kw["index"] == 2:
+            return [FakeMsg(IFLA_IFNAME="u0", IFLA_MTU=1500)]
         return []
+
+    def get_addr(self, family):
+        return [FakeMsg(index=2, IFA_ADDRESS="198.19.0.1" if family == 2 else "fd00::1")]
 
     def fdb(self, cmd, **kw):
         self.calls.append(("fdb", cmd, kw.get("lladdr"), kw.get("dst")))
@@ -132,9 +143,24 @@ def test_update_remotes_touches_only_the_hosts_that_changed():
 def test_create_asks_for_the_configured_device():
     ipr = FakeIPR()
     vxlan.Tunnel(ipr, "vx0", 42, "fd00::1", [], dstport=8472).create()
-    add = next(kw for kind, cmd, *rest in ipr.calls if kind == "link" and cmd == "add" for kw in rest)
-    assert add == {"ifname": "vx0-vx", "kind": "vxlan", "vxlan_id": 42, "vxlan_port": 8472,
-                   "vxlan_learning": 1, "vxlan_local6": "fd00::1"}
+    vxlan.Tunnel(ipr, "vx1", 43, "198.19.0.1", [], dev="u0").create()
+    adds = [kw for kind, cmd, kw in ipr.calls if kind == "link" and cmd == "add"]
+    assert adds == [
+        {"ifname": "vx0-vx", "kind": "vxlan", "vxlan_id": 42, "vxlan_port": 8472,
+         "vxlan_learning": 1, "vxlan_local6": "fd00::1"},          # no dev: not bound, routed
+        {"ifname": "vx1-vx", "kind": "vxlan", "vxlan_id": 43, "vxlan_port": 4789,
+         "vxlan_learning": 1, "vxlan_local": "198.19.0.1", "vxlan_link": 2},
+    ]
+
+
+def test_the_underlay_is_dev_or_the_device_holding_local():
+    ipr = FakeIPR()
+    assert vxlan.Tunnel(ipr, "vx0", 1, "fd00::1").underlay() == ("u0", 1500)
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="u0").carried_mtu() == 1450
+    with pytest.raises(VxlanError, match="no device holds the local address 198.19.0.9"):
+        vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.9").underlay()
+    with pytest.raises(VxlanError, match="underlay device eth9 does not exist"):
+        vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="eth9").underlay()
 
 
 # --- Config -------------------------------------------------------------------

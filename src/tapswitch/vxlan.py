@@ -201,8 +201,9 @@ class Tunnel:
         ipr = self.ipr
         self._remove_stale()
         link = {}
-        if self.dev is not None:
-            link["vxlan_link"] = _find_underlay(ipr, self.dev, self.local)[0]
+        under_index, under_name, _mtu = _find_underlay(ipr, self.dev, self.local)
+        if self.dev is not None:     # bound to it; else the route to each remote host decides
+            link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"
         try:
             ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=self.vni, vxlan_port=self.dstport,
@@ -220,7 +221,7 @@ class Tunnel:
             self.remove()
             raise
         log.info("vxlan.created", port=self.port, dev=self.name, vni=self.vni, local=self.local,
-                 dstport=self.dstport, underlay=self.dev, remotes=len(self.remotes))
+                 dstport=self.dstport, underlay=under_name, remotes=len(self.remotes))
         return self.ifindex
 
     def _remove_stale(self) -> None:
