@@ -40,13 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     fdb_sub = fdb.add_subparsers(dest="action")
     flush = fdb_sub.add_parser("flush", help="flush learned entries")
     flush.add_argument("--port", help="only this port's entries")
-    flush.add_argument("-s", "--socket", dest="flush_socket", help=argparse.SUPPRESS)
+    add = fdb_sub.add_parser("add", help="add a static entry (kept until the switch stops)")
+    add.add_argument("mac")
+    add.add_argument("--port", required=True)
+    add.add_argument("--vlan", type=int, help="default: the port's untagged VLAN")
+    delete = fdb_sub.add_parser("del", help="remove an entry, static or learned")
+    delete.add_argument("mac")
+    delete.add_argument("--vlan", type=int, help="default: 1")
+    for sp in (flush, add, delete):
+        sp.add_argument("-s", "--socket", dest="sub_socket", help=argparse.SUPPRESS)
     return p
 
 
 def find_socket(args) -> str:
     """The control socket: -s, else the config's, else the only one running."""
-    path = getattr(args, "flush_socket", None) or args.socket
+    path = getattr(args, "sub_socket", None) or args.socket
     if path:
         return path
     if args.config:
@@ -129,6 +137,14 @@ def cmd_fdb(args) -> int:
     if args.action == "flush":
         result = _request(args, "fdb_flush", port=args.port)
         print(f"flushed {result['flushed']} entries")
+        return EXIT_OK
+    if args.action == "add":
+        r = _request(args, "fdb_add", mac=args.mac, port=args.port, vlan=args.vlan)
+        print(f"added {r['mac']} vlan {r['vlan']} on {r['port']} (static)")
+        return EXIT_OK
+    if args.action == "del":
+        r = _request(args, "fdb_del", mac=args.mac, vlan=args.vlan)
+        print(f"deleted {r['mac']} vlan {r['vlan']}")
         return EXIT_OK
     result = _request(args, "fdb")
     if args.json:

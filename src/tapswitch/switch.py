@@ -93,6 +93,8 @@ class Switch:
         self.reload_waiters: list[threading.Event] = []
         self.last_reload: dict = {}
         self.aging_cursor = 0
+        self.static_macs: dict[tuple[str, int], str] = {}    # (mac, vlan) -> port: from the config
+        self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
         self.full_logged_at = -math.inf
@@ -134,6 +136,7 @@ class Switch:
         for index, pcfg in enumerate(self.cfg.ports):
             self.ports.append(self._add_port(index, pcfg))
         settings.apply(self.shared, self.cfg, self.ports)   # VLANs, ACLs, mirrors...: before any worker
+        self.install_static_macs()
         # The events of setting the ports up are history: start from their state now.
         self.monitor.read()
         self.resync_links()
@@ -163,6 +166,8 @@ class Switch:
             "fdb": lambda req: self.fdb_info(),
             "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
             "reload": lambda req: self.request_reload(),
+            "fdb_add": self.fdb_add,
+            "fdb_del": self.fdb_del,
         })
         self.control.start()
         address = sw.metrics.address()
@@ -403,17 +408,74 @@ class Switch:
             ports.update_tunnel(port)
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
+        settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic
         if added:
             self._replace_workers()
         self.namespaces.remove_unused({p.cfg.netns for p in self.ports})    # those of ports that failed
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
+        self.install_static_macs()
         return errors
 
     def _replace_workers(self) -> None:
         self._watch_workers(False)
         self.supervisor.replace_ports({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
+
+    def install_static_macs(self) -> None:
+        """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current slots."""
+        index = {p.name: p.index for p in self.ports}
+        wanted = {(mac, vlan): port for mac, port, vlan in self.cfg.static_mac_entries() if port in index}
+        self.cli_macs = {key: port for key, port in self.cli_macs.items() if port in index}
+        wanted.update(self.cli_macs)
+        for mac, vlan in set(self.static_macs) - set(wanted):
+            self.shared.fdb_del(mac, vlan)
+        for (mac, vlan), port in wanted.items():
+            self.shared.fdb_add_static(mac, vlan, index[port])    # replaces an entry of the same key
+        self.static_macs = wanted
+
+    def fdb_add(self, req: dict) -> dict:
+        """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops."""
+        port = self.port_by_name(req.get("port") or "")
+        mac, vlan = self._mac_key(req, port)
+        try:
+            self.shared.fdb_add_static(mac, vlan, port.index)
+        except OSError as e:
+            raise ControlError(f"cannot add {mac} vlan {vlan}: {e.strerror}") from None
+        self.cli_macs[mac, vlan] = port.name
+        self.static_macs[mac, vlan] = port.name
+        log.info("fdb.added", mac=mac, vlan=vlan, port=port.name)
+        return {"mac": mac, "vlan": vlan, "port": port.name}
+
+    def fdb_del(self, req: dict) -> dict:
+        """`tapswitch fdb del MAC [--vlan V]`: remove an entry, static or learned."""
+        port = self.port_by_name(req["port"]) if req.get("port") else None
+        mac, vlan = self._mac_key(req, port)
+        if not self.shared.fdb_del(mac, vlan):
+            raise ControlError(f"no entry for {mac} in VLAN {vlan}")
+        self.cli_macs.pop((mac, vlan), None)
+        self.static_macs.pop((mac, vlan), None)
+        log.info("fdb.deleted", mac=mac, vlan=vlan)
+        return {"mac": mac, "vlan": vlan}
+
+    @staticmethod
+    def _mac_key(req: dict, port: ports.Port | None) -> tuple[str, int]:
+        try:
+            mac = fastpath.mac_str(fastpath.mac_bytes(str(req.get("mac"))))
+        except ValueError:
+            raise ControlError(f"not a MAC address: {req.get('mac')!r}") from None
+        if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+            raise ControlError(f"{mac} is not a unicast address")
+        vlan = req.get("vlan")
+        if vlan is None:
+            vlan = port.cfg.pvid if port is not None else 1
+            if vlan is None:
+                raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
+        if not isinstance(vlan, int) or not 1 <= vlan <= 4094:
+            raise ControlError(f"VLAN must be 1-4094, not {vlan!r}")
+        if port is not None and vlan not in port.cfg.vlans:
+            raise ControlError(f"VLAN {vlan} is not a VLAN of port {port.name}")
+        return mac, vlan
 
     def _free_slot(self, busy: set[int]) -> int:
         """A port table slot for a new port: a never-used one if any, else a freed one, zeroed."""

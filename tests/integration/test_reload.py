@@ -95,3 +95,17 @@ def test_a_setting_fixed_at_start_is_refused(lab):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "switch.queues cannot change while running" in r.stderr
     assert all(p["queues"] == 2 for p in sw.cli_json("ports"))
+
+
+def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
+    cfg = base(lab, 2)
+    cfg["ports"][0]["vlan"] = 10
+    cfg["ports"][1]["vlan"] = 20
+    sw = lab.switch(cfg)
+    assert not helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", wait=1)   # different VLANs
+    mac_before = helpers.link_mac(cfg["ports"][1]["netns"], "eth0")
+    cfg["ports"][1]["vlan"] = 10
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {cfg['ports'][1]['name']}"
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    assert helpers.link_mac(cfg["ports"][1]["netns"], "eth0") == mac_before        # same device

@@ -1,0 +1,59 @@
+"""Static MACs: from the config and from `tapswitch fdb add|del`; never aged, moved or flushed."""
+
+import os
+import subprocess
+import sys
+
+from tests.integration import helpers
+
+SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
+STATIC = "02:00:00:00:99:01"
+
+
+def quiet_site(lab):
+    nss = [lab.netns(s, create=True) for s in ("a", "b", "c")]
+    for ns in nss:
+        helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0"} for i, ns in enumerate(nss)]
+    return nss, ports
+
+
+def tx(sw) -> dict:
+    return {p["name"]: p["counters"]["tx_packets"] for p in sw.cli_json("ports")}
+
+
+def test_static_mac_from_the_config_forwards_and_stays_put(lab):
+    nss, ports = quiet_site(lab)
+    a, b, c = (p["name"] for p in ports)
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports,
+                     "static_macs": [{"mac": STATIC, "port": c}]})
+    entry = [e for e in sw.cli_json("fdb") if e["mac"] == STATIC]
+    assert entry == [{"mac": STATIC, "vlan": 1, "port": c, "age": entry[0]["age"], "static": True}]
+    before = tx(sw)
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", helpers.link_mac(nss[0], "eth0"), STATIC, 100)
+    after = tx(sw)
+    assert after[c] - before[c] == 100 and after[b] == before[b]      # known unicast, not flooded
+    # Learning does not move it: frames from port b with that source MAC leave it on port c.
+    helpers.nsexec(nss[1], sys.executable, SENDER, "eth0", STATIC, "ff:ff:ff:ff:ff:ff", 10)
+    assert [e["port"] for e in sw.cli_json("fdb") if e["mac"] == STATIC] == [c]
+    # A flush keeps it.
+    sw.cli("fdb", "flush")
+    assert [e["port"] for e in sw.cli_json("fdb") if e["mac"] == STATIC] == [c]
+
+
+def test_fdb_add_and_del_from_the_command_line(lab):
+    nss, ports = quiet_site(lab)
+    b = ports[1]["name"]
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    out = sw.cli("fdb", "add", "02:00:00:00:99:02", "--port", b).stdout
+    assert out.strip() == f"added 02:00:00:00:99:02 vlan 1 on {b} (static)"
+    assert [(e["port"], e["static"]) for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:02"] == [(b, True)]
+    assert sw.cli("fdb", "del", "02:00:00:00:99:02").stdout.strip() == "deleted 02:00:00:00:99:02 vlan 1"
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:02"]
+    for bad, message in ((["fdb", "add", "01:00:5e:00:00:01", "--port", b], "is not a unicast address"),
+                         (["fdb", "add", "nonsense", "--port", b], "not a MAC address"),
+                         (["fdb", "add", "02:00:00:00:99:03", "--port", "nope"], "no port named"),
+                         (["fdb", "del", "02:00:00:00:99:04"], "no entry for")):
+        r = subprocess.run([sys.executable, "-m", "tapswitch", *bad, "-s", sw.socket],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and message in r.stderr, (bad, r.stderr)
