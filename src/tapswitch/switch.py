@@ -148,8 +148,7 @@ class Switch:
         port = ports.create(index, pcfg, self.queues, self.namespaces)
         port.nsid = linkmon.nsid_of(port.nspath)
         self.slots_used.add(index)
-        self.shared.set_port(index, fastpath.lib.TS_PORT_UP, pcfg.mtu)
-        return port
+        return port           # its settings, MTU and state are written by settings.apply
 
     def _watch_workers(self, on: bool) -> None:
         for w in self.supervisor.workers:
