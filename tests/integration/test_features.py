@@ -1,0 +1,265 @@
+"""Switch features end to end (issue 6): VLANs, isolated ports, mirrors, MAC limits, ACLs and storm control, checked by the frames that cross, in real namespaces.
+
+Each test makes its own namespaces and switch (the `lab` fixture), uses
+198.18.0.0/15 and fd00::/8 only, and leaves nothing behind.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration import helpers
+
+HERE = os.path.dirname(__file__)
+SENDER = os.path.join(HERE, "sendframes.py")
+PROBE = os.path.join(HERE, "vlanprobe.py")
+
+
+def quiet(lab, suffix: str) -> str:
+    """A namespace the test made, whose kernel sends nothing by itself (no IPv6)."""
+    ns = lab.netns(suffix, create=True)
+    helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    return ns
+
+
+def port(lab, suffix: str, ns: str, *addresses: str, **settings) -> dict:
+    return {"name": lab.name(suffix), "netns": ns, "ifname": "eth0", "addresses": list(addresses), **settings}
+
+
+def switch(lab, ports: list[dict], queues: int = 2, **rest) -> helpers.Switch:
+    return lab.switch({"switch": {"name": lab.name("sw"), "queues": queues}, "ports": ports, **rest})
+
+
+def counters(sw) -> dict[str, dict]:
+    return {p["name"]: p["counters"] for p in sw.cli_json("ports")}
+
+
+def fdb_ports(sw) -> dict[str, set]:
+    by_port: dict[str, set] = {}
+    for e in sw.cli_json("fdb"):
+        by_port.setdefault(e["port"], set()).add((e["mac"], e["vlan"]))
+    return by_port
+
+
+def tcp_bytes(lab, server_ns: str, client_ns: str, address: str, seconds: int = 2) -> int:
+    """Bytes an iperf3 TCP stream from client_ns to address (in server_ns) delivered."""
+    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(server)
+    time.sleep(0.5)
+    r = helpers.nsexec(client_ns, "iperf3", "-c", address, "-t", seconds, "-J", timeout=30, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)["end"]["sum_received"]["bytes"]
+
+
+def has_8021q(ns: str) -> bool:
+    """The kernel can make VLAN devices (CONFIG_VLAN_8021Q)."""
+    helpers.nsexec(ns, "ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
+    r = helpers.nsexec(ns, "ip", "link", "add", "link", "probe0", "name", "probe0.10", "type", "vlan", "id", "10",
+                       check=False)
+    helpers.nsexec(ns, "ip", "link", "del", "probe0", check=False)
+    return r.returncode == 0
+
+
+# VLANs.
+
+def test_access_ports_on_different_vlans_cannot_talk(lab):
+    nss = [quiet(lab, s) for s in ("a", "b", "c")]
+    ports = [port(lab, "pa", nss[0], "198.18.10.1/24", vlan=10),
+             port(lab, "pb", nss[1], "198.18.10.2/24", vlan=20),
+             port(lab, "pc", nss[2], "198.18.10.3/24", vlan=10)]
+    sw = switch(lab, ports)
+    assert helpers.ping(nss[0], "198.18.10.3")
+    assert not helpers.ping(nss[0], "198.18.10.2")
+    assert not helpers.ping(nss[1], "198.18.10.3")
+    fdb = fdb_ports(sw)
+    assert {vlan for _, vlan in fdb[ports[0]["name"]]} == {10}
+    assert {vlan for _, vlan in fdb[ports[1]["name"]]} == {20}
+
+
+def test_trunk_with_vlan_subinterfaces_reaches_access_ports_of_both_vlans(lab):
+    trunk_ns = quiet(lab, "t")
+    if not has_8021q(trunk_ns):
+        pytest.skip("this kernel has no 802.1Q devices (CONFIG_VLAN_8021Q); "
+                    "test_trunk_carries_both_vlans_tagged and test_tcp_across_access_and_trunk_ports cover trunks")
+    nss = [quiet(lab, s) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], "198.18.10.1/24", vlan=10),
+             port(lab, "pb", nss[1], "198.18.20.1/24", vlan=20),
+             port(lab, "pt", trunk_ns, trunk=[10, 20])]
+    switch(lab, ports)
+    for vid, address in ((10, "198.18.10.9/24"), (20, "198.18.20.9/24")):
+        helpers.nsexec(trunk_ns, "ip", "link", "add", "link", "eth0", "name", f"eth0.{vid}", "type", "vlan", "id", vid)
+        helpers.nsexec(trunk_ns, "ip", "addr", "add", address, "dev", f"eth0.{vid}")
+        helpers.nsexec(trunk_ns, "ip", "link", "set", f"eth0.{vid}", "up")
+    assert helpers.ping(trunk_ns, "198.18.10.1")
+    assert helpers.ping(trunk_ns, "198.18.20.1")
+    assert tcp_bytes(lab, nss[0], trunk_ns, "198.18.10.1") > 10 * 1024 * 1024
+
+
+def test_trunk_carries_both_vlans_tagged(lab):
+    """The trunk's host asks, tagged for VLAN 10 and for VLAN 20, who has the
+    address both access hosts have: each VLAN's host answers, tagged with its VLAN."""
+    nss = [quiet(lab, s) for s in ("a", "b", "t")]
+    ports = [port(lab, "pa", nss[0], "198.18.10.1/24", vlan=10),
+             port(lab, "pb", nss[1], "198.18.10.1/24", vlan=20),
+             port(lab, "pt", nss[2], trunk=[10, 20])]
+    sw = switch(lab, ports)
+    answers = {}
+    for vid in (10, 20):
+        r = helpers.nsexec(nss[2], sys.executable, PROBE, "eth0", vid, "198.18.10.9", "198.18.10.1", check=False)
+        assert r.returncode == 0, f"no answer in VLAN {vid}"
+        answers[vid] = json.loads(r.stdout)
+    assert answers == {10: {"vid": 10, "mac": helpers.link_mac(nss[0], "eth0")},
+                       20: {"vid": 20, "mac": helpers.link_mac(nss[1], "eth0")}}
+    # Untagged on a trunk without a native VLAN, and a VLAN it does not carry: dropped, counted.
+    before = counters(sw)[ports[2]["name"]]["vlan_dropped"]
+    for vid in (0, 30):
+        r = helpers.nsexec(nss[2], sys.executable, PROBE, "eth0", vid, "198.18.10.9", "198.18.10.1", check=False)
+        assert r.returncode == 1
+    assert counters(sw)[ports[2]["name"]]["vlan_dropped"] - before >= 4     # 2 requests or more each
+
+
+def test_tcp_across_access_and_trunk_ports(lab):
+    """Two switches joined trunk to trunk (through a plain Linux bridge, which
+    forwards tagged frames as they are): a TCP stream from an access port of
+    one to an access port of the other crosses as tagged GSO super-frames --
+    pushed on one switch, popped on the other."""
+    wire = quiet(lab, "w")
+    nss = {s: quiet(lab, s) for s in ("a1", "a2", "b1", "b2")}
+    one = switch(lab, [port(lab, "a1", nss["a1"], "198.18.10.1/24", vlan=10),
+                       port(lab, "a2", nss["a2"], "198.18.10.3/24", vlan=20),
+                       {"name": lab.name("t1"), "netns": wire, "trunk": [10, 20]}])
+    lab.switch({"switch": {"name": lab.name("sx"), "queues": 2},
+                "ports": [port(lab, "b1", nss["b1"], "198.18.10.2/24", vlan=10),
+                          port(lab, "b2", nss["b2"], "198.18.10.4/24", vlan=20),
+                          {"name": lab.name("t2"), "netns": wire, "trunk": [10, 20]}]})
+    helpers.nsexec(wire, "ip", "link", "add", "br0", "type", "bridge")
+    for dev in (lab.name("t1"), lab.name("t2")):
+        helpers.nsexec(wire, "ip", "link", "set", dev, "master", "br0")
+    helpers.nsexec(wire, "ip", "link", "set", "br0", "up")
+    assert helpers.ping(nss["a1"], "198.18.10.2", count=2)        # VLAN 10 across
+    assert helpers.ping(nss["a2"], "198.18.10.4", count=2)        # VLAN 20 across
+    assert not helpers.ping(nss["a1"], "198.18.10.4")             # VLAN 10 to VLAN 20: no
+    before = counters(one)[lab.name("t1")]
+    assert tcp_bytes(lab, nss["b1"], nss["a1"], "198.18.10.2") > 10 * 1024 * 1024
+    after = counters(one)[lab.name("t1")]
+    sent, frames = after["tx_bytes"] - before["tx_bytes"], after["tx_packets"] - before["tx_packets"]
+    assert sent / frames > 4 * 1518, "the stream did not cross the trunk as GSO super-frames"
+    assert after["tx_errors"] == before["tx_errors"]
+
+
+# Isolated ports.
+
+def test_isolated_ports_reach_only_the_shared_port(lab):
+    nss = [quiet(lab, s) for s in ("a", "b", "s")]
+    ports = [port(lab, "pa", nss[0], "198.18.11.1/24", isolated=True),
+             port(lab, "pb", nss[1], "198.18.11.2/24", isolated=True),
+             port(lab, "ps", nss[2], "198.18.11.3/24")]
+    switch(lab, ports)
+    assert helpers.ping(nss[0], "198.18.11.3")
+    assert helpers.ping(nss[1], "198.18.11.3")
+    assert helpers.ping(nss[2], "198.18.11.1")
+    assert not helpers.ping(nss[0], "198.18.11.2")
+    assert not helpers.ping(nss[1], "198.18.11.1")
+
+
+# Mirrors.
+
+def test_monitor_port_sees_the_mirrored_traffic_and_sends_nothing(lab):
+    nss = [quiet(lab, s) for s in ("a", "b", "m")]
+    ports = [port(lab, "pa", nss[0], "198.18.12.1/24"),
+             port(lab, "pb", nss[1], "198.18.12.2/24"),
+             port(lab, "pm", nss[2], "198.18.12.9/24")]
+    sw = switch(lab, ports, mirrors=[{"name": "span", "from": [ports[0]["name"]], "to": ports[2]["name"]}])
+    assert helpers.ping(nss[0], "198.18.12.2")                   # ARP resolved: only ICMP from now on
+    dump = subprocess.Popen(["ip", "netns", "exec", nss[2], "tcpdump", "-n", "-l", "-i", "eth0", "-c", "6", "icmp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lab.procs.append(dump)
+    while "listening on" not in dump.stderr.readline():       # capturing from here on
+        assert dump.poll() is None, "tcpdump ended before capturing"
+    assert helpers.ping(nss[0], "198.18.12.2", count=3)
+    out, _ = dump.communicate(timeout=10)
+    lines = out.splitlines()
+    # Both directions of port a: the 3 requests it received and the 3 replies sent to it.
+    assert sum("echo request" in line for line in lines) == 3, out
+    assert sum("echo reply" in line for line in lines) == 3, out
+    # The monitor port only receives: what its host sends goes nowhere.
+    assert not helpers.ping(nss[2], "198.18.12.2")
+    c = counters(sw)[ports[2]["name"]]
+    assert c["rx_dropped"] >= 1 and c["rx_dropped"] == c["rx_packets"]
+    assert not any(e["port"] == ports[2]["name"] for e in sw.cli_json("fdb"))
+
+
+# MAC limit.
+
+def test_port_flooding_source_macs_holds_at_its_limit(lab):
+    nss = [quiet(lab, s) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], mac_limit=10), port(lab, "pb", nss[1])]
+    sw = switch(lab, ports)
+    a, b = ports[0]["name"], ports[1]["name"]
+    before = counters(sw)
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", "02:aa:00:00:00:00", "ff:ff:ff:ff:ff:ff", 200,
+                   "--vary", "src")
+    after = counters(sw)
+    learned = fdb_ports(sw).get(a, set())
+    # At most one more than the limit: two workers may each let a new MAC in at once (fastpath.h).
+    assert 10 <= len(learned) <= 11
+    passed = after[b]["tx_packets"] - before[b]["tx_packets"]
+    assert passed == len(learned)
+    assert after[a]["mac_limit_dropped"] - before[a]["mac_limit_dropped"] == 200 - passed
+    # A MAC it has learned still gets through.
+    mac = sorted(learned)[0][0]
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", mac, "ff:ff:ff:ff:ff:ff", 5)
+    assert counters(sw)[b]["tx_packets"] - after[b]["tx_packets"] == 5
+
+
+# ACLs.
+
+def test_icmp_drop_acl_stops_ping_but_not_arp(lab):
+    nss = [lab.netns(s, create=True) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], "198.18.13.1/24", "fd00:13::1/64",
+                  acl=[{"match": {"ip_proto": "icmp"}, "action": "drop"}]),
+             port(lab, "pb", nss[1], "198.18.13.2/24", "fd00:13::2/64")]
+    sw = switch(lab, ports)
+    assert not helpers.ping(nss[0], "198.18.13.2", count=2)
+    neigh = helpers.nsexec(nss[0], "ip", "-j", "neigh", "show", "198.18.13.2", "dev", "eth0").stdout
+    assert json.loads(neigh)[0].get("lladdr") == helpers.link_mac(nss[1], "eth0")   # ARP crossed
+    assert helpers.ping(nss[0], "fd00:13::2")                    # the rule is IPv4's ICMP only
+    assert counters(sw)[ports[0]["name"]]["acl_dropped"] >= 2
+
+
+# Storm control.
+
+def test_storm_control_holds_a_broadcast_flood_while_unicast_flows(lab):
+    nss = [quiet(lab, s) for s in ("a", "b", "c", "d")]
+    rate = 200
+    ports = [port(lab, "pa", nss[0], storm_control={"broadcast_pps": rate}),
+             port(lab, "pb", nss[1]),
+             port(lab, "pc", nss[2], "198.18.14.3/24"),
+             port(lab, "pd", nss[3], "198.18.14.4/24")]
+    sw = switch(lab, ports)
+    a, b = ports[0]["name"], ports[1]["name"]
+    assert helpers.ping(nss[2], "198.18.14.4")
+    pinger = subprocess.Popen(["ip", "netns", "exec", nss[2], "ping", "-i", "0.05", "-c", "30", "-W", "1",
+                               "198.18.14.4"], stdout=subprocess.PIPE, text=True)
+    lab.procs.append(pinger)
+    before = counters(sw)
+    start = time.monotonic()
+    sent = 40000
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", helpers.link_mac(nss[0], "eth0"), "ff:ff:ff:ff:ff:ff",
+                   sent, timeout=120)
+    elapsed = time.monotonic() - start
+    after = counters(sw)
+    out, _ = pinger.communicate(timeout=30)
+    passed = after[b]["tx_packets"] - before[b]["tx_packets"]
+    dropped = after[a]["storm_dropped"] - before[a]["storm_dropped"]
+    received = after[a]["rx_packets"] - before[a]["rx_packets"]
+    assert received == sent
+    assert passed + dropped == sent
+    burst = 20                                                  # a tenth of a second's worth
+    assert 0.6 * rate * elapsed <= passed <= 1.3 * rate * elapsed + burst, (passed, elapsed)
+    assert " 0% packet loss" in out, out                        # unicast elsewhere kept flowing
