@@ -91,7 +91,9 @@ def table(rows, names, labels) -> list[str]:
         cells = []
         for n in names:
             v = row["systems"].get(n)
-            cells.append("—" if v is None else fmt(v) + ("" if n == BASE else ratio(v, base)))
+            # No ratio for losses and frame counts: against the bridge's 0 it says nothing.
+            plain = n == BASE or row["unit"] in ("%", "frames")
+            cells.append("—" if v is None else fmt(v) + ("" if plain else ratio(v, base)))
         unit = row["unit"] + (" ↓" if row["better"] == "lower" else "")
         out.append(f"| {case} | {metric} | {unit} | " + " | ".join(cells) + " |")
     return out
@@ -201,7 +203,7 @@ def plot(path, rows, names, meta) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=n, color=colors.get(n))
     ax.set_xscale("log", base=2)
     ax.set_xticks([s for s, _ in fr])
-    ax.set_xticklabels([str(s) for s, _ in fr])
+    ax.set_xticklabels([str(s) for s, _ in fr], rotation=45)
     ax.set_xlabel("frame size (bytes, FCS included)")
     ax.set_ylabel("Mpps received")
     ax.set_title("Forwarding rate (trafgen, one core)")
@@ -236,3 +238,22 @@ def plot(path, rows, names, meta) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def main() -> None:
+    """Render RESULTS.md and results.png again from OUT/results.json: python bench/report.py [OUT]."""
+    import json
+    import sys
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+    with open(os.path.join(out_dir, "results.json")) as f:
+        data = json.load(f)
+    write(out_dir, data["meta"], data["results"], data["errors"], [_Named(n) for n in data["meta"]["systems"]], [])
+
+
+if __name__ == "__main__":
+    main()
