@@ -38,6 +38,7 @@ RATE = "$__rate_interval"
 TAGS = ["tapswitch"]
 DIRECTIONS = ("rx", "tx")
 FDB_EVENTS = ("learned", "moved", "aged", "evicted")
+DROP_REASONS = ("vlan", "acl", "mac_limit", "storm")
 
 
 # --- PromQL -------------------------------------------------------------------
@@ -233,6 +234,11 @@ def drops_and_errors(sel: str, by: str) -> Row:
         graph("Errors per second", "pps", rx_tx("errors", sel, by),
               "rx: truncated or malformed frames; tx: frames over MTU or failed writes.",
               tx_below=True),
+        graph("Drops by reason", "pps",
+              [Q(rate(f"tapswitch_port_{reason}_dropped_total", sel, by), f"{reason} " + legend(by))
+               for reason in DROP_REASONS],
+              "Received frames dropped by a switch feature: VLAN not allowed, ACL, MAC limit, "
+              "storm control (each is part of rx dropped)."),
     ])
 
 

@@ -21,6 +21,17 @@ PORT_COUNTERS = {
     "tx_errors": ("port_tx_errors", "Frames not sent: over the port's MTU, or the write failed."),
     "tx_dropped": ("port_tx_dropped", "Frames not sent because the port's queue was full."),
     "flooded": ("port_flooded_packets", "Frames received on the port that were flooded."),
+    # Why frames were dropped on receive (each is counted in rx_dropped too).
+    "vlan_dropped": ("port_vlan_dropped", "Frames dropped for a VLAN the port is not in."),
+    "acl_dropped": ("port_acl_dropped", "Frames dropped by the port's ACL."),
+    "mac_limit_dropped": ("port_mac_limit_dropped", "Frames dropped: a new source MAC over the port's mac_limit."),
+    "storm_dropped": ("port_storm_dropped", "Broadcast, multicast or unknown unicast frames over storm control's rate."),
+}
+
+MIRROR_COUNTERS = {
+    "packets": "Copies sent to the mirror's monitor port.",
+    "bytes": "Bytes of the copies sent to the mirror's monitor port.",
+    "dropped": "Copies not sent (the monitor port's queue was full, or it is down).",
 }
 
 FDB_COUNTERS = {
@@ -64,6 +75,14 @@ class SwitchCollector:
         yield _family(GaugeMetricFamily, "tapswitch_vxlan_remotes",
                       "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
                       (([name, p.name], len(p.tunnel.remotes)) for p in sw.ports if p.tunnel is not None))
+        yield _family(CounterMetricFamily, "tapswitch_acl_hits", "Frames matched by each ACL rule of a port.",
+                      ["switch", "port", "rule", "action"],
+                      (([name, p.name, str(r), rule.action], hits)
+                       for p in sw.ports for r, (rule, hits) in enumerate(zip(p.cfg.acl, shared.acl_hits(p.index)))))
+        mirrors = list(enumerate(sw.cfg.mirrors))
+        for key, doc in MIRROR_COUNTERS.items():
+            yield _family(CounterMetricFamily, f"tapswitch_mirror_{key}", doc, ["switch", "mirror"],
+                          (([name, m.name], shared.mirror_counters(i)[key]) for i, m in mirrors))
         yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
                       ["switch"], [([name], shared.fdb_entries())])
         yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity", "MAC table size in entries.",

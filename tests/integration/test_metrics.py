@@ -39,6 +39,10 @@ PORT_METRICS = {
     "tx_errors": "tapswitch_port_tx_errors_total",
     "tx_dropped": "tapswitch_port_tx_dropped_total",
     "flooded": "tapswitch_port_flooded_packets_total",
+    "vlan_dropped": "tapswitch_port_vlan_dropped_total",
+    "acl_dropped": "tapswitch_port_acl_dropped_total",
+    "mac_limit_dropped": "tapswitch_port_mac_limit_dropped_total",
+    "storm_dropped": "tapswitch_port_storm_dropped_total",
 }
 
 # A MAC address in any usual spelling: 02:aa:.., 02-aa-.., 02aa.00.., 02aa00000001.
