@@ -70,3 +70,25 @@ def test_settings_fixed_at_start_refuse_the_reload(switch, key):
     new = cfg(BASE.replace("{name: sw0, queues: 2}", switch))
     with pytest.raises(reload.ReloadRefused, match=key.replace(".", r"\.")):
         reload.plan(cfg(), new)
+
+
+VX = """
+switch: {name: sw0}
+ports:
+  - {name: a0, netns: a}
+  - {name: vx0, vxlan: {vni: 10, local: 198.18.9.1, remotes: [198.18.9.2]}}
+"""
+
+
+def test_vxlan_remotes_are_updated_in_place():
+    p = reload.plan(cfg(VX), cfg(VX.replace("remotes: [198.18.9.2]", "remotes: [198.18.9.2, 198.18.9.3]")))
+    assert p.update == ("vx0",) and p.remove == () and p.add == ()
+
+
+@pytest.mark.parametrize("change", ["vni: 11", "local: 198.18.9.9", "dstport: 4790"])
+def test_other_vxlan_changes_make_the_port_again(change):
+    key = change.split(":")[0]
+    old_value = {"vni": "vni: 10", "local": "local: 198.18.9.1", "dstport": None}[key]
+    text = VX.replace(old_value, change) if old_value else VX.replace("vni: 10,", f"vni: 10, {change},")
+    p = reload.plan(cfg(VX), cfg(text))
+    assert p.remove == ("vx0",) and [x.name for x in p.add] == ["vx0"]

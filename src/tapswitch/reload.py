@@ -48,6 +48,17 @@ def _get(model, path: tuple[str, ...]):
     return model
 
 
+def _device_changed(before, after) -> bool:
+    """Does the port need a new device? Any device key, or the VXLAN tunnel other than its remotes
+    (those are updated in place)."""
+    if any(getattr(before, k) != getattr(after, k) for k in DEVICE_KEYS):
+        return True
+    if (before.vxlan is None) != (after.vxlan is None):
+        return True
+    return before.vxlan is not None and (before.vxlan.model_dump(exclude={"remotes"})
+                                         != after.vxlan.model_dump(exclude={"remotes"}))
+
+
 def plan(old, new) -> Plan:
     """The changes that turn a switch running `old` into one running `new`."""
     fixed = [".".join(("switch",) + path) for path in FIXED_KEYS
@@ -64,7 +75,7 @@ def plan(old, new) -> Plan:
         before = old_ports.get(name)
         if before is None:
             add.append(p)
-        elif any(getattr(before, k) != getattr(p, k) for k in DEVICE_KEYS):
+        elif _device_changed(before, p):
             remove.append(name)
             add.append(p)
         elif before != p:

@@ -149,7 +149,6 @@ def iperf3(lab, server: str, client: str, address: str, seconds: int = 3) -> dic
 
 def test_iperf3_tcp_crosses_the_tunnel_in_gso_frames(lab, site):
     site.start_all()
-    one_host = iperf3(lab, site.containers[1, 1], site.containers[1, 2], address(1, 1))
     before = {p["name"]: p["counters"] for p in site.switches[2].cli_json("ports")}[site.vx(2)]
     across = iperf3(lab, site.containers[1, 1], site.containers[2, 1], address(1, 1))
     after = {p["name"]: p["counters"] for p in site.switches[2].cli_json("ports")}[site.vx(2)]
@@ -157,14 +156,7 @@ def test_iperf3_tcp_crosses_the_tunnel_in_gso_frames(lab, site):
     # Frames larger than the port MTU went into the tunnel whole: the kernel segmented them after encapsulation.
     frames = after["tx_packets"] - before["tx_packets"]
     assert (after["tx_bytes"] - before["tx_bytes"]) / frames > 1450, (frames, after, before)
-    # Measured here: ~0.8x the same containers on one host. On a busy machine one run
-    # can fall short by chance: the better of two counts.
-    if across["bits_per_second"] < 0.5 * one_host["bits_per_second"]:
-        again = iperf3(lab, site.containers[1, 1], site.containers[2, 1], address(1, 1))
-        across = max(across, again, key=lambda r: r["bits_per_second"])
-    ratio = across["bits_per_second"] / one_host["bits_per_second"]
-    assert ratio >= 0.5, f"across hosts {across['bits_per_second'] / 1e9:.2f} Gbit/s, " \
-                         f"on one host {one_host['bits_per_second'] / 1e9:.2f} Gbit/s"
+    # Speed across hosts against one host is the benchmark's to measure (bench/), not a test's.
 
 
 BROADCAST_RECEIVER = """
