@@ -51,12 +51,17 @@ class Supervisor:
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
 
     def start(self, port_fds: dict[int, list[int]]) -> None:
-        """Start every worker over `port_fds` and wait until each is running."""
+        """Start every worker over `port_fds` (all at once) and wait until each is running."""
         self.port_fds = port_fds
-        for w in self.workers:
-            self._spawn(w)
+        pending = [(w, self._launch(w)) for w in self.workers]
+        for w, ready_r in pending:
+            self._await(w, ready_r)
 
     def _spawn(self, w: Worker) -> None:
+        self._await(w, self._launch(w))
+
+    def _launch(self, w: Worker) -> int:
+        """Start w's process; return the pipe on which it will say it is running."""
         ready_r, ready_w = os.pipe()
         fds = {p: qfds[w.queue] for p, qfds in self.port_fds.items()}
         argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
@@ -65,8 +70,14 @@ class Supervisor:
         try:
             w.proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, ready_w, *fds.values()],
                                       stdin=subprocess.DEVNULL)
+        except BaseException:
+            os.close(ready_r)
+            raise
         finally:
             os.close(ready_w)
+        return ready_r
+
+    def _await(self, w: Worker, ready_r: int) -> None:
         try:
             ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
             ok = bool(ready) and os.read(ready_r, 1) == b"R"
@@ -74,10 +85,10 @@ class Supervisor:
             os.close(ready_r)
         if not ok:
             w.proc.kill()
-            w.proc.wait()
+            self._reap(w)
             raise WorkerError(f"worker {w.queue} did not start (exit code {w.proc.returncode})")
         w.pidfd = os.pidfd_open(w.proc.pid)
-        log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(fds))
+        log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(self.port_fds))
 
     def _reap(self, w: Worker) -> int:
         """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""

@@ -137,9 +137,10 @@ class Switch:
             self.ports.append(self._add_port(index, pcfg))
         settings.apply(self.shared, self.cfg, self.ports)   # VLANs, ACLs, mirrors...: before any worker
         self.install_static_macs()
-        # The events of setting the ports up are history: start from their state now.
+        # The events of setting the ports up are history. The TAPs were just raised; a remote
+        # may have no carrier: ask about those.
         self.monitor.read()
-        self.resync_links()
+        self.resync_links(taps=False)
         self.supervisor = Supervisor(self.shared.fd, self.queues)
         self.supervisor.start({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
@@ -273,10 +274,11 @@ class Switch:
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         port.remote_up = event.up
 
-    def resync_links(self) -> None:
+    def resync_links(self, taps: bool = True) -> None:
         """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""
         for port in self.ports:
-            port.tap_up = self._device_up(port.nspath, index=port.ifindex)
+            if taps:
+                port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
                 port.remote_up = port.remote_ifindex is not None and self._device_up(None, index=port.remote_ifindex)
             self.set_port_up(port, port.tap_up and port.remote_up)
