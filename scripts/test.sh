@@ -12,5 +12,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -r dashboards/requirements.txt
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' -r dashboards/requirements.txt -r bench/requirements.txt
 exec .venv/bin/python -m pytest -q -rs tests "$@"
