@@ -2,13 +2,14 @@
 # Fuzz the fast path for a long time under AddressSanitizer and
 # UndefinedBehaviorSanitizer.
 #
-# Builds a sanitizer variant of the cffi extension (tapswitch._fastpath) into
-# a temporary directory -- never over the in-tree .so -- next to a copy of the
-# Python package, and runs tests/test_fuzz_fastpath.py against it, run after
-# run with a fresh Hypothesis seed, until the time is up or a run fails. A
-# sanitizer report aborts the run and names the line; a model mismatch is
-# shrunk by Hypothesis and kept in .hypothesis/ (the next plain pytest run
-# replays it).
+# Copies the package and the tests into a temporary directory, builds there a
+# sanitizer variant of the cffi extension (tapswitch._fastpath) -- never over
+# the in-tree .so -- and runs tests/test_fuzz_fastpath.py against it, run
+# after run with a fresh Hypothesis seed, until the time is up or a run
+# fails. The copy keeps a long run consistent while the tree changes. A
+# sanitizer report aborts the run and names the line; a frame the model
+# disagrees with is shrunk by Hypothesis. On failure the directory is kept:
+# its log, its .hypothesis/ database, and the command that repeats the run.
 #
 #   scripts/fuzz.sh [SECONDS [EXAMPLES_PER_RUN]]     defaults: 3600 and 20000
 #
@@ -21,41 +22,48 @@ cd "$(dirname "$0")/.."
 seconds=${1:-3600}
 examples=${2:-20000}
 if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=$(command -v python3); fi
 fi
 libasan=$(gcc -print-file-name=libasan.so)
 [ -e "$libasan" ] || { echo "fuzz.sh: no libasan.so from gcc (apt-get install gcc)" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/tapswitch-fuzz.XXXXXX")
 keep=0
-cleanup() { if [ "$keep" = 1 ]; then echo "fuzz.sh: logs kept in $work" >&2; else rm -rf "$work"; fi; }
+cleanup() { if [ "$keep" = 1 ]; then echo "fuzz.sh: kept $work" >&2; else rm -rf "$work"; fi; }
 trap cleanup EXIT
 
-# The package, as plain files: the sanitized extension goes beside them.
-mkdir -p "$work/tapswitch"
+# The package as plain files (the sanitized extension goes beside them), and the tests.
+mkdir -p "$work/tapswitch" "$work/tests"
 cp src/tapswitch/*.py src/tapswitch/*.yaml "$work/tapswitch/"
+cp -r src/tapswitch/fastpath "$work/tapswitch/"
+cp tests/*.py "$work/tests/"
+
+# The extension as fastpath_build.py makes it (same sources, libraries and
+# warnings), with the sanitizers and debug information instead of -O2.
 "$PYTHON" - "$work" <<'PY'
 import importlib.util
+import os
 import sys
 
-import cffi
-
 work = sys.argv[1]
-spec = importlib.util.spec_from_file_location("fastpath_build", "src/tapswitch/fastpath_build.py")
+spec = importlib.util.spec_from_file_location("fastpath_build", os.path.join(work, "tapswitch", "fastpath_build.py"))
 build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build)
 
+ffi = build.ffibuilder
+# cffi keeps set_source()'s arguments here; compile() reads them.
+module, source, source_extension, kwds = ffi._assigned_source
 sanitizers = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-ffi = cffi.FFI()
-ffi.cdef(build.cdef_text(open(build.HEADER).read()))
-ffi.set_source("tapswitch._fastpath", '#include "fastpath.h"', sources=[build.SOURCE],
-               include_dirs=[build.FASTPATH_DIR],
-               extra_compile_args=["-O1", "-g", "-fno-omit-frame-pointer", "-std=gnu11", *sanitizers],
-               extra_link_args=sanitizers)
+kwds = dict(kwds)
+kwds["extra_compile_args"] = [a for a in kwds.get("extra_compile_args", []) if not a.startswith("-O")] \
+    + ["-O1", "-g", "-fno-omit-frame-pointer", *sanitizers]
+kwds["extra_link_args"] = [*kwds.get("extra_link_args", []), *sanitizers]
+ffi._assigned_source = (module, source, source_extension, kwds)
 print("fuzz.sh: built", ffi.compile(tmpdir=work, verbose=False))
 PY
 
-export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
+cd "$work"
+export PYTHONPATH="$work"
 # Python itself is not instrumented: the ASan runtime must be loaded first.
 export LD_PRELOAD="$libasan${LD_PRELOAD:+ $LD_PRELOAD}"
 # Every Python allocation through malloc, so that ASan also guards the buffers
@@ -79,14 +87,14 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
   echo "fuzz.sh: run $run, seed $seed, $examples examples per test, $((deadline - SECONDS)) s left"
   if ! "$PYTHON" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$seed" \
-       tests/test_fuzz_fastpath.py >"$work/run-$run.log" 2>&1; then
+       tests/test_fuzz_fastpath.py >"run-$run.log" 2>&1; then
     keep=1
-    tail -n 80 "$work/run-$run.log"
+    tail -n 80 "run-$run.log"
     echo "fuzz.sh: run $run failed (seed $seed); again with:" >&2
-    echo "  TAPSWITCH_FUZZ_EXAMPLES=$examples PYTHONPATH=$work LD_PRELOAD=$libasan PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 \\" >&2
-    echo "    $PYTHON -m pytest -x --hypothesis-seed=$seed tests/test_fuzz_fastpath.py" >&2
+    echo "  cd $work && TAPSWITCH_FUZZ_EXAMPLES=$examples PYTHONPATH=$work LD_PRELOAD=$libasan PYTHONMALLOC=malloc \\" >&2
+    echo "    ASAN_OPTIONS=detect_leaks=0 $PYTHON -m pytest -x --hypothesis-seed=$seed tests/test_fuzz_fastpath.py" >&2
     exit 1
   fi
-  tail -n 1 "$work/run-$run.log"
+  tail -n 1 "run-$run.log"
 done
 echo "fuzz.sh: $run runs, no failure"
