@@ -61,13 +61,7 @@ CASES = {
                                       .encode(), bomb=True),
 }
 
-# A known failure, kept visible (strict: the test fails the day it passes, so
-# this mark goes): PyYAML's SafeLoader flattens merge keys by copying, so each
-# level multiplies the work by 9 -- 6 levels take ~25 s and 1.2 GB, 7 levels
-# ~6 min and 10 GB -- and config.load has no bound on what aliases expand to.
-XFAIL = {
-    "billion_laughs_merge_keys": "config.load expands merge-key aliases without bound (PyYAML flatten_mapping)",
-}
+XFAIL: dict[str, str] = {}     # hostile files that are known to get through (none now)
 
 
 def _limits() -> None:

@@ -830,6 +830,8 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
+            if root is not None:
+                _check_expansion(root, source)
             return root, loader.construct_document(root) if root is not None else None
         finally:
             loader.dispose()
@@ -846,6 +848,39 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     except Exception as e:  # noqa: BLE001 -- PyYAML's constructors raise what the conversion
         # raises: ValueError for the date 2001-13-45, IndexError for an empty !!int...
         raise ConfigError([f"{source}:0: -: YAML: cannot convert a value: {type(e).__name__}: {e}"]) from None
+
+
+MAX_ALIAS_EXPANSION = 100_000   # nodes that aliases may add to a document
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    """Refuse an alias bomb (billion laughs, with lists or merge keys) before anything is built.
+
+    Composing shares an aliased node; building it (and PyYAML's merge-key
+    flattening) copies it every time. Count the nodes the document stands
+    for, each aliased node as often as it is used: linear in the nodes
+    written, thanks to the memo, whatever they would expand to.
+    """
+    memo: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = memo.get(id(node))
+        if known is not None:
+            return known
+        memo[id(node)] = 1               # an alias cycle counts once
+        if isinstance(node, yaml.SequenceNode):
+            n = 1 + sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            n = 1
+        memo[id(node)] = n
+        return n
+
+    expanded = size(root)
+    if expanded - len(memo) > MAX_ALIAS_EXPANSION:
+        raise ConfigError([f"{source}:{root.start_mark.line + 1}: -: YAML: aliases expand to "
+                           f"{expanded:,} nodes, more than {MAX_ALIAS_EXPANSION:,} (an alias bomb?)"])
 
 
 def _identities(ports: Any) -> list[tuple[int, Port]]:
