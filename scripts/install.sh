@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(iproute2 gcc)
+need=(iproute2 gcc liburing-dev)   # liburing: the fast path's io_uring backend
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 python3 - <<'PY' 2>/dev/null || need+=(python3-dev)
 import os, sysconfig

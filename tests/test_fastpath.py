@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tapswitch._fastpath import ffi, lib
+from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import Shared, mac_bytes
 
 VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
@@ -53,7 +54,7 @@ class Switch:
             self.queues.append(queue)
             self.shared.set_port(p, lib.TS_PORT_UP, mtu)
         fds = ffi.new("int[]", [q.fileno() for q in self.queues])
-        self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, n_ports)
+        self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, n_ports, IO())
         assert self.worker != ffi.NULL
 
     def send(self, port, data):
@@ -369,6 +370,35 @@ def test_failed_queue_is_counted_once_and_not_polled_again(sw):
     assert sw.counters(2)["rx_errors"] == 1
 
 
+def test_worker_reports_its_io_backend(sw, io_backend):
+    assert lib.ts_worker_io(sw.worker) == IO()
+    assert sw.shared.worker_io(0) == io_backend
+
+
+def test_auto_io_picks_a_backend_and_bad_io_is_refused():
+    shared = Shared.create(64, 1)
+    try:
+        fds = ffi.new("int[]", [-1])
+        w = lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_AUTO)
+        assert lib.ts_worker_io(w) in (lib.TS_IO_READWRITE, lib.TS_IO_URING)
+        lib.ts_worker_free(w)
+        assert lib.ts_worker_new(shared.ptr, 0, fds, 1, 7) == ffi.NULL
+    finally:
+        shared.close()
+
+
+def test_flood_burst_reaches_every_port_in_order(sw):
+    """A burst of floods: each port gets every copy, in the order sent (io_uring: one submission)."""
+    frames = [frame(BROADCAST, A, payload=bytes([i]) * 46) for i in range(20)]
+    for f in frames:
+        sw.hosts[0].send(f)
+    while lib.ts_worker_poll(sw.worker, 100) > 0:
+        pass
+    assert sw.received(1) == frames
+    assert sw.received(2) == frames
+    assert sw.counters(1)["tx_packets"] == 20 and sw.counters(0)["flooded"] == 20
+
+
 def test_poll_without_traffic_times_out(sw):
     start = time.monotonic()
     assert lib.ts_worker_poll(sw.worker, 50) == 0
@@ -380,11 +410,11 @@ def test_worker_refuses_blocking_fds():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         fds = ffi.new("int[]", [a.fileno()])
-        assert lib.ts_worker_new(shared.ptr, 0, fds, 1) == ffi.NULL
+        assert lib.ts_worker_new(shared.ptr, 0, fds, 1, IO()) == ffi.NULL
         assert ffi.errno == 22                   # EINVAL
         a.setblocking(False)
-        assert lib.ts_worker_new(shared.ptr, 1, fds, 1) == ffi.NULL   # one worker: index 0 only
-        w = lib.ts_worker_new(shared.ptr, 0, fds, 1)
+        assert lib.ts_worker_new(shared.ptr, 1, fds, 1, IO()) == ffi.NULL   # one worker: index 0 only
+        w = lib.ts_worker_new(shared.ptr, 0, fds, 1, IO())
         assert w != ffi.NULL
         lib.ts_worker_free(w)
     finally:
@@ -545,11 +575,11 @@ def test_attach_refuses_other_memory():
 CHILD = textwrap.dedent("""
     import sys
     from tapswitch._fastpath import ffi, lib
-    from tapswitch.fastpath import Shared
+    from tapswitch.fastpath import Shared, io_backend
     shm, q0, q1 = map(int, sys.argv[1:4])
     assert lib.ts_die_with_parent() == 0
     shared = Shared.attach(shm)
-    w = lib.ts_worker_new(shared.ptr, 1, ffi.new("int[]", [q0, q1]), 2)
+    w = lib.ts_worker_new(shared.ptr, 1, ffi.new("int[]", [q0, q1]), 2, io_backend())
     assert w != ffi.NULL
     handled = 0
     while handled < 1:

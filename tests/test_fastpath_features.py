@@ -17,6 +17,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from tapswitch._fastpath import ffi, lib
+from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import Shared, mac_bytes
 from tests.test_fastpath import BROADCAST, GSO_TCPV4, NEEDS_CSUM, VNET, A, B, C, Switch, frame
 
@@ -198,7 +199,7 @@ def test_publish_waits_for_a_worker_still_in_the_old_copy(sw):
 
 def test_new_worker_clears_a_dead_workers_marker(sw):
     sw.shared.ptr.readers[0].active = 1
-    w = lib.ts_worker_new(sw.shared.ptr, 0, ffi.new("int[]", [-1]), 1)
+    w = lib.ts_worker_new(sw.shared.ptr, 0, ffi.new("int[]", [-1]), 1, IO())
     try:
         assert sw.shared.ptr.readers[0].active == 0
     finally:
@@ -781,7 +782,7 @@ def test_workers_of_a_port_share_its_bucket():
                 queue.setblocking(False)
                 host.setblocking(False)
             fds = ffi.new("int[]", [q.fileno() for _, q in pairs[w]])
-            workers.append(lib.ts_worker_new(shared.ptr, w, fds, 2))
+            workers.append(lib.ts_worker_new(shared.ptr, w, fds, 2, IO()))
         Settings(shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 3)).publish()
         for i in range(6):                           # queue 0, then queue 1, of port 0
             w = i % 2

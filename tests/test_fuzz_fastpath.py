@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context, event
 
 from tapswitch._fastpath import ffi, lib
+from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import COUNTERS, MIRROR_COUNTERS, Shared
 
 VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
@@ -304,7 +305,7 @@ class Switch:
         self.budget = min(sk.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) for sk in self.hosts + self.queues)
         self.configure(conf, mirror_to)
         fds = ffi.new("int[]", [q.fileno() for q in self.queues])
-        self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, len(up))
+        self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, len(up), IO())
         assert self.worker != ffi.NULL
 
     def configure(self, conf: list[PortConf], mirror_to: int | None) -> None:

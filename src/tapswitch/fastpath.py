@@ -22,6 +22,21 @@ FDB_STATS = ("learned", "moved", "aged", "evicted")
 MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
+# The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
+# environment forces one; unset or "auto", io_uring when the kernel allows it.
+IO_ENV = "TAPSWITCH_IO"
+IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING}
+IO_NAMES = {lib.TS_IO_READWRITE: "readwrite", lib.TS_IO_URING: "uring"}
+
+
+def io_backend(environ=os.environ) -> int:
+    """TS_IO_* from $TAPSWITCH_IO; ValueError naming the choices if it is none of them."""
+    name = environ.get(IO_ENV, "") or "auto"
+    try:
+        return IO_BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"{IO_ENV}={name!r}: expected one of {', '.join(IO_BACKENDS)}") from None
+
 
 def mac_bytes(mac: str) -> bytes:
     """"aa:bb:cc:dd:ee:ff" -> 6 bytes."""
@@ -176,6 +191,10 @@ class Shared:
         return True
 
     # Port settings (double-buffered: fastpath.h, "Settings updates").
+
+    def worker_io(self, worker: int) -> str | None:
+        """The I/O backend worker `worker` runs ("readwrite" or "uring"), None before it started."""
+        return IO_NAMES.get(self.ptr.readers[worker].io)
 
     def settings_current(self):
         """The `struct ts_settings *` workers use now. Read it, never write it."""

@@ -13,6 +13,7 @@ import cffi
 FASTPATH_DIR = os.path.join(os.path.dirname(__file__) or ".", "fastpath")
 HEADER = os.path.join(FASTPATH_DIR, "fastpath.h")
 SOURCE = os.path.join(FASTPATH_DIR, "fastpath.c")
+IO_URING = os.path.join(FASTPATH_DIR, "io_uring.c")   # the io_uring backend (liburing)
 
 
 def cdef_text(header: str) -> str:
@@ -32,7 +33,8 @@ ffibuilder.cdef(_cdef)
 ffibuilder.set_source(
     "tapswitch._fastpath",
     '#include "fastpath.h"',
-    sources=[SOURCE],
+    sources=[SOURCE, IO_URING],
+    libraries=["uring"],
     include_dirs=[FASTPATH_DIR],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
 )

@@ -37,6 +37,7 @@ class Worker:
         self.restarts = 0
         self.recent: list[float] = []   # monotonic times of recent restarts
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
+        self.backend: str | None = None  # the fast path's I/O backend: "uring" | "readwrite"
 
     def fileno(self) -> int:
         return self.pidfd
@@ -56,6 +57,8 @@ class Supervisor:
         pending = [(w, self._launch(w)) for w in self.workers]
         for w, ready_r in pending:
             self._await(w, ready_r)
+        # Once per start: which I/O backend the fast path got (io_uring may be refused).
+        log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})))
 
     def _spawn(self, w: Worker) -> None:
         self._await(w, self._launch(w))
@@ -80,7 +83,9 @@ class Supervisor:
     def _await(self, w: Worker, ready_r: int) -> None:
         try:
             ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            ok = bool(ready) and os.read(ready_r, 1) == b"R"
+            said = os.read(ready_r, 64) if ready else b""     # b"R" + the worker's I/O backend
+            ok = said[:1] == b"R"
+            w.backend = said[1:].decode(errors="replace") or None
         finally:
             os.close(ready_r)
         if not ok:

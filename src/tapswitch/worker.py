@@ -89,16 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     queue_fds = {int(i): int(fd) for i, fd in (p.split(":") for p in args.port)}
     n = max(queue_fds, default=-1) + 1
     fds = ffi.new("int[]", [queue_fds.get(i, -1) for i in range(n)] or [-1])
-    w = lib.ts_worker_new(shared.ptr, args.queue, fds, n)
+    try:
+        io = fastpath.io_backend()
+    except ValueError as e:
+        print(f"worker {args.queue}: {e}", file=sys.stderr)
+        return 1
+    w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, io)
     if w == ffi.NULL:
-        print(f"worker {args.queue}: cannot start the fast path", file=sys.stderr)
+        e = ffi.errno
+        print(f"worker {args.queue}: cannot start the fast path: {os.strerror(e)}", file=sys.stderr)
         return 1
     try:
         drop_privileges()
     except OSError as e:
         print(f"worker {args.queue}: cannot drop privileges: {e}", file=sys.stderr)
         return 1
-    os.write(args.ready, b"R")
+    os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # running, and how
     os.close(args.ready)
     rc = lib.ts_worker_run(w)
     print(f"worker {args.queue}: fast path stopped: {os.strerror(-rc)}", file=sys.stderr)

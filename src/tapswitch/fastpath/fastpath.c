@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "fastpath.h"
+#include "io_uring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -517,6 +518,9 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define ETH_P_8021AD 0x88a8
 #define VLAN_VID_MASK 0x0fff
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
+/* What TS_IO_AUTO means: 1 = io_uring, falling back to read/write when refused;
+ * 0 = read/write. Chosen by the bench's A/B (bench/RESULTS.md, "io_uring and placement"). */
+#define AUTO_TRIES_URING 1
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
 /* struct virtio_net_hdr_v1, in the host's byte order (the TAP default). */
@@ -566,6 +570,10 @@ struct ts_worker {
     uint8_t *buffers;               /* TS_BURST * BUF_STRIDE bytes */
     struct frame burst[TS_BURST];
     struct epoll_event events[TS_MAX_PORTS];
+    int io;                         /* TS_IO_READWRITE or TS_IO_URING */
+    struct ts_ring *ring;           /* TS_IO_URING: queued writes, batched reads; else NULL */
+    uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING: reads to submit on the queue's next turn */
+    struct ts_ring_done done[TS_RING_ENTRIES];
 };
 
 /* Frames. */
@@ -950,9 +958,49 @@ static bool storm_allows(struct ts_worker *w, int in, const struct ts_port_conf 
 
 /* Receiving, learning, sending. */
 
+/* A queue that fails or ends would wake us forever: count it once and stop
+ * listening; the control process restarts the worker. */
+static void rx_failed(struct ts_worker *w, int in)
+{
+    w->counters[in].rx_errors++;
+    epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->fds[in], NULL);
+}
+
+/* io_uring: rx_want[in] reads of queue `in` in one submission, each one frame
+ * or -EAGAIN. The next turn asks for twice what this one got (2..TS_BURST),
+ * so a queue that yields a frame per wake-up (TCP) does not pay for 32 reads. */
+static int rx_burst_ring(struct ts_worker *w, int in)
+{
+    uint8_t *bufs[TS_BURST] = { 0 };
+    int32_t res[TS_BURST];
+    int want = w->rx_want[in], n = 0;
+    bool failed = false;
+    for (int i = 0; i < want; i++)
+        bufs[i] = w->buffers + (size_t)i * BUF_STRIDE + TS_HEADROOM;
+    if (ts_ring_read(w->ring, w->fds[in], bufs, TS_FRAME_MAX, want, res) < 0)
+        return 0;   /* nothing submitted; level-triggered epoll wakes us again */
+    for (int i = 0; i < want; i++) {
+        if (res[i] > 0) {
+            w->burst[n].buf = bufs[i];
+            w->burst[n].len = (uint32_t)res[i];
+            n++;
+        } else if (res[i] != -EAGAIN && res[i] != -EINTR) {
+            failed = true;
+        }
+    }
+    if (failed)
+        rx_failed(w, in);
+    want = 2 * n;
+    w->rx_want[in] = (uint8_t)(want < 2 ? 2 : want > TS_BURST ? TS_BURST : want);
+    return n;
+}
+
 /* Read up to TS_BURST frames from queue `in`, until it is empty. */
 static int rx_burst(struct ts_worker *w, int in)
 {
+    if (w->ring)
+        return rx_burst_ring(w, in);
+
     int n = 0;
     while (n < TS_BURST) {
         struct frame *f = &w->burst[n];
@@ -965,35 +1013,86 @@ static int rx_burst(struct ts_worker *w, int in)
         }
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             break;
-        /* A queue that fails or ends would wake us forever: count it once and
-         * stop listening; the control process restarts the worker. */
-        w->counters[in].rx_errors++;
-        epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->fds[in], NULL);
+        rx_failed(w, in);
         break;
     }
     return n;
 }
 
-/* Write the frame as it is; true if the port took it. */
-static bool xmit(struct ts_worker *w, int out, const struct frame *f)
+/* Sending. A frame goes to a port, and for a mirror m (or -1) as a copy:
+ * write it now (read/write, or when the caller needs the outcome), or queue
+ * it (io_uring: the whole burst's writes, flood copies included, go out in
+ * one submission at flush()). Either way count_sent() counts the outcome. */
+
+#define NO_MIRROR (-1)
+
+/* Count a write of len bytes (virtio-net header included) to port out. */
+static bool count_sent(struct ts_worker *w, int out, int m, uint32_t len, int32_t res)
 {
     struct ts_counters *c = &w->counters[out];
-    if (!fits_port(&w->s->ports[out], f)) {
-        c->tx_errors++;
-        return false;
+    bool ok = res == (int32_t)len;
+    if (ok) {
+        c->tx_packets++;
+        c->tx_bytes += len - TS_VNET_HDR_LEN;
+    } else if (res == -EAGAIN || res == -EWOULDBLOCK || res == -ENOBUFS) {
+        c->tx_dropped++;            /* the queue is full: drop, never block (nor retry) */
+    } else {
+        c->tx_errors++;             /* over MTU, short or failed write */
     }
+    if (m != NO_MIRROR) {
+        struct ts_mirror_counters *mc = &w->mirror_counters[m];
+        if (ok) {
+            mc->packets++;
+            mc->bytes += len - TS_VNET_HDR_LEN;
+        } else {
+            mc->dropped++;
+        }
+    }
+    return ok;
+}
+
+/* Submit the queued writes and count them (io_uring; nothing to do otherwise).
+ * Lost count, stated: a submit that fails (never seen: the ring is reaped
+ * empty at every flush) leaves its writes uncounted. */
+static void flush(struct ts_worker *w)
+{
+    if (!w->ring || !ts_ring_queued(w->ring))
+        return;
+    int n = ts_ring_flush(w->ring, w->done);
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = w->done[i].tag;
+        count_sent(w, (int)(tag & 0xffff), (int)((tag >> 16) & 0xff) - 1, (uint32_t)(tag >> 32),
+                   w->done[i].res);
+    }
+}
+
+/* Write the frame as it is, now; true if the port took it. */
+static bool xmit_now(struct ts_worker *w, int out, const struct frame *f, int m)
+{
+    if (!fits_port(&w->s->ports[out], f))
+        return count_sent(w, out, m, f->len, -EMSGSIZE);
     /* Header and frame, byte for byte: GSO frames cross unchanged. */
     ssize_t r = write(w->fds[out], f->buf, f->len);
-    if (r == (ssize_t)f->len) {
-        c->tx_packets++;
-        c->tx_bytes += eth_len(f);
-        return true;
+    return count_sent(w, out, m, f->len, r < 0 ? -errno : (int32_t)r);
+}
+
+/* Write the frame as it is: now, or queued until flush() (io_uring). The
+ * frame's buffer must not change until then: see tx(). */
+static void xmit(struct ts_worker *w, int out, const struct frame *f, int m)
+{
+    if (!w->ring) {
+        xmit_now(w, out, f, m);
+        return;
     }
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
-        c->tx_dropped++;            /* the queue is full: drop, never block */
-    else
-        c->tx_errors++;
-    return false;
+    if (!fits_port(&w->s->ports[out], f)) {
+        count_sent(w, out, m, f->len, -EMSGSIZE);
+        return;
+    }
+    uint64_t tag = (uint64_t)f->len << 32 | (uint64_t)(m + 1) << 16 | (uint64_t)out;
+    if (!ts_ring_write(w->ring, w->fds[out], f->buf, f->len, tag)) {
+        flush(w);                   /* the ring is full: send what it holds */
+        ts_ring_write(w->ring, w->fds[out], f->buf, f->len, tag);
+    }
 }
 
 /* A copy for each mirror in the mask, to its monitor port, as the frame is now. */
@@ -1001,25 +1100,38 @@ static void mirror(struct ts_worker *w, uint16_t mirrors, const struct frame *f)
 {
     for (; mirrors; mirrors &= (uint16_t)(mirrors - 1)) {
         int m = __builtin_ctz(mirrors);
-        struct ts_mirror_counters *mc = &w->mirror_counters[m];
         uint32_t to = w->set->mirrors[m].to;
-        if (to < TS_MAX_PORTS && can_send_to(w, (int)to) && xmit(w, (int)to, f)) {
-            mc->packets++;
-            mc->bytes += eth_len(f);
-        } else {
-            mc->dropped++;
-        }
+        if (to < TS_MAX_PORTS && can_send_to(w, (int)to))
+            xmit(w, (int)to, f, m);
+        else
+            w->mirror_counters[m].dropped++;
     }
+}
+
+/* tag_for() will edit the frame in place for port o. */
+static bool tag_changes(const struct frame *f, const struct ts_port_conf *o)
+{
+    bool want_tag = o->pvid != f->vlan;
+    return want_tag != f->tagged || (want_tag && tag_vid(f) != f->vlan);
 }
 
 /* Send to port `out` (settings o) in the form it carries the frame's VLAN in. */
 static void tx(struct ts_worker *w, int out, const struct ts_port_conf *o, struct frame *f)
 {
+    /* Queued writes of this buffer read it at flush: send them before editing it. */
+    if (w->ring && tag_changes(f, o))
+        flush(w);
     if (!tag_for(f, o)) {
         w->counters[out].tx_errors++;
         return;
     }
-    if (xmit(w, out, f) && o->mirror_tx)
+    if (!o->mirror_tx) {
+        xmit(w, out, f, NO_MIRROR);
+        return;
+    }
+    /* Mirrors copy what the port took: that takes the write's outcome now. */
+    flush(w);
+    if (xmit_now(w, out, f, NO_MIRROR))
         mirror(w, o->mirror_tx, f);
 }
 
@@ -1138,6 +1250,7 @@ static int handle_queue(struct ts_worker *w, int in, uint32_t now)
     for (int i = 0; i < n; i++)
         if (w->burst[i].accepted)
             forward(w, in, pc, &w->burst[i]);
+    flush(w);   /* before the next burst reuses the buffers */
     return n;
 }
 
@@ -1161,11 +1274,29 @@ static void settings_leave(struct ts_worker *w)
     w->set = NULL;
 }
 
+/* epoll_wait, waiting again when interrupted until timeout_ms is spent: an
+ * io_uring ring torn down in this process (by a worker freed before, as the
+ * tests do) interrupts the task's waits for a while (the kernel's teardown
+ * queues work to it with TWA_SIGNAL). Signal handlers still run at once. */
+static int wait_ready(struct ts_worker *w, int timeout_ms)
+{
+    uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000;
+    for (;;) {
+        int n = epoll_wait(w->epfd, w->events, TS_MAX_PORTS, timeout_ms);
+        if (n >= 0 || errno != EINTR)
+            return n < 0 ? -errno : n;
+        if (timeout_ms > 0) {
+            uint64_t t = now_ns();
+            timeout_ms = t >= deadline ? 0 : (int)((deadline - t + 999999) / 1000000);
+        }
+    }
+}
+
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)
 {
-    int n = epoll_wait(w->epfd, w->events, TS_MAX_PORTS, timeout_ms);
+    int n = wait_ready(w, timeout_ms);
     if (n < 0)
-        return -errno;
+        return n;
     if (n == 0)
         return 0;
     uint32_t now = ts_now();
@@ -1187,11 +1318,12 @@ int ts_worker_run(struct ts_worker *w)
     }
 }
 
-struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds)
+struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds, int io)
 {
     if (!s || __atomic_load_n(&s->magic, __ATOMIC_ACQUIRE) != TS_MAGIC
         || s->version != TS_VERSION || worker < 0 || (uint32_t)worker >= s->n_workers
-        || nfds < 0 || nfds > TS_MAX_PORTS || (nfds > 0 && !fds)) {
+        || nfds < 0 || nfds > TS_MAX_PORTS || (nfds > 0 && !fds)
+        || io < TS_IO_AUTO || io > TS_IO_URING) {
         errno = EINVAL;
         return NULL;
     }
@@ -1224,6 +1356,16 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE);
     if (w->epfd < 0 || !w->buffers)
         goto fail;
+    /* The backend: io_uring unless refused (missing, seccomp, sysctl), when
+     * auto falls back to read/write and a forced TS_IO_URING fails. */
+    if (io == TS_IO_URING || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
+        w->ring = ts_ring_new();
+        if (!w->ring && io == TS_IO_URING)
+            goto fail;
+    }
+    w->io = w->ring ? TS_IO_URING : TS_IO_READWRITE;
+    memset(w->rx_want, TS_BURST, sizeof w->rx_want);
+    __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
     for (int p = 0; p < TS_MAX_PORTS; p++)
         w->fds[p] = p < nfds ? fds[p] : -1;
     for (int p = 0; p < nfds; p++) {
@@ -1248,8 +1390,14 @@ void ts_worker_free(struct ts_worker *w)
         return;
     if (w->epfd >= 0)
         close(w->epfd);
+    ts_ring_free(w->ring);
     free(w->buffers);
     free(w);
+}
+
+int ts_worker_io(const struct ts_worker *w)
+{
+    return w->io;
 }
 
 int ts_die_with_parent(void)

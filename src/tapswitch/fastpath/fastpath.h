@@ -83,6 +83,36 @@
  * restarts the worker with fresh queues.
  * No allocation, no logging, no Python per packet.
  *
+ * I/O backends
+ * ------------
+ * How the worker moves frames in and out of its queues is one seam in
+ * fastpath.c -- rx_burst() (receive a burst from a queue), xmit() (send a
+ * frame to a port: unicast, each flood copy, each mirror copy) and flush()
+ * (send what xmit queued) -- with two backends behind it, chosen by
+ * ts_worker_new's io (TS_IO_*; the worker passes $TAPSWITCH_IO:
+ * auto|readwrite|uring) and reported in readers[w].io:
+ *   - read/write: one read(2) per frame until EAGAIN, one write(2) per copy,
+ *     at once;
+ *   - io_uring (io_uring.c, liburing): a burst's reads are rx_want[q] read
+ *     SQEs of the queue in one io_uring_enter (rx_want doubles what the last
+ *     turn got, 2..TS_BURST, so a TCP queue with a frame per wake-up does not
+ *     pay for 32 reads); every write of the burst -- unicast, the N-1 flood
+ *     copies, mirror copies -- is queued and submitted in one io_uring_enter
+ *     at the end of the queue's turn, then counted from its completion.
+ *     RWF_NOWAIT on every SQE keeps "writes never block" exact: a full queue
+ *     completes with -EAGAIN, counted as tx_dropped, never retried.
+ * What the queue costs: a queued write reads its buffer at flush, so a frame
+ * is not edited while it has one queued (tx() flushes before a tag push, pop
+ * or rewrite), and a port with mirror_tx is written at once (its mirrors copy
+ * what the port took, which needs the write's outcome). The burst's buffers
+ * are reused only after the flush. Counters of a burst appear after its flush.
+ * Epoll still says which queue is ready (level-triggered: a queue left with
+ * frames wakes the next turn).
+ * TS_IO_AUTO tries io_uring and falls back to read/write when the kernel
+ * refuses it (ENOSYS; EPERM from seccomp, as Docker's default profile, or
+ * kernel.io_uring_disabled); TS_IO_URING fails instead. Which one is faster
+ * here, and why auto prefers it: bench/RESULTS.md, "io_uring and placement".
+ *
  * Port settings (issue 6)
  * -----------------------
  * Every feature below is off in a port whose ts_port_conf is the default
@@ -314,10 +344,17 @@ struct ts_mirror_counters {
     uint64_t reserved[5];
 };
 
+/* ts_worker_new's io: the worker's I/O backend (see "I/O backends"). */
+#define TS_IO_AUTO 0           /* the default: io_uring when the kernel allows it, else read/write */
+#define TS_IO_READWRITE 1      /* read(2) and write(2), one frame each */
+#define TS_IO_URING 2          /* io_uring; ts_worker_new fails if the kernel refuses it */
+
 /* Which settings copy worker w reads. Single writer: worker w. */
 struct ts_reader {
     uint32_t active;           /* 1 + copy index while handling frames; 0 otherwise */
-    uint32_t reserved[15];
+    uint32_t io;               /* TS_IO_READWRITE or TS_IO_URING: the worker's backend, set
+                                  by ts_worker_new (0 = no worker started in this slot) */
+    uint32_t reserved[14];
 };
 
 /* Storm control state of a port: GCRA theoretical arrival time (ns,
@@ -424,10 +461,14 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms);
  * The fds must be O_NONBLOCK and deliver one frame (virtio-net header first)
  * per read, as a TAP queue or a SOCK_SEQPACKET socket does. ts_worker_new
  * copies fds (the caller keeps them open) and returns NULL with errno set
- * (EINVAL: bad arguments, or an fd that is not O_NONBLOCK). ts_worker_poll
- * returns -EINTR when a signal interrupts the wait; ts_worker_run retries. */
+ * (EINVAL: bad arguments, or an fd that is not O_NONBLOCK; with TS_IO_URING,
+ * what io_uring_queue_init said: ENOSYS, EPERM, ENOMEM). ts_worker_poll
+ * waits again when a signal interrupts the wait, until timeout_ms is spent
+ * (io_uring's teardown of a ring interrupts a process's waits for a while). */
 struct ts_worker;
-struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds);
+struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds,
+                                int io);                  /* io: TS_IO_* */
+int ts_worker_io(const struct ts_worker *w);              /* the backend in use: TS_IO_READWRITE | TS_IO_URING */
 int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or -errno */
 int ts_worker_run(struct ts_worker *w);                   /* polls until a fatal error: -errno */
 void ts_worker_free(struct ts_worker *w);

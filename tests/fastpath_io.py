@@ -1,0 +1,35 @@
+"""The fast path's I/O backends, for tests: `io_backend` (autouse where
+imported) runs each test once per backend, with $TAPSWITCH_IO set, and
+`IO()` is what a test passes to ts_worker_new. io_uring is skipped where the
+kernel refuses it (seccomp, kernel.io_uring_disabled)."""
+
+import os
+
+import pytest
+
+from tapswitch import fastpath
+from tapswitch._fastpath import ffi, lib
+
+
+def uring_available() -> bool:
+    shared = fastpath.Shared.create(8, 1)
+    try:
+        w = lib.ts_worker_new(shared.ptr, 0, ffi.new("int[]", [-1]), 1, lib.TS_IO_URING)
+        if w == ffi.NULL:
+            return False
+        lib.ts_worker_free(w)
+        return True
+    finally:
+        shared.close()
+
+
+@pytest.fixture(params=["readwrite", "uring"], autouse=True)
+def io_backend(request, monkeypatch):
+    if request.param == "uring" and not uring_available():
+        pytest.skip("io_uring refused by this kernel")
+    monkeypatch.setenv(fastpath.IO_ENV, request.param)
+    return request.param
+
+
+def IO() -> int:
+    return fastpath.io_backend(os.environ)
