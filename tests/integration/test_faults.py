@@ -1,0 +1,236 @@
+"""Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak.
+
+Each drill runs real namespaces and a real switch through the `lab` fixture,
+which removes everything afterwards, whether the drill passed or not.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+from tests.integration import helpers
+from tests.integration.prom import free_port
+
+HERE = os.path.dirname(__file__)
+FLOOD = os.path.join(HERE, "flood.py")
+SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def metric(listen: str, name: str) -> float:
+    """The sum of a metric's samples on the switch's /metrics."""
+    text = urllib.request.urlopen(f"http://{listen}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def pinger(lab, ns: str, address: str, interval: float = 0.1, count: int | None = None) -> subprocess.Popen:
+    """A background ping; stop it with stop_ping() to read what it saw."""
+    argv = ["ip", "netns", "exec", ns, "ping", "-n", "-i", str(interval), "-W", "1", address]
+    if count:
+        argv[-1:-1] = ["-c", str(count)]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lab.procs.append(p)
+    return p
+
+
+def stop_ping(p: subprocess.Popen) -> tuple[int, int, str]:
+    """SIGINT the ping; (transmitted, received, its output)."""
+    if p.poll() is None:
+        p.send_signal(2)
+    out, _ = p.communicate(timeout=10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    return int(m.group(1)), int(m.group(2)), out
+
+
+def wait_for(what: str, fn, within: float = 5.0, every: float = 0.05):
+    deadline = time.monotonic() + within
+    while True:
+        v = fn()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        time.sleep(every)
+
+
+def states(sw) -> dict:
+    return {p["name"]: p["state"] for p in sw.cli_json("ports")}
+
+
+# --- MAC flooding -------------------------------------------------------------------
+
+FLOOD_FRAMES = 1_000_000
+TABLE = 1024
+
+
+def test_mac_flood_keeps_the_table_bounded_and_established_hosts_talking(lab):
+    """A million random source MACs on one port of a 1024-entry table: the table stays full but
+    bounded, the flooding port loses its own entries (fair eviction), and two established hosts
+    keep their entries and their ping."""
+    listen = f"127.0.0.1:{free_port()}"
+    nss = [lab.netns(s, create=True) for s in ("a", "b", "f")]
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0",
+              "addresses": [f"198.18.7.{i + 1}/24", f"fd00::7:{i + 1}/64"]} for i, ns in enumerate(nss)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2, "mac_table": {"size": TABLE},
+                                "metrics": {"listen": listen}}, "ports": ports})
+    a, b, f = (p["name"] for p in ports)
+    assert helpers.ping(nss[0], "198.18.7.2")
+    mac_a, mac_b = helpers.link_mac(nss[0], "eth0"), helpers.link_mac(nss[1], "eth0")
+    capacity = metric(listen, "tapswitch_fdb_capacity")
+    assert TABLE <= capacity < TABLE + 8
+    evicted0 = metric(listen, "tapswitch_fdb_evicted_total")
+
+    ping = pinger(lab, nss[0], "198.18.7.2", interval=0.1)
+    ping6 = pinger(lab, nss[1], "fd00::7:1", interval=0.1)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    flood = subprocess.Popen(["ip", "netns", "exec", nss[2], sys.executable, FLOOD, "eth0",
+                              "--count", str(FLOOD_FRAMES), "--pps", "70000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lab.procs.append(flood)
+    samples = []
+    while flood.poll() is None:
+        fdb = sw.cli_json("fdb")
+        by_port = {}
+        for e in fdb:
+            by_port[e["port"]] = by_port.get(e["port"], 0) + 1
+        macs = {e["mac"]: e["port"] for e in fdb}
+        samples.append((len(fdb), by_port, macs.get(mac_a), macs.get(mac_b)))
+        assert time.monotonic() - t0 < 60, "flood took too long"
+        time.sleep(0.5)
+    out, _ = flood.communicate()
+    flood_seconds = time.monotonic() - t0
+    assert flood.returncode == 0, out
+    time.sleep(1.0)                        # the ping goes on a little after the flood
+    sent, got, ping_out = stop_ping(ping)
+    sent6, got6, ping6_out = stop_ping(ping6)
+    evicted = metric(listen, "tapswitch_fdb_evicted_total") - evicted0
+    rx_f = {p["name"]: p["counters"] for p in sw.cli_json("ports")}[f]["rx_packets"]
+    print(f"flood: {FLOOD_FRAMES} frames in {flood_seconds:.1f}s, {rx_f} taken by the switch, "
+          f"{evicted:.0f} evicted; ping {got}/{sent}, ping6 {got6}/{sent6}; {len(samples)} fdb samples")
+
+    assert rx_f >= 0.9 * FLOOD_FRAMES, out        # the flood did reach the switch
+    # Bounded: never more entries than the table holds, and the table did fill and evict.
+    assert max(n for n, *_ in samples) <= capacity
+    assert evicted >= 0.5 * FLOOD_FRAMES
+    # Fair: while flooded, the flooding port holds nearly the whole table, the hosts keep their entries.
+    busy = [s for s in samples if s[0] >= 0.5 * capacity]
+    assert len(busy) >= 3, samples
+    for n, by_port, port_a, port_b in busy:
+        assert by_port.get(f, 0) >= n - 16, by_port
+        assert (port_a, port_b) == (a, b), (port_a, port_b, by_port)
+    after = {e["mac"]: e["port"] for e in sw.cli_json("fdb")}
+    assert after.get(mac_a) == a and after.get(mac_b) == b
+    # Talking: a few percent lost at most, during and after the flood.
+    assert sent >= 10 * flood_seconds * 0.8 and got >= 0.97 * sent, ping_out
+    assert got6 >= 0.97 * sent6, ping6_out
+    assert helpers.ping(nss[1], "198.18.7.1", count=3)
+
+
+# --- Flapping -----------------------------------------------------------------------
+
+FLAPS = 100
+
+
+def flap(ns: str, dev: str, times: int) -> float:
+    """Set dev down and up `times` times in a row, as fast as ip can (one batch); seconds taken."""
+    t0 = time.monotonic()
+    subprocess.run(["ip", "-n", ns, "-batch", "-"], input=f"link set {dev} down\nlink set {dev} up\n" * times,
+                   text=True, check=True, capture_output=True, timeout=60)
+    return time.monotonic() - t0
+
+
+def tc_filters(ns: str, dev: str) -> int:
+    return sum(helpers.nsexec(ns, "tc", "filter", "show", "dev", dev, where).stdout.count("filter ")
+               for where in ("ingress", "egress"))
+
+
+def footprint(sw, ns: str, nic: str) -> dict:
+    """What a leak would grow: the control process's fds and RSS, tapswitch's tc rules on the NIC."""
+    pid = sw.proc.pid                   # `ip netns exec` execs the switch: same pid
+    with open(f"/proc/{pid}/status") as f:
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1))
+    return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "rss_kb": rss, "tc_filters": tc_filters(ns, nic)}
+
+
+def test_container_and_nic_flapping_100_times_affect_only_their_port_and_leak_nothing(lab):
+    """A container's eth0 and a remote port's NIC each go down and up 100 times in a row, while two
+    other containers ping each other: they lose nothing, the flapped ports come back up and carry
+    traffic, and the switch holds no more fds, tc rules or memory than before."""
+    sw_ns, out = lab.netns("sw", create=True), lab.netns("out", create=True)
+    cs = [lab.netns(f"c{i}", create=True) for i in range(3)]
+    helpers.sh("ip", "link", "add", "nic0", "netns", sw_ns, "type", "veth", "peer", "name", "eth0", "netns", out)
+    helpers.nsexec(sw_ns, "ip", "link", "set", "nic0", "up")
+    helpers.nsexec(out, "ip", "addr", "add", "198.18.8.100/24", "dev", "eth0")
+    helpers.nsexec(out, "ip", "link", "set", "eth0", "up")
+    ports = [{"name": lab.name(f"p{i}"), "netns": f"/run/netns/{c}", "ifname": "eth0",
+              "addresses": [f"198.18.8.{i + 1}/24"]} for i, c in enumerate(cs)]
+    ports.append({"name": lab.name("up"), "remote": "nic0", "remote_mode": "promisc"})
+    sw = lab.switch({"switch": {"name": lab.name("s"), "queues": 2}, "ports": ports}, netns=sw_ns)
+    flapper, up = ports[2]["name"], ports[3]["name"]
+
+    def all_reach():
+        return all(helpers.ping(cs[0], f"198.18.8.{h}", wait=1) for h in (2, 3, 100))
+
+    assert all_reach()
+    # Warm up: one flap of each, so what is made once (and kept) is not counted as a leak.
+    for ns, dev, port in ((cs[2], "eth0", flapper), (sw_ns, "nic0", up)):
+        flap(ns, dev, 1)
+        wait_for(f"{port} up", lambda: states(sw)[port] == "up")
+    wait_for("traffic after the warm-up", all_reach, within=10)
+    before = footprint(sw, sw_ns, "nic0")
+    assert before["tc_filters"] > 0
+
+    ping = pinger(lab, cs[0], "198.18.8.2", interval=0.05)     # the bystanders
+    time.sleep(0.5)
+    took = {"container": flap(cs[2], "eth0", FLAPS)}
+    wait_for(f"{flapper} up", lambda: states(sw)[flapper] == "up")
+    took["nic"] = flap(sw_ns, "nic0", FLAPS)
+    wait_for(f"{up} up", lambda: states(sw)[up] == "up")
+    time.sleep(0.5)
+    sent, got, ping_out = stop_ping(ping)
+
+    assert set(states(sw).values()) == {"up"}
+    wait_for("traffic through the flapped ports", all_reach, within=10)
+    assert helpers.ping(cs[2], "198.18.8.100", count=3)
+    downs = [e for e in sw.events("port.down")]
+    after = footprint(sw, sw_ns, "nic0")
+    print(f"flaps: container {took['container']:.2f}s, nic {took['nic']:.2f}s; "
+          f"port.down events {len(downs)}; bystander ping {got}/{sent}; before {before} after {after}")
+
+    # Only the flapped ports: the bystanders lost nothing, and no other port ever went down.
+    assert sent >= 10 and got == sent, ping_out
+    assert {e["port"] for e in downs} <= {flapper, up}
+    # No leak.
+    assert after["fds"] == before["fds"]
+    assert after["tc_filters"] == before["tc_filters"]
+    assert after["rss_kb"] - before["rss_kb"] <= 4 * 1024
+
+
+# --- Soak ---------------------------------------------------------------------------
+
+def test_soak_60s(lab, tmp_path):
+    """bench/soak.py for 60 s: mixed traffic, SIGHUP every 4 s, a worker SIGKILLed every 10 s; it
+    checks PSS, ping loss outside the kill windows and the counters, and exits 0 if all hold."""
+    before = helpers.netns_list()
+    report = tmp_path / "soak.json"
+    r = subprocess.run([sys.executable, SOAK, "--seconds", "60", "--json", str(report),
+                        "--keep-log", str(tmp_path / "switch.log")],
+                       capture_output=True, text=True, timeout=180)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    rep = json.loads(report.read_text())
+    assert rep["passed"] and len(rep["kills"]) >= 5 and rep["reloads"]["applied"] >= 10
+    # It left nothing: no namespace, no TAP device of its own.
+    assert helpers.netns_list() <= before
+    assert not [link for link in json.loads(helpers.sh("ip", "-j", "link", "show", "type", "tun").stdout)
+                if link["ifname"].startswith("sk")]
