@@ -86,7 +86,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   run=$((run + 1))
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
   echo "fuzz.sh: run $run, seed $seed, $examples examples per test, $((deadline - SECONDS)) s left"
-  if ! "$PYTHON" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$seed" \
+  if ! "$PYTHON" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$seed" --hypothesis-show-statistics \
        tests/test_fuzz_fastpath.py >"run-$run.log" 2>&1; then
     keep=1
     tail -n 80 "run-$run.log"
@@ -95,6 +95,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
     echo "    ASAN_OPTIONS=detect_leaks=0 $PYTHON -m pytest -x --hypothesis-seed=$seed tests/test_fuzz_fastpath.py" >&2
     exit 1
   fi
+  grep -E "passing examples" "run-$run.log" || true
   tail -n 1 "run-$run.log"
 done
 echo "fuzz.sh: $run runs, no failure"
