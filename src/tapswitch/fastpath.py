@@ -23,7 +23,7 @@ MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
-# environment forces one; unset or "auto", io_uring when the kernel allows it.
+# environment picks one; unset or "auto", read/write (the faster here).
 IO_ENV = "TAPSWITCH_IO"
 IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING}
 IO_NAMES = {lib.TS_IO_READWRITE: "readwrite", lib.TS_IO_URING: "uring"}

@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker {args.queue}: {e}", file=sys.stderr)
         return 1
     w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, io)
+    if w == ffi.NULL and io == lib.TS_IO_URING:
+        # io_uring refused (seccomp, kernel.io_uring_disabled): read/write, as worker.backend will say.
+        w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, lib.TS_IO_READWRITE)
     if w == ffi.NULL:
         e = ffi.errno
         print(f"worker {args.queue}: cannot start the fast path: {os.strerror(e)}", file=sys.stderr)

@@ -519,8 +519,9 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define VLAN_VID_MASK 0x0fff
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
 /* What TS_IO_AUTO means: 1 = io_uring, falling back to read/write when refused;
- * 0 = read/write. Chosen by the bench's A/B (bench/RESULTS.md, "io_uring and placement"). */
-#define AUTO_TRIES_URING 1
+ * 0 = read/write. The bench's A/B found io_uring no faster here (equal CPU per
+ * 64 B frame, TCP lower): bench/RESULTS.md, "io_uring and placement". */
+#define AUTO_TRIES_URING 0
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
 /* struct virtio_net_hdr_v1, in the host's byte order (the TAP default). */
@@ -977,7 +978,7 @@ static int rx_burst_ring(struct ts_worker *w, int in)
     bool failed = false;
     for (int i = 0; i < want; i++)
         bufs[i] = w->buffers + (size_t)i * BUF_STRIDE + TS_HEADROOM;
-    if (ts_ring_read(w->ring, w->fds[in], bufs, TS_FRAME_MAX, want, res) < 0)
+    if (ts_ring_read(w->ring, in, bufs, TS_FRAME_MAX, want, res) < 0)
         return 0;   /* nothing submitted; level-triggered epoll wakes us again */
     for (int i = 0; i < want; i++) {
         if (res[i] > 0) {
@@ -1089,9 +1090,9 @@ static void xmit(struct ts_worker *w, int out, const struct frame *f, int m)
         return;
     }
     uint64_t tag = (uint64_t)f->len << 32 | (uint64_t)(m + 1) << 16 | (uint64_t)out;
-    if (!ts_ring_write(w->ring, w->fds[out], f->buf, f->len, tag)) {
+    if (!ts_ring_write(w->ring, out, f->buf, f->len, tag)) {
         flush(w);                   /* the ring is full: send what it holds */
-        ts_ring_write(w->ring, w->fds[out], f->buf, f->len, tag);
+        ts_ring_write(w->ring, out, f->buf, f->len, tag);
     }
 }
 
@@ -1359,7 +1360,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     /* The backend: io_uring unless refused (missing, seccomp, sysctl), when
      * auto falls back to read/write and a forced TS_IO_URING fails. */
     if (io == TS_IO_URING || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
-        w->ring = ts_ring_new();
+        w->ring = ts_ring_new(fds, nfds);
         if (!w->ring && io == TS_IO_URING)
             goto fail;
     }

@@ -99,6 +99,7 @@
  *     pay for 32 reads); every write of the burst -- unicast, the N-1 flood
  *     copies, mirror copies -- is queued and submitted in one io_uring_enter
  *     at the end of the queue's turn, then counted from its completion.
+ *     The queues are registered files (no fd lookup per SQE).
  *     RWF_NOWAIT on every SQE keeps "writes never block" exact: a full queue
  *     completes with -EAGAIN, counted as tx_dropped, never retried.
  * What the queue costs: a queued write reads its buffer at flush, so a frame
@@ -108,10 +109,15 @@
  * are reused only after the flush. Counters of a burst appear after its flush.
  * Epoll still says which queue is ready (level-triggered: a queue left with
  * frames wakes the next turn).
- * TS_IO_AUTO tries io_uring and falls back to read/write when the kernel
- * refuses it (ENOSYS; EPERM from seccomp, as Docker's default profile, or
- * kernel.io_uring_disabled); TS_IO_URING fails instead. Which one is faster
- * here, and why auto prefers it: bench/RESULTS.md, "io_uring and placement".
+ * TS_IO_URING fails when the kernel refuses io_uring (ENOSYS; EPERM from
+ * seccomp, as Docker's default profile, or kernel.io_uring_disabled): the
+ * worker (worker.py) then starts on read/write, and worker.backend says so.
+ * TS_IO_AUTO is read/write: the bench's A/B (bench/RESULTS.md, "io_uring and
+ * placement") found io_uring no faster on this machine -- the same CPU per
+ * 64 B frame (the syscalls it saves are a few percent of a frame's cost; the
+ * rest is TUN, skb and the receiver's stack run in our write, which io_uring
+ * runs just the same) and lower TCP goodput. fastpath.c's AUTO_TRIES_URING
+ * flips auto to "io_uring, else read/write" should a future measure say so.
  *
  * Port settings (issue 6)
  * -----------------------
@@ -345,7 +351,7 @@ struct ts_mirror_counters {
 };
 
 /* ts_worker_new's io: the worker's I/O backend (see "I/O backends"). */
-#define TS_IO_AUTO 0           /* the default: io_uring when the kernel allows it, else read/write */
+#define TS_IO_AUTO 0           /* the default: read/write (the faster here, see "I/O backends") */
 #define TS_IO_READWRITE 1      /* read(2) and write(2), one frame each */
 #define TS_IO_URING 2          /* io_uring; ts_worker_new fails if the kernel refuses it */
 

@@ -11,11 +11,17 @@
 struct ts_ring {
     struct io_uring ring;
     unsigned queued;            /* writes in the submission queue, not yet submitted */
+    _Bool fixed;                /* files registered: SQEs name them by index */
+    int fds[TS_RING_FILES];     /* otherwise, by fd */
 
 };
 
-struct ts_ring *ts_ring_new(void)
+struct ts_ring *ts_ring_new(const int *fds, int nfds)
 {
+    if (nfds < 0 || nfds > TS_RING_FILES) {
+        errno = EINVAL;
+        return NULL;
+    }
     struct ts_ring *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
@@ -35,6 +41,10 @@ struct ts_ring *ts_ring_new(void)
         errno = -e;
         return NULL;
     }
+    for (int i = 0; i < nfds; i++)
+        r->fds[i] = fds[i];
+    /* -1 entries are empty slots (5.13+); an older kernel refuses them. */
+    r->fixed = nfds > 0 && io_uring_register_files(&r->ring, fds, (unsigned)nfds) == 0;
     return r;
 }
 
@@ -51,6 +61,17 @@ void ts_ring_free(struct ts_ring *r)
  * wait for a frame, a write to a full one for room. RWF_NOWAIT makes each
  * answer -EAGAIN at once, as read(2) and write(2) do on O_NONBLOCK fds. */
 
+/* The SQE names its file by index (registered) or by fd. */
+static void set_file(struct ts_ring *r, struct io_uring_sqe *sqe, int file)
+{
+    if (r->fixed) {
+        sqe->fd = file;
+        sqe->flags |= IOSQE_FIXED_FILE;
+    } else {
+        sqe->fd = r->fds[file];
+    }
+}
+
 /* Submit what is queued and wait for `want` completions. */
 static int submit_and_wait(struct ts_ring *r, unsigned want)
 {
@@ -62,7 +83,7 @@ static int submit_and_wait(struct ts_ring *r, unsigned want)
     }
 }
 
-int ts_ring_read(struct ts_ring *r, int fd, uint8_t *const *bufs, uint32_t size, int n,
+int ts_ring_read(struct ts_ring *r, int file, uint8_t *const *bufs, uint32_t size, int n,
                  int32_t *res)
 {
     /* Reads go out alone: queued writes first, so the queue has room. The
@@ -74,7 +95,8 @@ int ts_ring_read(struct ts_ring *r, int fd, uint8_t *const *bufs, uint32_t size,
             n = i;
             break;
         }
-        io_uring_prep_read(sqe, fd, bufs[i], size, 0);
+        io_uring_prep_read(sqe, -1, bufs[i], size, 0);
+        set_file(r, sqe, file);
         sqe->rw_flags = RWF_NOWAIT;     /* see nowait, above */
         io_uring_sqe_set_data64(sqe, (uint64_t)i);
         res[i] = -EAGAIN;
@@ -94,12 +116,13 @@ int ts_ring_read(struct ts_ring *r, int fd, uint8_t *const *bufs, uint32_t size,
     return e;
 }
 
-_Bool ts_ring_write(struct ts_ring *r, int fd, const void *buf, uint32_t len, uint64_t tag)
+_Bool ts_ring_write(struct ts_ring *r, int file, const void *buf, uint32_t len, uint64_t tag)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     if (!sqe)
         return 0;
-    io_uring_prep_write(sqe, fd, buf, len, 0);
+    io_uring_prep_write(sqe, -1, buf, len, 0);
+    set_file(r, sqe, file);
     sqe->rw_flags = RWF_NOWAIT;         /* a full queue answers -EAGAIN: never wait */
     io_uring_sqe_set_data64(sqe, tag);
     r->queued++;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #define TS_RING_ENTRIES 256     /* submission queue: writes queued before a forced flush */
+#define TS_RING_FILES 256       /* files a ring knows (a worker's queues: TS_MAX_PORTS) */
 
 struct ts_ring;
 
@@ -25,18 +26,22 @@ struct ts_ring_done {
 };
 
 /* NULL with errno set when io_uring is missing or refused (ENOSYS, EPERM
- * from seccomp or kernel.io_uring_disabled, ENOMEM under RLIMIT_MEMLOCK). */
-struct ts_ring *ts_ring_new(void);
+ * from seccomp or kernel.io_uring_disabled, ENOMEM under RLIMIT_MEMLOCK).
+ * fds[i] (-1: none) are registered as fixed files, so no read or write
+ * looks its fd up; where registering fails, reads and writes use the fds. */
+struct ts_ring *ts_ring_new(const int *fds, int nfds);
 void ts_ring_free(struct ts_ring *r);
 
-/* Read up to n frames of fd into bufs[i] (size bytes each): res[i] is the
+/* Files are named by their index i in ts_ring_new's fds. */
+
+/* Read up to n frames of file `file` into bufs[k] (size bytes each): res[k] is the
  * length read, 0 at end of file, or -errno. Returns 0 or -errno (the submit
  * failed: nothing was read). */
-int ts_ring_read(struct ts_ring *r, int fd, uint8_t *const *bufs, uint32_t size, int n,
+int ts_ring_read(struct ts_ring *r, int file, uint8_t *const *bufs, uint32_t size, int n,
                  int32_t *res);
 
-/* Queue a write of len bytes at buf to fd. False if the queue is full: flush first. */
-_Bool ts_ring_write(struct ts_ring *r, int fd, const void *buf, uint32_t len, uint64_t tag);
+/* Queue a write of len bytes at buf to file `file`. False if the queue is full: flush first. */
+_Bool ts_ring_write(struct ts_ring *r, int file, const void *buf, uint32_t len, uint64_t tag);
 unsigned ts_ring_queued(const struct ts_ring *r);
 
 /* Submit the queued writes and reap them: done[0..n) with n returned (n ==
