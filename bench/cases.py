@@ -75,9 +75,15 @@ def frames(ctx: Ctx, system, hosts) -> list[Measure]:
     a, b = hosts[0], hosts[1]
     out = []
     for size in ctx.sizes:
+        fw = system.forwarding_pids()
+        cpu0 = traffic.cpu_seconds(fw)
         s = trafgen(ctx.lab, a, [b], test_frame(ctx, a, b, size), seconds=ctx.frame_seconds)
+        cpu1 = traffic.cpu_seconds(fw)
         out.append(Measure(f"forwarding rate, {size} B", "Mpps", s.rate_pps[b.index] / 1e6))
         out.append(Measure(f"loss at full offered rate, {size} B", "%", 100 * s.loss(b.index), LOWER))
+        if fw and size == 64:
+            out.append(Measure("switch CPU per forwarded frame, 64 B", "µs",
+                               1e6 * (cpu1 - cpu0) / max(1, s.received[b.index]), LOWER))
     return out
 
 

@@ -76,11 +76,16 @@ def _free_port() -> int:
 class Tapswitch(System):
     kind = "tapswitch"
 
-    def __init__(self, lab: Lab, queues: int = 1):
+    def __init__(self, lab: Lab, queues: int = 1, io: str = "", cpu: int | None = None):
         super().__init__(lab)
         self.queues = queues
-        self.name = f"tapswitch-q{queues}"
-        self.label = f"tapswitch, {queues} queue{'s' if queues > 1 else ''}"
+        self.io = io            # TAPSWITCH_IO for the workers ("" = the default)
+        self.cpu = cpu          # pin every worker to this CPU once ready (None = not pinned;
+                                # -1 = "spread": worker q on CPU q % ncpu)
+        self.name = f"tapswitch-q{queues}" + (f"-{io}" if io else "") + (
+            "" if cpu is None else "-spread" if cpu < 0 else f"-cpu{cpu}")
+        self.label = (f"tapswitch, {queues} queue{'s' if queues > 1 else ''}" + (f", {io} I/O" if io else "")
+                      + ("" if cpu is None else ", worker q on CPU q" if cpu < 0 else f", workers on CPU {cpu}"))
         self.proc: subprocess.Popen | None = None
         self.metrics_port = 0
 
@@ -112,6 +117,8 @@ class Tapswitch(System):
         notify.settimeout(30)
         self.log_path = os.path.join(self.lab.dir, f"tapswitch-{self.name}.log")
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        if self.io:
+            env["TAPSWITCH_IO"] = self.io
         try:
             with open(self.log_path, "w") as log:
                 t0 = time.monotonic()
@@ -125,6 +132,10 @@ class Tapswitch(System):
                 if "READY=1" in msg:
                     self.setup_seconds = time.monotonic() - t0
                     break
+            if self.cpu is not None:
+                ncpu = os.cpu_count() or 1
+                for q, pid in enumerate(sorted(self.forwarding_pids())):   # started in queue order
+                    os.sched_setaffinity(pid, {self.cpu if self.cpu >= 0 else q % ncpu})
         finally:
             notify.close()
             os.unlink(notify_path)
@@ -303,13 +314,16 @@ class Ovs(System):
 
 
 def make(names: list[str], lab: Lab) -> list[System]:
-    """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs."""
+    """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs;
+    a tapswitch-qN name may end in -uring or -readwrite (the workers' I/O backend) and -cpuK
+    (workers pinned to CPU K) or -spread (worker q on CPU q), e.g. tapswitch-q1-uring-cpu1."""
     out: list[System] = []
     for n in names:
         if n == "tapswitch":
             out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
-        elif n.startswith("tapswitch-q"):
-            out.append(Tapswitch(lab, int(n[len("tapswitch-q"):])))
+        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring|readwrite))?(?:-cpu(\d+)|-(spread))?", n):
+            cpu = int(m.group(3)) if m.group(3) else -1 if m.group(4) else None
+            out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu))
         elif n == "bridge":
             out.append(Bridge(lab))
         elif n == "ovs":
