@@ -303,7 +303,9 @@ class Soak:
         while self.now() < a.seconds:
             tick = time.monotonic()
             if self.switch.poll() is not None:
-                self.errors.append(f"switch exited ({self.switch.returncode}) at {self.now():.1f}s")
+                tail = [line for line in self.log().splitlines() if not line.startswith("{")][-3:]
+                self.errors.append(f"switch exited ({self.switch.returncode}) at {self.now():.1f}s: "
+                                   + " | ".join(line.strip() for line in tail))
                 break
             pids = self.workers()
             try:
@@ -334,7 +336,11 @@ class Soak:
             ping_results[f"c{src}->c{dst}"] = (src, dst, out)
         iperf.join(timeout=15)
         time.sleep(1.0)
-        last_counters = self.ports()
+        try:
+            last_counters = self.ports()
+        except RuntimeError as e:           # the switch is gone: judge on the last sample
+            self.errors.append(f"end: {e}")
+            last_counters = self.counters[-1][1] if self.counters else first_counters
         alive = self.switch.poll() is None
         return self.report(end, ping_results, first_counters, last_counters, alive)
 
@@ -388,7 +394,7 @@ class Soak:
             not any(e.get("failed") for e in reloaded)
         checks["switch_alive"] = alive and not self.errors
         rep = {
-            "seconds": round(end, 1), "passed": all(checks.values()), "checks": checks,
+            "tag": self.tag, "seconds": round(end, 1), "passed": all(checks.values()), "checks": checks,
             "pss_mb": {"first": round(head, 2), "last": round(tail, 2), "delta": round(tail - head, 2),
                        "min": round(min((kb for _, kb in pss), default=0) / 1024, 2),
                        "max": round(max((kb for _, kb in pss), default=0) / 1024, 2), "samples": len(self.pss)},
