@@ -9,7 +9,8 @@ whole run:
   - iperf3 TCP c2 -> c3, 5-second runs back to back (paced, --bitrate, 1 Gbit/s by default);
   - a burst of 500 broadcast frames from c1 every 3 s;
   - SIGHUP every 4 s, the config alternately with and without a fifth port (c4);
-  - SIGKILL to a random worker every 10 s (the first after 5 s).
+  - SIGKILL to a random worker every 10 s (the first after 5 s), whenever it falls -- also during
+    a reload, unless --kills-between-reloads.
 Every second: the PSS of the switch (control process + workers, /proc/PID/smaps_rollup) and every
 port's counters (`tapswitch ports --json`).
 
@@ -255,6 +256,12 @@ class Soak:
 
     def kill_worker(self, rng) -> None:
         """SIGKILL one worker; how long until the switch has all its workers again, without it?"""
+        if self.args.kills_between_reloads:
+            # Only once the last SIGHUP's reload is over (a kill during one can crash the switch).
+            deadline = time.monotonic() + 5
+            while len(self.events("config.reloaded")) + len(self.events("config.reload_failed")) < self.reloads \
+                    and time.monotonic() < deadline:
+                time.sleep(0.02)
         pids = self.workers()
         if not pids:
             self.errors.append(f"{self.now():.1f}s: no worker to kill")
@@ -444,6 +451,8 @@ def main() -> int:
     ap.add_argument("--kill-every", type=float, default=10.0)
     ap.add_argument("--iperf-bitrate", default="1G", help="iperf3 --bitrate of the TCP runs (default 1G)")
     ap.add_argument("--pss-mb", type=float, default=4.0, help="PSS may move this much, first vs last (MB)")
+    ap.add_argument("--kills-between-reloads", action="store_true",
+                    help="never SIGKILL a worker while a reload is under way")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json", help="also write the report as JSON here")
     ap.add_argument("--keep-log", help="copy the switch's log here at the end")
