@@ -68,7 +68,8 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - a flag other than NEEDS_CSUM (1), DATA_VALID (2), RSC_INFO (4);
 #   - gso_type without its ECN bit (0x80) not one of NONE 0, TCPV4 1, UDP 3,
 #     TCPV6 4, UDP_L4 5; or ECN alone; or a GSO type with gso_size 0;
-#   - NEEDS_CSUM with csum_start + csum_offset + 2 beyond the Ethernet bytes;
+#   - NEEDS_CSUM with csum_start inside the Ethernet header (below 14), or
+#     csum_start + csum_offset + 2 beyond the Ethernet bytes;
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
 #     csum_start inside the MACs or the tag (below 18);
 #   - a source MAC that is multicast or zero.
@@ -103,7 +104,7 @@ def is_well_formed(data) -> bool:
         return False
     if gso not in GSO_TYPES or (gso == 0 and gso_type != 0) or (gso != 0 and gso_size == 0):
         return False
-    if flags & VNET_F_NEEDS_CSUM and csum_start + csum_offset + 2 > len(data) - VNET_LEN:
+    if flags & VNET_F_NEEDS_CSUM and (csum_start < ETH_HLEN or csum_start + csum_offset + 2 > len(data) - VNET_LEN):
         return False
     if eth_type(data) == ETH_P_8021Q and (len(data) - VNET_LEN < ETH_HLEN + VLAN_HLEN or (
             flags & VNET_F_NEEDS_CSUM and csum_start < ETH_HLEN + VLAN_HLEN)):
@@ -680,14 +681,10 @@ def test_tag_edits_at_every_edge():
 
 
 
-# Found by scripts/fuzz.sh (seed 4104074204); kept visible until fastpath.c
-# is fixed (strict: the day it passes, this mark goes). is_well_formed()
-# lets an untagged frame's checksum start inside its Ethernet header
-# (NEEDS_CSUM, csum_start 0..13), but refuses a tagged frame whose checksum
-# starts before the end of its tag (tag_is_whole: csum_start < 18). A tag
-# push moves csum_start by 4, to 4..17: the switch writes a frame that it
-# counts as rx_errors when the same bytes come back in.
-@pytest.mark.xfail(strict=True, reason="fastpath.c: a tag push can make a frame is_well_formed() refuses")
+# Found by scripts/fuzz.sh (seed 4104074204): a checksum starting inside the
+# Ethernet header (NEEDS_CSUM, csum_start 0..13) was accepted untagged, and a
+# tag push moved it to 4..17, where the same frame tagged is refused. Now such
+# a checksum start is malformed at ingress, so no push can make one.
 def test_a_pushed_tag_keeps_the_frame_well_formed():
     conf = [PortConf(pvid=3), PortConf(pvid=1, trunk=frozenset({3}))]
     data = VNET.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 0, 0, 0) + HOSTS[0] + HOSTS[1] + b"\x08\x00"

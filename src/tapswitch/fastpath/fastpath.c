@@ -519,8 +519,8 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define VLAN_VID_MASK 0x0fff
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
 /* What TS_IO_AUTO means: 1 = io_uring, falling back to read/write when refused;
- * 0 = read/write. The bench's A/B found io_uring no faster here (equal CPU per
- * 64 B frame, TCP lower): bench/RESULTS.md, "io_uring and placement". */
+ * 0 = read/write. The bench's A/B: io_uring floods faster, but costs the same
+ * per unicast 64 B frame and its TCP is lower: bench/RESULTS.md, "io_uring and placement". */
 #define AUTO_TRIES_URING 0
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
@@ -643,8 +643,10 @@ static bool vnet_hdr_is_valid(struct frame *f)
         return false;
     if (gso != VNET_GSO_NONE && h.gso_size == 0)
         return false;
+    /* A checksum starts after the Ethernet header (at L4, in practice) and ends
+     * inside the frame; so a tag pushed in front of it keeps the frame well formed. */
     if ((h.flags & VNET_F_NEEDS_CSUM)
-        && (uint32_t)h.csum_start + h.csum_offset + 2 > eth_len(f))
+        && (h.csum_start < ETH_HLEN || (uint32_t)h.csum_start + h.csum_offset + 2 > eth_len(f)))
         return false;
     f->gso_size = gso != VNET_GSO_NONE ? h.gso_size : 0;
     return true;
