@@ -113,11 +113,12 @@
  * seccomp, as Docker's default profile, or kernel.io_uring_disabled): the
  * worker (worker.py) then starts on read/write, and worker.backend says so.
  * TS_IO_AUTO is read/write: the bench's A/B (bench/RESULTS.md, "io_uring and
- * placement") found io_uring no faster on this machine -- the same CPU per
- * 64 B frame (the syscalls it saves are a few percent of a frame's cost; the
- * rest is TUN, skb and the receiver's stack run in our write, which io_uring
- * runs just the same) and lower TCP goodput. fastpath.c's AUTO_TRIES_URING
- * flips auto to "io_uring, else read/write" should a future measure say so.
+ * placement") found io_uring 1.25-1.56x faster at flooding, but the same CPU
+ * per unicast 64 B frame (the syscalls it saves are a few percent of a
+ * frame's cost; the rest is TUN, skb and the receiver's stack run in our
+ * write, which io_uring runs just the same) and lower TCP goodput (pooled).
+ * fastpath.c's AUTO_TRIES_URING flips auto to "io_uring, else read/write"
+ * should a future measure say so.
  *
  * Port settings (issue 6)
  * -----------------------
