@@ -89,11 +89,17 @@ class Supervisor:
         finally:
             os.close(ready_r)
         if not ok:
-            w.proc.kill()
-            self._reap(w)
+            self._kill(w)
             raise WorkerError(f"worker {w.queue} did not start (exit code {w.proc.returncode})")
         w.pidfd = os.pidfd_open(w.proc.pid)
         log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(self.port_fds))
+
+    def _kill(self, w: Worker) -> None:
+        """SIGKILL and reap. os.kill, not Popen.kill: that polls first and may reap the worker
+        itself (it died of the same group signal), leaving wait4 nothing to wait for. An unreaped
+        pid cannot be reused, so signalling it is safe."""
+        os.kill(w.proc.pid, signal.SIGKILL)
+        self._reap(w)
 
     def _reap(self, w: Worker) -> int:
         """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""
@@ -149,8 +155,7 @@ class Supervisor:
 
     def _stop(self, w: Worker) -> None:
         if w.proc is not None and w.proc.returncode is None:
-            w.proc.kill()            # a worker holds no state of its own: nothing to flush
-            self._reap(w)
+            self._kill(w)            # a worker holds no state of its own: nothing to flush
         if w.pidfd >= 0:
             os.close(w.pidfd)
             w.pidfd = -1

@@ -75,7 +75,8 @@ class Switch:
         self.log_file = open(self.log_path, "w")
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(prefix + [sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)    # its own process group, as under systemd
         try:
             if expect_ready:
                 deadline = time.monotonic() + timeout

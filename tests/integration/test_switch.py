@@ -231,3 +231,16 @@ def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
     assert sw2.stop() == 0
     assert helpers.netns_list() & made == set()  # the adopted ones went with the clean stop
+
+
+def test_sigterm_to_the_whole_process_group_is_a_clean_stop(lab):
+    """systemd's KillMode=control-group, `timeout`, Ctrl-C: the workers get the signal too."""
+    cfg = containers(lab, 2, queues=2)
+    sw = lab.switch(cfg)
+    workers = sw.worker_pids()
+    os.killpg(sw.proc.pid, signal.SIGTERM)
+    assert sw.stop() == 0, sw.log()
+    assert "Traceback" not in sw.log()
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
