@@ -68,8 +68,12 @@ class LinkMonitor:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
-        self.sock.bind((0, RTMGRP_LINK))
+        try:
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
+            self.sock.bind((0, RTMGRP_LINK))
+        except PermissionError:
+            self.sock.close()
+            raise PermissionError("listening to the link events of every namespace needs CAP_NET_BROADCAST") from None
 
     def fileno(self) -> int:
         return self.sock.fileno()
