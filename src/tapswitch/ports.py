@@ -216,15 +216,19 @@ def update_tunnel(port: Port) -> None:
         log.error("vxlan.update_failed", port=port.name, error=str(e))
 
 
-def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:
-    if tunnel is None:
-        return
+def _undo(step, ipr: IPRoute, event: str, **fields) -> None:
+    """A stop step that must not cut the stop short: log what may be left, close its netlink socket."""
     try:
-        tunnel.remove()
-    except Exception as e:         # a stop must go on: say what may be left
-        log.error("vxlan.remove_failed", port=tunnel.port, dev=tunnel.name, error=str(e))
+        step()
+    except Exception as e:
+        log.error(event, error=str(e), **fields)
     finally:
-        tunnel.ipr.close()
+        ipr.close()
+
+
+def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:
+    if tunnel is not None:
+        _undo(tunnel.remove, tunnel.ipr, "vxlan.remove_failed", port=tunnel.port, dev=tunnel.name)
 
 
 def _default_mac(ipr: IPRoute, cfg) -> str:
@@ -250,12 +254,7 @@ def _attach(cfg, mac: str) -> tuple[RemoteAttachment, int]:
 
 
 def _detach(att: RemoteAttachment) -> None:
-    try:
-        att.detach()
-    except Exception as e:         # a stop must go on: say what may be left
-        log.error("remote.detach_failed", tap=att.tap_ifname, remote=att.remote_ifname, error=str(e))
-    finally:
-        att.ipr.close()
+    _undo(att.detach, att.ipr, "remote.detach_failed", tap=att.tap_ifname, remote=att.remote_ifname)
 
 
 def _close(fds: list[int]) -> None:
