@@ -43,21 +43,12 @@ import uuid
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lab import nsexec, sh  # noqa: E402  (the bench's own helpers)
+
 SUBNET = "198.18.9"
 KILL_BEFORE, KILL_AFTER = 0.5, 2.0       # the kill window around each SIGKILL, seconds
 ETH_TYPE = 0x88B5
-
-
-def sh(*argv, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
-    argv = [str(a) for a in argv]
-    r = subprocess.run(argv, timeout=timeout, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r
-
-
-def nsexec(ns: str, *argv, **kw) -> subprocess.CompletedProcess:
-    return sh("ip", "netns", "exec", ns, *argv, **kw)
 
 
 def burst(dev: str, count: int) -> None:
