@@ -123,7 +123,7 @@ def params():
         yield pytest.param(name, marks=marks, id=name)
 
 
-@pytest.mark.parametrize("name", params())
+@pytest.mark.parametrize("name", list(params()))
 def test_hostile_file_exits_2_with_located_messages_and_no_traceback(results, name):
     case, r = CASES[name], results[name]
     assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-2000:]}"
