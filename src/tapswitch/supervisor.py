@@ -21,6 +21,7 @@ READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
 RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
 RESTART_WINDOW = 10.0
 BACKOFF = 1.0
+SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 
 
 class WorkerError(Exception):
@@ -60,8 +61,20 @@ class Supervisor:
         # Once per start: which I/O backend the fast path got (io_uring may be refused).
         log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})))
 
-    def _spawn(self, w: Worker) -> None:
-        self._await(w, self._launch(w))
+    def revive(self, w: Worker) -> bool:
+        """Start w again, trying a few times; False (logged) if it would not come up.
+        The switch goes on either way: the control loop tries again on its next tick."""
+        for attempt in range(1, SPAWN_TRIES + 1):
+            try:
+                self._await(w, self._launch(w))
+                return True
+            except (WorkerError, OSError) as e:
+                log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=str(e))
+        return False
+
+    def down(self) -> list[Worker]:
+        """Workers with no process (their start failed): the control loop revives them."""
+        return [w for w in self.workers if w.pidfd < 0]
 
     def _launch(self, w: Worker) -> int:
         """Start w's process; return the pipe on which it will say it is running."""
@@ -132,9 +145,15 @@ class Supervisor:
             log.error("worker.crashing", queue=w.queue, restarts=len(w.recent), backoff=BACKOFF)
             time.sleep(BACKOFF)
         w.recent.append(now)
-        self._spawn(w)
+        self.restart(w)
+
+    def restart(self, w: Worker) -> bool:
+        """Start w again after it died, counted in its restarts; False if it would not come up."""
+        if not self.revive(w):
+            return False
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
+        return True
 
     def replace_ports(self, port_fds: dict[int, list[int]]) -> None:
         """Hand every worker a new set of ports (a port was added or removed).
@@ -146,7 +165,7 @@ class Supervisor:
         self.port_fds = port_fds
         for w in self.workers:
             self._stop(w)
-            self._spawn(w)
+            self.revive(w)
         log.info("workers.replaced", ports=len(port_fds))
 
     def alive(self, w: Worker) -> bool:

@@ -153,6 +153,8 @@ class Switch:
 
     def _watch_workers(self, on: bool) -> None:
         for w in self.supervisor.workers:
+            if w.pidfd < 0:
+                continue             # not running: maintain_workers starts it again
             if on:
                 self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
             else:
@@ -197,6 +199,7 @@ class Switch:
                     self.last_reload = self.reload()
                     while self.reload_waiters:
                         self.reload_waiters.pop().set()
+                self.maintain_workers()
                 self.maintain_ports()
                 self.maintain_fdb()
                 self.feed_shared_remotes()
@@ -233,7 +236,8 @@ class Switch:
                 return       # the stop signal went to the whole group: stop() reaps it
             self.selector.unregister(obj.pidfd)
             self.supervisor.exited(obj)
-            self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
+            if obj.pidfd >= 0:
+                self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
         elif kind == "link":
             for event in obj.read():
                 self.link_changed(event)
@@ -304,6 +308,12 @@ class Switch:
         else:
             flushed = self.shared.fdb_flush(port.index)
             log.warning("port.down", port=port.name, fdb_flushed=flushed)
+
+    def maintain_workers(self) -> None:
+        """A worker whose start failed (killed while starting, say) gets another go every tick."""
+        for w in self.supervisor.down():
+            if self.supervisor.restart(w):
+                self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
 
     def maintain_ports(self) -> None:
         """Notice TAPs that vanished with their namespace (no link event tells us)."""

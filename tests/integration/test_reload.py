@@ -110,3 +110,27 @@ def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
     # Several tries: the neighbour entry that failed while the VLANs differed must be resolved anew.
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=10)
     assert helpers.link_mac(cfg["ports"][1]["netns"], "eth0") == mac_before        # same device
+
+
+def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
+    import os
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    for i in range(4):
+        cfg["ports"][1]["addresses"] = [f"198.18.4.{30 + i}/24"]     # remade: the workers are replaced
+        rewrite(sw, cfg)
+        sw.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.02 * i)
+        for pid in sw.worker_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1.5)
+    assert sw.proc.poll() is None, sw.log()
+    deadline = time.monotonic() + 5
+    while len(sw.worker_pids()) < 2:
+        assert time.monotonic() < deadline, sw.log()
+        time.sleep(0.1)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.33", count=10)
+    assert "Traceback" not in sw.log()
