@@ -36,7 +36,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +43,7 @@ import uuid
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import nsexec, sh  # noqa: E402  (the bench's own helpers)
+from lab import Lab, nsexec, sh  # noqa: E402  (the bench's own helpers)
 
 SUBNET = "198.18.9"
 KILL_BEFORE, KILL_AFTER = 0.5, 2.0       # the kill window around each SIGKILL, seconds
@@ -74,10 +73,8 @@ def pss_kb(pid: int) -> int:
 class Soak:
     def __init__(self, args):
         self.args = args
-        self.tag = "sk" + uuid.uuid4().hex[:4]
-        self.dir = tempfile.mkdtemp(prefix=f"{self.tag}-")
-        self.namespaces: list[str] = []
-        self.procs: list[subprocess.Popen] = []
+        self.lab = Lab("sk" + uuid.uuid4().hex[:4])    # names, namespaces, processes, temp dir
+        self.tag, self.dir, self.procs = self.lab.tag, self.lab.dir, self.lab.procs
         self.switch: subprocess.Popen | None = None
         self.stop = threading.Event()
         self.t0 = 0.0
@@ -92,23 +89,11 @@ class Soak:
 
     # --- setup and teardown ----------------------------------------------------
 
-    def name(self, suffix: str) -> str:
-        return f"{self.tag}{suffix}"
-
-    def netns(self, suffix: str) -> str:
-        ns = self.name(suffix)
-        sh("ip", "netns", "add", ns)
-        self.namespaces.append(ns)
-        for key in ("all", "default"):
-            nsexec(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1")
-        nsexec(ns, "ip", "link", "set", "lo", "up")
-        return ns
-
     def config(self, extra: bool) -> dict:
         n = 5 if extra else 4
-        ports = [{"name": self.name(f"p{i}"), "netns": f"/run/netns/{self.hosts[i]}", "ifname": "eth0",
+        ports = [{"name": self.lab.name(f"p{i}"), "netns": f"/run/netns/{self.hosts[i]}", "ifname": "eth0",
                   "addresses": [f"{SUBNET}.{i + 1}/24"]} for i in range(n)]
-        return {"switch": {"name": self.name("sw"), "queues": 2,
+        return {"switch": {"name": self.lab.name("sw"), "queues": 2,
                            "control": {"socket": os.path.join(self.dir, "ctl.sock")},
                            "metrics": {"listen": ""}, "log": {"level": "info", "format": "json"}},
                 "ports": ports}
@@ -120,7 +105,7 @@ class Soak:
         os.replace(tmp, self.config_path)
 
     def start(self) -> None:
-        self.hosts = [self.netns(f"c{i}") for i in range(5)]
+        self.hosts = [self.lab.netns(f"c{i}") for i in range(5)]
         self.config_path = os.path.join(self.dir, "tapswitch.yaml")
         self.socket = os.path.join(self.dir, "ctl.sock")
         self.write_config(False)
@@ -165,13 +150,6 @@ class Soak:
                 self.switch.kill()
                 self.switch.wait()
             self.log_file.close()
-        for ns in self.namespaces:
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            for _ in range(50):
-                if sh("ip", "netns", "del", ns, check=False).returncode == 0:
-                    break
-                time.sleep(0.1)
         if self.args.keep_log:
             os.makedirs(os.path.dirname(os.path.abspath(self.args.keep_log)) or ".", exist_ok=True)
             try:
@@ -179,7 +157,7 @@ class Soak:
                     dst.write(src.read())
             except OSError:
                 pass
-        subprocess.run(["rm", "-rf", self.dir])
+        self.lab.close()          # the processes left, the namespaces, the temp dir
 
     # --- reading the switch --------------------------------------------------
 
@@ -293,7 +271,7 @@ class Soak:
     def run(self) -> dict:
         a = self.args
         self.start()
-        self.permanent = [self.name(f"p{i}") for i in range(4)]
+        self.permanent = [self.lab.name(f"p{i}") for i in range(4)]
         first_counters = {p: c for p, c in self.ports().items() if p in self.permanent}
         self.t0, self.wall0 = time.monotonic(), time.time()
         pings = {(0, 1): self.ping(0, 1), (3, 2): self.ping(3, 2)}
@@ -380,7 +358,7 @@ class Soak:
             outside = sorted(seq for seq, t in lost.items() if not self.in_kill_window(t))
             pings[label] = {"sent": sent, "received": len(answered), "lost": len(lost),
                             "lost_in_kill_windows": len(lost) - len(outside), "lost_outside": outside}
-            pings[label]["port"] = self.name(f"p{src}")
+            pings[label]["port"] = self.lab.name(f"p{src}")
         checks["no_loss_outside_kill_windows"] = all(not p["lost_outside"] for p in pings.values()) and \
             all(p["sent"] > 0 for p in pings.values())
         checks["pings_ran_throughout"] = all(p["sent"] >= 0.8 * end / 0.1 for p in pings.values())
