@@ -148,38 +148,37 @@ def mac_and_mask(value: str) -> tuple[bytes, bytes]:
     return _mac_octets(mac), _mac_octets(mask) if mask else b"\xff" * 6
 
 
-ETH_TYPES = {"ipv4": 0x0800, "arp": 0x0806, "ipv6": 0x86DD}
+ETH_TYPES = {"ipv4": 0x0800, "ipv6": 0x86DD, "arp": 0x0806}
 IP_ETH_TYPE = {4: 0x0800, 6: 0x86DD}
-IP_PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+IP_PROTOS = {"icmp": 1, "icmpv6": 58, "tcp": 6, "udp": 17}
 PORT_PROTOS = (6, 17)  # the protocols whose src_port/dst_port an ACL reads
+
+
+def _named_number(value: Any, key: str, names: dict[str, int], number: str, example: str,
+                  lo: int, hi: int, show=str) -> int:
+    """A number lo..hi, or one of `names`: the rule of eth_type and ip_proto."""
+    if isinstance(value, str):
+        if value in names:
+            return names[value]
+        raise ValueError(f"{key} is a number {number} or one of {', '.join(names)}; got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an {key} ({example}), got {_kind(value)}")
+    if not lo <= value <= hi:
+        raise ValueError(f"an {key} is {show(lo)} to {show(hi)}, got {show(value)}")
+    return value
 
 
 def _is_eth_type(value: Any) -> int:
     """An ethertype, a number 0x0600..0xffff or ipv4, ipv6, arp."""
-    if isinstance(value, str):
-        if value in ETH_TYPES:
-            return ETH_TYPES[value]
-        raise ValueError(f"eth_type is a number like 0x0800 or one of ipv4, ipv6, arp; got {value!r}")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"expected an eth_type (0x0800, ipv4...), got {_kind(value)}")
-    if value == 0x8100:
+    if value == 0x8100 and not isinstance(value, bool):
         raise ValueError("0x8100 is the VLAN tag, not a payload's type: match on vlan")
-    if not 0x0600 <= value <= 0xFFFF:
-        raise ValueError(f"an eth_type is 0x0600 to 0xffff, got {value:#06x}")
-    return value
+    return _named_number(value, "eth_type", ETH_TYPES, "like 0x0800", "0x0800, ipv4...",
+                         0x0600, 0xFFFF, show=lambda v: f"{v:#06x}")
 
 
 def _is_ip_proto(value: Any) -> int:
     """An IP protocol, a number 0..255 or icmp, icmpv6, tcp, udp."""
-    if isinstance(value, str):
-        if value in IP_PROTOS:
-            return IP_PROTOS[value]
-        raise ValueError(f"ip_proto is a number 0 to 255 or one of icmp, icmpv6, tcp, udp; got {value!r}")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"expected an ip_proto (tcp, 17...), got {_kind(value)}")
-    if not 0 <= value <= 255:
-        raise ValueError(f"an ip_proto is 0 to 255, got {value}")
-    return value
+    return _named_number(value, "ip_proto", IP_PROTOS, "0 to 255", "tcp, 17...", 0, 255)
 
 
 def _is_prefix(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
