@@ -270,8 +270,8 @@ def fdb(sel: str) -> Row:
     use = f"tapswitch_fdb_entries{{{sel}}}\n/\ntapswitch_fdb_capacity{{{sel}}}"
     return ("FDB (MAC table)", [
         single("FDB use", "percentunit", [Q(use, "{{switch}}")],
-               "Entries / capacity. Above 90% the switch evicts entries (fairly, from the "
-               "port with the most) and floods more.",
+               "Entries / slots (mac_table.size and a quarter more: the size fills 80%). Above 90% "
+               "the switch starts to evict entries (fairly, from the port with the most) and floods more.",
                steps=((None, "green"), (0.75, "orange"), (0.9, "red")), max_=1),
         graph("FDB entries", "short",
               [Q(f"tapswitch_fdb_entries{{{sel}}}", "{{switch}} entries"),

@@ -429,7 +429,7 @@ def test_aging_removes_expired_entries_and_keeps_static(sw):
     sw.learn(0, A)
     sw.shared.fdb_add_static(C, 0, 2)
     [seen] = [e[4] for e in sw.shared.fdb_dump() if e[0] == A]
-    buckets = sw.shared.fdb_capacity // lib.TS_FDB_WAYS
+    buckets = sw.shared.fdb_buckets
     assert sw.shared.fdb_age(seen + 300, 300, 0, buckets) == 0       # not yet
     assert sw.shared.fdb_age(seen + 301, 300, 0, buckets) == 1
     assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 0) == -1
@@ -440,11 +440,12 @@ def test_aging_removes_expired_entries_and_keeps_static(sw):
 
 
 def test_aging_is_incremental_by_bucket():
-    t = Table(64)                                # 8 buckets
+    t = Table(64)                                # 80 slots: 10 buckets
+    assert t.s.fdb_buckets == 10
     for i in range(40):
         t.learn(host_mac(i), 1, now=100)
     n = t.entries()
-    removed = [lib.ts_fdb_age(t.s, 1000, 300, b, 1) for b in range(8)]
+    removed = [lib.ts_fdb_age(t.s, 1000, 300, b, 1) for b in range(10)]
     assert sum(removed) == n
     assert t.entries() == 0
     assert t.stats(lib.TS_CONTROL)[2] == n       # aged
@@ -453,7 +454,7 @@ def test_aging_is_incremental_by_bucket():
 def test_fair_eviction_keeps_established_hosts_of_a_small_port():
     t = Table(64)
     capacity = t.s.fdb_capacity
-    assert capacity == 64
+    assert capacity == 80                        # a quarter more slots than the size
     established = [host_mac(i, 0x06) for i in range(4)]
     for mac in established:
         assert t.learn(mac, 1) == 1
@@ -478,7 +479,8 @@ def test_fair_eviction_keeps_established_hosts_of_a_small_port():
 
 
 def test_eviction_takes_the_oldest_of_the_largest_port():
-    t = Table(8)                                 # one bucket
+    t = Table(6)                                 # 6 + 1 slots: one bucket of 8
+    assert t.s.fdb_buckets == 1
     for i in range(8):
         t.learn(host_mac(i), 0, now=100 + i)
     t.learn(host_mac(100), 1, now=200)           # evicts host 0, seen at 100
@@ -492,7 +494,8 @@ def test_eviction_takes_the_oldest_of_the_largest_port():
 
 
 def test_full_table_never_grows():
-    t = Table(8)                                 # one bucket
+    t = Table(6)                                 # 6 + 1 slots: one bucket of 8
+    assert t.s.fdb_buckets == 1
     for i in range(8):
         assert lib.ts_fdb_add_static(t.s, mac_bytes(host_mac(i)), 0, 1) == 0
     assert lib.ts_fdb_add_static(t.s, mac_bytes(host_mac(8)), 0, 1) == -28   # ENOSPC
@@ -502,6 +505,76 @@ def test_full_table_never_grows():
     assert t.stats(0) == (0, 0, 0, 0)
     out = ffi.new("struct ts_fdb_record[]", 16)
     assert lib.ts_fdb_dump(t.s, out, 16) == 8
+
+
+@pytest.mark.parametrize("size", [8192, 65536])
+def test_table_holds_its_size_in_random_macs(size):
+    # Each MAC may go in either of two buckets and moves to make room: the
+    # configured size fits with no eviction. (One bucket per MAC lost about
+    # 1 % of the keys at half this fill.)
+    t = Table(size, seed=size)
+    rng = random.Random(size)
+    macs = {"02:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(5)) for _ in range(size)}
+    for mac in macs:
+        assert t.learn(mac, 1) == 1
+    assert t.stats(0)[3] == 0                    # nothing evicted
+    assert t.entries() == len(macs)
+    assert all(t.lookup(mac) == 1 for mac in macs)
+    out = ffi.new("struct ts_fdb_record[]", t.s.fdb_capacity)
+    assert lib.ts_fdb_dump(t.s, out, t.s.fdb_capacity) == len(macs)
+
+
+M64 = (1 << 64) - 1
+
+
+def buckets_of(t: Table, mac: str, vlan: int = 0) -> tuple[int, int]:
+    """The two buckets the table's hash picks for a key (a model of fdb_hash and fdb_pair)."""
+    key = 1 << 63 | vlan << 48 | int(mac.replace(":", ""), 16)
+    h = key ^ t.s.hash_seed
+    h ^= h >> 33
+    h = h * 0xff51afd7ed558ccd & M64
+    h ^= h >> 33
+    h = h * 0xc4ceb9fe1a85ec53 & M64
+    h ^= h >> 33
+    h2 = (h ^ (h >> 29)) * 0x9e3779b97f4a7c15 & M64
+    n = t.s.fdb_buckets
+    return (h >> 32) * n >> 32, (h2 >> 32) * n >> 32
+
+
+def bucket_holding(t: Table, mac: str, vlan: int = 0) -> list[int]:
+    """Where the key is, read from the table's slots."""
+    key = 1 << 63 | vlan << 48 | int(mac.replace(":", ""), 16)
+    return [i // lib.TS_FDB_WAYS for i in range(t.s.fdb_capacity) if t.s.fdb[i].key == key]
+
+
+def test_a_new_mac_takes_the_emptier_of_its_two_buckets():
+    t = Table(60)                                # 75 slots: 10 buckets
+    macs = [host_mac(i) for i in range(40)]
+    for mac in macs:
+        load = [sum(t.s.fdb[b * 8 + i].key != 0 for i in range(8)) for b in range(10)]
+        b0, b1 = buckets_of(t, mac)
+        assert t.learn(mac, 1) == 1
+        assert bucket_holding(t, mac) == [b1 if load[b1] < load[b0] else b0]
+
+
+def test_a_full_bucket_makes_room_by_moving_an_entry_to_its_other_bucket():
+    t = Table(12)                                # 15 slots: 2 buckets
+    assert t.s.fdb_buckets == 2
+    candidates = [host_mac(i) for i in range(2000)]
+    mover = next(m for m in candidates if buckets_of(t, m) == (0, 1))
+    stuck = [m for m in candidates if buckets_of(t, m) == (0, 0)]
+    assert t.learn(mover, 1) == 1                # both empty: the first bucket
+    for mac in stuck[:7]:
+        assert t.learn(mac, 1) == 1
+    assert bucket_holding(t, mover) == [0] and [bucket_holding(t, m) for m in stuck[:7]] == [[0]] * 7
+    newcomer = stuck[7]                          # bucket 0 is full, and its only bucket
+    assert t.learn(newcomer, 2) == 1
+    assert t.stats(0)[3] == 0                    # nothing evicted...
+    assert bucket_holding(t, mover) == [1]       # ...the mover moved
+    assert bucket_holding(t, newcomer) == [0]
+    assert t.lookup(newcomer) == 2 and t.lookup(mover) == 1
+    assert all(t.lookup(m) == 1 for m in stuck[:7])
+    assert t.s.ports[1].fdb_entries == 8 and t.s.ports[2].fdb_entries == 1
 
 
 def test_static_entry_is_not_moved_by_learning():
@@ -553,7 +626,8 @@ def test_attached_mapping_sees_the_same_table():
     worker = Shared.attach(os.dup(control.fd))
     try:
         assert worker.ptr != control.ptr
-        assert worker.fdb_capacity == control.fdb_capacity == 1024
+        assert worker.fdb_size == control.fdb_size == 1024
+        assert worker.fdb_capacity == control.fdb_capacity == 1280
         assert lib.ts_fdb_learn(worker.ptr, 1, mac_bytes(A), 0, 4, 100) == 1
         assert lib.ts_fdb_lookup(control.ptr, mac_bytes(A), 0) == 4
         control.set_port(4, lib.TS_PORT_UP, 9000)

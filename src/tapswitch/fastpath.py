@@ -90,7 +90,7 @@ class Shared:
         Takes ownership of fd: close() closes it."""
         self = cls(fd)
         if self.ptr.magic != lib.TS_MAGIC or self.ptr.version != lib.TS_VERSION \
-                or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_capacity):
+                or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_size):
             self.close()
             raise ValueError(f"fd {fd} is not tapswitch shared memory of version {lib.TS_VERSION}")
         return self
@@ -139,8 +139,18 @@ class Shared:
     # The MAC table.
 
     @property
+    def fdb_size(self) -> int:
+        """Entries the table was made to hold (mac_table.size)."""
+        return self.ptr.fdb_size
+
+    @property
     def fdb_capacity(self) -> int:
+        """Slots: a quarter more than fdb_size, so that fdb_size entries fit."""
         return self.ptr.fdb_capacity
+
+    @property
+    def fdb_buckets(self) -> int:
+        return self.ptr.fdb_buckets
 
     def fdb_stats(self) -> dict[str, int]:
         """Summed over the workers' slots and the control process's."""

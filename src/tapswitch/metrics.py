@@ -85,8 +85,9 @@ class SwitchCollector:
                           (([name, m.name], shared.mirror_counters(i)[key]) for i, m in mirrors))
         yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
                       ["switch"], [([name], shared.fdb_entries())])
-        yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity", "MAC table size in entries.",
-                      ["switch"], [([name], shared.fdb_capacity)])
+        yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity",
+                      "MAC table slots: mac_table.size and a quarter more.", ["switch"],
+                      [([name], shared.fdb_capacity)])
         stats = shared.fdb_stats()
         for key, doc in FDB_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_fdb_{key}", doc, ["switch"], [([name], stats[key])])

@@ -340,7 +340,7 @@ class Switch:
     def maintain_fdb(self) -> None:
         """One aging step over a slice of the MAC table; warn when it is full."""
         shared = self.shared
-        buckets = shared.fdb_capacity // fastpath.lib.TS_FDB_WAYS
+        buckets = shared.fdb_buckets
         step = math.ceil(buckets / AGING_STEPS)
         aged = shared.fdb_age(shared.now(), self.cfg.switch.mac_table.aging, self.aging_cursor, step)
         self.aging_cursor = (self.aging_cursor + step) % buckets
@@ -350,7 +350,7 @@ class Switch:
         if evicted > self.evicted_seen:
             now = shared.now()
             if now - self.full_logged_at >= FULL_LOG_INTERVAL:
-                log.warning("fdb.full", capacity=shared.fdb_capacity, evicted=evicted - self.evicted_seen)
+                log.warning("fdb.full", size=shared.fdb_size, evicted=evicted - self.evicted_seen)
                 self.full_logged_at = now
             self.evicted_seen = evicted
 

@@ -45,11 +45,15 @@ _Static_assert(TS_MAX_MIRRORS <= 16, "mirror masks are 16 bits");
 
 /* ---------------------------------------------------------------- Shared memory. */
 
-#define FDB_SIZE_MAX 0xfffffff8u   /* keeps fdb_capacity within 32 bits */
+#define FDB_SIZE_MAX 0xccccccc0u   /* keeps fdb_capacity (5/4 of it) within 32 bits */
 
+/* Buckets for a table that holds fdb_size entries: a quarter more slots than
+ * that, so that fdb_size entries fill it to 80 %, where two choices and one
+ * displacement step (see fdb_put) place every key. */
 static uint32_t fdb_buckets_for(uint32_t fdb_size)
 {
-    return (uint32_t)(((uint64_t)fdb_size + TS_FDB_WAYS - 1) / TS_FDB_WAYS);
+    uint64_t slots = (uint64_t)fdb_size + fdb_size / 4;
+    return (uint32_t)((slots + TS_FDB_WAYS - 1) / TS_FDB_WAYS);
 }
 
 size_t ts_shared_size(uint32_t fdb_size)
@@ -67,6 +71,7 @@ int ts_shared_init(struct ts_shared *s, uint32_t fdb_size, uint32_t n_workers, u
         return -EINVAL;
     s->version = TS_VERSION;
     s->n_workers = n_workers;
+    s->fdb_size = fdb_size;
     s->fdb_buckets = fdb_buckets_for(fdb_size);
     s->fdb_capacity = s->fdb_buckets * TS_FDB_WAYS;
     s->hash_seed = hash_seed;
@@ -139,11 +144,24 @@ static uint64_t hash_tag(uint64_t h)
     return h & VAL_TAG_MASK;
 }
 
-/* fastrange: the high 32 bits of the hash scaled to the bucket count. */
-static struct ts_fdb_entry *fdb_bucket(const struct ts_shared *s, uint64_t h)
+/* fastrange: 32 bits of hash scaled to the bucket count. */
+static struct ts_fdb_entry *bucket_at(const struct ts_shared *s, uint32_t x)
 {
-    uint64_t b = ((h >> 32) * (uint64_t)s->fdb_buckets) >> 32;
+    uint64_t b = ((uint64_t)x * s->fdb_buckets) >> 32;
     return (struct ts_fdb_entry *)&s->fdb[b * TS_FDB_WAYS];
+}
+
+/* A key's two buckets: one from the hash's high half, one from a remix of the
+ * hash. The same bucket twice is possible (always, with one bucket). */
+struct fdb_pair {
+    struct ts_fdb_entry *b[2];
+};
+
+static struct fdb_pair fdb_pair(const struct ts_shared *s, uint64_t h)
+{
+    uint64_t h2 = (h ^ (h >> 29)) * 0x9e3779b97f4a7c15ULL;
+    return (struct fdb_pair){ { bucket_at(s, (uint32_t)(h >> 32)),
+                                bucket_at(s, (uint32_t)(h2 >> 32)) } };
 }
 
 static uint64_t make_val(uint16_t port, bool is_static, uint32_t seen, uint64_t tag)
@@ -206,6 +224,16 @@ static struct ts_fdb_entry *fdb_find(struct ts_fdb_entry *b, uint64_t key, uint6
     return NULL;
 }
 
+/* The key's entry in either of its buckets, the first bucket first. */
+static struct ts_fdb_entry *fdb_locate(const struct fdb_pair *p, uint64_t key, uint64_t tag,
+                                       uint64_t *val)
+{
+    struct ts_fdb_entry *e = fdb_find(p->b[0], key, tag, val);
+    if (!e && p->b[1] != p->b[0])
+        e = fdb_find(p->b[1], key, tag, val);
+    return e;
+}
+
 /* Remove the entry whose value the caller read as v. Returns 1 if this
  * caller won the removal, 0 if the entry changed meanwhile. */
 static uint32_t fdb_remove(struct ts_shared *s, struct ts_fdb_entry *e, uint64_t v)
@@ -246,8 +274,9 @@ static int fdb_update(struct ts_shared *s, struct ts_fdb_entry *e, uint64_t v, u
     return -1;
 }
 
-/* Take an empty slot of bucket b for key. */
-static bool fdb_claim(struct ts_shared *s, struct ts_fdb_entry *b, uint64_t key, uint64_t nv)
+/* Take an empty slot of bucket b for key; the slot, or NULL if b is full. */
+static struct ts_fdb_entry *fdb_claim(struct ts_shared *s, struct ts_fdb_entry *b, uint64_t key,
+                                      uint64_t nv)
 {
     for (int i = 0; i < TS_FDB_WAYS; i++) {
         uint64_t empty = 0;
@@ -256,34 +285,88 @@ static bool fdb_claim(struct ts_shared *s, struct ts_fdb_entry *b, uint64_t key,
         /* key set, val 0: the slot is ours, nobody else writes its val. */
         store(&b[i].val, nv);
         port_count_add(s, val_port(nv));
-        return true;
+        return &b[i];
+    }
+    return NULL;
+}
+
+static int free_slots(const struct ts_fdb_entry *b)
+{
+    int n = 0;
+    for (int i = 0; i < TS_FDB_WAYS; i++)
+        n += load(&b[i].key) == 0;
+    return n;
+}
+
+/* Take an empty slot in the emptier of the key's buckets (the first on a tie),
+ * else in the other. */
+static bool fdb_claim_pair(struct ts_shared *s, const struct fdb_pair *p, uint64_t key,
+                           uint64_t nv)
+{
+    if (p->b[1] == p->b[0])
+        return fdb_claim(s, p->b[0], key, nv);
+    int second = free_slots(p->b[1]) > free_slots(p->b[0]);
+    return fdb_claim(s, p->b[second], key, nv) || fdb_claim(s, p->b[!second], key, nv);
+}
+
+#define DISPLACE_CANDIDATES 4       /* entries of a full bucket tried for a move */
+
+/* Bucket b is full: move one of its entries to that entry's other bucket, if
+ * that has room, so that b has a free slot. The entry is copied first and the
+ * original removed after, so a reader finds one or the other, or, in the
+ * instant between scanning the two buckets, neither (a miss: flooded once).
+ * Returns true if b has a free slot now. */
+static bool fdb_displace(struct ts_shared *s, struct ts_fdb_entry *b)
+{
+    for (int i = 0; i < DISPLACE_CANDIDATES; i++) {
+        uint64_t k = load(&b[i].key), v = load(&b[i].val);
+        if (k == 0)
+            return true;                /* freed meanwhile */
+        uint64_t h = fdb_hash(s, k);
+        if (!val_is_for(v, hash_tag(h)))
+            continue;                   /* being claimed or removed */
+        struct fdb_pair p = fdb_pair(s, h);
+        struct ts_fdb_entry *other = p.b[0] == b ? p.b[1] : p.b[0];
+        struct ts_fdb_entry *copy;
+        if (other == b || !(copy = fdb_claim(s, other, k, v)))
+            continue;
+        if (fdb_remove(s, &b[i], v))
+            return true;
+        /* The original changed while we copied it (refreshed, moved, aged):
+         * it stays, and our copy goes unless it has changed too. */
+        fdb_remove(s, copy, v);
     }
     return false;
 }
 
-/* The bucket is full: replace, fairly, a learned entry of the port that holds
- * the most entries, the oldest among them -- Open vSwitch's defence against
- * MAC flooding: a flooding port evicts its own entries, not its neighbours'.
- * Returns 1 if replaced, 0 if nothing here may be evicted, -1 if a race was
- * lost (a slot was freed or the victim changed): try again. */
-static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, struct ts_fdb_entry *b,
+/* Both of the key's buckets are full: replace, fairly, a learned entry of the
+ * port that holds the most entries, the oldest among them -- Open vSwitch's
+ * defence against MAC flooding: a flooding port evicts its own entries, not
+ * its neighbours'. Returns 1 if replaced, 0 if nothing here may be evicted,
+ * -1 if a race was lost (a slot was freed or the victim changed): try again. */
+static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, const struct fdb_pair *p,
                      uint64_t key, uint64_t nv)
 {
     struct ts_fdb_entry *victim = NULL;
     uint64_t victim_val = 0;
     uint32_t most = 0;
 
-    for (int i = 0; i < TS_FDB_WAYS; i++) {
-        if (load(&b[i].key) == 0)
-            return -1;
-        uint64_t v = load(&b[i].val);
-        if (!val_valid(v) || val_static(v))
-            continue;
-        uint32_t n = __atomic_load_n(&s->ports[val_port(v)].fdb_entries, __ATOMIC_RELAXED);
-        if (!victim || n > most || (n == most && val_seen(v) < val_seen(victim_val))) {
-            victim = &b[i];
-            victim_val = v;
-            most = n;
+    for (int j = 0; j < 2; j++) {
+        if (j == 1 && p->b[1] == p->b[0])
+            break;
+        struct ts_fdb_entry *b = p->b[j];
+        for (int i = 0; i < TS_FDB_WAYS; i++) {
+            if (load(&b[i].key) == 0)
+                return -1;
+            uint64_t v = load(&b[i].val);
+            if (!val_valid(v) || val_static(v))
+                continue;
+            uint32_t n = __atomic_load_n(&s->ports[val_port(v)].fdb_entries, __ATOMIC_RELAXED);
+            if (!victim || n > most || (n == most && val_seen(v) < val_seen(victim_val))) {
+                victim = &b[i];
+                victim_val = v;
+                most = n;
+            }
         }
     }
     if (!victim)
@@ -299,26 +382,35 @@ static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, struct ts_fdb
     return 1;
 }
 
-/* Put key -> nv in its bucket: update the key's entry, else take an empty
- * slot, else evict. Returns 1 new, 2 moved, 0 refreshed or unchanged, -1 not
- * stored. Evictions are counted in st; the caller counts the rest. */
+/* Put key -> nv: update the key's entry, else take an empty slot in one of its
+ * two buckets, else make one by moving an entry to its other bucket, else
+ * evict. Returns 1 new, 2 moved, 0 refreshed or unchanged, -1 not stored.
+ * Evictions are counted in st; the caller counts the rest. */
 static int fdb_put(struct ts_shared *s, struct ts_fdb_stats *st, uint64_t key, uint64_t h,
                    uint64_t nv)
 {
-    struct ts_fdb_entry *b = fdb_bucket(s, h);
+    struct fdb_pair p = fdb_pair(s, h);
+    bool displaced = false;
 
     for (int attempt = 0; attempt < PUT_ATTEMPTS; attempt++) {
         uint64_t v;
-        struct ts_fdb_entry *e = fdb_find(b, key, hash_tag(h), &v);
+        struct ts_fdb_entry *e = fdb_locate(&p, key, hash_tag(h), &v);
         if (e) {
             int r = fdb_update(s, e, v, nv);
             if (r >= 0)
                 return r;
             continue;
         }
-        if (fdb_claim(s, b, key, nv))
+        if (fdb_claim_pair(s, &p, key, nv))
             return 1;
-        int r = fdb_evict(s, st, b, key, nv);
+        /* One displacement per put: a full table under a MAC flood does not
+         * pay for more. */
+        if (!displaced) {
+            displaced = true;
+            if (fdb_displace(s, p.b[0]) || (p.b[1] != p.b[0] && fdb_displace(s, p.b[1])))
+                continue;
+        }
+        int r = fdb_evict(s, st, &p, key, nv);
         if (r > 0)
             return 1;
         if (r == 0)
@@ -355,7 +447,8 @@ int ts_fdb_lookup(const struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
     if (vlan > VLAN_MAX)
         return -1;
     uint64_t key = fdb_key(mac, vlan), h = fdb_hash(s, key), v;
-    if (!fdb_find(fdb_bucket(s, h), key, hash_tag(h), &v))
+    struct fdb_pair p = fdb_pair(s, h);
+    if (!fdb_locate(&p, key, hash_tag(h), &v))
         return -1;
     return val_port(v);
 }
@@ -367,9 +460,10 @@ int ts_fdb_add_static(struct ts_shared *s, const uint8_t *mac, uint16_t vlan, ui
     if (vlan > VLAN_MAX || port >= TS_MAX_PORTS)
         return -EINVAL;
     uint64_t key = fdb_key(mac, vlan), h = fdb_hash(s, key), old = 0;
+    struct fdb_pair p = fdb_pair(s, h);
     /* The static entry this one replaces, if any: learning never changes a
      * static value, so what we read stays until our put replaces it. */
-    bool was_static = fdb_find(fdb_bucket(s, h), key, hash_tag(h), &old) && val_static(old);
+    bool was_static = fdb_locate(&p, key, hash_tag(h), &old) && val_static(old);
     int r = fdb_put(s, &s->fdb_stats[TS_CONTROL], key, h,
                     make_val(port, true, ts_now(), hash_tag(h)));
     if (r < 0)
@@ -385,10 +479,11 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
     if (vlan > VLAN_MAX)
         return -EINVAL;
     uint64_t key = fdb_key(mac, vlan), h = fdb_hash(s, key), v;
-    struct ts_fdb_entry *b = fdb_bucket(s, h), *e;
+    struct fdb_pair p = fdb_pair(s, h);
+    struct ts_fdb_entry *e;
     uint32_t removed = 0;
-    /* Every copy: a lost learning race may have made two. */
-    while ((e = fdb_find(b, key, hash_tag(h), &v))) {
+    /* Every copy: a lost learning race, or a move, may have made two. */
+    while ((e = fdb_locate(&p, key, hash_tag(h), &v))) {
         uint32_t r = fdb_remove(s, e, v);
         if (r && val_static(v))
             static_count_sub(s, val_port(v));

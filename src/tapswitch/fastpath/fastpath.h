@@ -36,12 +36,18 @@
  * The MAC table
  * -------------
  * Maps (MAC, VLAN) to (port, last seen). It is a fixed array of buckets of
- * TS_FDB_WAYS entries; an entry lives only in the bucket its key hashes to
- * (keyed by a per-switch random seed, so a remote host cannot aim its source
- * MACs at one bucket it chose in advance). The table never grows: a bucket
- * that is full evicts, fairly, the entry whose port holds the most entries
+ * TS_FDB_WAYS entries, with a quarter more slots than the configured size.
+ * A key may live in either of two buckets its hash picks (keyed by a
+ * per-switch random seed, so a remote host cannot aim its source MACs at a
+ * bucket it chose in advance): a new key takes the emptier of the two; when
+ * both are full, an entry of one moves to its own other bucket to make room
+ * (one step of cuckoo hashing). At the configured size (80 % of the slots)
+ * this places every key; one bucket per key would have lost 1 % of them
+ * at half that. The table never grows: when neither bucket can make room,
+ * the entry evicted, fairly, is the one whose port holds the most entries
  * (oldest first among those), as Open vSwitch does to defend against MAC
- * flooding attacks. Static entries are never evicted, aged or moved.
+ * flooding attacks. Static entries are never evicted, aged or moved to
+ * another port.
  *
  * Thread-safety. Entries are two 64-bit words written with atomic
  * operations; nothing takes a lock. `key` is claimed with a compare-and-swap
@@ -56,6 +62,9 @@
  * Lost races, stated:
  *   - two workers learning the same new MAC at once may each claim a slot;
  *     lookups return the first, the other ages out;
+ *   - a lookup racing with a move of its entry may scan the bucket the entry
+ *     moves to just before the copy lands and the other just after the
+ *     original is removed: a miss, flooded once;
  *   - a reader may see a key whose value is not yet written (val == 0) and
  *     treat it as a miss: the frame is flooded once;
  *   - aging may remove an entry refreshed a moment before; it is relearned
@@ -211,7 +220,7 @@
  * expressions). */
 
 #define TS_MAGIC 0x7473776974636801
-#define TS_VERSION 2
+#define TS_VERSION 3
 #define TS_MAX_PORTS 256       /* port index 0..255 */
 #define TS_MAX_WORKERS 16      /* switch.queues upper bound */
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
@@ -407,7 +416,7 @@ struct ts_shared {
     uint32_t fdb_capacity;     /* fdb_buckets * TS_FDB_WAYS */
     uint64_t hash_seed;        /* random per switch */
     uint32_t settings_gen;     /* settings[settings_gen & 1] is current (control process) */
-    uint32_t reserved32;
+    uint32_t fdb_size;         /* entries asked for (mac_table.size); capacity is 5/4 of it */
     uint64_t reserved[3];      /* header is 64 bytes, so counters start 64-byte aligned */
     struct ts_port ports[256];
     struct ts_counters counters[16][256];
