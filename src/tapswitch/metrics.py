@@ -94,6 +94,10 @@ class SwitchCollector:
         workers = sw.supervisor.workers if sw.supervisor else []
         yield _family(GaugeMetricFamily, "tapswitch_worker_up", "1 if the worker process of the queue runs.",
                       ["switch", "queue"], (([name, str(w.queue)], int(sw.supervisor.alive(w))) for w in workers))
+        yield _family(GaugeMetricFamily, "tapswitch_worker_info",
+                      "The queue's worker: the I/O backend its fast path runs (readwrite or uring).",
+                      ["switch", "queue", "io"],
+                      (([name, str(w.queue), w.backend], 1) for w in workers if w.backend))
         yield _family(CounterMetricFamily, "tapswitch_worker_restarts", "Worker processes restarted.",
                       ["switch", "queue"], (([name, str(w.queue)], w.restarts) for w in workers))
         yield _family(CounterMetricFamily, "tapswitch_worker_cpu_seconds", "CPU seconds used by the queue's workers.",

@@ -333,6 +333,10 @@ def test_port_and_worker_state_and_a_worker_restart(lab):
     assert exporter.values("tapswitch_port_up", ("port",)) == {(n,): 1 for n in names}
     assert exporter.values("tapswitch_worker_up", ("queue",)) == {("0",): 1, ("1",): 1}
     assert exporter.values("tapswitch_worker_restarts_total", ("queue",)) == {("0",): 0, ("1",): 0}
+    backends = exporter.values("tapswitch_worker_info", ("queue", "io"))
+    assert sorted(q for q, _ in backends) == ["0", "1"] and set(backends.values()) == {1}
+    wanted = os.environ.get("TAPSWITCH_IO") or "readwrite"
+    assert {io for _, io in backends} <= {wanted, "readwrite"}       # io_uring may be refused: read/write
 
     ping_loop(lab, cfg["ports"][0]["netns"], "198.18.0.2")
     ping_loop(lab, cfg["ports"][1]["netns"], "fd00::1")
