@@ -87,6 +87,33 @@ def frames(ctx: Ctx, system, hosts) -> list[Measure]:
     return out
 
 
+THROUGHPUT_LOSS = 0.001       # RFC 2544 asks for none; 0.1 %, the issue's bar, forgives a stray frame
+THROUGHPUT_STEPS = 6          # binary search: the rate to within 1/64 of the generator's full speed
+
+
+def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
+    """Throughput (RFC 2544 26.1): the highest offered rate of 64 B frames forwarded with loss under
+    0.1 %, by binary search between nothing and the generator's full speed on this topology."""
+    a, b = hosts[0], hosts[1]
+    frame = test_frame(ctx, a, b, 64)
+    seconds = ctx.frame_seconds
+    full = trafgen(ctx.lab, a, [b], frame, seconds=seconds)
+    top = full.offered / full.seconds
+    if full.loss(b.index) < THROUGHPUT_LOSS:
+        best, best_loss = full.rate_pps[b.index], full.loss(b.index)    # the generator is the limit
+    else:
+        lo, hi, best, best_loss = 0.0, top, 0.0, float("nan")
+        for _ in range(THROUGHPUT_STEPS):
+            rate = (lo + hi) / 2
+            s = trafgen(ctx.lab, a, [b], frame, seconds=seconds, rate_pps=int(rate))
+            if s.loss(b.index) < THROUGHPUT_LOSS:
+                lo, best, best_loss = rate, s.rate_pps[b.index], s.loss(b.index)
+            else:
+                hi = rate
+    return [Measure("throughput (loss < 0.1 %), 64 B", "Mpps", best / 1e6),
+            Measure("loss at that rate, 64 B", "%", 100 * best_loss, LOWER)]
+
+
 def caching(ctx: Ctx, system, hosts) -> list[Measure]:
     """Address caching capacity (RFC 2889 5.7): N source MACs learned on port A, then reached from B;
     every frame the switch did not know its way for is flooded, and so counted at listener C."""
@@ -170,6 +197,7 @@ def cases(ctx: Ctx) -> list[Case]:
     return [
         Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2)),
         Case("frames", "forwarding rate", 2, frames),
+        Case("throughput", "throughput (RFC 2544)", 2, throughput),
         Case("caching", "address caching", 3, caching, fdb_size=fdb_big),
         Case("learning", "learning rate", 2, learning, fdb_size=fdb_big),
         Case("broadcast4", "broadcast, 4 ports", 5, broadcast),

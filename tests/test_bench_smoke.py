@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "run.py")
-CASES = ["TCP goodput", "forwarding rate", "address caching", "learning rate",
+CASES = ["TCP goodput", "forwarding rate", "throughput (RFC 2544)", "address caching", "learning rate",
          "broadcast, 4 ports", "broadcast, 8 ports", "resources"]
 
 pytestmark = pytest.mark.root
