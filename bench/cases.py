@@ -95,7 +95,7 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
     """Throughput (RFC 2544 26.1): the highest offered rate of 64 B frames forwarded with loss under
     0.1 %, by binary search between nothing and the generator's full speed on this topology."""
     a, b = hosts[0], hosts[1]
-    frame = test_frame(ctx, a, b, 64)
+    frame = eth_frame(b.mac, a.mac, 64)
     seconds = ctx.frame_seconds
     full = trafgen(ctx.lab, a, [b], frame, seconds=seconds)
     top = full.offered / full.seconds
@@ -105,7 +105,7 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
         lo, hi, best, best_loss = 0.0, top, 0.0, float("nan")
         for _ in range(THROUGHPUT_STEPS):
             rate = (lo + hi) / 2
-            s = trafgen(ctx.lab, a, [b], frame, seconds=seconds, rate_pps=int(rate))
+            s = traffic.paced(ctx.lab, a, b, 64, rate, seconds)
             if s.loss(b.index) < THROUGHPUT_LOSS:
                 lo, best, best_loss = rate, s.rate_pps[b.index], s.loss(b.index)
             else:

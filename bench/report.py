@@ -139,7 +139,7 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "`/sys/class/net/eth1/statistics/rx_packets` inside its namespace, rate taken over the middle 70 % of "
         "the run; offered = the sender's tx_packets + tx_dropped. Loss = 1 − received/offered.",
         "- Throughput (RFC 2544 26.1): the highest rate of 64 B frames forwarded with loss under 0.1 %, "
-        "by a binary search (6 steps, trafgen `-b RATEpps`) between nothing and the generator's full "
+        "by a binary search (6 steps; frames sent evenly by `bench/pacer.c`) between nothing and trafgen's full "
         "speed; a system that loses nothing at full speed is reported at the generator's rate.",
         "- Address caching (RFC 2889 5.7): N source MACs (`dinc(1, N)`) sent from host A to B at 100 kpps; "
         "then one frame from B to each; a frame the switch has no entry for is flooded, so the third "

@@ -11,6 +11,9 @@ memory or IRQ settings (--no-sock-mem -Q). The truth for what arrived is the rec
 host's interface counter (/sys/class/net/eth1/statistics/rx_packets inside its
 namespace); what was offered is the sending host's tx_packets + tx_dropped
 (a TAP or veth whose queue is full drops and counts there).
+
+Paced runs (the throughput case) use bench/pacer.c instead, built with cc on
+first use: trafgen's -b sends each second's frames in one burst.
 """
 
 import json
@@ -118,6 +121,38 @@ def trafgen(lab: Lab, sender: Host, receivers: list[Host], packet: str, *, secon
     if not mid:
         mid = {i: n / elapsed for i, n in received.items()}
     return Sent(offered=_tx(sender) - tx0, received=received, seconds=elapsed, rate_pps=mid, trafgen_out=out)
+
+
+PACER_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pacer.c")
+
+
+def _pacer(lab: Lab) -> str:
+    path = os.path.join(lab.dir, "pacer")
+    if not os.path.exists(path):
+        subprocess.run(["cc", "-O2", "-Wall", "-o", path, PACER_SRC], check=True)
+    return path
+
+
+def paced(lab: Lab, sender: Host, receiver: Host, size: int, rate_pps: float, seconds: float,
+          settle: float = 0.3) -> Sent:
+    """Experimental-ethertype frames of `size` bytes sender -> receiver, evenly at `rate_pps`."""
+    argv = ["ip", "netns", "exec", sender.ns, _pacer(lab), sender.ifname, receiver.mac, sender.mac,
+            str(size), str(rate_pps), str(seconds)]
+    tx0, rx0 = _tx(sender), receiver.stat("rx_packets")
+    t0 = time.monotonic()
+    proc = lab.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 60)
+    finally:
+        lab.reap(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pacer failed ({proc.returncode}): {out[-800:]}")
+    sending = float(out.split()[-1])        # "sent N refused N late N seconds S"
+    time.sleep(settle)
+    received = receiver.stat("rx_packets") - rx0
+    offered = _tx(sender) - tx0
+    return Sent(offered=offered, received={receiver.index: received}, seconds=time.monotonic() - t0,
+                rate_pps={receiver.index: offered / sending}, trafgen_out=out)
 
 
 def ping(src: Host, dst: Host, count: int = 3) -> bool:
