@@ -9,7 +9,7 @@ which system it drives. Adding a case touches nothing else.
 from dataclasses import dataclass, field
 
 import traffic
-from traffic import eth_frame, learn_all, mac_range, trafgen, udp_frame
+from traffic import RANGE_TOP, eth_frame, learn_all, mac_range, trafgen, udp_frame
 
 HIGHER, LOWER = "higher", "lower"
 
@@ -105,7 +105,7 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
         lo, hi, best, best_loss = 0.0, top, 0.0, float("nan")
         for _ in range(THROUGHPUT_STEPS):
             rate = (lo + hi) / 2
-            s = traffic.paced(ctx.lab, a, b, 64, rate, seconds)
+            s = traffic.paced(ctx.lab, a, [b], rate, da=b.mac, sa=a.mac, seconds=seconds)
             if s.loss(b.index) < THROUGHPUT_LOSS:
                 lo, best, best_loss = rate, s.rate_pps[b.index], s.loss(b.index)
             else:
@@ -121,16 +121,16 @@ def caching(ctx: Ctx, system, hosts) -> list[Measure]:
     out = []
     first = 1
     for n in ctx.fdb_ns:
-        macs = mac_range(first, n)          # fresh addresses for every N
+        macs, fresh = mac_range(first, n), ("src", first, n)     # fresh addresses for every N
         first += n
         base = system.fdb_count()
-        # Learn: N sources on A, all to B (known), paced so that no frame is lost before the switch.
-        learn = trafgen(ctx.lab, a, [b, c], eth_frame(b.mac, macs), count=n,
-                        rate_pps=ctx.learn_rate_pps, settle=0.5)
+        # Learn: N sources on A, all to B (known), paced evenly so that no frame is lost before the switch.
+        learn = traffic.paced(ctx.lab, a, [b, c], ctx.learn_rate_pps, da=b.mac, sa=RANGE_TOP,
+                              count=n, vary=fresh, settle=0.5)
         learned = system.fdb_count() - base
         # Reach: one frame to each of them from B, at the same pace; floods reach C.
-        reach = trafgen(ctx.lab, b, [a, c], eth_frame(macs, b.mac), count=n,
-                        rate_pps=ctx.learn_rate_pps, settle=0.5)
+        reach = traffic.paced(ctx.lab, b, [a, c], ctx.learn_rate_pps, da=RANGE_TOP, sa=b.mac,
+                              count=n, vary=("dst", *fresh[1:]), settle=0.5)
         flooded = reach.received[c.index]
         held = max(0, reach.offered - flooded)
         # Forwarding rate across N destinations at full speed (the table's cost, cache misses included).

@@ -1,16 +1,19 @@
 /* pacer: send one Ethernet frame evenly paced, for the bench's throughput
  * case (RFC 2544 26.1).
  *
- *   pacer DEV DST_MAC SRC_MAC SIZE RATE SECONDS
+ *   pacer DEV DST_MAC SRC_MAC SIZE RATE SECONDS [COUNT [src|dst FIRST N]]
  *
  * Sends SIZE-byte frames (FCS included, so SIZE - 4 on the wire of a TAP or
  * veth) of the IEEE local experimental ethertype from SRC_MAC to DST_MAC on
- * DEV at RATE frames per second for SECONDS, through AF_PACKET with the qdisc
+ * DEV at RATE frames per second for SECONDS or until COUNT frames (0: no
+ * limit); with "src" or "dst", that MAC's low 32 bits count FIRST, FIRST + 1,
+ * ... FIRST + N - 1 and round again (trafgen's dinc), one per frame. Through
+ * AF_PACKET with the qdisc
  * bypassed, as trafgen does. trafgen's own pacing (-b) sends each second's
  * frames in one burst, which measures a switch's queue depth rather than its
  * rate; this spins on the clock instead. A sender that falls behind (the
- * scheduler took its CPU) sends at most BURST_MAX frames at once and drops
- * the rest of the schedule: bursts stay short, and the offered rate is what
+ * scheduler took its CPU) sends at most BURST_MAX frames at once and lets its
+ * schedule slip by the rest: bursts stay short, and the offered rate is what
  * the device counters say, not what was asked. A frame the device refuses
  * (its queue full) is not sent again: it is lost, and the device counts it in
  * tx_dropped.
@@ -60,14 +63,23 @@ static int parse_mac(const char *s, uint8_t *mac)
 int main(int argc, char **argv)
 {
     uint8_t frame[2048] = { 0 };
-    if (argc != 7) {
-        fprintf(stderr, "usage: pacer DEV DST_MAC SRC_MAC SIZE RATE SECONDS\n");
+    if (argc != 7 && argc != 8 && argc != 11) {
+        fprintf(stderr, "usage: pacer DEV DST_MAC SRC_MAC SIZE RATE SECONDS [COUNT [src|dst FIRST N]]\n");
         return 2;
     }
     long size = strtol(argv[4], NULL, 10);
     double rate = strtod(argv[5], NULL), seconds = strtod(argv[6], NULL);
+    uint64_t count = argc > 7 ? strtoull(argv[7], NULL, 10) : 0;
+    uint8_t *vary = NULL;                       /* the MAC whose low 32 bits count */
+    uint32_t first = 0, n = 1;
+    if (argc == 11) {
+        vary = !strcmp(argv[8], "src") ? frame + 6 : !strcmp(argv[8], "dst") ? frame : NULL;
+        first = (uint32_t)strtoul(argv[9], NULL, 10);
+        n = (uint32_t)strtoul(argv[10], NULL, 10);
+    }
     if (parse_mac(argv[2], frame) || parse_mac(argv[3], frame + 6)
-        || size < 64 || size > (long)sizeof frame + FCS || rate <= 0 || seconds <= 0) {
+        || size < 64 || size > (long)sizeof frame + FCS || rate <= 0 || seconds <= 0
+        || (argc == 11 && (!vary || n == 0))) {
         fprintf(stderr, "pacer: bad arguments\n");
         return 2;
     }
@@ -88,16 +100,27 @@ int main(int argc, char **argv)
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
 
-    uint64_t sent = 0, refused = 0, late = 0;
-    double t0 = now(), t = t0, end = t0 + seconds;
-    while (!stop && t < end) {
-        uint64_t due = (uint64_t)((t - t0) * rate);
-        uint64_t done = sent + refused + late;
-        if (due > done + BURST_MAX) {           /* behind: a short burst, the rest skipped */
+    uint64_t sent = 0, refused = 0, late = 0, base_done = 0;
+    double t0 = now(), t = t0, end = t0 + seconds, base = t0;
+    while (!stop && t < end && (!count || sent + refused < count)) {
+        uint64_t done = sent + refused;
+        uint64_t due = base_done + (uint64_t)((t - base) * rate);
+        if (due > done + BURST_MAX) {           /* behind: a short burst, the schedule slips */
             late += due - done - BURST_MAX;
-            done = due - BURST_MAX;
+            due = done + BURST_MAX;
+            base = t;
+            base_done = due;
         }
+        if (count && due > count)
+            due = count;
         for (; done < due; done++) {
+            if (vary) {
+                uint32_t v = first + (uint32_t)(done % n);
+                vary[2] = (uint8_t)(v >> 24);
+                vary[3] = (uint8_t)(v >> 16);
+                vary[4] = (uint8_t)(v >> 8);
+                vary[5] = (uint8_t)v;
+            }
             if (send(fd, frame, len, 0) == (ssize_t)len)
                 sent++;
             else if (errno == ENOBUFS || errno == EAGAIN)

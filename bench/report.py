@@ -141,7 +141,7 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "- Throughput (RFC 2544 26.1): the highest rate of 64 B frames forwarded with loss under 0.1 %, "
         "by a binary search (6 steps; frames sent evenly by `bench/pacer.c`) between nothing and trafgen's full "
         "speed; a system that loses nothing at full speed is reported at the generator's rate.",
-        "- Address caching (RFC 2889 5.7): N source MACs (`dinc(1, N)`) sent from host A to B at 100 kpps; "
+        "- Address caching (RFC 2889 5.7): N source MACs (counting up) sent from host A to B at 100 kpps, evenly (`bench/pacer.c`); "
         "then one frame from B to each; a frame the switch has no entry for is flooded, so the third "
         "host's rx counter counts the misses. Table size 1M entries where the system has a limit "
         "(tapswitch `mac_table.size`, OVS `mac-table-size`; the bridge has none). Then the forwarding "

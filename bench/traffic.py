@@ -133,26 +133,28 @@ def _pacer(lab: Lab) -> str:
     return path
 
 
-def paced(lab: Lab, sender: Host, receiver: Host, size: int, rate_pps: float, seconds: float,
+def paced(lab: Lab, sender: Host, receivers: list[Host], rate_pps: float, *, da: str, sa: str,
+          size: int = 64, seconds: float = 3600, count: int = 0, vary: tuple | None = None,
           settle: float = 0.3) -> Sent:
-    """Experimental-ethertype frames of `size` bytes sender -> receiver, evenly at `rate_pps`."""
-    argv = ["ip", "netns", "exec", sender.ns, _pacer(lab), sender.ifname, receiver.mac, sender.mac,
-            str(size), str(rate_pps), str(seconds)]
-    tx0, rx0 = _tx(sender), receiver.stat("rx_packets")
+    """Experimental-ethertype frames of `size` bytes da <- sa, sent evenly at `rate_pps` for `seconds`
+    or `count` frames; vary=("src"|"dst", first, n) counts that MAC's low 32 bits (as mac_range)."""
+    argv = ["ip", "netns", "exec", sender.ns, _pacer(lab), sender.ifname, da, sa,
+            str(size), str(rate_pps), str(seconds), str(count), *(str(v) for v in vary or ())]
+    tx0 = _tx(sender)
+    rx0 = {h.index: h.stat("rx_packets") for h in receivers}
     t0 = time.monotonic()
     proc = lab.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        out, _ = proc.communicate(timeout=seconds + 60)
+        out, _ = proc.communicate(timeout=seconds + 60 if count == 0 else count / rate_pps * 2 + 60)
     finally:
         lab.reap(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"pacer failed ({proc.returncode}): {out[-800:]}")
     sending = float(out.split()[-1])        # "sent N refused N late N seconds S"
     time.sleep(settle)
-    received = receiver.stat("rx_packets") - rx0
-    offered = _tx(sender) - tx0
-    return Sent(offered=offered, received={receiver.index: received}, seconds=time.monotonic() - t0,
-                rate_pps={receiver.index: offered / sending}, trafgen_out=out)
+    received = {h.index: h.stat("rx_packets") - rx0[h.index] for h in receivers}
+    return Sent(offered=_tx(sender) - tx0, received=received, seconds=time.monotonic() - t0,
+                rate_pps={i: n / sending for i, n in received.items()}, trafgen_out=out)
 
 
 def ping(src: Host, dst: Host, count: int = 3) -> bool:
