@@ -52,7 +52,8 @@ def nsid_of(nspath: str | None) -> int:
     try:
         with IPRoute() as ipr:
             nsid = ipr.get_netnsid(fd=fd).get("nsid")
-            if nsid is None or nsid < 0:
+            # None assigned: pyroute2 reads the kernel's -1 as an unsigned 4294967295.
+            if nsid is None or nsid < 0 or nsid >= 1 << 31:
                 ipr.set_netnsid(nsid=-1, fd=fd)      # let the kernel pick a free id
                 nsid = ipr.get_netnsid(fd=fd)["nsid"]
     finally:
