@@ -68,13 +68,20 @@ def _enter(nspath: str) -> None:
         os.close(fd)
 
 
+def call_in(nspath: str | None, fn):
+    """fn() run in the network namespace at nspath (None: this thread's, here)."""
+    if nspath is None:
+        return fn()
+
+    def inside():
+        _enter(nspath)
+        return fn()
+    return _in_thread(inside)
+
+
 def netlink_socket(nspath: str | None) -> socket.socket:
     """A NETLINK_ROUTE socket (datagram, as pyroute2 wants it) in the namespace at nspath."""
-    def make():
-        if nspath is not None:
-            _enter(nspath)
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-    return _in_thread(make)
+    return call_in(nspath, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
 
 
 def create(name: str) -> str:

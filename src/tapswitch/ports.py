@@ -95,11 +95,22 @@ def _move(ipr: IPRoute, ifindex: int, nspath: str) -> None:
         os.close(nsfd)
 
 
-def _configure_inside(ipr: IPRoute, cfg, ifindex: int) -> int:
+def _open(cfg, queues: int, inside: str | None) -> list[int]:
+    """The port's TAP and its queue fds: made in the namespace at `inside` under its
+    ifname, else here under the port's name."""
+    if inside is None:
+        return tap.open_queues(cfg.name, queues)
+    where = f" in namespace {cfg.netns}"
+    return netns.call_in(inside, lambda: tap.open_queues(cfg.ifname or cfg.name, queues,
+                                                         port=cfg.name, where=where))
+
+
+def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str) -> int:
     """Rename, address and raise the TAP inside its namespace; return its ifindex."""
-    if cfg.ifname and cfg.ifname != cfg.name:
+    if cfg.ifname and cfg.ifname != devname:
         if ipr.link_lookup(ifname=cfg.ifname):
-            raise PortError(f"port {cfg.name}: {cfg.ifname} already exists in namespace {cfg.netns}")
+            raise PortError(f"port {cfg.name}: a device named {cfg.ifname} already exists "
+                            f"in namespace {cfg.netns}")
         ipr.link("set", index=ifindex, ifname=cfg.ifname)
     for iface in cfg.addresses:
         extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
@@ -142,25 +153,29 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
     A namespace created for it stays in `namespaces.created` for the caller
     to remove.
     """
-    fds = tap.open_queues(cfg.name, queues)
+    nspath = namespaces.ensure(cfg)
+    # In a namespace the switch made (and removes), the TAP is made inside: moving a device
+    # between namespaces costs the kernel a grace period, ~20 ms a port here. In anyone
+    # else's, it is made here and moved, because a queue fd opened inside would keep that
+    # namespace alive after its owner deleted it.
+    inside = nspath if nspath is not None and cfg.netns in namespaces.created else None
+    devname = (cfg.ifname or cfg.name) if inside else cfg.name
+    fds = _open(cfg, queues, inside)
     attachment = tunnel = None
     try:
         if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
             tunnel = _make_tunnel(cfg)
             cfg = cfg.model_copy(update=_as_remote(cfg))
         with IPRoute() as ipr:
-            ifindex = _lookup(ipr, cfg.name)
             mac = cfg.mac or _default_mac(ipr, cfg)
-            ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu)
-            nspath = namespaces.ensure(cfg)
-            if nspath is not None:
-                _move(ipr, ifindex, nspath)
+            if nspath is not None and inside is None:
+                _move(ipr, _lookup(ipr, cfg.name), nspath)
         with iproute(nspath) as ipr:
-            if nspath is not None:
-                ifindex = _lookup(ipr, cfg.name)
-                if cfg.netns in namespaces.created:
-                    ipr.link("set", index=_lookup(ipr, "lo"), state="up")
-            ifindex = _configure_inside(ipr, cfg, ifindex)
+            ifindex = _lookup(ipr, devname)
+            ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu)
+            if nspath is not None and cfg.netns in namespaces.created:
+                ipr.link("set", index=_lookup(ipr, "lo"), state="up")
+            ifindex = _configure_inside(ipr, cfg, ifindex, devname)
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, mac)
     except (NetlinkError, tc.TcError) as e:

@@ -50,12 +50,15 @@ def _open_queue(name: str, flags: int) -> int:
     return fd
 
 
-def open_queues(name: str, queues: int) -> list[int]:
-    """Create TAP `name` with `queues` queue fds (non-blocking).
+def open_queues(name: str, queues: int, port: str | None = None, where: str = "") -> list[int]:
+    """Create TAP `name` with `queues` queue fds (non-blocking), in the
+    network namespace of the calling thread. Errors name `port` (default:
+    the device) and end with `where` (e.g. " in namespace c1").
 
     The first queue is opened with IFF_TUN_EXCL, so a name that is already
     taken (by anything, TAP or not) is refused rather than joined.
     """
+    port = port or name
     if not os.path.exists(TUN_PATH):
         raise TapError(f"{TUN_PATH} is missing: load the tun module (modprobe tun)")
     fds: list[int] = []
@@ -67,10 +70,10 @@ def open_queues(name: str, queues: int) -> list[int]:
         for fd in fds:
             os.close(fd)
         if e.errno == errno.EBUSY or (e.errno == errno.EINVAL and not fds):
-            raise TapError(f"port {name}: a device named {name} already exists") from None
+            raise TapError(f"port {port}: a device named {name} already exists{where}") from None
         if e.errno == errno.EPERM:
-            raise TapError(f"port {name}: not permitted to create a TAP device (needs CAP_NET_ADMIN)") from None
-        raise TapError(f"port {name}: cannot open TAP queue {len(fds)}: {e.strerror}") from None
+            raise TapError(f"port {port}: not permitted to create a TAP device (needs CAP_NET_ADMIN)") from None
+        raise TapError(f"port {port}: cannot open TAP queue {len(fds)}{where}: {e.strerror}") from None
     return fds
 
 

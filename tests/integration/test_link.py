@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from tests.integration import helpers
 
 
@@ -14,15 +16,17 @@ def wait_state(sw, port: str, state: str, within: float = 2.0) -> float:
     raise AssertionError(f"port {port} not {state} within {within}s")
 
 
-def three_containers(lab):
-    nss = [lab.netns(s, create=True) for s in ("a", "b", "c")]
+def three_containers(lab, switch_makes_them: bool = False):
+    nss = [lab.netns(s, create=not switch_makes_them) for s in ("a", "b", "c")]
     ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0", "addresses": [f"198.18.2.{i + 1}/24"]}
              for i, ns in enumerate(nss)]
     return nss, ports
 
 
-def test_port_set_down_in_its_container_goes_down_and_comes_back(lab):
-    nss, ports = three_containers(lab)
+@pytest.mark.parametrize("switch_makes_them", [False, True], ids=["their-namespaces", "switch-made"])
+def test_port_set_down_in_its_container_goes_down_and_comes_back(lab, switch_makes_them):
+    # The switch makes a TAP inside a namespace it made itself, and moves it into anyone else's.
+    nss, ports = three_containers(lab, switch_makes_them)
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports})
     assert helpers.ping(nss[0], "198.18.2.3")
     c = ports[2]["name"]

@@ -162,6 +162,7 @@ def test_bad_config_exits_2_and_creates_nothing(lab):
 
 def test_name_clash_with_a_non_tap_device_exits_1_and_leaves_nothing(lab):
     cfg = containers(lab, 2)
+    cfg["ports"][1] = {"name": cfg["ports"][1]["name"]}     # a TAP here, in the switch's namespace
     clash = cfg["ports"][1]["name"]
     helpers.sh("ip", "link", "add", clash, "type", "veth", "peer", "name", clash + "x")
     lab.links += [clash]
@@ -174,8 +175,24 @@ def test_name_clash_with_a_non_tap_device_exits_1_and_leaves_nothing(lab):
     assert len(reason) == 1
     # The first port was made before the clash was found: it is gone again, and so is its namespace.
     assert not helpers.link_exists(cfg["ports"][0]["name"])
-    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
     assert helpers.link_exists(clash)    # the user's device is untouched
+
+
+def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab):
+    # A TAP is made in its namespace under its ifname: a device there with that name is refused.
+    cfg = containers(lab, 2)
+    theirs = lab.netns("theirs", create=True)
+    helpers.nsexec(theirs, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0x")
+    cfg["ports"][1]["netns"] = theirs
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"port {cfg['ports'][1]['name']}: a device named eth0 already exists in namespace {theirs}" in r.stderr
+    assert helpers.link_exists("eth0", theirs) and helpers.link_exists("eth0x", theirs)
+    assert theirs in helpers.netns_list()                       # not the switch's to remove
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()  # the one it made is gone
 
 
 def test_containers_given_by_pid_and_by_path(lab):
