@@ -217,7 +217,7 @@ def plot(path, rows, names, meta) -> None:
     ax = axes[2]
     heads = [k for k, r in rows.items() if r["better"] == "higher" and BASE in r["systems"]
              and (k[1].startswith("TCP") or k[1] in ("forwarding rate, 64 B", "forwarding rate, 1518 B")
-                  or "per listener" in k[1] or k[1].startswith("new MACs"))]
+                  or k[1].startswith("throughput") or "per listener" in k[1] or k[1].startswith("new MACs"))]
     others = [n for n in names if n != BASE]
     h = 0.8 / max(1, len(others))
     for i, n in enumerate(others):
