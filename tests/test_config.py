@@ -1,6 +1,7 @@
 """Tests for tapswitch.config: the schema, its defaults, and FILE:LINE: key.path errors."""
 
 import ipaddress
+import pwd
 import textwrap
 
 import pytest
@@ -74,6 +75,7 @@ def test_minimal_config_fills_every_default():
         "metrics": {"listen": "127.0.0.1:9417"},
         "control": {"socket": "/run/tapswitch/s.sock"},
         "log": {"level": "info", "format": "auto"},
+        "user": None,
     }
     assert cfg.source == "<string>"
 
@@ -100,6 +102,26 @@ def test_models_are_frozen():
     with pytest.raises(Exception):
         cfg.switch.queues = 4
     assert cfg == loads("switch: {name: s}\nports: [{name: p}]\n")
+
+
+def test_switch_user_is_a_known_name_or_a_uid():
+    assert loads("switch: {name: s, user: daemon}\nports: [{name: p}]\n").switch.user == "daemon"
+    assert loads("switch: {name: s, user: 4242}\nports: [{name: p}]\n").switch.user == 4242
+    assert loads("switch: {name: s}\nports: [{name: p}]\n").switch.user is None
+    assert one_error("switch:\n  name: s\n  user: nosuchuser-ts\nports: [{name: p}]\n") \
+        == "t.yaml:3: switch.user: no such user: 'nosuchuser-ts'"
+    assert one_error("switch:\n  name: s\n  user: -1\nports: [{name: p}]\n") \
+        == "t.yaml:3: switch.user: a uid is 0 to 4294967294"
+
+
+def test_workers_run_as_nobody_by_default_when_the_switch_is_root():
+    nobody = pwd.getpwnam("nobody")
+    assert config.worker_ids(None, 0) == (nobody.pw_uid, nobody.pw_gid)
+    assert config.worker_ids(None, 1000) is None            # not root: nothing to give up
+    daemon = pwd.getpwnam("daemon")
+    assert config.worker_ids("daemon", 0) == (daemon.pw_uid, daemon.pw_gid)
+    assert config.worker_ids(4242, 0) == (4242, 4242)        # a uid with no passwd entry
+    assert config.worker_ids(daemon.pw_uid, 0) == (daemon.pw_uid, daemon.pw_gid)
 
 
 def test_mac_is_normalised_to_lower_case_with_colons():

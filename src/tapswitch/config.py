@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.resources
 import ipaddress
 import posixpath
+import pwd
 import re
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,37 @@ def _is_switch_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
         raise ValueError("a switch name is 1 to 32 of A-Z a-z 0-9 _ . -")
     return value
+
+
+def _is_user(value: Any) -> str | int:
+    """A user name this machine knows, or a uid."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 4294967294:
+            raise ValueError("a uid is 0 to 4294967294")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a user name or a uid")
+    try:
+        pwd.getpwnam(value)
+    except KeyError:
+        raise ValueError(f"no such user: {value!r}") from None
+    return value
+
+
+def worker_ids(user: str | int | None, euid: int) -> tuple[int, int] | None:
+    """(uid, gid) the workers run as, or None to keep the switch's: `user`, else nobody
+    when the switch runs as root (a uid 0 without capabilities still owns root's files)."""
+    if user is None:
+        if euid != 0:
+            return None
+        user = "nobody"
+    try:
+        p = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+    except KeyError:
+        if isinstance(user, int):
+            return user, user
+        return None         # no nobody here: the default keeps the switch's uid
+    return p.pw_uid, p.pw_gid
 
 
 def _is_netns(value: str) -> str:
@@ -264,6 +296,7 @@ def _is_socket_path(value: str) -> str:
 
 IfName = Annotated[str, AfterValidator(_is_interface_name)]
 SwitchName = Annotated[str, AfterValidator(_is_switch_name)]
+User = Annotated[str | int, PlainValidator(_is_user)]
 Netns = Annotated[str, AfterValidator(_is_netns)]
 Mac = Annotated[str, PlainValidator(_is_unicast_mac)]
 StaticMacAddress = Annotated[str, PlainValidator(_is_static_mac)]
@@ -319,6 +352,7 @@ class Switch(_Model):
     metrics: Metrics = Metrics()
     control: Control  # socket defaults to /run/tapswitch/<name>.sock
     log: Log = Log()
+    user: User | None = None  # workers run as this user; default: nobody when run as root
 
     @model_validator(mode="before")
     @classmethod

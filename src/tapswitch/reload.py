@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 DEVICE_KEYS = ("netns", "ifname", "addresses", "mac", "mtu", "remote", "remote_mode", "allmulti")
 
 # Switch keys fixed for the life of the process.
-FIXED_KEYS = (("name",), ("queues",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"))
+FIXED_KEYS = (("name",), ("queues",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"),
+              ("user",))
 
 
 class ReloadRefused(Exception):

@@ -47,8 +47,9 @@ class Worker:
 class Supervisor:
     """The worker processes of one switch."""
 
-    def __init__(self, shm_fd: int, queues: int):
+    def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None):
         self.shm_fd = shm_fd
+        self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
 
@@ -83,6 +84,8 @@ class Supervisor:
         argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
                 "--shm", str(self.shm_fd), "--ready", str(ready_w)]
         argv += [f"--port={p}:{fd}" for p, fd in sorted(fds.items())]
+        if self.ids is not None:
+            argv += ["--user", "%d:%d" % self.ids]
         try:
             w.proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, ready_w, *fds.values()],
                                       stdin=subprocess.DEVNULL)

@@ -141,7 +141,8 @@ class Switch:
         # may have no carrier: ask about those.
         self.monitor.read()
         self.resync_links(taps=False)
-        self.supervisor = Supervisor(self.shared.fd, self.queues)
+        self.supervisor = Supervisor(self.shared.fd, self.queues,
+                                     config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
         self.supervisor.start({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
 

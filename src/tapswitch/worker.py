@@ -7,10 +7,9 @@ the MAC table and the counters live in shared memory, so SIGTERM (the default
 action) or SIGKILL stops it and a restarted worker carries on where it was.
 
 Once its fast path is set up, a worker gives up every capability for good
-(drop_privileges): from then on it only reads and writes fds it already
-holds. It keeps its uid (0, under the usual unit), so it can still write
-files that root owns; dropping to a user of its own needs a `switch.user`
-key that the config does not have yet.
+and becomes the user `switch.user` names (nobody by default, when the switch
+runs as root): drop_privileges. From then on it only reads and writes fds it
+already holds; a uid 0 without capabilities would still own root's files.
 """
 
 import argparse
@@ -38,16 +37,21 @@ class _CapData(ctypes.Structure):             # struct __user_cap_data_struct
                 ("inheritable", ctypes.c_uint32)]
 
 
-def drop_privileges() -> None:
-    """Give up every capability, for good; raise OSError if the kernel refuses.
+def drop_privileges(ids: tuple[int, int] | None = None) -> None:
+    """Give up every capability and become user:group `ids` (None: stay), for
+    good; raise OSError if the kernel refuses.
 
     - no_new_privs: no execve can grant anything again (without it, root's
       execve refills the permitted set from the bounding set);
     - the bounding set is emptied when we may (that takes CAP_SETPCAP, which
       a systemd unit's bounding set usually leaves out: no_new_privs covers it);
+    - no supplementary groups, then the gid and the uid, real, effective and
+      saved (this takes CAP_SETGID and CAP_SETUID, so it comes before capset);
     - ambient, effective, permitted and inheritable sets become empty (capset
       may always lower them).
-    capset changes the calling thread only: a worker has no other thread.
+    A change of uid clears the parent-death signal: the caller asks for it again.
+    capset and setresuid change the calling thread only (glibc's wrappers and
+    Python's call every thread): a worker has no other thread.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
@@ -63,6 +67,11 @@ def drop_privileges() -> None:
         if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break   # EINVAL: past the kernel's last capability; EPERM: no CAP_SETPCAP
     check(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    if ids is not None:
+        uid, gid = ids
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     empty = (_CapData * 2)()
     check(libc.capset(ctypes.byref(header), empty), "capset")
@@ -75,6 +84,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ready", type=int, required=True, help="fd to write one byte to once running")
     p.add_argument("--port", action="append", default=[], metavar="INDEX:FD",
                    help="this worker's queue fd of port INDEX")
+    p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
     return p.parse_args(argv)
 
 
@@ -102,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         e = ffi.errno
         print(f"worker {args.queue}: cannot start the fast path: {os.strerror(e)}", file=sys.stderr)
         return 1
+    ids = tuple(int(x) for x in args.user.split(":")) if args.user else None
     try:
-        drop_privileges()
+        drop_privileges(ids)
     except OSError as e:
         print(f"worker {args.queue}: cannot drop privileges: {e}", file=sys.stderr)
         return 1
+    if ids is not None and lib.ts_die_with_parent() != 0:
+        return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
     os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # running, and how
     os.close(args.ready)
     rc = lib.ts_worker_run(w)

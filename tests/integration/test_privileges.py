@@ -4,6 +4,7 @@ import ctypes
 import errno
 import json
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -42,14 +43,23 @@ def wait_for(predicate, timeout: float, what: str):
         time.sleep(0.02)
 
 
+def ids(pid: int) -> tuple[set[str], set[str], str]:
+    """(real/effective/saved/fs uids, the same gids, supplementary groups) of a process."""
+    st = status(pid)
+    return set(st["Uid"].split()), set(st["Gid"].split()), st["Groups"].strip()
+
+
 def test_every_worker_runs_without_capabilities_and_frames_still_cross(lab):
     sw = lab.switch(two_containers(lab, queues=2))
     pids = sw.worker_pids()
     assert len(pids) == 2
     assert capabilities(sw.proc.pid)["CapEff"] != 0        # the control process keeps what it needs
+    nobody = pwd.getpwnam("nobody")
     for pid in pids:
         assert capabilities(pid) == dict.fromkeys(CAP_SETS, 0), pid
         assert status(pid)["NoNewPrivs"] == "1"
+        # Not root either: a uid 0 without capabilities still owns root's files.
+        assert ids(pid) == ({str(nobody.pw_uid)}, {str(nobody.pw_gid)}, "")
     assert helpers.ping(lab.name("c0"), "198.18.0.2", count=3)
     assert helpers.ping(lab.name("c1"), "198.18.0.1", count=3)
 
@@ -63,12 +73,21 @@ def test_a_restarted_worker_drops_its_capabilities_too(lab):
     new = event["pid"]
     assert new != old
     assert capabilities(new) == dict.fromkeys(CAP_SETS, 0)
+    assert ids(new)[0] == {str(pwd.getpwnam("nobody").pw_uid)}
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
+
+
+def test_switch_user_names_the_workers_user(lab):
+    daemon = pwd.getpwnam("daemon")
+    sw = lab.switch(two_containers(lab, queues=1, user="daemon"))
+    [pid] = sw.worker_pids()
+    assert ids(pid) == ({str(daemon.pw_uid)}, {str(daemon.pw_gid)}, "")
+    assert capabilities(pid) == dict.fromkeys(CAP_SETS, 0)
     assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
 
 
 def test_workers_still_die_with_the_control_process(lab):
-    # Lowering capabilities keeps the parent-death signal; a change of uid (a future
-    # switch.user) would clear it, and the worker would have to ask for it again.
+    # A change of uid clears the parent-death signal: the worker asks for it again.
     sw = lab.switch(two_containers(lab, queues=2))
     pids = sw.worker_pids()
     sw.proc.kill()
