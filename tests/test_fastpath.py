@@ -577,6 +577,20 @@ def test_a_full_bucket_makes_room_by_moving_an_entry_to_its_other_bucket():
     assert t.s.ports[1].fdb_entries == 8 and t.s.ports[2].fdb_entries == 1
 
 
+def test_a_static_entry_is_not_moved_to_make_room():
+    t = Table(12)                                # 2 buckets, as above
+    candidates = [host_mac(i) for i in range(2000)]
+    static = next(m for m in candidates if buckets_of(t, m) == (0, 1))
+    stuck = [m for m in candidates if buckets_of(t, m) == (0, 0)]
+    assert lib.ts_fdb_add_static(t.s, mac_bytes(static), 0, 3) == 0
+    for mac in stuck[:7]:
+        assert t.learn(mac, 1) == 1
+    assert t.learn(stuck[7], 1) == 1             # room by eviction: the static entry may not move
+    assert bucket_holding(t, static) == [0]
+    assert t.stats(0)[3] == 1
+    assert t.lookup(static) == 3 and t.lookup(stuck[7]) == 1
+
+
 def test_static_entry_is_not_moved_by_learning():
     t = Table(64)
     assert lib.ts_fdb_add_static(t.s, mac_bytes(A), 0, 3) == 0

@@ -311,8 +311,8 @@ static bool fdb_claim_pair(struct ts_shared *s, const struct fdb_pair *p, uint64
 
 #define DISPLACE_CANDIDATES 4       /* entries of a full bucket tried for a move */
 
-/* Bucket b is full: move one of its entries to that entry's other bucket, if
- * that has room, so that b has a free slot. The entry is copied first and the
+/* Bucket b is full: move one of its learned entries to that entry's other
+ * bucket, if that has room, so that b has a free slot. The entry is copied first and the
  * original removed after, so a reader finds one or the other, or, in the
  * instant between scanning the two buckets, neither (a miss: flooded once).
  * Returns true if b has a free slot now. */
@@ -323,8 +323,9 @@ static bool fdb_displace(struct ts_shared *s, struct ts_fdb_entry *b)
         if (k == 0)
             return true;                /* freed meanwhile */
         uint64_t h = fdb_hash(s, k);
-        if (!val_is_for(v, hash_tag(h)))
-            continue;                   /* being claimed or removed */
+        if (!val_is_for(v, hash_tag(h)) || val_static(v))
+            continue;                   /* being claimed or removed; static entries stay put
+                                         * (a copy would count twice when ts_fdb_del met both) */
         struct fdb_pair p = fdb_pair(s, h);
         struct ts_fdb_entry *other = p.b[0] == b ? p.b[1] : p.b[0];
         struct ts_fdb_entry *copy;
