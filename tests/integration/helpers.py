@@ -18,6 +18,17 @@ def uid(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
+def wait_for(what: str, fn, within: float = 5.0, every: float = 0.05):
+    """fn()'s first true value, polled every `every` s; AssertionError naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        v = fn()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"{what}: not within {within}s"
+        time.sleep(every)
+
+
 def sh(*argv, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in argv], check=check, timeout=timeout,
                           capture_output=True, text=True, **kw)

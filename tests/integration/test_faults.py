@@ -52,16 +52,6 @@ def stop_ping(p: subprocess.Popen) -> tuple[int, int, str]:
     return int(m.group(1)), int(m.group(2)), out
 
 
-def wait_for(what: str, fn, within: float = 5.0, every: float = 0.05):
-    deadline = time.monotonic() + within
-    while True:
-        v = fn()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"{what}: not within {within}s"
-        time.sleep(every)
-
-
 def states(sw) -> dict:
     return {p["name"]: p["state"] for p in sw.cli_json("ports")}
 
@@ -185,22 +175,22 @@ def test_container_and_nic_flapping_100_times_affect_only_their_port_and_leak_no
     # Warm up: one flap of each, so what is made once (and kept) is not counted as a leak.
     for ns, dev, port in ((cs[2], "eth0", flapper), (sw_ns, "nic0", up)):
         flap(ns, dev, 1)
-        wait_for(f"{port} up", lambda: states(sw)[port] == "up")
-    wait_for("traffic after the warm-up", all_reach, within=10)
+        helpers.wait_for(f"{port} up", lambda: states(sw)[port] == "up")
+    helpers.wait_for("traffic after the warm-up", all_reach, within=10)
     before = footprint(sw, sw_ns, "nic0")
     assert before["tc_filters"] > 0
 
     ping = pinger(lab, cs[0], "198.18.8.2", interval=0.05)     # the bystanders
     time.sleep(0.5)
     took = {"container": flap(cs[2], "eth0", FLAPS)}
-    wait_for(f"{flapper} up", lambda: states(sw)[flapper] == "up")
+    helpers.wait_for(f"{flapper} up", lambda: states(sw)[flapper] == "up")
     took["nic"] = flap(sw_ns, "nic0", FLAPS)
-    wait_for(f"{up} up", lambda: states(sw)[up] == "up")
+    helpers.wait_for(f"{up} up", lambda: states(sw)[up] == "up")
     time.sleep(0.5)
     sent, got, ping_out = stop_ping(ping)
 
     assert set(states(sw).values()) == {"up"}
-    wait_for("traffic through the flapped ports", all_reach, within=10)
+    helpers.wait_for("traffic through the flapped ports", all_reach, within=10)
     assert helpers.ping(cs[2], "198.18.8.100", count=3)
     downs = [e for e in sw.events("port.down")]
     after = footprint(sw, sw_ns, "nic0")

@@ -8,7 +8,6 @@ import pwd
 import signal
 import socket
 import stat
-import time
 
 from tests.integration import helpers
 
@@ -31,16 +30,6 @@ def status(pid: int) -> dict[str, str]:
 def capabilities(pid: int) -> dict[str, int]:
     st = status(pid)
     return {name: int(st[name], 16) for name in CAP_SETS}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout}s"
-        time.sleep(0.02)
 
 
 def ids(pid: int) -> tuple[set[str], set[str], str]:
@@ -69,7 +58,7 @@ def test_a_restarted_worker_drops_its_capabilities_too(lab):
     [old] = sw.worker_pids()
     os.kill(old, signal.SIGKILL)
     # A worker reports ready only once it has dropped them: check right then.
-    [event] = wait_for(lambda: sw.events("worker.restarted"), 2.0, "worker restarted")
+    [event] = helpers.wait_for("worker restarted", lambda: sw.events("worker.restarted"), 2.0, every=0.02)
     new = event["pid"]
     assert new != old
     assert capabilities(new) == dict.fromkeys(CAP_SETS, 0)
@@ -96,7 +85,7 @@ def test_workers_still_die_with_the_control_process(lab):
     def all_gone():
         return not any(os.path.exists(f"/proc/{pid}") and status(pid).get("State", "").split()[0] != "Z"
                        for pid in pids)
-    wait_for(all_gone, 1.0, "workers gone after the control process was killed")
+    helpers.wait_for("workers gone after the control process was killed", all_gone, 1.0, every=0.02)
 
 
 # The control socket.
