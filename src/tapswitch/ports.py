@@ -95,14 +95,11 @@ def _move(ipr: IPRoute, ifindex: int, nspath: str) -> None:
         os.close(nsfd)
 
 
-def _open(cfg, queues: int, inside: str | None) -> list[int]:
-    """The port's TAP and its queue fds: made in the namespace at `inside` under its
-    ifname, else here under the port's name."""
-    if inside is None:
-        return tap.open_queues(cfg.name, queues)
-    where = f" in namespace {cfg.netns}"
-    return netns.call_in(inside, lambda: tap.open_queues(cfg.ifname or cfg.name, queues,
-                                                         port=cfg.name, where=where))
+def _open(cfg, devname: str, queues: int, inside: str | None) -> list[int]:
+    """The port's TAP `devname` and its queue fds, made in the namespace at `inside`
+    (None: here)."""
+    where = f" in namespace {cfg.netns}" if inside is not None else ""
+    return netns.call_in(inside, lambda: tap.open_queues(devname, queues, port=cfg.name, where=where))
 
 
 def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str) -> int:
@@ -160,7 +157,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
     # namespace alive after its owner deleted it.
     inside = nspath if nspath is not None and cfg.netns in namespaces.created else None
     devname = (cfg.ifname or cfg.name) if inside else cfg.name
-    fds = _open(cfg, queues, inside)
+    fds = _open(cfg, devname, queues, inside)
     attachment = tunnel = None
     try:
         if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
@@ -173,7 +170,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
         with iproute(nspath) as ipr:
             ifindex = _lookup(ipr, devname)
             ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu)
-            if nspath is not None and cfg.netns in namespaces.created:
+            if inside is not None:
                 ipr.link("set", index=_lookup(ipr, "lo"), state="up")
             ifindex = _configure_inside(ipr, cfg, ifindex, devname)
         if cfg.remote:
