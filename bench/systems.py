@@ -315,13 +315,13 @@ class Ovs(System):
 
 def make(names: list[str], lab: Lab) -> list[System]:
     """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs;
-    a tapswitch-qN name may end in -uring or -readwrite (the workers' I/O backend) and -cpuK
+    a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend) and -cpuK
     (workers pinned to CPU K) or -spread (worker q on CPU q), e.g. tapswitch-q1-uring-cpu1."""
     out: list[System] = []
     for n in names:
         if n == "tapswitch":
             out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
-        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring|readwrite))?(?:-cpu(\d+)|-(spread))?", n):
+        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?", n):
             cpu = int(m.group(3)) if m.group(3) else -1 if m.group(4) else None
             out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu))
         elif n == "bridge":

@@ -23,9 +23,22 @@ def uring_available() -> bool:
         shared.close()
 
 
-@pytest.fixture(params=["readwrite", "uring"], autouse=True)
+def auto_backend() -> str:
+    """The backend TS_IO_AUTO picks on this machine: io_uring where it reads multishot."""
+    shared = fastpath.Shared.create(8, 1)
+    try:
+        w = lib.ts_worker_new(shared.ptr, 0, ffi.new("int[]", [-1]), 1, lib.TS_IO_AUTO)
+        assert w != ffi.NULL
+        io = lib.ts_worker_io(w)
+        lib.ts_worker_free(w)
+        return fastpath.IO_NAMES[io]
+    finally:
+        shared.close()
+
+
+@pytest.fixture(params=["readwrite", "uring", "uring-burst"], autouse=True)
 def io_backend(request, monkeypatch):
-    if request.param == "uring" and not uring_available():
+    if request.param.startswith("uring") and not uring_available():
         pytest.skip("io_uring refused by this kernel")
     monkeypatch.setenv(fastpath.IO_ENV, request.param)
     return request.param

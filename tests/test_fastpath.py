@@ -379,12 +379,52 @@ def test_auto_io_picks_a_backend_and_bad_io_is_refused():
     shared = Shared.create(64, 1)
     try:
         fds = ffi.new("int[]", [-1])
+        # Auto is io_uring where it reads multishot (kernel 6.7+), read/write elsewhere.
+        u = lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_URING)
+        multishot = u != ffi.NULL and lib.ts_worker_io(u) == lib.TS_IO_URING
+        lib.ts_worker_free(u)
         w = lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_AUTO)
-        assert lib.ts_worker_io(w) in (lib.TS_IO_READWRITE, lib.TS_IO_URING)
+        assert lib.ts_worker_io(w) == (lib.TS_IO_URING if multishot else lib.TS_IO_READWRITE)
         lib.ts_worker_free(w)
         assert lib.ts_worker_new(shared.ptr, 0, fds, 1, 7) == ffi.NULL
     finally:
         shared.close()
+
+
+NO_IO_URING = textwrap.dedent("""
+    import ctypes, struct
+    from tapswitch._fastpath import ffi, lib
+    from tapswitch.fastpath import Shared
+
+    # A seccomp filter as Docker's default profile has it: io_uring_setup answers EPERM.
+    def insn(code, jt, jf, k):
+        return struct.pack("=HBBI", code, jt, jf, k)
+    prog = ctypes.create_string_buffer(b"".join([
+        insn(0x20, 0, 0, 0),                    # ld [nr]
+        insn(0x15, 0, 1, 425),                  # jeq #__NR_io_uring_setup
+        insn(0x06, 0, 0, 0x00050000 | 1),       # ret ERRNO(EPERM)
+        insn(0x06, 0, 0, 0x7FFF0000),           # ret ALLOW
+    ]))
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0                                  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.byref(Fprog(4, ctypes.addressof(prog))), 0, 0) == 0  # SECCOMP_MODE_FILTER
+
+    shared = Shared.create(64, 1)
+    fds = ffi.new("int[]", [-1])
+    for io in (lib.TS_IO_URING, lib.TS_IO_URING_BURST):
+        assert lib.ts_worker_new(shared.ptr, 0, fds, 1, io) == ffi.NULL and ffi.errno == 1
+    w = lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_AUTO)
+    print(lib.ts_worker_io(w))
+""")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86_64's syscall number")
+def test_io_uring_refused_by_seccomp_auto_runs_read_write():
+    r = subprocess.run([sys.executable, "-c", NO_IO_URING], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == lib.TS_IO_READWRITE
 
 
 def test_flood_burst_reaches_every_port_in_order(sw):
@@ -397,6 +437,22 @@ def test_flood_burst_reaches_every_port_in_order(sw):
     assert sw.received(1) == frames
     assert sw.received(2) == frames
     assert sw.counters(1)["tx_packets"] == 20 and sw.counters(0)["flooded"] == 20
+
+
+def test_more_frames_waiting_than_read_buffers_all_get_through(sw):
+    """200 frames queued before the worker looks: more than a multishot read has buffers
+    for (it ends, is armed again and goes on), or than a burst reads (the next turn does)."""
+    sw.learn(1, B)
+    frames = [frame(B, A, payload=i.to_bytes(2, "big") * 23) for i in range(200)]
+    for f in frames:
+        sw.hosts[0].send(f)
+    got = []
+    while lib.ts_worker_poll(sw.worker, 100) > 0:
+        got += sw.received(1)
+    got += sw.received(1)
+    assert got == frames
+    assert sw.counters(0)["rx_packets"] == 200 and sw.counters(0)["rx_errors"] == 0
+    assert sw.received(2) == []
 
 
 def test_poll_without_traffic_times_out(sw):

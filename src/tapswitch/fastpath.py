@@ -23,10 +23,12 @@ MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
-# environment picks one; unset or "auto", read/write (the faster here).
+# environment picks one; unset or "auto", io_uring with multishot reads where
+# the kernel has them (6.7+) and allows io_uring, else read/write.
 IO_ENV = "TAPSWITCH_IO"
-IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING}
-IO_NAMES = {lib.TS_IO_READWRITE: "readwrite", lib.TS_IO_URING: "uring"}
+IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING,
+               "uring-burst": lib.TS_IO_URING_BURST}
+IO_NAMES = {lib.TS_IO_READWRITE: "readwrite", lib.TS_IO_URING: "uring", lib.TS_IO_URING_BURST: "uring-burst"}
 
 
 def io_backend(environ=os.environ) -> int:
@@ -203,7 +205,7 @@ class Shared:
     # Port settings (double-buffered: fastpath.h, "Settings updates").
 
     def worker_io(self, worker: int) -> str | None:
-        """The I/O backend worker `worker` runs ("readwrite" or "uring"), None before it started."""
+        """The I/O backend worker `worker` runs ("readwrite", "uring" or "uring-burst"), None before it started."""
         return IO_NAMES.get(self.ptr.readers[worker].io)
 
     def settings_current(self):

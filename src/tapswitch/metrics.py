@@ -95,7 +95,7 @@ class SwitchCollector:
         yield _family(GaugeMetricFamily, "tapswitch_worker_up", "1 if the worker process of the queue runs.",
                       ["switch", "queue"], (([name, str(w.queue)], int(sw.supervisor.alive(w))) for w in workers))
         yield _family(GaugeMetricFamily, "tapswitch_worker_info",
-                      "The queue's worker: the I/O backend its fast path runs (readwrite or uring).",
+                      "The queue's worker: the I/O backend its fast path runs (uring, uring-burst or readwrite).",
                       ["switch", "queue", "io"],
                       (([name, str(w.queue), w.backend], 1) for w in workers if w.backend))
         yield _family(CounterMetricFamily, "tapswitch_worker_restarts", "Worker processes restarted.",

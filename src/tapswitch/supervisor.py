@@ -38,7 +38,7 @@ class Worker:
         self.restarts = 0
         self.recent: list[float] = []   # monotonic times of recent restarts
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
-        self.backend: str | None = None  # the fast path's I/O backend: "uring" | "readwrite"
+        self.backend: str | None = None  # the fast path's I/O backend: "uring" | "uring-burst" | "readwrite"
 
     def fileno(self) -> int:
         return self.pidfd

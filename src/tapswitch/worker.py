@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker {args.queue}: {e}", file=sys.stderr)
         return 1
     w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, io)
-    if w == ffi.NULL and io == lib.TS_IO_URING:
+    if w == ffi.NULL and io in (lib.TS_IO_URING, lib.TS_IO_URING_BURST):
         # io_uring refused (seccomp, kernel.io_uring_disabled): read/write, as worker.backend will say.
         w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, lib.TS_IO_READWRITE)
     if w == ffi.NULL:

@@ -12,9 +12,9 @@ from tests.fastpath_io import uring_available
 from tests.integration import helpers
 
 
-@pytest.mark.parametrize("backend", ["readwrite", "uring"])
+@pytest.mark.parametrize("backend", ["readwrite", "uring", "uring-burst"])
 def test_backend_forwards_pings_and_a_tcp_stream(lab, monkeypatch, backend):
-    if backend == "uring" and not uring_available():
+    if backend.startswith("uring") and not uring_available():
         pytest.skip("io_uring refused by this kernel")
     monkeypatch.setenv("TAPSWITCH_IO", backend)
     ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fastpath_io import auto_backend
 from tests.integration import helpers
 from tests.integration.prom import free_port, prometheus  # noqa: F401 (prometheus is a fixture)
 from tests.promql import DASHBOARDS, all_queries, rule_queries
@@ -335,8 +336,11 @@ def test_port_and_worker_state_and_a_worker_restart(lab):
     assert exporter.values("tapswitch_worker_restarts_total", ("queue",)) == {("0",): 0, ("1",): 0}
     backends = exporter.values("tapswitch_worker_info", ("queue", "io"))
     assert sorted(q for q, _ in backends) == ["0", "1"] and set(backends.values()) == {1}
-    wanted = os.environ.get("TAPSWITCH_IO") or "readwrite"
-    assert {io for _, io in backends} <= {wanted, "readwrite"}       # io_uring may be refused: read/write
+    forced = os.environ.get("TAPSWITCH_IO", "auto")
+    if forced == "auto":
+        assert {io for _, io in backends} == {auto_backend()}
+    else:                                                            # a forced io_uring may be refused
+        assert {io for _, io in backends} <= {forced, "readwrite"}
 
     ping_loop(lab, cfg["ports"][0]["netns"], "198.18.0.2")
     ping_loop(lab, cfg["ports"][1]["netns"], "fd00::1")

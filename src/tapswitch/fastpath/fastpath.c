@@ -614,10 +614,14 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define ETH_P_8021AD 0x88a8
 #define VLAN_VID_MASK 0x0fff
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
-/* What TS_IO_AUTO means: 1 = io_uring, falling back to read/write when refused;
- * 0 = read/write. The bench's A/B: io_uring floods faster, but costs the same
- * per unicast 64 B frame and its TCP is lower: bench/RESULTS.md, "io_uring and placement". */
-#define AUTO_TRIES_URING 0
+/* What TS_IO_AUTO means: 1 = io_uring with multishot reads, falling back to
+ * read/write when refused or older than 6.7; 0 = read/write. The bench's A/B
+ * (bench/RESULTS.md, "Multishot reads"): multishot reads cost less CPU per
+ * 64 B frame than read/write, flood faster, and tie on TCP. */
+#define AUTO_TRIES_URING 1
+#define RX_BUFFERS 64               /* multishot reads: the worker's provided buffers */
+#define RX_BATCH RX_BUFFERS         /* multishot reads: completions taken at once */
+#define RX_ROUND_MAX 256            /* multishot reads: frames in one settings entry */
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
 /* struct virtio_net_hdr_v1, in the host's byte order (the TAP default). */
@@ -667,10 +671,12 @@ struct ts_worker {
     uint8_t *buffers;               /* TS_BURST * BUF_STRIDE bytes */
     struct frame burst[TS_BURST];
     struct epoll_event events[TS_MAX_PORTS];
-    int io;                         /* TS_IO_READWRITE or TS_IO_URING */
+    int io;                         /* TS_IO_READWRITE, TS_IO_URING (multishot reads) or TS_IO_URING_BURST */
     struct ts_ring *ring;           /* TS_IO_URING: queued writes, batched reads; else NULL */
-    uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING: reads to submit on the queue's next turn */
+    bool multishot;                 /* TS_IO_URING: every queue has a multishot read (6.7+) */
+    uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
+    struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
 };
 
 /* Frames. */
@@ -1335,11 +1341,11 @@ static void forward(struct ts_worker *w, int in, const struct ts_port_conf *pc, 
 
 /* One queue's turn: receive a burst -> classify and filter -> learn sources
  * -> look up destinations and send -> count (counting happens where each
- * fate is decided). */
-static int handle_queue(struct ts_worker *w, int in, uint32_t now)
+ * fate is decided). handle_burst() does all but the receiving, for a burst
+ * w->burst[0..n) of queue `in` read by either way of reading. */
+static int handle_burst(struct ts_worker *w, int in, int n, uint32_t now)
 {
     const struct ts_port_conf *pc = &w->set->ports[in];
-    int n = rx_burst(w, in);
     for (int i = 0; i < n; i++)
         w->burst[i].accepted = rx_accept(w, in, pc, &w->burst[i]);
     /* Learn after filtering, so malformed or filtered frames cannot poison the table. */
@@ -1351,6 +1357,54 @@ static int handle_queue(struct ts_worker *w, int in, uint32_t now)
             forward(w, in, pc, &w->burst[i]);
     flush(w);   /* before the next burst reuses the buffers */
     return n;
+}
+
+static int handle_queue(struct ts_worker *w, int in, uint32_t now)
+{
+    return handle_burst(w, in, rx_burst(w, in), now);
+}
+
+/* Multishot reads: arm queue `in` again (its read ended: buffers ran out, or
+ * the kernel ended it); the SQE goes out with the next enter. */
+static void rx_rearm(struct ts_worker *w, int in)
+{
+    if (!ts_ring_rx_arm(w->ring, in)) {
+        flush(w);                   /* the submission queue was full of writes */
+        ts_ring_rx_arm(w->ring, in);
+    }
+}
+
+/* Multishot reads: the completions w->rx[0..n), in order; a run of frames of
+ * one queue is a burst. Buffers go back to the kernel once their burst's
+ * writes are done. A read that ended for want of buffers is armed again; one
+ * that failed (the queue's device is gone, end of file) counts an rx error
+ * and stays off, as rx_failed() takes a queue out of epoll. */
+static int handle_rx(struct ts_worker *w, int n, uint32_t now)
+{
+    uint16_t bids[TS_BURST];
+    int frames = 0;
+    for (int i = 0; i < n;) {
+        int in = w->rx[i].file, k = 0;
+        for (; i < n && w->rx[i].file == in && k < TS_BURST; i++) {
+            const struct ts_ring_rx *rx = &w->rx[i];
+            if (rx->res > 0) {
+                w->burst[k].buf = ts_ring_rx_buf(w->ring, rx->bid);
+                w->burst[k].len = (uint32_t)rx->res;
+                bids[k++] = rx->bid;
+            }
+            if (rx->more)
+                continue;
+            if (rx->res > 0 || rx->res == -ENOBUFS || rx->res == -EAGAIN || rx->res == -EINTR)
+                rx_rearm(w, in);
+            else
+                w->counters[in].rx_errors++;
+        }
+        frames += handle_burst(w, in, k, now);
+        for (int j = 0; j < k; j++)
+            ts_ring_rx_recycle(w->ring, bids[j]);
+        ts_ring_rx_commit(w->ring);
+    }
+    return frames;
 }
 
 /* Enter the current settings copy for one wake-up (see "Settings updates"). */
@@ -1391,8 +1445,32 @@ static int wait_ready(struct ts_worker *w, int timeout_ms)
     }
 }
 
+static int poll_multishot(struct ts_worker *w, int timeout_ms)
+{
+    int n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms);
+    if (n <= 0)
+        return n;
+    uint32_t now = ts_now();
+    int frames = 0;
+    w->now_ns = 0;
+    settings_enter(w);
+    for (;;) {
+        frames += handle_rx(w, n, now);
+        /* A full batch: more is likely at hand (read while the writes went out). */
+        if (n < RX_BATCH || frames >= RX_ROUND_MAX)
+            break;
+        n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, 0);
+        if (n <= 0)
+            break;
+    }
+    settings_leave(w);
+    return frames;
+}
+
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)
 {
+    if (w->multishot)
+        return poll_multishot(w, timeout_ms);
     int n = wait_ready(w, timeout_ms);
     if (n < 0)
         return n;
@@ -1422,7 +1500,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     if (!s || __atomic_load_n(&s->magic, __ATOMIC_ACQUIRE) != TS_MAGIC
         || s->version != TS_VERSION || worker < 0 || (uint32_t)worker >= s->n_workers
         || nfds < 0 || nfds > TS_MAX_PORTS || (nfds > 0 && !fds)
-        || io < TS_IO_AUTO || io > TS_IO_URING) {
+        || io < TS_IO_AUTO || io > TS_IO_URING_BURST) {
         errno = EINVAL;
         return NULL;
     }
@@ -1455,14 +1533,29 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE);
     if (w->epfd < 0 || !w->buffers)
         goto fail;
-    /* The backend: io_uring unless refused (missing, seccomp, sysctl), when
-     * auto falls back to read/write and a forced TS_IO_URING fails. */
-    if (io == TS_IO_URING || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
+    /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring
+     * with multishot reads where the kernel has them (6.7+), else burst reads;
+     * TS_IO_URING_BURST: burst reads always; both fail when io_uring is refused
+     * (missing, seccomp, sysctl). Auto takes io_uring only with multishot
+     * reads, and read/write otherwise. */
+    bool uring = io == TS_IO_URING || io == TS_IO_URING_BURST;
+    if (uring || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
         w->ring = ts_ring_new(fds, nfds);
-        if (!w->ring && io == TS_IO_URING)
+        if (!w->ring && uring)
             goto fail;
     }
-    w->io = w->ring ? TS_IO_URING : TS_IO_READWRITE;
+    if (w->ring && io != TS_IO_URING_BURST) {
+        int e = ts_ring_rx_start(w->ring, RX_BUFFERS, BUF_STRIDE, TS_HEADROOM, TS_FRAME_MAX);
+        w->multishot = e == 0;
+        if (e < 0 && io == TS_IO_AUTO) {
+            ts_ring_free(w->ring);
+            w->ring = NULL;
+        } else if (e < 0 && e != -EOPNOTSUPP) {
+            errno = -e;
+            goto fail;
+        }
+    }
+    w->io = !w->ring ? TS_IO_READWRITE : w->multishot ? TS_IO_URING : TS_IO_URING_BURST;
     memset(w->rx_want, TS_BURST, sizeof w->rx_want);
     __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
     for (int p = 0; p < TS_MAX_PORTS; p++)
@@ -1470,6 +1563,10 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     for (int p = 0; p < nfds; p++) {
         if (fds[p] < 0)
             continue;
+        if (w->multishot) {
+            ts_ring_rx_arm(w->ring, p);     /* nfds <= TS_MAX_PORTS = the SQ's size */
+            continue;
+        }
         struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)p };
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fds[p], &ev) < 0)
             goto fail;

@@ -95,39 +95,53 @@
  * I/O backends
  * ------------
  * How the worker moves frames in and out of its queues is one seam in
- * fastpath.c -- rx_burst() (receive a burst from a queue), xmit() (send a
- * frame to a port: unicast, each flood copy, each mirror copy) and flush()
- * (send what xmit queued) -- with two backends behind it, chosen by
- * ts_worker_new's io (TS_IO_*; the worker passes $TAPSWITCH_IO:
- * auto|readwrite|uring) and reported in readers[w].io:
- *   - read/write: one read(2) per frame until EAGAIN, one write(2) per copy,
- *     at once;
- *   - io_uring (io_uring.c, liburing): a burst's reads are rx_want[q] read
- *     SQEs of the queue in one io_uring_enter (rx_want doubles what the last
- *     turn got, 2..TS_BURST, so a TCP queue with a frame per wake-up does not
- *     pay for 32 reads); every write of the burst -- unicast, the N-1 flood
- *     copies, mirror copies -- is queued and submitted in one io_uring_enter
- *     at the end of the queue's turn, then counted from its completion.
- *     The queues are registered files (no fd lookup per SQE).
- *     RWF_NOWAIT on every SQE keeps "writes never block" exact: a full queue
- *     completes with -EAGAIN, counted as tx_dropped, never retried.
- * What the queue costs: a queued write reads its buffer at flush, so a frame
- * is not edited while it has one queued (tx() flushes before a tag push, pop
- * or rewrite), and a port with mirror_tx is written at once (its mirrors copy
- * what the port took, which needs the write's outcome). The burst's buffers
- * are reused only after the flush. Counters of a burst appear after its flush.
- * Epoll still says which queue is ready (level-triggered: a queue left with
- * frames wakes the next turn).
- * TS_IO_URING fails when the kernel refuses io_uring (ENOSYS; EPERM from
- * seccomp, as Docker's default profile, or kernel.io_uring_disabled): the
- * worker (worker.py) then starts on read/write, and worker.backend says so.
- * TS_IO_AUTO is read/write: the bench's A/B (bench/RESULTS.md, "io_uring and
- * placement") found io_uring 1.25-1.56x faster at flooding, but the same CPU
- * per unicast 64 B frame (the syscalls it saves are a few percent of a
- * frame's cost; the rest is TUN, skb and the receiver's stack run in our
- * write, which io_uring runs just the same) and lower TCP goodput (pooled).
- * fastpath.c's AUTO_TRIES_URING flips auto to "io_uring, else read/write"
- * should a future measure say so.
+ * fastpath.c -- the receiving (rx_burst(), or the completions of multishot
+ * reads: handle_rx()), xmit() (send a frame to a port: unicast, each flood
+ * copy, each mirror copy) and flush() (send what xmit queued) -- with these
+ * backends behind it, chosen by ts_worker_new's io (TS_IO_*; the worker
+ * passes $TAPSWITCH_IO: auto|readwrite|uring|uring-burst) and reported in
+ * readers[w].io:
+ *   - read/write: epoll says which queue is ready (level-triggered), then
+ *     one read(2) per frame until EAGAIN, one write(2) per copy, at once;
+ *   - io_uring with multishot reads (TS_IO_URING on kernel 6.7+;
+ *     io_uring.c, liburing): one IORING_OP_READ_MULTISHOT per queue reads
+ *     every frame as it comes into one of RX_BUFFERS provided buffers,
+ *     inside the worker's own io_uring_enter (DEFER_TASKRUN), so a frame
+ *     costs no read(2), no epoll_wait and no read that finds the queue
+ *     empty. A run of completions of one queue is a burst; every write of
+ *     the burst -- unicast, the N-1 flood copies, mirror copies -- is queued
+ *     and submitted in one io_uring_enter (which also runs the reads that
+ *     came meanwhile), then counted from its completion, then the burst's
+ *     buffers go back to the kernel. A read that ran out of buffers ends
+ *     and is armed again; one that fails (the queue's device is gone)
+ *     counts an rx error and stays off, as read/write drops the queue from
+ *     epoll. No epoll at all;
+ *   - io_uring with burst reads (TS_IO_URING_BURST, and TS_IO_URING before
+ *     6.7): epoll as read/write, then rx_want[q] read SQEs of the queue in
+ *     one io_uring_enter (rx_want doubles what the last turn got,
+ *     2..TS_BURST, so a TCP queue with a frame per wake-up does not pay for
+ *     32 reads); writes as above.
+ * The queues are registered files (no fd lookup per SQE). RWF_NOWAIT on
+ * every write (and burst read) keeps "writes never block" exact: a full
+ * queue completes with -EAGAIN, counted as tx_dropped, never retried.
+ * What the write queue costs: a queued write reads its buffer at flush, so a
+ * frame is not edited while it has one queued (tx() flushes before a tag
+ * push, pop or rewrite), and a port with mirror_tx is written at once (its
+ * mirrors copy what the port took, which needs the write's outcome). The
+ * burst's buffers are reused only after the flush. Counters of a burst
+ * appear after its flush.
+ * TS_IO_URING and TS_IO_URING_BURST fail when the kernel refuses io_uring
+ * (ENOSYS; EPERM from seccomp, as Docker's default profile, or
+ * kernel.io_uring_disabled): the worker (worker.py) then starts on
+ * read/write, and worker.backend says so.
+ * TS_IO_AUTO (the default) is io_uring with multishot reads where the kernel
+ * has them and allows io_uring, read/write otherwise: the bench's A/B
+ * (bench/RESULTS.md, "Multishot reads") found multishot reads ~20 % less
+ * CPU per 64 B frame than read/write, with TCP a tie; burst reads cost the
+ * same per unicast frame as read/write (the syscalls they save are few; the
+ * rest is TUN, skb and the receiver's stack run in our write, which
+ * io_uring runs just the same), so auto does not take them.
+ * fastpath.c's AUTO_TRIES_URING = 0 would make auto read/write again.
  *
  * Port settings (issue 6)
  * -----------------------
@@ -364,11 +378,13 @@ struct ts_mirror_counters {
 #define TS_IO_AUTO 0           /* the default: read/write (the faster here, see "I/O backends") */
 #define TS_IO_READWRITE 1      /* read(2) and write(2), one frame each */
 #define TS_IO_URING 2          /* io_uring; ts_worker_new fails if the kernel refuses it */
+#define TS_IO_URING_BURST 3    /* io_uring with a burst of reads per turn, never multishot
+                                  (the backend before 6.7; for A/B and tests) */
 
 /* Which settings copy worker w reads. Single writer: worker w. */
 struct ts_reader {
     uint32_t active;           /* 1 + copy index while handling frames; 0 otherwise */
-    uint32_t io;               /* TS_IO_READWRITE or TS_IO_URING: the worker's backend, set
+    uint32_t io;               /* TS_IO_READWRITE, TS_IO_URING or TS_IO_URING_BURST: the worker's backend, set
                                   by ts_worker_new (0 = no worker started in this slot) */
     uint32_t reserved[14];
 };
@@ -484,7 +500,7 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms);
 struct ts_worker;
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds,
                                 int io);                  /* io: TS_IO_* */
-int ts_worker_io(const struct ts_worker *w);              /* the backend in use: TS_IO_READWRITE | TS_IO_URING */
+int ts_worker_io(const struct ts_worker *w);              /* the backend in use: TS_IO_READWRITE | TS_IO_URING | TS_IO_URING_BURST */
 int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or -errno */
 int ts_worker_run(struct ts_worker *w);                   /* polls until a fatal error: -errno */
 void ts_worker_free(struct ts_worker *w);

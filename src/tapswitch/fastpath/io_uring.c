@@ -7,13 +7,30 @@
 #include <errno.h>
 #include <liburing.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Debian 12's headers (6.1) predate multishot reads (6.7). */
+#ifndef IORING_OP_READ_MULTISHOT
+#define IORING_OP_READ_MULTISHOT 49
+#endif
+
+#define RX_GROUP 0                  /* the provided-buffer group of the multishot reads */
+#define RX_TAG (1ULL << 63)         /* user_data of a read; writes' tags never set it */
 
 struct ts_ring {
     struct io_uring ring;
     unsigned queued;            /* writes in the submission queue, not yet submitted */
     _Bool fixed;                /* files registered: SQEs name them by index */
     int fds[TS_RING_FILES];     /* otherwise, by fd */
-
+    /* Multishot reads (ts_ring_rx_start): the buffers, their ring, and rx
+     * completions reaped while waiting for writes, kept for the next peek. */
+    struct io_uring_buf_ring *br;
+    uint8_t *bufs;
+    unsigned nbuf, recycled;    /* recycled: added since the last commit */
+    uint32_t stride, headroom, size;
+    struct ts_ring_rx *stash;
+    unsigned stash_head, stash_len, stash_cap;
 };
 
 struct ts_ring *ts_ring_new(const int *fds, int nfds)
@@ -52,7 +69,10 @@ void ts_ring_free(struct ts_ring *r)
 {
     if (!r)
         return;
-    io_uring_queue_exit(&r->ring);
+    io_uring_queue_exit(&r->ring);    /* cancels the multishot reads first */
+    free(r->br);
+    free(r->bufs);
+    free(r->stash);
     free(r);
 }
 
@@ -134,6 +154,8 @@ unsigned ts_ring_queued(const struct ts_ring *r)
     return r->queued;
 }
 
+static void stash_push(struct ts_ring *r, const struct io_uring_cqe *cqe);
+
 int ts_ring_flush(struct ts_ring *r, struct ts_ring_done *done)
 {
     unsigned want = r->queued;
@@ -145,6 +167,11 @@ int ts_ring_flush(struct ts_ring *r, struct ts_ring_done *done)
     while (got < want) {
         if (e < 0 ? io_uring_peek_cqe(&r->ring, &cqe) : io_uring_wait_cqe(&r->ring, &cqe))
             break;
+        if (io_uring_cqe_get_data64(cqe) & RX_TAG) {
+            stash_push(r, cqe);         /* a frame read meanwhile: the next peek's */
+            io_uring_cqe_seen(&r->ring, cqe);
+            continue;
+        }
         done[got].tag = io_uring_cqe_get_data64(cqe);
         done[got].res = cqe->res;
         io_uring_cqe_seen(&r->ring, cqe);
@@ -152,4 +179,115 @@ int ts_ring_flush(struct ts_ring *r, struct ts_ring_done *done)
     }
     r->queued = 0;
     return e < 0 ? e : (int)got;
+}
+
+/* Multishot reads. */
+
+int ts_ring_rx_start(struct ts_ring *r, unsigned nbuf, uint32_t stride, uint32_t headroom,
+                     uint32_t size)
+{
+    if (!nbuf || nbuf > 32768 || (nbuf & (nbuf - 1)) || headroom + size > stride)
+        return -EINVAL;
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&r->ring);
+    _Bool ok = probe && io_uring_opcode_supported(probe, IORING_OP_READ_MULTISHOT);
+    io_uring_free_probe(probe);
+    if (!ok)
+        return -EOPNOTSUPP;
+    r->stash_cap = nbuf + TS_RING_FILES;    /* a frame per buffer, an ending per file */
+    r->stash = calloc(r->stash_cap, sizeof *r->stash);
+    r->bufs = malloc((size_t)nbuf * stride);
+    if (!r->stash || !r->bufs || posix_memalign((void **)&r->br, 4096, nbuf * sizeof(struct io_uring_buf)))
+        return -ENOMEM;
+    struct io_uring_buf_reg reg = { .ring_addr = (uint64_t)(uintptr_t)r->br,
+                                    .ring_entries = nbuf, .bgid = RX_GROUP };
+    int e = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    if (e < 0)
+        return e == -EINVAL ? -EOPNOTSUPP : e;
+    io_uring_buf_ring_init(r->br);
+    r->nbuf = nbuf;
+    r->stride = stride;
+    r->headroom = headroom;
+    r->size = size;
+    for (unsigned bid = 0; bid < nbuf; bid++)
+        ts_ring_rx_recycle(r, bid);
+    ts_ring_rx_commit(r);
+    return 0;
+}
+
+uint8_t *ts_ring_rx_buf(const struct ts_ring *r, unsigned bid)
+{
+    return r->bufs + (size_t)bid * r->stride + r->headroom;
+}
+
+_Bool ts_ring_rx_arm(struct ts_ring *r, int file)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe)
+        return 0;
+    io_uring_prep_rw(IORING_OP_READ_MULTISHOT, sqe, -1, NULL, 0, 0);
+    set_file(r, sqe, file);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RX_GROUP;
+    io_uring_sqe_set_data64(sqe, RX_TAG | (uint64_t)file);
+    return 1;
+}
+
+void ts_ring_rx_recycle(struct ts_ring *r, unsigned bid)
+{
+    io_uring_buf_ring_add(r->br, ts_ring_rx_buf(r, bid), r->size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(r->nbuf), (int)r->recycled++);
+}
+
+void ts_ring_rx_commit(struct ts_ring *r)
+{
+    if (r->recycled)
+        io_uring_buf_ring_advance(r->br, (int)r->recycled);
+    r->recycled = 0;
+}
+
+static void rx_from(struct ts_ring_rx *rx, const struct io_uring_cqe *cqe)
+{
+    rx->file = (uint16_t)(io_uring_cqe_get_data64(cqe) & 0xffff);
+    rx->res = cqe->res;
+    rx->more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    rx->bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    if (rx->res <= 0 && (cqe->flags & IORING_CQE_F_BUFFER))
+        rx->res = -EIO;             /* a buffer with no frame: keep it ours to recycle */
+}
+
+static void stash_push(struct ts_ring *r, const struct io_uring_cqe *cqe)
+{
+    if (r->stash_len == r->stash_cap)
+        return;                     /* cannot happen: one entry per buffer and per file */
+    rx_from(&r->stash[(r->stash_head + r->stash_len++) % r->stash_cap], cqe);
+}
+
+int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max)
+{
+    int n = 0;
+    for (; n < max && r->stash_len; n++, r->stash_len--) {
+        rx[n] = r->stash[r->stash_head];
+        r->stash_head = (r->stash_head + 1) % r->stash_cap;
+    }
+    struct io_uring_cqe *cqe;
+    while (n < max && io_uring_peek_cqe(&r->ring, &cqe) == 0) {
+        if (io_uring_cqe_get_data64(cqe) & RX_TAG)
+            rx_from(&rx[n++], cqe);
+        io_uring_cqe_seen(&r->ring, cqe);   /* a write's: none is outstanding here */
+    }
+    return n;
+}
+
+int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms)
+{
+    int n = ts_ring_rx_peek(r, rx, max);
+    if (n)
+        return n;
+    struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000,
+                                    .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
+    struct io_uring_cqe *cqe;
+    int e = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+    if (e < 0 && e != -ETIME && e != -EINTR)
+        return e;
+    return ts_ring_rx_peek(r, rx, max);
 }

@@ -9,6 +9,14 @@
  * write in one io_uring_enter and hands back each result with its tag. A
  * queued write reads its buffer when flushed: the caller flushes before it
  * edits or reuses a buffer that has a write queued.
+ *
+ * Multishot reads (ts_ring_rx_*, kernel 6.7+): instead of reads submitted per
+ * burst, one IORING_OP_READ_MULTISHOT per queue reads every frame as it
+ * arrives into a buffer the kernel takes from a ring of provided buffers,
+ * inside the worker's own io_uring_enter (DEFER_TASKRUN): no epoll_wait, no
+ * read(2), no read that finds the queue empty. A frame is an rx completion
+ * (queue, buffer id, length); its buffer is the caller's until handed back
+ * by ts_ring_rx_recycle. Writes queued meanwhile go out with the next enter.
  */
 #ifndef TAPSWITCH_IO_URING_H
 #define TAPSWITCH_IO_URING_H
@@ -48,5 +56,34 @@ unsigned ts_ring_queued(const struct ts_ring *r);
  * the writes queued), or -errno if the submit failed (the queued writes
  * are then reported with that error). done holds TS_RING_ENTRIES. */
 int ts_ring_flush(struct ts_ring *r, struct ts_ring_done *done);
+
+/* One multishot read completion. */
+struct ts_ring_rx {
+    int32_t res;                /* frame length, or -errno (-ENOBUFS: buffers ran out) */
+    uint16_t file;
+    uint16_t bid;               /* buffer id, valid when res > 0 */
+    _Bool more;                 /* the read stays armed; if not, ts_ring_rx_arm it again */
+};
+
+/* Register nbuf (a power of two <= 32768) buffers of `size` bytes, each
+ * `headroom` bytes into a stride of `stride`, and probe for multishot reads.
+ * 0, or -errno: -EOPNOTSUPP when the kernel lacks them (the ring still does
+ * burst reads and writes). */
+int ts_ring_rx_start(struct ts_ring *r, unsigned nbuf, uint32_t stride, uint32_t headroom,
+                     uint32_t size);
+/* The buffer with id bid (its first byte, headroom before it is ours too). */
+uint8_t *ts_ring_rx_buf(const struct ts_ring *r, unsigned bid);
+/* Queue a multishot read of file (submitted with the next enter). */
+_Bool ts_ring_rx_arm(struct ts_ring *r, int file);
+/* Hand buffers back; they are offered to the kernel at ts_ring_rx_commit. */
+void ts_ring_rx_recycle(struct ts_ring *r, unsigned bid);
+void ts_ring_rx_commit(struct ts_ring *r);
+/* Up to max rx completions, waiting up to timeout_ms (-1: forever) for the
+ * first when none is at hand; queued SQEs (arms; flush writes first) are
+ * submitted on the way. Returns how many (0: timed out, or interrupted by a
+ * signal), or -errno. */
+int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms);
+/* Those at hand, without entering the kernel. */
+int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max);
 
 #endif
