@@ -69,7 +69,9 @@ void ts_ring_free(struct ts_ring *r)
 {
     if (!r)
         return;
-    io_uring_queue_exit(&r->ring);    /* cancels the multishot reads first */
+    if (r->nbuf)    /* no read takes a buffer of ours from here on, whatever the teardown's order */
+        io_uring_unregister_buf_ring(&r->ring, RX_GROUP);
+    io_uring_queue_exit(&r->ring);    /* cancels the multishot reads */
     free(r->br);
     free(r->bufs);
     free(r->stash);
