@@ -178,8 +178,12 @@ def plot(path, rows, names, meta) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"tapswitch-q1": "#1f77b4", "tapswitch-q2": "#6baed6", "bridge": "#7f7f7f", "ovs": "#d62728"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    from matplotlib.patches import Patch
+
+    fixed = {"tapswitch-q1": "#1f77b4", "tapswitch-q2": "#6baed6", "bridge": "#7f7f7f", "ovs": "#d62728"}
+    spare = iter(["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"])
+    colors = {n: fixed.get(n) or next(spare, None) for n in names}    # every variant a colour of its own
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
 
     # TCP goodput, grouped bars.
     ax = axes[0]
@@ -192,8 +196,6 @@ def plot(path, rows, names, meta) -> None:
     ax.set_xticklabels([k[1].replace("TCP goodput, ", "") for k, _ in tcp])
     ax.set_ylabel("Gbit/s")
     ax.set_title("TCP goodput (iperf3)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
 
     # Forwarding rate by frame size.
     ax = axes[1]
@@ -210,8 +212,6 @@ def plot(path, rows, names, meta) -> None:
     ax.set_xlabel("frame size (bytes, FCS included)")
     ax.set_ylabel("Mpps received")
     ax.set_title("Forwarding rate (trafgen, one core)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
 
     # Ratio to the bridge, higher-is-better headline metrics.
     ax = axes[2]
@@ -233,12 +233,13 @@ def plot(path, rows, names, meta) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("× Linux bridge (same run)")
     ax.set_title("Ratio to the Linux bridge")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
 
     fig.suptitle(f"tapswitch bench, {meta['date']}, {meta['cpu']} ×{meta['cores']}, Linux {meta['kernel']}",
                  fontsize=10)
-    fig.tight_layout()
+    # One legend for the three panels, below them: none covers a bar or a line.
+    fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="lower center",
+               ncol=len(names), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
