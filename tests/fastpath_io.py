@@ -11,6 +11,9 @@ from tapswitch import fastpath
 from tapswitch._fastpath import ffi, lib
 
 
+NO_IO_URING = os.path.join(os.path.dirname(__file__), "no_io_uring.py")   # runs a command without io_uring
+
+
 def uring_available() -> bool:
     shared = fastpath.Shared.create(8, 1)
     try:

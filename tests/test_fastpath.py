@@ -5,6 +5,7 @@ Each port is a SOCK_SEQPACKET socketpair: the worker holds the queue end
 end. No root needed.
 """
 
+import errno
 import os
 import random
 import socket
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from tapswitch._fastpath import ffi, lib
-from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
+from tests.fastpath_io import IO, NO_IO_URING, io_backend  # noqa: F401 (io_backend: every test, every backend)
 from tapswitch.fastpath import Shared, mac_bytes
 
 VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
@@ -391,40 +392,25 @@ def test_auto_io_picks_a_backend_and_bad_io_is_refused():
         shared.close()
 
 
-NO_IO_URING = textwrap.dedent("""
-    import ctypes, struct
+BACKEND_WITHOUT_IO_URING = textwrap.dedent("""
     from tapswitch._fastpath import ffi, lib
     from tapswitch.fastpath import Shared
-
-    # A seccomp filter as Docker's default profile has it: io_uring_setup answers EPERM.
-    def insn(code, jt, jf, k):
-        return struct.pack("=HBBI", code, jt, jf, k)
-    prog = ctypes.create_string_buffer(b"".join([
-        insn(0x20, 0, 0, 0),                    # ld [nr]
-        insn(0x15, 0, 1, 425),                  # jeq #__NR_io_uring_setup
-        insn(0x06, 0, 0, 0x00050000 | 1),       # ret ERRNO(EPERM)
-        insn(0x06, 0, 0, 0x7FFF0000),           # ret ALLOW
-    ]))
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(38, 1, 0, 0, 0) == 0                                  # PR_SET_NO_NEW_PRIVS
-    assert libc.prctl(22, 2, ctypes.byref(Fprog(4, ctypes.addressof(prog))), 0, 0) == 0  # SECCOMP_MODE_FILTER
-
     shared = Shared.create(64, 1)
     fds = ffi.new("int[]", [-1])
     for io in (lib.TS_IO_URING, lib.TS_IO_URING_BURST):
-        assert lib.ts_worker_new(shared.ptr, 0, fds, 1, io) == ffi.NULL and ffi.errno == 1
-    w = lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_AUTO)
-    print(lib.ts_worker_io(w))
+        assert lib.ts_worker_new(shared.ptr, 0, fds, 1, io) == ffi.NULL
+        print(ffi.errno)
+    print(lib.ts_worker_io(lib.ts_worker_new(shared.ptr, 0, fds, 1, lib.TS_IO_AUTO)))
 """)
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86_64's syscall number")
-def test_io_uring_refused_by_seccomp_auto_runs_read_write():
-    r = subprocess.run([sys.executable, "-c", NO_IO_URING], capture_output=True, text=True, timeout=30)
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+@pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS])    # refused by seccomp or sysctl; no io_uring at all
+def test_without_io_uring_auto_runs_read_write_and_forced_io_uring_fails(err):
+    r = subprocess.run([sys.executable, NO_IO_URING, "--errno", str(err), sys.executable, "-c", BACKEND_WITHOUT_IO_URING],
+                       capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert int(r.stdout) == lib.TS_IO_READWRITE
+    assert [int(x) for x in r.stdout.split()] == [err, err, lib.TS_IO_READWRITE]
 
 
 def test_flood_burst_reaches_every_port_in_order(sw):

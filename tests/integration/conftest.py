@@ -53,14 +53,15 @@ class Lab:
             helpers.nsexec(ns, "ip", "link", "set", "lo", "up")
         return ns
 
-    def switch(self, cfg: dict, start: bool = True, netns: str | None = None, **kw) -> helpers.Switch:
+    def switch(self, cfg: dict, start: bool = True, netns: str | None = None, wrapper: tuple = (),
+               **kw) -> helpers.Switch:
         d = helpers.tmpdir()
         self.dirs.append(d)
         for port in cfg.get("ports", []):
             self.links.append(port["name"])
             if isinstance(port.get("netns"), str) and "/" not in port["netns"] and ":" not in port["netns"]:
                 self.namespaces.append(port["netns"])
-        sw = helpers.Switch(cfg, d, netns=netns)
+        sw = helpers.Switch(cfg, d, netns=netns, wrapper=wrapper)
         self.switches.append(sw)
         if start:
             sw.start(**kw)

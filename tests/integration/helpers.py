@@ -63,9 +63,10 @@ def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
 class Switch:
     """A `tapswitch run` subprocess, started on a config dict, ready when it says READY=1."""
 
-    def __init__(self, cfg: dict, tmpdir: str, netns: str | None = None):
+    def __init__(self, cfg: dict, tmpdir: str, netns: str | None = None, wrapper: tuple = ()):
         self.cfg = cfg
         self.netns = netns        # run the switch inside this namespace
+        self.wrapper = list(wrapper)    # a command that execs the switch's (tests/no_io_uring.py)
         self.dir = tmpdir
         self.config_path = os.path.join(tmpdir, "tapswitch.yaml")
         self.socket = cfg.setdefault("switch", {}).setdefault("control", {}).setdefault(
@@ -84,7 +85,7 @@ class Switch:
         notify.settimeout(0.2)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.log_file = open(self.log_path, "w")
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        prefix = (["ip", "netns", "exec", self.netns] if self.netns else []) + self.wrapper
         self.proc = subprocess.Popen(prefix + [sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
                                      stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)    # its own process group, as under systemd

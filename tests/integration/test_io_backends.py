@@ -1,14 +1,17 @@
-"""The fast path's two I/O backends (fastpath.h, "I/O backends") forward real
+"""The fast path's I/O backends (fastpath.h, "I/O backends") forward real
 TAP traffic: unicast, broadcast and a TCP stream of GSO super-frames, with
-the backend forced through TAPSWITCH_IO and logged once as worker.backend."""
+the backend forced through TAPSWITCH_IO and logged once as worker.backend;
+where seccomp refuses io_uring, the workers run read/write."""
 
 import json
+import os
 import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.fastpath_io import uring_available
+from tests.fastpath_io import NO_IO_URING, uring_available
 from tests.integration import helpers
 
 
@@ -33,3 +36,17 @@ def test_backend_forwards_pings_and_a_tcp_stream(lab, monkeypatch, backend):
     assert json.loads(r.stdout)["end"]["sum_received"]["bytes"] > 10 * 1024 * 1024
     ports_json = {p["name"]: p for p in sw.cli_json("ports")}
     assert ports_json[ports[0]["name"]]["counters"]["tx_packets"] > 0
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+@pytest.mark.parametrize("backend", ["", "uring"])
+def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
+    """As in a container under Docker's default seccomp profile: auto, and a forced io_uring,
+    start their workers on read/write, say so, and forward."""
+    monkeypatch.setenv("TAPSWITCH_IO", backend)
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports},
+                    wrapper=(sys.executable, NO_IO_URING))
+    assert [e["backend"] for e in sw.events("worker.backend")] == ["readwrite"]
+    assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
