@@ -41,8 +41,11 @@ class _Handler(socketserver.StreamRequestHandler):
         if uid not in (0, os.getuid()):
             self._reply({"ok": False, "error": "permission denied"})
             return
+        line = self.rfile.readline(MAX_REQUEST)
+        if not line:
+            return              # connected and closed (stop_serving's wake-up): nothing to answer
         try:
-            request = json.loads(self.rfile.readline(MAX_REQUEST))
+            request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
             result = self.server.dispatch(request)
@@ -83,12 +86,37 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def stop(self) -> None:
         if self.thread.is_alive():
-            self.shutdown()
+            stop_serving(self)
         self.server_close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def stop_serving(server: socketserver.BaseServer) -> None:
+    """server.shutdown() without waiting out serve_forever's poll (half a second): once
+    shutdown has asked, a connection wakes the serving thread's select, and serve_forever
+    looks at the request before it accepts anything. Only for a server that is serving."""
+    asking = threading.Thread(target=server.shutdown, name="shutdown")
+    asking.start()
+    while asking.is_alive():
+        _wake(server)
+        asking.join(0.02)
+
+
+def _wake(server: socketserver.BaseServer) -> None:
+    family, address = server.address_family, server.server_address
+    if family == socket.AF_INET and address[0] in ("", "0.0.0.0"):
+        address = ("127.0.0.1", address[1])
+    elif family == socket.AF_INET6 and address[0] in ("", "::"):
+        address = ("::1", *address[1:])
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(0.1)
+            s.connect(address)
+    except OSError:
+        pass                    # a full backlog, say: the poll ends the wait anyway
 
 
 def _claim(path: str) -> None:

@@ -23,7 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, settings, tap
-from tapswitch.control import ControlError, ControlServer
+from tapswitch.control import ControlError, ControlServer, stop_serving
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
 from tapswitch.tap import TapError
@@ -541,7 +541,7 @@ class Switch:
             signal.signal(sig, signal.SIG_IGN)    # a second signal must not cut the cleanup short
         notify("STOPPING=1")
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()
+            stop_serving(self.metrics_server)
             self.metrics_server.server_close()
             self.metrics_server = None
         if self.control is not None:
