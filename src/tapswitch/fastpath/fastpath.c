@@ -668,7 +668,7 @@ struct ts_worker {
     int epfd;
     int nfds;
     int fds[TS_MAX_PORTS];          /* -1: no queue of that port */
-    uint8_t *buffers;               /* TS_BURST * BUF_STRIDE bytes */
+    uint8_t *buffers;               /* TS_BURST * BUF_STRIDE bytes (not with multishot reads) */
     struct frame burst[TS_BURST];
     struct epoll_event events[TS_MAX_PORTS];
     int io;                         /* TS_IO_READWRITE, TS_IO_URING (multishot reads) or TS_IO_URING_BURST */
@@ -1530,8 +1530,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     w->worker = worker;
     w->nfds = nfds;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
-    w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE);
-    if (w->epfd < 0 || !w->buffers)
+    if (w->epfd < 0)
         goto fail;
     /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring
      * with multishot reads where the kernel has them (6.7+), else burst reads;
@@ -1556,6 +1555,8 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
         }
     }
     w->io = !w->ring ? TS_IO_READWRITE : w->multishot ? TS_IO_URING : TS_IO_URING_BURST;
+    if (!w->multishot && !(w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE)))
+        goto fail;                  /* multishot reads fill the ring's buffers instead */
     memset(w->rx_want, TS_BURST, sizeof w->rx_want);
     __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
     for (int p = 0; p < TS_MAX_PORTS; p++)

@@ -7,8 +7,6 @@
 #include <errno.h>
 #include <liburing.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 /* Debian 12's headers (6.1) predate multishot reads (6.7). */
 #ifndef IORING_OP_READ_MULTISHOT
@@ -247,21 +245,22 @@ void ts_ring_rx_commit(struct ts_ring *r)
     r->recycled = 0;
 }
 
-static void rx_from(struct ts_ring_rx *rx, const struct io_uring_cqe *cqe)
+static void rx_from(struct ts_ring *r, struct ts_ring_rx *rx, const struct io_uring_cqe *cqe)
 {
     rx->file = (uint16_t)(io_uring_cqe_get_data64(cqe) & 0xffff);
     rx->res = cqe->res;
     rx->more = (cqe->flags & IORING_CQE_F_MORE) != 0;
     rx->bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
     if (rx->res <= 0 && (cqe->flags & IORING_CQE_F_BUFFER))
-        rx->res = -EIO;             /* a buffer with no frame: keep it ours to recycle */
+        ts_ring_rx_recycle(r, rx->bid);     /* a buffer with no frame (the kernel keeps
+                                               those itself today): straight back */
 }
 
 static void stash_push(struct ts_ring *r, const struct io_uring_cqe *cqe)
 {
     if (r->stash_len == r->stash_cap)
         return;                     /* cannot happen: one entry per buffer and per file */
-    rx_from(&r->stash[(r->stash_head + r->stash_len++) % r->stash_cap], cqe);
+    rx_from(r, &r->stash[(r->stash_head + r->stash_len++) % r->stash_cap], cqe);
 }
 
 int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max)
@@ -274,7 +273,7 @@ int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max)
     struct io_uring_cqe *cqe;
     while (n < max && io_uring_peek_cqe(&r->ring, &cqe) == 0) {
         if (io_uring_cqe_get_data64(cqe) & RX_TAG)
-            rx_from(&rx[n++], cqe);
+            rx_from(r, &rx[n++], cqe);
         io_uring_cqe_seen(&r->ring, cqe);   /* a write's: none is outstanding here */
     }
     return n;
