@@ -14,29 +14,28 @@ from tapswitch._fastpath import ffi, lib
 NO_IO_URING = os.path.join(os.path.dirname(__file__), "no_io_uring.py")   # runs a command without io_uring
 
 
-def uring_available() -> bool:
+def backend_started(io: int) -> str | None:
+    """The backend a worker asked for `io` starts on here ("readwrite", "uring",
+    "uring-burst"), or None when ts_worker_new refuses (io_uring refused)."""
     shared = fastpath.Shared.create(8, 1)
     try:
-        w = lib.ts_worker_new(shared.ptr, 0, ffi.new("int[]", [-1]), 1, lib.TS_IO_URING)
+        w = lib.ts_worker_new(shared.ptr, 0, ffi.new("int[]", [-1]), 1, io)
         if w == ffi.NULL:
-            return False
+            return None
+        started = lib.ts_worker_io(w)
         lib.ts_worker_free(w)
-        return True
+        return fastpath.IO_NAMES[started]
     finally:
         shared.close()
+
+
+def uring_available() -> bool:
+    return backend_started(lib.TS_IO_URING) is not None
 
 
 def auto_backend() -> str:
     """The backend TS_IO_AUTO picks on this machine: io_uring where it reads multishot."""
-    shared = fastpath.Shared.create(8, 1)
-    try:
-        w = lib.ts_worker_new(shared.ptr, 0, ffi.new("int[]", [-1]), 1, lib.TS_IO_AUTO)
-        assert w != ffi.NULL
-        io = lib.ts_worker_io(w)
-        lib.ts_worker_free(w)
-        return fastpath.IO_NAMES[io]
-    finally:
-        shared.close()
+    return backend_started(lib.TS_IO_AUTO)
 
 
 @pytest.fixture(params=["readwrite", "uring", "uring-burst"], autouse=True)

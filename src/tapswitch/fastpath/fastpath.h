@@ -136,7 +136,7 @@
  * read/write, and worker.backend says so.
  * TS_IO_AUTO (the default) is io_uring with multishot reads where the kernel
  * has them and allows io_uring, read/write otherwise: the bench's A/B
- * (bench/RESULTS.md, "Multishot reads") found multishot reads ~20 % less
+ * (bench/RESULTS.md, "Multishot reads") found multishot reads 13-20 % less
  * CPU per 64 B frame than read/write, with TCP a tie; burst reads cost the
  * same per unicast frame as read/write (the syscalls they save are few; the
  * rest is TUN, skb and the receiver's stack run in our write, which
