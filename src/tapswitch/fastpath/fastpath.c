@@ -1529,9 +1529,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     __atomic_store_n(&w->reader->active, 0, __ATOMIC_RELEASE);
     w->worker = worker;
     w->nfds = nfds;
-    w->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (w->epfd < 0)
-        goto fail;
+    w->epfd = -1;
     /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring
      * with multishot reads where the kernel has them (6.7+), else burst reads;
      * TS_IO_URING_BURST: burst reads always; both fail when io_uring is refused
@@ -1555,8 +1553,10 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
         }
     }
     w->io = !w->ring ? TS_IO_READWRITE : w->multishot ? TS_IO_URING : TS_IO_URING_BURST;
-    if (!w->multishot && !(w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE)))
-        goto fail;                  /* multishot reads fill the ring's buffers instead */
+    /* Multishot reads need neither: they fill the ring's buffers, and say themselves what came. */
+    if (!w->multishot && (!(w->buffers = malloc((size_t)TS_BURST * BUF_STRIDE))
+                          || (w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0))
+        goto fail;
     memset(w->rx_want, TS_BURST, sizeof w->rx_want);
     __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
     for (int p = 0; p < TS_MAX_PORTS; p++)
