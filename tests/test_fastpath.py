@@ -8,11 +8,13 @@ end. No root needed.
 import errno
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -430,6 +432,83 @@ def test_more_frames_waiting_than_read_buffers_all_get_through(sw):
     assert got == frames
     assert sw.counters(0)["rx_packets"] == 200 and sw.counters(0)["rx_errors"] == 0
     assert sw.received(2) == []
+
+
+def restart_worker(sw):
+    """A new worker over the same queues, as the supervisor starts after a stop."""
+    lib.ts_worker_free(sw.worker)
+    sw.worker = lib.ts_worker_new(sw.shared.ptr, 0, ffi.new("int[]", [q.fileno() for q in sw.queues]),
+                                  len(sw.queues), IO())
+    assert sw.worker != ffi.NULL
+
+
+def forward_all(sw, port):
+    """Poll until nothing comes; what port received."""
+    got = []
+    while lib.ts_worker_poll(sw.worker, 100) > 0:
+        got += sw.received(port)
+    return got + sw.received(port)
+
+
+def test_drain_forwards_what_was_read_and_leaves_the_rest_queued(sw):
+    """ts_worker_drain between polls, with frames arriving: those its reads took go out now,
+    the others wait in the queue for the next worker; none lost, none twice, in order."""
+    sw.learn(1, B)
+    frames = [frame(B, A, payload=i.to_bytes(2, "big") * 23) for i in range(200)]
+    for f in frames[:100]:
+        sw.hosts[0].send(f)
+    assert lib.ts_worker_poll(sw.worker, 100) > 0
+    for f in frames[100:]:
+        sw.hosts[0].send(f)
+    assert lib.ts_worker_drain(sw.worker, 1000) >= 0
+    got = sw.received(1)
+    restart_worker(sw)
+    got += forward_all(sw, 1)
+    assert got == frames
+    assert sw.counters(0)["rx_errors"] == 0         # a cancelled read is no error
+
+
+def sigterm_caught() -> bool:
+    """Has this process a handler for SIGTERM, as the kernel sees it?"""
+    with open("/proc/self/status") as f:
+        cgt = next(line for line in f if line.startswith("SigCgt:")).split()[1]
+    return bool(int(cgt, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def test_sigterm_ends_run_with_0_and_loses_no_frame(sw):
+    """ts_worker_run in a thread; SIGTERM to that thread while frames come: it returns 0, the
+    frames it took were forwarded, the rest wait for the next worker; SIGTERM's action is
+    the caller's again."""
+    sw.learn(1, B)
+    frames = [frame(B, A, payload=i.to_bytes(2, "big") * 23) for i in range(200)]
+    before = sigterm_caught()
+    rc = []
+
+    def run():
+        restart_worker(sw)        # its ring in this thread: io_uring's DEFER_TASKRUN wants one issuer
+        rc.append(lib.ts_worker_run(sw.worker))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    for f in frames[:100]:
+        sw.hosts[0].send(f)
+    deadline = time.monotonic() + 5
+    got = []
+    while len(got) < 100 and time.monotonic() < deadline:    # the first 100 through a running worker
+        got += sw.received(1)
+        time.sleep(0.01)
+    assert got == frames[:100]      # so it runs, with its SIGTERM handler: now the signal
+    for f in frames[100:]:
+        sw.hosts[0].send(f)
+    signal.pthread_kill(t.ident, signal.SIGTERM)
+    t.join(5)
+    assert not t.is_alive(), "ts_worker_run did not stop on SIGTERM"
+    assert rc == [0]
+    got += sw.received(1)
+    restart_worker(sw)
+    got += forward_all(sw, 1)
+    assert got == frames
+    assert sw.counters(0)["rx_errors"] == 0
+    assert sigterm_caught() == before       # ts_worker_run's handler is gone again
 
 
 def test_poll_without_traffic_times_out(sw):

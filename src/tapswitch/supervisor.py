@@ -22,6 +22,7 @@ RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing o
 RESTART_WINDOW = 10.0
 BACKOFF = 1.0
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
+STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 
 
 class WorkerError(Exception):
@@ -117,6 +118,19 @@ class Supervisor:
         os.kill(w.proc.pid, signal.SIGKILL)
         self._reap(w)
 
+    def _terminate(self, w: Worker, grace: float) -> bool:
+        """SIGTERM; True once w has exited and is reaped, False if it has not within grace."""
+        if w.pidfd < 0:
+            return False
+        os.kill(w.proc.pid, signal.SIGTERM)
+        if not select.select([w.pidfd], [], [], grace)[0]:
+            log.warning("worker.stop_timeout", queue=w.queue, pid=w.proc.pid, grace=grace)
+            return False
+        rc = self._reap(w)
+        if rc != 0:
+            log.warning("worker.stopped", queue=w.queue, pid=w.proc.pid, exit_code=rc)
+        return True
+
     def _reap(self, w: Worker) -> int:
         """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""
         _pid, status, usage = os.wait4(w.proc.pid, 0)
@@ -163,11 +177,12 @@ class Supervisor:
 
         One worker at a time: while worker q restarts, frames wait in queue q
         of each TAP (500 frames deep) instead of being dropped, and the other
-        queues keep flowing.
+        queues keep flowing. Each is asked to stop (SIGTERM), so that frames it
+        had read already (io_uring reads ahead) go out rather than die with it.
         """
         self.port_fds = port_fds
         for w in self.workers:
-            self._stop(w)
+            self._stop(w, STOP_GRACE)
             self.revive(w)
         log.info("workers.replaced", ports=len(port_fds))
 
@@ -175,9 +190,12 @@ class Supervisor:
         """Running, as far as the control loop knows (it reaps; readers in other threads must not)."""
         return w.proc is not None and w.proc.returncode is None
 
-    def _stop(self, w: Worker) -> None:
+    def _stop(self, w: Worker, grace: float = 0.0) -> None:
+        """Stop w: SIGKILL, or with a grace, SIGTERM first (the worker forwards what it has
+        read and exits 0) and SIGKILL if it has not exited within `grace` seconds."""
         if w.proc is not None and w.proc.returncode is None:
-            self._kill(w)            # a worker holds no state of its own: nothing to flush
+            if not (grace > 0 and self._terminate(w, grace)):
+                self._kill(w)
         if w.pidfd >= 0:
             os.close(w.pidfd)
             w.pidfd = -1

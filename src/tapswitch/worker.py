@@ -1,10 +1,13 @@
-"""Worker process: runs the C fast path over queue q of every port, until killed.
+"""Worker process: runs the C fast path over queue q of every port, until stopped.
 
 Started by the supervisor as `python -m tapswitch.worker`, with the shared
 memory fd, its queue fds and a ready pipe passed down. Imports only the fast
 path: no pyroute2, no prometheus_client here. It holds no state of its own:
-the MAC table and the counters live in shared memory, so SIGTERM (the default
-action) or SIGKILL stops it and a restarted worker carries on where it was.
+the MAC table and the counters live in shared memory, so a restarted worker
+carries on where it was. SIGTERM stops it between bursts: it forwards every
+frame it has read (io_uring reads ahead of the worker), leaves the rest in
+the queues for the next worker and exits 0 (the supervisor's way, on a
+reload). SIGKILL stops it at once: what it had read is lost.
 
 Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
@@ -122,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
     os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # running, and how
     os.close(args.ready)
-    rc = lib.ts_worker_run(w)
+    rc = lib.ts_worker_run(w)      # until SIGTERM (0: every frame it read was forwarded) or an error
+    if rc == 0:
+        return 0
     print(f"worker {args.queue}: fast path stopped: {os.strerror(-rc)}", file=sys.stderr)
     return 1
 

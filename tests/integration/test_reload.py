@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from tests.integration import helpers
@@ -45,6 +46,39 @@ def test_sighup_adds_a_port_while_a_running_ping_loses_nothing(lab):
     assert helpers.ping(new_port["netns"], "198.18.4.1")
     assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
     assert sw.events("config.reloaded")[-1]["added"] == [new_port["name"]]
+
+
+@pytest.mark.parametrize("backend", ["", "readwrite"])
+def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
+    """A reload that adds or removes a port replaces every worker. Each is asked to stop
+    (SIGTERM): it forwards the frames it has read -- io_uring's multishot reads take frames
+    off the queues ahead of the worker -- leaves the rest queued for the next one and exits 0.
+    A ping every 2 ms across a dozen reloads loses nothing (auto: io_uring on this kernel)."""
+    monkeypatch.setenv("TAPSWITCH_IO", backend)
+    cfg = base(lab)
+    sw = lab.switch(cfg)
+    extra = {"name": lab.name("p2"), "netns": lab.name("c2"), "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+    lab.namespaces.append(extra["netns"])
+    lab.links.append(extra["name"])
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    ping = subprocess.Popen(["ip", "netns", "exec", cfg["ports"][0]["netns"], "ping", "-q", "-i", "0.002",
+                             "-c", "3000", "-W", "1", "198.18.4.2"], stdout=subprocess.PIPE, text=True)
+    lab.procs.append(ping)
+    reloads = 0
+    while ping.poll() is None:
+        if cfg["ports"][-1] is extra:
+            cfg["ports"].pop()
+        else:
+            cfg["ports"].append(extra)
+        rewrite(sw, cfg)
+        assert sw.cli("reload").stdout.startswith("reloaded:"), sw.log()
+        reloads += 1
+    out, _ = ping.communicate(timeout=30)
+    assert reloads >= 10, out
+    assert len(sw.events("workers.replaced")) == reloads
+    assert re.search(r"\b3000 packets transmitted, 3000 received", out), out
+    # Every worker stopped as asked, none by SIGKILL after the grace, none with an error.
+    assert not sw.events("worker.stop_timeout") and not sw.events("worker.stopped"), sw.log()
 
 
 def test_reload_removes_a_port_its_device_and_its_namespace(lab):

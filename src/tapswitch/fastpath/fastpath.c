@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -622,6 +623,8 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define RX_BUFFERS 64               /* multishot reads: the worker's provided buffers */
 #define RX_BATCH RX_BUFFERS         /* multishot reads: completions taken at once */
 #define RX_ROUND_MAX 256            /* multishot reads: frames in one settings entry */
+#define STOP_CHECK_TURNS 64         /* ts_worker_run: turns between looks for a pending SIGTERM */
+#define DRAIN_TIMEOUT_MS 500        /* ts_worker_run: the longest wait for cancelled reads to end */
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
 
 /* struct virtio_net_hdr_v1, in the host's byte order (the TAP default). */
@@ -674,6 +677,9 @@ struct ts_worker {
     int io;                         /* TS_IO_READWRITE, TS_IO_URING (multishot reads) or TS_IO_URING_BURST */
     struct ts_ring *ring;           /* TS_IO_URING: queued writes, batched reads; else NULL */
     bool multishot;                 /* TS_IO_URING: every queue has a multishot read (6.7+) */
+    bool stopping;                  /* multishot: reads cancelled (ts_worker_drain), none armed again */
+    int rx_armed;                   /* multishot: queues whose read has not ended */
+    const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
     struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
@@ -1370,8 +1376,10 @@ static void rx_rearm(struct ts_worker *w, int in)
 {
     if (!ts_ring_rx_arm(w->ring, in)) {
         flush(w);                   /* the submission queue was full of writes */
-        ts_ring_rx_arm(w->ring, in);
+        if (!ts_ring_rx_arm(w->ring, in))
+            return;
     }
+    w->rx_armed++;
 }
 
 /* Multishot reads: the completions w->rx[0..n), in order; a run of frames of
@@ -1394,9 +1402,11 @@ static int handle_rx(struct ts_worker *w, int n, uint32_t now)
             }
             if (rx->more)
                 continue;
-            if (rx->res > 0 || rx->res == -ENOBUFS || rx->res == -EAGAIN || rx->res == -EINTR)
+            w->rx_armed--;
+            bool again = rx->res > 0 || rx->res == -ENOBUFS || rx->res == -EAGAIN || rx->res == -EINTR;
+            if (again && !w->stopping)
                 rx_rearm(w, in);
-            else
+            else if (!again && !(w->stopping && rx->res == -ECANCELED))
                 w->counters[in].rx_errors++;
         }
         frames += handle_burst(w, in, k, now);
@@ -1427,16 +1437,20 @@ static void settings_leave(struct ts_worker *w)
     w->set = NULL;
 }
 
+/* Set by SIGTERM while ts_worker_run runs. */
+static volatile sig_atomic_t stop_asked;
+
 /* epoll_wait, waiting again when interrupted until timeout_ms is spent: an
  * io_uring ring torn down in this process (by a worker freed before, as the
  * tests do) interrupts the task's waits for a while (the kernel's teardown
- * queues work to it with TWA_SIGNAL). Signal handlers still run at once. */
+ * queues work to it with TWA_SIGNAL). Signal handlers still run at once;
+ * SIGTERM in ts_worker_run ends the wait. */
 static int wait_ready(struct ts_worker *w, int timeout_ms)
 {
     uint64_t deadline = timeout_ms < 0 ? 0 : now_ns() + (uint64_t)timeout_ms * 1000000;
     for (;;) {
-        int n = epoll_wait(w->epfd, w->events, TS_MAX_PORTS, timeout_ms);
-        if (n >= 0 || errno != EINTR)
+        int n = epoll_pwait(w->epfd, w->events, TS_MAX_PORTS, timeout_ms, w->wait_mask);
+        if (n >= 0 || errno != EINTR || (w->wait_mask && stop_asked))
             return n < 0 ? -errno : n;
         if (timeout_ms > 0) {
             uint64_t t = now_ns();
@@ -1447,7 +1461,7 @@ static int wait_ready(struct ts_worker *w, int timeout_ms)
 
 static int poll_multishot(struct ts_worker *w, int timeout_ms)
 {
-    int n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms);
+    int n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms, w->wait_mask);
     if (n <= 0)
         return n;
     uint32_t now = ts_now();
@@ -1459,7 +1473,7 @@ static int poll_multishot(struct ts_worker *w, int timeout_ms)
         /* A full batch: more is likely at hand (read while the writes went out). */
         if (n < RX_BATCH || frames >= RX_ROUND_MAX)
             break;
-        n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, 0);
+        n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, 0, NULL);
         if (n <= 0)
             break;
     }
@@ -1486,13 +1500,80 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
     return frames;
 }
 
+int ts_worker_drain(struct ts_worker *w, int timeout_ms)
+{
+    if (!w->multishot || w->stopping)
+        return 0;
+    w->stopping = true;
+    if (!ts_ring_rx_cancel(w->ring)) {
+        flush(w);
+        ts_ring_rx_cancel(w->ring);
+    }
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
+    int frames = 0;
+    while (w->rx_armed > 0) {
+        uint64_t t = now_ns();
+        if (t >= deadline)
+            return -ETIMEDOUT;
+        int n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, (int)((deadline - t + 999999) / 1000000), NULL);
+        if (n < 0)
+            return n;
+        w->now_ns = 0;
+        settings_enter(w);
+        frames += handle_rx(w, n, ts_now());
+        settings_leave(w);
+    }
+    return frames;
+}
+
+static void on_stop(int sig)
+{
+    (void)sig;
+    stop_asked = 1;
+}
+
+/* SIGTERM, pending but blocked: the check of a busy worker, which may not
+ * wait (and so take the signal) for a long while. */
+static bool term_pending(void)
+{
+    sigset_t pending;
+    return sigpending(&pending) == 0 && sigismember(&pending, SIGTERM);
+}
+
 int ts_worker_run(struct ts_worker *w)
 {
-    for (;;) {
-        int r = ts_worker_poll(w, -1);
+    /* SIGTERM is blocked but while waiting (as pselect does): it ends a wait,
+     * never a burst, and cannot slip in between the check and the wait. */
+    sigset_t term, old, waiting;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    struct sigaction sa = { .sa_handler = on_stop }, old_sa;
+    sigemptyset(&sa.sa_mask);
+    stop_asked = 0;
+    if (sigaction(SIGTERM, &sa, &old_sa) < 0)
+        return -errno;
+    pthread_sigmask(SIG_BLOCK, &term, &old);
+    waiting = old;
+    sigdelset(&waiting, SIGTERM);
+    w->wait_mask = &waiting;
+    int r = 0;
+    for (unsigned turn = 1; !stop_asked; turn++) {
+        r = ts_worker_poll(w, -1);
         if (r < 0 && r != -EINTR)
-            return r;
+            break;
+        r = 0;
+        if (turn % STOP_CHECK_TURNS == 0 && term_pending())
+            break;
     }
+    w->wait_mask = NULL;
+    if (r == 0) {
+        int d = ts_worker_drain(w, DRAIN_TIMEOUT_MS);
+        r = d < 0 ? d : 0;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);  /* a SIGTERM still pending runs on_stop now */
+    sigaction(SIGTERM, &old_sa, NULL);
+    stop_asked = 0;
+    return r;
 }
 
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds, int io)
@@ -1565,7 +1646,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
         if (fds[p] < 0)
             continue;
         if (w->multishot) {
-            ts_ring_rx_arm(w->ring, p);     /* nfds <= TS_MAX_PORTS = the SQ's size */
+            w->rx_armed += ts_ring_rx_arm(w->ring, p);     /* nfds <= TS_MAX_PORTS = the SQ's size */
             continue;
         }
         struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)p };

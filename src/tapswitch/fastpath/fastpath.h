@@ -502,7 +502,16 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
                                 int io);                  /* io: TS_IO_* */
 int ts_worker_io(const struct ts_worker *w);              /* the backend in use: TS_IO_READWRITE | TS_IO_URING | TS_IO_URING_BURST */
 int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or -errno */
-int ts_worker_run(struct ts_worker *w);                   /* polls until a fatal error: -errno */
+/* Stop reading and forward what was read: multishot reads are cancelled, the
+ * frames they took before the cancel are forwarded, frames not taken stay in
+ * their queues for the next worker. Waits up to timeout_ms for the reads to
+ * end. Frames forwarded, or -errno (-ETIMEDOUT). No poll after it. Nothing to
+ * do for the other backends: they read only inside a poll. */
+int ts_worker_drain(struct ts_worker *w, int timeout_ms);
+/* Polls until a fatal error (-errno) or SIGTERM: then drains (above) and
+ * returns 0. SIGTERM is blocked but while waiting, so it ends a wait, never
+ * a burst; the handler and the mask are the caller's again on return. */
+int ts_worker_run(struct ts_worker *w);
 void ts_worker_free(struct ts_worker *w);
 
 /* Ask the kernel to kill this process when its parent dies. 0 or -errno. */

@@ -232,6 +232,18 @@ _Bool ts_ring_rx_arm(struct ts_ring *r, int file)
     return 1;
 }
 
+_Bool ts_ring_rx_cancel(struct ts_ring *r)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe)
+        return 0;
+    /* ANY: every request of the ring, whatever its user_data; only reads
+     * are in flight between bursts (writes complete within their flush). */
+    io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(sqe, 0);
+    return 1;
+}
+
 void ts_ring_rx_recycle(struct ts_ring *r, unsigned bid)
 {
     io_uring_buf_ring_add(r->br, ts_ring_rx_buf(r, bid), r->size, (unsigned short)bid,
@@ -279,15 +291,25 @@ int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max)
     return n;
 }
 
-int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms)
+int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms,
+                    const sigset_t *mask)
 {
     int n = ts_ring_rx_peek(r, rx, max);
     if (n)
         return n;
+    /* With a mask, SQEs (re-arms) go in an enter of their own: an enter that
+     * submits returns how many it took, not the wait's -EINTR, and liburing
+     * then waits again, past the signal the caller waits for. */
+    if (mask && io_uring_sq_ready(&r->ring)) {
+        int e = io_uring_submit(&r->ring);
+        if (e < 0)
+            return e;
+    }
     struct __kernel_timespec ts = { .tv_sec = timeout_ms / 1000,
                                     .tv_nsec = (long long)(timeout_ms % 1000) * 1000000 };
     struct io_uring_cqe *cqe;
-    int e = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+    int e = io_uring_submit_and_wait_timeout(&r->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts,
+                                              (sigset_t *)mask);
     if (e < 0 && e != -ETIME && e != -EINTR)
         return e;
     return ts_ring_rx_peek(r, rx, max);

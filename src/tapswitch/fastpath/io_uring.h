@@ -21,6 +21,7 @@
 #ifndef TAPSWITCH_IO_URING_H
 #define TAPSWITCH_IO_URING_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #define TS_RING_ENTRIES 256     /* submission queue: writes queued before a forced flush */
@@ -75,14 +76,20 @@ int ts_ring_rx_start(struct ts_ring *r, unsigned nbuf, uint32_t stride, uint32_t
 uint8_t *ts_ring_rx_buf(const struct ts_ring *r, unsigned bid);
 /* Queue a multishot read of file (submitted with the next enter). */
 _Bool ts_ring_rx_arm(struct ts_ring *r, int file);
+/* Queue the cancelling of every armed read (submitted with the next enter):
+ * each ends with a completion without `more`, -ECANCELED unless it had ended
+ * already; frames read before it are completed first, the rest stay queued. */
+_Bool ts_ring_rx_cancel(struct ts_ring *r);
 /* Hand buffers back; they are offered to the kernel at ts_ring_rx_commit. */
 void ts_ring_rx_recycle(struct ts_ring *r, unsigned bid);
 void ts_ring_rx_commit(struct ts_ring *r);
 /* Up to max rx completions, waiting up to timeout_ms (-1: forever) for the
  * first when none is at hand; queued SQEs (arms; flush writes first) are
- * submitted on the way. Returns how many (0: timed out, or interrupted by a
- * signal), or -errno. */
-int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms);
+ * submitted on the way. mask, unless NULL, is the signal mask while waiting
+ * (as ppoll's). Returns how many (0: timed out, or interrupted by a signal),
+ * or -errno. */
+int ts_ring_rx_wait(struct ts_ring *r, struct ts_ring_rx *rx, int max, int timeout_ms,
+                    const sigset_t *mask);
 /* Those at hand, without entering the kernel. */
 int ts_ring_rx_peek(struct ts_ring *r, struct ts_ring_rx *rx, int max);
 
