@@ -10,7 +10,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -179,3 +181,44 @@ def wait_until(pred, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return pred()
+
+
+def start_tapswitch(config: str, log_path: str, workdir: str, env: dict | None = None,
+                    popen=subprocess.Popen, timeout: float = 30.0) -> tuple[subprocess.Popen, float]:
+    """`tapswitch run -c config`, its output into log_path, started by popen (Lab.popen: reaped
+    with the lab); returns it and the seconds from exec to its READY=1 on $NOTIFY_SOCKET (a socket
+    in workdir). If it exits first, or says nothing within timeout s, it is stopped and
+    RuntimeError carries the tail of its log."""
+    notify_path = os.path.join(workdir, "notify.sock")
+    if os.path.exists(notify_path):
+        os.unlink(notify_path)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(0.2)
+    try:
+        with open(log_path, "w") as log:
+            t0 = time.monotonic()
+            proc = popen([sys.executable, "-m", "tapswitch", "run", "-c", config], stdout=log,
+                         stderr=subprocess.STDOUT, env=dict(os.environ if env is None else env,
+                                                            NOTIFY_SOCKET=notify_path))
+        while True:
+            try:
+                if "READY=1" in notify.recv(4096).decode():
+                    return proc, time.monotonic() - t0
+            except socket.timeout:
+                pass
+            if proc.poll() is not None or time.monotonic() - t0 > timeout:
+                break
+    finally:
+        notify.close()
+        os.unlink(notify_path)
+    how = f"exited with {proc.returncode}" if proc.poll() is not None else f"not ready in {timeout:.0f} s"
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with open(log_path) as f:
+        raise RuntimeError(f"tapswitch {how}:\n{f.read()[-3000:]}")

@@ -43,7 +43,7 @@ import uuid
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lab import Lab, nsexec, sh  # noqa: E402  (the bench's own helpers)
+from lab import Lab, nsexec, sh, start_tapswitch  # noqa: E402  (the bench's own helpers)
 
 SUBNET = "198.18.9"
 KILL_BEFORE, KILL_AFTER = 0.5, 2.0       # the kill window around each SIGKILL, seconds
@@ -110,27 +110,7 @@ class Soak:
         self.socket = os.path.join(self.dir, "ctl.sock")
         self.write_config(False)
         self.log_path = os.path.join(self.dir, "switch.log")
-        notify_path = os.path.join(self.dir, "notify.sock")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        notify.settimeout(0.2)
-        self.log_file = open(self.log_path, "w")
-        self.switch = subprocess.Popen([sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
-                                       stdout=self.log_file, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, NOTIFY_SOCKET=notify_path))
-        deadline = time.monotonic() + 30
-        try:
-            while True:
-                try:
-                    if "READY=1" in notify.recv(4096).decode():
-                        break
-                except socket.timeout:
-                    pass
-                if self.switch.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"switch did not start:\n{self.log()[-3000:]}")
-        finally:
-            notify.close()
-            os.unlink(notify_path)
+        self.switch, _ = start_tapswitch(self.config_path, self.log_path, self.dir)
         for i in (0, 1, 2, 3):      # ARP everywhere before the clock starts
             for j in (0, 1, 2, 3):
                 if i != j:
@@ -149,7 +129,6 @@ class Soak:
             except subprocess.TimeoutExpired:
                 self.switch.kill()
                 self.switch.wait()
-            self.log_file.close()
         if self.args.keep_log:
             os.makedirs(os.path.dirname(os.path.abspath(self.args.keep_log)) or ".", exist_ok=True)
             try:

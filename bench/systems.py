@@ -22,13 +22,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import yaml
 
-from lab import Host, Lab, nsexec, sh, wait_until
+from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
 
 DEFAULT_FDB_SIZE = 8192
 
@@ -109,36 +108,14 @@ class Tapswitch(System):
         path = os.path.join(self.lab.dir, "tapswitch.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(self.config(hosts, fdb_size), f)
-        notify_path = os.path.join(self.lab.dir, "notify.sock")
-        if os.path.exists(notify_path):
-            os.unlink(notify_path)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(notify_path)
-        notify.settimeout(30)
         self.log_path = os.path.join(self.lab.dir, f"tapswitch-{self.name}.log")
-        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-        if self.io:
-            env["TAPSWITCH_IO"] = self.io
-        try:
-            with open(self.log_path, "w") as log:
-                t0 = time.monotonic()
-                self.proc = self.lab.popen([sys.executable, "-m", "tapswitch", "run", "-c", path],
-                                           stdout=log, stderr=subprocess.STDOUT, env=env)
-            while True:
-                try:
-                    msg = notify.recv(4096).decode()
-                except socket.timeout:
-                    raise RuntimeError(f"tapswitch not ready in 30 s:\n{self.log()}") from None
-                if "READY=1" in msg:
-                    self.setup_seconds = time.monotonic() - t0
-                    break
-            if self.cpu is not None:
-                ncpu = os.cpu_count() or 1
-                for q, pid in enumerate(sorted(self.forwarding_pids())):   # started in queue order
-                    os.sched_setaffinity(pid, {self.cpu if self.cpu >= 0 else q % ncpu})
-        finally:
-            notify.close()
-            os.unlink(notify_path)
+        env = dict(os.environ, TAPSWITCH_IO=self.io) if self.io else None
+        self.proc, self.setup_seconds = start_tapswitch(path, self.log_path, self.lab.dir, env=env,
+                                                        popen=self.lab.popen)
+        if self.cpu is not None:
+            ncpu = os.cpu_count() or 1
+            for q, pid in enumerate(sorted(self.forwarding_pids())):   # started in queue order
+                os.sched_setaffinity(pid, {self.cpu if self.cpu >= 0 else q % ncpu})
 
     def log(self) -> str:
         with open(self.log_path) as f:
