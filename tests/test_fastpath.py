@@ -375,6 +375,8 @@ def test_failed_queue_is_counted_once_and_not_polled_again(sw):
 
 def test_worker_reports_its_io_backend(sw, io_backend):
     assert lib.ts_worker_io(sw.worker) == IO()
+    assert sw.shared.worker_io(0) is None           # in shared memory from its first poll on
+    lib.ts_worker_poll(sw.worker, 0)
     assert sw.shared.worker_io(0) == io_backend
 
 
@@ -466,6 +468,21 @@ def test_drain_forwards_what_was_read_and_leaves_the_rest_queued(sw):
     got += forward_all(sw, 1)
     assert got == frames
     assert sw.counters(0)["rx_errors"] == 0         # a cancelled read is no error
+
+
+def test_a_drained_worker_lets_go_of_its_queues_when_freed(sw):
+    """Drained and freed, a worker holds its queues no longer: with the test's end closed too, the
+    host sees the queue closed at once (io_uring's own teardown would hold them a while longer,
+    and with them a removed port's TAP device)."""
+    assert lib.ts_worker_poll(sw.worker, 0) == 0
+    assert lib.ts_worker_drain(sw.worker, 1000) >= 0
+    lib.ts_worker_free(sw.worker)
+    sw.worker = ffi.NULL
+    for q in sw.queues:
+        q.close()
+    for host in sw.hosts:
+        assert host.recv(64) == b""             # end of file: no one holds the queue end
+    sw.queues = []
 
 
 def sigterm_caught() -> bool:

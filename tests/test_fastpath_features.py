@@ -197,11 +197,18 @@ def test_publish_waits_for_a_worker_still_in_the_old_copy(sw):
     assert sw.shared.settings_publish(50) == 0
 
 
-def test_new_worker_clears_a_dead_workers_marker(sw):
-    sw.shared.ptr.readers[0].active = 1
+def test_new_worker_takes_the_marker_over_at_its_first_poll(sw):
+    """A worker made while the one it replaces still runs leaves that one's marker (and
+    backend) alone; its first poll clears the marker a dead worker left, and says its backend."""
+    sw.shared.ptr.readers[0].active = 1          # the running (or dead) worker's, mid-burst
+    sw.shared.ptr.readers[0].io = 99
     w = lib.ts_worker_new(sw.shared.ptr, 0, ffi.new("int[]", [-1]), 1, IO())
     try:
+        assert sw.shared.ptr.readers[0].active == 1
+        assert sw.shared.ptr.readers[0].io == 99
+        assert lib.ts_worker_poll(w, 0) == 0
         assert sw.shared.ptr.readers[0].active == 0
+        assert sw.shared.ptr.readers[0].io == lib.ts_worker_io(w)
     finally:
         lib.ts_worker_free(w)
 

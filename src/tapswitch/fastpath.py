@@ -205,7 +205,7 @@ class Shared:
     # Port settings (double-buffered: fastpath.h, "Settings updates").
 
     def worker_io(self, worker: int) -> str | None:
-        """The I/O backend worker `worker` runs ("readwrite", "uring" or "uring-burst"), None before it started."""
+        """The I/O backend worker `worker` runs ("readwrite", "uring" or "uring-burst"), None before its first poll."""
         return IO_NAMES.get(self.ptr.readers[worker].io)
 
     def settings_current(self):

@@ -8,6 +8,7 @@ the counters are in shared memory and survive it.
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,15 @@ class Worker:
         return self.pidfd
 
 
+class Pending:
+    """A worker process that has set its fast path up and waits to be let go (`Supervisor._go`)."""
+
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket):
+        self.proc = proc
+        self.sock = sock          # it says b"R" + its backend here once set up, and waits for b"G"
+        self.backend: str | None = None
+
+
 class Supervisor:
     """The worker processes of one switch."""
 
@@ -58,8 +68,9 @@ class Supervisor:
         """Start every worker over `port_fds` (all at once) and wait until each is running."""
         self.port_fds = port_fds
         pending = [(w, self._launch(w)) for w in self.workers]
-        for w, ready_r in pending:
-            self._await(w, ready_r)
+        for w, p in pending:
+            self._await(w, p)
+            self._go(w, p)
         # Once per start: which I/O backend the fast path got (io_uring may be refused).
         log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})))
 
@@ -68,47 +79,58 @@ class Supervisor:
         The switch goes on either way: the control loop tries again on its next tick."""
         for attempt in range(1, SPAWN_TRIES + 1):
             try:
-                self._await(w, self._launch(w))
-                return True
+                p = self._launch(w)
+                self._await(w, p)
             except (WorkerError, OSError) as e:
                 log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=str(e))
+                continue
+            self._go(w, p)
+            return True
         return False
 
     def down(self) -> list[Worker]:
         """Workers with no process (their start failed): the control loop revives them."""
         return [w for w in self.workers if w.pidfd < 0]
 
-    def _launch(self, w: Worker) -> int:
-        """Start w's process; return the pipe on which it will say it is running."""
-        ready_r, ready_w = os.pipe()
+    def _launch(self, w: Worker) -> Pending:
+        """Start a process for w's queue over the current ports (w keeps its old one, if any)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = {p: qfds[w.queue] for p, qfds in self.port_fds.items()}
         argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
-                "--shm", str(self.shm_fd), "--ready", str(ready_w)]
+                "--shm", str(self.shm_fd), "--ready", str(theirs.fileno())]
         argv += [f"--port={p}:{fd}" for p, fd in sorted(fds.items())]
         if self.ids is not None:
             argv += ["--user", "%d:%d" % self.ids]
         try:
-            w.proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, ready_w, *fds.values()],
-                                      stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, theirs.fileno(), *fds.values()],
+                                    stdin=subprocess.DEVNULL)
         except BaseException:
-            os.close(ready_r)
+            ours.close()
             raise
         finally:
-            os.close(ready_w)
-        return ready_r
+            theirs.close()
+        return Pending(proc, ours)
 
-    def _await(self, w: Worker, ready_r: int) -> None:
-        try:
-            ready, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            said = os.read(ready_r, 64) if ready else b""     # b"R" + the worker's I/O backend
-            ok = said[:1] == b"R"
-            w.backend = said[1:].decode(errors="replace") or None
-        finally:
-            os.close(ready_r)
-        if not ok:
-            self._kill(w)
-            raise WorkerError(f"worker {w.queue} did not start (exit code {w.proc.returncode})")
+    def _await(self, w: Worker, p: Pending) -> None:
+        """Wait until p has set up; if it does not, stop it and raise WorkerError."""
+        ready, _, _ = select.select([p.sock], [], [], READY_TIMEOUT)
+        said = p.sock.recv(64) if ready else b""       # b"R" + the worker's I/O backend
+        p.backend = said[1:].decode(errors="replace") or None
+        if said[:1] != b"R":
+            p.sock.close()
+            os.kill(p.proc.pid, signal.SIGKILL)
+            self._reap_proc(w, p.proc)
+            raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
+
+    def _go(self, w: Worker, p: Pending) -> None:
+        """Make p w's process and let it start forwarding (w's old process is gone)."""
+        w.proc, w.backend = p.proc, p.backend
         w.pidfd = os.pidfd_open(w.proc.pid)
+        try:
+            p.sock.send(b"G")
+        except OSError:
+            pass                     # it died meanwhile: its pidfd says so, and it is started again
+        p.sock.close()
         log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(self.port_fds))
 
     def _kill(self, w: Worker) -> None:
@@ -133,10 +155,14 @@ class Supervisor:
 
     def _reap(self, w: Worker) -> int:
         """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""
-        _pid, status, usage = os.wait4(w.proc.pid, 0)
-        w.proc.returncode = os.waitstatus_to_exitcode(status)
+        return self._reap_proc(w, w.proc)
+
+    @staticmethod
+    def _reap_proc(w: Worker, proc: subprocess.Popen) -> int:
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
         w.cpu_reaped += usage.ru_utime + usage.ru_stime
-        return w.proc.returncode
+        return proc.returncode
 
     def cpu_seconds(self, w: Worker) -> float:
         """CPU seconds used by queue w's workers since start, the running one included."""
@@ -175,15 +201,33 @@ class Supervisor:
     def replace_ports(self, port_fds: dict[int, list[int]]) -> None:
         """Hand every worker a new set of ports (a port was added or removed).
 
-        One worker at a time: while worker q restarts, frames wait in queue q
-        of each TAP (500 frames deep) instead of being dropped, and the other
-        queues keep flowing. Each is asked to stop (SIGTERM), so that frames it
-        had read already (io_uring reads ahead) go out rather than die with it.
+        The new workers start first and set up while the old ones forward;
+        then, one queue at a time, the old worker is asked to stop (SIGTERM:
+        frames it had read already -- io_uring reads ahead -- go out rather
+        than die with it) and the new one is let go. Meanwhile frames wait in
+        that queue of each TAP (500 frames deep), and the other queues flow.
         """
         self.port_fds = port_fds
+        fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}
         for w in self.workers:
+            try:
+                fresh[w] = self._launch(w)
+            except OSError as e:
+                log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+        for w, p in fresh.items():
+            if p is None:
+                continue
+            try:
+                self._await(w, p)
+            except WorkerError as e:
+                log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+                fresh[w] = None
+        for w, p in fresh.items():
             self._stop(w, STOP_GRACE)
-            self.revive(w)
+            if p is not None:
+                self._go(w, p)
+            else:
+                self.revive(w)           # (more tries; if none comes up, the control loop's tick tries again)
         log.info("workers.replaced", ports=len(port_fds))
 
     def alive(self, w: Worker) -> bool:

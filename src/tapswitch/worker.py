@@ -1,7 +1,9 @@
 """Worker process: runs the C fast path over queue q of every port, until stopped.
 
 Started by the supervisor as `python -m tapswitch.worker`, with the shared
-memory fd, its queue fds and a ready pipe passed down. Imports only the fast
+memory fd, its queue fds and a ready socket passed down: it sets its fast
+path up, says so on the socket, and forwards once told to (on a reload, the
+worker it replaces forwards until then). Imports only the fast
 path: no pyroute2, no prometheus_client here. It holds no state of its own:
 the MAC table and the counters live in shared memory, so a restarted worker
 carries on where it was. SIGTERM stops it between bursts: it forwards every
@@ -84,7 +86,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tapswitch-worker")
     p.add_argument("--queue", type=int, required=True)
     p.add_argument("--shm", type=int, required=True, help="fd of the shared memory")
-    p.add_argument("--ready", type=int, required=True, help="fd to write one byte to once running")
+    p.add_argument("--ready", type=int, required=True,
+                   help="socket: b'R' + the backend goes here once set up; forwarding starts on b'G'")
     p.add_argument("--port", action="append", default=[], metavar="INDEX:FD",
                    help="this worker's queue fd of port INDEX")
     p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
@@ -123,10 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if ids is not None and lib.ts_die_with_parent() != 0:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
-    os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # running, and how
+    os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # set up, and how
+    # Go when told: on a reload the worker this one replaces forwards until then.
+    go = os.read(args.ready, 1)
     os.close(args.ready)
+    if go != b"G":
+        return 0          # not wanted after all (the control process let go of us)
     rc = lib.ts_worker_run(w)      # until SIGTERM (0: every frame it read was forwarded) or an error
     if rc == 0:
+        lib.ts_worker_free(w)       # its queues closed before it exits (a removed port's device goes)
         return 0
     print(f"worker {args.queue}: fast path stopped: {os.strerror(-rc)}", file=sys.stderr)
     return 1

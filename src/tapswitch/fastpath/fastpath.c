@@ -680,6 +680,7 @@ struct ts_worker {
     bool stopping;                  /* multishot: reads cancelled (ts_worker_drain), none armed again */
     int rx_armed;                   /* multishot: queues whose read has not ended */
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
+    bool claimed;                   /* readers[worker] is ours: see claim() */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
     struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
@@ -1481,8 +1482,21 @@ static int poll_multishot(struct ts_worker *w, int timeout_ms)
     return frames;
 }
 
+/* Take readers[worker] over, at the first poll: not at ts_worker_new, since a
+ * worker may be made while the one it replaces still runs (and reads settings
+ * under its marker). A worker that died between enter and leave left its
+ * marker: ours now. */
+static void claim(struct ts_worker *w)
+{
+    __atomic_store_n(&w->reader->active, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
+    w->claimed = true;
+}
+
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)
 {
+    if (!w->claimed)
+        claim(w);
     if (w->multishot)
         return poll_multishot(w, timeout_ms);
     int n = wait_ready(w, timeout_ms);
@@ -1502,8 +1516,8 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
 
 int ts_worker_drain(struct ts_worker *w, int timeout_ms)
 {
-    if (!w->multishot || w->stopping)
-        return 0;
+    if (!w->multishot || w->stopping || !w->claimed)
+        return 0;                   /* (never polled: its reads were never submitted) */
     w->stopping = true;
     if (!ts_ring_rx_cancel(w->ring)) {
         flush(w);
@@ -1606,8 +1620,6 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     w->mirror_counters = s->mirror_counters[worker];
     w->acl_hits = s->acl_hits[worker];
     w->reader = &s->readers[worker];
-    /* A worker that died between enter and leave left its marker: ours now. */
-    __atomic_store_n(&w->reader->active, 0, __ATOMIC_RELEASE);
     w->worker = worker;
     w->nfds = nfds;
     w->epfd = -1;
@@ -1639,7 +1651,6 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
                           || (w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0))
         goto fail;
     memset(w->rx_want, TS_BURST, sizeof w->rx_want);
-    __atomic_store_n(&w->reader->io, (uint32_t)w->io, __ATOMIC_RELAXED);
     for (int p = 0; p < TS_MAX_PORTS; p++)
         w->fds[p] = p < nfds ? fds[p] : -1;
     for (int p = 0; p < nfds; p++) {
@@ -1668,6 +1679,10 @@ void ts_worker_free(struct ts_worker *w)
         return;
     if (w->epfd >= 0)
         close(w->epfd);
+    /* Nothing in flight (burst reads never wait; multishot reads were
+     * drained): the queues go now, not with the ring's deferred teardown. */
+    if (w->ring && (!w->multishot || (w->stopping && w->rx_armed == 0)))
+        ts_ring_release_files(w->ring);
     ts_ring_free(w->ring);
     free(w->buffers);
     free(w);

@@ -496,7 +496,9 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms);
  * (EINVAL: bad arguments, or an fd that is not O_NONBLOCK; with TS_IO_URING,
  * what io_uring_queue_init said: ENOSYS, EPERM, ENOMEM). ts_worker_poll
  * waits again when a signal interrupts the wait, until timeout_ms is spent
- * (io_uring's teardown of a ring interrupts a process's waits for a while). */
+ * (io_uring's teardown of a ring interrupts a process's waits for a while).
+ * ts_worker_new writes nothing shared and reads no queue: it may run while the
+ * worker it replaces still runs. The first poll takes readers[worker] over. */
 struct ts_worker;
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds,
                                 int io);                  /* io: TS_IO_* */

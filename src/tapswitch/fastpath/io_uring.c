@@ -63,6 +63,12 @@ struct ts_ring *ts_ring_new(const int *fds, int nfds)
     return r;
 }
 
+void ts_ring_release_files(struct ts_ring *r)
+{
+    if (r->fixed && io_uring_unregister_files(&r->ring) == 0)
+        r->fixed = 0;
+}
+
 void ts_ring_free(struct ts_ring *r)
 {
     if (!r)

@@ -39,6 +39,10 @@ struct ts_ring_done {
  * fds[i] (-1: none) are registered as fixed files, so no read or write
  * looks its fd up; where registering fails, reads and writes use the fds. */
 struct ts_ring *ts_ring_new(const int *fds, int nfds);
+/* Let go of the registered files now, with no request in flight: the ring's
+ * own teardown lets go of them later, asynchronously (a worker's queues would
+ * outlive it for a while, and so would their TAP devices). */
+void ts_ring_release_files(struct ts_ring *r);
 void ts_ring_free(struct ts_ring *r);
 
 /* Files are named by their index i in ts_ring_new's fds. */
