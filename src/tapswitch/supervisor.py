@@ -67,10 +67,18 @@ class Supervisor:
     def start(self, port_fds: dict[int, list[int]]) -> None:
         """Start every worker over `port_fds` (all at once) and wait until each is running."""
         self.port_fds = port_fds
-        pending = [(w, self._launch(w)) for w in self.workers]
-        for w, p in pending:
-            self._await(w, p)
-            self._go(w, p)
+        pending: list[tuple[Worker, Pending]] = []
+        try:
+            for w in self.workers:
+                pending.append((w, self._launch(w)))
+            while pending:
+                w, p = pending[0]
+                self._await(w, p)
+                pending.pop(0)
+                self._go(w, p)
+        finally:
+            for w, p in pending:        # a failed start: those not let go yet go now
+                self._discard(w, p)
         # Once per start: which I/O backend the fast path got (io_uring may be refused).
         log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})))
 
@@ -117,10 +125,15 @@ class Supervisor:
         said = p.sock.recv(64) if ready else b""       # b"R" + the worker's I/O backend
         p.backend = said[1:].decode(errors="replace") or None
         if said[:1] != b"R":
-            p.sock.close()
+            self._discard(w, p)
+            raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
+
+    def _discard(self, w: Worker, p: Pending) -> None:
+        """Stop and reap a worker process never let go."""
+        p.sock.close()
+        if p.proc.returncode is None:
             os.kill(p.proc.pid, signal.SIGKILL)
             self._reap_proc(w, p.proc)
-            raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
 
     def _go(self, w: Worker, p: Pending) -> None:
         """Make p w's process and let it start forwarding (w's old process is gone)."""

@@ -50,3 +50,35 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
                     wrapper=(sys.executable, NO_IO_URING))
     assert [e["backend"] for e in sw.events("worker.backend")] == ["readwrite"]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
+
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Processes whose environment holds `entry` ("NAME=value")."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if entry.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
+    """Workers that cannot start fail the switch's start: exit 1, their reason said, and no
+    process (worker or other) outlives it, nor a port or a namespace."""
+    monkeypatch.setenv("TAPSWITCH_IO", "bogus")
+    mark = f"TAPSWITCH_TEST_RUN={lab.name('run')}"      # to find this run's processes, whatever their parent
+    monkeypatch.setenv(*mark.split("=", 1))
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports}, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "TAPSWITCH_IO='bogus'" in r.stderr and "did not start" in r.stderr, r.stderr
+    assert processes_with_env(mark) == []
+    assert not any(helpers.link_exists(p["name"]) for p in ports)
+    assert not {p["netns"] for p in ports} & set(helpers.netns_list())
