@@ -132,8 +132,7 @@ class Supervisor:
         """Stop and reap a worker process never let go."""
         p.sock.close()
         if p.proc.returncode is None:
-            os.kill(p.proc.pid, signal.SIGKILL)
-            self._reap_proc(w, p.proc)
+            self._kill_proc(w, p.proc)
 
     def _go(self, w: Worker, p: Pending) -> None:
         """Make p w's process and let it start forwarding (w's old process is gone)."""
@@ -147,11 +146,14 @@ class Supervisor:
         log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(self.port_fds))
 
     def _kill(self, w: Worker) -> None:
+        self._kill_proc(w, w.proc)
+
+    def _kill_proc(self, w: Worker, proc: subprocess.Popen) -> None:
         """SIGKILL and reap. os.kill, not Popen.kill: that polls first and may reap the worker
         itself (it died of the same group signal), leaving wait4 nothing to wait for. An unreaped
         pid cannot be reused, so signalling it is safe."""
-        os.kill(w.proc.pid, signal.SIGKILL)
-        self._reap(w)
+        os.kill(proc.pid, signal.SIGKILL)
+        self._reap_proc(w, proc)
 
     def _terminate(self, w: Worker, grace: float) -> bool:
         """SIGTERM; True once w has exited and is reaped, False if it has not within grace."""
