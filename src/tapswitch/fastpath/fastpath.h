@@ -514,6 +514,8 @@ int ts_worker_drain(struct ts_worker *w, int timeout_ms);
  * returns 0. SIGTERM is blocked but while waiting, so it ends a wait, never
  * a burst; the handler and the mask are the caller's again on return. */
 int ts_worker_run(struct ts_worker *w);
+/* A drained worker, or one without multishot reads, lets go of its queues at
+ * once; otherwise io_uring's deferred teardown does, a moment later. */
 void ts_worker_free(struct ts_worker *w);
 
 /* Ask the kernel to kill this process when its parent dies. 0 or -errno. */
