@@ -11,7 +11,9 @@ every port without one of its own, comes from the underlay (`plan`).
 """
 
 import contextlib
+import errno
 import os
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -64,6 +66,31 @@ class Port:
             self.tunnel = None
         _close(self.fds)
         self.fds = []
+
+
+def wait_gone(port: Port, timeout: float = 2.0) -> bool:
+    """After close(): wait until the port's TAP device is gone, so that a port made again under
+    its names finds them free. The kernel removes the device with the last fd of its queues; a
+    worker that died with io_uring leaves copies of them in its ring for a moment more (its
+    teardown is deferred). False if the device is still there after `timeout` seconds."""
+    if port.gone:
+        return True
+    try:
+        ipr = iproute(port.nspath)
+    except OSError:
+        return True                  # its namespace is gone, and the device with it
+    deadline = time.monotonic() + timeout
+    with ipr:
+        while True:
+            try:
+                ipr.link("get", index=port.ifindex)
+            except NetlinkError as e:
+                if e.code == errno.ENODEV:
+                    return True
+                raise
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
 
 
 def random_mac() -> str:

@@ -402,6 +402,8 @@ class Switch:
             self._replace_workers()                                                # they let go of its fds
             for port in retired:
                 port.close()
+                if not ports.wait_gone(port):
+                    log.warning("port.device_lingers", port=port.name)     # its remaking will say so
                 log.info("port.removed", port=port.name)
             self.namespaces.remove_unused({p.netns for p in new.ports})
         errors, added = [], []

@@ -1,9 +1,12 @@
 """Live reload: SIGHUP / `tapswitch reload` applies only what changed; a bad config changes nothing."""
 
+import ctypes
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -94,6 +97,44 @@ def test_reload_removes_a_port_its_device_and_its_namespace(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
 
 
+def hold_queue(switch_pid: int, ifname: str) -> int:
+    """A copy, in this process, of one of the switch's queue fds of the TAP named ifname (a dead
+    worker's io_uring holds such copies for a moment after it): pidfd_getfd."""
+    for fd in os.listdir(f"/proc/{switch_pid}/fd"):
+        try:
+            with open(f"/proc/{switch_pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        if f"iff:\t{ifname}\n" in info:
+            pidfd = os.pidfd_open(switch_pid)
+            try:
+                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)   # pidfd_getfd
+            finally:
+                os.close(pidfd)
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            return copy
+    raise AssertionError(f"no queue of {ifname} in the switch")
+
+
+def test_a_port_remade_while_its_old_device_lingers_waits_for_it(lab):
+    """A remade port's old TAP goes only with the last copy of its queues, and a worker killed
+    with io_uring keeps copies a moment after it dies: the reload waits for the device to go,
+    then makes the port again (it used to fail: "a device named eth9 already exists")."""
+    cfg = base(lab, 2)
+    cfg["ports"][1]["ifname"] = "eth9"
+    sw = lab.switch(cfg)
+    held = hold_queue(sw.proc.pid, "eth9")
+    threading.Timer(0.5, os.close, (held,)).start()        # let go of it in half a second
+    cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
+    rewrite(sw, cfg)
+    started = time.monotonic()
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {cfg['ports'][1]['name']}", sw.log()
+    assert time.monotonic() - started >= 0.4                 # it waited for the copy to go
+    assert not sw.events("port.add_failed")
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.22")
+
+
 def test_changed_address_remakes_only_that_port(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
@@ -147,7 +188,6 @@ def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
 
 
 def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
-    import os
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
     for i in range(4):
