@@ -41,6 +41,9 @@ class Worker:
         self.recent: list[float] = []   # monotonic times of recent restarts
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
         self.backend: str | None = None  # the fast path's I/O backend: "uring" | "uring-burst" | "readwrite"
+        self.sock: socket.socket | None = None  # the process says b"D" here once drained (_hand_over)
+        self.retiring: subprocess.Popen | None = None   # the process it replaces, until reaped
+        self.cpu_seen = 0.0             # the most cpu_seconds has said: it never says less
 
     def fileno(self) -> int:
         return self.pidfd
@@ -53,6 +56,14 @@ class Pending:
         self.proc = proc
         self.sock = sock          # it says b"R" + its backend here once set up, and waits for b"G"
         self.backend: str | None = None
+
+
+class Old:
+    """A worker process asked to stop (`Supervisor._hand_over`), until reaped."""
+
+    def __init__(self, proc: subprocess.Popen, pidfd: int, sock: socket.socket | None, deadline: float):
+        self.proc, self.pidfd, self.sock = proc, pidfd, sock
+        self.deadline = deadline        # monotonic: SIGKILL if it has not exited by then
 
 
 class Supervisor:
@@ -135,14 +146,13 @@ class Supervisor:
             self._kill_proc(w, p.proc)
 
     def _go(self, w: Worker, p: Pending) -> None:
-        """Make p w's process and let it start forwarding (w's old process is gone)."""
-        w.proc, w.backend = p.proc, p.backend
+        """Make p w's process and let it start forwarding (w's old one has stopped forwarding)."""
+        w.proc, w.backend, w.sock = p.proc, p.backend, p.sock
         w.pidfd = os.pidfd_open(w.proc.pid)
         try:
             p.sock.send(b"G")
         except OSError:
             pass                     # it died meanwhile: its pidfd says so, and it is started again
-        p.sock.close()
         log.debug("worker.started", queue=w.queue, pid=w.proc.pid, ports=len(self.port_fds))
 
     def _kill(self, w: Worker) -> None:
@@ -155,18 +165,58 @@ class Supervisor:
         os.kill(proc.pid, signal.SIGKILL)
         self._reap_proc(w, proc)
 
-    def _terminate(self, w: Worker, grace: float) -> bool:
-        """SIGTERM; True once w has exited and is reaped, False if it has not within grace."""
-        if w.pidfd < 0:
-            return False
-        os.kill(w.proc.pid, signal.SIGTERM)
-        if not select.select([w.pidfd], [], [], grace)[0]:
-            log.warning("worker.stop_timeout", queue=w.queue, pid=w.proc.pid, grace=grace)
-            return False
-        rc = self._reap(w)
-        if rc != 0:
-            log.warning("worker.stopped", queue=w.queue, pid=w.proc.pid, exit_code=rc)
-        return True
+    def _hand_over(self, w: Worker, grace: float) -> Old | None:
+        """Ask w's process to stop (SIGTERM) and wait until it has drained -- it says b"D":
+        every frame it had read is out and its queues are let go -- or exited; SIGKILL if
+        neither within `grace` seconds. w is left with no process; a drained one is returned,
+        still running (its interpreter's exit takes longer than the drain), for _reap_old
+        once w's queue has its new worker."""
+        proc, pidfd, sock = w.proc, w.pidfd, w.sock
+        w.pidfd, w.sock = -1, None
+        if proc is None or proc.returncode is not None or pidfd < 0:
+            self._close(pidfd, sock)
+            return None
+        t0 = time.monotonic()
+        old = Old(proc, pidfd, sock, t0 + grace)
+        os.kill(proc.pid, signal.SIGTERM)
+        watch = [pidfd] + ([sock] if sock is not None else [])
+        while watch:
+            ready = select.select(watch, [], [], max(0.0, old.deadline - time.monotonic()))[0]
+            if not ready:
+                break
+            if pidfd in ready:
+                self._reap_old(w, old)          # exited (without a word: an error, or killed)
+                return None
+            said = sock.recv(16)
+            if b"D" in said:
+                w.retiring = proc               # its CPU time still counts until reaped
+                log.debug("worker.drained", queue=w.queue, pid=proc.pid,
+                          seconds=round(time.monotonic() - t0, 4))
+                return old
+            if not said:
+                watch.remove(sock)              # closed: only its exit is left to wait for
+        self._reap_old(w, old)                  # the grace is spent: SIGKILL
+        return None
+
+    def _reap_old(self, w: Worker, old: Old) -> None:
+        """Wait for a process _hand_over asked to stop until its deadline, then SIGKILL it; reap."""
+        killed = not select.select([old.pidfd], [], [], max(0.0, old.deadline - time.monotonic()))[0]
+        if killed:
+            log.warning("worker.stop_timeout", queue=w.queue, pid=old.proc.pid, grace=STOP_GRACE)
+            os.kill(old.proc.pid, signal.SIGKILL)
+        rc = self._reap_proc(w, old.proc)
+        if w.retiring is old.proc:
+            w.retiring = None
+        self._close(old.pidfd, old.sock)
+        if rc != 0 and not killed:
+            log.warning("worker.stopped", queue=w.queue, pid=old.proc.pid, exit_code=rc)
+
+    @staticmethod
+    def _close(pidfd: int, sock: socket.socket | None) -> None:
+        if pidfd >= 0:
+            os.close(pidfd)
+        if sock is not None:
+            sock.close()
 
     def _reap(self, w: Worker) -> int:
         """Wait for w's process; keep its CPU time, so the queue's CPU counter never goes backwards."""
@@ -180,20 +230,25 @@ class Supervisor:
         return proc.returncode
 
     def cpu_seconds(self, w: Worker) -> float:
-        """CPU seconds used by queue w's workers since start, the running one included."""
-        try:
-            with open(f"/proc/{w.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            running = (int(fields[11]) + int(fields[12])) / CLK_TCK     # utime, stime
-        except (OSError, AttributeError):
-            running = 0.0
-        return w.cpu_reaped + running
+        """CPU seconds used by queue w's workers since start, the running ones included.
+        Never less than it said before: between a reap and its CPU time being added, the
+        process is in neither figure."""
+        total = w.cpu_reaped
+        for proc in (w.proc, w.retiring):
+            try:
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / CLK_TCK     # utime, stime
+            except (OSError, AttributeError):
+                pass
+        w.cpu_seen = max(w.cpu_seen, total)
+        return w.cpu_seen
 
     def exited(self, w: Worker) -> None:
         """Called when w's pidfd is readable: reap it and start it again."""
         rc = self._reap(w)
-        os.close(w.pidfd)
-        w.pidfd = -1
+        self._close(w.pidfd, w.sock)
+        w.pidfd, w.sock = -1, None
         how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         now = time.monotonic()
@@ -219,45 +274,55 @@ class Supervisor:
         The new workers start first and set up while the old ones forward;
         then, one queue at a time, the old worker is asked to stop (SIGTERM:
         frames it had read already -- io_uring reads ahead -- go out rather
-        than die with it) and the new one is let go. Meanwhile frames wait in
-        that queue of each TAP (500 frames deep), and the other queues flow.
+        than die with it) and the new one is let go as soon as the old one
+        says it has drained; the old ones are reaped at the end. Meanwhile
+        frames wait in that queue of each TAP (500 frames deep), and the
+        other queues flow.
         """
         self.port_fds = port_fds
         fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}
-        for w in self.workers:
-            try:
-                fresh[w] = self._launch(w)
-            except OSError as e:
-                log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
-        for w, p in fresh.items():
-            if p is None:
-                continue
-            try:
-                self._await(w, p)
-            except WorkerError as e:
-                log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
-                fresh[w] = None
-        for w, p in fresh.items():
-            self._stop(w, STOP_GRACE)
-            if p is not None:
-                self._go(w, p)
-            else:
-                self.revive(w)           # (more tries; if none comes up, the control loop's tick tries again)
+        retiring: list[tuple[Worker, Old]] = []
+        try:
+            for w in self.workers:
+                try:
+                    fresh[w] = self._launch(w)
+                except OSError as e:
+                    log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+            for w, p in fresh.items():
+                if p is None:
+                    continue
+                try:
+                    self._await(w, p)
+                except WorkerError as e:
+                    log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+                    fresh[w] = None
+            for w, p in fresh.items():
+                old = self._hand_over(w, STOP_GRACE)
+                if old is not None:
+                    retiring.append((w, old))
+                if p is not None:
+                    fresh[w] = None
+                    self._go(w, p)
+                else:
+                    self.revive(w)       # (more tries; if none comes up, the control loop's tick tries again)
+        finally:
+            for w, old in retiring:
+                self._reap_old(w, old)
+            for w, p in fresh.items():  # only if something failed on the way: never let go
+                if p is not None:
+                    self._discard(w, p)
         log.info("workers.replaced", ports=len(port_fds))
 
     def alive(self, w: Worker) -> bool:
         """Running, as far as the control loop knows (it reaps; readers in other threads must not)."""
         return w.proc is not None and w.proc.returncode is None
 
-    def _stop(self, w: Worker, grace: float = 0.0) -> None:
-        """Stop w: SIGKILL, or with a grace, SIGTERM first (the worker forwards what it has
-        read and exits 0) and SIGKILL if it has not exited within `grace` seconds."""
+    def _stop(self, w: Worker) -> None:
+        """Stop w at once (SIGKILL)."""
         if w.proc is not None and w.proc.returncode is None:
-            if not (grace > 0 and self._terminate(w, grace)):
-                self._kill(w)
-        if w.pidfd >= 0:
-            os.close(w.pidfd)
-            w.pidfd = -1
+            self._kill(w)
+        self._close(w.pidfd, w.sock)
+        w.pidfd, w.sock = -1, None
 
     def stop(self) -> None:
         """Stop every worker."""

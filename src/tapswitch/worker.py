@@ -9,7 +9,9 @@ the MAC table and the counters live in shared memory, so a restarted worker
 carries on where it was. SIGTERM stops it between bursts: it forwards every
 frame it has read (io_uring reads ahead of the worker), leaves the rest in
 the queues for the next worker and exits 0 (the supervisor's way, on a
-reload). SIGKILL stops it at once: what it had read is lost.
+reload); it says b"D" on the socket once drained, so that the worker replacing
+it goes without waiting for this interpreter's exit. SIGKILL stops it at
+once: what it had read is lost.
 
 Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
@@ -87,7 +89,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queue", type=int, required=True)
     p.add_argument("--shm", type=int, required=True, help="fd of the shared memory")
     p.add_argument("--ready", type=int, required=True,
-                   help="socket: b'R' + the backend goes here once set up; forwarding starts on b'G'")
+                   help="socket: b'R' + the backend goes here once set up; forwarding starts on b'G'; "
+                        "b'D' once stopped by SIGTERM and drained")
     p.add_argument("--port", action="append", default=[], metavar="INDEX:FD",
                    help="this worker's queue fd of port INDEX")
     p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
@@ -128,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
     os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # set up, and how
     # Go when told: on a reload the worker this one replaces forwards until then.
-    go = os.read(args.ready, 1)
-    os.close(args.ready)
-    if go != b"G":
+    if os.read(args.ready, 1) != b"G":
         return 0          # not wanted after all (the control process let go of us)
     rc = lib.ts_worker_run(w)      # until SIGTERM (0: every frame it read was forwarded) or an error
     if rc == 0:
-        lib.ts_worker_free(w)       # its queues closed before it exits (a removed port's device goes)
+        lib.ts_worker_free(w)       # lets go of its queues (a removed port's device goes with us)
+        try:
+            os.write(args.ready, b"D")  # drained: the next worker may go before we have exited
+        except OSError:
+            pass          # the control process stopped listening: it waits for our exit instead
         return 0
     print(f"worker {args.queue}: fast path stopped: {os.strerror(-rc)}", file=sys.stderr)
     return 1

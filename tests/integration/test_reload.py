@@ -56,7 +56,8 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
     """A reload that adds or removes a port replaces every worker. Each is asked to stop
     (SIGTERM): it forwards the frames it has read -- io_uring's multishot reads take frames
     off the queues ahead of the worker -- leaves the rest queued for the next one and exits 0.
-    A ping every 2 ms across a dozen reloads loses nothing (auto: io_uring on this kernel)."""
+    A ping every 2 ms across a dozen reloads loses nothing (auto: io_uring on this kernel).
+    The new worker goes once the old one says it has drained, not once it has exited."""
     monkeypatch.setenv("TAPSWITCH_IO", backend)
     cfg = base(lab)
     sw = lab.switch(cfg)
@@ -80,8 +81,11 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
     assert reloads >= 10, out
     assert len(sw.events("workers.replaced")) == reloads
     assert re.search(r"\b3000 packets transmitted, 3000 received", out), out
-    # Every worker stopped as asked, none by SIGKILL after the grace, none with an error.
+    # Every worker stopped as asked, none by SIGKILL after the grace, none with an error, and
+    # each said it had drained: its queue's new worker went before it had exited.
     assert not sw.events("worker.stop_timeout") and not sw.events("worker.stopped"), sw.log()
+    drained = sw.events("worker.drained")
+    assert len(drained) == 2 * reloads and {e["queue"] for e in drained} == {0, 1}, sw.log()
 
 
 def test_reload_removes_a_port_its_device_and_its_namespace(lab):
