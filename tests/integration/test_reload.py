@@ -212,3 +212,28 @@ def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
         time.sleep(0.1)
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.33", count=10)
     assert "Traceback" not in sw.log()
+
+
+def test_a_worker_that_will_not_stop_is_killed_after_the_grace_and_the_reload_goes_on(lab):
+    """A worker asked to stop that neither drains nor exits (stopped here by SIGSTOP, so SIGTERM
+    stays pending) is SIGKILLed after the 1 s grace; its queue's new worker then takes over."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    old = sw.worker_pids()
+    assert len(old) == 2
+    os.kill(old[0], signal.SIGSTOP)
+    cfg["ports"][1]["addresses"] = ["198.18.4.40/24"]       # remade: every worker is replaced
+    rewrite(sw, cfg)
+    t0 = time.monotonic()
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {cfg['ports'][1]['name']}", sw.log()
+    assert time.monotonic() - t0 >= 0.9                     # it waited out the grace
+    timeouts = sw.events("worker.stop_timeout")
+    assert [e["pid"] for e in timeouts] == [old[0]], sw.log()
+    assert not os.path.exists(f"/proc/{old[0]}")            # killed and reaped
+    drained = [e["pid"] for e in sw.events("worker.drained")]     # a remade port: two replacements
+    assert drained[0] == old[1] and old[0] not in drained, sw.log()
+    new = sw.worker_pids()
+    assert len(new) == 2 and not set(new) & set(old)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.40", count=10)
+    assert not sw.events("worker.exited") and "Traceback" not in sw.log()
