@@ -125,6 +125,10 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         *([f"- Load average (1 min) before each run: median {m['load']['median']:.2f}, "
            f"min {m['load']['min']:.2f}, max {m['load']['max']:.2f} on {m['cores']} cores "
            "(anything above ~0.5 means other work shared the machine with the bench)"] if "load" in m else []),
+        *([f"- Other work on the machine just before each run (CPUs busy over 0.3 s while the bench "
+           f"waited, steal included): median {m['others_busy']['median']:.2f}, min "
+           f"{m['others_busy']['min']:.2f}, max {m['others_busy']['max']:.2f} of {m['cores']} "
+           "(0 is a quiet machine)"] if "others_busy" in m else []),
         "",
         "## Method",
         "",
@@ -156,7 +160,7 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "(tapswitch workers, ovs-vswitchd) over a 64 B run, divided by frames received; machine CPU: "
         "all non-idle time in /proc/stat, generator and receivers included.",
         "",
-        f"Raw numbers: `results.json` beside this file. Versions: "
+        "Raw numbers: `results.json` beside this file. Versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
     ]

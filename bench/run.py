@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cases as cases_mod     # noqa: E402
 import report                 # noqa: E402
 import systems as systems_mod  # noqa: E402
+import traffic                # noqa: E402
 from lab import Lab           # noqa: E402
 
 ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
@@ -93,7 +94,7 @@ def run_case(ctx, case, systems, results, errors, loads, log) -> None:
         for system in runnable[k:] + runnable[:k]:        # rotate: no system always first
             hosts = ctx.lab.hosts(case.hosts)
             t0 = time.monotonic()
-            loads.append(os.getloadavg()[0])
+            loads.append(traffic.others_busy())
             try:
                 system.setup(hosts, fdb_size=case.fdb_size)
                 cases_mod.prepare(ctx, case, system, hosts)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
     signal.signal(signal.SIGTERM, _interrupt)
-    results, errors, loads = [], [], []     # loads: 1-min load average before each run
+    results, errors, loads = [], [], []     # loads: CPUs busy with other work just before each run
     started = time.time()
 
     def log(msg):
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         meta = report.machine(args=sys.argv[1:] if argv is None else argv, started=started, notes=notes,
                               ctx=ctx, systems=systems, cases=plan)
         if loads:
-            meta["load"] = {"min": min(loads), "median": sorted(loads)[len(loads) // 2], "max": max(loads)}
+            meta["others_busy"] = {"min": min(loads), "median": sorted(loads)[len(loads) // 2], "max": max(loads)}
         if bridge is not None:
             meta["br_netfilter"] = f"{bridge.netfilter} in the bridge's namespace"
         with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -222,6 +222,14 @@ def machine_busy_seconds() -> float:
     return (sum(cpu[:8]) - idle) / CLK_TCK
 
 
+def others_busy(seconds: float = 0.3) -> float:
+    """CPUs kept busy by anything but the caller over `seconds` while it sleeps (/proc/stat, steal
+    included): about 0 on a quiet machine, up to the number of CPUs on a full one."""
+    b0 = machine_busy_seconds()
+    time.sleep(seconds)
+    return (machine_busy_seconds() - b0) / seconds
+
+
 def pss_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:

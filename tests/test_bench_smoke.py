@@ -59,6 +59,8 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
         assert any(line.startswith(f"| {case} |") for line in rows), f"no row for {case}:\n{results}"
     assert "ratio to the Linux bridge" in results
     assert re.search(r"\d+ cores, Linux \S+", results)
+    # How busy the machine was with other work before each run, in CPUs (of its cores).
+    assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
