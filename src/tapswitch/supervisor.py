@@ -180,14 +180,17 @@ class Supervisor:
         old = Old(proc, pidfd, sock, t0 + grace)
         os.kill(proc.pid, signal.SIGTERM)
         watch = [pidfd] + ([sock] if sock is not None else [])
-        while watch:
+        while True:
             ready = select.select(watch, [], [], max(0.0, old.deadline - time.monotonic()))[0]
             if not ready:
                 break
             if pidfd in ready:
                 self._reap_old(w, old)          # exited (without a word: an error, or killed)
                 return None
-            said = sock.recv(16)
+            try:
+                said = sock.recv(16)
+            except OSError:
+                said = b""
             if b"D" in said:
                 w.retiring = proc               # its CPU time still counts until reaped
                 log.debug("worker.drained", queue=w.queue, pid=proc.pid,
