@@ -14,6 +14,7 @@ the containers' namespaces first and names them by path.
 """
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -289,6 +290,11 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     assert not sw.events("port.removed")
     assert sw.events("vxlan.remotes_updated")[-1]["added"] == [site.underlay(3)]
 
+    # Host 2 goes quiet first: the kernel learns from every frame it decapsulates, so a host
+    # still sending (a flood, an ARP or ND probe) would put an entry back after the removal.
+    fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
+    assert re.search(rf"dst {re.escape(site.underlay(2))} self\s*$", fdb, re.M)     # learned behind host 2
+    assert site.switches[2].stop() == 0
     cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(3)]
     with open(sw.config_path, "w") as f:
         yaml.safe_dump(cfg, f)
