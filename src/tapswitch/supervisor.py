@@ -165,10 +165,10 @@ class Supervisor:
         os.kill(proc.pid, signal.SIGKILL)
         self._reap_proc(w, proc)
 
-    def _hand_over(self, w: Worker, grace: float) -> Old | None:
+    def _hand_over(self, w: Worker) -> Old | None:
         """Ask w's process to stop (SIGTERM) and wait until it has drained -- it says b"D":
         every frame it had read is out and its queues are let go -- or exited; SIGKILL if
-        neither within `grace` seconds. w is left with no process; a drained one is returned,
+        neither within STOP_GRACE seconds. w is left with no process; a drained one is returned,
         still running (its interpreter's exit takes longer than the drain), for _reap_old
         once w's queue has its new worker."""
         proc, pidfd, sock = w.proc, w.pidfd, w.sock
@@ -177,7 +177,7 @@ class Supervisor:
             self._close(pidfd, sock)
             return None
         t0 = time.monotonic()
-        old = Old(proc, pidfd, sock, t0 + grace)
+        old = Old(proc, pidfd, sock, t0 + STOP_GRACE)
         os.kill(proc.pid, signal.SIGTERM)
         watch = [pidfd] + ([sock] if sock is not None else [])
         while True:
@@ -300,7 +300,7 @@ class Supervisor:
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
                     fresh[w] = None
             for w, p in fresh.items():
-                old = self._hand_over(w, STOP_GRACE)
+                old = self._hand_over(w)
                 if old is not None:
                     retiring.append((w, old))
                 if p is not None:
