@@ -13,6 +13,7 @@ every port without one of its own, comes from the underlay (`plan`).
 import contextlib
 import errno
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import netns, remote, tap, tc, vxlan
+from tapswitch import linkmon, netns, remote, tap, tc, vxlan
 from tapswitch.remote import RemoteAttachment
 
 log = structlog.get_logger("tapswitch.ports")
@@ -114,6 +115,14 @@ def _lookup(ipr: IPRoute, name: str) -> int:
     return found[0]
 
 
+def _index_here(name: str) -> int:
+    """_lookup in the switch's own namespace, by ioctl: a netlink round trip less."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise PortError(f"device {name} vanished while being set up") from None
+
+
 def _move(ipr: IPRoute, ifindex: int, nspath: str) -> None:
     nsfd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -129,18 +138,20 @@ def _open(cfg, devname: str, queues: int, inside: str | None) -> list[int]:
     return netns.call_in(inside, lambda: tap.open_queues(devname, queues, port=cfg.name, where=where))
 
 
-def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str) -> int:
-    """Rename, address and raise the TAP inside its namespace; return its ifindex."""
-    if cfg.ifname and cfg.ifname != devname:
-        if ipr.link_lookup(ifname=cfg.ifname):
+def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str, mac: str) -> None:
+    """MAC, MTU, name and up in one message (the kernel applies them in that order: the
+    rename happens while the TAP is still down), then the addresses."""
+    rename = {"ifname": cfg.ifname} if cfg.ifname and cfg.ifname != devname else {}
+    try:
+        ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu, state="up", **rename)
+    except NetlinkError as e:
+        if rename and e.code == errno.EEXIST:
             raise PortError(f"port {cfg.name}: a device named {cfg.ifname} already exists "
-                            f"in namespace {cfg.netns}")
-        ipr.link("set", index=ifindex, ifname=cfg.ifname)
+                            f"in namespace {cfg.netns}") from None
+        raise
     for iface in cfg.addresses:
         extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
         ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
-    ipr.link("set", index=ifindex, state="up")
-    return ifindex
 
 
 def plan(cfgs: list) -> list:
@@ -193,13 +204,13 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
         with IPRoute() as ipr:
             mac = cfg.mac or _default_mac(ipr, cfg)
             if nspath is not None and inside is None:
-                _move(ipr, _lookup(ipr, cfg.name), nspath)
+                _move(ipr, _index_here(cfg.name), nspath)
+            nsid = linkmon.nsid_of(nspath, ipr)
         with iproute(nspath) as ipr:
             ifindex = _lookup(ipr, devname)
-            ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu)
             if inside is not None:
                 ipr.link("set", index=_lookup(ipr, "lo"), state="up")
-            ifindex = _configure_inside(ipr, cfg, ifindex, devname)
+            _configure_inside(ipr, cfg, ifindex, devname, mac)
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, mac)
     except (NetlinkError, tc.TcError) as e:
@@ -217,7 +228,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
         raise
     log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
              netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues)
-    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex)
+    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
     port.tunnel = tunnel

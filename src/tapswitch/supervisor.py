@@ -1,8 +1,10 @@
 """Supervisor: starts one worker process per queue and restarts any that dies.
 
-Worker q is handed queue q of every port. The control process keeps every
-fd open, so a restarted worker gets the very same queues; the MAC table and
-the counters are in shared memory and survive it.
+Worker q is handed queue q of every port, over its ready socket. The control
+process keeps every fd open, so a restarted worker gets the very same queues;
+the MAC table and the counters are in shared memory and survive it. At a
+start the processes are spawned before the ports are made (spawn), so their
+interpreters start while the kernel moves the ports' devices.
 """
 
 import os
@@ -14,6 +16,8 @@ import sys
 import time
 
 import structlog
+
+from tapswitch.worker import send_ports
 
 log = structlog.get_logger("tapswitch.supervisor")
 
@@ -50,11 +54,12 @@ class Worker:
 
 
 class Pending:
-    """A worker process that has set its fast path up and waits to be let go (`Supervisor._go`)."""
+    """A worker process not let go yet (`Supervisor._go`): waiting for its ports, or setting up
+    its fast path over them, or set up."""
 
     def __init__(self, proc: subprocess.Popen, sock: socket.socket):
         self.proc = proc
-        self.sock = sock          # it says b"R" + its backend here once set up, and waits for b"G"
+        self.sock = sock          # its ports go here; it says b"R" + its backend once set up, waits for b"G"
         self.backend: str | None = None
 
 
@@ -74,14 +79,26 @@ class Supervisor:
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
+        self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start
+
+    def spawn(self) -> None:
+        """Start every worker's process now, before the ports exist; start hands them over."""
+        for w in self.workers:
+            p = self._spawn(w)
+            self.spawned.append((w, p))
+            log.debug("worker.spawned", queue=w.queue, pid=p.proc.pid)
 
     def start(self, port_fds: dict[int, list[int]]) -> None:
-        """Start every worker over `port_fds` (all at once) and wait until each is running."""
+        """Start every worker over `port_fds` (all at once; spawned already, or now) and wait
+        until each is running."""
         self.port_fds = port_fds
-        pending: list[tuple[Worker, Pending]] = []
+        pending, self.spawned = self.spawned, []
         try:
-            for w in self.workers:
-                pending.append((w, self._launch(w)))
+            if not pending:
+                for w in self.workers:
+                    pending.append((w, self._spawn(w)))
+            for w, p in pending:
+                self._hand_ports(w, p)
             while pending:
                 w, p = pending[0]
                 self._await(w, p)
@@ -113,16 +130,19 @@ class Supervisor:
 
     def _launch(self, w: Worker) -> Pending:
         """Start a process for w's queue over the current ports (w keeps its old one, if any)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fds = {p: qfds[w.queue] for p, qfds in self.port_fds.items()}
+        p = self._spawn(w)
+        self._hand_ports(w, p)
+        return p
+
+    def _spawn(self, w: Worker) -> Pending:
+        """Start a process for w's queue; it waits for its ports (_hand_ports)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
                 "--shm", str(self.shm_fd), "--ready", str(theirs.fileno())]
-        argv += [f"--port={p}:{fd}" for p, fd in sorted(fds.items())]
         if self.ids is not None:
             argv += ["--user", "%d:%d" % self.ids]
         try:
-            proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, theirs.fileno(), *fds.values()],
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
             raise
@@ -130,10 +150,21 @@ class Supervisor:
             theirs.close()
         return Pending(proc, ours)
 
+    def _hand_ports(self, w: Worker, p: Pending) -> None:
+        """Send p queue w.queue of every current port. A process that is gone already
+        cannot take them: _await finds it so and says how it ended."""
+        try:
+            send_ports(p.sock, {port: qfds[w.queue] for port, qfds in self.port_fds.items()})
+        except OSError:
+            pass
+
     def _await(self, w: Worker, p: Pending) -> None:
         """Wait until p has set up; if it does not, stop it and raise WorkerError."""
         ready, _, _ = select.select([p.sock], [], [], READY_TIMEOUT)
-        said = p.sock.recv(64) if ready else b""       # b"R" + the worker's I/O backend
+        try:
+            said = p.sock.recv(64) if ready else b""   # b"R" + the worker's I/O backend
+        except OSError:
+            said = b""          # ECONNRESET: it exited before reading its ports
         p.backend = said[1:].decode(errors="replace") or None
         if said[:1] != b"R":
             self._discard(w, p)
@@ -328,6 +359,9 @@ class Supervisor:
         w.pidfd, w.sock = -1, None
 
     def stop(self) -> None:
-        """Stop every worker."""
+        """Stop every worker, and those spawned for a start that never came."""
+        for w, p in self.spawned:
+            self._discard(w, p)
+        self.spawned = []
         for w in self.workers:
             self._stop(w)

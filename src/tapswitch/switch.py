@@ -132,6 +132,10 @@ class Switch:
         self.namespaces.recover({p.netns for p in self.cfg.ports if p.netns_kind == "name"})
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
+        # The workers' interpreters start while the ports are made; they get the ports at start().
+        self.supervisor = Supervisor(self.shared.fd, self.queues,
+                                     config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
+        self.supervisor.spawn()
         self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})   # as made: VXLAN MTUs
         for index, pcfg in enumerate(self.cfg.ports):
             self.ports.append(self._add_port(index, pcfg))
@@ -141,14 +145,11 @@ class Switch:
         # may have no carrier: ask about those.
         self.monitor.read()
         self.resync_links(taps=False)
-        self.supervisor = Supervisor(self.shared.fd, self.queues,
-                                     config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
         self.supervisor.start({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
 
     def _add_port(self, index: int, pcfg) -> ports.Port:
         port = ports.create(index, pcfg, self.queues, self.namespaces)
-        port.nsid = linkmon.nsid_of(port.nspath)
         self.slots_used.add(index)
         return port           # its settings, MTU and state are written by settings.apply
 

@@ -1,9 +1,11 @@
 """Worker process: runs the C fast path over queue q of every port, until stopped.
 
 Started by the supervisor as `python -m tapswitch.worker`, with the shared
-memory fd, its queue fds and a ready socket passed down: it sets its fast
-path up, says so on the socket, and forwards once told to (on a reload, the
-worker it replaces forwards until then). Imports only the fast
+memory fd and a ready socket passed down; its queue fds come over that
+socket (at a start, the process is spawned before the ports are made, so its
+interpreter starts while they are). It sets its fast path up, says so on the
+socket, and forwards once told to (on a reload, the worker it replaces
+forwards until then). Imports only the fast
 path: no pyroute2, no prometheus_client here. It holds no state of its own:
 the MAC table and the counters live in shared memory, so a restarted worker
 carries on where it was. SIGTERM stops it between bursts: it forwards every
@@ -23,6 +25,7 @@ import argparse
 import ctypes
 import os
 import signal
+import socket
 import sys
 
 from tapswitch import fastpath
@@ -89,12 +92,40 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queue", type=int, required=True)
     p.add_argument("--shm", type=int, required=True, help="fd of the shared memory")
     p.add_argument("--ready", type=int, required=True,
-                   help="socket: b'R' + the backend goes here once set up; forwarding starts on b'G'; "
-                        "b'D' once stopped by SIGTERM and drained")
-    p.add_argument("--port", action="append", default=[], metavar="INDEX:FD",
-                   help="this worker's queue fd of port INDEX")
+                   help="socket (SOCK_SEQPACKET): the queue fds come here (receive_ports); b'R' + the "
+                        "backend goes back once set up; forwarding starts on b'G'; b'D' once stopped by "
+                        "SIGTERM and drained")
     p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
     return p.parse_args(argv)
+
+
+PORTS_PER_MESSAGE = 128     # queue fds in one message (the kernel takes up to 253)
+
+
+def send_ports(sock: socket.socket, fds: dict[int, int]) -> None:
+    """Hand a worker its queue fds (port index -> fd), PORTS_PER_MESSAGE at a time: each
+    message is b"p" + the ports' indexes ("3,4,9"), with their fds; the last says b"P"."""
+    items = sorted(fds.items())
+    for at in range(0, max(len(items), 1), PORTS_PER_MESSAGE):
+        part = items[at:at + PORTS_PER_MESSAGE]
+        last = at + PORTS_PER_MESSAGE >= len(items)
+        socket.send_fds(sock, [(b"P" if last else b"p") + ",".join(str(i) for i, _ in part).encode()],
+                        [fd for _, fd in part])
+
+
+def receive_ports(sock: socket.socket) -> dict[int, int] | None:
+    """The queue fds send_ports hands over; None if the socket closed first (not wanted)."""
+    fds: dict[int, int] = {}
+    while True:
+        msg, got, _flags, _addr = socket.recv_fds(sock, 4096, PORTS_PER_MESSAGE)
+        indexes = [int(i) for i in msg[1:].split(b",") if i]
+        if not msg or msg[:1] not in b"pP" or len(indexes) != len(got):
+            for fd in [*got, *fds.values()]:
+                os.close(fd)
+            return None
+        fds.update(zip(indexes, got))
+        if msg[:1] == b"P":
+            return fds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     if lib.ts_die_with_parent() != 0:
         return 1          # the control process is already gone
     shared = fastpath.Shared.attach(args.shm)
-    queue_fds = {int(i): int(fd) for i, fd in (p.split(":") for p in args.port)}
-    n = max(queue_fds, default=-1) + 1
-    fds = ffi.new("int[]", [queue_fds.get(i, -1) for i in range(n)] or [-1])
     try:
         io = fastpath.io_backend()
     except ValueError as e:
         print(f"worker {args.queue}: {e}", file=sys.stderr)
         return 1
+    ready = socket.socket(fileno=args.ready)
+    queue_fds = receive_ports(ready)
+    if queue_fds is None:
+        return 0          # let go of before it had ports (a start that failed)
+    n = max(queue_fds, default=-1) + 1
+    fds = ffi.new("int[]", [queue_fds.get(i, -1) for i in range(n)] or [-1])
     w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, io)
     if w == ffi.NULL and io in (lib.TS_IO_URING, lib.TS_IO_URING_BURST):
         # io_uring refused (seccomp, kernel.io_uring_disabled): read/write, as worker.backend will say.
@@ -129,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if ids is not None and lib.ts_die_with_parent() != 0:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
-    os.write(args.ready, b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # set up, and how
+    ready.send(b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # set up, and how
     # Go when told: on a reload the worker this one replaces forwards until then.
-    if os.read(args.ready, 1) != b"G":
+    if ready.recv(16) != b"G":
         return 0          # not wanted after all (the control process let go of us)
     rc = lib.ts_worker_run(w)      # until SIGTERM (0: every frame it read was forwarded) or an error
     if rc == 0:
         lib.ts_worker_free(w)       # lets go of its queues (a removed port's device goes with us)
         try:
-            os.write(args.ready, b"D")  # drained: the next worker may go before we have exited
+            ready.send(b"D")            # drained: the next worker may go before we have exited
         except OSError:
             pass          # the control process stopped listening: it waits for our exit instead
         return 0

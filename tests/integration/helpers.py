@@ -146,6 +146,19 @@ class Switch:
         return rc
 
 
+def processes_with_env(entry: str) -> list[int]:
+    """Processes whose environment holds `entry` ("NAME=value")."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if entry.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def cleanup(namespaces=(), links=()) -> None:
     """Remove whatever a test may have left, whether or not it passed."""
     present = netns_list()

@@ -53,19 +53,6 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
 
 
 
-def processes_with_env(entry: str) -> list[int]:
-    """Processes whose environment holds `entry` ("NAME=value")."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if entry.encode() in f.read().split(b"\0"):
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
     """Workers that cannot start fail the switch's start: exit 1, their reason said, and no
     process (worker or other) outlives it, nor a port or a namespace."""
@@ -79,6 +66,6 @@ def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1, r.stderr
     assert "TAPSWITCH_IO='bogus'" in r.stderr and "did not start" in r.stderr, r.stderr
-    assert processes_with_env(mark) == []
+    assert helpers.processes_with_env(mark) == []
     assert not any(helpers.link_exists(p["name"]) for p in ports)
     assert not {p["netns"] for p in ports} & set(helpers.netns_list())

@@ -64,3 +64,32 @@ def test_container_namespace_deleted_takes_only_its_port_down(lab):
 def helpers_sender() -> str:
     import os
     return os.path.join(os.path.dirname(__file__), "sendframes.py")
+
+
+def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(lab):
+    """LinkMonitor parses RTM_NEWLINK/RTM_DELLINK itself: what it reports is what `ip` says."""
+    from pyroute2 import IPRoute
+
+    from tapswitch import linkmon
+
+    ns = lab.netns("m", create=True)
+    a, b = lab.name("ma"), lab.name("mb")
+    monitor = linkmon.LinkMonitor()
+    try:
+        with IPRoute() as ipr:
+            nsid = linkmon.nsid_of(f"/run/netns/{ns}", ipr)
+        helpers.nsexec(ns, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
+        helpers.nsexec(ns, "ip", "link", "set", a, "up")
+        helpers.nsexec(ns, "ip", "link", "set", b, "name", "eth7", "up")
+        index = int(helpers.nsexec(ns, "cat", "/sys/class/net/eth7/ifindex").stdout)
+        helpers.nsexec(ns, "ip", "link", "del", "eth7")
+        events = []
+        helpers.wait_for("the deletion's event", lambda: events.extend(monitor.read()) or any(
+            e.deleted and e.ifname == "eth7" for e in events))
+    finally:
+        monitor.close()
+    mine = [e for e in events if e.ifindex == index]
+    assert mine and all(e.nsid == nsid for e in mine)
+    assert mine[0].ifname == b and not mine[0].up
+    assert any(e.ifname == "eth7" and e.up and not e.deleted for e in mine)     # both ends up: carrier
+    assert mine[-1] == linkmon.LinkEvent(nsid, index, "eth7", False, True)

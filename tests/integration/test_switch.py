@@ -179,6 +179,39 @@ def test_name_clash_with_a_non_tap_device_exits_1_and_leaves_nothing(lab):
     assert helpers.link_exists(clash)    # the user's device is untouched
 
 
+def test_workers_start_while_the_ports_are_made(lab):
+    """The worker processes are spawned before the first port is made (their interpreters
+    start meanwhile) and are the very ones that then forward."""
+    cfg = containers(lab, 3)
+    sw = lab.switch(cfg)
+    spawned = sw.events("worker.spawned")
+    assert sorted(e["queue"] for e in spawned) == [0, 1]
+    first_port = min(e["timestamp"] for e in sw.events("port.added"))
+    assert all(e["timestamp"] < first_port for e in spawned)
+    started = sw.events("worker.started")
+    assert {(e["queue"], e["pid"]) for e in started} == {(e["queue"], e["pid"]) for e in spawned}
+    assert all(e["ports"] == 3 for e in started)
+    assert sorted(sw.worker_pids()) == sorted(e["pid"] for e in spawned)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.3")
+
+
+def test_a_start_that_fails_at_a_port_leaves_no_worker_behind(lab, monkeypatch):
+    """The workers were spawned before the port that failed: they go with the start."""
+    mark = f"TAPSWITCH_TEST_RUN={lab.name('run')}"      # finds this run's processes, whatever their parent
+    monkeypatch.setenv(*mark.split("=", 1))
+    cfg = containers(lab, 2)
+    theirs = lab.netns("theirs", create=True)
+    helpers.nsexec(theirs, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0x")
+    cfg["ports"][1]["netns"] = theirs
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "a device named eth0 already exists" in r.stderr
+    assert '"worker.spawned"' in r.stdout + r.stderr
+    assert helpers.processes_with_env(mark) == []
+
+
 def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab):
     # A TAP is made in its namespace under its ifname: a device there with that name is refused.
     cfg = containers(lab, 2)
