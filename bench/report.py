@@ -154,7 +154,7 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "table afterwards divided by the send time.",
         "- Broadcast (RFC 2889 5.10): 64 B broadcast frames from one host, full speed; received per listener.",
         "- Resources: 16 ports; tapswitch with 2 queues and a 1M-entry table. Start to forwarding: "
-        "tapswitch from exec to READY=1; bridge and OVS from the first command to the last port "
+        "tapswitch from exec to READY=1 (its bytecode compiled first, as an install does); bridge and OVS from the first command to the last port "
         "configured. Memory: PSS from /proc/PID/smaps_rollup summed over the control process and workers "
         "(OVS: ovs-vswitchd + ovsdb-server). CPU per frame: utime+stime of the forwarding processes "
         "(tapswitch workers, ovs-vswitchd) over a 64 B run, divided by frames received; machine CPU: "
