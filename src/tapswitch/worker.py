@@ -114,7 +114,8 @@ def send_ports(sock: socket.socket, fds: dict[int, int]) -> None:
 
 
 def receive_ports(sock: socket.socket) -> dict[int, int] | None:
-    """The queue fds send_ports hands over; None if the socket closed first (not wanted)."""
+    """The queue fds send_ports hands over; None, keeping none of them, if the socket closed
+    first (not wanted after all) or something else came."""
     fds: dict[int, int] = {}
     while True:
         msg, got, _flags, _addr = socket.recv_fds(sock, 4096, PORTS_PER_MESSAGE)
