@@ -38,15 +38,19 @@ def test_no_ports_is_a_message_too():
         theirs.close()
 
 
+def _refused_keeping_no_fd(theirs) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    assert worker.receive_ports(theirs) is None
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
 def test_a_socket_closed_before_the_last_message_means_not_wanted_and_keeps_no_fd():
     ours, theirs = _pair()
     fd = os.open("/dev/null", os.O_RDONLY)
     try:
         socket.send_fds(ours, [b"p0"], [fd])         # "more to come", then nothing
         ours.close()
-        before = set(os.listdir("/proc/self/fd"))
-        assert worker.receive_ports(theirs) is None
-        assert set(os.listdir("/proc/self/fd")) <= before
+        _refused_keeping_no_fd(theirs)
     finally:
         os.close(fd)
         theirs.close()
@@ -57,9 +61,7 @@ def test_a_malformed_message_is_refused_and_its_fds_closed():
     fd = os.open("/dev/null", os.O_RDONLY)
     try:
         socket.send_fds(ours, [b"P1,2"], [fd])       # two indexes, one fd
-        before = set(os.listdir("/proc/self/fd"))
-        assert worker.receive_ports(theirs) is None
-        assert set(os.listdir("/proc/self/fd")) <= before
+        _refused_keeping_no_fd(theirs)
     finally:
         os.close(fd)
         ours.close()

@@ -195,25 +195,10 @@ def test_workers_start_while_the_ports_are_made(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.3")
 
 
-def test_a_start_that_fails_at_a_port_leaves_no_worker_behind(lab, monkeypatch):
-    """The workers were spawned before the port that failed: they go with the start."""
+def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab, monkeypatch):
+    # A TAP is made in its namespace under its ifname: a device there with that name is refused.
     mark = f"TAPSWITCH_TEST_RUN={lab.name('run')}"      # finds this run's processes, whatever their parent
     monkeypatch.setenv(*mark.split("=", 1))
-    cfg = containers(lab, 2)
-    theirs = lab.netns("theirs", create=True)
-    helpers.nsexec(theirs, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0x")
-    cfg["ports"][1]["netns"] = theirs
-    sw = lab.switch(cfg, start=False)
-    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1
-    assert "a device named eth0 already exists" in r.stderr
-    assert '"worker.spawned"' in r.stdout + r.stderr
-    assert helpers.processes_with_env(mark) == []
-
-
-def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab):
-    # A TAP is made in its namespace under its ifname: a device there with that name is refused.
     cfg = containers(lab, 2)
     theirs = lab.netns("theirs", create=True)
     helpers.nsexec(theirs, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0x")
@@ -226,6 +211,9 @@ def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab):
     assert helpers.link_exists("eth0", theirs) and helpers.link_exists("eth0x", theirs)
     assert theirs in helpers.netns_list()                       # not the switch's to remove
     assert cfg["ports"][0]["netns"] not in helpers.netns_list()  # the one it made is gone
+    # The workers were spawned before the ports: they went with the failed start.
+    assert '"worker.spawned"' in r.stdout + r.stderr
+    assert helpers.processes_with_env(mark) == []
 
 
 def test_containers_given_by_pid_and_by_path(lab):
