@@ -92,11 +92,10 @@ class Supervisor:
         """Start every worker over `port_fds` (all at once; spawned already, or now) and wait
         until each is running."""
         self.port_fds = port_fds
+        if not self.spawned:
+            self.spawn()
         pending, self.spawned = self.spawned, []
         try:
-            if not pending:
-                for w in self.workers:
-                    pending.append((w, self._spawn(w)))
             for w, p in pending:
                 self._hand_ports(w, p)
             while pending:
