@@ -228,9 +228,12 @@ def traffic(sel: str, by: str, row_title: str = "Traffic", per: str = "") -> Row
 
 def drops_and_errors(sel: str, by: str) -> Row:
     return ("Drops and errors", [
-        graph("Dropped packets per second", "pps", rx_tx("dropped", sel, by),
-              "rx: frames read but not forwarded; tx: frames not written because the "
-              "port's TAP queue was full.", tx_below=True),
+        graph("Dropped packets per second", "pps",
+              rx_tx("dropped", sel, by)
+              + [Q(rate("tapswitch_port_rx_missed_total", sel, by), legend(by, "rx missed"))],
+              "rx: frames read but not forwarded; rx missed: frames the port's host sent "
+              "that found its queue full (the worker was behind; counted per port, not per "
+              "queue); tx: frames not written because the port's TAP queue was full.", tx_below=True),
         graph("Errors per second", "pps", rx_tx("errors", sel, by),
               "rx: truncated or malformed frames; tx: frames over MTU or failed writes.",
               tx_below=True),

@@ -70,7 +70,7 @@ def test_full_config_loads_with_defaults_filled():
 def test_minimal_config_fills_every_default():
     cfg = loads("switch: {name: s}\nports: [{name: p}]\n")
     assert cfg.switch.model_dump() == {
-        "name": "s", "queues": 1,
+        "name": "s", "queues": 1, "queue_len": 4096,
         "mac_table": {"size": 8192, "aging": 300},
         "metrics": {"listen": "127.0.0.1:9417"},
         "control": {"socket": "/run/tapswitch/s.sock"},
@@ -184,10 +184,11 @@ def test_bad_interface_names_are_rejected(name):
 
 
 def test_value_out_of_range_is_located():
-    text = "switch:\n  name: s\n  queues: 17\n  mac_table: {size: 8, aging: 300}\nports: [{name: p}]\n"
+    text = "switch:\n  name: s\n  queues: 17\n  queue_len: 8\n  mac_table: {size: 8, aging: 300}\nports: [{name: p}]\n"
     assert errors_of(text) == [
         "t.yaml:3: switch.queues: must be at most 16",
-        "t.yaml:4: switch.mac_table.size: must be at least 16",
+        "t.yaml:4: switch.queue_len: must be at least 16",
+        "t.yaml:5: switch.mac_table.size: must be at least 16",
     ]
 
 
@@ -820,7 +821,7 @@ def test_load_reports_the_file_name(tmp_path):
 
 # --- Nothing but ConfigError --------------------------------------------------
 
-KEYS = ["switch", "ports", "name", "queues", "mac_table", "size", "aging", "metrics", "listen",
+KEYS = ["switch", "ports", "name", "queues", "queue_len", "mac_table", "size", "aging", "metrics", "listen",
         "control", "socket", "log", "level", "format", "netns", "ifname", "addresses", "mac",
         "mtu", "speed", "remote", "remote_mode", "allmulti",
         "vlan", "trunk", "isolated", "mac_limit", "storm_control", "broadcast_pps", "acl", "match",

@@ -318,6 +318,10 @@ FIRING = {
         [("1m", []), ("2m", [P0])]),
     "TapswitchDropsRising": (rising("dropped"), [("3m", []), ("10m", [P0])]),
     "TapswitchErrorsRising": (rising("errors"), [("3m", []), ("10m", [P0])]),
+    "TapswitchQueueOverflowing": (
+        [series("tapswitch_port_rx_missed_total", P0, "0+10x20"),
+         series("tapswitch_port_rx_missed_total", {**SW, "port": "p1"}, "0x20")],
+        [("3m", []), ("10m", [P0])]),
     "TapswitchFdbNearlyFull": (
         [series("tapswitch_fdb_entries", SW, "950x10"),
          series("tapswitch_fdb_capacity", SW, "1000x10"),

@@ -63,6 +63,7 @@ def test_aging_is_live():
 @pytest.mark.parametrize("switch, key", [
     ("{name: sw1, queues: 2}", "switch.name"),
     ("{name: sw0, queues: 1}", "switch.queues"),
+    ("{name: sw0, queues: 2, queue_len: 1000}", "switch.queue_len"),
     ("{name: sw0, queues: 2, mac_table: {size: 1024}}", "switch.mac_table.size"),
     ("{name: sw0, queues: 2, metrics: {listen: ''}}", "switch.metrics.listen"),
 ])

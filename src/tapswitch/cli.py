@@ -13,7 +13,7 @@ import sys
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SOCKET_DIR = "/run/tapswitch"
 
-PORT_COLUMNS = ["rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
+PORT_COLUMNS = ["rx_packets", "rx_bytes", "rx_errors", "rx_dropped", "rx_missed",
                 "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded"]
 
 

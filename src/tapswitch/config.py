@@ -319,6 +319,13 @@ HostAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainVali
 # --- Schema ------------------------------------------------------------------
 
 
+# Frames a port's TAP queue holds while its worker is busy (the device's txqueuelen).
+# The kernel's default, 1000, lasts ~3 ms at a worker's 64 B rate here: shorter than
+# the stalls a preempted worker (a VM's vCPU, the scheduler) sees, which then lose
+# frames below the rate the worker sustains (bench/RESULTS.md, "Queue length").
+QUEUE_LEN = 4096
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -348,6 +355,7 @@ class Log(_Model):
 class Switch(_Model):
     name: SwitchName
     queues: int = Field(1, ge=1, le=16)  # TAP queues per port = worker processes
+    queue_len: int = Field(QUEUE_LEN, ge=16, le=65536)  # frames each queue holds for its worker
     mac_table: MacTable = MacTable()
     metrics: Metrics = Metrics()
     control: Control  # socket defaults to /run/tapswitch/<name>.sock

@@ -64,6 +64,10 @@ class SwitchCollector:
         for key, (metric, doc) in PORT_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_{metric}", doc, ["switch", "port", "queue"],
                           (([name, port.name, str(q)], counts[key]) for port, q, counts in per_queue))
+        missed = sw.rx_missed()
+        yield _family(CounterMetricFamily, "tapswitch_port_rx_missed",
+                      "Frames the port's host sent that found the port's queue full (its worker was behind).",
+                      ["switch", "port"], (([name, p.name], missed[p.index]) for p in sw.ports if p.index in missed))
         yield _family(GaugeMetricFamily, "tapswitch_port_up", "1 if the port's link is up, else 0.",
                       ["switch", "port"], (([name, p.name], int(p.up)) for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",

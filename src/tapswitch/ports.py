@@ -138,12 +138,12 @@ def _open(cfg, devname: str, queues: int, inside: str | None) -> list[int]:
     return netns.call_in(inside, lambda: tap.open_queues(devname, queues, port=cfg.name, where=where))
 
 
-def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str, mac: str) -> None:
-    """MAC, MTU, name and up in one message (the kernel applies them in that order: the
-    rename happens while the TAP is still down), then the addresses."""
+def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str, mac: str, queue_len: int) -> None:
+    """MAC, MTU, queue length, name and up in one message (the kernel applies them in that
+    order: the rename happens while the TAP is still down), then the addresses."""
     rename = {"ifname": cfg.ifname} if cfg.ifname and cfg.ifname != devname else {}
     try:
-        ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu, state="up", **rename)
+        ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu, txqlen=queue_len, state="up", **rename)
     except NetlinkError as e:
         if rename and e.code == errno.EEXIST:
             raise PortError(f"port {cfg.name}: a device named {cfg.ifname} already exists "
@@ -182,8 +182,9 @@ def _as_remote(cfg) -> dict:
     return {"remote": vxlan.device_name(cfg.name), "remote_mode": "promisc"} if cfg.vxlan else {}
 
 
-def create(index: int, cfg, queues: int, namespaces) -> Port:
-    """Make port `cfg` ready for forwarding, or raise PortError leaving nothing behind.
+def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
+    """Make port `cfg` ready for forwarding, with `queues` queues of `queue_len` frames each
+    (switch.queue_len), or raise PortError leaving nothing behind.
 
     A namespace created for it stays in `namespaces.created` for the caller
     to remove.
@@ -210,7 +211,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
             ifindex = _lookup(ipr, devname)
             if inside is not None:
                 ipr.link("set", index=_lookup(ipr, "lo"), state="up")
-            _configure_inside(ipr, cfg, ifindex, devname, mac)
+            _configure_inside(ipr, cfg, ifindex, devname, mac, queue_len)
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, mac)
     except (NetlinkError, tc.TcError) as e:
@@ -227,7 +228,7 @@ def create(index: int, cfg, queues: int, namespaces) -> Port:
         _remove_tunnel(tunnel)
         raise
     log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
-             netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues)
+             netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues, queue_len=queue_len)
     port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex

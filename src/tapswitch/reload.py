@@ -4,9 +4,10 @@ plan(old, new) compares two validated configs. Ports are matched by name:
 a port whose device settings changed (namespace, name inside it, addresses,
 MAC, MTU, remote) is made again; one whose other settings changed keeps its
 device and only has its fast path settings rewritten; an untouched port is
-not touched at all. Settings fixed at start (the switch's name, queues,
-MAC table size, control socket, metrics address) cannot change by reload:
-such a config is refused as a whole, and the switch keeps the old one.
+not touched at all. Settings fixed at start (the switch's name, queues and
+their length, MAC table size, control socket, metrics address) cannot change
+by reload: such a config is refused as a whole, and the switch keeps the old
+one.
 """
 
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 DEVICE_KEYS = ("netns", "ifname", "addresses", "mac", "mtu", "remote", "remote_mode", "allmulti")
 
 # Switch keys fixed for the life of the process.
-FIXED_KEYS = (("name",), ("queues",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"),
+FIXED_KEYS = (("name",), ("queues",), ("queue_len",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"),
               ("user",))
 
 

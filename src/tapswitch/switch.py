@@ -149,7 +149,7 @@ class Switch:
         self._watch_workers(True)
 
     def _add_port(self, index: int, pcfg) -> ports.Port:
-        port = ports.create(index, pcfg, self.queues, self.namespaces)
+        port = ports.create(index, pcfg, self.queues, self.cfg.switch.queue_len, self.namespaces)
         self.slots_used.add(index)
         return port           # its settings, MTU and state are written by settings.apply
 
@@ -512,6 +512,7 @@ class Switch:
         raise ControlError(f"no port named {name!r}")
 
     def ports_info(self) -> list[dict]:
+        missed = self.rx_missed()
         return [{
             "name": p.name,
             "state": "up" if p.up else "down",
@@ -520,8 +521,15 @@ class Switch:
             "speed": p.cfg.speed,
             "remote": p.cfg.remote,
             "queues": self.queues,
-            "counters": self.shared.counters(p.index),
+            "counters": {**self.shared.counters(p.index), "rx_missed": missed.get(p.index, 0)},
         } for p in self.ports]
+
+    def rx_missed(self) -> dict[int, int]:
+        """Frames each port's host sent that found the port's queue full, by port index: the
+        TAP's tx_dropped, kept by the kernel (a queue the worker is behind on drops there,
+        before the fast path sees the frame). Ports whose device is gone are left out."""
+        links = {(p.nsid, p.ifindex): p.index for p in self.ports if not p.gone}
+        return {links[link]: n for link, n in linkmon.tx_dropped(list(links)).items()}
 
     def fdb_info(self) -> list[dict]:
         now = self.shared.now()

@@ -35,6 +35,7 @@ PORT_METRICS = {
     "rx_bytes": "tapswitch_port_rx_bytes_total",
     "rx_errors": "tapswitch_port_rx_errors_total",
     "rx_dropped": "tapswitch_port_rx_dropped_total",
+    "rx_missed": "tapswitch_port_rx_missed_total",
     "tx_packets": "tapswitch_port_tx_packets_total",
     "tx_bytes": "tapswitch_port_tx_bytes_total",
     "tx_errors": "tapswitch_port_tx_errors_total",
@@ -371,6 +372,35 @@ def test_port_and_worker_state_and_a_worker_restart(lab):
                         if name == "tapswitch_port_rx_packets_total" and ("port", n) in labels) for n in names}
     assert all(rx[n] > rx_before[n] for n in names), (rx_before, rx)
     assert exporter.values("tapswitch_port_up", ("port",)) == {(n,): 1 for n in names}
+
+
+@pytest.mark.parametrize("queue_len, sent, missed", [(64, 200, 200 - 64), (None, 2000, 0)])
+def test_a_full_queue_loses_frames_in_the_kernel_and_counts_them_as_rx_missed(lab, queue_len, sent, missed):
+    """switch.queue_len frames wait in a port's queue while its worker is stopped; what the host
+    sends beyond them is dropped by the kernel and shown as rx_missed. The default (4096) holds
+    2000 frames that the kernel's own default (1000) would lose half of."""
+    nss = [quiet_namespace(lab, s) for s in "ab"]
+    a, b = lab.name("p0"), lab.name("p1")
+    listen = f"127.0.0.1:{free_port()}"
+    switch = {"name": lab.name("sw"), "metrics": {"listen": listen}}
+    if queue_len is not None:
+        switch["queue_len"] = queue_len
+    sw = lab.switch({"switch": switch, "ports": [{"name": a, "netns": nss[0], "ifname": "eth0"},
+                                                 {"name": b, "netns": nss[1], "ifname": "eth0"}]})
+    exporter = Exporter(listen)
+    for ns in nss:
+        assert f" qlen {queue_len or 4096}" in helpers.nsexec(ns, "ip", "-o", "link", "show", "eth0").stdout
+    worker = worker_pid(sw, 0)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        send(nss[0], MAC_A, MAC_B, sent)
+        stopped = exporter.port_counters()      # the worker read nothing; the kernel counted the rest
+        assert (stopped[a]["rx_packets"], stopped[a]["rx_missed"]) == (0, missed), stopped[a]
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    d = settled(exporter, b, "tx_packets", sent - missed)
+    assert (d[a]["rx_packets"], d[a]["rx_missed"], d[b]["tx_packets"]) == (sent - missed, missed, sent - missed), d
+    assert d[b]["rx_missed"] == 0 and sw.cli_json("ports")[0]["counters"]["rx_missed"] == missed
 
 
 # --- Reloads --------------------------------------------------------------------
