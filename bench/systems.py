@@ -27,6 +27,7 @@ import urllib.request
 
 import yaml
 
+from tapswitch.config import QUEUE_LEN
 from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
 
 DEFAULT_FDB_SIZE = 8192
@@ -195,7 +196,7 @@ class Bridge(System):
 
 class Ovs(System):
     name = "ovs"
-    label = "Open vSwitch userspace (netdev), TAP ports"
+    label = f"Open vSwitch userspace (netdev), TAP ports of {QUEUE_LEN} frames as tapswitch's"
     kind = "ovs"
 
     SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -261,7 +262,9 @@ class Ovs(System):
             port = self.lab.name(f"o{h.index}")
             self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port, "type=internal")
             sh("ip", "link", "set", port, "netns", h.ns)
-            nsexec(h.ns, "ip", "link", "set", port, "name", h.ifname)
+            # The same queue length as tapswitch's ports (switch.queue_len's default):
+            # the kernel's 1000 loses frames to scheduling stalls below OVS's rate too.
+            nsexec(h.ns, "ip", "link", "set", port, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
             h.configure()
         self.setup_seconds = time.monotonic() - t0
 
