@@ -81,18 +81,18 @@ def tx_dropped(links: list[tuple[int, int]], timeout: float = 1.0) -> dict[tuple
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
         sock.settimeout(timeout)
         for first in range(0, len(links), STATS_BATCH):     # a batch's answers fit the socket's buffer
-            batch = links[first:first + STATS_BATCH]
-            sock.send(b"".join(_getlink(seq, nsid, index) for seq, (nsid, index) in enumerate(batch, 1)))
+            seqs = range(first + 1, min(first + STATS_BATCH, len(links)) + 1)     # link i is seq i + 1
+            sock.send(b"".join(_getlink(seq, *links[seq - 1]) for seq in seqs))
             answered = 0
-            while answered < len(batch):
+            while answered < len(seqs):
                 try:
                     data = sock.recv(RECV_SIZE)
                 except OSError:              # timed out: what did not answer is left out
                     break
-                for seq, stats in _answers(data, len(batch)):
+                for seq, stats in _answers(data, seqs):
                     answered += 1
                     if stats is not None and len(stats) >= STATS64_TX_DROPPED + 8:
-                        out[batch[seq - 1]] = struct.unpack_from("Q", stats, STATS64_TX_DROPPED)[0]
+                        out[links[seq - 1]] = struct.unpack_from("Q", stats, STATS64_TX_DROPPED)[0]
     return out
 
 
@@ -102,16 +102,17 @@ def _getlink(seq: int, nsid: int, index: int) -> bytes:
     return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, seq, 0) + body
 
 
-def _answers(data: bytes, count: int):
-    """(seq, IFLA_STATS64 payload or None for an error) of each answer in a datagram."""
+def _answers(data: bytes, seqs: range):
+    """(seq, IFLA_STATS64 payload or None for an error) of each answer to one of `seqs` in a
+    datagram (a late answer to an earlier batch is not one of them)."""
     offset = 0
     while offset + NLMSG_HDR.size <= len(data):
         length, kind, _flags, seq = NLMSG_HDR.unpack_from(data, offset)[:4]
         if length < NLMSG_HDR.size or offset + length > len(data):
             return
-        if 1 <= seq <= count and kind == RTM_NEWLINK:
+        if seq in seqs and kind == RTM_NEWLINK:
             yield seq, _attr(data, offset + NLMSG_HDR.size + IFINFO.size, offset + length, IFLA_STATS64)
-        elif 1 <= seq <= count and kind == NLMSG_ERROR:
+        elif seq in seqs and kind == NLMSG_ERROR:
             yield seq, None
         offset += (length + 3) & ~3
 

@@ -93,3 +93,36 @@ def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(l
     assert mine[0].ifname == b and not mine[0].up
     assert any(e.ifname == "eth7" and e.up and not e.deleted for e in mine)     # both ends up: carrier
     assert mine[-1] == linkmon.LinkEvent(nsid, index, "eth7", False, True)
+
+
+def test_tx_dropped_reads_each_links_counter_in_its_namespace_in_batches(lab):
+    """linkmon.tx_dropped asks 40 links at once (two batches), in another namespace and in ours:
+    each gets its own device's tx_dropped, as `ip -s link` shows it; a missing one is left out."""
+    import socket
+    import sys
+
+    from pyroute2 import IPRoute
+
+    from tapswitch import linkmon
+
+    ns = lab.netns("d", create=True)
+    helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    with IPRoute() as ipr:
+        nsid = linkmon.nsid_of(f"/run/netns/{ns}", ipr)
+    links, expected = [], {}
+    for i in range(40):             # TAPs with no reader: the kernel drops, and counts, all they send
+        dev = f"tq{i}"
+        helpers.nsexec(ns, "ip", "tuntap", "add", "dev", dev, "mode", "tap")
+        helpers.nsexec(ns, "ip", "link", "set", dev, "up")
+        index = int(helpers.nsexec(ns, "cat", f"/sys/class/net/{dev}/ifindex").stdout)
+        if i % 13 == 0:
+            helpers.nsexec(ns, sys.executable, helpers_sender(), dev, "02:00:00:00:00:01", "02:00:00:00:00:02", i + 3)
+        expected[(nsid, index)] = int(helpers.nsexec(ns, "cat", f"/sys/class/net/{dev}/statistics/tx_dropped").stdout)
+        links.append((nsid, index))
+    lo = (linkmon.OWN_NSID, socket.if_nametoindex("lo"))
+    with open("/sys/class/net/lo/statistics/tx_dropped") as f:
+        expected[lo] = int(f.read())
+    missing = (nsid, max(index for _, index in links) + 1000)
+    got = linkmon.tx_dropped(links[:20] + [missing, lo] + links[20:])
+    assert sorted(n for link, n in expected.items() if n and link != lo) == [3, 16, 29, 42]   # not all zeros
+    assert got == expected
