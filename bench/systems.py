@@ -76,16 +76,20 @@ def _free_port() -> int:
 class Tapswitch(System):
     kind = "tapswitch"
 
-    def __init__(self, lab: Lab, queues: int = 1, io: str = "", cpu: int | None = None):
+    def __init__(self, lab: Lab, queues: int = 1, io: str = "", cpu: int | None = None,
+                 queue_len: int | None = None):
         super().__init__(lab)
         self.queues = queues
         self.io = io            # TAPSWITCH_IO for the workers ("" = the default)
         self.cpu = cpu          # pin every worker to this CPU once ready (None = not pinned;
                                 # -1 = "spread": worker q on CPU q % ncpu)
+        self.queue_len = queue_len      # switch.queue_len (None = the default)
         self.name = f"tapswitch-q{queues}" + (f"-{io}" if io else "") + (
-            "" if cpu is None else "-spread" if cpu < 0 else f"-cpu{cpu}")
+            "" if cpu is None else "-spread" if cpu < 0 else f"-cpu{cpu}") + (
+            f"-qlen{queue_len}" if queue_len else "")
         self.label = (f"tapswitch, {queues} queue{'s' if queues > 1 else ''}" + (f", {io} I/O" if io else "")
-                      + ("" if cpu is None else ", worker q on CPU q" if cpu < 0 else f", workers on CPU {cpu}"))
+                      + ("" if cpu is None else ", worker q on CPU q" if cpu < 0 else f", workers on CPU {cpu}")
+                      + (f", queues of {queue_len} frames" if queue_len else ""))
         self.proc: subprocess.Popen | None = None
         self.metrics_port = 0
 
@@ -95,6 +99,7 @@ class Tapswitch(System):
             "switch": {
                 "name": self.lab.name(f"q{self.queues}"),
                 "queues": self.queues,
+                **({"queue_len": self.queue_len} if self.queue_len else {}),
                 "mac_table": {"size": fdb_size, "aging": 300},
                 "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
                 "control": {"socket": os.path.join(self.lab.dir, "tapswitch.sock")},
@@ -295,15 +300,18 @@ class Ovs(System):
 
 def make(names: list[str], lab: Lab) -> list[System]:
     """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs;
-    a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend) and -cpuK
-    (workers pinned to CPU K) or -spread (worker q on CPU q), e.g. tapswitch-q1-uring-cpu1."""
+    a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend), -cpuK
+    (workers pinned to CPU K) or -spread (worker q on CPU q), and -qlenL (switch.queue_len L), e.g.
+    tapswitch-q1-uring-cpu1 or tapswitch-q1-qlen1000."""
     out: list[System] = []
     for n in names:
         if n == "tapswitch":
             out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
-        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?", n):
+        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?"
+                               r"(?:-qlen(\d+))?", n):
             cpu = int(m.group(3)) if m.group(3) else -1 if m.group(4) else None
-            out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu))
+            out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu,
+                                 int(m.group(5)) if m.group(5) else None))
         elif n == "bridge":
             out.append(Bridge(lab))
         elif n == "ovs":
