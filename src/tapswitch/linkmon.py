@@ -12,6 +12,10 @@ instead (see Switch.maintain_ports).
 
 TAP devices report operstate UNKNOWN, so "up" here is IFF_UP and
 IFF_LOWER_UP (carrier), as the seed's tap_link_update reads it.
+
+tx_dropped() reads the ports' kernel counters the same way, from the
+switch's namespace by nsid (IFLA_TARGET_NETNSID): what a port's full queue
+lost before the switch read it.
 """
 
 import os
