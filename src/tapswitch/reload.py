@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 DEVICE_KEYS = ("netns", "ifname", "addresses", "mac", "mtu", "remote", "remote_mode", "allmulti")
 
 # Switch keys fixed for the life of the process.
-FIXED_KEYS = (("name",), ("queues",), ("queue_len",), ("mac_table", "size"), ("control", "socket"), ("metrics", "listen"),
-              ("user",))
+FIXED_KEYS = (("name",), ("queues",), ("queue_len",), ("mac_table", "size"), ("control", "socket"),
+              ("metrics", "listen"), ("user",))
 
 
 class ReloadRefused(Exception):

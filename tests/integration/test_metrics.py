@@ -132,13 +132,15 @@ def send(ns: str, src: str, dst: str, count: int) -> None:
     helpers.nsexec(ns, sys.executable, SENDER, "eth0", src, dst, count, timeout=60)
 
 
-def quiet_switch(lab, n: int = 3, queues: int = 2, **port0):
-    """A switch over n quiet namespaces; returns (switch, exporter, namespaces, port names)."""
+def quiet_switch(lab, n: int = 3, queues: int = 2, switch: dict | None = None, **port0):
+    """A switch over n quiet namespaces, with `switch` settings added; returns (switch, exporter,
+    namespaces, port names)."""
     nss = [quiet_namespace(lab, "abc"[i]) for i in range(n)]
     ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0"} for i, ns in enumerate(nss)]
     ports[0].update(port0)
     listen = f"127.0.0.1:{free_port()}"
-    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": queues, "metrics": {"listen": listen}},
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": queues, "metrics": {"listen": listen},
+                                **(switch or {})},
                      "ports": ports})
     return sw, Exporter(listen), nss, [p["name"] for p in ports]
 
@@ -379,15 +381,8 @@ def test_a_full_queue_loses_frames_in_the_kernel_and_counts_them_as_rx_missed(la
     """switch.queue_len frames wait in a port's queue while its worker is stopped; what the host
     sends beyond them is dropped by the kernel and shown as rx_missed. The default (4096) holds
     2000 frames that the kernel's own default (1000) would lose half of."""
-    nss = [quiet_namespace(lab, s) for s in "ab"]
-    a, b = lab.name("p0"), lab.name("p1")
-    listen = f"127.0.0.1:{free_port()}"
-    switch = {"name": lab.name("sw"), "metrics": {"listen": listen}}
-    if queue_len is not None:
-        switch["queue_len"] = queue_len
-    sw = lab.switch({"switch": switch, "ports": [{"name": a, "netns": nss[0], "ifname": "eth0"},
-                                                 {"name": b, "netns": nss[1], "ifname": "eth0"}]})
-    exporter = Exporter(listen)
+    sw, exporter, nss, (a, b) = quiet_switch(lab, 2, queues=1,
+                                             switch={"queue_len": queue_len} if queue_len else None)
     for ns in nss:
         assert f" qlen {queue_len or 4096}" in helpers.nsexec(ns, "ip", "-o", "link", "show", "eth0").stdout
     worker = worker_pid(sw, 0)
