@@ -214,20 +214,21 @@ class Supervisor:
             ready = select.select(watch, [], [], max(0.0, old.deadline - time.monotonic()))[0]
             if not ready:
                 break
+            if sock in ready:                   # first: it may have said b"D" and exited since
+                try:
+                    said = sock.recv(16)
+                except OSError:
+                    said = b""
+                if b"D" in said:
+                    w.retiring = proc           # its CPU time still counts until reaped
+                    log.debug("worker.drained", queue=w.queue, pid=proc.pid,
+                              seconds=round(time.monotonic() - t0, 4))
+                    return old
+                if not said:
+                    watch.remove(sock)          # closed: only its exit is left to wait for
             if pidfd in ready:
                 self._reap_old(w, old)          # exited (without a word: an error, or killed)
                 return None
-            try:
-                said = sock.recv(16)
-            except OSError:
-                said = b""
-            if b"D" in said:
-                w.retiring = proc               # its CPU time still counts until reaped
-                log.debug("worker.drained", queue=w.queue, pid=proc.pid,
-                          seconds=round(time.monotonic() - t0, 4))
-                return old
-            if not said:
-                watch.remove(sock)              # closed: only its exit is left to wait for
         self._reap_old(w, old)                  # the grace is spent: SIGKILL
         return None
 
@@ -309,8 +310,8 @@ class Supervisor:
         frames it had read already -- io_uring reads ahead -- go out rather
         than die with it) and the new one is let go as soon as the old one
         says it has drained; the old ones are reaped at the end. Meanwhile
-        frames wait in that queue of each TAP (500 frames deep), and the
-        other queues flow.
+        frames wait in that queue of each TAP (switch.queue_len frames deep),
+        and the other queues flow.
         """
         self.port_fds = port_fds
         fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}

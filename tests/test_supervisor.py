@@ -1,0 +1,73 @@
+"""How the supervisor hands a queue over from an old worker: real child processes that say
+b"D" (drained) on their control socket, or do not, and exit, as a worker does on SIGTERM."""
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import structlog
+
+from tapswitch import supervisor
+
+# A stand-in for the worker's last steps: say b"D" (or nothing) on its socket, then exit 0.
+SAY_AND_EXIT = "import os, sys; os.write(int(sys.argv[1]), sys.argv[2].encode()); os._exit(0)"
+IGNORE_SIGTERM = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "sys.stdout.write('up'); sys.stdout.flush(); time.sleep(60)")
+
+
+def _worker(code: str, *args: str, stdout=None) -> supervisor.Worker:
+    """A Worker whose process runs code with our socket's other end's fd as its first argument."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), *args],
+                                pass_fds=[theirs.fileno()], stdout=stdout)
+    finally:
+        theirs.close()
+    w = supervisor.Worker(0)
+    w.proc, w.sock, w.pidfd = proc, ours, os.pidfd_open(proc.pid)
+    return w
+
+
+def _exited(w: supervisor.Worker) -> None:
+    """Wait until w's process has exited (not reaped: a zombie, as when the supervisor is slow)."""
+    assert select.select([w.pidfd], [], [], 10)[0]
+
+
+def test_a_worker_that_said_drained_and_exited_before_the_supervisor_looked_counts_as_drained():
+    """Both its word and its exit are waiting: the word wins, the queue's new worker may go,
+    and the old one is reaped afterwards with no warning."""
+    w = _worker(SAY_AND_EXIT, "D")
+    _exited(w)
+    with structlog.testing.capture_logs() as logs:
+        old = supervisor.Supervisor(-1, 1)._hand_over(w)
+        assert old is not None and w.retiring is old.proc
+        assert [e["event"] for e in logs] == ["worker.drained"]
+        supervisor.Supervisor(-1, 1)._reap_old(w, old)
+    assert old.proc.returncode == 0 and w.retiring is None
+    assert [e["event"] for e in logs] == ["worker.drained"]
+    assert w.pidfd == -1 and w.sock is None and old.sock.fileno() == -1
+
+
+@pytest.mark.parametrize("said", ["", "x"])
+def test_a_worker_that_exited_without_saying_drained_is_reaped_and_not_handed_over(said):
+    w = _worker(SAY_AND_EXIT, said)
+    _exited(w)
+    with structlog.testing.capture_logs() as logs:
+        assert supervisor.Supervisor(-1, 1)._hand_over(w) is None
+    assert w.proc.returncode == 0 and w.retiring is None and w.cpu_reaped >= 0
+    assert not logs             # exit 0: nothing to warn of
+
+
+def test_a_worker_that_neither_drains_nor_exits_is_killed_after_the_grace(monkeypatch):
+    monkeypatch.setattr(supervisor, "STOP_GRACE", 0.2)
+    w = _worker(IGNORE_SIGTERM, stdout=subprocess.PIPE)
+    assert w.proc.stdout.read(2) == b"up"           # SIGTERM ignored from here on
+    with structlog.testing.capture_logs() as logs:
+        assert supervisor.Supervisor(-1, 1)._hand_over(w) is None
+    assert w.proc.returncode == -signal.SIGKILL
+    assert [e["event"] for e in logs] == ["worker.stop_timeout"]
+    w.proc.stdout.close()
