@@ -32,8 +32,11 @@ class Case:
     fdb_size: int = 8192
     reps: int | None = None  # None: ctx.reps
     params: dict = field(default_factory=dict)
+    bare: bool = False       # the bare forwarder runs it too (two hosts, no table asked for)
 
     def runs_on(self, system) -> bool:
+        if system.kind == "bare":
+            return self.bare
         return system.kind != "tapswitch" or system.queues in self.tapswitch_queues
 
 
@@ -195,9 +198,9 @@ def resources(ctx: Ctx, system, hosts) -> list[Measure]:
 def cases(ctx: Ctx) -> list[Case]:
     fdb_big = max(1 << 20, max(ctx.fdb_ns, default=0), ctx.learn_n)
     return [
-        Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2)),
-        Case("frames", "forwarding rate", 2, frames),
-        Case("throughput", "throughput (RFC 2544)", 2, throughput),
+        Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2), bare=True),
+        Case("frames", "forwarding rate", 2, frames, bare=True),
+        Case("throughput", "throughput (RFC 2544)", 2, throughput, bare=True),
         Case("caching", "address caching", 3, caching, fdb_size=fdb_big),
         Case("learning", "learning rate", 2, learning, fdb_size=fdb_big),
         Case("broadcast4", "broadcast, 4 ports", 5, broadcast),

@@ -113,7 +113,8 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "Each cell is the median of "
         f"{m['reps']} repetition(s) (systems alternating, order rotated every repetition); "
         "in brackets, the ratio to the Linux bridge measured in the same run. ↓ = lower is better. "
-        "— = not run on that system (tapswitch's queue variants run the cases that concern them).",
+        "— = not run on that system (tapswitch's queue variants run the cases that concern them; the bare "
+        "forwarder only TCP, the forwarding rate and throughput).",
         "",
         *table(rows, names, labels),
         "",
@@ -135,7 +136,9 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "- Topology: one network namespace per host (`eth1`, 198.18.1.0/24, IPv6 off), made fresh "
         "for every case, repetition and system; the switch joins them (tapswitch: TAP ports moved into the "
         "namespaces; bridge: veth pairs into a bridge in a namespace of its own; Open vSwitch: "
-        "userspace datapath, internal ports (TAP) moved into the namespaces).",
+        "userspace datapath, internal ports (TAP) moved into the namespaces; bare: `bench/bare.c`, two TAP "
+        "devices with tapswitch's offloads and a read/write loop between them, no switching -- the floor "
+        "under any userspace switch on TAP ports).",
         f"- TCP: iperf3, {m['tcp_seconds']:g} s per run, host 0 → host 1, MTU 1500, `-P 1` and `-P 4`.",
         f"- Frames: trafgen (netsniff-ng {m['versions']['trafgen']}), `--cpus 1` (CPU 0), TX ring, qdisc "
         f"bypass, one IPv4/UDP frame repeated at full speed for {m['frame_seconds']:g} s; sizes include the "
@@ -184,7 +187,8 @@ def plot(path, rows, names, meta) -> None:
 
     from matplotlib.patches import Patch
 
-    fixed = {"tapswitch-q1": "#1f77b4", "tapswitch-q2": "#6baed6", "bridge": "#7f7f7f", "ovs": "#d62728"}
+    fixed = {"tapswitch-q1": "#1f77b4", "tapswitch-q2": "#6baed6", "bridge": "#7f7f7f", "ovs": "#d62728",
+             "bare": "#000000"}
     spare = iter(["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"])
     colors = {n: fixed.get(n) or next(spare, None) for n in names}    # every variant a colour of its own
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))

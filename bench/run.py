@@ -1,6 +1,6 @@
 """tapswitch's benchmark: tapswitch, the Linux bridge and Open vSwitch, on one topology, in one run.
 
-    python bench/run.py [--quick] [--systems tapswitch,bridge,ovs] [--out bench/out]
+    python bench/run.py [--quick] [--systems tapswitch,bridge,ovs,bare] [--out bench/out]
 
 For each case, for each repetition, every system in turn (the order rotates
 each repetition) is set up on fresh hosts (namespaces of this run), measured,
@@ -9,7 +9,7 @@ bridge of the same run, the machine and the date), OUT/results.png, and the
 raw measurements in OUT/results.json. Everything the run makes is removed at
 the end, on failure, on SIGTERM and on Ctrl-C.
 
-Needs root, iperf3, netsniff-ng (trafgen), iproute2; Open vSwitch is measured
+Needs root, iperf3, netsniff-ng (trafgen), iproute2, cc; Open vSwitch is measured
 when ovs-vswitchd is installed (--install-ovs apt-gets it), skipped otherwise.
 """
 
@@ -37,8 +37,9 @@ ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short runs (2 s TCP, 1 s per frame size), 1 repetition")
-    p.add_argument("--systems", default="tapswitch,bridge,ovs",
-                   help="comma-separated: tapswitch (queues 1 and 2), tapswitch-q1, tapswitch-q2, bridge, ovs")
+    p.add_argument("--systems", default="tapswitch,bridge,ovs,bare",
+                   help="comma-separated: tapswitch (queues 1 and 2), tapswitch-q1, tapswitch-q2, bridge, ovs, "
+                   "bare (the bare TAP forwarder, bench/bare.c: two-host cases only)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     p.add_argument("--cases", help="comma-separated subset: tcp, frames, throughput, caching, learning, broadcast4, "
                    "broadcast8, resources (default: all)")

@@ -14,6 +14,9 @@ system can say (`fdb_count`, `pids`, `forwarding_pids`).
              internal ports (TAP devices) moved into the hosts; its own
              ovsdb-server and ovs-vswitchd, with db, sockets and logs in a
              temporary directory
+  Bare       bench/bare.c: two TAP devices with tapswitch's offloads and a
+             read/write loop between them, no switching -- the floor of what
+             a userspace switch on TAP ports costs (two-host cases only)
 """
 
 import os
@@ -298,8 +301,55 @@ class Ovs(System):
         return [self.vswitchd.pid] if self.vswitchd is not None else []
 
 
+class Bare(System):
+    name = "bare"
+    label = "bare TAP↔TAP forwarder (bench/bare.c: vnet_hdr + TSO, read/write, no switching)"
+    kind = "bare"
+
+    SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare.c")
+
+    def __init__(self, lab: Lab):
+        super().__init__(lab)
+        self.proc: subprocess.Popen | None = None
+
+    def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
+        """Two hosts only: it forwards A to B and B to A. fdb_size is ignored (no table)."""
+        if len(hosts) != 2:
+            raise ValueError(f"bare forwards between two hosts, not {len(hosts)}")
+        self.hosts = hosts
+        exe = os.path.join(self.lab.dir, "bare")
+        if not os.path.exists(exe):
+            sh("cc", "-O2", "-Wall", "-o", exe, self.SRC)
+        t0 = time.monotonic()
+        names = [self.lab.name(f"b{h.index}") for h in hosts]
+        self.proc = self.lab.popen([exe, *names], stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"bare did not start (exit code {self.proc.wait()})")
+        for h, dev in zip(hosts, names):
+            sh("ip", "link", "set", dev, "netns", h.ns)
+            nsexec(h.ns, "ip", "link", "set", dev, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
+            h.configure()
+        self.setup_seconds = time.monotonic() - t0
+
+    def teardown(self) -> None:
+        """Its TAP devices go when it exits, wherever they are."""
+        if self.proc is not None:
+            self.lab.reap(self.proc)
+            self.proc.stdout.close()
+            self.proc = None
+
+    def fdb_count(self) -> int:
+        return 0
+
+    def pids(self) -> list[int]:
+        return self.forwarding_pids()
+
+    def forwarding_pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
+
 def make(names: list[str], lab: Lab) -> list[System]:
-    """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs;
+    """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs, bare;
     a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend), -cpuK
     (workers pinned to CPU K) or -spread (worker q on CPU q), and -qlenL (switch.queue_len L), e.g.
     tapswitch-q1-uring-cpu1 or tapswitch-q1-qlen1000."""
@@ -316,6 +366,8 @@ def make(names: list[str], lab: Lab) -> list[System]:
             out.append(Bridge(lab))
         elif n == "ovs":
             out.append(Ovs(lab))
+        elif n == "bare":
+            out.append(Bare(lab))
         else:
-            raise SystemExit(f"bench: unknown system {n!r} (tapswitch, tapswitch-q1, tapswitch-q2, bridge, ovs)")
+            raise SystemExit(f"bench: unknown system {n!r} (tapswitch, tapswitch-q1, tapswitch-q2, bridge, ovs, bare)")
     return out

@@ -1,7 +1,7 @@
 """Smoke run of the benchmark (bench/run.py): it runs end to end, reports every case, and leaves nothing.
 
-Tiny durations, tapswitch and the Linux bridge only, one frame size, no
-thresholds: this keeps the bench working, it does not judge speed.
+Tiny durations, tapswitch, the Linux bridge and the bare forwarder only, one
+frame size, no thresholds: this keeps the bench working, it does not judge speed.
 """
 
 import os
@@ -44,7 +44,7 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     if _missing_tools():
         pytest.skip(f"missing: {', '.join(_missing_tools())}")
     out = tmp_path / "out"
-    argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge", "--sizes", "64",
+    argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge,bare", "--sizes", "64",
             "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024",
             "--out", str(out), "--tag", tag]
     try:
@@ -58,6 +58,11 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     for case in CASES:
         assert any(line.startswith(f"| {case} |") for line in rows), f"no row for {case}:\n{results}"
     assert "ratio to the Linux bridge" in results
+    # The bare forwarder runs the two-host cases it can (a figure), and no case that needs a table.
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    cell = {line.split("|")[2].strip(): line.strip("|").split("|")[header.index("bare")].strip() for line in rows[1:]}
+    assert re.match(r"\d", cell["TCP goodput, 1 flow"]) and re.match(r"\d", cell["throughput (loss < 0.1 %), 64 B"])
+    assert cell["new MACs learned per second"] == "—", results
     assert re.search(r"\d+ cores, Linux \S+", results)
     # How busy the machine was with other work before each run, in CPUs (of its cores).
     assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
