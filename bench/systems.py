@@ -338,9 +338,6 @@ class Bare(System):
             self.proc.stdout.close()
             self.proc = None
 
-    def fdb_count(self) -> int:
-        return 0
-
     def pids(self) -> list[int]:
         return self.forwarding_pids()
 
