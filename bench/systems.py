@@ -76,6 +76,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _plug_tap(dev: str, h: Host) -> None:
+    """Move TAP device `dev` into host h as its device, configured. Its queue is as long as
+    tapswitch's ports' (switch.queue_len's default): the kernel's 1000 frames lose frames to
+    scheduling stalls below the forwarder's rate, whichever forwarder reads it."""
+    sh("ip", "link", "set", dev, "netns", h.ns)
+    nsexec(h.ns, "ip", "link", "set", dev, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
+    h.configure()
+
+
 class Tapswitch(System):
     kind = "tapswitch"
 
@@ -269,11 +278,7 @@ class Ovs(System):
         for h in hosts:
             port = self.lab.name(f"o{h.index}")
             self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port, "type=internal")
-            sh("ip", "link", "set", port, "netns", h.ns)
-            # The same queue length as tapswitch's ports (switch.queue_len's default):
-            # the kernel's 1000 loses frames to scheduling stalls below OVS's rate too.
-            nsexec(h.ns, "ip", "link", "set", port, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
-            h.configure()
+            _plug_tap(port, h)
         self.setup_seconds = time.monotonic() - t0
 
     def teardown(self) -> None:
@@ -326,9 +331,7 @@ class Bare(System):
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"bare did not start (exit code {self.proc.wait()})")
         for h, dev in zip(hosts, names):
-            sh("ip", "link", "set", dev, "netns", h.ns)
-            nsexec(h.ns, "ip", "link", "set", dev, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
-            h.configure()
+            _plug_tap(dev, h)
         self.setup_seconds = time.monotonic() - t0
 
     def teardown(self) -> None:
