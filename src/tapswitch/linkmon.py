@@ -18,12 +18,14 @@ switch's namespace by nsid (IFLA_TARGET_NETNSID): what a port's full queue
 lost before the switch read it.
 """
 
+import errno
 import os
 import socket
 import struct
 from typing import NamedTuple
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -131,7 +133,11 @@ def nsid_of(nspath: str | None, ipr: IPRoute) -> int:
         nsid = ipr.get_netnsid(fd=fd).get("nsid")
         # None assigned: pyroute2 reads the kernel's -1 as an unsigned 4294967295.
         if nsid is None or nsid < 0 or nsid >= 1 << 31:
-            ipr.set_netnsid(nsid=-1, fd=fd)      # let the kernel pick a free id
+            try:
+                ipr.set_netnsid(nsid=-1, fd=fd)      # let the kernel pick a free id
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:           # else someone (another port) just gave it one
+                    raise
             nsid = ipr.get_netnsid(fd=fd)["nsid"]
     finally:
         os.close(fd)

@@ -125,6 +125,7 @@ class Namespaces:
     def __init__(self, state_path: str | None = None) -> None:
         self.created: list[str] = []
         self.state_path = state_path
+        self.lock = threading.Lock()      # ports are made several at once (ports.create_all)
 
     def recover(self, wanted: set) -> None:
         """Take over what a dead run left: namespaces still named in the config stay ours, others go."""
@@ -151,6 +152,10 @@ class Namespaces:
         path = port.netns_path
         if path is None:
             return None
+        with self.lock:
+            return self._ensure(port, path)
+
+    def _ensure(self, port, path: str) -> str:
         if os.path.exists(path):
             return path
         if port.netns_kind != "name":

@@ -15,6 +15,7 @@ import errno
 import os
 import socket
 import time
+from concurrent import futures
 from dataclasses import dataclass
 
 import structlog
@@ -27,6 +28,7 @@ from tapswitch.remote import RemoteAttachment
 log = structlog.get_logger("tapswitch.ports")
 
 IFA_F_NODAD = 0x02
+AT_ONCE = 16      # ports create_all makes at the same time
 
 
 class PortError(Exception):
@@ -234,6 +236,42 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
     port.tunnel = tunnel
     return port
+
+
+def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, namespaces) -> list:
+    """create() for each (index, cfg) in `wanted`, up to AT_ONCE ports at a time; returns, in
+    the same order, each port's Port or the exception that stopped it.
+
+    Most of a port's time is the kernel's: moving its TAP into a namespace waits for an RCU
+    grace period (~20 ms a port here, one after the other; 16 moves side by side take 0.3 s
+    instead of 0.4), and while one port waits, the others' netlink round trips go on.
+    If the caller is interrupted meanwhile (a stop signal), the ports under way are
+    finished, every port made is closed, and the interrupt goes on.
+    """
+    pool = futures.ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="port")
+    made = []
+    try:
+        for index, cfg in wanted:
+            made.append(pool.submit(create, index, cfg, queues, queue_len, namespaces))
+        futures.wait(made)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _close_when_made(made)
+        raise
+    pool.shutdown()
+    return [f.exception() or f.result() for f in made]
+
+
+def _close_when_made(made: list) -> None:
+    """Wait for the ports under way, however many more stop signals come, and close all made."""
+    for f in made:
+        while True:
+            try:
+                if not f.cancelled() and f.exception() is None:
+                    f.result().close()
+                break
+            except KeyboardInterrupt:
+                continue
 
 
 def _tunnel(ipr: IPRoute, cfg) -> vxlan.Tunnel:

@@ -137,8 +137,11 @@ class Switch:
                                      config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
         self.supervisor.spawn()
         self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})   # as made: VXLAN MTUs
-        for index, pcfg in enumerate(self.cfg.ports):
-            self.ports.append(self._add_port(index, pcfg))
+        made = self._add_ports(list(enumerate(self.cfg.ports)))
+        self.ports = [p for p in made if isinstance(p, ports.Port)]     # stop() closes them
+        failed = [e for e in made if not isinstance(e, ports.Port)]
+        if failed:
+            raise failed[0]
         settings.apply(self.shared, self.cfg, self.ports)   # VLANs, ACLs, mirrors...: before any worker
         self.install_static_macs()
         # The events of setting the ports up are history. The TAPs were just raised; a remote
@@ -148,10 +151,12 @@ class Switch:
         self.supervisor.start({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
 
-    def _add_port(self, index: int, pcfg) -> ports.Port:
-        port = ports.create(index, pcfg, self.queues, self.cfg.switch.queue_len, self.namespaces)
-        self.slots_used.add(index)
-        return port           # its settings, MTU and state are written by settings.apply
+    def _add_ports(self, wanted: list) -> list:
+        """Make the ports (index, config) in `wanted`: each one's Port, or the exception that
+        stopped it. Their settings, MTU and state are written by settings.apply."""
+        made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
+        self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
+        return made
 
     def _watch_workers(self, on: bool) -> None:
         for w in self.supervisor.workers:
@@ -407,16 +412,25 @@ class Switch:
                     log.warning("port.device_lingers", port=port.name)     # its remaking will say so
                 log.info("port.removed", port=port.name)
             self.namespaces.remove_unused({p.netns for p in new.ports})
-        errors, added = [], []
+        errors, added, wanted = [], [], []
         busy = {p.index for p in self.ports}
         for pcfg in plan.add:
             index = self._free_slot(busy)
             busy.add(index)
-            try:
-                added.append(self._add_port(index, pcfg))
-            except STARTUP_ERRORS as e:
-                errors.append(str(e))
-                log.error("port.add_failed", port=pcfg.name, error=str(e))
+            wanted.append((index, pcfg))
+        made = self._add_ports(wanted)
+        bugs = [e for e in made if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
+        if bugs:
+            for port in made:
+                if isinstance(port, ports.Port):
+                    port.close()
+            raise bugs[0]
+        for (index, pcfg), port in zip(wanted, made):
+            if isinstance(port, ports.Port):
+                added.append(port)
+            else:
+                errors.append(str(port))
+                log.error("port.add_failed", port=pcfg.name, error=str(port))
         by_name = {p.name: p for p in new.ports}
         for port in self.ports:
             port.cfg = by_name[port.name]

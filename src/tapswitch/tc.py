@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import struct
+import threading
 from dataclasses import dataclass
 
 import structlog
@@ -511,6 +512,7 @@ def remove_stale(ipr, dev: int | str) -> Stale:
 # Flower or u32. -----------------------------------------------------------
 
 _flower: bool | None = None  # probed once per process: the kernel's classifiers do not change
+_flower_lock = threading.Lock()  # remote ports are made several at once (ports.create_all)
 
 
 def probe(ipr, ifindex: int, kind: str) -> bool:
@@ -533,10 +535,11 @@ def flower_supported(ipr, ifindex: int) -> bool:
     """Whether to use flower (else u32). The device must have clsact. Probed
     once per process and logged once: `tc.flower` or `tc.u32`."""
     global _flower
-    if _flower is None:
-        _flower = probe(ipr, ifindex, "flower")
-        if _flower:
-            log.info("tc.flower", reason="flower classifier available")
-        else:
-            log.info("tc.u32", reason="no flower classifier in this kernel")
-    return _flower
+    with _flower_lock:
+        if _flower is None:
+            _flower = probe(ipr, ifindex, "flower")
+            if _flower:
+                log.info("tc.flower", reason="flower classifier available")
+            else:
+                log.info("tc.u32", reason="no flower classifier in this kernel")
+        return _flower

@@ -282,3 +282,39 @@ def test_sigterm_to_the_whole_process_group_is_a_clean_stop(lab):
     assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
     assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+def test_stop_signal_while_the_ports_are_made_leaves_nothing(lab):
+    """Ports are made several at once: a stop signal in the middle finishes the ones under way
+    and removes every one made. VXLAN devices outlive the process when not removed, so any
+    port left unclosed would show as one."""
+    n = 32
+    host = lab.netns("h", create=True)
+    helpers.nsexec(host, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1")
+    helpers.nsexec(host, "ip", "addr", "add", "198.19.0.1/24", "dev", "u0")
+    helpers.nsexec(host, "ip", "link", "set", "u0", "up")
+    ports = [{"name": lab.name(f"v{i}"), "vxlan": {"vni": 100 + i, "local": "198.19.0.1", "dev": "u0",
+                                                    "remotes": ["198.19.0.2"]}} for i in range(n)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, netns=host, start=False)
+    sw.start(expect_ready=False)
+    helpers.wait_for("a first port", lambda: sw.events("port.added"), within=20, every=0.002)
+    sw.proc.send_signal(signal.SIGTERM)
+    assert sw.stop() == 0, sw.log()      # a stop asked for, done cleanly
+    made = {e["dev"] for e in sw.events("vxlan.created")}
+    assert len(sw.events("port.added")) < n, "the stop came after the last port: nothing under way to test"
+    assert made and made == {e["dev"] for e in sw.events("vxlan.removed")}
+    assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "vxlan").stdout == ""
+    assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "tun").stdout == ""
+    assert not sw.events("switch.ready")
+
+
+def test_ports_sharing_a_namespace_it_creates_make_it_once(lab):
+    """Ports made at once that share a missing named namespace: it is made once, for all."""
+    shared = lab.name("c")
+    ports = [{"name": lab.name(f"p{i}"), "netns": shared, "ifname": f"eth{i}",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(8)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports})
+    assert [e["netns"] for e in sw.events("netns.created")] == [shared]
+    assert all(helpers.link_exists(f"eth{i}", shared) for i in range(8))
+    assert sw.stop() == 0
+    assert shared not in helpers.netns_list()
