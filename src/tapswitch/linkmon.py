@@ -24,8 +24,9 @@ import socket
 import struct
 from typing import NamedTuple
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from tapswitch.rtnl import NSID_NONE, Rtnl
 
 RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -123,22 +124,21 @@ def _answers(data: bytes, seqs: range):
         offset += (length + 3) & ~3
 
 
-def nsid_of(nspath: str | None, ipr: IPRoute) -> int:
+def nsid_of(nspath: str | None, here: Rtnl) -> int:
     """The id under which the switch's namespace knows the namespace at nspath (assigned if
-    needed); ipr: a netlink socket in the switch's namespace."""
+    needed); here: a route socket in the switch's namespace."""
     if nspath is None:
         return OWN_NSID
     fd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        nsid = ipr.get_netnsid(fd=fd).get("nsid")
-        # None assigned: pyroute2 reads the kernel's -1 as an unsigned 4294967295.
-        if nsid is None or nsid < 0 or nsid >= 1 << 31:
+        nsid = here.get_nsid(fd)
+        if nsid == NSID_NONE:
             try:
-                ipr.set_netnsid(nsid=-1, fd=fd)      # let the kernel pick a free id
+                here.new_nsid(fd)                    # let the kernel pick a free id
             except NetlinkError as e:
                 if e.code != errno.EEXIST:           # else someone (another port) just gave it one
                     raise
-            nsid = ipr.get_netnsid(fd=fd)["nsid"]
+            nsid = here.get_nsid(fd)
     finally:
         os.close(fd)
     return nsid

@@ -1,9 +1,11 @@
 """Ports: bring a TAP port up (device, MAC, MTU, namespace, name, addresses, link) and take it down.
 
 The order matters and is the same for every port: open the queues (the
-device appears, down, in the switch's namespace), set MAC and MTU, move it
-into its namespace, rename it there, add addresses, set it up. Closing the
-queue fds removes the device, wherever it is by then.
+device appears, down, in the switch's namespace, or in the port's when the
+switch made that one), move it into its namespace, then name, MAC, MTU,
+queue length and up in one request there, then the addresses. Closing the
+queue fds removes the device, wherever it is by then. Ports are made
+several at once (create_all); their netlink requests go through rtnl.py.
 
 A VXLAN port is a remote port whose IFACE tapswitch makes: the kernel's
 VXLAN device (vxlan.py), attached in promisc mode. Its MTU, and that of
@@ -22,7 +24,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import linkmon, netns, remote, tap, tc, vxlan
+from tapswitch import linkmon, netns, remote, rtnl, tap, tc, vxlan
 from tapswitch.remote import RemoteAttachment
 
 log = structlog.get_logger("tapswitch.ports")
@@ -125,12 +127,26 @@ def _index_here(name: str) -> int:
         raise PortError(f"device {name} vanished while being set up") from None
 
 
-def _move(ipr: IPRoute, ifindex: int, nspath: str) -> None:
+def _move(here: rtnl.Rtnl, ifindex: int, nspath: str) -> None:
     nsfd = os.open(nspath, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        ipr.link("set", index=ifindex, net_ns_fd=nsfd)
+        here.link_set(ifindex, net_ns_fd=nsfd)
     finally:
         os.close(nsfd)
+
+
+def _rtnl_in(nspath: str | None, names: list[str]) -> tuple[rtnl.Rtnl, list[int]]:
+    """A route socket in the namespace at nspath (None: ours) and the indexes there of the
+    devices `names` (by ioctl: no netlink round trip)."""
+    def make():
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        try:
+            return sock, [socket.if_nametoindex(n) for n in names]
+        except OSError:
+            sock.close()
+            raise PortError(f"device {names[0]} vanished while being set up") from None
+    sock, indexes = netns.call_in(nspath, make)
+    return rtnl.Rtnl(sock), indexes
 
 
 def _open(cfg, devname: str, queues: int, inside: str | None) -> list[int]:
@@ -140,20 +156,19 @@ def _open(cfg, devname: str, queues: int, inside: str | None) -> list[int]:
     return netns.call_in(inside, lambda: tap.open_queues(devname, queues, port=cfg.name, where=where))
 
 
-def _configure_inside(ipr: IPRoute, cfg, ifindex: int, devname: str, mac: str, queue_len: int) -> None:
-    """MAC, MTU, queue length, name and up in one message (the kernel applies them in that
+def _configure_inside(there: rtnl.Rtnl, cfg, ifindex: int, devname: str, mac: str, queue_len: int) -> None:
+    """Name, MAC, MTU, queue length and up in one message (the kernel applies them in that
     order: the rename happens while the TAP is still down), then the addresses."""
     rename = {"ifname": cfg.ifname} if cfg.ifname and cfg.ifname != devname else {}
     try:
-        ipr.link("set", index=ifindex, address=mac, mtu=cfg.mtu, txqlen=queue_len, state="up", **rename)
+        there.link_set(ifindex, up=True, address=mac, mtu=cfg.mtu, txqlen=queue_len, **rename)
     except NetlinkError as e:
         if rename and e.code == errno.EEXIST:
             raise PortError(f"port {cfg.name}: a device named {cfg.ifname} already exists "
                             f"in namespace {cfg.netns}") from None
         raise
     for iface in cfg.addresses:
-        extra = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
-        ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
+        there.addr_add(ifindex, iface, IFA_F_NODAD if iface.version == 6 else 0)
 
 
 def plan(cfgs: list) -> list:
@@ -204,16 +219,16 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
             tunnel = _make_tunnel(cfg)
             cfg = cfg.model_copy(update=_as_remote(cfg))
-        with IPRoute() as ipr:
-            mac = cfg.mac or _default_mac(ipr, cfg)
+        mac = cfg.mac or _default_mac(cfg)
+        with rtnl.Rtnl() as here:
             if nspath is not None and inside is None:
-                _move(ipr, _index_here(cfg.name), nspath)
-            nsid = linkmon.nsid_of(nspath, ipr)
-        with iproute(nspath) as ipr:
-            ifindex = _lookup(ipr, devname)
+                _move(here, _index_here(cfg.name), nspath)
+            nsid = linkmon.nsid_of(nspath, here)
+        there, (ifindex, lo) = _rtnl_in(nspath, [devname, "lo"])
+        with there:
             if inside is not None:
-                ipr.link("set", index=_lookup(ipr, "lo"), state="up")
-            _configure_inside(ipr, cfg, ifindex, devname, mac, queue_len)
+                there.link_set(lo, up=True)
+            _configure_inside(there, cfg, ifindex, devname, mac, queue_len)
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, mac)
     except (NetlinkError, tc.TcError) as e:
@@ -320,13 +335,14 @@ def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:
         _undo(tunnel.remove, tunnel.ipr, "vxlan.remove_failed", port=tunnel.port, dev=tunnel.name)
 
 
-def _default_mac(ipr: IPRoute, cfg) -> str:
+def _default_mac(cfg) -> str:
     """A port's MAC when none is given: IFACE's in local mode (as the seed does), else random."""
     if cfg.remote:
-        if not ipr.link_lookup(ifname=cfg.remote):
-            raise PortError(f"port {cfg.name}: remote {cfg.remote} does not exist")
-        if cfg.remote_mode == "local":
-            return remote.default_mac(ipr, cfg.remote)
+        with IPRoute() as ipr:
+            if not ipr.link_lookup(ifname=cfg.remote):
+                raise PortError(f"port {cfg.name}: remote {cfg.remote} does not exist")
+            if cfg.remote_mode == "local":
+                return remote.default_mac(ipr, cfg.remote)
     return random_mac()
 
 

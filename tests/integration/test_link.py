@@ -68,16 +68,15 @@ def helpers_sender() -> str:
 
 def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(lab):
     """LinkMonitor parses RTM_NEWLINK/RTM_DELLINK itself: what it reports is what `ip` says."""
-    from pyroute2 import IPRoute
-
     from tapswitch import linkmon
+    from tapswitch.rtnl import Rtnl
 
     ns = lab.netns("m", create=True)
     a, b = lab.name("ma"), lab.name("mb")
     monitor = linkmon.LinkMonitor()
     try:
-        with IPRoute() as ipr:
-            nsid = linkmon.nsid_of(f"/run/netns/{ns}", ipr)
+        with Rtnl() as here:
+            nsid = linkmon.nsid_of(f"/run/netns/{ns}", here)
         helpers.nsexec(ns, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
         helpers.nsexec(ns, "ip", "link", "set", a, "up")
         helpers.nsexec(ns, "ip", "link", "set", b, "name", "eth7", "up")
@@ -101,14 +100,13 @@ def test_tx_dropped_reads_each_links_counter_in_its_namespace_in_batches(lab):
     import socket
     import sys
 
-    from pyroute2 import IPRoute
-
     from tapswitch import linkmon
+    from tapswitch.rtnl import Rtnl
 
     ns = lab.netns("d", create=True)
     helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-    with IPRoute() as ipr:
-        nsid = linkmon.nsid_of(f"/run/netns/{ns}", ipr)
+    with Rtnl() as here:
+        nsid = linkmon.nsid_of(f"/run/netns/{ns}", here)
     links, expected = [], {}
     for i in range(40):             # TAPs with no reader: the kernel drops, and counts, all they send
         dev = f"tq{i}"

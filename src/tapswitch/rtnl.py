@@ -1,0 +1,108 @@
+"""The few route-netlink requests a port's set-up makes, on a plain socket.
+
+pyroute2's IPRoute (0.9) runs an asyncio loop under its synchronous API: opening
+one costs ~1 ms here and each request ~0.5 ms, and a port's set-up opened two
+and made five or six requests -- most of the control process's CPU time in the
+port phase of a start. This sends pyroute2's own messages (ifinfmsg, ifaddrmsg,
+nsidmsg) one at a time on a socket of ours and reads the kernel's answer;
+a refusal raises pyroute2's NetlinkError, as IPRoute does.
+"""
+
+import ipaddress
+import socket
+import struct
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_GETNSID, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNSID
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
+
+NLMSG_HDR = struct.Struct("=IHHII")      # length, type, flags, sequence number, port id
+LINK_ATTRS = {"address": "IFLA_ADDRESS", "mtu": "IFLA_MTU", "txqlen": "IFLA_TXQLEN",
+              "ifname": "IFLA_IFNAME", "net_ns_fd": "IFLA_NET_NS_FD"}
+NSID_NONE = -1
+
+
+class Rtnl:
+    """A NETLINK_ROUTE socket (ours, or `sock`: one made in another namespace) that makes one
+    request at a time and waits for its answer."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                          socket.NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Rtnl":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def link_set(self, index: int, up: bool | None = None, **attrs) -> None:
+        """RTM_NEWLINK on device `index`: LINK_ATTRS by their keyword; up=True/False sets IFF_UP.
+        The kernel applies them in its order (net_ns_fd first, then name, MAC, MTU, state)."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        if up is not None:
+            msg["change"] = IFF_UP
+            msg["flags"] = IFF_UP if up else 0
+        msg["attrs"] = [(LINK_ATTRS[k], v) for k, v in attrs.items()]
+        self._request(msg, RTM_NEWLINK)
+
+    def addr_add(self, index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+                 flags: int = 0) -> None:
+        """Add `iface` (address/prefix) to device `index`, as `ip address add` does."""
+        msg = ifaddrmsg()
+        msg["index"] = index
+        msg["family"] = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+        msg["prefixlen"] = iface.network.prefixlen
+        msg["flags"] = flags
+        msg["attrs"] = [("IFA_ADDRESS", str(iface.ip))]
+        if iface.version == 4:
+            msg["attrs"].append(("IFA_LOCAL", str(iface.ip)))
+        self._request(msg, RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
+    def get_nsid(self, fd: int) -> int:
+        """The id under which this socket's namespace knows the namespace open at fd (NSID_NONE: none yet)."""
+        msg = nsidmsg()
+        msg["attrs"] = [("NETNSA_FD", fd)]
+        reply = nsidmsg(self._request(msg, RTM_GETNSID, NLM_F_REQUEST))
+        reply.decode()
+        nsid = reply.get_attr("NETNSA_NSID")
+        return NSID_NONE if nsid is None or nsid >= 1 << 31 else nsid
+
+    def new_nsid(self, fd: int) -> None:
+        """Have the kernel give the namespace open at fd a free id (EEXIST: it has one)."""
+        msg = nsidmsg()
+        msg["attrs"] = [("NETNSA_NSID", 0xFFFFFFFF), ("NETNSA_FD", fd)]
+        self._request(msg, RTM_NEWNSID)
+
+    def _request(self, msg: nlmsg, kind: int, flags: int = NLM_F_REQUEST | NLM_F_ACK) -> bytes | None:
+        """Send msg; the kernel's reply (a whole message), or None for a plain ack."""
+        self.seq += 1
+        msg["header"]["type"] = kind
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self.seq
+        msg.encode()
+        self.sock.send(msg.data)
+        while True:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + NLMSG_HDR.size <= len(data):
+                length, kind_in, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+                if length < NLMSG_HDR.size:
+                    break
+                if seq == self.seq:
+                    if kind_in != NLMSG_ERROR:
+                        return data[offset:offset + length]
+                    code = struct.unpack_from("=i", data, offset + NLMSG_HDR.size)[0]
+                    if code:
+                        raise NetlinkError(-code)
+                    return None
+                offset += (length + 3) & ~3
