@@ -21,13 +21,14 @@ import threading
 
 import structlog
 
+from tapswitch import rtnl
+
 log = structlog.get_logger("tapswitch.netns")
 
 RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
 MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
-NETLINK_ROUTE = 0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,7 +82,7 @@ def call_in(nspath: str | None, fn):
 
 def netlink_socket(nspath: str | None) -> socket.socket:
     """A NETLINK_ROUTE socket (datagram, as pyroute2 wants it) in the namespace at nspath."""
-    return call_in(nspath, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE))
+    return call_in(nspath, rtnl.route_socket)
 
 
 def create(name: str) -> str:

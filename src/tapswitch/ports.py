@@ -139,7 +139,7 @@ def _rtnl_in(nspath: str | None, names: list[str]) -> tuple[rtnl.Rtnl, list[int]
     """A route socket in the namespace at nspath (None: ours) and the indexes there of the
     devices `names` (by ioctl: no netlink round trip)."""
     def make():
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        sock = rtnl.route_socket()
         try:
             return sock, [socket.if_nametoindex(n) for n in names]
         except OSError:

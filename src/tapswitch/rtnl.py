@@ -25,13 +25,17 @@ LINK_ATTRS = {"address": "IFLA_ADDRESS", "mtu": "IFLA_MTU", "txqlen": "IFLA_TXQL
 NSID_NONE = -1
 
 
+def route_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket in the calling thread's namespace (datagram, as pyroute2 wants it too)."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+
+
 class Rtnl:
     """A NETLINK_ROUTE socket (ours, or `sock`: one made in another namespace) that makes one
     request at a time and waits for its answer."""
 
     def __init__(self, sock: socket.socket | None = None) -> None:
-        self.sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                          socket.NETLINK_ROUTE)
+        self.sock = sock or route_socket()
         self.sock.bind((0, 0))
         self.seq = 0
 
