@@ -137,7 +137,8 @@
  * TS_IO_AUTO (the default) is io_uring with multishot reads where the kernel
  * has them and allows io_uring, read/write otherwise: the bench's A/B
  * (bench/RESULTS.md, "Multishot reads") found multishot reads 13-20 % less
- * CPU per 64 B frame than read/write, with TCP a tie; burst reads cost the
+ * CPU per 64 B frame than read/write, with TCP a tie (5 % less in the runs
+ * of 2026-11-26, "The I/O backends and the queue length again"); burst reads cost the
  * same per unicast frame as read/write (the syscalls they save are few; the
  * rest is TUN, skb and the receiver's stack run in our write, which
  * io_uring runs just the same), so auto does not take them.
