@@ -138,10 +138,10 @@
  * has them and allows io_uring, read/write otherwise: the bench's A/B
  * (bench/RESULTS.md, "Multishot reads") found multishot reads 13-20 % less
  * CPU per 64 B frame than read/write, with TCP a tie (5 % less in the runs
- * of 2026-11-26, "The I/O backends and the queue length again"); burst reads cost the
- * same per unicast frame as read/write (the syscalls they save are few; the
- * rest is TUN, skb and the receiver's stack run in our write, which
- * io_uring runs just the same), so auto does not take them.
+ * of 2026-11-26: "The I/O backends and the queue length again"); burst
+ * reads cost the same per unicast frame as read/write (the syscalls they
+ * save are few; the rest is TUN, skb and the receiver's stack run in our
+ * write, which io_uring runs just the same), so auto does not take them.
  * fastpath.c's AUTO_TRIES_URING = 0 would make auto read/write again.
  *
  * Port settings (issue 6)
