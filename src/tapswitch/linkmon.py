@@ -26,13 +26,11 @@ from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch.rtnl import NSID_NONE, Rtnl
+from tapswitch import rtnl
+from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtnl
 
 RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-NLMSG_ERROR = 2
-NLM_F_REQUEST = 1
-NLMSG_HDR = struct.Struct("IHHII")      # struct nlmsghdr: length, type, flags, seq, pid
 IFINFO = struct.Struct("BxHiII")        # struct ifinfomsg: family, type, index, flags, change
 RTATTR = struct.Struct("HH")            # struct rtattr: length, type
 IFLA_IFNAME = 3
@@ -85,7 +83,7 @@ def tx_dropped(links: list[tuple[int, int]], timeout: float = 1.0) -> dict[tuple
     counts there the frames its host sent that found the queue full. A link the kernel
     does not know (its namespace died) is left out."""
     out: dict[tuple[int, int], int] = {}
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+    with rtnl.route_socket() as sock:
         sock.settimeout(timeout)
         for first in range(0, len(links), STATS_BATCH):     # a batch's answers fit the socket's buffer
             seqs = range(first + 1, min(first + STATS_BATCH, len(links)) + 1)     # link i is seq i + 1
@@ -112,16 +110,11 @@ def _getlink(seq: int, nsid: int, index: int) -> bytes:
 def _answers(data: bytes, seqs: range):
     """(seq, IFLA_STATS64 payload or None for an error) of each answer to one of `seqs` in a
     datagram (a late answer to an earlier batch is not one of them)."""
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, kind, _flags, seq = NLMSG_HDR.unpack_from(data, offset)[:4]
-        if length < NLMSG_HDR.size or offset + length > len(data):
-            return
+    for offset, length, kind, seq in rtnl.messages(data):
         if seq in seqs and kind == RTM_NEWLINK:
             yield seq, _attr(data, offset + NLMSG_HDR.size + IFINFO.size, offset + length, IFLA_STATS64)
         elif seq in seqs and kind == NLMSG_ERROR:
             yield seq, None
-        offset += (length + 3) & ~3
 
 
 def nsid_of(nspath: str | None, here: Rtnl) -> int:
@@ -177,18 +170,13 @@ class LinkMonitor:
             for level, kind, value in ancdata:
                 if level == SOL_NETLINK and kind == NETLINK_LISTEN_ALL_NSID:
                     nsid = struct.unpack("i", value[:4])[0]
-            offset = 0
-            while offset + NLMSG_HDR.size <= len(data):
-                length, kind = NLMSG_HDR.unpack_from(data, offset)[:2]
-                if length < NLMSG_HDR.size or offset + length > len(data):
-                    break
+            for offset, length, kind, _seq in rtnl.messages(data):
                 if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= NLMSG_HDR.size + IFINFO.size:
                     deleted = kind == RTM_DELLINK
                     _family, _type, index, flags, _change = IFINFO.unpack_from(data, offset + NLMSG_HDR.size)
                     events.append(LinkEvent(nsid, index, ifname(data, offset + NLMSG_HDR.size + IFINFO.size,
                                                                 offset + length),
                                             not deleted and link_up(flags), deleted))
-                offset += (length + 3) & ~3
 
     def close(self) -> None:
         self.sock.close()

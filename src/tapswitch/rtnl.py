@@ -25,6 +25,17 @@ LINK_ATTRS = {"address": "IFLA_ADDRESS", "mtu": "IFLA_MTU", "txqlen": "IFLA_TXQL
 NSID_NONE = -1
 
 
+def messages(data: bytes):
+    """(offset, length, type, sequence number) of each whole netlink message in a datagram."""
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, kind, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size or offset + length > len(data):
+            return
+        yield offset, length, kind, seq
+        offset += (length + 3) & ~3
+
+
 def route_socket() -> socket.socket:
     """A NETLINK_ROUTE socket in the calling thread's namespace (datagram, as pyroute2 wants it too)."""
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
@@ -97,16 +108,12 @@ class Rtnl:
         self.sock.send(msg.data)
         while True:
             data = self.sock.recv(65536)
-            offset = 0
-            while offset + NLMSG_HDR.size <= len(data):
-                length, kind_in, _flags, seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-                if length < NLMSG_HDR.size:
-                    break
-                if seq == self.seq:
-                    if kind_in != NLMSG_ERROR:
-                        return data[offset:offset + length]
-                    code = struct.unpack_from("=i", data, offset + NLMSG_HDR.size)[0]
-                    if code:
-                        raise NetlinkError(-code)
-                    return None
-                offset += (length + 3) & ~3
+            for offset, length, kind_in, seq in messages(data):
+                if seq != self.seq:
+                    continue
+                if kind_in != NLMSG_ERROR:
+                    return data[offset:offset + length]
+                code = struct.unpack_from("=i", data, offset + NLMSG_HDR.size)[0]
+                if code:
+                    raise NetlinkError(-code)
+                return None
