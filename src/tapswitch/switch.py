@@ -425,7 +425,7 @@ class Switch:
                 if isinstance(port, ports.Port):
                     port.close()
             raise bugs[0]
-        for (index, pcfg), port in zip(wanted, made):
+        for (_index, pcfg), port in zip(wanted, made):
             if isinstance(port, ports.Port):
                 added.append(port)
             else:
