@@ -52,6 +52,8 @@ class Ctx:
     learn_n: int               # new addresses for the learning-rate case
     learn_rate_pps: int        # pace of the caching case's learn and reach phases
     payload: str = "raw"       # raw (ethertype 0x88b5) | udp: the forwarding-rate frames
+    cc: str | None = None      # TCP congestion control of the endpoints (None: their namespace's default)
+    cc_used: set = field(default_factory=set)  # what iperf3's senders reported using
 
 
 def test_frame(ctx: Ctx, a, b, size: int) -> str:
@@ -67,7 +69,8 @@ def tcp(ctx: Ctx, system, hosts) -> list[Measure]:
     a, b = hosts[0], hosts[1]
     out = []
     for streams in (1, 4):
-        r = traffic.iperf3(ctx.lab, a, b, ctx.tcp_seconds, streams)
+        r = traffic.iperf3(ctx.lab, a, b, ctx.tcp_seconds, streams, congestion=ctx.cc)
+        ctx.cc_used.add(r["congestion"])
         flows = f"{streams} flow{'s' if streams > 1 else ''}"
         out.append(Measure(f"TCP goodput, {flows}", "Gbit/s", r["bps"] / 1e9))
     return out

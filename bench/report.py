@@ -44,6 +44,7 @@ def machine(args, started, notes, ctx, systems, cases) -> dict:
         },
         "notes": notes,
         "reps": ctx.reps, "tcp_seconds": ctx.tcp_seconds, "frame_seconds": ctx.frame_seconds,
+        "tcp_cc": sorted(ctx.cc_used), "tcp_cc_asked": ctx.cc,
         "systems": {s.name: s.label for s in systems},
     }
 
@@ -122,6 +123,9 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "",
         *[f"- **{n}**: {label}" for n, label in m["systems"].items()],
         *([f"- br_netfilter: {m['br_netfilter']}"] if "br_netfilter" in m else []),
+        *([f"- TCP congestion control of the iperf3 endpoints: {', '.join(m['tcp_cc'])} "
+           + (f"(`--cc {m['tcp_cc_asked']}`)" if m.get("tcp_cc_asked") else "(the machine's default)")]
+          if m.get("tcp_cc") else []),
         *[f"- {n}" for n in m["notes"]],
         *([f"- Load average (1 min) before each run: median {m['load']['median']:.2f}, "
            f"min {m['load']['min']:.2f}, max {m['load']['max']:.2f} on {m['cores']} cores "

@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learn-n", type=int, help="new MACs for the learning-rate case (default 262144; --quick 16384)")
     p.add_argument("--payload", choices=["raw", "udp"], default="raw",
                    help="forwarding-rate frames: raw (ethertype 0x88b5, default) or IPv4/UDP to port 9")
+    p.add_argument("--cc", help="TCP congestion control of the iperf3 endpoints (iperf3 -C), e.g. cubic, bbr "
+                   "(default: the machine's, net.ipv4.tcp_congestion_control, which namespaces inherit)")
     p.add_argument("--install-ovs", action="store_true", help="apt-get install openvswitch-switch when missing")
     p.add_argument("--profile", action="store_true",
                    help="then profile tapswitch (perf, syscalls, GSO, CPU placement) into OUT/PROFILE.md")
@@ -72,8 +74,27 @@ def make_ctx(args, lab) -> cases_mod.Ctx:
         sizes=sizes, fdb_ns=fdb_ns,
         learn_n=args.learn_n or (16384 if q else 262144),
         learn_rate_pps=100_000,
-        payload=args.payload,
+        payload=args.payload, cc=args.cc,
     )
+
+
+def check_cc(name: str) -> str | None:
+    """None if TCP congestion control `name` can be used here (loading its module if need be), else why not."""
+    path = "/proc/sys/net/ipv4/tcp_available_congestion_control"
+
+    def available() -> list[str]:
+        with open(path) as f:
+            return f.read().split()
+
+    if name not in available():
+        try:
+            subprocess.run(["modprobe", "-q", f"tcp_{name}"], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass                    # no modprobe: what is available is all there is
+        if name not in available():
+            return f"--cc {name}: not available here (net.ipv4.tcp_available_congestion_control: " \
+                   f"{' '.join(available())})"
+    return None
 
 
 def pick_systems(args, lab) -> tuple[list, list[str]]:
@@ -130,6 +151,9 @@ def main(argv=None) -> int:
         print("bench: needs root (namespaces, TAP devices, trafgen)", file=sys.stderr)
         return 1
     os.makedirs(args.out, exist_ok=True)
+    if args.cc and (why := check_cc(args.cc)):
+        print(f"bench: {why}", file=sys.stderr)
+        return 2
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -173,9 +173,10 @@ def learn_all(hosts: list[Host]) -> None:
 
 
 def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 1, port: int = 5201,
-           affinity: str | None = None) -> dict:
-    """TCP goodput client -> server: bits/s received, retransmits and the client's CPU.
-    affinity: iperf3's -A ("client_cpu,server_cpu")."""
+           affinity: str | None = None, congestion: str | None = None) -> dict:
+    """TCP goodput client -> server: bits/s received, retransmits, the client's CPU and the
+    congestion control the sender used. affinity: iperf3's -A ("client_cpu,server_cpu");
+    congestion: iperf3's -C (None: the client namespace's net.ipv4.tcp_congestion_control)."""
     srv = lab.popen(["ip", "netns", "exec", server.ns, "iperf3", "-s", "-1", "-p", str(port)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -184,6 +185,7 @@ def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 
             raise RuntimeError("iperf3 server did not listen")
         r = nsexec(client.ns, "iperf3", "-c", server.ip, "-p", str(port), "-t", max(1, round(seconds)),
                    "-P", str(streams), "-J", *(["-A", affinity] if affinity else []),
+                   *(["-C", congestion] if congestion else []),
                    timeout=seconds + 60, check=False)
         res = json.loads(r.stdout or "{}")
         if "error" in res or "end" not in res:
@@ -191,7 +193,8 @@ def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 
         end = res["end"]
         return {"bps": end["sum_received"]["bits_per_second"],
                 "retransmits": end["sum_sent"].get("retransmits", 0),
-                "cpu_client": end.get("cpu_utilization_percent", {}).get("host_total", float("nan"))}
+                "cpu_client": end.get("cpu_utilization_percent", {}).get("host_total", float("nan")),
+                "congestion": end.get("sender_tcp_congestion", "?")}
     finally:
         lab.reap(srv, timeout=5)
 

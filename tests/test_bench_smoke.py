@@ -45,7 +45,7 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
         pytest.skip(f"missing: {', '.join(_missing_tools())}")
     out = tmp_path / "out"
     argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge,bare", "--sizes", "64",
-            "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024",
+            "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024", "--cc", "reno",
             "--out", str(out), "--tag", tag]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -64,6 +64,8 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     assert re.match(r"\d", cell["TCP goodput, 1 flow"]) and re.match(r"\d", cell["throughput (loss < 0.1 %), 64 B"])
     assert cell["new MACs learned per second"] == "—", results
     assert re.search(r"\d+ cores, Linux \S+", results)
+    # The endpoints' congestion control, as iperf3's senders reported it: the one asked for.
+    assert "TCP congestion control of the iperf3 endpoints: reno (`--cc reno`)" in results, results
     # How busy the machine was with other work before each run, in CPUs (of its cores).
     assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
     try:
