@@ -87,8 +87,9 @@ def in_background(fn, *a, **kw):
 
 
 class Profiler:
-    def __init__(self, lab: Lab, out_dir: str, seconds: float, log=print):
+    def __init__(self, lab: Lab, out_dir: str, seconds: float, log=print, cc: str | None = None):
         self.lab, self.out_dir, self.seconds, self.log = lab, out_dir, seconds, log
+        self.cc = cc                # the TCP runs' congestion control (None: the endpoints' default)
         self.md: list[str] = []
 
     def data(self, name: str) -> str:
@@ -139,7 +140,7 @@ class Profiler:
         w = sw.forwarding_pids()[0]
         p = self.seconds / 4
         ctrl0 = traffic.cpu_seconds([sw.proc.pid])
-        t, box = in_background(traffic.iperf3, self.lab, a, b, self.seconds + 2 * p, 1)
+        t, box = in_background(traffic.iperf3, self.lab, a, b, self.seconds + 2 * p, 1, congestion=self.cc)
         time.sleep(p)
         c0 = switch_counters(sw)
         sc = syscall_counts(w, p)
@@ -208,7 +209,7 @@ class Profiler:
                                  ("everything on CPU 0", 0, "0,0"),
                                  ("worker CPU 1, client CPU 0, server CPU 1", 1, "0,1")):
             sh("taskset", "-pc", "0-1" if wcpu is None else str(wcpu), w)
-            r = traffic.iperf3(self.lab, a, b, self.seconds / 2, 1, affinity=aff)
+            r = traffic.iperf3(self.lab, a, b, self.seconds / 2, 1, affinity=aff, congestion=self.cc)
             rows.append(f"| {label} | {r['bps'] / 1e9:.2f} |")
         sh("taskset", "-pc", "0-1", w)
         self.md += ["### CPU placement, TCP one flow (tapswitch-q1)", "", "| placement | Gbit/s |", "|---|---:|",
@@ -235,7 +236,7 @@ class Profiler:
 
 
 def run(lab: Lab, ctx, out_dir: str, log=print, seconds: float = 8.0) -> str:
-    prof = Profiler(lab, out_dir, seconds, log)
+    prof = Profiler(lab, out_dir, seconds, log, cc=ctx.cc if ctx else None)
     prof.md += ["## Where the time goes (measured by bench/profile_tapswitch.py)", "",
                 f"perf {sh('perf', '--version', check=False).stdout.strip()}, event cpu-clock "
                 "(`perf stat -e instructions true` says <not supported>: no PMU in this VM).", ""]

@@ -150,10 +150,10 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, TAP devices, trafgen)", file=sys.stderr)
         return 1
-    os.makedirs(args.out, exist_ok=True)
     if args.cc and (why := check_cc(args.cc)):
         print(f"bench: {why}", file=sys.stderr)
         return 2
+    os.makedirs(args.out, exist_ok=True)
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
     signal.signal(signal.SIGTERM, _interrupt)

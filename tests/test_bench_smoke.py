@@ -73,3 +73,15 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     except ImportError:
         return
     assert (out / "results.png").stat().st_size > 0
+
+
+def test_bench_refuses_a_congestion_control_the_machine_lacks(tmp_path, tag):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the bench checks for it first")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, BENCH, "--cases", "tcp", "--cc", "nosuchcc", "--out", str(out),
+                        "--tag", tag], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--cc nosuchcc: not available here" in r.stderr
+    assert re.search(r"tcp_available_congestion_control: .*\b(reno|cubic)\b", r.stderr), r.stderr
+    assert not out.exists() and _leftovers(tag) == []      # it stopped before making anything
