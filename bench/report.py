@@ -44,9 +44,18 @@ def machine(args, started, notes, ctx, systems, cases) -> dict:
         },
         "notes": notes,
         "reps": ctx.reps, "tcp_seconds": ctx.tcp_seconds, "frame_seconds": ctx.frame_seconds,
-        "tcp_cc": sorted(ctx.cc_used), "tcp_cc_asked": ctx.cc,
+        "tcp_cc": sorted(ctx.cc_used), "tcp_cc_asked": ctx.cc, "payload": ctx.payload,
         "systems": {s.name: s.label for s in systems},
     }
+
+
+FRAMES = {"raw": "Ethernet frame of ethertype 0x88b5 (local experimental: the receiver's stack drops it at once)",
+          "udp": "IPv4/UDP frame to the discard port"}
+
+
+def payload(m: dict) -> str:
+    """The forwarding-rate frames of a run: raw or udp (runs before this was recorded: from their command)."""
+    return m.get("payload") or ("udp" if "--payload udp" in m.get("command", "") else "raw")
 
 
 def medians(results) -> dict:
@@ -143,9 +152,10 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "userspace datapath, internal ports (TAP) moved into the namespaces; bare: `bench/bare.c`, two TAP "
         "devices with tapswitch's offloads and a read/write loop between them, no switching -- the floor "
         "under any userspace switch on TAP ports).",
-        f"- TCP: iperf3, {m['tcp_seconds']:g} s per run, host 0 → host 1, MTU 1500, `-P 1` and `-P 4`.",
+        f"- TCP: iperf3, {m['tcp_seconds']:g} s per run, host 0 → host 1, MTU 1500, `-P 1` and `-P 4`"
+        + ("; the endpoints' congestion control as under Systems (`--cc` sets it)." if m.get("tcp_cc") else "."),
         f"- Frames: trafgen (netsniff-ng {m['versions']['trafgen']}), `--cpus 1` (CPU 0), TX ring, qdisc "
-        f"bypass, one IPv4/UDP frame repeated at full speed for {m['frame_seconds']:g} s; sizes include the "
+        f"bypass, one {FRAMES[payload(m)]} repeated at full speed for {m['frame_seconds']:g} s; sizes include the "
         "4-byte FCS that a TAP or veth does not carry (RFC 2544). Received = the receiver's "
         "`/sys/class/net/eth1/statistics/rx_packets` inside its namespace, rate taken over the middle 70 % of "
         "the run; offered = the sender's tx_packets + tx_dropped. Loss = 1 − received/offered.",

@@ -66,6 +66,7 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     assert re.search(r"\d+ cores, Linux \S+", results)
     # The endpoints' congestion control, as iperf3's senders reported it: the one asked for.
     assert "TCP congestion control of the iperf3 endpoints: reno (`--cc reno`)" in results, results
+    assert "one Ethernet frame of ethertype 0x88b5" in results      # the default frames, as the Method says
     # How busy the machine was with other work before each run, in CPUs (of its cores).
     assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
     try:
