@@ -26,8 +26,7 @@ from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import rtnl
-from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtnl
+from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtnl, messages, route_socket
 
 RTMGRP_LINK = 0x1
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
@@ -83,7 +82,7 @@ def tx_dropped(links: list[tuple[int, int]], timeout: float = 1.0) -> dict[tuple
     counts there the frames its host sent that found the queue full. A link the kernel
     does not know (its namespace died) is left out."""
     out: dict[tuple[int, int], int] = {}
-    with rtnl.route_socket() as sock:
+    with route_socket() as sock:
         sock.settimeout(timeout)
         for first in range(0, len(links), STATS_BATCH):     # a batch's answers fit the socket's buffer
             seqs = range(first + 1, min(first + STATS_BATCH, len(links)) + 1)     # link i is seq i + 1
@@ -110,7 +109,7 @@ def _getlink(seq: int, nsid: int, index: int) -> bytes:
 def _answers(data: bytes, seqs: range):
     """(seq, IFLA_STATS64 payload or None for an error) of each answer to one of `seqs` in a
     datagram (a late answer to an earlier batch is not one of them)."""
-    for offset, length, kind, seq in rtnl.messages(data):
+    for offset, length, kind, seq in messages(data):
         if seq in seqs and kind == RTM_NEWLINK:
             yield seq, _attr(data, offset + NLMSG_HDR.size + IFINFO.size, offset + length, IFLA_STATS64)
         elif seq in seqs and kind == NLMSG_ERROR:
@@ -170,7 +169,7 @@ class LinkMonitor:
             for level, kind, value in ancdata:
                 if level == SOL_NETLINK and kind == NETLINK_LISTEN_ALL_NSID:
                     nsid = struct.unpack("i", value[:4])[0]
-            for offset, length, kind, _seq in rtnl.messages(data):
+            for offset, length, kind, _seq in messages(data):
                 if kind in (RTM_NEWLINK, RTM_DELLINK) and length >= NLMSG_HDR.size + IFINFO.size:
                     deleted = kind == RTM_DELLINK
                     _family, _type, index, flags, _change = IFINFO.unpack_from(data, offset + NLMSG_HDR.size)
