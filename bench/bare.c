@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 #define BURST 32
-#define VNET_HDR_LEN 12             /* struct virtio_net_hdr_v1, as tapswitch's */
+#define VNET_HDR_LEN 10             /* struct virtio_net_hdr, as tapswitch's */
 #define FRAME_MAX (VNET_HDR_LEN + 65536 + 64)
 
 static volatile sig_atomic_t stop;

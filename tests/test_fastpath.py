@@ -23,7 +23,7 @@ from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, NO_IO_URING, backend_started, io_backend  # noqa: F401 (io_backend: every test, every backend)
 from tapswitch.fastpath import Shared, mac_bytes
 
-VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
+VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 
@@ -36,7 +36,7 @@ BROADCAST = "ff:ff:ff:ff:ff:ff"
 def frame(dst, src, payload=bytes(46), ethertype=0x0800, *, flags=0, gso_type=0,
           gso_size=0, hdr_len=0, csum_start=0, csum_offset=0):
     """virtio-net header + Ethernet frame."""
-    return (VNET.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 0)
+    return (VNET.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
             + mac_bytes(dst) + mac_bytes(src) + struct.pack("!H", ethertype) + payload)
 
 
@@ -256,7 +256,7 @@ def test_unicast_to_a_port_without_queue_is_rx_dropped(sw):
 # Malformed frames.
 
 MALFORMED = {
-    "runt": frame(BROADCAST, A)[:12 + 13],
+    "runt": frame(BROADCAST, A)[:VNET.size + 13],
     "bad_gso_type": frame(BROADCAST, A, gso_type=2, gso_size=1448),
     "unknown_gso_type": frame(BROADCAST, A, gso_type=6, gso_size=1448),
     "ecn_without_gso_type": frame(BROADCAST, A, gso_type=0x80, gso_size=1448),
@@ -287,7 +287,7 @@ def test_checksum_ending_at_the_last_byte_is_accepted(sw):
 def test_frame_filling_the_whole_buffer_is_rx_error():
     s = Switch(bufsize=1 << 20)
     try:
-        f = frame(BROADCAST, A, bytes(lib.TS_FRAME_MAX - 12 - 14))   # may have been cut
+        f = frame(BROADCAST, A, bytes(lib.TS_FRAME_MAX - VNET.size - 14))   # may have been cut
         s.send(0, f)
         assert [s.received(p) for p in range(3)] == [[], [], []]
         assert s.counters(0)["rx_errors"] == 1
@@ -304,7 +304,7 @@ def test_gso_superframe_crosses_byte_for_byte():
         payload = random.Random(7).randbytes(65535)      # IPv4 total length 65535
         f = frame(B, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
                   hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
-        assert len(f) == 12 + 14 + 65535
+        assert len(f) == VNET.size + 14 + 65535
         assert s.send(0, f) == 1
         assert s.received(1) == [f]
         assert s.counters(1)["tx_bytes"] == 14 + 65535

@@ -21,6 +21,9 @@ from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every te
 from tapswitch.fastpath import Shared, mac_bytes
 from tests.test_fastpath import BROADCAST, GSO_TCPV4, NEEDS_CSUM, VNET, A, B, C, Switch, frame
 
+H = VNET.size             # the virtio-net header before every frame
+MACS = H + 12             # where a tag goes: after the two MACs
+
 D = "02:00:00:00:00:0d"
 E = "02:00:00:00:00:0e"
 MCAST = "01:00:5e:00:00:01"
@@ -34,22 +37,22 @@ def tag(vid, ethertype=0x0800, pcp=0):
 def tagged(dst, src, vid, payload=bytes(46), ethertype=0x0800, pcp=0, **vnet):
     """virtio-net header + Ethernet with an 802.1Q tag (as frame(), plus the tag)."""
     plain = frame(dst, src, payload, ethertype, **vnet)
-    return plain[:24] + tag(vid, ethertype, pcp) + plain[26:]
+    return plain[:MACS] + tag(vid, ethertype, pcp) + plain[MACS + 2:]
 
 
 def untag(data):
     """The frame without its tag (header untouched)."""
-    return data[:24] + data[28:]
+    return data[:MACS] + data[MACS + 4:]
 
 
 def l3(packet, **vnet):
     """virtio-net header + a scapy packet (Ether first)."""
-    header = VNET.pack(vnet.get("flags", 0), 0, 0, 0, 0, 0, 0)
+    header = VNET.pack(vnet.get("flags", 0), 0, 0, 0, 0, 0)
     return header + bytes(packet)
 
 
 def vnet_of(data):
-    return VNET.unpack(data[:12])
+    return VNET.unpack(data[:H])
 
 
 class Settings:
@@ -346,8 +349,8 @@ def test_push_moves_checksum_start_and_header_length(big):
               hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
     big.send(0, f)
     [out] = big.received(1)
-    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 4 + 20 + 32, 1448, 14 + 4 + 20, 16, 0)
-    assert out[12:24] == f[12:24] and out[24:28] == tag(10)[:4] and out[28:] == f[24:]
+    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 4 + 20 + 32, 1448, 14 + 4 + 20, 16)
+    assert out[H:MACS] == f[H:MACS] and out[MACS:MACS + 4] == tag(10)[:4] and out[MACS + 4:] == f[MACS:]
 
 
 def test_pop_moves_checksum_start_and_header_length_back(big):
@@ -357,15 +360,15 @@ def test_pop_moves_checksum_start_and_header_length_back(big):
                gso_size=1448, hdr_len=18 + 20 + 32, csum_start=18 + 20, csum_offset=16)
     big.send(0, f)
     [out] = big.received(1)
-    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 20 + 32, 1448, 14 + 20, 16, 0)
-    assert out[12:] == untag(f)[12:]
+    assert vnet_of(out) == (NEEDS_CSUM, GSO_TCPV4, 14 + 20 + 32, 1448, 14 + 20, 16)
+    assert out[H:] == untag(f)[H:]
 
 
 def test_push_leaves_an_unset_header_length_and_checksum_alone(sw):
     Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
     sw.send(0, frame(BROADCAST, A, csum_start=7))    # no NEEDS_CSUM: csum_start means nothing
     [out] = sw.received(1)
-    assert vnet_of(out) == (0, 0, 0, 0, 7, 0, 0)
+    assert vnet_of(out) == (0, 0, 0, 0, 7, 0)
 
 
 def test_gso_superframe_gets_a_tag_and_loses_it_byte_for_byte(big):
@@ -397,7 +400,7 @@ def test_tagged_frame_on_a_trunk_may_be_four_bytes_over_the_mtu(sw):
 
 
 @pytest.mark.parametrize("data", [
-    frame(BROADCAST, A, b"", ethertype=0x8100)[:12 + 16],                      # no room for the tag
+    frame(BROADCAST, A, b"", ethertype=0x8100)[:H + 16],                       # no room for the tag
     tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=16, csum_offset=4),  # checksum starts in the tag
 ])
 def test_broken_tag_is_an_rx_error(sw, data):
@@ -719,7 +722,7 @@ def test_ip_rule_does_not_match_a_frame_that_is_not_ip(sw):
 def test_truncated_ip_header_matches_no_ip_rule(sw):
     data = bytes(ip4(UDP(dport=53)))[:14 + 12]
     Settings(sw.shared).port(0, acl=[dict(ip_proto=17)]).publish()
-    sw.send(0, VNET.pack(0, 0, 0, 0, 0, 0, 0) + data)
+    sw.send(0, VNET.pack(0, 0, 0, 0, 0, 0) + data)
     assert sw.received(1) != []
 
 

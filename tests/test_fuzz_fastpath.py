@@ -40,7 +40,7 @@ from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import COUNTERS, MIRROR_COUNTERS, Shared
 
-VNET = struct.Struct("=BBHHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset num_buffers
+VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 VNET_LEN = lib.TS_VNET_HDR_LEN
 ETH_HLEN = 14
 VLAN_HLEN = 4
@@ -63,7 +63,7 @@ FUZZ = settings(max_examples=EXAMPLES,
 # have been cut"; fastpath.c: is_well_formed, vnet_hdr_is_valid,
 # tag_is_whole), judged on the bytes *as the worker read them* (a longer
 # frame is cut at TS_FRAME_MAX by its read):
-#   - shorter than the virtio-net header plus an Ethernet header (12 + 14);
+#   - shorter than the virtio-net header plus an Ethernet header (10 + 14);
 #   - TS_FRAME_MAX bytes or more (it may have been cut);
 #   - a flag other than NEEDS_CSUM (1), DATA_VALID (2), RSC_INFO (4);
 #   - gso_type without its ECN bit (0x80) not one of NONE 0, TCPV4 1, UDP 3,
@@ -73,7 +73,7 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
 #     csum_start inside the MACs or the tag (below 18);
 #   - a source MAC that is multicast or zero.
-# hdr_len and num_buffers are not judged.
+# hdr_len is not judged.
 
 VNET_F_NEEDS_CSUM = 1
 VNET_F_KNOWN = 1 | 2 | 4
@@ -98,7 +98,7 @@ def gso_size_of(data) -> int:
 def is_well_formed(data) -> bool:
     if len(data) < VNET_LEN + ETH_HLEN or len(data) >= FRAME_MAX:
         return False
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset, _ = vnet(data)
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = vnet(data)
     gso = gso_type & ~GSO_ECN
     if flags & ~VNET_F_KNOWN:
         return False
@@ -152,12 +152,12 @@ def classify(conf: PortConf, data) -> tuple[bool, int]:
 def shift_header(data: bytearray, delta: int) -> None:
     """The tag moved what follows the MACs by delta: so do csum_start (with
     NEEDS_CSUM) and hdr_len (when not 0; one of 4 or less popped becomes 0)."""
-    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, nb = vnet(data)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet(data)
     if flags & VNET_F_NEEDS_CSUM:
         csum_start = (csum_start + delta) & 0xFFFF
     if hdr_len:
         hdr_len = (hdr_len + delta) & 0xFFFF if hdr_len > VLAN_HLEN or delta > 0 else 0
-    VNET.pack_into(data, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, nb)
+    VNET.pack_into(data, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
 def tag_for(data: bytearray, vlan: int, out: PortConf) -> bool:
@@ -534,7 +534,7 @@ def decode_frame(data: bytes) -> bytes:
             csum_offset = room + 1
         else:
             csum_start, csum_offset = c.u16(), c.u16()
-    header = VNET.pack(flags, gso_type, c.u16(), gso_size, csum_start, csum_offset, c.u16())
+    header = VNET.pack(flags, gso_type, c.u16(), gso_size, csum_start, csum_offset)
     return header + eth
 
 
@@ -607,7 +607,7 @@ def test_random_bytes_never_crash(bursts):
 
 def valid_frame(dst: bytes, src: bytes, length: int = 60, **fields) -> bytes:
     h = {"flags": 0, "gso_type": 0, "hdr_len": 0, "gso_size": 0, "csum_start": 0, "csum_offset": 0,
-         "num_buffers": 0, **fields}
+         **fields}
     return VNET.pack(*h.values()) + (dst + src + b"\x08\x00").ljust(length, b"\0")[:length]
 
 
@@ -674,7 +674,7 @@ def test_tag_edits_at_every_edge():
                         eth += ETH_P_8021Q.to_bytes(2, "big") + tci.to_bytes(2, "big")
                     eth = (eth + b"\x08\x00").ljust(length, b"\x5a")
                     header = VNET.pack(flags, gso_type, hdr_len, 1448 if gso_type else 0,
-                                       l2_len if csum_start is None else csum_start, 0, 0)
+                                       l2_len if csum_start is None else csum_start, 0)
                     frames.append(header + eth)
         bursts += [(port, frames[i:i + BURST]) for i in range(0, len(frames), BURST)]
     run([True] * 4, mtu, conf, None, bursts)
@@ -687,5 +687,5 @@ def test_tag_edits_at_every_edge():
 # a checksum start is malformed at ingress, so no push can make one.
 def test_a_pushed_tag_keeps_the_frame_well_formed():
     conf = [PortConf(pvid=3), PortConf(pvid=1, trunk=frozenset({3}))]
-    data = VNET.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 0, 0, 0) + HOSTS[0] + HOSTS[1] + b"\x08\x00"
+    data = VNET.pack(VNET_F_NEEDS_CSUM, 0, 0, 0, 0, 0) + HOSTS[0] + HOSTS[1] + b"\x08\x00"
     run([True, True], [1500, 1500], conf, None, [(0, [data])])

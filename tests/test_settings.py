@@ -242,7 +242,7 @@ def test_configured_vlans_carry_frames(sw):
 def test_configured_icmp_acl_drops_ping_not_arp(sw):
     cfg = config("- {name: a, acl: [{match: {ip_proto: icmp}, action: drop}]}\n- {name: b}\n- {name: c}\n- {name: d}\n")
     settings.apply(sw.shared, cfg, running(cfg))
-    header = VNET.pack(0, 0, 0, 0, 0, 0, 0)
+    header = VNET.pack(0, 0, 0, 0, 0, 0)
     sw.send(0, header + bytes(Ether(src=A, dst=B) / IP(src="198.18.0.1", dst="198.18.0.2") / ICMP()))
     assert sw.received(1) == []
     sw.send(0, header + bytes(Ether(src=A, dst=BROADCAST) / ARP(psrc="198.18.0.1", pdst="198.18.0.2")))

@@ -30,7 +30,7 @@ TUN_F_TSO_ECN = 0x08
 
 QUEUE_FLAGS = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-VNET_HDR_LEN = 12
+VNET_HDR_LEN = 10          # struct virtio_net_hdr: fastpath.h, TS_VNET_HDR_LEN
 
 
 class TapError(Exception):

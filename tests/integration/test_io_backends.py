@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tapswitch._fastpath import lib
 from tests.fastpath_io import NO_IO_URING, uring_available
 from tests.integration import helpers
 
@@ -69,3 +70,17 @@ def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
     assert helpers.processes_with_env(mark) == []
     assert not any(helpers.link_exists(p["name"]) for p in ports)
     assert not {p["netns"] for p in ports} & set(helpers.netns_list())
+
+
+def test_tap_queues_carry_the_header_the_fast_path_parses(lab):
+    """tap.py sets each queue's virtio-net header length; the fast path reads
+    and writes TS_VNET_HDR_LEN bytes of it before every frame. Asked of real
+    queues (TUNGETVNETHDRSZ), in a namespace of the test's own."""
+    ns = lab.netns("vh", create=True)
+    probe = ("import fcntl, os, struct\n"
+             "from tapswitch import tap\n"
+             f"fds = tap.open_queues({lab.name('vh')!r}, 2)\n"
+             "print([struct.unpack('i', fcntl.ioctl(fd, 0x800454D7, bytes(4)))[0] for fd in fds])\n")
+    r = helpers.nsexec(ns, sys.executable, "-c", probe, timeout=30)
+    assert r.stdout.split("\n")[0] == str([lib.TS_VNET_HDR_LEN] * 2)
+    assert lib.TS_VNET_HDR_LEN == 10        # struct virtio_net_hdr: no num_buffers to zero

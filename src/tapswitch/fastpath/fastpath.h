@@ -83,7 +83,7 @@
  *   (ACL) -> learn the source (MAC limit) -> look up (destination, VLAN) ->
  *   send to its port, or flood to every other port of the VLAN that is up
  *   (storm control) -> count.
- * Frames carry the 12-byte virtio-net header (host byte order, the TAP
+ * Frames carry the 10-byte virtio-net header (host byte order, the TAP
  * default); GSO super-frames (up to 64 KiB) are written out byte for byte.
  * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
  * and counts it (tx_dropped). A frame that fills the whole TS_FRAME_MAX
@@ -241,7 +241,7 @@
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
 #define TS_FDB_WAYS 8          /* entries per bucket */
 #define TS_BURST 32            /* frames read from one queue per turn */
-#define TS_VNET_HDR_LEN 12     /* struct virtio_net_hdr_v1 (num_buffers incl.) */
+#define TS_VNET_HDR_LEN 10     /* struct virtio_net_hdr (fastpath.c: why not 12) */
 #define TS_FRAME_MAX 65600     /* vnet header + 64 KiB GSO frame + tags */
 #define TS_HEADROOM 4          /* bytes before each frame in the worker's buffer: one tag push */
 #define TS_VLAN_MAX 4094       /* VLANs 1..4094; 0 = none, 4095 reserved */
