@@ -77,7 +77,7 @@ def test_tap_queues_carry_the_header_the_fast_path_parses(lab):
     and writes TS_VNET_HDR_LEN bytes of it before every frame. Asked of real
     queues (TUNGETVNETHDRSZ), in a namespace of the test's own."""
     ns = lab.netns("vh", create=True)
-    probe = ("import fcntl, os, struct\n"
+    probe = ("import fcntl, struct\n"
              "from tapswitch import tap\n"
              f"fds = tap.open_queues({lab.name('vh')!r}, 2)\n"
              "print([struct.unpack('i', fcntl.ioctl(fd, 0x800454D7, bytes(4)))[0] for fd in fds])\n")
