@@ -27,7 +27,6 @@ UndefinedBehaviorSanitizer (TAPSWITCH_FUZZ_EXAMPLES sets the examples per run).
 import os
 import random
 import socket
-import struct
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -39,8 +38,8 @@ from hypothesis.control import currently_in_test_context, event
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import COUNTERS, MIRROR_COUNTERS, Shared
+from tests.test_fastpath import VNET
 
-VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 VNET_LEN = lib.TS_VNET_HDR_LEN
 ETH_HLEN = 14
 VLAN_HLEN = 4

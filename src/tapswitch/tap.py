@@ -11,6 +11,8 @@ import fcntl
 import os
 import struct
 
+from tapswitch._fastpath import lib
+
 TUN_PATH = "/dev/net/tun"
 
 # <linux/if_tun.h>
@@ -30,7 +32,7 @@ TUN_F_TSO_ECN = 0x08
 
 QUEUE_FLAGS = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-VNET_HDR_LEN = 10          # struct virtio_net_hdr: fastpath.h, TS_VNET_HDR_LEN
+VNET_HDR_LEN = lib.TS_VNET_HDR_LEN     # the header the fast path reads and writes
 
 
 class TapError(Exception):
