@@ -34,7 +34,7 @@ def uring_available() -> bool:
 
 
 def auto_backend() -> str:
-    """The backend TS_IO_AUTO picks on this machine: io_uring where it reads multishot."""
+    """The backend TS_IO_AUTO picks on this machine (read/write; fastpath.h, "I/O backends")."""
     return backend_started(lib.TS_IO_AUTO)
 
 

@@ -23,8 +23,8 @@ MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
-# environment picks one; unset or "auto", io_uring with multishot reads where
-# the kernel has them (6.7+) and allows io_uring, else read/write.
+# environment picks one; unset or "auto", read/write (the cheapest per frame on
+# the machine it is measured on; fastpath.c's AUTO_TRIES_URING says otherwise).
 IO_ENV = "TAPSWITCH_IO"
 IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING,
                "uring-burst": lib.TS_IO_URING_BURST}

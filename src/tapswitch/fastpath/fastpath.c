@@ -617,9 +617,10 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
 /* What TS_IO_AUTO means: 1 = io_uring with multishot reads, falling back to
  * read/write when refused or older than 6.7; 0 = read/write. The bench's A/B
- * (bench/RESULTS.md, "Multishot reads"): multishot reads cost less CPU per
- * 64 B frame than read/write, flood faster, and tie on TCP. */
-#define AUTO_TRIES_URING 1
+ * on this machine (bench/RESULTS.md, "The default I/O backend on this
+ * machine"): read/write costs the least CPU per 64 B frame and ties on TCP;
+ * on an AMD EPYC multishot reads did ("Multishot reads"). */
+#define AUTO_TRIES_URING 0
 #define RX_BUFFERS 64               /* multishot reads: the worker's provided buffers */
 #define RX_BATCH RX_BUFFERS         /* multishot reads: completions taken at once */
 #define RX_ROUND_MAX 256            /* multishot reads: frames in one settings entry */
@@ -1628,8 +1629,8 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring
      * with multishot reads where the kernel has them (6.7+), else burst reads;
      * TS_IO_URING_BURST: burst reads always; both fail when io_uring is refused
-     * (missing, seccomp, sysctl). Auto takes io_uring only with multishot
-     * reads, and read/write otherwise. */
+     * (missing, seccomp, sysctl). Auto is read/write, or with
+     * AUTO_TRIES_URING io_uring only where it reads multishot. */
     bool uring = io == TS_IO_URING || io == TS_IO_URING_BURST;
     if (uring || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
         w->ring = ts_ring_new(fds, nfds);

@@ -134,18 +134,19 @@
  * (ENOSYS; EPERM from seccomp, as Docker's default profile, or
  * kernel.io_uring_disabled): the worker (worker.py) then starts on
  * read/write, and worker.backend says so.
- * TS_IO_AUTO (the default) is io_uring with multishot reads where the kernel
- * has them and allows io_uring, read/write otherwise: the bench's A/B
- * (bench/RESULTS.md, "Multishot reads") found multishot reads 13-20 % less
- * CPU per 64 B frame than read/write, with TCP a tie (5 % less in the runs
- * of 2026-11-26: "The I/O backends and the queue length again"); burst
- * reads cost the same per unicast frame as read/write (the syscalls they
- * save are few; the rest is TUN, skb and the receiver's stack run in our
- * write, which io_uring runs just the same), so auto does not take them.
- * On an Intel Xeon (2026-12-05, "A new machine") the order turned: at 64 B
- * multishot cost ~10 % more CPU a frame than read/write or burst reads,
- * and still won TCP one flow by ~5 %; auto stays multishot.
- * fastpath.c's AUTO_TRIES_URING = 0 would make auto read/write again.
+ * TS_IO_AUTO (the default) is read/write: the backend that costs the least
+ * CPU per 64 B frame on the machine the project is measured on (an Intel
+ * Xeon; bench/RESULTS.md, "The default I/O backend on this machine"):
+ * pooled over five runs, 1.43 us a frame against 1.48 for burst reads and
+ * 1.53 for multishot reads, RFC 2544 throughput 1.02 / 1.02 / 0.97 Mpps,
+ * TCP a tie. It was multishot reads from 2026-11-25 to 2026-12-05: on an
+ * AMD EPYC they cost 5-20 % less CPU a frame than read/write ("Multishot
+ * reads"), so the order is the CPU's, not the backend's. Burst reads cost
+ * the same per unicast frame as read/write (the syscalls they save are
+ * few; the rest is TUN, skb and the receiver's stack run in our write,
+ * which io_uring runs just the same). fastpath.c's AUTO_TRIES_URING = 1
+ * makes auto multishot reads again (read/write where they are refused or
+ * missing).
  *
  * Port settings (issue 6)
  * -----------------------
