@@ -23,8 +23,9 @@ MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
-# environment picks one; unset or "auto", read/write (the cheapest per frame on
-# the machine it is measured on; fastpath.c's AUTO_TRIES_URING says otherwise).
+# environment picks one; unset or "auto", read/write, the cheapest per frame on
+# the machine it is measured on (AUTO_TRIES_URING in fastpath.c would make it
+# multishot io_uring).
 IO_ENV = "TAPSWITCH_IO"
 IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING,
                "uring-burst": lib.TS_IO_URING_BURST}

@@ -137,7 +137,7 @@
  * TS_IO_AUTO (the default) is read/write: the backend that costs the least
  * CPU per 64 B frame on the machine the project is measured on (an Intel
  * Xeon; bench/RESULTS.md, "The default I/O backend on this machine"):
- * pooled over five runs, 1.43 us a frame against 1.48 for burst reads and
+ * pooled over the A/B runs, 1.43 us a frame against 1.48 for burst reads and
  * 1.53 for multishot reads, RFC 2544 throughput 1.02 / 1.02 / 0.97 Mpps,
  * TCP a tie. It was multishot reads from 2026-11-25 to 2026-12-05: on an
  * AMD EPYC they cost 5-20 % less CPU a frame than read/write ("Multishot
