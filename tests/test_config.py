@@ -70,7 +70,7 @@ def test_full_config_loads_with_defaults_filled():
 def test_minimal_config_fills_every_default():
     cfg = loads("switch: {name: s}\nports: [{name: p}]\n")
     assert cfg.switch.model_dump() == {
-        "name": "s", "queues": 1, "queue_len": 4096,
+        "name": "s", "queues": 1, "queue_len": 4096, "busy_poll_us": 50,
         "mac_table": {"size": 8192, "aging": 300},
         "metrics": {"listen": "127.0.0.1:9417"},
         "control": {"socket": "/run/tapswitch/s.sock"},
@@ -190,6 +190,14 @@ def test_value_out_of_range_is_located():
         "t.yaml:4: switch.queue_len: must be at least 16",
         "t.yaml:5: switch.mac_table.size: must be at least 16",
     ]
+
+
+def test_busy_poll_is_bounded_and_may_be_off():
+    assert loads("switch: {name: s, busy_poll_us: 0}\nports: [{name: p}]\n").switch.busy_poll_us == 0
+    text = "switch:\n  name: s\n  busy_poll_us: 1001\nports: [{name: p}]\n"
+    assert errors_of(text) == ["t.yaml:3: switch.busy_poll_us: must be at most 1000"]
+    text = "switch:\n  name: s\n  busy_poll_us: -1\nports: [{name: p}]\n"
+    assert errors_of(text) == ["t.yaml:3: switch.busy_poll_us: must be at least 0"]
 
 
 def test_literal_choice_is_enforced():
@@ -821,7 +829,7 @@ def test_load_reports_the_file_name(tmp_path):
 
 # --- Nothing but ConfigError --------------------------------------------------
 
-KEYS = ["switch", "ports", "name", "queues", "queue_len", "mac_table", "size", "aging", "metrics", "listen",
+KEYS = ["switch", "ports", "name", "queues", "queue_len", "busy_poll_us", "mac_table", "size", "aging", "metrics", "listen",
         "control", "socket", "log", "level", "format", "netns", "ifname", "addresses", "mac",
         "mtu", "speed", "remote", "remote_mode", "allmulti",
         "vlan", "trunk", "isolated", "mac_limit", "storm_control", "broadcast_pps", "acl", "match",

@@ -529,6 +529,60 @@ def test_poll_without_traffic_times_out(sw):
     assert time.monotonic() - start >= 0.04
 
 
+# Busy polling: after a turn that found frames, look again before sleeping.
+
+BUSY_US = 200_000       # far over the config's bound, so that "it looked" is plain in CPU time
+
+
+def test_busy_poll_keeps_looking_after_a_turn_with_frames(sw):
+    sw.shared.set_busy_poll(BUSY_US)
+    assert sw.send(0, frame(BROADCAST, A)) == 1
+    sw.drain()
+    cpu, wall = time.thread_time(), time.monotonic()
+    assert lib.ts_worker_poll(sw.worker, 20) == 0      # nothing comes: looks for 0.2 s, then waits
+    cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    assert wall >= 0.2
+    assert cpu >= 0.1                                   # looking, not sleeping
+
+
+def test_busy_poll_sleeps_at_once_after_a_turn_without_frames(sw):
+    sw.shared.set_busy_poll(BUSY_US)
+    assert sw.send(0, frame(BROADCAST, A)) == 1
+    sw.drain()
+    assert lib.ts_worker_poll(sw.worker, 0) == 0        # no wait, so no looking: found nothing
+    cpu, wall = time.thread_time(), time.monotonic()
+    assert lib.ts_worker_poll(sw.worker, 50) == 0       # an idle worker costs nothing
+    cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    assert wall >= 0.04
+    assert cpu < 0.02
+
+
+def test_without_busy_poll_a_worker_sleeps_at_once(sw):
+    assert sw.shared.busy_poll_us == 0
+    assert sw.send(0, frame(BROADCAST, A)) == 1
+    sw.drain()
+    cpu = time.thread_time()
+    assert lib.ts_worker_poll(sw.worker, 50) == 0
+    assert time.thread_time() - cpu < 0.02
+
+
+def test_a_frame_that_comes_while_looking_is_forwarded_at_once(sw):
+    sw.shared.set_busy_poll(BUSY_US)
+    sw.learn(1, B)
+    assert sw.send(1, frame(A, B)) == 1                 # a turn with frames (A unknown: flooded)
+    sw.drain()
+    later = threading.Timer(0.05, sw.hosts[0].send, [frame(B, A)])
+    later.start()
+    cpu, start = time.thread_time(), time.monotonic()
+    try:
+        assert lib.ts_worker_poll(sw.worker, 1000) == 1
+    finally:
+        later.join()
+    assert time.monotonic() - start < 0.19              # within the look, not at its end
+    assert time.thread_time() - cpu >= 0.025            # found looking, not woken
+    assert sw.received(1) == [frame(B, A)]
+
+
 def test_worker_refuses_blocking_fds():
     shared = Shared.create(64, 1)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

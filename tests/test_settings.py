@@ -175,6 +175,16 @@ def test_apply_again_changes_nothing(shared):
     assert (again.mirrors[0].to, again.mirrors[0].id) == (first.mirrors[0].to, first.mirrors[0].id)
 
 
+def test_busy_poll_reaches_the_workers_and_follows_a_reload(shared):
+    assert shared.busy_poll_us == 0                 # fresh memory: never look again
+    cfg = config("- name: a\n")
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.busy_poll_us == 50                # the default
+    cfg = loads("switch: {name: sw0, busy_poll_us: 0}\nports: [{name: a}]\n")
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.busy_poll_us == 0
+
+
 def test_a_removed_setting_is_gone(shared):
     cfg = config("- {name: a, vlan: 10, isolated: true, mac_limit: 3}\n")
     settings.apply(shared, cfg, running(cfg))

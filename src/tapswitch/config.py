@@ -325,6 +325,10 @@ HostAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainVali
 # frames below the rate the worker sustains (bench/RESULTS.md, "Queue length").
 QUEUE_LEN = 4096
 
+# After a turn that found frames, a worker looks again for this long before it sleeps:
+# a frame that comes meanwhile costs no wake-up (see "Busy polling" in fastpath.h).
+BUSY_POLL_US = 50
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -356,6 +360,7 @@ class Switch(_Model):
     name: SwitchName
     queues: int = Field(1, ge=1, le=16)  # TAP queues per port = worker processes
     queue_len: int = Field(QUEUE_LEN, ge=16, le=65536)  # frames each queue holds for its worker
+    busy_poll_us: int = Field(BUSY_POLL_US, ge=0, le=1000)  # µs a worker keeps looking before it sleeps
     mac_table: MacTable = MacTable()
     metrics: Metrics = Metrics()
     control: Control  # socket defaults to /run/tapswitch/<name>.sock

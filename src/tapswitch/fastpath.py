@@ -260,6 +260,14 @@ class Shared:
         """The mirror slot holds another mirror now: count from 0 again."""
         self._mirror_base[mirror] = self._mirror_sums(mirror)
 
+    def set_busy_poll(self, us: int) -> None:
+        """switch.busy_poll_us for every worker, from its next turn."""
+        lib.ts_set_busy_poll(self.ptr, us)
+
+    @property
+    def busy_poll_us(self) -> int:
+        return self.ptr.busy_poll_us
+
     @staticmethod
     def now() -> int:
         return lib.ts_now()

@@ -172,6 +172,7 @@ def apply(shared, cfg, ports) -> int:
     acl_changed = [port.index for port in ports if _acl_bytes(old, port.index) != _acl_bytes(new, port.index)]
     mirrors_changed = [m for m in range(lib.TS_MAX_MIRRORS) if old.mirrors[m].id != new.mirrors[m].id]
 
+    shared.set_busy_poll(cfg.switch.busy_poll_us)
     stuck = shared.settings_publish()
     if stuck:
         log.warning("settings.readers_stuck", workers=stuck)

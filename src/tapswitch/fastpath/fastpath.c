@@ -91,6 +91,11 @@ uint32_t ts_now(void)
     return (uint32_t)t.tv_sec;
 }
 
+void ts_set_busy_poll(struct ts_shared *s, uint32_t us)
+{
+    __atomic_store_n(&s->busy_poll_us, us, __ATOMIC_RELAXED);
+}
+
 /* ---------------------------------------------------------------- The MAC table. */
 
 #define VLAN_MAX 4095
@@ -684,6 +689,7 @@ struct ts_worker {
     int rx_armed;                   /* multishot: queues whose read has not ended */
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
     bool claimed;                   /* readers[worker] is ours: see claim() */
+    bool found;                     /* the last turn found frames: look again before sleeping */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
     struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
@@ -1463,9 +1469,32 @@ static int wait_ready(struct ts_worker *w, int timeout_ms)
     }
 }
 
+static int wait_multishot(struct ts_worker *w, int timeout_ms)
+{
+    return ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms, timeout_ms ? w->wait_mask : NULL);
+}
+
+/* wait(w, timeout_ms), after looking again with no timeout for up to
+ * busy_poll_us if the last turn found frames (see "Busy polling"). The
+ * looking adds to a finite timeout_ms; it ends at a frame, or an error. */
+static int wait_busy(struct ts_worker *w, int timeout_ms, int (*wait)(struct ts_worker *, int))
+{
+    uint32_t us = __atomic_load_n(&w->s->busy_poll_us, __ATOMIC_RELAXED);
+    if (us && w->found && timeout_ms != 0) {
+        uint64_t end = now_ns() + (uint64_t)us * 1000;
+        do {
+            int n = wait(w, 0);
+            if (n != 0)
+                return n;
+        } while (now_ns() < end);
+    }
+    return wait(w, timeout_ms);
+}
+
 static int poll_multishot(struct ts_worker *w, int timeout_ms)
 {
-    int n = ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms, w->wait_mask);
+    int n = wait_busy(w, timeout_ms, wait_multishot);
+    w->found = n > 0;
     if (n <= 0)
         return n;
     uint32_t now = ts_now();
@@ -1502,11 +1531,11 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
         claim(w);
     if (w->multishot)
         return poll_multishot(w, timeout_ms);
-    int n = wait_ready(w, timeout_ms);
-    if (n < 0)
+    int n = wait_busy(w, timeout_ms, wait_ready);
+    if (n <= 0) {
+        w->found = false;
         return n;
-    if (n == 0)
-        return 0;
+    }
     uint32_t now = ts_now();
     int frames = 0;
     w->now_ns = 0;
@@ -1514,6 +1543,7 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
     for (int i = 0; i < n; i++)
         frames += handle_queue(w, (int)w->events[i].data.u32, now);
     settings_leave(w);
+    w->found = frames > 0;
     return frames;
 }
 
