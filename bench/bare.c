@@ -2,13 +2,16 @@
  * "bare" system -- the reference the issue's TCP target names ("≥ 0.95× the
  * bare forwarder").
  *
- *   bare NAME_A NAME_B
+ *   bare NAME_A NAME_B [BUSY_POLL_US]
  *
  * Makes two TAP devices with the virtio-net header and the same offloads as
  * tapswitch's ports (checksum, TSO 4/6/ECN: GSO super-frames pass through),
  * prints "ready", then forwards every frame read on one to the other, as
  * read(2)/write(2) in bursts of up to BURST frames per device and poll(2)
- * when both are empty. No learning, no table, no counters: whatever
+ * when both are empty -- after a round that moved frames, poll(2) with no
+ * timeout for up to BUSY_POLL_US microseconds first (default 0), as
+ * tapswitch's workers do with switch.busy_poll_us. No learning, no table,
+ * no counters: whatever
  * tapswitch measures above this is the price of being a switch. The bench
  * moves the devices into its hosts; they go away when this process exits
  * (SIGTERM or SIGINT).
@@ -24,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BURST 32
@@ -67,12 +71,35 @@ static int burst(int in, int out, unsigned char *buf)
     return n;
 }
 
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* poll(2) until a device has frames: with no timeout until busy_ns has
+ * passed if the last round moved frames, then sleeping. */
+static int wait(struct pollfd *pfd, int moved, long long busy_ns)
+{
+    if (moved && busy_ns) {
+        long long end = now_ns() + busy_ns;
+        do {
+            int n = poll(pfd, 2, 0);
+            if (n != 0)
+                return n;
+        } while (now_ns() < end);
+    }
+    return poll(pfd, 2, -1);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: bare NAME_A NAME_B\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: bare NAME_A NAME_B [BUSY_POLL_US]\n");
         return 2;
     }
+    long long busy_ns = argc == 4 ? atoll(argv[3]) * 1000 : 0;
     struct sigaction sa = { .sa_handler = on_stop };
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
@@ -81,11 +108,13 @@ int main(int argc, char **argv)
     printf("ready\n");
     fflush(stdout);
     struct pollfd pfd[2] = { { .fd = fd[0], .events = POLLIN }, { .fd = fd[1], .events = POLLIN } };
+    int moved = 0;
     while (!stop) {
-        /* Both devices until both are empty, then sleep. */
-        int moved = burst(fd[0], fd[1], buf) + burst(fd[1], fd[0], buf);
-        if (!moved && poll(pfd, 2, -1) < 0 && errno != EINTR)
+        /* Both devices until both are empty, then wait. */
+        int n = burst(fd[0], fd[1], buf) + burst(fd[1], fd[0], buf);
+        if (!n && wait(pfd, moved, busy_ns) < 0 && errno != EINTR)
             return 1;
+        moved = n;
     }
     return 0;
 }

@@ -16,7 +16,8 @@ system can say (`fdb_count`, `pids`, `forwarding_pids`).
              temporary directory
   Bare       bench/bare.c: two TAP devices with tapswitch's offloads and a
              read/write loop between them, no switching -- the floor of what
-             a userspace switch on TAP ports costs (two-host cases only)
+             a userspace switch on TAP ports costs (two-host cases only); it
+             busy-polls as long as tapswitch's workers do by default
 """
 
 import os
@@ -30,7 +31,7 @@ import urllib.request
 
 import yaml
 
-from tapswitch.config import QUEUE_LEN
+from tapswitch.config import BUSY_POLL_US, QUEUE_LEN
 from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
 
 DEFAULT_FDB_SIZE = 8192
@@ -89,19 +90,22 @@ class Tapswitch(System):
     kind = "tapswitch"
 
     def __init__(self, lab: Lab, queues: int = 1, io: str = "", cpu: int | None = None,
-                 queue_len: int | None = None):
+                 queue_len: int | None = None, busy_poll_us: int | None = None):
         super().__init__(lab)
         self.queues = queues
         self.io = io            # TAPSWITCH_IO for the workers ("" = the default)
         self.cpu = cpu          # pin every worker to this CPU once ready (None = not pinned;
                                 # -1 = "spread": worker q on CPU q % ncpu)
         self.queue_len = queue_len      # switch.queue_len (None = the default)
+        self.busy_poll_us = busy_poll_us    # switch.busy_poll_us (None = the default)
         self.name = f"tapswitch-q{queues}" + (f"-{io}" if io else "") + (
             "" if cpu is None else "-spread" if cpu < 0 else f"-cpu{cpu}") + (
-            f"-qlen{queue_len}" if queue_len else "")
+            f"-qlen{queue_len}" if queue_len else "") + (
+            "" if busy_poll_us is None else f"-busypoll{busy_poll_us}")
         self.label = (f"tapswitch, {queues} queue{'s' if queues > 1 else ''}" + (f", {io} I/O" if io else "")
                       + ("" if cpu is None else ", worker q on CPU q" if cpu < 0 else f", workers on CPU {cpu}")
-                      + (f", queues of {queue_len} frames" if queue_len else ""))
+                      + (f", queues of {queue_len} frames" if queue_len else "")
+                      + ("" if busy_poll_us is None else f", busy polling {busy_poll_us} µs"))
         self.proc: subprocess.Popen | None = None
         self.metrics_port = 0
 
@@ -112,6 +116,7 @@ class Tapswitch(System):
                 "name": self.lab.name(f"q{self.queues}"),
                 "queues": self.queues,
                 **({"queue_len": self.queue_len} if self.queue_len else {}),
+                **({"busy_poll_us": self.busy_poll_us} if self.busy_poll_us is not None else {}),
                 "mac_table": {"size": fdb_size, "aging": 300},
                 "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
                 "control": {"socket": os.path.join(self.lab.dir, "tapswitch.sock")},
@@ -308,13 +313,18 @@ class Ovs(System):
 
 class Bare(System):
     name = "bare"
-    label = "bare TAP↔TAP forwarder (bench/bare.c: vnet_hdr + TSO, read/write, no switching)"
     kind = "bare"
 
     SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare.c")
 
-    def __init__(self, lab: Lab):
+    def __init__(self, lab: Lab, busy_poll_us: int | None = None):
         super().__init__(lab)
+        # µs it keeps looking after frames before it sleeps: tapswitch's default unless named
+        self.busy_poll_us = BUSY_POLL_US if busy_poll_us is None else busy_poll_us
+        if busy_poll_us is not None:
+            self.name = f"bare-busypoll{busy_poll_us}"
+        self.label = ("bare TAP↔TAP forwarder (bench/bare.c: vnet_hdr + TSO, read/write, "
+                      f"busy polling {self.busy_poll_us} µs, no switching)")
         self.proc: subprocess.Popen | None = None
 
     def setup(self, hosts: list[Host], fdb_size: int = DEFAULT_FDB_SIZE) -> None:
@@ -327,7 +337,7 @@ class Bare(System):
             sh("cc", "-O2", "-Wall", "-o", exe, self.SRC)
         t0 = time.monotonic()
         names = [self.lab.name(f"b{h.index}") for h in hosts]
-        self.proc = self.lab.popen([exe, *names], stdout=subprocess.PIPE, text=True)
+        self.proc = self.lab.popen([exe, *names, str(self.busy_poll_us)], stdout=subprocess.PIPE, text=True)
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"bare did not start (exit code {self.proc.wait()})")
         for h, dev in zip(hosts, names):
@@ -351,23 +361,25 @@ class Bare(System):
 def make(names: list[str], lab: Lab) -> list[System]:
     """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs, bare;
     a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend), -cpuK
-    (workers pinned to CPU K) or -spread (worker q on CPU q), and -qlenL (switch.queue_len L), e.g.
-    tapswitch-q1-uring-cpu1 or tapswitch-q1-qlen1000."""
+    (workers pinned to CPU K) or -spread (worker q on CPU q), -qlenL (switch.queue_len L) and
+    -busypollU (switch.busy_poll_us U), e.g. tapswitch-q1-uring-cpu1 or tapswitch-q1-busypoll0; bare may
+    end in -busypollU too (plain bare busy-polls as long as tapswitch's default)."""
     out: list[System] = []
     for n in names:
         if n == "tapswitch":
             out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
         elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?"
-                               r"(?:-qlen(\d+))?", n):
+                               r"(?:-qlen(\d+))?(?:-busypoll(\d+))?", n):
             cpu = int(m.group(3)) if m.group(3) else -1 if m.group(4) else None
             out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu,
-                                 int(m.group(5)) if m.group(5) else None))
+                                 int(m.group(5)) if m.group(5) else None,
+                                 int(m.group(6)) if m.group(6) else None))
         elif n == "bridge":
             out.append(Bridge(lab))
         elif n == "ovs":
             out.append(Ovs(lab))
-        elif n == "bare":
-            out.append(Bare(lab))
+        elif m := re.fullmatch(r"bare(?:-busypoll(\d+))?", n):
+            out.append(Bare(lab, int(m.group(1)) if m.group(1) else None))
         else:
             raise SystemExit(f"bench: unknown system {n!r} (tapswitch, tapswitch-q1, tapswitch-q2, bridge, ovs, bare)")
     return out
