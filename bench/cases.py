@@ -6,6 +6,7 @@ function gets (ctx, system, hosts) and returns measurements; it never knows
 which system it drives. Adding a case touches nothing else.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import traffic
@@ -67,12 +68,17 @@ def test_frame(ctx: Ctx, a, b, size: int) -> str:
 def tcp(ctx: Ctx, system, hosts) -> list[Measure]:
     """TCP goodput host 0 -> host 1, one flow and four (iperf3)."""
     a, b = hosts[0], hosts[1]
+    fw = system.forwarding_pids()
     out = []
     for streams in (1, 4):
+        cpu0, t0 = traffic.cpu_seconds(fw), time.monotonic()
         r = traffic.iperf3(ctx.lab, a, b, ctx.tcp_seconds, streams, congestion=ctx.cc)
+        cpu, wall = traffic.cpu_seconds(fw) - cpu0, time.monotonic() - t0
         ctx.cc_used.add(r["congestion"])
         flows = f"{streams} flow{'s' if streams > 1 else ''}"
         out.append(Measure(f"TCP goodput, {flows}", "Gbit/s", r["bps"] / 1e9))
+        if fw:
+            out.append(Measure(f"switch CPU while TCP runs, {flows}", "% of a CPU", 100 * cpu / wall, LOWER))
     return out
 
 
@@ -90,6 +96,27 @@ def frames(ctx: Ctx, system, hosts) -> list[Measure]:
         if fw and size == 64:
             out.append(Measure("switch CPU per forwarded frame, 64 B", "µs",
                                1e6 * (cpu1 - cpu0) / max(1, s.received[b.index]), LOWER))
+    return out
+
+
+LIGHT_RATES = (1_000, 10_000, 100_000)     # frames per second: a quiet port, a busy one, a loaded one
+
+
+def light(ctx: Ctx, system, hosts) -> list[Measure]:
+    """CPU at a light load: what the switch's own processes spend forwarding 64 B frames sent evenly
+    at a rate far under what it can do -- the price of waking per frame, or of not sleeping. Nothing
+    for a switch with no processes of its own (the bridge forwards in the sender's context)."""
+    a, b = hosts[0], hosts[1]
+    fw = system.forwarding_pids()
+    if not fw:
+        return []
+    out = []
+    for rate in LIGHT_RATES:
+        cpu0 = traffic.cpu_seconds(fw)
+        s = traffic.paced(ctx.lab, a, [b], rate, da=b.mac, sa=a.mac, seconds=ctx.frame_seconds, settle=0)
+        cpu = traffic.cpu_seconds(fw) - cpu0
+        out.append(Measure(f"switch CPU at {rate // 1000}k frames/s, 64 B", "% of a CPU",
+                           100 * cpu / s.seconds, LOWER))
     return out
 
 
@@ -204,6 +231,7 @@ def cases(ctx: Ctx) -> list[Case]:
         Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2), bare=True),
         Case("frames", "forwarding rate", 2, frames, bare=True),
         Case("throughput", "throughput (RFC 2544)", 2, throughput, bare=True),
+        Case("light", "light load", 2, light, bare=True),
         Case("caching", "address caching", 3, caching, fdb_size=fdb_big),
         Case("learning", "learning rate", 2, learning, fdb_size=fdb_big),
         Case("broadcast4", "broadcast, 4 ports", 5, broadcast),

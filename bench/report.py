@@ -150,10 +150,12 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "for every case, repetition and system; the switch joins them (tapswitch: TAP ports moved into the "
         "namespaces; bridge: veth pairs into a bridge in a namespace of its own; Open vSwitch: "
         "userspace datapath, internal ports (TAP) moved into the namespaces; bare: `bench/bare.c`, two TAP "
-        "devices with tapswitch's offloads and a read/write loop between them, no switching -- the floor "
+        "devices with tapswitch's offloads and a read/write loop between them that busy-polls as tapswitch "
+        "does, no switching -- the floor "
         "under any userspace switch on TAP ports).",
         f"- TCP: iperf3, {m['tcp_seconds']:g} s per run, host 0 → host 1, MTU 1500, `-P 1` and `-P 4`"
-        + ("; the endpoints' congestion control as under Systems (`--cc` sets it)." if m.get("tcp_cc") else "."),
+        + ("; the endpoints' congestion control as under Systems (`--cc` sets it)" if m.get("tcp_cc") else "")
+        + "; switch CPU: utime+stime of the forwarding processes over the iperf3 run, divided by its time.",
         f"- Frames: trafgen (netsniff-ng {m['versions']['trafgen']}), `--cpus 1` (CPU 0), TX ring, qdisc "
         f"bypass, one {FRAMES[payload(m)]} repeated at full speed for {m['frame_seconds']:g} s; sizes include the "
         "4-byte FCS that a TAP or veth does not carry (RFC 2544). Received = the receiver's "
@@ -162,6 +164,9 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "- Throughput (RFC 2544 26.1): the highest rate of 64 B frames forwarded with loss under 0.1 %, "
         "by a binary search (6 steps; frames sent evenly by `bench/pacer.c`) between nothing and trafgen's full "
         "speed; a system that loses nothing at full speed is reported at the generator's rate.",
+        "- Light load: 64 B frames sent evenly (`bench/pacer.c`) at 1k, 10k and 100k frames/s for "
+        f"{m['frame_seconds']:g} s each; the switch's CPU (utime+stime of its forwarding processes) over "
+        "that time: what a quiet or busy port costs. The bridge has no processes of its own: —.",
         "- Address caching (RFC 2889 5.7): N source MACs (counting up) sent from host A to B at 100 kpps, evenly (`bench/pacer.c`); "
         "then one frame from B to each; a frame the switch has no entry for is flooded, so the third "
         "host's rx counter counts the misses. Table size 1M entries where the system has a limit "

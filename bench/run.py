@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated: tapswitch (queues 1 and 2), tapswitch-q1, tapswitch-q2, bridge, ovs, "
                    "bare (the bare TAP forwarder, bench/bare.c: two-host cases only)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    p.add_argument("--cases", help="comma-separated subset: tcp, frames, throughput, caching, learning, broadcast4, "
+    p.add_argument("--cases", help="comma-separated subset: tcp, frames, throughput, light, caching, learning, broadcast4, "
                    "broadcast8, resources (default: all)")
     p.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     p.add_argument("--sizes", help="frame sizes, comma-separated (default 64..1518)")

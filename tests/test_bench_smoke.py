@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "run.py")
-CASES = ["TCP goodput", "forwarding rate", "throughput (RFC 2544)", "address caching", "learning rate",
+CASES = ["TCP goodput", "forwarding rate", "throughput (RFC 2544)", "light load", "address caching", "learning rate",
          "broadcast, 4 ports", "broadcast, 8 ports", "resources"]
 
 pytestmark = pytest.mark.root
@@ -60,9 +60,17 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     assert "ratio to the Linux bridge" in results
     # The bare forwarder runs the two-host cases it can (a figure), and no case that needs a table.
     header = [c.strip() for c in rows[0].strip("|").split("|")]
-    cell = {line.split("|")[2].strip(): line.strip("|").split("|")[header.index("bare")].strip() for line in rows[1:]}
+
+    def column(system):
+        return {line.split("|")[2].strip(): line.strip("|").split("|")[header.index(system)].strip()
+                for line in rows[1:]}
+    cell = column("bare")
     assert re.match(r"\d", cell["TCP goodput, 1 flow"]) and re.match(r"\d", cell["throughput (loss < 0.1 %), 64 B"])
     assert cell["new MACs learned per second"] == "—", results
+    # CPU at a light load and while TCP runs: a figure for the forwarders with processes, none for the bridge.
+    bridge = column("bridge")
+    for metric in ("switch CPU at 10k frames/s, 64 B", "switch CPU while TCP runs, 1 flow"):
+        assert re.match(r"\d", cell[metric]) and bridge[metric] == "—", results
     assert re.search(r"\d+ cores, Linux \S+", results)
     # The endpoints' congestion control, as iperf3's senders reported it: the one asked for.
     assert "TCP congestion control of the iperf3 endpoints: reno (`--cc reno`)" in results, results
