@@ -9,9 +9,10 @@
  * prints "ready", then forwards every frame read on one to the other, as
  * read(2)/write(2) in bursts of up to BURST frames per device and poll(2)
  * when both are empty -- after a round that moved frames, poll(2) with no
- * timeout for up to BUSY_POLL_US microseconds first (default 0), as
- * tapswitch's workers do with switch.busy_poll_us. No learning, no table,
- * no counters: whatever
+ * timeout for up to BUSY_POLL_US microseconds first (default 0), while
+ * such looks pay, as tapswitch's workers do with switch.busy_poll_us
+ * (TS_LOOK_TRUST, TS_LOOK_PROBE in fastpath.h). No learning, no table, no
+ * counters: whatever
  * tapswitch measures above this is the price of being a switch. The bench
  * moves the devices into its hosts; they go away when this process exits
  * (SIGTERM or SIGINT).
@@ -31,6 +32,8 @@
 #include <unistd.h>
 
 #define BURST 32
+#define LOOK_TRUST 8                /* as tapswitch's TS_LOOK_TRUST and TS_LOOK_PROBE */
+#define LOOK_PROBE 16
 #define VNET_HDR_LEN 10             /* struct virtio_net_hdr, as tapswitch's */
 #define FRAME_MAX (VNET_HDR_LEN + 65536 + 64)
 
@@ -79,16 +82,22 @@ static long long now_ns(void)
 }
 
 /* poll(2) until a device has frames: with no timeout until busy_ns has
- * passed if the last round moved frames, then sleeping. */
+ * passed if the last round moved frames and such looks pay, then sleeping. */
 static int wait(struct pollfd *pfd, int moved, long long busy_ns)
 {
-    if (moved && busy_ns) {
+    static int trust = LOOK_TRUST, skipped;
+    if (moved && busy_ns && (trust || ++skipped >= LOOK_PROBE)) {
+        skipped = 0;
         long long end = now_ns() + busy_ns;
         do {
             int n = poll(pfd, 2, 0);
+            if (n > 0)
+                trust = LOOK_TRUST;
             if (n != 0)
                 return n;
         } while (now_ns() < end);
+        if (trust)
+            trust--;
     }
     return poll(pfd, 2, -1);
 }

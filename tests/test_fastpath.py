@@ -583,6 +583,36 @@ def test_a_frame_that_comes_while_looking_is_forwarded_at_once(sw):
     assert sw.received(1) == [frame(B, A)]
 
 
+def _turn_then_wait(sw):
+    """A turn that finds a frame, then a wait of 1 ms with nothing coming: the CPU that wait took."""
+    assert sw.send(0, frame(BROADCAST, A)) == 1
+    sw.drain()
+    cpu = time.thread_time()
+    assert lib.ts_worker_poll(sw.worker, 1) == 0
+    return time.thread_time() - cpu
+
+
+def test_busy_poll_stops_after_empty_looks_and_probes_until_one_finds_a_frame(sw):
+    sw.shared.set_busy_poll(20_000)                     # 20 ms a look: plain in CPU time
+    for _ in range(lib.TS_LOOK_TRUST):
+        assert _turn_then_wait(sw) >= 0.01              # looked, found nothing
+    skipped = [_turn_then_wait(sw) for _ in range(lib.TS_LOOK_PROBE - 1)]
+    assert max(skipped) < 0.005                         # stopped looking: sleeps at once
+    # The probe: every TS_LOOK_PROBE-th wait looks again; a frame found by it makes looks pay again.
+    assert sw.send(0, frame(BROADCAST, A)) == 1
+    sw.drain()
+    later = threading.Timer(0.005, sw.hosts[1].send, [frame(BROADCAST, B)])
+    later.start()
+    try:
+        assert lib.ts_worker_poll(sw.worker, 1000) == 1
+    finally:
+        later.join()
+    sw.drain()
+    for _ in range(lib.TS_LOOK_TRUST):
+        assert _turn_then_wait(sw) >= 0.01              # trusted again: looks before every sleep
+    assert _turn_then_wait(sw) < 0.005
+
+
 def test_worker_refuses_blocking_fds():
     shared = Shared.create(64, 1)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -690,6 +690,8 @@ struct ts_worker {
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
     bool claimed;                   /* readers[worker] is ours: see claim() */
     bool found;                     /* the last turn found frames: look again before sleeping */
+    uint8_t look_trust;             /* empty looks left before it stops looking (TS_LOOK_TRUST) */
+    uint8_t look_skipped;           /* sleeps without a look since it stopped (TS_LOOK_PROBE) */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
     struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
@@ -1474,19 +1476,38 @@ static int wait_multishot(struct ts_worker *w, int timeout_ms)
     return ts_ring_rx_wait(w->ring, w->rx, RX_BATCH, timeout_ms, timeout_ms ? w->wait_mask : NULL);
 }
 
+/* Whether to look before this wait: after a turn that found frames, while
+ * looks pay, or as the probe of every TS_LOOK_PROBE-th wait once they
+ * stopped paying (see "Busy polling"). */
+static bool look_now(struct ts_worker *w)
+{
+    if (!w->found)
+        return false;
+    if (w->look_trust)
+        return true;
+    if (++w->look_skipped < TS_LOOK_PROBE)
+        return false;
+    w->look_skipped = 0;
+    return true;
+}
+
 /* wait(w, timeout_ms), after looking again with no timeout for up to
- * busy_poll_us if the last turn found frames (see "Busy polling"). The
- * looking adds to a finite timeout_ms; it ends at a frame, or an error. */
+ * busy_poll_us if look_now(). The looking adds to a finite timeout_ms; it
+ * ends at a frame, or an error. */
 static int wait_busy(struct ts_worker *w, int timeout_ms, int (*wait)(struct ts_worker *, int))
 {
     uint32_t us = __atomic_load_n(&w->s->busy_poll_us, __ATOMIC_RELAXED);
-    if (us && w->found && timeout_ms != 0) {
+    if (us && timeout_ms != 0 && look_now(w)) {
         uint64_t end = now_ns() + (uint64_t)us * 1000;
         do {
             int n = wait(w, 0);
+            if (n > 0)
+                w->look_trust = TS_LOOK_TRUST;
             if (n != 0)
                 return n;
         } while (now_ns() < end);
+        if (w->look_trust)
+            w->look_trust--;
     }
     return wait(w, timeout_ms);
 }
@@ -1654,6 +1675,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     w->acl_hits = s->acl_hits[worker];
     w->reader = &s->readers[worker];
     w->worker = worker;
+    w->look_trust = TS_LOOK_TRUST;
     w->nfds = nfds;
     w->epfd = -1;
     /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring

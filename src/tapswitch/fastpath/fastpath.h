@@ -98,10 +98,16 @@
  * busy_poll_us before it waits. A frame that comes meanwhile is read at
  * once: no wake-up, which on a VM is an interrupt to a halted vCPU, tens of
  * microseconds before the worker runs, on every frame of a TCP flow's
- * round trip. The cost: a worker whose frames come at least every
- * busy_poll_us never sleeps (one CPU busy); one whose last turn found
- * nothing sleeps at once, so an idle switch costs nothing. 0: never look
- * again. Read every turn: a reload changes it at once.
+ * round trip. A look that ends empty is CPU spent for nothing: frames
+ * sent evenly every 100 us cost a worker 59 % of a CPU with a look of 50
+ * us after each, against 6 % for one wake-up each (bench/RESULTS.md, "Busy
+ * polling"). So the worker looks only while looking pays: after
+ * TS_LOOK_TRUST empty looks in a row it stops, and then looks before every
+ * TS_LOOK_PROBE-th sleep only, until a look finds a frame again. What it
+ * costs: a worker whose frames come at least every busy_poll_us never
+ * sleeps (one CPU busy); one whose last turn found nothing sleeps at once,
+ * so an idle switch costs nothing. 0: never look again. Read every turn: a
+ * reload changes it at once.
  *
  * I/O backends
  * ------------
@@ -261,6 +267,8 @@
 #define TS_HEADROOM 4          /* bytes before each frame in the worker's buffer: one tag push */
 #define TS_VLAN_MAX 4094       /* VLANs 1..4094; 0 = none, 4095 reserved */
 #define TS_MAX_MIRRORS 16      /* mirrors (bits of mirror_rx, mirror_tx) */
+#define TS_LOOK_TRUST 8        /* busy polling: looks in a row that may end empty before it stops */
+#define TS_LOOK_PROBE 16       /* busy polling, stopped: it still looks before every 16th sleep */
 #define TS_MAX_ACL_RULES 64    /* ACL rules per port */
 
 /* ts_port.state */
