@@ -100,7 +100,7 @@
  * microseconds before the worker runs, on every frame of a TCP flow's
  * round trip. A look that ends empty is CPU spent for nothing: frames
  * sent evenly every 100 us cost a worker 59 % of a CPU with a look of 50
- * us after each, against 6 % for one wake-up each (bench/RESULTS.md, "Busy
+ * us after each, against 10 % for one wake-up each (bench/RESULTS.md, "Busy
  * polling"). So the worker looks only while looking pays: after
  * TS_LOOK_TRUST empty looks in a row it stops, and then looks before every
  * TS_LOOK_PROBE-th sleep only, until a look finds a frame again. What it
