@@ -34,7 +34,8 @@ def uring_available() -> bool:
 
 
 def auto_backend() -> str:
-    """The backend TS_IO_AUTO picks on this machine (read/write; fastpath.h, "I/O backends")."""
+    """The backend TS_IO_AUTO picks on this machine (burst reads, read/write where io_uring
+    is refused; fastpath.h, "I/O backends")."""
     return backend_started(lib.TS_IO_AUTO)
 
 

@@ -23,9 +23,9 @@ MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
-# environment picks one; unset or "auto", read/write, the cheapest per frame on
-# the machine it is measured on (AUTO_TRIES_URING in fastpath.c would make it
-# multishot io_uring).
+# environment picks one; unset or "auto", io_uring with burst reads, the
+# cheapest per frame in the bench's A/B (AUTO_IO in fastpath.c), or read/write
+# where io_uring is refused.
 IO_ENV = "TAPSWITCH_IO"
 IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING,
                "uring-burst": lib.TS_IO_URING_BURST}

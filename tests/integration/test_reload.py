@@ -51,13 +51,13 @@ def test_sighup_adds_a_port_while_a_running_ping_loses_nothing(lab):
     assert sw.events("config.reloaded")[-1]["added"] == [new_port["name"]]
 
 
-@pytest.mark.parametrize("backend", ["", "uring"])
+@pytest.mark.parametrize("backend", ["", "uring", "readwrite"])
 def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
     """A reload that adds or removes a port replaces every worker. Each is asked to stop
     (SIGTERM): it forwards the frames it has read -- io_uring's multishot reads take frames
     off the queues ahead of the worker -- leaves the rest queued for the next one and exits 0.
-    A ping every 2 ms across a dozen reloads loses nothing (auto: read/write; uring: multishot
-    reads on this kernel).
+    A ping every 2 ms across a dozen reloads loses nothing (auto: io_uring with burst reads;
+    uring: multishot reads on this kernel; readwrite).
     The new worker goes once the old one says it has drained, not once it has exited."""
     monkeypatch.setenv("TAPSWITCH_IO", backend)
     cfg = base(lab)

@@ -620,12 +620,14 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define ETH_P_8021AD 0x88a8
 #define VLAN_VID_MASK 0x0fff
 #define BUF_STRIDE ((TS_HEADROOM + TS_FRAME_MAX + 63) & ~63)
-/* What TS_IO_AUTO means: 1 = io_uring with multishot reads, falling back to
- * read/write when refused or older than 6.7; 0 = read/write. The bench's A/B
- * on this machine (bench/RESULTS.md, "The default I/O backend on this
- * machine"): read/write costs the least CPU per 64 B frame and ties on TCP;
- * on an AMD EPYC multishot reads did ("Multishot reads"). */
-#define AUTO_TRIES_URING 0
+/* What TS_IO_AUTO runs where io_uring is allowed (read/write where it is
+ * refused): TS_IO_URING_BURST, TS_IO_URING or TS_IO_READWRITE. Burst reads
+ * cost the least CPU per 64 B frame in the bench's A/B on the AMD EPYC and
+ * the Intel Xeon of kernel v1272 (bench/RESULTS.md, "The I/O backend on
+ * kernel v1272"); read/write won by 3 % on the Xeon of kernel v1252 ("The
+ * default I/O backend on this machine"), multishot reads on the EPYC of
+ * kernel v782 ("Multishot reads"). */
+#define AUTO_IO TS_IO_URING_BURST
 #define RX_BUFFERS 64               /* multishot reads: the worker's provided buffers */
 #define RX_BATCH RX_BUFFERS         /* multishot reads: completions taken at once */
 #define RX_ROUND_MAX 256            /* multishot reads: frames in one settings entry */
@@ -1681,15 +1683,15 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
     /* The backend (see "I/O backends" in fastpath.h). TS_IO_URING: io_uring
      * with multishot reads where the kernel has them (6.7+), else burst reads;
      * TS_IO_URING_BURST: burst reads always; both fail when io_uring is refused
-     * (missing, seccomp, sysctl). Auto is read/write, or with
-     * AUTO_TRIES_URING io_uring only where it reads multishot. */
-    bool uring = io == TS_IO_URING || io == TS_IO_URING_BURST;
-    if (uring || (io == TS_IO_AUTO && AUTO_TRIES_URING)) {
+     * (missing, seccomp, sysctl). Auto is AUTO_IO, or read/write where that is
+     * refused. */
+    int want = io == TS_IO_AUTO ? AUTO_IO : io;
+    if (want == TS_IO_URING || want == TS_IO_URING_BURST) {
         w->ring = ts_ring_new(fds, nfds);
-        if (!w->ring && uring)
+        if (!w->ring && io != TS_IO_AUTO)
             goto fail;
     }
-    if (w->ring && io != TS_IO_URING_BURST) {
+    if (w->ring && want == TS_IO_URING) {
         int e = ts_ring_rx_start(w->ring, RX_BUFFERS, BUF_STRIDE, TS_HEADROOM, TS_FRAME_MAX);
         w->multishot = e == 0;
         if (e < 0 && io == TS_IO_AUTO) {

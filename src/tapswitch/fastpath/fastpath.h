@@ -151,19 +151,21 @@
  * (ENOSYS; EPERM from seccomp, as Docker's default profile, or
  * kernel.io_uring_disabled): the worker (worker.py) then starts on
  * read/write, and worker.backend says so.
- * TS_IO_AUTO (the default) is read/write: the backend that costs the least
- * CPU per 64 B frame on the machine the project is measured on (an Intel
- * Xeon; bench/RESULTS.md, "The default I/O backend on this machine"):
- * pooled over the A/B runs, 1.43 us a frame against 1.48 for burst reads and
- * 1.53 for multishot reads, RFC 2544 throughput 1.02 / 1.02 / 0.97 Mpps,
- * TCP a tie. It was multishot reads from 2026-11-25 to 2026-12-05: on an
- * AMD EPYC they cost 5-20 % less CPU a frame than read/write ("Multishot
- * reads"), so the order is the CPU's, not the backend's. Burst reads cost
- * the same per unicast frame as read/write (the syscalls they save are
- * few; the rest is TUN, skb and the receiver's stack run in our write,
- * which io_uring runs just the same). fastpath.c's AUTO_TRIES_URING = 1
- * makes auto multishot reads again (read/write where they are refused or
- * missing).
+ * TS_IO_AUTO (the default) is io_uring with burst reads, or read/write
+ * where io_uring is refused: the backend that cost the least CPU per 64 B
+ * frame in the bench's A/B on both machines of kernel v1272
+ * (bench/RESULTS.md, "The I/O backend on kernel v1272"): on an AMD EPYC
+ * 3.00 us a frame against 3.39 for read/write and 3.03 for multishot
+ * reads, with TCP 1.03-1.15x read/write's; on an Intel Xeon 1.81 against
+ * 2.00.
+ * The order is the machine's more than the backend's: read/write won by
+ * 3 % on the Xeon under kernel v1252 and was the default from 2026-12-05
+ * ("The default I/O backend on this machine"), multishot reads on the EPYC
+ * under kernel v782 and were the default from 2026-11-25 ("Multishot
+ * reads"). Burst reads save the syscalls of a busy queue -- one
+ * io_uring_enter for a burst of reads and one for its writes -- and
+ * nothing of the rest: TUN, skb and the receiver's stack run in our
+ * writes as in write(2). fastpath.c's AUTO_IO picks another for auto.
  *
  * Port settings (issue 6)
  * -----------------------
@@ -399,11 +401,12 @@ struct ts_mirror_counters {
 };
 
 /* ts_worker_new's io: the worker's I/O backend (see "I/O backends"). */
-#define TS_IO_AUTO 0           /* the default: read/write (the faster here, see "I/O backends") */
+#define TS_IO_AUTO 0           /* the default: io_uring with burst reads, read/write where io_uring is
+                                  refused (see "I/O backends") */
 #define TS_IO_READWRITE 1      /* read(2) and write(2), one frame each */
 #define TS_IO_URING 2          /* io_uring; ts_worker_new fails if the kernel refuses it */
 #define TS_IO_URING_BURST 3    /* io_uring with a burst of reads per turn, never multishot
-                                  (the backend before 6.7; for A/B and tests) */
+                                  (auto's choice; TS_IO_URING's before 6.7) */
 
 /* Which settings copy worker w reads. Single writer: worker w. */
 struct ts_reader {
