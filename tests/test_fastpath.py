@@ -534,9 +534,9 @@ def test_poll_without_traffic_times_out(sw):
 
 BUSY_US = 200_000       # far over the config's bound, so that "it looked" is plain in CPU time
 # CPU time tells a look from a sleep: a sleep costs microseconds, a look its length, less what
-# the VM's host steals meanwhile (up to ~80 % of a 0.2 s look seen here). So a look counts from a
-# fifth of its length, and a wait that did not look stays far below that.
-LOOKED = 0.2
+# the VM's host steals meanwhile (up to ~80 % of a 0.2 s look seen here). So a wait looked if it
+# took at least this share of the look's length in CPU; one that did not stays far below.
+LOOKED_SHARE = 0.2
 
 
 def test_busy_poll_keeps_looking_after_a_turn_with_frames(sw):
@@ -547,7 +547,7 @@ def test_busy_poll_keeps_looking_after_a_turn_with_frames(sw):
     assert lib.ts_worker_poll(sw.worker, 20) == 0      # nothing comes: looks for 0.2 s, then waits
     cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
     assert wall >= 0.2
-    assert cpu >= LOOKED * 0.2                          # looking, not sleeping
+    assert cpu >= 0.2 * LOOKED_SHARE                    # looking, not sleeping
 
 
 def test_busy_poll_sleeps_at_once_after_a_turn_without_frames(sw):
@@ -584,7 +584,7 @@ def test_a_frame_that_comes_while_looking_is_forwarded_at_once(sw):
     finally:
         later.join()
     assert time.monotonic() - start < 0.19              # within the look, not at its end
-    assert time.thread_time() - cpu >= LOOKED * 0.05    # found looking (0.05 s), not woken
+    assert time.thread_time() - cpu >= 0.05 * LOOKED_SHARE   # found looking (0.05 s), not woken
     assert sw.received(1) == [frame(B, A)]
 
 
@@ -600,7 +600,7 @@ def _turn_then_wait(sw):
 def test_busy_poll_stops_after_empty_looks_and_probes_until_one_finds_a_frame(sw):
     sw.shared.set_busy_poll(20_000)                     # 20 ms a look: plain in CPU time
     for _ in range(lib.TS_LOOK_TRUST):
-        assert _turn_then_wait(sw) >= LOOKED * 0.02     # looked, found nothing
+        assert _turn_then_wait(sw) >= 0.02 * LOOKED_SHARE     # looked, found nothing
     skipped = [_turn_then_wait(sw) for _ in range(lib.TS_LOOK_PROBE - 1)]
     assert max(skipped) < 0.002                         # stopped looking: sleeps at once
     # The probe: every TS_LOOK_PROBE-th wait looks again; a frame found by it makes looks pay again.
@@ -614,7 +614,7 @@ def test_busy_poll_stops_after_empty_looks_and_probes_until_one_finds_a_frame(sw
         later.join()
     sw.drain()
     for _ in range(lib.TS_LOOK_TRUST):
-        assert _turn_then_wait(sw) >= LOOKED * 0.02     # trusted again: looks before every sleep
+        assert _turn_then_wait(sw) >= 0.02 * LOOKED_SHARE     # trusted again: looks before every sleep
     assert _turn_then_wait(sw) < 0.002
 
 
