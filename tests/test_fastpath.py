@@ -408,6 +408,48 @@ def test_without_io_uring_auto_runs_read_write_and_forced_io_uring_fails(err):
     assert [int(x) for x in r.stdout.split()] == [err, err, lib.TS_IO_READWRITE]
 
 
+def test_burst_reads_register_their_buffers(sw, io_backend):
+    """Burst reads read into, and write out of, buffers registered with the ring (READ_FIXED,
+    WRITE_FIXED); read/write and multishot reads have no burst buffers to register."""
+    burst = lib.ts_worker_io(sw.worker) == lib.TS_IO_URING_BURST
+    assert burst == (io_backend == "uring-burst" or (io_backend == "uring" and backend_started(lib.TS_IO_URING) == "uring-burst"))
+    assert lib.ts_worker_buffers_registered(sw.worker) == burst
+
+
+REGISTRY_REFUSED = textwrap.dedent("""
+    from tapswitch._fastpath import lib
+    from tests.test_fastpath import A, B, GSO_TCPV4, NEEDS_CSUM, Switch, frame
+    sw = Switch(bufsize=1 << 20)
+    print(lib.ts_worker_io(sw.worker), lib.ts_worker_buffers_registered(sw.worker))
+    sw.learn(1, B)
+    frames = [frame(B, A, payload=bytes([i]) * 46) for i in range(40)]
+    frames.append(frame(B, A, bytes(range(256)) * 256, flags=NEEDS_CSUM, gso_type=GSO_TCPV4,
+                        gso_size=1448, hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16))
+    for f in frames:
+        sw.hosts[0].send(f)
+    got = []
+    while lib.ts_worker_poll(sw.worker, 100) > 0:
+        got += sw.received(1)
+    print(got + sw.received(1) == frames, sw.counters(1)["tx_packets"])
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping CAP_IPC_LOCK from the bounding set needs root")
+def test_burst_reads_without_a_buffer_registry_forward_through_plain_reads(io_backend):
+    """Without CAP_IPC_LOCK and under a 64 KiB RLIMIT_MEMLOCK the kernel refuses to pin the 2 MiB
+    of burst buffers: the worker still runs burst reads, with plain reads and writes, and
+    forwards every frame byte for byte."""
+    if io_backend != "uring-burst":
+        pytest.skip("burst reads' buffers: one backend's")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run(["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock",
+                        "prlimit", "--memlock=65536:65536", sys.executable, "-c", REGISTRY_REFUSED],
+                       capture_output=True, text=True, timeout=30, cwd=root,
+                       env=dict(os.environ, PYTHONPATH=root))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(lib.TS_IO_URING_BURST), "0", "True", "41"]
+
+
 def test_flood_burst_reaches_every_port_in_order(sw):
     """A burst of floods: each port gets every copy, in the order sent (io_uring: one submission)."""
     frames = [frame(BROADCAST, A, payload=bytes([i]) * 46) for i in range(20)]

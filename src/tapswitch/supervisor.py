@@ -45,6 +45,7 @@ class Worker:
         self.recent: list[float] = []   # monotonic times of recent restarts
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
         self.backend: str | None = None  # the fast path's I/O backend: "uring" | "uring-burst" | "readwrite"
+        self.registered = False         # its burst buffers are registered with its ring (fastpath.h)
         self.sock: socket.socket | None = None  # the process says b"D" here once drained (_hand_over)
         self.retiring: subprocess.Popen | None = None   # the process it replaces, until reaped
         self.cpu_seen = 0.0             # the most cpu_seconds has said: it never says less
@@ -61,6 +62,7 @@ class Pending:
         self.proc = proc
         self.sock = sock          # its ports go here; it says b"R" + its backend once set up, waits for b"G"
         self.backend: str | None = None
+        self.registered = False
 
 
 class Old:
@@ -106,8 +108,10 @@ class Supervisor:
         finally:
             for w, p in pending:        # a failed start: those not let go yet go now
                 self._discard(w, p)
-        # Once per start: which I/O backend the fast path got (io_uring may be refused).
-        log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})))
+        # Once per start: which I/O backend the fast path got (io_uring may be refused), and
+        # whether its buffers are registered (burst reads; refused under RLIMIT_MEMLOCK).
+        log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})),
+                 registered_buffers=all(w.registered for w in self.workers))
 
     def revive(self, w: Worker) -> bool:
         """Start w again, trying a few times; False (logged) if it would not come up.
@@ -161,10 +165,12 @@ class Supervisor:
         """Wait until p has set up; if it does not, stop it and raise WorkerError."""
         ready, _, _ = select.select([p.sock], [], [], READY_TIMEOUT)
         try:
-            said = p.sock.recv(64) if ready else b""   # b"R" + the worker's I/O backend
+            said = p.sock.recv(64) if ready else b""   # b"R" + the worker's I/O backend [+ b" registered"]
         except OSError:
             said = b""          # ECONNRESET: it exited before reading its ports
-        p.backend = said[1:].decode(errors="replace") or None
+        how = said[1:].decode(errors="replace").split()
+        p.backend = how[0] if how else None
+        p.registered = "registered" in how[1:]
         if said[:1] != b"R":
             self._discard(w, p)
             raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
@@ -177,7 +183,7 @@ class Supervisor:
 
     def _go(self, w: Worker, p: Pending) -> None:
         """Make p w's process and let it start forwarding (w's old one has stopped forwarding)."""
-        w.proc, w.backend, w.sock = p.proc, p.backend, p.sock
+        w.proc, w.backend, w.registered, w.sock = p.proc, p.backend, p.registered, p.sock
         w.pidfd = os.pidfd_open(w.proc.pid)
         try:
             p.sock.send(b"G")

@@ -93,7 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shm", type=int, required=True, help="fd of the shared memory")
     p.add_argument("--ready", type=int, required=True,
                    help="socket (SOCK_SEQPACKET): the queue fds come here (receive_ports); b'R' + the "
-                        "backend goes back once set up; forwarding starts on b'G'; b'D' once stopped by "
+                        "backend (+ ' registered': its buffers are) goes back once set up; forwarding starts on b'G'; b'D' once stopped by "
                         "SIGTERM and drained")
     p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
     return p.parse_args(argv)
@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if ids is not None and lib.ts_die_with_parent() != 0:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
-    ready.send(b"R" + fastpath.IO_NAMES[lib.ts_worker_io(w)].encode())   # set up, and how
+    how = fastpath.IO_NAMES[lib.ts_worker_io(w)] + (" registered" if lib.ts_worker_buffers_registered(w) else "")
+    ready.send(b"R" + how.encode())   # set up, and how
     # Go when told: on a reload the worker this one replaces forwards until then.
     if ready.recv(16) != b"G":
         return 0          # not wanted after all (the control process let go of us)

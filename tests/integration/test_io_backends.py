@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from tapswitch import fastpath
 from tapswitch._fastpath import lib
-from tests.fastpath_io import NO_IO_URING, uring_available
+from tests.fastpath_io import NO_IO_URING, backend_started, uring_available
 from tests.integration import helpers
 
 
@@ -25,6 +26,9 @@ def test_backend_forwards_pings_and_a_tcp_stream(lab, monkeypatch, backend):
               "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(3)]
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports})
     assert [e["backend"] for e in sw.events("worker.backend")] == [backend]
+    # Burst reads register their buffers (multishot reads, and read/write, have none).
+    burst = backend_started(fastpath.io_backend({"TAPSWITCH_IO": backend})) == "uring-burst"
+    assert [e["registered_buffers"] for e in sw.events("worker.backend")] == [burst]
 
     a, b, c = (p["netns"] for p in ports)
     assert helpers.ping(a, "198.18.0.2", count=3)        # ARP broadcast (flooded), then unicast
@@ -52,6 +56,23 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
     assert [e["backend"] for e in sw.events("worker.backend")] == ["readwrite"]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
 
+
+
+def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):
+    """Without CAP_IPC_LOCK and under a 64 KiB RLIMIT_MEMLOCK (as an unprivileged container may
+    run) the kernel will not pin the workers' burst buffers: they run burst reads with plain
+    reads and writes, say so, and forward."""
+    if backend_started(lib.TS_IO_URING_BURST) is None:
+        pytest.skip("io_uring refused by this kernel")
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports},
+                    wrapper=("setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock",
+                             "prlimit", "--memlock=65536:65536"))
+    said = sw.events("worker.backend")
+    assert [(e["backend"], e["registered_buffers"]) for e in said] == [("uring-burst", False)]
+    assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
+    assert helpers.ping(ports[1]["netns"], "198.18.0.1", count=3)
 
 
 def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):

@@ -137,7 +137,15 @@
  *     6.7): epoll as read/write, then rx_want[q] read SQEs of the queue in
  *     one io_uring_enter (rx_want doubles what the last turn got,
  *     2..TS_BURST, so a TCP queue with a frame per wake-up does not pay for
- *     32 reads); writes as above.
+ *     32 reads); writes as above. Its TS_BURST buffers are registered
+ *     with the ring (io_uring_register_buffers, once at start: 2 MiB a
+ *     worker, pinned), so its reads and writes are READ_FIXED and
+ *     WRITE_FIXED: the kernel copies a frame to and from pages it pinned
+ *     once, through the kernel's own mapping, not through a user copy
+ *     (6 % less worker CPU a 64 B frame in the bench's A/B, bench/RESULTS.md,
+ *     "Registered buffers"). Where the registry is refused (RLIMIT_MEMLOCK,
+ *     without CAP_IPC_LOCK) they stay plain reads and writes;
+ *     ts_worker_buffers_registered() says which.
  * The queues are registered files (no fd lookup per SQE). RWF_NOWAIT on
  * every write (and burst read) keeps "writes never block" exact: a full
  * queue completes with -EAGAIN, counted as tx_dropped, never retried.
@@ -533,6 +541,8 @@ struct ts_worker;
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds,
                                 int io);                  /* io: TS_IO_* */
 int ts_worker_io(const struct ts_worker *w);              /* the backend in use: TS_IO_READWRITE | TS_IO_URING | TS_IO_URING_BURST */
+int ts_worker_buffers_registered(const struct ts_worker *w);   /* 1: burst reads' buffers registered
+                                                                   with the ring (see "I/O backends") */
 int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or -errno */
 /* Stop reading and forward what was read: multishot reads are cancelled, the
  * frames they took before the cancel are forwarded, frames not taken stay in

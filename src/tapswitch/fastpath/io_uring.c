@@ -21,6 +21,10 @@ struct ts_ring {
     unsigned queued;            /* writes in the submission queue, not yet submitted */
     _Bool fixed;                /* files registered: SQEs name them by index */
     int fds[TS_RING_FILES];     /* otherwise, by fd */
+    /* The burst buffers, registered (ts_ring_buffers): reads into them and
+     * writes out of them are READ_FIXED and WRITE_FIXED. */
+    const uint8_t *fbase;
+    size_t flen;
     /* Multishot reads (ts_ring_rx_start): the buffers, their ring, and rx
      * completions reaped while waiting for writes, kept for the next peek. */
     struct io_uring_buf_ring *br;
@@ -98,6 +102,24 @@ static void set_file(struct ts_ring *r, struct io_uring_sqe *sqe, int file)
     }
 }
 
+int ts_ring_buffers(struct ts_ring *r, void *base, size_t len)
+{
+    struct iovec iov = { .iov_base = base, .iov_len = len };
+    int e = io_uring_register_buffers(&r->ring, &iov, 1);
+    if (e == 0) {
+        r->fbase = base;
+        r->flen = len;
+    }
+    return e;
+}
+
+/* Is [buf, buf + len) in the registered buffers? */
+static _Bool in_fixed(const struct ts_ring *r, const void *buf, uint32_t len)
+{
+    uintptr_t p = (uintptr_t)buf, base = (uintptr_t)r->fbase;
+    return r->flen && p >= base && p - base + len <= r->flen;
+}
+
 /* Submit what is queued and wait for `want` completions. */
 static int submit_and_wait(struct ts_ring *r, unsigned want)
 {
@@ -121,7 +143,10 @@ int ts_ring_read(struct ts_ring *r, int file, uint8_t *const *bufs, uint32_t siz
             n = i;
             break;
         }
-        io_uring_prep_read(sqe, -1, bufs[i], size, 0);
+        if (in_fixed(r, bufs[i], size))
+            io_uring_prep_read_fixed(sqe, -1, bufs[i], size, 0, 0);
+        else
+            io_uring_prep_read(sqe, -1, bufs[i], size, 0);
         set_file(r, sqe, file);
         sqe->rw_flags = RWF_NOWAIT;     /* see nowait, above */
         io_uring_sqe_set_data64(sqe, (uint64_t)i);
@@ -147,7 +172,10 @@ _Bool ts_ring_write(struct ts_ring *r, int file, const void *buf, uint32_t len, 
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     if (!sqe)
         return 0;
-    io_uring_prep_write(sqe, -1, buf, len, 0);
+    if (in_fixed(r, buf, len))
+        io_uring_prep_write_fixed(sqe, -1, buf, len, 0, 0);
+    else
+        io_uring_prep_write(sqe, -1, buf, len, 0);
     set_file(r, sqe, file);
     sqe->rw_flags = RWF_NOWAIT;         /* a full queue answers -EAGAIN: never wait */
     io_uring_sqe_set_data64(sqe, tag);

@@ -22,6 +22,7 @@
 #define TAPSWITCH_IO_URING_H
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define TS_RING_ENTRIES 256     /* submission queue: writes queued before a forced flush */
@@ -46,6 +47,12 @@ void ts_ring_release_files(struct ts_ring *r);
 void ts_ring_free(struct ts_ring *r);
 
 /* Files are named by their index i in ts_ring_new's fds. */
+
+/* Register [base, base + len) as the ring's buffer: a read into it or a
+ * write out of it is then READ_FIXED or WRITE_FIXED (the kernel copies to
+ * and from pages it pinned once, through its own mapping: no user copy).
+ * 0, or -errno (the ring goes on with plain reads and writes). */
+int ts_ring_buffers(struct ts_ring *r, void *base, size_t len);
 
 /* Read up to n frames of file `file` into bufs[k] (size bytes each): res[k] is the
  * length read, 0 at end of file, or -errno. Returns 0 or -errno (the submit
