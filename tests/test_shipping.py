@@ -19,6 +19,9 @@ import sys
 import pytest
 import yaml
 
+from tapswitch._fastpath import lib
+from tapswitch.config import Switch as SwitchConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 DOCKERIGNORE = os.path.join(ROOT, ".dockerignore")
@@ -130,6 +133,17 @@ def test_unit_grants_only_the_capabilities_tapswitch_uses():
     assert set(service["CapabilityBoundingSet"].split()) == needed | workers
     assert set(service["AmbientCapabilities"].split()) <= needed
     assert "User" not in service                             # root: /run/netns and /proc/PID/ns are root's
+
+
+def test_unit_lets_every_worker_pin_its_io_buffers():
+    """Without CAP_IPC_LOCK the workers' registered buffers count against RLIMIT_MEMLOCK: the
+    unit leaves room for the most queues a config may ask for, twice (a reload's overlap)."""
+    limit = unit_settings()["Service"]["LimitMEMLOCK"]
+    assert limit.endswith("M")
+    per_worker = lib.TS_BURST * (lib.TS_HEADROOM + lib.TS_FRAME_MAX + 64)    # a buffer's stride, at most
+    queues = next(m.le for m in SwitchConfig.model_fields["queues"].metadata if hasattr(m, "le"))
+    assert queues == 16
+    assert int(limit[:-1]) << 20 >= 2 * queues * per_worker
 
 
 def test_unit_has_no_mount_namespace_that_would_hide_named_namespaces():

@@ -3,6 +3,7 @@ TAP traffic: unicast, broadcast and a TCP stream of GSO super-frames, with
 the backend forced through TAPSWITCH_IO and logged once as worker.backend;
 where seccomp refuses io_uring, the workers run read/write."""
 
+import configparser
 import json
 import os
 import subprocess
@@ -73,6 +74,29 @@ def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):
     assert [(e["backend"], e["registered_buffers"]) for e in said] == [("uring-burst", False)]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
     assert helpers.ping(ports[1]["netns"], "198.18.0.1", count=3)
+
+
+def test_with_the_units_capabilities_a_worker_pins_its_buffers_in_its_share_of_the_limit(lab):
+    """The systemd unit's LimitMEMLOCK is sized per queue (tests/test_shipping.py): twice a
+    worker's buffers at most, for a reload's overlap. With the unit's capabilities (no
+    CAP_IPC_LOCK, so the pinning counts) and one queue's share as the whole limit, the worker
+    pins its buffers. (Set the share, not the unit's 128 MiB: raising a hard limit needs
+    CAP_SYS_RESOURCE, which a test may not have.)"""
+    if backend_started(lib.TS_IO_URING_BURST) is None:
+        pytest.skip("io_uring refused by this kernel")
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str
+    unit.read(os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "tapswitch.service"))
+    caps = ",".join("+" + c.lower().removeprefix("cap_") for c in unit["Service"]["CapabilityBoundingSet"].split())
+    share = 2 * lib.TS_BURST * (lib.TS_HEADROOM + lib.TS_FRAME_MAX + 64)
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports},
+                    wrapper=("prlimit", f"--memlock={share}:{share}",
+                             "setpriv", f"--bounding-set=-all,{caps}", "--inh-caps=-all"))
+    said = sw.events("worker.backend")
+    assert [(e["backend"], e["registered_buffers"]) for e in said] == [("uring-burst", True)]
+    assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
 
 
 def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
