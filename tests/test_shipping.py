@@ -129,7 +129,8 @@ def test_unit_is_notify_reloads_with_sighup_and_restarts_on_failure():
 def test_unit_grants_only_the_capabilities_tapswitch_uses():
     service = unit_settings()["Service"]
     needed = {"CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
-    workers = {"CAP_SETUID", "CAP_SETGID"}                   # workers become switch.user (root's only)
+    workers = {"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}       # workers become switch.user and are
+                                                             # signalled as such (root's only)
     assert set(service["CapabilityBoundingSet"].split()) == needed | workers
     assert set(service["AmbientCapabilities"].split()) <= needed
     assert "User" not in service                             # root: /run/netns and /proc/PID/ns are root's

@@ -60,8 +60,9 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
 
 
 def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):
-    """Without CAP_IPC_LOCK and under a 64 KiB RLIMIT_MEMLOCK (as an unprivileged container may
-    run) the kernel will not pin the workers' burst buffers: they run burst reads with plain
+    """Without CAP_IPC_LOCK and under a 1 MiB RLIMIT_MEMLOCK (as an unprivileged container may
+    run: room for the rings, not for 2 MiB of buffers) the kernel will not pin the workers' burst
+    buffers: they run burst reads with plain
     reads and writes, say so, and forward."""
     if backend_started(lib.TS_IO_URING_BURST) is None:
         pytest.skip("io_uring refused by this kernel")
@@ -69,7 +70,7 @@ def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):
               "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports},
                     wrapper=("setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock",
-                             "prlimit", "--memlock=65536:65536"))
+                             "prlimit", "--memlock=1048576:1048576"))
     said = sw.events("worker.backend")
     assert [(e["backend"], e["registered_buffers"]) for e in said] == [("uring-burst", False)]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
@@ -97,6 +98,15 @@ def test_with_the_units_capabilities_a_worker_pins_its_buffers_in_its_share_of_t
     said = sw.events("worker.backend")
     assert [(e["backend"], e["registered_buffers"]) for e in said] == [("uring-burst", True)]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
+    # And with the unit's capabilities the switch can stop its workers (another user's processes).
+    with open(f"/proc/{sw.proc.pid}/task/{sw.proc.pid}/children") as f:
+        workers = [int(p) for p in f.read().split()]
+    assert workers
+    assert sw.stop() == 0
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}")]
 
 
 def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
