@@ -29,6 +29,11 @@ def backend_started(io: int) -> str | None:
         shared.close()
 
 
+# The most a worker pins for its burst buffers (fastpath.c registers TS_BURST strides of
+# TS_HEADROOM + TS_FRAME_MAX, each rounded up to 64 bytes).
+BURST_BUFFERS_MAX = lib.TS_BURST * (lib.TS_HEADROOM + lib.TS_FRAME_MAX + 64)
+
+
 def uring_available() -> bool:
     return backend_started(lib.TS_IO_URING) is not None
 

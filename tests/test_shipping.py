@@ -19,8 +19,8 @@ import sys
 import pytest
 import yaml
 
-from tapswitch._fastpath import lib
 from tapswitch.config import Switch as SwitchConfig
+from tests.fastpath_io import BURST_BUFFERS_MAX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
@@ -141,10 +141,9 @@ def test_unit_lets_every_worker_pin_its_io_buffers():
     unit leaves room for the most queues a config may ask for, twice (a reload's overlap)."""
     limit = unit_settings()["Service"]["LimitMEMLOCK"]
     assert limit.endswith("M")
-    per_worker = lib.TS_BURST * (lib.TS_HEADROOM + lib.TS_FRAME_MAX + 64)    # a buffer's stride, at most
     queues = next(m.le for m in SwitchConfig.model_fields["queues"].metadata if hasattr(m, "le"))
     assert queues == 16
-    assert int(limit[:-1]) << 20 >= 2 * queues * per_worker
+    assert int(limit[:-1]) << 20 >= 2 * queues * BURST_BUFFERS_MAX
 
 
 def test_unit_has_no_mount_namespace_that_would_hide_named_namespaces():

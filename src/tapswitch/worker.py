@@ -93,8 +93,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--shm", type=int, required=True, help="fd of the shared memory")
     p.add_argument("--ready", type=int, required=True,
                    help="socket (SOCK_SEQPACKET): the queue fds come here (receive_ports); b'R' + the "
-                        "backend (+ ' registered': its buffers are) goes back once set up; forwarding starts on b'G'; b'D' once stopped by "
-                        "SIGTERM and drained")
+                        "backend (+ b' registered': its buffers are) goes back once set up; forwarding "
+                        "starts on b'G'; b'D' once stopped by SIGTERM and drained")
     p.add_argument("--user", metavar="UID:GID", help="run as this user and group once set up")
     return p.parse_args(argv)
 

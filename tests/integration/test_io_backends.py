@@ -14,7 +14,7 @@ import pytest
 
 from tapswitch import fastpath
 from tapswitch._fastpath import lib
-from tests.fastpath_io import NO_IO_URING, backend_started, uring_available
+from tests.fastpath_io import BURST_BUFFERS_MAX, NO_IO_URING, backend_started, uring_available
 from tests.integration import helpers
 
 
@@ -62,8 +62,7 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
 def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):
     """Without CAP_IPC_LOCK and under a 1 MiB RLIMIT_MEMLOCK (as an unprivileged container may
     run: room for the rings, not for 2 MiB of buffers) the kernel will not pin the workers' burst
-    buffers: they run burst reads with plain
-    reads and writes, say so, and forward."""
+    buffers: they run burst reads with plain reads and writes, say so, and forward."""
     if backend_started(lib.TS_IO_URING_BURST) is None:
         pytest.skip("io_uring refused by this kernel")
     ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
@@ -89,7 +88,7 @@ def test_with_the_units_capabilities_a_worker_pins_its_buffers_in_its_share_of_t
     unit.optionxform = str
     unit.read(os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "tapswitch.service"))
     caps = ",".join("+" + c.lower().removeprefix("cap_") for c in unit["Service"]["CapabilityBoundingSet"].split())
-    share = 2 * lib.TS_BURST * (lib.TS_HEADROOM + lib.TS_FRAME_MAX + 64)
+    share = 2 * BURST_BUFFERS_MAX
     ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
               "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports},
