@@ -38,6 +38,12 @@ def perf_works() -> bool:
         subprocess.run(["perf", "stat", "-e", "cpu-clock", "true"], capture_output=True).returncode == 0
 
 
+def py_spy_path() -> str | None:
+    """py-spy on PATH, or beside this interpreter: pip installs it into a venv's bin/, which a
+    venv's python run without activating the venv does not put on PATH."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+
+
 def top_symbols(data: str, limit: int = 18) -> list[tuple[float, str]]:
     r = sh("perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol", "-g", "none",
            "--percent-limit", "0.8", check=False, timeout=300)
@@ -178,10 +184,11 @@ class Profiler:
         self.md += ["", f"Control process (py-spy, {p:g} s): {spy}", ""]
 
     def py_spy(self, pid: int, seconds: float) -> str:
-        if not shutil.which("py-spy"):
+        spy = py_spy_path()
+        if not spy:
             return "py-spy not installed (pip install py-spy)"
         path = self.data("spy.txt")
-        r = sh("py-spy", "record", "-p", pid, "-d", max(1, int(seconds)), "-r", "100", "--format", "raw",
+        r = sh(spy, "record", "-p", pid, "-d", max(1, int(seconds)), "-r", "100", "--format", "raw",
                "-o", path, "--nonblocking", check=False, timeout=seconds + 60)
         if not os.path.exists(path):
             return f"py-spy failed: {r.stderr.strip()[-200:]}"

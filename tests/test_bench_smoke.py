@@ -94,3 +94,16 @@ def test_bench_refuses_a_congestion_control_the_machine_lacks(tmp_path, tag):
     assert "--cc nosuchcc: not available here" in r.stderr
     assert re.search(r"tcp_available_congestion_control: .*\b(reno|cubic)\b", r.stderr), r.stderr
     assert not out.exists() and _leftovers(tag) == []      # it stopped before making anything
+
+
+def test_profiler_finds_py_spy_beside_the_interpreter_off_path():
+    """`.venv/bin/python bench/profile_tapswitch.py` without the venv activated: pip put py-spy in the
+    venv's bin/, which is not on PATH; the profiler finds it there rather than report it missing."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.access(beside, os.X_OK):
+        pytest.skip("py-spy is not installed beside this interpreter (pip install -r bench/requirements.txt)")
+    code = "import sys; sys.path.insert(0, 'bench'); import profile_tapswitch as p; print(p.py_spy_path())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env={"PATH": "/nonexistent"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == beside
