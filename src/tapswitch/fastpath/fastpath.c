@@ -687,7 +687,6 @@ struct ts_worker {
     int io;                         /* TS_IO_READWRITE, TS_IO_URING (multishot reads) or TS_IO_URING_BURST */
     struct ts_ring *ring;           /* TS_IO_URING: queued writes, batched reads; else NULL */
     bool multishot;                 /* TS_IO_URING: every queue has a multishot read (6.7+) */
-    bool registered;                /* burst reads: buffers registered with the ring (READ/WRITE_FIXED) */
     bool stopping;                  /* multishot: reads cancelled (ts_worker_drain), none armed again */
     int rx_armed;                   /* multishot: queues whose read has not ended */
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
@@ -1712,7 +1711,7 @@ struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds,
      * kernel copies to and from their pages through its own mapping, not as a
      * user copy (refused, under RLIMIT_MEMLOCK without CAP_IPC_LOCK: plain). */
     if (w->ring && !w->multishot)
-        w->registered = ts_ring_buffers(w->ring, w->buffers, (size_t)TS_BURST * BUF_STRIDE) == 0;
+        (void)ts_ring_buffers(w->ring, w->buffers, (size_t)TS_BURST * BUF_STRIDE);
     memset(w->rx_want, TS_BURST, sizeof w->rx_want);
     for (int p = 0; p < TS_MAX_PORTS; p++)
         w->fds[p] = p < nfds ? fds[p] : -1;
@@ -1758,7 +1757,7 @@ int ts_worker_io(const struct ts_worker *w)
 
 int ts_worker_buffers_registered(const struct ts_worker *w)
 {
-    return w->registered;
+    return w->ring && ts_ring_buffers_registered(w->ring);
 }
 
 int ts_die_with_parent(void)

@@ -113,6 +113,11 @@ int ts_ring_buffers(struct ts_ring *r, void *base, size_t len)
     return e;
 }
 
+_Bool ts_ring_buffers_registered(const struct ts_ring *r)
+{
+    return r->flen != 0;
+}
+
 /* Is [buf, buf + len) in the registered buffers? */
 static _Bool in_fixed(const struct ts_ring *r, const void *buf, uint32_t len)
 {

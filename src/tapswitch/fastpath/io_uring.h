@@ -53,6 +53,7 @@ void ts_ring_free(struct ts_ring *r);
  * and from pages it pinned once, through its own mapping: no user copy).
  * 0, or -errno (the ring goes on with plain reads and writes). */
 int ts_ring_buffers(struct ts_ring *r, void *base, size_t len);
+_Bool ts_ring_buffers_registered(const struct ts_ring *r);
 
 /* Read up to n frames of file `file` into bufs[k] (size bytes each): res[k] is the
  * length read, 0 at end of file, or -errno. Returns 0 or -errno (the submit
