@@ -641,25 +641,49 @@ def _turn_then_wait(sw):
     return time.thread_time() - cpu
 
 
-def test_busy_poll_stops_after_empty_looks_and_probes_until_one_finds_a_frame(sw):
-    sw.shared.set_busy_poll(20_000)                     # 20 ms a look: plain in CPU time
-    for _ in range(lib.TS_LOOK_TRUST):
-        assert _turn_then_wait(sw) >= 0.02 * LOOKED_SHARE     # looked, found nothing
-    skipped = [_turn_then_wait(sw) for _ in range(lib.TS_LOOK_PROBE - 1)]
-    assert max(skipped) < 0.002                         # stopped looking: sleeps at once
-    # The probe: every TS_LOOK_PROBE-th wait looks again; a frame found by it makes looks pay again.
+LOOK_US = 80_000        # a look of 80 ms: plain in CPU time; it pays if a frame comes within 20 ms
+
+
+def _look_finds_a_frame_after(sw, seconds):
+    """A turn that finds a frame, then a wait that another frame ends `seconds` later (found
+    looking, or waking the worker once the look is over); then a turn that finds nothing, so
+    that the next turn's wait does not look. The frame is forwarded."""
     assert sw.send(0, frame(BROADCAST, A)) == 1
     sw.drain()
-    later = threading.Timer(0.005, sw.hosts[1].send, [frame(BROADCAST, B)])
+    later = threading.Timer(seconds, sw.hosts[1].send, [frame(BROADCAST, B)])
     later.start()
     try:
         assert lib.ts_worker_poll(sw.worker, 1000) == 1
     finally:
         later.join()
+    assert sw.received(0) == [frame(BROADCAST, B)]
     sw.drain()
+    assert lib.ts_worker_poll(sw.worker, 0) == 0        # no wait, so no look: found nothing
+
+
+def test_busy_poll_stops_after_empty_looks_and_probes_until_one_finds_a_frame(sw):
+    sw.shared.set_busy_poll(LOOK_US)
     for _ in range(lib.TS_LOOK_TRUST):
-        assert _turn_then_wait(sw) >= 0.02 * LOOKED_SHARE     # trusted again: looks before every sleep
+        assert _turn_then_wait(sw) >= LOOK_US / 1e6 * LOOKED_SHARE    # looked, found nothing
+    skipped = [_turn_then_wait(sw) for _ in range(lib.TS_LOOK_PROBE - 1)]
+    assert max(skipped) < 0.002                         # stopped looking: sleeps at once
+    # The probe: every TS_LOOK_PROBE-th wait looks again; a frame it finds early makes looks pay again.
+    _look_finds_a_frame_after(sw, 0.002)
+    for _ in range(lib.TS_LOOK_TRUST):
+        assert _turn_then_wait(sw) >= LOOK_US / 1e6 * LOOKED_SHARE    # trusted again: looks before every sleep
     assert _turn_then_wait(sw) < 0.002
+
+
+def test_busy_poll_stops_when_its_looks_find_frames_only_late(sw):
+    """A look that finds its frame only after 1/TS_LOOK_QUICK of its length spun longer than the
+    wake-up it spared: the frame is forwarded, but the look did not pay, and after TS_LOOK_TRUST
+    such looks in a row the worker sleeps at once."""
+    sw.shared.set_busy_poll(LOOK_US)
+    late = 0.75 * LOOK_US / 1e6                         # 60 ms into an 80 ms look (or after it)
+    assert late > LOOK_US / 1e6 / lib.TS_LOOK_QUICK
+    for _ in range(lib.TS_LOOK_TRUST):
+        _look_finds_a_frame_after(sw, late)
+    assert _turn_then_wait(sw) < 0.002                  # stopped looking: sleeps at once
 
 
 def test_worker_refuses_blocking_fds():

@@ -692,7 +692,7 @@ struct ts_worker {
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
     bool claimed;                   /* readers[worker] is ours: see claim() */
     bool found;                     /* the last turn found frames: look again before sleeping */
-    uint8_t look_trust;             /* empty looks left before it stops looking (TS_LOOK_TRUST) */
+    uint8_t look_trust;             /* looks that may not pay before it stops looking (TS_LOOK_TRUST) */
     uint8_t look_skipped;           /* sleeps without a look since it stopped (TS_LOOK_PROBE) */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
     struct ts_ring_done done[TS_RING_ENTRIES];
@@ -1493,6 +1493,15 @@ static bool look_now(struct ts_worker *w)
     return true;
 }
 
+/* A look ended: it paid (a frame within 1/TS_LOOK_QUICK of its length), or not. */
+static void look_ended(struct ts_worker *w, bool paid)
+{
+    if (paid)
+        w->look_trust = TS_LOOK_TRUST;
+    else if (w->look_trust)
+        w->look_trust--;
+}
+
 /* wait(w, timeout_ms), after looking again with no timeout for up to
  * busy_poll_us if look_now(). The looking adds to a finite timeout_ms; it
  * ends at a frame, or an error. */
@@ -1500,16 +1509,15 @@ static int wait_busy(struct ts_worker *w, int timeout_ms, int (*wait)(struct ts_
 {
     uint32_t us = __atomic_load_n(&w->s->busy_poll_us, __ATOMIC_RELAXED);
     if (us && timeout_ms != 0 && look_now(w)) {
-        uint64_t end = now_ns() + (uint64_t)us * 1000;
+        uint64_t start = now_ns(), len = (uint64_t)us * 1000;
         do {
             int n = wait(w, 0);
             if (n > 0)
-                w->look_trust = TS_LOOK_TRUST;
+                look_ended(w, now_ns() - start <= len / TS_LOOK_QUICK);
             if (n != 0)
                 return n;
-        } while (now_ns() < end);
-        if (w->look_trust)
-            w->look_trust--;
+        } while (now_ns() - start < len);
+        look_ended(w, false);
     }
     return wait(w, timeout_ms);
 }
