@@ -103,8 +103,8 @@
  * us after each, against 10 % for one wake-up each (bench/RESULTS.md, "Busy
  * polling"). So is one that finds a frame only late in the look: it spared
  * a wake-up but spun longer than the wake-up costs (frames every 100 us
- * reached by the end of a 50 us look, because the worker woke late for the
- * one before: 44 % of a CPU, against 27 % counting such looks as unpaid;
+ * kept 50 us looks going, likely reached near their end after a late
+ * wake-up: 44 % of a CPU, against 27 % counting such looks as unpaid;
  * bench/RESULTS.md, "Looks that find a frame late"). So a look pays only if
  * it finds a frame within 1/TS_LOOK_QUICK of its length, and the worker
  * looks only while looking pays: after TS_LOOK_TRUST looks in a row that
