@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import socketserver
+import stat
 import tempfile
 import threading
 import time
@@ -47,3 +48,57 @@ def test_stop_serving_a_tcp_server_on_every_address():
     thread.join(5)
     assert not thread.is_alive()
     server.server_close()
+
+
+def serve(path: str) -> ControlServer:
+    server = ControlServer(path, {"echo": lambda r: r["x"]})
+    server.start()
+    assert ask(path, b'{"cmd": "echo", "x": 1}\n') == {"ok": True, "result": 1}
+    return server
+
+
+def test_the_directories_made_for_the_socket_go_when_the_switch_is_done():
+    root = tempfile.mkdtemp()
+    path = os.path.join(root, "run", "tapswitch", "sw.sock")
+    server = serve(path)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o755 == 0o755
+    server.stop()
+    assert os.path.isdir(os.path.dirname(path))       # stop() leaves them: state may live beside the socket
+    server.remove_dir()
+    assert os.listdir(root) == []                     # both made, both gone; the one that was there stays
+    os.rmdir(root)
+
+
+def test_a_directory_that_was_there_or_is_not_empty_stays():
+    there = tempfile.mkdtemp()
+    server = serve(os.path.join(there, "sw.sock"))
+    server.stop()
+    server.remove_dir()
+    assert os.path.isdir(there) and os.listdir(there) == []
+    os.rmdir(there)
+
+    root = tempfile.mkdtemp()
+    made = os.path.join(root, "tapswitch")
+    server = serve(os.path.join(made, "a.sock"))
+    other = serve(os.path.join(made, "b.sock"))       # a second switch in the directory the first made
+    server.stop()
+    server.remove_dir()
+    assert os.listdir(made) == ["b.sock"]             # the other's socket keeps it
+    other.stop()
+    other.remove_dir()                                # it did not make it: it stays
+    assert os.listdir(made) == []
+    os.rmdir(made)
+    os.rmdir(root)
+
+
+def test_a_failed_bind_takes_the_directories_it_made_with_it():
+    root = tempfile.mkdtemp()
+    path = os.path.join(root, "made", "x" * 120 + ".sock")     # past AF_UNIX's 108 bytes
+    try:
+        ControlServer(path, {})
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a socket path past 108 bytes was bound")
+    assert os.listdir(root) == []
+    os.rmdir(root)

@@ -65,10 +65,20 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str, handlers: dict):
         self.path = path
         self.handlers = handlers
-        _claim(path)
+        # The socket's directory (/run/tapswitch by default) goes at
+        # remove_dir() if this switch made it, as systemd's RuntimeDirectory does.
+        self.made_dir = _claim(path)
         old = os.umask(0o177)
         try:
-            super().__init__(path, _Handler)
+            try:
+                super().__init__(path, _Handler)
+            except FileNotFoundError:
+                # Another switch, stopping, took the directory away meanwhile.
+                self.made_dir = _make_dir(path) or self.made_dir
+                super().__init__(path, _Handler)
+        except BaseException:
+            self.remove_dir()
+            raise
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -92,6 +102,23 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+    def remove_dir(self) -> None:
+        """After stop(), and after whatever else the switch keeps beside its
+        socket: the directories made for the socket, each while empty (not
+        one another switch's socket, or a dead run's state, is in now)."""
+        if self.made_dir is None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            while True:
+                os.rmdir(directory)
+                if directory == self.made_dir:
+                    break
+                directory = os.path.dirname(directory)
+        except OSError:
+            pass                # not empty (another switch's), or gone already
+        self.made_dir = None
 
 
 def stop_serving(server: socketserver.BaseServer) -> None:
@@ -119,17 +146,34 @@ def _wake(server: socketserver.BaseServer) -> None:
         pass                    # a full backlog, say: the poll ends the wait anyway
 
 
-def _claim(path: str) -> None:
-    """Make way for our socket: refuse if a live switch owns it, remove a stale one."""
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+def _make_dir(path: str) -> str | None:
+    """Make the socket's directory, and any parent missing, as makedirs does;
+    the topmost one made, or None if none was missing."""
+    directory = os.path.abspath(os.path.dirname(path))
+    top = None
+    while not os.path.isdir(directory):
+        top, directory = directory, os.path.dirname(directory)
+    if top is None:
+        return None
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755)
+    except FileExistsError:
+        return None             # made meanwhile, by another switch: theirs
+    return top
+
+
+def _claim(path: str) -> str | None:
+    """Make way for our socket: refuse if a live switch owns it, remove a stale one.
+    The topmost directory made for it (_make_dir), or None."""
+    made = _make_dir(path)
     if not os.path.exists(path):
-        return
+        return made
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except OSError:
         os.unlink(path)      # left by a switch that died
-        return
+        return made
     finally:
         probe.close()
     raise ControlError(f"another tapswitch is running on control socket {path}")

@@ -569,9 +569,9 @@ class Switch:
             stop_serving(self.metrics_server)
             self.metrics_server.server_close()
             self.metrics_server = None
-        if self.control is not None:
-            self.control.stop()
-            self.control = None
+        control, self.control = self.control, None
+        if control is not None:
+            control.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
@@ -586,4 +586,6 @@ class Switch:
         if self.shared is not None:
             self.shared.close()
             self.shared = None
+        if control is not None:
+            control.remove_dir()     # last: the namespaces' state file lives beside the socket
         log.info("switch.stopped", switch=self.name)

@@ -152,6 +152,7 @@ def ask(path: str) -> dict:
 
 def test_control_socket_is_0600_and_refuses_other_users(lab):
     path = f"/run/tapswitch/{lab.name('sw')}.sock"
+    was_there = os.path.isdir(os.path.dirname(path))
     sw = lab.switch(two_containers(lab, queues=1, control={"socket": path}))
     st = os.stat(path)
     assert stat.S_ISSOCK(st.st_mode)
@@ -164,3 +165,6 @@ def test_control_socket_is_0600_and_refuses_other_users(lab):
     reply = as_user(NOBODY, lambda: ask(path), dac_override=True)
     assert reply == {"ok": False, "error": "permission denied"}
     assert sw.proc.poll() is None
+    assert sw.stop() == 0
+    # The switch made /run/tapswitch (no systemd here to make it) and takes it away again.
+    assert not os.path.exists(path) and os.path.isdir(os.path.dirname(path)) == was_there
