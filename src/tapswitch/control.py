@@ -149,14 +149,14 @@ def _wake(server: socketserver.BaseServer) -> None:
 def _make_dir(path: str) -> str | None:
     """Make the socket's directory, and any parent missing, as makedirs does;
     the topmost one made, or None if none was missing."""
-    directory = os.path.abspath(os.path.dirname(path))
+    leaf = directory = os.path.dirname(os.path.abspath(path))
     top = None
     while not os.path.isdir(directory):
         top, directory = directory, os.path.dirname(directory)
     if top is None:
         return None
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755)
+        os.makedirs(leaf, mode=0o755)
     except FileExistsError:
         return None             # made meanwhile, by another switch: theirs
     return top
