@@ -170,14 +170,17 @@ class Switch:
     def _start_services(self) -> None:
         """Control socket and metrics first: a clash there is found before any device is made."""
         sw = self.cfg.switch
-        self.control = ControlServer(sw.control.socket, {
-            "ports": lambda req: self.ports_info(),
-            "fdb": lambda req: self.fdb_info(),
-            "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
-            "reload": lambda req: self.request_reload(),
-            "fdb_add": self.fdb_add,
-            "fdb_del": self.fdb_del,
-        })
+        try:
+            self.control = ControlServer(sw.control.socket, {
+                "ports": lambda req: self.ports_info(),
+                "fdb": lambda req: self.fdb_info(),
+                "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
+                "reload": lambda req: self.request_reload(),
+                "fdb_add": self.fdb_add,
+                "fdb_del": self.fdb_del,
+            })
+        except OSError as e:
+            raise StartError(f"control: cannot listen on {sw.control.socket}: {e.strerror or e}") from None
         self.control.start()
         address = sw.metrics.address()
         if address is not None:

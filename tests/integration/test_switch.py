@@ -255,6 +255,22 @@ def test_second_switch_on_the_same_socket_is_refused(lab):
     assert sw.cli_json("ports")      # the first switch still answers
 
 
+def test_control_socket_that_cannot_be_made_exits_1_naming_it_and_leaves_nothing(lab, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")                              # the socket's parent is a file
+    path = str(blocker / "sub" / "sw.sock")
+    cfg = containers(lab, 1)
+    cfg["switch"]["control"] = {"socket": path}
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"tapswitch: control: cannot listen on {path}: Not a directory" in r.stderr
+    assert not helpers.link_exists(cfg["ports"][0]["name"])
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+    assert blocker.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     cfg = containers(lab, 3, queues=1)
     sw = lab.switch(cfg)
