@@ -827,6 +827,24 @@ def test_load_reports_the_file_name(tmp_path):
     assert info.value.errors == [f"{path}:3: switch.queues: must be at least 1"]
 
 
+
+@pytest.mark.parametrize("command", [["reload"], ["ports"], ["fdb"], ["fdb", "flush"]])
+def test_a_client_given_a_bad_config_says_where_and_exits_2(tmp_path, capsys, command):
+    """`tapswitch reload -c FILE` takes the control socket from FILE: a FILE with errors gets them
+    reported (FILE:LINE: key.path), exit 2, no traceback, and no switch is asked."""
+    from tapswitch import cli
+    path = tmp_path / "sw.yaml"
+    path.write_text("switch:\n  name: sw0\n  bogus: 1\nports: [{name: p}]\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(command[:1] + ["-c", str(path)] + command[1:])
+    assert info.value.code == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert f"{path}:3: switch.bogus: unknown key" in err and "give the socket with -s" in err
+    with pytest.raises(SystemExit) as info:
+        cli.main(command[:1] + ["-c", str(tmp_path / "missing.yaml")] + command[1:])
+    assert info.value.code == cli.EXIT_CONFIG
+    assert f"{tmp_path / 'missing.yaml'}:0: -: cannot read: " in capsys.readouterr().err
+
 # --- Nothing but ConfigError --------------------------------------------------
 
 KEYS = ["switch", "ports", "name", "queues", "queue_len", "busy_poll_us", "mac_table", "size", "aging", "metrics", "listen",

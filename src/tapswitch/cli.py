@@ -59,7 +59,13 @@ def find_socket(args) -> str:
         return path
     if args.config:
         from tapswitch import config
-        return config.load(args.config).switch.control.socket
+        try:
+            return config.load(args.config).switch.control.socket
+        except config.ConfigError as e:
+            print(e, file=sys.stderr)
+            print("tapswitch: no control socket from a config with errors; fix them, or give the socket with -s",
+                  file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
     running = sorted(glob.glob(os.path.join(SOCKET_DIR, "*.sock")))
     if len(running) == 1:
         return running[0]
@@ -157,19 +163,22 @@ def cmd_fdb(args) -> int:
 
 
 def cmd_reload(args) -> int:
+    """Exit 0: applied; 2: refused, nothing changed; 1: applied, but a port could not be made."""
     result = _request(args, "reload")
+    refused = "added" not in result
+    code = EXIT_CONFIG if refused else EXIT_OK if result["ok"] else EXIT_FAILURE
     if args.json:
         print(json.dumps(result, indent=2))
-        return EXIT_OK if result["ok"] else EXIT_CONFIG
+        return code
     for error in result["errors"]:
         print(error, file=sys.stderr)
-    if "added" not in result:
+    if refused:
         print("reload refused; the switch runs on as it was", file=sys.stderr)
-        return EXIT_CONFIG
+        return code
     changes = ", ".join(f"{what} {' '.join(names)}" for what, names in result.items()
-                        if what in ("added", "removed", "remade", "updated") and names)
+                        if what in ("added", "removed", "remade", "updated", "failed") and names)
     print(f"reloaded: {changes or 'no port changed'}")
-    return EXIT_OK if result["ok"] else EXIT_FAILURE
+    return code
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_fdb, "reload": cmd_reload}

@@ -688,6 +688,7 @@ class Config(_Model):
     mirrors: list[Mirror] = []
     static_macs: list[StaticMac] = []
     _source: str = PrivateAttr("<string>")
+    _lines: dict = PrivateAttr(default_factory=dict)    # key path -> line (loads), for where()
 
     @field_validator("mirrors")
     @classmethod
@@ -703,6 +704,10 @@ class Config(_Model):
     def source(self) -> str:
         """Where this config was read from: a path, "<demo>" or "<string>"."""
         return self._source
+
+    def where(self, loc: tuple, message: str) -> str:
+        """A problem with the key at `loc`, worded as a config error: FILE:LINE: key.path: message."""
+        return f"{self._source}:{_line(self._lines, loc)}: {_key_path(loc)}: {message}"
 
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
@@ -867,6 +872,7 @@ def loads(text: str, source: str = "<string>") -> Config:
         numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
         numbered.sort(key=lambda n: n[0])  # file order; pydantic's order within a line
         raise ConfigError([f"{source}:{line}: {path}: {msg}" for line, path, msg in numbered])
+    config._lines = lines
     return config
 
 

@@ -2,9 +2,9 @@
 
 plan(old, new) compares two validated configs. Ports are matched by name:
 a port whose device settings changed (namespace, name inside it, addresses,
-MAC, MTU, remote) is made again; one whose other settings changed keeps its
-device and only has its fast path settings rewritten; an untouched port is
-not touched at all. Settings fixed at start (the switch's name, queues and
+MAC, MTU, remote), or whose device is gone, is made again; one whose other
+settings changed keeps its device and only has its fast path settings
+rewritten; an untouched port is not touched at all. Settings fixed at start (the switch's name, queues and
 their length, MAC table size, control socket, metrics address) cannot change
 by reload: such a config is refused as a whole, and the switch keeps the old
 one.
@@ -21,7 +21,15 @@ FIXED_KEYS = (("name",), ("queues",), ("queue_len",), ("mac_table", "size"), ("c
 
 
 class ReloadRefused(Exception):
-    """The new config is valid but cannot be applied while running; nothing changes."""
+    """The new config is valid but cannot be applied while running; nothing changes.
+    `errors` holds one FILE:LINE: key.path: message for each key that cannot change."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__(errors)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,12 @@ def _device_changed(before, after) -> bool:
                                          != after.vxlan.model_dump(exclude={"remotes"}))
 
 
-def plan(old, new) -> Plan:
-    """The changes that turn a switch running `old` into one running `new`."""
-    fixed = [".".join(("switch",) + path) for path in FIXED_KEYS
-             if _get(old.switch, path) != _get(new.switch, path)]
+def plan(old, new, gone=frozenset()) -> Plan:
+    """The changes that turn a switch running `old` into one running `new`. The ports named in
+    `gone` lost their device (deleted, or its namespace went): those still in `new` are made again."""
+    fixed = [("switch",) + path for path in FIXED_KEYS if _get(old.switch, path) != _get(new.switch, path)]
     if fixed:
-        raise ReloadRefused(f"{', '.join(fixed)} cannot change while running (restart the switch)")
+        raise ReloadRefused([new.where(loc, "cannot change while running (restart the switch)") for loc in fixed])
     old_ports = {p.name: p for p in old.ports}
     new_ports = {p.name: p for p in new.ports}
     remove, add, update, unchanged = [], [], [], []
@@ -77,7 +85,7 @@ def plan(old, new) -> Plan:
         before = old_ports.get(name)
         if before is None:
             add.append(p)
-        elif _device_changed(before, p):
+        elif name in gone or _device_changed(before, p):
             remove.append(name)
             add.append(p)
         elif before != p:

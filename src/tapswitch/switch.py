@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, settings, tap
+from tapswitch.log import setup as setup_logging
 from tapswitch.control import ControlError, ControlServer, stop_serving
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
@@ -260,7 +261,10 @@ class Switch:
         """A device changed state; if it is a port's TAP or remote, follow it."""
         for port in self.ports:
             if port.nsid == event.nsid and port.ifindex == event.ifindex:
-                port.tap_up = event.up
+                # The events of a TAP's making (down, then up) may come after its port was
+                # marked up (a port added by reload): a "down" the device is no longer in is past.
+                port.tap_up = event.up or (port.tap_up and not event.deleted
+                                           and self._device_up(port.nspath, index=port.ifindex))
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
                     port.remote_ifindex == event.ifindex
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted)):
@@ -381,23 +385,24 @@ class Switch:
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
             new = new.model_copy(update={"ports": ports.plan(new.ports)})
-            plan = reload_mod.plan(self.cfg, new)
-        except config_mod.ConfigError as e:
-            self.reloads["failure"] += 1
-            log.error("config.reload_failed", errors=e.errors)
-            return {"ok": False, "errors": e.errors}
-        except (reload_mod.ReloadRefused, ports.PortError) as e:
-            self.reloads["failure"] += 1
-            log.error("config.reload_failed", errors=[str(e)])
-            return {"ok": False, "errors": [str(e)]}
-        failed = self.apply(plan, new)
-        self.reloads["failure" if failed else "success"] += 1
-        summary = plan.summary()
-        log.info("config.reloaded", failed=failed, **summary)
-        return {"ok": not failed, "errors": failed, **summary}
+            plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone})
+        except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
+            errors = e.errors
+        except ports.PortError as e:
+            errors = [str(e)]
+        else:
+            failed = self.apply(plan, new)
+            self.reloads["failure" if failed else "success"] += 1
+            summary = {what: [n for n in names if n not in failed] for what, names in plan.summary().items()}
+            summary["failed"] = list(failed)
+            log.info("config.reloaded", errors=list(failed.values()), **summary)
+            return {"ok": not failed, "errors": list(failed.values()), **summary}
+        self.reloads["failure"] += 1
+        log.error("config.reload_failed", errors=errors)
+        return {"ok": False, "errors": errors}
 
-    def apply(self, plan: reload_mod.Plan, new) -> list[str]:
-        """Carry out a reload plan; returns the errors of ports that could not be made.
+    def apply(self, plan: reload_mod.Plan, new) -> dict[str, str]:
+        """Carry out a reload plan; returns {name: error} of the ports that could not be made.
 
         Ports go before ports come: a port made again needs its old device
         gone first (same name, same name inside its namespace).
@@ -415,7 +420,7 @@ class Switch:
                     log.warning("port.device_lingers", port=port.name)     # its remaking will say so
                 log.info("port.removed", port=port.name)
             self.namespaces.remove_unused({p.netns for p in new.ports})
-        errors, added, wanted = [], [], []
+        errors, added, wanted = {}, [], []
         busy = {p.index for p in self.ports}
         for pcfg in plan.add:
             index = self._free_slot(busy)
@@ -432,17 +437,23 @@ class Switch:
             if isinstance(port, ports.Port):
                 added.append(port)
             else:
-                errors.append(str(port))
+                errors[pcfg.name] = str(port)
                 log.error("port.add_failed", port=pcfg.name, error=str(port))
         by_name = {p.name: p for p in new.ports}
+        # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
+        rezoned = [p for p in self.ports if (p.cfg.vlan, p.cfg.trunk) != (by_name[p.name].vlan, by_name[p.name].trunk)]
         for port in self.ports:
             port.cfg = by_name[port.name]
             ports.update_tunnel(port)
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
         settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic
+        for port in rezoned:
+            log.info("port.vlans_changed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         if added:
             self._replace_workers()
+        if new.switch.log != self.cfg.switch.log:
+            setup_logging(new.switch.log.level, new.switch.log.format)
         self.namespaces.remove_unused({p.cfg.netns for p in self.ports})    # those of ports that failed
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})

@@ -1,6 +1,7 @@
 """Live reload: SIGHUP / `tapswitch reload` applies only what changed; a bad config changes nothing."""
 
 import ctypes
+import json
 import os
 import re
 import signal
@@ -49,6 +50,8 @@ def test_sighup_adds_a_port_while_a_running_ping_loses_nothing(lab):
     assert helpers.ping(new_port["netns"], "198.18.4.1")
     assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
     assert sw.events("config.reloaded")[-1]["added"] == [new_port["name"]]
+    # The link events of its TAP's making (down, then up) came after it was up: no false alarm.
+    assert not [e for e in sw.events("port.down") if e["port"] == new_port["name"]], sw.log()
 
 
 @pytest.mark.parametrize("backend", ["", "uring", "readwrite"])
@@ -173,8 +176,82 @@ def test_a_setting_fixed_at_start_is_refused(lab):
     rewrite(sw, cfg)
     r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
                        capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and "switch.queues cannot change while running" in r.stderr
+    assert r.returncode == 2, r
+    line = open(sw.config_path).read().splitlines().index("  queues: 1") + 1
+    assert f"{sw.config_path}:{line}: switch.queues: cannot change while running" in r.stderr, r.stderr
     assert all(p["queues"] == 2 for p in sw.cli_json("ports"))
+    assert sw.events("config.reload_failed")[-1]["errors"][0].startswith(f"{sw.config_path}:{line}: ")
+
+
+def test_a_port_whose_device_went_is_made_again_by_reload(lab):
+    """A port's TAP deleted in its namespace: the port goes down (and stays so); the next reload
+    makes it again, as the config still asks for it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.sh("ip", "-n", ns, "link", "del", "eth0")
+    helpers.wait_for("port.gone", lambda: [e for e in sw.events("port.gone") if e["port"] == name])
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "down"]
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {name}", (r, sw.log())
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=5)
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"      # and only once
+
+
+def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
+    """Its name is taken by another device: the reload makes the rest, says which port failed
+    and why, exits 1 with or without --json, and a later reload tries it again."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    taken = lab.name("p2")
+    lab.links += [taken, taken + "x"]
+    helpers.sh("ip", "link", "add", taken, "type", "veth", "peer", "name", taken + "x")
+    cfg["ports"].append({"name": taken})                  # made beside the switch, where the name is taken
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: failed {taken}"), r
+    assert f"a device named {taken} already exists" in r.stderr, r.stderr
+    event = sw.events("config.reloaded")[-1]
+    assert (event["added"], event["failed"]) == ([], [taken]), event
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and json.loads(r.stdout)["failed"] == [taken], r
+    helpers.sh("ip", "link", "del", taken)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {taken}"
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+
+
+def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    name = cfg["ports"][1]["name"]
+    assert [e["vlan"] for e in sw.cli_json("fdb") if e["port"] == name] == [1]
+    cfg["ports"][1]["vlan"] = 20
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {name}"
+    assert not [e for e in sw.cli_json("fdb") if e["port"] == name and e["vlan"] == 1], sw.cli_json("fdb")
+    event = sw.events("port.vlans_changed")[-1]
+    assert (event["port"], event["fdb_flushed"]) == (name, 1), event
+
+
+def test_a_reload_applies_the_log_level(lab):
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)                                    # debug, JSON (the helper's default)
+    sw.cli("fdb", "flush")
+    assert sw.events("fdb.flushed")
+    cfg["switch"]["log"] = {"level": "warning", "format": "json"}
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    before = len(sw.events())
+    sw.cli("fdb", "flush")                                  # an info event: not logged now
+    cfg["switch"]["queues"] = 1                             # a refused reload: an error, logged
+    rewrite(sw, cfg)
+    subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket], capture_output=True, timeout=30)
+    after = [e["event"] for e in sw.events()[before:] if e["event"] != "notify.failed"]    # tests' NOTIFY_SOCKET is gone
+    assert after == ["config.reload_failed"], after
 
 
 def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
