@@ -21,6 +21,7 @@ class Port:
     index: int
     name: str
     up: bool = True
+    mtu: int = 0        # its TAP's, if its host changed it
 
 
 def config(ports: str, rest: str = "") -> object:

@@ -72,7 +72,7 @@ class SwitchCollector:
                       ["switch", "port"], (([name, p.name], int(p.up)) for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",
                       ["switch", "port", "mac", "mtu", "speed", "remote"],
-                      (([name, p.name, p.mac, str(p.cfg.mtu), str(p.cfg.speed or ""), p.cfg.remote or ""], 1)
+                      (([name, p.name, p.mac, str(p.effective_mtu), str(p.cfg.speed or ""), p.cfg.remote or ""], 1)
                        for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_fdb_entries", "MAC table entries on the port.",
                       ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in sw.ports))

@@ -44,7 +44,7 @@ class Port:
     index: int                 # slot in the shared port table
     cfg: object                # config.Port
     fds: list[int]             # one per queue; queue q is served by worker q
-    mac: str
+    mac: str                   # the TAP's, as its host set it last (link events)
     nspath: str | None         # the namespace the TAP lives in; None = the switch's
     ifindex: int               # in that namespace
     up: bool = True            # forwarding: the TAP is up, and so is the remote if there is one
@@ -55,6 +55,12 @@ class Port:
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
+    mtu: int = 0               # the TAP's, when its host changed it (link events); 0: the config's
+
+    @property
+    def effective_mtu(self) -> int:
+        """The port's MTU: its TAP's, as its host set it last; the switch sends it no larger frame."""
+        return self.mtu or self.cfg.mtu
 
     @property
     def name(self) -> str:

@@ -183,7 +183,8 @@ def apply(shared, cfg, ports) -> int:
         shared.reset_mirror_counters(m)
     running = {port.index for port in ports}
     for port in ports:       # settings first: a port is never up with another port's settings
-        shared.set_port(port.index, lib.TS_PORT_UP if port.up else lib.TS_PORT_DOWN, by_name[port.name].mtu)
+        shared.set_port(port.index, lib.TS_PORT_UP if port.up else lib.TS_PORT_DOWN,
+                        port.mtu or by_name[port.name].mtu)    # the TAP's, if its host changed it
     for slot in range(lib.TS_MAX_PORTS):
         if slot not in running and shared.port_state(slot)[0] != lib.TS_PORT_UNUSED:
             shared.set_port(slot, lib.TS_PORT_UNUSED, 0)

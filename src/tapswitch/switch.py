@@ -265,6 +265,8 @@ class Switch:
                 # marked up (a port added by reload): a "down" the device is no longer in is past.
                 port.tap_up = event.up or (port.tap_up and not event.deleted
                                            and self._device_up(port.nspath, index=port.ifindex))
+                if not event.deleted:
+                    self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
                     port.remote_ifindex == event.ifindex
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted)):
@@ -272,6 +274,26 @@ class Switch:
             else:
                 continue
             self.set_port_up(port, port.tap_up and port.remote_up)
+
+    def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
+        """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows
+        its ports' devices (a larger MTU lets larger frames through), with a warning, since the
+        config says otherwise (remaking the port, by a reload that changes it, restores it).
+        What the device has now decides: the events of a TAP's own making may come late."""
+        if (event.mtu in (None, port.effective_mtu)) and (event.mac in (None, port.mac)):
+            return
+        link = self._link(port.nspath, port.ifindex)
+        if link is None:
+            return                   # gone: its DELLINK or maintain_ports() says so
+        mtu, mac = link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS")
+        if mtu and mtu != port.effective_mtu:
+            log.warning("port.mtu_changed", port=port.name, mtu=mtu, was=port.effective_mtu, config=port.cfg.mtu)
+            port.mtu = mtu
+            self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
+                                 port.effective_mtu)
+        if mac and mac != port.mac:
+            log.warning("port.mac_changed", port=port.name, mac=mac, was=port.mac)
+            port.mac = mac
 
     def remote_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """IFACE went, came back, or changed state (a VM restarted, a driver reloaded, a cable)."""
@@ -303,12 +325,18 @@ class Switch:
         self.monitor.overrun = False
 
     @staticmethod
-    def _device_up(nspath: str | None, index: int) -> bool:
+    def _link(nspath: str | None, index: int):
+        """The device's link message (pyroute2's), or None if it or its namespace is gone."""
         try:
             with ports.iproute(nspath) as ipr:
-                return linkmon.link_up(ipr.get_links(index)[0]["flags"])
+                return ipr.get_links(index)[0]
         except (OSError, NetlinkError):
-            return False             # the device or its namespace is gone
+            return None
+
+    @classmethod
+    def _device_up(cls, nspath: str | None, index: int) -> bool:
+        link = cls._link(nspath, index)
+        return link is not None and linkmon.link_up(link["flags"])
 
     def set_port_up(self, port: ports.Port, up: bool) -> None:
         """Skip a down port when flooding and forget its MACs; resume when it is up."""
@@ -316,7 +344,7 @@ class Switch:
             return
         port.up = up
         state = fastpath.lib.TS_PORT_UP if up else fastpath.lib.TS_PORT_DOWN
-        self.shared.set_port(port.index, state, port.cfg.mtu)
+        self.shared.set_port(port.index, state, port.effective_mtu)
         if up:
             log.info("port.up", port=port.name)
         else:
@@ -545,7 +573,7 @@ class Switch:
             "name": p.name,
             "state": "up" if p.up else "down",
             "mac": p.mac,
-            "mtu": p.cfg.mtu,
+            "mtu": p.effective_mtu,
             "speed": p.cfg.speed,
             "remote": p.cfg.remote,
             "queues": self.queues,

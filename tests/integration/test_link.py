@@ -80,6 +80,7 @@ def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(l
         helpers.nsexec(ns, "ip", "link", "add", a, "type", "veth", "peer", "name", b)
         helpers.nsexec(ns, "ip", "link", "set", a, "up")
         helpers.nsexec(ns, "ip", "link", "set", b, "name", "eth7", "up")
+        helpers.nsexec(ns, "ip", "link", "set", "eth7", "mtu", "1400", "address", "02:00:5e:00:00:07")
         index = int(helpers.nsexec(ns, "cat", "/sys/class/net/eth7/ifindex").stdout)
         helpers.nsexec(ns, "ip", "link", "del", "eth7")
         events = []
@@ -91,7 +92,26 @@ def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(l
     assert mine and all(e.nsid == nsid for e in mine)
     assert mine[0].ifname == b and not mine[0].up
     assert any(e.ifname == "eth7" and e.up and not e.deleted for e in mine)     # both ends up: carrier
-    assert mine[-1] == linkmon.LinkEvent(nsid, index, "eth7", False, True)
+    assert any((e.mtu, e.mac) == (1400, "02:00:5e:00:00:07") for e in mine)
+    assert mine[-1][:5] == (nsid, index, "eth7", False, True)
+
+
+def test_a_port_follows_the_mtu_and_mac_its_host_gives_its_tap(lab):
+    """The hosts raise their MTU to 9000: 4000-byte frames, which MTU 1500 kept out, now cross,
+    and `ports` says 9000; a host's new MAC shows there too. Each change is a warning."""
+    nss, ports = three_containers(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports[:2]})
+    big = ["ping", "-M", "do", "-s", "4000", "-c", "1", "-W", "2", "198.18.2.2"]
+    assert helpers.nsexec(nss[0], *big, check=False).returncode != 0
+    for ns in nss[:2]:
+        helpers.nsexec(ns, "ip", "link", "set", "eth0", "mtu", "9000")
+    helpers.nsexec(nss[1], "ip", "link", "set", "eth0", "address", "02:00:5e:00:00:42")
+    helpers.wait_for("the new MTU and MAC", lambda: [(p["mtu"], p["mac"]) for p in sw.cli_json("ports")][1]
+                     == (9000, "02:00:5e:00:00:42"))
+    assert [p["mtu"] for p in sw.cli_json("ports")] == [9000, 9000]
+    assert helpers.nsexec(nss[0], *big, check=False).returncode == 0, sw.log()
+    assert sorted(e["port"] for e in sw.events("port.mtu_changed")) == sorted(p["name"] for p in ports[:2])
+    assert [(e["port"], e["mac"]) for e in sw.events("port.mac_changed")] == [(ports[1]["name"], "02:00:5e:00:00:42")]
 
 
 def test_tx_dropped_reads_each_links_counter_in_its_namespace_in_batches(lab):
