@@ -510,6 +510,19 @@ def test_acl_vlan_must_be_one_of_the_ports():
     assert one_error(text) == "t.yaml:9: ports[0].acl[1].match.vlan: VLAN 30 is not a VLAN of this port (its VLANs: 1, 10, 20)"
 
 
+def test_acl_vlan_is_reported_beside_another_rules_error():
+    """A port's VLAN check of its rules runs only once all of them are valid: the rest are
+    checked on their own, so that one run reports both errors, and each once."""
+    text = acl("{match: {vlan: 30}, action: drop}", "{match: {ip_proto: icmp, ip_src: 'fd00::/8'}, action: drop}")
+    assert errors_of(text) == [
+        "t.yaml:8: ports[0].acl[0].match.vlan: VLAN 30 is not a VLAN of this port (its VLANs: 1, 10, 20)",
+        "t.yaml:9: ports[0].acl[1].match.ip_proto: icmp is IPv4's; IPv6 has icmpv6"]
+    text = acl("{match: {vlan: 30}, action: drop}") + "  - {name: q, vlan: 7, acl: [{match: {vlan: 5}, action: drop}]}\n"
+    assert errors_of(text) == [
+        "t.yaml:8: ports[0].acl[0].match.vlan: VLAN 30 is not a VLAN of this port (its VLANs: 1, 10, 20)",
+        "t.yaml:9: ports[1].acl[0].match.vlan: VLAN 5 is not a VLAN of this port (its VLANs: 7)"]
+
+
 @pytest.mark.parametrize("value, expected", [
     ("ipv4", 0x0800), ("ipv6", 0x86DD), ("arp", 0x0806), ("0x88b5", 0x88B5), ("2048", 0x0800),
 ])

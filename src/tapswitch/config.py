@@ -868,8 +868,10 @@ def loads(text: str, source: str = "<string>") -> Config:
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_identities(data.get("ports")))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
+        located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
     if located:
         numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
+        numbered = list(dict.fromkeys(numbered))    # _acl_vlans repeats what a port's own check said
         numbered.sort(key=lambda n: n[0])  # file order; pydantic's order within a line
         raise ConfigError([f"{source}:{line}: {path}: {msg}" for line, path, msg in numbered])
     config._lines = lines
@@ -961,6 +963,20 @@ def _references(data: dict) -> list[tuple[tuple, str]]:
                                 if isinstance(raw, dict) else raw for raw in ports])
     return reference_errors(views, names, _valid_items(Mirror, data.get("mirrors")),
                             _valid_items(StaticMac, data.get("static_macs")))
+
+
+def _acl_vlans(data: dict) -> list[tuple[tuple, str]]:
+    """ACL rules that match a VLAN their port is not in, found in a config that failed
+    elsewhere: a port's own check runs only once all its rules are valid."""
+    ports = data.get("ports") if isinstance(data.get("ports"), list) else []
+    errors = []
+    for i, view in _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "vlan", "trunk")}
+                                       if isinstance(raw, dict) else raw for raw in ports]):
+        for j, rule in _valid_items(AclRule, ports[i].get("acl")):
+            if rule.match.vlan is not None and rule.match.vlan not in view.vlans:
+                errors.append((("ports", i, "acl", j, "match", "vlan"),
+                               f"VLAN {rule.match.vlan} is not a VLAN of this port ({_describe(view.vlans)})"))
+    return errors
 
 
 def _valid_items(model: type[_Model], items: Any) -> list[tuple[int, Any]]:
