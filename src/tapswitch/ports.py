@@ -270,26 +270,39 @@ def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, na
     finished, every port made is closed, and the interrupt goes on.
     """
     pool = futures.ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="port")
-    made = []
+    made, every = [], []    # every: each Port made, also one whose future an interrupt kept from `made`
+
+    def make(index: int, cfg) -> Port:
+        port = create(index, cfg, queues, queue_len, namespaces)
+        every.append(port)
+        return port
+
     try:
         for index, cfg in wanted:
-            made.append(pool.submit(create, index, cfg, queues, queue_len, namespaces))
+            made.append(pool.submit(make, index, cfg))
         futures.wait(made)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        _close_when_made(made)
+        _close_when_made(pool, every)
         raise
     pool.shutdown()
     return [f.exception() or f.result() for f in made]
 
 
-def _close_when_made(made: list) -> None:
-    """Wait for the ports under way, however many more stop signals come, and close all made."""
-    for f in made:
+def _close_when_made(pool: futures.ThreadPoolExecutor, every: list) -> None:
+    """Let no port that is still waiting start, wait for those under way, however many more stop
+    signals come, and close every port made. A stop signal's KeyboardInterrupt may land inside
+    pool.submit() after the port was queued: so the ports are counted as they are made, not by
+    the futures that got back to the caller."""
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt:
+            continue
+    for port in every:
         while True:
             try:
-                if not f.cancelled() and f.exception() is None:
-                    f.result().close()
+                port.close()
                 break
             except KeyboardInterrupt:
                 continue
