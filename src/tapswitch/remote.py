@@ -24,6 +24,7 @@ filters and pyroute2 for IFACE's flags and MTU.
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -37,6 +38,7 @@ from tapswitch.tc import MacMatch
 log = structlog.get_logger("tapswitch.remote")
 
 MODES = ("promisc", "local", "shared")
+HELD_WAIT = 2.0     # seconds a dead run's TAP may take to go (a dying worker's io_uring holds its queues)
 
 Where = Literal["remote", "tap"]  # a rule's device: IFACE, or the port's TAP
 Action = Literal["redirect", "mirror"]  # mirred egress redirect (steal) or mirror (copy)
@@ -211,6 +213,7 @@ class RemoteAttachment:
     def _attach(self) -> None:
         ipr = self.ipr
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
+        self._refuse_if_held()
         self.attached = True  # from here on, detach() has something to undo
         # A run killed before detach() left its filters (so may an earlier attach() of ours, if IFACE
         # went away meanwhile); their cookies say how the devices were before it.
@@ -239,6 +242,21 @@ class RemoteAttachment:
         self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
         log.info("remote.attached", tap=self.tap_ifname, remote=self.remote_ifname, mode=self.mode,
                  kind=self.kind, port_mac=self.port_mac, rules=len(self.rules), mtu=self.mtu)
+
+    def _refuse_if_held(self) -> None:
+        """IFACE attached by another switch that runs (its rules send to a TAP that is there) is
+        not ours to take, nor to strip when we stop: refuse, touching nothing. A dead run's
+        TAP may linger a moment after it: its rules are stale once the TAP has gone."""
+        deadline = time.monotonic() + HELD_WAIT
+        while (held := tc.held_by(self.ipr, self._index["remote"], self._index["tap"])) is not None:
+            if time.monotonic() >= deadline:
+                try:
+                    name = self.ipr.get_links(held)[0].get_attr("IFLA_IFNAME")
+                except (NetlinkError, IndexError):
+                    name = f"ifindex {held}"
+                raise tc.TcError(f"{self.remote_ifname} is attached by another running switch "
+                                 f"(its tapswitch rules send frames to {name})")
+            time.sleep(0.05)
 
     def update_shared_macs(self, macs: Iterable[str]) -> None:
         """shared mode: steal frames for exactly these MACs (those behind the switch's other ports)."""

@@ -342,6 +342,7 @@ class TcFilter:
     handle: int  # the kernel's handle (u32: htid:hash:node)
     chain: int
     cookies: tuple[bytes, ...]
+    targets: tuple[int, ...] = ()   # its mirred actions' devices; 0 for one unregistered since
 
     @property
     def node(self) -> int:
@@ -377,7 +378,7 @@ def parse_filter(raw: bytes) -> TcFilter:
     """One RTM_NEWTFILTER message (nlmsghdr included) from a dump."""
     _family, ifindex, handle, parent, info = struct.unpack_from("=B3xiIII", raw, 16)
     attrs = parse_attrs(raw[36:])
-    kind, chain, cookies = "", 0, []
+    kind, chain, cookies, targets = "", 0, [], []
     for t, payload in attrs:
         if t == TCA_KIND:
             kind = payload.rstrip(b"\0").decode()
@@ -390,8 +391,13 @@ def parse_filter(raw: bytes) -> TcFilter:
             if ot != _ACT_ATTR[kind]:
                 continue
             for _order, act in parse_attrs(acts):
-                cookies += [p for at, p in parse_attrs(act) if at == TCA_ACT_COOKIE]
-    return TcFilter(ifindex, parent, info >> 16, kind, handle, chain, tuple(cookies))
+                act_attrs = parse_attrs(act)
+                cookies += [p for at, p in act_attrs if at == TCA_ACT_COOKIE]
+                if (TCA_ACT_KIND, b"mirred\0") in act_attrs:
+                    targets += [struct.unpack_from("=IIiiiiI", parms)[6]      # struct tc_mirred's ifindex
+                                for at, options in act_attrs if at == TCA_ACT_OPTIONS
+                                for pt, parms in parse_attrs(options) if pt == TCA_MIRRED_PARMS and len(parms) >= 28]
+    return TcFilter(ifindex, parent, info >> 16, kind, handle, chain, tuple(cookies), tuple(targets))
 
 
 # Acting on the kernel. ----------------------------------------------------
@@ -490,6 +496,14 @@ class Stale:
 
     removed: tuple[TcFilter, ...]
     state: DeviceState | None  # the device's state before the crashed run, from the cookies
+
+
+def held_by(ipr, dev: int | str, mine: int) -> int | None:
+    """A device other than `mine` that tapswitch filters on `dev` send frames to: the TAP of
+    another switch that has `dev` attached and runs. A dead run's filters send to nowhere
+    (0): its TAP went with its process, and the kernel forgets a mirred target that goes."""
+    index = index_of(ipr, dev)
+    return next((t for f in tapswitch_filters(ipr, index) for t in f.targets if t not in (0, mine)), None)
 
 
 def remove_stale(ipr, dev: int | str) -> Stale:

@@ -122,3 +122,20 @@ def test_restart_after_sigkill_heals_without_duplicate_rules(lab, site):
     assert sw2.stop() == 0
     # The original state, learned from the crashed run's rules, is what comes back.
     assert nic_state(site["sw"]) == before
+
+
+def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, site):
+    """Switch B asks for the NIC that switch A has attached: B fails to start (exit 1, naming the
+    NIC), and A's rules, the NIC's flags and MTU, and A's traffic stay as they were."""
+    a = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    held = nic_state(site["sw"])
+    b = lab.switch({"switch": {"name": lab.name("b")},
+                    "ports": [{"name": lab.name("bup"), "remote": "nic0"}]}, netns=site["sw"], start=False)
+    b.start(expect_ready=False)
+    assert b.proc.wait(timeout=20) == 1, b.log()
+    assert "nic0 is attached by another running switch" in b.log(), b.log()
+    assert not b.events("remote.stale_removed")
+    assert nic_state(site["sw"]) == held
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert a.stop() == 0
