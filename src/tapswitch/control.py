@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import socketserver
+import stat
 import struct
 import threading
 
@@ -166,8 +167,12 @@ def _claim(path: str) -> str | None:
     """Make way for our socket: refuse if a live switch owns it, remove a stale one.
     The topmost directory made for it (_make_dir), or None."""
     made = _make_dir(path)
-    if not os.path.exists(path):
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return made
+    if not stat.S_ISSOCK(mode):      # the path names something else (a typo?): not ours to remove
+        raise ControlError(f"control socket {path} exists and is not a socket; left as it is")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)

@@ -271,6 +271,22 @@ def test_control_socket_that_cannot_be_made_exits_1_naming_it_and_leaves_nothing
     assert blocker.read_text() == "" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_control_socket_path_naming_a_file_exits_1_and_leaves_the_file(lab, tmp_path):
+    """A socket path that names an existing file (the config itself, say) is no stale socket."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    cfg = containers(lab, 1)
+    cfg["switch"]["control"] = {"socket": str(precious)}
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert f"control socket {precious} exists and is not a socket; left as it is" in r.stderr, r.stderr
+    assert precious.read_text() == "keep me\n"
+    assert not helpers.link_exists(cfg["ports"][0]["name"])
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
 def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     cfg = containers(lab, 3, queues=1)
     sw = lab.switch(cfg)
