@@ -209,9 +209,12 @@ class Tunnel:
             ipr.link("add", ifname=self.name, kind="vxlan", vxlan_id=self.vni, vxlan_port=self.dstport,
                      vxlan_learning=int(LEARNING), **{where: self.local}, **link)
         except NetlinkError as e:
-            if e.code == errno.EEXIST:
+            if e.code == errno.EEXIST and ipr.link_lookup(ifname=self.name):
                 raise VxlanError(f"port {self.port}: a device named {self.name} already exists "
                                  f"(not made by tapswitch)") from None
+            if e.code == errno.EEXIST:      # the kernel allows one device per VNI and UDP port
+                raise VxlanError(f"port {self.port}: VNI {self.vni} on UDP port {self.dstport} is taken "
+                                 f"by another VXLAN device") from None
             raise VxlanError(f"port {self.port}: cannot make VXLAN device {self.name}: {_strerror(e)}") from None
         try:
             self.ifindex = ipr.link_lookup(ifname=self.name)[0]

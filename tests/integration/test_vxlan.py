@@ -269,6 +269,19 @@ def test_a_device_of_that_name_not_made_by_tapswitch_is_left_alone(lab, site):
     assert details["linkinfo"]["info_data"]["id"] == 7
 
 
+def test_a_vni_another_vxlan_device_uses_exits_1_saying_so(lab, site):
+    """The kernel takes one device per VNI and UDP port: the error names those, not the name."""
+    other = lab.name("ovx")
+    helpers.nsexec(site.hosts[1], "ip", "link", "add", other, "type", "vxlan", "id", str(VNI), "dstport", "4789")
+    sw = site.start(1, start=False)
+    r = subprocess.run(["ip", "netns", "exec", site.hosts[1], sys.executable, "-m", "tapswitch", "run",
+                        "-c", sw.config_path], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert f"port {site.vx(1)}: VNI {VNI} on UDP port 4789 is taken by another VXLAN device" in r.stderr, r.stderr
+    assert not helpers.link_exists(f"{site.vx(1)}-vx", site.hosts[1])
+    assert helpers.link_exists(other, site.hosts[1])
+
+
 def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, site):
     cfg = site.config(1)
     cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(2)]       # host 3 not yet known to host 1
