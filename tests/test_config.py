@@ -294,6 +294,12 @@ def test_address_needs_a_prefix_length():
     )
 
 
+def test_an_address_listed_twice_is_an_error_whatever_its_prefix():
+    """The kernel would refuse the second at start ("File exists"): say it at check."""
+    text = with_port("name: p\nnetns: x\naddresses:\n  - 198.18.0.1/24\n  - fd00::1/64\n  - 198.18.0.1/16\n")
+    assert one_error(text) == "t.yaml:9: ports[0].addresses[2]: 198.18.0.1 is listed twice (first at addresses[0])"
+
+
 def test_address_on_its_own_line_is_located():
     text = with_port("name: p\nnetns: x\naddresses:\n  - 198.18.0.1/24\n  - 7\n")
     assert one_error(text) == "t.yaml:8: ports[0].addresses[1]: expected an address string like 198.18.0.10/24, got integer"

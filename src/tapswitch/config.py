@@ -549,6 +549,18 @@ class Port(_Model):
             raise ValueError(f"{info.field_name} applies to a remote port: it requires remote")
         return value
 
+    @field_validator("addresses")
+    @classmethod
+    def _addresses_are_listed_once(cls, value: list, info: ValidationInfo) -> list:
+        first, errors = {}, []
+        for j, iface in enumerate(value):
+            if iface.ip in first:       # the kernel takes an address once, whatever its prefix
+                errors.append(((j,), f"{iface.ip} is listed twice (first at addresses[{first[iface.ip]}])"))
+            first.setdefault(iface.ip, j)
+        if errors:
+            raise LocatedErrors(errors)
+        return value
+
     @field_validator("trunk")
     @classmethod
     def _trunk_vlans_are_tagged_once(cls, value: list[int], info: ValidationInfo) -> list[int]:
