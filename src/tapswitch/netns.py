@@ -14,6 +14,7 @@ thread held. A namespace is entered by a short-lived thread instead
 import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ log = structlog.get_logger("tapswitch.netns")
 
 RUN_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703     # linux/nsfs.h: _IO(0xb7, 0x3)
 MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
 
@@ -35,6 +37,20 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class NetnsError(Exception):
     """A namespace could not be found or made; the message is one line for the user."""
+
+
+def is_netns(path: str) -> bool:
+    """Is the file at `path` a network namespace (nsfs), not a plain file or directory?"""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
+    except OSError:
+        return False            # ENOTTY: not an nsfs file
+    finally:
+        os.close(fd)
 
 
 def _check(rc: int, what: str) -> None:
@@ -158,6 +174,9 @@ class Namespaces:
 
     def _ensure(self, port, path: str) -> str:
         if os.path.exists(path):
+            if not is_netns(path):
+                stale = " (a stale file? the namespace it named is gone)" if port.netns_kind == "name" else ""
+                raise NetnsError(f"port {port.name}: {path} is not a network namespace{stale}")
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")

@@ -228,7 +228,13 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         mac = cfg.mac or _default_mac(cfg)
         with rtnl.Rtnl() as here:
             if nspath is not None and inside is None:
-                _move(here, _index_here(cfg.name), nspath)
+                try:
+                    _move(here, _index_here(cfg.name), nspath)
+                except NetlinkError as e:
+                    if e.code == errno.EEXIST:
+                        raise PortError(f"port {cfg.name}: a device named {cfg.name} already exists "
+                                        f"in namespace {cfg.netns}") from None
+                    raise
             nsid = linkmon.nsid_of(nspath, here)
         there, (ifindex, lo) = _rtnl_in(nspath, [devname, "lo"])
         with there:
