@@ -186,7 +186,10 @@ COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_f
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 128 + 2    # Ctrl-C before the switch had anything to undo (while loading, say): no traceback
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ worker processes (restart the one that exited), link events (port up/down),
 and a one-second tick for MAC table aging.
 """
 
+import errno
 import math
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -54,6 +56,15 @@ def preflight() -> None:
         raise StartError("tapswitch needs CAP_NET_ADMIN to create TAP devices (run it as root)")
 
 
+def _reason(e: Exception) -> str:
+    """A failed start's one line for the user."""
+    if isinstance(e, OSError) and e.errno == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (f"out of file descriptors (the limit is {limit}): a port takes one for each queue, in the switch "
+                f"and again in the queue's worker; raise the limit (ulimit -n, or LimitNOFILE= in the service)")
+    return str(e)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -85,6 +96,7 @@ class Switch:
         self.shared: fastpath.Shared | None = None
         self.supervisor: Supervisor | None = None
         self.monitor: linkmon.LinkMonitor | None = None
+        self.wake: tuple[socket.socket, socket.socket] | None = None    # run() closes it
         self.control: ControlServer | None = None
         self.metrics_server = None
         self.selector = selectors.DefaultSelector()
@@ -111,9 +123,10 @@ class Switch:
         try:
             preflight()
             self._start()
+            self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
         except STARTUP_ERRORS as e:
             self.stop()
-            raise StartError(str(e)) from None
+            raise StartError(_reason(e)) from None
         except BaseException:
             self.stop()
             raise
@@ -196,7 +209,7 @@ class Switch:
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
-        wake_r, wake_w = socket.socketpair()
+        wake_r, wake_w = self.wake
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)

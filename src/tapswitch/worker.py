@@ -165,10 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     if ids is not None and lib.ts_die_with_parent() != 0:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
     how = fastpath.IO_NAMES[lib.ts_worker_io(w)] + (" registered" if lib.ts_worker_buffers_registered(w) else "")
-    ready.send(b"R" + how.encode())   # set up, and how
     # Go when told: on a reload the worker this one replaces forwards until then.
-    if ready.recv(16) != b"G":
-        return 0          # not wanted after all (the control process let go of us)
+    try:
+        ready.send(b"R" + how.encode())   # set up, and how
+        if ready.recv(16) != b"G":
+            return 0      # not wanted after all (the control process let go of us)
+    except OSError:
+        return 0          # the same, the control process gone (stopped while starting)
     rc = lib.ts_worker_run(w)      # until SIGTERM (0: every frame it read was forwarded) or an error
     if rc == 0:
         lib.ts_worker_free(w)       # lets go of its queues (a removed port's device goes with us)

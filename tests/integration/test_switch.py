@@ -2,6 +2,7 @@
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -214,6 +215,55 @@ def test_ifname_taken_in_the_namespace_exits_1_and_leaves_the_users_things(lab, 
     # The workers were spawned before the ports: they went with the failed start.
     assert '"worker.spawned"' in r.stdout + r.stderr
     assert helpers.processes_with_env(mark) == []
+
+
+def test_port_name_taken_in_their_namespace_exits_1_naming_both(lab):
+    """Without ifname the TAP keeps the port's name; it is made beside the switch and moved into
+    a namespace the switch did not make, where that name may be taken."""
+    cfg = containers(lab, 2)
+    theirs = lab.netns("theirs", create=True)
+    name = cfg["ports"][1]["name"]
+    helpers.nsexec(theirs, "ip", "link", "add", name, "type", "veth", "peer", "name", "x0")
+    cfg["ports"][1]["netns"] = theirs
+    del cfg["ports"][1]["ifname"]
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert f"tapswitch: port {name}: a device named {name} already exists in namespace {theirs}" in r.stderr, r.stderr
+    assert helpers.link_exists(name, theirs) and not helpers.link_exists(name)
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
+@pytest.mark.parametrize("what", ["a file", "a directory"])
+def test_netns_path_that_is_no_namespace_exits_1_saying_so(lab, tmp_path, what):
+    path = tmp_path / "ns"
+    path.write_text("") if what == "a file" else path.mkdir()
+    cfg = containers(lab, 2)
+    cfg["ports"][1]["netns"] = str(path)
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert f"tapswitch: port {cfg['ports'][1]['name']}: {path} is not a network namespace" in r.stderr, r.stderr
+    assert not helpers.link_exists(cfg["ports"][1]["name"])
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
+@pytest.mark.parametrize("limit", [200, 60])
+def test_out_of_file_descriptors_exits_1_with_one_line_and_leaves_nothing(lab, limit):
+    """10 ports of 16 queues need 160 descriptors in the switch and 10 in each worker: a limit
+    of 200 runs out late in the start, one of 60 while the TAPs are opened."""
+    cfg = containers(lab, 10, queues=16)
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path], capture_output=True,
+                       text=True, timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    assert r.returncode == 1, r
+    reason = [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+    assert len(reason) == 1 and ("out of file descriptors" in reason[0] or "Too many open files" in reason[0]), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not {p["netns"] for p in cfg["ports"]} & helpers.netns_list()
 
 
 def test_containers_given_by_pid_and_by_path(lab):
