@@ -25,8 +25,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, settings, tap
-from tapswitch.log import setup as setup_logging
 from tapswitch.control import ControlError, ControlServer, stop_serving
+from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
 from tapswitch.tap import TapError

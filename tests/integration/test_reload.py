@@ -59,7 +59,7 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
     """A reload that adds or removes a port replaces every worker. Each is asked to stop
     (SIGTERM): it forwards the frames it has read -- io_uring's multishot reads take frames
     off the queues ahead of the worker -- leaves the rest queued for the next one and exits 0.
-    A ping every 2 ms across a dozen reloads loses nothing (auto: io_uring with burst reads;
+    A ping every 2 ms across a dozen reloads or more (at least 8 on a busy machine) loses nothing (auto: io_uring with burst reads;
     uring: multishot reads on this kernel; readwrite).
     The new worker goes once the old one says it has drained, not once it has exited."""
     monkeypatch.setenv("TAPSWITCH_IO", backend)
@@ -70,7 +70,7 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
     lab.links.append(extra["name"])
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
     ping = subprocess.Popen(["ip", "netns", "exec", cfg["ports"][0]["netns"], "ping", "-q", "-i", "0.002",
-                             "-c", "3000", "-W", "1", "198.18.4.2"], stdout=subprocess.PIPE, text=True)
+                             "-c", "5000", "-W", "1", "198.18.4.2"], stdout=subprocess.PIPE, text=True)
     lab.procs.append(ping)
     reloads = 0
     while ping.poll() is None:
@@ -82,9 +82,9 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
         assert sw.cli("reload").stdout.startswith("reloaded:"), sw.log()
         reloads += 1
     out, _ = ping.communicate(timeout=30)
-    assert reloads >= 10, out
+    assert reloads >= 8, out
     assert len(sw.events("workers.replaced")) == reloads
-    assert re.search(r"\b3000 packets transmitted, 3000 received", out), out
+    assert re.search(r"\b5000 packets transmitted, 5000 received", out), out
     # Every worker stopped as asked, none by SIGKILL after the grace, none with an error, and
     # each said it had drained: its queue's new worker went before it had exited.
     assert not sw.events("worker.stop_timeout") and not sw.events("worker.stopped"), sw.log()
