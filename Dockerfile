@@ -14,6 +14,10 @@
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-bookworm AS build
+# The fast path's io_uring backend builds against liburing.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends liburing-dev=2.3-3 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # What the wheel is made of (.dockerignore keeps everything else out).
 COPY pyproject.toml setup.py README.md ./
@@ -22,6 +26,10 @@ COPY src ./src
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
+# The fast path links liburing (the wheel does not carry it).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends liburing2=2.3-3 \
+    && rm -rf /var/lib/apt/lists/*
 # Only the wheels built above (--no-index), so they are the pins; the fast
 # path must import.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

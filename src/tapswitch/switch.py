@@ -274,10 +274,11 @@ class Switch:
         """A device changed state; if it is a port's TAP or remote, follow it."""
         for port in self.ports:
             if port.nsid == event.nsid and port.ifindex == event.ifindex:
-                # The events of a TAP's making (down, then up) may come after its port was
-                # marked up (a port added by reload): a "down" the device is no longer in is past.
-                port.tap_up = event.up or (port.tap_up and not event.deleted
-                                           and self._device_up(port.nspath, index=port.ifindex))
+                # Events come late: those of a TAP's making (down, then up) after its port was
+                # marked up, and a removed port's last ones after a port that a reload made in
+                # its place (a new namespace may get the old one's id, its TAP the old ifindex).
+                # A "down" or a deletion the device is no longer in is past.
+                port.tap_up = event.up or (port.tap_up and self._device_up(port.nspath, index=port.ifindex))
                 if not event.deleted:
                     self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
