@@ -511,7 +511,14 @@ class Switch:
         """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current slots."""
         index = {p.name: p.index for p in self.ports}
         wanted = {(mac, vlan): port for mac, port, vlan in self.cfg.static_mac_entries() if port in index}
-        self.cli_macs = {key: port for key, port in self.cli_macs.items() if port in index}
+        # `fdb add`'s go with their port, and with its VLAN or its forwarding (a reload may
+        # take either away), as a bridge's static entries do.
+        kept = {(mac, vlan): name for (mac, vlan), name in self.cli_macs.items()
+                if name in index and self._static_mac_error(self.port_by_name(name), vlan) is None}
+        for (mac, vlan), name in self.cli_macs.items():
+            if (mac, vlan) not in kept:
+                log.info("fdb.static_removed", mac=mac, vlan=vlan, port=name, reason="the port or its VLAN went")
+        self.cli_macs = kept
         wanted.update(self.cli_macs)
         for mac, vlan in set(self.static_macs) - set(wanted):
             self.shared.fdb_del(mac, vlan)
@@ -523,6 +530,8 @@ class Switch:
         """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops."""
         port = self.port_by_name(req.get("port") or "")
         mac, vlan = self._mac_key(req, port)
+        if (error := self._static_mac_error(port, vlan)) is not None:
+            raise ControlError(error)
         try:
             self.shared.fdb_add_static(mac, vlan, port.index)
         except OSError as e:
@@ -558,9 +567,16 @@ class Switch:
                 raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
         if not isinstance(vlan, int) or not 1 <= vlan <= 4094:
             raise ControlError(f"VLAN must be 1-4094, not {vlan!r}")
-        if port is not None and vlan not in port.cfg.vlans:
-            raise ControlError(f"VLAN {vlan} is not a VLAN of port {port.name}")
         return mac, vlan
+
+    def _static_mac_error(self, port: ports.Port, vlan: int) -> str | None:
+        """Why a static entry for `port` in `vlan` cannot be (as check says of static_macs), or None."""
+        if vlan not in port.cfg.vlans:
+            return f"VLAN {vlan} is not a VLAN of port {port.name}"
+        mirror = next((m for m in self.cfg.mirrors if m.to == port.name), None)
+        if mirror is not None:
+            return f"port {port.name} is the monitor port of mirror {mirror.name}: it only receives copies"
+        return None
 
     def _free_slot(self, busy: set[int]) -> int:
         """A port table slot for a new port: a never-used one if any, else a freed one, zeroed."""

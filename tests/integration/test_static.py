@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from tests.integration import helpers
 
 SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
@@ -57,3 +59,24 @@ def test_fdb_add_and_del_from_the_command_line(lab):
         r = subprocess.run([sys.executable, "-m", "tapswitch", *bad, "-s", sw.socket],
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and message in r.stderr, (bad, r.stderr)
+
+
+def test_fdb_add_refuses_a_monitor_port_and_a_reload_drops_an_entry_whose_vlan_the_port_left(lab):
+    """As check refuses static_macs on a monitor port, so does fdb add; and a port moved to
+    another VLAN by reload loses the command line's static entries in the old one."""
+    nss, ports = quiet_site(lab)
+    a, b, c = (p["name"] for p in ports)
+    cfg = {"switch": {"name": lab.name("sw")}, "ports": ports, "mirrors": [{"name": "m", "from": [a], "to": c}]}
+    sw = lab.switch(cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "fdb", "add", "02:00:00:00:99:05", "--port", c,
+                        "-s", sw.socket], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and f"port {c} is the monitor port of mirror m: it only receives" in r.stderr, r.stderr
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:05"]
+
+    sw.cli("fdb", "add", "02:00:00:00:99:06", "--port", b)
+    ports[1]["vlan"] = 20
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {b}"
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:06"], sw.cli_json("fdb")
+    assert [(e["mac"], e["vlan"]) for e in sw.events("fdb.static_removed")] == [("02:00:00:00:99:06", 1)]
