@@ -309,6 +309,19 @@ def test_trunk_to_trunk_keeps_the_tag(sw):
     assert sw.received(1) == [f]
 
 
+def test_a_flood_that_pops_the_tag_for_one_port_keeps_the_priority_for_the_next(sw):
+    """Ports in order: the access port's copy is untagged (the tag popped in place), the trunk
+    after it gets the tag back with the frame's own PCP and DEI, as known unicast would."""
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).port(2, pvid=0, trunk=[10]).publish()
+    f = tagged(BROADCAST, A, 10, pcp=5)
+    f = f[:MACS + 2] + bytes([f[MACS + 2] | 0x10]) + f[MACS + 3:]       # DEI set too
+    sw.send(0, f)
+    assert received_all(sw) == [[], [frame(BROADCAST, A)], [f], []]
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=10).port(2, pvid=0, trunk=[10]).publish()
+    sw.send(0, tagged(BROADCAST, B, 0, pcp=6))          # a priority tag, from an access port
+    assert received_all(sw) == [[], [frame(BROADCAST, B)], [tagged(BROADCAST, B, 10, pcp=6)], []]
+
+
 def test_trunk_drops_vids_it_does_not_carry(sw):
     Settings(sw.shared).port(0, pvid=0, trunk=[10, 20]).port(1, pvid=30, trunk=[10]).publish()
     sw.send(0, tagged(BROADCAST, A, 30))

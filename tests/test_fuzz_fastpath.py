@@ -159,10 +159,12 @@ def shift_header(data: bytearray, delta: int) -> None:
     VNET.pack_into(data, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
-def tag_for(data: bytearray, vlan: int, out: PortConf) -> bool:
+def tag_for(data: bytearray, vlan: int, out: PortConf, prio: int = 0) -> bool:
     """fastpath.h: "a frame leaves untagged in the port's pvid and tagged
     otherwise"; the tag is pushed or popped in place, a priority tag gets the
-    VID (PCP kept). Edits data; False if a tag was needed and did not fit."""
+    VID (PCP kept). A pushed tag carries `prio`, the PCP and DEI bits (as the
+    TCI's top byte) of the tag the frame came with. Edits data; False if a tag
+    was needed and did not fit."""
     tagged = eth_type(data) == ETH_P_8021Q
     want_tag = out.pvid != vlan
     mac_end = VNET_LEN + 12
@@ -175,7 +177,7 @@ def tag_for(data: bytearray, vlan: int, out: PortConf) -> bool:
         _f, _g, hdr_len, _s, csum_start, *_ = vnet(data)
         if len(data) + VLAN_HLEN >= FRAME_MAX or csum_start > 0xFFFF - VLAN_HLEN or hdr_len > 0xFFFF - VLAN_HLEN:
             return False
-        data[mac_end:mac_end] = ETH_P_8021Q.to_bytes(2, "big") + vlan.to_bytes(2, "big")
+        data[mac_end:mac_end] = ETH_P_8021Q.to_bytes(2, "big") + (prio << 8 | vlan).to_bytes(2, "big")
         shift_header(data, VLAN_HLEN)
     else:
         del data[mac_end:mac_end + VLAN_HLEN]
@@ -239,16 +241,17 @@ class Model:
             self.fdb[key] = port
         for data, vlan in accepted:
             dst = bytes(data[VNET_LEN:VNET_LEN + 6])
+            prio = data[VNET_LEN + 14] & 0xF0 if eth_type(data) == ETH_P_8021Q else 0    # as it came
             to = None if dst[0] & 1 else self.fdb.get((dst, vlan))
             if to is None:                          # broadcast, multicast, unknown: flood
                 c["flooded"] += 1
                 for p in range(len(self.up)):       # the frame is edited from port to port
                     if p != port and self.up[p] and self.should_deliver(port, p, vlan):
-                        self.tx(p, data, vlan)
+                        self.tx(p, data, vlan, prio)
             elif to == port:
                 pass                                # it is on the segment it came from
             elif self.up[to] and self.should_deliver(port, to, vlan):
-                self.tx(to, data, vlan)
+                self.tx(to, data, vlan, prio)
             else:
                 c["rx_dropped"] += 1
         return self.out
@@ -256,8 +259,8 @@ class Model:
     def should_deliver(self, i: int, o: int, vlan: int) -> bool:
         return self.conf[o].in_vlan(vlan) and not (self.conf[i].isolated and self.conf[o].isolated)
 
-    def tx(self, p: int, data: bytearray, vlan: int) -> None:
-        if not tag_for(data, vlan, self.conf[p]):
+    def tx(self, p: int, data: bytearray, vlan: int, prio: int) -> None:
+        if not tag_for(data, vlan, self.conf[p], prio):
             self.counters[p]["tx_errors"] += 1
             return
         if self.xmit(p, data) and self.conf[p].mirror_tx:

@@ -665,6 +665,7 @@ struct frame {
     uint32_t len;               /* bytes from buf, header included */
     uint16_t gso_size;          /* 0 unless a GSO super-frame */
     uint16_t vlan;              /* its VLAN in the switch, once classified */
+    uint8_t prio;               /* PCP and DEI (the tag's top 4 bits) as it came; 0 untagged */
     bool tagged;                /* an 802.1Q tag follows the MACs (now, in buf) */
     bool accepted;
 };
@@ -825,6 +826,7 @@ static bool port_in_vlan(const struct ts_port_conf *pc, uint16_t vlan)
 static bool classify(const struct ts_port_conf *pc, struct frame *f)
 {
     f->tagged = eth_type(f) == ETH_P_8021Q;
+    f->prio = f->tagged ? eth_hdr(f)[ETH_HLEN] & 0xf0 : 0;
     uint16_t vid = f->tagged ? tag_vid(f) : 0;
     f->vlan = vid ? vid : pc->pvid;
     return f->vlan != 0 && port_in_vlan(pc, f->vlan);
@@ -844,8 +846,9 @@ static void vnet_hdr_shift(struct frame *f, int delta)
 }
 
 /* Insert a tag after the MACs, in place: the virtio-net header and the MACs
- * move into the headroom. False if the frame is too long to take one more
- * tag (or its header's offsets would overflow). */
+ * move into the headroom. The tag carries the frame's priority as it came
+ * (a flood may have popped its tag for an earlier port). False if the frame
+ * is too long to take one more tag (or its header's offsets would overflow). */
 static bool tag_push(struct frame *f, uint16_t vid)
 {
     struct vnet_hdr h;
@@ -859,7 +862,7 @@ static bool tag_push(struct frame *f, uint16_t vid)
     uint8_t *tag = eth_hdr(f) + 2 * ETH_ALEN;
     tag[0] = ETH_P_8021Q >> 8;
     tag[1] = ETH_P_8021Q & 0xff;
-    tag[2] = (uint8_t)(vid >> 8);
+    tag[2] = (uint8_t)(f->prio | vid >> 8);
     tag[3] = (uint8_t)vid;
     vnet_hdr_shift(f, VLAN_HLEN);
     f->tagged = true;
@@ -877,7 +880,8 @@ static void tag_pop(struct frame *f)
 }
 
 /* Give the frame the form port o carries its VLAN in: untagged in o's pvid,
- * tagged with the VLAN otherwise (a priority tag gets the VID, PCP kept).
+ * tagged with the VLAN otherwise (a priority tag gets the VID; PCP and DEI
+ * are kept, also in a tag pushed again after an earlier port's pop).
  * False if a tag was needed and did not fit. */
 static bool tag_for(struct frame *f, const struct ts_port_conf *o)
 {
