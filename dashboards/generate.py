@@ -227,10 +227,11 @@ def traffic(sel: str, by: str, row_title: str = "Traffic", per: str = "") -> Row
 
 
 def drops_and_errors(sel: str, by: str) -> Row:
+    per_port = ", ".join(label.strip() for label in by.split(",") if label.strip() != "queue")   # rx_missed has no queue
     return ("Drops and errors", [
         graph("Dropped packets per second", "pps",
               rx_tx("dropped", sel, by)
-              + [Q(rate("tapswitch_port_rx_missed_total", sel, by), legend(by, "rx missed"))],
+              + [Q(rate("tapswitch_port_rx_missed_total", sel, per_port), legend(per_port, "rx missed"))],
               "rx: frames read but not forwarded; rx missed: frames the port's host sent "
               "that found its queue full (the worker was behind; counted per port, not per "
               "queue); tx: frames not written because the port's TAP queue was full.", tx_below=True),
