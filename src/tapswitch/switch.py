@@ -484,9 +484,15 @@ class Switch:
         by_name = {p.name: p for p in new.ports}
         # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
         rezoned = [p for p in self.ports if (p.cfg.vlan, p.cfg.trunk) != (by_name[p.name].vlan, by_name[p.name].trunk)]
+        # A VXLAN port that lost a remote host forgets what it learned: the switch does not know
+        # which MACs were behind which host, and those behind the others are learned again.
+        unhosted = [p for p in self.ports if p.cfg.vxlan and by_name[p.name].vxlan
+                    and set(p.cfg.vxlan.remotes) - set(by_name[p.name].vxlan.remotes)]
         for port in self.ports:
             port.cfg = by_name[port.name]
             ports.update_tunnel(port)
+        for port in unhosted:
+            log.info("vxlan.remotes_removed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
         settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic

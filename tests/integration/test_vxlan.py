@@ -307,6 +307,8 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     # still sending (a flood, an ARP or ND probe) would put an entry back after the removal.
     fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
     assert re.search(rf"dst {re.escape(site.underlay(2))} self\s*$", fdb, re.M)     # learned behind host 2
+    host2 = {helpers.link_mac(site.containers[2, c], "eth0") for c in CONTAINERS}
+    assert host2 <= {e["mac"] for e in sw.cli_json("fdb") if e["port"] == site.vx(1)}
     assert site.switches[2].stop() == 0
     cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(3)]
     with open(sw.config_path, "w") as f:
@@ -314,6 +316,9 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     assert sw.cli("reload").stdout.strip() == f"reloaded: updated {site.vx(1)}"
     fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
     assert site.underlay(2) not in fdb          # its all-zeros entry, and what was learned behind it
+    # The switch forgot what it had learned on the VXLAN port too: host 2's containers among it.
+    assert not host2 & {e["mac"] for e in sw.cli_json("fdb") if e["port"] == site.vx(1)}, sw.cli_json("fdb")
+    assert sw.events("vxlan.remotes_removed")[-1]["fdb_flushed"] >= len(host2)
     assert unreachable(site, [((1, 1), (3, 2))]) == []
 
 
