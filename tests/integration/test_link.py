@@ -96,6 +96,41 @@ def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(l
     assert mine[-1][:5] == (nsid, index, "eth7", False, True)
 
 
+def test_a_down_or_deletion_the_device_is_no_longer_in_does_not_take_its_port_down(lab):
+    """Link events are read late: a reload that removes a port and adds one in a namespace
+    made anew reads the removal's events after the new port is up, and the new namespace may
+    have the old one's id, its device the old ifindex (seen under load: a false port.down and a
+    flushed MAC). So a down or a deletion counts only if the device is down or gone now."""
+    from tapswitch import config, fastpath, linkmon
+    from tapswitch.ports import Port
+    from tapswitch.rtnl import Rtnl
+    from tapswitch.switch import Switch
+
+    ns = lab.netns("l", create=True)
+    helpers.nsexec(ns, "ip", "link", "add", "t0", "type", "veth", "peer", "name", "t1")
+    for dev in ("t0", "t1"):
+        helpers.nsexec(ns, "ip", "link", "set", dev, "up")       # both ends up: carrier
+    index = int(helpers.nsexec(ns, "cat", "/sys/class/net/t0/ifindex").stdout)
+    with Rtnl() as here:
+        nsid = linkmon.nsid_of(f"/run/netns/{ns}", here)
+    cfg = config.loads("switch: {name: s}\nports: [{name: t0}]\n")
+    sw = Switch(cfg)
+    sw.shared = fastpath.Shared.create(64, 1)
+    try:
+        port = Port(index=0, cfg=cfg.ports[0], fds=[], mac=helpers.link_mac(ns, "t0"),
+                    nspath=f"/run/netns/{ns}", ifindex=index, nsid=nsid)
+        sw.ports = [port]
+        for late in (linkmon.LinkEvent(nsid, index, "eth0", False, True),      # the old TAP's deletion
+                     linkmon.LinkEvent(nsid, index, "eth0", False, False)):    # and its going down
+            sw.link_changed(late)
+            assert port.up and port.tap_up
+        helpers.nsexec(ns, "ip", "link", "set", "t0", "down")                 # now it is down
+        sw.link_changed(linkmon.LinkEvent(nsid, index, "t0", False, False))
+        assert not port.up
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_follows_the_mtu_and_mac_its_host_gives_its_tap(lab):
     """The hosts raise their MTU to 9000: 4000-byte frames, which MTU 1500 kept out, now cross,
     and `ports` says 9000; a host's new MAC shows there too. Each change is a warning."""

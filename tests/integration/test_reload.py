@@ -83,9 +83,7 @@ def test_workers_replaced_by_reloads_lose_no_frame(lab, monkeypatch, backend):
         reloads += 1
     out, _ = ping.communicate(timeout=30)
     assert reloads >= 8, out
-    # The port added again and again gets a new namespace that may take the old one's id, and
-    # its TAP the old ifindex: the old TAP's late events must not take the new port down.
-    assert not sw.events("port.down"), sw.events("port.down")
+    assert not sw.events("port.down"), sw.events("port.down")     # (test_link.py: late events of a TAP gone)
     assert len(sw.events("workers.replaced")) == reloads
     assert re.search(r"\b5000 packets transmitted, 5000 received", out), out
     # Every worker stopped as asked, none by SIGKILL after the grace, none with an error, and
