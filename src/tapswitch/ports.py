@@ -15,7 +15,6 @@ every port without one of its own, comes from the underlay (`plan`).
 import contextlib
 import errno
 import os
-import socket
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -125,12 +124,12 @@ def _lookup(ipr: IPRoute, name: str) -> int:
     return found[0]
 
 
-def _index_here(name: str) -> int:
-    """_lookup in the switch's own namespace, by ioctl: a netlink round trip less."""
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise PortError(f"device {name} vanished while being set up") from None
+def _index(sock, name: str) -> int:
+    """_lookup in sock's namespace, by ioctl: a netlink round trip less."""
+    index = rtnl.index_of(sock, name)
+    if index is None:
+        raise PortError(f"device {name} vanished while being set up")
+    return index
 
 
 def _move(here: rtnl.Rtnl, ifindex: int, nspath: str) -> None:
@@ -147,10 +146,10 @@ def _rtnl_in(nspath: str | None, names: list[str]) -> tuple[rtnl.Rtnl, list[int]
     def make():
         sock = rtnl.route_socket()
         try:
-            return sock, [socket.if_nametoindex(n) for n in names]
-        except OSError:
+            return sock, [_index(sock, n) for n in names]
+        except BaseException:
             sock.close()
-            raise PortError(f"device {names[0]} vanished while being set up") from None
+            raise
     sock, indexes = netns.call_in(nspath, make)
     return rtnl.Rtnl(sock), indexes
 
@@ -229,7 +228,7 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         with rtnl.Rtnl() as here:
             if nspath is not None and inside is None:
                 try:
-                    _move(here, _index_here(cfg.name), nspath)
+                    _move(here, _index(here.sock, cfg.name), nspath)
                 except NetlinkError as e:
                     if e.code == errno.EEXIST:
                         raise PortError(f"port {cfg.name}: a device named {cfg.name} already exists "

@@ -8,6 +8,8 @@ nsidmsg) one at a time on a socket of ours and reads the kernel's answer;
 a refusal raises pyroute2's NetlinkError, as IPRoute does.
 """
 
+import errno
+import fcntl
 import ipaddress
 import socket
 import struct
@@ -23,6 +25,20 @@ NLMSG_HDR = struct.Struct("=IHHII")      # length, type, flags, sequence number,
 LINK_ATTRS = {"address": "IFLA_ADDRESS", "mtu": "IFLA_MTU", "txqlen": "IFLA_TXQLEN",
               "ifname": "IFLA_IFNAME", "net_ns_fd": "IFLA_NET_NS_FD"}
 NSID_NONE = -1
+SIOCGIFINDEX = 0x8933
+IFREQ = struct.Struct("16si20x")         # struct ifreq: name, ifindex (the union's first int)
+
+
+def index_of(sock: socket.socket, name: str) -> int | None:
+    """The index of device `name` in sock's namespace, or None if there is none. SIOCGIFINDEX
+    on a socket already open: if_nametoindex(3) opens one of its own, and says "no such
+    device" for every failure, a process out of descriptors included."""
+    try:
+        return IFREQ.unpack(fcntl.ioctl(sock.fileno(), SIOCGIFINDEX, IFREQ.pack(name.encode(), 0)))[1]
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return None
+        raise
 
 
 def messages(data: bytes):

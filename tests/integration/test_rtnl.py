@@ -90,3 +90,14 @@ def test_a_namespace_gets_an_id_once(lab):
         os.close(fd)
     ids = json.loads(helpers.sh("ip", "-j", "netns", "list-id").stdout or "[]")
     assert {"nsid": nsid, "name": ns} in ids
+
+
+def test_index_of_asks_on_the_socket_it_is_given_and_says_none_for_no_device():
+    """SIOCGIFINDEX on the route socket itself: no descriptor of its own to run out of, as
+    if_nametoindex(3) has, and a missing device is None, not an error."""
+    import socket
+
+    from tapswitch import rtnl
+    with rtnl.route_socket() as sock:
+        assert rtnl.index_of(sock, "lo") == socket.if_nametoindex("lo")
+        assert rtnl.index_of(sock, "tsnosuchdev0") is None
