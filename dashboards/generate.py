@@ -165,6 +165,13 @@ def info_table(title: str, queries: list[Q], description: str, *, hide: list[str
             .with_transformation(organize))
 
 
+def unset_as_dash(expr: str, *labels: str) -> str:
+    """`expr` with each of `labels` that is empty or absent set to "-"."""
+    for label in labels:
+        expr = f'label_replace({expr}, "{label}", "-", "{label}", "")'
+    return expr
+
+
 # --- Template variables -------------------------------------------------------
 
 def datasource_variable() -> db.DatasourceVariable:
@@ -349,8 +356,10 @@ def port_state(sel: str) -> Row:
         graph("FDB entries on the port", "short",
               [Q(f"tapswitch_port_fdb_entries{{{sel}}}", "{{port}}")],
               "MAC addresses learned behind the port."),
-        info_table("Port info", [Q(f"tapswitch_port_info{{{sel}}}")],
-                   "MAC, MTU, speed (Mbit/s) and remote interface of each port.",
+        # Prometheus drops a label whose value is empty, and a table has no
+        # column for a label no series carries: "-" stands for "not set".
+        info_table("Port info", [Q(unset_as_dash(f"tapswitch_port_info{{{sel}}}", "speed", "remote"))],
+                   "MAC, MTU, speed (Mbit/s) and remote interface of each port; - where not set.",
                    hide=["Time", "Value", "__name__", "instance", "job"]),
     ])
 

@@ -281,6 +281,12 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(lab
             empty.append(f"{q.source}: {q.name}: {q.signal!r}")
     assert empty == [], f"{len(empty)} of {len(queries)} queries returned nothing:\n" + "\n".join(empty)
 
+    # The ports have no speed or remote, and Prometheus drops empty labels; the
+    # "Port info" table still has those columns, with "-".
+    [info] = [q for q in queries if q.name == "Port info [A]"]
+    rows = [r["metric"] for r in prom.query(info.signal)]
+    assert [(r["port"], r["speed"], r["remote"], r["mtu"]) for r in rows] == [(port, "-", "-", "1500")], rows
+
     # The traffic is in the graphs, not just zeros.
     rx = prom.query(f'sum by (port) (rate(tapswitch_port_rx_packets_total{{switch="{switch}"}}[10s])) > 0')
     assert {r["metric"]["port"] for r in rx} == {p["name"] for p in cfg["ports"]}, rx
