@@ -46,7 +46,7 @@ class Case:
 
 
 CASES = {
-    "binary_junk": Case(b"\xff\xfe" + random.Random(7).randbytes(4096), line=0),   # not UTF-8: "cannot read"
+    "binary_junk": Case(b"\xff\xfe" + random.Random(7).randbytes(4096), line=1),   # not UTF-8: "cannot read", at its line
     "nul_byte": Case(b"switch:\n  name: sw\x00\nports: [{name: p}]\n", line=2),
     "deep_flow_nesting": Case(b"switch: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
     "deep_block_nesting": Case(("switch:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 3000))).encode()),

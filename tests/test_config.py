@@ -278,7 +278,8 @@ def test_zero_mac():
 
 def test_unquoted_mac_read_as_base60_number_asks_for_quotes():
     assert one_error(with_port("name: p\nmac: 12:34:56:00:00:10\n")) == (
-        't.yaml:5: ports[0].mac: quote the MAC address ("02:00:00:00:00:10"); YAML read it as a number'
+        't.yaml:5: ports[0].mac: a MAC address is six hex octets in quotes, as in "02:00:00:00:00:10" '
+        "(YAML read this one as a number)"
     )
 
 
@@ -913,3 +914,187 @@ def test_random_yaml_ish_text_raises_only_config_error(text):
 def test_random_bytes_raise_only_config_error(data):
     only_config_errors(data.decode("utf-8", errors="replace"))
     only_config_errors(data.decode("latin-1"))
+
+
+# --- What YAML 1.1 does to what was written ------------------------------------
+
+
+def test_a_merge_key_is_overridden_by_the_keys_written_beside_it():
+    cfg = loads(textwrap.dedent("""\
+        switch: {name: sw0}
+        ports:
+          - &base {name: p0, netns: n0, mtu: 1400}
+          - <<: *base
+            name: p1
+            netns: n1
+        """))
+    assert [(p.name, p.netns, p.mtu) for p in cfg.ports] == [("p0", "n0", 1400), ("p1", "n1", 1400)]
+
+
+def test_of_two_merged_maps_the_first_wins_whatever_its_keys():
+    # PyYAML 6.0.4 alone lets the second win for some keys (mtu), not others (x)
+    text = textwrap.dedent("""\
+        switch: {name: sw0}
+        ports:
+          - &a {name: p0, mtu: 9000, netns: na}
+          - &b {name: p1, mtu: 1400, netns: nb, vlan: 5}
+          - <<: [*a, *b]
+            name: p2
+        """)
+    cfg = loads(text)
+    assert (cfg.ports[2].mtu, cfg.ports[2].netns, cfg.ports[2].vlan) == (9000, "na", 5)
+
+
+def test_merge_keys_first_map_wins_and_errors_name_the_merged_key():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        a: &a {mtu: 99999, netns: na}
+        b: &b {mtu: 1400, netns: nb, vlan: 0}
+        ports:
+          - <<: [*a, *b]
+            name: p0
+        """)
+    # mtu comes from a (first), vlan from b; both are wrong, at the lines they are written
+    assert errors == ["t.yaml:2: ports[0].mtu: must be at most 65521", "t.yaml:2: a: unknown key",
+                      "t.yaml:3: ports[0].vlan: must be at least 1", "t.yaml:3: b: unknown key"]
+
+
+@pytest.mark.parametrize("written, key, message", [
+    ("mtu: 01500", "ports[0].mtu", "YAML 1.1 reads 01500 as the octal number 832: write it without the leading zero"),
+    ("vlan: 010", "ports[0].vlan", "YAML 1.1 reads 010 as the octal number 8: write it without the leading zero"),
+    ("mtu: 1:0:0", "ports[0].mtu", "YAML 1.1 reads 1:0:0 as a base-60 number (3600): write the number meant, or quote it"),
+    ("vlan: 08", "ports[0].vlan", "expected an integer, got string '08': write it without the leading zero"),
+])
+def test_a_number_yaml_reads_in_octal_or_base_60_is_an_error(written, key, message):
+    assert one_error(with_port(f"name: p0\n{written}\n")) == f"t.yaml:5: {key}: {message}"
+
+
+def test_a_number_in_a_list_is_located_at_its_item():
+    assert one_error(with_port("name: p0\ntrunk: [10, 020]\n")) == (
+        "t.yaml:5: ports[0].trunk[1]: YAML 1.1 reads 020 as the octal number 16: write it without the leading zero")
+
+
+def test_zero_hex_and_quoted_numbers_are_fine():
+    cfg = loads(with_port('name: p0\nvlan: 0x10\nmtu: 1500\n') + "static_macs: [{mac: '02:00:00:00:00:01', port: p0, vlan: 0x10}]\n")
+    assert (cfg.ports[0].vlan, cfg.static_macs[0].vlan) == (16, 16)
+
+
+def test_a_duplicate_inside_a_key_yaml_discards_is_reported_too():
+    errors = errors_of("""\
+        switch:
+          name: a
+          name: b
+        switch: {name: sw0}
+        ports: [{name: p0}]
+        """)
+    assert errors == ["t.yaml:3: switch.name: duplicate key (first at line 2); YAML keeps only the last",
+                      "t.yaml:4: switch: duplicate key (first at line 1); YAML keeps only the last"]
+
+
+def test_an_item_shared_by_an_alias_has_its_key_lines_under_both_paths():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - &p {name: p0,
+                mtu: 99999}
+          - *p
+        """)
+    assert "t.yaml:4: ports[0].mtu: must be at most 65521" in errors
+    assert "t.yaml:4: ports[1].mtu: must be at most 65521" in errors
+
+
+# --- Errors found beside others ---------------------------------------------------
+
+
+def test_references_are_checked_in_items_wrong_elsewhere():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports: [{name: a}, {name: b}]
+        mirrors:
+          - {name: m, from: [nope], to: b, direction: sideways}
+        static_macs:
+          - {mac: "02:00:00:00:00:01", port: ghost, vlan: 0}
+        """)
+    assert errors == ["t.yaml:4: mirrors[0].direction: must be one of 'rx', 'tx' or 'both'",
+                      "t.yaml:4: mirrors[0].from[0]: no port named 'nope'",
+                      "t.yaml:6: static_macs[0].vlan: must be at least 1",
+                      "t.yaml:6: static_macs[0].port: no port named 'ghost'"]
+
+
+def test_the_vxlan_mtu_bound_is_checked_beside_other_errors():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - {name: v9, vxlan: {vni: 2, local: 198.19.0.1}, mtu: 65486}
+          - {name: v10, mtu: 65486}
+          - {name: v11, mtu: 0}
+        """)
+    assert [e.split(": ")[:2] for e in errors] == [["t.yaml:3", "ports[0].mtu"], ["t.yaml:4", "ports[1].mtu"],
+                                                   ["t.yaml:5", "ports[2].mtu"]], errors
+
+
+def test_every_bad_vxlan_remote_is_reported():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - name: vx0
+            vxlan: {vni: 1, local: 198.19.0.1, remotes: ["fd00::2", 198.19.0.1, 198.19.0.3, 198.19.0.3]}
+        """)
+    assert errors == ["t.yaml:4: ports[0].vxlan.remotes[0]: remote fd00::2 is IPv6, local 198.19.0.1 is IPv4",
+                      "t.yaml:4: ports[0].vxlan.remotes[1]: remote 198.19.0.1 is this host (local)",
+                      "t.yaml:4: ports[0].vxlan.remotes[3]: remote 198.19.0.3 is listed twice"]
+
+
+def test_two_vxlan_ports_on_one_vni_and_udp_port_clash():
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - {name: vx1, vxlan: {vni: 7, local: 198.19.0.1}}
+          - {name: vx2, vxlan: {vni: 7, local: 198.19.0.1}}
+          - {name: vx3, vxlan: {vni: 7, local: 198.19.0.1, dstport: 4790}}
+          - {name: vx4, vxlan: {vni: 7, local: "fd00::1"}}
+        """)
+    assert errors == ["t.yaml:4: ports[1].vxlan.vni: VNI 7 on UDP port 4789 over IPv4 is already ports[0]'s"]
+
+
+# --- Values run would refuse -------------------------------------------------------
+
+
+@pytest.mark.parametrize("port, key", [("name: p%d", "name"), ("{name: p0, netns: n, ifname: eth%d}", "ifname")])
+def test_an_interface_name_with_a_percent_sign_is_refused(port, key):
+    assert one_error(with_port(port)).endswith(
+        f"ports[0].{key}: an interface name has no '%' (the kernel numbers a name with %d itself)")
+
+
+def test_a_control_socket_path_ending_in_a_slash_is_refused():
+    assert one_error("switch: {name: sw0, control: {socket: /tmp/x/}}\nports: [{name: p0}]\n") == (
+        "t.yaml:1: switch.control.socket: the control socket path names a file, not a directory (it ends in '/')")
+
+
+@pytest.mark.parametrize("address", ["ff02::1/64", "224.0.0.1/4", "0.0.0.0/8"])
+def test_a_port_address_must_be_unicast(address):
+    assert one_error(with_port(f"name: p0\nnetns: n\naddresses: ['{address}']\n")).endswith(
+        f"ports[0].addresses[0]: {address.split('/')[0]} is not a unicast address")
+
+
+# --- Files ------------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_regular_or_too_large_is_refused_without_reading_it_all(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load("/dev/zero")
+    assert info.value.errors == ["/dev/zero:0: -: cannot read: not a regular file"]
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:
+        f.truncate(config.MAX_CONFIG_BYTES + 1)
+    with pytest.raises(ConfigError) as info:
+        load(str(big))
+    assert info.value.errors == [f"{big}:0: -: cannot read: larger than 16 MiB"]
+
+
+def test_bytes_that_are_not_utf8_are_located_at_their_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"switch:\n  name: caf\xe9\nports: [{name: p0}]\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.errors == [f"{path}:2: -: cannot read: not UTF-8: byte 0xe9"]

@@ -212,9 +212,9 @@ def test_vxlan_values_are_checked_where_they_are():
         "t.yaml:6: ports[0].vxlan.vni: must be at most 16777215",
         "t.yaml:7: ports[0].vxlan.local: an underlay address has no prefix length, as in 198.19.0.1",
         "t.yaml:8: ports[0].vxlan.dstport: must be at least 1",
-        "t.yaml:10: ports[1].vxlan.remotes: remote 198.19.0.2 is IPv4, local fd00::1 is IPv6",
-        "t.yaml:12: ports[2].vxlan.remotes: remote 198.19.0.1 is this host (local)",
-        "t.yaml:14: ports[3].vxlan.remotes: remote 198.19.0.2 is listed twice",
+        "t.yaml:10: ports[1].vxlan.remotes[0]: remote 198.19.0.2 is IPv4, local fd00::1 is IPv6",
+        "t.yaml:12: ports[2].vxlan.remotes[0]: remote 198.19.0.1 is this host (local)",
+        "t.yaml:14: ports[3].vxlan.remotes[1]: remote 198.19.0.2 is listed twice",
         "t.yaml:14: ports[3].vxlan.mode: unknown key",
         "t.yaml:16: ports[4].vxlan.local: 239.1.1.1 is not a unicast address",
     ]

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import importlib.resources
 import ipaddress
+import os
 import posixpath
 import pwd
 import re
+import stat
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -64,13 +66,16 @@ class ConfigError(Exception):
 
 
 def _is_interface_name(value: str) -> str:
-    """Linux dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'."""
+    """Linux dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..';
+    and no '%', which the kernel would replace with a number."""
     if not 1 <= len(value.encode()) <= 15:
         raise ValueError("an interface name is 1 to 15 bytes long")
     if value in (".", ".."):
         raise ValueError("an interface name cannot be '.' or '..'")
     if any(c in "/:\0" or c.isspace() for c in value):
         raise ValueError("an interface name has no '/', ':', NUL or whitespace")
+    if "%" in value:  # the kernel reads eth%d as "the next free ethN"
+        raise ValueError("an interface name has no '%' (the kernel numbers a name with %d itself)")
     return value
 
 
@@ -133,8 +138,9 @@ def _is_netns(value: str) -> str:
 def _mac_octets(value: Any) -> bytes:
     """The six octets of aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff."""
     if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 12:34:56:00:00:10 as a base-60 number.
-        raise ValueError('quote the MAC address ("02:00:00:00:00:10"); YAML read it as a number')
+        # YAML 1.1 reads an unquoted 12:34:56:00:00:10 as a base-60 number (and 0x... as hex).
+        raise ValueError('a MAC address is six hex octets in quotes, as in "02:00:00:00:00:10" '
+                         "(YAML read this one as a number)")
     if not isinstance(value, str):
         raise ValueError(f"expected a MAC address string, got {_kind(value)}")
     if not re.fullmatch(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}", value):
@@ -241,9 +247,12 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
     if "/" not in value:
         raise ValueError("an address needs its prefix length, as in 198.18.0.10/24")
     try:
-        return ipaddress.ip_interface(value)
+        address = ipaddress.ip_interface(value)
     except ValueError:
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
+    if address.ip.is_multicast or address.ip.is_unspecified:
+        raise ValueError(f"{address.ip} is not a unicast address")
+    return address
 
 
 def _is_host_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -289,6 +298,8 @@ def _is_listen(value: str) -> str:
 def _is_socket_path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("the control socket path must be absolute")
+    if value.endswith("/"):
+        raise ValueError("the control socket path names a file, not a directory (it ends in '/')")
     if "\0" in value or len(value.encode()) > SUN_PATH_MAX:
         raise ValueError(f"a unix socket path is at most {SUN_PATH_MAX} bytes, without NUL")
     return value
@@ -394,15 +405,18 @@ class Vxlan(_Model):
     @classmethod
     def _remotes_are_other_hosts_of_one_family(cls, value: list, info: ValidationInfo) -> list:
         local = info.data.get("local")
+        problems: list[tuple[tuple, str]] = []
         seen = set()
-        for address in value:
+        for i, address in enumerate(value):
             if local is not None and address.version != local.version:
-                raise ValueError(f"remote {address} is IPv{address.version}, local {local} is IPv{local.version}")
-            if address == local:
-                raise ValueError(f"remote {address} is this host (local)")
-            if address in seen:
-                raise ValueError(f"remote {address} is listed twice")
+                problems.append(((i,), f"remote {address} is IPv{address.version}, local {local} is IPv{local.version}"))
+            elif address == local:
+                problems.append(((i,), f"remote {address} is this host (local)"))
+            elif address in seen:
+                problems.append(((i,), f"remote {address} is listed twice"))
             seen.add(address)
+        if problems:
+            raise LocatedErrors(problems)
         return value
 
     @property
@@ -723,7 +737,7 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
-        clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(self.ports)
+        clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(list(enumerate(self.ports)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
         if clashes:
@@ -765,6 +779,14 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
                 first = by_remote[port.remote]
                 clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{first}]"))
             by_remote.setdefault(port.remote, i)
+    by_vni: dict[tuple[int, int, int], int] = {}  # the kernel takes one device per VNI, UDP port and family
+    for i, port in ports:
+        if port.vxlan is not None:
+            key = (port.vxlan.vni, port.vxlan.dstport, port.vxlan.local.version)
+            if key in by_vni:
+                clashes.append((("ports", i, "vxlan", "vni"), f"VNI {key[0]} on UDP port {key[1]} over IPv{key[2]} "
+                                                              f"is already ports[{by_vni[key]}]'s"))
+            by_vni.setdefault(key, i)
     by_tunnel = {tunnel.device_name(p.name): i for i, p in ports if p.vxlan is not None}
     for i, port in ports:  # once every name is known: a remote may name a later port
         if port.remote in by_name:
@@ -780,20 +802,21 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     return clashes
 
 
-def tunnel_mtu_clashes(ports: list[Port]) -> list[tuple[tuple, str]]:
-    """(loc, message) for every mtu that no underlay could carry across a VXLAN port of the switch.
+def tunnel_mtu_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
+    """(loc, message) for every mtu that no underlay could carry across a VXLAN port of the
+    switch, given (index, port) pairs.
 
     The underlay's MTU is known only at start (and checked then); here, the
     largest an underlay can have, less the VXLAN overhead, is the bound.
     """
-    tunnels = [(i, p) for i, p in enumerate(ports) if p.vxlan is not None]
+    tunnels = [(i, p) for i, p in ports if p.vxlan is not None]
     if not tunnels:
         return []
     i_min, narrowest = min(tunnels, key=lambda t: -t[1].vxlan.overhead)
     limit = tunnel.MTU_MAX - narrowest.vxlan.overhead
     across = f"IPv{narrowest.vxlan.local.version} VXLAN (at most {limit})"
     return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
-                                  f"{across}") for i, p in enumerate(ports) if p.mtu_given and p.mtu > limit]
+                                  f"{across}") for i, p in ports if p.mtu_given and p.mtu > limit]
 
 
 def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: list[tuple[int, Mirror]],
@@ -849,25 +872,36 @@ def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: li
 # --- Loading -----------------------------------------------------------------
 
 
+MAX_CONFIG_BYTES = 16 * 2**20  # a config of 256 ports with every key is under 1 MiB
+
+
 def load(path: str | None) -> Config:
     """The config in the file at `path`, or the built-in demo when None; raises ConfigError."""
     if path is None:
         text = importlib.resources.files("tapswitch").joinpath("demo.yaml").read_text("utf-8")
         return loads(text, DEMO)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError([f"{path}:0: -: cannot read: not a regular file"])
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
         raise ConfigError([f"{path}:0: -: cannot read: {e}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}:0: -: cannot read: larger than {MAX_CONFIG_BYTES // 2**20} MiB"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"{path}:{line}: -: cannot read: not UTF-8: byte 0x{raw[e.start]:02x}"]) from None
     return loads(text, path)
 
 
 def loads(text: str, source: str = "<string>") -> Config:
     """The config in `text` (named `source` in errors); raises ConfigError with every error found."""
-    root, data = _parse(text, source)
+    root, data, (lines, errors, numbers) = _parse(text, source)
     if root is None:
         raise ConfigError([f"{source}:1: -: empty config: expected a mapping with switch and ports"])
-    lines, errors = _lines(root)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:{lines[()]}: -: the top level must be a mapping, got {_kind(data)}"])
 
@@ -879,8 +913,13 @@ def loads(text: str, source: str = "<string>") -> Config:
         located += _from_pydantic(e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_identities(data.get("ports")))]
+            located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_mtus(data.get("ports")))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
+    # A number YAML 1.1 reads in octal or base 60, unless the key refused it anyway
+    # (a MAC address: its own message says to quote it).
+    refused = {_str(loc) for loc, _, _ in located}
+    located += [n for n in numbers if _str(n[0]) not in refused]
     if located:
         numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
         numbered = list(dict.fromkeys(numbered))    # _acl_vlans repeats what a port's own check said
@@ -890,15 +929,19 @@ def loads(text: str, source: str = "<string>") -> Config:
     return config
 
 
-def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """The document's root node (None when empty) and its Python value; a YAML error is a ConfigError."""
+def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
+    """The document's root node (None when empty), its Python value, and _lines of it;
+    a YAML error is a ConfigError."""
     try:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
-            if root is not None:
-                _check_expansion(root, source)
-            return root, loader.construct_document(root) if root is not None else None
+            if root is None:
+                return None, None, _lines(None)
+            _check_expansion(root, source)
+            _resolve_merge_keys(root)
+            found = _lines(root)
+            return root, loader.construct_document(root), found
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
@@ -914,6 +957,58 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     except Exception as e:  # noqa: BLE001 -- PyYAML's constructors raise what the conversion
         # raises: ValueError for the date 2001-13-45, IndexError for an empty !!int...
         raise ConfigError([f"{source}:0: -: YAML: cannot convert a value: {type(e).__name__}: {e}"]) from None
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _resolve_merge_keys(root: yaml.Node) -> None:
+    """Replace each `<<: *a` or `<<: [*a, *b]` with the keys it merges, in place, as
+    YAML's merge key type says: the keys written beside it win, then the first map's.
+
+    PyYAML 6.0.4 would let the last map win when its key strings are not the
+    same object in memory (`mtu` from two anchors, not `x`); done here, no
+    merge key is left for it. A merge of something other than mappings is
+    left for PyYAML to refuse.
+    """
+    resolved: set[int] = set()
+
+    def resolve(node: yaml.MappingNode, busy: set[int]) -> None:
+        if id(node) in resolved or id(node) in busy:
+            return
+        busy.add(id(node))
+        written, merged = [], []
+        for key, value in node.value:
+            if key.tag != _MERGE:
+                written.append((key, value))
+                continue
+            maps = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            if not all(isinstance(m, yaml.MappingNode) for m in maps):
+                return
+            for m in maps:
+                resolve(m, busy)
+                merged += m.value
+        taken = {(k.tag, k.value) for k, _ in written if isinstance(k, yaml.ScalarNode)}
+        for key, value in merged:
+            if isinstance(key, yaml.ScalarNode) and (key.tag, key.value) not in taken:
+                taken.add((key.tag, key.value))
+                written.append((key, value))
+        node.value = written
+        resolved.add(id(node))
+
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += node.value
+        elif isinstance(node, yaml.MappingNode):
+            if any(key.tag == _MERGE for key, _ in node.value):
+                resolve(node, set())
+            stack += [v for _, v in node.value] + [k for k, _ in node.value]
 
 
 MAX_ALIAS_EXPANSION = 100_000   # nodes that aliases may add to a document
@@ -965,6 +1060,13 @@ def _identities(ports: Any) -> list[tuple[int, Port]]:
     return identities
 
 
+def _mtus(ports: Any) -> list[tuple[int, Port]]:
+    """Each port built from its name, mtu and vxlan keys, when those are valid: what
+    tunnel_mtu_clashes reads, in a config that failed elsewhere."""
+    return _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "mtu", "vxlan")}
+                               if isinstance(raw, dict) else raw for raw in (ports if isinstance(ports, list) else [])])
+
+
 def _references(data: dict) -> list[tuple[tuple, str]]:
     """reference_errors over the parts of a config that failed elsewhere: every
     port name written, the ports whose VLAN keys are valid, the valid mirrors
@@ -973,8 +1075,19 @@ def _references(data: dict) -> list[tuple[tuple, str]]:
     names = {raw["name"] for raw in ports if isinstance(raw, dict) and isinstance(raw.get("name"), str)}
     views = _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "vlan", "trunk")}
                                 if isinstance(raw, dict) else raw for raw in ports])
-    return reference_errors(views, names, _valid_items(Mirror, data.get("mirrors")),
-                            _valid_items(StaticMac, data.get("static_macs")))
+    mirrors, statics = _valid_items(Mirror, data.get("mirrors")), _valid_items(StaticMac, data.get("static_macs"))
+    errors = reference_errors(views, names, mirrors, statics)
+    # A mirror or static MAC wrong elsewhere still names ports: those must be there.
+    for key, valid, fields in (("mirrors", mirrors, ("from", "to")), ("static_macs", statics, ("port",))):
+        items = data.get(key) if isinstance(data.get(key), list) else []
+        for i in sorted(set(range(len(items))) - {i for i, _ in valid}):
+            for field in fields if isinstance(items[i], dict) else ():
+                named = items[i].get(field)
+                for loc, name in ([((key, i, field, j), n) for j, n in enumerate(named)] if isinstance(named, list)
+                                  else [((key, i, field), named)]):
+                    if isinstance(name, str) and name not in names:
+                        errors.append((loc, f"no port named {name!r}"))
+    return errors
 
 
 def _acl_vlans(data: dict) -> list[tuple[tuple, str]]:
@@ -1002,55 +1115,78 @@ def _valid_items(model: type[_Model], items: Any) -> list[tuple[int, Any]]:
     return valid
 
 
-def _lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[Located]]:
-    """{key path: 1-based line} for every key and list item, and the duplicate keys found.
+def _lines(root: yaml.Node | None) -> tuple[dict[tuple, int], list[Located], list[Located]]:
+    """{key path: 1-based line} for every key and list item, the duplicate keys found,
+    and the numbers YAML 1.1 reads in a base nobody meant (see _number_problem).
 
-    The map's paths are tuples of strings (a list index as its decimal
-    string), so that a pydantic loc matches whatever the key's YAML type.
-    Each node is visited once: an alias shares its anchor's lines, and a
-    recursive alias ends.
+    Merge keys are resolved by then (_resolve_merge_keys): a merged key has
+    the line where its map writes it. The map's paths are tuples of strings (a list index as its decimal
+    string), so that a pydantic loc matches whatever the key's YAML type. A
+    node an alias shares is visited under each path that reaches it; an alias
+    inside its own anchor ends there.
     """
     lines: dict[tuple, int] = {}
     duplicates: list[Located] = []
+    numbers: list[Located] = []
     if root is None:
-        return lines, duplicates
+        return lines, duplicates, numbers
     lines[()] = root.start_mark.line + 1
-    seen: set[int] = set()
-    stack: list[tuple[tuple, yaml.Node]] = [((), root)]
+    # (path, node, the nodes above it, kept: False under a key YAML discards for a duplicate)
+    stack: list[tuple[tuple, yaml.Node, frozenset, bool]] = [((), root, frozenset(), True)]
     while stack:
-        path, node = stack.pop()
-        if id(node) in seen:
+        path, node, above, kept = stack.pop()
+        if id(node) in above:
             continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
+        above = above | {id(node)}
+        if isinstance(node, yaml.ScalarNode):
+            problem = _number_problem(node) if kept else None
+            if problem:
+                numbers.append((path, problem, node.start_mark.line + 1))
+        elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines.setdefault(_str(path + (i,)), item.start_mark.line + 1)
-                stack.append((path + (i,), item))
+                if kept:
+                    lines.setdefault(_str(path + (i,)), item.start_mark.line + 1)
+                stack.append((path + (i,), item, above, kept))
         elif isinstance(node, yaml.MappingNode):
             first: dict[tuple[str, str], int] = {}
-            last: dict[tuple, yaml.Node] = {}  # the value YAML keeps, and its key's line
-            merged: list[yaml.Node] = []
+            last: dict[tuple, yaml.Node] = {}  # the value YAML keeps
             for key, value in node.value:
-                if key.tag == "tag:yaml.org,2002:merge":
-                    merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
-                    continue
-                if not isinstance(key, yaml.ScalarNode):
-                    continue  # a complex key: PyYAML rejects it when constructing
+                if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+                    continue  # a complex key, or a merge of no mapping: PyYAML refuses them
                 line = key.start_mark.line + 1
                 if (key.tag, key.value) in first:
                     message = f"duplicate key (first at line {first[key.tag, key.value]}); YAML keeps only the last"
                     duplicates.append((path + (key.value,), message, line))
+                    stack.append((path + (key.value,), last[path + (key.value,)], above, False))
                 first.setdefault((key.tag, key.value), line)
-                lines[_str(path + (key.value,))] = line
+                if kept:
+                    lines[_str(path + (key.value,))] = line
                 last[path + (key.value,)] = value
-            stack += last.items()
-            for value in merged:  # `<<: *anchor`: keys written here win over merged ones
-                if isinstance(value, yaml.MappingNode):
-                    for key, inner in value.value:
-                        if isinstance(key, yaml.ScalarNode) and _str(path + (key.value,)) not in lines:
-                            lines[_str(path + (key.value,))] = key.start_mark.line + 1
-                            stack.append((path + (key.value,), inner))
-    return lines, duplicates
+            stack += [(p, v, above, kept) for p, v in last.items()]
+    return lines, duplicates, numbers
+
+
+_INT = "tag:yaml.org,2002:int"
+
+
+def _number_problem(node: yaml.ScalarNode) -> str | None:
+    """What is wrong with an unquoted integer that YAML 1.1 reads in octal (010 is 8) or
+    in base 60 (1:0:0 is 3600): a user means neither. None for the others."""
+    if node.tag != _INT or node.style is not None:
+        return None
+    digits = node.value.replace("_", "")
+    sign = -1 if digits.startswith("-") else 1
+    digits = digits.lstrip("+-")
+    if re.fullmatch(r"0[0-7]+", digits):
+        return (f"YAML 1.1 reads {node.value} as the octal number {sign * int(digits, 8)}: "
+                "write it without the leading zero")
+    if ":" in digits:
+        value = 0
+        for part in digits.split(":"):
+            value = value * 60 + int(part)
+        return (f"YAML 1.1 reads {node.value} as a base-60 number ({sign * value}): "
+                "write the number meant, or quote it")
+    return None
 
 
 def _from_pydantic(error: ValidationError) -> list[Located]:
@@ -1082,6 +1218,9 @@ def _message(e: dict) -> str:
         return "unknown key"
     if e["type"] == "missing":
         return "required key is missing"
+    if e["type"] == "int_type" and isinstance(e.get("input"), str) and re.fullmatch(r"[-+]?0[0-9_]+", e["input"]):
+        # 08 and 09 are not octal, so YAML 1.1 leaves them strings
+        return f"expected an integer, got string {e['input']!r}: write it without the leading zero"
     if e["type"] == "string_type" and kind in ("integer", "number", "boolean"):
         return f"expected a string, got {kind} (quote it)"
     if expected:
