@@ -67,7 +67,7 @@ class SwitchCollector:
         missed = sw.rx_missed()
         yield _family(CounterMetricFamily, "tapswitch_port_rx_missed",
                       "Frames the port's host sent that found the port's queue full (its worker was behind).",
-                      ["switch", "port"], (([name, p.name], missed[p.index]) for p in sw.ports if p.index in missed))
+                      ["switch", "port"], (([name, p.name], missed[p.index]) for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_up", "1 if the port's link is up, else 0.",
                       ["switch", "port"], (([name, p.name], int(p.up)) for p in sw.ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",

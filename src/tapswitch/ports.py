@@ -55,6 +55,7 @@ class Port:
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
     mtu: int = 0               # the TAP's, when its host changed it (link events); 0: the config's
+    rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone
 
     @property
     def effective_mtu(self) -> int:

@@ -613,15 +613,19 @@ class Switch:
             "speed": p.cfg.speed,
             "remote": p.cfg.remote,
             "queues": self.queues,
-            "counters": {**self.shared.counters(p.index), "rx_missed": missed.get(p.index, 0)},
+            "counters": {**self.shared.counters(p.index), "rx_missed": missed[p.index]},
+            "queue_counters": [self.shared.queue_counters(p.index, q) for q in range(self.queues)],
         } for p in self.ports]
 
     def rx_missed(self) -> dict[int, int]:
         """Frames each port's host sent that found the port's queue full, by port index: the
         TAP's tx_dropped, kept by the kernel (a queue the worker is behind on drops there,
-        before the fast path sees the frame). Ports whose device is gone are left out."""
-        links = {(p.nsid, p.ifindex): p.index for p in self.ports if not p.gone}
-        return {links[link]: n for link, n in linkmon.tx_dropped(list(links)).items()}
+        before the fast path sees the frame). A port whose device is gone keeps the count
+        last read: a counter does not go back."""
+        links = {(p.nsid, p.ifindex): p for p in self.ports if not p.gone}
+        for link, n in linkmon.tx_dropped(list(links)).items():
+            links[link].rx_missed = n
+        return {p.index: p.rx_missed for p in self.ports}
 
     def fdb_info(self) -> list[dict]:
         now = self.shared.now()

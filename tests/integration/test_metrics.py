@@ -235,6 +235,15 @@ def test_ports_json_shows_the_same_numbers_as_metrics(lab):
         assert p["counters"] == metrics[p["name"]], p["name"]
     assert metrics[b]["tx_packets"] == 11 and metrics[a]["tx_packets"] == 7     # not a match of zeros
 
+    # Per queue too (rx_missed is the kernel's, per port only).
+    per_queue = {key: exporter.values(metric, ("port", "queue")) for key, metric in PORT_METRICS.items()
+                 if key != "rx_missed"}
+    for p in ports:
+        assert len(p["queue_counters"]) == 2
+        for q, counters in enumerate(p["queue_counters"]):
+            assert counters == {key: int(v[(p["name"], str(q))]) for key, v in per_queue.items()}, (p["name"], q)
+    assert sum(q["rx_packets"] for q in ports[0]["queue_counters"]) == 11
+
     up = exporter.values("tapswitch_port_up", ("port",))
     info = {s.labels["port"]: s.labels for s in exporter.samples() if s.name == "tapswitch_port_info"}
     fdb = exporter.values("tapswitch_port_fdb_entries", ("port",))
@@ -402,6 +411,12 @@ def test_a_full_queue_loses_frames_in_the_kernel_and_counts_them_as_rx_missed(la
     d = settled(exporter, b, "tx_packets", sent - missed)
     assert (d[a]["rx_packets"], d[a]["rx_missed"], d[b]["tx_packets"]) == (sent - missed, missed, sent - missed), d
     assert d[b]["rx_missed"] == 0 and sw.cli_json("ports")[0]["counters"]["rx_missed"] == missed
+
+    # The TAP goes: its count stays, in /metrics and in `tapswitch ports` (a counter does not go back).
+    helpers.nsexec(nss[0], "ip", "link", "del", "eth0")
+    wait_until(lambda: exporter.values("tapswitch_port_up", ("port",)), lambda up: up[(a,)] == 0)
+    assert exporter.port_counters()[a]["rx_missed"] == missed
+    assert sw.cli_json("ports")[0]["counters"]["rx_missed"] == missed
 
 
 # --- Reloads --------------------------------------------------------------------
