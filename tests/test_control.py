@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tapswitch.control import ControlServer, stop_serving
+from tapswitch import control
+from tapswitch.control import ControlError, ControlServer, stop_serving
 
 LONG_POLL = 60          # serve_forever's poll: a stop that waited it out would take this long
 
@@ -100,3 +101,39 @@ def test_a_failed_bind_takes_the_directories_it_made_with_it():
         ControlServer(path, {})
     assert os.listdir(root) == []
     os.rmdir(root)
+
+
+def gated_server(path: str, gate: threading.Event, **more) -> ControlServer:
+    """A server whose "wait" command answers once `gate` is set (or after 5 s)."""
+    server = ControlServer(path, {"wait": lambda r: gate.wait(5), **more})
+    server.start()
+    return server
+
+
+def test_a_switch_that_does_not_answer_is_a_control_error_naming_it(monkeypatch):
+    monkeypatch.setattr(control, "CLIENT_TIMEOUT", 0.3)
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    gate = threading.Event()
+    server = gated_server(path, gate)
+    try:
+        with pytest.raises(ControlError) as e:
+            control.request(path, "wait")
+        assert str(e.value) == f"no answer from the switch on {path} within 0.3 s"
+    finally:
+        gate.set()
+        server.stop()
+        os.rmdir(os.path.dirname(path))
+
+
+def test_a_reload_is_waited_for_longer_than_the_switch_waits_for_it(monkeypatch):
+    """The switch answers a reload when it is done, or after RELOAD_WAIT: the client waits longer."""
+    monkeypatch.setattr(control, "CLIENT_TIMEOUT", 0.3)
+    monkeypatch.setattr(control, "RELOAD_WAIT", 1.0)
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = ControlServer(path, {"reload": lambda r: time.sleep(0.8) or {"ok": True}})
+    server.start()
+    try:
+        assert control.request(path, "reload") == {"ok": True}
+    finally:
+        server.stop()
+        os.rmdir(os.path.dirname(path))

@@ -21,7 +21,8 @@ import structlog
 log = structlog.get_logger("tapswitch.control")
 
 MAX_REQUEST = 64 * 1024
-CLIENT_TIMEOUT = 5.0
+CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply
+RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 
 
 class ControlError(Exception):
@@ -185,20 +186,32 @@ def _claim(path: str) -> str | None:
 
 
 def request(path: str, cmd: str, **args):
-    """Send one command to the switch at `path`; return its result or raise ControlError."""
+    """Send one command to the switch at `path`; return its result or raise ControlError.
+    A reload is answered when it is done, or when the switch gives up waiting for it."""
+    timeout = CLIENT_TIMEOUT + (RELOAD_WAIT if cmd == "reload" else 0)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(CLIENT_TIMEOUT)
+    s.settimeout(timeout)
     try:
         s.connect(path)
     except FileNotFoundError:
+        s.close()
         raise ControlError(f"no switch is running on {path}") from None
+    except TimeoutError:
+        s.close()
+        raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
     except OSError as e:
+        s.close()
         raise ControlError(f"cannot reach the switch on {path}: {e.strerror}") from None
-    with s, s.makefile("rwb") as f:
-        f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-        f.flush()
-        line = f.readline(16 * 1024 * 1024)
-    if not line:
+    try:
+        with s, s.makefile("rwb") as f:
+            f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            f.flush()
+            line = f.readline(16 * 1024 * 1024)
+    except TimeoutError:
+        raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
+    except OSError as e:
+        raise ControlError(f"lost the switch on {path}: {e.strerror or e}") from None
+    if not line.endswith(b"\n"):
         raise ControlError(f"the switch on {path} closed the connection")
     reply = json.loads(line)
     if not reply.get("ok"):

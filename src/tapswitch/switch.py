@@ -25,7 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, settings, tap
-from tapswitch.control import ControlError, ControlServer, stop_serving
+from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, stop_serving
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.supervisor import Supervisor, WorkerError
@@ -244,8 +244,8 @@ class Switch:
         done = threading.Event()
         self.reload_waiters.append(done)
         os.kill(os.getpid(), signal.SIGHUP)
-        if not done.wait(30):
-            raise ControlError("the reload did not finish within 30 s")
+        if not done.wait(RELOAD_WAIT):
+            raise ControlError(f"the reload did not finish within {RELOAD_WAIT:g} s; it goes on")
         return self.last_reload
 
     def _dispatch(self, kind: str, obj) -> None:

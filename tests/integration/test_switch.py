@@ -101,6 +101,19 @@ def test_ports_json_has_exactly_the_contract_keys(lab):
     assert "NAME" in human and cfg["ports"][0]["name"] in human
 
 
+def test_a_switch_that_does_not_answer_gets_one_line_and_exit_1(lab):
+    """A hung switch (stopped here) is the client's one-line reason, not a traceback."""
+    sw = lab.switch(containers(lab, 1, queues=1))
+    os.kill(sw.proc.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "ports", "-s", sw.socket],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        os.kill(sw.proc.pid, signal.SIGCONT)
+    assert r.returncode == 1 and r.stderr == f"tapswitch: no answer from the switch on {sw.socket} within 5 s\n", r
+    assert sw.cli_json("ports")
+
+
 def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
     cfg = containers(lab, 2, queues=2)
     sw = lab.switch(cfg)
