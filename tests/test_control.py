@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import structlog
 
 from tapswitch import control
 from tapswitch.control import ControlError, ControlServer, stop_serving
@@ -137,3 +138,35 @@ def test_a_reload_is_waited_for_longer_than_the_switch_waits_for_it(monkeypatch)
     finally:
         server.stop()
         os.rmdir(os.path.dirname(path))
+
+
+def logged(logs: list, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(logs) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_client_that_stalls_or_goes_away_is_a_log_line_not_a_traceback(monkeypatch, capfd):
+    monkeypatch.setattr(control._Handler, "timeout", 0.3)
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    gate = threading.Event()
+    server = gated_server(path, gate)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                s.sendall(b'{"cmd": "wait"}')          # no newline: the request never ends
+                logged(logs, 1)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                s.sendall(b'{"cmd": "wait"}\n')        # and gone before the answer
+            gate.set()
+            logged(logs, 2)
+            assert ask(path, b'{"cmd": "wait"}\n') == {"ok": True, "result": True}    # still serving
+        events = [(e["event"], e["log_level"]) for e in logs]
+        assert events == [("control.client_timed_out", "warning"), ("control.client_gone", "debug")], logs
+    finally:
+        gate.set()
+        server.stop()
+        os.rmdir(os.path.dirname(path))
+    assert "Traceback" not in capfd.readouterr().err

@@ -39,24 +39,39 @@ class _Handler(socketserver.StreamRequestHandler):
     timeout = CLIENT_TIMEOUT
 
     def handle(self) -> None:
-        uid = _peer_uid(self.request)
-        if uid not in (0, os.getuid()):
-            self._reply({"ok": False, "error": "permission denied"})
+        try:
+            uid = _peer_uid(self.request)
+            if uid not in (0, os.getuid()):
+                self._reply({"ok": False, "error": "permission denied"})
+                return
+            line = self.rfile.readline(MAX_REQUEST)
+        except OSError as e:
+            self._client_lost(e)
             return
-        line = self.rfile.readline(MAX_REQUEST)
         if not line:
             return              # connected and closed (stop_serving's wake-up): nothing to answer
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
-            result = self.server.dispatch(request)
-            self._reply({"ok": True, "result": result})
+            reply = {"ok": True, "result": self.server.dispatch(request)}
         except (ControlError, ValueError) as e:
-            self._reply({"ok": False, "error": str(e)})
+            reply = {"ok": False, "error": str(e)}
+        self._reply(reply)
 
     def _reply(self, obj) -> None:
-        self.wfile.write(json.dumps(obj).encode() + b"\n")
+        try:
+            self.wfile.write(json.dumps(obj).encode() + b"\n")
+        except OSError as e:
+            self._client_lost(e)
+
+    def _client_lost(self, e: OSError) -> None:
+        """The client went away (gave up waiting, say) or stalled: its loss, not the switch's,
+        so a line in the log, not socketserver's traceback."""
+        if isinstance(e, TimeoutError):
+            log.warning("control.client_timed_out", seconds=self.timeout)
+        else:
+            log.debug("control.client_gone", error=e.strerror or str(e))
 
 
 class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -102,7 +102,8 @@ def test_ports_json_has_exactly_the_contract_keys(lab):
 
 
 def test_a_switch_that_does_not_answer_gets_one_line_and_exit_1(lab):
-    """A hung switch (stopped here) is the client's one-line reason, not a traceback."""
+    """A hung switch (stopped here) is the client's one-line reason, not a traceback; the switch,
+    once it goes on, notes the client that gave up in one log line."""
     sw = lab.switch(containers(lab, 1, queues=1))
     os.kill(sw.proc.pid, signal.SIGSTOP)
     try:
@@ -111,6 +112,8 @@ def test_a_switch_that_does_not_answer_gets_one_line_and_exit_1(lab):
     finally:
         os.kill(sw.proc.pid, signal.SIGCONT)
     assert r.returncode == 1 and r.stderr == f"tapswitch: no answer from the switch on {sw.socket} within 5 s\n", r
+    helpers.wait_for("the switch's note of the client gone", lambda: sw.events("control.client_gone"))
+    assert "Traceback" not in sw.log()
     assert sw.cli_json("ports")
 
 
