@@ -8,6 +8,7 @@ import argparse
 import glob
 import json
 import os
+import signal
 import sys
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -187,9 +188,18 @@ COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_f
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()       # here, where a closed pipe is caught, not at exit
+        return code
     except KeyboardInterrupt:
         return 128 + 2    # Ctrl-C before the switch had anything to undo (while loading, say): no traceback
+    except BrokenPipeError:
+        if args.command == "run":
+            raise                # the switch prints nothing on stdout: this one is no reader gone
+        # Our reader went (`tapswitch fdb | head`): end as a tool killed by SIGPIPE does, quietly.
+        # What is left in stdout's buffer goes nowhere: Python's flush at exit would say so.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

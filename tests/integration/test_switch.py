@@ -117,6 +117,20 @@ def test_a_switch_that_does_not_answer_gets_one_line_and_exit_1(lab):
     assert sw.cli_json("ports")
 
 
+def test_ports_and_fdb_into_a_closed_pipe_exit_quietly(lab):
+    """`tapswitch ports | head -1` and the like: no traceback, the exit of a process killed by SIGPIPE."""
+    sw = lab.switch(containers(lab, 2, queues=1))
+    for argv in (["ports"], ["fdb"], ["ports", "--json"]):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            r = subprocess.run([sys.executable, "-m", "tapswitch", *argv, "-s", sw.socket],
+                               stdout=write, stderr=subprocess.PIPE, text=True, timeout=30)
+        finally:
+            os.close(write)
+        assert r.returncode == 128 + signal.SIGPIPE and r.stderr == "", (argv, r)
+
+
 def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
     cfg = containers(lab, 2, queues=2)
     sw = lab.switch(cfg)
