@@ -152,6 +152,12 @@ def _mac_str(octets: bytes) -> str:
     return ":".join(f"{b:02x}" for b in octets)
 
 
+def mac_address(value: Any) -> str:
+    """A MAC written as the config writes one (aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff), lower-case
+    with colons; ValueError if it is not one. `tapswitch fdb add|del` read theirs so."""
+    return _mac_str(_mac_octets(value))
+
+
 def _unicast_mac(value: Any, what: str) -> str:
     octets = _mac_octets(value)
     if octets[0] & 1:

@@ -561,9 +561,10 @@ class Switch:
     @staticmethod
     def _mac_key(req: dict, port: ports.Port | None) -> tuple[str, int]:
         try:
-            mac = fastpath.mac_str(fastpath.mac_bytes(str(req.get("mac"))))
+            mac = config_mod.mac_address(req.get("mac"))     # as the config reads static_macs
         except ValueError:
-            raise ControlError(f"not a MAC address: {req.get('mac')!r}") from None
+            raise ControlError(f"not a MAC address: {req.get('mac')!r} (six hex octets, as in 02:00:00:00:00:10 "
+                               f"or 02-00-00-00-00-10)") from None
         if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
             raise ControlError(f"{mac} is not a unicast address")
         vlan = req.get("vlan")

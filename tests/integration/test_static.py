@@ -80,3 +80,20 @@ def test_fdb_add_refuses_a_monitor_port_and_a_reload_drops_an_entry_whose_vlan_t
     assert sw.cli("reload").stdout.strip() == f"reloaded: updated {b}"
     assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:06"], sw.cli_json("fdb")
     assert [(e["mac"], e["vlan"]) for e in sw.events("fdb.static_removed")] == [("02:00:00:00:99:06", 1)]
+
+
+def tapswitch(*argv, check=True) -> subprocess.CompletedProcess:
+    return helpers.sh(sys.executable, "-m", "tapswitch", *argv, check=check)
+
+
+def test_fdb_add_and_del_read_a_mac_as_the_config_does(lab):
+    """aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff, as static_macs: in the config; nothing else."""
+    nss, ports = quiet_site(lab)
+    b = ports[1]["name"]
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    assert sw.cli("fdb", "add", "02-00-00-00-99-0A", "--port", b).stdout == f"added 02:00:00:00:99:0a vlan 1 on {b} (static)\n"
+    assert sw.cli("fdb", "del", "02-00-00-00-99-0a").stdout == "deleted 02:00:00:00:99:0a vlan 1\n"
+    for bad in ("020000009908", "02:00-00:00:99:08", "02.00.00.00.99.08"):
+        r = tapswitch("fdb", "add", bad, "--port", b, "-s", sw.socket, check=False)
+        assert r.returncode == 1 and r.stderr.startswith(f"tapswitch: not a MAC address: '{bad}'"), r
+    assert not [e for e in sw.cli_json("fdb") if e["static"]]
