@@ -28,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("-c", "--config", required=True)
 
+    def switch_options(c, default=None):
+        c.add_argument("--json", action="store_true", default=default, help="print JSON")
+        c.add_argument("-s", "--socket", default=default, help="control socket of the switch")
+        c.add_argument("-c", "--config", default=default, help="take the control socket from this config")
+
     def client(name, help):
         c = sub.add_parser(name, help=help)
-        c.add_argument("--json", action="store_true", help="print JSON")
-        c.add_argument("-s", "--socket", help="control socket of the switch")
-        c.add_argument("-c", "--config", help="take the control socket from this config")
+        switch_options(c)
         return c
 
     client("ports", "show the ports of a running switch")
@@ -49,15 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("mac")
     delete.add_argument("--vlan", type=int, help="default: 1")
     for sp in (flush, add, delete):
-        sp.add_argument("-s", "--socket", dest="sub_socket", help=argparse.SUPPRESS)
+        # After the action as before it (`fdb -s S flush` or `fdb flush -s S`). SUPPRESS: an
+        # option not given here leaves the one given before the action as it is.
+        switch_options(sp, default=argparse.SUPPRESS)
     return p
 
 
 def find_socket(args) -> str:
     """The control socket: -s, else the config's, else the only one running."""
-    path = getattr(args, "sub_socket", None) or args.socket
-    if path:
-        return path
+    if args.socket:
+        return args.socket
     if args.config:
         from tapswitch import config
         try:
@@ -143,19 +147,21 @@ def cmd_ports(args) -> int:
 def cmd_fdb(args) -> int:
     if args.action == "flush":
         result = _request(args, "fdb_flush", port=args.port)
-        print(f"flushed {result['flushed']} entries")
-        return EXIT_OK
-    if args.action == "add":
-        r = _request(args, "fdb_add", mac=args.mac, port=args.port, vlan=args.vlan)
-        print(f"added {r['mac']} vlan {r['vlan']} on {r['port']} (static)")
-        return EXIT_OK
-    if args.action == "del":
-        r = _request(args, "fdb_del", mac=args.mac, vlan=args.vlan)
-        print(f"deleted {r['mac']} vlan {r['vlan']}")
-        return EXIT_OK
-    result = _request(args, "fdb")
+        text = f"flushed {result['flushed']} entries"
+    elif args.action == "add":
+        result = _request(args, "fdb_add", mac=args.mac, port=args.port, vlan=args.vlan)
+        text = f"added {result['mac']} vlan {result['vlan']} on {result['port']} (static)"
+    elif args.action == "del":
+        result = _request(args, "fdb_del", mac=args.mac, vlan=args.vlan)
+        text = f"deleted {result['mac']} vlan {result['vlan']}"
+    else:
+        result = _request(args, "fdb")
+        text = None
     if args.json:
         print(json.dumps(result, indent=2))
+        return EXIT_OK
+    if text is not None:
+        print(text)
         return EXIT_OK
     rows = sorted(result, key=lambda e: (e["port"], e["vlan"], e["mac"]))
     print(table([[e["mac"], e["vlan"], e["port"], e["age"], "yes" if e["static"] else "no"] for e in rows],

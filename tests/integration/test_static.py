@@ -1,5 +1,6 @@
 """Static MACs: from the config and from `tapswitch fdb add|del`; never aged, moved or flushed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,17 @@ def test_fdb_add_and_del_read_a_mac_as_the_config_does(lab):
         r = tapswitch("fdb", "add", bad, "--port", b, "-s", sw.socket, check=False)
         assert r.returncode == 1 and r.stderr.startswith(f"tapswitch: not a MAC address: '{bad}'"), r
     assert not [e for e in sw.cli_json("fdb") if e["static"]]
+
+
+def test_fdb_actions_take_the_switch_options_after_the_action_as_before_it(lab):
+    """-s, -c and --json go before the action or after it; the actions print their result as JSON."""
+    nss, ports = quiet_site(lab)
+    b = ports[1]["name"]
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    mac = "02:00:00:00:99:0b"
+    added = tapswitch("fdb", "add", mac, "--port", b, "-c", sw.config_path, "--json").stdout
+    assert json.loads(added) == {"mac": mac, "vlan": 1, "port": b}
+    assert json.loads(tapswitch("fdb", "--json", "-c", sw.config_path, "del", mac).stdout) == {"mac": mac, "vlan": 1}
+    assert tapswitch("fdb", "flush", "-c", sw.config_path).stdout.startswith("flushed ")
+    assert set(json.loads(tapswitch("fdb", "-s", sw.socket, "flush", "--json").stdout)) == {"flushed"}
+    assert set(json.loads(tapswitch("fdb", "--json", "flush", "--port", b, "-s", sw.socket).stdout)) == {"flushed"}
