@@ -2,8 +2,8 @@
 
 Start order: shared memory, ports (TAP, namespace, addresses), link
 monitor, workers, control socket, metrics, then READY=1. Stop undoes it in
-reverse. A failed start runs the same stop, so it leaves no device,
-namespace or socket behind.
+reverse. A failed start logs switch.start_failed with its reason and
+undoes the same way, so it leaves no device, namespace or socket behind.
 
 The control loop waits on: signals (SIGTERM/SIGINT stop, SIGHUP reload),
 worker processes (restart the one that exited), link events (port up/down),
@@ -125,10 +125,12 @@ class Switch:
             self._start()
             self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
         except STARTUP_ERRORS as e:
-            self.stop()
-            raise StartError(_reason(e)) from None
+            reason = _reason(e)
+            log.error("switch.start_failed", switch=self.name, error=reason)
+            self._undo()
+            raise StartError(reason) from None
         except BaseException:
-            self.stop()
+            self.stop()         # a stop signal while starting: stopped, as asked
             raise
         # From here a signal only sets a flag; run() acts on it (even one that came before run()).
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -645,6 +647,11 @@ class Switch:
 
     def stop(self) -> None:
         """Undo everything start did, in reverse; safe after a partial start."""
+        self._undo()
+        log.info("switch.stopped", switch=self.name)
+
+    def _undo(self) -> None:
+        """stop() without saying the switch stopped: a failed start has said why it ends."""
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)    # a second signal must not cut the cleanup short
         notify("STOPPING=1")
@@ -671,4 +678,3 @@ class Switch:
             self.shared = None
         if control is not None:
             control.remove_dir()     # last: the namespaces' state file lives beside the socket
-        log.info("switch.stopped", switch=self.name)

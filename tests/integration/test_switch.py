@@ -4,6 +4,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -333,6 +334,34 @@ def test_second_switch_on_the_same_socket_is_refused(lab):
     assert r.returncode == 1 and "another tapswitch is running" in r.stderr
     assert not helpers.link_exists(other["ports"][0]["name"])
     assert sw.cli_json("ports")      # the first switch still answers
+
+
+@pytest.mark.parametrize("taken", ["control socket", "metrics address"])
+def test_a_failed_start_logs_its_reason_as_an_error_not_a_stop(lab, taken):
+    """A log pipeline reads why a start failed from an event, not from a plain stderr line; and
+    a switch that never started does not say it stopped."""
+    sw = lab.switch(containers(lab, 1))
+    other = {"switch": {"name": lab.name("s2")}, "ports": [{"name": lab.name("q0")}]}
+    with socket.socket() as busy:
+        if taken == "control socket":
+            other["switch"]["control"] = {"socket": sw.socket}
+            reason = f"another tapswitch is running on control socket {sw.socket}"
+        else:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            listen = "127.0.0.1:%d" % busy.getsockname()[1]
+            other["switch"]["metrics"] = {"listen": listen}
+            reason = f"metrics: cannot listen on {listen}: Address already in use"
+        sw2 = lab.switch(other, start=False)
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw2.config_path],
+                           capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")] == [f"tapswitch: {reason}"]
+    events = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    failed = [e for e in events if e["event"] == "switch.start_failed"]
+    assert [(e["level"], e["switch"], e["error"]) for e in failed] == [("error", other["switch"]["name"], reason)]
+    assert not [e for e in events if e["event"] == "switch.stopped"], events
+    assert not helpers.link_exists(other["ports"][0]["name"])
 
 
 def test_control_socket_that_cannot_be_made_exits_1_naming_it_and_leaves_nothing(lab, tmp_path):
