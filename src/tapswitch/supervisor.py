@@ -353,6 +353,12 @@ class Supervisor:
                     self._discard(w, p)
         log.info("workers.replaced", ports=len(port_fds))
 
+    def forget_port(self, index: int) -> None:
+        """Port `index` lost its device: workers started from now on (a restart) do not get its
+        queues. Each running worker's read of them failed, counted one rx_errors and polls them
+        no more; a new worker's would fail and count again. A reload makes the port again."""
+        self.port_fds = {i: fds for i, fds in self.port_fds.items() if i != index}
+
     def alive(self, w: Worker) -> bool:
         """Running, as far as the control loop knows (it reaps; readers in other threads must not)."""
         return w.proc is not None and w.proc.returncode is None

@@ -380,6 +380,7 @@ class Switch:
                 port.gone = True
                 log.warning("port.gone", port=port.name, netns=port.cfg.netns)
                 self.set_port_up(port, False)
+                self.supervisor.forget_port(port.index)
 
     def feed_shared_remotes(self) -> None:
         """Shared-mode remotes steal frames for the MACs behind the other ports: tell them which."""
@@ -511,8 +512,9 @@ class Switch:
         return errors
 
     def _replace_workers(self) -> None:
+        """New workers over the current ports; a gone port's dead queues stay out (as forget_port)."""
         self._watch_workers(False)
-        self.supervisor.replace_ports({p.index: p.fds for p in self.ports})
+        self.supervisor.replace_ports({p.index: p.fds for p in self.ports if not p.gone})
         self._watch_workers(True)
 
     def install_static_macs(self) -> None:

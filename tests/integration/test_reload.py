@@ -200,6 +200,32 @@ def test_a_port_whose_device_went_is_made_again_by_reload(lab):
     assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"      # and only once
 
 
+def test_a_gone_ports_queue_counts_one_rx_error_and_no_more_after_worker_restarts(lab):
+    """Its TAP deleted, the port's queue fails its worker's read: one rx_errors, and it is polled
+    no more. A worker restarted since (SIGKILL) is not handed that dead queue again, so the
+    count stays 1 however often workers restart."""
+    cfg = base(lab, 2)
+    cfg["switch"]["queues"] = 1
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+
+    def rx_errors():
+        return {p["name"]: p["counters"]["rx_errors"] for p in sw.cli_json("ports")}[name]
+
+    helpers.sh("ip", "-n", ns, "link", "del", "eth0")
+    helpers.wait_for("port.gone", lambda: [e for e in sw.events("port.gone") if e["port"] == name])
+    helpers.wait_for("rx_errors 1", lambda: rx_errors() == 1)
+    for restart in (1, 2):
+        [pid] = sw.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        helpers.wait_for(f"restart {restart}", lambda: len(sw.events("worker.restarted")) == restart
+                         and len(sw.worker_pids()) == 1 and sw.worker_pids() != [pid])
+        time.sleep(1.0)                             # the new worker's first polls are long done
+        assert rx_errors() == 1, sw.log()
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {name}"
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+
+
 def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
     """Its name is taken by another device: the reload makes the rest, says which port failed
     and why, exits 1 with or without --json, and a later reload tries it again."""

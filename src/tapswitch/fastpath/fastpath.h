@@ -88,8 +88,11 @@
  * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
  * and counts it (tx_dropped). A frame that fills the whole TS_FRAME_MAX
  * buffer may have been cut, and counts as rx_errors. A queue whose read fails
- * (or ends) counts one rx_errors and is no longer polled: the control process
- * restarts the worker with fresh queues.
+ * (or ends: its TAP was deleted) counts one rx_errors and is no longer
+ * polled by this worker. The control process marks the port gone (down) and
+ * gives workers it starts later (a restart, a reload) no queue of it, so
+ * the failure counts once per queue; a reload makes the port again, with
+ * new queues.
  * No allocation, no logging, no Python per packet.
  *
  * Busy polling (switch.busy_poll_us, busy_poll_us below): after a turn that
