@@ -183,12 +183,12 @@ def test_multicast_is_flooded(sw, group):
     assert sw.counters(0)["flooded"] == 1
 
 
-def test_destination_on_the_ingress_port_is_dropped_silently(sw):
+def test_destination_on_the_ingress_port_is_not_sent_back_and_is_rx_dropped(sw):
     sw.learn(0, B)
     sw.send(0, frame(B, A))
     assert [sw.received(p) for p in range(3)] == [[], [], []]
     c = sw.counters(0)
-    assert (c["rx_packets"], c["rx_dropped"], c["flooded"]) == (2, 0, 1)   # B's broadcast flooded once
+    assert (c["rx_packets"], c["rx_dropped"], c["flooded"]) == (2, 1, 1)   # B's broadcast flooded once
     assert sw.counters(1)["tx_packets"] == 1 and sw.counters(2)["tx_packets"] == 1
 
 
@@ -225,6 +225,16 @@ def test_down_port_is_not_flooded_to(sw):
     assert sw.received(1) == [f]
     assert sw.received(2) == []
     assert sw.counters(2)["tx_packets"] == 0
+
+
+def test_a_flood_that_reaches_no_port_is_rx_dropped_not_flooded(sw):
+    sw.shared.set_port(1, lib.TS_PORT_DOWN, 1500)
+    sw.shared.set_port(2, lib.TS_PORT_DOWN, 1500)
+    for f in (frame(BROADCAST, A), frame("01:00:5e:00:00:01", A), frame(C, A)):
+        sw.send(0, f)
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_dropped"], c["flooded"]) == (3, 3, 0)
 
 
 def test_unicast_to_a_down_port_is_rx_dropped(sw):

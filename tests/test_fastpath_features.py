@@ -476,6 +476,14 @@ def test_rx_mirror_copies_frames_the_switch_then_drops(sw):
     assert sw.counters(0)["vlan_dropped"] == 1
 
 
+def test_a_flood_alone_in_its_vlan_is_rx_dropped(sw):
+    Settings(sw.shared).port(0, pvid=10).publish()     # the other ports are in VLAN 1
+    sw.send(0, frame(BROADCAST, A))
+    assert received_all(sw) == [[], [], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_dropped"], c["flooded"], c["vlan_dropped"]) == (1, 1, 0, 0)
+
+
 def test_tx_mirror_copies_what_was_sent_as_it_was_sent(sw):
     Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10], mirror_tx=1) \
         .port(2, pvid=10).port(3, monitor=True).mirror(0, 3).publish()

@@ -244,12 +244,13 @@ class Model:
             prio = data[VNET_LEN + 14] & 0xF0 if eth_type(data) == ETH_P_8021Q else 0    # as it came
             to = None if dst[0] & 1 else self.fdb.get((dst, vlan))
             if to is None:                          # broadcast, multicast, unknown: flood
-                c["flooded"] += 1
-                for p in range(len(self.up)):       # the frame is edited from port to port
-                    if p != port and self.up[p] and self.should_deliver(port, p, vlan):
-                        self.tx(p, data, vlan, prio)
+                reached = [p for p in range(len(self.up))
+                           if p != port and self.up[p] and self.should_deliver(port, p, vlan)]
+                c["flooded" if reached else "rx_dropped"] += 1      # a flood to no port forwards nothing
+                for p in reached:                   # the frame is edited from port to port
+                    self.tx(p, data, vlan, prio)
             elif to == port:
-                pass                                # it is on the segment it came from
+                c["rx_dropped"] += 1                # it is on the segment it came from
             elif self.up[to] and self.should_deliver(port, to, vlan):
                 self.tx(to, data, vlan, prio)
             else:

@@ -20,7 +20,7 @@ PORT_COUNTERS = {
     "tx_bytes": ("port_tx_bytes", "Bytes of the frames sent to the port."),
     "tx_errors": ("port_tx_errors", "Frames not sent: over the port's MTU, or the write failed."),
     "tx_dropped": ("port_tx_dropped", "Frames not sent because the port's queue was full."),
-    "flooded": ("port_flooded_packets", "Frames received on the port that were flooded."),
+    "flooded": ("port_flooded_packets", "Frames received on the port that were flooded (to one port or more; to none: rx_dropped)."),
     # Why frames were dropped on receive (each is counted in rx_dropped too).
     "vlan_dropped": ("port_vlan_dropped", "Frames dropped for a VLAN the port is not in."),
     "acl_dropped": ("port_acl_dropped", "Frames dropped by the port's ACL."),

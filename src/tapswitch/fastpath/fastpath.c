@@ -1332,15 +1332,23 @@ static bool should_deliver(const struct ts_port_conf *i, const struct ts_port_co
     return port_in_vlan(o, vlan) && !(i->flags & o->flags & TS_PORT_ISOLATED);
 }
 
-/* Broadcast, multicast and unknown unicast: every other port of the VLAN that is up. */
+/* Broadcast, multicast and unknown unicast: every other port of the VLAN that is up.
+ * A flood that finds no such port forwards nothing: rx_dropped, not flooded. */
 static void flood(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
 {
     const struct ts_port_conf *ports = w->set->ports;
     uint16_t vlan = f->vlan;
-    w->counters[in].flooded++;
-    for (int p = 0; p < w->nfds; p++)
-        if (p != in && can_send_to(w, p) && should_deliver(pc, &ports[p], vlan))
+    int sent = 0;
+    for (int p = 0; p < w->nfds; p++) {
+        if (p != in && can_send_to(w, p) && should_deliver(pc, &ports[p], vlan)) {
             tx(w, p, &ports[p], f);
+            sent++;
+        }
+    }
+    if (sent)
+        w->counters[in].flooded++;
+    else
+        w->counters[in].rx_dropped++;
 }
 
 static void forward(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
@@ -1355,7 +1363,8 @@ static void forward(struct ts_worker *w, int in, const struct ts_port_conf *pc, 
         }
         flood(w, in, pc, f);
     } else if (out == in) {
-        ;   /* the destination is on the segment the frame came from: it has it already */
+        /* The destination is on the segment the frame came from: it has it already. */
+        w->counters[in].rx_dropped++;
     } else if (can_send_to(w, out) && should_deliver(pc, &w->set->ports[out], f->vlan)) {
         tx(w, out, &w->set->ports[out], f);
     } else {

@@ -83,6 +83,9 @@
  *   (ACL) -> learn the source (MAC limit) -> look up (destination, VLAN) ->
  *   send to its port, or flood to every other port of the VLAN that is up
  *   (storm control) -> count.
+ * A frame whose destination is on the port it came from is not sent back,
+ * and a flood that finds no other port of its VLAN up reaches none: both
+ * count in rx_dropped (such a flood is not counted as flooded).
  * Frames carry the 10-byte virtio-net header (host byte order, the TAP
  * default); GSO super-frames (up to 64 KiB) are written out byte for byte.
  * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
@@ -396,13 +399,13 @@ struct ts_counters {
     uint64_t rx_bytes;         /* their Ethernet bytes (no virtio-net header) */
     uint64_t rx_errors;        /* malformed: runt, bad vnet header, bad source MAC, bad tag */
     uint64_t rx_dropped;       /* well formed but not forwarded: port down, dst down or
-                                  isolated, read from a monitor port, and every *_dropped
-                                  below */
+                                  isolated, dst on its own port, a flood to no port, read
+                                  from a monitor port, and every *_dropped below */
     uint64_t tx_packets;       /* frames written to the port (mirror copies included) */
     uint64_t tx_bytes;
     uint64_t tx_errors;        /* over MTU, or the write failed */
     uint64_t tx_dropped;       /* the port's queue was full (EAGAIN/ENOBUFS) */
-    uint64_t flooded;          /* frames received here that were flooded */
+    uint64_t flooded;          /* frames received here that were flooded (to one port or more) */
     uint64_t vlan_dropped;     /* received in a VLAN the port is not in (or untagged, no pvid) */
     uint64_t acl_dropped;      /* dropped by an ACL rule */
     uint64_t mac_limit_dropped;  /* from a new source MAC beyond the port's mac_limit */
