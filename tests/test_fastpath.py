@@ -192,6 +192,36 @@ def test_destination_on_the_ingress_port_is_not_sent_back_and_is_rx_dropped(sw):
     assert sw.counters(1)["tx_packets"] == 1 and sw.counters(2)["tx_packets"] == 1
 
 
+# The IEEE 802.1 group 01:80:C2:00:00:0X: a bridge relays none of :01..:0F
+# (the Linux bridge, group_fwd_mask 0, neither); :00 (STP, none running here)
+# and :10 and up are flooded as the Linux bridge with STP off does.
+
+@pytest.mark.parametrize("group, ethertype", [
+    ("01:80:c2:00:00:01", 0x8808),     # PAUSE
+    ("01:80:c2:00:00:02", 0x8809),     # slow protocols: LACP
+    ("01:80:c2:00:00:03", 0x888E),     # 802.1X
+    ("01:80:c2:00:00:0e", 0x88CC),     # LLDP
+    ("01:80:c2:00:00:0f", 0x0800),
+])
+def test_link_local_group_is_not_relayed_and_is_rx_dropped(sw, group, ethertype):
+    sw.send(0, frame(group, A, ethertype=ethertype))
+    assert [sw.received(p) for p in range(3)] == [[], [], []]
+    c = sw.counters(0)
+    assert (c["rx_packets"], c["rx_dropped"], c["flooded"], c["rx_errors"]) == (1, 1, 0, 0)
+    assert sw.counters(1)["tx_packets"] == 0 and sw.counters(2)["tx_packets"] == 0
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(A), 1) == 0     # its source is learned, as the bridge does
+
+
+@pytest.mark.parametrize("group", ["01:80:c2:00:00:00", "01:80:c2:00:00:10", "01:80:c2:00:00:21",
+                                   "01:80:c2:00:01:01", "01:80:c3:00:00:01"])
+def test_stp_and_the_groups_around_the_link_local_ones_are_flooded(sw, group):
+    f = frame(group, A, ethertype=0x0026)
+    sw.send(0, f)
+    assert [sw.received(p) for p in range(3)] == [[], [f], [f]]
+    c = sw.counters(0)
+    assert (c["rx_dropped"], c["flooded"]) == (0, 1)
+
+
 def test_mac_move_updates_the_port(sw):
     sw.learn(0, A)
     sw.learn(1, A)

@@ -112,6 +112,12 @@ def is_well_formed(data) -> bool:
     return not (src[0] & 1) and src != bytes(6)
 
 
+def is_link_local_group(dst: bytes) -> bool:
+    """fastpath.h: 01:80:C2:00:00:01..0F, "the IEEE 802.1 group a bridge must
+    not relay", is dropped (rx_dropped); :00 and :10 and up are flooded."""
+    return dst[:5] == bytes.fromhex("0180c20000") and 0x01 <= dst[5] <= 0x0F
+
+
 def fits(mtu: int, data) -> bool:
     """What a port can carry (fastpath.h, ts_port.mtu): a GSO frame is judged by
     gso_size; any other by its length, with room for one 802.1Q/802.1ad tag."""
@@ -243,7 +249,9 @@ class Model:
             dst = bytes(data[VNET_LEN:VNET_LEN + 6])
             prio = data[VNET_LEN + 14] & 0xF0 if eth_type(data) == ETH_P_8021Q else 0    # as it came
             to = None if dst[0] & 1 else self.fdb.get((dst, vlan))
-            if to is None:                          # broadcast, multicast, unknown: flood
+            if is_link_local_group(dst):
+                c["rx_dropped"] += 1                # for the link, not relayed
+            elif to is None:                        # broadcast, multicast, unknown: flood
                 reached = [p for p in range(len(self.up))
                            if p != port and self.up[p] and self.should_deliver(port, p, vlan)]
                 c["flooded" if reached else "rx_dropped"] += 1      # a flood to no port forwards nothing
@@ -432,7 +440,9 @@ def run(up, mtu, conf, mirror_to, bursts) -> None:
 # failure -- towards zero bytes, which Choices reads as the plainest choices.
 
 HOSTS = [bytes([2, 0, 0, 0, 0, i]) for i in range(1, 5)]
-MACS = HOSTS + [b"\xff" * 6, bytes.fromhex("01005e000001"), bytes.fromhex("333300000001"), bytes(6)]
+MACS = HOSTS + [b"\xff" * 6, bytes.fromhex("01005e000001"), bytes.fromhex("333300000001"), bytes(6),
+                bytes.fromhex("0180c2000000"), bytes.fromhex("0180c2000001"), bytes.fromhex("0180c200000e"),
+                bytes.fromhex("0180c2000010")]      # STP, PAUSE, LLDP (not relayed), and the first relayed after
 VLANS = [1, 2, 3, 4094]
 MTUS = [1500, 9000, 65521, 68]
 MTU_EDGES = sorted({mtu + ETH_HLEN + d for mtu in MTUS for d in (-1, 0, 1, 3, 4, 5)})   # with and without a tag

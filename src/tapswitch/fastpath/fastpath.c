@@ -738,6 +738,16 @@ static bool is_zero(const uint8_t *mac)
     return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
 }
 
+/* 01:80:C2:00:00:01..0F, the IEEE 802.1 group a bridge must not relay (802.1Q
+ * 8.6.3): PAUSE (:01), slow protocols such as LACP (:02), 802.1X (:03), LLDP
+ * (:0E)... The Linux bridge forwards none of them (group_fwd_mask 0, and never
+ * PAUSE); it does forward :00 (STP BPDUs) when STP is off, and :10 and up. */
+static bool is_link_local_group(const uint8_t *mac)
+{
+    return mac[0] == 0x01 && mac[1] == 0x80 && mac[2] == 0xc2 && !(mac[3] | mac[4])
+        && mac[5] >= 0x01 && mac[5] <= 0x0f;
+}
+
 static bool port_is_up(const struct ts_worker *w, int p)
 {
     return __atomic_load_n(&w->s->ports[p].state, __ATOMIC_RELAXED) == TS_PORT_UP;
@@ -1354,7 +1364,13 @@ static void flood(struct ts_worker *w, int in, const struct ts_port_conf *pc, st
 static void forward(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
 {
     const uint8_t *dst = eth_dst(f);
-    int out = is_multicast(dst) ? -1 : ts_fdb_lookup(w->s, dst, f->vlan);
+    int out = -1;
+    if (!is_multicast(dst)) {
+        out = ts_fdb_lookup(w->s, dst, f->vlan);
+    } else if (is_link_local_group(dst)) {
+        w->counters[in].rx_dropped++;   /* PAUSE, LACP, 802.1X, LLDP...: for the link, not relayed */
+        return;
+    }
     if (out < 0) {
         if ((pc->flags & TS_PORT_STORM) && !storm_allows(w, in, pc, dst)) {
             w->counters[in].rx_dropped++;

@@ -83,6 +83,11 @@
  *   (ACL) -> learn the source (MAC limit) -> look up (destination, VLAN) ->
  *   send to its port, or flood to every other port of the VLAN that is up
  *   (storm control) -> count.
+ * A frame to 01:80:C2:00:00:01..0F (PAUSE, LACP, 802.1X, LLDP: the IEEE
+ * 802.1 group a bridge must not relay) is learned from, then dropped
+ * (rx_dropped), as the Linux bridge does; :00 (STP BPDUs: this switch runs
+ * no STP) and :10 and up are flooded as any multicast. The check costs
+ * multicast frames only.
  * A frame whose destination is on the port it came from is not sent back,
  * and a flood that finds no other port of its VLAN up reaches none: both
  * count in rx_dropped (such a flood is not counted as flooded).
@@ -399,8 +404,9 @@ struct ts_counters {
     uint64_t rx_bytes;         /* their Ethernet bytes (no virtio-net header) */
     uint64_t rx_errors;        /* malformed: runt, bad vnet header, bad source MAC, bad tag */
     uint64_t rx_dropped;       /* well formed but not forwarded: port down, dst down or
-                                  isolated, dst on its own port, a flood to no port, read
-                                  from a monitor port, and every *_dropped below */
+                                  isolated, dst on its own port, a flood to no port, the
+                                  802.1 group 01:80:C2:00:00:01..0F, read from a monitor
+                                  port, and every *_dropped below */
     uint64_t tx_packets;       /* frames written to the port (mirror copies included) */
     uint64_t tx_bytes;
     uint64_t tx_errors;        /* over MTU, or the write failed */
