@@ -19,7 +19,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import Shared, mac_bytes
-from tests.test_fastpath import BROADCAST, GSO_TCPV4, NEEDS_CSUM, VNET, A, B, C, Switch, frame
+from tests.test_fastpath import BROADCAST, GSO_TCPV4, MALFORMED, NEEDS_CSUM, VNET, A, B, C, Switch, frame
 
 H = VNET.size             # the virtio-net header before every frame
 MACS = H + 12             # where a tag goes: after the two MACs
@@ -474,6 +474,38 @@ def test_rx_mirror_copies_frames_the_switch_then_drops(sw):
     sw.send(0, f)
     assert received_all(sw) == [[], [], [], [f]]
     assert sw.counters(0)["vlan_dropped"] == 1
+
+
+@pytest.mark.parametrize("source", ["01:00:5e:00:00:01", "00:00:00:00:00:00"])
+def test_rx_mirror_copies_a_frame_from_a_bad_source_mac(sw, source):
+    """Dropped as malformed (rx_errors), but parsed whole: a monitor sees it."""
+    Settings(sw.shared).port(0, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    f = frame(BROADCAST, source)
+    sw.send(0, f)
+    assert received_all(sw) == [[], [], [], [f]]
+    c = sw.counters(0)
+    assert (c["rx_errors"], c["rx_packets"], c["flooded"]) == (1, 0, 0)
+    assert sw.shared.mirror_counters(0) == {"packets": 1, "bytes": 60, "dropped": 0}
+    assert sw.shared.fdb_entries() == 0
+
+
+@pytest.mark.parametrize("name", ["runt", "bad_gso_type", "csum_beyond_frame", "broken_tag"])
+def test_rx_mirror_does_not_copy_a_frame_it_cannot_parse(sw, name):
+    bad = dict(MALFORMED, broken_tag=frame(BROADCAST, A, ethertype=0x8100)[:H + 16])
+    Settings(sw.shared).port(0, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.send(0, bad[name])
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.counters(0)["rx_errors"] == 1
+    assert sw.shared.mirror_counters(0) == {"packets": 0, "bytes": 0, "dropped": 0}
+
+
+def test_rx_mirror_copies_nothing_of_a_port_that_is_down(sw):
+    Settings(sw.shared).port(0, mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.shared.set_port(0, lib.TS_PORT_DOWN, 1500)
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, "01:00:5e:00:00:01"))
+    assert received_all(sw) == [[], [], [], []]
+    assert sw.shared.mirror_counters(0)["packets"] == 0
 
 
 def test_a_flood_alone_in_its_vlan_is_rx_dropped(sw):

@@ -796,17 +796,22 @@ static bool tag_is_whole(const struct frame *f)
     return !(h.flags & VNET_F_NEEDS_CSUM) || h.csum_start >= ETH_HLEN + VLAN_HLEN;
 }
 
-/* Malformed frames are counted as rx_errors and go no further: runts, frames
- * that may have been cut at our buffer's end, bad virtio-net headers, broken
- * 802.1Q tags, and source MACs no host may have (multicast, zero). */
-static bool is_well_formed(struct frame *f)
+/* Malformed frames are counted as rx_errors and go no further: those we
+ * cannot parse, and those from a source MAC no host may have.
+ * A frame we can parse, and write out as it is: not a runt, not cut at our
+ * buffer's end, a virtio-net header the kernel would take, a whole 802.1Q tag. */
+static bool is_parsable(struct frame *f)
 {
     if (f->len < TS_VNET_HDR_LEN + ETH_HLEN || f->len >= TS_FRAME_MAX)
         return false;
     if (!vnet_hdr_is_valid(f))
         return false;
-    if (eth_type(f) == ETH_P_8021Q && !tag_is_whole(f))
-        return false;
+    return eth_type(f) != ETH_P_8021Q || tag_is_whole(f);
+}
+
+/* A source MAC a host may have: not multicast, not zero. */
+static bool has_host_source(const struct frame *f)
+{
     return !is_multicast(eth_src(f)) && !is_zero(eth_src(f));
 }
 
@@ -1275,12 +1280,20 @@ static void tx(struct ts_worker *w, int out, const struct ts_port_conf *o, struc
 }
 
 /* Count a frame in; only frames accepted from an up port, in one of its
- * VLANs, allowed by its ACL go further. */
+ * VLANs, allowed by its ACL go further. An rx mirror copies what the port
+ * sent while up, also what is dropped here -- but a frame we cannot parse,
+ * which we do not write anywhere. */
 static bool rx_accept(struct ts_worker *w, int in, const struct ts_port_conf *pc, struct frame *f)
 {
     struct ts_counters *c = &w->counters[in];
-    if (!is_well_formed(f)) {
+    if (!is_parsable(f)) {
         c->rx_errors++;
+        return false;
+    }
+    if (!has_host_source(f)) {
+        c->rx_errors++;
+        if (pc->mirror_rx && port_is_up(w, in))
+            mirror(w, pc->mirror_rx, f);
         return false;
     }
     c->rx_packets++;

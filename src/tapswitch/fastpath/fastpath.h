@@ -219,8 +219,11 @@
  * flooded, unicast dropped); each still talks to every port without it.
  *
  * Mirrors (SPAN). Mirror m copies to port mirrors[m].to every frame read
- * from a port whose mirror_rx has bit m (as read, before any VLAN edit or
- * filter: what arrived on the wire), and every frame written to a port whose
+ * from a port whose mirror_rx has bit m while it is up (as read, before any
+ * VLAN edit or filter: what arrived on the wire, also what is then dropped,
+ * and a frame from a multicast or zero source MAC, an rx_errors; not a
+ * frame that cannot be parsed: a runt, one cut at the buffer's end, a bad
+ * virtio-net header, a broken tag), and every frame written to a port whose
  * mirror_tx has bit m (as written). The monitor port (TS_PORT_MONITOR, pvid
  * 0, no VLANs) is in no VLAN, so nothing else is sent to it; what it sends
  * is dropped (rx_dropped). Copies are counted per (worker, mirror).
