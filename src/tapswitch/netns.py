@@ -11,11 +11,9 @@ thread held. A namespace is entered by a short-lived thread instead
 (a netlink socket, a new namespace) and ends.
 """
 
-import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import socket
 import threading
@@ -23,6 +21,7 @@ import threading
 import structlog
 
 from tapswitch import rtnl
+from tapswitch.runstate import Identity, RunState
 
 log = structlog.get_logger("tapswitch.netns")
 
@@ -131,38 +130,56 @@ def remove(name: str) -> None:
     os.unlink(path)
 
 
+def identity(path: str) -> Identity | None:
+    """Which namespace is at `path` now: its nsfs (device, inode), unique while it lives; None if
+    nothing is there. A namespace deleted and made again under the same name is another one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Namespaces:
     """The namespaces of one switch run, and which of them it created.
 
-    The names it created are also written to a state file, so that a start
+    The names it created, and the identity of each, are kept in the run's
+    state file (runstate.py), written before each is made, so that a start
     after a crash (SIGKILL, power loss) knows which namespaces were the dead
-    run's to remove (`recover`).
+    run's to remove (`recover`). A namespace is removed only if the one at
+    its name is still the one the switch made: `ip netns del` and `ip netns
+    add` of the same name give the user's namespace, never the switch's.
     """
 
-    def __init__(self, state_path: str | None = None) -> None:
-        self.created: list[str] = []
-        self.state_path = state_path
+    def __init__(self, state: RunState | None = None) -> None:
+        self.state = state if state is not None else RunState()
         self.lock = threading.Lock()      # ports are made several at once (ports.create_all)
 
-    def recover(self, wanted: set) -> None:
-        """Take over what a dead run left: namespaces still named in the config stay ours, others go."""
-        if not self.state_path or not os.path.exists(self.state_path):
-            return
-        try:
-            with open(self.state_path) as f:
-                left = json.load(f)["created"]
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("netns.state_unreadable", path=self.state_path, error=str(e))
-            left = []
-        for name in left:
-            if not os.path.exists(os.path.join(RUN_DIR, name)):
+    @property
+    def created(self) -> list[str]:
+        """The names of the namespaces this run created, oldest first."""
+        return list(self.state.netns)
+
+    def recover(self, dead: RunState, wanted: set) -> None:
+        """Take over what a dead run left: namespaces still named in the config stay ours, others go.
+        A name whose file is only the placeholder made before the namespace (the run was killed
+        in between) is removed, so that the namespace can be made; one that now names another
+        namespace than the dead run made is left alone."""
+        for name, ident in dead.netns.items():
+            path = os.path.join(RUN_DIR, name)
+            now = identity(path)
+            if now is None:
                 continue
-            if name in wanted:
-                self.created.append(name)
+            if ident is not None and now != ident:
+                log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
+            elif ident is None and not is_netns(path):
+                self._remove(name, None, reason="the placeholder of a namespace the dead run did not finish")
+            elif name in wanted:
+                self.state.netns[name] = now
                 log.info("netns.adopted", netns=name)
             else:
-                self._remove(name)
-        self._save()
+                self._remove(name, now)
+        self.state.save()
 
     def ensure(self, port) -> str | None:
         """Return the path of `port`'s namespace, creating a missing named one."""
@@ -180,43 +197,60 @@ class Namespaces:
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
+        # Listed before it is made: a run killed while making it leaves a name the next start knows.
+        self.state.netns[port.netns] = None
+        self.state.save()
         try:
             create(port.netns)
         except OSError as e:
+            del self.state.netns[port.netns]
+            self.state.save()
             raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
-        self.created.append(port.netns)
-        self._save()
+        self.state.netns[port.netns] = identity(path)
+        self.state.save()
         log.info("netns.created", netns=port.netns)
         return path
 
-    def _save(self) -> None:
-        if not self.state_path:
-            return
-        if not self.created:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.state_path)
-            return
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"created": self.created}, f)
-        os.replace(tmp, self.state_path)
+    def lost(self) -> dict[str, str]:
+        """The namespaces this run created that are no longer at their name ({name: what became
+        of it}): deleted (`ip netns del`: a TAP in it keeps it alive, unseen), or replaced by
+        another of the same name. They are no longer the switch's, to remove or to make TAPs in."""
+        gone = {}
+        with self.lock:
+            for name, ident in list(self.state.netns.items()):
+                if ident is None:
+                    continue             # being made
+                now = identity(os.path.join(RUN_DIR, name))
+                if now != ident:
+                    gone[name] = "deleted" if now is None else "replaced by another namespace of that name"
+                    del self.state.netns[name]
+            if gone:
+                self.state.save()
+        return gone
 
     def remove_unused(self, in_use: set) -> None:
         """Remove the namespaces this run created that no port uses any more."""
         for name in [n for n in self.created if n not in in_use]:
-            self.created.remove(name)
-            self._remove(name)
-        self._save()
+            self._remove(name, self.state.netns.pop(name))
+        self.state.save()
 
-    def _remove(self, name: str) -> None:
+    def _remove(self, name: str, ident: Identity | None, reason: str | None = None) -> None:
+        """Remove the namespace at `name` if it is still the one made (`ident`; None: whatever is there)."""
+        now = identity(os.path.join(RUN_DIR, name))
+        if now is None:
+            log.info("netns.gone", netns=name, reason="deleted by someone else")
+            return
+        if ident is not None and now != ident:
+            log.warning("netns.left", netns=name, reason="another namespace has its name now; it is not the switch's")
+            return
         try:
             remove(name)
-            log.info("netns.removed", netns=name)
+            log.info("netns.removed", netns=name, **({"reason": reason} if reason else {}))
         except OSError as e:
             log.warning("netns.remove_failed", netns=name, error=str(e))
 
     def remove_created(self) -> None:
         """Remove every namespace this run created, newest first."""
-        while self.created:
-            self._remove(self.created.pop())
-        self._save()
+        while self.state.netns:
+            self._remove(*self.state.netns.popitem())
+        self.state.save()

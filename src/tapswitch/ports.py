@@ -48,7 +48,8 @@ class Port:
     ifindex: int               # in that namespace
     up: bool = True            # forwarding: the TAP is up, and so is the remote if there is one
     tap_up: bool = True        # TAP admin up and carrier on
-    gone: bool = False         # the TAP device was deleted (its namespace died)
+    gone: bool = False         # the TAP went: deleted, moved out of its namespace, or that namespace went
+    netns_id: tuple[int, int] = tap.UNKNOWN_NETNS   # the namespace the TAP was put in (tap.device_netns)
     nsid: int = -1             # the id of its namespace as seen from the switch's (link events)
     remote: RemoteAttachment | None = None    # remote: IFACE attached through tc
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
@@ -258,7 +259,8 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         raise
     log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
              netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues, queue_len=queue_len)
-    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid)
+    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid,
+                netns_id=tap.device_netns(fds[0]) or tap.UNKNOWN_NETNS)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
     port.tunnel = tunnel

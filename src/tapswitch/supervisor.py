@@ -354,9 +354,10 @@ class Supervisor:
         log.info("workers.replaced", ports=len(port_fds))
 
     def forget_port(self, index: int) -> None:
-        """Port `index` lost its device: workers started from now on (a restart) do not get its
-        queues. Each running worker's read of them failed, counted one rx_errors and polls them
-        no more; a new worker's would fail and count again. A reload makes the port again."""
+        """Port `index` is gone (its device deleted, or moved out of where the config puts it):
+        workers started from now on (a restart) do not get its queues. A deleted device's
+        queue failed each running worker's read, counted one rx_errors and is polled no more;
+        a new worker's read would fail and count again. A reload makes the port again."""
         self.port_fds = {i: fds for i, fds in self.port_fds.items() if i != index}
 
     def alive(self, w: Worker) -> bool:

@@ -28,6 +28,7 @@ from tapswitch import fastpath, linkmon, ports, settings, tap
 from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, stop_serving
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
+from tapswitch.runstate import RunState
 from tapswitch.supervisor import Supervisor, WorkerError
 from tapswitch.tap import TapError
 
@@ -92,7 +93,8 @@ class Switch:
         self.name = cfg.switch.name
         self.queues = cfg.switch.queues
         self.ports: list[ports.Port] = []
-        self.namespaces = Namespaces()
+        self.state = RunState()      # what a start after a crash of this run must heal (runstate.py)
+        self.namespaces = Namespaces(self.state)
         self.shared: fastpath.Shared | None = None
         self.supervisor: Supervisor | None = None
         self.monitor: linkmon.LinkMonitor | None = None
@@ -144,8 +146,9 @@ class Switch:
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
-        self.namespaces.state_path = sw.control.socket + ".state"
-        self.namespaces.recover({p.netns for p in self.cfg.ports if p.netns_kind == "name"})
+        self.state.path = sw.control.socket + ".state"
+        self.namespaces.recover(RunState.load(self.state.path),
+                                {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         # The workers' interpreters start while the ports are made; they get the ports at start().
@@ -275,6 +278,8 @@ class Switch:
     def link_changed(self, event: linkmon.LinkEvent) -> None:
         """A device changed state; if it is a port's TAP or remote, follow it."""
         for port in self.ports:
+            if port.gone:
+                continue                 # down until a reload makes it again
             if port.nsid == event.nsid and port.ifindex == event.ifindex:
                 # Events come late: those of a TAP's making (down, then up) after its port was
                 # marked up, and a removed port's last ones after a port that a reload made in
@@ -333,6 +338,8 @@ class Switch:
     def resync_links(self, taps: bool = True) -> None:
         """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""
         for port in self.ports:
+            if port.gone:
+                continue
             if taps:
                 port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
@@ -374,13 +381,31 @@ class Switch:
                 self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
 
     def maintain_ports(self) -> None:
-        """Notice TAPs that vanished with their namespace (no link event tells us)."""
+        """Notice ports whose TAP went, which no link event says (or not so that it can be told
+        from a late one): the TAP deleted (with its namespace), moved by its host into another
+        namespace, or left in a namespace the switch made that was deleted or replaced under
+        its name (`ip netns del`: the TAP keeps it alive, unseen). Such a port is down until a
+        reload makes it again where the config says."""
+        lost = self.namespaces.lost()
+        for name, what in lost.items():
+            log.warning("netns.lost", netns=name, reason=what)
         for port in self.ports:
-            if not port.gone and not tap.attached(port.fds[0]):
-                port.gone = True
-                log.warning("port.gone", port=port.name, netns=port.cfg.netns)
-                self.set_port_up(port, False)
-                self.supervisor.forget_port(port.index)
+            if port.gone:
+                continue
+            where = tap.device_netns(port.fds[0])
+            if where is None:
+                reason = "its TAP was deleted (or its namespace went)"
+            elif where != port.netns_id:
+                reason = "its TAP was moved to another namespace"
+            elif port.cfg.netns in lost:
+                reason = f"its namespace {port.cfg.netns} was {lost[port.cfg.netns]}"
+            else:
+                continue
+            port.gone = True
+            port.tap_up = False
+            log.warning("port.gone", port=port.name, netns=port.cfg.netns, reason=reason)
+            self.set_port_up(port, False)
+            self.supervisor.forget_port(port.index)
 
     def feed_shared_remotes(self) -> None:
         """Shared-mode remotes steal frames for the MACs behind the other ports: tell them which."""
@@ -427,6 +452,7 @@ class Switch:
             notify("READY=1")
 
     def _reload(self) -> dict:
+        self.maintain_ports()        # what went since the last tick is made again too
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
             new = new.model_copy(update={"ports": ports.plan(new.ports)})

@@ -20,6 +20,7 @@ TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
+TUNGETDEVNETNS = 0x54E3        # _IO('T', 227), Linux 5.2: an fd of the namespace the device is in
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
@@ -33,6 +34,7 @@ TUN_F_TSO_ECN = 0x08
 QUEUE_FLAGS = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 VNET_HDR_LEN = lib.TS_VNET_HDR_LEN     # the header the fast path reads and writes
+UNKNOWN_NETNS = (0, 0)     # device_netns() on a kernel that cannot tell
 
 
 class TapError(Exception):
@@ -88,3 +90,22 @@ def attached(fd: int) -> bool:
             return False
         raise
     return True
+
+
+def device_netns(fd: int) -> tuple[int, int] | None:
+    """The namespace the TAP behind queue fd is in now, as its nsfs (device, inode); None once
+    the device was deleted. Its host may have moved it (`ip link set DEV netns OTHER`). A
+    kernel before 5.2 cannot tell: every device there is in UNKNOWN_NETNS."""
+    try:
+        nsfd = fcntl.ioctl(fd, TUNGETDEVNETNS)
+    except OSError as e:
+        if e.errno == errno.EBADFD:
+            return None
+        if e.errno in (errno.EINVAL, errno.ENOTTY):
+            return UNKNOWN_NETNS if attached(fd) else None
+        raise
+    try:
+        st = os.fstat(nsfd)
+    finally:
+        os.close(nsfd)
+    return st.st_dev, st.st_ino

@@ -226,6 +226,63 @@ def test_a_gone_ports_queue_counts_one_rx_error_and_no_more_after_worker_restart
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
 
 
+def gone_reason(sw, port: str) -> str:
+    return helpers.wait_for(f"{port} gone", lambda: [e["reason"] for e in sw.events("port.gone")
+                                                     if e["port"] == port])[-1]
+
+
+def test_a_namespace_it_made_deleted_by_the_user_downs_the_port_and_reload_remakes_it(lab):
+    """`ip netns del` of a namespace the switch made: the port's TAP keeps it alive, unseen, so no
+    link event comes; the port goes down all the same, saying why. The user's namespace of the
+    same name, added again, is the user's: the reload makes the port in it, and the stop leaves it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.sh("ip", "netns", "del", ns)
+    assert gone_reason(sw, name) == f"its namespace {ns} was deleted"
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "down"]
+    helpers.sh("ip", "netns", "add", ns)
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {name}", (r, sw.log())
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    assert sw.stop() == 0
+    assert ns in helpers.netns_list()               # the user's, not removed
+    assert ns not in {e["netns"] for e in sw.events("netns.removed")}
+
+
+def test_a_namespace_it_made_replaced_just_before_the_stop_is_left_to_the_user(lab):
+    """Deleted and added again by the user between two of the switch's looks: the stop sees that the
+    namespace at that name is not the one it made, and leaves it."""
+    cfg = base(lab, 1)
+    sw = lab.switch(cfg)
+    ns = cfg["ports"][0]["netns"]
+    helpers.sh("ip", "netns", "del", ns)
+    helpers.sh("ip", "netns", "add", ns)
+    sw.proc.send_signal(signal.SIGTERM)
+    assert sw.stop() == 0
+    assert ns in helpers.netns_list()
+    assert not sw.events("netns.removed")
+
+
+def test_a_port_whose_tap_its_host_moved_away_is_made_again_by_reload(lab):
+    """The host moves the port's TAP into another namespace: the port goes down saying so, and the
+    next reload makes it again where the config says (the moved TAP goes with the old port)."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    elsewhere = lab.netns("x", create=True)
+    helpers.nsexec(ns, "ip", "link", "set", "eth0", "netns", elsewhere)
+    assert gone_reason(sw, name) == "its TAP was moved to another namespace"
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "down"]
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {name}", (r, sw.log())
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.link_exists("eth0", ns) and not helpers.link_exists("eth0", elsewhere)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+
+
 def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
     """Its name is taken by another device: the reload makes the rest, says which port failed
     and why, exits 1 with or without --json, and a later reload tries it again."""

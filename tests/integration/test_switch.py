@@ -412,6 +412,59 @@ def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     assert helpers.netns_list() & made == set()  # the adopted ones went with the clean stop
 
 
+# `tapswitch run`, SIGKILLed just after the file of a namespace it makes (the mount point) exists
+# and before the namespace is mounted on it: where a kill during `ip netns add` lands too.
+KILLED_WHILE_MAKING_A_NAMESPACE = """
+import os, signal, sys
+from tapswitch import cli, netns
+real = netns._in_thread
+def in_thread(fn):
+    if fn.__name__ == "make":             # netns.create's: unshare and mount on the file
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(fn)
+netns._in_thread = in_thread
+sys.exit(cli.main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_start_after_a_kill_while_a_namespace_was_made_makes_it(lab):
+    """The dead run left the namespace's empty file, not yet a namespace: it was listed in the
+    state file before it was made, so the next start removes that file and makes the namespace
+    (it used to refuse to start, "not a network namespace", until someone removed the file)."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False)
+    ns = cfg["ports"][0]["netns"]
+    r = subprocess.run([sys.executable, "-c", KILLED_WHILE_MAKING_A_NAMESPACE, sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == -signal.SIGKILL, r
+    placeholder = f"/run/netns/{ns}"
+    assert os.path.isfile(placeholder) and os.path.getsize(placeholder) == 0      # what the kill left
+    sw.start()
+    assert [e["reason"] for e in sw.events("netns.removed") if e["netns"] == ns] == [
+        "the placeholder of a namespace the dead run did not finish"]
+    assert helpers.ping(ns, "198.18.0.2")
+    assert sw.stop() == 0
+    assert not os.path.exists(placeholder)
+    assert not os.path.exists(sw.socket + ".state")
+
+
+def test_a_placeholder_a_dead_run_listed_is_removed_and_the_namespace_made(lab):
+    """What a run killed while making a namespace leaves, made by hand: the empty file, and its
+    name in the state file (the format of an older version, namespaces only). The start works."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False)
+    ns = cfg["ports"][1]["netns"]
+    placeholder = f"/run/netns/{ns}"
+    os.makedirs("/run/netns", exist_ok=True)
+    os.close(os.open(placeholder, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    with open(sw.socket + ".state", "w") as f:
+        json.dump({"created": [ns]}, f)
+    sw.start()
+    assert helpers.ping(ns, "198.18.0.1")
+    assert sw.stop() == 0
+    assert not os.path.exists(placeholder)
+
+
 def test_sigterm_to_the_whole_process_group_is_a_clean_stop(lab):
     """systemd's KillMode=control-group, `timeout`, Ctrl-C: the workers get the signal too."""
     cfg = containers(lab, 2, queues=2)

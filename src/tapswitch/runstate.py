@@ -1,0 +1,60 @@
+"""The run's state file, `<control socket>.state`: what a start after a crash must heal.
+
+It lists the named namespaces the run created, each with its identity (the
+nsfs device and inode: a namespace of that name made by someone else since
+is not the switch's). Each is written down before it is made, so a run killed
+half-way leaves nothing unlisted. The next start reads the dead run's list
+(`load`), heals it (netns.Namespaces.recover), then the file holds the new
+run's. It is removed when it lists nothing: after a clean stop.
+"""
+
+import contextlib
+import json
+import os
+import threading
+
+import structlog
+
+log = structlog.get_logger("tapswitch.runstate")
+
+Identity = tuple[int, int]      # a namespace's nsfs (st_dev, st_ino)
+
+
+class RunState:
+    """What one run has made that outlives its process if it is killed."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.netns: dict[str, Identity | None] = {}   # namespace created -> its identity (None while made)
+        self.lock = threading.Lock()                   # ports are made several at once
+
+    @classmethod
+    def load(cls, path: str) -> "RunState":
+        """What a dead run left at `path` (nothing if there is no file)."""
+        state = cls(path)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            ids = data.get("netns_ids", {})
+            state.netns = {name: tuple(ids[name]) if name in ids else None for name in data["created"]}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("runstate.unreadable", path=path, error=str(e))
+            state.netns = {}
+        return state
+
+    def save(self) -> None:
+        """Write it down (atomically); remove the file when there is nothing to list."""
+        if not self.path:
+            return
+        with self.lock:
+            if not self.netns:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                return
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"created": list(self.netns),
+                           "netns_ids": {n: list(i) for n, i in self.netns.items() if i is not None}}, f)
+            os.replace(tmp, self.path)
