@@ -9,27 +9,30 @@ def test_what_is_saved_is_what_the_next_start_loads(tmp_path):
     path = str(tmp_path / "ctl.sock.state")
     state = RunState(path)
     state.netns = {"c1": (4, 4026532174), "c2": None}      # c2: listed while being made
+    state.remotes = ["eth1"]
     state.save()
     dead = RunState.load(path)
-    assert dead.netns == state.netns
+    assert (dead.netns, dead.remotes) == (state.netns, state.remotes)
     assert list(dead.netns) == ["c1", "c2"]                 # oldest first: removed newest first
 
 
 def test_a_file_of_an_older_version_lists_namespaces_only(tmp_path):
     path = tmp_path / "ctl.sock.state"
     path.write_text(json.dumps({"created": ["c1"]}))
-    assert RunState.load(str(path)).netns == {"c1": None}
+    dead = RunState.load(str(path))
+    assert (dead.netns, dead.remotes) == ({"c1": None}, [])
 
 
 def test_nothing_to_list_removes_the_file_and_no_file_is_nothing(tmp_path):
     path = str(tmp_path / "ctl.sock.state")
     state = RunState(path)
-    state.netns = {"c1": None}
+    state.remotes = ["eth1"]
     state.save()
-    state.netns = {}
+    state.remotes = []
     state.save()
     assert not (tmp_path / "ctl.sock.state").exists()
-    assert RunState.load(path).netns == {}
+    dead = RunState.load(path)
+    assert (dead.netns, dead.remotes) == ({}, [])
 
 
 def test_an_unreadable_file_is_nothing(tmp_path):

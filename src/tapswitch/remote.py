@@ -18,7 +18,8 @@ redirected to IFACE's egress (TX).
 
 The rules are decided by pure functions (`rules_for`, `diff`,
 `iface_flags`); `RemoteAttachment` acts on the kernel, through `tc` for
-filters and pyroute2 for IFACE's flags and MTU.
+filters and pyroute2 for IFACE's flags and MTU. `heal` gives back an IFACE
+a dead run attached and the new run does not (the run's state file lists them).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Literal
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import tc
+from tapswitch import tc, vxlan
 from tapswitch.tc import MacMatch
 
 log = structlog.get_logger("tapswitch.remote")
@@ -163,6 +164,14 @@ def _set_flags(ipr, index: int, wanted: dict[str, bool]) -> None:
     mask = sum(_FLAG_BITS[k] for k in wanted)
     flags = sum(_FLAG_BITS[k] for k, on in wanted.items() if on)
     ipr.link("set", index=index, flags=flags, mask=mask)
+
+
+def _restore(ipr, index: int, original: tc.DeviceState) -> None:
+    """Give IFACE back the MTU and flags it had before it was attached."""
+    now = _observe(ipr, index)
+    if now.mtu != original.mtu:
+        ipr.link("set", index=index, mtu=original.mtu)
+    _set_flags(ipr, index, {k: getattr(original, k) for k in _FLAG_BITS if getattr(now, k) != getattr(original, k)})
 
 
 def _gone(e: Exception) -> bool:
@@ -331,11 +340,7 @@ class RemoteAttachment:
         log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
 
     def _restore(self, index: int, original: tc.DeviceState) -> None:
-        now = _observe(self.ipr, index)
-        if now.mtu != original.mtu:
-            self.ipr.link("set", index=index, mtu=original.mtu)
-        _set_flags(self.ipr, index, {k: getattr(original, k) for k in _FLAG_BITS
-                                     if getattr(now, k) != getattr(original, k)})
+        _restore(self.ipr, index, original)
 
     @staticmethod
     def _quietly(fn, *args) -> None:
@@ -344,3 +349,44 @@ class RemoteAttachment:
         except NetlinkError as e:
             if not _gone(e):
                 raise
+
+
+# Healing what a dead run left. -------------------------------------------
+
+
+def heal(ipr, ifname: str) -> None:
+    """IFACE, attached by a run that did not stop (SIGKILL, crash) and named by no port of the
+    new run: remove the dead run's rules, its clsact qdisc if it added it, and give IFACE back
+    the flags and MTU the rules recorded, as detach() would have. (A port that names IFACE
+    again heals it in attach().) A VXLAN port's device the dead run made is removed. IFACE held
+    by another switch that runs is not touched; one that is gone has nothing left to heal."""
+    index = _index_or_none(ipr, ifname)
+    if index is None:
+        return
+    deadline = time.monotonic() + HELD_WAIT      # the dead run's TAP may linger a moment
+    while tc.held_by(ipr, index, 0) is not None:
+        if time.monotonic() >= deadline:
+            log.info("remote.left", remote=ifname, reason="attached by another running switch")
+            return
+        time.sleep(0.05)
+    if vxlan.is_left(ipr, index):
+        ipr.link("del", index=index)
+        log.warning("vxlan.stale_removed", dev=ifname, reason="no port of this run names it")
+        return
+    stale = tc.remove_stale(ipr, index)
+    if stale.state is None:
+        return                       # no rule of a dead run: nothing to give back
+    try:
+        if stale.state.clsact_added:
+            tc.remove_clsact(ipr, index)
+        _restore(ipr, index, stale.state)
+    except NetlinkError as e:
+        if not _gone(e):
+            raise
+    log.warning("remote.healed", remote=ifname, promisc=stale.state.promisc, allmulti=stale.state.allmulti,
+                mtu=stale.state.mtu, reason="attached by a run that did not stop; no port of this run names it")
+
+
+def _index_or_none(ipr, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None

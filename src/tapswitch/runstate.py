@@ -2,10 +2,11 @@
 
 It lists the named namespaces the run created, each with its identity (the
 nsfs device and inode: a namespace of that name made by someone else since
-is not the switch's). Each is written down before it is made, so a run killed
+is not the switch's), and the remote interfaces it attached (tc rules,
+promisc, MTU). Each is written down before it is made, so a run killed
 half-way leaves nothing unlisted. The next start reads the dead run's list
-(`load`), heals it (netns.Namespaces.recover), then the file holds the new
-run's. It is removed when it lists nothing: after a clean stop.
+(`load`), heals it (netns.Namespaces.recover, remote.heal), then the file
+holds the new run's. It is removed when it lists nothing: after a clean stop.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ class RunState:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self.netns: dict[str, Identity | None] = {}   # namespace created -> its identity (None while made)
+        self.remotes: list[str] = []                   # remote interfaces attached (or about to be)
         self.lock = threading.Lock()                   # ports are made several at once
 
     @classmethod
@@ -37,11 +39,12 @@ class RunState:
                 data = json.load(f)
             ids = data.get("netns_ids", {})
             state.netns = {name: tuple(ids[name]) if name in ids else None for name in data["created"]}
+            state.remotes = list(data.get("remotes", []))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("runstate.unreadable", path=path, error=str(e))
-            state.netns = {}
+            state.netns, state.remotes = {}, []
         return state
 
     def save(self) -> None:
@@ -49,12 +52,13 @@ class RunState:
         if not self.path:
             return
         with self.lock:
-            if not self.netns:
+            if not self.netns and not self.remotes:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
                 return
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"created": list(self.netns),
-                           "netns_ids": {n: list(i) for n, i in self.netns.items() if i is not None}}, f)
+                           "netns_ids": {n: list(i) for n, i in self.netns.items() if i is not None},
+                           "remotes": self.remotes}, f)
             os.replace(tmp, self.path)

@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, ports, settings, tap
+from tapswitch import fastpath, linkmon, ports, remote, settings, tap
 from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, stop_serving
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
@@ -145,17 +145,17 @@ class Switch:
         sw = self.cfg.switch
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
+        # As made: VXLAN MTUs, and a VXLAN port's remote, its device (which _heal must know).
+        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
         self.state.path = sw.control.socket + ".state"
-        self.namespaces.recover(RunState.load(self.state.path),
-                                {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
+        self._heal(RunState.load(self.state.path))
         self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         # The workers' interpreters start while the ports are made; they get the ports at start().
         self.supervisor = Supervisor(self.shared.fd, self.queues,
                                      config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
         self.supervisor.spawn()
-        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})   # as made: VXLAN MTUs
         made = self._add_ports(list(enumerate(self.cfg.ports)))
         self.ports = [p for p in made if isinstance(p, ports.Port)]     # stop() closes them
         failed = [e for e in made if not isinstance(e, ports.Port)]
@@ -170,9 +170,25 @@ class Switch:
         self.supervisor.start({p.index: p.fds for p in self.ports})
         self._watch_workers(True)
 
+    def _heal(self, dead: RunState) -> None:
+        """What a run that did not stop left: its remote interfaces that no port names now get
+        their state back (those named are healed as they are attached), its namespaces are
+        taken over or removed. Then the state file lists this run's."""
+        self.state.remotes = sorted({p.remote for p in self.cfg.ports if p.remote})
+        left = [r for r in dead.remotes if r not in self.state.remotes]
+        if left:
+            with ports.iproute(None) as ipr:
+                for name in left:
+                    remote.heal(ipr, name)
+        self.namespaces.recover(dead, {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
+
     def _add_ports(self, wanted: list) -> list:
         """Make the ports (index, config) in `wanted`: each one's Port, or the exception that
         stopped it. Their settings, MTU and state are written by settings.apply."""
+        # Their remotes are listed before they are attached: a crash meanwhile leaves none unlisted.
+        self.state.remotes = sorted({p.cfg.remote for p in self.ports if p.cfg.remote}
+                                    | {cfg.remote for _index, cfg in wanted if cfg.remote})
+        self.state.save()
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
         return made
@@ -700,6 +716,7 @@ class Switch:
             port.close()
             log.info("port.removed", port=port.name)
         self.ports.clear()
+        self.state.remotes = []      # detached (a failure to is logged)
         self.namespaces.remove_created()
         if self.shared is not None:
             self.shared.close()

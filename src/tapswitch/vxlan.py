@@ -166,6 +166,13 @@ def _find_underlay(ipr, dev: str | None, local: str) -> tuple[int, str, int]:
     return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
 
 
+def is_left(ipr, index: int) -> bool:
+    """Is the device at `index` a port's VXLAN device made by tapswitch (by its alias)?"""
+    link = ipr.link("get", index=index)[0]
+    return ((link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "") == "vxlan"
+            and (link.get_attr("IFLA_IFALIAS") or "").startswith(ALIAS_PREFIX))
+
+
 class Tunnel:
     """The VXLAN device of one port. underlay() and create(), then update_remotes() any
     number of times, then remove(). `ipr` is the switch's namespace; the caller closes it."""

@@ -124,6 +124,40 @@ def test_restart_after_sigkill_heals_without_duplicate_rules(lab, site):
     assert nic_state(site["sw"]) == before
 
 
+def test_a_start_after_sigkill_heals_the_nic_its_config_no_longer_names(lab, site):
+    """The dead run's NIC is in the state file: the next start, whose config has no port on it,
+    removes the dead run's rules and clsact and gives the NIC back its promisc and MTU."""
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1400)
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert nic_state(site["sw"]) != before
+    cfg["ports"].pop()                   # no uplink any more
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert [e["remote"] for e in sw2.events("remote.healed")] == ["nic0"]
+    assert nic_state(site["sw"]) == before
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch_holds(lab, site):
+    """The state file of a dead run names a NIC that another switch has attached since: the start
+    leaves that switch's rules, the NIC's flags and MTU, and its traffic as they are."""
+    a = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
+    held = nic_state(site["sw"])
+    b = lab.switch({"switch": {"name": lab.name("b")}, "ports": [{"name": lab.name("bp")}]}, netns=site["sw"],
+                   start=False)
+    with open(b.socket + ".state", "w") as f:
+        json.dump({"created": [], "remotes": ["nic0"]}, f)
+    b.start()
+    assert not b.events("remote.healed") and not b.events("remote.stale_removed")
+    assert [e["remote"] for e in b.events("remote.left")] == ["nic0"]
+    assert nic_state(site["sw"]) == held
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert b.stop() == 0 and a.stop() == 0
+
+
 def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, site):
     """Switch B asks for the NIC that switch A has attached: B fails to start (exit 1, naming the
     NIC), and A's rules, the NIC's flags and MTU, and A's traffic stay as they were."""

@@ -257,6 +257,20 @@ def test_restart_after_sigkill_replaces_the_stale_device(lab, site):
     assert not helpers.link_exists(vx, site.hosts[1])
 
 
+def test_a_start_after_sigkill_removes_the_device_of_a_port_its_config_no_longer_has(lab, site):
+    sw = site.start(1)
+    assert sw.stop(signal.SIGKILL) == -signal.SIGKILL
+    vx = f"{site.vx(1)}-vx"
+    assert helpers.link_exists(vx, site.hosts[1])      # left behind by the killed run
+    cfg = site.config(1)
+    cfg["ports"].pop()                                 # no VXLAN port any more
+    cfg["switch"]["control"] = {"socket": sw.socket}   # the same socket, so the dead run's state
+    sw = site.start(1, cfg)
+    assert [e["dev"] for e in sw.events("vxlan.stale_removed")] == [vx], sw.log()
+    assert not helpers.link_exists(vx, site.hosts[1])
+    assert sw.stop() == 0
+
+
 def test_a_device_of_that_name_not_made_by_tapswitch_is_left_alone(lab, site):
     vx = f"{site.vx(1)}-vx"
     helpers.nsexec(site.hosts[1], "ip", "link", "add", vx, "type", "vxlan", "id", "7", "dstport", "4789")
