@@ -37,7 +37,7 @@ log = structlog.get_logger("tapswitch.switch")
 TICK = 1.0                 # seconds between MAC table maintenance steps
 AGING_STEPS = 4            # a full aging pass takes this many ticks
 FULL_LOG_INTERVAL = 60.0   # seconds between fdb.full warnings
-CAP_NET_ADMIN = 12
+CAP_KILL, CAP_NET_ADMIN = 5, 12
 
 
 class StartError(Exception):
@@ -47,7 +47,7 @@ class StartError(Exception):
 STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
 
 
-def preflight() -> None:
+def preflight(user: str | int | None) -> None:
     """Fail early, with a reason, on what would fail later with a worse one."""
     if not os.path.exists("/dev/net/tun"):
         raise StartError("/dev/net/tun is missing: load the tun module (modprobe tun)")
@@ -55,6 +55,11 @@ def preflight() -> None:
         caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     if not caps & (1 << CAP_NET_ADMIN):
         raise StartError("tapswitch needs CAP_NET_ADMIN to create TAP devices (run it as root)")
+    ids = config_mod.worker_ids(user, os.geteuid())
+    if ids is not None and ids[0] != os.geteuid() and not caps & (1 << CAP_KILL):
+        # Else a stop could not signal them: they would outlive it, holding every port.
+        raise StartError(f"the workers run as uid {ids[0]} (switch.user), another user: stopping them "
+                         f"needs CAP_KILL, which this process lacks")
 
 
 def _reason(e: Exception) -> str:
@@ -123,7 +128,7 @@ class Switch:
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)     # nothing to reload yet
         try:
-            preflight()
+            preflight(self.cfg.switch.user)
             self._start()
             self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
         except STARTUP_ERRORS as e:

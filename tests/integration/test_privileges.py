@@ -75,6 +75,28 @@ def test_switch_user_names_the_workers_user(lab):
     assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
 
 
+WITHOUT_CAP_KILL = ("setpriv", "--bounding-set=-kill", "--inh-caps=-kill")
+
+
+def test_without_cap_kill_workers_of_another_user_are_refused_before_anything_is_made(lab):
+    """A stop could not signal workers of another user: they would outlive it, holding every
+    port (a traceback, and TAPs, tc rules and promisc left). So the start says why, at once."""
+    sw = lab.switch(two_containers(lab, queues=1), wrapper=WITHOUT_CAP_KILL, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    assert ("tapswitch: the workers run as uid 65534 (switch.user), another user: stopping them needs "
+            "CAP_KILL, which this process lacks") in sw.log()
+    assert "Traceback" not in sw.log()
+    assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
+
+
+def test_without_cap_kill_workers_of_the_switchs_own_user_run_and_stop(lab):
+    sw = lab.switch(two_containers(lab, queues=1, user=0), wrapper=WITHOUT_CAP_KILL)
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
+    assert sw.stop() == 0, sw.log()
+    assert not helpers.link_exists(lab.name("p0")) and not sw.worker_pids()
+
+
 def test_workers_still_die_with_the_control_process(lab):
     # A change of uid clears the parent-death signal: the worker asks for it again.
     sw = lab.switch(two_containers(lab, queues=2))
