@@ -6,6 +6,10 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+
+import cases as cases_mod
+import traffic
 
 BASE = "bridge"
 
@@ -114,6 +118,8 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
     names = [s.name for s in systems]
     labels = {s.name: s.name for s in systems}
     m = meta
+    bare_cases = [c.name for c in cases_mod.cases() if c.bare]
+    steady = " to ".join(f"{100 * f:g} %" for f in traffic.STEADY)
     lines = [
         "# tapswitch benchmark",
         "",
@@ -124,7 +130,7 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         f"{m['reps']} repetition(s) (systems alternating, order rotated every repetition); "
         "in brackets, the ratio to the Linux bridge measured in the same run. ↓ = lower is better. "
         "— = not run on that system (tapswitch's queue variants run the cases that concern them; the bare "
-        "forwarder only TCP, the forwarding rate and throughput).",
+        f"forwarder only {', '.join(bare_cases[:-1])} and {bare_cases[-1]}).",
         "",
         *table(rows, names, labels),
         "",
@@ -153,13 +159,14 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "devices with tapswitch's offloads and a read/write loop between them that busy-polls as tapswitch "
         "does, no switching -- the floor "
         "under any userspace switch on TAP ports).",
-        f"- TCP: iperf3, {m['tcp_seconds']:g} s per run, host 0 → host 1, MTU 1500, `-P 1` and `-P 4`"
+        f"- TCP: iperf3, {traffic.iperf3_seconds(m['tcp_seconds'])} s per run, host 0 → host 1, MTU 1500, "
+        "`-P 1` and `-P 4`"
         + ("; the endpoints' congestion control as under Systems (`--cc` sets it)" if m.get("tcp_cc") else "")
         + "; switch CPU: utime+stime of the forwarding processes over the iperf3 run, divided by its time.",
         f"- Frames: trafgen (netsniff-ng {m['versions']['trafgen']}), `--cpus 1` (CPU 0), TX ring, qdisc "
         f"bypass, one {FRAMES[payload(m)]} repeated at full speed for {m['frame_seconds']:g} s; sizes include the "
         "4-byte FCS that a TAP or veth does not carry (RFC 2544). Received = the receiver's "
-        "`/sys/class/net/eth1/statistics/rx_packets` inside its namespace, rate taken over the middle 70 % of "
+        f"`/sys/class/net/eth1/statistics/rx_packets` inside its namespace, rate taken from {steady} of "
         "the run; offered = the sender's tx_packets + tx_dropped. Loss = 1 − received/offered.",
         "- Throughput (RFC 2544 26.1): the highest rate of 64 B frames forwarded with loss under 0.1 %, "
         "by a binary search (6 steps; frames sent evenly by `bench/pacer.c`) between nothing and trafgen's full "
@@ -194,7 +201,8 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("bench: results.png skipped: matplotlib is missing (pip install -r bench/requirements.txt)")
+        print(f"bench: results.png skipped: matplotlib is missing ({sys.executable} -m pip install -r "
+              "bench/requirements.txt)")
         return
     plot(os.path.join(out_dir, "results.png"), rows, names, meta)
 
@@ -279,7 +287,6 @@ class _Named:
 def main() -> None:
     """Render RESULTS.md and results.png again from OUT/results.json: python bench/report.py [OUT]."""
     import json
-    import sys
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     with open(os.path.join(out_dir, "results.json")) as f:
         data = json.load(f)

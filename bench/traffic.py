@@ -27,6 +27,7 @@ from lab import Host, Lab, nsexec, wait_until
 
 FCS = 4
 ETH_P_EXPERIMENTAL = 0x88B5
+STEADY = (0.25, 0.95)      # a timed trafgen run's rate is taken from this fraction of it to this one
 
 
 def udp_frame(src: Host, dst: Host, size: int) -> str:
@@ -103,9 +104,9 @@ def trafgen(lab: Lab, sender: Host, receivers: list[Host], packet: str, *, secon
     mid = {}
     if seconds is not None:
         # Steady state: from a quarter into the run to a little before its end.
-        time.sleep(seconds * 0.25)
+        time.sleep(seconds * STEADY[0])
         a = (time.monotonic(), {h.index: h.stat("rx_packets") for h in receivers})
-        time.sleep(max(0.0, seconds * 0.70))
+        time.sleep(max(0.0, seconds * (STEADY[1] - STEADY[0])))
         b = (time.monotonic(), {h.index: h.stat("rx_packets") for h in receivers})
         mid = {i: (b[1][i] - a[1][i]) / (b[0] - a[0]) for i in b[1]}
         lab.signal(proc, signal.SIGINT)
@@ -172,6 +173,11 @@ def learn_all(hosts: list[Host]) -> None:
             raise RuntimeError(f"{h.ns} cannot reach {first.ip}")
 
 
+def iperf3_seconds(seconds: float) -> int:
+    """What iperf3 runs for when asked for `seconds`: its -t takes whole seconds, at least 1."""
+    return max(1, round(seconds))
+
+
 def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 1, port: int = 5201,
            affinity: str | None = None, congestion: str | None = None) -> dict:
     """TCP goodput client -> server: bits/s received, retransmits, the client's CPU and the
@@ -183,7 +189,7 @@ def iperf3(lab: Lab, client: Host, server: Host, seconds: float, streams: int = 
         up = wait_until(lambda: f":{port} " in nsexec(server.ns, "ss", "-ltnH").stdout, 10)
         if not up:
             raise RuntimeError("iperf3 server did not listen")
-        r = nsexec(client.ns, "iperf3", "-c", server.ip, "-p", str(port), "-t", max(1, round(seconds)),
+        r = nsexec(client.ns, "iperf3", "-c", server.ip, "-p", str(port), "-t", iperf3_seconds(seconds),
                    "-P", str(streams), "-J", *(["-A", affinity] if affinity else []),
                    *(["-C", congestion] if congestion else []),
                    timeout=seconds + 60, check=False)
