@@ -1,13 +1,15 @@
 """tapswitch's benchmark: tapswitch, the Linux bridge and Open vSwitch, on one topology, in one run.
 
-    python bench/run.py [--quick] [--systems tapswitch,bridge,ovs,bare] [--out bench/out]
+    .venv/bin/python bench/run.py [--quick] [--systems tapswitch,bridge,ovs,bare] [--out bench/out]
+
+(the Python tapswitch is installed in: ./scripts/install.sh makes .venv).
 
 For each case, for each repetition, every system in turn (the order rotates
 each repetition) is set up on fresh hosts (namespaces of this run), measured,
 and torn down. Results: OUT/RESULTS.md (medians, ratio against the Linux
 bridge of the same run, the machine and the date), OUT/results.png, and the
 raw measurements in OUT/results.json. Everything the run makes is removed at
-the end, on failure, on SIGTERM and on Ctrl-C.
+the end, on failure, on SIGTERM, SIGHUP and Ctrl-C.
 
 Needs root, iperf3, netsniff-ng (trafgen), iproute2, cc; Open vSwitch is measured
 when ovs-vswitchd is installed (--install-ovs apt-gets it), skipped otherwise.
@@ -26,28 +28,87 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import cases as cases_mod     # noqa: E402
+import lab as lab_mod         # noqa: E402
 import report                 # noqa: E402
-import systems as systems_mod  # noqa: E402
 import traffic                # noqa: E402
 from lab import Lab           # noqa: E402
 
+try:
+    import tapswitch          # noqa: E402,F401  (the systems drive it; its bytecode is compiled first)
+    import systems as systems_mod  # noqa: E402
+except ModuleNotFoundError as e:
+    sys.exit(f"bench: {e}: run it with the Python tapswitch is installed in, e.g. .venv/bin/python bench/run.py "
+             "(./scripts/install.sh makes .venv; then .venv/bin/pip install -r bench/requirements.txt)")
+
 ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
+SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not 0 < v < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        return v
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _int_list(lo: int, hi: int | None = None):
+    """A comma-separated list of whole numbers from lo to hi."""
+    def parse(text: str) -> list[int]:
+        out = []
+        for item in text.split(","):
+            try:
+                v = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a whole number: {item.strip()!r}") from None
+            if v < lo or (hi is not None and v > hi):
+                raise argparse.ArgumentTypeError(f"{v}: must be from {lo}" + (f" to {hi}" if hi else " up"))
+            out.append(v)
+        return out
+    parse.__name__ = "list"
+    return parse
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no name given")
+    return names
+
+
+def _tag(text: str) -> str:
+    if why := lab_mod.check_tag(text):
+        raise argparse.ArgumentTypeError(why)
+    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    case_ids = [c.id for c in cases_mod.cases()]
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short runs (2 s TCP, 1 s per frame size), 1 repetition")
-    p.add_argument("--systems", default="tapswitch,bridge,ovs,bare",
-                   help="comma-separated: tapswitch (queues 1 and 2), tapswitch-q1, tapswitch-q2, bridge, ovs, "
-                   "bare (the bare TAP forwarder, bench/bare.c: two-host cases only)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
-    p.add_argument("--cases", help="comma-separated subset: tcp, frames, throughput, light, caching, learning, broadcast4, "
-                   "broadcast8, resources (default: all)")
-    p.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
-    p.add_argument("--sizes", help="frame sizes, comma-separated (default 64..1518)")
-    p.add_argument("--seconds", type=float, help="override every traffic duration (TCP and frames)")
-    p.add_argument("--fdb-n", help="address counts for the caching case (default 1024,1048576; --quick 1024,16384)")
-    p.add_argument("--learn-n", type=int, help="new MACs for the learning-rate case (default 262144; --quick 16384)")
+    p.add_argument("--systems", default="tapswitch,bridge,ovs,bare", type=_names,
+                   help=f"comma-separated, of: {systems_mod.NAMES}. The variants set the workers' I/O, CPUs, "
+                   "switch.queue_len and switch.busy_poll_us (bench/README.md); bare is the bare TAP forwarder, "
+                   "bench/bare.c: two-host cases only (default: %(default)s)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
+                   help="directory of RESULTS.md, results.json and results.png; what they were is "
+                   "replaced (default: %(default)s)")
+    p.add_argument("--cases", type=_names, help=f"comma-separated subset of: {', '.join(case_ids)} (default: all)")
+    p.add_argument("--reps", type=_positive(int), help="repetitions (default 3, --quick 1)")
+    p.add_argument("--sizes", type=_int_list(SIZE_MIN, SIZE_MAX),
+                   help=f"frame sizes in bytes, FCS included, comma-separated, each {SIZE_MIN} to {SIZE_MAX} "
+                   f"(default {','.join(map(str, ALL_SIZES))})")
+    p.add_argument("--seconds", type=_positive(float), help="override every traffic duration (TCP and frames; "
+                   "iperf3 runs whole seconds, at least 1)")
+    p.add_argument("--fdb-n", type=_int_list(1),
+                   help="address counts for the caching case (default 1024,1048576; --quick 1024,16384)")
+    p.add_argument("--learn-n", type=_positive(int),
+                   help="new MACs for the learning-rate case (default 262144; --quick 16384)")
     p.add_argument("--payload", choices=["raw", "udp"], default="raw",
                    help="forwarding-rate frames: raw (ethertype 0x88b5, default) or IPv4/UDP to port 9")
     p.add_argument("--cc", help="TCP congestion control of the iperf3 endpoints (iperf3 -C), e.g. cubic, bbr "
@@ -55,24 +116,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--install-ovs", action="store_true", help="apt-get install openvswitch-switch when missing")
     p.add_argument("--profile", action="store_true",
                    help="then profile tapswitch (perf, syscalls, GSO, CPU placement) into OUT/PROFILE.md")
-    p.add_argument("--tag", help="name prefix of everything this run makes (default bn + 4 hex digits)")
-    return p.parse_args(argv)
+    p.add_argument("--tag", type=_tag, help="name prefix of everything this run makes, at most "
+                   f"{lab_mod.TAG_MAX} characters (default bn + 4 hex digits)")
+    args = p.parse_args(argv)
+    if args.cases and (unknown := [c for c in args.cases if c not in case_ids]):
+        p.error(f"--cases: no case {', '.join(map(repr, unknown))} (the cases: {', '.join(case_ids)})")
+    if unknown := [n for n in args.systems if not systems_mod.known(n)]:
+        p.error(f"--systems: no system {', '.join(map(repr, unknown))} (the systems: {systems_mod.NAMES})")
+    return args
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _hangup(signum, frame):
+    """The terminal is gone: what the bench still says goes nowhere rather than fail, then it cleans up."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        if os.isatty(fd):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+    raise KeyboardInterrupt
+
+
 def make_ctx(args, lab) -> cases_mod.Ctx:
     q = args.quick
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ALL_SIZES
-    fdb_ns = [int(n) for n in args.fdb_n.split(",")] if args.fdb_n else ([1024, 16384] if q else [1024, 1 << 20])
+
+    def given(value, default):
+        return default if value is None else value
+
     return cases_mod.Ctx(
-        lab=lab, quick=q, reps=args.reps or (1 if q else 3),
-        tcp_seconds=args.seconds or (2.0 if q else 10.0),
-        frame_seconds=args.seconds or (1.0 if q else 3.0),
-        sizes=sizes, fdb_ns=fdb_ns,
-        learn_n=args.learn_n or (16384 if q else 262144),
+        lab=lab, quick=q, reps=given(args.reps, 1 if q else 3),
+        tcp_seconds=given(args.seconds, 2.0 if q else 10.0),
+        frame_seconds=given(args.seconds, 1.0 if q else 3.0),
+        sizes=given(args.sizes, ALL_SIZES), fdb_ns=given(args.fdb_n, [1024, 16384] if q else [1024, 1 << 20]),
+        learn_n=given(args.learn_n, 16384 if q else 262144),
         learn_rate_pps=100_000,
         payload=args.payload, cc=args.cc,
     )
@@ -98,7 +177,7 @@ def check_cc(name: str) -> str | None:
 
 
 def pick_systems(args, lab) -> tuple[list, list[str]]:
-    names = [n.strip() for n in args.systems.split(",") if n.strip()]
+    names = list(args.systems)
     notes = []
     if "ovs" in names:
         if args.install_ovs and not systems_mod.Ovs.available():
@@ -113,21 +192,26 @@ def compile_tapswitch() -> None:
     """Write tapswitch's bytecode, as an install does (scripts/install.sh, a wheel): run from
     a source tree under PYTHONDONTWRITEBYTECODE, every start would compile its sources, and
     the start case would time that (~0.09 s here) rather than the switch."""
-    import tapswitch
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.dirname(tapswitch.__file__)],
                    check=True, env=dict(os.environ, PYTHONDONTWRITEBYTECODE=""))
 
 
-def run_case(ctx, case, systems, results, errors, loads, log) -> None:
+def run_case(ctx, case, systems, results, errors, loads, log) -> str | None:
+    """Every repetition of `case` on every system that runs it; a failure is recorded in errors and
+    the run goes on. Returns why the case did not run at all, or None."""
     runnable = [s for s in systems if case.runs_on(s)]
+    if not runnable:
+        return f"{case.name}: not run (" + (f"not a case for {', '.join(s.name for s in systems)}" if systems
+                                            else "no system to run it") + ")"
     reps = case.reps or ctx.reps
     for rep in range(reps):
         k = rep % len(runnable)
         for system in runnable[k:] + runnable[:k]:        # rotate: no system always first
-            hosts = ctx.lab.hosts(case.hosts)
+            hosts = []
             t0 = time.monotonic()
-            loads.append(traffic.others_busy())
             try:
+                hosts = ctx.lab.hosts(case.hosts)
+                loads.append(traffic.others_busy())
                 system.setup(hosts, fdb_size=case.fdb_size)
                 cases_mod.prepare(ctx, case, system, hosts)
                 for m in case.fn(ctx, system, hosts):
@@ -141,8 +225,14 @@ def run_case(ctx, case, systems, results, errors, loads, log) -> None:
                 log(f"  {case.name} / {system.name} / rep {rep + 1}: FAILED: {e}")
                 traceback.print_exc()
             finally:
-                system.teardown()
-                ctx.lab.drop_hosts(hosts)
+                try:
+                    system.teardown()
+                    ctx.lab.drop_hosts(hosts)
+                except Exception as e:      # the lab's close() removes what is left
+                    errors.append({"case": case.name, "system": system.name, "rep": rep,
+                                   "error": f"teardown: {str(e)[-600:]}"})
+                    log(f"  {case.name} / {system.name} / rep {rep + 1}: teardown FAILED: {e}")
+    return None
 
 
 def main(argv=None) -> int:
@@ -157,6 +247,7 @@ def main(argv=None) -> int:
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _hangup)
     results, errors, loads = [], [], []     # loads: CPUs busy with other work just before each run
     started = time.time()
 
@@ -167,15 +258,16 @@ def main(argv=None) -> int:
         ctx = make_ctx(args, lab)
         systems, notes = pick_systems(args, lab)
         compile_tapswitch()
-        wanted = set(args.cases.split(",")) if args.cases else None
-        plan = [c for c in cases_mod.cases(ctx) if wanted is None or c.id in wanted]
+        plan = [c for c in cases_mod.cases(ctx) if not args.cases or c.id in args.cases]
         log(f"bench {tag}: systems {', '.join(s.name for s in systems)}; "
             f"cases {', '.join(c.name for c in plan)}; {ctx.reps} repetition(s)")
         for n in notes:
             log(f"  {n}")
         for case in plan:
             log(f"case {case.name}")
-            run_case(ctx, case, systems, results, errors, loads, log)
+            if why := run_case(ctx, case, systems, results, errors, loads, log):
+                notes.append(why)
+                log(f"  {why}")
         bridge = next((s for s in systems if s.kind == "bridge"), None)
         meta = report.machine(args=sys.argv[1:] if argv is None else argv, started=started, notes=notes,
                               ctx=ctx, systems=systems, cases=plan)
@@ -196,14 +288,15 @@ def main(argv=None) -> int:
         log("bench: interrupted; cleaning up")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         lab.close()
         left = lab.leftovers()
         if left:
             log(f"bench: left behind: {', '.join(left)}")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     return 1 if errors else 0
 
 

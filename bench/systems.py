@@ -358,6 +358,19 @@ class Bare(System):
         return [self.proc.pid] if self.proc is not None else []
 
 
+NAMES = ("tapswitch (queues 1 and 2), tapswitch-qN (N queues) then, in this order and each optional, "
+         "-uring | -uring-burst | -readwrite, -cpuK | -spread, -qlenL, -busypollU (e.g. tapswitch-q1-uring-cpu1), "
+         "bridge, ovs, bare, bare-busypollU")
+_TAPSWITCH = re.compile(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?"
+                        r"(?:-qlen(\d+))?(?:-busypoll(\d+))?")
+_BARE = re.compile(r"bare(?:-busypoll(\d+))?")
+
+
+def known(name: str) -> bool:
+    """`name` is one of NAMES."""
+    return name in ("tapswitch", "bridge", "ovs") or bool(_TAPSWITCH.fullmatch(name) or _BARE.fullmatch(name))
+
+
 def make(names: list[str], lab: Lab) -> list[System]:
     """Systems by name: tapswitch (both queue counts), tapswitch-q1, tapswitch-q2, bridge, ovs, bare;
     a tapswitch-qN name may end in -uring, -uring-burst or -readwrite (the workers' I/O backend), -cpuK
@@ -368,8 +381,7 @@ def make(names: list[str], lab: Lab) -> list[System]:
     for n in names:
         if n == "tapswitch":
             out += [Tapswitch(lab, 1), Tapswitch(lab, 2)]
-        elif m := re.fullmatch(r"tapswitch-q(\d+)(?:-(uring-burst|uring|readwrite))?(?:-cpu(\d+)|-(spread))?"
-                               r"(?:-qlen(\d+))?(?:-busypoll(\d+))?", n):
+        elif m := _TAPSWITCH.fullmatch(n):
             cpu = int(m.group(3)) if m.group(3) else -1 if m.group(4) else None
             out.append(Tapswitch(lab, int(m.group(1)), m.group(2) or "", cpu,
                                  int(m.group(5)) if m.group(5) else None,
@@ -378,8 +390,8 @@ def make(names: list[str], lab: Lab) -> list[System]:
             out.append(Bridge(lab))
         elif n == "ovs":
             out.append(Ovs(lab))
-        elif m := re.fullmatch(r"bare(?:-busypoll(\d+))?", n):
+        elif m := _BARE.fullmatch(n):
             out.append(Bare(lab, int(m.group(1)) if m.group(1) else None))
         else:
-            raise SystemExit(f"bench: unknown system {n!r} (tapswitch, tapswitch-q1, tapswitch-q2, bridge, ovs, bare)")
+            raise SystemExit(f"bench: unknown system {n!r} (one of: {NAMES})")
     return out

@@ -4,11 +4,14 @@ Tiny durations, tapswitch, the Linux bridge and the bare forwarder only, one
 frame size, no thresholds: this keeps the bench working, it does not judge speed.
 """
 
+import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -30,12 +33,46 @@ def tag():
     return f"bn{uuid.uuid4().hex[:4]}"
 
 
-def _leftovers(tag: str) -> list[str]:
+def _processes(tag: str) -> list[str]:
+    """Processes a run with this tag started: the tag in their command line (its temporary directory
+    holds their configs and programs) or BENCH_LAB=tag in their environment (the lab's, iperf3 too)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:         # gone meanwhile
+            continue
+        if tag in cmd or f"BENCH_LAB={tag}".encode() in env:
+            found.append(f"pid {pid}: {cmd}")
+    return found
+
+
+def _leftovers(tag: str, tmpdir: str | None = None) -> list[str]:
+    """What a run with this tag left: namespaces, devices, processes, and its temporary directory
+    (a bench run with TMPDIR=tmpdir)."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     found = [line.split()[0] for line in ns.splitlines() if line.startswith(tag)]
     found += [m for m in re.findall(r"^\d+: ([^:@]+)", links, re.M) if m.startswith(tag)]
+    found += _processes(tag)
+    if tmpdir is not None:
+        found += glob.glob(os.path.join(tmpdir, f"{tag}-*"))
     return found
+
+
+def _env(tmpdir) -> dict:
+    os.makedirs(tmpdir, exist_ok=True)
+    return dict(os.environ, TMPDIR=str(tmpdir))
+
+
+def _needs_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces and TAP devices")
+    if _missing_tools():
+        pytest.skip(f"missing: {', '.join(_missing_tools())}")
 
 
 def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
@@ -43,14 +80,14 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
         pytest.skip("needs root: namespaces and TAP devices")
     if _missing_tools():
         pytest.skip(f"missing: {', '.join(_missing_tools())}")
-    out = tmp_path / "out"
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
     argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge,bare", "--sizes", "64",
             "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024", "--cc", "reno",
             "--out", str(out), "--tag", tag]
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT, env=_env(tmp))
     finally:
-        left = _leftovers(tag)
+        left = _leftovers(tag, tmp)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert left == [], f"left behind: {left}"
     results = (out / "RESULTS.md").read_text()
@@ -75,6 +112,9 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     # The endpoints' congestion control, as iperf3's senders reported it: the one asked for.
     assert "TCP congestion control of the iperf3 endpoints: reno (`--cc reno`)" in results, results
     assert "one Ethernet frame of ethertype 0x88b5" in results      # the default frames, as the Method says
+    # The Method says what ran: the bare forwarder's cases, iperf3's whole seconds, trafgen's rate window.
+    assert "the bare forwarder only TCP goodput, forwarding rate, throughput (RFC 2544) and light load" in results
+    assert "TCP: iperf3, 1 s per run" in results and "rate taken from 25 % to 95 % of the run" in results
     # How busy the machine was with other work before each run, in CPUs (of its cores).
     assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
     try:
@@ -107,3 +147,152 @@ def test_profiler_finds_py_spy_beside_the_interpreter_off_path():
                        env={"PATH": "/nonexistent"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == beside
+
+
+def _start_and_wait_for_trafgen(tag, out, tmp, *extra):
+    """A tiny bench run, in a session of its own as a shell's job; returned once its trafgen floods."""
+    p = subprocess.Popen([sys.executable, BENCH, "--systems", "tapswitch-q1", "--cases", "frames", "--sizes", "64",
+                          "--reps", "1", "--seconds", "20", "--out", str(out), "--tag", tag, *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env(tmp),
+                         start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(" trafgen " in f" {p} " for p in _processes(tag)):
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            pytest.fail(f"no trafgen: {p.communicate()[0][-3000:]}")
+        time.sleep(0.2)
+    return p
+
+
+def _gone(tag, tmp, timeout) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := _leftovers(tag, tmp)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_bench_hung_up_cleans_up_as_on_sigterm(tmp_path, tag):
+    """The terminal or ssh session closes (SIGHUP to the bench): the switch, the flooding trafgen, the
+    namespaces and the temporary directory go, as on SIGTERM; the processes it started in sessions of
+    their own never see the hangup."""
+    _needs_root_and_tools()
+    tmp = tmp_path / "tmp"
+    p = _start_and_wait_for_trafgen(tag, tmp_path / "out", tmp)
+    p.send_signal(signal.SIGHUP)
+    try:
+        output = p.communicate(timeout=60)[0]
+    finally:
+        left = _gone(tag, tmp, 5)
+    assert p.returncode == 130, output[-3000:]
+    assert "interrupted; cleaning up" in output
+    assert left == [], f"left behind: {left}"
+
+
+def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
+    """SIGKILL runs no cleanup in the bench: its processes get a parent-death signal, and the lab's
+    guard kills what they started (trafgen's workers) and removes the namespaces and the temporary directory."""
+    _needs_root_and_tools()
+    tmp = tmp_path / "tmp"
+    p = _start_and_wait_for_trafgen(tag, tmp_path / "out", tmp)
+    p.kill()
+    p.communicate(timeout=30)
+    left = _gone(tag, tmp, 15)
+    assert left == [], f"left behind: {left}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "nosuch"], "--cases: no case 'nosuch' (the cases: tcp, frames, "),
+    (["--cases", "tcp,broadcast"], "--cases: no case 'broadcast' (the cases: tcp, frames, "),
+    (["--systems", "tapswitch-q1,nosuch"], "--systems: no system 'nosuch' (the systems: tapswitch (queues 1 and 2), "
+     "tapswitch-qN (N queues) then, in this order and each optional, -uring | -uring-burst | -readwrite, -cpuK | "
+     "-spread, -qlenL, -busypollU"),
+    (["--systems", ","], "argument --systems: no name given"),
+    (["--sizes", "abc"], "argument --sizes: not a whole number: 'abc'"),
+    (["--sizes", "64,10"], "argument --sizes: 10: must be from 64 to 1518"),
+    (["--sizes", "9018"], "argument --sizes: 9018: must be from 64 to 1518"),
+    (["--fdb-n", "x"], "argument --fdb-n: not a whole number: 'x'"),
+    (["--fdb-n", "0"], "argument --fdb-n: 0: must be from 1 up"),
+    (["--reps", "0"], "argument --reps: must be more than 0: '0'"),
+    (["--seconds", "0"], "argument --seconds: must be more than 0: '0'"),
+    (["--seconds", "-1"], "argument --seconds: must be more than 0: '-1'"),
+    (["--learn-n", "many"], "argument --learn-n: not a number: 'many'"),
+    (["--tag", "bn0123456789a"], "argument --tag: tag 'bn0123456789a': at most 12 characters"),
+    (["--tag", "bn/x"], "argument --tag: tag 'bn/x': letters, digits, '_' and '-' only"),
+])
+def test_bench_refuses_bad_options_before_it_runs_anything(tmp_path, argv, message):
+    """A wrong option is an error naming what is allowed, and nothing runs: what --out held stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "RESULTS.md").write_text("an earlier run\n")
+    r = subprocess.run([sys.executable, BENCH, "--out", str(out), *argv], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(os.listdir(out)) == ["RESULTS.md"] and (out / "RESULTS.md").read_text() == "an earlier run\n"
+
+
+def test_bench_help_shows_the_output_directory_and_the_system_variants():
+    r = subprocess.run([sys.executable, BENCH, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                       env=dict(os.environ, COLUMNS="1000"))        # argparse wraps at hyphens too
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"--out OUT directory of RESULTS.md, results.json and results.png; .*\(default: \S+/bench/out\)",
+                     text), text
+    for variant in ("-uring | -uring-burst | -readwrite", "-cpuK | -spread", "-qlenL", "-busypollU", "bare-busypollU"):
+        assert variant in text, text
+
+
+def test_bench_without_tapswitch_says_which_python_to_use(tmp_path):
+    """Run by an interpreter tapswitch is not installed in (python3 after scripts/install.sh, which
+    installs into .venv): one line saying so and how to run it, no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-S", BENCH, "--cases", "tcp", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("bench: No module named 'tapswitch'") and ".venv/bin/python bench/run.py" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_notes_a_case_no_chosen_system_runs_and_keeps_the_rest(tmp_path, tag):
+    """--systems tapswitch-q2 --cases frames,tcp: the forwarding rate runs on tapswitch's one-queue variant
+    only, so it is skipped with a note in the log and RESULTS.md; TCP's figures are written."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "tapswitch-q2", "--cases", "frames,tcp", "--reps", "1",
+                            "--seconds", "1", "--cc", "reno", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env(tmp))
+    finally:
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    note = "forwarding rate: not run (not a case for tapswitch-q2)"
+    assert note in r.stdout
+    results = (out / "RESULTS.md").read_text()
+    assert f"- {note}" in results, results
+    assert re.search(r"^\| TCP goodput \| TCP goodput, 1 flow \| Gbit/s \| \d", results, re.M), results
+
+
+def test_bench_reports_a_case_whose_hosts_cannot_be_made_as_failed_and_keeps_the_rest(tmp_path, tag):
+    """A failure while the lab makes a case's hosts (here a namespace of that name exists already) fails
+    that case like any other: the cases measured before it are still written, and nothing is left."""
+    _needs_root_and_tools()
+    taken = f"{tag}h2"          # the third host: the address caching case needs it, the forwarding rate not
+    subprocess.run(["ip", "netns", "add", taken], check=True)
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "bridge", "--cases", "frames,caching", "--sizes", "64",
+                            "--reps", "1", "--seconds", "1", "--fdb-n", "256", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env(tmp))
+        assert subprocess.run(["ip", "netns", "pids", taken], capture_output=True).returncode == 0, \
+            "the bench removed a namespace it did not make"
+    finally:
+        subprocess.run(["ip", "netns", "del", taken], capture_output=True)
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    results = (out / "RESULTS.md").read_text()
+    assert re.search(r"^\| forwarding rate \| forwarding rate, 64 B \| Mpps \| \d", results, re.M), results
+    assert re.search(rf"^- address caching / bridge / rep 1: .*{taken}", results, re.M), results
