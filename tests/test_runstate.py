@@ -2,13 +2,15 @@
 
 import json
 
+import pytest
+
 from tapswitch.runstate import RunState
 
 
 def test_what_is_saved_is_what_the_next_start_loads(tmp_path):
     path = str(tmp_path / "ctl.sock.state")
     state = RunState(path)
-    state.netns = {"c1": (4, 4026532174), "c2": None}      # c2: listed while being made
+    state.netns = {"c1": "48981dc8-92fb-48bf-a303-50b573c12c79:4096", "c2": None}  # c2: listed while being made
     state.remotes = ["eth1"]
     state.save()
     dead = RunState.load(path)
@@ -38,4 +40,18 @@ def test_nothing_to_list_removes_the_file_and_no_file_is_nothing(tmp_path):
 def test_an_unreadable_file_is_nothing(tmp_path):
     path = tmp_path / "ctl.sock.state"
     path.write_text("{not json")
+    assert RunState.load(str(path)).netns == {}
+
+
+def test_an_identity_of_an_older_form_is_none(tmp_path):
+    path = tmp_path / "ctl.sock.state"
+    path.write_text(json.dumps({"created": ["c1"], "netns_ids": {"c1": [4, 4026532174]}}))
+    assert RunState.load(str(path)).netns == {"c1": None}
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../../tmp/victim", "a/b", None, 5, "x" * 256])
+def test_a_name_that_is_no_namespace_name_makes_the_file_unreadable(tmp_path, name):
+    """A corrupted file must not have the start unmount /run/netns/ or delete a file elsewhere."""
+    path = tmp_path / "ctl.sock.state"
+    path.write_text(json.dumps({"created": ["c1", name]}))
     assert RunState.load(str(path)).netns == {}

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 import threading
 
 import structlog
@@ -30,6 +31,8 @@ CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703     # linux/nsfs.h: _IO(0xb7, 0x3)
 MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
+SO_NETNS_COOKIE = 71       # asm-generic/socket.h (Linux 5.14)
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -130,29 +133,42 @@ def remove(name: str) -> None:
     os.unlink(path)
 
 
-def identity(path: str) -> Identity | None:
-    """Which namespace is at `path` now: its nsfs (device, inode), unique while it lives; None if
-    nothing is there. A namespace deleted and made again under the same name is another one."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+def cookie(path: str) -> Identity | None:
+    """Which namespace is at `path`, for all time: this boot's id and the kernel's cookie of the
+    namespace, which no other gets while the machine is up (its inode number goes to the next
+    namespace made once it is freed). None if no namespace is there, or the kernel has no
+    cookies (before Linux 5.14)."""
+    if not is_netns(path):
         return None
-    return st.st_dev, st.st_ino
+
+    def read() -> int:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+    try:
+        value = call_in(path, read)
+        with open(BOOT_ID) as f:
+            return f"{f.read().strip()}:{value}"
+    except OSError:
+        return None
 
 
 class Namespaces:
     """The namespaces of one switch run, and which of them it created.
 
-    The names it created, and the identity of each, are kept in the run's
-    state file (runstate.py), written before each is made, so that a start
-    after a crash (SIGKILL, power loss) knows which namespaces were the dead
-    run's to remove (`recover`). A namespace is removed only if the one at
-    its name is still the one the switch made: `ip netns del` and `ip netns
-    add` of the same name give the user's namespace, never the switch's.
+    The names it created, and the identity of each (`cookie`), are kept in
+    the run's state file (runstate.py), written before each is made, so that
+    a start after a crash (SIGKILL, power loss) knows which namespaces were
+    the dead run's to remove (`recover`). While it runs, the switch holds
+    each namespace it made open, so the inode at its name is that
+    namespace's for as long as it lives, and no other can have it. A
+    namespace is removed only if the one at its name is still the one the
+    switch made: `ip netns del` and `ip netns add` of the same name give the
+    user's namespace, never the switch's.
     """
 
     def __init__(self, state: RunState | None = None) -> None:
         self.state = state if state is not None else RunState()
+        self.held: dict[str, int] = {}    # name -> an open fd of the namespace made (or taken over)
         self.lock = threading.Lock()      # ports are made several at once (ports.create_all)
 
     @property
@@ -167,18 +183,19 @@ class Namespaces:
         namespace than the dead run made is left alone."""
         for name, ident in dead.netns.items():
             path = os.path.join(RUN_DIR, name)
-            now = identity(path)
-            if now is None:
+            if not os.path.lexists(path):
                 continue
+            if ident is None and not is_netns(path):
+                self._unlink_placeholder(name)
+                continue
+            now = cookie(path)
             if ident is not None and now != ident:
                 log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
-            elif ident is None and not is_netns(path):
-                self._remove(name, None, reason="the placeholder of a namespace the dead run did not finish")
             elif name in wanted:
-                self.state.netns[name] = now
+                self._hold(name, now)
                 log.info("netns.adopted", netns=name)
             else:
-                self._remove(name, now)
+                self._remove_at(name)
         self.state.save()
 
     def ensure(self, port) -> str | None:
@@ -206,10 +223,31 @@ class Namespaces:
             del self.state.netns[port.netns]
             self.state.save()
             raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
-        self.state.netns[port.netns] = identity(path)
+        self._hold(port.netns, cookie(path))
         self.state.save()
         log.info("netns.created", netns=port.netns)
         return path
+
+    def _hold(self, name: str, ident: Identity | None) -> None:
+        """Keep namespace `name` open while the run lasts, and list it with its identity."""
+        self.held[name] = os.open(os.path.join(RUN_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+        self.state.netns[name] = ident
+
+    def _release(self, name: str) -> None:
+        fd = self.held.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _whereabouts(self, name: str) -> str | None:
+        """What became of namespace `name` this run made and holds: None if it is still at its
+        name, else "deleted" or "replaced by another namespace of that name"."""
+        try:
+            now = os.stat(os.path.join(RUN_DIR, name))
+        except FileNotFoundError:
+            return "deleted"
+        held = os.fstat(self.held[name])
+        return None if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) else \
+            "replaced by another namespace of that name"
 
     def lost(self) -> dict[str, str]:
         """The namespaces this run created that are no longer at their name ({name: what became
@@ -217,13 +255,12 @@ class Namespaces:
         another of the same name. They are no longer the switch's, to remove or to make TAPs in."""
         gone = {}
         with self.lock:
-            for name, ident in list(self.state.netns.items()):
-                if ident is None:
-                    continue             # being made
-                now = identity(os.path.join(RUN_DIR, name))
-                if now != ident:
-                    gone[name] = "deleted" if now is None else "replaced by another namespace of that name"
+            for name in [n for n in self.state.netns if n in self.held]:     # not those being made
+                what = self._whereabouts(name)
+                if what is not None:
+                    gone[name] = what
                     del self.state.netns[name]
+                    self._release(name)
             if gone:
                 self.state.save()
         return gone
@@ -231,26 +268,40 @@ class Namespaces:
     def remove_unused(self, in_use: set) -> None:
         """Remove the namespaces this run created that no port uses any more."""
         for name in [n for n in self.created if n not in in_use]:
-            self._remove(name, self.state.netns.pop(name))
+            self.state.netns.pop(name)
+            self._remove(name)
         self.state.save()
 
-    def _remove(self, name: str, ident: Identity | None, reason: str | None = None) -> None:
-        """Remove the namespace at `name` if it is still the one made (`ident`; None: whatever is there)."""
-        now = identity(os.path.join(RUN_DIR, name))
-        if now is None:
+    def _remove(self, name: str) -> None:
+        """Remove namespace `name` this run made, if it is still the one at that name."""
+        if name not in self.held:
+            return              # listed, never made
+        what = self._whereabouts(name)
+        self._release(name)
+        if what == "deleted":
             log.info("netns.gone", netns=name, reason="deleted by someone else")
-            return
-        if ident is not None and now != ident:
+        elif what is not None:
             log.warning("netns.left", netns=name, reason="another namespace has its name now; it is not the switch's")
-            return
+        else:
+            self._remove_at(name)
+
+    def _remove_at(self, name: str) -> None:
         try:
             remove(name)
-            log.info("netns.removed", netns=name, **({"reason": reason} if reason else {}))
+            log.info("netns.removed", netns=name)
+        except OSError as e:
+            log.warning("netns.remove_failed", netns=name, error=str(e))
+
+    def _unlink_placeholder(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(RUN_DIR, name))
+            log.info("netns.removed", netns=name, reason="the placeholder of a namespace the dead run did not finish")
         except OSError as e:
             log.warning("netns.remove_failed", netns=name, error=str(e))
 
     def remove_created(self) -> None:
         """Remove every namespace this run created, newest first."""
         while self.state.netns:
-            self._remove(*self.state.netns.popitem())
+            name, _ident = self.state.netns.popitem()
+            self._remove(name)
         self.state.save()

@@ -1,8 +1,9 @@
 """The run's state file, `<control socket>.state`: what a start after a crash must heal.
 
 It lists the named namespaces the run created, each with its identity (the
-nsfs device and inode: a namespace of that name made by someone else since
-is not the switch's), and the remote interfaces it attached (tc rules,
+boot's id and the kernel's cookie of the namespace, which no other namespace
+gets while the machine is up: one of that name made by someone else since is
+not the switch's, even when it got the freed namespace's inode number), and the remote interfaces it attached (tc rules,
 promisc, MTU). Each is written down before it is made, so a run killed
 half-way leaves nothing unlisted. The next start reads the dead run's list
 (`load`), heals it (netns.Namespaces.recover, remote.heal), then the file
@@ -18,7 +19,13 @@ import structlog
 
 log = structlog.get_logger("tapswitch.runstate")
 
-Identity = tuple[int, int]      # a namespace's nsfs (st_dev, st_ino)
+Identity = str      # a namespace's "BOOT_ID:COOKIE" (netns.cookie)
+
+
+def _is_netns_name(name) -> bool:
+    """A name `ip netns` could have made under /run/netns: no path of another file."""
+    return (isinstance(name, str) and 0 < len(name.encode()) <= 255 and name not in (".", "..")
+            and not any(c in "/\0" for c in name))
 
 
 class RunState:
@@ -38,7 +45,11 @@ class RunState:
             with open(path) as f:
                 data = json.load(f)
             ids = data.get("netns_ids", {})
-            state.netns = {name: tuple(ids[name]) if name in ids else None for name in data["created"]}
+            bad = [name for name in data["created"] if not _is_netns_name(name)]
+            if bad:
+                raise ValueError(f"not namespace names: {bad!r}")
+            # An identity of another form (an older version's) is none: the name alone says it.
+            state.netns = {name: ids[name] if isinstance(ids.get(name), str) else None for name in data["created"]}
             state.remotes = list(data.get("remotes", []))
         except FileNotFoundError:
             pass
@@ -59,6 +70,6 @@ class RunState:
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"created": list(self.netns),
-                           "netns_ids": {n: list(i) for n, i in self.netns.items() if i is not None},
+                           "netns_ids": {n: i for n, i in self.netns.items() if i is not None},
                            "remotes": self.remotes}, f)
             os.replace(tmp, self.path)

@@ -414,6 +414,35 @@ def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     assert helpers.netns_list() & made == set()  # the adopted ones went with the clean stop
 
 
+def test_a_start_after_sigkill_leaves_namespaces_the_user_made_since_under_those_names(lab):
+    """After the crash the user deletes the dead run's namespaces and makes new ones of the same
+    names, which the kernel gives the freed namespaces' inode numbers (so an inode cannot tell
+    them apart: the netns cookie can). The next start neither removes nor takes them over, and
+    its stop leaves them."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg)
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.3)
+    kept, dropped = (p["netns"] for p in cfg["ports"])
+    for ns in (kept, dropped):
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        for _ in range(5):                       # the lowest free number: another namespace may take it
+            helpers.sh("ip", "netns", "del", ns)
+            time.sleep(0.5)                      # the kernel frees a namespace's number a moment later
+            helpers.sh("ip", "netns", "add", ns)
+            if os.stat(f"/run/netns/{ns}").st_ino == inode:
+                break
+        helpers.nsexec(ns, "ip", "link", "add", "mine0", "type", "veth", "peer", "name", "mine1")  # the user's
+    cfg["ports"].pop()
+    sw2 = lab.switch(cfg)
+    assert sorted(e["netns"] for e in sw2.events("netns.left")) == sorted([kept, dropped]), sw2.log()
+    assert not sw2.events("netns.removed") and not sw2.events("netns.adopted")
+    assert dropped in helpers.netns_list() and helpers.link_exists("mine0", dropped)
+    assert sw2.stop() == 0
+    assert {kept, dropped} <= helpers.netns_list()
+    assert helpers.link_exists("mine0", kept) and helpers.link_exists("mine0", dropped)
+
+
 # `tapswitch run`, SIGKILLed just after the file of a namespace it makes (the mount point) exists
 # and before the namespace is mounted on it: where a kill during `ip netns add` lands too.
 KILLED_WHILE_MAKING_A_NAMESPACE = """
