@@ -5,16 +5,17 @@ import json
 import pytest
 
 from tapswitch.runstate import RunState
+from tapswitch.tc import DeviceState
 
 
 def test_what_is_saved_is_what_the_next_start_loads(tmp_path):
     path = str(tmp_path / "ctl.sock.state")
     state = RunState(path)
     state.netns = {"c1": "48981dc8-92fb-48bf-a303-50b573c12c79:4096", "c2": None}  # c2: listed while being made
-    state.remotes = ["eth1"]
-    state.save()
+    state.remotes = ["eth1", "eth2"]
+    state.record_original("eth1", (7, DeviceState(up=False, promisc=False, allmulti=True, mtu=1400, clsact_added=True)))
     dead = RunState.load(path)
-    assert (dead.netns, dead.remotes) == (state.netns, state.remotes)
+    assert (dead.netns, dead.remotes, dead.originals) == (state.netns, state.remotes, state.originals)
     assert list(dead.netns) == ["c1", "c2"]                 # oldest first: removed newest first
 
 
@@ -23,6 +24,22 @@ def test_a_file_of_an_older_version_lists_namespaces_only(tmp_path):
     path.write_text(json.dumps({"created": ["c1"]}))
     dead = RunState.load(str(path))
     assert (dead.netns, dead.remotes) == ({"c1": None}, [])
+
+
+def test_a_file_of_an_older_version_lists_remotes_by_name_only(tmp_path):
+    path = tmp_path / "ctl.sock.state"
+    path.write_text(json.dumps({"created": [], "remotes": ["eth1"]}))
+    dead = RunState.load(str(path))
+    assert (dead.remotes, dead.originals) == (["eth1"], {})
+
+
+def test_an_original_given_back_is_forgotten(tmp_path):
+    path = str(tmp_path / "ctl.sock.state")
+    state = RunState(path)
+    state.remotes = ["eth1"]
+    state.record_original("eth1", (7, DeviceState(up=True, promisc=False, allmulti=False, mtu=1500)))
+    state.record_original("eth1", None)
+    assert RunState.load(path).originals == {}
 
 
 def test_nothing_to_list_removes_the_file_and_no_file_is_nothing(tmp_path):

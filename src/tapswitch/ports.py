@@ -25,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import linkmon, netns, remote, rtnl, tap, tc, vxlan
 from tapswitch.remote import RemoteAttachment
+from tapswitch.runstate import RunState
 
 log = structlog.get_logger("tapswitch.ports")
 
@@ -243,7 +244,7 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
                 there.link_set(lo, up=True)
             _configure_inside(there, cfg, ifindex, devname, mac, queue_len)
         if cfg.remote:
-            attachment, remote_ifindex = _attach(cfg, mac)
+            attachment, remote_ifindex = _attach(cfg, mac, namespaces.state)
     except (NetlinkError, tc.TcError) as e:
         _close(fds)
         _remove_tunnel(tunnel)
@@ -373,11 +374,12 @@ def _default_mac(cfg) -> str:
     return random_mac()
 
 
-def _attach(cfg, mac: str) -> tuple[RemoteAttachment, int]:
-    """Steer IFACE's frames into the port's TAP and the TAP's out of IFACE (tc clsact + mirred)."""
+def _attach(cfg, mac: str, state: RunState) -> tuple[RemoteAttachment, int]:
+    """Steer IFACE's frames into the port's TAP and the TAP's out of IFACE (tc clsact + mirred).
+    IFACE's original state goes to the run's state file first."""
     ipr = IPRoute()     # kept for the life of the attachment: shared mode updates, detach
     try:
-        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, cfg.mtu)
+        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, cfg.mtu, state)
         att.attach()
         return att, _lookup(ipr, cfg.remote)
     except BaseException:

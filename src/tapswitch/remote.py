@@ -18,8 +18,10 @@ redirected to IFACE's egress (TX).
 
 The rules are decided by pure functions (`rules_for`, `diff`,
 `iface_flags`); `RemoteAttachment` acts on the kernel, through `tc` for
-filters and pyroute2 for IFACE's flags and MTU. `heal` gives back an IFACE
-a dead run attached and the new run does not (the run's state file lists them).
+filters and pyroute2 for IFACE's flags and MTU. IFACE's state before it is
+changed is written down twice: in the run's state file (runstate.py), before
+anything is touched, and in the cookie of every rule. `heal` gives back an
+IFACE a dead run attached and the new run does not (the state file lists them).
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ import errno
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import tc, vxlan
 from tapswitch.tc import MacMatch
+
+if TYPE_CHECKING:
+    from tapswitch.runstate import Original, RunState
 
 log = structlog.get_logger("tapswitch.remote")
 
@@ -184,7 +189,8 @@ class RemoteAttachment:
     leaves IFACE's qdiscs, filters, flags and MTU as attach() found them."""
 
     def __init__(self, ipr, tap_ifname: str, remote_ifname: str, mode: str = "promisc",
-                 port_mac: str | None = None, allmulti: bool = False, mtu: int | None = None):
+                 port_mac: str | None = None, allmulti: bool = False, mtu: int | None = None,
+                 state: RunState | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown remote mode {mode!r} (one of {', '.join(MODES)})")
         self.ipr = ipr
@@ -194,6 +200,7 @@ class RemoteAttachment:
         self.port_mac = port_mac
         self.allmulti = allmulti
         self.mtu = mtu
+        self.state = state  # the run's state file: IFACE's original goes there before IFACE changes
         self.kind = "u32"
         self.rules: list[Rule] = []
         self.shared_macs: frozenset[str] = frozenset()
@@ -223,19 +230,24 @@ class RemoteAttachment:
         ipr = self.ipr
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
         self._refuse_if_held()
+        remote = self._index["remote"]
+        # Before anything changes, IFACE's original state goes to the state file: a run killed
+        # from here on leaves it there, rules or not.
+        self._original = self._original_of(remote)
+        if self.state is not None:
+            self.state.record_original(self.remote_ifname, (remote, self._original))
         self.attached = True  # from here on, detach() has something to undo
         # A run killed before detach() left its filters (so may an earlier attach() of ours, if IFACE
-        # went away meanwhile); their cookies say how the devices were before it.
+        # went away meanwhile); their cookies say how the TAP was before it.
         recovered = {where: tc.remove_stale(ipr, name).state
                      for where, name in (("tap", self.tap_ifname), ("remote", self.remote_ifname))}
+        recovered["remote"] = self._original
         self.rules, self._handles = [], {}
         for where, index in self._index.items():
             added = tc.ensure_clsact(ipr, index)
             self._clsact_ours[where] = added or bool(recovered[where] and recovered[where].clsact_added)
-        remote = self._index["remote"]
-        self._original = recovered["remote"] or _observe(ipr, remote)
         for where, index in self._index.items():
-            before = self._original if where == "remote" else (recovered["tap"] or _observe(ipr, index))
+            before = recovered[where] or _observe(ipr, index)
             self._cookie[where] = replace(before, clsact_added=self._clsact_ours[where]).cookie()
         self.kind = "flower" if tc.flower_supported(ipr, remote) else "u32"
 
@@ -251,6 +263,16 @@ class RemoteAttachment:
         self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
         log.info("remote.attached", tap=self.tap_ifname, remote=self.remote_ifname, mode=self.mode,
                  kind=self.kind, port_mac=self.port_mac, rules=len(self.rules), mtu=self.mtu)
+
+    def _original_of(self, index: int) -> tc.DeviceState:
+        """IFACE before any run changed it: as a dead run's rules recorded it in their cookies, else
+        as its state file did (a run killed before its first rule), else as it is now."""
+        found = next((f.state for f in tc.tapswitch_filters(self.ipr, index) if f.state is not None), None)
+        if found is None and self.state is not None:
+            found = recorded_for(self.state.originals.get(self.remote_ifname), index)
+        if found is None:
+            found = replace(_observe(self.ipr, index), clsact_added=not tc.has_clsact(self.ipr, index))
+        return found
 
     def _refuse_if_held(self) -> None:
         """IFACE attached by another switch that runs (its rules send to a TAP that is there) is
@@ -336,6 +358,8 @@ class RemoteAttachment:
                 self._quietly(tc.remove_clsact, self.ipr, index)
         if self._original is not None:
             self._quietly(self._restore, self._index["remote"], self._original)
+        if self.state is not None:
+            self.state.record_original(self.remote_ifname, None)     # given back: nothing to heal
         self.attached = False
         log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
 
@@ -354,12 +378,21 @@ class RemoteAttachment:
 # Healing what a dead run left. -------------------------------------------
 
 
-def heal(ipr, ifname: str) -> None:
+def recorded_for(recorded: Original | None, index: int) -> tc.DeviceState | None:
+    """The original state a state file recorded for IFACE, if it is of this device (an IFACE
+    deleted and made again since has another ifindex, and its own state)."""
+    if recorded is None or recorded[0] != index:
+        return None
+    return recorded[1]
+
+
+def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
     """IFACE, attached by a run that did not stop (SIGKILL, crash) and named by no port of the
     new run: remove the dead run's rules, its clsact qdisc if it added it, and give IFACE back
-    the flags and MTU the rules recorded, as detach() would have. (A port that names IFACE
-    again heals it in attach().) A VXLAN port's device the dead run made is removed. IFACE held
-    by another switch that runs is not touched; one that is gone has nothing left to heal."""
+    the flags and MTU the rules recorded (or, killed before its first rule, its state file:
+    `recorded`), as detach() would have. (A port that names IFACE again heals it in attach().)
+    A VXLAN port's device the dead run made is removed. IFACE held by another switch that runs
+    is not touched; one that is gone has nothing left to heal."""
     index = _index_or_none(ipr, ifname)
     if index is None:
         return
@@ -373,18 +406,18 @@ def heal(ipr, ifname: str) -> None:
         ipr.link("del", index=index)
         log.warning("vxlan.stale_removed", dev=ifname, reason="no port of this run names it")
         return
-    stale = tc.remove_stale(ipr, index)
-    if stale.state is None:
-        return                       # no rule of a dead run: nothing to give back
+    original = tc.remove_stale(ipr, index).state or recorded_for(recorded, index)
+    if original is None:
+        return                       # no rule of a dead run, no state it wrote down: nothing to give back
     try:
-        if stale.state.clsact_added:
+        if original.clsact_added:
             tc.remove_clsact(ipr, index)
-        _restore(ipr, index, stale.state)
+        _restore(ipr, index, original)
     except NetlinkError as e:
         if not _gone(e):
             raise
-    log.warning("remote.healed", remote=ifname, promisc=stale.state.promisc, allmulti=stale.state.allmulti,
-                mtu=stale.state.mtu, reason="attached by a run that did not stop; no port of this run names it")
+    log.warning("remote.healed", remote=ifname, promisc=original.promisc, allmulti=original.allmulti,
+                mtu=original.mtu, reason="attached by a run that did not stop; no port of this run names it")
 
 
 def _index_or_none(ipr, ifname: str) -> int | None:

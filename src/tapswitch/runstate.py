@@ -3,9 +3,12 @@
 It lists the named namespaces the run created, each with its identity (the
 boot's id and the kernel's cookie of the namespace, which no other namespace
 gets while the machine is up: one of that name made by someone else since is
-not the switch's, even when it got the freed namespace's inode number), and the remote interfaces it attached (tc rules,
-promisc, MTU). Each is written down before it is made, so a run killed
-half-way leaves nothing unlisted. The next start reads the dead run's list
+not the switch's, even when it got the freed namespace's inode number), and
+the remote interfaces it attached (tc rules, promisc, MTU), each with its
+ifindex and its state before the run changed it (the same `tc.DeviceState`
+its rules' cookies carry: a run killed before its first rule left no
+cookie). Each is written down before it is made, so a run killed half-way
+leaves nothing unlisted. The next start reads the dead run's list
 (`load`), heals it (netns.Namespaces.recover, remote.heal), then the file
 holds the new run's. It is removed when it lists nothing: after a clean stop.
 """
@@ -14,12 +17,16 @@ import contextlib
 import json
 import os
 import threading
+from dataclasses import asdict
 
 import structlog
+
+from tapswitch.tc import DeviceState
 
 log = structlog.get_logger("tapswitch.runstate")
 
 Identity = str      # a namespace's "BOOT_ID:COOKIE" (netns.cookie)
+Original = tuple[int, DeviceState]   # a remote interface's ifindex, and its state before the run changed it
 
 
 def _is_netns_name(name) -> bool:
@@ -35,6 +42,7 @@ class RunState:
         self.path = path
         self.netns: dict[str, Identity | None] = {}   # namespace created -> its identity (None while made)
         self.remotes: list[str] = []                   # remote interfaces attached (or about to be)
+        self.originals: dict[str, Original] = {}       # remote interface -> as it was before attach() changed it
         self.lock = threading.Lock()                   # ports are made several at once
 
     @classmethod
@@ -51,11 +59,14 @@ class RunState:
             # An identity of another form (an older version's) is none: the name alone says it.
             state.netns = {name: ids[name] if isinstance(ids.get(name), str) else None for name in data["created"]}
             state.remotes = list(data.get("remotes", []))
+            state.originals = {name: (o["ifindex"], DeviceState(o["up"], o["promisc"], o["allmulti"], o["mtu"],
+                                                                o["clsact_added"]))
+                               for name, o in data.get("remote_originals", {}).items()}
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("runstate.unreadable", path=path, error=str(e))
-            state.netns, state.remotes = {}, []
+            state.netns, state.remotes, state.originals = {}, [], {}
         return state
 
     def save(self) -> None:
@@ -63,7 +74,7 @@ class RunState:
         if not self.path:
             return
         with self.lock:
-            if not self.netns and not self.remotes:
+            if not self.netns and not self.remotes and not self.originals:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
                 return
@@ -71,5 +82,17 @@ class RunState:
             with open(tmp, "w") as f:
                 json.dump({"created": list(self.netns),
                            "netns_ids": {n: i for n, i in self.netns.items() if i is not None},
-                           "remotes": self.remotes}, f)
+                           "remotes": self.remotes,
+                           "remote_originals": {n: {"ifindex": i, **asdict(s)}
+                                                for n, (i, s) in self.originals.items()}}, f)
             os.replace(tmp, self.path)
+
+    def record_original(self, remote: str, original: Original | None) -> None:
+        """Write down a remote interface's state before this run changes it (None: forget it,
+        once it is given back); attach() calls it before it touches the interface."""
+        with self.lock:
+            if original is None:
+                self.originals.pop(remote, None)
+            else:
+                self.originals[remote] = original
+        self.save()

@@ -180,11 +180,13 @@ class Switch:
         their state back (those named are healed as they are attached), its namespaces are
         taken over or removed. Then the state file lists this run's."""
         self.state.remotes = sorted({p.remote for p in self.cfg.ports if p.remote})
+        # The original state of those named again, as the dead run wrote it down: attach() takes it.
+        self.state.originals = {r: o for r, o in dead.originals.items() if r in self.state.remotes}
         left = [r for r in dead.remotes if r not in self.state.remotes]
         if left:
             with ports.iproute(None) as ipr:
                 for name in left:
-                    remote.heal(ipr, name)
+                    remote.heal(ipr, name, dead.originals.get(name))
         self.namespaces.recover(dead, {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
 
     def _add_ports(self, wanted: list) -> list:
@@ -721,7 +723,7 @@ class Switch:
             port.close()
             log.info("port.removed", port=port.name)
         self.ports.clear()
-        self.state.remotes = []      # detached (a failure to is logged)
+        self.state.remotes, self.state.originals = [], {}    # detached (a failure to is logged)
         self.namespaces.remove_created()
         if self.shared is not None:
             self.shared.close()

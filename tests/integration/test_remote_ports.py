@@ -1,13 +1,18 @@
 """Remote ports end to end: the switch in its own namespace, a veth "NIC" wired to an outside host."""
 
 import json
+import os
 import re
 import signal
+import sys
 import time
 
 import pytest
 
 from tests.integration import helpers
+
+# Runs the switch, killed (SIGKILL) as it is about to add its first tc rule.
+KILLED_BEFORE_FIRST_RULE = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "kill_before_first_rule.py"))
 
 
 def nic_state(ns: str, dev: str = "nic0") -> dict:
@@ -141,15 +146,63 @@ def test_a_start_after_sigkill_heals_the_nic_its_config_no_longer_names(lab, sit
     assert nic_state(site["sw"]) == before
 
 
-def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch_holds(lab, site):
-    """The state file of a dead run names a NIC that another switch has attached since: the start
-    leaves that switch's rules, the NIC's flags and MTU, and its traffic as they are."""
+def killed_while_attaching(lab, site, cfg: dict) -> None:
+    """Start the switch on `cfg` and kill it (SIGKILL) after it changed the NIC, before its first rule."""
+    sw = lab.switch(cfg, netns=site["sw"], wrapper=KILLED_BEFORE_FIRST_RULE, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) != 0, sw.log()
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    changed = nic_state(site["sw"])
+    assert changed["mtu"] == 1500 and {"UP", "PROMISC"} <= set(changed["flags"]), changed
+    assert "clsact" in changed["qdiscs"] and not changed["filters"][0].strip(), changed   # no rule yet
+
+
+def test_a_start_heals_the_nic_of_a_run_killed_before_its_first_rule(lab, site):
+    """A run killed while attaching the NIC, after it changed it (clsact, MTU, up, promisc) but
+    before a rule recorded how it was: the state file did, and the next start, whose config no
+    longer names the NIC, gives it back."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "down", "mtu", "1400")
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1500)
+    killed_while_attaching(lab, site, cfg)
+    cfg["ports"].pop()                   # no uplink any more
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert [(e["remote"], e["mtu"]) for e in sw2.events("remote.healed")] == [("nic0", 1400)]
+    assert nic_state(site["sw"]) == before
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_a_start_that_names_the_nic_of_a_run_killed_before_its_first_rule_restores_it_on_stop(lab, site):
+    """The next start attaches the NIC again: it takes the original state the dead run wrote
+    down, not the state the dead run left, and gives that back when it stops."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "down", "mtu", "1400")
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1500)
+    killed_while_attaching(lab, site, cfg)
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+    assert not os.path.exists(sw2.socket + ".state")
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["names-only", "with-original"])
+def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch_holds(lab, site, recorded):
+    """The state file of a dead run names a NIC that another switch has attached since (an older
+    file lists its name only; a newer one also how it was before): the start leaves that
+    switch's rules, the NIC's flags and MTU, and its traffic as they are."""
     a = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
     held = nic_state(site["sw"])
     b = lab.switch({"switch": {"name": lab.name("b")}, "ports": [{"name": lab.name("bp")}]}, netns=site["sw"],
                    start=False)
+    dead = {"created": [], "remotes": ["nic0"]}
+    if recorded:
+        ifindex = json.loads(helpers.nsexec(site["sw"], "ip", "-j", "link", "show", "dev", "nic0").stdout)[0]["ifindex"]
+        dead["remote_originals"] = {"nic0": {"ifindex": ifindex, "up": False, "promisc": False, "allmulti": False,
+                                             "mtu": 1500, "clsact_added": True}}
     with open(b.socket + ".state", "w") as f:
-        json.dump({"created": [], "remotes": ["nic0"]}, f)
+        json.dump(dead, f)
     b.start()
     assert not b.events("remote.healed") and not b.events("remote.stale_removed")
     assert [e["remote"] for e in b.events("remote.left")] == ["nic0"]
