@@ -1,6 +1,7 @@
 """Tests for tapswitch.config: the schema, its defaults, and FILE:LINE: key.path errors."""
 
 import ipaddress
+import os
 import pwd
 import textwrap
 
@@ -963,7 +964,8 @@ def test_merge_keys_first_map_wins_and_errors_name_the_merged_key():
     ("mtu: 01500", "ports[0].mtu", "YAML 1.1 reads 01500 as the octal number 832: write it without the leading zero"),
     ("vlan: 010", "ports[0].vlan", "YAML 1.1 reads 010 as the octal number 8: write it without the leading zero"),
     ("mtu: 1:0:0", "ports[0].mtu", "YAML 1.1 reads 1:0:0 as a base-60 number (3600): write the number meant, or quote it"),
-    ("vlan: 08", "ports[0].vlan", "expected an integer, got string '08': write it without the leading zero"),
+    ("vlan: 08", "ports[0].vlan", "expected an integer, got string '08': write it unquoted, without the leading zero"),
+    ("vlan: '010'", "ports[0].vlan", "expected an integer, got string '010': write it unquoted, without the leading zero"),
 ])
 def test_a_number_yaml_reads_in_octal_or_base_60_is_an_error(written, key, message):
     assert one_error(with_port(f"name: p0\n{written}\n")) == f"t.yaml:5: {key}: {message}"
@@ -1098,3 +1100,42 @@ def test_bytes_that_are_not_utf8_are_located_at_their_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(str(path))
     assert info.value.errors == [f"{path}:2: -: cannot read: not UTF-8: byte 0xe9"]
+
+
+def test_the_octal_reading_is_said_beside_the_key_refusing_the_value_it_gave():
+    assert errors_of(with_port("name: p0\nmtu: 0100\n")) == [
+        "t.yaml:5: ports[0].mtu: must be at least 68",
+        "t.yaml:5: ports[0].mtu: YAML 1.1 reads 0100 as the octal number 64: write it without the leading zero"]
+
+
+def test_two_merge_keys_in_one_mapping_are_a_duplicate_key():
+    assert errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - &p {name: a, vlan: 10}
+          - &q {name: c, vlan: 30}
+          - {<<: *p,
+             <<: *q, name: b}
+        """) == ["t.yaml:6: -: YAML: a second merge key '<<' in one mapping (first at line 5); "
+                 "merge several with <<: [*a, *b]"]
+
+
+def test_a_merge_of_no_mapping_is_an_error_at_the_merge():
+    assert errors_of("""\
+        switch:
+          name: sw0
+          mac_table: {size: &n 8192}
+        ports:
+          - name: a
+          - name: b
+            <<: *n
+        """) == ["t.yaml:7: -: YAML: a merge key '<<' takes a mapping or a list of mappings "
+                 "(an alias of one, as in <<: *base)"]
+
+
+def test_a_fifo_is_refused_at_once_not_waited_for(tmp_path):
+    fifo = tmp_path / "t.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        load(str(fifo))             # no writer: a blocking open would wait for ever
+    assert info.value.errors == [f"{fifo}:0: -: cannot read: not a regular file"]

@@ -135,12 +135,15 @@ def _is_netns(value: str) -> str:
     return value
 
 
+MAC_READ_AS_A_NUMBER = "YAML read this one as a number"
+
+
 def _mac_octets(value: Any) -> bytes:
     """The six octets of aa:bb:cc:dd:ee:ff or aa-bb-cc-dd-ee-ff."""
     if isinstance(value, int) and not isinstance(value, bool):
         # YAML 1.1 reads an unquoted 12:34:56:00:00:10 as a base-60 number (and 0x... as hex).
-        raise ValueError('a MAC address is six hex octets in quotes, as in "02:00:00:00:00:10" '
-                         "(YAML read this one as a number)")
+        raise ValueError(f'a MAC address is six hex octets in quotes, as in "02:00:00:00:00:10" '
+                         f"({MAC_READ_AS_A_NUMBER})")
     if not isinstance(value, str):
         raise ValueError(f"expected a MAC address string, got {_kind(value)}")
     if not re.fullmatch(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}", value):
@@ -887,7 +890,8 @@ def load(path: str | None) -> Config:
         text = importlib.resources.files("tapswitch").joinpath("demo.yaml").read_text("utf-8")
         return loads(text, DEMO)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO waits for a writer; it is to be refused, not waited for.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ConfigError([f"{path}:0: -: cannot read: not a regular file"])
             raw = f.read(MAX_CONFIG_BYTES + 1)
@@ -922,10 +926,10 @@ def loads(text: str, source: str = "<string>") -> Config:
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_mtus(data.get("ports")))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
-    # A number YAML 1.1 reads in octal or base 60, unless the key refused it anyway
-    # (a MAC address: its own message says to quote it).
-    refused = {_str(loc) for loc, _, _ in located}
-    located += [n for n in numbers if _str(n[0]) not in refused]
+    # A number YAML 1.1 reads in octal or base 60, beside what the key says of the value it
+    # got, unless that says it already (a MAC address read as a number).
+    said = {_str(loc) for loc, msg, _ in located if MAC_READ_AS_A_NUMBER in msg}
+    located += [n for n in numbers if _str(n[0]) not in said]
     if located:
         numbered = [(line or _line(lines, loc), _key_path(loc), msg) for loc, msg, line in located]
         numbered = list(dict.fromkeys(numbered))    # _acl_vlans repeats what a port's own check said
@@ -945,11 +949,13 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
             if root is None:
                 return None, None, _lines(None)
             _check_expansion(root, source)
-            _resolve_merge_keys(root)
+            _resolve_merge_keys(root, source)
             found = _lines(root)
             return root, loader.construct_document(root), found
         finally:
             loader.dispose()
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
@@ -968,14 +974,14 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-def _resolve_merge_keys(root: yaml.Node) -> None:
+def _resolve_merge_keys(root: yaml.Node, source: str) -> None:
     """Replace each `<<: *a` or `<<: [*a, *b]` with the keys it merges, in place, as
     YAML's merge key type says: the keys written beside it win, then the first map's.
 
     PyYAML 6.0.4 would let the last map win when its key strings are not the
     same object in memory (`mtu` from two anchors, not `x`); done here, no
-    merge key is left for it. A merge of something other than mappings is
-    left for PyYAML to refuse.
+    merge key is left for it. A second `<<` in one mapping (a duplicate key)
+    and a merge of something other than mappings are errors at the `<<`.
     """
     resolved: set[int] = set()
 
@@ -984,13 +990,20 @@ def _resolve_merge_keys(root: yaml.Node) -> None:
             return
         busy.add(id(node))
         written, merged = [], []
+        first = None
         for key, value in node.value:
             if key.tag != _MERGE:
                 written.append((key, value))
                 continue
+            line = key.start_mark.line + 1
+            if first is not None:
+                raise ConfigError([f"{source}:{line}: -: YAML: a second merge key '<<' in one mapping (first at "
+                                   f"line {first}); merge several with <<: [*a, *b]"])
+            first = line
             maps = value.value if isinstance(value, yaml.SequenceNode) else [value]
             if not all(isinstance(m, yaml.MappingNode) for m in maps):
-                return
+                raise ConfigError([f"{source}:{line}: -: YAML: a merge key '<<' takes a mapping or a list "
+                                   f"of mappings (an alias of one, as in <<: *base)"])
             for m in maps:
                 resolve(m, busy)
                 merged += m.value
@@ -1226,7 +1239,7 @@ def _message(e: dict) -> str:
         return "required key is missing"
     if e["type"] == "int_type" and isinstance(e.get("input"), str) and re.fullmatch(r"[-+]?0[0-9_]+", e["input"]):
         # 08 and 09 are not octal, so YAML 1.1 leaves them strings
-        return f"expected an integer, got string {e['input']!r}: write it without the leading zero"
+        return f"expected an integer, got string {e['input']!r}: write it unquoted, without the leading zero"
     if e["type"] == "string_type" and kind in ("integer", "number", "boolean"):
         return f"expected a string, got {kind} (quote it)"
     if expected:
