@@ -964,8 +964,8 @@ def test_merge_keys_first_map_wins_and_errors_name_the_merged_key():
     ("mtu: 01500", "ports[0].mtu", "YAML 1.1 reads 01500 as the octal number 832: write it without the leading zero"),
     ("vlan: 010", "ports[0].vlan", "YAML 1.1 reads 010 as the octal number 8: write it without the leading zero"),
     ("mtu: 1:0:0", "ports[0].mtu", "YAML 1.1 reads 1:0:0 as a base-60 number (3600): write the number meant, or quote it"),
-    ("vlan: 08", "ports[0].vlan", "expected an integer, got string '08': write it unquoted, without the leading zero"),
-    ("vlan: '010'", "ports[0].vlan", "expected an integer, got string '010': write it unquoted, without the leading zero"),
+    ("vlan: 08", "ports[0].vlan", "expected an integer, got string '08': write the number without a leading zero (and without quotes)"),
+    ("vlan: '010'", "ports[0].vlan", "expected an integer, got string '010': write the number without a leading zero (and without quotes)"),
 ])
 def test_a_number_yaml_reads_in_octal_or_base_60_is_an_error(written, key, message):
     assert one_error(with_port(f"name: p0\n{written}\n")) == f"t.yaml:5: {key}: {message}"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tapswitch.runstate import RunState
+from tapswitch.runstate import UNKNOWN, RunState
 from tapswitch.tc import DeviceState
 
 
@@ -60,10 +60,11 @@ def test_an_unreadable_file_is_nothing(tmp_path):
     assert RunState.load(str(path)).netns == {}
 
 
-def test_an_identity_of_an_older_form_is_none(tmp_path):
+def test_an_identity_of_an_older_form_is_no_proof(tmp_path):
+    """An inode: the kernel gives it to the next namespace made once the dead run's is freed."""
     path = tmp_path / "ctl.sock.state"
     path.write_text(json.dumps({"created": ["c1"], "netns_ids": {"c1": [4, 4026532174]}}))
-    assert RunState.load(str(path)).netns == {"c1": None}
+    assert RunState.load(str(path)).netns == {"c1": UNKNOWN}
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../../tmp/victim", "a/b", None, 5, "x" * 256])
@@ -72,3 +73,37 @@ def test_a_name_that_is_no_namespace_name_makes_the_file_unreadable(tmp_path, na
     path = tmp_path / "ctl.sock.state"
     path.write_text(json.dumps({"created": ["c1", name]}))
     assert RunState.load(str(path)).netns == {}
+
+
+def test_saving_while_another_thread_adds_namespaces_does_not_fail(tmp_path):
+    """Ports are made in several threads: one lists a namespace while another saves."""
+    import sys
+    import threading
+    state = RunState(str(tmp_path / "ctl.sock.state"))
+    state.netns = {f"m{i}": None for i in range(5000)}     # long to go through
+    stop, errors = threading.Event(), []
+
+    def add():
+        i = 0
+        while not stop.is_set():
+            state.netns[f"n{i % 64}"] = None
+            state.netns.pop(f"n{(i + 32) % 64}", None)
+            i += 1
+
+    def save():
+        try:
+            for _ in range(100):
+                state.save()
+        except Exception as e:      # noqa: BLE001 -- what the test looks for
+            errors.append(e)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        adder = threading.Thread(target=add)
+        adder.start()
+        save()
+        stop.set()
+        adder.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -1239,7 +1239,7 @@ def _message(e: dict) -> str:
         return "required key is missing"
     if e["type"] == "int_type" and isinstance(e.get("input"), str) and re.fullmatch(r"[-+]?0[0-9_]+", e["input"]):
         # 08 and 09 are not octal, so YAML 1.1 leaves them strings
-        return f"expected an integer, got string {e['input']!r}: write it unquoted, without the leading zero"
+        return f"expected an integer, got string {e['input']!r}: write the number without a leading zero (and without quotes)"
     if e["type"] == "string_type" and kind in ("integer", "number", "boolean"):
         return f"expected a string, got {kind} (quote it)"
     if expected:

@@ -22,7 +22,7 @@ import threading
 import structlog
 
 from tapswitch import rtnl
-from tapswitch.runstate import Identity, RunState
+from tapswitch.runstate import UNKNOWN, Identity, RunState
 
 log = structlog.get_logger("tapswitch.netns")
 
@@ -189,10 +189,13 @@ class Namespaces:
                 self._unlink_placeholder(name)
                 continue
             now = cookie(path)
-            if ident is not None and now != ident:
+            if ident == UNKNOWN:
+                log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
+                            "(no netns cookie before Linux 5.14): it may be someone else's")
+            elif ident is not None and now != ident:
                 log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
             elif name in wanted:
-                self._hold(name, now)
+                self._hold(name, now or UNKNOWN)
                 log.info("netns.adopted", netns=name)
             else:
                 self._remove_at(name)
@@ -223,7 +226,7 @@ class Namespaces:
             del self.state.netns[port.netns]
             self.state.save()
             raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
-        self._hold(port.netns, cookie(path))
+        self._hold(port.netns, cookie(path) or UNKNOWN)
         self.state.save()
         log.info("netns.created", netns=port.netns)
         return path

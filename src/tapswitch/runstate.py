@@ -25,7 +25,8 @@ from tapswitch.tc import DeviceState
 
 log = structlog.get_logger("tapswitch.runstate")
 
-Identity = str      # a namespace's "BOOT_ID:COOKIE" (netns.cookie)
+Identity = str      # a namespace's "BOOT_ID:COOKIE" (netns.cookie), or UNKNOWN
+UNKNOWN = "?"       # made, but not known for sure (no netns cookie before Linux 5.14; an older file's inode)
 Original = tuple[int, DeviceState]   # a remote interface's ifindex, and its state before the run changed it
 
 
@@ -56,8 +57,9 @@ class RunState:
             bad = [name for name in data["created"] if not _is_netns_name(name)]
             if bad:
                 raise ValueError(f"not namespace names: {bad!r}")
-            # An identity of another form (an older version's) is none: the name alone says it.
-            state.netns = {name: ids[name] if isinstance(ids.get(name), str) else None for name in data["created"]}
+            # An identity of another form (an inode: any later namespace may have it) is no proof.
+            state.netns = {name: ids[name] if isinstance(ids.get(name), str) else UNKNOWN if name in ids else None
+                           for name in data["created"]}
             state.remotes = list(data.get("remotes", []))
             state.originals = {name: (o["ifindex"], DeviceState(o["up"], o["promisc"], o["allmulti"], o["mtu"],
                                                                 o["clsact_added"]))
@@ -74,17 +76,20 @@ class RunState:
         if not self.path:
             return
         with self.lock:
-            if not self.netns and not self.remotes and not self.originals:
+            # Copies first (each a single step the GIL does not cut): a port made in another
+            # thread may add to them meanwhile, under its own lock.
+            netns, remotes, originals = dict(self.netns), list(self.remotes), dict(self.originals)
+            if not netns and not remotes and not originals:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
                 return
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"created": list(self.netns),
-                           "netns_ids": {n: i for n, i in self.netns.items() if i is not None},
-                           "remotes": self.remotes,
+                json.dump({"created": list(netns),
+                           "netns_ids": {n: i for n, i in netns.items() if i is not None},
+                           "remotes": remotes,
                            "remote_originals": {n: {"ifindex": i, **asdict(s)}
-                                                for n, (i, s) in self.originals.items()}}, f)
+                                                for n, (i, s) in originals.items()}}, f)
             os.replace(tmp, self.path)
 
     def record_original(self, remote: str, original: Original | None) -> None:

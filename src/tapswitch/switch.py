@@ -99,6 +99,7 @@ class Switch:
         self.queues = cfg.switch.queues
         self.ports: list[ports.Port] = []
         self.state = RunState()      # what a start after a crash of this run must heal (runstate.py)
+        self.inherited_remotes: set[str] = set()    # a dead run's, named again: healed as attached
         self.namespaces = Namespaces(self.state)
         self.shared: fastpath.Shared | None = None
         self.supervisor: Supervisor | None = None
@@ -182,6 +183,7 @@ class Switch:
         self.state.remotes = sorted({p.remote for p in self.cfg.ports if p.remote})
         # The original state of those named again, as the dead run wrote it down: attach() takes it.
         self.state.originals = {r: o for r, o in dead.originals.items() if r in self.state.remotes}
+        self.inherited_remotes = {r for r in dead.remotes if r in self.state.remotes}
         left = [r for r in dead.remotes if r not in self.state.remotes]
         if left:
             with ports.iproute(None) as ipr:
@@ -719,11 +721,16 @@ class Switch:
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
+        attached = {p.cfg.remote for p in self.ports if p.remote is not None}
         for port in reversed(self.ports):
             port.close()
             log.info("port.removed", port=port.name)
         self.ports.clear()
-        self.state.remotes, self.state.originals = [], {}    # detached (a failure to is logged)
+        # Ours are detached (a failure to is logged). A dead run's that this run did not get to
+        # attach (a failed start) stay listed, with their original state, for the next start.
+        kept = self.inherited_remotes - attached
+        self.state.remotes = sorted(kept)
+        self.state.originals = {r: o for r, o in self.state.originals.items() if r in kept}
         self.namespaces.remove_created()
         if self.shared is not None:
             self.shared.close()

@@ -187,6 +187,27 @@ def test_a_start_that_names_the_nic_of_a_run_killed_before_its_first_rule_restor
     assert not os.path.exists(sw2.socket + ".state")
 
 
+def test_a_failed_start_keeps_the_dead_runs_record_of_a_nic_it_did_not_attach(lab, site):
+    """After a run killed while attaching the NIC, a start that names the NIC fails before it
+    attaches it (the uplink's TAP name is taken): the dead run's record of how the NIC was stays
+    in the state file, so the start after that still gives the NIC back."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "down", "mtu", "1400")
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1500)
+    killed_while_attaching(lab, site, cfg)
+    uplink = cfg["ports"][-1]["name"]
+    helpers.nsexec(site["sw"], "ip", "link", "add", uplink, "type", "veth", "peer", "name", lab.name("x"))
+    failed = lab.switch(cfg, netns=site["sw"], start=False)
+    failed.start(expect_ready=False)
+    assert failed.proc.wait(timeout=30) == 1, failed.log()
+    assert f"a device named {uplink} already exists" in failed.log()
+    assert os.path.exists(failed.socket + ".state")
+    helpers.nsexec(site["sw"], "ip", "link", "del", uplink)
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 @pytest.mark.parametrize("recorded", [False, True], ids=["names-only", "with-original"])
 def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch_holds(lab, site, recorded):
     """The state file of a dead run names a NIC that another switch has attached since (an older

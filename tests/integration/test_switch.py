@@ -443,6 +443,27 @@ def test_a_start_after_sigkill_leaves_namespaces_the_user_made_since_under_those
     assert helpers.link_exists("mine0", kept) and helpers.link_exists("mine0", dropped)
 
 
+NO_NETNS_COOKIE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "no_netns_cookie.py")
+
+
+def test_without_netns_cookies_a_start_after_sigkill_leaves_the_dead_runs_namespaces(lab):
+    """A kernel without netns cookies (before 5.14): the dead run could not write down which
+    namespace it made, and one of that name now may be the user's. The next start leaves it,
+    saying why, rather than remove someone else's namespace."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, wrapper=(sys.executable, NO_NETNS_COOKIE))
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.3)
+    kept, dropped = (p["netns"] for p in cfg["ports"])
+    cfg["ports"].pop()
+    sw2 = lab.switch(cfg)
+    assert sorted(e["netns"] for e in sw2.events("netns.left")) == sorted([kept, dropped]), sw2.log()
+    assert "no netns cookie" in sw2.events("netns.left")[0]["reason"]
+    assert not sw2.events("netns.removed") and dropped in helpers.netns_list()
+    assert sw2.stop() == 0
+    assert {kept, dropped} <= helpers.netns_list()       # the lab removes them
+
+
 # `tapswitch run`, SIGKILLed just after the file of a namespace it makes (the mount point) exists
 # and before the namespace is mounted on it: where a kill during `ip netns add` lands too.
 KILLED_WHILE_MAKING_A_NAMESPACE = """
