@@ -180,26 +180,31 @@ class Namespaces:
         """Take over what a dead run left: namespaces still named in the config stay ours, others go.
         A name whose file is only the placeholder made before the namespace (the run was killed
         in between) is removed, so that the namespace can be made; one that now names another
-        namespace than the dead run made is left alone."""
-        for name, ident in dead.netns.items():
-            path = os.path.join(RUN_DIR, name)
-            if not os.path.lexists(path):
-                continue
-            if ident is None and not is_netns(path):
-                self._unlink_placeholder(name)
-                continue
+        namespace than the dead run made is left alone, as is one the dead run could not tell
+        for sure. Each name done leaves `dead`: a start that fails meanwhile keeps the rest listed."""
+        for name, ident in list(dead.netns.items()):
+            self._recover(name, ident, wanted)
+            del dead.netns[name]
+        self.state.save()
+
+    def _recover(self, name: str, ident: Identity | None, wanted: set) -> None:
+        path = os.path.join(RUN_DIR, name)
+        if not os.path.lexists(path):
+            return
+        if ident is None and not is_netns(path):
+            self._unlink_placeholder(name)
+        else:
             now = cookie(path)
-            if ident == UNKNOWN:
+            if ident is None or ident == UNKNOWN:
                 log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
-                            "(no netns cookie before Linux 5.14): it may be someone else's")
-            elif ident is not None and now != ident:
+                            "(killed as it made it, or no netns cookie before Linux 5.14): it may be someone else's")
+            elif now != ident:
                 log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
             elif name in wanted:
-                self._hold(name, now or UNKNOWN)
+                self._hold(name, now)
                 log.info("netns.adopted", netns=name)
             else:
                 self._remove_at(name)
-        self.state.save()
 
     def ensure(self, port) -> str | None:
         """Return the path of `port`'s namespace, creating a missing named one."""
@@ -217,6 +222,9 @@ class Namespaces:
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
+        if port.netns in self.held:     # made by this run, deleted since (in a reload, say): not ours now
+            log.warning("netns.lost", netns=port.netns, reason="deleted")
+            self._release(port.netns)
         # Listed before it is made: a run killed while making it leaves a name the next start knows.
         self.state.netns[port.netns] = None
         self.state.save()
@@ -226,7 +234,13 @@ class Namespaces:
             del self.state.netns[port.netns]
             self.state.save()
             raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
-        self._hold(port.netns, cookie(path) or UNKNOWN)
+        try:
+            self._hold(port.netns, cookie(path) or UNKNOWN)
+        except OSError as e:            # EMFILE, say: made, and not to be left unlisted
+            remove(port.netns)
+            del self.state.netns[port.netns]
+            self.state.save()
+            raise NetnsError(f"port {port.name}: cannot open network namespace {port.netns}: {e}") from None
         self.state.save()
         log.info("netns.created", netns=port.netns)
         return path

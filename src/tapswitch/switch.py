@@ -100,6 +100,7 @@ class Switch:
         self.ports: list[ports.Port] = []
         self.state = RunState()      # what a start after a crash of this run must heal (runstate.py)
         self.inherited_remotes: set[str] = set()    # a dead run's, named again: healed as attached
+        self.unhealed = RunState()   # what the dead run left that the start has not healed yet
         self.namespaces = Namespaces(self.state)
         self.shared: fastpath.Shared | None = None
         self.supervisor: Supervisor | None = None
@@ -131,6 +132,7 @@ class Switch:
         try:
             preflight(self.cfg.switch.user)
             self._start()
+            self.inherited_remotes = set()      # every port is up: the dead run's remotes are ours now
             self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
         except STARTUP_ERRORS as e:
             reason = _reason(e)
@@ -180,15 +182,22 @@ class Switch:
         """What a run that did not stop left: its remote interfaces that no port names now get
         their state back (those named are healed as they are attached), its namespaces are
         taken over or removed. Then the state file lists this run's."""
+        self.unhealed = dead         # each thing healed leaves it; a start that fails keeps the rest listed
         self.state.remotes = sorted({p.remote for p in self.cfg.ports if p.remote})
         # The original state of those named again, as the dead run wrote it down: attach() takes it.
         self.state.originals = {r: o for r, o in dead.originals.items() if r in self.state.remotes}
         self.inherited_remotes = {r for r in dead.remotes if r in self.state.remotes}
-        left = [r for r in dead.remotes if r not in self.state.remotes]
-        if left:
+        dead.remotes = [r for r in dead.remotes if r not in self.state.remotes]
+        if dead.remotes:
             with ports.iproute(None) as ipr:
-                for name in left:
-                    remote.heal(ipr, name, dead.originals.get(name))
+                for name in list(dead.remotes):
+                    try:
+                        remote.heal(ipr, name, dead.originals.get(name))
+                    except (OSError, NetlinkError) as e:    # left listed, for the next start
+                        log.error("remote.heal_failed", remote=name, error=str(e))
+                        continue
+                    dead.remotes.remove(name)
+                    dead.originals.pop(name, None)
         self.namespaces.recover(dead, {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
 
     def _add_ports(self, wanted: list) -> list:
@@ -729,9 +738,14 @@ class Switch:
         # Ours are detached (a failure to is logged). A dead run's that this run did not get to
         # attach (a failed start) stay listed, with their original state, for the next start.
         kept = self.inherited_remotes - attached
-        self.state.remotes = sorted(kept)
-        self.state.originals = {r: o for r, o in self.state.originals.items() if r in kept}
+        dead = self.unhealed
+        self.state.remotes = sorted(kept | set(dead.remotes))
+        self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},
+                                **{r: o for r, o in dead.originals.items() if r in dead.remotes}}
         self.namespaces.remove_created()
+        if dead.netns:                                      # not looked at: for the next start
+            self.state.netns.update(dead.netns)
+            self.state.save()
         if self.shared is not None:
             self.shared.close()
             self.shared = None

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tests.integration import helpers
 
@@ -230,6 +231,46 @@ def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch
     assert nic_state(site["sw"]) == held
     assert helpers.ping(site["c"][0], "198.18.3.100")
     assert b.stop() == 0 and a.stop() == 0
+
+
+def test_a_start_stopped_while_it_heals_keeps_what_it_had_not_healed_listed(lab, site):
+    """A stop (SIGTERM) while the start waits to see whether the dead run's NIC is another
+    switch's: what the dead run listed and the start had not yet dealt with (that NIC, a
+    namespace) stays in the state file for the next start, not dropped with the failed one's."""
+    a = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
+    b = lab.switch({"switch": {"name": lab.name("b")}, "ports": [{"name": lab.name("bp")}]}, netns=site["sw"],
+                   start=False)
+    dead = {"created": ["tsnoneleft0"], "netns_ids": {"tsnoneleft0": "?"}, "remotes": ["nic0"]}
+    with open(b.socket + ".state", "w") as f:
+        json.dump(dead, f)
+    b.start(expect_ready=False)
+    helpers.wait_for("the start's heal", lambda: b.events("control.listening"), within=10, every=0.01)
+    b.proc.send_signal(signal.SIGTERM)          # heal waits up to 2 s for a NIC another switch holds
+    assert b.stop() == 0, b.log()
+    assert not b.events("remote.left"), "the stop came after the heal: nothing under way to test"
+    with open(b.socket + ".state") as f:
+        kept = json.load(f)
+    assert (kept["remotes"], kept["created"], kept["netns_ids"]) == (["nic0"], ["tsnoneleft0"], {"tsnoneleft0": "?"})
+    assert a.stop() == 0
+
+
+def test_a_clean_stop_after_a_reload_dropped_a_nic_the_start_took_over_lists_nothing(lab, site):
+    """The start took the NIC over from a dead run; a reload then removed its port, giving the
+    NIC back: the clean stop leaves no state file (it kept listing the NIC, for a later start
+    to "heal" what was no longer the switch's)."""
+    cfg = config(lab, site, "promisc", mtu=1400)
+    before = nic_state(site["sw"])
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)
+    sw2 = lab.switch(cfg, netns=site["sw"])     # the same socket: takes over nic0
+    cfg["ports"].pop()
+    with open(sw2.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert "removed" in sw2.cli("reload").stdout
+    assert nic_state(site["sw"]) == before
+    assert sw2.stop() == 0
+    assert not os.path.exists(sw2.socket + ".state")
 
 
 def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, site):
