@@ -204,8 +204,9 @@ class Switch:
         """Make the ports (index, config) in `wanted`: each one's Port, or the exception that
         stopped it. Their settings, MTU and state are written by settings.apply."""
         # Their remotes are listed before they are attached: a crash meanwhile leaves none unlisted.
+        # So stay those not given back (a detach that failed keeps the original it did not restore).
         self.state.remotes = sorted({p.cfg.remote for p in self.ports if p.cfg.remote}
-                                    | {cfg.remote for _index, cfg in wanted if cfg.remote})
+                                    | {cfg.remote for _index, cfg in wanted if cfg.remote} | set(self.state.originals))
         self.state.save()
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
@@ -735,9 +736,9 @@ class Switch:
             port.close()
             log.info("port.removed", port=port.name)
         self.ports.clear()
-        # Ours are detached (a failure to is logged). A dead run's that this run did not get to
-        # attach (a failed start) stay listed, with their original state, for the next start.
-        kept = self.inherited_remotes - attached
+        # Ours are detached; one whose detach failed (logged) keeps its original state listed, as
+        # does a dead run's that this run did not get to attach (a failed start): the next start heals them.
+        kept = (self.inherited_remotes - attached) | {r for r in attached if r in self.state.originals}
         dead = self.unhealed
         self.state.remotes = sorted(kept | set(dead.remotes))
         self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},

@@ -273,6 +273,28 @@ def test_a_clean_stop_after_a_reload_dropped_a_nic_the_start_took_over_lists_not
     assert not os.path.exists(sw2.socket + ".state")
 
 
+DETACH_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "detach_fails.py"))
+
+
+def test_a_nic_whose_detach_failed_at_the_stop_is_healed_by_the_next_start(lab, site):
+    """The stop could not take its rules off the NIC (detach failed, logged): the state file keeps
+    the NIC and how it was, so the next start, whose config no longer names it, gives it back."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", "1400")
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1500)
+    sw = lab.switch(cfg, netns=site["sw"], wrapper=DETACH_FAILS)
+    assert sw.stop() == 0, sw.log()
+    assert sw.events("remote.detach_failed")
+    with open(sw.socket + ".state") as f:
+        assert json.load(f)["remotes"] == ["nic0"]
+    cfg["ports"].pop()
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert [e["remote"] for e in sw2.events("remote.healed")] == ["nic0"], sw2.log()
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+    assert not os.path.exists(sw2.socket + ".state")
+
+
 def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, site):
     """Switch B asks for the NIC that switch A has attached: B fails to start (exit 1, naming the
     NIC), and A's rules, the NIC's flags and MTU, and A's traffic stay as they were."""
