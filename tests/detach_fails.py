@@ -4,11 +4,11 @@ this process. A remote's detach then fails: its rules stay on IFACE, its flags a
 switch set them."""
 
 import errno
-import sys
 
+from in_process import run
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import cli, tc
+from tapswitch import tc
 
 
 def _refused(*_args, **_kw) -> bool:
@@ -16,8 +16,4 @@ def _refused(*_args, **_kw) -> bool:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[1:3] != ["-m", "tapswitch"]:
-        sys.exit(f"usage: {sys.argv[0]} PYTHON -m tapswitch ARGS...")
-    tc.delete_filter = _refused
-    sys.exit(cli.main(args[3:]))
+    run(lambda: setattr(tc, "delete_filter", _refused))

@@ -5,9 +5,10 @@ rule: IFACE has its clsact, MTU and flags, and no rule records how it was."""
 
 import os
 import signal
-import sys
 
-from tapswitch import cli, tc
+from in_process import run
+
+from tapswitch import tc
 
 
 def _killed(*_args, **_kw) -> None:
@@ -15,8 +16,4 @@ def _killed(*_args, **_kw) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[1:3] != ["-m", "tapswitch"]:
-        sys.exit(f"usage: {sys.argv[0]} PYTHON -m tapswitch ARGS...")
-    tc.add_filter = _killed
-    sys.exit(cli.main(args[3:]))
+    run(lambda: setattr(tc, "add_filter", _killed))
