@@ -922,8 +922,8 @@ def loads(text: str, source: str = "<string>") -> Config:
         config = None
         located += _from_pydantic(e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
-            located += [(loc, msg, None) for loc, msg in port_clashes(_identities(data.get("ports")))]
-            located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_mtus(data.get("ports")))]
+            located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
+            located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
     # A number YAML 1.1 reads in octal or base 60, beside what the key says of the value it
@@ -1063,27 +1063,18 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
                            f"{expanded:,} nodes, more than {MAX_ALIAS_EXPANSION:,} (an alias bomb?)"])
 
 
-def _identities(ports: Any) -> list[tuple[int, Port]]:
-    """Each port built from the keys that say where it lives, when those are valid.
+VLAN_KEYS = ("name", "vlan", "trunk")   # what reference_errors and the ACLs' VLAN check read of a port
+MTU_KEYS = ("name", "mtu", "vxlan")     # what tunnel_mtu_clashes reads
 
-    Clashes depend on these keys only, so they are found in ports whose
-    other keys (mac, mtu...) are wrong, beside those errors.
+
+def _port_views(ports: Any, keys: tuple[str, ...]) -> list[tuple[int, Port]]:
+    """(index, port) for each port built from `keys` alone, where those are valid.
+
+    A check that reads only these keys so finds its errors in ports whose other
+    keys (mac, acl...) are wrong, beside those errors.
     """
-    identities = []
-    for i, raw in enumerate(ports if isinstance(ports, list) else []):
-        if isinstance(raw, dict):
-            try:
-                identities.append((i, Port.model_validate({k: v for k, v in raw.items() if k in IDENTITY})))
-            except ValidationError:
-                pass
-    return identities
-
-
-def _mtus(ports: Any) -> list[tuple[int, Port]]:
-    """Each port built from its name, mtu and vxlan keys, when those are valid: what
-    tunnel_mtu_clashes reads, in a config that failed elsewhere."""
-    return _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "mtu", "vxlan")}
-                               if isinstance(raw, dict) else raw for raw in (ports if isinstance(ports, list) else [])])
+    return _valid_items(Port, [{k: v for k, v in raw.items() if k in keys} if isinstance(raw, dict) else raw
+                               for raw in (ports if isinstance(ports, list) else [])])
 
 
 def _references(data: dict) -> list[tuple[tuple, str]]:
@@ -1092,8 +1083,7 @@ def _references(data: dict) -> list[tuple[tuple, str]]:
     and static MACs."""
     ports = data.get("ports") if isinstance(data.get("ports"), list) else []
     names = {raw["name"] for raw in ports if isinstance(raw, dict) and isinstance(raw.get("name"), str)}
-    views = _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "vlan", "trunk")}
-                                if isinstance(raw, dict) else raw for raw in ports])
+    views = _port_views(ports, VLAN_KEYS)
     mirrors, statics = _valid_items(Mirror, data.get("mirrors")), _valid_items(StaticMac, data.get("static_macs"))
     errors = reference_errors(views, names, mirrors, statics)
     # A mirror or static MAC wrong elsewhere still names ports: those must be there.
@@ -1114,8 +1104,7 @@ def _acl_vlans(data: dict) -> list[tuple[tuple, str]]:
     elsewhere: a port's own check runs only once all its rules are valid."""
     ports = data.get("ports") if isinstance(data.get("ports"), list) else []
     errors = []
-    for i, view in _valid_items(Port, [{k: v for k, v in raw.items() if k in ("name", "vlan", "trunk")}
-                                       if isinstance(raw, dict) else raw for raw in ports]):
+    for i, view in _port_views(ports, VLAN_KEYS):
         for j, rule in _valid_items(AclRule, ports[i].get("acl")):
             if rule.match.vlan is not None and rule.match.vlan not in view.vlans:
                 errors.append((("ports", i, "acl", j, "match", "vlan"),
