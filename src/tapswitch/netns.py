@@ -193,18 +193,16 @@ class Namespaces:
             return
         if ident is None and not is_netns(path):
             self._unlink_placeholder(name)
+        elif ident is None or ident == UNKNOWN:
+            log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
+                        "(killed as it made it, or no netns cookie before Linux 5.14): it may be someone else's")
+        elif cookie(path) != ident:
+            log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
+        elif name in wanted:
+            self._hold(name, ident)
+            log.info("netns.adopted", netns=name)
         else:
-            now = cookie(path)
-            if ident is None or ident == UNKNOWN:
-                log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
-                            "(killed as it made it, or no netns cookie before Linux 5.14): it may be someone else's")
-            elif now != ident:
-                log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
-            elif name in wanted:
-                self._hold(name, now)
-                log.info("netns.adopted", netns=name)
-            else:
-                self._remove_at(name)
+            self._remove_at(name)
 
     def ensure(self, port) -> str | None:
         """Return the path of `port`'s namespace, creating a missing named one."""
