@@ -357,14 +357,11 @@ class RemoteAttachment:
             if self._clsact_ours.get(where):
                 self._quietly(tc.remove_clsact, self.ipr, index)
         if self._original is not None:
-            self._quietly(self._restore, self._index["remote"], self._original)
+            self._quietly(_restore, self.ipr, self._index["remote"], self._original)
         if self.state is not None:
             self.state.record_original(self.remote_ifname, None)     # given back: nothing to heal
         self.attached = False
         log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
-
-    def _restore(self, index: int, original: tc.DeviceState) -> None:
-        _restore(self.ipr, index, original)
 
     @staticmethod
     def _quietly(fn, *args) -> None:
