@@ -26,6 +26,7 @@ from tapswitch.fastpath import Shared, mac_bytes
 VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
+GSO_TCPV6 = 4
 
 A = "02:00:00:00:00:0a"
 B = "02:00:00:00:00:0b"
@@ -380,6 +381,37 @@ def test_gso_frame_is_judged_by_gso_size(sw):
     sw.learn(1, B)
     fits = frame(B, A, bytes(3000), gso_type=GSO_TCPV4, gso_size=1500)
     over = frame(B, A, bytes(1000), gso_type=GSO_TCPV4, gso_size=1501)
+    sw.send(0, fits)
+    sw.send(0, over)
+    assert sw.received(1) == [fits]
+    assert sw.counters(1)["tx_errors"] == 1
+
+
+def tcp_gso_frame(dst, src, gso_size, ip_version=4, tag=b""):
+    """A TCP GSO super-frame of three segments, as a TAP reads one: IP header,
+    TCP header with timestamps (32 bytes), the checksum to fill in from csum_start."""
+    ethertype, ip_header = (0x0800, bytes(20)) if ip_version == 4 else (0x86DD, bytes(40))
+    tcp_header = bytes(12) + bytes([8 << 4]) + bytes(19)        # data offset 8: 32 bytes
+    l3 = 14 + len(tag)
+    return (VNET.pack(NEEDS_CSUM, GSO_TCPV4 if ip_version == 4 else GSO_TCPV6, 0, gso_size,
+                      l3 + len(ip_header), 16)
+            + mac_bytes(dst) + mac_bytes(src) + tag + struct.pack("!H", ethertype)
+            + ip_header + tcp_header + bytes(3 * gso_size))
+
+
+@pytest.mark.parametrize("ip_version, tag", [
+    (4, b""),                                   # IPv4: 20 + 32 + 1448 = 1500
+    (6, b""),                                   # IPv6: 40 + 32 + 1428 = 1500
+    (4, b"\x88\xa8\x00\x64"),                   # behind an 802.1ad tag, carried as it is
+])
+def test_gso_frame_is_judged_by_its_segments_ip_length(sw, ip_version, tag):
+    # Each segment leaves as IP and TCP headers and gso_size bytes of payload:
+    # the MTU bounds that, as it bounds a frame sent alone (the kernel's
+    # skb_gso_network_seglen), not gso_size alone.
+    sw.learn(1, B)
+    largest = 1500 - (20 if ip_version == 4 else 40) - 32
+    fits = tcp_gso_frame(B, A, largest, ip_version, tag)
+    over = tcp_gso_frame(B, A, largest + 1, ip_version, tag)
     sw.send(0, fits)
     sw.send(0, over)
     assert sw.received(1) == [fits]

@@ -139,6 +139,13 @@ def sw():
     s.close()
 
 
+def tcp_payload(data: bytes) -> bytes:
+    """data as an IPv4 packet's bytes whose TCP header (after 20 bytes of IP)
+    is 32 bytes long, as hdr_len says: the MTU check measures a GSO frame's
+    segments by it."""
+    return data[:32] + bytes([8 << 4]) + data[33:]
+
+
 @pytest.fixture
 def big():
     s = Switch(n_ports=3, bufsize=1 << 20)
@@ -357,7 +364,7 @@ def test_flood_gives_each_port_its_own_form(sw):
 
 def test_push_moves_checksum_start_and_header_length(big):
     Settings(big.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
-    payload = random.Random(3).randbytes(20000)
+    payload = tcp_payload(random.Random(3).randbytes(20000))
     f = frame(BROADCAST, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
               hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
     big.send(0, f)
@@ -368,7 +375,7 @@ def test_push_moves_checksum_start_and_header_length(big):
 
 def test_pop_moves_checksum_start_and_header_length_back(big):
     Settings(big.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
-    payload = random.Random(4).randbytes(20000)
+    payload = tcp_payload(random.Random(4).randbytes(20000))
     f = tagged(BROADCAST, A, 10, payload, ethertype=0x0800, flags=NEEDS_CSUM, gso_type=GSO_TCPV4,
                gso_size=1448, hdr_len=18 + 20 + 32, csum_start=18 + 20, csum_offset=16)
     big.send(0, f)
@@ -387,7 +394,7 @@ def test_push_leaves_an_unset_header_length_and_checksum_alone(sw):
 def test_gso_superframe_gets_a_tag_and_loses_it_byte_for_byte(big):
     Settings(big.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
     big.learn(2, C)
-    payload = random.Random(7).randbytes(65535 - 4)
+    payload = tcp_payload(random.Random(7).randbytes(65535 - 4))
     f = frame(C, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
               hdr_len=14 + 20 + 32, csum_start=14 + 20, csum_offset=16)
     big.send(1, tagged(C, A, 10, payload, ethertype=0x0800, flags=NEEDS_CSUM, gso_type=GSO_TCPV4,

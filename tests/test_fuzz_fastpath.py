@@ -129,12 +129,36 @@ def is_link_local_group(dst: bytes) -> bool:
     return dst[:5] == bytes.fromhex("0180c20000") and 0x01 <= dst[5] <= 0x0F
 
 
+def gso_segment_len(data) -> int:
+    """The IP length of a GSO frame's segments (fastpath.h, ts_port.mtu): from
+    the IP header, after at most two 802.1Q/802.1ad tags, to csum_start, then
+    the TCP header's data offset (TCPV4, TCPV6) or 8 (UDP_L4), then gso_size;
+    gso_size alone without NEEDS_CSUM, or with csum_start before the IP header."""
+    flags, gso_type, _hdr_len, gso_size, csum_start, _csum_offset = vnet(data)
+    eth = data[VNET_LEN:]
+    l3 = 12
+    for _ in range(2):
+        if l3 + VLAN_HLEN + 2 > len(eth) or int.from_bytes(eth[l3:l3 + 2], "big") not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        l3 += VLAN_HLEN
+    l3 += 2
+    if not flags & VNET_F_NEEDS_CSUM or csum_start < l3:
+        return gso_size
+    gso = gso_type & ~GSO_ECN
+    length = csum_start - l3 + gso_size
+    if gso in (1, 4) and csum_start + 12 < len(eth):
+        length += (eth[csum_start + 12] >> 4) * 4
+    elif gso == 5:
+        length += 8
+    return length
+
+
 def fits(mtu: int, data) -> bool:
     """What a port can carry (fastpath.h, ts_port.mtu): a GSO frame is judged by
-    gso_size; any other by its length, with room for one 802.1Q/802.1ad tag."""
-    gso_size = gso_size_of(data)
-    if gso_size:
-        return gso_size <= mtu
+    its segments' IP length; any other by its length, with room for one
+    802.1Q/802.1ad tag."""
+    if gso_size_of(data):
+        return gso_segment_len(data) <= mtu
     tagged = eth_type(data) in (ETH_P_8021Q, ETH_P_8021AD)
     return len(data) - VNET_LEN <= mtu + ETH_HLEN + (VLAN_HLEN if tagged else 0)
 

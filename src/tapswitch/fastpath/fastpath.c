@@ -815,13 +815,49 @@ static bool has_host_source(const struct frame *f)
     return !is_multicast(eth_src(f)) && !is_zero(eth_src(f));
 }
 
-/* What the port can carry: a GSO frame leaves as gso_size segments; any other
- * frame as itself, with room for one 802.1Q/802.1ad tag. */
+/* Where the IP header starts: after the MACs, the 802.1Q or 802.1ad tags
+ * (two at most: QinQ) and the ethertype. */
+static uint32_t l3_offset(const struct frame *f)
+{
+    uint32_t off = 2 * ETH_ALEN;
+    for (int tags = 0; tags < 2 && off + VLAN_HLEN + 2 <= eth_len(f); tags++) {
+        uint16_t type = be16(eth_hdr(f) + off);
+        if (type != ETH_P_8021Q && type != ETH_P_8021AD)
+            break;
+        off += VLAN_HLEN;
+    }
+    return off + 2;
+}
+
+/* The IP length of each segment a GSO frame leaves as, as the kernel measures
+ * it against an MTU (skb_gso_network_seglen): the IP header (up to csum_start,
+ * where TCP or UDP starts), the TCP header (its data offset) or UDP_L4's
+ * 8 bytes, and gso_size bytes (UFO's gso_size holds its UDP header). Without
+ * a checksum start the headers are unknown: gso_size alone. */
+static uint32_t gso_segment_len(const struct frame *f)
+{
+    struct vnet_hdr h;
+    memcpy(&h, f->buf, sizeof h);
+    uint32_t l3 = l3_offset(f), l4 = h.csum_start, len = f->gso_size;
+    if (!(h.flags & VNET_F_NEEDS_CSUM) || l4 < l3)
+        return len;
+    len += l4 - l3;
+    uint8_t gso = h.gso_type & VNET_GSO_TYPE_MASK;
+    if ((gso == VNET_GSO_TCPV4 || gso == VNET_GSO_TCPV6) && l4 + 12 < eth_len(f))
+        len += (uint32_t)(eth_hdr(f)[l4 + 12] >> 4) * 4;
+    else if (gso == VNET_GSO_UDP_L4)
+        len += 8;
+    return len;
+}
+
+/* What the port can carry: a GSO frame leaves as segments of IP length
+ * gso_segment_len(); any other frame as itself, with room for one
+ * 802.1Q/802.1ad tag. */
 static bool fits_port(const struct ts_port *port, const struct frame *f)
 {
     uint32_t mtu = __atomic_load_n(&port->mtu, __ATOMIC_RELAXED);
     if (f->gso_size)
-        return f->gso_size <= mtu;
+        return gso_segment_len(f) <= mtu;
     uint16_t type = eth_type(f);
     bool tagged = type == ETH_P_8021Q || type == ETH_P_8021AD;
     return eth_len(f) <= mtu + ETH_HLEN + (tagged ? VLAN_HLEN : 0);
