@@ -419,6 +419,39 @@ def test_tagged_frame_on_a_trunk_may_be_four_bytes_over_the_mtu(sw):
     assert sw.counters(1)["tx_errors"] == 1
 
 
+def with_tags(tags, n):
+    """A broadcast from A of an n-byte IPv4 packet behind these tags."""
+    plain = frame(BROADCAST, A, bytes(n))
+    return plain[:MACS] + tags + plain[MACS:]
+
+
+S_TAG = struct.pack("!HH", 0x88A8, 100)         # 802.1ad: an ethertype like any other here
+C_TAG = tag(200)[:4]
+
+
+def test_802_1ad_frame_at_the_mtu_takes_the_trunks_tag_too(sw):
+    # The tag a trunk gives a frame counts no more against the MTU than the
+    # frame's own 802.1ad tag: a 1500-byte packet behind an S-tag reaches the
+    # access port and the trunk, one byte more reaches neither.
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
+    sw.send(0, with_tags(S_TAG, 1500))
+    sw.send(0, with_tags(S_TAG, 1501))
+    assert sw.received(2) == [with_tags(S_TAG, 1500)]
+    assert sw.received(1) == [with_tags(tag(10)[:4] + S_TAG, 1500)]
+    assert sw.counters(1)["tx_errors"] == 1 and sw.counters(2)["tx_errors"] == 1
+
+
+def test_802_1ad_and_802_1q_tagged_frame_at_the_mtu_crosses(sw):
+    # A QinQ frame (S-tag, then C-tag) of a 1500-byte packet crosses between
+    # access ports, as the Linux bridge lets it; a third tag, a trunk's, does not fit.
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
+    sw.send(0, with_tags(S_TAG + C_TAG, 1500))
+    sw.send(0, with_tags(S_TAG + C_TAG, 1501))
+    assert sw.received(2) == [with_tags(S_TAG + C_TAG, 1500)]
+    assert sw.received(1) == []
+    assert sw.counters(1)["tx_errors"] == 2 and sw.counters(2)["tx_errors"] == 1
+
+
 @pytest.mark.parametrize("data", [
     frame(BROADCAST, A, b"", ethertype=0x8100)[:H + 16],                       # no room for the tag
     tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=16, csum_offset=4),  # checksum starts in the tag

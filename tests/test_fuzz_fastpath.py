@@ -129,19 +129,26 @@ def is_link_local_group(dst: bytes) -> bool:
     return dst[:5] == bytes.fromhex("0180c20000") and 0x01 <= dst[5] <= 0x0F
 
 
+def l3_offset(data) -> int:
+    """Where the IP header starts: after the MACs, at most two 802.1Q/802.1ad
+    tags (each whole, with an ethertype after it) and the ethertype."""
+    eth = data[VNET_LEN:]
+    off = 12
+    for _ in range(2):
+        if off + VLAN_HLEN + 2 > len(eth) or int.from_bytes(eth[off:off + 2], "big") not in (ETH_P_8021Q, ETH_P_8021AD):
+            break
+        off += VLAN_HLEN
+    return off + 2
+
+
 def gso_segment_len(data) -> int:
     """The IP length of a GSO frame's segments (fastpath.h, ts_port.mtu): from
-    the IP header, after at most two 802.1Q/802.1ad tags, to csum_start, then
-    the TCP header's data offset (TCPV4, TCPV6) or 8 (UDP_L4), then gso_size;
-    gso_size alone without NEEDS_CSUM, or with csum_start before the IP header."""
+    the IP header (l3_offset) to csum_start, then the TCP header's data offset
+    (TCPV4, TCPV6) or 8 (UDP_L4), then gso_size; gso_size alone without
+    NEEDS_CSUM, or with csum_start before the IP header."""
     flags, gso_type, _hdr_len, gso_size, csum_start, _csum_offset = vnet(data)
     eth = data[VNET_LEN:]
-    l3 = 12
-    for _ in range(2):
-        if l3 + VLAN_HLEN + 2 > len(eth) or int.from_bytes(eth[l3:l3 + 2], "big") not in (ETH_P_8021Q, ETH_P_8021AD):
-            break
-        l3 += VLAN_HLEN
-    l3 += 2
+    l3 = l3_offset(data)
     if not flags & VNET_F_NEEDS_CSUM or csum_start < l3:
         return gso_size
     gso = gso_type & ~GSO_ECN
@@ -155,12 +162,10 @@ def gso_segment_len(data) -> int:
 
 def fits(mtu: int, data) -> bool:
     """What a port can carry (fastpath.h, ts_port.mtu): a GSO frame is judged by
-    its segments' IP length; any other by its length, with room for one
-    802.1Q/802.1ad tag."""
+    its segments' IP length; any other by its bytes after its tags (two at most)."""
     if gso_size_of(data):
         return gso_segment_len(data) <= mtu
-    tagged = eth_type(data) in (ETH_P_8021Q, ETH_P_8021AD)
-    return len(data) - VNET_LEN <= mtu + ETH_HLEN + (VLAN_HLEN if tagged else 0)
+    return len(data) - VNET_LEN - l3_offset(data) <= mtu
 
 
 @dataclass
@@ -487,7 +492,7 @@ MACS = HOSTS + [b"\xff" * 6, bytes.fromhex("01005e000001"), bytes.fromhex("33330
                 bytes.fromhex("0180c2000010")]      # STP, PAUSE, LLDP (not relayed), and the first relayed after
 VLANS = [1, 2, 3, 4094]
 MTUS = [1500, 9000, 65521, 68]
-MTU_EDGES = sorted({mtu + ETH_HLEN + d for mtu in MTUS for d in (-1, 0, 1, 3, 4, 5)})   # with and without a tag
+MTU_EDGES = sorted({mtu + ETH_HLEN + d for mtu in MTUS for d in (-1, 0, 1, 3, 4, 5, 7, 8, 9)})   # no tag, one or two
 U16_EDGES = [0, 1, 2, 3, 4, 5, 12, 13, 14, 17, 18, 19, 20, 34, 38, 40, 54, 60, 1448, 1500, 1514, 1518, 9000,
              32767, 32768, 65507, 65521, 65530, 65531, 65532, 65535 - 14, 65534, 65535]
 LENGTH_EDGES = [0, 1, 13, 14, 15, 17, 18, 19, 46, 60, 64, 1500, 1514, 1518, 1519, 9014, 9018, 65535,

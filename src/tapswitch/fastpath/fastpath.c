@@ -851,16 +851,15 @@ static uint32_t gso_segment_len(const struct frame *f)
 }
 
 /* What the port can carry: a GSO frame leaves as segments of IP length
- * gso_segment_len(); any other frame as itself, with room for one
- * 802.1Q/802.1ad tag. */
+ * gso_segment_len(); any other frame as itself, whose bytes after its
+ * 802.1Q/802.1ad tags (two at most: the tag a trunk gives an 802.1ad frame
+ * counts no more than the frame's own) are the MTU's. */
 static bool fits_port(const struct ts_port *port, const struct frame *f)
 {
     uint32_t mtu = __atomic_load_n(&port->mtu, __ATOMIC_RELAXED);
     if (f->gso_size)
         return gso_segment_len(f) <= mtu;
-    uint16_t type = eth_type(f);
-    bool tagged = type == ETH_P_8021Q || type == ETH_P_8021AD;
-    return eth_len(f) <= mtu + ETH_HLEN + (tagged ? VLAN_HLEN : 0);
+    return eth_len(f) - l3_offset(f) <= mtu;
 }
 
 /* VLANs. */

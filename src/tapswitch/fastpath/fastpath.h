@@ -310,9 +310,9 @@
 /* Port table entry. Written by the control process, read by workers. */
 struct ts_port {
     uint32_t state;            /* TS_PORT_* */
-    uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 if tagged), or GSO frames
-                                  whose segments' IP length (headers + gso_size) is over
-                                  mtu, are tx_errors */
+    uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 for each 802.1Q or 802.1ad
+                                  tag, two at most), or GSO frames whose segments' IP length
+                                  (headers + gso_size) is over mtu, are tx_errors */
     uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers) */
     uint32_t fdb_static;       /* of which static (atomic, control process) */
     uint32_t reserved[12];     /* keeps 64 bytes */
