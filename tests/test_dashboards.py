@@ -346,10 +346,11 @@ def test_every_alert_has_a_firing_test():
     assert set(FIRING) == {q.name for q in rule_queries()}
 
 
-@needs_promtool
-def test_alerts_fire_when_they_should(tmp_path):
+def promtool_test_rules(tmp_path, cases: dict, interval: str) -> None:
     """promtool test rules on a copy of alerts.yml without annotations (promtool
-    compares annotations verbatim; `check rules` already validates their templates)."""
+    compares annotations verbatim; `check rules` already validates their templates).
+    `cases` is alert -> (input series, [(eval time, labels of the alerts expected to
+    fire)]), sampled and evaluated every `interval`."""
     rules = yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())
     severity = {}
     for group in rules["groups"]:
@@ -357,17 +358,61 @@ def test_alerts_fire_when_they_should(tmp_path):
             rule.pop("annotations", None)
             severity[rule["alert"]] = rule["labels"]["severity"]
     (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
-    tests = [{"interval": "1m", "input_series": inputs, "alert_rule_test": [
+    tests = [{"interval": interval, "input_series": inputs, "alert_rule_test": [
         {"eval_time": at, "alertname": alert,
          "exp_alerts": [{"exp_labels": {**labels, "severity": severity[alert]}}
                         for labels in firing]}
         for at, firing in checks]}
-        for alert, (inputs, checks) in FIRING.items()]
+        for alert, (inputs, checks) in cases.items()]
     (tmp_path / "test.yml").write_text(yaml.safe_dump(
-        {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}))
+        {"rule_files": ["alerts.yml"], "evaluation_interval": interval, "tests": tests}))
     run = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@needs_promtool
+def test_alerts_fire_when_they_should(tmp_path):
+    promtool_test_rules(tmp_path, FIRING, "1m")
+
+
+def burst(metric: str, labels: dict, scrapes: int) -> dict:
+    """A counter that rises at `scrapes` scrapes 15 s apart after a quiet minute, then stays."""
+    return series(metric, labels, f"0x4 0+10x{scrapes - 1} {10 * (scrapes - 1)}x60")
+
+
+# "For 5 minutes" alerts: a burst of 30 s does not fire (a 5-minute rate held it above
+# zero for 5 minutes, and it fired after the burst had ended); 6 minutes of it do.
+BURSTS = {
+    alert: [{**P0, **({} if metric.endswith("missed_total") else {"queue": "0"})}, metric]
+    for alert, metric in (("TapswitchDropsRising", "tapswitch_port_rx_dropped_total"),
+                          ("TapswitchErrorsRising", "tapswitch_port_tx_errors_total"),
+                          ("TapswitchQueueOverflowing", "tapswitch_port_rx_missed_total"))}
+
+
+def quiet_other_direction(metric: str) -> list[dict]:
+    """The other direction's counter, flat (the drops and errors rules add rx and tx)."""
+    if metric.endswith("missed_total"):
+        return []
+    other = metric.replace("_rx_", "_tx_") if "_rx_" in metric else metric.replace("_tx_", "_rx_")
+    return [series(other, {**P0, "queue": "0"}, "0x90")]
+
+
+@needs_promtool
+@pytest.mark.parametrize("alert", sorted(BURSTS))
+def test_a_short_burst_does_not_fire_a_for_5_minutes_alert(tmp_path, alert):
+    labels, metric = BURSTS[alert]
+    every_evaluation = [(f"{s}s", []) for s in range(15, 15 * 60, 15)]
+    promtool_test_rules(tmp_path, {alert: ([burst(metric, labels, 3)] + quiet_other_direction(metric),
+                                           every_evaluation)}, "15s")
+
+
+@needs_promtool
+@pytest.mark.parametrize("alert", sorted(BURSTS))
+def test_a_burst_of_6_minutes_fires_a_for_5_minutes_alert(tmp_path, alert):
+    labels, metric = BURSTS[alert]
+    promtool_test_rules(tmp_path, {alert: ([burst(metric, labels, 25)] + quiet_other_direction(metric),
+                                           [("5m", []), ("7m", [P0])])}, "15s")
 
 
 # --- Grafana provisioning -----------------------------------------------------
