@@ -415,6 +415,29 @@ def test_a_burst_of_6_minutes_fires_a_for_5_minutes_alert(tmp_path, alert):
                                            [("5m", []), ("7m", [P0])])}, "15s")
 
 
+
+@needs_promtool
+def test_worker_restarting_says_a_whole_number_of_restarts(tmp_path):
+    """increase() extrapolates to the window's edges: one restart reads 1.25 here (1.003
+    on a live server); the description counts restarts, not fractions of them."""
+    (tmp_path / "alerts.yml").write_text((DASHBOARDS / "alerts.yml").read_text())
+    labels = {**SW, "queue": "0"}
+    rule = next(r for g in yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())["groups"]
+                for r in g["rules"] if r["alert"] == "TapswitchWorkerRestarting")
+    test = {"interval": "1m",
+            "input_series": [series("tapswitch_worker_restarts_total", labels, "2 2 2 3 3 3 3 3")],
+            "alert_rule_test": [{"eval_time": "4m", "alertname": "TapswitchWorkerRestarting", "exp_alerts": [{
+                "exp_labels": {**labels, "severity": rule["labels"]["severity"]},
+                "exp_annotations": {
+                    "summary": "tapswitch sw0: worker for queue 0 restarted",
+                    "description": "The supervisor restarted the worker 1 time(s) in 5 minutes; "
+                                   "frames on that queue were lost meanwhile."}}]}]}
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [test]}))
+    run = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
 # --- Grafana provisioning -----------------------------------------------------
 
 def test_datasource_provisioning_points_at_local_prometheus():
