@@ -345,7 +345,9 @@ def overview():
 
 # Per-port view: the selected ports of one switch, per port and per queue.
 
-PORT_SEL = 'switch=~"$switch", port=~"$port"'
+# One switch: matched exactly (Grafana inserts a single-value variable unescaped, so
+# switch=~"br.0" would take in switch br10's ports too).
+PORT_SEL = 'switch="$switch", port=~"$port"'
 
 
 def port_state(sel: str) -> Row:

@@ -171,6 +171,9 @@ def test_panel_queries_filter_on_the_variables():
         assert '$switch"' in q.expr, q
         if q.source == "tapswitch-port.json":
             assert 'port=~"$port"' in q.expr, q
+            # One switch, matched exactly: Grafana does not regex-escape a single-value
+            # variable, and switch=~"br.0" would match switch br10 too.
+            assert 'switch="$switch"' in q.expr, q
 
 
 # --- Every query against the metric list -----------------------------------------
@@ -199,7 +202,7 @@ def test_all_queries_substitutes_every_variable():
         assert "$" not in q.expr and "$" not in q.signal, q
     port_view = [q for q in queries if q.source == "tapswitch-port.json"
                  and not q.name.startswith("variable ")]
-    assert all('switch=~"sw0", port=~"web0"' in q.expr for q in port_view)
+    assert all('switch="sw0", port=~"web0"' in q.expr for q in port_view)
 
 
 @needs_promtool
