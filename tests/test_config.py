@@ -1094,6 +1094,15 @@ def test_a_file_that_is_not_regular_or_too_large_is_refused_without_reading_it_a
     assert info.value.errors == [f"{big}:0: -: cannot read: larger than 16 MiB"]
 
 
+def test_a_directory_is_refused_as_not_a_regular_file_and_holds_no_descriptor(tmp_path):
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):               # a reload after the file was replaced by a directory, again and again
+        with pytest.raises(ConfigError) as info:
+            load(str(tmp_path))
+        assert info.value.errors == [f"{tmp_path}:0: -: cannot read: not a regular file"]
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_bytes_that_are_not_utf8_are_located_at_their_line(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_bytes(b"switch:\n  name: caf\xe9\nports: [{name: p0}]\n")

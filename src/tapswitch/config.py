@@ -891,9 +891,13 @@ def load(path: str | None) -> Config:
         return loads(text, DEMO)
     try:
         # O_NONBLOCK: opening a FIFO waits for a writer; it is to be refused, not waited for.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ConfigError([f"{path}:0: -: cannot read: not a regular file"])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Checked on the fd, before open() takes it: open() refuses a directory naming it by the
+        # fd's number ("Is a directory: 3"), and leaves the fd open (one more at every reload).
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError([f"{path}:0: -: cannot read: not a regular file"])
+        with open(fd, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError([f"{path}:0: -: cannot read: {e}"]) from None
