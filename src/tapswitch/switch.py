@@ -54,7 +54,7 @@ def preflight(user: str | int | None) -> None:
     with open("/proc/self/status") as f:
         caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     if not caps & (1 << CAP_NET_ADMIN):
-        raise StartError("tapswitch needs CAP_NET_ADMIN to create TAP devices (run it as root)")
+        raise StartError("needs CAP_NET_ADMIN to create TAP devices (run it as root)")
     ids = config_mod.worker_ids(user, os.geteuid())
     if ids is not None and ids[0] != os.geteuid() and not caps & (1 << CAP_KILL):
         # Else a stop could not signal them: they would outlive it, holding every port.

@@ -90,6 +90,16 @@ def test_without_cap_kill_workers_of_another_user_are_refused_before_anything_is
     assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
 
 
+def test_without_cap_net_admin_the_start_says_so_in_one_line(lab):
+    sw = lab.switch(two_containers(lab, queues=1), start=False,
+                    wrapper=("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"))
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    lines = [line for line in sw.log().splitlines() if line.startswith("tapswitch:")]
+    assert lines == ["tapswitch: needs CAP_NET_ADMIN to create TAP devices (run it as root)"], sw.log()
+    assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
+
+
 def test_without_cap_kill_workers_of_the_switchs_own_user_run_and_stop(lab):
     sw = lab.switch(two_containers(lab, queues=1, user=0), wrapper=WITHOUT_CAP_KILL)
     assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
