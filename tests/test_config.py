@@ -849,6 +849,15 @@ def test_load_reports_the_file_name(tmp_path):
 
 
 
+@pytest.mark.parametrize("ports, summary", [(1, "1 port"), (2, "2 ports")])
+def test_check_says_ok_with_the_switch_and_its_port_count(tmp_path, capsys, ports, summary):
+    from tapswitch import cli
+    path = tmp_path / "sw.yaml"
+    path.write_text("switch: {name: sw0}\nports: [" + ", ".join(f"{{name: p{i}}}" for i in range(ports)) + "]\n")
+    assert cli.main(["check", "-c", str(path)]) == cli.EXIT_OK
+    assert capsys.readouterr().out == f"{path}: ok, switch sw0, {summary}\n"
+
+
 @pytest.mark.parametrize("command", [["reload"], ["ports"], ["fdb"], ["fdb", "flush"]])
 def test_a_client_given_a_bad_config_says_where_and_exits_2(tmp_path, capsys, command):
     """`tapswitch reload -c FILE` takes the control socket from FILE: a FILE with errors gets them

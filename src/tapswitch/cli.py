@@ -121,7 +121,8 @@ def cmd_check(args) -> int:
     cfg = load_config(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    print(f"{args.config}: ok, switch {cfg.switch.name}, {len(cfg.ports)} ports")
+    n = len(cfg.ports)
+    print(f"{args.config}: ok, switch {cfg.switch.name}, {n} port{'' if n == 1 else 's'}")
     return EXIT_OK
 
 
