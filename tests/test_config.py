@@ -1077,6 +1077,17 @@ def test_an_interface_name_with_a_percent_sign_is_refused(port, key):
         f"ports[0].{key}: an interface name has no '%' (the kernel numbers a name with %d itself)")
 
 
+@pytest.mark.parametrize("name", ["all", "default"])
+@pytest.mark.parametrize("port, key", [("name: {}", "name"), ("{{name: p0, netns: n, ifname: {}}}", "ifname"),
+                                       ("{{name: p0, remote: {}}}", "remote")])
+def test_all_and_default_are_refused_as_interface_names(port, key, name):
+    """The kernel refuses them (EINVAL, /proc/sys/net/*/conf/{all,default} are its own): run
+    said 'a device named all already exists', in a namespace it had just made empty."""
+    assert one_error(with_port(port.format(name))).endswith(
+        f"ports[0].{key}: an interface cannot be named {name!r}: the kernel keeps it for "
+        f"/proc/sys/net/*/conf/{name}")
+
+
 def test_a_control_socket_path_ending_in_a_slash_is_refused():
     assert one_error("switch: {name: sw0, control: {socket: /tmp/x/}}\nports: [{name: p0}]\n") == (
         "t.yaml:1: switch.control.socket: the control socket path names a file, not a directory (it ends in '/')")

@@ -67,11 +67,14 @@ class ConfigError(Exception):
 
 def _is_interface_name(value: str) -> str:
     """Linux dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..';
-    and no '%', which the kernel would replace with a number."""
+    not 'all' or 'default' (the names of /proc/sys/net/*/conf/'s defaults); and no '%',
+    which the kernel would replace with a number."""
     if not 1 <= len(value.encode()) <= 15:
         raise ValueError("an interface name is 1 to 15 bytes long")
     if value in (".", ".."):
         raise ValueError("an interface name cannot be '.' or '..'")
+    if value in ("all", "default"):  # the kernel refuses them (EINVAL): run could only call them taken
+        raise ValueError(f"an interface cannot be named {value!r}: the kernel keeps it for /proc/sys/net/*/conf/{value}")
     if any(c in "/:\0" or c.isspace() for c in value):
         raise ValueError("an interface name has no '/', ':', NUL or whitespace")
     if "%" in value:  # the kernel reads eth%d as "the next free ethN"
