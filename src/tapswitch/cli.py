@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="config file (default: the built-in demo)")
 
     check = sub.add_parser("check", help="validate a config file")
-    check.add_argument("-c", "--config", required=True)
+    check.add_argument("-c", "--config", required=True, help="the config file to validate")
 
     def switch_options(c, default=None):
         c.add_argument("--json", action="store_true", default=default, help="print JSON")
@@ -45,11 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     flush = fdb_sub.add_parser("flush", help="flush learned entries")
     flush.add_argument("--port", help="only this port's entries")
     add = fdb_sub.add_parser("add", help="add a static entry (kept until the switch stops)")
-    add.add_argument("mac")
-    add.add_argument("--port", required=True)
+    add.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
+    add.add_argument("--port", required=True, help="the port the MAC is behind")
     add.add_argument("--vlan", type=int, help="default: the port's untagged VLAN")
     delete = fdb_sub.add_parser("del", help="remove an entry, static or learned")
-    delete.add_argument("mac")
+    delete.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     delete.add_argument("--vlan", type=int, help="default: 1")
     for sp in (flush, add, delete):
         # After the action as before it (`fdb -s S flush` or `fdb flush -s S`). SUPPRESS: an
