@@ -241,7 +241,8 @@ def drops_and_errors(sel: str, by: str) -> Row:
               + [Q(rate("tapswitch_port_rx_missed_total", sel, per_port), legend(per_port, "rx missed"))],
               "rx: frames read but not forwarded; rx missed: frames the port's host sent "
               "that found its queue full (the worker was behind; counted per port, not per "
-              "queue); tx: frames not written because the port's TAP queue was full.", tx_below=True),
+              "queue); tx: writes the kernel refused rather than wait (the TAP's send buffer was full).",
+              tx_below=True),
         graph("Errors per second", "pps", rx_tx("errors", sel, by),
               "rx: truncated or malformed frames; tx: frames over MTU or failed writes.",
               tx_below=True),

@@ -305,9 +305,19 @@ def series(name: str, labels: dict, values: str) -> dict:
     return {"series": f"{name}{{{body}}}", "values": values}
 
 
-def rising(pair: str) -> list[dict]:
+DROP_REASONS = ("vlan", "acl", "mac_limit", "storm")
+
+
+def reasons(port: str, values: str = "0x90", rising: str = "") -> list[dict]:
+    """The drop reasons' counters of a port (the drops rule subtracts them): all at
+    `values` but the one named `rising`, which the caller gives."""
+    return [series(f"tapswitch_port_{r}_dropped_total", {**SW, "port": port, "queue": "0"}, values)
+            for r in DROP_REASONS if r != rising]
+
+
+def rising(pair: str, per_minute: int = 10) -> list[dict]:
     """rx counter of port p0 rising, tx flat; port p1 quiet."""
-    return [series(f"tapswitch_port_rx_{pair}_total", {**P0, "queue": "0"}, "0+10x20"),
+    return [series(f"tapswitch_port_rx_{pair}_total", {**P0, "queue": "0"}, f"0+{per_minute}x20"),
             series(f"tapswitch_port_tx_{pair}_total", {**P0, "queue": "0"}, "0x20"),
             series(f"tapswitch_port_rx_{pair}_total", {**SW, "port": "p1", "queue": "0"}, "0x20"),
             series(f"tapswitch_port_tx_{pair}_total", {**SW, "port": "p1", "queue": "0"}, "0x20")]
@@ -319,7 +329,8 @@ FIRING = {
         [series("tapswitch_port_up", P0, "1 0 0 0"),
          series("tapswitch_port_up", {**SW, "port": "p1"}, "1 1 1 1")],
         [("1m", []), ("2m", [P0])]),
-    "TapswitchDropsRising": (rising("dropped"), [("3m", []), ("10m", [P0])]),
+    "TapswitchDropsRising": (rising("dropped", 600) + reasons("p0") + reasons("p1"),
+                             [("3m", []), ("10m", [P0])]),
     "TapswitchErrorsRising": (rising("errors"), [("3m", []), ("10m", [P0])]),
     "TapswitchQueueOverflowing": (
         [series("tapswitch_port_rx_missed_total", P0, "0+10x20"),
@@ -380,8 +391,9 @@ def test_alerts_fire_when_they_should(tmp_path):
 
 
 def burst(metric: str, labels: dict, scrapes: int) -> dict:
-    """A counter that rises at `scrapes` scrapes 15 s apart after a quiet minute, then stays."""
-    return series(metric, labels, f"0x4 0+10x{scrapes - 1} {10 * (scrapes - 1)}x60")
+    """A counter that rises by 100 (6.7/s) at `scrapes` scrapes 15 s apart after a quiet
+    minute, then stays."""
+    return series(metric, labels, f"0x4 0+100x{scrapes - 1} {100 * (scrapes - 1)}x60")
 
 
 # "For 5 minutes" alerts: a burst of 30 s does not fire (a 5-minute rate held it above
@@ -398,7 +410,7 @@ def quiet_other_direction(metric: str) -> list[dict]:
     if metric.endswith("missed_total"):
         return []
     other = metric.replace("_rx_", "_tx_") if "_rx_" in metric else metric.replace("_tx_", "_rx_")
-    return [series(other, {**P0, "queue": "0"}, "0x90")]
+    return [series(other, {**P0, "queue": "0"}, "0x90")] + (reasons("p0") if "dropped" in metric else [])
 
 
 @needs_promtool
@@ -417,6 +429,20 @@ def test_a_burst_of_6_minutes_fires_a_for_5_minutes_alert(tmp_path, alert):
     promtool_test_rules(tmp_path, {alert: ([burst(metric, labels, 25)] + quiet_other_direction(metric),
                                            [("5m", []), ("7m", [P0])])}, "15s")
 
+
+
+@needs_promtool
+def test_drops_by_design_do_not_fire_the_drops_alert(tmp_path):
+    """An uplink's LLDP every 30 s (rx_dropped at 2 a minute), and an ACL dropping 10
+    frames/s (counted in acl_dropped and rx_dropped both), for 15 minutes: no alert."""
+    trickle = rising("dropped", 2)[:2] + reasons("p0")
+    acl = ([series("tapswitch_port_rx_dropped_total", {**P0, "queue": "0"}, "0+600x20"),
+            series("tapswitch_port_tx_dropped_total", {**P0, "queue": "0"}, "0x20"),
+            series("tapswitch_port_acl_dropped_total", {**P0, "queue": "0"}, "0+600x20")]
+           + reasons("p0", rising="acl"))
+    for inputs in (trickle, acl):
+        promtool_test_rules(tmp_path, {"TapswitchDropsRising": (
+            inputs, [(f"{m}m", []) for m in range(1, 16)])}, "1m")
 
 
 @needs_promtool

@@ -19,7 +19,7 @@ PORT_COUNTERS = {
     "tx_packets": ("port_tx_packets", "Frames sent to the port."),
     "tx_bytes": ("port_tx_bytes", "Bytes of the frames sent to the port."),
     "tx_errors": ("port_tx_errors", "Frames not sent: over the port's MTU, or the write failed."),
-    "tx_dropped": ("port_tx_dropped", "Frames not sent because the port's queue was full."),
+    "tx_dropped": ("port_tx_dropped", "Frames not sent: the kernel refused the write rather than wait (the TAP's send buffer was full)."),
     "flooded": ("port_flooded_packets", "Frames received on the port that were flooded (to one port or more; to none: rx_dropped)."),
     # Why frames were dropped on receive (each is counted in rx_dropped too).
     "vlan_dropped": ("port_vlan_dropped", "Frames dropped for a VLAN the port is not in."),
@@ -31,7 +31,7 @@ PORT_COUNTERS = {
 MIRROR_COUNTERS = {
     "packets": "Copies sent to the mirror's monitor port.",
     "bytes": "Bytes of the copies sent to the mirror's monitor port.",
-    "dropped": "Copies not sent (the monitor port's queue was full, or it is down).",
+    "dropped": "Copies not sent (the monitor port is down, or the kernel refused the write).",
 }
 
 FDB_COUNTERS = {

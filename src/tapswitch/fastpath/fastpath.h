@@ -93,8 +93,10 @@
  * count in rx_dropped (such a flood is not counted as flooded).
  * Frames carry the 10-byte virtio-net header (host byte order, the TAP
  * default); GSO super-frames (up to 64 KiB) are written out byte for byte.
- * Writes never block: the fds are O_NONBLOCK, a full queue drops the frame
- * and counts it (tx_dropped). A frame that fills the whole TS_FRAME_MAX
+ * Writes never block: the fds are O_NONBLOCK, a write the kernel would make
+ * wait (the TAP's send buffer full: rare, its default is the largest) drops
+ * the frame and counts it (tx_dropped). A TAP write queues nothing: it runs
+ * the port host's stack, which counts what that stack then loses. A frame that fills the whole TS_FRAME_MAX
  * buffer may have been cut, and counts as rx_errors. A queue whose read fails
  * (or ends: its TAP was deleted) counts one rx_errors and is no longer
  * polled by this worker. The control process marks the port gone (down) and
@@ -164,8 +166,8 @@
  *     without CAP_IPC_LOCK) they stay plain reads and writes;
  *     ts_worker_buffers_registered() says which.
  * The queues are registered files (no fd lookup per SQE). RWF_NOWAIT on
- * every write (and burst read) keeps "writes never block" exact: a full
- * queue completes with -EAGAIN, counted as tx_dropped, never retried.
+ * every write (and burst read) keeps "writes never block" exact: a write
+ * that would wait completes with -EAGAIN, counted as tx_dropped, never retried.
  * What the write queue costs: a queued write reads its buffer at flush, so a
  * frame is not edited while it has one queued (tx() flushes before a tag
  * push, pop or rewrite), and a port with mirror_tx is written at once (its
@@ -414,7 +416,7 @@ struct ts_counters {
     uint64_t tx_packets;       /* frames written to the port (mirror copies included) */
     uint64_t tx_bytes;
     uint64_t tx_errors;        /* over MTU, or the write failed */
-    uint64_t tx_dropped;       /* the port's queue was full (EAGAIN/ENOBUFS) */
+    uint64_t tx_dropped;       /* the write was refused rather than wait (EAGAIN/ENOBUFS) */
     uint64_t flooded;          /* frames received here that were flooded (to one port or more) */
     uint64_t vlan_dropped;     /* received in a VLAN the port is not in (or untagged, no pvid) */
     uint64_t acl_dropped;      /* dropped by an ACL rule */
