@@ -59,30 +59,31 @@ class SwitchCollector:
     def collect(self):
         sw = self.switch
         shared, name = sw.shared, sw.name
+        ports = sw.ports        # one list for the whole scrape: a reload may swap it meanwhile
         per_queue = [(port, q, shared.queue_counters(port.index, q))
-                     for port in sw.ports for q in range(sw.queues)]
+                     for port in ports for q in range(sw.queues)]
         for key, (metric, doc) in PORT_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_{metric}", doc, ["switch", "port", "queue"],
                           (([name, port.name, str(q)], counts[key]) for port, q, counts in per_queue))
-        missed = sw.rx_missed()
+        missed = sw.rx_missed(ports)
         yield _family(CounterMetricFamily, "tapswitch_port_rx_missed",
                       "Frames the port's host sent that found the port's queue full (its worker was behind).",
-                      ["switch", "port"], (([name, p.name], missed[p.index]) for p in sw.ports))
+                      ["switch", "port"], (([name, p.name], missed[p.index]) for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_up", "1 if the port's link is up, else 0.",
-                      ["switch", "port"], (([name, p.name], int(p.up)) for p in sw.ports))
+                      ["switch", "port"], (([name, p.name], int(p.up)) for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",
                       ["switch", "port", "mac", "mtu", "speed", "remote"],
                       (([name, p.name, p.mac, str(p.effective_mtu), str(p.cfg.speed or ""), p.cfg.remote or ""], 1)
-                       for p in sw.ports))
+                       for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_port_fdb_entries", "MAC table entries on the port.",
-                      ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in sw.ports))
+                      ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_vxlan_remotes",
                       "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
-                      (([name, p.name], len(p.tunnel.remotes)) for p in sw.ports if p.tunnel is not None))
+                      (([name, p.name], len(p.tunnel.remotes)) for p in ports if p.tunnel is not None))
         yield _family(CounterMetricFamily, "tapswitch_acl_hits", "Frames matched by each ACL rule of a port.",
                       ["switch", "port", "rule", "action"],
                       (([name, p.name, str(r), rule.action], hits)
-                       for p in sw.ports for r, (rule, hits) in enumerate(zip(p.cfg.acl, shared.acl_hits(p.index)))))
+                       for p in ports for r, (rule, hits) in enumerate(zip(p.cfg.acl, shared.acl_hits(p.index)))))
         mirrors = list(enumerate(sw.cfg.mirrors))
         for key, doc in MIRROR_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_mirror_{key}", doc, ["switch", "mirror"],

@@ -670,7 +670,8 @@ class Switch:
         raise ControlError(f"no port named {name!r}")
 
     def ports_info(self) -> list[dict]:
-        missed = self.rx_missed()
+        ports_now = self.ports      # one list: a reload may swap it meanwhile
+        missed = self.rx_missed(ports_now)
         return [{
             "name": p.name,
             "state": "up" if p.up else "down",
@@ -681,17 +682,18 @@ class Switch:
             "queues": self.queues,
             "counters": {**self.shared.counters(p.index), "rx_missed": missed[p.index]},
             "queue_counters": [self.shared.queue_counters(p.index, q) for q in range(self.queues)],
-        } for p in self.ports]
+        } for p in ports_now]
 
-    def rx_missed(self) -> dict[int, int]:
-        """Frames each port's host sent that found the port's queue full, by port index: the
-        TAP's tx_dropped, kept by the kernel (a queue the worker is behind on drops there,
-        before the fast path sees the frame). A port whose device is gone keeps the count
-        last read: a counter does not go back."""
-        links = {(p.nsid, p.ifindex): p for p in self.ports if not p.gone}
+    def rx_missed(self, ports_now: list[ports.Port]) -> dict[int, int]:
+        """Frames each of `ports_now` (the port list as the caller read it: a reload in the
+        main thread may swap self.ports between two reads) had its host send to a full
+        queue, by port index: the TAP's tx_dropped, kept by the kernel (a queue the worker
+        is behind on drops there, before the fast path sees the frame). A port whose device
+        is gone keeps the count last read: a counter does not go back."""
+        links = {(p.nsid, p.ifindex): p for p in ports_now if not p.gone}
         for link, n in linkmon.tx_dropped(list(links)).items():
             links[link].rx_missed = n
-        return {p.index: p.rx_missed for p in self.ports}
+        return {p.index: p.rx_missed for p in ports_now}
 
     def fdb_info(self) -> list[dict]:
         now = self.shared.now()
