@@ -10,6 +10,8 @@ several at once (create_all); their netlink requests go through rtnl.py.
 A VXLAN port is a remote port whose IFACE tapswitch makes: the kernel's
 VXLAN device (vxlan.py), attached in promisc mode. Its MTU, and that of
 every port without one of its own, comes from the underlay (`plan`).
+A remote port's TAP, and a VXLAN device, get IPv6 turned off before they
+come up (quiet.py): they carry the switch's frames, not the host's.
 """
 
 import contextlib
@@ -23,7 +25,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tapswitch import linkmon, netns, remote, rtnl, tap, tc, vxlan
+from tapswitch import linkmon, netns, quiet, remote, rtnl, tap, tc, vxlan
 from tapswitch.remote import RemoteAttachment
 from tapswitch.runstate import RunState
 
@@ -229,6 +231,10 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
             cfg = cfg.model_copy(update=_as_remote(cfg))
         mac = cfg.mac or _default_mac(cfg)
         with rtnl.Rtnl() as here:
+            if cfg.remote:     # its TAP (and VXLAN device) only carry frames: no host there (quiet.py)
+                quiet.silence(here, _index(here.sock, cfg.name), cfg.name)
+                if tunnel is not None:
+                    quiet.silence(here, tunnel.ifindex, tunnel.name)
             if nspath is not None and inside is None:
                 try:
                     _move(here, _index(here.sock, cfg.name), nspath)

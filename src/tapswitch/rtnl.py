@@ -25,6 +25,7 @@ NLMSG_HDR = struct.Struct("=IHHII")      # length, type, flags, sequence number,
 LINK_ATTRS = {"address": "IFLA_ADDRESS", "mtu": "IFLA_MTU", "txqlen": "IFLA_TXQLEN",
               "ifname": "IFLA_IFNAME", "net_ns_fd": "IFLA_NET_NS_FD"}
 NSID_NONE = -1
+IN6_ADDR_GEN_MODE_NONE = 1               # <linux/if_link.h>: no link-local address (quiet.py)
 SIOCGIFINDEX = 0x8933
 IFREQ = struct.Struct("16si20x")         # struct ifreq: name, ifindex (the union's first int)
 
@@ -84,6 +85,14 @@ class Rtnl:
             msg["change"] = IFF_UP
             msg["flags"] = IFF_UP if up else 0
         msg["attrs"] = [(LINK_ATTRS[k], v) for k, v in attrs.items()]
+        self._request(msg, RTM_NEWLINK)
+
+    def set_addr_gen_mode(self, index: int, mode: int) -> None:
+        """IFLA_AF_SPEC/AF_INET6/IFLA_INET6_ADDR_GEN_MODE of device `index`, as
+        `ip link set addrgenmode` does (it is read as the device comes up)."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", mode)]})]})]
         self._request(msg, RTM_NEWLINK)
 
     def addr_add(self, index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,

@@ -60,6 +60,35 @@ def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
     return r.returncode == 0
 
 
+def capture(ns: str) -> subprocess.Popen:
+    """tcpdump (link-level headers) on every device of `ns`, those made after it started too;
+    returns once it listens. captured() ends it and gives what it saw."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "any", "-nn", "-e", "-l"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "listening on" not in (line := p.stderr.readline()):
+        assert line, "tcpdump did not start"
+    return p
+
+
+def captured(p: subprocess.Popen) -> str:
+    p.terminate()
+    return p.communicate(timeout=5)[0]
+
+
+def ipv6_settled(ns: str, dev: str) -> bool:
+    """Has `dev` a link-local address that is no longer tentative (its duplicate address
+    detection done: the host has sent what it sends on a new device, but for later router
+    solicitations)?"""
+    out = nsexec(ns, "ip", "-6", "addr", "show", "dev", dev, "scope", "link").stdout
+    return "fe80::" in out and "tentative" not in out
+
+
+def ipv6_disabled(ns: str | None, dev: str) -> bool:
+    path = f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"
+    argv = ["ip", "netns", "exec", ns, "cat", path] if ns else ["cat", path]
+    return sh(*argv).stdout.strip() == "1"
+
+
 class Switch:
     """A `tapswitch run` subprocess, started on a config dict, ready when it says READY=1."""
 

@@ -310,3 +310,71 @@ def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, si
     assert nic_state(site["sw"]) == held
     assert helpers.ping(site["c"][0], "198.18.3.100")
     assert a.stop() == 0
+
+
+# Runs the switch where /proc/sys is read-only, as in a container that is not --privileged
+# (under `ip netns exec`, whose mount namespace is the switch's alone).
+READ_ONLY_PROC_SYS = ("sh", "-c", 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"', "sh")
+
+
+def chatter_heard(site, sw, uplink: str) -> tuple[str, bool]:
+    """Once the hosts' IPv6 has settled on the new ports: the uplink TAP's MAC, and whether the
+    switch learned it."""
+    helpers.wait_for("the container's link-local address", lambda: helpers.ipv6_settled(site["c"][0], "eth0"))
+    time.sleep(0.5)
+    tap_mac = helpers.link_mac(site["sw"], uplink)
+    return tap_mac, tap_mac in {e["mac"] for e in sw.cli_json("fdb")}
+
+
+def test_the_uplinks_tap_is_no_host_on_the_network(lab, site):
+    """The uplink's TAP only carries frames between the switch and the NIC: the host sends
+    nothing out of it (no link-local address, DAD, router solicitation, MLD report), so the
+    switch learns no phantom host on the uplink and floods no host chatter to the containers.
+    A port with neither netns nor remote is the host's own TAP, and left as the kernel makes it.
+    (The uplink's name has a dot: /proc/sys keeps it as it is.)"""
+    cfg = config(lab, site, "promisc")
+    uplink = cfg["ports"][-1]["name"] = lab.name("u.p")
+    cfg["ports"].append({"name": lab.name("h")})
+    heard = helpers.capture(site["c"][0])
+    lab.procs.append(heard)
+    sw = lab.switch(cfg, netns=site["sw"])
+    tap_mac, learned = chatter_heard(site, sw, uplink)
+    assert not learned
+    assert tap_mac not in helpers.captured(heard)
+    assert helpers.ipv6_disabled(site["sw"], uplink)
+    assert not helpers.ipv6_disabled(site["sw"], lab.name("h"))
+    helpers.wait_for("the host's own TAP's link-local address", lambda: helpers.ipv6_settled(site["sw"], lab.name("h")))
+
+
+def test_where_proc_sys_is_read_only_the_uplinks_tap_gets_no_link_local_address(lab, site):
+    """disable_ipv6 cannot be written (a container that is not --privileged): the TAP gets no
+    link-local address instead, and the host has nothing to send from it either."""
+    heard = helpers.capture(site["c"][0])
+    lab.procs.append(heard)
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], wrapper=READ_ONLY_PROC_SYS)
+    assert [e["dev"] for e in sw.events("quiet.ipv6_kept")] == [lab.name("up")], sw.log()
+    tap_mac, learned = chatter_heard(site, sw, lab.name("up"))
+    assert not learned
+    assert tap_mac not in helpers.captured(heard)
+    assert not helpers.ipv6_disabled(site["sw"], lab.name("up"))
+    assert "inet6" not in helpers.nsexec(site["sw"], "ip", "-6", "addr", "show", "dev", lab.name("up")).stdout
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+
+
+def test_a_reload_that_makes_a_port_remote_or_not_turns_its_taps_ipv6_off_or_leaves_it_on(lab, site):
+    """A port that becomes remote is made again with IPv6 off on its TAP; one that stops being
+    remote is made again as the host's own TAP, with IPv6 as the kernel gives it."""
+    cfg = config(lab, site, "promisc")
+    cfg["ports"].append({"name": lab.name("h")})
+    sw = lab.switch(cfg, netns=site["sw"])
+    up, host = lab.name("up"), lab.name("h")
+    assert helpers.ipv6_disabled(site["sw"], up) and not helpers.ipv6_disabled(site["sw"], host)
+    cfg["ports"][-2].pop("remote_mode")
+    cfg["ports"][-1]["remote"] = cfg["ports"][-2].pop("remote")    # nic0 moves from `up` to `h`
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert "remade" in sw.cli("reload").stdout
+    assert not helpers.ipv6_disabled(site["sw"], up) and helpers.ipv6_disabled(site["sw"], host)
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw.stop() == 0
+    assert not helpers.link_exists(up, site["sw"]) and not helpers.link_exists(host, site["sw"])

@@ -9,7 +9,7 @@ import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import netns
-from tapswitch.rtnl import NSID_NONE, Rtnl
+from tapswitch.rtnl import IN6_ADDR_GEN_MODE_NONE, NSID_NONE, Rtnl
 from tests.integration import helpers
 
 
@@ -71,6 +71,18 @@ def test_addr_add_adds_ipv4_and_ipv6_as_ip_does_and_refuses_a_duplicate(lab):
     assert [(a["local"], a["prefixlen"]) for a in v6] == [("fd00::7:1", 64)]
     assert not v6[0].get("tentative")                              # no duplicate address detection
     assert "198.18.7.0/24" in helpers.nsexec(ns, "ip", "route", "show", "dev", "va").stdout
+
+
+def test_addr_gen_mode_none_leaves_a_device_that_comes_up_without_a_link_local_address(lab):
+    ns = lab.netns("g", create=True)
+    helpers.nsexec(ns, "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+    with rtnl_in(ns) as there:
+        there.set_addr_gen_mode(index_of(ns, "va"), IN6_ADDR_GEN_MODE_NONE)
+    assert link(ns, "va")["inet6_addr_gen_mode"] == "none"
+    helpers.nsexec(ns, "ip", "link", "set", "vb", "up")
+    helpers.nsexec(ns, "ip", "link", "set", "va", "up")
+    helpers.wait_for("vb's link-local address", lambda: "fe80::" in helpers.nsexec(ns, "ip", "-6", "addr", "show", "dev", "vb").stdout)
+    assert "inet6" not in helpers.nsexec(ns, "ip", "-6", "addr", "show", "dev", "va").stdout
 
 
 def test_a_namespace_gets_an_id_once(lab):

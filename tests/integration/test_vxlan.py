@@ -348,3 +348,24 @@ def test_metrics_count_the_remote_hosts_of_a_vxlan_port(lab, site):
     assert f"tapswitch_vxlan_remotes{{{labels}}} 2.0" in text.splitlines()
     assert sum(line.startswith("tapswitch_vxlan_remotes{") for line in text.splitlines()) == 1   # only VXLAN ports
     assert f'tapswitch_port_up{{{labels}}} 1.0' in text.splitlines()
+
+
+def test_the_tunnels_devices_are_no_hosts_on_the_segment(lab, site):
+    """A VXLAN port's TAP and its VXLAN device only carry frames: the host sends nothing out of
+    them (IPv6 off), so no switch learns their MACs (on host 1, on host 2 across the tunnel),
+    and no container hears from them."""
+    heard = helpers.capture(site.containers[2, 1])
+    lab.procs.append(heard)
+    for h in (1, 2):
+        site.start(h)
+    for h in (1, 2):
+        helpers.wait_for(f"c{h}1's link-local address", lambda: helpers.ipv6_settled(site.containers[h, 1], "eth0"))
+    time.sleep(0.5)
+    devices = {(h, dev) for h in (1, 2) for dev in (site.vx(h), f"{site.vx(h)}-vx")}
+    macs = {helpers.link_mac(site.hosts[h], dev) for h, dev in devices}
+    learned = {e["mac"] for h in (1, 2) for e in site.switches[h].cli_json("fdb")}
+    assert macs & learned == set()
+    out = helpers.captured(heard)
+    assert [mac for mac in macs if mac in out] == []
+    assert all(helpers.ipv6_disabled(site.hosts[h], dev) for h, dev in devices)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
