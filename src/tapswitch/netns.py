@@ -213,7 +213,16 @@ class Namespaces:
             return self._ensure(port, path)
 
     def _ensure(self, port, path: str) -> str:
-        if os.path.exists(path):
+        try:
+            os.stat(path)
+            exists = True
+        except PermissionError as e:    # there, but not ours to open: "does not exist" would mislead
+            ptrace = " (another process's namespace needs CAP_SYS_PTRACE)" if path.startswith("/proc/") else ""
+            raise NetnsError(f"port {port.name}: cannot open network namespace {port.netns}: "
+                             f"{e.strerror}{ptrace}") from None
+        except OSError:
+            exists = False
+        if exists:
             if not is_netns(path):
                 stale = " (a stale file? the namespace it named is gone)" if port.netns_kind == "name" else ""
                 raise NetnsError(f"port {port.name}: {path} is not a network namespace{stale}")

@@ -318,6 +318,25 @@ def test_containers_given_by_pid_and_by_path(lab):
     assert holder.poll() is None
 
 
+def test_a_containers_namespace_it_may_not_open_exits_1_saying_why_not_that_it_does_not_exist(lab):
+    """The process is there, but without CAP_SYS_PTRACE its namespace (another user's) is not
+    the switch's to open: stat says EACCES, which is no "does not exist"."""
+    holder = subprocess.Popen(["unshare", "--net", "setpriv", "--reuid=65534", "--regid=65534",
+                               "--clear-groups", "sleep", "300"])
+    lab.procs.append(holder)
+    helpers.wait_for("the container's own uid", lambda: os.stat(f"/proc/{holder.pid}").st_uid == 65534)
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1, "user": 0},
+           "ports": [{"name": lab.name("pa"), "netns": f"pid:{holder.pid}", "addresses": ["198.18.1.1/24"]}]}
+    sw = lab.switch(cfg, start=False,
+                    wrapper=("setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"))
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    assert (f"tapswitch: port {lab.name('pa')}: cannot open network namespace pid:{holder.pid}: Permission denied "
+            f"(another process's namespace needs CAP_SYS_PTRACE)") in sw.log(), sw.log()
+    assert not helpers.link_exists(lab.name("pa"))
+    assert holder.poll() is None
+
+
 def test_ready_is_logged_and_notified(lab):
     cfg = containers(lab, 2)
     sw = lab.switch(cfg)     # start() waits for READY=1 on $NOTIFY_SOCKET
