@@ -302,6 +302,15 @@ def test_an_address_listed_twice_is_an_error_whatever_its_prefix():
     assert one_error(text) == "t.yaml:9: ports[0].addresses[2]: 198.18.0.1 is listed twice (first at addresses[0])"
 
 
+def test_an_ipv6_address_on_a_port_under_1280_bytes_is_an_error():
+    """The kernel gives a device under IPv6's minimum MTU no IPv6: the start failed "Invalid argument"."""
+    text = with_port("name: p\nnetns: x\naddresses: [198.18.0.1/24, fd00::1/64]\nmtu: 1279\n")
+    assert one_error(text) == (
+        "t.yaml:7: ports[0].mtu: IPv6 needs an MTU of 1280 or more, and addresses[1] (fd00::1/64) is IPv6")
+    assert loads(with_port("name: p\nnetns: x\naddresses: [fd00::1/64]\nmtu: 1280\n"), "t.yaml").ports[0].mtu == 1280
+    assert loads(with_port("name: p\nnetns: x\naddresses: [198.18.0.1/24]\nmtu: 576\n"), "t.yaml").ports[0].mtu == 576
+
+
 def test_address_on_its_own_line_is_located():
     text = with_port("name: p\nnetns: x\naddresses:\n  - 198.18.0.1/24\n  - 7\n")
     assert one_error(text) == "t.yaml:8: ports[0].addresses[1]: expected an address string like 198.18.0.10/24, got integer"

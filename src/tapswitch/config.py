@@ -332,6 +332,7 @@ MirrorName = Annotated[str, AfterValidator(_is_mirror_name)]
 
 MAX_ACL_RULES = 64  # per port: the fast path's TS_MAX_ACL_RULES
 MAX_MIRRORS = 16  # the fast path's TS_MAX_MIRRORS
+IPV6_MIN_MTU = 1280  # a device with a smaller MTU has no IPv6 (RFC 8200)
 STORM_PPS_MAX = 100_000_000
 Address = Annotated[
     ipaddress.IPv4Interface | ipaddress.IPv6Interface, PlainValidator(_is_interface_address)
@@ -585,6 +586,15 @@ class Port(_Model):
             first.setdefault(iface.ip, j)
         if errors:
             raise LocatedErrors(errors)
+        return value
+
+    @field_validator("mtu")
+    @classmethod
+    def _mtu_carries_ipv6_addresses(cls, value: int, info: ValidationInfo) -> int:
+        six = [j for j, iface in enumerate(info.data.get("addresses", [])) if iface.version == 6]
+        if six and value < IPV6_MIN_MTU:    # the kernel gives such a device no IPv6 at all
+            raise ValueError(f"IPv6 needs an MTU of {IPV6_MIN_MTU} or more, and addresses[{six[0]}] "
+                             f"({info.data['addresses'][six[0]]}) is IPv6")
         return value
 
     @field_validator("trunk")
