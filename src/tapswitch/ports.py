@@ -26,6 +26,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import linkmon, netns, quiet, remote, rtnl, tap, tc, vxlan
+from tapswitch.config import IPV6_MIN_MTU
 from tapswitch.remote import RemoteAttachment
 from tapswitch.runstate import RunState
 
@@ -178,7 +179,21 @@ def _configure_inside(there: rtnl.Rtnl, cfg, ifindex: int, devname: str, mac: st
                             f"in namespace {cfg.netns}") from None
         raise
     for iface in cfg.addresses:
-        there.addr_add(ifindex, iface, IFA_F_NODAD if iface.version == 6 else 0)
+        try:
+            there.addr_add(ifindex, iface, IFA_F_NODAD if iface.version == 6 else 0)
+        except NetlinkError as e:
+            where = f" in namespace {cfg.netns}" if cfg.netns else ""
+            raise PortError(f"port {cfg.name}: cannot add address {iface}{where}: "
+                            f"{os.strerror(e.code)}{_address_hint(iface, e.code, cfg.mtu)}") from None
+
+
+def _address_hint(iface, code: int, mtu: int) -> str:
+    """Why the kernel refused an address, where its errno alone does not say."""
+    if iface.version == 6 and code == errno.EACCES:
+        return " (IPv6 is disabled there: sysctl net.ipv6.conf.all.disable_ipv6 or .default.disable_ipv6)"
+    if iface.version == 6 and code == errno.EINVAL and mtu < IPV6_MIN_MTU:
+        return f" (IPv6 needs an MTU of {IPV6_MIN_MTU} or more; the port's is {mtu})"
+    return ""
 
 
 def plan(cfgs: list) -> list:

@@ -337,6 +337,23 @@ def test_a_containers_namespace_it_may_not_open_exits_1_saying_why_not_that_it_d
     assert holder.poll() is None
 
 
+def test_an_ipv6_address_in_a_namespace_without_ipv6_exits_1_naming_it_and_why(lab):
+    """The kernel says only EACCES ("port p: Permission denied" was all the user got)."""
+    cfg = containers(lab, 2, queues=1)
+    theirs = lab.netns("nov6", create=True)
+    helpers.nsexec(theirs, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    cfg["ports"][1]["netns"] = theirs
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    assert (f"tapswitch: port {cfg['ports'][1]['name']}: cannot add address fd00::2/64 in namespace {theirs}: "
+            f"Permission denied (IPv6 is disabled there") in r.stderr, r.stderr
+    assert helpers.sh("ip", "-n", theirs, "-br", "link").stdout.split()[0] == "lo"     # the TAP went
+    assert len(helpers.sh("ip", "-n", theirs, "-br", "link").stdout.splitlines()) == 1
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list() and theirs in helpers.netns_list()
+
+
 def test_ready_is_logged_and_notified(lab):
     cfg = containers(lab, 2)
     sw = lab.switch(cfg)     # start() waits for READY=1 on $NOTIFY_SOCKET
