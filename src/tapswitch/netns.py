@@ -33,6 +33,7 @@ MS_REC, MS_BIND, MS_SHARED = 0x4000, 0x1000, 1 << 20
 MNT_DETACH = 2
 SO_NETNS_COOKIE = 71       # asm-generic/socket.h (Linux 5.14)
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
+OWN = "/proc/self/ns/net"    # the main thread's: the switch's namespace
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -53,6 +54,12 @@ def is_netns(path: str) -> bool:
         return False            # ENOTTY: not an nsfs file
     finally:
         os.close(fd)
+
+
+def is_own(path: str) -> bool:
+    """Is the namespace at `path` the one the switch runs in?"""
+    there, here = os.stat(path), os.stat(OWN)
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
 def _check(rc: int, what: str) -> None:
@@ -226,6 +233,9 @@ class Namespaces:
             if not is_netns(path):
                 stale = " (a stale file? the namespace it named is gone)" if port.netns_kind == "name" else ""
                 raise NetnsError(f"port {port.name}: {path} is not a network namespace{stale}")
+            if is_own(path):        # a host process's pid, or a container's pid since reused by one
+                raise NetnsError(f"port {port.name}: {port.netns} is the switch's own network namespace, "
+                                 f"not a container's (a port there has no netns)")
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")

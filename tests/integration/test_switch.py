@@ -354,6 +354,23 @@ def test_an_ipv6_address_in_a_namespace_without_ipv6_exits_1_naming_it_and_why(l
     assert cfg["ports"][0]["netns"] not in helpers.netns_list() and theirs in helpers.netns_list()
 
 
+@pytest.mark.parametrize("how", ["pid", "path"])
+def test_the_switchs_own_namespace_as_a_containers_exits_1_and_leaves_nothing(lab, how):
+    """A host process's pid (a container's, reused) gave the host the container's TAP and addresses."""
+    host = subprocess.Popen(["sleep", "300"])
+    lab.procs.append(host)
+    cfg = containers(lab, 2, queues=1)
+    cfg["ports"][1]["netns"] = f"pid:{host.pid}" if how == "pid" else f"/proc/{host.pid}/ns/net"
+    del cfg["ports"][1]["ifname"]
+    sw = lab.switch(cfg, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    assert (f"tapswitch: port {cfg['ports'][1]['name']}: {cfg['ports'][1]['netns']} is the switch's own network "
+            f"namespace, not a container's") in sw.log(), sw.log()
+    assert not helpers.link_exists(cfg["ports"][1]["name"])
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
 def test_ready_is_logged_and_notified(lab):
     cfg = containers(lab, 2)
     sw = lab.switch(cfg)     # start() waits for READY=1 on $NOTIFY_SOCKET
