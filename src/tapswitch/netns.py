@@ -56,6 +56,12 @@ def is_netns(path: str) -> bool:
         os.close(fd)
 
 
+def name_at(path: str) -> str | None:
+    """The name of the named namespace at `path` (/run/netns/NAME, or another way there), else None."""
+    head, name = os.path.split(path)
+    return name if os.path.realpath(head) == os.path.realpath(RUN_DIR) else None
+
+
 def is_own(path: str) -> bool:
     """Is the namespace at `path` the one the switch runs in?"""
     there, here = os.stat(path), os.stat(OWN)
@@ -300,8 +306,10 @@ class Namespaces:
         return gone
 
     def remove_unused(self, in_use: set) -> None:
-        """Remove the namespaces this run created that no port uses any more."""
-        for name in [n for n in self.created if n not in in_use]:
+        """Remove the namespaces this run created that no port uses any more. `in_use`: the
+        ports' netns paths, since a port may name a namespace by its path (/run/netns/NAME)."""
+        used = {name_at(path) for path in in_use if path is not None}
+        for name in [n for n in self.created if n not in used]:
             self.state.netns.pop(name)
             self._remove(name)
         self.state.save()

@@ -525,7 +525,7 @@ class Switch:
                 if not ports.wait_gone(port):
                     log.warning("port.device_lingers", port=port.name)     # its remaking will say so
                 log.info("port.removed", port=port.name)
-            self.namespaces.remove_unused({p.netns for p in new.ports})
+            self.namespaces.remove_unused({p.netns_path for p in new.ports})
         errors, added, wanted = {}, [], []
         busy = {p.index for p in self.ports}
         for pcfg in plan.add:
@@ -566,7 +566,7 @@ class Switch:
             self._replace_workers()
         if new.switch.log != self.cfg.switch.log:
             setup_logging(new.switch.log.level, new.switch.log.format)
-        self.namespaces.remove_unused({p.cfg.netns for p in self.ports})    # those of ports that failed
+        self.namespaces.remove_unused({p.cfg.netns_path for p in self.ports})    # those of ports that failed
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
         self.install_static_macs()

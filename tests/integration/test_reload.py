@@ -106,6 +106,27 @@ def test_reload_removes_a_port_its_device_and_its_namespace(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
 
 
+def test_a_namespace_it_made_stays_while_a_port_names_it_by_its_path(lab):
+    """A port may name the namespace another port's name made by its path: a reload that removed
+    the other port took the namespace away under it (its TAP went with it)."""
+    cfg = base(lab, 3)
+    made = cfg["ports"][0]["netns"]
+    cfg["ports"][1].update(netns=f"/run/netns/{made}", ifname="eth1")
+    sw = lab.switch(cfg)
+    gone = cfg["ports"].pop(0)
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: removed {gone['name']}"
+    time.sleep(1.5)                  # a tick of the control loop: a TAP that went is marked gone
+    assert made in helpers.netns_list()
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.ping(cfg["ports"][1]["netns"], "198.18.4.2")
+    cfg["ports"].pop(0)
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: removed {lab.name('p1')}"
+    assert made not in helpers.netns_list()     # no port names it now, by name or by path
+    assert sw.stop() == 0
+
+
 def hold_queue(switch_pid: int, ifname: str) -> int:
     """A copy, in this process, of one of the switch's queue fds of the TAP named ifname (a dead
     worker's io_uring holds such copies for a moment after it): pidfd_getfd."""
