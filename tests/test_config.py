@@ -233,6 +233,16 @@ def test_same_inner_name_in_the_same_netns_clashes_whatever_the_netns_form():
     assert one_error(text) == "t.yaml:5: ports[1].ifname: 'eth0' is already in netns '/run/netns/x' (ports[0])"
 
 
+def test_an_ifname_that_is_another_ports_name_in_the_same_netns_clashes():
+    """That port's TAP enters the namespace under its name before its rename: the two met, or
+    not, as the threads making them interleaved (a start failed one time in five here)."""
+    text = SWITCH + "ports:\n  - {name: a, netns: pid:7, ifname: b}\n  - {name: b, netns: pid:7, ifname: eth9}\n"
+    assert one_error(text) == ("t.yaml:4: ports[0].ifname: 'b' is the name ports[1]'s TAP enters netns 'pid:7' "
+                               "under, before its rename; rename one of them")
+    fine = SWITCH + "ports:\n  - {name: a, netns: pid:7, ifname: b}\n  - {name: b, netns: pid:8, ifname: eth9}\n"
+    assert [p.inner_name for p in loads(fine).ports] == ["b", "eth9"]
+
+
 def test_same_inner_name_in_different_netns_is_fine():
     cfg = loads(SWITCH + "ports:\n  - {name: a, netns: x, ifname: eth0}\n  - {name: b, netns: y, ifname: eth0}\n")
     assert [p.inner_name for p in cfg.ports] == ["eth0", "eth0"]

@@ -810,7 +810,15 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
                                                               f"is already ports[{by_vni[key]}]'s"))
             by_vni.setdefault(key, i)
     by_tunnel = {tunnel.device_name(p.name): i for i, p in ports if p.vxlan is not None}
+    # A TAP moved into a namespace (one the switch did not make) enters it under its port name and
+    # is renamed there: another port's ifname of that name would meet it, or not, as the ports'
+    # set-ups, made side by side, happen to interleave.
+    entering = {(p.netns_path, p.name): i for i, p in ports if p.netns is not None and p.inner_name != p.name}
     for i, port in ports:  # once every name is known: a remote may name a later port
+        other = entering.get((port.netns_path, port.ifname)) if port.netns is not None else None
+        if other is not None and other != i:
+            clashes.append((("ports", i, "ifname"), f"{port.ifname!r} is the name ports[{other}]'s TAP enters "
+                                                    f"netns {port.netns!r} under, before its rename; rename one of them"))
         if port.remote in by_name:
             first = by_name[port.remote]
             clashes.append((("ports", i, "remote"), f"{port.remote!r} is the TAP of ports[{first}]; a port cannot attach a port"))
