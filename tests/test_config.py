@@ -332,6 +332,20 @@ def test_netns_and_remote_together():
     )
 
 
+def test_a_remote_or_vxlan_port_takes_no_addresses():
+    """Their TAPs carry frames between the switch and IFACE or the tunnel: the host could send
+    out of one, but what the switch sends it leaves through IFACE, and IPv6 is off there."""
+    assert one_error(with_port("name: p\naddresses: [198.18.0.1/24]\nremote: eth1\n")) == (
+        "t.yaml:6: ports[0].remote: a remote port has no addresses: its TAP only carries frames between "
+        "the switch and eth1, and what the switch sends it leaves through eth1 (give the address to eth1, "
+        "or to a port without remote)")
+    vxlan = "vxlan: {vni: 5, local: 198.18.0.1, remotes: [198.18.0.2]}\n"
+    assert one_error(with_port("name: p\naddresses: [fd00::1/64]\n" + vxlan)) == (
+        "t.yaml:6: ports[0].vxlan: a VXLAN port has no addresses: its TAP only carries frames between "
+        "the switch and the tunnel (give the address to a port without vxlan)")
+    assert loads(with_port("name: p\naddresses: [198.18.0.1/24]\n"), "t.yaml").ports[0].addresses
+
+
 def test_ifname_without_netns():
     assert one_error(with_port("name: p\nifname: eth0\n")) == (
         "t.yaml:5: ports[0].ifname: ifname renames the port inside its netns: it requires netns"

@@ -558,6 +558,10 @@ class Port(_Model):
     def _remote_excludes_netns(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("netns") is not None:
             raise ValueError("remote and netns are mutually exclusive")
+        if value is not None and info.data.get("addresses"):
+            raise ValueError(f"a remote port has no addresses: its TAP only carries frames between "
+                             f"the switch and {value}, and what the switch sends it leaves through "
+                             f"{value} (give the address to {value}, or to a port without remote)")
         return value
 
     @field_validator("vxlan")
@@ -567,6 +571,9 @@ class Port(_Model):
             for other in ("netns", "remote"):
                 if info.data.get(other) is not None:
                     raise ValueError(f"vxlan and {other} are mutually exclusive")
+            if info.data.get("addresses"):
+                raise ValueError("a VXLAN port has no addresses: its TAP only carries frames between "
+                                 "the switch and the tunnel (give the address to a port without vxlan)")
         return value
 
     @field_validator("remote_mode", "allmulti")
