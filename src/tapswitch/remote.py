@@ -210,6 +210,7 @@ class RemoteAttachment:
         self._clsact_ours: dict[str, bool] = {}
         self._handles: dict[Rule, int] = {}
         self._original: tc.DeviceState | None = None  # IFACE before we came
+        self._left: Original | None = None  # (ifindex, original) of an IFACE that went (gone())
         self._iface_mac = ""
 
     # Attaching. -----------------------------------------------------------
@@ -266,8 +267,11 @@ class RemoteAttachment:
 
     def _original_of(self, index: int) -> tc.DeviceState:
         """IFACE before any run changed it: as a dead run's rules recorded it in their cookies, else
-        as its state file did (a run killed before its first rule), else as it is now."""
+        as this run had it before IFACE went and came back (gone()), else as its state file did (a
+        run killed before its first rule), else as it is now."""
         found = next((f.state for f in tc.tapswitch_filters(self.ipr, index) if f.state is not None), None)
+        if found is None:
+            found = recorded_for(self._left, index)
         if found is None and self.state is not None:
             found = recorded_for(self.state.originals.get(self.remote_ifname), index)
         if found is None:
@@ -360,8 +364,22 @@ class RemoteAttachment:
             self._quietly(_restore, self.ipr, self._index["remote"], self._original)
         if self.state is not None:
             self.state.record_original(self.remote_ifname, None)     # given back: nothing to heal
+        self._left = None
         self.attached = False
         log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
+
+    def gone(self) -> None:
+        """IFACE left the switch's namespace: deleted, or moved into another one (the kernel then
+        drops its qdiscs and every filter on them, and keeps the flags and MTU we set). Detach
+        what is left (the TAP's rule), but keep IFACE's original, here and in the state file:
+        moved back, it is the same device (same ifindex) with our flags and MTU still on it, and
+        the attach() that follows must take what it had before us, not those."""
+        original = (self._index["remote"], self._original) if self.attached and self._original else None
+        self.detach()
+        if original is not None:
+            self._left = original
+            if self.state is not None:
+                self.state.record_original(self.remote_ifname, original)
 
     @staticmethod
     def _quietly(fn, *args) -> None:

@@ -356,7 +356,7 @@ class Switch:
         if event.deleted:
             port.remote_ifindex = None
             port.remote_up = False
-            port.remote.detach()          # its rules went with the device; forget them
+            port.remote.gone()            # its rules went with the device; forget them
             log.warning("remote.gone", port=port.name, remote=port.cfg.remote)
             return
         if port.remote_ifindex is None:

@@ -105,6 +105,25 @@ def test_nic_deleted_and_recreated_is_attached_again(lab, site):
         assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
 
 
+def test_a_nic_moved_away_and_back_is_given_back_as_it_was_before_the_start(lab, site):
+    """A NIC moved into another namespace keeps the flags and MTU the switch set (the kernel
+    takes only its qdiscs); moved back it is attached again, and the stop gives it back what
+    it had before the start, not what the switch had set."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", "1400")
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "promisc", mtu=1500), netns=site["sw"])
+    up = lab.name("up")
+    away = lab.netns("away", create=True)
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "netns", away)
+    wait_port(sw, up, "down")
+    helpers.nsexec(away, "ip", "link", "set", "nic0", "netns", site["sw"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "up")
+    wait_port(sw, up, "up", within=3)
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw.stop(signal.SIGTERM) == 0
+    assert nic_state(site["sw"]) == before
+
+
 def test_sigterm_restores_the_nic_exactly(lab, site):
     before = nic_state(site["sw"])
     sw = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
