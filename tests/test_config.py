@@ -346,6 +346,12 @@ def test_a_remote_or_vxlan_port_takes_no_addresses():
     assert loads(with_port("name: p\naddresses: [198.18.0.1/24]\n"), "t.yaml").ports[0].addresses
 
 
+def test_loopback_as_remote():
+    assert one_error(with_port("name: p\nremote: lo\n")) == (
+        "t.yaml:5: ports[0].remote: lo is the loopback device; a remote is an Ethernet interface (NIC, VM tap, veth)"
+    )
+
+
 def test_ifname_without_netns():
     assert one_error(with_port("name: p\nifname: eth0\n")) == (
         "t.yaml:5: ports[0].ifname: ifname renames the port inside its netns: it requires netns"

@@ -330,3 +330,9 @@ def test_mac_match_has_one_spelling():
     assert str(IPV6_MULTICAST) == "33:33:00:00:00:00/ff:ff:00:00:00:00"
     with pytest.raises(ValueError):
         MacMatch("02:aa:00:00:01")
+
+
+def test_only_ethernet_interfaces_can_be_attached():
+    assert remote.not_ethernet(remote.ARPHRD_ETHER) is None
+    assert "loopback" in remote.not_ethernet(remote.ARPHRD_LOOPBACK)
+    assert "not an Ethernet interface (link type 65534)" in remote.not_ethernet(65534)   # a layer-3 TUN

@@ -564,6 +564,14 @@ class Port(_Model):
                              f"{value} (give the address to {value}, or to a port without remote)")
         return value
 
+    @field_validator("remote")
+    @classmethod
+    def _remote_is_not_loopback(cls, value: str | None) -> str | None:
+        # attached, it would send all of the host's loopback traffic into the switch
+        if value == "lo":
+            raise ValueError("lo is the loopback device; a remote is an Ethernet interface (NIC, VM tap, veth)")
+        return value
+
     @field_validator("vxlan")
     @classmethod
     def _vxlan_excludes_netns_and_remote(cls, value: Vxlan | None, info: ValidationInfo) -> Vxlan | None:

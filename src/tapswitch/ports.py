@@ -390,6 +390,10 @@ def _default_mac(cfg) -> str:
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=cfg.remote):
                 raise PortError(f"port {cfg.name}: remote {cfg.remote} does not exist")
+            try:
+                remote.refuse_unless_ethernet(ipr, cfg.remote)     # before the port's TAP is made
+            except tc.TcError as e:
+                raise PortError(f"port {cfg.name}: {e}") from None
             if cfg.remote_mode == "local":
                 return remote.default_mac(ipr, cfg.remote)
     return random_mac()

@@ -151,6 +151,28 @@ def _link(ipr, index: int):
     return ipr.link("get", index=index)[0]
 
 
+# linux/if_arp.h: link types. Ethernet is that of NICs, veths, TAPs, bridges, bonds, VXLAN.
+ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
+
+
+def not_ethernet(ifi_type: int) -> str | None:
+    """Why a device of this link type cannot be attached (None: it can). The rules match the
+    destination MAC 14 bytes before the network header, and the port sends Ethernet frames
+    out of it: on loopback, a tunnel or a layer-3 device neither means anything."""
+    if ifi_type == ARPHRD_ETHER:
+        return None
+    if ifi_type == ARPHRD_LOOPBACK:
+        return "is the loopback device, not an Ethernet interface"
+    return f"is not an Ethernet interface (link type {ifi_type})"
+
+
+def refuse_unless_ethernet(ipr, remote_ifname: str) -> None:
+    """Raise TcError, touching nothing, if IFACE is not an Ethernet interface."""
+    why = not_ethernet(_link(ipr, tc.index_of(ipr, remote_ifname))["ifi_type"])
+    if why is not None:
+        raise tc.TcError(f"remote {remote_ifname} {why}")
+
+
 def default_mac(ipr, remote_ifname: str) -> str:
     """IFACE's MAC: a local-mode port's MAC unless `mac:` is given."""
     return _link(ipr, tc.index_of(ipr, remote_ifname)).get_attr("IFLA_ADDRESS").lower()
@@ -230,6 +252,7 @@ class RemoteAttachment:
     def _attach(self) -> None:
         ipr = self.ipr
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
+        refuse_unless_ethernet(ipr, self.remote_ifname)
         self._refuse_if_held()
         remote = self._index["remote"]
         # Before anything changes, IFACE's original state goes to the state file: a run killed

@@ -397,3 +397,21 @@ def test_a_reload_that_makes_a_port_remote_or_not_turns_its_taps_ipv6_off_or_lea
     assert helpers.ping(site["c"][0], "198.18.3.100")
     assert sw.stop() == 0
     assert not helpers.link_exists(up, site["sw"]) and not helpers.link_exists(host, site["sw"])
+
+
+def test_a_remote_that_is_not_ethernet_is_refused_and_left_as_it_is(lab, site):
+    """A layer-3 TUN device (no Ethernet header, no MAC) cannot be attached: the start fails
+    (exit 1, one line naming it, no traceback) and leaves the device and the switch's
+    namespace as they were."""
+    helpers.nsexec(site["sw"], "ip", "tuntap", "add", "name", "tun0", "mode", "tun")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "tun0", "up")
+    before, links = nic_state(site["sw"], "tun0"), helpers.nsexec(site["sw"], "ip", "-br", "link").stdout
+    for mode in ("promisc", "local"):
+        sw = lab.switch({"switch": {"name": lab.name("s")},
+                         "ports": [{"name": lab.name("up"), "remote": "tun0", "remote_mode": mode}]},
+                        netns=site["sw"], start=False)
+        sw.start(expect_ready=False)
+        assert sw.proc.wait(timeout=20) == 1, sw.log()
+        assert "remote tun0 is not an Ethernet interface" in sw.log() and "Traceback" not in sw.log(), sw.log()
+        assert nic_state(site["sw"], "tun0") == before
+        assert helpers.nsexec(site["sw"], "ip", "-br", "link").stdout == links
