@@ -430,8 +430,11 @@ def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
     the flags and MTU the rules recorded (or, killed before its first rule, its state file:
     `recorded`), as detach() would have. (A port that names IFACE again heals it in attach().)
     A VXLAN port's device the dead run made is removed. IFACE held by another switch that runs
-    is not touched; one that is gone has nothing left to heal."""
+    is not touched; one that is gone has nothing left to heal. IFACE renamed since is known by
+    the ifindex `recorded` gives (the kernel gives no other device that ifindex meanwhile)."""
     index = _index_or_none(ipr, ifname)
+    if recorded is not None and index != recorded[0] and _exists(ipr, recorded[0]):
+        index = recorded[0]
     if index is None:
         return
     deadline = time.monotonic() + HELD_WAIT      # the dead run's TAP may linger a moment
@@ -461,3 +464,13 @@ def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
 def _index_or_none(ipr, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None
+
+
+def _exists(ipr, index: int) -> bool:
+    try:
+        _link(ipr, index)
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
+        return False
+    return True

@@ -166,6 +166,24 @@ def test_a_start_after_sigkill_heals_the_nic_its_config_no_longer_names(lab, sit
     assert nic_state(site["sw"]) == before
 
 
+def test_a_start_after_sigkill_heals_the_nic_renamed_while_the_dead_run_ran(lab, site):
+    """The dead run's NIC was renamed after it was attached: the next start finds it by the
+    ifindex its state file recorded, not by its old name, and gives it back as it was (its
+    rules sent every frame to the dead run's TAP, that is nowhere)."""
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1400)
+    sw = lab.switch(cfg, netns=site["sw"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    cfg["ports"].pop()                   # no uplink any more
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert sw2.events("remote.healed")
+    assert sw2.stop() == 0
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic9", "name", "nic0")
+    assert nic_state(site["sw"]) == before
+
+
 def killed_while_attaching(lab, site, cfg: dict) -> None:
     """Start the switch on `cfg` and kill it (SIGKILL) after it changed the NIC, before its first rule."""
     sw = lab.switch(cfg, netns=site["sw"], wrapper=KILLED_BEFORE_FIRST_RULE, start=False)
