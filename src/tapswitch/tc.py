@@ -437,7 +437,9 @@ def ensure_clsact(ipr, ifindex: int) -> bool:
         return False
     if kind is not None:
         # an `ingress` qdisc holds the same handle; replacing it would drop the user's filters
-        raise TcError(f"ifindex {ifindex} has an {kind!r} qdisc where clsact must go")
+        name = ipr.get_links(ifindex)[0].get_attr("IFLA_IFNAME")
+        raise TcError(f"{name} has an {kind!r} qdisc where clsact must go (tapswitch does not replace "
+                      f"it, nor the filters on it: move them to a clsact qdisc, or remove it)")
     ipr.tc("add", "clsact", index=ifindex)
     log.debug("tc.clsact_added", ifindex=ifindex)
     return True

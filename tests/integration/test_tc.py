@@ -439,7 +439,7 @@ def test_a_users_ingress_qdisc_is_never_replaced(lab):
     lab.build()
     sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "ingress")
     before, tap_before = lab.snapshot(), lab.snapshot(TAP)
-    with pytest.raises(tc.TcError, match="ingress"):
+    with pytest.raises(tc.TcError, match=f"^{NIC} has an 'ingress' qdisc"):
         RemoteAttachment(lab.ipr, TAP, NIC, "promisc").attach()
     assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
 
