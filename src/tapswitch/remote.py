@@ -27,6 +27,7 @@ IFACE a dead run attached and the new run does not (the state file lists them).
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -280,7 +281,11 @@ class RemoteAttachment:
         if self.mode == "local" and self.port_mac is None:
             self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
         if self.mtu is not None and self.mtu != _observe(ipr, remote).mtu:
-            ipr.link("set", index=remote, mtu=self.mtu)
+            try:
+                ipr.link("set", index=remote, mtu=self.mtu)
+            except NetlinkError as e:     # over the device's maximum (a NIC's, a macvlan's lower device's)
+                raise tc.TcError(f"remote {self.remote_ifname} refused mtu {self.mtu}: "
+                                 f"{os.strerror(e.code) if e.code else e}") from None
         _set_flags(ipr, remote, {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti),
                                  "up": True})
 

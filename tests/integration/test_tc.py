@@ -444,6 +444,18 @@ def test_a_users_ingress_qdisc_is_never_replaced(lab):
     assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
 
 
+def test_an_mtu_iface_refuses_is_an_error_naming_it_and_leaves_it_as_it_was(lab):
+    """A macvlan takes no MTU over its lower device's: the error says which device refused
+    what (not a bare "Invalid argument"), and attach() leaves it and the TAP as they were."""
+    lab.build()
+    sh("ip", "-n", lab.sw, "link", "add", "mv0", "link", NIC, "type", "macvlan", "mode", "bridge")
+    sh("ip", "-n", lab.sw, "link", "set", "mv0", "up")
+    before, tap_before = lab.snapshot("mv0"), lab.snapshot(TAP)
+    with pytest.raises(tc.TcError, match="^remote mv0 refused mtu 9000: Invalid argument$"):
+        RemoteAttachment(lab.ipr, TAP, "mv0", "promisc", allmulti=True, mtu=9000).attach()
+    assert lab.snapshot("mv0") == before and lab.snapshot(TAP) == tap_before
+
+
 def test_attach_again_is_still_one_attachment(lab):
     lab.build(nic_up=False)
     before = lab.snapshot()
