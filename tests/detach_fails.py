@@ -11,9 +11,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import tc
 
 
-def _refused(*_args, **_kw) -> bool:
+def _refused(*_args, **_kw) -> int:
     raise NetlinkError(errno.EBUSY, "refused by tests/detach_fails.py")
 
 
 if __name__ == "__main__":
-    run(lambda: setattr(tc, "delete_filter", _refused))
+    run(lambda: setattr(tc, "delete_filters", _refused))

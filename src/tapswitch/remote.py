@@ -349,8 +349,7 @@ class RemoteAttachment:
             log.info("rule.installed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
                      handle=handle, match=str(rule.match or "all"), action=rule.action,
                      target=self._name(rule.target), kind=self.kind)
-        for rule in remove:
-            self._remove(rule)
+        self._remove(remove)
         self.rules.sort(key=lambda r: (r.prio, r.match.dst if r.match else ""))
 
     def _free_handle(self, rule: Rule) -> int | None:
@@ -364,16 +363,23 @@ class RemoteAttachment:
     def _name(self, where: str) -> str:
         return self.tap_ifname if where == "tap" else self.remote_ifname
 
-    def _remove(self, rule: Rule) -> None:
-        handle = self._handles.pop(rule)
-        self.rules.remove(rule)
-        try:
-            tc.delete_filter(self.ipr, self._index[rule.where], rule.prio, handle)
-        except NetlinkError as e:
-            if not _gone(e):
-                raise
-        log.info("rule.removed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
-                 handle=handle, match=str(rule.match or "all"))
+    def _remove(self, rules: Iterable[Rule]) -> None:
+        """Remove these rules: IFACE's first (stop stealing), then the TAP's; each device's at once."""
+        rules = set(rules)
+        for where in ("remote", "tap"):
+            here = [r for r in self.rules if r in rules and r.where == where]
+            if not here:
+                continue
+            try:
+                tc.delete_filters(self.ipr, self._index[where], {(r.prio, self._handles[r]) for r in here})
+            except NetlinkError as e:
+                if not _gone(e):
+                    raise
+            gone = set(here)
+            self.rules = [r for r in self.rules if r not in gone]
+            for rule in here:
+                log.info("rule.removed", rule=rule.name, dev=self._name(where), prio=hex(rule.prio),
+                         handle=self._handles.pop(rule), match=str(rule.match or "all"))
 
     # Detaching. -----------------------------------------------------------
 
@@ -382,9 +388,7 @@ class RemoteAttachment:
         A device that has gone meanwhile is skipped."""
         if not self.attached:
             return
-        # stop stealing first: IFACE's rules, then TX
-        for rule in sorted(self.rules, key=lambda r: r.where == "tap"):
-            self._remove(rule)
+        self._remove(self.rules)         # stop stealing first: IFACE's rules, then TX
         for where, index in self._index.items():
             if self._clsact_ours.get(where):
                 self._quietly(tc.remove_clsact, self.ipr, index)

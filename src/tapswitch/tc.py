@@ -482,14 +482,16 @@ def _drop_empty_prios(ipr, ifindex: int, prios: set[tuple[int, int]]) -> None:
             _send(ipr, delete_request(ifindex, prio, here[0].kind, 0, chain))
 
 
-def delete_filter(ipr, ifindex: int, prio: int, handle: int) -> bool:
-    """Delete our filter (prio, our handle) from the device's ingress; False if it is not there."""
-    for f in tapswitch_filters(ipr, ifindex):
-        if f.prio == prio and f.node == handle and f.chain == 0:
-            _send(ipr, delete_request(ifindex, prio, f.kind, f.handle))
-            _drop_empty_prios(ipr, ifindex, {(prio, 0)})
-            return True
-    return False
+def delete_filters(ipr, ifindex: int, which: set[tuple[int, int]]) -> int:
+    """Delete our filters (prio, our handle) from the device's ingress; how many were there.
+    One dump finds the kernel's handles of all of them: a dump per filter would make removing
+    n filters cost n dumps of up to n filters each (a shared-mode remote with thousands of MACs)."""
+    found = [f for f in tapswitch_filters(ipr, ifindex) if f.chain == 0 and (f.prio, f.node) in which]
+    for f in found:
+        _send(ipr, delete_request(ifindex, f.prio, f.kind, f.handle))
+    if found:
+        _drop_empty_prios(ipr, ifindex, {(f.prio, 0) for f in found})
+    return len(found)
 
 
 @dataclass(frozen=True)

@@ -387,6 +387,27 @@ def test_shared_mode_steals_listed_macs_and_the_host_keeps_its_address(lab, atta
     assert not any(f["pref"] == remote.PRIO_UNICAST for f in lab.filters(NIC)), "an empty u32 table is left"
 
 
+def test_shared_mode_removes_many_macs_with_one_dump_per_device(lab, attached, monkeypatch):
+    """The MAC table lost many MACs at once (a flush, a port down): their rules go with one
+    dump of IFACE's filters, not one (of all of them) per rule, which took hours for a few
+    thousand MACs while the control loop (and a stop) waited."""
+    lab.build()
+    macs = [f"02:54:53:00:{i >> 8:02x}:{i & 0xff:02x}" for i in range(200)]
+    a = attached(lab, "shared")
+    a.update_shared_macs(macs)
+    assert [p for p, _ in lab.ours(NIC)].count(remote.PRIO_UNICAST) == 200
+    dumps = []
+    real_dump = tc.dump
+    monkeypatch.setattr(tc, "dump", lambda *args, **kw: dumps.append(args) or real_dump(*args, **kw))
+    a.update_shared_macs(macs[:50])
+    assert [p for p, _ in lab.ours(NIC)].count(remote.PRIO_UNICAST) == 50
+    assert len(dumps) <= 2, len(dumps)        # ours, then the empty priorities
+    dumps.clear()
+    a.detach()
+    assert not lab.ours(NIC) and not lab.ours(TAP)
+    assert len(dumps) <= 2 * 2 + 4, len(dumps)       # and the clsact each device may lose
+
+
 # --- TX -------------------------------------------------------------------------
 
 
