@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -227,6 +227,7 @@ class RemoteAttachment:
         self.kind = "u32"
         self.rules: list[Rule] = []
         self.shared_macs: frozenset[str] = frozenset()
+        self.left_out = 0    # shared mode: rules that found no free u32 handle at the last update
         self.attached = False
         self._index: dict[str, int] = {}  # "tap" | "remote" -> ifindex
         self._cookie: dict[str, bytes] = {}
@@ -267,7 +268,7 @@ class RemoteAttachment:
         recovered = {where: tc.remove_stale(ipr, name).state
                      for where, name in (("tap", self.tap_ifname), ("remote", self.remote_ifname))}
         recovered["remote"] = self._original
-        self.rules, self._handles = [], {}
+        self.rules, self._handles, self.left_out = [], {}, 0
         for where, index in self._index.items():
             added = tc.ensure_clsact(ipr, index)
             self._clsact_ours[where] = added or bool(recovered[where] and recovered[where].clsact_added)
@@ -336,11 +337,16 @@ class RemoteAttachment:
     def _install(self, wanted: list[Rule]) -> None:
         """Go from self.rules to `wanted`: add the new rules first (no gap), then remove the old."""
         remove, add = diff(self.rules, wanted)
+        free: dict[tuple[str, int], Iterator[int]] = {}     # (where, prio) -> its free handles, in order
+        left_out = []
         for rule in add:
-            handle = self._free_handle(rule)
+            key = (rule.where, rule.prio)
+            if key not in free:
+                taken = {h for r, h in self._handles.items() if (r.where, r.prio) == key}
+                free[key] = (h for h in range(1, tc.U32_NODE_MAX + 1) if h not in taken)
+            handle = next(free[key], None)
             if handle is None:
-                log.warning("remote.rules_full", tap=self.tap_ifname, rule=rule.name, match=str(rule.match),
-                            limit=tc.U32_NODE_MAX)
+                left_out.append(rule)
                 continue
             f = self._filter(rule, handle)
             tc.add_filter(self.ipr, f, self._cookie[rule.where])
@@ -351,10 +357,14 @@ class RemoteAttachment:
                      target=self._name(rule.target), kind=self.kind)
         self._remove(remove)
         self.rules.sort(key=lambda r: (r.prio, r.match.dst if r.match else ""))
-
-    def _free_handle(self, rule: Rule) -> int | None:
-        taken = {h for r, h in self._handles.items() if (r.where, r.prio) == (rule.where, rule.prio)}
-        return next((h for h in range(1, tc.U32_NODE_MAX + 1) if h not in taken), None)
+        # Said when it changes, not at every update (once a second, for each MAC left out).
+        if len(left_out) != self.left_out:
+            self.left_out = len(left_out)
+            if left_out:
+                log.warning("remote.rules_full", tap=self.tap_ifname, remote=self.remote_ifname,
+                            left_out=len(left_out), first=str(left_out[0].match), limit=tc.U32_NODE_MAX)
+            else:
+                log.info("remote.rules_fit", tap=self.tap_ifname, remote=self.remote_ifname)
 
     def _filter(self, rule: Rule, handle: int) -> tc.Filter:
         return tc.Filter(self._index[rule.where], rule.prio, handle, rule.match, rule.action,

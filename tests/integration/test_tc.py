@@ -408,6 +408,26 @@ def test_shared_mode_removes_many_macs_with_one_dump_per_device(lab, attached, m
     assert len(dumps) <= 2 * 2 + 4, len(dumps)       # and the clsact each device may lose
 
 
+def test_shared_mode_says_once_that_macs_are_left_out_when_the_rules_are_full(lab, attached, monkeypatch):
+    """More MACs than u32 node ids: one warning when it happens, not one per MAC left out at
+    every update (once a second, for good); one line when all fit again."""
+    lab.build()
+    monkeypatch.setattr(tc, "U32_NODE_MAX", 8)
+    macs = [f"02:54:53:00:01:{i:02x}" for i in range(12)]
+    a = attached(lab, "shared")
+    with capture_logs() as logs:
+        a.update_shared_macs(macs)
+        a.update_shared_macs(macs)
+        a.update_shared_macs(macs[:-1])
+    assert [p for p, _ in lab.ours(NIC)].count(remote.PRIO_UNICAST) == 8
+    full = [e for e in logs if e["event"] == "remote.rules_full"]
+    assert len(full) == 2, full                      # 4 left out, then 3: not 4 + 4 + 3 lines
+    assert [e["left_out"] for e in full] == [4, 3], full
+    with capture_logs() as logs:
+        a.update_shared_macs(macs[:8])
+    assert [e["event"] for e in logs if e["event"].startswith("remote.rules")] == ["remote.rules_fit"]
+
+
 # --- TX -------------------------------------------------------------------------
 
 
