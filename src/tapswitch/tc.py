@@ -474,11 +474,14 @@ def add_filter(ipr, f: Filter, cookie: bytes) -> None:
 
 
 def _drop_empty_prios(ipr, ifindex: int, prios: set[tuple[int, int]]) -> None:
-    """Delete priorities (prio, chain) of ours left with only an empty u32 hash table."""
+    """Delete priorities (prio, chain) of ours left with only an empty u32 hash table: the one
+    the kernel made with our first filter there. A priority with another table (a user's
+    `handle 5: u32 divisor 16`, empty or not) is not ours to delete."""
     filters = dump(ipr, ifindex)
     for prio, chain in prios:
         here = [f for f in filters if f.prio == prio and f.chain == chain]
-        if here and all(not f.is_entry for f in here):
+        tables = [f for f in here if f.handle != 0]      # besides the priority's header line
+        if here and all(not f.is_entry for f in here) and len(tables) <= 1:
             _send(ipr, delete_request(ifindex, prio, here[0].kind, 0, chain))
 
 

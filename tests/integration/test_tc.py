@@ -444,13 +444,16 @@ def test_what_the_switch_writes_into_the_tap_leaves_through_iface(lab, attached,
 
 
 def add_user_tc(lab: Lab) -> None:
-    """A user's own clsact and filters, one of them inside tapswitch's priority range."""
+    """A user's own clsact and filters, two of them inside tapswitch's priority range: a filter,
+    and a u32 hash table of the user's that holds no filter yet."""
     tcn = ["tc", "-n", lab.sw]
     sh(*tcn, "qdisc", "add", "dev", NIC, "clsact")
     sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", "10", "protocol", "all",
        "u32", "match", "u16", "0x88b5", "0xffff", "at", "-2", "classid", "1:1")
     sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", hex(tc.PRIO_FIRST + 0x50), "protocol", "all",
        "u32", "match", "u16", "0x88b6", "0xffff", "at", "-2", "classid", "1:3")
+    sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", hex(tc.PRIO_FIRST + 0x60), "protocol", "all",
+       "handle", "5:", "u32", "divisor", "16")
     sh(*tcn, "filter", "add", "dev", NIC, "egress", "prio", "7", "protocol", "all",
        "u32", "match", "u32", "0", "0", "classid", "1:2")
 
