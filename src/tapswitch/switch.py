@@ -593,8 +593,14 @@ class Switch:
         wanted.update(self.cli_macs)
         for mac, vlan in set(self.static_macs) - set(wanted):
             self.shared.fdb_del(mac, vlan)
-        for (mac, vlan), port in wanted.items():
-            self.shared.fdb_add_static(mac, vlan, index[port])    # replaces an entry of the same key
+        for (mac, vlan), port in list(wanted.items()):
+            try:
+                self.shared.fdb_add_static(mac, vlan, index[port])    # replaces an entry of the same key
+            except OSError as e:
+                # Both its buckets hold only static entries, which are never evicted: it stays out.
+                log.error("fdb.static_failed", mac=mac, vlan=vlan, port=port, error=e.strerror)
+                del wanted[mac, vlan]
+                self.cli_macs.pop((mac, vlan), None)
         self.static_macs = wanted
 
     def fdb_add(self, req: dict) -> dict:

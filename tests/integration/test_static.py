@@ -112,3 +112,30 @@ def test_fdb_actions_take_the_switch_options_after_the_action_as_before_it(lab):
     assert tapswitch("fdb", "flush", "-c", sw.config_path).stdout.startswith("flushed ")
     assert set(json.loads(tapswitch("fdb", "-s", sw.socket, "flush", "--json").stdout)) == {"flushed"}
     assert set(json.loads(tapswitch("fdb", "--json", "flush", "--port", b, "-s", sw.socket).stdout)) == {"flushed"}
+
+
+def test_a_static_mac_that_finds_no_room_is_logged_and_the_switch_runs_on(lab):
+    """Static entries are never evicted: once `fdb add` has filled the table with them, a reload
+    that brings a config static MAC cannot place it. It is logged, and the switch runs on (it
+    died of the OSError, with every port)."""
+    nss, ports = quiet_site(lab)
+    a, b, c = (p["name"] for p in ports)
+    cfg = {"switch": {"name": lab.name("sw"), "mac_table": {"size": 16}}, "ports": ports}
+    sw = lab.switch(cfg)
+    added = 0
+    for i in range(256):        # until every slot is static: 16 and a quarter, in three buckets of 8
+        r = tapswitch("fdb", "add", f"02:00:00:00:98:{i:02x}", "--port", b, "-s", sw.socket, check=False)
+        assert r.returncode == 0 or "No space left on device" in r.stderr, r.stderr
+        added += r.returncode == 0
+        if added == 24:
+            break
+    assert added == 24
+    cfg["static_macs"] = [{"mac": "02:00:00:00:99:0c", "port": c}]
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    sw.cli("reload")
+    assert sw.proc.poll() is None, sw.log()
+    [failed] = sw.events("fdb.static_failed")
+    assert (failed["mac"], failed["vlan"], failed["port"]) == ("02:00:00:00:99:0c", 1, c)
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:0c"]
+    assert {p["name"]: p["state"] for p in sw.cli_json("ports")} == {a: "up", b: "up", c: "up"}
