@@ -725,6 +725,15 @@ def test_same_static_mac_in_two_vlans_is_fine():
     assert len(loads(text).static_macs) == 2
 
 
+def test_more_static_macs_than_the_mac_table_holds():
+    """Static entries are never evicted: more of them than mac_table.size cannot all be placed
+    (run failed at start, and a reload killed the switch)."""
+    statics = ";".join(f'{{mac: "02:00:00:00:01:{i:02x}", port: m}}' for i in range(17))
+    text = mirrored("", statics).replace("name: sw0\n", "name: sw0\n  mac_table: {size: 16}\n")
+    assert one_error(text) == "t.yaml:9: static_macs: 17 static MACs, more than switch.mac_table.size (16) holds"
+    assert len(loads(text.replace(statics.split(";")[-1], "").replace("  - \n", "")).static_macs) == 16
+
+
 def test_static_mac_on_a_monitor_port():
     text = mirrored("{name: s, from: [a], to: m}", '{mac: "02:00:00:00:00:01", port: m}')
     assert one_error(text) == "t.yaml:11: static_macs[0].port: 'm' is the monitor port of mirrors[0]: it only receives"

@@ -777,6 +777,7 @@ class Config(_Model):
         clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(list(enumerate(self.ports)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
+        clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
         if clashes:
             raise PortClash(clashes)
         return self
@@ -862,6 +863,14 @@ def tunnel_mtu_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]
     across = f"IPv{narrowest.vxlan.local.version} VXLAN (at most {limit})"
     return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
                                   f"{across}") for i, p in ports if p.mtu_given and p.mtu > limit]
+
+
+def static_mac_room(statics: int, size: int) -> list[tuple[tuple, str]]:
+    """(loc, message) if there are more static MACs than the MAC table holds: static entries
+    are never evicted, so the rest could not be placed."""
+    if statics <= size:
+        return []
+    return [(("static_macs",), f"{statics} static MACs, more than switch.mac_table.size ({size}) holds")]
 
 
 def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: list[tuple[int, Mirror]],
