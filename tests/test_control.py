@@ -170,3 +170,11 @@ def test_a_client_that_stalls_or_goes_away_is_a_log_line_not_a_traceback(monkeyp
         server.stop()
         os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("flushed, text", [(0, "flushed 0 entries"), (1, "flushed 1 entry"), (2, "flushed 2 entries")])
+def test_fdb_flush_says_how_many_entries_went(monkeypatch, capsys, flushed, text):
+    from tapswitch import cli
+    monkeypatch.setattr(cli, "_request", lambda args, cmd, **kw: {"flushed": flushed})
+    assert cli.main(["fdb", "flush", "-s", "/nonexistent.sock"]) == cli.EXIT_OK
+    assert capsys.readouterr().out == text + "\n"

@@ -148,7 +148,8 @@ def cmd_ports(args) -> int:
 def cmd_fdb(args) -> int:
     if args.action == "flush":
         result = _request(args, "fdb_flush", port=args.port)
-        text = f"flushed {result['flushed']} entries"
+        n = result["flushed"]
+        text = f"flushed {n} entr{'y' if n == 1 else 'ies'}"
     elif args.action == "add":
         result = _request(args, "fdb_add", mac=args.mac, port=args.port, vlan=args.vlan)
         text = f"added {result['mac']} vlan {result['vlan']} on {result['port']} (static)"
