@@ -305,14 +305,48 @@ static int free_slots(const struct ts_fdb_entry *b)
 }
 
 /* Take an empty slot in the emptier of the key's buckets (the first on a tie),
- * else in the other. */
-static bool fdb_claim_pair(struct ts_shared *s, const struct fdb_pair *p, uint64_t key,
-                           uint64_t nv)
+ * else in the other; the slot, or NULL if both are full. */
+static struct ts_fdb_entry *fdb_claim_pair(struct ts_shared *s, const struct fdb_pair *p,
+                                           uint64_t key, uint64_t nv)
 {
     if (p->b[1] == p->b[0])
         return fdb_claim(s, p->b[0], key, nv);
     int second = free_slots(p->b[1]) > free_slots(p->b[0]);
-    return fdb_claim(s, p->b[second], key, nv) || fdb_claim(s, p->b[!second], key, nv);
+    struct ts_fdb_entry *e = fdb_claim(s, p->b[second], key, nv);
+    return e ? e : fdb_claim(s, p->b[!second], key, nv);
+}
+
+/* We have just put a new key in slot `mine` (value nv), having found no entry
+ * for it: another writer may have done the same at the same moment. Both
+ * wrote their value before they look here, and the fence orders that write
+ * before this scan, so at least one of two such writers sees the other's
+ * entry. Who sees one gives its own back (both may: the key is relearned from
+ * its next frame), except that a static entry stays and removes a learned
+ * copy. Without this, the copies lived on side by side: counted twice, and
+ * one left on the old port when the other moved. True if ours went. */
+static bool fdb_drop_twin(struct ts_shared *s, const struct fdb_pair *p,
+                          struct ts_fdb_entry *mine, uint64_t key, uint64_t nv)
+{
+    uint64_t tag = (nv >> VAL_TAG_SHIFT) & VAL_TAG_MASK;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int j = 0; j < 2; j++) {
+        if (j == 1 && p->b[1] == p->b[0])
+            break;
+        struct ts_fdb_entry *b = p->b[j];
+        for (int i = 0; i < TS_FDB_WAYS; i++) {
+            if (&b[i] == mine || load(&b[i].key) != key)
+                continue;
+            uint64_t v = load(&b[i].val);
+            if (!val_is_for(v, tag))
+                continue;
+            if (val_static(nv) && !val_static(v)) {
+                fdb_remove(s, &b[i], v);
+                continue;
+            }
+            return fdb_remove(s, mine, nv);
+        }
+    }
+    return false;
 }
 
 #define DISPLACE_CANDIDATES 4       /* entries of a full bucket tried for a move */
@@ -352,7 +386,7 @@ static bool fdb_displace(struct ts_shared *s, struct ts_fdb_entry *b)
  * its neighbours'. Returns 1 if replaced, 0 if nothing here may be evicted,
  * -1 if a race was lost (a slot was freed or the victim changed): try again. */
 static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, const struct fdb_pair *p,
-                     uint64_t key, uint64_t nv)
+                     uint64_t key, uint64_t nv, struct ts_fdb_entry **placed)
 {
     struct ts_fdb_entry *victim = NULL;
     uint64_t victim_val = 0;
@@ -386,12 +420,14 @@ static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, const struct 
     store(&victim->val, nv);
     port_count_add(s, val_port(nv));
     st->evicted++;
+    *placed = victim;
     return 1;
 }
 
 /* Put key -> nv: update the key's entry, else take an empty slot in one of its
  * two buckets, else make one by moving an entry to its other bucket, else
- * evict. Returns 1 new, 2 moved, 0 refreshed or unchanged, -1 not stored.
+ * evict. Returns 1 new, 2 moved, 0 refreshed or unchanged (or a new entry
+ * given back: another writer put the key at the same moment), -1 not stored.
  * Evictions are counted in st; the caller counts the rest. */
 static int fdb_put(struct ts_shared *s, struct ts_fdb_stats *st, uint64_t key, uint64_t h,
                    uint64_t nv)
@@ -408,8 +444,9 @@ static int fdb_put(struct ts_shared *s, struct ts_fdb_stats *st, uint64_t key, u
                 return r;
             continue;
         }
-        if (fdb_claim_pair(s, &p, key, nv))
-            return 1;
+        struct ts_fdb_entry *mine = fdb_claim_pair(s, &p, key, nv);
+        if (mine)
+            return fdb_drop_twin(s, &p, mine, key, nv) ? 0 : 1;
         /* One displacement per put: a full table under a MAC flood does not
          * pay for more. */
         if (!displaced) {
@@ -417,9 +454,9 @@ static int fdb_put(struct ts_shared *s, struct ts_fdb_stats *st, uint64_t key, u
             if (fdb_displace(s, p.b[0]) || (p.b[1] != p.b[0] && fdb_displace(s, p.b[1])))
                 continue;
         }
-        int r = fdb_evict(s, st, &p, key, nv);
+        int r = fdb_evict(s, st, &p, key, nv, &mine);
         if (r > 0)
-            return 1;
+            return fdb_drop_twin(s, &p, mine, key, nv) ? 0 : 1;
         if (r == 0)
             return -1;
     }

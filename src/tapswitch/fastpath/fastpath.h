@@ -61,7 +61,10 @@
  * key's value for its own only if the two tags collide (1 in 16384).
  * Lost races, stated:
  *   - two workers learning the same new MAC at once may each claim a slot;
- *     lookups return the first, the other ages out;
+ *     each looks for the other's after its claim, at least one finds it and
+ *     gives its own back (both may: the MAC is then relearned from its next
+ *     frame, which is flooded once). A twin left only when a third writer
+ *     changed a slot in that instant;
  *   - a lookup racing with a move of its entry may scan the bucket the entry
  *     moves to just before the copy lands and the other just after the
  *     original is removed: a miss, flooded once;
