@@ -73,3 +73,22 @@ def test_a_worker_that_neither_drains_nor_exits_is_killed_after_the_grace(monkey
     assert w.proc.returncode == -signal.SIGKILL
     assert [e["event"] for e in logs] == ["worker.stop_timeout"]
     w.proc.stdout.close()
+
+
+def test_a_worker_imports_nothing_from_the_directory_the_switch_was_started_in(tmp_path, monkeypatch):
+    """`python -m` puts the current directory first on sys.path, and a worker imports its modules
+    as root with every capability (it drops them once its queues are open): a module another
+    user left in that directory (/tmp, a home) would run as root. So none is looked for there."""
+    from tapswitch import fastpath
+    (tmp_path / "argparse.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n"
+                                          f"raise SystemExit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    shared = fastpath.Shared.create(16, 1)
+    try:
+        sup = supervisor.Supervisor(shared.fd, 1)
+        p = sup._spawn(sup.workers[0])
+        p.sock.close()                  # not wanted after all: a worker exits 0 without its ports
+        assert p.proc.wait(timeout=30) == 0
+    finally:
+        shared.close()
+    assert not (tmp_path / "ran").exists()

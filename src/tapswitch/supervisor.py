@@ -140,7 +140,10 @@ class Supervisor:
     def _spawn(self, w: Worker) -> Pending:
         """Start a process for w's queue; it waits for its ports (_hand_ports)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [sys.executable, "-m", "tapswitch.worker", "--queue", str(w.queue),
+        # -P: `-m` would put the current directory first on sys.path, and the worker imports its
+        # modules as root with every capability (it drops them once set up): a module another
+        # user left where the switch was started (/tmp, a home) would run as root.
+        argv = [sys.executable, "-P", "-m", "tapswitch.worker", "--queue", str(w.queue),
                 "--shm", str(self.shm_fd), "--ready", str(theirs.fileno())]
         if self.ids is not None:
             argv += ["--user", "%d:%d" % self.ids]
