@@ -178,3 +178,48 @@ def test_fdb_flush_says_how_many_entries_went(monkeypatch, capsys, flushed, text
     monkeypatch.setattr(cli, "_request", lambda args, cmd, **kw: {"flushed": flushed})
     assert cli.main(["fdb", "flush", "-s", "/nonexistent.sock"]) == cli.EXIT_OK
     assert capsys.readouterr().out == text + "\n"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
+def test_a_socket_directory_others_may_write_to_is_refused_before_anything_is_made(mode):
+    """The switch, as root, writes its state file beside the socket: a symlink another user
+    planted there would have it overwrite any file."""
+    root = tempfile.mkdtemp()
+    os.chmod(root, mode)
+    try:
+        with pytest.raises(ControlError) as e:
+            ControlServer(os.path.join(root, "sw.sock"), {})
+        assert str(e.value).startswith(f"control socket {root}/sw.sock: {root} is writable by its group or "
+                                       f"by others (mode {mode:04o}); another user could replace the socket")
+        if not mode & stat.S_ISVTX:      # nor may one above, unless sticky (see below)
+            with pytest.raises(ControlError):
+                ControlServer(os.path.join(root, "made", "sw.sock"), {})
+        assert os.listdir(root) == []
+    finally:
+        os.rmdir(root)
+
+
+def test_a_socket_directory_may_be_made_in_a_sticky_one_such_as_tmp():
+    root = tempfile.mkdtemp()
+    os.chmod(root, 0o1777)
+    path = os.path.join(root, "made", "sw.sock")
+    try:
+        server = serve(path)
+        server.stop()
+        server.remove_dir()
+        assert os.listdir(root) == []
+    finally:
+        os.rmdir(root)
+
+
+def test_a_socket_directory_of_another_user_is_refused():
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    root = tempfile.mkdtemp()
+    os.chown(root, 65534, 65534)
+    try:
+        with pytest.raises(ControlError) as e:
+            ControlServer(os.path.join(root, "sw.sock"), {})
+        assert f"{root} belongs to uid 65534;" in str(e.value)
+    finally:
+        os.rmdir(root)

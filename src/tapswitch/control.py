@@ -179,9 +179,44 @@ def _make_dir(path: str) -> str | None:
     return top
 
 
+def _exposed(path: str) -> str | None:
+    """Why another user than root (or the switch's own) could put files where the socket at
+    `path` goes, or None. The switch, as root, keeps its state file beside the socket and
+    rewrites it (`<socket>.state`, through `<socket>.state.tmp`): a symlink planted there
+    would have it overwrite any file, a crafted state file have a start "heal" interfaces and
+    namespaces that are not its own. So every directory up to /, as written and as resolved,
+    is root's or the switch's; the socket's own is writable by no one else, one above it only
+    if it is sticky, as /tmp is (no one may rename there what is not theirs). A directory not
+    there yet is made by the switch."""
+    euid = os.geteuid()
+    leaf = os.path.dirname(os.path.abspath(path))
+    for start in (leaf, os.path.realpath(leaf)):
+        directory = start
+        while True:
+            try:
+                st = os.stat(directory)
+            except FileNotFoundError:
+                st = None
+            if st is not None:
+                if st.st_uid not in (0, euid):
+                    return f"{directory} belongs to uid {st.st_uid}"
+                sticky = directory != start and st.st_mode & stat.S_ISVTX
+                if st.st_mode & 0o022 and not sticky:
+                    return f"{directory} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):04o})"
+            if directory == "/":
+                break
+            directory = os.path.dirname(directory)
+    return None
+
+
 def _claim(path: str) -> str | None:
-    """Make way for our socket: refuse if a live switch owns it, remove a stale one.
-    The topmost directory made for it (_make_dir), or None."""
+    """Make way for our socket: refuse if its directory is not the switch's alone (_exposed), or
+    if a live switch owns it; remove a stale one. The topmost directory made for it (_make_dir), or None."""
+    exposed = _exposed(path)
+    if exposed is not None:
+        raise ControlError(f"control socket {path}: {exposed}; another user could replace the socket, or the "
+                           f"state file the switch writes beside it as root: give a directory only root may "
+                           f"write to (the default /run/tapswitch)")
     made = _make_dir(path)
     try:
         mode = os.lstat(path).st_mode

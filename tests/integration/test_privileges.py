@@ -5,9 +5,11 @@ import errno
 import json
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
+import tempfile
 
 from tests.integration import helpers
 
@@ -200,3 +202,27 @@ def test_control_socket_is_0600_and_refuses_other_users(lab):
     assert sw.stop() == 0
     # The switch made /run/tapswitch (no systemd here to make it) and takes it away again.
     assert not os.path.exists(path) and os.path.isdir(os.path.dirname(path)) == was_there
+
+
+def test_a_control_socket_in_another_users_directory_is_refused_and_nothing_is_clobbered(lab, tmp_path):
+    """The switch, as root, writes <socket>.state through <socket>.state.tmp: in a directory another
+    user owns, a symlink planted there had it overwrite any file (here, one only root may read)."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    theirs = tempfile.mkdtemp(dir="/tmp")          # one nobody can reach: tmp_path's parents are root's alone
+    try:
+        os.chown(theirs, NOBODY, NOBODY)
+        assert as_user(NOBODY, lambda: os.symlink(victim, f"{theirs}/sw.sock.state.tmp")) is None
+        sw = lab.switch(two_containers(lab, queues=1, control={"socket": f"{theirs}/sw.sock"}), start=False)
+        sw.start(expect_ready=False)
+        assert sw.proc.wait(timeout=20) == 1, sw.log()
+        lines = [line for line in sw.log().splitlines() if line.startswith("tapswitch:")]
+        assert lines == [f"tapswitch: control socket {theirs}/sw.sock: {theirs} belongs to uid {NOBODY}; another "
+                         f"user could replace the socket, or the state file the switch writes beside it as root: "
+                         f"give a directory only root may write to (the default /run/tapswitch)"], sw.log()
+        assert victim.read_text() == "precious\n"
+        assert os.listdir(theirs) == ["sw.sock.state.tmp"]
+        assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
+    finally:
+        shutil.rmtree(theirs)
