@@ -1,9 +1,17 @@
 """The metrics collector and `tapswitch ports` against a reload in another thread: the
 scrape (or the control socket's thread) reads the port list once, whatever the main
-thread's reload does to it meanwhile."""
+thread's reload does to it meanwhile. The metrics server against clients that stall."""
 
-from tapswitch import fastpath, tap
+import socket
+import struct
+import time
+import urllib.request
+
+import pytest
+
+from tapswitch import fastpath, metrics, tap
 from tapswitch.config import loads
+from tapswitch.control import stop_serving
 from tapswitch.metrics import SwitchCollector
 from tapswitch.ports import Port
 from tapswitch.switch import Switch
@@ -56,3 +64,68 @@ def test_ports_reads_the_port_list_once():
     sw = reloading_switch()
     (info,) = sw.ports_info()
     assert info["counters"]["rx_missed"] == 7 + {"a": 0, "b": 1}[info["name"]]
+
+
+@pytest.fixture
+def served():
+    """A switch without ports, its metrics served on an ephemeral port: (host, port)."""
+    sw = Switch(loads(CONFIG))
+    sw.shared = fastpath.Shared.create(1024, 1)
+    server = metrics.serve(sw, "127.0.0.1", 0)
+    yield server.server_address[:2]
+    stop_serving(server)
+    server.server_close()
+    sw.shared.close()
+
+
+def scrape(address) -> bytes:
+    host, port = address
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+        return r.read()
+
+
+def closed_by_the_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture
+def limits(monkeypatch):
+    monkeypatch.setattr(metrics._Handler, "timeout", 0.5)
+    monkeypatch.setattr(metrics, "MAX_SCRAPES", 3)
+
+
+def test_a_client_that_sends_nothing_is_let_go(limits, served, capfd):
+    """Any local user may connect: one that holds a connection without a request must not
+    hold a thread and a descriptor of the control process for ever."""
+    with socket.create_connection(served) as idle:
+        idle.sendall(b"GET /metr")
+        assert closed_by_the_server(idle, 5)
+    assert b"tapswitch_fdb_entries" in scrape(served)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_connections_past_max_scrapes_are_closed_unserved_and_a_scrape_goes_once_they_go(limits, served):
+    held = [socket.create_connection(served) for _ in range(metrics.MAX_SCRAPES)]
+    try:
+        time.sleep(0.1)             # accepted, each with its thread
+        with socket.create_connection(served) as more:
+            assert closed_by_the_server(more, 0.4)      # at once, not after the timeout
+    finally:
+        for s in held:
+            s.close()
+    assert b"tapswitch_fdb_entries" in scrape(served)
+
+
+def test_a_client_that_resets_its_connection_is_no_traceback(served, capfd):
+    for request in (b"GET /metr", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"):
+        s = socket.create_connection(served)
+        s.sendall(request)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))    # RST on close
+        s.close()
+    assert b"tapswitch_fdb_entries" in scrape(served)
+    time.sleep(0.2)
+    assert "Traceback" not in capfd.readouterr().err

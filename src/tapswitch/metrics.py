@@ -5,10 +5,25 @@ this collector only sums the (worker, port) slots when Prometheus scrapes.
 A MAC address is never a label (a port's own MAC in port_info is config).
 """
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+import socket
+import socketserver
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+import structlog
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import tapswitch
+
+log = structlog.get_logger("tapswitch.metrics")
+
+# Any local user may connect (the default address is 127.0.0.1): a connection costs the
+# control process a thread and a descriptor, so what one may hold is bounded.
+SCRAPE_TIMEOUT = 10.0   # seconds a client has to send its request, and to take each part of the answer
+MAX_SCRAPES = 16        # connections served at once; one more is closed at once (a scraper tries again)
+BUSY_LOG_INTERVAL = 60.0
 
 # fast path counter -> (metric name without tapswitch_ and _total, help)
 PORT_COUNTERS = {
@@ -113,10 +128,60 @@ class SwitchCollector:
                       ["version"], [([tapswitch.__version__], 1)])
 
 
+class _Handler(WSGIRequestHandler):
+    """One connection: a request, within SCRAPE_TIMEOUT, and its answer. A client that stalls
+    or goes away is a debug line, not socketserver's traceback (any local user may be one)."""
+
+    timeout = SCRAPE_TIMEOUT
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except OSError as e:
+            log.debug("metrics.client_gone", error="timed out" if isinstance(e, TimeoutError) else e.strerror or str(e))
+
+    def log_message(self, format, *args) -> None:
+        """No line per request."""
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    """prometheus_client's server (a thread per connection), with at most MAX_SCRAPES at once."""
+
+    daemon_threads = True
+
+    def __init__(self, family: int, address: tuple, app) -> None:
+        self.address_family = family
+        self.slots = threading.BoundedSemaphore(MAX_SCRAPES)
+        self.busy_logged_at = -BUSY_LOG_INTERVAL
+        super().__init__(address, _Handler)
+        self.set_app(app)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            if time.monotonic() - self.busy_logged_at >= BUSY_LOG_INTERVAL:
+                self.busy_logged_at = time.monotonic()
+                log.warning("metrics.busy", connections=MAX_SCRAPES, reason="a connection more was closed unserved")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()        # no thread started to release it
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 def serve(switch, host: str, port: int):
     """Serve /metrics (text and OpenMetrics) on host:port; return the server to shut down."""
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     registry.register(SwitchCollector(switch))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server = _Server(family, (sockaddr[0], port), make_wsgi_app(registry))
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
