@@ -223,3 +223,17 @@ def test_a_socket_directory_of_another_user_is_refused():
         assert f"{root} belongs to uid 65534;" in str(e.value)
     finally:
         os.rmdir(root)
+
+
+def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
+    """json.loads raises RecursionError, not ValueError, on a deep enough nesting."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    try:
+        reply = ask(path, b"[" * 60_000 + b"\n")      # within MAX_REQUEST
+        assert reply == {"ok": False, "error": "a request is a JSON object with a \"cmd\" string, not nested this deep"}
+        assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
+    finally:
+        server.stop()
+        os.rmdir(os.path.dirname(path))
+    assert "Traceback" not in capfd.readouterr().err

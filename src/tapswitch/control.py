@@ -51,7 +51,10 @@ class _Handler(socketserver.StreamRequestHandler):
         if not line:
             return              # connected and closed (stop_serving's wake-up): nothing to answer
         try:
-            request = json.loads(line)
+            try:
+                request = json.loads(line)
+            except RecursionError:      # not a ValueError: the parser's own stack ran out
+                raise ControlError("a request is a JSON object with a \"cmd\" string, not nested this deep") from None
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
             reply = {"ok": True, "result": self.server.dispatch(request)}
