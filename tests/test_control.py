@@ -237,3 +237,29 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
         server.stop()
         os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("answer", [b"hello\n", b"[1]\n", b'{"ok": true}\n', b'{"ok": false, "error": 3}\n',
+                                    b"[" * 5000 + b"\n"])
+def test_a_socket_that_is_not_a_switchs_is_a_control_error_naming_it(answer):
+    """-s names another program's socket, or one another user put in the switch's place."""
+    path = os.path.join(tempfile.mkdtemp(), "other.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen()
+
+        def answer_once():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(answer)
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(ControlError) as e:
+                control.request(path, "ports")
+            assert str(e.value) == f"{path} did not answer as a switch does: is it a tapswitch control socket?"
+        finally:
+            thread.join(5)
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))

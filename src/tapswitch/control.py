@@ -266,7 +266,22 @@ def request(path: str, cmd: str, **args):
         raise ControlError(f"lost the switch on {path}: {e.strerror or e}") from None
     if not line.endswith(b"\n"):
         raise ControlError(f"the switch on {path} closed the connection")
-    reply = json.loads(line)
-    if not reply.get("ok"):
-        raise ControlError(reply.get("error", "request failed"))
+    reply = _reply(line)
+    if reply is None:
+        raise ControlError(f"{path} did not answer as a switch does: is it a tapswitch control socket?")
+    if not reply["ok"]:
+        raise ControlError(reply["error"])
     return reply["result"]
+
+
+def _reply(line: bytes) -> dict | None:
+    """The switch's reply in `line`, or None if it is none (another program's socket)."""
+    try:
+        reply = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        return None
+    if reply["ok"]:
+        return reply if "result" in reply else None
+    return reply if isinstance(reply.get("error"), str) else None
