@@ -107,3 +107,23 @@ def test_saving_while_another_thread_adds_namespaces_does_not_fail(tmp_path):
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+@pytest.mark.parametrize("remotes, originals", [
+    ([123], {}),
+    ("eth1", {}),                                     # a string, not a list of names
+    (["eth1", "a/b"], {}),
+    (["eth1"], {"eth1": {"ifindex": "7", "up": True, "promisc": False, "allmulti": False, "mtu": 1500,
+                         "clsact_added": False}}),
+    (["eth1"], {"eth1": {"ifindex": 7, "up": 1, "promisc": False, "allmulti": False, "mtu": "1500",
+                         "clsact_added": False}}),
+    (["eth1"], {"x" * 16: {"ifindex": 7, "up": True, "promisc": False, "allmulti": False, "mtu": 1500,
+                           "clsact_added": False}}),
+])
+def test_a_remote_that_is_no_interface_makes_the_file_unreadable(tmp_path, remotes, originals):
+    """A corrupted file must not stop the start with a traceback (pyroute2's TypeError on a
+    number as a name), nor have it heal interfaces with states of the wrong types."""
+    path = tmp_path / "ctl.sock.state"
+    path.write_text(json.dumps({"created": ["c1"], "remotes": remotes, "remote_originals": originals}))
+    dead = RunState.load(str(path))
+    assert (dead.netns, dead.remotes, dead.originals) == ({}, [], {})

@@ -36,6 +36,20 @@ def _is_netns_name(name) -> bool:
             and not any(c in "/\0" for c in name))
 
 
+def _is_ifname(name) -> bool:
+    """A name the kernel could give a device (dev_valid_name)."""
+    return (isinstance(name, str) and 0 < len(name.encode()) <= 15 and name not in (".", "..")
+            and not any(c in "/:\0" or c.isspace() for c in name))
+
+
+def _original(o: dict) -> Original:
+    """A remote interface's state as save() wrote it down (ValueError if it is not)."""
+    values = (o["ifindex"], o["up"], o["promisc"], o["allmulti"], o["mtu"], o["clsact_added"])
+    if [type(v) for v in values] != [int, bool, bool, bool, int, bool]:
+        raise ValueError(f"not the state of an interface: {o!r}")
+    return values[0], DeviceState(*values[1:])
+
+
 class RunState:
     """What one run has made that outlives its process if it is killed."""
 
@@ -60,10 +74,11 @@ class RunState:
             # An identity of another form (an inode: any later namespace may have it) is no proof.
             state.netns = {name: ids[name] if isinstance(ids.get(name), str) else UNKNOWN if name in ids else None
                            for name in data["created"]}
-            state.remotes = list(data.get("remotes", []))
-            state.originals = {name: (o["ifindex"], DeviceState(o["up"], o["promisc"], o["allmulti"], o["mtu"],
-                                                                o["clsact_added"]))
-                               for name, o in data.get("remote_originals", {}).items()}
+            remotes, originals = data.get("remotes", []), data.get("remote_originals", {})
+            if not isinstance(remotes, list) or not all(map(_is_ifname, [*remotes, *originals])):
+                raise ValueError(f"not interface names: {remotes!r}, {list(originals)!r}")
+            state.remotes = list(remotes)
+            state.originals = {name: _original(o) for name, o in originals.items()}
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
