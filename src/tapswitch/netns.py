@@ -18,6 +18,7 @@ import os
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 
 import structlog
 
@@ -40,6 +41,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 class NetnsError(Exception):
     """A namespace could not be found or made; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A namespace this run made that is no longer at its name: `ip netns del` (a TAP in it
+    keeps it alive, unseen), or replaced by another of that name."""
+
+    name: str
+    what: str                       # "deleted", or "replaced by another namespace of that name"
+    where: tuple[int, int]          # the namespace itself, as tap.device_netns names a TAP's
 
 
 def is_netns(path: str) -> bool:
@@ -182,6 +193,7 @@ class Namespaces:
     def __init__(self, state: RunState | None = None) -> None:
         self.state = state if state is not None else RunState()
         self.held: dict[str, int] = {}    # name -> an open fd of the namespace made (or taken over)
+        self.unreported: list[Lost] = []  # lost as a port was made under its name again: lost() says so
         self.lock = threading.Lock()      # ports are made several at once (ports.create_all)
 
     @property
@@ -245,9 +257,8 @@ class Namespaces:
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
-        if port.netns in self.held:     # made by this run, deleted since (in a reload, say): not ours now
-            log.warning("netns.lost", netns=port.netns, reason="deleted")
-            self._release(port.netns)
+        if port.netns in self.held:     # made by this run, deleted since (in a reload, say): not ours now,
+            self.unreported.append(self._lose(port.netns, "deleted"))   # nor are its ports still in it
         # Listed before it is made: a run killed while making it leaves a name the next start knows.
         self.state.netns[port.netns] = None
         self.state.save()
@@ -278,6 +289,12 @@ class Namespaces:
         if fd is not None:
             os.close(fd)
 
+    def _lose(self, name: str, what: str) -> Lost:
+        """Let go of namespace `name`, which `what` became of; say which namespace it was."""
+        held = os.fstat(self.held[name])
+        self._release(name)
+        return Lost(name, what, (held.st_dev, held.st_ino))
+
     def _whereabouts(self, name: str) -> str | None:
         """What became of namespace `name` this run made and holds: None if it is still at its
         name, else "deleted" or "replaced by another namespace of that name"."""
@@ -289,18 +306,18 @@ class Namespaces:
         return None if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) else \
             "replaced by another namespace of that name"
 
-    def lost(self) -> dict[str, str]:
-        """The namespaces this run created that are no longer at their name ({name: what became
-        of it}): deleted (`ip netns del`: a TAP in it keeps it alive, unseen), or replaced by
-        another of the same name. They are no longer the switch's, to remove or to make TAPs in."""
-        gone = {}
+    def lost(self) -> list[Lost]:
+        """The namespaces this run created that went from their name since the last call:
+        deleted (`ip netns del`: a TAP in it keeps it alive, unseen), or replaced by another of
+        the same name. They are no longer the switch's, to remove or to make TAPs in; a port
+        made since under that name (in a reload) is in another namespace than theirs."""
         with self.lock:
+            gone, self.unreported = self.unreported, []
             for name in [n for n in self.state.netns if n in self.held]:     # not those being made
                 what = self._whereabouts(name)
                 if what is not None:
-                    gone[name] = what
+                    gone.append(self._lose(name, what))
                     del self.state.netns[name]
-                    self._release(name)
             if gone:
                 self.state.save()
         return gone

@@ -422,18 +422,24 @@ class Switch:
         its name (`ip netns del`: the TAP keeps it alive, unseen). Such a port is down until a
         reload makes it again where the config says."""
         lost = self.namespaces.lost()
-        for name, what in lost.items():
-            log.warning("netns.lost", netns=name, reason=what)
+        for ns in lost:
+            log.warning("netns.lost", netns=ns.name, reason=ns.what)
+        # By the namespace itself, not its name: a reload may have made another under that name
+        # meanwhile, and the ports it made there are not lost. (A kernel that cannot tell
+        # which namespace a TAP is in: by name.)
+        lost_here = {ns.where: ns for ns in lost}
+        lost_named = {ns.name: ns for ns in lost}
         for port in self.ports:
             if port.gone:
                 continue
             where = tap.device_netns(port.fds[0])
+            ns = lost_named.get(port.cfg.netns) if where == tap.UNKNOWN_NETNS else lost_here.get(where)
             if where is None:
                 reason = "its TAP was deleted (or its namespace went)"
             elif where != port.netns_id:
                 reason = "its TAP was moved to another namespace"
-            elif port.cfg.netns in lost:
-                reason = f"its namespace {port.cfg.netns} was {lost[port.cfg.netns]}"
+            elif ns is not None:
+                reason = f"its namespace {ns.name} was {ns.what}"
             else:
                 continue
             port.gone = True

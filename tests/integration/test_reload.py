@@ -272,6 +272,47 @@ def test_a_namespace_it_made_deleted_by_the_user_downs_the_port_and_reload_remak
     assert ns not in {e["netns"] for e in sw.events("netns.removed")}
 
 
+NETNS_DELETED_IN_RELOAD = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "netns_deleted_in_reload.py"))
+
+
+@pytest.mark.parametrize("added_again", [False, True])
+def test_a_namespace_it_made_deleted_as_a_reload_makes_a_port_there_downs_only_the_ports_left_in_it(
+        lab, monkeypatch, added_again):
+    """`ip netns del` in the middle of a reload, after the reload looked for lost namespaces and
+    before it makes a port in that one: the port is made in a namespace of that name -- a new
+    one, or the user's after `ip netns add` -- and stays up; the port the reload did not touch,
+    whose TAP is in the deleted one, goes down saying why (it stayed up, unseen, for good;
+    and the one in the user's namespace went down with it). The next reload makes it again
+    beside the other."""
+    trigger = os.path.join(helpers.tmpdir(), "netns-del")
+    lab.dirs.append(os.path.dirname(trigger))
+    monkeypatch.setenv("TAPSWITCH_TEST_NETNS_DEL", trigger)
+    cfg = base(lab, 3)
+    cfg["ports"][2].update(netns=cfg["ports"][1]["netns"], ifname="eth1")
+    sw = lab.switch(cfg, wrapper=NETNS_DELETED_IN_RELOAD)
+    (_p0, a), (p1, ns), (p2, _ns) = ((p["name"], p["netns"]) for p in cfg["ports"])
+    assert helpers.ping(a, "198.18.4.2") and helpers.ping(a, "198.18.4.3")
+    cfg["ports"][2]["addresses"] = ["198.18.4.4/24"]
+    rewrite(sw, cfg)
+    with open(trigger, "w") as f:
+        f.write(f"{ns} again" if added_again else ns)
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {p2}", (r, sw.log())
+    assert not os.path.exists(trigger)
+    what = "replaced by another namespace of that name" if added_again else "deleted"
+    assert gone_reason(sw, p1) == f"its namespace {ns} was {what}"
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "down", "up"]
+    assert not [e for e in sw.events("port.gone") if e["port"] == p2], sw.log()
+    assert helpers.ping(a, "198.18.4.4")
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {p1}", (r, sw.log())
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up", "up"]
+    helpers.nsexec(a, "ip", "neigh", "flush", "all")     # p1 came back with another MAC
+    assert helpers.ping(a, "198.18.4.2") and helpers.ping(a, "198.18.4.4")
+    assert sw.stop() == 0
+    assert (ns in helpers.netns_list()) == added_again     # the user's is left; the switch's goes
+
+
 def test_a_namespace_it_made_replaced_just_before_the_stop_is_left_to_the_user(lab):
     """Deleted and added again by the user between two of the switch's looks: the stop sees that the
     namespace at that name is not the one it made, and leaves it."""
