@@ -267,14 +267,14 @@ class Namespaces:
         except OSError as e:
             del self.state.netns[port.netns]
             self.state.save()
-            raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e}") from None
+            raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e.strerror or e}") from None
         try:
             self._hold(port.netns, cookie(path) or UNKNOWN)
         except OSError as e:            # EMFILE, say: made, and not to be left unlisted
             remove(port.netns)
             del self.state.netns[port.netns]
             self.state.save()
-            raise NetnsError(f"port {port.name}: cannot open network namespace {port.netns}: {e}") from None
+            raise NetnsError(f"port {port.name}: cannot open network namespace {port.netns}: {e.strerror or e}") from None
         self.state.save()
         log.info("netns.created", netns=port.netns)
         return path

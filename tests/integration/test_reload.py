@@ -369,6 +369,37 @@ def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
     assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
 
 
+HOLD_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "hold_fails.py"))
+
+
+def test_out_of_descriptors_to_hold_a_namespace_it_made_the_reload_fails_that_port_and_leaves_nothing(lab):
+    """A reload adds a port in a namespace the switch makes, and the switch cannot open it to
+    hold it (EMFILE): the port is reported failed, the namespace made goes again and is not
+    listed for a next start, nothing is left open, and the ports there are forward on."""
+    cfg = base(lab, 2)
+    for port in cfg["ports"]:        # the user's namespaces: the switch holds none of them
+        port["netns"] = "/run/netns/" + lab.netns(port["netns"][-2:], create=True)
+    sw = lab.switch(cfg, wrapper=HOLD_FAILS)
+    fds = len(os.listdir(f"/proc/{sw.proc.pid}/fd"))
+    new = lab.netns("c2")
+    lab.links.append(lab.name("p2"))
+    cfg["ports"].append({"name": lab.name("p2"), "netns": new, "ifname": "eth0", "addresses": ["198.18.4.3/24"]})
+    rewrite(sw, cfg)
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                           capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: failed {lab.name('p2')}"), r
+        assert r.stderr.strip() == (f"port {lab.name('p2')}: cannot open network namespace {new}: "
+                                    f"Too many open files"), r.stderr
+        assert new not in helpers.netns_list()
+        assert not os.path.exists(sw.socket + ".state")
+        assert len(os.listdir(f"/proc/{sw.proc.pid}/fd")) <= fds
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert helpers.ping(lab.name("c0"), "198.18.4.2")
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -281,6 +282,29 @@ def test_netns_path_that_is_no_namespace_exits_1_saying_so(lab, tmp_path, what):
     assert f"tapswitch: port {cfg['ports'][1]['name']}: {path} is not a network namespace" in r.stderr, r.stderr
     assert not helpers.link_exists(cfg["ports"][1]["name"])
     assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
+HOLD_FAILS = (sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "hold_fails.py"))
+
+
+def test_out_of_descriptors_to_hold_a_namespace_it_made_exits_1_and_leaves_nothing(lab):
+    """The switch keeps each namespace it makes open; when that open fails (EMFILE: the ports made
+    at once have taken the rest), the namespace made goes again, unlisted, and the start says
+    which port and namespace in one line."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([*HOLD_FAILS, sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    reason = [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+    assert len(reason) == 1 and re.fullmatch(r"tapswitch: port (\S+): cannot open network namespace (\S+): "
+                                              r"Too many open files", reason[0]), r.stderr
+    port, ns = re.fullmatch(r"tapswitch: port (\S+): cannot open network namespace (\S+): .*", reason[0]).groups()
+    assert (port, ns) in {(p["name"], p["netns"]) for p in cfg["ports"]}
+    assert "Traceback" not in r.stderr
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not {p["netns"] for p in cfg["ports"]} & helpers.netns_list()
+    assert not os.path.exists(sw.socket + ".state")       # nothing left for a next start to heal
 
 
 @pytest.mark.parametrize("limit", [200, 60])
