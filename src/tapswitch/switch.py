@@ -117,6 +117,8 @@ class Switch:
         self.aging_cursor = 0
         self.static_macs: dict[tuple[str, int], str] = {}    # (mac, vlan) -> port: from the config
         self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
+        # Both are changed by `fdb add`/`del`, in the control socket's threads, and by a reload.
+        self.static_lock = threading.Lock()
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
         self.full_logged_at = -math.inf
@@ -586,6 +588,10 @@ class Switch:
 
     def install_static_macs(self) -> None:
         """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current slots."""
+        with self.static_lock:
+            self._install_static_macs()
+
+    def _install_static_macs(self) -> None:
         index = {p.name: p.index for p in self.ports}
         wanted = {(mac, vlan): port for mac, port, vlan in self.cfg.static_mac_entries() if port in index}
         # `fdb add`'s go with their port, and with its VLAN or its forwarding (a reload may
@@ -611,6 +617,10 @@ class Switch:
 
     def fdb_add(self, req: dict) -> dict:
         """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops."""
+        with self.static_lock:     # on a port as a reload leaves it, and kept by the next one
+            return self._fdb_add(req)
+
+    def _fdb_add(self, req: dict) -> dict:
         port = self.port_by_name(req.get("port") or "")
         mac, vlan = self._mac_key(req, port)
         if (error := self._static_mac_error(port, vlan)) is not None:
@@ -626,6 +636,10 @@ class Switch:
 
     def fdb_del(self, req: dict) -> dict:
         """`tapswitch fdb del MAC [--vlan V]`: remove an entry, static or learned."""
+        with self.static_lock:
+            return self._fdb_del(req)
+
+    def _fdb_del(self, req: dict) -> dict:
         port = self.port_by_name(req["port"]) if req.get("port") else None
         mac, vlan = self._mac_key(req, port)
         if not self.shared.fdb_del(mac, vlan):
