@@ -18,6 +18,7 @@ import selectors
 import signal
 import socket
 import threading
+from concurrent import futures
 
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
@@ -112,8 +113,7 @@ class Switch:
         self.reloads = {"success": 0, "failure": 0}
         self.stopping = False
         self.reload_requested = False
-        self.reload_waiters: list[threading.Event] = []
-        self.last_reload: dict = {}
+        self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
         self.aging_cursor = 0
         self.static_macs: dict[tuple[str, int], str] = {}    # (mac, vlan) -> port: from the config
         self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
@@ -262,9 +262,12 @@ class Switch:
                     self._dispatch(*key.data)
                 if self.reload_requested:
                     self.reload_requested = False
-                    self.last_reload = self.reload()
-                    while self.reload_waiters:
-                        self.reload_waiters.pop().set()
+                    # Those who asked before this reload reads the config; one who asks meanwhile
+                    # may have written another since: the next reload is theirs.
+                    waiters, self.reload_waiters = self.reload_waiters, []
+                    outcome = self.reload()
+                    for waiter in waiters:
+                        waiter.set_result(outcome)
                 self.maintain_workers()
                 self.maintain_ports()
                 self.maintain_fdb()
@@ -282,13 +285,15 @@ class Switch:
         self.reload_requested = True
 
     def request_reload(self) -> dict:
-        """`tapswitch reload`: the control loop reloads; the client waits for the outcome."""
-        done = threading.Event()
-        self.reload_waiters.append(done)
+        """`tapswitch reload`: the control loop reloads; the client waits for the outcome of a
+        reload that reads the config after it asked (not of one under way)."""
+        outcome = futures.Future()
+        self.reload_waiters.append(outcome)
         os.kill(os.getpid(), signal.SIGHUP)
-        if not done.wait(RELOAD_WAIT):
-            raise ControlError(f"the reload did not finish within {RELOAD_WAIT:g} s; it goes on")
-        return self.last_reload
+        try:
+            return outcome.result(RELOAD_WAIT)
+        except futures.TimeoutError:
+            raise ControlError(f"the reload did not finish within {RELOAD_WAIT:g} s; it goes on") from None
 
     def _dispatch(self, kind: str, obj) -> None:
         if kind == "wake":

@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from tapswitch import control
 from tests.integration import helpers
 
 
@@ -189,6 +190,29 @@ def test_invalid_config_changes_nothing_and_says_where(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
     failed = sw.events("config.reload_failed")
     assert failed and "switch.colour" in failed[-1]["errors"][0]
+
+
+def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_asked_about(lab):
+    """`tapswitch reload` while a reload (SIGHUP) is under way: the answer is that of a reload that
+    read the config after the request was made -- here refused -- not that of the one under way,
+    which read the config before it was rewritten (the client was told "reloaded: added ...",
+    exit 0, for a config the switch then refused)."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    more = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0"} for i in range(2, 12)]
+    lab.links += [p["name"] for p in more]
+    lab.namespaces += [p["netns"] for p in more]
+    cfg["ports"] += more
+    rewrite(sw, cfg)
+    sw.proc.send_signal(signal.SIGHUP)
+    helpers.wait_for("the reload under way", lambda: [e for e in sw.events("port.added")
+                                                      if e["port"] == more[0]["name"]], every=0.005)
+    cfg["switch"]["queues"] = 1
+    rewrite(sw, cfg)
+    reply = control.request(sw.socket, "reload")
+    assert reply["ok"] is False and "switch.queues: cannot change while running" in reply["errors"][0], reply
+    assert sw.events("config.reloaded")[-1]["added"] == [p["name"] for p in more]    # the one under way
+    assert len(sw.events("config.reload_failed")) == 1
 
 
 def test_a_setting_fixed_at_start_is_refused(lab):
