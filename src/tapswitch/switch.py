@@ -289,7 +289,8 @@ class Switch:
         reload that reads the config after it asked (not of one under way)."""
         outcome = futures.Future()
         self.reload_waiters.append(outcome)
-        os.kill(os.getpid(), signal.SIGHUP)
+        self.reload_requested = True            # also while starting, when SIGHUP is ignored: once started
+        os.kill(os.getpid(), signal.SIGHUP)     # wakes the control loop
         try:
             return outcome.result(RELOAD_WAIT)
         except futures.TimeoutError:

@@ -215,6 +215,25 @@ def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_
     assert len(sw.events("config.reload_failed")) == 1
 
 
+def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(lab):
+    """The control socket answers before the ports are made; a `tapswitch reload` then (SIGHUP is
+    ignored while starting) is done once the switch is ready, and answered. (It waited 30 s
+    for a reload that never came, then said "it goes on".)"""
+    cfg = base(lab, 16)
+    for i, port in enumerate(cfg["ports"]):
+        port["addresses"] = [f"198.18.4.{i + 1}/24"]
+    sw = lab.switch(cfg, start=False)
+    sw.start(expect_ready=False)
+    helpers.wait_for("the control socket", lambda: os.path.exists(sw.socket), every=0.002)
+    assert not sw.events("switch.ready"), "started too soon to ask while it starts"
+    asked = time.monotonic()
+    reply = control.request(sw.socket, "reload")
+    assert reply["ok"] and reply["added"] == reply["removed"] == reply["remade"] == [], reply
+    assert time.monotonic() - asked < 10
+    events = [e["event"] for e in sw.events()]
+    assert events.index("switch.ready") < events.index("config.reloaded")
+
+
 def test_a_setting_fixed_at_start_is_refused(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
