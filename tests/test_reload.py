@@ -1,5 +1,7 @@
 """reload.plan: what a new config changes, decided without root."""
 
+import pwd
+
 import pytest
 
 from tapswitch import config, reload
@@ -77,6 +79,21 @@ def test_settings_fixed_at_start_refuse_the_reload(switch, key):
     new = cfg(BASE.replace("{name: sw0, queues: 2}", switch))
     with pytest.raises(reload.ReloadRefused, match=key.replace(".", r"\.")):
         reload.plan(cfg(), new)
+
+
+@pytest.mark.parametrize("user", ["nobody", pwd.getpwnam("nobody").pw_uid])
+def test_the_workers_user_written_out_as_the_default_is_no_change(user):
+    """`user: nobody` (or its uid) added to a config without `user`, as root: the workers run as
+    nobody either way, so the reload goes on (it was refused: "cannot change while running")."""
+    new = cfg(BASE.replace("queues: 2}", f"queues: 2, user: {user}}}"))
+    assert reload.plan(cfg(), new, euid=0).remove == ()
+    assert reload.plan(new, cfg(), euid=0).remove == ()
+
+
+def test_another_user_for_the_workers_refuses_the_reload():
+    new = cfg(BASE.replace("queues: 2}", "queues: 2, user: 0}"))
+    with pytest.raises(reload.ReloadRefused, match=r"switch\.user: cannot change while running"):
+        reload.plan(cfg(), new, euid=0)
 
 
 VX = """

@@ -12,6 +12,8 @@ one.
 
 from dataclasses import dataclass, field
 
+from tapswitch.config import worker_ids
+
 # Port keys that are properties of the device: changing one means making the port again.
 DEVICE_KEYS = ("netns", "ifname", "addresses", "mac", "mtu", "remote", "remote_mode", "allmulti")
 
@@ -58,6 +60,14 @@ def _get(model, path: tuple[str, ...]):
     return model
 
 
+def _fixed_changed(old, new, path: tuple[str, ...], euid: int) -> bool:
+    """Does a setting fixed at start differ? The workers' user by whom they run as: `nobody`
+    written out is the default's (as root), a uid its user's name."""
+    if path == ("user",):
+        return worker_ids(old.user, euid) != worker_ids(new.user, euid)
+    return _get(old, path) != _get(new, path)
+
+
 def _device_changed(before, after) -> bool:
     """Does the port need a new device? Any device key, or the VXLAN tunnel other than its remotes
     (those are updated in place)."""
@@ -69,10 +79,11 @@ def _device_changed(before, after) -> bool:
                                          != after.vxlan.model_dump(exclude={"remotes"}))
 
 
-def plan(old, new, gone=frozenset()) -> Plan:
-    """The changes that turn a switch running `old` into one running `new`. The ports named in
-    `gone` lost their device (deleted, or its namespace went): those still in `new` are made again."""
-    fixed = [("switch",) + path for path in FIXED_KEYS if _get(old.switch, path) != _get(new.switch, path)]
+def plan(old, new, gone=frozenset(), euid: int = 0) -> Plan:
+    """The changes that turn a switch running `old` (as user id `euid`) into one running `new`.
+    The ports named in `gone` lost their device (deleted, or its namespace went): those still in
+    `new` are made again."""
+    fixed = [("switch",) + path for path in FIXED_KEYS if _fixed_changed(old.switch, new.switch, path, euid)]
     if fixed:
         raise ReloadRefused([new.where(loc, "cannot change while running (restart the switch)") for loc in fixed])
     old_ports = {p.name: p for p in old.ports}

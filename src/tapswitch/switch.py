@@ -505,7 +505,7 @@ class Switch:
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
             new = new.model_copy(update={"ports": ports.plan(new.ports)})
-            plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone})
+            plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone}, euid=os.geteuid())
         except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
             errors = e.errors
         except ports.PortError as e:
