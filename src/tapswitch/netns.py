@@ -238,6 +238,12 @@ class Namespaces:
             return self._ensure(port, path)
 
     def _ensure(self, port, path: str) -> str:
+        if port.netns in self.held and (what := self._whereabouts(port.netns)) is not None:
+            # Made by this run, deleted or replaced since (in a reload, say): not ours now, nor
+            # are its ports still in it; one of that name is made again, or is the user's.
+            self.unreported.append(self._lose(port.netns, what))
+            del self.state.netns[port.netns]
+            self.state.save()
         try:
             os.stat(path)
             exists = True
@@ -257,8 +263,6 @@ class Namespaces:
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
-        if port.netns in self.held:     # made by this run, deleted since (in a reload, say): not ours now,
-            self.unreported.append(self._lose(port.netns, "deleted"))   # nor are its ports still in it
         # Listed before it is made: a run killed while making it leaves a name the next start knows.
         self.state.netns[port.netns] = None
         self.state.save()
