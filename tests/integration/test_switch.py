@@ -78,9 +78,9 @@ def test_fdb_flush_by_port(lab):
     assert helpers.ping(nss[0], "198.18.0.2")
     p0, p1 = ports[0]["name"], ports[1]["name"]
     assert {e["port"] for e in sw.cli_json("fdb")} == {p0, p1}
-    assert sw.cli("fdb", "flush", "--port", p0).stdout.strip() == "flushed 1 entries"
+    assert sw.cli("fdb", "flush", "--port", p0).stdout.strip() == "flushed 1 entry"
     assert {e["port"] for e in sw.cli_json("fdb")} == {p1}
-    assert sw.cli("fdb", "flush").stdout.strip() == "flushed 1 entries"
+    assert sw.cli("fdb", "flush").stdout.strip() == "flushed 1 entry"
     assert sw.cli_json("fdb") == []
 
 
