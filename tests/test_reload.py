@@ -116,3 +116,19 @@ def test_other_vxlan_changes_make_the_port_again(change):
     text = VX.replace(old_value, change) if old_value else VX.replace("vni: 10,", f"vni: 10, {change},")
     p = reload.plan(cfg(VX), cfg(text))
     assert p.remove == ("vx0",) and [x.name for x in p.add] == ["vx0"]
+
+
+REMOTE = "switch: {name: sw0}\nports:\n  - {name: up0, remote: eth1%s}\n  - {name: h0%s}\n"
+
+
+@pytest.mark.parametrize("before, after", [("", ", mtu: 1500"), (", mtu: 1500", "")])
+def test_a_remote_port_that_gains_or_loses_its_mtu_is_made_again_even_at_1500(before, after):
+    """With `mtu:` the switch sets IFACE's MTU; without, IFACE keeps its own and the port takes it:
+    going from one to the other is a change of the device, whatever the number (1500 is the default)."""
+    p = reload.plan(cfg(REMOTE % (before, "")), cfg(REMOTE % (after, "")))
+    assert p.summary()["remade"] == ["up0"] and p.unchanged == ("h0",)
+
+
+def test_a_port_without_remote_that_writes_out_the_default_mtu_is_not_made_again():
+    p = reload.plan(cfg(REMOTE % ("", "")), cfg(REMOTE % ("", ", mtu: 1500")))
+    assert p.remove == () and p.unchanged == ("up0", "h0")

@@ -246,3 +246,24 @@ def test_a_port_cannot_attach_a_vxlan_device_as_its_remote():
         - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}
         """)
     assert errors == ["t.yaml:4: ports[0].remote: 'vx0-vx' is the VXLAN device of ports[1]"]
+
+
+@pytest.mark.parametrize("underlay, port_mtu", [(1550, 1500), (9050, 9000)])
+def test_beside_a_vxlan_port_a_remote_port_without_mtu_has_the_tunnels_set_on_its_iface(monkeypatch, underlay,
+                                                                                          port_mtu):
+    """A remote port without `mtu:` keeps its IFACE's MTU, but not in a VXLAN segment: there the
+    tunnel decides it, and the switch sets it on IFACE (as given), also when it is 1500."""
+    from tapswitch import ports
+
+    class FakeTunnel:
+        def carried_mtu(self):
+            return carried_mtu(underlay, "198.19.0.1")
+
+    monkeypatch.setattr(ports, "IPRoute", lambda: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(ports, "_tunnel", lambda ipr, c: FakeTunnel())
+    cfg = loads(SWITCH + "  - {name: vx0, vxlan: {vni: 42, local: 198.19.0.1}}\n"
+                         "  - {name: up0, remote: eth1}\n")
+    vx, up = ports.plan(cfg.ports)
+    assert (vx.mtu, vx.mtu_given, vx.remote) == (port_mtu, True, "vx0-vx")
+    assert (up.mtu, up.mtu_given, ports.sets_remote_mtu(up)) == (port_mtu, True, True)
+    assert not ports.sets_remote_mtu(loads(SWITCH + "  - {name: up0, remote: eth1}\n").ports[0])

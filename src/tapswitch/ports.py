@@ -10,6 +10,7 @@ several at once (create_all); their netlink requests go through rtnl.py.
 A VXLAN port is a remote port whose IFACE tapswitch makes: the kernel's
 VXLAN device (vxlan.py), attached in promisc mode. Its MTU, and that of
 every port without one of its own, comes from the underlay (`plan`).
+Otherwise a remote port without `mtu` leaves IFACE's MTU alone and takes it.
 A remote port's TAP, and a VXLAN device, get IPv6 turned off before they
 come up (quiet.py): they carry the switch's frames, not the host's.
 """
@@ -34,6 +35,7 @@ log = structlog.get_logger("tapswitch.ports")
 
 IFA_F_NODAD = 0x02
 AT_ONCE = 16      # ports create_all makes at the same time
+TAP_MTU_MAX = 65521   # a TAP's largest MTU (tun's: 64 KiB less the Ethernet header)
 
 
 class PortError(Exception):
@@ -59,12 +61,14 @@ class Port:
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
-    mtu: int = 0               # the TAP's, when its host changed it (link events); 0: the config's
+    mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
+                               # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone
 
     @property
     def effective_mtu(self) -> int:
-        """The port's MTU: its TAP's, as its host set it last; the switch sends it no larger frame."""
+        """The port's MTU: its TAP's, as its host set it last (a remote port without `mtu`: IFACE's);
+        the switch sends it no larger frame."""
         return self.mtu or self.cfg.mtu
 
     @property
@@ -215,8 +219,15 @@ def plan(cfgs: list) -> list:
                                    for c in cfgs])
     except vxlan.VxlanError as e:
         raise PortError(str(e)) from None
-    return [c.model_copy(update={"mtu": mtu, **_as_remote(c)}) if c.mtu != mtu or c.vxlan else c
+    # The segment decides every MTU: given by update (so mtu_given), a remote port's IFACE is set to it.
+    return [c.model_copy(update={"mtu": mtu, **_as_remote(c)}) if c.mtu != mtu or c.vxlan or not c.mtu_given else c
             for c, mtu in zip(cfgs, mtus)]
+
+
+def sets_remote_mtu(cfg) -> bool:
+    """Does the switch set IFACE's MTU (to the port's)? Only if the config (or a VXLAN
+    segment, `plan`) gives one; else IFACE keeps its own and the port takes it."""
+    return cfg.mtu_given
 
 
 def _as_remote(cfg) -> dict:
@@ -279,12 +290,14 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         _close(fds)
         _remove_tunnel(tunnel)
         raise
-    log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=cfg.mtu,
-             netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues, queue_len=queue_len)
     port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid,
                 netns_id=tap.device_netns(fds[0]) or tap.UNKNOWN_NETNS)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
+        if attachment.mtu is None:      # the port takes IFACE's MTU (its TAP has it: _attach)
+            port.mtu = tap_mtu(attachment.iface_mtu)
+    log.info("port.added", port=cfg.name, index=index, mac=mac, mtu=port.effective_mtu,
+             netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues, queue_len=queue_len)
     port.tunnel = tunnel
     return port
 
@@ -399,14 +412,33 @@ def _default_mac(cfg) -> str:
     return random_mac()
 
 
+def tap_mtu(iface_mtu: int) -> int:
+    """The MTU of a remote port's TAP that takes IFACE's: IFACE's, as far as a TAP goes."""
+    return min(iface_mtu, TAP_MTU_MAX)
+
+
+def set_tap_mtu(ipr: IPRoute, tap_ifindex: int, iface_mtu: int) -> int:
+    """Give a remote port's TAP (in the switch's namespace) IFACE's MTU; returns the TAP's."""
+    mtu = tap_mtu(iface_mtu)
+    ipr.link("set", index=tap_ifindex, mtu=mtu)
+    return mtu
+
+
 def _attach(cfg, mac: str, state: RunState) -> tuple[RemoteAttachment, int]:
     """Steer IFACE's frames into the port's TAP and the TAP's out of IFACE (tc clsact + mirred).
     IFACE's original state goes to the run's state file first."""
     ipr = IPRoute()     # kept for the life of the attachment: shared mode updates, detach
     try:
-        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, cfg.mtu, state)
+        mtu = cfg.mtu if sets_remote_mtu(cfg) else None
+        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, mtu, state)
         att.attach()
-        return att, _lookup(ipr, cfg.remote)
+        try:
+            if mtu is None:      # the TAP takes IFACE's MTU, as attach() left it
+                set_tap_mtu(ipr, _lookup(ipr, cfg.name), att.iface_mtu)
+            return att, _lookup(ipr, cfg.remote)
+        except BaseException:
+            att.detach()
+            raise
     except BaseException:
         ipr.close()
         raise

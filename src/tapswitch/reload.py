@@ -69,9 +69,11 @@ def _fixed_changed(old, new, path: tuple[str, ...], euid: int) -> bool:
 
 
 def _device_changed(before, after) -> bool:
-    """Does the port need a new device? Any device key, or the VXLAN tunnel other than its remotes
-    (those are updated in place)."""
+    """Does the port need a new device? Any device key, `mtu` given or not on a remote port, or the
+    VXLAN tunnel other than its remotes (those are updated in place)."""
     if any(getattr(before, k) != getattr(after, k) for k in DEVICE_KEYS):
+        return True
+    if after.remote and before.mtu_given != after.mtu_given:    # IFACE set to `mtu`, or left its own
         return True
     if (before.vxlan is None) != (after.vxlan is None):
         return True

@@ -18,9 +18,12 @@ redirected to IFACE's egress (TX).
 
 The rules are decided by pure functions (`rules_for`, `diff`,
 `iface_flags`); `RemoteAttachment` acts on the kernel, through `tc` for
-filters and pyroute2 for IFACE's flags and MTU. IFACE's state before it is
-changed is written down twice: in the run's state file (runstate.py), before
-anything is touched, and in the cookie of every rule. `heal` gives back an
+filters and pyroute2 for IFACE's flags and MTU. IFACE's MTU is the switch's
+to set only when the port's config gives one (`mtu`); else IFACE keeps its
+own, the port takes it (`iface_mtu`), and the MTU recorded as IFACE's
+original is 0: nothing to give back. IFACE's state before it is changed is
+written down twice: in the run's state file (runstate.py), before anything
+is touched, and in the cookie of every rule. `heal` gives back an
 IFACE a dead run attached and the new run does not (the state file lists them).
 """
 
@@ -195,9 +198,9 @@ def _set_flags(ipr, index: int, wanted: dict[str, bool]) -> None:
 
 
 def _restore(ipr, index: int, original: tc.DeviceState) -> None:
-    """Give IFACE back the MTU and flags it had before it was attached."""
+    """Give IFACE back the MTU (if the run set it: not 0) and flags it had before it was attached."""
     now = _observe(ipr, index)
-    if now.mtu != original.mtu:
+    if original.mtu and now.mtu != original.mtu:
         ipr.link("set", index=index, mtu=original.mtu)
     _set_flags(ipr, index, {k: getattr(original, k) for k in _FLAG_BITS if getattr(now, k) != getattr(original, k)})
 
@@ -222,7 +225,8 @@ class RemoteAttachment:
         self.mode = mode
         self.port_mac = port_mac
         self.allmulti = allmulti
-        self.mtu = mtu
+        self.mtu = mtu          # IFACE's while attached; None: IFACE keeps its own (iface_mtu)
+        self.iface_mtu = 0      # IFACE's MTU as attach() left it: the port's when `mtu` is None
         self.state = state  # the run's state file: IFACE's original goes there before IFACE changes
         self.kind = "u32"
         self.rules: list[Rule] = []
@@ -267,7 +271,7 @@ class RemoteAttachment:
         # went away meanwhile); their cookies say how the TAP was before it.
         recovered = {where: tc.remove_stale(ipr, name).state
                      for where, name in (("tap", self.tap_ifname), ("remote", self.remote_ifname))}
-        recovered["remote"] = self._original
+        recovered["remote"] = self._original = self._settle_mtu(remote, self._original)
         self.rules, self._handles, self.left_out = [], {}, 0
         for where, index in self._index.items():
             added = tc.ensure_clsact(ipr, index)
@@ -281,18 +285,45 @@ class RemoteAttachment:
         self.shared_macs = self._not_host(self.shared_macs)
         if self.mode == "local" and self.port_mac is None:
             self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
-        if self.mtu is not None and self.mtu != _observe(ipr, remote).mtu:
-            try:
-                ipr.link("set", index=remote, mtu=self.mtu)
-            except NetlinkError as e:     # over the device's maximum (a NIC's, a macvlan's lower device's)
-                raise tc.TcError(f"remote {self.remote_ifname} refused mtu {self.mtu}: "
-                                 f"{os.strerror(e.code) if e.code else e}") from None
         _set_flags(ipr, remote, {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti),
                                  "up": True})
 
         self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
         log.info("remote.attached", tap=self.tap_ifname, remote=self.remote_ifname, mode=self.mode,
-                 kind=self.kind, port_mac=self.port_mac, rules=len(self.rules), mtu=self.mtu)
+                 kind=self.kind, port_mac=self.port_mac, rules=len(self.rules), mtu=self.iface_mtu)
+
+    def _settle_mtu(self, index: int, original: tc.DeviceState) -> tc.DeviceState:
+        """Give IFACE the port's `mtu`; without one, leave IFACE its own, but for one a dead run
+        set (its recorded original has an MTU): that one is given back. Returns the original
+        detach() restores: without `mtu`, with MTU 0 (IFACE's MTU is not the switch's to give
+        back, whatever its user sets meanwhile), also in the state file: written before the
+        MTU changes when the switch sets it, after, when it gives it back."""
+        own = _observe(self.ipr, index).mtu
+        if not original.mtu:      # recorded by a run that left IFACE's MTU alone: IFACE's own is its original
+            original = replace(original, mtu=own)
+        if self.mtu is not None:
+            self._record(index, original)
+            self._set_mtu(index, self.mtu, own)
+            self.iface_mtu = self.mtu
+            return original
+        self._set_mtu(index, original.mtu, own)
+        self.iface_mtu = original.mtu
+        original = replace(original, mtu=0)
+        self._record(index, original)
+        return original
+
+    def _set_mtu(self, index: int, mtu: int, now: int) -> None:
+        if mtu == now:
+            return
+        try:
+            self.ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as e:     # over the device's maximum (a NIC's, a macvlan's lower device's)
+            raise tc.TcError(f"remote {self.remote_ifname} refused mtu {mtu}: "
+                             f"{os.strerror(e.code) if e.code else e}") from None
+
+    def _record(self, index: int, original: tc.DeviceState) -> None:
+        if self.state is not None and self.state.originals.get(self.remote_ifname) != (index, original):
+            self.state.record_original(self.remote_ifname, (index, original))
 
     def _original_of(self, index: int) -> tc.DeviceState:
         """IFACE before any run changed it: as a dead run's rules recorded it in their cookies, else
@@ -477,7 +508,7 @@ def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
         if not _gone(e):
             raise
     log.warning("remote.healed", remote=ifname, promisc=original.promisc, allmulti=original.allmulti,
-                mtu=original.mtu, reason="attached by a run that did not stop; no port of this run names it")
+                mtu=original.mtu or None, reason="attached by a run that did not stop; no port of this run names it")
 
 
 def _index_or_none(ipr, ifname: str) -> int | None:

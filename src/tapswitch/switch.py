@@ -377,6 +377,28 @@ class Switch:
                 return
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         port.remote_up = event.up
+        if port.remote.mtu is None:
+            self.remote_mtu_changed(port, event)
+
+    def remote_mtu_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
+        """A remote port without `mtu` has IFACE's: when IFACE's user changes it (or IFACE comes
+        back with another), the port's TAP and the fast path follow, as they follow the TAP's own.
+        What the device has now decides: events come late."""
+        if event.mtu in (None, port.effective_mtu):
+            return
+        link = self._link(None, port.remote_ifindex)
+        mtu = link.get_attr("IFLA_MTU") if link is not None else None
+        if not mtu or ports.tap_mtu(mtu) == port.effective_mtu:
+            return
+        try:
+            tap_mtu = ports.set_tap_mtu(port.remote.ipr, port.ifindex, mtu)
+        except NetlinkError as e:
+            log.error("port.mtu_follow_failed", port=port.name, remote=port.cfg.remote, mtu=mtu, error=str(e))
+            return
+        log.info("port.mtu_changed", port=port.name, mtu=tap_mtu, was=port.effective_mtu, remote=port.cfg.remote)
+        port.mtu = tap_mtu
+        self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
+                             port.effective_mtu)
 
     def resync_links(self, taps: bool = True) -> None:
         """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""

@@ -159,7 +159,7 @@ class DeviceState:
     up: bool
     promisc: bool
     allmulti: bool
-    mtu: int
+    mtu: int                    # 0: the run did not set the MTU (a remote port without `mtu`): none to give back
     clsact_added: bool = False  # tapswitch added the clsact qdisc (so it may remove it)
 
     _BITS = ("up", "promisc", "allmulti", "clsact_added")

@@ -433,3 +433,143 @@ def test_a_remote_that_is_not_ethernet_is_refused_and_left_as_it_is(lab, site):
         assert "remote tun0 is not an Ethernet interface" in sw.log() and "Traceback" not in sw.log(), sw.log()
         assert nic_state(site["sw"], "tun0") == before
         assert helpers.nsexec(site["sw"], "ip", "-br", "link").stdout == links
+
+
+# A remote port without `mtu:` leaves IFACE's MTU alone and takes it; with `mtu:`, IFACE has that one.
+
+
+def set_mtu(site, mtu: int) -> None:
+    """The NIC, and the outside host on its wire, at `mtu`."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", str(mtu))
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "mtu", str(mtu))
+
+
+def jumbo_config(lab, site, mode: str, inner_mtu: int, mtu: int | None = None) -> dict:
+    """config(), the containers' ports at `inner_mtu`."""
+    cfg = config(lab, site, mode, mtu)
+    for port in cfg["ports"][:-1]:
+        port["mtu"] = inner_mtu
+    return cfg
+
+
+def link_mtu(ns: str, dev: str) -> int:
+    return json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", "dev", dev).stdout)[0]["mtu"]
+
+
+def port_mtu(sw, name: str) -> int:
+    return {p["name"]: p["mtu"] for p in sw.cli_json("ports")}[name]
+
+
+def crosses(ns: str, address: str, mtu: int) -> bool:
+    """A ping of exactly `mtu` bytes of IPv4, not fragmented, gets its answer."""
+    r = helpers.nsexec(ns, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), address, check=False)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["promisc", "shared"])
+@pytest.mark.parametrize("nic_mtu", [9000, 1400])
+def test_a_port_without_mtu_leaves_the_nic_its_own_mtu_and_takes_it(lab, site, nic_mtu, mode):
+    set_mtu(site, nic_mtu)
+    before = nic_state(site["sw"])
+    sw = lab.switch(jumbo_config(lab, site, mode, inner_mtu=nic_mtu), netns=site["sw"])
+    up = lab.name("up")
+    assert link_mtu(site["sw"], "nic0") == nic_mtu
+    assert port_mtu(sw, up) == nic_mtu and link_mtu(site["sw"], up) == nic_mtu
+    assert crosses(site["c"][0], "198.18.3.100", nic_mtu)
+    assert {p["name"]: p["counters"]["tx_errors"] for p in sw.cli_json("ports")}[up] == 0
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_a_port_with_mtu_sets_it_on_the_nic_and_gives_the_nics_back_on_stop(lab, site):
+    set_mtu(site, 9000)
+    before = nic_state(site["sw"])
+    sw = lab.switch(jumbo_config(lab, site, "promisc", inner_mtu=1500, mtu=1500), netns=site["sw"])
+    up = lab.name("up")
+    assert link_mtu(site["sw"], "nic0") == 1500 and port_mtu(sw, up) == 1500
+    assert crosses(site["c"][0], "198.18.3.100", 1500)
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_a_port_without_mtu_follows_the_nics_mtu_and_leaves_it_as_its_user_set_it(lab, site):
+    """The NIC's user changes its MTU while it is attached: the port (its TAP, the fast path)
+    follows; the stop leaves the NIC's MTU as its user set it, not as it was at the start."""
+    set_mtu(site, 9000)
+    sw = lab.switch(jumbo_config(lab, site, "promisc", inner_mtu=9000), netns=site["sw"])
+    up = lab.name("up")
+    set_mtu(site, 4000)
+    helpers.wait_for("the port to follow", lambda: port_mtu(sw, up) == 4000)
+    assert link_mtu(site["sw"], up) == 4000
+    assert crosses(site["c"][0], "198.18.3.100", 4000)
+    assert sw.stop() == 0
+    assert link_mtu(site["sw"], "nic0") == 4000
+
+
+def test_a_start_without_mtu_after_a_sigkilled_run_with_one_gives_the_nic_its_own_back(lab, site):
+    """The dead run set the NIC's MTU (`mtu: 1400`); the next start, whose port has no `mtu:`,
+    heals it (the dead run's rules recorded 9000) and takes it; its stop leaves it so."""
+    set_mtu(site, 9000)
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1400)
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert link_mtu(site["sw"], "nic0") == 1400
+    del cfg["ports"][-1]["mtu"]
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert link_mtu(site["sw"], "nic0") == 9000 and port_mtu(sw2, lab.name("up")) == 9000
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_a_start_after_a_sigkilled_run_without_mtu_leaves_the_nics_mtu_alone(lab, site, named):
+    """The dead run did not set the NIC's MTU, and recorded none to give back: a start that
+    names the NIC with `mtu:` gives back the MTU the NIC had (not 0, nor none) when it stops;
+    one whose config does not name it heals the rest and leaves the MTU as it is."""
+    set_mtu(site, 9000)
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc")
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert link_mtu(site["sw"], "nic0") == 9000
+    if named:
+        cfg["ports"][-1]["mtu"] = 1500
+    else:
+        cfg["ports"].pop()
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert link_mtu(site["sw"], "nic0") == (1500 if named else 9000)
+    if not named:
+        assert [(e["remote"], e["mtu"]) for e in sw2.events("remote.healed")] == [("nic0", None)]     # no MTU to give back
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
+def test_a_reload_that_gives_or_takes_the_mtu_sets_the_nics_or_gives_it_back(lab, site):
+    set_mtu(site, 9000)
+    before = nic_state(site["sw"])
+    cfg = jumbo_config(lab, site, "promisc", inner_mtu=9000)
+    sw = lab.switch(cfg, netns=site["sw"])
+    up = lab.name("up")
+
+    def reload(mtu: int | None) -> dict:
+        if mtu is None:
+            cfg["ports"][-1].pop("mtu", None)
+        else:
+            cfg["ports"][-1]["mtu"] = mtu
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        return sw.cli_json("reload")
+
+    assert reload(None)["remade"] == []                 # nothing changed: nothing made again
+    assert link_mtu(site["sw"], "nic0") == 9000 and port_mtu(sw, up) == 9000
+    assert reload(1500)["remade"] == [up]
+    assert link_mtu(site["sw"], "nic0") == 1500 and port_mtu(sw, up) == 1500
+    assert crosses(site["c"][0], "198.18.3.100", 1500)
+    assert reload(None)["remade"] == [up]
+    assert link_mtu(site["sw"], "nic0") == 9000 and port_mtu(sw, up) == 9000
+    assert crosses(site["c"][0], "198.18.3.100", 9000)
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
