@@ -13,7 +13,8 @@ import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
+                                IPv6ExtHdrHopByHop)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 from tapswitch._fastpath import ffi, lib
@@ -799,6 +800,23 @@ def test_ipv6_fields(sw, rule, matches):
 def test_ipv6_upper_layer_is_found_past_extension_headers(sw):
     packet = Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / ICMPv6EchoRequest()
     assert not acl_send(sw, [dict(ip_proto=58)], packet)
+
+
+def test_tcp_behind_many_extension_headers_is_still_tcp(sw):
+    # The receiver's stack walks them all (a walk that stopped after six let a SYN
+    # to port 22 behind seven destination options headers pass a rule dropping it).
+    packet = Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop()
+    for _ in range(12):
+        packet = packet / IPv6ExtHdrDestOpt()
+    packet = packet / TCP(sport=40000, dport=22, flags="S")
+    assert not acl_send(sw, [dict(ip_proto=6, dst_port=22)], packet)
+
+
+def test_later_ipv6_fragment_is_of_its_fragment_headers_protocol(sw):
+    # Its payload holds no headers: bytes that look like one are data.
+    packet = (Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2")
+              / IPv6ExtHdrFragment(nh=60, offset=100) / (bytes([17, 0]) + bytes(30)))
+    assert not acl_send(sw, [dict(ip_proto=60)], packet)
 
 
 def test_non_first_fragment_has_no_ports(sw):

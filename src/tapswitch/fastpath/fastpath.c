@@ -1006,7 +1006,6 @@ struct l3 {
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_AH 51
 #define IPPROTO_DSTOPTS 60
-#define IPV6_EXT_MAX 6              /* extension headers walked before giving up */
 
 static void parse_ports(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t len)
 {
@@ -1042,11 +1041,17 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
     uint8_t next = p[off + 6];
     bool first = true;
     off += 40;
-    for (int i = 0; i < IPV6_EXT_MAX && off + 8 <= len; i++) {
+    /* Every extension header, however many, as the receiver's stack walks them
+     * (ipv6_skip_exthdr): a walk that gave up after a few would take the next
+     * header for the upper layer, and a TCP or UDP packet behind more of them
+     * would pass every rule on its protocol or ports. Each header moves at
+     * least 8 bytes on, so the frame's length bounds the walk. */
+    while (first && off + 8 <= len) {
         if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
             next = p[off];
             off += (p[off + 1] + 1u) * 8;
         } else if (next == IPPROTO_FRAGMENT) {
+            /* A later fragment's payload holds no headers: its next header is the protocol. */
             first = !(be16(p + off + 2) & 0xfff8);
             next = p[off];
             off += 8;

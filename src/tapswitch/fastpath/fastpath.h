@@ -245,8 +245,10 @@
  * every field in `match` matches decides (allow or drop, acl_dropped); none
  * matching allows. Each rule counts its matches in acl_hits. L3/L4 headers
  * are parsed only for a rule that needs them (TS_ACL_L3 bits), once per
- * frame: IPv4 (ports only in first fragments) and IPv6 (through hop-by-hop,
- * routing, fragment, destination-options and AH headers). eth_type is the
+ * frame: IPv4 (ports only in first fragments) and IPv6 (through every
+ * hop-by-hop, routing, fragment, destination-options and AH header, however
+ * many: the receiver's stack walks them all; ports only in first fragments,
+ * a later one's protocol is its fragment header's). eth_type is the
  * one after the 802.1Q tag; vlan is the frame's VLAN.
  *
  * Storm control. With TS_PORT_STORM, broadcast, multicast and unknown
