@@ -250,6 +250,25 @@ def test_configured_vlans_carry_frames(sw):
     assert [sw.received(p) for p in range(4)] == [[], [], [tagged(BROADCAST, A, 10)], [frame(BROADCAST, A)]]
 
 
+def test_a_raised_storm_rate_holds_at_once(sw):
+    # At 1 frame/s the bucket runs a second ahead: the new rate must not wait for it.
+    ports = "- {{name: a, storm_control: {{broadcast_pps: {}}}}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n"
+    cfg = config(ports.format(1))
+    settings.apply(sw.shared, cfg, running(cfg))
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 1
+    cfg = config(ports.format(1000))
+    settings.apply(sw.shared, cfg, running(cfg))
+    for _ in range(50):
+        sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 50
+    settings.apply(sw.shared, cfg, running(cfg))      # unchanged: the bucket goes on as it was
+    for _ in range(200):
+        sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) < 200
+
+
 def test_configured_icmp_acl_drops_ping_not_arp(sw):
     cfg = config("- {name: a, acl: [{match: {ip_proto: icmp}, action: drop}]}\n- {name: b}\n- {name: c}\n- {name: d}\n")
     settings.apply(sw.shared, cfg, running(cfg))

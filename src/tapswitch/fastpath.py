@@ -243,6 +243,12 @@ class Shared:
         self._acl_base[port] = [sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
                                 for r in range(lib.TS_MAX_ACL_RULES)]
 
+    def reset_storm(self, port: int, kind: int) -> None:
+        """The port's rate of this kind changed: its bucket starts full at the new rate
+        (its theoretical arrival time, run ahead at the old rate, would hold the
+        new one back for up to a second)."""
+        self.ptr.storm[port].tat[kind] = 0
+
     def _mirror_sums(self, mirror: int) -> dict[str, int]:
         total = dict.fromkeys(MIRROR_COUNTERS, 0)
         for w in range(self.ptr.n_workers):

@@ -170,6 +170,9 @@ def apply(shared, cfg, ports) -> int:
         new.mirrors[m].to = index.get(mirror.to, lib.TS_MAX_PORTS)   # not running: copies count as dropped
         new.mirrors[m].id = mirror_id(mirror.name)
     acl_changed = [port.index for port in ports if _acl_bytes(old, port.index) != _acl_bytes(new, port.index)]
+    storm_changed = [(i, kind) for i in range(lib.TS_MAX_PORTS) for _, kind in STORM_KINDS
+                     if (old.ports[i].storm_interval[kind], old.ports[i].storm_burst[kind])
+                     != (new.ports[i].storm_interval[kind], new.ports[i].storm_burst[kind])]
     mirrors_changed = [m for m in range(lib.TS_MAX_MIRRORS) if old.mirrors[m].id != new.mirrors[m].id]
 
     shared.set_busy_poll(cfg.switch.busy_poll_us)
@@ -179,6 +182,8 @@ def apply(shared, cfg, ports) -> int:
 
     for i in acl_changed:
         shared.reset_acl_hits(i)
+    for i, kind in storm_changed:     # no worker reads the old rate now
+        shared.reset_storm(i, kind)
     for m in mirrors_changed:
         shared.reset_mirror_counters(m)
     running = {port.index for port in ports}

@@ -24,7 +24,8 @@
  *   ts_shared.fdb_stats[TS_CONTROL]               written by: control process
  *   ts_shared.ports[p].fdb_entries                every writer, atomically
  *   ts_shared.ports[p].fdb_static                 control process, atomically
- *   ts_shared.storm[p]          token buckets     every worker, atomically
+ *   ts_shared.storm[p]          token buckets     every worker, atomically;
+ *                                                 control resets one whose rate changed
  *   fdb entries                 MAC table         every worker (learning),
  *                                                 control (aging, flushing)
  *
