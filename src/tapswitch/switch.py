@@ -583,7 +583,10 @@ class Switch:
                 log.error("port.add_failed", port=pcfg.name, error=str(port))
         by_name = {p.name: p for p in new.ports}
         # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
-        rezoned = [p for p in self.ports if (p.cfg.vlan, p.cfg.trunk) != (by_name[p.name].vlan, by_name[p.name].trunk)]
+        # So does a port that became a mirror's monitor port: it is in no VLAN.
+        monitors = new.monitor_ports() - self.cfg.monitor_ports()
+        rezoned = [p for p in self.ports if (p.cfg.vlan, p.cfg.trunk) != (by_name[p.name].vlan, by_name[p.name].trunk)
+                   or p.name in monitors]
         # A VXLAN port that lost a remote host forgets what it learned: the switch does not know
         # which MACs were behind which host, and those behind the others are learned again.
         unhosted = [p for p in self.ports if p.cfg.vxlan and by_name[p.name].vxlan

@@ -464,6 +464,21 @@ def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
     assert (event["port"], event["fdb_flushed"]) == (name, 1), event
 
 
+def test_a_port_that_becomes_a_monitor_port_forgets_its_macs(lab):
+    # It is in no VLAN: its entries sent frames for those MACs to a port that drops them.
+    cfg = base(lab, 3)
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    name = cfg["ports"][1]["name"]
+    assert [e["vlan"] for e in sw.cli_json("fdb") if e["port"] == name] == [1]
+    cfg["mirrors"] = [{"name": "m", "from": [cfg["ports"][2]["name"]], "to": name}]
+    rewrite(sw, cfg)
+    sw.cli("reload")
+    assert not [e for e in sw.cli_json("fdb") if e["port"] == name], sw.cli_json("fdb")
+    event = sw.events("port.vlans_changed")[-1]
+    assert (event["port"], event["fdb_flushed"]) == (name, 1), event
+
+
 def test_a_reload_applies_the_log_level(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)                                    # debug, JSON (the helper's default)
