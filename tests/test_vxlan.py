@@ -66,6 +66,18 @@ def test_a_vxlan_port_mtu_larger_than_its_underlay_carries_is_refused():
     assert str(e.value) == "port vx0: mtu 1500 cannot cross its underlay, which carries at most 1450"
 
 
+def test_a_vxlan_port_mtu_below_its_underlays_is_the_others_default():
+    """Its TAP drops what is larger (tx_errors): ports without mtu must not send that."""
+    mtus = segment_mtus([PortMtu("c1", None), PortMtu("vx0", 1400, carried=1450), PortMtu("c2", 1300)])
+    assert mtus == [1400, 1400, 1300]
+
+
+def test_a_port_mtu_over_a_vxlan_ports_own_mtu_is_refused_naming_both():
+    with pytest.raises(VxlanError) as e:
+        segment_mtus([PortMtu("web0", 1450), PortMtu("vx0", 1400, carried=1450)])
+    assert str(e.value) == "port web0: mtu 1450 cannot cross VXLAN port vx0, whose mtu is 1400"
+
+
 def test_without_a_tunnel_mtus_are_as_configured_or_the_default():
     assert segment_mtus([PortMtu("a", None), PortMtu("b", 9000)]) == [1500, 9000]
 

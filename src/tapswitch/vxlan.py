@@ -104,23 +104,28 @@ def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
     All ports are one segment: a frame from any port may have to cross any
     tunnel. So a port without an MTU of its own takes the smallest tunnel's
     (as Flannel does for its containers), and a configured MTU larger than
-    a tunnel carries is refused, naming both.
+    a tunnel carries is refused, naming both. A VXLAN port's own `mtu:`, when
+    smaller than its underlay carries, is what its tunnel carries.
     """
     tunnels = [p for p in ports if p.carried is not None]
     if not tunnels:
         return [p.mtu if p.mtu is not None else p.default for p in ports]
-    narrowest = min(tunnels, key=lambda p: p.carried)
+    for p in tunnels:
+        if p.mtu is not None and p.mtu > p.carried:
+            raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross its underlay, "
+                             f"which carries at most {p.carried}")
+    # A VXLAN port's own mtu, smaller than its underlay carries, is what its TAP takes from the
+    # switch: a larger frame from another port is dropped there (tx_errors), so it bounds them too.
+    narrowest = min(tunnels, key=lambda p: p.mtu or p.carried)
+    limit = narrowest.mtu or narrowest.carried
+    why = f"whose mtu is {limit}" if narrowest.mtu else f"whose underlay carries at most {limit}"
     out = []
     for p in ports:
         if p.mtu is None:
-            out.append(narrowest.carried)
+            out.append(limit)
             continue
-        if p.mtu > narrowest.carried:
-            if p is narrowest:
-                raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross its underlay, "
-                                 f"which carries at most {p.carried}")
-            raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross VXLAN port {narrowest.name}, "
-                             f"whose underlay carries at most {narrowest.carried}")
+        if p.mtu > limit:
+            raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross VXLAN port {narrowest.name}, {why}")
         out.append(p.mtu)
     return out
 
