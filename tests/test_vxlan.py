@@ -175,6 +175,12 @@ def test_the_underlay_is_dev_or_the_device_holding_local():
         vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="eth9").underlay()
 
 
+def test_the_local_address_must_be_this_hosts_also_with_dev():
+    """Given dev, an address no device holds was taken: every frame the tunnel sent was a tx error."""
+    with pytest.raises(VxlanError, match="no device holds the local address 198.19.0.9: it is not this host's"):
+        vxlan.Tunnel(FakeIPR(), "vx0", 1, "198.19.0.9", dev="u0").underlay()
+
+
 # --- Config -------------------------------------------------------------------
 
 SWITCH = "switch:\n  name: sw0\nports:\n"

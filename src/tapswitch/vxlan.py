@@ -155,18 +155,17 @@ def _strerror(e: NetlinkError) -> str:
 
 
 def _find_underlay(ipr, dev: str | None, local: str) -> tuple[int, str, int]:
-    """(ifindex, name, MTU) of the underlay: `dev`, else the device that holds `local`."""
-    if dev is not None:
-        found = ipr.link_lookup(ifname=dev)
-        if not found:
-            raise VxlanError(f"underlay device {dev} does not exist")
-        index = found[0]
-    else:
-        holders = [a["index"] for a in ipr.get_addr(family=2 if family(local) == 4 else 10)
-                   if str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))) == local]
-        if not holders:
-            raise VxlanError(f"no device holds the local address {local}: give the underlay as dev")
-        index = holders[0]
+    """(ifindex, name, MTU) of the underlay: `dev`, else the device that holds `local`.
+    `local` must be this host's either way: the kernel sends nothing from an address it does
+    not have (every frame a tx error on the device), and the others' replies would go nowhere."""
+    found = ipr.link_lookup(ifname=dev) if dev is not None else []
+    if dev is not None and not found:
+        raise VxlanError(f"underlay device {dev} does not exist")
+    holders = [a["index"] for a in ipr.get_addr(family=2 if family(local) == 4 else 10)
+               if str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))) == local]
+    if not holders:
+        raise VxlanError(f"no device holds the local address {local}: it is not this host's")
+    index = found[0] if dev is not None else holders[0]
     link = ipr.link("get", index=index)[0]
     return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
 
