@@ -152,6 +152,21 @@ def test_update_remotes_touches_only_the_hosts_that_changed():
     assert t.remotes == ["198.19.0.3", "198.19.0.4"]
 
 
+def test_a_gone_device_takes_remote_updates_for_when_it_is_made_again():
+    ipr = FakeIPR()
+    t = vxlan.Tunnel(ipr, "vx0", 42, "198.19.0.1", ["198.19.0.2"])
+    t.create()
+    del ipr.links["vx0-vx"]            # deleted with its underlay, and its FDB with it
+    ipr.fdb_entries.clear()
+    t.gone()
+    ipr.calls.clear()
+    assert t.update_remotes(["198.19.0.2", "198.19.0.3"]) == ([], [])
+    assert ipr.calls == []             # no device to ask
+    t.create()
+    assert ipr.fdb_entries == [(vxlan.ALL_ZEROS, "198.19.0.2"), (vxlan.ALL_ZEROS, "198.19.0.3")]
+    assert t.remotes == ["198.19.0.2", "198.19.0.3"]
+
+
 def test_create_asks_for_the_configured_device():
     ipr = FakeIPR()
     vxlan.Tunnel(ipr, "vx0", 42, "fd00::1", [], dstport=8472).create()

@@ -368,6 +368,25 @@ def _make_tunnel(cfg) -> vxlan.Tunnel:
         raise
 
 
+def remake_tunnel(port: Port) -> None:
+    """A VXLAN port whose device went (vxlan.Tunnel.gone): make it again, with IPv6 off before it
+    comes up, as create() does; its link event then attaches it (Switch.remote_changed).
+    PortError while it cannot be made (its underlay is not back yet)."""
+    tunnel = port.tunnel
+    try:
+        tunnel.create()
+        try:
+            with rtnl.Rtnl() as here:
+                quiet.silence(here, tunnel.ifindex, tunnel.name)
+        except BaseException:
+            tunnel.remove()
+            raise
+    except vxlan.VxlanError as e:
+        raise PortError(str(e)) from None
+    except (NetlinkError, OSError) as e:
+        raise PortError(f"port {port.name}: {os.strerror(e.code) if isinstance(e, NetlinkError) else e}") from None
+
+
 def update_tunnel(port: Port) -> None:
     """After a reload: give a VXLAN port's device the remote hosts of its new config, touching
     nothing else. (A change of vni, local, dstport or dev makes the port again, or waits for a restart.)"""

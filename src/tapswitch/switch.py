@@ -121,6 +121,7 @@ class Switch:
         self.static_lock = threading.Lock()
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
+        self.tunnel_waits: dict[str, str] = {}   # VXLAN port -> why its gone device cannot be made yet (logged)
         self.full_logged_at = -math.inf
 
     # Starting.
@@ -270,6 +271,7 @@ class Switch:
                         waiter.set_result(outcome)
                 self.maintain_workers()
                 self.maintain_ports()
+                self.maintain_tunnels()
                 self.maintain_fdb()
                 self.feed_shared_remotes()
         finally:
@@ -364,7 +366,11 @@ class Switch:
         if event.deleted:
             port.remote_ifindex = None
             port.remote_up = False
-            port.remote.gone()            # its rules went with the device; forget them
+            if port.tunnel is None:
+                port.remote.gone()        # its rules went with the device; forget them
+            else:                         # a VXLAN device never comes back: maintain_tunnels makes another
+                port.remote.detach()
+                port.tunnel.gone()
             log.warning("remote.gone", port=port.name, remote=port.cfg.remote)
             return
         if port.remote_ifindex is None:
@@ -477,6 +483,23 @@ class Switch:
             log.warning("port.gone", port=port.name, netns=port.cfg.netns, reason=reason)
             self.set_port_up(port, False)
             self.supervisor.forget_port(port.index)
+
+    def maintain_tunnels(self) -> None:
+        """A VXLAN port whose device went (deleted, or by the kernel with its underlay device) gets
+        it again as soon as it can be made: every tick, the reason it cannot logged once."""
+        waits = {}
+        for port in self.ports:
+            if port.tunnel is None or port.tunnel.ifindex is not None or port.gone:
+                continue
+            try:
+                ports.remake_tunnel(port)
+            except ports.PortError as e:
+                if str(e) != self.tunnel_waits.get(port.name):
+                    log.warning("vxlan.remake_waits", port=port.name, dev=port.tunnel.name, error=str(e))
+                waits[port.name] = str(e)
+                continue
+            log.info("vxlan.remade", port=port.name, dev=port.tunnel.name)
+        self.tunnel_waits = waits
 
     def feed_shared_remotes(self) -> None:
         """Shared-mode remotes steal frames for the MACs behind the other ports: tell them which."""

@@ -29,6 +29,10 @@ A device left by a run that did not stop (SIGKILL) is found by its alias
 (`ALIAS_PREFIX`) and replaced; a device of that name that is not ours is an
 error, never touched.
 
+The kernel deletes a VXLAN device with its `dev`: when the underlay device
+goes, so does the port's device, and the switch makes it again once the
+underlay is back (Switch.maintain_tunnels), as it does one deleted by hand.
+
 The decisions are pure functions (`device_name`, `overhead`,
 `carried_mtu`, `segment_mtus`, `remotes_diff`); `Tunnel` acts on the
 kernel through pyroute2.
@@ -251,10 +255,19 @@ class Tunnel:
         self.ipr.link("del", index=found[0])
         log.warning("vxlan.stale_removed", port=self.port, dev=self.name)
 
+    def gone(self) -> None:
+        """The device went: deleted, or by the kernel with its underlay `dev` (and its FDB with it).
+        Forget it; create() makes it again, with the remote hosts wanted then."""
+        self.ifindex = None
+        self.remotes = []
+
     def update_remotes(self, remotes: Iterable) -> tuple[list[str], list[str]]:
         """Replicate to exactly these hosts: add the new ones, then remove those gone (and
-        what the kernel learned behind them). Hosts in both are not touched. Returns (removed, added)."""
+        what the kernel learned behind them). Hosts in both are not touched. Returns (removed, added).
+        While the device is gone, only noted: create() gives them to it."""
         self.wanted = normalise(remotes)
+        if self.ifindex is None:
+            return [], []
         removed, added = remotes_diff(self.remotes, self.wanted)
         self._apply(removed, added)
         if removed or added:

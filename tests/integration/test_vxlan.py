@@ -44,14 +44,18 @@ class Site:
         self.switches: dict[int, helpers.Switch] = {}
         helpers.nsexec(self.fabric, "ip", "link", "add", "br0", "type", "bridge")
         helpers.nsexec(self.fabric, "ip", "link", "set", "br0", "up")
-        for h, ns in self.hosts.items():
-            peer = f"f{h}"
-            helpers.sh("ip", "link", "add", "u0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", self.fabric)
-            helpers.nsexec(self.fabric, "ip", "link", "set", peer, "master", "br0", "up")
-            address, prefix = UNDERLAY[family]
-            helpers.nsexec(ns, "ip", "addr", "add", f"{address.format(h=h)}/{prefix}", "dev", "u0",
-                           *(["nodad"] if family == 6 else []))
-            helpers.nsexec(ns, "ip", "link", "set", "u0", "up")
+        for h in self.hosts:
+            self.wire(h)
+
+    def wire(self, h: int) -> None:
+        """Host h's underlay device u0, on the fabric, with its address."""
+        ns, peer = self.hosts[h], f"f{h}"
+        helpers.sh("ip", "link", "add", "u0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", self.fabric)
+        helpers.nsexec(self.fabric, "ip", "link", "set", peer, "master", "br0", "up")
+        address, prefix = UNDERLAY[self.family]
+        helpers.nsexec(ns, "ip", "addr", "add", f"{address.format(h=h)}/{prefix}", "dev", "u0",
+                       *(["nodad"] if self.family == 6 else []))
+        helpers.nsexec(ns, "ip", "link", "set", "u0", "up")
 
     def underlay(self, h: int) -> str:
         return UNDERLAY[self.family][0].format(h=h)
@@ -253,6 +257,33 @@ def test_restart_after_sigkill_replaces_the_stale_device(lab, site):
     sw = site.start(1)
     assert sw.events("vxlan.stale_removed")
     assert unreachable(site, [((1, 1), (2, 1)), ((3, 2), (1, 2))]) == []
+    assert sw.stop() == 0
+    assert not helpers.link_exists(vx, site.hosts[1])
+
+
+def test_a_vxlan_device_that_went_with_its_underlay_is_made_again_when_it_is_back(lab, site):
+    """The kernel deletes a VXLAN device with its `dev`: the port was down for good, a reload
+    did not bring it back. The switch makes the device again once the underlay is back, and
+    again when someone deletes it by hand."""
+    sw = site.start(1)
+    site.start(2)
+    vx = f"{site.vx(1)}-vx"
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: {p["name"]: p["state"] for p in sw.cli_json("ports")}[site.vx(1)] == "down")
+    assert not helpers.link_exists(vx, site.hosts[1])
+    site.wire(1)
+    helpers.wait_for("the VXLAN port up", lambda: {p["name"]: p["state"] for p in sw.cli_json("ports")}[site.vx(1)] == "up")
+    assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+    fdb = helpers.nsexec(site.hosts[1], "bridge", "fdb", "show", "dev", vx).stdout
+    assert sorted(line.split()[2] for line in fdb.splitlines() if line.startswith("00:00:00:00:00:00")) == [
+        "198.19.0.2", "198.19.0.3"]
+    assert helpers.ipv6_disabled(site.hosts[1], vx)
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", vx)
+    helpers.wait_for("the VXLAN device made again", lambda: helpers.link_exists(vx, site.hosts[1]))
+    helpers.wait_for("the VXLAN port up", lambda: {p["name"]: p["state"] for p in sw.cli_json("ports")}[site.vx(1)] == "up")
+    assert unreachable(site, [((1, 2), (2, 2))]) == []
+    assert len(sw.events("vxlan.remade")) == 2
     assert sw.stop() == 0
     assert not helpers.link_exists(vx, site.hosts[1])
 
