@@ -281,6 +281,8 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         _close(fds)
         _remove_tunnel(tunnel)
         detail = os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
+        if tunnel is not None and isinstance(e, NetlinkError) and e.code == errno.EADDRINUSE:
+            detail = vxlan.port_in_use(tunnel.dstport)   # the kernel binds it as the device comes up
         raise PortError(f"port {cfg.name}: {detail}") from None
     except vxlan.VxlanError as e:
         _close(fds)

@@ -134,6 +134,12 @@ def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
     return out
 
 
+def port_in_use(dstport: int) -> str:
+    """Why a VXLAN device could not come up with EADDRINUSE: the kernel binds its UDP port then."""
+    return (f"UDP port {dstport} (vxlan.dstport) is in use on this host, by another program "
+            f"or another VXLAN device that cannot share it")
+
+
 def normalise(addresses: Iterable) -> list[str]:
     """Addresses in their canonical spelling, duplicates dropped, first ones first."""
     out: list[str] = []

@@ -327,6 +327,31 @@ def test_a_vni_another_vxlan_device_uses_exits_1_saying_so(lab, site):
     assert helpers.link_exists(other, site.hosts[1])
 
 
+UDP_HOLDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 4789))
+print("bound", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_dstport_another_program_holds_exits_1_saying_so(lab, site):
+    """The kernel binds the UDP port as the device comes up: its EADDRINUSE named no port."""
+    holder = subprocess.Popen(["ip", "netns", "exec", site.hosts[1], sys.executable, "-c", UDP_HOLDER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.procs.append(holder)
+    assert holder.stdout.readline().strip() == "bound"
+    sw = site.start(1, start=False)
+    r = subprocess.run(["ip", "netns", "exec", site.hosts[1], sys.executable, "-m", "tapswitch", "run",
+                        "-c", sw.config_path], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1, r
+    reason = [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+    assert reason == [f"tapswitch: port {site.vx(1)}: UDP port 4789 (vxlan.dstport) is in use on this host, "
+                      f"by another program or another VXLAN device that cannot share it"], r.stderr
+    assert not helpers.link_exists(f"{site.vx(1)}-vx", site.hosts[1])
+
+
 def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, site):
     cfg = site.config(1)
     cfg["ports"][2]["vxlan"]["remotes"] = [site.underlay(2)]       # host 3 not yet known to host 1
