@@ -382,7 +382,9 @@ class Switch:
                 port.remote_ifindex = None
                 return
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
-        port.remote_up = event.up
+        # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
+        # after its port was made up; the device says whether it still holds.
+        port.remote_up = event.up or (port.remote_up and self._device_up(None, index=port.remote_ifindex))
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
 

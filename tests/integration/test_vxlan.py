@@ -392,6 +392,26 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     assert unreachable(site, [((1, 1), (3, 2))]) == []
 
 
+def test_a_reload_that_changes_the_vni_makes_the_port_again_without_taking_it_down(lab, site):
+    """The new VXLAN device is made down and raised as it is attached: that first event came
+    after the port was made, took it down and flushed what it had learned ("port.down")."""
+    cfgs = {h: site.config(h) for h in (1, 2)}
+    for h, cfg in cfgs.items():
+        site.start(h, cfg)
+    for h, cfg in cfgs.items():
+        sw = site.switches[h]
+        cfg["ports"][2]["vxlan"]["vni"] = VNI + 1
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        assert sw.cli("reload").stdout.strip() == f"reloaded: remade {site.vx(h)}"
+    data = json.loads(helpers.nsexec(site.hosts[1], "ip", "-d", "-j", "link", "show", "dev",
+                                     f"{site.vx(1)}-vx").stdout)[0]["linkinfo"]["info_data"]
+    assert data["id"] == VNI + 1
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    time.sleep(0.5)
+    assert [e for h in (1, 2) for e in site.switches[h].events("port.down")] == []
+
+
 SCRAPE = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
