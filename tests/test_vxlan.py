@@ -152,6 +152,16 @@ def test_update_remotes_touches_only_the_hosts_that_changed():
     assert t.remotes == ["198.19.0.3", "198.19.0.4"]
 
 
+def test_a_remote_host_that_is_this_one_is_refused():
+    """By another of its addresses than local (the config sees only local): the tunnel sent
+    there came back on the VXLAN port, and the switch learned its own ports' MACs there."""
+    ipr = FakeIPR()
+    ipr.get_addr = lambda family: [FakeMsg(index=2, IFA_ADDRESS="198.19.0.1"), FakeMsg(index=1, IFA_ADDRESS="198.19.0.101")]
+    with pytest.raises(VxlanError, match=r"remote 198.19.0.101 is this host's \(a device here holds it\)"):
+        vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2", "198.19.0.101"]).carried_mtu()
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).carried_mtu() == 1450
+
+
 def test_a_gone_device_takes_remote_updates_for_when_it_is_made_again():
     ipr = FakeIPR()
     t = vxlan.Tunnel(ipr, "vx0", 42, "198.19.0.1", ["198.19.0.2"])

@@ -164,18 +164,24 @@ def _strerror(e: NetlinkError) -> str:
     return errno.errorcode.get(e.code, str(e.code)) + ": " + (e.args[1] if len(e.args) > 1 else str(e))
 
 
-def _find_underlay(ipr, dev: str | None, local: str) -> tuple[int, str, int]:
+def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()) -> tuple[int, str, int]:
     """(ifindex, name, MTU) of the underlay: `dev`, else the device that holds `local`.
     `local` must be this host's either way: the kernel sends nothing from an address it does
-    not have (every frame a tx error on the device), and the others' replies would go nowhere."""
+    not have (every frame a tx error on the device), and the others' replies would go nowhere.
+    No remote host may be this one: what the tunnel sent there would come back to the switch
+    on the VXLAN port, and its own ports' MACs be learned there."""
     found = ipr.link_lookup(ifname=dev) if dev is not None else []
     if dev is not None and not found:
         raise VxlanError(f"underlay device {dev} does not exist")
-    holders = [a["index"] for a in ipr.get_addr(family=2 if family(local) == 4 else 10)
-               if str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))) == local]
-    if not holders:
+    held = {}      # this host's addresses of the tunnel's family -> the device that holds each
+    for a in ipr.get_addr(family=2 if family(local) == 4 else 10):
+        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))), a["index"])
+    if local not in held:
         raise VxlanError(f"no device holds the local address {local}: it is not this host's")
-    index = found[0] if dev is not None else holders[0]
+    mine = [r for r in remotes if r in held]
+    if mine:
+        raise VxlanError(f"remote {mine[0]} is this host's (a device here holds it): list the other hosts only")
+    index = found[0] if dev is not None else held[local]
     link = ipr.link("get", index=index)[0]
     return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
 
@@ -210,7 +216,7 @@ class Tunnel:
 
     def underlay(self) -> tuple[str, int]:
         """(name, MTU) of the device under the tunnel."""
-        _index, name, mtu = _find_underlay(self.ipr, self.dev, self.local)
+        _index, name, mtu = _find_underlay(self.ipr, self.dev, self.local, self.wanted)
         return name, mtu
 
     def carried_mtu(self) -> int:
@@ -222,7 +228,7 @@ class Tunnel:
         ipr = self.ipr
         self._remove_stale()
         link = {}
-        under_index, under_name, _mtu = _find_underlay(ipr, self.dev, self.local)
+        under_index, under_name, _mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
         if self.dev is not None:     # bound to it; else the route to each remote host decides
             link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"
