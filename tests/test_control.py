@@ -263,3 +263,45 @@ def test_a_socket_that_is_not_a_switchs_is_a_control_error_naming_it(answer):
             thread.join(5)
             os.unlink(path)
             os.rmdir(os.path.dirname(path))
+
+
+def dead_socket(path: str) -> None:
+    """The socket a switch killed by SIGKILL leaves: bound, nobody listening."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+
+
+def test_without_s_the_only_running_switch_is_found_beside_a_dead_ones_socket(monkeypatch, capsys):
+    """A dead switch's socket is no running switch: `tapswitch ports` talks to the live one
+    (it said "several switches are running", exit 1)."""
+    from tapswitch import cli
+    directory = tempfile.mkdtemp()
+    monkeypatch.setattr(cli, "SOCKET_DIR", directory)
+    dead_socket(os.path.join(directory, "dead.sock"))
+    live = os.path.join(directory, "live.sock")
+    server = ControlServer(live, {"fdb": lambda r: []})
+    server.start()
+    try:
+        assert cli.main(["fdb", "--json"]) == cli.EXIT_OK
+        assert capsys.readouterr().out.splitlines()[-1] == "[]"     # after the server's log line
+    finally:
+        server.stop()
+        os.unlink(os.path.join(directory, "dead.sock"))
+        os.rmdir(directory)
+
+
+def test_without_s_only_a_dead_switchs_socket_says_no_switch_is_running(monkeypatch, capsys):
+    from tapswitch import cli
+    directory = tempfile.mkdtemp()
+    monkeypatch.setattr(cli, "SOCKET_DIR", directory)
+    dead = os.path.join(directory, "dead.sock")
+    dead_socket(dead)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["ports"])
+        assert e.value.code == f"tapswitch: no switch is running (none answers on {dead}: left by a switch that died); give one with -s"
+        assert capsys.readouterr().out == ""
+    finally:
+        os.unlink(dead)
+        os.rmdir(directory)

@@ -71,11 +71,17 @@ def find_socket(args) -> str:
             print("tapswitch: no control socket from a config with errors; fix them, or give the socket with -s",
                   file=sys.stderr)
             raise SystemExit(EXIT_CONFIG) from None
-    running = sorted(glob.glob(os.path.join(SOCKET_DIR, "*.sock")))
+    from tapswitch import control
+    sockets = sorted(glob.glob(os.path.join(SOCKET_DIR, "*.sock")))
+    # A switch killed (SIGKILL) leaves its socket: it is no running switch, to pick or to count.
+    running = [path for path in sockets if control.answers(path)]
     if len(running) == 1:
         return running[0]
-    if not running:
+    if not sockets:
         raise SystemExit(f"tapswitch: no switch is running (no socket in {SOCKET_DIR}); give one with -s")
+    if not running:
+        raise SystemExit(f"tapswitch: no switch is running (none answers on {', '.join(sockets)}: "
+                         f"left by a switch that died); give one with -s")
     raise SystemExit(f"tapswitch: several switches are running ({', '.join(running)}); pick one with -s")
 
 

@@ -238,6 +238,21 @@ def _claim(path: str) -> str | None:
     raise ControlError(f"another tapswitch is running on control socket {path}")
 
 
+def answers(path: str) -> bool:
+    """Whether a switch may listen on the socket at `path`: False for one that nobody accepts
+    on (the socket a switch killed by SIGKILL left) or that is gone; True also when the probe
+    cannot tell (another user's switch, a full backlog): the request says why, then."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)     # the switch takes a connection closed unasked as no error
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+    return True
+
+
 def request(path: str, cmd: str, **args):
     """Send one command to the switch at `path`; return its result or raise ControlError.
     A reload is answered when it is done, or when the switch gives up waiting for it."""
