@@ -305,3 +305,10 @@ def test_without_s_only_a_dead_switchs_socket_says_no_switch_is_running(monkeypa
     finally:
         os.unlink(dead)
         os.rmdir(directory)
+
+
+def test_a_socket_path_too_long_for_unix_sockets_is_a_control_error_saying_so():
+    path = "/tmp/" + "x" * 120 + ".sock"
+    with pytest.raises(ControlError) as e:
+        control.request(path, "ports")
+    assert str(e.value) == f"cannot reach the switch on {path}: AF_UNIX path too long"

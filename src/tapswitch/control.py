@@ -269,7 +269,7 @@ def request(path: str, cmd: str, **args):
         raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
     except OSError as e:
         s.close()
-        raise ControlError(f"cannot reach the switch on {path}: {e.strerror}") from None
+        raise ControlError(f"cannot reach the switch on {path}: {e.strerror or e}") from None
     try:
         with s, s.makefile("rwb") as f:
             f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
