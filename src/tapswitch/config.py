@@ -945,7 +945,7 @@ def load(path: str | None) -> Config:
         with open(fd, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ConfigError([f"{path}:0: -: cannot read: {e}"]) from None
+        raise ConfigError([f"{path}:0: -: cannot read: {e.strerror or e}"]) from None    # the reason in words: the path is said already
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}:0: -: cannot read: larger than {MAX_CONFIG_BYTES // 2**20} MiB"])
     try:
