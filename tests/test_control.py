@@ -312,3 +312,15 @@ def test_a_socket_path_too_long_for_unix_sockets_is_a_control_error_saying_so():
     with pytest.raises(ControlError) as e:
         control.request(path, "ports")
     assert str(e.value) == f"cannot reach the switch on {path}: AF_UNIX path too long"
+
+
+@pytest.mark.parametrize("argv", [["ports", "-s", ""], ["fdb", "flush", "-s", ""], ["reload", "-c", ""]])
+def test_an_empty_socket_or_config_path_is_a_usage_error_not_no_option(monkeypatch, capsys, argv):
+    """`tapswitch ports -s "$SOCK"` with SOCK unset must not talk to whichever switch runs."""
+    from tapswitch import cli
+    monkeypatch.setattr(cli, "_request", lambda args, cmd, **kw: pytest.fail("a switch was asked"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == cli.EXIT_CONFIG       # argparse's usage error
+    out, err = capsys.readouterr()
+    assert out == "" and "an empty path" in err

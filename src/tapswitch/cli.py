@@ -18,20 +18,27 @@ PORT_COLUMNS = ["rx_packets", "rx_bytes", "rx_errors", "rx_dropped", "rx_missed"
                 "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded"]
 
 
+def path(value: str) -> str:
+    """A -s or -c path: an empty one (`-s "$SOCK"` with SOCK unset) is a usage error, not no option."""
+    if not value:
+        raise argparse.ArgumentTypeError("an empty path")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the switch in the foreground")
-    run.add_argument("-c", "--config", help="config file (default: the built-in demo)")
+    run.add_argument("-c", "--config", type=path, help="config file (default: the built-in demo)")
 
     check = sub.add_parser("check", help="validate a config file")
-    check.add_argument("-c", "--config", required=True, help="the config file to validate")
+    check.add_argument("-c", "--config", type=path, required=True, help="the config file to validate")
 
     def switch_options(c, default=None):
         c.add_argument("--json", action="store_true", default=default, help="print JSON")
-        c.add_argument("-s", "--socket", default=default, help="control socket of the switch")
-        c.add_argument("-c", "--config", default=default, help="take the control socket from this config")
+        c.add_argument("-s", "--socket", type=path, default=default, help="control socket of the switch")
+        c.add_argument("-c", "--config", type=path, default=default, help="take the control socket from this config")
 
     def client(name, help):
         c = sub.add_parser(name, help=help)
