@@ -1,7 +1,9 @@
 """How the supervisor hands a queue over from an old worker: real child processes that say
 b"D" (drained) on their control socket, or do not, and exit, as a worker does on SIGTERM."""
 
+import fcntl
 import os
+import resource
 import select
 import signal
 import socket
@@ -92,3 +94,46 @@ def test_a_worker_imports_nothing_from_the_directory_the_switch_was_started_in(t
     finally:
         shared.close()
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.fixture
+def many_fds():
+    """Room for fds past select's 1024, as a switch of many ports holds (a port takes one per
+    queue): fds moved by high() land there."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _high(fd: int) -> int:
+    """fd moved past 1024 (the original closed)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1500)
+    os.close(fd)
+    return moved
+
+
+def test_workers_are_awaited_and_handed_over_on_fds_past_1024(many_fds):
+    """256 ports of 4 queues hold over 1024 fds: a reload's or a restart's new worker socket and
+    pidfd land past them, where select() raised ValueError and the switch stopped with a
+    traceback. A worker that says it is set up is seen so; one asked to stop is handed over."""
+    sup = supervisor.Supervisor(-1, 1)
+    w = _worker(SAY_AND_EXIT, "R uring-burst")
+    p = supervisor.Pending(w.proc, socket.socket(fileno=_high(w.sock.detach())))
+    sup._await(w, p)
+    assert p.backend == "uring-burst"
+    p.sock.close()
+    w.proc.wait(timeout=10)
+
+    w = _worker(SAY_AND_EXIT, "D")
+    _exited(w)
+    w.sock, w.pidfd = socket.socket(fileno=_high(w.sock.detach())), _high(w.pidfd)
+    assert w.sock.fileno() >= 1024 and w.pidfd >= 1024
+    with structlog.testing.capture_logs() as logs:
+        old = sup._hand_over(w)
+        assert old is not None
+        sup._reap_old(w, old)
+    assert old.proc.returncode == 0
+    assert [e["event"] for e in logs] == ["worker.drained"]

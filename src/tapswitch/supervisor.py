@@ -30,6 +30,19 @@ SPAWN_TRIES = 3            # attempts to start a worker before the next tick tri
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 
 
+def readable(fds: list, timeout: float) -> list:
+    """Those of `fds` (fds, or objects with a fileno()) readable, or hung up, within `timeout`
+    seconds (none if none is by then). poll, not select: a switch of many ports holds more than
+    select's 1024 fds (a port takes one per queue), and select refuses any fd past them."""
+    poller = select.poll()
+    by_fd = {}
+    for f in fds:
+        fd = f if isinstance(f, int) else f.fileno()
+        by_fd[fd] = f
+        poller.register(fd, select.POLLIN)
+    return [by_fd[fd] for fd, _events in poller.poll(max(0.0, timeout) * 1000)]
+
+
 class WorkerError(Exception):
     """A worker did not come up; the message is one line for the user."""
 
@@ -166,7 +179,7 @@ class Supervisor:
 
     def _await(self, w: Worker, p: Pending) -> None:
         """Wait until p has set up; if it does not, stop it and raise WorkerError."""
-        ready, _, _ = select.select([p.sock], [], [], READY_TIMEOUT)
+        ready = readable([p.sock], READY_TIMEOUT)
         try:
             said = p.sock.recv(64) if ready else b""   # b"R" + the worker's I/O backend [+ b" registered"]
         except OSError:
@@ -220,7 +233,7 @@ class Supervisor:
         os.kill(proc.pid, signal.SIGTERM)
         watch = [pidfd] + ([sock] if sock is not None else [])
         while True:
-            ready = select.select(watch, [], [], max(0.0, old.deadline - time.monotonic()))[0]
+            ready = readable(watch, old.deadline - time.monotonic())
             if not ready:
                 break
             if sock in ready:                   # first: it may have said b"D" and exited since
@@ -243,7 +256,7 @@ class Supervisor:
 
     def _reap_old(self, w: Worker, old: Old) -> None:
         """Wait for a process _hand_over asked to stop until its deadline, then SIGKILL it; reap."""
-        killed = not select.select([old.pidfd], [], [], max(0.0, old.deadline - time.monotonic()))[0]
+        killed = not readable([old.pidfd], old.deadline - time.monotonic())
         if killed:
             log.warning("worker.stop_timeout", queue=w.queue, pid=old.proc.pid, grace=STOP_GRACE)
             os.kill(old.proc.pid, signal.SIGKILL)
