@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 import structlog
@@ -137,3 +138,38 @@ def test_workers_are_awaited_and_handed_over_on_fds_past_1024(many_fds):
         sup._reap_old(w, old)
     assert old.proc.returncode == 0
     assert [e["event"] for e in logs] == ["worker.drained"]
+
+
+def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch):
+    """The control loop revives a worker that is down on every tick; one that cannot start at all
+    (its module broken by an upgrade under the running switch, say) was tried 3 times a tick for
+    good: 3 processes and 3 errors a second. Each restart in a row that fails now waits twice as
+    long before the next (up to RETRY_MAX), and one that comes up starts the count again."""
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    launches = []
+
+    def launch(self, w):
+        launches.append(now[0])
+        raise OSError("cannot start")
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", launch)
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+
+    def tick():                     # as Switch.maintain_workers, once a second
+        for down in sup.down():
+            sup.restart(down)
+        now[0] += 1.0
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(120):
+            tick()
+    tried_at = sorted(set(launches))
+    assert len(launches) == supervisor.SPAWN_TRIES * len(tried_at)
+    assert [b - a for a, b in zip(tried_at, tried_at[1:])][:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert len(tried_at) <= 9                          # in two minutes, not 120 times
+    assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"][:3] == [1.0, 2.0, 4.0]
+
+    monkeypatch.setattr(supervisor.Supervisor, "revive", lambda self, w: setattr(w, "proc", types.SimpleNamespace(pid=1)) or True)
+    now[0] = w.retry_at
+    tick()
+    assert w.restarts == 1 and w.failed_starts == 0 and w.retry_at == 0.0

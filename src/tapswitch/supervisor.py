@@ -27,6 +27,7 @@ RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing o
 RESTART_WINDOW = 10.0
 BACKOFF = 1.0
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
+RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 
 
@@ -62,6 +63,8 @@ class Worker:
         self.sock: socket.socket | None = None  # the process says b"D" here once drained (_hand_over)
         self.retiring: subprocess.Popen | None = None   # the process it replaces, until reaped
         self.cpu_seen = 0.0             # the most cpu_seconds has said: it never says less
+        self.failed_starts = 0          # restarts in a row that did not come up (down waits longer each time)
+        self.retry_at = 0.0             # monotonic: down() offers it again from then
 
     def fileno(self) -> int:
         return self.pidfd
@@ -141,8 +144,10 @@ class Supervisor:
         return False
 
     def down(self) -> list[Worker]:
-        """Workers with no process (their start failed): the control loop revives them."""
-        return [w for w in self.workers if w.pidfd < 0]
+        """Workers with no process (their start failed) whose next try is due: the control loop
+        revives them."""
+        now = time.monotonic()
+        return [w for w in self.workers if w.pidfd < 0 and now >= w.retry_at]
 
     def _launch(self, w: Worker) -> Pending:
         """Start a process for w's queue over the current ports (w keeps its old one, if any)."""
@@ -317,9 +322,18 @@ class Supervisor:
         self.restart(w)
 
     def restart(self, w: Worker) -> bool:
-        """Start w again after it died, counted in its restarts; False if it would not come up."""
+        """Start w again after it died, counted in its restarts; False if it would not come up:
+        down() offers it again after a wait that doubles with each restart in a row that fails
+        (1 s, 2 s, ... RETRY_MAX), as a worker that keeps dying is held back, so that one that
+        cannot start (its module or the fast path broken, say) costs no 3 processes and 3 errors
+        a second for good."""
         if not self.revive(w):
+            wait = min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
+            w.failed_starts += 1
+            w.retry_at = time.monotonic() + wait
+            log.error("worker.crashing", queue=w.queue, failed_starts=w.failed_starts, backoff=wait)
             return False
+        w.failed_starts, w.retry_at = 0, 0.0
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
         return True
