@@ -210,6 +210,13 @@ def _gone(e: Exception) -> bool:
     return isinstance(e, NetlinkError) and e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL)
 
 
+def _said(rule: Rule):
+    """How a rule's coming and going is logged: a shared-mode MAC's follows the MAC table, each
+    MAC learned and aged behind the other ports (a line a second, for good, on a busy LAN), so
+    it is a debug line, as `fdb.aged` is; the implicit rules' come with attaching and detaching."""
+    return log.debug if rule.name == "SHARED_MAC" else log.info
+
+
 class RemoteAttachment:
     """One port's TAP attached to IFACE. attach() then detach(); detach()
     leaves IFACE's qdiscs, filters, flags and MTU as attach() found them."""
@@ -383,9 +390,9 @@ class RemoteAttachment:
             tc.add_filter(self.ipr, f, self._cookie[rule.where])
             self._handles[rule] = handle
             self.rules.append(rule)
-            log.info("rule.installed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
-                     handle=handle, match=str(rule.match or "all"), action=rule.action,
-                     target=self._name(rule.target), kind=self.kind)
+            _said(rule)("rule.installed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),
+                        handle=handle, match=str(rule.match or "all"), action=rule.action,
+                        target=self._name(rule.target), kind=self.kind)
         self._remove(remove)
         self.rules.sort(key=lambda r: (r.prio, r.match.dst if r.match else ""))
         # Said when it changes, not at every update (once a second, for each MAC left out).
@@ -419,8 +426,8 @@ class RemoteAttachment:
             gone = set(here)
             self.rules = [r for r in self.rules if r not in gone]
             for rule in here:
-                log.info("rule.removed", rule=rule.name, dev=self._name(where), prio=hex(rule.prio),
-                         handle=self._handles.pop(rule), match=str(rule.match or "all"))
+                _said(rule)("rule.removed", rule=rule.name, dev=self._name(where), prio=hex(rule.prio),
+                            handle=self._handles.pop(rule), match=str(rule.match or "all"))
 
     # Detaching. -----------------------------------------------------------
 

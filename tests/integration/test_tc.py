@@ -622,3 +622,19 @@ def test_flower_probe_falls_back_to_u32_and_leaves_nothing(lab, monkeypatch):
     assert tc.PROBE_CHAIN not in [c["chain"] for c in chains]
     assert tc.remove_clsact(lab.ipr, index)
     assert "clsact" not in sh("tc", "-n", lab.sw, "qdisc", "show", "dev", NIC).stdout
+
+
+def test_shared_mode_logs_the_macs_rules_coming_and_going_at_debug(lab, attached):
+    """A shared-mode MAC's rule follows the MAC table: each MAC learned or aged behind the other
+    ports was an info line (ten a second on a LAN where five new MACs a second came and aged),
+    where fdb.aged itself is debug. The implicit rules, made at attach, stay info lines."""
+    lab.build()
+    with capture_logs() as logs:
+        a = attached(lab, "shared")
+        a.update_shared_macs(["02:54:53:00:02:01", "02:54:53:00:02:02"])
+        a.update_shared_macs(["02:54:53:00:02:02", "02:54:53:00:02:03"])
+    rules = [(e["event"], e["rule"], e["log_level"]) for e in logs if e["event"].startswith("rule.")]
+    assert {level for _event, rule, level in rules if rule == "SHARED_MAC"} == {"debug"}, rules
+    assert [r for r in rules if r[1] == "SHARED_MAC"].count(("rule.installed", "SHARED_MAC", "debug")) == 3
+    assert ("rule.removed", "SHARED_MAC", "debug") in rules
+    assert {level for _event, rule, level in rules if rule != "SHARED_MAC"} == {"info"}, rules
