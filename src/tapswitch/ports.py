@@ -364,10 +364,11 @@ def _make_tunnel(cfg) -> vxlan.Tunnel:
     try:
         tunnel = _tunnel(ipr, cfg)
         tunnel.create()
-        return tunnel
     except BaseException:
         ipr.close()
         raise
+    _let_go_here(ipr)
+    return tunnel
 
 
 def remake_tunnel(port: Port) -> None:
@@ -456,13 +457,27 @@ def _attach(cfg, mac: str, state: RunState) -> tuple[RemoteAttachment, int]:
         try:
             if mtu is None:      # the TAP takes IFACE's MTU, as attach() left it
                 set_tap_mtu(ipr, _lookup(ipr, cfg.name), att.iface_mtu)
-            return att, _lookup(ipr, cfg.remote)
+            index = _lookup(ipr, cfg.remote)
         except BaseException:
             att.detach()
             raise
     except BaseException:
         ipr.close()
         raise
+    _let_go_here(ipr)
+    return att, index
+
+
+def _let_go_here(ipr: IPRoute) -> None:
+    """This thread (one of create_all's) is done with `ipr`, which the control loop's thread
+    uses and closes from now on. pyroute2 0.9 keeps an event loop (an epoll and a socket
+    pair) for the thread that made an IPRoute, closed only by a close() in that thread: so
+    each remote or VXLAN port that a reload removed or remade left three descriptors open,
+    until the garbage collector came by. This thread closes its loop now, as pyroute2 does
+    after each call from a thread that did not make the IPRoute."""
+    if getattr(ipr.asyncore.local, "keep_event_loop", False):
+        del ipr.asyncore.local.keep_event_loop
+        ipr._cleanup_transport()
 
 
 def _detach(att: RemoteAttachment) -> None:

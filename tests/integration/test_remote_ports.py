@@ -573,3 +573,30 @@ def test_a_reload_that_gives_or_takes_the_mtu_sets_the_nics_or_gives_it_back(lab
     assert crosses(site["c"][0], "198.18.3.100", 9000)
     assert sw.stop() == 0
     assert nic_state(site["sw"]) == before
+
+
+def test_reloads_that_remove_and_add_a_remote_port_leave_no_descriptor_behind(lab, site):
+    """Each remote port removed by a reload left three descriptors of the control process
+    open (the event loop pyroute2 kept for the pool thread that made the port's IPRoute),
+    until the garbage collector happened to come by: a switch whose VM ports come and go
+    by reload for months ran out of them."""
+    cfg = config(lab, site, "promisc")
+    sw = lab.switch(cfg, netns=site["sw"])
+    uplink = cfg["ports"].pop()
+
+    def reload(ports: list) -> None:
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump({**cfg, "ports": ports}, f)
+        assert sw.cli("reload").returncode == 0
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{sw.proc.pid}/fd"))
+
+    reload(cfg["ports"])
+    reload(cfg["ports"] + [uplink])
+    before = fds()
+    for _ in range(6):
+        reload(cfg["ports"])
+        reload(cfg["ports"] + [uplink])
+    assert fds() <= before
+    assert sw.stop() == 0
