@@ -355,8 +355,7 @@ class Switch:
         if mtu and mtu != port.effective_mtu:
             log.warning("port.mtu_changed", port=port.name, mtu=mtu, was=port.effective_mtu, config=port.cfg.mtu)
             port.mtu = mtu
-            self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
-                                 port.effective_mtu)
+            self.publish_port(port)
         if mac and mac != port.mac:
             log.warning("port.mac_changed", port=port.name, mac=mac, was=port.mac)
             port.mac = mac
@@ -405,8 +404,7 @@ class Switch:
             return
         log.info("port.mtu_changed", port=port.name, mtu=tap_mtu, was=port.effective_mtu, remote=port.cfg.remote)
         port.mtu = tap_mtu
-        self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
-                             port.effective_mtu)
+        self.publish_port(port)
 
     def resync_links(self, taps: bool = True) -> None:
         """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""
@@ -439,13 +437,17 @@ class Switch:
         if port.up == up:
             return
         port.up = up
-        state = fastpath.lib.TS_PORT_UP if up else fastpath.lib.TS_PORT_DOWN
-        self.shared.set_port(port.index, state, port.effective_mtu)
+        self.publish_port(port)
         if up:
             log.info("port.up", port=port.name)
         else:
             flushed = self.shared.fdb_flush(port.index)
             log.warning("port.down", port=port.name, fdb_flushed=flushed)
+
+    def publish_port(self, port: ports.Port) -> None:
+        """Write the port's state and MTU to the port table, where the workers read them."""
+        self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
+                             port.effective_mtu)
 
     def maintain_workers(self) -> None:
         """A worker whose start failed (killed while starting, say) gets another go every tick."""
