@@ -739,6 +739,73 @@ def test_static_mac_on_a_monitor_port():
     assert one_error(text) == "t.yaml:11: static_macs[0].port: 'm' is the monitor port of mirrors[0]: it only receives"
 
 
+def monitored(settings: str, mirrors: str = "{name: s, from: [a], to: m}") -> str:
+    """mirrored(mirrors), with `settings` written on port m (ports[2], line 6)."""
+    return mirrored(mirrors).replace("{name: m}", "{name: m" + (", " + settings if settings else "") + "}")
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("vlan", "10", "it is in no VLAN; each copy leaves it tagged or not as its source port had the frame"),
+    ("vlan", "1", "it is in no VLAN; each copy leaves it tagged or not as its source port had the frame"),
+    ("trunk", "[10, 20]", "it is in no VLAN; each copy leaves it tagged or not as its source port had the frame"),
+    ("isolated", "true", "it exchanges no frame with any port, isolated or not: it gets the mirrors' copies only"),
+    ("mac_limit", "4", "what it sends is dropped, never learned"),
+    ("storm_control", "{broadcast_pps: 100}", "what it sends is dropped, never flooded"),
+    ("acl", "[{match: {eth_type: arp}, action: drop}]", "what it sends is dropped, never filtered"),
+])
+def test_a_setting_a_monitor_port_would_ignore_is_refused(key, value, reason):
+    """A monitor port gets nothing but copies and sends nothing into the switch: a setting that acts
+    on what a port sends or receives as a switch port would be silently ignored (check said ok)."""
+    assert one_error(monitored(f"{key}: {value}")) == (
+        f"t.yaml:6: ports[2].{key}: {key} has no effect on a monitor port ('m' is mirrors[0]'s): {reason}")
+
+
+def test_every_ignored_setting_of_a_monitor_port_is_reported_at_its_own_line():
+    text = SWITCH + textwrap.dedent("""\
+        ports:
+          - {name: a}
+          - name: m
+            netns: ids
+            vlan: 10
+            acl:
+              - {match: {}, action: drop}
+        mirrors:
+          - {name: s, from: [a], to: m}
+        """)
+    assert [e.split(": ")[:2] for e in errors_of(text)] == [["t.yaml:7", "ports[1].vlan"], ["t.yaml:8", "ports[1].acl"]]
+
+
+def test_a_monitor_port_named_by_a_later_mirror_is_refused_its_settings_too():
+    text = monitored("isolated: true", "{name: s, from: [a], to: n};{name: t, from: [b], to: m}")
+    assert one_error(text) == ("t.yaml:6: ports[2].isolated: isolated has no effect on a monitor port "
+                               "('m' is mirrors[1]'s): it exchanges no frame with any port, isolated or not: "
+                               "it gets the mirrors' copies only")
+
+
+def test_a_monitor_ports_ignored_settings_are_reported_beside_other_errors():
+    text = monitored("mac_limit: 4").replace("{name: a, vlan: 10}", "{name: a, vlan: 10, mtu: big}")
+    assert errors_of(text) == [
+        "t.yaml:4: ports[0].mtu: expected an integer, got string",
+        "t.yaml:6: ports[2].mac_limit: mac_limit has no effect on a monitor port ('m' is mirrors[0]'s): "
+        "what it sends is dropped, never learned",
+    ]
+
+
+def test_a_monitor_port_may_write_out_the_defaults_that_ask_for_nothing():
+    m = loads(monitored("isolated: false, acl: [], vlan: null, mac_limit: null, storm_control: null")).ports[2]
+    assert (m.isolated, m.acl, m.vlan, m.trunk, m.mac_limit, m.storm_control) == (False, [], None, None, None, None)
+
+
+@pytest.mark.parametrize("settings", [
+    'netns: ids, ifname: eth1, addresses: [198.18.0.9/24, "fd00::9/64"], mac: "02:00:00:00:00:09", mtu: 9000, speed: 1000',
+    "remote: eth9, remote_mode: local, allmulti: true, mtu: 1500",
+    "vxlan: {vni: 9, local: 198.19.0.1, remotes: [198.19.0.2]}",
+])
+def test_a_monitor_port_takes_the_settings_of_its_device(settings):
+    """What makes and attaches the device the copies leave through: the switch honours it."""
+    assert loads(monitored(settings)).monitor_ports() == {"m"}
+
+
 def test_references_are_checked_beside_other_errors():
     text = SWITCH + textwrap.dedent("""\
         ports:
@@ -751,6 +818,8 @@ def test_references_are_checked_beside_other_errors():
         """)
     assert errors_of(text) == [
         "t.yaml:4: ports[0].mtu: expected an integer, got string",
+        "t.yaml:5: ports[1].vlan: vlan has no effect on a monitor port ('b' is mirrors[0]'s): it is in no VLAN; "
+        "each copy leaves it tagged or not as its source port had the frame",
         "t.yaml:7: mirrors[0].from[1]: no port named 'x'",
         "t.yaml:9: static_macs[0].port: 'b' is the monitor port of mirrors[0]: it only receives",
     ]

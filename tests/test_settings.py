@@ -130,7 +130,7 @@ def test_features_become_flags_and_values(shared):
 
 
 def test_mirrors_and_monitor_port(shared):
-    cfg = config("- {name: a, vlan: 10}\n- {name: b}\n- {name: m, vlan: 10}\n",
+    cfg = config("- {name: a, vlan: 10}\n- {name: b}\n- {name: m}\n",
                  "mirrors:\n  - {name: span, from: [a, b], to: m, direction: rx}\n")
     settings.apply(shared, cfg, running(cfg))
     a, b, m = (conf(shared, i) for i in range(3))

@@ -2,8 +2,8 @@
 
 The schema is declared as frozen pydantic models (unknown keys and wrong types
 are errors; a string is never coerced into an int, `true` is not an int), so a
-reload can diff two Configs field by field. Three things pydantic cannot see
-are done here by hand, each in one place:
+reload can diff two Configs field by field. What pydantic cannot see is
+done here by hand, each in one place:
 
 - the line of every key: the YAML is composed into nodes first, and each key
   path is mapped to its line (`_lines`); an error's `loc` is looked up there,
@@ -12,7 +12,8 @@ are done here by hand, each in one place:
 - clashes between ports (`port_clashes`), reported even when other ports are
   invalid, so that a single `tapswitch check` shows every error at once;
 - references to ports (`reference_errors`: mirrors and static MACs name
-  ports, and a static MAC's VLAN must be one of its port's), found the same way.
+  ports, and a static MAC's VLAN must be one of its port's), found the same way;
+- settings written on a monitor port that it would ignore (`monitor_port_settings`).
 
 Errors that one rule finds together at several keys (a LocatedErrors) are
 reported each at its own key, relative to where the rule ran.
@@ -778,6 +779,8 @@ class Config(_Model):
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
         clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
+        clashes += monitor_port_settings([(i, p.name, {k: getattr(p, k) for k in p.model_fields_set})
+                                          for i, p in enumerate(self.ports)], _monitors(self.mirrors))
         if clashes:
             raise PortClash(clashes)
         return self
@@ -923,6 +926,46 @@ def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: li
     return errors
 
 
+# What a monitor port does not do as a switch port, and so what each of these Port keys
+# would act on: the fast path drops what it sends before its VLAN, ACL, MAC limit or storm
+# control is read (fastpath.c, rx_accept), and sends it the mirrors' copies as they are.
+MONITOR_IGNORES = {
+    "vlan": "it is in no VLAN; each copy leaves it tagged or not as its source port had the frame",
+    "trunk": "it is in no VLAN; each copy leaves it tagged or not as its source port had the frame",
+    "isolated": "it exchanges no frame with any port, isolated or not: it gets the mirrors' copies only",
+    "mac_limit": "what it sends is dropped, never learned",
+    "storm_control": "what it sends is dropped, never flooded",
+    "acl": "what it sends is dropped, never filtered",
+}
+
+
+def _monitors(mirrors: list[Mirror]) -> dict[str, int]:
+    """monitor port -> the first mirror sending to it."""
+    first: dict[str, int] = {}
+    for i, m in enumerate(mirrors):
+        first.setdefault(m.to, i)
+    return first
+
+
+def monitor_port_settings(ports: list[tuple[int, Any, dict]], monitors: dict[str, int]) -> list[tuple[tuple, str]]:
+    """(loc, message) for every key of MONITOR_IGNORES written on a monitor port with
+    another value than its default, given (index, name, {key written: value}) of each port.
+
+    Accepted, such a key would be silently ignored, where its writer believes it
+    holds. A key left out, or written as its default (`isolated: false`, `acl: []`),
+    asks for nothing and is no error.
+    """
+    errors = []
+    for i, name, written in ports:
+        if not isinstance(name, str) or name not in monitors:
+            continue
+        for key, reason in MONITOR_IGNORES.items():
+            if key in written and written[key] != Port.model_fields[key].default:
+                errors.append((("ports", i, key), f"{key} has no effect on a monitor port ({name!r} is "
+                                                  f"mirrors[{monitors[name]}]'s): {reason}"))
+    return errors
+
+
 # --- Loading -----------------------------------------------------------------
 
 
@@ -974,6 +1017,7 @@ def loads(text: str, source: str = "<string>") -> Config:
             located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
+            located += [(loc, msg, None) for loc, msg in _monitor_settings(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
     # A number YAML 1.1 reads in octal or base 60, beside what the key says of the value it
     # got, unless that says it already (a MAC address read as a number).
@@ -1146,6 +1190,19 @@ def _references(data: dict) -> list[tuple[tuple, str]]:
                     if isinstance(name, str) and name not in names:
                         errors.append((loc, f"no port named {name!r}"))
     return errors
+
+
+def _monitor_settings(data: dict) -> list[tuple[tuple, str]]:
+    """monitor_port_settings over a config that failed elsewhere: every mirror's `to`
+    written as a string makes a monitor port, whatever else is wrong with the mirror."""
+    mirrors = data.get("mirrors") if isinstance(data.get("mirrors"), list) else []
+    monitors: dict[str, int] = {}
+    for i, m in enumerate(mirrors):
+        if isinstance(m, dict) and isinstance(m.get("to"), str):
+            monitors.setdefault(m["to"], i)
+    ports = data.get("ports") if isinstance(data.get("ports"), list) else []
+    return monitor_port_settings([(i, raw.get("name"), raw) for i, raw in enumerate(ports) if isinstance(raw, dict)],
+                                 monitors)
 
 
 def _acl_vlans(data: dict) -> list[tuple[tuple, str]]:

@@ -479,6 +479,25 @@ def test_a_port_that_becomes_a_monitor_port_forgets_its_macs(lab):
     assert (event["port"], event["fdb_flushed"]) == (name, 1), event
 
 
+def test_a_reload_that_makes_a_port_with_an_acl_a_monitor_port_is_refused(lab):
+    """Its ACL would hold no more (a monitor port's frames are dropped before it is read):
+    the reload is refused where it says so, and the port goes on as the switch port it was."""
+    cfg = base(lab, 3)
+    cfg["ports"][1]["acl"] = [{"match": {"eth_type": "ipv4", "ip_proto": "udp"}, "action": "drop"}]
+    sw = lab.switch(cfg)
+    cfg["mirrors"] = [{"name": "m", "from": [cfg["ports"][2]["name"]], "to": cfg["ports"][1]["name"]}]
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r
+    line = open(sw.config_path).read().splitlines().index("- acl:") + 1
+    where = f"{sw.config_path}:{line}: ports[1].acl: acl has no effect on a monitor port "
+    assert where in r.stderr, r.stderr
+    assert sw.events("config.reload_failed")[-1]["errors"][0].startswith(where)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")       # not a monitor port: it answers
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up", "up"]
+
+
 def test_a_reload_applies_the_log_level(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)                                    # debug, JSON (the helper's default)
