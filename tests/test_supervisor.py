@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -173,3 +174,27 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch)
     now[0] = w.retry_at
     tick()
     assert w.restarts == 1 and w.failed_starts == 0 and w.retry_at == 0.0
+
+
+def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):
+    """The crash loop's backoff slept inside the control loop (no reload, link event or stop
+    served meanwhile). exited() now returns at once; down() offers the worker BACKOFF later, and
+    next_try() tells the control loop when to look."""
+    sup = supervisor.Supervisor(-1, 1)
+    restarted = []
+    monkeypatch.setattr(supervisor.Supervisor, "restart", lambda self, w: restarted.append(w))
+    w = _worker(SAY_AND_EXIT, "")
+    sup.workers[0] = w
+    w.recent = [time.monotonic()] * supervisor.RESTART_BURST     # it died that often just now
+    _exited(w)
+    t0 = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        sup.exited(w)
+    assert time.monotonic() - t0 < 0.2 * supervisor.BACKOFF
+    assert restarted == [] and w.pidfd == -1
+    assert [(e["event"], e["backoff"]) for e in logs if e["log_level"] == "error"] == \
+        [("worker.crashing", supervisor.BACKOFF)]
+    assert sup.down() == []
+    assert 0.5 * supervisor.BACKOFF < sup.next_try() <= supervisor.BACKOFF
+    time.sleep(sup.next_try())
+    assert sup.down() == [w] and sup.next_try() == 0.0

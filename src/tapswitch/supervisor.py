@@ -25,7 +25,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
 RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
 RESTART_WINDOW = 10.0
-BACKOFF = 1.0
+BACKOFF = 1.0              # seconds a worker that keeps dying is held back before its restart
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
@@ -144,10 +144,16 @@ class Supervisor:
         return False
 
     def down(self) -> list[Worker]:
-        """Workers with no process (their start failed) whose next try is due: the control loop
-        revives them."""
+        """Workers with no process (their start failed, or they are held back: exited) whose
+        next try is due: the control loop restarts them."""
         now = time.monotonic()
         return [w for w in self.workers if w.pidfd < 0 and now >= w.retry_at]
+
+    def next_try(self) -> float | None:
+        """Seconds until the first worker with no process is due (0: now), None if none waits:
+        the control loop waits no longer than that."""
+        due = [w.retry_at for w in self.workers if w.pidfd < 0]
+        return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _launch(self, w: Worker) -> Pending:
         """Start a process for w's queue over the current ports (w keeps its old one, if any)."""
@@ -306,7 +312,8 @@ class Supervisor:
         return w.cpu_seen
 
     def exited(self, w: Worker) -> None:
-        """Called when w's pidfd is readable: reap it and start it again."""
+        """Called when w's pidfd is readable: reap it and start it again, at once or, if it keeps
+        dying, once down() offers it (BACKOFF seconds on)."""
         rc = self._reap(w)
         self._close(w.pidfd, w.sock)
         w.pidfd, w.sock = -1, None
@@ -314,11 +321,15 @@ class Supervisor:
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         now = time.monotonic()
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
-        if len(w.recent) >= RESTART_BURST:
-            # A worker that keeps dying would otherwise spin the control process.
-            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent), backoff=BACKOFF)
-            time.sleep(BACKOFF)
+        held = len(w.recent) >= RESTART_BURST
         w.recent.append(now)
+        if held:
+            # A worker that keeps dying would otherwise spin the control process. It is held back
+            # by down(), not by a sleep here: the control loop serves reloads, link events and
+            # its socket meanwhile, and restarts it once due (maintain_workers).
+            w.retry_at = now + BACKOFF
+            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=BACKOFF)
+            return
         self.restart(w)
 
     def restart(self, w: Worker) -> bool:

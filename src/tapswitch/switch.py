@@ -259,7 +259,7 @@ class Switch:
         self.selector.register(wake_r, selectors.EVENT_READ, ("wake", wake_r))
         try:
             while not self.stopping:
-                for key, _ in self.selector.select(TICK):
+                for key, _ in self.selector.select(self._wait()):
                     self._dispatch(*key.data)
                 if self.reload_requested:
                     self.reload_requested = False
@@ -279,6 +279,12 @@ class Switch:
             self.selector.unregister(wake_r)
             wake_r.close()
             wake_w.close()
+
+    def _wait(self) -> float:
+        """Seconds the control loop may wait for events: a tick, or less if a worker held back
+        (or whose start failed) is due sooner."""
+        due = self.supervisor.next_try()
+        return TICK if due is None else min(TICK, due)
 
     def _on_stop(self, signum, frame) -> None:
         self.stopping = True
@@ -450,7 +456,8 @@ class Switch:
                              port.effective_mtu)
 
     def maintain_workers(self) -> None:
-        """A worker whose start failed (killed while starting, say) gets another go every tick."""
+        """A worker whose start failed (killed while starting, say) or held back (it keeps dying)
+        gets another go once due."""
         for w in self.supervisor.down():
             if self.supervisor.restart(w):
                 self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))

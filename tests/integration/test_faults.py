@@ -1,4 +1,5 @@
-"""Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak.
+"""Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak;
+a worker that keeps dying.
 
 Each drill runs real namespaces and a real switch through the `lab` fixture,
 which removes everything afterwards, whether the drill passed or not.
@@ -7,11 +8,13 @@ which removes everything afterwards, whether the drill passed or not.
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
+from tapswitch import control, supervisor
 from tests.integration import helpers
 from tests.integration.prom import free_port
 
@@ -204,6 +207,56 @@ def test_container_and_nic_flapping_100_times_affect_only_their_port_and_leak_no
     assert after["fds"] == before["fds"]
     assert after["tc_filters"] == before["tc_filters"]
     assert after["rss_kb"] - before["rss_kb"] <= 4 * 1024
+
+
+# --- Hung and crashing workers -------------------------------------------------------
+
+def two_hosts(lab, ping: bool = True) -> tuple:
+    """A switch of one queue (one worker carries every frame) between two containers,
+    198.18.9.1 and .2, whose kernels send nothing by themselves (no IPv6), with metrics;
+    (switch, metrics address, namespaces). They ping each other first, unless `ping` is false
+    (a ping leaves ARP's own checks to come for a few seconds)."""
+    listen = f"127.0.0.1:{free_port()}"
+    nss = [lab.netns(f"c{i}", create=True) for i in range(2)]
+    for ns in nss:
+        helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0",
+              "addresses": [f"198.18.9.{i + 1}/24"]} for i, ns in enumerate(nss)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "metrics": {"listen": listen}},
+                     "ports": ports})
+    assert not ping or helpers.ping(nss[0], "198.18.9.2", count=2)
+    return sw, listen, nss
+
+
+def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab):
+    """A worker that keeps dying is held back a second before its restart (worker.crashing).
+    The control loop slept that second, then restarted it, and only then served the reload
+    asked meanwhile (and link events, and a stop). Now it holds the worker back with a deadline:
+    the reload is answered while the worker waits, and the worker comes back after it."""
+    sw, listen, (a, _b) = two_hosts(lab)
+    [pid] = sw.worker_pids()
+    for _kill in range(4 * supervisor.RESTART_BURST):      # as fast as it comes back: a crash loop
+        os.kill(pid, signal.SIGKILL)
+        if helpers.wait_for("a restart, or the worker held back",
+                            lambda: sw.events("worker.crashing") or sw.events("worker.restarted")[_kill:],
+                            within=10, every=0.01)[-1]["event"] == "worker.crashing":
+            break
+        pid = sw.events("worker.restarted")[-1]["pid"]
+    [held] = sw.events("worker.crashing")
+    assert held["backoff"] == supervisor.BACKOFF
+    restarts = len(sw.events("worker.restarted"))
+    t0 = time.monotonic()
+    outcome = control.request(sw.socket, "reload")
+    answered = time.monotonic() - t0
+    still_held = len(sw.events("worker.restarted")) == restarts
+    print(f"reload answered in {answered:.3f}s, the worker still held back: {still_held}")
+    assert outcome["ok"], outcome
+    assert still_held, "the reload waited for the held-back worker's restart"
+    # And it does come back, counted.
+    helpers.wait_for("the held-back worker's restart",
+                     lambda: len(sw.events("worker.restarted")) > restarts, within=supervisor.BACKOFF + 5)
+    assert metric(listen, "tapswitch_worker_restarts_total") == restarts + 1
+    assert helpers.ping(a, "198.18.9.2", count=2)
 
 
 # --- Soak ---------------------------------------------------------------------------
