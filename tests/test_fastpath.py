@@ -647,6 +647,47 @@ def test_poll_without_traffic_times_out(sw):
     assert time.monotonic() - start >= 0.04
 
 
+# The watchdog: the heartbeat moves every turn, busy or idle.
+
+def test_every_poll_moves_the_heartbeat_and_a_new_worker_carries_it_on(sw):
+    """The control process kills a worker whose heartbeat stands still: it moves on a turn that
+    forwarded frames and on one whose wait timed out; a restarted worker goes on from the count
+    it finds, so its first turn moves it too (a count from 0 might meet the old one's)."""
+    beats = [sw.shared.heartbeat(0)]
+    sw.send(0, frame(BROADCAST, A))                     # busy
+    beats.append(sw.shared.heartbeat(0))
+    assert lib.ts_worker_poll(sw.worker, 10) == 0       # idle
+    beats.append(sw.shared.heartbeat(0))
+    assert beats[1] > beats[0] and beats[2] > beats[1]
+    restart_worker(sw)
+    assert sw.shared.heartbeat(0) == beats[2]           # made, not yet turning
+    assert lib.ts_worker_poll(sw.worker, 0) == 0
+    assert sw.shared.heartbeat(0) == beats[2] + 1
+
+
+def test_an_idle_run_still_turns_every_second(sw):
+    """ts_worker_run with nothing to forward waits at most TS_IDLE_WAIT_MS (it waited for good:
+    an idle worker's heartbeat stood still, and it would have been taken for hung)."""
+    started = threading.Event()
+    rc = []
+
+    def run():
+        restart_worker(sw)        # its ring in this thread: io_uring's DEFER_TASKRUN wants one issuer
+        started.set()
+        rc.append(lib.ts_worker_run(sw.worker))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(5)
+    time.sleep(0.2)                                     # in its first wait
+    first = sw.shared.heartbeat(0)
+    time.sleep(2.5 * lib.TS_IDLE_WAIT_MS / 1000)
+    moved = sw.shared.heartbeat(0) - first
+    signal.pthread_kill(t.ident, signal.SIGTERM)
+    t.join(5)
+    assert not t.is_alive() and rc == [0]
+    assert 2 <= moved <= 4, moved                       # once a wait, not busy polling either
+
+
 # Busy polling: after a turn that found frames, look again before sleeping.
 
 BUSY_US = 200_000       # far over the config's bound, so that "it looked" is plain in CPU time

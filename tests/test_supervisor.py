@@ -176,6 +176,43 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch)
     assert w.restarts == 1 and w.failed_starts == 0 and w.retry_at == 0.0
 
 
+STOPPED = "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)"
+
+
+def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypatch):
+    """A stopped (or stuck) worker does not exit: only its heartbeat tells. One that turns is
+    never found hung however long it runs; one just let go has HUNG_AFTER seconds for its first
+    turn; one whose heartbeat stood still that long is killed, which works on a stopped process,
+    and its exit is then seen as any worker's (the pidfd)."""
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    beats = {0: 7}
+    sup = supervisor.Supervisor(-1, 1, heartbeat=beats.get)
+    w = _worker(STOPPED)
+    sup.workers[0] = w
+    w.beat, w.beat_at = sup._heartbeat(w), now[0]       # as _go does: let go now
+    now[0] += supervisor.HUNG_AFTER - 0.5
+    assert sup.hung() == []                             # still starting
+    for _ in range(60):                                 # a minute of turning: never hung
+        beats[0] += 1
+        now[0] += 1.0
+        assert sup.hung() == []
+    now[0] += supervisor.HUNG_AFTER - 1.0
+    assert sup.hung() == []
+    now[0] += 1.0
+    assert sup.hung() == [w]
+    with structlog.testing.capture_logs() as logs:
+        sup.kill_hung(w)
+    assert [(e["event"], e["log_level"], e["queue"], e["pid"], e["seconds"]) for e in logs] == \
+        [("worker.hung", "error", 0, w.proc.pid, supervisor.HUNG_AFTER)]
+    _exited(w)                                          # SIGKILL ended it, stopped as it was
+    assert sup.hung() == []                             # exited: its pidfd's to tell, not hung
+    w.proc.wait()
+    assert w.proc.returncode == -signal.SIGKILL
+    os.close(w.pidfd)
+    w.sock.close()
+
+
 def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):
     """The crash loop's backoff slept inside the control loop (no reload, link event or stop
     served meanwhile). exited() now returns at once; down() offers the worker BACKOFF later, and

@@ -209,6 +209,11 @@ class Shared:
         """The I/O backend worker `worker` runs ("readwrite", "uring" or "uring-burst"), None before its first poll."""
         return IO_NAMES.get(self.ptr.readers[worker].io)
 
+    def heartbeat(self, worker: int) -> int:
+        """Turns of worker `worker`'s loop so far (fastpath.h, "The watchdog"): it moves at
+        least once a second while the worker runs, busy or idle."""
+        return self.ptr.readers[worker].heartbeat
+
     def settings_current(self):
         """The `struct ts_settings *` workers use now. Read it, never write it."""
         return lib.ts_settings_current(self.ptr)

@@ -1,10 +1,16 @@
-"""Supervisor: starts one worker process per queue and restarts any that dies.
+"""Supervisor: starts one worker process per queue and restarts any that dies or hangs.
 
 Worker q is handed queue q of every port, over its ready socket. The control
 process keeps every fd open, so a restarted worker gets the very same queues;
 the MAC table and the counters are in shared memory and survive it. At a
 start the processes are spawned before the ports are made (spawn), so their
 interpreters start while the kernel moves the ports' devices.
+
+A worker that stops turning its loop (stopped by SIGSTOP or a debugger, or
+stuck) does not exit: its pidfd says nothing, and its queue waits for good.
+So each worker's heartbeat in shared memory (fastpath.h, "The watchdog") is
+read every tick, and a worker whose heartbeat has not moved for HUNG_AFTER
+seconds is killed (worker.hung): its exit then restarts it as any other.
 """
 
 import os
@@ -14,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -29,6 +36,8 @@ BACKOFF = 1.0              # seconds a worker that keeps dying is held back befo
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
+HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed
+                           # (it moves every turn, at least once a second: fastpath.h, TS_IDLE_WAIT_MS)
 
 
 def readable(fds: list, timeout: float) -> list:
@@ -65,6 +74,8 @@ class Worker:
         self.cpu_seen = 0.0             # the most cpu_seconds has said: it never says less
         self.failed_starts = 0          # restarts in a row that did not come up (down waits longer each time)
         self.retry_at = 0.0             # monotonic: down() offers it again from then
+        self.beat = 0                   # its heartbeat as last read (hung)
+        self.beat_at = 0.0              # monotonic: when the heartbeat was last seen to move, or it was let go
 
     def fileno(self) -> int:
         return self.pidfd
@@ -92,9 +103,11 @@ class Old:
 class Supervisor:
     """The worker processes of one switch."""
 
-    def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None):
+    def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None,
+                 heartbeat: Callable[[int], int] | None = None):
         self.shm_fd = shm_fd
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
+        self.heartbeat = heartbeat      # queue -> its worker's heartbeat (Shared.heartbeat); None: no watchdog
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
         self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start
@@ -155,6 +168,40 @@ class Supervisor:
         due = [w.retry_at for w in self.workers if w.pidfd < 0]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
+    def _heartbeat(self, w: Worker) -> int:
+        return self.heartbeat(w.queue) if self.heartbeat is not None else 0
+
+    def hung(self) -> list[Worker]:
+        """Running workers whose heartbeat has not moved for HUNG_AFTER seconds: stopped (SIGSTOP,
+        a debugger) or stuck. The control loop asks at least every tick; each call notes the
+        heartbeats it sees move.
+        A worker forwarding flat out turns every burst, an idle one every TS_IDLE_WAIT_MS, one
+        still starting has HUNG_AFTER from being let go (_go); one that has exited is left to
+        its pidfd (exited)."""
+        if self.heartbeat is None:
+            return []
+        now = time.monotonic()
+        found = []
+        for w in self.workers:
+            if w.pidfd < 0:
+                continue
+            beat = self.heartbeat(w.queue)
+            if beat != w.beat:
+                w.beat, w.beat_at = beat, now
+            elif now - w.beat_at >= HUNG_AFTER and not readable([w.pidfd], 0):
+                found.append(w)
+        return found
+
+    def kill_hung(self, w: Worker) -> None:
+        """SIGKILL a worker that hung (it works on a stopped process too); its pidfd then says it
+        exited, and exited() restarts it: counted in its restarts, and held back if it keeps
+        dying. Its unreaped pid cannot have been reused."""
+        now = time.monotonic()
+        log.error("worker.hung", queue=w.queue, pid=w.proc.pid, seconds=round(now - w.beat_at, 1),
+                  heartbeat=w.beat)
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.beat_at = now         # not again before its exit is seen (one in the D state dies late)
+
     def _launch(self, w: Worker) -> Pending:
         """Start a process for w's queue over the current ports (w keeps its old one, if any)."""
         p = self._spawn(w)
@@ -212,6 +259,9 @@ class Supervisor:
         """Make p w's process and let it start forwarding (w's old one has stopped forwarding)."""
         w.proc, w.backend, w.registered, w.sock = p.proc, p.backend, p.registered, p.sock
         w.pidfd = os.pidfd_open(w.proc.pid)
+        # Its first turn moves the heartbeat on from here (the last worker's): until then, and
+        # HUNG_AFTER seconds on, it is still starting, not hung.
+        w.beat, w.beat_at = self._heartbeat(w), time.monotonic()
         try:
             p.sock.send(b"G")
         except OSError:

@@ -7,7 +7,8 @@ undoes the same way, so it leaves no device, namespace or socket behind.
 
 The control loop waits on: signals (SIGTERM/SIGINT stop, SIGHUP reload),
 worker processes (restart the one that exited), link events (port up/down),
-and a one-second tick for MAC table aging.
+and a one-second tick for MAC table aging and the workers' watchdog (kill the
+one that hung; its exit restarts it).
 """
 
 import errno
@@ -165,7 +166,8 @@ class Switch:
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         # The workers' interpreters start while the ports are made; they get the ports at start().
         self.supervisor = Supervisor(self.shared.fd, self.queues,
-                                     config_mod.worker_ids(self.cfg.switch.user, os.geteuid()))
+                                     config_mod.worker_ids(self.cfg.switch.user, os.geteuid()),
+                                     heartbeat=self.shared.heartbeat)
         self.supervisor.spawn()
         made = self._add_ports(list(enumerate(self.cfg.ports)))
         self.ports = [p for p in made if isinstance(p, ports.Port)]     # stop() closes them
@@ -456,8 +458,10 @@ class Switch:
                              port.effective_mtu)
 
     def maintain_workers(self) -> None:
-        """A worker whose start failed (killed while starting, say) or held back (it keeps dying)
-        gets another go once due."""
+        """A worker that hung is killed (its exit restarts it); one whose start failed (killed
+        while starting, say) or held back (it keeps dying) gets another go once due."""
+        for w in self.supervisor.hung():
+            self.supervisor.kill_hung(w)
         for w in self.supervisor.down():
             if self.supervisor.restart(w):
                 self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))

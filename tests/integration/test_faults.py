@@ -1,5 +1,5 @@
 """Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak;
-a worker that keeps dying.
+a worker that hangs, and one that keeps dying.
 
 Each drill runs real namespaces and a real switch through the `lab` fixture,
 which removes everything afterwards, whether the drill passed or not.
@@ -226,6 +226,53 @@ def two_hosts(lab, ping: bool = True) -> tuple:
                      "ports": ports})
     assert not ping or helpers.ping(nss[0], "198.18.9.2", count=2)
     return sw, listen, nss
+
+
+def test_a_stopped_worker_is_killed_and_restarted_and_forwards_again(lab):
+    """A worker stopped with SIGSTOP does not exit, so nothing but its heartbeat tells: its queue
+    went unserved for good while `tapswitch ports` and the metrics said all was well. Within
+    HUNG_AFTER seconds and a tick it is killed (worker.hung), restarted as a worker that died
+    (counted), and the two hosts talk again."""
+    sw, listen, (a, _b) = two_hosts(lab)
+    [pid] = sw.worker_pids()
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    assert not helpers.ping(a, "198.18.9.2", wait=1)        # nothing crosses while it is stopped
+    helpers.wait_for("traffic through a new worker", lambda: helpers.ping(a, "198.18.9.2", wait=1),
+                     within=supervisor.HUNG_AFTER + 10)
+    took = time.monotonic() - stopped
+    print(f"a stopped worker's queue forwarded again after {took:.1f}s")
+    [hung] = sw.events("worker.hung")
+    assert (hung["queue"], hung["pid"], hung["level"]) == (0, pid, "error")
+    assert hung["seconds"] >= supervisor.HUNG_AFTER
+    assert [e["signal"] for e in sw.events("worker.exited")] == ["SIGKILL"]
+    assert metric(listen, "tapswitch_worker_restarts_total") == 1
+    assert metric(listen, "tapswitch_worker_up") == 1
+    assert sw.worker_pids() != [pid]
+
+
+def test_an_idle_or_a_busy_worker_is_not_taken_for_hung(lab):
+    """An idle worker turns its loop once a second (its wait times out), a busy one every burst:
+    neither is killed, however long it idles or forwards flat out."""
+    sw, listen, (a, b) = two_hosts(lab, ping=False)
+    [pid] = sw.worker_pids()
+    rx0 = metric(listen, "tapswitch_port_rx_packets_total")
+    time.sleep(supervisor.HUNG_AFTER + 2)
+    assert metric(listen, "tapswitch_port_rx_packets_total") == rx0       # idle indeed: not a frame
+    cpu0 = metric(listen, "tapswitch_worker_cpu_seconds_total")
+    server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.9.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.procs.append(server)
+    time.sleep(0.5)
+    seconds = int(supervisor.HUNG_AFTER + 3)                # busy: one TCP stream flat out
+    r = helpers.nsexec(b, "iperf3", "-c", "198.18.9.1", "-t", seconds, "-J", timeout=seconds + 30)
+    sent = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
+    busy = metric(listen, "tapswitch_worker_cpu_seconds_total") - cpu0
+    print(f"busy: {sent * 8 / seconds / 1e9:.2f} Gbit/s, {busy:.1f} CPU s of the worker in {seconds} s")
+    assert sent > 100 * 1024 * 1024 and busy >= 0.25 * seconds     # it was busy indeed
+    assert sw.events("worker.hung") == [] and sw.events("worker.exited") == []
+    assert sw.worker_pids() == [pid]
+    assert metric(listen, "tapswitch_worker_restarts_total") == 0
 
 
 def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab):

@@ -1675,10 +1675,18 @@ static void claim(struct ts_worker *w)
     w->claimed = true;
 }
 
+/* One more turn: the control process's watchdog sees this worker alive
+ * (see "The watchdog"). Single writer: a plain add, stored whole. */
+static void beat(struct ts_worker *w)
+{
+    __atomic_store_n(&w->reader->heartbeat, w->reader->heartbeat + 1, __ATOMIC_RELAXED);
+}
+
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)
 {
     if (!w->claimed)
         claim(w);
+    beat(w);
     if (w->multishot)
         return poll_multishot(w, timeout_ms);
     int n = wait_busy(w, timeout_ms, wait_ready);
@@ -1755,7 +1763,7 @@ int ts_worker_run(struct ts_worker *w)
     w->wait_mask = &waiting;
     int r = 0;
     for (unsigned turn = 1; !stop_asked; turn++) {
-        r = ts_worker_poll(w, -1);
+        r = ts_worker_poll(w, TS_IDLE_WAIT_MS);     /* idle, it still turns: the heartbeat */
         if (r < 0 && r != -EINTR)
             break;
         r = 0;

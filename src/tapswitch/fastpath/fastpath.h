@@ -109,6 +109,18 @@
  * new queues.
  * No allocation, no logging, no Python per packet.
  *
+ * The watchdog. A worker stopped (SIGSTOP, a debugger) or stuck inside a
+ * turn forwards nothing and does not exit, so the control process cannot
+ * tell it from its pidfd. So every turn -- every ts_worker_poll, whether it
+ * found frames or its wait timed out -- adds one to readers[w].heartbeat,
+ * and ts_worker_run never waits longer than TS_IDLE_WAIT_MS: an idle worker
+ * still turns once a second (a wake-up a second costs nothing measurable;
+ * a busy one turns every burst). The control process reads the heartbeats
+ * once a tick and kills a worker whose heartbeat has not moved for
+ * several seconds (supervisor.py, HUNG_AFTER), which it then restarts.
+ * The store is relaxed, to a line the worker writes every wake-up anyway
+ * (active): a reader sees it move within a turn or so, which is all it asks.
+ *
  * Busy polling (switch.busy_poll_us, busy_poll_us below): after a turn that
  * found frames, the worker looks again without sleeping -- epoll_wait, or
  * for multishot reads io_uring_enter, with no timeout -- for up to
@@ -298,6 +310,8 @@
 #define TS_MAX_PORTS 256       /* port index 0..255 */
 #define TS_MAX_WORKERS 16      /* switch.queues upper bound */
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
+#define TS_IDLE_WAIT_MS 1000   /* ts_worker_run waits no longer for frames: the heartbeat moves
+                                  at least this often (see "The watchdog") */
 #define TS_FDB_WAYS 8          /* entries per bucket */
 #define TS_BURST 32            /* frames read from one queue per turn */
 #define TS_VNET_HDR_LEN 10     /* struct virtio_net_hdr (fastpath.c: why not 12) */
@@ -447,12 +461,14 @@ struct ts_mirror_counters {
 #define TS_IO_URING_BURST 3    /* io_uring with a burst of reads per turn, never multishot
                                   (auto's choice; TS_IO_URING's before 6.7) */
 
-/* Which settings copy worker w reads. Single writer: worker w. */
+/* Which settings copy worker w reads, and that it is alive. Single writer: worker w. */
 struct ts_reader {
     uint32_t active;           /* 1 + copy index while handling frames; 0 otherwise */
     uint32_t io;               /* TS_IO_READWRITE, TS_IO_URING or TS_IO_URING_BURST: the worker's backend, set
                                   by ts_worker_new (0 = no worker started in this slot) */
-    uint32_t reserved[14];
+    uint64_t heartbeat;        /* turns of the worker's loop: one more every ts_worker_poll, busy or
+                                  idle; carried on by a restarted worker (see "The watchdog") */
+    uint32_t reserved[12];
 };
 
 /* Storm control state of a port: GCRA theoretical arrival time (ns,
@@ -582,8 +598,9 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms);  /* frames handled, or 
  * do for the other backends: they read only inside a poll. */
 int ts_worker_drain(struct ts_worker *w, int timeout_ms);
 /* Polls until a fatal error (-errno) or SIGTERM: then drains (above) and
- * returns 0. SIGTERM is blocked but while waiting, so it ends a wait, never
- * a burst; the handler and the mask are the caller's again on return. */
+ * returns 0. Each poll waits at most TS_IDLE_WAIT_MS (the heartbeat). SIGTERM
+ * is blocked but while waiting, so it ends a wait, never a burst; the
+ * handler and the mask are the caller's again on return. */
 int ts_worker_run(struct ts_worker *w);
 /* A drained worker, or one without multishot reads, lets go of its queues at
  * once; otherwise io_uring's deferred teardown does, a moment later. */
