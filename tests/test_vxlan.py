@@ -1,11 +1,14 @@
 """vxlan without root: device names, MTUs across the tunnel, the remote hosts' diff, and the config keys."""
 
+import errno
 import textwrap
 
 import pytest
+from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import vxlan
 from tapswitch.config import ConfigError, loads
+from tapswitch.linkmon import IFF_LOWER_UP, IFF_UP
 from tapswitch.vxlan import PortMtu, VxlanError, carried_mtu, device_name, overhead, remotes_diff, segment_mtus
 
 # --- Device names -------------------------------------------------------------
@@ -116,6 +119,7 @@ class FakeIPR:
         self.fdb_entries: list[tuple[str, str]] = []
         self.calls: list[tuple] = []
         self.links = {"u0": 2}
+        self.u0_flags = IFF_UP | IFF_LOWER_UP
 
     def link_lookup(self, ifname):
         return [self.links[ifname]] if ifname in self.links else []
@@ -125,7 +129,7 @@ class FakeIPR:
         if cmd == "add":
             self.links[kw["ifname"]] = 7
         if cmd == "get" and kw["index"] == 2:
-            return [FakeMsg(IFLA_IFNAME="u0", IFLA_MTU=1500)]
+            return [FakeMsg(IFLA_IFNAME="u0", IFLA_MTU=1500, flags=self.u0_flags)]
         return []
 
     def get_addr(self, family):
@@ -204,6 +208,42 @@ def test_the_local_address_must_be_this_hosts_also_with_dev():
     """Given dev, an address no device holds was taken: every frame the tunnel sent was a tx error."""
     with pytest.raises(VxlanError, match="no device holds the local address 198.19.0.9: it is not this host's"):
         vxlan.Tunnel(FakeIPR(), "vx0", 1, "198.19.0.9", dev="u0").underlay()
+
+
+# --- The underlay's state -------------------------------------------------------
+
+
+def test_a_tunnel_carries_while_its_underlay_is_up_and_holds_local():
+    assert vxlan.underlay_fault("198.19.0.1", "u0", True, True) is None
+
+
+def test_an_underlay_down_or_gone_is_said_before_a_local_address_it_lost_with_it():
+    assert vxlan.underlay_fault("fd00::1", "u0", False, False) == "underlay device u0 is down"
+    assert vxlan.underlay_fault("198.19.0.1", "u0", None, False) == "underlay device u0 is gone"
+    assert vxlan.underlay_fault("198.19.0.1", "u0", True, False) == "no device holds the local address 198.19.0.1"
+    assert vxlan.underlay_fault("198.19.0.1", None, None, False) == "no device holds the local address 198.19.0.1"
+
+
+def test_the_tunnel_asks_the_kernel_for_its_underlays_state():
+    ipr = FakeIPR()
+    for dev in ("u0", None):         # dev, or the device holding local
+        t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev=dev)
+        ipr.u0_flags = IFF_UP | IFF_LOWER_UP
+        assert t.underlay_fault() is None
+        assert t.underlay_index == 2 and t.underlies(2, "u0")
+        ipr.u0_flags = IFF_UP        # no carrier
+        assert t.underlay_fault() == "underlay device u0 is down"
+    ipr.u0_flags = IFF_UP | IFF_LOWER_UP
+    ipr.link = lambda cmd, **kw: (_ for _ in ()).throw(NetlinkError(errno.ENODEV))   # u0 went meanwhile
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1").underlay_fault() == "no device holds the local address 198.19.0.1"
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="u0").underlay_fault() == "underlay device u0 is gone"
+    del ipr.link
+    ipr.get_addr = lambda family: []
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1").underlay_fault() == "no device holds the local address 198.19.0.1"
+    t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="u0")
+    del ipr.links["u0"]
+    assert t.underlay_fault() == "underlay device u0 is gone"
+    assert t.underlay_index is None and t.underlies(9, "u0") and not t.underlies(9, "u1")   # dev back, anew
 
 
 # --- Config -------------------------------------------------------------------

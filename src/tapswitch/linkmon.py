@@ -13,12 +13,18 @@ instead (see Switch.maintain_ports).
 TAP devices report operstate UNKNOWN, so "up" here is IFF_UP and
 IFF_LOWER_UP (carrier), as the seed's tap_link_update reads it.
 
+Asked to (`addresses=True`), the same socket also hears addresses come and
+go (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR): a VXLAN port cannot carry
+without its `local` address, and the kernel keeps the VXLAN device up with
+carrier when the address goes.
+
 tx_dropped() reads the ports' kernel counters the same way, from the
 switch's namespace by nsid (IFLA_TARGET_NETNSID): what a port's full queue
 lost before the switch read it.
 """
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -28,10 +34,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtnl, messages, route_socket
 
-RTMGRP_LINK = 0x1
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR = 20, 21
 IFINFO = struct.Struct("BxHiII")        # struct ifinfomsg: family, type, index, flags, change
+IFADDR = struct.Struct("BBBBI")         # struct ifaddrmsg: family, prefix length, flags, scope, index
 RTATTR = struct.Struct("HH")            # struct rtattr: length, type
+IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
@@ -55,6 +64,13 @@ class LinkEvent(NamedTuple):
     deleted: bool        # RTM_DELLINK
     mtu: int | None = None      # IFLA_MTU
     mac: str | None = None      # IFLA_ADDRESS, as aa:bb:cc:dd:ee:ff
+
+
+class AddressEvent(NamedTuple):
+    nsid: int            # OWN_NSID for the switch's own namespace
+    ifindex: int         # the device that holds it, or held it
+    address: str | None  # IFA_LOCAL, else IFA_ADDRESS: this host's address, as ipaddress spells it
+    deleted: bool        # RTM_DELADDR
 
 
 def link_up(flags: int) -> bool:
@@ -85,6 +101,13 @@ def mtu_and_mac(data: bytes, at: int, end: int) -> tuple[int | None, str | None]
     mtu, mac = _attr(data, at, end, IFLA_MTU), _attr(data, at, end, IFLA_ADDRESS)
     return (struct.unpack("I", mtu)[0] if mtu is not None and len(mtu) == 4 else None,
             mac.hex(":") if mac is not None and len(mac) == 6 else None)
+
+
+def address(data: bytes, at: int, end: int) -> str | None:
+    """The host's address (IFA_LOCAL, else IFA_ADDRESS: a point-to-point one's is the peer's)
+    among the address attributes in data[at:end], as ipaddress spells it, or None."""
+    value = _attr(data, at, end, IFA_LOCAL) or _attr(data, at, end, IFA_ADDRESS)
+    return str(ipaddress.ip_address(value)) if value is not None and len(value) in (4, 16) else None
 
 
 def tx_dropped(links: list[tuple[int, int]], timeout: float = 1.0) -> dict[tuple[int, int], int]:
@@ -150,14 +173,16 @@ def nsid_of(nspath: str | None, here: Rtnl) -> int:
 class LinkMonitor:
     """One netlink socket subscribed to link events of every namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, addresses: bool = False) -> None:
+        """addresses: report AddressEvents too, beside LinkEvents."""
         self.overrun = False     # events were lost (ENOBUFS): the owner must re-read link state
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
-            self.sock.bind((0, RTMGRP_LINK))
+            self.sock.bind((0, groups))
         except PermissionError:
             self.sock.close()
             raise PermissionError("listening to the link events of every namespace needs CAP_NET_BROADCAST") from None
@@ -165,8 +190,8 @@ class LinkMonitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[LinkEvent]:
-        """Drain the waiting link events."""
+    def read(self) -> list[LinkEvent | AddressEvent]:
+        """Drain the waiting link (and address) events."""
         events = []
         while True:
             try:
@@ -187,6 +212,10 @@ class LinkMonitor:
                     attrs = offset + NLMSG_HDR.size + IFINFO.size, offset + length
                     events.append(LinkEvent(nsid, index, ifname(data, *attrs), not deleted and link_up(flags),
                                             deleted, *mtu_and_mac(data, *attrs)))
+                elif kind in (RTM_NEWADDR, RTM_DELADDR) and length >= NLMSG_HDR.size + IFADDR.size:
+                    _family, _prefix, _flags, _scope, index = IFADDR.unpack_from(data, offset + NLMSG_HDR.size)
+                    attrs = offset + NLMSG_HDR.size + IFADDR.size, offset + length
+                    events.append(AddressEvent(nsid, index, address(data, *attrs), kind == RTM_DELADDR))
 
     def close(self) -> None:
         self.sock.close()

@@ -52,7 +52,7 @@ class Port:
     mac: str                   # the TAP's, as its host set it last (link events)
     nspath: str | None         # the namespace the TAP lives in; None = the switch's
     ifindex: int               # in that namespace
-    up: bool = True            # forwarding: the TAP is up, and so is the remote if there is one
+    up: bool = True            # forwarding: links_up, as the port table has it
     tap_up: bool = True        # TAP admin up and carrier on
     gone: bool = False         # the TAP went: deleted, moved out of its namespace, or that namespace went
     netns_id: tuple[int, int] = tap.UNKNOWN_NETNS   # the namespace the TAP was put in (tap.device_netns)
@@ -61,6 +61,7 @@ class Port:
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
+    underlay_up: bool = True   # a VXLAN port: its tunnel can carry (vxlan.underlay_fault says nothing)
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone
@@ -74,6 +75,12 @@ class Port:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def links_up(self) -> bool:
+        """What the port's state follows: its TAP, its remote (IFACE, or a VXLAN port's device)
+        and a VXLAN port's underlay, which the kernel does not pass on to the VXLAN device."""
+        return self.tap_up and self.remote_up and self.underlay_up
 
     def close(self) -> None:
         """Detach the remote (and remove a VXLAN port's device), then close the queues:

@@ -6,9 +6,10 @@ reverse. A failed start logs switch.start_failed with its reason and
 undoes the same way, so it leaves no device, namespace or socket behind.
 
 The control loop waits on: signals (SIGTERM/SIGINT stop, SIGHUP reload),
-worker processes (restart the one that exited), link events (port up/down),
-and a one-second tick for MAC table aging and the workers' watchdog (kill the
-one that hung; its exit restarts it).
+worker processes (restart the one that exited), link events (port up/down;
+a VXLAN port's underlay and its local address too), and a one-second tick
+for MAC table aging and the workers' watchdog (kill the one that hung; its
+exit restarts it).
 """
 
 import errno
@@ -162,7 +163,7 @@ class Switch:
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
         self.state.path = sw.control.socket + ".state"
         self._heal(RunState.load(self.state.path))
-        self.monitor = linkmon.LinkMonitor()     # before the ports: no event is missed
+        self.monitor = linkmon.LinkMonitor(addresses=True)     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         # The workers' interpreters start while the ports are made; they get the ports at start().
         self.supervisor = Supervisor(self.shared.fd, self.queues,
@@ -322,14 +323,17 @@ class Switch:
                 self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
         elif kind == "link":
             for event in obj.read():
-                self.link_changed(event)
+                if isinstance(event, linkmon.AddressEvent):
+                    self.address_changed(event)
+                else:
+                    self.link_changed(event)
             if obj.overrun:
                 obj.overrun = False
                 log.warning("link.events_lost", ports=len(self.ports))
                 self.resync_links()
 
     def link_changed(self, event: linkmon.LinkEvent) -> None:
-        """A device changed state; if it is a port's TAP or remote, follow it."""
+        """A device changed state; if it is a port's TAP or remote, or a VXLAN port's underlay, follow it."""
         for port in self.ports:
             if port.gone:
                 continue                 # down until a reload makes it again
@@ -345,9 +349,37 @@ class Switch:
                     port.remote_ifindex == event.ifindex
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted)):
                 self.remote_changed(port, event)
+            elif (port.tunnel is not None and event.nsid == linkmon.OWN_NSID
+                  and port.tunnel.underlies(event.ifindex, event.ifname)):
+                self.underlay_changed(port)
             else:
                 continue
-            self.set_port_up(port, port.tap_up and port.remote_up)
+            self.set_port_up(port, port.links_up)
+
+    def address_changed(self, event: linkmon.AddressEvent) -> None:
+        """An address came or went in the switch's namespace: if it is a VXLAN port's local, follow it."""
+        if event.nsid != linkmon.OWN_NSID or event.address is None:
+            return
+        for port in self.ports:
+            if port.tunnel is not None and not port.gone and event.address == port.tunnel.local:
+                self.underlay_changed(port)
+                self.set_port_up(port, port.links_up)
+
+    def underlay_changed(self, port: ports.Port) -> None:
+        """A VXLAN port's underlay device changed state, or its local address came or went. The
+        kernel keeps the VXLAN device up with carrier meanwhile (and takes every frame, to send
+        none), so the port follows the underlay itself. What the kernel says now decides: events
+        come late."""
+        try:
+            fault = port.tunnel.underlay_fault()
+        except (OSError, NetlinkError) as e:
+            log.error("vxlan.underlay_unknown", port=port.name, error=str(e))     # the next event asks again
+            return
+        if fault is not None and port.underlay_up:
+            log.warning("vxlan.underlay_down", port=port.name, dev=port.tunnel.name, reason=fault)
+        elif fault is None and not port.underlay_up:
+            log.info("vxlan.underlay_up", port=port.name, dev=port.tunnel.name)
+        port.underlay_up = fault is None
 
     def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows
@@ -423,7 +455,9 @@ class Switch:
                 port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
                 port.remote_up = port.remote_ifindex is not None and self._device_up(None, index=port.remote_ifindex)
-            self.set_port_up(port, port.tap_up and port.remote_up)
+            if port.tunnel is not None:
+                self.underlay_changed(port)
+            self.set_port_up(port, port.links_up)
         self.monitor.overrun = False
 
     @staticmethod
@@ -634,6 +668,10 @@ class Switch:
             ports.update_tunnel(port)
         for port in unhosted:
             log.info("vxlan.remotes_removed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
+        for port in added:
+            if port.tunnel is not None:      # its underlay may be down already: no event says so
+                self.underlay_changed(port)
+                port.up = port.links_up      # settings.apply publishes it, before the workers see the port
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
         settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic

@@ -33,9 +33,16 @@ The kernel deletes a VXLAN device with its `dev`: when the underlay device
 goes, so does the port's device, and the switch makes it again once the
 underlay is back (Switch.maintain_tunnels), as it does one deleted by hand.
 
+An underlay that goes down, or loses `local`, leaves the VXLAN device up
+with carrier: the kernel takes every frame and sends none (no route, or no
+source address). So the port follows its underlay itself: it is down while
+`underlay_fault` says why the tunnel cannot carry (the underlay device,
+`dev` or the one holding `local`, down or gone; `local` no device's), and up
+again when it can (Switch.underlay_changed, on the link monitor's events).
+
 The decisions are pure functions (`device_name`, `overhead`,
-`carried_mtu`, `segment_mtus`, `remotes_diff`); `Tunnel` acts on the
-kernel through pyroute2.
+`carried_mtu`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
+acts on the kernel through pyroute2.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from dataclasses import dataclass
 
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
+
+from tapswitch.linkmon import link_up
 
 log = structlog.get_logger("tapswitch.vxlan")
 
@@ -157,6 +166,20 @@ def remotes_diff(current: Iterable, wanted: Iterable) -> tuple[list[str], list[s
     return [r for r in cur if r not in new], [r for r in new if r not in cur]
 
 
+def underlay_fault(local: str, underlay: str | None, up: bool | None, held: bool) -> str | None:
+    """Why a tunnel from `local` cannot carry now, or None when it can. `underlay`: the underlay
+    device's name (`dev`, else the device holding `local`; None: neither); `up`: it is up with
+    carrier (None: it is gone); `held`: a device of this host holds `local`. What the device
+    says comes first: an IPv6 underlay that goes down loses its addresses with it."""
+    if underlay is not None and up is None:
+        return f"underlay device {underlay} is gone"
+    if underlay is not None and not up:
+        return f"underlay device {underlay} is down"
+    if not held:
+        return f"no device holds the local address {local}"
+    return None
+
+
 # Acting on the kernel. ----------------------------------------------------
 
 
@@ -173,9 +196,7 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
     found = ipr.link_lookup(ifname=dev) if dev is not None else []
     if dev is not None and not found:
         raise VxlanError(f"underlay device {dev} does not exist")
-    held = {}      # this host's addresses of the tunnel's family -> the device that holds each
-    for a in ipr.get_addr(family=2 if family(local) == 4 else 10):
-        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))), a["index"])
+    held = _held(ipr, local)
     if local not in held:
         raise VxlanError(f"no device holds the local address {local}: it is not this host's")
     mine = [r for r in remotes if r in held]
@@ -184,6 +205,14 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
     index = found[0] if dev is not None else held[local]
     link = ipr.link("get", index=index)[0]
     return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
+
+
+def _held(ipr, local: str) -> dict[str, int]:
+    """This host's addresses of `local`'s family, each with the index of the device that holds it."""
+    held = {}
+    for a in ipr.get_addr(family=2 if family(local) == 4 else 10):
+        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))), a["index"])
+    return held
 
 
 def is_left(ipr, index: int) -> bool:
@@ -209,6 +238,7 @@ class Tunnel:
         self.dstport = dstport
         self.dev = dev
         self.ifindex: int | None = None
+        self.underlay_index: int | None = None    # the underlay device's, as underlay_fault() last found it
 
     @property
     def alias(self) -> str:
@@ -221,6 +251,33 @@ class Tunnel:
 
     def carried_mtu(self) -> int:
         return carried_mtu(self.underlay()[1], self.local)
+
+    def underlay_fault(self) -> str | None:
+        """Why the tunnel cannot carry now (see the function of that name), or None, as the kernel
+        says now. Notes the underlay device's ifindex: its link events are the tunnel's (underlies)."""
+        holder = _held(self.ipr, self.local).get(self.local)
+        if self.dev is not None:
+            index = next(iter(self.ipr.link_lookup(ifname=self.dev)), None)
+        else:
+            index = holder
+        self.underlay_index = index
+        name, up = self.dev, None
+        if index is not None:
+            try:
+                link = self.ipr.link("get", index=index)[0]
+            except NetlinkError as e:
+                if e.code != errno.ENODEV:
+                    raise
+                if self.dev is None:         # the device holding local went since, and local with it
+                    holder = None
+            else:                            # (else it went since: dev is gone)
+                name, up = link.get_attr("IFLA_IFNAME"), link_up(link["flags"])
+        return underlay_fault(self.local, name, up, holder is not None)
+
+    def underlies(self, ifindex: int, ifname: str | None) -> bool:
+        """Is the device of this link event (in the switch's namespace) the tunnel's underlay,
+        or `dev` coming back under a new ifindex?"""
+        return ifindex == self.underlay_index or (self.dev is not None and ifname == self.dev)
 
     def create(self) -> int:
         """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.

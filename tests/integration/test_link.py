@@ -96,6 +96,32 @@ def test_link_monitor_reads_index_name_state_and_deletion_from_every_namespace(l
     assert mine[-1][:5] == (nsid, index, "eth7", False, True)
 
 
+def test_link_monitor_reads_addresses_coming_and_going_when_asked(lab):
+    """A VXLAN port follows its local address: LinkMonitor(addresses=True) parses RTM_NEWADDR/RTM_DELADDR."""
+    from tapswitch import linkmon
+    from tapswitch.rtnl import Rtnl
+
+    ns = lab.netns("a", create=True)
+    monitor = linkmon.LinkMonitor(addresses=True)
+    try:
+        with Rtnl() as here:
+            nsid = linkmon.nsid_of(f"/run/netns/{ns}", here)
+        helpers.nsexec(ns, "ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        index = int(helpers.nsexec(ns, "cat", "/sys/class/net/d0/ifindex").stdout)
+        helpers.nsexec(ns, "ip", "addr", "add", "198.19.7.1/24", "dev", "d0")
+        helpers.nsexec(ns, "ip", "addr", "add", "fd00:0f::0:7/64", "dev", "d0", "nodad")
+        helpers.nsexec(ns, "ip", "addr", "del", "198.19.7.1/24", "dev", "d0")
+        events = []
+        helpers.wait_for("the deletion's event", lambda: events.extend(monitor.read()) or any(
+            isinstance(e, linkmon.AddressEvent) and e.deleted for e in events))
+    finally:
+        monitor.close()
+    mine = [e for e in events if isinstance(e, linkmon.AddressEvent) and e.ifindex == index]
+    assert mine == [linkmon.AddressEvent(nsid, index, "198.19.7.1", False),
+                    linkmon.AddressEvent(nsid, index, "fd00:f::7", False),
+                    linkmon.AddressEvent(nsid, index, "198.19.7.1", True)]
+
+
 def test_a_down_or_deletion_the_device_is_no_longer_in_does_not_take_its_port_down(lab):
     """Link events are read late: a reload that removes a port and adds one in a namespace
     made anew reads the removal's events after the new port is up, and the new namespace may

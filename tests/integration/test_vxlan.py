@@ -445,3 +445,102 @@ def test_the_tunnels_devices_are_no_hosts_on_the_segment(lab, site):
     assert [mac for mac in macs if mac in out] == []
     assert all(helpers.ipv6_disabled(site.hosts[h], dev) for h, dev in devices)
     assert unreachable(site, [((1, 1), (2, 1))]) == []
+
+
+def port_states(sw: helpers.Switch) -> dict[str, str]:
+    return {p["name"]: p["state"] for p in sw.cli_json("ports")}
+
+
+def port_up_metric(site: Site, h: int) -> str:
+    """tapswitch_port_up of host h's VXLAN port, as its switch (metrics on 127.0.0.1:9417 in h's namespace) says."""
+    text = helpers.nsexec(site.hosts[h], sys.executable, "-c", SCRAPE, "http://127.0.0.1:9417/metrics").stdout
+    labels = f'port="{site.vx(h)}",switch="{site.lab.name(f"s{h}")}"'
+    return next(line.split()[-1] for line in text.splitlines() if line.startswith(f"tapswitch_port_up{{{labels}}}"))
+
+
+def sent_into_tunnel(site: Site, h: int) -> tuple[int, int]:
+    """(frames the switch wrote to host h's VXLAN port, frames its VXLAN device took to send, sent or not)."""
+    tx = {p["name"]: p["counters"] for p in site.switches[h].cli_json("ports")}[site.vx(h)]["tx_packets"]
+    dev = json.loads(helpers.nsexec(site.hosts[h], "ip", "-s", "-j", "link", "show", "dev",
+                                    f"{site.vx(h)}-vx").stdout)[0]["stats64"]["tx"]
+    return tx, dev["packets"] + dev["errors"] + dev["dropped"] + dev.get("carrier_errors", 0)
+
+
+def test_a_vxlan_port_is_down_while_its_underlay_is_down_or_has_not_local(lab, site):
+    """The kernel keeps the VXLAN device up with carrier when its underlay goes down or loses
+    `local`: the port stayed up, kept what it learned behind the tunnel, and the switch sent
+    floods and unicast into a tunnel that carried nothing (every frame a tx error there)."""
+    cfg = site.config(1)
+    cfg["switch"]["metrics"] = {"listen": "127.0.0.1:9417"}       # in host 1's own namespace
+    sw = site.start(1, cfg)
+    site.start(2)
+    vx = site.vx(1)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert port_up_metric(site, 1) == "1.0"
+
+    for down, up, reason in [
+            (("link", "set", "u0", "down"), ("link", "set", "u0", "up"), "underlay device u0 is down"),
+            (("addr", "del", "198.19.0.1/24", "dev", "u0"), ("addr", "add", "198.19.0.1/24", "dev", "u0"),
+             "no device holds the local address 198.19.0.1")]:
+        helpers.nsexec(site.hosts[1], "ip", *down)
+        helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+        assert port_up_metric(site, 1) == "0.0"
+        assert sw.events("vxlan.underlay_down")[-1]["reason"] == reason
+        assert sw.events("port.down")[-1]["port"] == vx
+        assert [e for e in sw.cli_json("fdb") if e["port"] == vx] == []     # forgotten, as on any port down
+        # Floods (ARP) and unicast from a container no longer go into the tunnel.
+        before = sent_into_tunnel(site, 1)
+        assert not helpers.ping(site.containers[1, 1], address(2, 1), count=3, wait=1)
+        assert not helpers.ping(site.containers[1, 2], address(2, 2), count=3, wait=1)
+        assert sent_into_tunnel(site, 1) == before
+        assert port_states(sw)[vx] == "down"
+
+        helpers.nsexec(site.hosts[1], "ip", *up)
+        helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+        assert port_up_metric(site, 1) == "1.0"
+        assert sw.events("vxlan.underlay_up")[-1]["port"] == vx
+        assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+        after = sent_into_tunnel(site, 1)
+        assert after[0] > before[0] and after[1] > before[1]
+    assert not sw.events("vxlan.remade")          # the device stayed: only the port's state followed
+    assert sw.stop() == 0
+
+
+def test_a_vxlan_port_without_dev_follows_the_carrier_of_the_device_holding_local(lab, site):
+    cfg = site.config(1)
+    del cfg["ports"][2]["vxlan"]["dev"]
+    sw = site.start(1, cfg)
+    site.start(2)
+    vx = site.vx(1)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    helpers.nsexec(site.fabric, "ip", "link", "set", "f1", "down")     # u0 stays up, without carrier
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    assert sw.events("vxlan.underlay_down")[-1]["reason"] == "underlay device u0 is down"
+    before = sent_into_tunnel(site, 1)
+    assert not helpers.ping(site.containers[1, 1], address(2, 1), count=3, wait=1)
+    assert sent_into_tunnel(site, 1) == before
+    helpers.nsexec(site.fabric, "ip", "link", "set", "f1", "up")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert sw.stop() == 0
+
+
+def test_a_vxlan_port_a_reload_makes_again_while_its_underlay_is_down_stays_down(lab, site):
+    """The new port's underlay was down before the port was made: the port is down from the
+    start, not up (forwarding into the tunnel) until an event of its underlay comes, if one does."""
+    cfg = site.config(1)
+    sw = site.start(1, cfg)
+    vx = site.vx(1)
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "down")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    cfg["ports"][2]["vxlan"]["vni"] = VNI + 1
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {vx}"
+    time.sleep(0.5)                  # the new device's events are read
+    assert port_states(sw)[vx] == "down"
+    assert sw.events("vxlan.underlay_down")[-1]["reason"] == "underlay device u0 is down"
+    assert len([e for e in sw.events("port.down") if e["port"] == vx]) == 1     # the old port's: never up since
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "up")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert sw.stop() == 0
