@@ -301,7 +301,7 @@ def health(sel: str) -> Row:
     return ("Health", [
         single("Ports down", "short",
                [Q(f"sum by (switch) (tapswitch_port_up{{{sel}}} == bool 0)", "{{switch}}")],
-               "Ports whose TAP or remote interface is down.", width=4,
+               "Ports whose TAP or remote interface (a VXLAN port: or its underlay) is down.", width=4,
                steps=((None, "green"), (1, "red"))),
         single("Workers down", "short",
                [Q(f"sum by (switch) (tapswitch_worker_up{{{sel}}} == bool 0)", "{{switch}}")],
@@ -354,7 +354,7 @@ PORT_SEL = 'switch="$switch", port=~"$port"'
 def port_state(sel: str) -> Row:
     return ("Port", [
         state("Link state", [Q(f"tapswitch_port_up{{{sel}}}", "{{port}}")],
-              "A port is down when its TAP or its remote interface is down.",
+              "A port is down when its TAP or its remote interface (a VXLAN port: or its underlay) is down.",
               states={"0": ("down", "red"), "1": ("up", "green")}),
         graph("FDB entries on the port", "short",
               [Q(f"tapswitch_port_fdb_entries{{{sel}}}", "{{port}}")],
