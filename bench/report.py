@@ -155,7 +155,8 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "- Topology: one network namespace per host (`eth1`, 198.18.1.0/24, IPv6 off), made fresh "
         "for every case, repetition and system; the switch joins them (tapswitch: TAP ports moved into the "
         "namespaces; bridge: veth pairs into a bridge in a namespace of its own; Open vSwitch: "
-        "userspace datapath, internal ports (TAP) moved into the namespaces; bare: `bench/bare.c`, two TAP "
+        "userspace datapath, ovs-vswitchd in a namespace of its own, internal ports (TAP) moved into the "
+        "namespaces; bare: `bench/bare.c`, two TAP "
         "devices with tapswitch's offloads and a read/write loop between them that busy-polls as tapswitch "
         "does, no switching -- the floor "
         "under any userspace switch on TAP ports).",

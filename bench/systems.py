@@ -13,7 +13,7 @@ system can say (`fdb_count`, `pids`, `forwarding_pids`).
   Ovs        Open vSwitch's userspace datapath (datapath_type=netdev) with
              internal ports (TAP devices) moved into the hosts; its own
              ovsdb-server and ovs-vswitchd, with db, sockets and logs in a
-             temporary directory
+             temporary directory, ovs-vswitchd in a namespace of its own
   Bare       bench/bare.c: two TAP devices with tapswitch's offloads and a
              read/write loop between them, no switching -- the floor of what
              a userspace switch on TAP ports costs (two-host cases only); it
@@ -77,11 +77,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _plug_tap(dev: str, h: Host) -> None:
-    """Move TAP device `dev` into host h as its device, configured. Its queue is as long as
-    tapswitch's ports' (switch.queue_len's default): the kernel's 1000 frames lose frames to
-    scheduling stalls below the forwarder's rate, whichever forwarder reads it."""
-    sh("ip", "link", "set", dev, "netns", h.ns)
+def _plug_tap(dev: str, h: Host, ns: str | None = None) -> None:
+    """Move TAP device `dev` (in namespace ns, else in the bench's) into host h as its device,
+    configured. Its queue is as long as tapswitch's ports' (switch.queue_len's default): the
+    kernel's 1000 frames lose frames to scheduling stalls below the forwarder's rate, whichever
+    forwarder reads it."""
+    sh("ip", *(["-n", ns] if ns else []), "link", "set", dev, "netns", h.ns)
     nsexec(h.ns, "ip", "link", "set", dev, "name", h.ifname, "txqueuelen", str(QUEUE_LEN))
     h.configure()
 
@@ -229,6 +230,11 @@ class Ovs(System):
         self.db: subprocess.Popen | None = None
         self.vswitchd: subprocess.Popen | None = None
         self.bridge = lab.name("br")
+        # ovs-vswitchd's namespace. Its devices -- the bridge's own port, and the userspace
+        # datapath's, "ovs-netdev" whatever the instance -- are persistent TAPs, which its exit
+        # without --cleanup (a SIGKILL) leaves; and an Open vSwitch of the machine's own with a
+        # userspace bridge holds an "ovs-netdev" already. In here they never meet, and go with it.
+        self.ns: str | None = None
 
     @classmethod
     def available(cls) -> bool:
@@ -264,6 +270,7 @@ class Ovs(System):
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         d = self.dir
+        self.ns = self.lab.netns("ovs")     # the bench's isolation, not Open vSwitch's start: before t0
         t0 = time.monotonic()
         sh("ovsdb-tool", "create", f"{d}/conf.db", self.SCHEMA, env=self.env())
         self.db = self.lab.popen(["ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock",
@@ -273,7 +280,8 @@ class Ovs(System):
         if not wait_until(lambda: os.path.exists(f"{d}/db.sock"), 10):
             raise RuntimeError("ovsdb-server did not start")
         self.vsctl("--no-wait", "init")
-        self.vswitchd = self.lab.popen(["ovs-vswitchd", f"unix:{d}/db.sock", f"--unixctl={d}/ovs-vswitchd.ctl",
+        self.vswitchd = self.lab.popen(["ip", "netns", "exec", self.ns,
+                                        "ovs-vswitchd", f"unix:{d}/db.sock", f"--unixctl={d}/ovs-vswitchd.ctl",
                                         f"--log-file={d}/ovs-vswitchd.log", f"--pidfile={d}/ovs-vswitchd.pid"],
                                        env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_until(lambda: os.path.exists(f"{d}/ovs-vswitchd.ctl"), 10):
@@ -283,7 +291,7 @@ class Ovs(System):
         for h in hosts:
             port = self.lab.name(f"o{h.index}")
             self.vsctl("add-port", self.bridge, port, "--", "set", "interface", port, "type=internal")
-            _plug_tap(port, h)
+            _plug_tap(port, h, self.ns)
         self.setup_seconds = time.monotonic() - t0
 
     def teardown(self) -> None:
@@ -295,9 +303,10 @@ class Ovs(System):
         if self.db is not None:
             self.lab.reap(self.db, timeout=10)
             self.db = None
-        # Ports moved into the hosts go with their TAP fds; the bridge's own port too.
-        for dev in (self.bridge,):
-            sh("ip", "link", "del", dev, check=False)
+        # Whatever TAP is left goes with its namespace: the ports in the hosts', the rest in this one.
+        if self.ns is not None:
+            self.lab.del_netns(self.ns)
+            self.ns = None
 
     def fdb_count(self) -> int:
         out = self.appctl("fdb/stats-show", self.bridge).stdout

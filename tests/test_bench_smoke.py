@@ -296,3 +296,103 @@ def test_bench_reports_a_case_whose_hosts_cannot_be_made_as_failed_and_keeps_the
     results = (out / "RESULTS.md").read_text()
     assert re.search(r"^\| forwarding rate \| forwarding rate, 64 B \| Mpps \| \d", results, re.M), results
     assert re.search(rf"^- address caching / bridge / rep 1: .*{taken}", results, re.M), results
+
+
+OVS_TOOLS = ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ovs-appctl")
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+def _needs_ovs() -> None:
+    _needs_root_and_tools()
+    if not all(shutil.which(t) for t in OVS_TOOLS) or not os.path.exists(OVS_SCHEMA):
+        pytest.skip("Open vSwitch is not installed")
+
+
+def _link(name: str) -> str | None:
+    """`IFINDEX MAC` of device `name` in this namespace (which device it is), or None."""
+    r = subprocess.run(["ip", "-o", "link", "show", "dev", name], capture_output=True, text=True)
+    m = re.match(r"(\d+): .* link/ether (\S+)", r.stdout)
+    return f"{m.group(1)} {m.group(2)}" if r.returncode == 0 and m else None
+
+
+@pytest.fixture
+def users_ovs(tmp_path, tag):
+    """An Open vSwitch of the machine's own, as its owner runs it, with a userspace bridge: its db,
+    sockets and logs in a directory of its own (not the bench's), its datapath's device "ovs-netdev"
+    in this namespace. Yields (ovs-vsctl argv, the bridge's name)."""
+    _needs_ovs()
+    if _link("ovs-netdev") is not None:
+        pytest.skip("an Open vSwitch with a userspace bridge runs here already")
+    d = str(tmp_path / "users-ovs")
+    os.makedirs(d)
+    env = dict(os.environ, OVS_RUNDIR=d, OVS_DBDIR=d, OVS_LOGDIR=d, OVS_SYSCONFDIR=d)
+    vsctl = ["ovs-vsctl", f"--db=unix:{d}/db.sock", "--timeout=30"]
+    bridge = f"u{tag}"
+    try:
+        subprocess.run(["ovsdb-tool", "create", f"{d}/conf.db", OVS_SCHEMA], check=True, env=env)
+        subprocess.run(["ovsdb-server", f"{d}/conf.db", f"--remote=punix:{d}/db.sock", f"--unixctl={d}/db.ctl",
+                        f"--pidfile={d}/db.pid", f"--log-file={d}/db.log", "--detach"], check=True, env=env)
+        subprocess.run([*vsctl, "--no-wait", "init"], check=True, env=env)
+        subprocess.run(["ovs-vswitchd", f"unix:{d}/db.sock", f"--unixctl={d}/vs.ctl", f"--pidfile={d}/vs.pid",
+                        f"--log-file={d}/vs.log", "--detach"], check=True, env=env)
+        subprocess.run([*vsctl, "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev"],
+                       check=True, env=env)
+        yield vsctl, bridge
+    finally:
+        for ctl in ("vs.ctl", "db.ctl"):
+            if os.path.exists(f"{d}/{ctl}"):
+                subprocess.run(["ovs-appctl", "-t", f"{d}/{ctl}", "exit", *(["--cleanup"] if ctl == "vs.ctl" else [])],
+                               capture_output=True, env=env, timeout=30)
+        for pidfile in ("vs.pid", "db.pid"):
+            try:
+                with open(f"{d}/{pidfile}") as f:
+                    os.kill(int(f.read()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        for dev in (bridge, "ovs-netdev"):
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
+
+
+def test_bench_open_vswitch_runs_beside_the_machines_own_and_leaves_it_alone(tmp_path, tag, users_ovs):
+    """The machine runs an Open vSwitch of its own with a userspace bridge (its datapath's TAP is
+    "ovs-netdev", whatever the instance): the bench's Open vSwitch still measures, and the machine's
+    keeps its bridge and its datapath's device, the same one (the bench's ovs-vswitchd made its own
+    "ovs-netdev" beside it: Device or resource busy, and every OVS case failed)."""
+    vsctl, bridge = users_ovs
+    before = _link("ovs-netdev")
+    assert before is not None
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "ovs", "--cases", "frames", "--sizes", "64",
+                            "--reps", "1", "--seconds", "1", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=180, cwd=ROOT, env=_env(tmp))
+    finally:
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    results = (out / "RESULTS.md").read_text()
+    assert re.search(r"^\| forwarding rate \| forwarding rate, 64 B \| Mpps \| \d", results, re.M), results
+    assert _link("ovs-netdev") == before
+    assert subprocess.run([*vsctl, "br-exists", bridge]).returncode == 0
+
+
+def test_bench_killed_outright_while_open_vswitch_runs_leaves_no_device(tmp_path, tag):
+    """SIGKILL while the bench's Open vSwitch forwards: ovs-vswitchd dies without --cleanup, and its
+    TAPs are persistent -- the bridge's own port and the datapath's "ovs-netdev" stayed in the
+    machine's namespace, and the next bench's Open vSwitch could not make its own."""
+    _needs_ovs()
+    if _link("ovs-netdev") is not None:
+        pytest.skip("an Open vSwitch with a userspace bridge runs here already")
+    tmp = tmp_path / "tmp"
+    p = _start_and_wait_for_trafgen(tag, tmp_path / "out", tmp, "--systems", "ovs")
+    p.kill()
+    p.communicate(timeout=30)
+    try:
+        left = _gone(tag, tmp, 15)
+        stray = _link("ovs-netdev")
+    finally:
+        subprocess.run(["ip", "link", "del", f"{tag}br"], capture_output=True)
+        if stray is not None:
+            subprocess.run(["ip", "link", "del", "ovs-netdev"], capture_output=True)
+    assert left == [], f"left behind: {left}"
+    assert stray is None, f"left behind: {stray}"
