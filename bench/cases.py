@@ -34,6 +34,7 @@ class Case:
     reps: int | None = None  # None: ctx.reps
     params: dict = field(default_factory=dict)
     bare: bool = False       # the bare forwarder runs it too (two hosts, no table asked for)
+    tools: tuple = ()        # the commands it runs (cc: it sends paced frames, bench/pacer.c)
 
     def runs_on(self, system) -> bool:
         if system.kind == "bare":
@@ -229,15 +230,15 @@ def cases(ctx: Ctx | None = None) -> list[Case]:
     """Every case, in order; without ctx, for their ids and names (the table sizes are then the least)."""
     fdb_big = max(1 << 20, max(ctx.fdb_ns, default=0), ctx.learn_n) if ctx else 1 << 20
     return [
-        Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2), bare=True),
-        Case("frames", "forwarding rate", 2, frames, bare=True),
-        Case("throughput", "throughput (RFC 2544)", 2, throughput, bare=True),
-        Case("light", "light load", 2, light, bare=True),
-        Case("caching", "address caching", 3, caching, fdb_size=fdb_big),
-        Case("learning", "learning rate", 2, learning, fdb_size=fdb_big),
-        Case("broadcast4", "broadcast, 4 ports", 5, broadcast),
-        Case("broadcast8", "broadcast, 8 ports", 9, broadcast),
-        Case("resources", "resources", 16, resources, tapswitch_queues=(2,), fdb_size=1 << 20),
+        Case("tcp", "TCP goodput", 2, tcp, tapswitch_queues=(1, 2), bare=True, tools=("iperf3", "ss")),
+        Case("frames", "forwarding rate", 2, frames, bare=True, tools=("trafgen",)),
+        Case("throughput", "throughput (RFC 2544)", 2, throughput, bare=True, tools=("trafgen", "cc")),
+        Case("light", "light load", 2, light, bare=True, tools=("cc",)),
+        Case("caching", "address caching", 3, caching, fdb_size=fdb_big, tools=("trafgen", "cc")),
+        Case("learning", "learning rate", 2, learning, fdb_size=fdb_big, tools=("trafgen",)),
+        Case("broadcast4", "broadcast, 4 ports", 5, broadcast, tools=("trafgen",)),
+        Case("broadcast8", "broadcast, 8 ports", 9, broadcast, tools=("trafgen",)),
+        Case("resources", "resources", 16, resources, tapswitch_queues=(2,), fdb_size=1 << 20, tools=("trafgen",)),
     ]
 
 

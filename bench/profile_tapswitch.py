@@ -244,9 +244,10 @@ class Profiler:
 
 def run(lab: Lab, ctx, out_dir: str, log=print, seconds: float = 8.0) -> str:
     prof = Profiler(lab, out_dir, seconds, log, cc=ctx.cc if ctx else None)
-    prof.md += ["## Where the time goes (measured by bench/profile_tapswitch.py)", "",
-                f"perf {sh('perf', '--version', check=False).stdout.strip()}, event cpu-clock "
-                "(`perf stat -e instructions true` says <not supported>: no PMU in this VM).", ""]
+    prof.md += ["## Where the time goes (measured by bench/profile_tapswitch.py)", ""]
+    if shutil.which("perf"):        # else run() says perf is not usable
+        prof.md += [f"perf {sh('perf', '--version', check=False).stdout.strip()}, event cpu-clock "
+                    "(`perf stat -e instructions true` says <not supported>: no PMU in this VM).", ""]
     prof.run()
     path = os.path.join(out_dir, "PROFILE.md")
     with open(path, "w") as f:

@@ -18,6 +18,7 @@ when ovs-vswitchd is installed (--install-ovs apt-gets it), skipped otherwise.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,9 @@ except ModuleNotFoundError as e:
              "(./scripts/install.sh makes .venv; then .venv/bin/pip install -r bench/requirements.txt)")
 
 ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
+LAB_TOOLS = ("ip", "ping", "sysctl")       # every case: the hosts' namespaces, and a ping each way first
+PACKAGES = {"ip": "iproute2", "ss": "iproute2", "bridge": "iproute2", "ping": "iputils-ping", "sysctl": "procps",
+            "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf"}
 SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
 
 
@@ -157,6 +161,25 @@ def make_ctx(args, lab) -> cases_mod.Ctx:
     )
 
 
+def missing_tools(args) -> str | None:
+    """None if every command the chosen cases and systems run is here, else what is missing and
+    where Debian has it: found before anything runs, not as a failure of every case that needs it."""
+    needed = list(LAB_TOOLS)
+    for case in cases_mod.cases():
+        if not args.cases or case.id in args.cases:
+            needed += case.tools
+    for name in args.systems:
+        needed += systems_mod.system_class(name).tools
+    if args.profile:
+        needed.append("perf")
+    missing = [t for t in dict.fromkeys(needed) if shutil.which(t) is None]
+    if not missing:
+        return None
+    packages = " ".join(dict.fromkeys(PACKAGES.get(t, t) for t in missing))
+    return (f"missing: {', '.join(f'{t} ({PACKAGES.get(t, t)})' for t in missing)}; "
+            f"apt-get install {packages}")
+
+
 def check_cc(name: str) -> str | None:
     """None if TCP congestion control `name` can be used here (loading its module if need be), else why not."""
     path = "/proc/sys/net/ipv4/tcp_available_congestion_control"
@@ -239,6 +262,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, TAP devices, trafgen)", file=sys.stderr)
+        return 1
+    if why := missing_tools(args):
+        print(f"bench: {why}", file=sys.stderr)
         return 1
     if args.cc and (why := check_cc(args.cc)):
         print(f"bench: {why}", file=sys.stderr)

@@ -43,6 +43,7 @@ class System:
     name = "?"             # column in the results
     label = "?"            # for humans
     kind = "?"             # tapswitch | bridge | ovs
+    tools: tuple = ()      # the commands it runs, besides the lab's (Open vSwitch's own: Ovs.available)
 
     def __init__(self, lab: Lab):
         self.lab = lab
@@ -89,6 +90,7 @@ def _plug_tap(dev: str, h: Host, ns: str | None = None) -> None:
 
 class Tapswitch(System):
     kind = "tapswitch"
+    tools = ("pgrep",)
 
     def __init__(self, lab: Lab, queues: int = 1, io: str = "", cpu: int | None = None,
                  queue_len: int | None = None, busy_poll_us: int | None = None):
@@ -176,6 +178,7 @@ class Bridge(System):
     name = "bridge"
     label = "Linux bridge + veth"
     kind = "bridge"
+    tools = ("bridge",)
 
     def __init__(self, lab: Lab):
         super().__init__(lab)
@@ -323,6 +326,7 @@ class Ovs(System):
 class Bare(System):
     name = "bare"
     kind = "bare"
+    tools = ("cc",)
 
     SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare.c")
 
@@ -378,6 +382,15 @@ _BARE = re.compile(r"bare(?:-busypoll(\d+))?")
 def known(name: str) -> bool:
     """`name` is one of NAMES."""
     return name in ("tapswitch", "bridge", "ovs") or bool(_TAPSWITCH.fullmatch(name) or _BARE.fullmatch(name))
+
+
+def system_class(name: str) -> type[System]:
+    """The class of system `name`, one of NAMES."""
+    if name == "tapswitch" or _TAPSWITCH.fullmatch(name):
+        return Tapswitch
+    if _BARE.fullmatch(name):
+        return Bare
+    return {"bridge": Bridge, "ovs": Ovs}[name]
 
 
 def make(names: list[str], lab: Lab) -> list[System]:

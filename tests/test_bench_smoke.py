@@ -396,3 +396,68 @@ def test_bench_killed_outright_while_open_vswitch_runs_leaves_no_device(tmp_path
             subprocess.run(["ip", "link", "del", "ovs-netdev"], capture_output=True)
     assert left == [], f"left behind: {left}"
     assert stray is None, f"left behind: {stray}"
+
+
+def _path_without(tmp_path, *commands) -> str:
+    """A PATH of every command of this one but `commands`: a machine these are not installed on."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            exe = os.path.join(directory, name)
+            if name not in commands and not (d / name).exists() and os.access(exe, os.X_OK) \
+                    and not os.path.isdir(exe):
+                (d / name).symlink_to(exe)
+    return str(d)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "frames,tcp"], "bench: missing: iperf3 (iperf3), trafgen (netsniff-ng); "
+     "apt-get install iperf3 netsniff-ng\n"),
+    (["--cases", "light", "--profile"], "bench: missing: perf (linux-perf); apt-get install linux-perf\n"),
+])
+def test_bench_without_a_tool_it_needs_says_which_before_it_runs_anything(tmp_path, tag, argv, message):
+    """trafgen, iperf3 or perf not installed: one line naming each command the chosen cases need and its
+    Debian package, exit 1, before anything is made or measured (each case failed in turn with a
+    traceback, after its run's seconds; --profile ended a whole run in a traceback)."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    env = dict(_env(tmp), PATH=_path_without(tmp_path, "trafgen", "iperf3", "perf"))
+    r = subprocess.run([sys.executable, BENCH, "--systems", "bridge", "--reps", "1", "--seconds", "1", *argv,
+                        "--out", str(out), "--tag", tag], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env=env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stderr == message and r.stdout == ""
+    assert not out.exists() and _leftovers(tag, tmp) == []
+
+
+def test_bench_runs_a_case_whose_tools_are_here_when_others_are_missing(tmp_path, tag):
+    """Without trafgen and iperf3, the light load case (frames sent by bench/pacer.c) still runs."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    env = dict(_env(tmp), PATH=_path_without(tmp_path, "trafgen", "iperf3"))
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "bare", "--cases", "light", "--reps", "1",
+                            "--seconds", "0.5", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    finally:
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    assert re.search(r"^\| light load \| switch CPU at 1k frames/s, 64 B \| % of a CPU ↓ \| \d",
+                     (out / "RESULTS.md").read_text(), re.M)
+
+
+def test_profiler_without_perf_says_so_in_its_report(tmp_path):
+    """bench/profile_tapswitch.py where perf is not installed: PROFILE.md says perf is not usable, and
+    how to get it (it stopped on a traceback: FileNotFoundError: 'perf')."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    env = dict(_env(tmp), PATH=_path_without(tmp_path, "perf"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "profile_tapswitch.py"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "perf is not usable here (apt-get install linux-perf); nothing profiled." in (out / "PROFILE.md").read_text()
+    assert os.listdir(tmp) == []
