@@ -127,6 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--cases: no case {', '.join(map(repr, unknown))} (the cases: {', '.join(case_ids)})")
     if unknown := [n for n in args.systems if not systems_mod.known(n)]:
         p.error(f"--systems: no system {', '.join(map(repr, unknown))} (the systems: {systems_mod.NAMES})")
+    named = [x for n in args.systems for x in (["tapswitch-q1", "tapswitch-q2"] if n == "tapswitch" else [n])]
+    if twice := [n for n in dict.fromkeys(named) if named.count(n) > 1]:
+        p.error(f"--systems: {', '.join(twice)} named twice (tapswitch is tapswitch-q1 and tapswitch-q2)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out}: not a directory")
     return args
 
 
@@ -269,7 +274,11 @@ def main(argv=None) -> int:
     if args.cc and (why := check_cc(args.cc)):
         print(f"bench: {why}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f"bench: --out {args.out}: {e.strerror}", file=sys.stderr)
+        return 2
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
     signal.signal(signal.SIGTERM, _interrupt)
