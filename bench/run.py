@@ -127,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--cases: no case {', '.join(map(repr, unknown))} (the cases: {', '.join(case_ids)})")
     if unknown := [n for n in args.systems if not systems_mod.known(n)]:
         p.error(f"--systems: no system {', '.join(map(repr, unknown))} (the systems: {systems_mod.NAMES})")
+    cpus = sorted(os.sched_getaffinity(0))
+    if absent := [n for n in args.systems if (cpu := systems_mod.pinned_cpu(n)) is not None and cpu not in cpus]:
+        p.error(f"--systems: {', '.join(absent)}: no such CPU here (this one's: {', '.join(map(str, cpus))})")
     named = [x for n in args.systems for x in (["tapswitch-q1", "tapswitch-q2"] if n == "tapswitch" else [n])]
     if twice := [n for n in dict.fromkeys(named) if named.count(n) > 1]:
         p.error(f"--systems: {', '.join(twice)} named twice (tapswitch is tapswitch-q1 and tapswitch-q2)")

@@ -384,6 +384,12 @@ def known(name: str) -> bool:
     return name in ("tapswitch", "bridge", "ovs") or bool(_TAPSWITCH.fullmatch(name) or _BARE.fullmatch(name))
 
 
+def pinned_cpu(name: str) -> int | None:
+    """The CPU a tapswitch-qN-cpuK name pins its workers to, else None."""
+    m = _TAPSWITCH.fullmatch(name)
+    return int(m.group(3)) if m and m.group(3) else None
+
+
 def system_class(name: str) -> type[System]:
     """The class of system `name`, one of NAMES."""
     if name == "tapswitch" or _TAPSWITCH.fullmatch(name):

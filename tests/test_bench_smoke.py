@@ -219,6 +219,8 @@ def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
     (["--tag", "bn0123456789a"], "argument --tag: tag 'bn0123456789a': at most 12 characters"),
     (["--tag", "bn/x"], "argument --tag: tag 'bn/x': letters, digits, '_' and '-' only"),
     (["--out", BENCH], f"--out {BENCH}: not a directory"),
+    (["--systems", "bridge,tapswitch-q1-cpu4096", "--cases", "light", "--seconds", "0.1"],
+     "--systems: tapswitch-q1-cpu4096: no such CPU here (this one's: 0"),
     (["--systems", "tapswitch,bridge,tapswitch-q1,bridge"], "--systems: tapswitch-q1, bridge named twice"),
 ])
 def test_bench_refuses_bad_options_before_it_runs_anything(tmp_path, argv, message):
