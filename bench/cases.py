@@ -148,6 +148,14 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
             Measure("loss at that rate, 64 B", "%", 100 * best_loss, LOWER)]
 
 
+def count(n: int) -> str:
+    """An address count as the table says it: 256, 16K, 1536K, 1M, 1000."""
+    for shift, unit in ((20, "M"), (10, "K")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
 def caching(ctx: Ctx, system, hosts) -> list[Measure]:
     """Address caching capacity (RFC 2889 5.7): N source MACs learned on port A, then reached from B;
     every frame the switch did not know its way for is flooded, and so counted at listener C."""
@@ -169,7 +177,7 @@ def caching(ctx: Ctx, system, hosts) -> list[Measure]:
         held = max(0, reach.offered - flooded)
         # Forwarding rate across N destinations at full speed (the table's cost, cache misses included).
         fwd = trafgen(ctx.lab, b, [a, c], eth_frame(macs, b.mac), seconds=ctx.frame_seconds)
-        label = f"{n} MACs" if n < 1024 or n % 1024 else (f"{n // 1024}K MACs" if n < 1 << 20 else f"{n >> 20}M MACs")
+        label = f"{count(n)} MACs"
         out += [
             Measure(f"learned, {label}", "% of N", 100 * learned / n),
             Measure(f"reached without flooding, {label}", "% of N", 100 * held / max(1, reach.offered)),

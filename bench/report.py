@@ -50,6 +50,8 @@ def machine(args, started, notes, ctx, systems, cases) -> dict:
         "reps": ctx.reps, "tcp_seconds": ctx.tcp_seconds, "frame_seconds": ctx.frame_seconds,
         "tcp_cc": sorted(ctx.cc_used), "tcp_cc_asked": ctx.cc, "payload": ctx.payload,
         "systems": {s.name: s.label for s in systems},
+        "learn_n": ctx.learn_n,
+        "table_size": max((c.fdb_size for c in cases if c.id in ("caching", "learning")), default=1 << 20),
     }
 
 
@@ -177,11 +179,12 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         "that time: what a quiet or busy port costs. The bridge has no processes of its own: —.",
         "- Address caching (RFC 2889 5.7): N source MACs (counting up) sent from host A to B at 100 kpps, evenly (`bench/pacer.c`); "
         "then one frame from B to each; a frame the switch has no entry for is flooded, so the third "
-        "host's rx counter counts the misses. Table size 1M entries where the system has a limit "
+        "host's rx counter counts the misses. Table size "
+        f"{cases_mod.count(m.get('table_size', 1 << 20))} entries where the system has a limit "
         "(tapswitch `mac_table.size`, OVS `mac-table-size`; the bridge has none). Then the forwarding "
         "rate of 64 B frames to the N destinations at full speed.",
-        "- Learning rate (RFC 2889 5.8): N new source MACs at the generator's full speed, entries in the "
-        "table afterwards divided by the send time.",
+        f"- Learning rate (RFC 2889 5.8): {cases_mod.count(m['learn_n']) if 'learn_n' in m else 'N'} new source MACs at the "
+        "generator's full speed, the same table size; entries in the table afterwards divided by the send time.",
         "- Broadcast (RFC 2889 5.10): 64 B broadcast frames from one host, full speed; received per listener.",
         "- Resources: 16 ports; tapswitch with 2 queues and a 1M-entry table. Start to forwarding: "
         "tapswitch from exec to READY=1 (its bytecode compiled first, as an install does); bridge and OVS from the first command to the last port "

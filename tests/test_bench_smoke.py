@@ -115,6 +115,9 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     # The Method says what ran: the bare forwarder's cases, iperf3's whole seconds, trafgen's rate window.
     assert "the bare forwarder only TCP goodput, forwarding rate, throughput (RFC 2544) and light load" in results
     assert "TCP: iperf3, 1 s per run" in results and "rate taken from 25 % to 95 % of the run" in results
+    # How many addresses the learning rate was measured with (--learn-n), and in what table.
+    assert "Learning rate (RFC 2889 5.8): 1K new source MACs at the generator's full speed" in results, results
+    assert "Table size 1M entries where the system has a limit" in results, results
     # How busy the machine was with other work before each run, in CPUs (of its cores).
     assert re.search(r"Other work on the machine .*: median \d+\.\d\d, min \d+\.\d\d, max \d+\.\d\d of \d+", results)
     try:
@@ -465,3 +468,15 @@ def test_profiler_without_perf_says_so_in_its_report(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "perf is not usable here (apt-get install linux-perf); nothing profiled." in (out / "PROFILE.md").read_text()
     assert os.listdir(tmp) == []
+
+
+def test_bench_names_an_address_count_as_it_is():
+    """The address caching case's rows name N in K or M only when N is a whole number of them (--fdb-n
+    1572864 was labelled 1M MACs, beside a row of --fdb-n 1048576 of the same name)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import cases
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+    assert [cases.count(n) for n in (256, 1000, 1024, 16384, 1536 << 10, 1 << 20, 3 << 20, 1048577)] == \
+        ["256", "1000", "1K", "16K", "1536K", "1M", "3M", "1048577"]
