@@ -288,14 +288,30 @@ class _Named:
         self.name = name
 
 
-def main() -> None:
+def main(argv=None) -> int:
     """Render RESULTS.md and results.png again from OUT/results.json: python bench/report.py [OUT]."""
+    import argparse
     import json
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-    with open(os.path.join(out_dir, "results.json")) as f:
-        data = json.load(f)
-    write(out_dir, data["meta"], data["results"], data["errors"], [_Named(n) for n in data["meta"]["systems"]], [])
+    p = argparse.ArgumentParser(prog="bench/report.py", description=main.__doc__.split(":")[0])
+    p.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
+                   help="directory of a run's results.json (default: %(default)s)")
+    out_dir = p.parse_args(argv).out
+    path = os.path.join(out_dir, "results.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        meta, results, errors = data["meta"], data["results"], data["errors"]
+        names = list(meta["systems"])
+    except OSError as e:
+        print(f"bench/report.py: {path}: {e.strerror}", file=sys.stderr)
+        return 1
+    except (ValueError, KeyError, TypeError) as e:
+        print(f"bench/report.py: {path}: not the results.json of a bench run ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 1
+    write(out_dir, meta, results, errors, [_Named(n) for n in names], [])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

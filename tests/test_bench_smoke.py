@@ -480,3 +480,29 @@ def test_bench_names_an_address_count_as_it_is():
         sys.path.remove(os.path.join(ROOT, "bench"))
     assert [cases.count(n) for n in (256, 1000, 1024, 16384, 1536 << 10, 1 << 20, 3 << 20, 1048577)] == \
         ["256", "1000", "1K", "16K", "1536K", "1M", "3M", "1048577"]
+
+
+REPORT = os.path.join(ROOT, "bench", "report.py")
+
+
+def test_report_renders_a_runs_results_again(tmp_path):
+    """`python bench/report.py OUT` writes RESULTS.md again from OUT/results.json (here the one kept in
+    bench/, of a run before the method named its address counts)."""
+    shutil.copy(os.path.join(ROOT, "bench", "results.json"), tmp_path / "results.json")
+    r = subprocess.run([sys.executable, REPORT, str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = (tmp_path / "RESULTS.md").read_text()
+    assert results.startswith("# tapswitch benchmark\n") and "| case | metric | unit |" in results
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "results.json: No such file or directory\n"),
+    ('{"meta": {}}', "results.json: not the results.json of a bench run (KeyError: 'results')\n"),
+])
+def test_report_without_a_runs_results_says_so(tmp_path, content, message):
+    """A directory holding no run's results.json: one line naming it, exit 1 (a traceback)."""
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    r = subprocess.run([sys.executable, REPORT, str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr == f"bench/report.py: {tmp_path}/{message}"
