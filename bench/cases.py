@@ -132,7 +132,7 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
     frame = eth_frame(b.mac, a.mac, 64)
     seconds = ctx.frame_seconds
     full = trafgen(ctx.lab, a, [b], frame, seconds=seconds)
-    top = full.offered / full.seconds
+    top = full.offered / full.sending
     if full.loss(b.index) < THROUGHPUT_LOSS:
         best, best_loss = full.rate_pps[b.index], full.loss(b.index)    # the generator is the limit
     else:
@@ -196,7 +196,7 @@ def learning(ctx: Ctx, system, hosts) -> list[Measure]:
     base = system.fdb_count()
     s = trafgen(ctx.lab, a, [b], eth_frame(b.mac, mac_range(1, n)), count=n, settle=0.5)
     learned = system.fdb_count() - base
-    return [Measure("new MACs learned per second", "M/s", learned / s.seconds / 1e6),
+    return [Measure("new MACs learned per second", "M/s", learned / s.sending / 1e6),
             Measure("learned of offered at full speed", "%", 100 * learned / n)]
 
 

@@ -183,8 +183,10 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         f"{cases_mod.count(m.get('table_size', 1 << 20))} entries where the system has a limit "
         "(tapswitch `mac_table.size`, OVS `mac-table-size`; the bridge has none). Then the forwarding "
         "rate of 64 B frames to the N destinations at full speed.",
-        f"- Learning rate (RFC 2889 5.8): {cases_mod.count(m['learn_n']) if 'learn_n' in m else 'N'} new source MACs at the "
-        "generator's full speed, the same table size; entries in the table afterwards divided by the send time.",
+        f"- Learning rate (RFC 2889 5.8): {cases_mod.count(m['learn_n']) if 'learn_n' in m else 'N'} "
+        "new source MACs at the "
+        "generator's full speed, the same table size; entries in the table afterwards divided by the time "
+        "trafgen sent them (its own count, its start not included).",
         "- Broadcast (RFC 2889 5.10): 64 B broadcast frames from one host, full speed; received per listener.",
         "- Resources: 16 ports; tapswitch with 2 queues and a 1M-entry table. Start to forwarding: "
         "tapswitch from exec to READY=1 (its bytecode compiled first, as an install does); bridge and OVS from the first command to the last port "

@@ -18,6 +18,7 @@ first use: trafgen's -b sends each second's frames in one burst.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -72,12 +73,20 @@ class Sent:
     seconds: float          # whole run
     rate_pps: dict          # host index -> steady-state received frames/s (middle of the run)
     trafgen_out: str
+    sending: float = 0.0    # seconds the generator sent, by its own clock (the run less its start and stop)
 
     def loss(self, host: int, copies: int = 1) -> float:
         """Fraction of the offered frames that did not arrive at `host`."""
         if self.offered <= 0:
             return float("nan")
         return max(0.0, 1.0 - self.received[host] / (self.offered * copies))
+
+
+def sending_seconds(trafgen_out: str) -> float | None:
+    """How long trafgen sent, from its summary ("0 sec, 511692 usec on CPU0 (262144 packets)", one line
+    per CPU, sending at once): its start (the ring, the config) and stop are not in it."""
+    times = [int(s) + int(us) / 1e6 for s, us in re.findall(r"(\d+) sec, (\d+) usec on CPU\d+", trafgen_out)]
+    return max(times) if times else None
 
 
 def _tx(h: Host) -> int:
@@ -121,7 +130,8 @@ def trafgen(lab: Lab, sender: Host, receivers: list[Host], packet: str, *, secon
     received = {h.index: h.stat("rx_packets") - rx0[h.index] for h in receivers}
     if not mid:
         mid = {i: n / elapsed for i, n in received.items()}
-    return Sent(offered=_tx(sender) - tx0, received=received, seconds=elapsed, rate_pps=mid, trafgen_out=out)
+    return Sent(offered=_tx(sender) - tx0, received=received, seconds=elapsed, rate_pps=mid, trafgen_out=out,
+                sending=sending_seconds(out) or elapsed)
 
 
 PACER_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pacer.c")
@@ -155,7 +165,7 @@ def paced(lab: Lab, sender: Host, receivers: list[Host], rate_pps: float, *, da:
     time.sleep(settle)
     received = {h.index: h.stat("rx_packets") - rx0[h.index] for h in receivers}
     return Sent(offered=_tx(sender) - tx0, received=received, seconds=time.monotonic() - t0,
-                rate_pps={i: n / sending for i, n in received.items()}, trafgen_out=out)
+                rate_pps={i: n / sending for i, n in received.items()}, trafgen_out=out, sending=sending)
 
 
 def ping(src: Host, dst: Host, count: int = 3) -> bool:

@@ -5,6 +5,7 @@ frame size, no thresholds: this keeps the bench working, it does not judge speed
 """
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -506,3 +507,25 @@ def test_report_without_a_runs_results_says_so(tmp_path, content, message):
     r = subprocess.run([sys.executable, REPORT, str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr == f"bench/report.py: {tmp_path}/{message}"
+
+
+def test_bench_learning_rate_divides_by_the_time_trafgen_sent_not_its_start(tmp_path, tag):
+    """The learning rate is the MACs learned over the time trafgen sent them, by its own count: 1024 new
+    MACs go in a few ms, and trafgen's start (its ring, its config; ~50 ms here) counted too, so a
+    --learn-n of 16K (--quick's) or 1K came out at a fraction of the rate, and ratios nearer 1."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "bridge", "--cases", "learning", "--learn-n", "1024",
+                            "--reps", "1", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env(tmp))
+    finally:
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert left == [], f"left behind: {left}"
+    with open(out / "results.json") as f:
+        value = {x["metric"]: x["value"] for x in json.load(f)["results"]}
+    learned = value["learned of offered at full speed"] / 100 * 1024
+    assert learned > 0, value
+    sending = learned / (value["new MACs learned per second"] * 1e6)
+    assert sending < 0.025, f"{learned:.0f} MACs in {1000 * sending:.1f} ms"
