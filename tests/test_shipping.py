@@ -156,6 +156,44 @@ def test_unit_has_no_mount_namespace_that_would_hide_named_namespaces():
     assert private_mounts.isdisjoint(service), private_mounts & set(service)
 
 
+# --- installing the service -------------------------------------------------
+
+README = os.path.join(ROOT, "README.md")
+ETC = "/etc/tapswitch"
+
+
+def service_commands() -> dict[str, list[str]]:
+    """The install commands the README's service section and the unit's header give, as run."""
+    with open(README) as f:
+        blocks = re.findall(r"^```sh\n(.*?)^```", f.read(), re.M | re.S)
+    [readme] = [b for b in blocks if "systemctl enable --now tapswitch" in b]
+    with open(UNIT) as f:
+        unit = "".join(line[len("#   "):] for line in f if line.startswith("#   "))
+    return {"README": readme.splitlines(), "unit": unit.splitlines()}
+
+
+@pytest.mark.parametrize("source", ["README", "unit"])
+def test_installing_the_service_again_keeps_the_config_its_user_edited(tmp_path, source):
+    """What the README says to run to install the unit, run again (an update, say), must not put
+    the example back over /etc/tapswitch/tapswitch.yaml: `cp` did, and the switch's next start or
+    reload ran the example's eth1 and namespaces in place of the host's own ports."""
+    etc = str(tmp_path / "etc-tapswitch")
+    config_lines = [line.replace(ETC, etc) for line in service_commands()[source]
+                    if ETC in line and not line.startswith(("tapswitch ", "systemctl ", "journalctl "))]
+    assert any("config/example.yaml" in line for line in config_lines), config_lines
+    script = "set -e\n" + "\n".join(config_lines) + "\n"
+    config = os.path.join(etc, "tapswitch.yaml")
+
+    subprocess.run(["bash", "-c", script], cwd=ROOT, check=True, timeout=30)
+    with open(config) as f, open(os.path.join(ROOT, "config", "example.yaml")) as example:
+        assert f.read() == example.read()            # a first install: the example, to edit
+    with open(config, "w") as f:
+        f.write("switch: {name: edited}\n")
+    subprocess.run(["bash", "-c", script], cwd=ROOT, check=True, timeout=30)
+    with open(config) as f:
+        assert f.read() == "switch: {name: edited}\n"
+
+
 # --- docker compose -----------------------------------------------------------
 
 def compose() -> dict:
