@@ -19,8 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 modprobe tun 2>/dev/null || true
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e .
+# A .venv without pip (what `python3 -m venv` leaves when it is cut short, or when it ran
+# without python3-venv) is made again: pip is what the rest needs.
+.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e .
 # Bytecode now, as a non-editable install would: the first start (or every one, under
 # PYTHONDONTWRITEBYTECODE) need not compile the sources (imports 0.62 -> 0.55 s here).
 .venv/bin/python -m compileall -q src/tapswitch

@@ -194,6 +194,69 @@ def test_installing_the_service_again_keeps_the_config_its_user_edited(tmp_path,
         assert f.read() == "switch: {name: edited}\n"
 
 
+# --- scripts/install.sh -------------------------------------------------------
+
+INSTALL_PACKAGES = ("iproute2", "gcc", "liburing-dev")     # what install.sh would apt-get
+
+
+def install_sandbox(tmp_path) -> tuple[str, str]:
+    """A copy of what scripts/install.sh builds from, and an empty directory that stands for
+    /usr/local/bin while it runs; skipped where the run would install system packages."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare: install.sh runs in a mount namespace of its own")
+    python3 = shutil.which("python3")
+    if python3 is None or python3.startswith("/usr/local/bin/"):
+        pytest.skip("needs a python3 outside /usr/local/bin, which the run hides")
+    missing = [p for p in INSTALL_PACKAGES if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+    if missing:
+        pytest.skip(f"install.sh would apt-get install {' '.join(missing)}")
+    clone, bin_dir = tmp_path / "tapswitch", tmp_path / "bin"
+    bin_dir.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "_fastpath.c", "*.egg-info")
+    for name in ("src", "scripts", "config"):
+        shutil.copytree(os.path.join(ROOT, name), clone / name, ignore=ignore)
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), clone / name)
+    return str(clone), str(bin_dir)
+
+
+def no_pythonpath() -> dict[str, str]:
+    """The environment without PYTHONPATH: the clone's .venv must find its own tapswitch."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def run_install(clone: str, bin_dir: str, *args: str) -> subprocess.CompletedProcess:
+    """The clone's scripts/install.sh, run from / as a user would, with bin_dir mounted on
+    /usr/local/bin (in a mount namespace of its own: the system's is left alone), and an
+    apt-get that refuses: nothing is installed on the system."""
+    shims = os.path.join(os.path.dirname(bin_dir), "shims")
+    os.makedirs(shims, exist_ok=True)
+    with open(os.path.join(shims, "apt-get"), "w") as f:
+        f.write("#!/bin/sh\necho \"apt-get $*: not in a test\" >&2\nexit 1\n")
+    os.chmod(os.path.join(shims, "apt-get"), 0o755)
+    env = {**no_pythonpath(), "PATH": shims + os.pathsep + os.environ["PATH"]}
+    script = 'mount --bind "$1" /usr/local/bin && shift && exec "$@"'
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "bash",
+                           bin_dir, os.path.join(clone, "scripts", "install.sh"), *args],
+                          cwd="/", env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_install_makes_again_a_virtualenv_left_without_pip(tmp_path):
+    """`python3 -m venv` cut short (Ctrl-C in install.sh's first run), or run before
+    python3-venv was there, leaves .venv/bin/python and no pip: install.sh took .venv as made,
+    and every run after ended in `.venv/bin/pip: No such file or directory`."""
+    clone, bin_dir = install_sandbox(tmp_path)
+    venv = os.path.join(clone, ".venv")
+    subprocess.run(["python3", "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    r = run_install(clone, bin_dir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(venv, "bin", "tapswitch")
+    r = subprocess.run([os.path.join(venv, "bin", "python"), "-c", "import tapswitch._fastpath, tapswitch; "
+                        "print(tapswitch.__file__)"], cwd="/", env=no_pythonpath(), capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, os.path.join(clone, "src", "tapswitch", "__init__.py\n")), r.stderr
+
+
 # --- docker compose -----------------------------------------------------------
 
 def compose() -> dict:
