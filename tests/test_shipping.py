@@ -257,6 +257,25 @@ def test_install_makes_again_a_virtualenv_left_without_pip(tmp_path):
     assert (r.returncode, r.stdout) == (0, os.path.join(clone, "src", "tapswitch", "__init__.py\n")), r.stderr
 
 
+def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_links_it(tmp_path):
+    """scripts/test.sh installs with --no-link: the suite run in one clone (CI's, a checkout
+    being tried) pointed /usr/local/bin/tapswitch, and so the service's ExecStart, at that clone."""
+    clone, bin_dir = install_sandbox(tmp_path)
+    r = run_install(clone, bin_dir, "--no-link")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.listdir(bin_dir) == []
+    assert os.access(os.path.join(clone, ".venv", "bin", "tapswitch"), os.X_OK)
+    r = run_install(clone, bin_dir)                  # again, on what the first run made
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(clone, ".venv", "bin", "tapswitch")
+
+
+def test_the_test_script_installs_without_linking():
+    with open(os.path.join(ROOT, "scripts", "test.sh")) as f:
+        calls = [line.split("#")[0].split() for line in f if "install.sh" in line.split("#")[0]]
+    assert calls == [["./scripts/install.sh", "--no-link"]]
+
+
 # --- docker compose -----------------------------------------------------------
 
 def compose() -> dict:
