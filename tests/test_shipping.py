@@ -126,6 +126,18 @@ def test_unit_is_notify_reloads_with_sighup_and_restarts_on_failure():
     assert service["KillMode"] == "mixed"                    # SIGTERM to the switch, which stops its workers
 
 
+def test_unit_keeps_the_runtime_directory_when_it_stops():
+    """/run/tapswitch holds <socket>.state, what a run that did not stop cleanly made or
+    attached, for the next start to heal. RuntimeDirectoryPreserve=restart keeps it across a
+    restart only: a run killed at TimeoutStopSec, or one whose crash is not restarted (exit
+    code 2 on the way back up, the start limit), ends in a stop, which removed it; the next
+    start by hand then knew nothing of the namespaces and the remotes' tc rules left behind
+    (systemd.exec(5): with yes, "the directories are not removed when the service is stopped")."""
+    service = unit_settings()["Service"]
+    assert service["RuntimeDirectory"] == "tapswitch"
+    assert service["RuntimeDirectoryPreserve"] == "yes"
+
+
 def test_unit_grants_only_the_capabilities_tapswitch_uses():
     service = unit_settings()["Service"]
     needed = {"CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"}
