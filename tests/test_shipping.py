@@ -213,9 +213,11 @@ def test_installing_the_service_again_keeps_the_config_its_user_edited(tmp_path,
 INSTALL_PACKAGES = ("iproute2", "gcc", "liburing-dev")     # what install.sh would apt-get
 
 
-def install_sandbox(tmp_path) -> tuple[str, str]:
+@pytest.fixture
+def install_sandbox(tmp_path):
     """A copy of what scripts/install.sh builds from, and an empty directory that stands for
-    /usr/local/bin while it runs; skipped where the run would install system packages."""
+    /usr/local/bin while it runs; skipped where the run would install system packages. The
+    copy, with the .venv made in it (some 50 MB), goes afterwards."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare: install.sh runs in a mount namespace of its own")
     python3 = shutil.which("python3")
@@ -231,7 +233,8 @@ def install_sandbox(tmp_path) -> tuple[str, str]:
         shutil.copytree(os.path.join(ROOT, name), clone / name, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(os.path.join(ROOT, name), clone / name)
-    return str(clone), str(bin_dir)
+    yield str(clone), str(bin_dir)
+    shutil.rmtree(clone)
 
 
 def no_pythonpath() -> dict[str, str]:
@@ -255,11 +258,11 @@ def run_install(clone: str, bin_dir: str, *args: str) -> subprocess.CompletedPro
                           cwd="/", env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_install_makes_again_a_virtualenv_left_without_pip(tmp_path):
+def test_install_makes_again_a_virtualenv_left_without_pip(install_sandbox):
     """`python3 -m venv` cut short (Ctrl-C in install.sh's first run), or run before
     python3-venv was there, leaves .venv/bin/python and no pip: install.sh took .venv as made,
     and every run after ended in `.venv/bin/pip: No such file or directory`."""
-    clone, bin_dir = install_sandbox(tmp_path)
+    clone, bin_dir = install_sandbox
     venv = os.path.join(clone, ".venv")
     subprocess.run(["python3", "-m", "venv", "--without-pip", venv], check=True, timeout=120)
     r = run_install(clone, bin_dir)
@@ -271,10 +274,10 @@ def test_install_makes_again_a_virtualenv_left_without_pip(tmp_path):
     assert (r.returncode, r.stdout) == (0, os.path.join(clone, "src", "tapswitch", "__init__.py\n")), r.stderr
 
 
-def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_links_it(tmp_path):
+def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_links_it(install_sandbox):
     """scripts/test.sh installs with --no-link: the suite run in one clone (CI's, a checkout
     being tried) pointed /usr/local/bin/tapswitch, and so the service's ExecStart, at that clone."""
-    clone, bin_dir = install_sandbox(tmp_path)
+    clone, bin_dir = install_sandbox
     r = run_install(clone, bin_dir, "--no-link")
     assert r.returncode == 0, r.stdout + r.stderr
     assert os.listdir(bin_dir) == []
