@@ -15,7 +15,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop)
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
@@ -762,6 +762,75 @@ def test_eth_type_and_ip_fields_are_read_after_the_vlan_tag(sw):
     assert not acl_send(sw, acl, packet, pvid=0, trunk=[10, 20])
     packet[Dot1Q].vlan = 20
     assert acl_send(sw, acl, packet, pvid=0, trunk=[10, 20])
+
+
+def two_tags(outer, packet, outer_vid=10, inner_vid=200):
+    """From A to B: an 802.1ad S-tag (outer 0x88a8) or an 802.1Q tag (0x8100), an
+    802.1Q C-tag behind it, then `packet` (an IP packet)."""
+    first = Dot1AD(vlan=outer_vid) if outer == 0x88A8 else Dot1Q(vlan=outer_vid)
+    return Ether(src=A, dst=B) / first / Dot1Q(vlan=inner_vid) / packet
+
+
+IP_OF = {4: IP(src="198.18.0.1", dst="198.18.0.2"),
+         6: IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()}
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("outer", [0x88A8, 0x8100], ids=["88a8", "8100"])
+@pytest.mark.parametrize("kind, settings", [("access", dict(pvid=10)), ("trunk", dict(trunk=[10, 20]))])
+def test_tcp_rule_sees_the_packet_behind_two_tags(sw, version, outer, kind, settings):
+    # A QinQ frame carried IPv4 or IPv6 past `tcp dst_port 22 drop`: the
+    # ACL read the ethertype after one tag (the inner tag's 0x8100) and took
+    # the frame for one that is not IP.
+    acl = [dict(ip_proto=6, dst_port=22)]
+    assert not acl_send(sw, acl, two_tags(outer, IP_OF[version] / TCP(sport=40000, dport=22, flags="S")), **settings)
+    assert acl_send(sw, acl, two_tags(outer, IP_OF[version] / TCP(sport=40000, dport=80, flags="S")), **settings)
+    assert sw.shared.acl_hits(0) == [1]
+    assert (sw.counters(0)["acl_dropped"], sw.counters(0)["rx_errors"]) == (1, 0)
+
+
+@pytest.mark.parametrize("outer", [0x88A8, 0x8100], ids=["88a8", "8100"])
+def test_eth_type_and_ip_fields_are_the_packets_behind_two_tags(sw, outer):
+    packet = two_tags(outer, IP(src="198.18.0.1", dst="198.18.0.2") / UDP(dport=53))
+    assert not acl_send(sw, [dict(eth_type=0x0800)], packet, pvid=10)
+    assert not acl_send(sw, [dict(ip_dst="198.18.0.0/24")], packet, pvid=10)
+    assert acl_send(sw, [dict(eth_type=0x86DD)], packet, pvid=10)
+
+
+def test_an_802_1ad_rule_still_matches_the_s_tag(sw):
+    # eth_type 0x88a8 matched an 802.1ad frame before the ACL read past tags: it still does.
+    packet = two_tags(0x88A8, IP(src="198.18.0.1", dst="198.18.0.2") / UDP(dport=53))
+    assert not acl_send(sw, [dict(eth_type=0x88A8)], packet, pvid=10)
+    assert not acl_send(sw, [dict(eth_type=0x88A8)], Ether(src=A, dst=B) / Dot1Q(vlan=10) / packet[Dot1AD],
+                        pvid=0, trunk=[10, 20])
+    assert acl_send(sw, [dict(eth_type=0x88A8)], two_tags(0x8100, IP() / UDP()), pvid=10)
+
+
+def test_vlan_of_a_double_tagged_frame_is_its_outer_802_1q_tags(sw):
+    # The frame's VLAN in the switch: the outer 802.1Q tag's VID; an S-tag is
+    # no VLAN here (the frame is in the port's), and an inner tag's VID is the customer's.
+    packet = IP(src="198.18.0.1", dst="198.18.0.2") / UDP(dport=53)
+    assert not acl_send(sw, [dict(vlan=10)], two_tags(0x8100, packet, 10, 20), pvid=0, trunk=[10, 20])
+    assert acl_send(sw, [dict(vlan=20)], two_tags(0x8100, packet, 10, 20), pvid=0, trunk=[10, 20])
+    assert not acl_send(sw, [dict(vlan=20)], two_tags(0x88A8, packet, 10, 10), pvid=20)
+    assert acl_send(sw, [dict(vlan=10)], two_tags(0x88A8, packet, 10, 10), pvid=20)
+
+
+@pytest.mark.parametrize("outer", [0x88A8, 0x8100], ids=["88a8", "8100"])
+def test_a_double_tagged_frame_cut_anywhere_is_judged_by_what_it_holds(sw, outer):
+    # Cut in a tag, in the IP header or in TCP's ports: no IP rule matches
+    # before the destination port is whole, and nothing counts as malformed
+    # but an 802.1Q frame too short for its first tag, as before.
+    whole = l3(two_tags(outer, IP(src="198.18.0.1", dst="198.18.0.2") / TCP(dport=22)))
+    dport_end = H + 14 + 8 + 20 + 4
+    Settings(sw.shared).port(1, trunk=[10, 20]).port(0, pvid=10, acl=[dict(ip_proto=6, dst_port=22)]).publish()
+    for n in range(H + 14, len(whole) + 1):
+        sw.send(0, whole[:n])
+        forwarded = any(sw.received(p) for p in (1, 2, 3))
+        assert forwarded == (n < dport_end and not (outer == 0x8100 and n < H + 18)), n
+    errors = 4 if outer == 0x8100 else 0
+    assert sw.counters(0)["rx_errors"] == errors
+    assert sw.shared.acl_hits(0) == [len(whole) + 1 - dport_end]
 
 
 def test_vlan_is_the_frames_vlan_even_untagged(sw):

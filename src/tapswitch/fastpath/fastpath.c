@@ -749,7 +749,8 @@ static uint32_t eth_len(const struct frame *f) { return f->len - TS_VNET_HDR_LEN
 /* The ethertype after the MACs: 0x8100 for a tagged frame. */
 static uint16_t eth_type(const struct frame *f) { return be16(eth_hdr(f) + 2 * ETH_ALEN); }
 
-/* The ethertype of the payload, after the tag if there is one. */
+/* The ethertype after the switch's 802.1Q tag, if the frame has one: the
+ * payload's, or the TPID of a tag behind it (QinQ: see l3_offset). */
 static uint16_t inner_type(const struct frame *f)
 {
     return be16(eth_hdr(f) + 2 * ETH_ALEN + (f->tagged ? VLAN_HLEN : 0));
@@ -853,7 +854,8 @@ static bool has_host_source(const struct frame *f)
 }
 
 /* Where the IP header starts: after the MACs, the 802.1Q or 802.1ad tags
- * (two at most: QinQ) and the ethertype. */
+ * (two at most: QinQ) and the ethertype. The MTU check and the ACL both read
+ * the packet there. */
 static uint32_t l3_offset(const struct frame *f)
 {
     uint32_t off = 2 * ETH_ALEN;
@@ -1067,11 +1069,33 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
         parse_ports(l3, p, off, len);
 }
 
+static bool is_tpid(uint16_t type)
+{
+    return type == ETH_P_8021Q || type == ETH_P_8021AD;
+}
+
+/* A rule's eth_type and IP fields are the payload's, behind the frame's
+ * tags: an 802.1ad or a second 802.1Q tag hides no packet from a rule. An
+ * 802.1ad rule (0x88a8) still matches the S-tag itself, the first type after
+ * the switch's own 802.1Q tag, as it did before rules read past it. */
+static bool eth_type_matches(const struct frame *f, uint16_t want)
+{
+    uint16_t type = inner_type(f);
+    /* First try the common case: no tag behind the switch's, type is the payload's. */
+    if (type == want)
+        return true;
+    return is_tpid(type) && be16(eth_hdr(f) + l3_offset(f) - 2) == want;
+}
+
 static void parse_l3(const struct frame *f, struct l3 *l3)
 {
     const uint8_t *p = eth_hdr(f);
     uint32_t off = ETH_HLEN + (f->tagged ? VLAN_HLEN : 0);
     uint16_t type = inner_type(f);
+    if (is_tpid(type)) {        /* a tag behind the switch's (QinQ): the packet is behind it */
+        off = l3_offset(f);
+        type = be16(p + off - 2);
+    }
     l3->version = 0;
     if (type == ETH_P_IP)
         parse_ipv4(l3, p, off, eth_len(f));
@@ -1094,7 +1118,7 @@ static bool acl_rule_matches(const struct ts_acl_rule *r, const struct frame *f,
         return false;
     if ((m & TS_ACL_ETH_SRC) && !masked_equal(eth_src(f), r->eth_src, r->eth_src_mask, ETH_ALEN))
         return false;
-    if ((m & TS_ACL_ETH_TYPE) && inner_type(f) != r->eth_type)
+    if ((m & TS_ACL_ETH_TYPE) && !eth_type_matches(f, r->eth_type))
         return false;
     if ((m & TS_ACL_VLAN) && f->vlan != r->vlan)
         return false;

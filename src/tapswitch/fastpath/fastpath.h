@@ -261,8 +261,14 @@
  * frame: IPv4 (ports only in first fragments) and IPv6 (through every
  * hop-by-hop, routing, fragment, destination-options and AH header, however
  * many: the receiver's stack walks them all; ports only in first fragments,
- * a later one's protocol is its fragment header's). eth_type is the
- * one after the 802.1Q tag; vlan is the frame's VLAN.
+ * a later one's protocol is its fragment header's). eth_type and the IP
+ * header are the payload's, behind up to two 802.1Q or 802.1ad tags, as the
+ * MTU check reads them (a QinQ frame carries its packet past no IP rule);
+ * eth_type 0x88a8 also matches the 802.1ad tag itself, the first type after
+ * the switch's 802.1Q tag. A frame cut inside its tags or IP header matches
+ * no rule on what is missing. vlan is the frame's VLAN in the switch: its
+ * outer 802.1Q tag's VID, or the pvid (an 802.1ad tag is no VLAN here); an
+ * inner tag's VID is never matched.
  *
  * Storm control. With TS_PORT_STORM, broadcast, multicast and unknown
  * unicast frames received on the port (the three kinds it would flood) each
@@ -380,8 +386,9 @@ struct ts_mirror {
 /* ts_acl_rule.match: the fields a rule compares; all of them must match. */
 #define TS_ACL_ETH_SRC 0x1     /* (source MAC & eth_src_mask) == eth_src */
 #define TS_ACL_ETH_DST 0x2
-#define TS_ACL_ETH_TYPE 0x4    /* the ethertype after any 802.1Q tag */
-#define TS_ACL_VLAN 0x8        /* the frame's VLAN */
+#define TS_ACL_ETH_TYPE 0x4    /* the payload's ethertype, behind up to two 802.1Q/802.1ad tags
+                                  (0x88a8 also matches the 802.1ad tag: see "ACLs") */
+#define TS_ACL_VLAN 0x8        /* the frame's VLAN in the switch (outer 802.1Q tag, or pvid) */
 #define TS_ACL_IPV4 0x10       /* an IPv4 packet */
 #define TS_ACL_IPV6 0x20       /* an IPv6 packet; with neither, IP_PROTO/ports match both */
 #define TS_ACL_IP_SRC 0x40     /* (address & ip_src_mask) == ip_src; IPv4 in bytes 0..3 */
