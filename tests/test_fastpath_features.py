@@ -456,12 +456,29 @@ def test_802_1ad_and_802_1q_tagged_frame_at_the_mtu_crosses(sw):
 @pytest.mark.parametrize("data", [
     frame(BROADCAST, A, b"", ethertype=0x8100)[:H + 16],                       # no room for the tag
     tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=16, csum_offset=4),  # checksum starts in the tag
-])
+    # A second 802.1Q tag, which popping the first brings to the front: cut, or a checksum starts in it.
+    tagged(BROADCAST, A, 10, b"", ethertype=0x8100),
+    tagged(BROADCAST, A, 10, b"\x00\x14", ethertype=0x8100),
+    tagged(BROADCAST, A, 10, b"\x00\x14\x08", ethertype=0x8100),
+    tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=20,
+           csum_offset=4),
+], ids=["no room for the tag", "checksum in the tag", "second tag: no TCI", "second tag: no type",
+        "second tag: half a type", "checksum in the second tag"])
 def test_broken_tag_is_an_rx_error(sw, data):
-    Settings(sw.shared).port(0, pvid=0, trunk=[10]).publish()
+    # Port 1 would get the frame with its tag popped: never one whose front tag is broken.
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
     sw.send(0, data)
     assert received_all(sw) == [[], [], [], []]
     assert sw.counters(0)["rx_errors"] == 1
+
+
+def test_a_whole_second_tag_comes_to_the_front_when_the_first_is_popped(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
+    data = tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=22,
+                  csum_offset=4)
+    sw.send(0, data)
+    out = untag(data)
+    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 18) + out[H - 2:]]
 
 
 def test_static_entry_in_a_vlan_directs_only_that_vlan(sw):
@@ -820,16 +837,16 @@ def test_vlan_of_a_double_tagged_frame_is_its_outer_802_1q_tags(sw):
 def test_a_double_tagged_frame_cut_anywhere_is_judged_by_what_it_holds(sw, outer):
     # Cut in a tag, in the IP header or in TCP's ports: no IP rule matches
     # before the destination port is whole, and nothing counts as malformed
-    # but an 802.1Q frame too short for its first tag, as before.
+    # but an 802.1Q frame whose 802.1Q tags are cut (malformed_end).
     whole = l3(two_tags(outer, IP(src="198.18.0.1", dst="198.18.0.2") / TCP(dport=22)))
     dport_end = H + 14 + 8 + 20 + 4
+    malformed_end = H + 22 if outer == 0x8100 else H + 14
     Settings(sw.shared).port(1, trunk=[10, 20]).port(0, pvid=10, acl=[dict(ip_proto=6, dst_port=22)]).publish()
     for n in range(H + 14, len(whole) + 1):
         sw.send(0, whole[:n])
         forwarded = any(sw.received(p) for p in (1, 2, 3))
-        assert forwarded == (n < dport_end and not (outer == 0x8100 and n < H + 18)), n
-    errors = 4 if outer == 0x8100 else 0
-    assert sw.counters(0)["rx_errors"] == errors
+        assert forwarded == (malformed_end <= n < dport_end), n
+    assert sw.counters(0)["rx_errors"] == malformed_end - H - 14
     assert sw.shared.acl_hits(0) == [len(whole) + 1 - dport_end]
 
 

@@ -71,7 +71,9 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - NEEDS_CSUM with csum_start inside the Ethernet header (below 14), or
 #     csum_start + csum_offset + 2 beyond the Ethernet bytes;
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
-#     csum_start inside the MACs or the tag (below 18);
+#     csum_start inside the MACs or the tag (below 18); and if the type after
+#     that tag is 0x8100 too (a tag that a pop brings to the front), fewer
+#     than 22 bytes, or csum_start below 22;
 #   - a source MAC that is multicast or zero (the only fault of a frame an rx
 #     mirror still copies: fastpath.h, "Mirrors").
 # hdr_len is not judged.
@@ -112,9 +114,12 @@ def is_parsable(data) -> bool:
         return False
     if flags & VNET_F_NEEDS_CSUM and (csum_start < ETH_HLEN or csum_start + csum_offset + 2 > len(data) - VNET_LEN):
         return False
-    if eth_type(data) == ETH_P_8021Q and (len(data) - VNET_LEN < ETH_HLEN + VLAN_HLEN or (
-            flags & VNET_F_NEEDS_CSUM and csum_start < ETH_HLEN + VLAN_HLEN)):
-        return False
+    if eth_type(data) == ETH_P_8021Q:
+        end = ETH_HLEN + VLAN_HLEN
+        if len(data) - VNET_LEN >= end and int.from_bytes(data[VNET_LEN + end - 2:VNET_LEN + end], "big") == ETH_P_8021Q:
+            end += VLAN_HLEN
+        if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < end):
+            return False
     return True
 
 

@@ -824,20 +824,28 @@ static bool vnet_hdr_is_valid(struct frame *f)
 }
 
 /* An 802.1Q tag is whole, with an ethertype after it, and a checksum does
- * not start inside it (so the tag can be popped). */
+ * not start inside it (so the tag can be popped); and so is a second 802.1Q
+ * tag behind it, which a pop brings to the front (a frame cut in it went out
+ * of an access port as a frame with a broken tag). */
 static bool tag_is_whole(const struct frame *f)
 {
     struct vnet_hdr h;
     memcpy(&h, f->buf, sizeof h);
-    if (eth_len(f) < ETH_HLEN + VLAN_HLEN)
+    uint32_t end = ETH_HLEN + VLAN_HLEN;
+    if (eth_len(f) < end)
         return false;
-    return !(h.flags & VNET_F_NEEDS_CSUM) || h.csum_start >= ETH_HLEN + VLAN_HLEN;
+    if (be16(eth_hdr(f) + end - 2) == ETH_P_8021Q) {
+        end += VLAN_HLEN;
+        if (eth_len(f) < end)
+            return false;
+    }
+    return !(h.flags & VNET_F_NEEDS_CSUM) || h.csum_start >= end;
 }
 
 /* Malformed frames are counted as rx_errors and go no further: those we
  * cannot parse, and those from a source MAC no host may have.
  * A frame we can parse, and write out as it is: not a runt, not cut at our
- * buffer's end, a virtio-net header the kernel would take, a whole 802.1Q tag. */
+ * buffer's end, a virtio-net header the kernel would take, whole 802.1Q tags. */
 static bool is_parsable(struct frame *f)
 {
     if (f->len < TS_VNET_HDR_LEN + ETH_HLEN || f->len >= TS_FRAME_MAX)
