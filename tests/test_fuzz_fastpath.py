@@ -5,7 +5,8 @@ it changes them.
 
 Hypothesis builds frames -- virtio-net headers with every gso_type and flag,
 absurd hdr_len/csum_start/csum_offset/gso_size, runts, broken and priority
-802.1Q tags, IPv4/IPv6 headers with hostile lengths and extension chains,
+802.1Q tags, double (QinQ) tags, IPv4/IPv6 headers with hostile lengths and
+extension chains, behind no tag, one or two,
 64 KiB frames, frames longer than the fast path's buffer, and plain random
 bytes -- and port settings (access and trunk VLANs, isolation, a mirror,
 allow-only ACL rules, which make the worker parse L3 without changing where
@@ -210,13 +211,15 @@ def shift_header(data: bytearray, delta: int) -> None:
     VNET.pack_into(data, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 
-def tag_for(data: bytearray, vlan: int, out: PortConf, prio: int = 0) -> bool:
+def tag_for(data: bytearray, vlan: int, out: PortConf, prio: int, tagged: bool) -> bool:
     """fastpath.h: "a frame leaves untagged in the port's pvid and tagged
     otherwise"; the tag is pushed or popped in place, a priority tag gets the
     VID (PCP kept). A pushed tag carries `prio`, the PCP and DEI bits (as the
-    TCI's top byte) of the tag the frame came with. Edits data; False if a tag
-    was needed and did not fit."""
-    tagged = eth_type(data) == ETH_P_8021Q
+    TCI's top byte) of the tag the frame came with. `tagged`: the frame has
+    the switch's tag in front now (after a pop, a QinQ frame's second 802.1Q
+    tag is in front, and it is the frame's own). Edits data; False if a tag
+    was needed and did not fit (then data is as it was); else the frame has
+    the switch's tag in front if the port is not in the VLAN untagged."""
     want_tag = out.pvid != vlan
     mac_end = VNET_LEN + 12
     if want_tag == tagged:
@@ -297,7 +300,8 @@ class Model:
             self.fdb[key] = port
         for data, vlan in accepted:
             dst = bytes(data[VNET_LEN:VNET_LEN + 6])
-            prio = data[VNET_LEN + 14] & 0xF0 if eth_type(data) == ETH_P_8021Q else 0    # as it came
+            tagged = eth_type(data) == ETH_P_8021Q             # as it came, then as edited
+            prio = data[VNET_LEN + 14] & 0xF0 if tagged else 0
             to = None if dst[0] & 1 else self.fdb.get((dst, vlan))
             if is_link_local_group(dst):
                 c["rx_dropped"] += 1                # for the link, not relayed
@@ -306,11 +310,11 @@ class Model:
                            if p != port and self.up[p] and self.should_deliver(port, p, vlan)]
                 c["flooded" if reached else "rx_dropped"] += 1      # a flood to no port forwards nothing
                 for p in reached:                   # the frame is edited from port to port
-                    self.tx(p, data, vlan, prio)
+                    tagged = self.tx(p, data, vlan, prio, tagged)
             elif to == port:
                 c["rx_dropped"] += 1                # it is on the segment it came from
             elif self.up[to] and self.should_deliver(port, to, vlan):
-                self.tx(to, data, vlan, prio)
+                self.tx(to, data, vlan, prio, tagged)
             else:
                 c["rx_dropped"] += 1
         return self.out
@@ -318,12 +322,14 @@ class Model:
     def should_deliver(self, i: int, o: int, vlan: int) -> bool:
         return self.conf[o].in_vlan(vlan) and not (self.conf[i].isolated and self.conf[o].isolated)
 
-    def tx(self, p: int, data: bytearray, vlan: int, prio: int) -> None:
-        if not tag_for(data, vlan, self.conf[p], prio):
+    def tx(self, p: int, data: bytearray, vlan: int, prio: int, tagged: bool) -> bool:
+        """Send to port p in its form of the VLAN; returns whether the switch's tag is in front now."""
+        if not tag_for(data, vlan, self.conf[p], prio, tagged):
             self.counters[p]["tx_errors"] += 1
-            return
+            return tagged
         if self.xmit(p, data) and self.conf[p].mirror_tx:
             self.copy(data)                         # what was written, as written
+        return self.conf[p].pvid != vlan
 
     def xmit(self, p: int, data) -> bool:
         if not fits(self.mtu[p], data):
@@ -506,7 +512,8 @@ LENGTH_EDGES = [0, 1, 13, 14, 15, 17, 18, 19, 46, 60, 64, 1500, 1514, 1518, 1519
                 FRAME_MAX - VNET_LEN + 60]
 GSO_SIZES = sorted({m + d for m in MTUS for d in (-1, 0, 1)} | {1448, 0xFFFF})
 TCIS = [0, 1, 2, 3, 4094, 0xA000, 0xE002, 0x1003]   # VIDs of the test's VLANs, priority tags, PCP and DEI bits
-ETHERTYPES = [0x0800, 0x86DD, 0x0806, ETH_P_8021AD]
+ETHERTYPES = [0x0800, 0x86DD, 0x0806, ETH_P_8021AD, ETH_P_8021Q]
+INNER_TYPES = [0x0800, 0x86DD, ETH_P_8021Q]      # behind a second tag: a packet, or a third tag
 L2_MAX = FRAME_MAX - VNET_LEN - 1               # the longest Ethernet frame the worker accepts
 FRAME_CHOICES = 48                              # bytes drawn per frame
 
@@ -584,7 +591,11 @@ def decode_frame(data: bytes) -> bytes:
     eth = dst + src
     if tci is not None:
         eth += ETH_P_8021Q.to_bytes(2, "big") + tci.to_bytes(2, "big")
-    eth += ethertype.to_bytes(2, "big") + l3_payload(c)
+    eth += ethertype.to_bytes(2, "big")
+    if ethertype in (ETH_P_8021Q, ETH_P_8021AD) and not hostile():
+        # A tag's TCI and the type behind it (QinQ): the ACL reads the packet behind two tags.
+        eth += c.pick(TCIS).to_bytes(2, "big") + c.pick(INNER_TYPES).to_bytes(2, "big")
+    eth += l3_payload(c)
     if length > len(eth):
         eth += random.Random(c.below(1 << 24)).randbytes(length - len(eth))
     eth = eth[:length]
@@ -703,6 +714,31 @@ def test_lengths_around_the_buffer_with_a_tag_pushed_and_popped():
                            csum_start=min(eth_length - 2, 0xFFFF), hdr_len=0xFFFF - VLAN_HLEN)
         bursts += [(0, [data]), (1, [tagged_reply(data, 2)])]
     run([True, True], [65521, 65521], [access, trunk], None, bursts)
+
+
+def test_double_tagged_frames_cut_anywhere_under_rules_that_read_past_the_tags():
+    """QinQ frames (an 802.1ad or an 802.1Q tag, then an 802.1Q tag) of IPv4
+    and IPv6 TCP, cut at every length, from an access port and a trunk whose
+    allow rules read the ethertype and the IP header behind both tags."""
+    ipv4 = bytes.fromhex("45000028000100004006") + bytes(2) + bytes([198, 18, 0, 1, 198, 18, 0, 2])
+    ipv6 = (bytes.fromhex("6000000000200040") + bytes.fromhex("fd00" + "00" * 13 + "01")
+            + bytes.fromhex("fd00" + "00" * 13 + "02") + bytes([6, 0]) + bytes(6))    # hop-by-hop, then TCP
+    tcp = bytes.fromhex("9c400016") + bytes(8) + bytes([0x50, 0x02]) + bytes(6)
+    reads = (lib.TS_ACL_ETH_TYPE, lib.TS_ACL_IPV4 | lib.TS_ACL_IP_PROTO | lib.TS_ACL_DST_PORT,
+             lib.TS_ACL_IPV6 | lib.TS_ACL_IP_SRC | lib.TS_ACL_SRC_PORT)
+    acl = tuple((match, bytes(ACL_RULE)) for match in reads)
+    conf = [PortConf(pvid=2, acl=acl), PortConf(pvid=1, trunk=frozenset({2}), acl=acl), PortConf(pvid=2)]
+    bursts = []
+    for port in (0, 1):
+        frames = []
+        for outer in (ETH_P_8021AD, ETH_P_8021Q):
+            for ethertype, packet in ((0x0800, ipv4 + tcp), (0x86DD, ipv6 + tcp)):
+                eth = (HOSTS[2] + HOSTS[port] + outer.to_bytes(2, "big") + (2).to_bytes(2, "big")
+                       + ETH_P_8021Q.to_bytes(2, "big") + (200).to_bytes(2, "big")
+                       + ethertype.to_bytes(2, "big") + packet)
+                frames += [VNET.pack(0, 0, 0, 0, 0, 0) + eth[:n] for n in range(ETH_HLEN, len(eth) + 1)]
+        bursts += [(port, frames[i:i + BURST]) for i in range(0, len(frames), BURST)]
+    run([True] * 3, [1500] * 3, conf, None, bursts)
 
 
 def tagged_reply(data: bytes, vid: int) -> bytes:
