@@ -2,7 +2,7 @@
 
 import threading
 
-from tapswitch import config, fastpath
+from tapswitch import config, fastpath, settings
 from tapswitch.ports import Port
 from tapswitch.switch import Switch
 
@@ -37,5 +37,44 @@ def test_fdb_add_while_a_reload_rewrites_the_static_entries_waits_for_it(monkeyp
         racer[0].join()
         assert sw.cli_macs[("02:00:00:00:00:99", 1)] == "p0"
         assert ("02:00:00:00:00:99", 1, 0, 1) in {entry[:4] for entry in sw.shared.fdb_dump()}
+    finally:
+        sw.shared.close()
+
+
+def test_a_port_in_a_used_slot_counts_its_acl_hits_from_zero():
+    """Once every slot has been used, a port a reload adds takes one a removed port left: its
+    ACL hits start at 0, as its other counters do, also under the removed port's rules (they
+    started at its count), and whatever the removed port's rules had counted before a change."""
+    rule = "{{match: {{ip_proto: tcp, dst_port: {}}}, action: drop}}"
+    def ports_cfg(*ports):
+        return config.loads("switch: {name: s}\nports:\n" + "".join(f"  - {p}\n" for p in ports))
+    cfg = ports_cfg(f"{{name: p0, acl: [{rule.format(23)}]}}", "{name: p1}")
+    sw = Switch(cfg)
+    sw.shared = fastpath.Shared.create(1024, 2)
+    sw.ports = [Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0)
+                for i, c in enumerate(cfg.ports)]
+    try:
+        settings.apply(sw.shared, cfg, sw.ports)
+        sw.shared.ptr.acl_hits[1][0][0] = 5             # worker 1 counts p0's rule
+        cfg = ports_cfg(f"{{name: p0, acl: [{rule.format(22)}]}}", "{name: p1}")
+        for port in sw.ports:
+            port.cfg = cfg.ports[port.index]
+        settings.apply(sw.shared, cfg, sw.ports)        # a new rule: its hits start again
+        sw.shared.ptr.acl_hits[1][0][0] += 3
+        sw.shared.ptr.counters[1][0].rx_packets = 8
+        assert sw.shared.acl_hits(0) == [3]
+        # p0 goes and p2 comes, with p0's rules, in one reload (Switch.apply): p2 gets p0's slot.
+        cfg = ports_cfg("{name: p1}", f"{{name: p2, acl: [{rule.format(22)}]}}")
+        sw.slots_used = set(range(fastpath.lib.TS_MAX_PORTS))
+        kept = [sw.ports[1]]
+        index = sw._free_slot({p.index for p in kept})
+        assert index == 0
+        sw.ports = kept + [Port(index=index, cfg=cfg.ports[1], fds=[], mac="02:00:00:00:01:02", nspath=None,
+                                ifindex=0)]
+        settings.apply(sw.shared, cfg, sw.ports)
+        assert sw.shared.counters(0)["rx_packets"] == 0
+        assert sw.shared.acl_hits(0) == [0]
+        sw.shared.ptr.acl_hits[0][0][0] += 1
+        assert sw.shared.acl_hits(0) == [1]
     finally:
         sw.shared.close()

@@ -116,10 +116,15 @@ class Shared:
         port.state = state
 
     def reset_counters(self, index: int) -> None:
-        """Zero a port slot's counters before a new port takes it (no worker serves it then)."""
+        """Zero a port slot's counters, its ACL hits included, before a new port takes it (no
+        worker serves it then): the new port's count from 0, whatever its rules (the same
+        rules as the slot's last port's are no change of rules to settings.apply)."""
+        self._acl_base.pop(index, None)     # before the hits: a late reader never sees them negative
+        hits = ffi.sizeof("uint64_t") * lib.TS_MAX_ACL_RULES
         for w in range(lib.TS_MAX_WORKERS):
             ffi.memmove(ffi.addressof(self.ptr.counters[w][index]), bytes(ffi.sizeof("struct ts_counters")),
                         ffi.sizeof("struct ts_counters"))
+            ffi.memmove(self.ptr.acl_hits[w][index], bytes(hits), hits)
 
     def port_state(self, index: int) -> tuple[int, int]:
         """(state, mtu) of a port slot."""

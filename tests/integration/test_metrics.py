@@ -16,6 +16,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -435,6 +436,40 @@ def test_config_reloads_count_success_and_failure_from_zero(lab):
         f.write(good + "\nbogus_key: 1\n")       # unknown keys are errors
     sw.proc.send_signal(signal.SIGHUP)
     assert wait_until(reloads, lambda r: r[("failure",)] == 1) == {("success",): 1, ("failure",): 1}
+
+
+SLOTS_USED_UP = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "slots_used_up.py"))
+
+
+def test_a_port_in_a_removed_ports_slot_counts_its_acl_hits_from_zero(lab):
+    """Once 256 ports have come and gone, a port a reload adds takes a slot a removed port left.
+    Its counters start at 0, its ACL hits too, also when its rules are the removed port's: they
+    started at that port's count, a new series that had matched nothing showing 3 hits."""
+    nss = [quiet_namespace(lab, s) for s in "abc"]
+    acl = [{"match": {"ip_proto": "icmp"}, "action": "drop"}]
+    ports = [{"name": lab.name("pa"), "netns": nss[0], "ifname": "eth0", "addresses": ["198.18.21.1/24"], "acl": acl},
+             {"name": lab.name("pb"), "netns": nss[1], "ifname": "eth0", "addresses": ["198.18.21.2/24"]}]
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 2, "metrics": {"listen": listen}}, "ports": ports}
+    sw = lab.switch(cfg, wrapper=SLOTS_USED_UP)
+    exporter = Exporter(listen)
+    hits = lambda: exporter.values("tapswitch_acl_hits_total", ("port", "rule"))  # noqa: E731
+    assert not helpers.ping(nss[0], "198.18.21.2", count=3)
+    assert wait_until(hits, lambda h: h.get((ports[0]["name"], "0"), 0) >= 3)
+
+    new = {"name": lab.name("pc"), "netns": nss[2], "ifname": "eth0", "addresses": ["198.18.21.3/24"], "acl": acl}
+    lab.links.append(new["name"])
+    cfg["ports"] = [ports[1], new]
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {new['name']}, removed {ports[0]['name']}"
+    added = sw.events("port.added")[-1]
+    assert added["port"] == new["name"] and added["index"] == 0, added     # the removed port's slot
+    time.sleep(0.3)
+    assert hits() == {(new["name"], "0"): 0}
+    assert exporter.port_counters()[new["name"]]["rx_packets"] == 0
+    assert not helpers.ping(nss[2], "198.18.21.2", count=1)
+    assert wait_until(hits, lambda h: h[new["name"], "0"] >= 1) == {(new["name"], "0"): 1}
 
 
 # --- Start failures -------------------------------------------------------------
