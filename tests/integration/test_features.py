@@ -11,6 +11,9 @@ import sys
 import time
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from tests.integration import helpers
 
@@ -230,6 +233,31 @@ def test_icmp_drop_acl_stops_ping_but_not_arp(lab):
     assert json.loads(neigh)[0].get("lladdr") == helpers.link_mac(nss[1], "eth0")   # ARP crossed
     assert helpers.ping(nss[0], "fd00:13::2")                    # the rule is IPv4's ICMP only
     assert counters(sw)[ports[0]["name"]]["acl_dropped"] >= 2
+
+
+def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
+    """A host sends TCP SYNs to port 22 and to port 80 inside double tags (802.1ad then
+    802.1Q, and 802.1Q twice): the rule `tcp dst_port 22 drop` holds for the IPv4 and IPv6
+    packets behind both tags, as for untagged ones; the others cross (it had let all through)."""
+    nss = [quiet(lab, s) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], vlan=10, acl=[{"match": {"ip_proto": "tcp", "dst_port": 22}, "action": "drop"}]),
+             port(lab, "pb", nss[1], vlan=10)]
+    sw = switch(lab, ports)
+    a, b = ports[0]["name"], ports[1]["name"]
+    src, dst = helpers.link_mac(nss[0], "eth0"), helpers.link_mac(nss[1], "eth0")
+    packets = [IP(src="198.18.14.1", dst="198.18.14.2"), IPv6(src="fd00:14::1", dst="fd00:14::2")]
+    tags = [Dot1AD(vlan=100) / Dot1Q(vlan=200), Dot1Q(vlan=10) / Dot1Q(vlan=200)]
+    before = counters(sw)
+    for dport, sent in ((22, 0), (80, 5 * 4)):
+        for outer in tags:
+            for packet in packets:
+                frame = Ether(src=src, dst=dst) / outer / packet / TCP(sport=40000, dport=dport, flags="S")
+                helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", "--frame", bytes(frame).hex(), 5)
+        time.sleep(0.3)
+        after = counters(sw)
+        assert after[b]["tx_packets"] - before[b]["tx_packets"] == sent, (dport, after)
+    assert after[a]["acl_dropped"] - before[a]["acl_dropped"] == 5 * 4
+    assert after[a]["rx_errors"] == before[a]["rx_errors"]
 
 
 # Storm control.
