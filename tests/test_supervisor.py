@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 import structlog
@@ -34,6 +33,28 @@ def _worker(code: str, *args: str, stdout=None) -> supervisor.Worker:
     w = supervisor.Worker(0)
     w.proc, w.sock, w.pidfd = proc, ours, os.pidfd_open(proc.pid)
     return w
+
+
+# A stand-in for a worker's start: says it is set up and waits to be let go (b"G"), then exits 0;
+# or hangs before it says anything.
+SET_UP = "import os, sys; fd = int(sys.argv[1]); os.write(fd, b'R readwrite'); os.read(fd, 16)"
+HANGS = "import time; time.sleep(60)"
+
+
+def _pending(code: str) -> supervisor.Pending:
+    """A Pending (a worker process not let go yet) running code, as _launch makes them."""
+    w = _worker(code)
+    os.close(w.pidfd)
+    return supervisor.Pending(w.proc, w.sock)
+
+
+def _gone(pid: int) -> bool:
+    """Exited and reaped: no such process (not even a zombie) left."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _exited(w: supervisor.Worker) -> None:
@@ -170,10 +191,14 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch)
     assert len(tried_at) <= 9                          # in two minutes, not 120 times
     assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"][:3] == [1.0, 2.0, 4.0]
 
-    monkeypatch.setattr(supervisor.Supervisor, "revive", lambda self, w: setattr(w, "proc", types.SimpleNamespace(pid=1)) or True)
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
     now[0] = w.retry_at
     tick()
+    assert w.starting is not None and w.restarts == 0       # started, not waited for
+    assert select.select([w.starting.sock], [], [], 10)[0]
+    assert sup.ready(w)
     assert w.restarts == 1 and w.failed_starts == 0 and w.retry_at == 0.0
+    sup.stop()
 
 
 STOPPED = "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)"
@@ -235,3 +260,65 @@ def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loo
     assert 0.5 * supervisor.BACKOFF < sup.next_try() <= supervisor.BACKOFF
     time.sleep(sup.next_try())
     assert sup.down() == [w] and sup.next_try() == 0.0
+
+
+def test_a_restart_does_not_wait_for_the_new_process_and_one_that_hangs_starting_is_killed_in_time(monkeypatch):
+    """restart() waited for the new process to say it was set up, READY_TIMEOUT seconds a try and
+    SPAWN_TRIES tries: the control loop stood still 15 s for a worker that hung while starting
+    (0.1-0.2 s for any restart). It now returns at once, leaving the process in w.starting;
+    next_try() tells the control loop when it is late; start_timed_out() kills and reaps it and
+    tries again, and after SPAWN_TRIES the worker waits (the backoff) as before."""
+    monkeypatch.setattr(supervisor, "READY_TIMEOUT", 0.3)
+    launched = []
+
+    def launch(self, w):
+        launched.append(_pending(HANGS))
+        return launched[-1]
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", launch)
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+    with structlog.testing.capture_logs() as logs:
+        for attempt in range(1, supervisor.SPAWN_TRIES + 1):
+            t0 = time.monotonic()
+            if attempt == 1:
+                sup.restart(w)
+            else:
+                sup.start_timed_out(w)      # the last one killed, the next one started
+            assert time.monotonic() - t0 < 0.2 and w.starting is launched[-1]
+            assert w.pidfd == -1 and sup.down() == [] and sup.late() == []
+            assert 0 < sup.next_try() <= supervisor.READY_TIMEOUT
+            time.sleep(sup.next_try())
+            assert sup.late() == [w]
+        sup.start_timed_out(w)
+    assert w.starting is None and w.restarts == 0
+    assert all(p.proc.returncode == -signal.SIGKILL and _gone(p.proc.pid) for p in launched)
+    assert [(e["event"], e.get("attempt")) for e in logs] == \
+        [("worker.spawned", 1), ("worker.start_failed", 1), ("worker.spawned", 2), ("worker.start_failed", 2),
+         ("worker.spawned", 3), ("worker.start_failed", 3), ("worker.crashing", None)]
+    assert "not set up within 0.3 s" in logs[1]["error"]
+    assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"] == [supervisor.BACKOFF]
+    assert 0 < sup.next_try() <= supervisor.BACKOFF and w.failed_starts == 1
+
+
+def test_a_restart_under_way_is_killed_by_stop_and_replaced_by_a_reloads_worker(monkeypatch):
+    """A worker's restart's process that has not said it is set up is no worker yet: stop() kills
+    and reaps it too (it has not asked to die with the switch yet), and a reload's handover kills
+    it (it has the old ports) and lets the new process go in its place, counted as the restart."""
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(HANGS))
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+    sup.restart(w)
+    starting = w.starting.proc
+    sup.stop()
+    assert w.starting is None and starting.returncode == -signal.SIGKILL and _gone(starting.pid)
+
+    sup.restart(w)
+    starting = w.starting.proc
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    with structlog.testing.capture_logs() as logs:
+        sup.replace_ports({})
+    assert starting.returncode == -signal.SIGKILL and _gone(starting.pid)
+    assert w.starting is None and w.pidfd >= 0 and w.restarts == 1
+    assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["worker.restarted", "workers.replaced"]
+    w.proc.wait(timeout=10)             # let go (b"G"): it exits 0
+    sup.stop()

@@ -11,6 +11,14 @@ stuck) does not exit: its pidfd says nothing, and its queue waits for good.
 So each worker's heartbeat in shared memory (fastpath.h, "The watchdog") is
 read every tick, and a worker whose heartbeat has not moved for HUNG_AFTER
 seconds is killed (worker.hung): its exit then restarts it as any other.
+
+A restart does not wait for the new process: its interpreter takes a tenth of
+a second or more to start, and one stuck starting would hold the control
+loop READY_TIMEOUT seconds a try. The new process is the worker's start
+(Worker.starting), which the control loop watches as it watches the
+workers' exits: its ready socket says it is set up (ready), or its deadline
+passes (late); meanwhile reloads, link events, a stop and the control socket
+are served.
 """
 
 import os
@@ -76,6 +84,7 @@ class Worker:
         self.retry_at = 0.0             # monotonic: down() offers it again from then
         self.beat = 0                   # its heartbeat as last read (hung)
         self.beat_at = 0.0              # monotonic: when the heartbeat was last seen to move, or it was let go
+        self.starting: Pending | None = None    # its restart's process, not set up yet (no process meanwhile)
 
     def fileno(self) -> int:
         return self.pidfd
@@ -90,6 +99,8 @@ class Pending:
         self.sock = sock          # its ports go here; it says b"R" + its backend once set up, waits for b"G"
         self.backend: str | None = None
         self.registered = False
+        self.attempt = 1          # a restart's: which of its SPAWN_TRIES this is
+        self.deadline = 0.0       # a restart's, monotonic: killed if not set up by then (late)
 
 
 class Old:
@@ -142,30 +153,25 @@ class Supervisor:
         log.info("worker.backend", backend=",".join(sorted({w.backend or "?" for w in self.workers})),
                  registered_buffers=all(w.registered for w in self.workers))
 
-    def revive(self, w: Worker) -> bool:
-        """Start w again, trying a few times; False (logged) if it would not come up.
-        The switch goes on either way: the control loop tries again on its next tick."""
-        for attempt in range(1, SPAWN_TRIES + 1):
-            try:
-                p = self._launch(w)
-                self._await(w, p)
-            except (WorkerError, OSError) as e:
-                log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=str(e))
-                continue
-            self._go(w, p)
-            return True
-        return False
-
     def down(self) -> list[Worker]:
-        """Workers with no process (their start failed, or they are held back: exited) whose
-        next try is due: the control loop restarts them."""
+        """Workers with no process and none starting (their restart failed, or they are held
+        back: exited) whose next try is due: the control loop restarts them."""
         now = time.monotonic()
-        return [w for w in self.workers if w.pidfd < 0 and now >= w.retry_at]
+        return [w for w in self.workers if w.pidfd < 0 and w.starting is None and now >= w.retry_at]
+
+    def late(self) -> list[Worker]:
+        """Workers whose restart's process has not said it is set up by its deadline (and has
+        not said so since): the control loop calls start_timed_out for each."""
+        now = time.monotonic()
+        return [w for w in self.workers if w.starting is not None and now >= w.starting.deadline
+                and not readable([w.starting.sock], 0)]
 
     def next_try(self) -> float | None:
-        """Seconds until the first worker with no process is due (0: now), None if none waits:
-        the control loop waits no longer than that."""
-        due = [w.retry_at for w in self.workers if w.pidfd < 0]
+        """Seconds until the first worker with no process is due (0: now) -- to restart, or to
+        give up on its restart's process -- None if none waits: the control loop waits no
+        longer than that."""
+        due = [w.starting.deadline if w.starting is not None else w.retry_at
+               for w in self.workers if w.pidfd < 0]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _heartbeat(self, w: Worker) -> int:
@@ -237,9 +243,13 @@ class Supervisor:
 
     def _await(self, w: Worker, p: Pending) -> None:
         """Wait until p has set up; if it does not, stop it and raise WorkerError."""
-        ready = readable([p.sock], READY_TIMEOUT)
+        self._hear(w, p, bool(readable([p.sock], READY_TIMEOUT)))
+
+    def _hear(self, w: Worker, p: Pending, said_something: bool) -> None:
+        """Read what p said, once its socket is readable (`said_something`), or take its silence
+        as READY_TIMEOUT spent: if it did not say it is set up, stop it and raise WorkerError."""
         try:
-            said = p.sock.recv(64) if ready else b""   # b"R" + the worker's I/O backend [+ b" registered"]
+            said = p.sock.recv(64) if said_something else b""  # b"R" + the I/O backend [+ b" registered"]
         except OSError:
             said = b""          # ECONNRESET: it exited before reading its ports
         how = said[1:].decode(errors="replace").split()
@@ -247,7 +257,9 @@ class Supervisor:
         p.registered = "registered" in how[1:]
         if said[:1] != b"R":
             self._discard(w, p)
-            raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
+            if said_something:
+                raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
+            raise WorkerError(f"worker {w.queue} did not start (not set up within {READY_TIMEOUT:g} s, killed)")
 
     def _discard(self, w: Worker, p: Pending) -> None:
         """Stop and reap a worker process never let go."""
@@ -352,11 +364,13 @@ class Supervisor:
         process is in neither figure."""
         total = w.cpu_reaped
         for proc in (w.proc, w.retiring):
+            if proc is None or proc.returncode is not None:
+                continue        # reaped (its time is in cpu_reaped): its pid may be another's now
             try:
                 with open(f"/proc/{proc.pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / CLK_TCK     # utime, stime
-            except (OSError, AttributeError):
+            except OSError:
                 pass
         w.cpu_seen = max(w.cpu_seen, total)
         return w.cpu_seen
@@ -382,22 +396,74 @@ class Supervisor:
             return
         self.restart(w)
 
-    def restart(self, w: Worker) -> bool:
-        """Start w again after it died, counted in its restarts; False if it would not come up:
-        down() offers it again after a wait that doubles with each restart in a row that fails
-        (1 s, 2 s, ... RETRY_MAX), as a worker that keeps dying is held back, so that one that
-        cannot start (its module or the fast path broken, say) costs no 3 processes and 3 errors
-        a second for good."""
-        if not self.revive(w):
-            wait = min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
-            w.failed_starts += 1
-            w.retry_at = time.monotonic() + wait
-            log.error("worker.crashing", queue=w.queue, failed_starts=w.failed_starts, backoff=wait)
+    def restart(self, w: Worker, attempt: int = 1) -> None:
+        """Start w again after it died: a new process, w.starting, that the control loop watches
+        -- ready() once its socket is readable, start_timed_out() once it is late -- without
+        waiting for it here. A process that cannot even be made (fork refused) is tried again
+        at once, SPAWN_TRIES tries in all."""
+        while True:
+            try:
+                p = self._launch(w)
+            except OSError as e:
+                if not self._start_failed(w, attempt, str(e)):
+                    return
+                attempt += 1
+                continue
+            p.attempt, p.deadline = attempt, time.monotonic() + READY_TIMEOUT
+            w.starting = p
+            log.debug("worker.spawned", queue=w.queue, pid=p.proc.pid, attempt=attempt)
+            return
+
+    def ready(self, w: Worker) -> bool:
+        """Called when w's restart's socket is readable: its process says it is set up (let go,
+        counted in w's restarts: True) or it ended (another try, or w waits: False)."""
+        p, w.starting = w.starting, None
+        try:
+            self._hear(w, p, True)
+        except WorkerError as e:
+            if self._start_failed(w, p.attempt, str(e)):
+                self.restart(w, p.attempt + 1)
             return False
+        self._go(w, p)
+        self._restarted(w)
+        return True
+
+    def start_timed_out(self, w: Worker) -> None:
+        """w's restart's process was not set up within READY_TIMEOUT (late): kill it, and try
+        again, or let w wait."""
+        p, w.starting = w.starting, None
+        try:
+            self._hear(w, p, False)
+        except WorkerError as e:
+            if self._start_failed(w, p.attempt, str(e)):
+                self.restart(w, p.attempt + 1)
+
+    def _start_failed(self, w: Worker, attempt: int, error: str) -> bool:
+        """Try `attempt` of w's restart failed (logged): True if another try is due at once. After
+        SPAWN_TRIES, down() offers it again after a wait that doubles with each restart in a row
+        that fails (1 s, 2 s, ... RETRY_MAX), as a worker that keeps dying is held back, so that
+        one that cannot start (its module or the fast path broken, say) costs no 3 processes and
+        3 errors a second for good."""
+        log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=error)
+        if attempt < SPAWN_TRIES:
+            return True
+        wait = min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
+        w.failed_starts += 1
+        w.retry_at = time.monotonic() + wait
+        log.error("worker.crashing", queue=w.queue, failed_starts=w.failed_starts, backoff=wait)
+        return False
+
+    def _restarted(self, w: Worker) -> None:
+        """w, which had died, runs again: counted."""
         w.failed_starts, w.retry_at = 0, 0.0
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
-        return True
+
+    def _cancel_start(self, w: Worker) -> None:
+        """Kill and reap w's restart's process, if one is starting."""
+        p, w.starting = w.starting, None
+        if p is not None:
+            self._discard(w, p)
 
     def replace_ports(self, port_fds: dict[int, list[int]]) -> None:
         """Hand every worker a new set of ports (a port was added or removed).
@@ -409,10 +475,19 @@ class Supervisor:
         says it has drained; the old ones are reaped at the end. Meanwhile
         frames wait in that queue of each TAP (switch.queue_len frames deep),
         and the other queues flow.
+
+        A worker that had died (restarting, held back, or failing to start)
+        gets its new process here too: its restart's process, which has the
+        old ports, is killed, and the new one counts as its restart. One whose
+        new process does not come up is left with none, due at once: the
+        control loop restarts it.
         """
         self.port_fds = port_fds
         fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}
         retiring: list[tuple[Worker, Old]] = []
+        died = {w for w in self.workers if w.pidfd < 0}
+        for w in died:
+            self._cancel_start(w)
         try:
             for w in self.workers:
                 try:
@@ -434,8 +509,10 @@ class Supervisor:
                 if p is not None:
                     fresh[w] = None
                     self._go(w, p)
+                    if w in died:
+                        self._restarted(w)
                 else:
-                    self.revive(w)       # (more tries; if none comes up, the control loop's tick tries again)
+                    w.retry_at = 0.0     # down(): restarted as one that died, not waited for here
         finally:
             for w, old in retiring:
                 self._reap_old(w, old)
@@ -463,9 +540,10 @@ class Supervisor:
         w.pidfd, w.sock = -1, None
 
     def stop(self) -> None:
-        """Stop every worker, and those spawned for a start that never came."""
+        """Stop every worker, and those spawned for a start that never came or a restart under way."""
         for w, p in self.spawned:
             self._discard(w, p)
         self.spawned = []
         for w in self.workers:
+            self._cancel_start(w)
             self._stop(w)

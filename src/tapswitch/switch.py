@@ -6,10 +6,12 @@ reverse. A failed start logs switch.start_failed with its reason and
 undoes the same way, so it leaves no device, namespace or socket behind.
 
 The control loop waits on: signals (SIGTERM/SIGINT stop, SIGHUP reload),
-worker processes (restart the one that exited), link events (port up/down;
-a VXLAN port's underlay and its local address too), and a one-second tick
-for MAC table aging and the workers' watchdog (kill the one that hung; its
-exit restarts it).
+worker processes (restart the one that exited; a restarted one's new process
+says it is set up, and is let go), link events (port up/down; a VXLAN port's
+underlay and its local address too), and a one-second tick for MAC table
+aging and the workers' watchdog (kill the one that hung; its exit restarts
+it). It never waits for a worker's start but at the switch's start and in a
+reload.
 """
 
 import errno
@@ -32,7 +34,7 @@ from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, stop_ser
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.runstate import RunState
-from tapswitch.supervisor import Supervisor, WorkerError
+from tapswitch.supervisor import Supervisor, Worker, WorkerError
 from tapswitch.tap import TapError
 
 log = structlog.get_logger("tapswitch.switch")
@@ -112,6 +114,7 @@ class Switch:
         self.control: ControlServer | None = None
         self.metrics_server = None
         self.selector = selectors.DefaultSelector()
+        self.watched: dict[int, object] = {}    # queue -> what the selector watches of its worker (_watch)
         self.reloads = {"success": 0, "failure": 0}
         self.stopping = False
         self.reload_requested = False
@@ -220,12 +223,26 @@ class Switch:
 
     def _watch_workers(self, on: bool) -> None:
         for w in self.supervisor.workers:
-            if w.pidfd < 0:
-                continue             # not running: maintain_workers starts it again
             if on:
-                self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+                self._watch(w)
             else:
-                self.selector.unregister(w.pidfd)
+                self._unwatch(w)
+
+    def _watch(self, w: Worker) -> None:
+        """Watch w's process for its exit, or its restart's process for its word (ready); a
+        worker with neither waits for maintain_workers. Before the supervisor changes w's
+        processes, _unwatch: it closes what the selector watched."""
+        if w.pidfd >= 0:
+            self.watched[w.queue] = w.pidfd
+            self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+        elif w.starting is not None:
+            self.watched[w.queue] = w.starting.sock
+            self.selector.register(w.starting.sock, selectors.EVENT_READ, ("starting", w))
+
+    def _unwatch(self, w: Worker) -> None:
+        watched = self.watched.pop(w.queue, None)
+        if watched is not None:
+            self.selector.unregister(watched)
 
     def _start_services(self) -> None:
         """Control socket and metrics first: a clash there is found before any device is made."""
@@ -285,7 +302,7 @@ class Switch:
 
     def _wait(self) -> float:
         """Seconds the control loop may wait for events: a tick, or less if a worker held back
-        (or whose start failed) is due sooner."""
+        (or whose start failed) is due sooner, or a restart's process is late sooner."""
         due = self.supervisor.next_try()
         return TICK if due is None else min(TICK, due)
 
@@ -314,13 +331,15 @@ class Switch:
                     pass
             except BlockingIOError:
                 pass     # drained: the signal handlers have set their flags
-        elif kind == "worker":
+        elif kind in ("worker", "starting"):
             if self.stopping:
                 return       # the stop signal went to the whole group: stop() reaps it
-            self.selector.unregister(obj.pidfd)
-            self.supervisor.exited(obj)
-            if obj.pidfd >= 0:
-                self.selector.register(obj.pidfd, selectors.EVENT_READ, ("worker", obj))
+            self._unwatch(obj)
+            if kind == "worker":
+                self.supervisor.exited(obj)     # restarted: its new process is watched from here
+            else:
+                self.supervisor.ready(obj)      # set up and let go, or another try
+            self._watch(obj)
         elif kind == "link":
             for event in obj.read():
                 if isinstance(event, linkmon.AddressEvent):
@@ -492,13 +511,18 @@ class Switch:
                              port.effective_mtu)
 
     def maintain_workers(self) -> None:
-        """A worker that hung is killed (its exit restarts it); one whose start failed (killed
-        while starting, say) or held back (it keeps dying) gets another go once due."""
+        """A worker that hung is killed (its exit restarts it); a restart's process not set up
+        in time is killed (another try, or a wait); a worker whose restart failed or held back
+        (it keeps dying) gets another go once due."""
         for w in self.supervisor.hung():
             self.supervisor.kill_hung(w)
+        for w in self.supervisor.late():
+            self._unwatch(w)
+            self.supervisor.start_timed_out(w)
+            self._watch(w)
         for w in self.supervisor.down():
-            if self.supervisor.restart(w):
-                self.selector.register(w.pidfd, selectors.EVENT_READ, ("worker", w))
+            self.supervisor.restart(w)
+            self._watch(w)
 
     def maintain_ports(self) -> None:
         """Notice ports whose TAP went, which no link event says (or not so that it can be told

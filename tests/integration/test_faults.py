@@ -1,5 +1,5 @@
 """Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak;
-a worker that hangs, and one that keeps dying.
+a worker that hangs, one that keeps dying, and one that hangs or is slow while it restarts.
 
 Each drill runs real namespaces and a real switch through the `lab` fixture,
 which removes everything afterwards, whether the drill passed or not.
@@ -21,6 +21,7 @@ from tests.integration.prom import free_port
 HERE = os.path.dirname(__file__)
 FLOOD = os.path.join(HERE, "flood.py")
 SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
+WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def test_container_and_nic_flapping_100_times_affect_only_their_port_and_leak_no
 
 # --- Hung and crashing workers -------------------------------------------------------
 
-def two_hosts(lab, ping: bool = True) -> tuple:
+def two_hosts(lab, ping: bool = True, wrapper: tuple = ()) -> tuple:
     """A switch of one queue (one worker carries every frame) between two containers,
     198.18.9.1 and .2, whose kernels send nothing by themselves (no IPv6), with metrics;
     (switch, metrics address, namespaces). They ping each other first, unless `ping` is false
@@ -223,7 +224,7 @@ def two_hosts(lab, ping: bool = True) -> tuple:
     ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0",
               "addresses": [f"198.18.9.{i + 1}/24"]} for i, ns in enumerate(nss)]
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "metrics": {"listen": listen}},
-                     "ports": ports})
+                     "ports": ports}, wrapper=wrapper)
     assert not ping or helpers.ping(nss[0], "198.18.9.2", count=2)
     return sw, listen, nss
 
@@ -304,6 +305,114 @@ def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab
                      lambda: len(sw.events("worker.restarted")) > restarts, within=supervisor.BACKOFF + 5)
     assert metric(listen, "tapswitch_worker_restarts_total") == restarts + 1
     assert helpers.ping(a, "198.18.9.2", count=2)
+
+
+def slow_starts(lab, tmp_path, monkeypatch) -> tuple:
+    """two_hosts under tests/worker_start_hangs.py: (switch, metrics address, namespaces, the
+    file that, while it exists, makes each worker started wait as long as it says first)."""
+    start = tmp_path / "worker-start"
+    monkeypatch.setenv("TAPSWITCH_TEST_WORKER_START", str(start))
+    return *two_hosts(lab, wrapper=WORKER_START_HANGS), start
+
+
+def starting_pids(sw) -> list[int]:
+    """The switch's workers that wait (worker_start_hangs.py) in their start."""
+    out = helpers.sh("pgrep", "-P", sw.proc.pid, "-f", "worker_start_hangs.py --worker", check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def reload_answered_in(sw) -> float:
+    """Seconds `tapswitch reload` (which the control loop serves, not the socket's thread) took,
+    the config unchanged: ~0.01 s when the loop is free."""
+    t0 = time.monotonic()
+    assert control.request(sw.socket, "reload")["ok"]
+    return time.monotonic() - t0
+
+
+def test_a_worker_restarting_slowly_does_not_hold_up_the_control_loop(lab, tmp_path, monkeypatch):
+    """A restart waited in the control loop for the new worker to say it was set up: 0.1-0.2 s an
+    interpreter's start here, as long as it takes on a loaded machine, and no reload, link event
+    or stop was served meanwhile. The control loop now watches the new worker's start as it
+    watches the workers' exits: a reload asked while a worker takes 3 s to start is answered at
+    once, and the worker comes up after it, counted as a restart."""
+    sw, listen, (a, _b), start = slow_starts(lab, tmp_path, monkeypatch)
+    [pid] = sw.worker_pids()
+    start.write_text("3")
+    os.kill(pid, signal.SIGKILL)
+    [starting] = helpers.wait_for("the new worker's process", lambda: starting_pids(sw), within=5, every=0.01)
+    start.unlink()
+    took = reload_answered_in(sw)
+    print(f"reload answered in {took:.3f}s while the worker started")
+    assert took < 1.0, sw.log()
+    assert metric(listen, "tapswitch_worker_up") == 0 and not sw.events("worker.restarted")
+    [restarted] = helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=3 + 5)
+    assert restarted["pid"] == starting and restarted["restarts"] == 1
+    assert metric(listen, "tapswitch_worker_restarts_total") == 1
+    assert metric(listen, "tapswitch_worker_up") == 1
+    assert sw.events("worker.start_failed") == []
+    assert helpers.ping(a, "198.18.9.2", count=2)
+
+
+def test_a_worker_that_hangs_while_restarting_is_killed_in_time_and_the_control_loop_goes_on(
+        lab, tmp_path, monkeypatch):
+    """A restart's new worker that never says it is set up (stuck in its start) held the control
+    loop READY_TIMEOUT seconds a try, three tries: a reload was answered after 15 s. The reload
+    is now answered at once; the stuck process is killed once READY_TIMEOUT is spent
+    (worker.start_failed) and leaves nothing, and the next try comes up, counted as the restart."""
+    sw, listen, (a, _b), start = slow_starts(lab, tmp_path, monkeypatch)
+    try:
+        [pid] = sw.worker_pids()
+        start.write_text("hang")
+        os.kill(pid, signal.SIGKILL)
+        [stuck] = helpers.wait_for("the new worker's process", lambda: starting_pids(sw), within=5, every=0.01)
+        start.unlink()                  # the next try starts as any worker
+        t0 = time.monotonic()
+        took = reload_answered_in(sw)
+        ports_took = time.monotonic()
+        sw.cli("ports")
+        ports_took = time.monotonic() - ports_took
+        print(f"reload answered in {took:.3f}s, `tapswitch ports` in {ports_took:.3f}s, while the worker hung starting")
+        assert took < 1.0, sw.log()
+        assert os.path.exists(f"/proc/{stuck}")            # still starting meanwhile
+        [failed] = helpers.wait_for("the stuck start given up",
+                                    lambda: sw.events("worker.start_failed"), within=supervisor.READY_TIMEOUT + 5)
+        print(f"the stuck start given up after {time.monotonic() - t0:.1f}s")
+        assert (failed["attempt"], failed["level"]) == (1, "error")
+        assert f"not set up within {supervisor.READY_TIMEOUT:g} s" in failed["error"]
+        assert not os.path.exists(f"/proc/{stuck}")        # killed and reaped
+        [restarted] = helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=5)
+        assert restarted["restarts"] == 1 and restarted["pid"] != stuck
+        assert metric(listen, "tapswitch_worker_restarts_total") == 1
+        assert helpers.ping(a, "198.18.9.2", count=2)
+    finally:
+        for pid in starting_pids(sw):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stop_while_a_worker_restarts_is_prompt_and_leaves_no_process(lab, tmp_path, monkeypatch):
+    """SIGTERM while a restarted worker hangs in its start: the switch stops at once (it waited
+    for the start to be given up, 15 s), and kills the process starting, which has not yet asked
+    to die with the switch."""
+    sw, _listen, _nss, start = slow_starts(lab, tmp_path, monkeypatch)
+    stuck = []
+    try:
+        [pid] = sw.worker_pids()
+        start.write_text("hang")
+        os.kill(pid, signal.SIGKILL)
+        stuck = helpers.wait_for("the new worker's process", lambda: starting_pids(sw), within=5, every=0.01)
+        t0 = time.monotonic()
+        rc = sw.stop()
+        took = time.monotonic() - t0
+        print(f"stopped in {took:.3f}s while the worker hung starting")
+        assert rc == 0 and took < 2.0, sw.log()
+        assert helpers.processes_with_env(f"TAPSWITCH_TEST_WORKER_START={start}") == []
+        assert not os.path.exists(f"/proc/{stuck[0]}")
+    finally:
+        for pid in stuck + helpers.processes_with_env(f"TAPSWITCH_TEST_WORKER_START={start}"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # --- Soak ---------------------------------------------------------------------------

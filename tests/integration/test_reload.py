@@ -576,3 +576,51 @@ def test_a_worker_that_will_not_stop_is_killed_after_the_grace_and_the_reload_go
     assert len(new) == 2 and not set(new) & set(old)
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.40", count=10)
     assert not sw.events("worker.exited") and "Traceback" not in sw.log()
+
+
+WORKER_START_HANGS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "worker_start_hangs.py"))
+
+
+def test_a_reload_while_a_worker_restarts_gives_it_its_new_worker_and_leaves_no_process(lab, tmp_path, monkeypatch):
+    """A reload that adds a port hands every queue a new worker. A queue whose worker is restarting
+    (its new process hung in its start, here) gets one too, at once: the process starting, which
+    has the old ports, is killed, and the reload's worker, with the new ones, counts as the
+    restart. (The reload waited until the restart was given up: 5 s a try.)"""
+    start = tmp_path / "worker-start"
+    monkeypatch.setenv("TAPSWITCH_TEST_WORKER_START", str(start))
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg, wrapper=WORKER_START_HANGS)
+    stuck = []
+    try:
+        pid = sw.worker_pids()[0]
+        [queue] = [e["queue"] for e in sw.events("worker.started") if e["pid"] == pid]
+        start.write_text("hang")
+        os.kill(pid, signal.SIGKILL)
+        stuck = helpers.wait_for("the new worker's process", lambda: helpers.sh(
+            "pgrep", "-P", sw.proc.pid, "-f", "worker_start_hangs.py --worker", check=False).stdout.split(),
+            within=5, every=0.01)
+        start.unlink()                  # the reload's workers start as any
+        new_port = {"name": lab.name("p2"), "netns": lab.name("c2"), "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+        lab.namespaces.append(new_port["netns"])
+        lab.links.append(new_port["name"])
+        cfg["ports"].append(new_port)
+        rewrite(sw, cfg)
+        t0 = time.monotonic()
+        out = sw.cli("reload").stdout.strip()
+        took = time.monotonic() - t0
+        print(f"reload answered in {took:.3f}s while a worker hung restarting")
+        assert out == f"reloaded: added {new_port['name']}", sw.log()
+        assert took < 3.0, sw.log()
+        assert not os.path.exists(f"/proc/{stuck[0]}")        # killed and reaped
+        assert len(sw.worker_pids()) == 2
+        [restarted] = sw.events("worker.restarted")
+        assert restarted["queue"] == queue and restarted["restarts"] == 1
+        assert sw.events("worker.start_failed") == []
+        assert helpers.ping(new_port["netns"], "198.18.4.1", count=3)
+        assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    finally:
+        for pid in stuck:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
