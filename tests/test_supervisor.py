@@ -222,8 +222,9 @@ def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypa
         beats[0] += 1
         now[0] += 1.0
         assert sup.hung() == []
-    now[0] += supervisor.HUNG_AFTER - 1.0
-    assert sup.hung() == []
+    for _ in range(int(supervisor.HUNG_AFTER) - 1):     # standing still, watched every tick
+        now[0] += 1.0
+        assert sup.hung() == []
     now[0] += 1.0
     assert sup.hung() == [w]
     with structlog.testing.capture_logs() as logs:
@@ -234,6 +235,46 @@ def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypa
     assert sup.hung() == []                             # exited: its pidfd's to tell, not hung
     w.proc.wait()
     assert w.proc.returncode == -signal.SIGKILL
+    os.close(w.pidfd)
+    w.sock.close()
+
+
+def test_only_the_time_the_control_process_watched_counts_as_a_heartbeat_standing_still(monkeypatch):
+    """The control process and its workers stopped together (Ctrl-Z and fg, `systemctl freeze`
+    and thaw, a paused VM) resume in any order: the control loop, first, read heartbeats that had
+    not moved for as long as everything stood still, and killed every healthy worker as hung.
+    A look counts at most WATCHED_MAX of stand-still before it: longer, the control process was
+    stopped or busy, not watching. A worker that does hang is still found, later."""
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    beats = {0: 7}
+    sup = supervisor.Supervisor(-1, 1, heartbeat=beats.get)
+    w = _worker(STOPPED)
+    sup.workers[0] = w
+    w.beat, w.beat_at = sup._heartbeat(w), now[0]       # as _go does: let go now
+    for _ in range(3):                                  # idle: a turn a second
+        beats[0] += 1
+        now[0] += 1.0
+        assert sup.hung() == []
+    now[0] += 0.9                                       # all stopped, the worker's wait nearly over
+    now[0] += 60.0                                      # for a minute
+    assert sup.hung() == []                             # resumed: the control loop looks first
+    now[0] += 1.0
+    assert sup.hung() == []                             # the worker not yet run
+    beats[0] += 1                                       # its wait timed out: it turns
+    now[0] += 0.2
+    assert sup.hung() == []
+    # One that hangs is found all the same: at HUNG_AFTER watched every tick, and when the
+    # control loop looks only every 3 s (busy), after WATCHED_MAX of each gap has added up.
+    for step, looks in ((1.0, int(supervisor.HUNG_AFTER)), (3.0, 3)):
+        w.beat_at = now[0]
+        for _ in range(looks - 1):
+            now[0] += step
+            assert sup.hung() == []
+        now[0] += step
+        assert sup.hung() == [w]
+    w.proc.kill()
+    w.proc.wait()
     os.close(w.pidfd)
     w.sock.close()
 

@@ -46,6 +46,8 @@ RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a w
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed
                            # (it moves every turn, at least once a second: fastpath.h, TS_IDLE_WAIT_MS)
+WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
+                           # since the last look, the control process was stopped or busy, not watching
 
 
 def readable(fds: list, timeout: float) -> list:
@@ -122,6 +124,7 @@ class Supervisor:
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
         self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start
+        self.looked_at = 0.0            # monotonic: hung()'s last look at the heartbeats
 
     def spawn(self) -> None:
         """Start every worker's process now, before the ports exist; start hands them over."""
@@ -183,10 +186,16 @@ class Supervisor:
         heartbeats it sees move.
         A worker forwarding flat out turns every burst, an idle one every TS_IDLE_WAIT_MS, one
         still starting has HUNG_AFTER from being let go (_go); one that has exited is left to
-        its pidfd (exited)."""
+        its pidfd (exited).
+        Only the time watched counts: a look counts WATCHED_MAX at most of the time since the
+        last one (or since the worker was let go). The control process stopped with its workers
+        (Ctrl-Z, `systemctl freeze`, a paused VM) may run first when they resume, and find their
+        heartbeats as old as the stop; a reload or restart that kept it busy for seconds, the
+        same if a worker had no CPU meanwhile. A worker that does hang then is found later."""
         if self.heartbeat is None:
             return []
         now = time.monotonic()
+        since, self.looked_at = self.looked_at, now
         found = []
         for w in self.workers:
             if w.pidfd < 0:
@@ -194,7 +203,9 @@ class Supervisor:
             beat = self.heartbeat(w.queue)
             if beat != w.beat:
                 w.beat, w.beat_at = beat, now
-            elif now - w.beat_at >= HUNG_AFTER and not readable([w.pidfd], 0):
+                continue
+            w.beat_at += max(0.0, now - max(since, w.beat_at) - WATCHED_MAX)     # not watched
+            if now - w.beat_at >= HUNG_AFTER and not readable([w.pidfd], 0):
                 found.append(w)
         return found
 

@@ -276,6 +276,31 @@ def test_an_idle_or_a_busy_worker_is_not_taken_for_hung(lab):
     assert metric(listen, "tapswitch_worker_restarts_total") == 0
 
 
+def test_workers_stopped_with_the_control_process_are_not_taken_for_hung_when_it_resumes_first(lab):
+    """Ctrl-Z and fg, `systemctl freeze` and thaw, a paused VM: the control process and its
+    workers stand still together, and resume in any order. The control loop, first, read
+    heartbeats that had not moved for as long as the stop, and killed every worker as hung.
+    It counts only the time it watched. Here the workers stop a moment before it (it has seen
+    their last turn), and resume a moment after it."""
+    sw, listen, (a, _b) = two_hosts(lab)
+    pids = sw.worker_pids()
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.1)                                     # a look, past their last turn
+        os.kill(sw.proc.pid, signal.SIGSTOP)
+        time.sleep(supervisor.HUNG_AFTER + 2)
+        os.kill(sw.proc.pid, signal.SIGCONT)
+        time.sleep(0.3)                                     # it looks: their heartbeats as old as the stop
+    finally:
+        os.killpg(sw.proc.pid, signal.SIGCONT)
+    time.sleep(supervisor.HUNG_AFTER + 1)                   # the watchdog has had its chance
+    assert sw.events("worker.hung") == [] and sw.events("worker.exited") == []
+    assert sw.worker_pids() == pids
+    assert metric(listen, "tapswitch_worker_restarts_total") == 0
+    assert helpers.ping(a, "198.18.9.2", count=2)
+
+
 def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab):
     """A worker that keeps dying is held back a second before its restart (worker.crashing).
     The control loop slept that second, then restarted it, and only then served the reload
