@@ -133,7 +133,7 @@ class FakeIPR:
         return []
 
     def get_addr(self, family):
-        return [FakeMsg(index=2, IFA_ADDRESS="198.19.0.1" if family == 2 else "fd00::1")]
+        return [FakeMsg(index=2, flags=0, IFA_ADDRESS="198.19.0.1" if family == 2 else "fd00::1")]
 
     def fdb(self, cmd, **kw):
         self.calls.append(("fdb", cmd, kw.get("lladdr"), kw.get("dst")))
@@ -160,7 +160,8 @@ def test_a_remote_host_that_is_this_one_is_refused():
     """By another of its addresses than local (the config sees only local): the tunnel sent
     there came back on the VXLAN port, and the switch learned its own ports' MACs there."""
     ipr = FakeIPR()
-    ipr.get_addr = lambda family: [FakeMsg(index=2, IFA_ADDRESS="198.19.0.1"), FakeMsg(index=1, IFA_ADDRESS="198.19.0.101")]
+    ipr.get_addr = lambda family: [FakeMsg(index=2, flags=0, IFA_ADDRESS="198.19.0.1"),
+                                  FakeMsg(index=1, flags=0, IFA_ADDRESS="198.19.0.101")]
     with pytest.raises(VxlanError, match=r"remote 198.19.0.101 is this host's \(a device here holds it\)"):
         vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2", "198.19.0.101"]).carried_mtu()
     assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).carried_mtu() == 1450
@@ -244,6 +245,36 @@ def test_the_tunnel_asks_the_kernel_for_its_underlays_state():
     del ipr.links["u0"]
     assert t.underlay_fault() == "underlay device u0 is gone"
     assert t.underlay_index is None and t.underlies(9, "u0") and not t.underlies(9, "u1")   # dev back, anew
+
+
+def test_a_local_address_duplicate_address_detection_has_not_cleared_carries_nothing():
+    """An IPv6 address is tentative for a second or more after it is added (duplicate address
+    detection), and for good if that fails: the kernel sends nothing from it, and the port
+    stayed up (forwarding into the tunnel) as long as a device held it."""
+    assert vxlan.underlay_fault("fd00::1", "u0", True, True, dad="tentative") == \
+        "the local address fd00::1 is tentative (duplicate address detection under way)"
+    assert vxlan.underlay_fault("fd00::1", "u0", True, True, dad="failed") == \
+        "the local address fd00::1 is another host's too (duplicate address detection failed)"
+    assert vxlan.underlay_fault("fd00::1", "u0", False, True, dad="tentative") == "underlay device u0 is down"
+    assert vxlan.dad_state(0) is None
+    assert vxlan.dad_state(vxlan.IFA_F_TENTATIVE | vxlan.IFA_F_OPTIMISTIC) is None    # optimistic: usable
+    assert vxlan.dad_state(vxlan.IFA_F_TENTATIVE) == "tentative"
+    assert vxlan.dad_state(vxlan.IFA_F_TENTATIVE | vxlan.IFA_F_DADFAILED) == "failed"
+
+
+def test_the_tunnel_reads_its_local_address_flags():
+    ipr = FakeIPR()
+    flags = {"IFA_FLAGS": None, "flags": vxlan.IFA_F_TENTATIVE}
+    ipr.get_addr = lambda family: [FakeMsg(index=2, IFA_ADDRESS="fd00::1", **flags)]
+    t = vxlan.Tunnel(ipr, "vx0", 1, "fd00::1")
+    assert t.underlay_fault() == "the local address fd00::1 is tentative (duplicate address detection under way)"
+    assert t.underlay_index == 2            # the device holding it all the same: its events count
+    flags.update(IFA_FLAGS=vxlan.IFA_F_TENTATIVE | vxlan.IFA_F_DADFAILED)     # the 32-bit attribute, first
+    assert t.underlay_fault().endswith("(duplicate address detection failed)")
+    flags.update(IFA_FLAGS=0, flags=0)
+    assert t.underlay_fault() is None
+    flags.update(IFA_FLAGS=None, flags=vxlan.IFA_F_TENTATIVE)
+    assert t.underlay() == ("u0", 1500)     # a tunnel is still made over a tentative local (its port waits, down)
 
 
 # --- Config -------------------------------------------------------------------

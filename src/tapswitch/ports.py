@@ -62,6 +62,7 @@ class Port:
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
     underlay_up: bool = True   # a VXLAN port: its tunnel can carry (vxlan.underlay_fault says nothing)
+    underlay_fault: str | None = None    # else why not, as last logged (vxlan.underlay_down)
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone

@@ -394,11 +394,11 @@ class Switch:
         except (OSError, NetlinkError) as e:
             log.error("vxlan.underlay_unknown", port=port.name, error=str(e))     # the next event asks again
             return
-        if fault is not None and port.underlay_up:
+        if fault is not None and fault != port.underlay_fault:      # down, or down for another reason now
             log.warning("vxlan.underlay_down", port=port.name, dev=port.tunnel.name, reason=fault)
         elif fault is None and not port.underlay_up:
             log.info("vxlan.underlay_up", port=port.name, dev=port.tunnel.name)
-        port.underlay_up = fault is None
+        port.underlay_up, port.underlay_fault = fault is None, fault
 
     def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows

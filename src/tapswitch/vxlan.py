@@ -37,8 +37,9 @@ An underlay that goes down, or loses `local`, leaves the VXLAN device up
 with carrier: the kernel takes every frame and sends none (no route, or no
 source address). So the port follows its underlay itself: it is down while
 `underlay_fault` says why the tunnel cannot carry (the underlay device,
-`dev` or the one holding `local`, down or gone; `local` no device's), and up
-again when it can (Switch.underlay_changed, on the link monitor's events).
+`dev` or the one holding `local`, down or gone; `local` no device's, or an
+IPv6 one that duplicate address detection has not cleared), and up again when
+it can (Switch.underlay_changed, on the link monitor's events).
 
 The decisions are pure functions (`device_name`, `overhead`,
 `carried_mtu`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
@@ -60,6 +61,7 @@ from tapswitch.linkmon import link_up
 
 log = structlog.get_logger("tapswitch.vxlan")
 
+IFA_F_DADFAILED, IFA_F_OPTIMISTIC, IFA_F_TENTATIVE = 0x08, 0x04, 0x40     # linux/if_addr.h
 SUFFIX = "-vx"               # device_name(): the port's name and this, when it fits
 IFNAMSIZ = 15                # bytes in an interface name, without the NUL
 ALL_ZEROS = "00:00:00:00:00:00"
@@ -166,17 +168,35 @@ def remotes_diff(current: Iterable, wanted: Iterable) -> tuple[list[str], list[s
     return [r for r in cur if r not in new], [r for r in new if r not in cur]
 
 
-def underlay_fault(local: str, underlay: str | None, up: bool | None, held: bool) -> str | None:
+def dad_state(flags: int) -> str | None:
+    """What an address's flags (IFA_FLAGS) say of IPv6 duplicate address detection, if they say
+    the host cannot send from it: "tentative" (under way: a second or more after the address
+    is added, or its device comes up) or "failed" (another host has it: for good). An
+    optimistic address (optimistic_dad), tentative too, is usable meanwhile."""
+    if flags & IFA_F_DADFAILED:
+        return "failed"
+    if flags & IFA_F_TENTATIVE and not flags & IFA_F_OPTIMISTIC:
+        return "tentative"
+    return None
+
+
+def underlay_fault(local: str, underlay: str | None, up: bool | None, held: bool,
+                   dad: str | None = None) -> str | None:
     """Why a tunnel from `local` cannot carry now, or None when it can. `underlay`: the underlay
     device's name (`dev`, else the device holding `local`; None: neither); `up`: it is up with
-    carrier (None: it is gone); `held`: a device of this host holds `local`. What the device
-    says comes first: an IPv6 underlay that goes down loses its addresses with it."""
+    carrier (None: it is gone); `held`: a device of this host holds `local`; `dad`: local's
+    dad_state. What the device says comes first: an IPv6 underlay that goes down loses its
+    addresses with it."""
     if underlay is not None and up is None:
         return f"underlay device {underlay} is gone"
     if underlay is not None and not up:
         return f"underlay device {underlay} is down"
     if not held:
         return f"no device holds the local address {local}"
+    if dad == "tentative":
+        return f"the local address {local} is tentative (duplicate address detection under way)"
+    if dad == "failed":
+        return f"the local address {local} is another host's too (duplicate address detection failed)"
     return None
 
 
@@ -207,12 +227,20 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
     return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
 
 
-def _held(ipr, local: str) -> dict[str, int]:
-    """This host's addresses of `local`'s family, each with the index of the device that holds it."""
+def _addresses(ipr, local: str) -> dict[str, tuple[int, int]]:
+    """This host's addresses of `local`'s family, each with the index of the device that holds
+    it and its flags (IFA_FLAGS, else the message's 8 bits)."""
     held = {}
     for a in ipr.get_addr(family=2 if family(local) == 4 else 10):
-        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))), a["index"])
+        flags = a.get_attr("IFA_FLAGS")
+        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))),
+                        (a["index"], a["flags"] if flags is None else flags))
     return held
+
+
+def _held(ipr, local: str) -> dict[str, int]:
+    """This host's addresses of `local`'s family, each with the index of the device that holds it."""
+    return {address: index for address, (index, _flags) in _addresses(ipr, local).items()}
 
 
 def is_left(ipr, index: int) -> bool:
@@ -255,7 +283,7 @@ class Tunnel:
     def underlay_fault(self) -> str | None:
         """Why the tunnel cannot carry now (see the function of that name), or None, as the kernel
         says now. Notes the underlay device's ifindex: its link events are the tunnel's (underlies)."""
-        holder = _held(self.ipr, self.local).get(self.local)
+        holder, flags = _addresses(self.ipr, self.local).get(self.local, (None, 0))
         if self.dev is not None:
             index = next(iter(self.ipr.link_lookup(ifname=self.dev)), None)
         else:
@@ -272,7 +300,7 @@ class Tunnel:
                     holder = None
             else:                            # (else it went since: dev is gone)
                 name, up = link.get_attr("IFLA_IFNAME"), link_up(link["flags"])
-        return underlay_fault(self.local, name, up, holder is not None)
+        return underlay_fault(self.local, name, up, holder is not None, dad_state(flags))
 
     def underlies(self, ifindex: int, ifname: str | None) -> bool:
         """Is the device of this link event (in the switch's namespace) the tunnel's underlay,

@@ -544,3 +544,41 @@ def test_a_vxlan_port_a_reload_makes_again_while_its_underlay_is_down_stays_down
     helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "up")
     helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
     assert sw.stop() == 0
+
+
+def test_a_vxlan_port_waits_for_its_ipv6_local_address_to_clear_duplicate_address_detection(lab):
+    """An IPv6 address added is tentative for a while (duplicate address detection), and for
+    good if another host has it: the kernel sends nothing from it. The port came up as soon as
+    a device held local, and forwarded into a tunnel that carried nothing meanwhile."""
+    site = Site(lab, 6)
+    sw = site.start(1)
+    site.start(2)
+    vx, h1 = site.vx(1), site.hosts[1]
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    helpers.nsexec(h1, "sysctl", "-qw", "net.ipv6.conf.u0.dad_transmits=3")      # 3 s of it
+    helpers.nsexec(h1, "ip", "addr", "del", "fd00:f::1/64", "dev", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+
+    helpers.nsexec(h1, "ip", "addr", "add", "fd00:f::1/64", "dev", "u0")         # with DAD
+    added = time.monotonic()
+    time.sleep(1)
+    assert "tentative" in helpers.nsexec(h1, "ip", "-6", "addr", "show", "dev", "u0").stdout
+    assert port_states(sw)[vx] == "down"
+    assert sw.events("vxlan.underlay_down")[-1]["reason"] == \
+        "the local address fd00:f::1 is tentative (duplicate address detection under way)"
+    helpers.wait_for("the VXLAN port up once DAD is done", lambda: port_states(sw)[vx] == "up", within=10)
+    assert time.monotonic() - added >= 2
+    assert "tentative" not in helpers.nsexec(h1, "ip", "-6", "addr", "show", "dev", "u0").stdout
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+
+    # Another host has it: DAD fails, and the port stays down.
+    helpers.nsexec(h1, "ip", "addr", "del", "fd00:f::1/64", "dev", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    helpers.nsexec(site.hosts[3], "ip", "addr", "add", "fd00:f::1/64", "dev", "u0", "nodad")
+    helpers.nsexec(h1, "ip", "addr", "add", "fd00:f::1/64", "dev", "u0")
+    helpers.wait_for("DAD failed", lambda: "dadfailed" in helpers.nsexec(h1, "ip", "-6", "addr", "show", "dev", "u0").stdout,
+                     within=10)
+    time.sleep(0.5)
+    assert port_states(sw)[vx] == "down"
+    assert sw.events("vxlan.underlay_down")[-1]["reason"].endswith("(duplicate address detection failed)")
+    assert sw.stop() == 0
