@@ -211,6 +211,15 @@ def test_the_local_address_must_be_this_hosts_also_with_dev():
         vxlan.Tunnel(FakeIPR(), "vx0", 1, "198.19.0.9", dev="u0").underlay()
 
 
+def test_a_point_to_point_address_is_the_hosts_by_ifa_local_not_its_peers():
+    """`ip addr add 198.19.0.1 peer 198.19.0.2/32`: IFA_LOCAL is this host's, IFA_ADDRESS the peer's."""
+    ipr = FakeIPR()
+    ipr.get_addr = lambda family: [FakeMsg(index=2, flags=0, IFA_LOCAL="198.19.0.1", IFA_ADDRESS="198.19.0.2")]
+    t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"])     # the peer: the other host
+    assert t.underlay() == ("u0", 1500)
+    assert t.underlay_fault() is None
+
+
 # --- The underlay's state -------------------------------------------------------
 
 

@@ -229,11 +229,13 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
 
 def _addresses(ipr, local: str) -> dict[str, tuple[int, int]]:
     """This host's addresses of `local`'s family, each with the index of the device that holds
-    it and its flags (IFA_FLAGS, else the message's 8 bits)."""
+    it and its flags (IFA_FLAGS, else the message's 8 bits). IFA_LOCAL, else IFA_ADDRESS:
+    a point-to-point address (`ip addr add A peer B`) has the host's A in IFA_LOCAL and
+    the peer's B in IFA_ADDRESS."""
     held = {}
     for a in ipr.get_addr(family=2 if family(local) == 4 else 10):
         flags = a.get_attr("IFA_FLAGS")
-        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))),
+        held.setdefault(str(ipaddress.ip_address(a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))),
                         (a["index"], a["flags"] if flags is None else flags))
     return held
 

@@ -582,3 +582,25 @@ def test_a_vxlan_port_waits_for_its_ipv6_local_address_to_clear_duplicate_addres
     assert port_states(sw)[vx] == "down"
     assert sw.events("vxlan.underlay_down")[-1]["reason"].endswith("(duplicate address detection failed)")
     assert sw.stop() == 0
+
+
+def test_a_vxlan_port_runs_over_a_point_to_point_underlay_address(lab):
+    """`ip addr add A peer B` (a point-to-point underlay: a wireguard or PPP link, say) puts the
+    host's A in IFA_LOCAL and the peer's B in IFA_ADDRESS. The switch read IFA_ADDRESS only: it
+    refused to start ("no device holds the local address A"), and would have refused B, the
+    natural remote, as this host's own."""
+    site = Site(lab, 4)
+    for h, peer in ((1, 2), (2, 1)):
+        helpers.nsexec(site.hosts[h], "ip", "addr", "flush", "dev", "u0")
+        helpers.nsexec(site.hosts[h], "ip", "addr", "add", f"198.19.0.{h}", "peer", f"198.19.0.{peer}/32", "dev", "u0")
+        cfg = site.config(h)
+        cfg["ports"][2]["vxlan"]["remotes"] = [f"198.19.0.{peer}"]
+        site.start(h, cfg)
+    assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+    sw, vx = site.switches[1], site.vx(1)
+    helpers.nsexec(site.hosts[1], "ip", "addr", "del", "198.19.0.1", "peer", "198.19.0.2/32", "dev", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    helpers.nsexec(site.hosts[1], "ip", "addr", "add", "198.19.0.1", "peer", "198.19.0.2/32", "dev", "u0")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert sw.stop() == 0
