@@ -22,6 +22,7 @@ import selectors
 import signal
 import socket
 import threading
+import time
 from concurrent import futures
 
 import structlog
@@ -39,7 +40,7 @@ from tapswitch.tap import TapError
 
 log = structlog.get_logger("tapswitch.switch")
 
-TICK = 1.0                 # seconds between MAC table maintenance steps
+TICK = 1.0                 # seconds between the control loop's maintenance steps (MAC aging, ports, tunnels)
 AGING_STEPS = 4            # a full aging pass takes this many ticks
 FULL_LOG_INTERVAL = 60.0   # seconds between fdb.full warnings
 CAP_KILL, CAP_NET_ADMIN = 5, 12
@@ -120,6 +121,7 @@ class Switch:
         self.reload_requested = False
         self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
         self.aging_cursor = 0
+        self.tick_at = 0.0           # monotonic: when the control loop's next tick is due (run)
         self.static_macs: dict[tuple[str, int], str] = {}    # (mac, vlan) -> port: from the config
         self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
         # Both are changed by `fdb add`/`del`, in the control socket's threads, and by a reload.
@@ -290,10 +292,15 @@ class Switch:
                     for waiter in waiters:
                         waiter.set_result(outcome)
                 self.maintain_workers()
-                self.maintain_ports()
-                self.maintain_tunnels()
-                self.maintain_fdb()
-                self.feed_shared_remotes()
+                now = time.monotonic()
+                if now >= self.tick_at:
+                    # Once a tick, however many events woke the loop: an aging step and the
+                    # shared remotes' table dump each pass cost a sweep of the MAC table.
+                    self.tick_at = now + TICK
+                    self.maintain_ports()
+                    self.maintain_tunnels()
+                    self.maintain_fdb()
+                    self.feed_shared_remotes()
         finally:
             signal.set_wakeup_fd(-1)
             self.selector.unregister(wake_r)
@@ -301,10 +308,11 @@ class Switch:
             wake_w.close()
 
     def _wait(self) -> float:
-        """Seconds the control loop may wait for events: a tick, or less if a worker held back
-        (or whose start failed) is due sooner, or a restart's process is late sooner."""
+        """Seconds the control loop may wait for events: until the next tick, or less if a worker
+        held back (or whose start failed) is due sooner, or a restart's process is late sooner."""
         due = self.supervisor.next_try()
-        return TICK if due is None else min(TICK, due)
+        tick = max(0.0, self.tick_at - time.monotonic())
+        return tick if due is None else min(tick, due)
 
     def _on_stop(self, signum, frame) -> None:
         self.stopping = True

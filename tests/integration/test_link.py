@@ -1,9 +1,12 @@
 """Link state: a port follows its TAP; a down port is not flooded to and its MACs are forgotten."""
 
+import os
+import sys
 import time
 
 import pytest
 
+from tapswitch import switch as switch_mod
 from tests.integration import helpers
 
 
@@ -205,3 +208,29 @@ def test_tx_dropped_reads_each_links_counter_in_its_namespace_in_batches(lab):
     got = linkmon.tx_dropped(links[:20] + [missing, lo] + links[20:])
     assert sorted(n for link, n in expected.items() if n and link != lo) == [3, 16, 29, 42]   # not all zeros
     assert got == expected
+
+
+LOG_TICKS = (sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "log_ticks.py"))
+
+
+def test_link_events_do_not_speed_up_the_control_loops_maintenance(lab):
+    """The control loop wakes for every link event of every namespace it hears, but ages the MAC
+    table (and dumps it for shared-mode remotes, and looks for lost ports) once a tick, not once
+    a wake-up: a host whose containers' links churn must not cost the switch a sweep an event."""
+    nss, ports = three_containers(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports[:2]}, wrapper=LOG_TICKS)
+    assert helpers.ping(nss[0], "198.18.2.2")
+    a, b = lab.name("ca"), lab.name("cb")
+    helpers.nsexec(nss[0], "ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    before = len(sw.events("test.aging_step"))
+    start = time.monotonic()
+    flips = 0
+    while time.monotonic() - start < 3.0:          # a few hundred link events in 3 s
+        helpers.nsexec(nss[0], "ip", "link", "set", a, "up" if flips % 2 == 0 else "down")
+        flips += 1
+    took = time.monotonic() - start
+    steps = len(sw.events("test.aging_step")) - before
+    assert flips >= 30
+    assert steps <= took / switch_mod.TICK + 2, f"{steps} aging steps in {took:.1f} s for {flips} link flips"
+    assert steps >= 1          # and the ticks go on meanwhile
+    assert sw.stop() == 0
