@@ -796,6 +796,15 @@ def test_a_monitor_port_may_write_out_the_defaults_that_ask_for_nothing():
     assert (m.isolated, m.acl, m.vlan, m.trunk, m.mac_limit, m.storm_control) == (False, [], None, None, None, None)
 
 
+@pytest.mark.parametrize("storm", ["{}", "{broadcast_pps: null}"])
+def test_a_monitor_port_may_write_storm_control_with_no_limit(storm):
+    """storm_control with every limit unset asks for nothing, as storm_control: null does; with
+    the rest of the config wrong too (the check over the YAML's own dicts), the same."""
+    assert loads(monitored(f"storm_control: {storm}")).ports[2].storm_control is not None
+    text = monitored(f"storm_control: {storm}").replace("{name: a, vlan: 10}", "{name: a, vlan: 10, mtu: big}")
+    assert errors_of(text) == ["t.yaml:4: ports[0].mtu: expected an integer, got string"]
+
+
 @pytest.mark.parametrize("settings", [
     'netns: ids, ifname: eth1, addresses: [198.18.0.9/24, "fd00::9/64"], mac: "02:00:00:00:00:09", mtu: 9000, speed: 1000',
     "remote: eth9, remote_mode: local, allmulti: true, mtu: 1500",

@@ -947,20 +947,28 @@ def _monitors(mirrors: list[Mirror]) -> dict[str, int]:
     return first
 
 
+def _asks_nothing(value: Any, default: Any) -> bool:
+    """A setting's value that sets nothing: its default, or a mapping of limits all unset
+    (`storm_control: {}`, as a model or as the YAML's dict)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    return value == default or (isinstance(value, dict) and all(v is None for v in value.values()))
+
+
 def monitor_port_settings(ports: list[tuple[int, Any, dict]], monitors: dict[str, int]) -> list[tuple[tuple, str]]:
     """(loc, message) for every key of MONITOR_IGNORES written on a monitor port with
     another value than its default, given (index, name, {key written: value}) of each port.
 
     Accepted, such a key would be silently ignored, where its writer believes it
-    holds. A key left out, or written as its default (`isolated: false`, `acl: []`),
-    asks for nothing and is no error.
+    holds. A key left out, or written as its default (`isolated: false`, `acl: []`) or
+    with nothing in it (`storm_control: {}`), asks for nothing and is no error.
     """
     errors = []
     for i, name, written in ports:
         if not isinstance(name, str) or name not in monitors:
             continue
         for key, reason in MONITOR_IGNORES.items():
-            if key in written and written[key] != Port.model_fields[key].default:
+            if key in written and not _asks_nothing(written[key], Port.model_fields[key].default):
                 errors.append((("ports", i, key), f"{key} has no effect on a monitor port ({name!r} is "
                                                   f"mirrors[{monitors[name]}]'s): {reason}"))
     return errors
