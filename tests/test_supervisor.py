@@ -204,18 +204,25 @@ def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch)
 STOPPED = "import os, signal; os.kill(os.getpid(), signal.SIGSTOP)"
 
 
-def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypatch):
-    """A stopped (or stuck) worker does not exit: only its heartbeat tells. One that turns is
-    never found hung however long it runs; one just let go has HUNG_AFTER seconds for its first
-    turn; one whose heartbeat stood still that long is killed, which works on a stopped process,
-    and its exit is then seen as any worker's (the pidfd)."""
+def _let_go_at_100(monkeypatch):
+    """A supervisor of one worker (a stopped process) with a heartbeat of 7, let go at
+    monotonic 100 (as _go does): [now] and the heartbeats to move by hand, the supervisor, w."""
     now = [100.0]
     monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
     beats = {0: 7}
     sup = supervisor.Supervisor(-1, 1, heartbeat=beats.get)
     w = _worker(STOPPED)
     sup.workers[0] = w
-    w.beat, w.beat_at = sup._heartbeat(w), now[0]       # as _go does: let go now
+    w.beat, w.beat_at = sup._heartbeat(w), now[0]
+    return now, beats, sup, w
+
+
+def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypatch):
+    """A stopped (or stuck) worker does not exit: only its heartbeat tells. One that turns is
+    never found hung however long it runs; one just let go has HUNG_AFTER seconds for its first
+    turn; one whose heartbeat stood still that long is killed, which works on a stopped process,
+    and its exit is then seen as any worker's (the pidfd)."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
     now[0] += supervisor.HUNG_AFTER - 0.5
     assert sup.hung() == []                             # still starting
     for _ in range(60):                                 # a minute of turning: never hung
@@ -245,13 +252,7 @@ def test_only_the_time_the_control_process_watched_counts_as_a_heartbeat_standin
     not moved for as long as everything stood still, and killed every healthy worker as hung.
     A look counts at most WATCHED_MAX of stand-still before it: longer, the control process was
     stopped or busy, not watching. A worker that does hang is still found, later."""
-    now = [100.0]
-    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
-    beats = {0: 7}
-    sup = supervisor.Supervisor(-1, 1, heartbeat=beats.get)
-    w = _worker(STOPPED)
-    sup.workers[0] = w
-    w.beat, w.beat_at = sup._heartbeat(w), now[0]       # as _go does: let go now
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
     for _ in range(3):                                  # idle: a turn a second
         beats[0] += 1
         now[0] += 1.0

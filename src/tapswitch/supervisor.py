@@ -429,11 +429,7 @@ class Supervisor:
         """Called when w's restart's socket is readable: its process says it is set up (let go,
         counted in w's restarts: True) or it ended (another try, or w waits: False)."""
         p, w.starting = w.starting, None
-        try:
-            self._hear(w, p, True)
-        except WorkerError as e:
-            if self._start_failed(w, p.attempt, str(e)):
-                self.restart(w, p.attempt + 1)
+        if not self._heard(w, p, said_something=True):
             return False
         self._go(w, p)
         self._restarted(w)
@@ -443,11 +439,18 @@ class Supervisor:
         """w's restart's process was not set up within READY_TIMEOUT (late): kill it, and try
         again, or let w wait."""
         p, w.starting = w.starting, None
+        self._heard(w, p, said_something=False)
+
+    def _heard(self, w: Worker, p: Pending, said_something: bool) -> bool:
+        """_hear w's restart's process: True if it is set up; else that try failed, and the next
+        one is started, or w waits (_start_failed)."""
         try:
-            self._hear(w, p, False)
+            self._hear(w, p, said_something)
         except WorkerError as e:
             if self._start_failed(w, p.attempt, str(e)):
                 self.restart(w, p.attempt + 1)
+            return False
+        return True
 
     def _start_failed(self, w: Worker, attempt: int, error: str) -> bool:
         """Try `attempt` of w's restart failed (logged): True if another try is due at once. After
