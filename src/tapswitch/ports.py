@@ -61,8 +61,8 @@ class Port:
     remote_ifindex: int | None = None         # IFACE's ifindex; None while IFACE is missing
     remote_up: bool = True
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
-    underlay_up: bool = True   # a VXLAN port: its tunnel can carry (vxlan.underlay_fault says nothing)
-    underlay_fault: str | None = None    # else why not, as last logged (vxlan.underlay_down)
+    underlay_fault: str | None = None    # a VXLAN port: why its tunnel cannot carry, as last logged
+                                         # (vxlan.underlay_down); None: it can
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone
@@ -76,6 +76,10 @@ class Port:
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    @property
+    def underlay_up(self) -> bool:
+        return self.underlay_fault is None
 
     @property
     def links_up(self) -> bool:

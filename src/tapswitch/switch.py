@@ -406,7 +406,7 @@ class Switch:
             log.warning("vxlan.underlay_down", port=port.name, dev=port.tunnel.name, reason=fault)
         elif fault is None and not port.underlay_up:
             log.info("vxlan.underlay_up", port=port.name, dev=port.tunnel.name)
-        port.underlay_up, port.underlay_fault = fault is None, fault
+        port.underlay_fault = fault
 
     def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows
