@@ -861,6 +861,11 @@ static bool has_host_source(const struct frame *f)
     return !is_multicast(eth_src(f)) && !is_zero(eth_src(f));
 }
 
+static bool is_tpid(uint16_t type)
+{
+    return type == ETH_P_8021Q || type == ETH_P_8021AD;
+}
+
 /* Where the IP header starts: after the MACs, the 802.1Q or 802.1ad tags
  * (two at most: QinQ) and the ethertype. The MTU check and the ACL both read
  * the packet there. */
@@ -868,8 +873,7 @@ static uint32_t l3_offset(const struct frame *f)
 {
     uint32_t off = 2 * ETH_ALEN;
     for (int tags = 0; tags < 2 && off + VLAN_HLEN + 2 <= eth_len(f); tags++) {
-        uint16_t type = be16(eth_hdr(f) + off);
-        if (type != ETH_P_8021Q && type != ETH_P_8021AD)
+        if (!is_tpid(be16(eth_hdr(f) + off)))
             break;
         off += VLAN_HLEN;
     }
@@ -1075,11 +1079,6 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
     l3->proto = next;
     if (first)
         parse_ports(l3, p, off, len);
-}
-
-static bool is_tpid(uint16_t type)
-{
-    return type == ETH_P_8021Q || type == ETH_P_8021AD;
 }
 
 /* A rule's eth_type and IP fields are the payload's, behind the frame's
