@@ -28,6 +28,7 @@ import posixpath
 import pwd
 import re
 import stat
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -780,7 +781,7 @@ class Config(_Model):
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
         clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
         clashes += monitor_port_settings([(i, p.name, {k: getattr(p, k) for k in p.model_fields_set})
-                                          for i, p in enumerate(self.ports)], _monitors(self.mirrors))
+                                          for i, p in enumerate(self.ports)], _monitors((i, m.to) for i, m in enumerate(self.mirrors)))
         if clashes:
             raise PortClash(clashes)
         return self
@@ -884,7 +885,7 @@ def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: li
     errors = []
     by_name = {p.name: p for _, p in ports}
     first_name: dict[str, int] = {}
-    monitor_of: dict[str, int] = {}  # monitor port -> first mirror sending to it
+    monitor_of = _monitors((i, m.to) for i, m in mirrors)
     for i, m in mirrors:
         if m.name in first_name:
             errors.append((("mirrors", i, "name"), f"duplicate mirror name {m.name!r} (first at mirrors[{first_name[m.name]}])"))
@@ -894,7 +895,6 @@ def reference_errors(ports: list[tuple[int, Port]], names: set[str], mirrors: li
                 errors.append((("mirrors", i, "from", j), f"no port named {source!r}"))
         if m.to not in names:
             errors.append((("mirrors", i, "to"), f"no port named {m.to!r}"))
-        monitor_of.setdefault(m.to, i)
     for i, m in mirrors:  # once every monitor is known: a mirror may name a later one's
         for j, source in enumerate(m.from_):
             if source in monitor_of and source != m.to:
@@ -939,11 +939,11 @@ MONITOR_IGNORES = {
 }
 
 
-def _monitors(mirrors: list[Mirror]) -> dict[str, int]:
-    """monitor port -> the first mirror sending to it."""
+def _monitors(tos: Iterable[tuple[int, str]]) -> dict[str, int]:
+    """monitor port -> the first mirror sending to it, given (index, to) of each mirror."""
     first: dict[str, int] = {}
-    for i, m in enumerate(mirrors):
-        first.setdefault(m.to, i)
+    for i, to in tos:
+        first.setdefault(to, i)
     return first
 
 
@@ -1204,10 +1204,8 @@ def _monitor_settings(data: dict) -> list[tuple[tuple, str]]:
     """monitor_port_settings over a config that failed elsewhere: every mirror's `to`
     written as a string makes a monitor port, whatever else is wrong with the mirror."""
     mirrors = data.get("mirrors") if isinstance(data.get("mirrors"), list) else []
-    monitors: dict[str, int] = {}
-    for i, m in enumerate(mirrors):
-        if isinstance(m, dict) and isinstance(m.get("to"), str):
-            monitors.setdefault(m["to"], i)
+    monitors = _monitors((i, m["to"]) for i, m in enumerate(mirrors)
+                         if isinstance(m, dict) and isinstance(m.get("to"), str))
     ports = data.get("ports") if isinstance(data.get("ports"), list) else []
     return monitor_port_settings([(i, raw.get("name"), raw) for i, raw in enumerate(ports) if isinstance(raw, dict)],
                                  monitors)
