@@ -128,8 +128,11 @@ class FakeIPR:
         self.calls.append(("link", cmd, kw))
         if cmd == "add":
             self.links[kw["ifname"]] = 7
-        if cmd == "get" and kw["index"] == 2:
-            return [FakeMsg(IFLA_IFNAME="u0", IFLA_MTU=1500, flags=self.u0_flags)]
+        if cmd == "get" and kw["index"] != 7:     # an underlay (u0 is 2), by the name it has now
+            names = {index: name for name, index in self.links.items()}
+            if kw["index"] not in names:
+                raise NetlinkError(errno.ENODEV)
+            return [FakeMsg(IFLA_IFNAME=names[kw["index"]], IFLA_MTU=1500, flags=self.u0_flags)]
         return []
 
     def get_addr(self, family):
@@ -254,6 +257,45 @@ def test_the_tunnel_asks_the_kernel_for_its_underlays_state():
     del ipr.links["u0"]
     assert t.underlay_fault() == "underlay device u0 is gone"
     assert t.underlay_index is None and t.underlies(9, "u0") and not t.underlies(9, "u1")   # dev back, anew
+
+
+def test_a_tunnel_given_dev_follows_the_device_it_is_bound_to_whatever_its_name():
+    """The kernel's device is bound to dev's ifindex, and sends through it once renamed: the
+    port went down ("underlay device u0 is gone") when u0 was renamed, and followed whatever
+    device took the name u0 next."""
+    ipr = FakeIPR()
+    t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", dev="u0")
+    t.create()
+    assert t.underlay_fault() is None
+    ipr.links["foo"] = ipr.links.pop("u0")            # ip link set u0 name foo
+    assert t.underlay_fault() is None
+    assert (t.bound, t.underlay_index, t.underlay_name) == (2, 2, "foo")
+    ipr.u0_flags = IFF_UP
+    assert t.underlay_fault() == "underlay device foo is down"
+    ipr.u0_flags = IFF_UP | IFF_LOWER_UP
+    ipr.links["u0"] = 3                               # another device takes the name: not the underlay
+    assert t.underlay_fault() is None and t.underlay_index == 2
+    assert t.underlies(2, "foo") and not t.underlies(3, "u0")
+    del ipr.links["foo"]                              # deleted, and the kernel's device with it
+    assert t.underlay_fault() == "underlay device foo is gone"
+    del ipr.links["vx0-vx"]
+    t.gone()
+    assert t.underlies(3, "u0")                       # the device named dev now: the next one's underlay
+    assert t.underlay_fault() is None and t.underlay_index == 3
+    t.create()
+    assert t.bound == 3
+
+
+def test_a_tunnel_without_dev_follows_the_device_holding_local_now():
+    """Not bound: the kernel routes from local, whichever device holds it."""
+    ipr = FakeIPR()
+    ipr.links["u1"] = 3
+    t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1")
+    t.create()
+    assert t.underlay_fault() is None and t.underlay_index == 2
+    ipr.get_addr = lambda family: [FakeMsg(index=3, flags=0, IFA_ADDRESS="198.19.0.1")]    # local moved to u1
+    assert t.underlay_fault() is None and (t.underlay_index, t.underlay_name) == (3, "u1")
+    assert t.underlies(3, "u1") and not t.underlies(2, "u0")
 
 
 def test_a_local_address_duplicate_address_detection_has_not_cleared_carries_nothing():

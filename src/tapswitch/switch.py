@@ -396,12 +396,17 @@ class Switch:
         """A VXLAN port's underlay device changed state, or its local address came or went. The
         kernel keeps the VXLAN device up with carrier meanwhile (and takes every frame, to send
         none), so the port follows the underlay itself. What the kernel says now decides: events
-        come late."""
+        come late. A rename of the underlay is noted, and changes nothing: the kernel's device
+        is bound to its ifindex (vxlan.Tunnel.bound)."""
+        t = port.tunnel
+        was = t.underlay_index, t.underlay_name
         try:
-            fault = port.tunnel.underlay_fault()
+            fault = t.underlay_fault()
         except (OSError, NetlinkError) as e:
             log.error("vxlan.underlay_unknown", port=port.name, error=str(e))     # the next event asks again
             return
+        if was[0] == t.underlay_index and None not in (was[1], t.underlay_name) and was[1] != t.underlay_name:
+            log.info("vxlan.underlay_renamed", port=port.name, dev=t.name, underlay=t.underlay_name, was=was[1])
         if fault is not None and fault != port.underlay_fault:      # down, or down for another reason now
             log.warning("vxlan.underlay_down", port=port.name, dev=port.tunnel.name, reason=fault)
         elif fault is None and not port.underlay_up:
@@ -580,6 +585,7 @@ class Switch:
                 waits[port.name] = str(e)
                 continue
             log.info("vxlan.remade", port=port.name, dev=port.tunnel.name)
+            self.underlay_changed(port)       # bound anew, to the device named dev now (up: its link event)
         self.tunnel_waits = waits
 
     def feed_shared_remotes(self) -> None:

@@ -41,6 +41,14 @@ source address). So the port follows its underlay itself: it is down while
 IPv6 one that duplicate address detection has not cleared), and up again when
 it can (Switch.underlay_changed, on the link monitor's events).
 
+Which device is the underlay is what the kernel uses. Given `dev`, the
+device is bound to `dev`'s ifindex when it is made (`Tunnel.bound`), and
+sends through that device whatever it is called later: a rename changes
+nothing, and a device that takes the name `dev` meanwhile is not the
+underlay. Only a device made again (its underlay deleted, then a device
+named `dev` back) binds anew, by name. Without `dev`, the kernel routes from
+`local`: the underlay is whichever device holds `local` now.
+
 The decisions are pure functions (`device_name`, `overhead`,
 `carried_mtu`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
 acts on the kernel through pyroute2.
@@ -183,10 +191,10 @@ def dad_state(flags: int) -> str | None:
 def underlay_fault(local: str, underlay: str | None, up: bool | None, held: bool,
                    dad: str | None = None) -> str | None:
     """Why a tunnel from `local` cannot carry now, or None when it can. `underlay`: the underlay
-    device's name (`dev`, else the device holding `local`; None: neither); `up`: it is up with
-    carrier (None: it is gone); `held`: a device of this host holds `local`; `dad`: local's
-    dad_state. What the device says comes first: an IPv6 underlay that goes down loses its
-    addresses with it."""
+    device's name (the one the tunnel is bound to, or `dev`; else the device holding `local`;
+    None: neither); `up`: it is up with carrier (None: it is gone); `held`: a device of this
+    host holds `local`; `dad`: local's dad_state. What the device says comes first: an IPv6
+    underlay that goes down loses its addresses with it."""
     if underlay is not None and up is None:
         return f"underlay device {underlay} is gone"
     if underlay is not None and not up:
@@ -268,7 +276,9 @@ class Tunnel:
         self.dstport = dstport
         self.dev = dev
         self.ifindex: int | None = None
+        self.bound: int | None = None             # given dev: the ifindex the device is bound to (create)
         self.underlay_index: int | None = None    # the underlay device's, as underlay_fault() last found it
+        self.underlay_name: str | None = None     # and its name then
 
     @property
     def alias(self) -> str:
@@ -284,14 +294,21 @@ class Tunnel:
 
     def underlay_fault(self) -> str | None:
         """Why the tunnel cannot carry now (see the function of that name), or None, as the kernel
-        says now. Notes the underlay device's ifindex: its link events are the tunnel's (underlies)."""
+        says now. Notes the underlay device's ifindex and name: its link events are the tunnel's
+        (underlies). Given dev, the underlay is the device the tunnel is bound to, whatever its
+        name now; while there is no tunnel, the device named dev, which create() would bind to."""
         holder, flags = _addresses(self.ipr, self.local).get(self.local, (None, 0))
-        if self.dev is not None:
+        if self.bound is not None:
+            index = self.bound
+        elif self.dev is not None:
             index = next(iter(self.ipr.link_lookup(ifname=self.dev)), None)
         else:
             index = holder
+        if index != self.underlay_index:
+            self.underlay_name = None
         self.underlay_index = index
-        name, up = self.dev, None
+        # Bound: if it went since (the kernel deletes the tunnel with it), by the name it last had.
+        name, up = (self.underlay_name or self.dev) if self.bound is not None else self.dev, None
         if index is not None:
             try:
                 link = self.ipr.link("get", index=index)[0]
@@ -302,12 +319,15 @@ class Tunnel:
                     holder = None
             else:                            # (else it went since: dev is gone)
                 name, up = link.get_attr("IFLA_IFNAME"), link_up(link["flags"])
+                self.underlay_name = name
         return underlay_fault(self.local, name, up, holder is not None, dad_state(flags))
 
     def underlies(self, ifindex: int, ifname: str | None) -> bool:
-        """Is the device of this link event (in the switch's namespace) the tunnel's underlay,
-        or `dev` coming back under a new ifindex?"""
-        return ifindex == self.underlay_index or (self.dev is not None and ifname == self.dev)
+        """Is the device of this link event (in the switch's namespace) the tunnel's underlay, or,
+        while no device is bound (the tunnel went with its dev), `dev` coming back under a new
+        ifindex? A bound tunnel's underlay is its device by ifindex: another that takes the
+        name `dev` is not."""
+        return ifindex == self.underlay_index or (self.bound is None and self.dev is not None and ifname == self.dev)
 
     def create(self) -> int:
         """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.
@@ -332,6 +352,7 @@ class Tunnel:
             raise VxlanError(f"port {self.port}: cannot make VXLAN device {self.name}: {_strerror(e)}") from None
         try:
             self.ifindex = ipr.link_lookup(ifname=self.name)[0]
+            self.bound = link.get("vxlan_link")
             ipr.link("set", index=self.ifindex, ifalias=self.alias)
             self._apply(*remotes_diff([], self.wanted))
         except BaseException:
@@ -356,8 +377,10 @@ class Tunnel:
 
     def gone(self) -> None:
         """The device went: deleted, or by the kernel with its underlay `dev` (and its FDB with it).
-        Forget it; create() makes it again, with the remote hosts wanted then."""
+        Forget it; create() makes it again, with the remote hosts wanted then, bound to the
+        device named `dev` then."""
         self.ifindex = None
+        self.bound = None
         self.remotes = []
 
     def update_remotes(self, remotes: Iterable) -> tuple[list[str], list[str]]:
@@ -413,4 +436,5 @@ class Tunnel:
                 raise
         log.info("vxlan.removed", port=self.port, dev=self.name)
         self.ifindex = None
+        self.bound = None
         self.remotes = []

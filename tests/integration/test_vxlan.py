@@ -546,6 +546,66 @@ def test_a_vxlan_port_a_reload_makes_again_while_its_underlay_is_down_stays_down
     assert sw.stop() == 0
 
 
+def test_a_vxlan_port_follows_the_underlay_it_was_made_on_through_a_rename(lab, site):
+    """The kernel's device is bound to `dev`'s ifindex and goes on sending through it once it is
+    renamed: the port went down on `ip link set u0 name ul0` ("underlay device u0 is gone")
+    though the tunnel still carried, and a device that took the name u0 then decided the
+    port's state. The port follows the device it was made on; a device made again (its
+    underlay deleted, a u0 back) binds to the name anew."""
+    cfg = site.config(1)
+    cfg["switch"]["metrics"] = {"listen": "127.0.0.1:9417"}       # in host 1's own namespace
+    sw = site.start(1, cfg)
+    site.start(2)
+    vx, h1 = site.vx(1), site.hosts[1]
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+
+    helpers.nsexec(h1, "ip", "link", "set", "u0", "name", "ul0")    # up: a live rename
+    time.sleep(0.5)                  # its event is read
+    assert port_states(sw)[vx] == "up"
+    assert port_up_metric(site, 1) == "1.0"
+    assert not sw.events("vxlan.underlay_down") and not sw.events("port.down")
+    renamed = sw.events("vxlan.underlay_renamed")
+    assert [(e["port"], e["underlay"], e["was"]) for e in renamed] == [(vx, "ul0", "u0")]
+    before = sent_into_tunnel(site, 1)
+    assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+    after = sent_into_tunnel(site, 1)
+    assert after[0] > before[0] and after[1] > before[1]
+
+    # The renamed device is still the underlay: its state is the port's.
+    helpers.nsexec(h1, "ip", "link", "set", "ul0", "down")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    assert sw.events("vxlan.underlay_down")[-1]["reason"] == "underlay device ul0 is down"
+    helpers.nsexec(h1, "ip", "link", "set", "ul0", "up")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert unreachable(site, [((1, 2), (2, 2))]) == []
+
+    # Another device renamed to u0 (down, on no network) is not: the tunnel does not use it.
+    helpers.nsexec(h1, "ip", "link", "add", "dm0", "type", "veth", "peer", "name", "dm1")
+    helpers.nsexec(h1, "ip", "link", "set", "dm0", "name", "u0")
+    time.sleep(0.5)
+    assert port_states(sw)[vx] == "up"
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+
+    # A reload that changes nothing of the port leaves it on its device; one looks dev up by
+    # name, as a start does, and is refused while no device has it.
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    assert port_states(sw)[vx] == "up"
+    assert unreachable(site, [((1, 2), (2, 2))]) == []
+    helpers.nsexec(h1, "ip", "link", "del", "u0")
+    r = helpers.sh(sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket, check=False)
+    assert r.returncode == 2 and f"port {vx}: underlay device u0 does not exist" in r.stderr
+    assert port_states(sw)[vx] == "up"
+
+    # Deleted, the renamed underlay takes the kernel's device with it; a u0 made again is the new one's.
+    helpers.nsexec(h1, "ip", "link", "del", "ul0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    site.wire(1)
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+    assert len(sw.events("vxlan.remade")) == 1
+    assert sw.stop() == 0
+
+
 def test_a_vxlan_port_waits_for_its_ipv6_local_address_to_clear_duplicate_address_detection(lab):
     """An IPv6 address added is tentative for a while (duplicate address detection), and for
     good if another host has it: the kernel sends nothing from it. The port came up as soon as
