@@ -115,6 +115,14 @@ def table(rows, names, labels) -> list[str]:
     return out
 
 
+def interrupted(i: dict) -> str:
+    """RESULTS.md's warning of a run stopped early (meta["interrupted"])."""
+    return (f"**Partial results: the run was interrupted ({i['signal']}) after {i['runs_done']} of "
+            f"{i['runs_planned']} runs** (a run: one repetition of a case on one system). Each cell is the "
+            "median of the repetitions that completed, which may be fewer than said below; the repetition "
+            "under way was dropped, and the cases not reached have no row.")
+
+
 def write(out_dir, meta, results, errors, systems, cases) -> None:
     rows = medians(results)
     names = [s.name for s in systems]
@@ -123,8 +131,9 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
     bare_cases = [c.name for c in cases_mod.cases() if c.bare]
     steady = " to ".join(f"{100 * f:g} %" for f in traffic.STEADY)
     lines = [
-        "# tapswitch benchmark",
+        "# tapswitch benchmark" + (" (partial: interrupted)" if "interrupted" in m else ""),
         "",
+        *([interrupted(m["interrupted"]), ""] if "interrupted" in m else []),
         f"Run {m['date']} on **{m['cpu']}**, {m['cores']} cores, Linux {m['kernel']}, "
         f"in {m['duration_s']} s: `{m['command']}`.",
         "",
@@ -275,8 +284,10 @@ def plot(path, rows, names, meta) -> None:
     ax.set_xlabel("× Linux bridge (same run)")
     ax.set_title("Ratio to the Linux bridge")
 
-    fig.suptitle(f"tapswitch bench, {meta['date']}, {meta['cpu']} ×{meta['cores']}, Linux {meta['kernel']}",
-                 fontsize=10)
+    partial = (f" — PARTIAL: interrupted after {meta['interrupted']['runs_done']} of "
+               f"{meta['interrupted']['runs_planned']} runs") if "interrupted" in meta else ""
+    fig.suptitle(f"tapswitch bench, {meta['date']}, {meta['cpu']} ×{meta['cores']}, Linux {meta['kernel']}{partial}",
+                 fontsize=10, color="#d62728" if partial else "black")
     # One legend for the three panels, below them: none covers a bar or a line.
     fig.legend(handles=[Patch(color=colors[n], label=n) for n in names], loc="lower center",
                ncol=len(names), fontsize=9, frameon=False)

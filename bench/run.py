@@ -9,7 +9,8 @@ each repetition) is set up on fresh hosts (namespaces of this run), measured,
 and torn down. Results: OUT/RESULTS.md (medians, ratio against the Linux
 bridge of the same run, the machine and the date), OUT/results.png, and the
 raw measurements in OUT/results.json. Everything the run makes is removed at
-the end, on failure, on SIGTERM, SIGHUP and Ctrl-C.
+the end, on failure, on SIGTERM, SIGHUP and Ctrl-C; after such a signal the
+outputs hold the repetitions that completed, marked partial, and it exits 130.
 
 Needs root, iperf3, netsniff-ng (trafgen), iproute2, cc; Open vSwitch is measured
 when ovs-vswitchd is installed (--install-ovs apt-gets it), skipped otherwise.
@@ -25,6 +26,7 @@ import sys
 import time
 import traceback
 import uuid
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,8 +140,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP: the run stops, cleans up, and writes what it measured."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signal.Signals(signum).name
+
+
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def _hangup(signum, frame):
@@ -149,7 +159,7 @@ def _hangup(signum, frame):
         if os.isatty(fd):
             os.dup2(devnull, fd)
     os.close(devnull)
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def make_ctx(args, lab) -> cases_mod.Ctx:
@@ -245,9 +255,10 @@ def run_case(ctx, case, systems, results, errors, loads, log) -> str | None:
                 loads.append(traffic.others_busy())
                 system.setup(hosts, fdb_size=case.fdb_size)
                 cases_mod.prepare(ctx, case, system, hosts)
-                for m in case.fn(ctx, system, hosts):
-                    results.append({"case": case.name, "metric": m.metric, "unit": m.unit, "better": m.better,
-                                    "system": system.name, "rep": rep, "value": m.value})
+                measured = [{"case": case.name, "metric": m.metric, "unit": m.unit, "better": m.better,
+                             "system": system.name, "rep": rep, "value": m.value}
+                            for m in case.fn(ctx, system, hosts)]
+                results.extend(measured)        # at once: an interruption takes a repetition whole or not at all
                 log(f"  {case.name} / {system.name} / rep {rep + 1}: {time.monotonic() - t0:.1f} s")
             except KeyboardInterrupt:
                 raise
@@ -264,6 +275,66 @@ def run_case(ctx, case, systems, results, errors, loads, log) -> str | None:
                                    "error": f"teardown: {str(e)[-600:]}"})
                     log(f"  {case.name} / {system.name} / rep {rep + 1}: teardown FAILED: {e}")
     return None
+
+
+@dataclass
+class Run:
+    """What a run has planned and measured so far: what its outputs are written from."""
+
+    args: list[str]
+    out: str
+    started: float
+    ctx: cases_mod.Ctx | None = None
+    systems: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    plan: list = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)    # CPUs busy with other work just before each run
+
+    def planned(self) -> int:
+        """Repetitions of a case on a system the plan holds."""
+        return sum((c.reps or self.ctx.reps) * sum(c.runs_on(s) for s in self.systems) for c in self.plan)
+
+    def done(self) -> int:
+        """Repetitions of a case on a system that ended, measured or failed (a teardown's failure
+        is no repetition of its own: the one it followed is counted, or was interrupted)."""
+        return len({(r["case"], r["system"], r["rep"]) for r in self.results + self.errors
+                    if not r.get("error", "").startswith("teardown: ")})
+
+
+def write_outputs(run: Run, interrupted: str | None = None) -> None:
+    """results.json, RESULTS.md and results.png of what the run measured; interrupted (the
+    signal's name): the run stopped early, and the outputs say it is partial."""
+    meta = report.machine(args=run.args, started=run.started, notes=run.notes, ctx=run.ctx, systems=run.systems,
+                          cases=run.plan)
+    if run.loads:
+        loads = sorted(run.loads)
+        meta["others_busy"] = {"min": loads[0], "median": loads[len(loads) // 2], "max": loads[-1]}
+    bridge = next((s for s in run.systems if s.kind == "bridge"), None)
+    if bridge is not None:
+        meta["br_netfilter"] = f"{bridge.netfilter} in the bridge's namespace"
+    if interrupted:
+        meta["interrupted"] = {"signal": interrupted, "runs_done": run.done(), "runs_planned": run.planned()}
+    with open(os.path.join(run.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": run.results, "errors": run.errors}, f, indent=1)
+    report.write(run.out, meta, run.results, run.errors, run.systems, run.plan)
+
+
+def write_partial(run: Run, interrupted: str, log) -> None:
+    """After an interruption and the cleanup: the outputs of the repetitions that ended, marked
+    partial; none if none ended (what --out held stays)."""
+    if run.ctx is None or run.done() == 0:
+        log(f"bench: no repetition completed; nothing written to {run.out}")
+        return
+    try:
+        write_outputs(run, interrupted)
+    except Exception as e:          # the exit status still says interrupted; the cleanup is done
+        log(f"bench: the partial results could not be written: {e}")
+        traceback.print_exc()
+        return
+    log(f"wrote {os.path.join(run.out, 'RESULTS.md')} (partial: {run.done()} of {run.planned()} runs, "
+        f"interrupted by {interrupted})")
 
 
 def main(argv=None) -> int:
@@ -284,47 +355,41 @@ def main(argv=None) -> int:
         return 2
     tag = args.tag or f"bn{uuid.uuid4().hex[:4]}"
     lab = Lab(tag)
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _hangup)
-    results, errors, loads = [], [], []     # loads: CPUs busy with other work just before each run
-    started = time.time()
+    run = Run(args=sys.argv[1:] if argv is None else argv, out=args.out, started=time.time())
+    interrupted = None          # the signal's name
+    written = False
 
     def log(msg):
         print(msg, flush=True)
 
     try:
-        ctx = make_ctx(args, lab)
-        systems, notes = pick_systems(args, lab)
+        run.ctx = make_ctx(args, lab)
+        run.systems, run.notes = pick_systems(args, lab)
         compile_tapswitch()
-        plan = [c for c in cases_mod.cases(ctx) if not args.cases or c.id in args.cases]
-        log(f"bench {tag}: systems {', '.join(s.name for s in systems)}; "
-            f"cases {', '.join(c.name for c in plan)}; {ctx.reps} repetition(s)")
-        for n in notes:
+        run.plan = [c for c in cases_mod.cases(run.ctx) if not args.cases or c.id in args.cases]
+        log(f"bench {tag}: systems {', '.join(s.name for s in run.systems)}; "
+            f"cases {', '.join(c.name for c in run.plan)}; {run.ctx.reps} repetition(s)")
+        for n in run.notes:
             log(f"  {n}")
-        for case in plan:
+        for case in run.plan:
             log(f"case {case.name}")
-            if why := run_case(ctx, case, systems, results, errors, loads, log):
-                notes.append(why)
+            if why := run_case(run.ctx, case, run.systems, run.results, run.errors, run.loads, log):
+                run.notes.append(why)
                 log(f"  {why}")
-        bridge = next((s for s in systems if s.kind == "bridge"), None)
-        meta = report.machine(args=sys.argv[1:] if argv is None else argv, started=started, notes=notes,
-                              ctx=ctx, systems=systems, cases=plan)
-        if loads:
-            meta["others_busy"] = {"min": min(loads), "median": sorted(loads)[len(loads) // 2], "max": max(loads)}
-        if bridge is not None:
-            meta["br_netfilter"] = f"{bridge.netfilter} in the bridge's namespace"
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"meta": meta, "results": results, "errors": errors}, f, indent=1)
-        report.write(args.out, meta, results, errors, systems, plan)
+        write_outputs(run)
+        written = True
         log(f"wrote {os.path.join(args.out, 'RESULTS.md')}")
         if args.profile:
             import profile_tapswitch
-            path = profile_tapswitch.run(lab, ctx, args.out, log)
+            path = profile_tapswitch.run(lab, run.ctx, args.out, log)
             with open(path) as src, open(os.path.join(args.out, "RESULTS.md"), "a") as dst:
                 dst.write("\n" + src.read())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        interrupted = e.signal if isinstance(e, Interrupted) else "SIGINT"
         log("bench: interrupted; cleaning up")
-        return 130
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
@@ -332,11 +397,14 @@ def main(argv=None) -> int:
         left = lab.leftovers()
         if left:
             log(f"bench: left behind: {', '.join(left)}")
+        if interrupted and not written:
+            write_partial(run, interrupted, log)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    return 1 if errors else 0
-
+    if interrupted:
+        return 130
+    return 1 if run.errors else 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -190,6 +191,67 @@ def test_bench_hung_up_cleans_up_as_on_sigterm(tmp_path, tag):
     assert p.returncode == 130, output[-3000:]
     assert "interrupted; cleaning up" in output
     assert left == [], f"left behind: {left}"
+    # Stopped in its first repetition: nothing measured, nothing written, and it says so.
+    assert f"no repetition completed; nothing written to {tmp_path / 'out'}" in output, output[-3000:]
+    assert not os.listdir(tmp_path / "out")
+
+
+def test_bench_interrupted_writes_the_repetitions_that_completed_marked_partial(tmp_path, tag):
+    """Ctrl-C (SIGINT) once a repetition has ended, while the next one floods: the bench cleans up as
+    before, then writes RESULTS.md, results.json and the plot of the repetitions that ended, marked
+    partial, and exits 130 (a run interrupted near its end lost every figure)."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    p = subprocess.Popen([sys.executable, BENCH, "--systems", "bridge", "--cases", "frames", "--sizes", "64",
+                          "--reps", "3", "--seconds", "4", "--out", str(out), "--tag", tag],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env(tmp),
+                         start_new_session=True)
+    lines: list[str] = []
+    first_done = threading.Event()
+
+    def read():
+        for line in p.stdout:
+            lines.append(line)
+            if re.search(r"/ bridge / rep \d+: [\d.]+ s$", line):
+                first_done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert first_done.wait(120), "".join(lines)[-3000:]
+        # The next repetition under way: its trafgen floods (if it is missed, the one after; three in all).
+        deadline = time.monotonic() + 30
+        while not any(" trafgen " in f" {c} " for c in _processes(tag)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        left = _gone(tag, tmp, 5)
+    output = "".join(lines)
+    assert p.returncode == 130, output[-3000:]
+    assert left == [], f"left behind: {left}"
+    done = re.findall(r"/ bridge / rep (\d+): [\d.]+ s$", output, re.M)
+    assert 1 <= len(done) < 3, output[-3000:]
+    with open(out / "results.json") as f:
+        data = json.load(f)
+    assert data["meta"]["interrupted"] == {"signal": "SIGINT", "runs_done": len(done), "runs_planned": 3}
+    # The repetitions that ended, each whole; none of the one the interruption stopped.
+    assert sorted({r["rep"] + 1 for r in data["results"]}) == sorted(map(int, done)), data["results"]
+    assert data["errors"] == []
+    results = (out / "RESULTS.md").read_text()
+    assert results.startswith("# tapswitch benchmark (partial: interrupted)\n"), results
+    assert f"**Partial results: the run was interrupted (SIGINT) after {len(done)} of 3 runs**" in results
+    assert re.search(r"^\| forwarding rate \| forwarding rate, 64 B \| Mpps \| \d", results, re.M), results
+    assert f"(partial: {len(done)} of 3 runs, interrupted by SIGINT)" in output
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (out / "results.png").stat().st_size > 0
 
 
 def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
