@@ -33,6 +33,7 @@ import yaml
 
 from tapswitch.config import BUSY_POLL_US, QUEUE_LEN
 from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
+import services
 
 DEFAULT_FDB_SIZE = 8192
 
@@ -244,18 +245,32 @@ class Ovs(System):
         return all(shutil.which(b) for b in ("ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool")) \
             and os.path.exists(cls.SCHEMA)
 
+    PACKAGE = "openvswitch-switch"
+    # What the package's postinst enables and starts: the machine's own Open vSwitch (its
+    # ovsdb-server and ovs-vswitchd come with openvswitch-switch.service).
+    SERVICES = ("openvswitch-switch.service", "ovs-record-hostname.service")
+
     @staticmethod
     def install() -> str:
-        """apt-get the package (no recommends); returns a one-line outcome."""
+        """apt-get the package (no recommends), its services neither started nor left enabled
+        (bench/services.py); returns a one-line outcome."""
         if Ovs.available():
             return "already installed"
-        policy = sh("apt-cache", "policy", "openvswitch-switch", check=False).stdout
+        ours = not services.package_installed(Ovs.PACKAGE)   # else the machine's: its services are not ours
+        policy = sh("apt-cache", "policy", Ovs.PACKAGE, check=False).stdout
         if "Candidate: (none)" in policy or "Candidate:" not in policy:
             sh("apt-get", "update", "-qq", check=False, timeout=600)
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        r = sh("apt-get", "install", "-y", "--no-install-recommends", "openvswitch-switch",
-               check=False, timeout=900, env=env)
-        return "installed" if r.returncode == 0 and Ovs.available() else f"install failed: {r.stderr.strip()[-300:]}"
+        with services.held(Ovs.SERVICES if ours else ()):
+            r = sh("apt-get", "install", "-y", "--no-install-recommends", Ovs.PACKAGE,
+                   check=False, timeout=900, env=env)
+        outcome = "installed" if r.returncode == 0 and Ovs.available() else \
+            f"install failed: {r.stderr.strip()[-300:]}"
+        if ours and services.package_installed(Ovs.PACKAGE):
+            services.leave_disabled(Ovs.SERVICES)
+            outcome += f"; its services ({', '.join(Ovs.SERVICES)}) left disabled and not running: the bench " \
+                "runs an Open vSwitch of its own (systemctl enable --now openvswitch-switch runs the machine's)"
+        return outcome
 
     def env(self) -> dict:
         d = self.dir

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -591,3 +592,109 @@ def test_bench_learning_rate_divides_by_the_time_trafgen_sent_not_its_start(tmp_
     assert learned > 0, value
     sending = learned / (value["new MACs learned per second"] * 1e6)
     assert sending < 0.025, f"{learned:.0f} MACs in {1000 * sending:.1f} ms"
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "bench"))
+
+
+PACKAGE_UNITS = ("bnpkg-switch.service", "bnpkg-record.service")
+
+
+def _systemd_root(tmp_path, runs: bool):
+    """A directory for `systemctl --root` and dpkg's DPKG_ROOT: the machine a package is installed on,
+    systemd running (/run/systemd/system, which systemd makes at boot) or not."""
+    if shutil.which("systemctl") is None or shutil.which("deb-systemd-helper") is None:
+        pytest.skip("no systemctl or deb-systemd-helper (init-system-helpers)")
+    root = tmp_path / "root"
+    for d in ("lib/systemd/system", "etc/systemd/system", *(["run/systemd/system"] if runs else [])):
+        (root / d).mkdir(parents=True)
+    return str(root)
+
+
+def _postinst(root: str, *argv: str) -> subprocess.CompletedProcess:
+    """deb-systemd-helper as a package's postinst runs it, on the machine in root."""
+    env = dict(os.environ, DPKG_ROOT=root, DPKG_MAINTSCRIPT_PACKAGE="bnpkg", DPKG_MAINTSCRIPT_NAME="postinst")
+    return subprocess.run(["deb-systemd-helper", *argv], env=env, capture_output=True, text=True, timeout=60)
+
+
+def _install_package(root: str) -> None:
+    """The package's units, and what its postinst (dh_installsystemd's) does to them: a new install's
+    deb-systemd-helper enable makes their WantedBy links, whatever a mask."""
+    for unit in PACKAGE_UNITS:
+        (Path(root) / "lib/systemd/system" / unit).write_text(
+            "[Unit]\nDescription=a package's service\n[Service]\nExecStart=/bin/true\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+        assert _postinst(root, "--quiet", "was-enabled", unit).returncode == 0
+        r = _postinst(root, "enable", unit)
+        assert r.returncode == 0, r.stderr
+
+
+def _links(root: str) -> list[str]:
+    """The units' links in /etc and /run (enabled, masked)."""
+    return sorted(str(p.relative_to(root)) for d in ("etc", "run") for p in (Path(root) / d).rglob("*")
+                  if p.is_symlink())
+
+
+def test_bench_install_keeps_a_packages_services_from_starting_and_leaves_them_disabled(tmp_path):
+    """--install-ovs on a machine run by systemd: while apt-get runs, the package's services are masked
+    for this boot, so its postinst's deb-systemd-invoke start (which starts a unit only if `systemctl
+    is-enabled` says enabled) starts none; afterwards they are unmasked and disabled, and nothing of the
+    bench's is left (the machine kept an Open vSwitch service running and enabled that the bench never uses)."""
+    services = _bench_module("services")
+    root = _systemd_root(tmp_path, runs=True)
+    assert services.systemd_runs(root)
+    with services.held(PACKAGE_UNITS, root=root) as masked:
+        _install_package(root)
+        during = [services.state(u, root) for u in PACKAGE_UNITS]
+    assert during == ["masked-runtime"] * 2 and not any("enabled" in s for s in during), during
+    assert masked == list(PACKAGE_UNITS)
+    assert [services.state(u, root) for u in PACKAGE_UNITS] == ["enabled"] * 2     # the postinst's links
+    services.leave_disabled(PACKAGE_UNITS, root=root)
+    assert [services.state(u, root) for u in PACKAGE_UNITS] == ["disabled"] * 2
+    assert _links(root) == [] and os.listdir(Path(root) / "run/systemd/system") == []
+    # The package's next upgrade keeps them so: its postinst enables only what was-enabled finds enabled.
+    assert all(_postinst(root, "--quiet", "was-enabled", u).returncode == 1 for u in PACKAGE_UNITS)
+
+
+def test_bench_install_leaves_a_unit_masked_before_as_it_was(tmp_path):
+    """A service its owner masked for this boot before the bench ran stays masked: the bench unmasks
+    only what it masked, and disables nothing masked."""
+    services = _bench_module("services")
+    root = _systemd_root(tmp_path, runs=True)
+    theirs, ours = PACKAGE_UNITS
+    subprocess.run(["systemctl", f"--root={root}", "mask", "--runtime", theirs], check=True, capture_output=True)
+    with services.held(PACKAGE_UNITS, root=root) as masked:
+        _install_package(root)
+    assert masked == [ours]
+    services.leave_disabled(PACKAGE_UNITS, root=root)
+    assert services.state(theirs, root) == "masked-runtime" and services.state(ours, root) == "disabled"
+
+
+def test_bench_install_without_systemd_running_masks_nothing(tmp_path):
+    """Where systemd does not run (a container, a chroot), no package script starts a unit, and a mask
+    would make /run/systemd/system, which says systemd runs: nothing is masked; the services are
+    still left disabled."""
+    services = _bench_module("services")
+    root = _systemd_root(tmp_path, runs=False)
+    assert not services.systemd_runs(root)
+    with services.held(PACKAGE_UNITS, root=root) as masked:
+        _install_package(root)
+    assert masked == [] and not (Path(root) / "run").exists()
+    services.leave_disabled(PACKAGE_UNITS, root=root)
+    assert [services.state(u, root) for u in PACKAGE_UNITS] == ["disabled"] * 2 and _links(root) == []
+
+
+def test_bench_install_leaves_an_open_vswitch_installed_before_alone():
+    """Open vSwitch installed before the bench ran: --install-ovs installs nothing and leaves its
+    service as it was, enabled or not."""
+    _needs_ovs()
+    services = _bench_module("services")
+    systems = _bench_module("systems")
+    before = [services.state(u) for u in systems.Ovs.SERVICES]
+    assert systems.Ovs.install() == "already installed"
+    assert [services.state(u) for u in systems.Ovs.SERVICES] == before
