@@ -219,6 +219,34 @@ def test_mirror_counters_start_again_when_the_slot_holds_another_mirror(shared):
     assert shared.mirror_counters(0)["packets"] == 0
 
 
+def test_a_mirror_that_changes_slots_counts_on(shared):
+    """A mirror added before another, removed, or the list reordered: the mirrors that stay go on
+    from their counts in their new slots (a counter that drops to 0 is a reset to Prometheus)."""
+    ports = "- {name: a}\n- {name: b}\n- {name: m}\n"
+    s = "  - {name: s, from: [a], to: m}\n"
+    t = "  - {name: t, from: [b], to: m}\n"
+    cfg = config(ports, "mirrors:\n" + s)
+    settings.apply(shared, cfg, running(cfg))
+    shared.ptr.mirror_counters[0][0].packets = 4
+    shared.ptr.mirror_counters[1][0].bytes = 240
+    cfg = config(ports, "mirrors:\n" + t + s)         # s is in slot 1 now
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.mirror_counters(1) == {"packets": 4, "bytes": 240, "dropped": 0}
+    assert shared.mirror_counters(0) == {"packets": 0, "bytes": 0, "dropped": 0}      # t: new
+    shared.ptr.mirror_counters[1][1].packets += 1     # s's copies in its new slot add up
+    shared.ptr.mirror_counters[0][0].packets += 2     # t's
+    assert (shared.mirror_counters(0)["packets"], shared.mirror_counters(1)["packets"]) == (2, 5)
+    cfg = config(ports, "mirrors:\n" + s + t)         # swapped
+    settings.apply(shared, cfg, running(cfg))
+    assert (shared.mirror_counters(0)["packets"], shared.mirror_counters(1)["packets"]) == (5, 2)
+    cfg = config(ports, "mirrors:\n" + t)             # s removed: t back in slot 0
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.mirror_counters(0)["packets"] == 2
+    cfg = config(ports, "mirrors:\n" + s + t)         # s again: a new mirror, from 0
+    settings.apply(shared, cfg, running(cfg))
+    assert (shared.mirror_counters(0)["packets"], shared.mirror_counters(1)["packets"]) == (0, 2)
+
+
 def test_lowered_mac_limit_flushes_the_port(shared):
     cfg = config("- {name: a}\n- {name: b}\n")
     settings.apply(shared, cfg, running(cfg))

@@ -272,9 +272,11 @@ class Shared:
         base = self._mirror_base.get(mirror, {})
         return {k: v - base.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
 
-    def reset_mirror_counters(self, mirror: int) -> None:
-        """The mirror slot holds another mirror now: count from 0 again."""
-        self._mirror_base[mirror] = self._mirror_sums(mirror)
+    def reset_mirror_counters(self, mirror: int, counted: dict[str, int] | None = None) -> None:
+        """The mirror slot holds another mirror now: count from 0 again, or, for a mirror that
+        moved here from another slot, on from what it had `counted` there (mirror_counters)."""
+        counted = counted or {}
+        self._mirror_base[mirror] = {k: v - counted.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
 
     def set_busy_poll(self, us: int) -> None:
         """switch.busy_poll_us for every worker, from its next turn."""

@@ -125,7 +125,8 @@ def acl_rule(rule) -> dict:
 
 
 def mirror_id(name: str) -> int:
-    """The id a mirror slot carries, so that a slot given to another mirror starts counting afresh."""
+    """The id a mirror slot carries: a slot given to another mirror starts counting afresh, and a
+    mirror found in another slot than before carries its counts there."""
     return zlib.crc32(name.encode()) or 1
 
 
@@ -173,7 +174,13 @@ def apply(shared, cfg, ports) -> int:
     storm_changed = [(i, kind) for i in range(lib.TS_MAX_PORTS) for _, kind in STORM_KINDS
                      if (old.ports[i].storm_interval[kind], old.ports[i].storm_burst[kind])
                      != (new.ports[i].storm_interval[kind], new.ports[i].storm_burst[kind])]
-    mirrors_changed = [m for m in range(lib.TS_MAX_MIRRORS) if old.mirrors[m].id != new.mirrors[m].id]
+    # A mirror that changed slots (one before it in the list came or went) counts on from what it
+    # had counted in its old slot, read before the workers move to the new settings; a slot that
+    # holds a new mirror counts from 0.
+    was_in = {old.mirrors[m].id: m for m in range(lib.TS_MAX_MIRRORS) if old.mirrors[m].id}
+    mirrors_changed = {m: was_in.get(new.mirrors[m].id) for m in range(lib.TS_MAX_MIRRORS)
+                       if old.mirrors[m].id != new.mirrors[m].id}
+    mirrors_counted = {m: shared.mirror_counters(m) for m in mirrors_changed.values() if m is not None}
 
     shared.set_busy_poll(cfg.switch.busy_poll_us)
     stuck = shared.settings_publish()
@@ -184,8 +191,8 @@ def apply(shared, cfg, ports) -> int:
         shared.reset_acl_hits(i)
     for i, kind in storm_changed:     # no worker reads the old rate now
         shared.reset_storm(i, kind)
-    for m in mirrors_changed:
-        shared.reset_mirror_counters(m)
+    for m, was in mirrors_changed.items():
+        shared.reset_mirror_counters(m, mirrors_counted.get(was))
     running = {port.index for port in ports}
     for port in ports:       # settings first: a port is never up with another port's settings
         shared.set_port(port.index, lib.TS_PORT_UP if port.up else lib.TS_PORT_DOWN,

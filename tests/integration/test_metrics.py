@@ -438,6 +438,32 @@ def test_config_reloads_count_success_and_failure_from_zero(lab):
     assert wait_until(reloads, lambda r: r[("failure",)] == 1) == {("success",): 1, ("failure",): 1}
 
 
+def test_a_mirror_counts_on_when_a_reload_adds_one_before_it(lab):
+    """Mirrors take slots in the order of the list: one added before another moves it to the next
+    slot, where its counters fell to 0 (Prometheus took it for a restart of the switch)."""
+    sw, exporter, nss, names = quiet_switch(lab, 3, queues=1)
+    with open(sw.config_path) as f:
+        cfg = yaml.safe_load(f)
+    tail = {"name": "mtail", "from": [names[0]], "to": names[2], "direction": "rx"}
+    copies = lambda: exporter.values("tapswitch_mirror_packets_total", ("mirror",))  # noqa: E731
+
+    def reload(mirrors):
+        cfg["mirrors"] = mirrors
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+
+    reload([tail])
+    send(nss[0], MAC_A, BROADCAST, 5)
+    wait_until(copies, lambda c: c.get(("mtail",)) == 5)
+    reload([{"name": "mhead", "from": [names[1]], "to": names[2], "direction": "rx"}, tail])
+    assert copies() == {("mhead",): 0, ("mtail",): 5}
+    send(nss[0], MAC_A, BROADCAST, 2)
+    assert wait_until(copies, lambda c: c[("mtail",)] >= 7) == {("mhead",): 0, ("mtail",): 7}
+    reload([tail])                                # back to slot 0
+    assert copies() == {("mtail",): 7}
+
+
 SLOTS_USED_UP = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "slots_used_up.py"))
 
 
