@@ -84,8 +84,14 @@ class SwitchCollector:
         yield _family(CounterMetricFamily, "tapswitch_port_rx_missed",
                       "Frames the port's host sent that found the port's queue full (its worker was behind).",
                       ["switch", "port"], (([name, p.name], missed[p.index]) for p in ports))
-        yield _family(GaugeMetricFamily, "tapswitch_port_up", "1 if the port's link is up, else 0.",
-                      ["switch", "port"], (([name, p.name], int(p.up)) for p in ports))
+        # A port of the config that a reload could not make is down, not gone: its alert holds
+        # (a container's port, gone with it, then not made again by a reload, was let go).
+        running = {p.name for p in ports}
+        unmade = [n for n in sw.unmade if n not in running]     # one a reload under way has made
+        yield _family(GaugeMetricFamily, "tapswitch_port_up",
+                      "1 if the port's link is up, else 0 (0 too for a port a reload could not make).",
+                      ["switch", "port"],
+                      [([name, p.name], int(p.up)) for p in ports] + [([name, n], 0) for n in unmade])
         yield _family(GaugeMetricFamily, "tapswitch_port_info", "The port's settings; always 1.",
                       ["switch", "port", "mac", "mtu", "speed", "remote"],
                       (([name, p.name, p.mac, str(p.effective_mtu), str(p.cfg.speed or ""), p.cfg.remote or ""], 1)

@@ -117,6 +117,7 @@ class Switch:
         self.selector = selectors.DefaultSelector()
         self.watched: dict[int, object] = {}    # queue -> what the selector watches of its worker (_watch)
         self.reloads = {"success": 0, "failure": 0}
+        self.unmade: list[str] = []     # ports of the config the last reload could not make: down, for metrics
         self.stopping = False
         self.reload_requested = False
         self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
@@ -644,6 +645,7 @@ class Switch:
             errors = [str(e)]
         else:
             failed = self.apply(plan, new)
+            self.unmade = list(failed)      # each reload tries them again: they are not in self.cfg
             self.reloads["failure" if failed else "success"] += 1
             summary = {what: [n for n in names if n not in failed] for what, names in plan.summary().items()}
             summary["failed"] = list(failed)

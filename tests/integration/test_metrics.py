@@ -438,6 +438,38 @@ def test_config_reloads_count_success_and_failure_from_zero(lab):
     assert wait_until(reloads, lambda r: r[("failure",)] == 1) == {("success",): 1, ("failure",): 1}
 
 
+def test_a_port_a_reload_could_not_make_again_stays_down_in_port_up(lab):
+    """A container's port: the container ends, the port is down (TapswitchPortDown); a reload
+    cannot make it again (its namespace is gone). Its tapswitch_port_up went with it, and the
+    alert resolved as if it were back; it is 0 until a reload makes it, or one removes it."""
+    container = subprocess.Popen(["unshare", "-n", "sleep", "600"], start_new_session=True)
+    lab.procs.append(container)
+    sw, exporter, nss, names = quiet_switch(lab, 1, queues=1)
+    with open(sw.config_path) as f:
+        cfg = yaml.safe_load(f)
+    held = {"name": lab.name("pk"), "netns": f"pid:{container.pid}", "ifname": "eth0"}
+    lab.links.append(held["name"])
+    up = lambda: exporter.values("tapswitch_port_up", ("port",))  # noqa: E731
+
+    def reload(ports):
+        cfg["ports"] = ports
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        return helpers.sh(sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket, check=False)
+
+    assert reload(cfg["ports"] + [held]).returncode == 0
+    assert wait_until(up, lambda u: u.get((held["name"],)) == 1)
+    container.kill()
+    container.wait()
+    assert wait_until(up, lambda u: u[(held["name"],)] == 0)       # port.gone
+    r = reload(cfg["ports"])                                        # the same config: made again, or not
+    assert r.returncode == 1 and f"failed {held['name']}" in r.stdout, r
+    time.sleep(0.3)
+    assert up() == {(names[0],): 1, (held["name"],): 0}
+    assert reload([p for p in cfg["ports"] if p["name"] != held["name"]]).returncode == 0
+    assert up() == {(names[0],): 1}
+
+
 def test_a_mirror_counts_on_when_a_reload_adds_one_before_it(lab):
     """Mirrors take slots in the order of the list: one added before another moves it to the next
     slot, where its counters fell to 0 (Prometheus took it for a restart of the switch)."""
