@@ -162,6 +162,37 @@ def test_workers_are_awaited_and_handed_over_on_fds_past_1024(many_fds):
     assert [e["event"] for e in logs] == ["worker.drained"]
 
 
+# A stand-in for a worker that cannot go on (worker.fail): says why, then exits 1, reading nothing;
+# or once its ports have come, leaving them unread.
+FAILS = "import os, sys; os.write(int(sys.argv[1]), b'E' + sys.argv[2].encode()); os._exit(1)"
+FAILS_WITH_PORTS = "import os, select, sys; select.select([int(sys.argv[1])], [], []); " + FAILS.split("; ", 1)[1]
+
+
+def test_a_worker_that_cannot_start_says_why_in_the_start_error():
+    """Its ports were sent and never read: its exit leaves ECONNRESET before what it said."""
+    w = _worker(FAILS_WITH_PORTS, "cannot start the fast path: Cannot allocate memory")
+    p = supervisor.Pending(w.proc, w.sock)
+    os.close(w.pidfd)
+    p.sock.send(b"P0")                  # its ports (as _hand_ports), unread
+    p.proc.wait()
+    with pytest.raises(supervisor.WorkerError) as e:
+        supervisor.Supervisor(-1, 1)._await(w, p)
+    assert str(e.value) == "worker 0 did not start: cannot start the fast path: Cannot allocate memory"
+
+
+def test_a_worker_whose_fast_path_stopped_says_why_in_worker_exited(monkeypatch):
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0] = _worker(FAILS, "fast path stopped: Bad file descriptor")
+    _exited(w)
+    with structlog.testing.capture_logs() as logs:
+        sup.exited(w)
+    exited = [e for e in logs if e["event"] == "worker.exited"]
+    assert exited and exited[0]["exit_code"] == 1, logs
+    assert exited[0]["error"] == "fast path stopped: Bad file descriptor"
+    sup.stop()
+
+
 def test_a_worker_that_cannot_start_is_tried_again_ever_more_rarely(monkeypatch):
     """The control loop revives a worker that is down on every tick; one that cannot start at all
     (its module broken by an upgrade under the running switch, say) was tried 3 times a tick for

@@ -46,6 +46,7 @@ RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a w
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed
                            # (it moves every turn, at least once a second: fastpath.h, TS_IDLE_WAIT_MS)
+MESSAGE_MAX = 2048         # bytes of one message from a worker: b"E" and its reason (worker.fail) fit
 WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
                            # since the last look, the control process was stopped or busy, not watching
 
@@ -61,6 +62,20 @@ def readable(fds: list, timeout: float) -> list:
         by_fd[fd] = f
         poller.register(fd, select.POLLIN)
     return [by_fd[fd] for fd, _events in poller.poll(max(0.0, timeout) * 1000)]
+
+
+def _recv(sock: socket.socket, wait: bool = True) -> bytes:
+    """One message of a worker's socket; b"" if there is none (wait=False), or it is closed. A
+    worker that exited without reading what we sent it leaves ECONNRESET before what it said."""
+    flags = 0 if wait else socket.MSG_DONTWAIT
+    for _ in range(2):
+        try:
+            return sock.recv(MESSAGE_MAX, flags)
+        except ConnectionResetError:
+            flags = socket.MSG_DONTWAIT         # what it said, if it said anything, is there now
+        except OSError:
+            return b""
+    return b""
 
 
 class WorkerError(Exception):
@@ -259,15 +274,15 @@ class Supervisor:
     def _hear(self, w: Worker, p: Pending, said_something: bool) -> None:
         """Read what p said, once its socket is readable (`said_something`), or take its silence
         as READY_TIMEOUT spent: if it did not say it is set up, stop it and raise WorkerError."""
-        try:
-            said = p.sock.recv(64) if said_something else b""  # b"R" + the I/O backend [+ b" registered"]
-        except OSError:
-            said = b""          # ECONNRESET: it exited before reading its ports
+        # b"R" + the I/O backend [+ b" registered"], or b"E" + why it cannot start (worker.fail)
+        said = _recv(p.sock) if said_something else b""
         how = said[1:].decode(errors="replace").split()
         p.backend = how[0] if how else None
         p.registered = "registered" in how[1:]
         if said[:1] != b"R":
             self._discard(w, p)
+            if said[:1] == b"E":
+                raise WorkerError(f"worker {w.queue} did not start: {said[1:].decode(errors='replace')}")
             if said_something:
                 raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
             raise WorkerError(f"worker {w.queue} did not start (not set up within {READY_TIMEOUT:g} s, killed)")
@@ -322,10 +337,10 @@ class Supervisor:
                 break
             if sock in ready:                   # first: it may have said b"D" and exited since
                 try:
-                    said = sock.recv(16)
+                    said = sock.recv(MESSAGE_MAX)
                 except OSError:
                     said = b""
-                if b"D" in said:
+                if said[:1] == b"D":
                     w.retiring = proc           # its CPU time still counts until reaped
                     log.debug("worker.drained", queue=w.queue, pid=proc.pid,
                               seconds=round(time.monotonic() - t0, 4))
@@ -390,9 +405,12 @@ class Supervisor:
         """Called when w's pidfd is readable: reap it and start it again, at once or, if it keeps
         dying, once down() offers it (BACKOFF seconds on)."""
         rc = self._reap(w)
+        said = _recv(w.sock, wait=False) if w.sock is not None else b""
         self._close(w.pidfd, w.sock)
         w.pidfd, w.sock = -1, None
         how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
+        if said[:1] == b"E":
+            how["error"] = said[1:].decode(errors="replace")     # its fast path stopped: why
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         now = time.monotonic()
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]

@@ -13,7 +13,9 @@ frame it has read (io_uring reads ahead of the worker), leaves the rest in
 the queues for the next worker and exits 0 (the supervisor's way, on a
 reload); it says b"D" on the socket once drained, so that the worker replacing
 it goes without waiting for this interpreter's exit. SIGKILL stops it at
-once: what it had read is lost.
+once: what it had read is lost. A worker that cannot start, or whose fast path
+stops on an error, says why on the socket (b"E" + the reason) and exits 1: the
+control process logs it, in the log's format (fail).
 
 Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
@@ -129,6 +131,21 @@ def receive_ports(sock: socket.socket) -> dict[int, int] | None:
             return fds
 
 
+REASON_MAX = 1024       # bytes of a reason said on the ready socket (supervisor.MESSAGE_MAX holds it)
+
+
+def fail(ready: socket.socket, queue: int, reason: str) -> int:
+    """Say why this worker cannot go on (exit code 1): on the ready socket, so that the control
+    process logs it as a field of worker.start_failed or worker.exited (a line of ours on stderr
+    would be plain text among the JSON lines of a switch that logs JSON); on stderr only if the
+    control process cannot hear it."""
+    try:
+        ready.send(b"E" + reason.encode(errors="replace")[:REASON_MAX])
+    except OSError:
+        print(f"worker {queue}: {reason}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ctrl-C reaches the whole process group; the control process decides when workers stop.
@@ -137,12 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     if lib.ts_die_with_parent() != 0:
         return 1          # the control process is already gone
     shared = fastpath.Shared.attach(args.shm)
+    ready = socket.socket(fileno=args.ready)
     try:
         io = fastpath.io_backend()
     except ValueError as e:
-        print(f"worker {args.queue}: {e}", file=sys.stderr)
-        return 1
-    ready = socket.socket(fileno=args.ready)
+        return fail(ready, args.queue, str(e))
     queue_fds = receive_ports(ready)
     if queue_fds is None:
         return 0          # let go of before it had ports (a start that failed)
@@ -153,15 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         # io_uring refused (seccomp, kernel.io_uring_disabled): read/write, as worker.backend will say.
         w = lib.ts_worker_new(shared.ptr, args.queue, fds, n, lib.TS_IO_READWRITE)
     if w == ffi.NULL:
-        e = ffi.errno
-        print(f"worker {args.queue}: cannot start the fast path: {os.strerror(e)}", file=sys.stderr)
-        return 1
+        return fail(ready, args.queue, f"cannot start the fast path: {os.strerror(ffi.errno)}")
     ids = tuple(int(x) for x in args.user.split(":")) if args.user else None
     try:
         drop_privileges(ids)
     except OSError as e:
-        print(f"worker {args.queue}: cannot drop privileges: {e}", file=sys.stderr)
-        return 1
+        return fail(ready, args.queue, f"cannot drop privileges: {e}")
     if ids is not None and lib.ts_die_with_parent() != 0:
         return 1          # asked again: a new uid cleared it (and the parent may be gone meanwhile)
     how = fastpath.IO_NAMES[lib.ts_worker_io(w)] + (" registered" if lib.ts_worker_buffers_registered(w) else "")
@@ -180,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass          # the control process stopped listening: it waits for our exit instead
         return 0
-    print(f"worker {args.queue}: fast path stopped: {os.strerror(-rc)}", file=sys.stderr)
-    return 1
+    return fail(ready, args.queue, f"fast path stopped: {os.strerror(-rc)}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,23 @@ def test_unknown_backend_fails_the_start_and_leaves_nothing(lab, monkeypatch):
     assert not {p["netns"] for p in ports} & set(helpers.netns_list())
 
 
+def test_a_worker_that_cannot_start_says_why_in_the_switchs_json_log(lab, monkeypatch):
+    """The worker's reason went to stderr as a plain line among the JSON lines, and the log's
+    switch.start_failed (and the one-line reason) said only "worker 0 did not start (exit code 1)"."""
+    monkeypatch.setenv("TAPSWITCH_IO", "bogus")
+    ports = [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"}]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports}, start=False)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = (r.stdout + r.stderr).splitlines()
+    reason = [line for line in lines if line.startswith("tapswitch:")]
+    events = [json.loads(line) for line in lines if line not in reason]     # every other line is JSON
+    failed = [e for e in events if e["event"] == "switch.start_failed"]
+    assert len(failed) == 1 and "did not start: TAPSWITCH_IO='bogus'" in failed[0]["error"], failed
+    assert len(reason) == 1 and "TAPSWITCH_IO='bogus'" in reason[0], reason
+
+
 def test_tap_queues_carry_the_header_the_fast_path_parses(lab):
     """tap.py sets each queue's virtio-net header length; the fast path reads
     and writes TS_VNET_HDR_LEN bytes of it before every frame. Asked of real
