@@ -144,3 +144,33 @@ def test_a_client_that_resets_its_connection_is_no_traceback(served, capfd):
     assert b"tapswitch_fdb_entries" in scrape(served)
     time.sleep(0.2)
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_scrape_mid_reload_counts_each_mirror_under_its_own_name():
+    """A reload publishes the mirrors' new slots, then goes on (making ports, replacing workers)
+    before the switch's config is the new one: a scrape meanwhile read the new slots by the old
+    config's list, and gave a mirror that moved the counts of the one now in its old slot."""
+    from dataclasses import dataclass
+
+    from tapswitch import settings
+
+    @dataclass
+    class Running:
+        index: int
+        name: str
+        up: bool = True
+        mtu: int = 0
+    ports = "ports: [{name: a}, {name: b}, {name: m}]\n"
+    tail = "  - {name: mtail, from: [a], to: m}\n"
+    before = loads("switch: {name: mi}\n" + ports + "mirrors:\n" + tail)
+    after = loads("switch: {name: mi}\n" + ports + "mirrors:\n  - {name: mhead, from: [b], to: m}\n" + tail)
+    sw = Switch(before)
+    sw.shared = fastpath.Shared.create(1024, 1)
+    running = [Running(i, p.name) for i, p in enumerate(before.ports)]
+    settings.apply(sw.shared, before, running)
+    sw.shared.ptr.mirror_counters[0][0].packets = 5
+    settings.apply(sw.shared, after, running)       # sw.cfg is still `before`
+    families = {f.name: f for f in SwitchCollector(sw).collect()}
+    copies = {s.labels["mirror"]: s.value for s in families["tapswitch_mirror_packets"].samples}
+    assert copies == {"mhead": 0, "mtail": 5}
+    sw.shared.close()

@@ -65,7 +65,9 @@ class Shared:
         # Control process: counts at the last reset of a slot whose meaning
         # changed (a port's ACL, a mirror), subtracted from what workers wrote.
         self._acl_base: dict[int, list[int]] = {}
-        self._mirror_base: dict[int, dict[str, int]] = {}
+        # The mirror in each slot by name, and each slot's base: replaced as one (set_mirrors), so
+        # that a reader (a scrape) never sees a mirror with another slot's counts.
+        self._mirrors: tuple[tuple[str, ...], dict[int, dict[str, int]]] = ((), {})
 
     @classmethod
     def create(cls, fdb_size: int, n_workers: int) -> "Shared":
@@ -267,16 +269,29 @@ class Shared:
                 total[name] += getattr(c, name)
         return total
 
-    def mirror_counters(self, mirror: int) -> dict[str, int]:
+    def mirror_counters(self, mirror: int, base: dict | None = None) -> dict[str, int]:
         """packets, bytes and dropped copies of mirror slot `mirror`."""
-        base = self._mirror_base.get(mirror, {})
-        return {k: v - base.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
+        slot_base = (self._mirrors[1] if base is None else base).get(mirror, {})
+        return {k: v - slot_base.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
 
-    def reset_mirror_counters(self, mirror: int, counted: dict[str, int] | None = None) -> None:
-        """The mirror slot holds another mirror now: count from 0 again, or, for a mirror that
-        moved here from another slot, on from what it had `counted` there (mirror_counters)."""
-        counted = counted or {}
-        self._mirror_base[mirror] = {k: v - counted.get(k, 0) for k, v in self._mirror_sums(mirror).items()}
+    def mirrors(self) -> list[tuple[str, dict[str, int]]]:
+        """(name, mirror_counters) of each mirror, in slot order, as set_mirrors last placed them."""
+        names, base = self._mirrors
+        return [(name, self.mirror_counters(m, base)) for m, name in enumerate(names)]
+
+    def set_mirrors(self, names, moved: dict[int, dict[str, int] | None]) -> None:
+        """Slot m holds mirror names[m] now; each slot in `moved` holds another mirror than before,
+        which counts from 0, or, one that was in another slot, on from what it had counted
+        there (moved[m], its mirror_counters then)."""
+        base = dict(self._mirrors[1])
+        for m, counted in moved.items():
+            counted = counted or {}
+            base[m] = {k: v - counted.get(k, 0) for k, v in self._mirror_sums(m).items()}
+        self._mirrors = (tuple(names), base)
+
+    def reset_mirror_counters(self, mirror: int) -> None:
+        """The mirror slot holds another mirror now: count from 0 again."""
+        self.set_mirrors(self._mirrors[0], {mirror: None})
 
     def set_busy_poll(self, us: int) -> None:
         """switch.busy_poll_us for every worker, from its next turn."""

@@ -105,10 +105,10 @@ class SwitchCollector:
                       ["switch", "port", "rule", "action"],
                       (([name, p.name, str(r), rule.action], hits)
                        for p in ports for r, (rule, hits) in enumerate(zip(p.cfg.acl, shared.acl_hits(p.index)))))
-        mirrors = list(enumerate(sw.cfg.mirrors))
-        for key, doc in MIRROR_COUNTERS.items():
+        mirrors = shared.mirrors()     # by the settings the workers count by, not sw.cfg: a reload
+        for key, doc in MIRROR_COUNTERS.items():    # swaps that later, and may move mirrors' slots
             yield _family(CounterMetricFamily, f"tapswitch_mirror_{key}", doc, ["switch", "mirror"],
-                          (([name, m.name], shared.mirror_counters(i)[key]) for i, m in mirrors))
+                          (([name, m], counts[key]) for m, counts in mirrors))
         yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
                       ["switch"], [([name], shared.fdb_entries())])
         yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity",

@@ -191,8 +191,8 @@ def apply(shared, cfg, ports) -> int:
         shared.reset_acl_hits(i)
     for i, kind in storm_changed:     # no worker reads the old rate now
         shared.reset_storm(i, kind)
-    for m, was in mirrors_changed.items():
-        shared.reset_mirror_counters(m, mirrors_counted.get(was))
+    shared.set_mirrors([mirror.name for mirror in cfg.mirrors],
+                       {m: mirrors_counted.get(was) for m, was in mirrors_changed.items()})
     running = {port.index for port in ports}
     for port in ports:       # settings first: a port is never up with another port's settings
         shared.set_port(port.index, lib.TS_PORT_UP if port.up else lib.TS_PORT_DOWN,
