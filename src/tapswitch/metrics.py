@@ -46,7 +46,7 @@ PORT_COUNTERS = {
 MIRROR_COUNTERS = {
     "packets": "Copies sent to the mirror's monitor port.",
     "bytes": "Bytes of the copies sent to the mirror's monitor port.",
-    "dropped": "Copies not sent (the monitor port is down, or the kernel refused the write).",
+    "dropped": "Copies not sent (the monitor port is down, the copy is over its MTU, or the kernel refused the write).",
 }
 
 FDB_COUNTERS = {
