@@ -81,6 +81,23 @@ def test_a_port_mtu_over_a_vxlan_ports_own_mtu_is_refused_naming_both():
     assert str(e.value) == "port web0: mtu 1450 cannot cross VXLAN port vx0, whose mtu is 1400"
 
 
+def test_a_trunk_vxlan_port_leaves_room_for_the_tag_it_sends():
+    """A trunk sends the frames of its VLANs with an 802.1Q tag, inside the tunnel: 4 bytes the
+    inner frame holds besides what a port's MTU counts. Without that room a full-size frame
+    overflowed the underlay (fragmented over IPv4, lost over IPv6: TCP stalled)."""
+    mtus = segment_mtus([PortMtu("c1", None), PortMtu("vx0", None, carried=1450, tagged=True), PortMtu("c2", 1400)])
+    assert mtus == [1446, 1446, 1400]
+    with pytest.raises(VxlanError) as e:
+        segment_mtus([PortMtu("web0", 1450), PortMtu("vx0", None, carried=1450, tagged=True)])
+    assert str(e.value) == ("port web0: mtu 1450 cannot cross VXLAN port vx0, whose underlay carries at most 1446 "
+                            "behind the 802.1Q tag the port sends (a trunk)")
+    with pytest.raises(VxlanError) as e:
+        segment_mtus([PortMtu("vx0", 1450, carried=1450, tagged=True)])
+    assert str(e.value) == ("port vx0: mtu 1450 cannot cross its underlay, which carries at most 1446 "
+                            "behind the 802.1Q tag the port sends (a trunk)")
+    assert segment_mtus([PortMtu("c1", None), PortMtu("vx0", 1400, carried=1450, tagged=True)]) == [1400, 1400]
+
+
 def test_without_a_tunnel_mtus_are_as_configured_or_the_default():
     assert segment_mtus([PortMtu("a", None), PortMtu("b", 9000)]) == [1500, 9000]
 
@@ -397,6 +414,15 @@ def test_an_mtu_no_underlay_could_carry_is_a_located_error():
     ]
 
 
+def test_an_mtu_no_underlay_could_carry_behind_a_trunks_tag_is_a_located_error():
+    errors = errors_of("""\
+        - {name: c0, netns: a, mtu: 65484}
+        - {name: vx0, trunk: [10], vxlan: {vni: 1, local: 198.19.0.1}}
+        - {name: c1, netns: b, mtu: 65481}
+        """)
+    assert errors == ["t.yaml:4: ports[0].mtu: mtu 65484 cannot cross ports[1]'s IPv4 VXLAN trunk (at most 65481)"]
+
+
 def test_the_vxlan_device_name_cannot_clash_with_a_port():
     errors = errors_of("""\
         - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}
@@ -432,3 +458,18 @@ def test_beside_a_vxlan_port_a_remote_port_without_mtu_has_the_tunnels_set_on_it
     assert (vx.mtu, vx.mtu_given, vx.remote) == (port_mtu, True, "vx0-vx")
     assert (up.mtu, up.mtu_given, ports.sets_remote_mtu(up)) == (port_mtu, True, True)
     assert not ports.sets_remote_mtu(loads(SWITCH + "  - {name: up0, remote: eth1}\n").ports[0])
+
+
+def test_beside_a_trunk_vxlan_port_every_port_without_mtu_leaves_room_for_its_tag(monkeypatch):
+    from tapswitch import ports
+
+    class FakeTunnel:
+        def carried_mtu(self):
+            return carried_mtu(1500, "fd00::1")
+
+    monkeypatch.setattr(ports, "IPRoute", lambda: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(ports, "_tunnel", lambda ipr, c: FakeTunnel())
+    cfg = loads(SWITCH + "  - {name: vx0, trunk: [10], vlan: 1, vxlan: {vni: 42, local: 'fd00::1'}}\n"
+                         "  - {name: c0, netns: a, vlan: 10}\n")
+    vx, c0 = ports.plan(cfg.ports)
+    assert (vx.mtu, c0.mtu) == (1426, 1426)

@@ -862,9 +862,13 @@ def tunnel_mtu_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]
     tunnels = [(i, p) for i, p in ports if p.vxlan is not None]
     if not tunnels:
         return []
-    i_min, narrowest = min(tunnels, key=lambda t: -t[1].vxlan.overhead)
-    limit = tunnel.MTU_MAX - narrowest.vxlan.overhead
-    across = f"IPv{narrowest.vxlan.local.version} VXLAN (at most {limit})"
+
+    def carried(p: Port) -> int:     # a trunk's frames cross with their 802.1Q tag (tunnel.segment_mtus)
+        return tunnel.MTU_MAX - p.vxlan.overhead - (tunnel.VLAN_HLEN if p.trunk else 0)
+
+    i_min, narrowest = min(tunnels, key=lambda t: carried(t[1]))
+    limit = carried(narrowest)
+    across = f"IPv{narrowest.vxlan.local.version} VXLAN{' trunk' if narrowest.trunk else ''} (at most {limit})"
     return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
                                   f"{across}") for i, p in ports if p.mtu_given and p.mtu > limit]
 
@@ -1165,7 +1169,7 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 
 
 VLAN_KEYS = ("name", "vlan", "trunk")   # what reference_errors and the ACLs' VLAN check read of a port
-MTU_KEYS = ("name", "mtu", "vxlan")     # what tunnel_mtu_clashes reads
+MTU_KEYS = ("name", "mtu", "vxlan", "trunk")     # what tunnel_mtu_clashes reads
 
 
 def _port_views(ports: Any, keys: tuple[str, ...]) -> list[tuple[int, Port]]:

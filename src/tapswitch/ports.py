@@ -227,8 +227,8 @@ def plan(cfgs: list) -> list:
                 except vxlan.VxlanError as e:
                     raise PortError(f"port {c.name}: {e}") from None
     try:
-        mtus = vxlan.segment_mtus([vxlan.PortMtu(c.name, c.mtu if c.mtu_given else None, carried.get(c.name), c.mtu)
-                                   for c in cfgs])
+        mtus = vxlan.segment_mtus([vxlan.PortMtu(c.name, c.mtu if c.mtu_given else None, carried.get(c.name), c.mtu,
+                                                 tagged=bool(c.vxlan and c.trunk)) for c in cfgs])
     except vxlan.VxlanError as e:
         raise PortError(str(e)) from None
     # The segment decides every MTU: given by update (so mtu_given), a remote port's IFACE is set to it.

@@ -18,12 +18,14 @@ to every remote host, and each of them would flood it to its own ports as
 an unknown destination. (tapswitch still learns the MAC on the VXLAN port.)
 
 MTU: VXLAN costs 50 bytes over IPv4 (outer IPv4 20, UDP 8, VXLAN 8, the
-inner Ethernet header 14), 70 over IPv6 (outer IPv6 40). A frame the
-underlay cannot carry is dropped by the kernel, so the port MTU derives from
-the underlay's, and every port in the segment must fit in it
-(`segment_mtus`): a port without `mtu:` gets the tunnel's, a port whose
-`mtu:` is larger is refused at start. GSO frames cross whole: the kernel
-segments them after encapsulation.
+inner Ethernet header 14), 70 over IPv6 (outer IPv6 40), and a trunk VXLAN
+port 4 more: it sends the frames of its tagged VLANs with their 802.1Q tag,
+inside the tunnel. A frame the underlay cannot carry is fragmented by the
+kernel over IPv4 (every full-size frame in two) and lost over IPv6, so the
+port MTU derives from the underlay's, and every port in the segment must fit
+in it (`segment_mtus`): a port without `mtu:` gets the tunnel's, a port
+whose `mtu:` is larger is refused at start. GSO frames cross whole: the
+kernel segments them after encapsulation.
 
 A device left by a run that did not stop (SIGKILL) is found by its alias
 (`ALIAS_PREFIX`) and replaced; a device of that name that is not ours is an
@@ -76,6 +78,7 @@ ALL_ZEROS = "00:00:00:00:00:00"
 ALIAS_PREFIX = "tapswitch vxlan port "   # the device's alias: this and the port's name
 DSTPORT = 4789               # IANA's VXLAN port
 ETH_HLEN, UDP_HLEN, VXLAN_HLEN = 14, 8, 8
+VLAN_HLEN = 4                # the 802.1Q tag a trunk VXLAN port's frames cross with (segment_mtus)
 IP_HLEN = {4: 20, 6: 40}
 MTU_MAX = 65535              # the largest MTU an underlay (veth, loopback-like) can have
 LEARNING = True              # the kernel learns which host a MAC is behind (see the module doc)
@@ -117,8 +120,20 @@ class PortMtu:
 
     name: str
     mtu: int | None          # as configured; None when the config does not say
-    carried: int | None = None   # a VXLAN port: the largest MTU its tunnel carries
+    carried: int | None = None   # a VXLAN port: the largest MTU its tunnel carries (untagged)
     default: int = 1500      # a port's MTU when neither the config nor a tunnel says
+    tagged: bool = False     # a VXLAN port that is a trunk: frames of its VLANs cross with a tag
+
+    @property
+    def room(self) -> int | None:
+        """A VXLAN port: the largest MTU its tunnel carries as the port sends: behind the
+        802.1Q tag of a trunk (a port's MTU counts what follows the tags, the tunnel all)."""
+        if self.carried is None:
+            return None
+        return self.carried - VLAN_HLEN if self.tagged else self.carried
+
+    def behind_tag(self) -> str:
+        return " behind the 802.1Q tag the port sends (a trunk)" if self.tagged else ""
 
 
 def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
@@ -128,20 +143,22 @@ def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
     tunnel. So a port without an MTU of its own takes the smallest tunnel's
     (as Flannel does for its containers), and a configured MTU larger than
     a tunnel carries is refused, naming both. A VXLAN port's own `mtu:`, when
-    smaller than its underlay carries, is what its tunnel carries.
+    smaller than its underlay carries, is what its tunnel carries. A trunk
+    VXLAN port's tunnel carries 4 bytes less: the 802.1Q tag of its frames.
     """
     tunnels = [p for p in ports if p.carried is not None]
     if not tunnels:
         return [p.mtu if p.mtu is not None else p.default for p in ports]
     for p in tunnels:
-        if p.mtu is not None and p.mtu > p.carried:
+        if p.mtu is not None and p.mtu > p.room:
             raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross its underlay, "
-                             f"which carries at most {p.carried}")
+                             f"which carries at most {p.room}{p.behind_tag()}")
     # A VXLAN port's own mtu, smaller than its underlay carries, is what its TAP takes from the
     # switch: a larger frame from another port is dropped there (tx_errors), so it bounds them too.
-    narrowest = min(tunnels, key=lambda p: p.mtu or p.carried)
-    limit = narrowest.mtu or narrowest.carried
-    why = f"whose mtu is {limit}" if narrowest.mtu else f"whose underlay carries at most {limit}"
+    narrowest = min(tunnels, key=lambda p: p.mtu or p.room)
+    limit = narrowest.mtu or narrowest.room
+    why = (f"whose mtu is {limit}" if narrowest.mtu
+           else f"whose underlay carries at most {limit}{narrowest.behind_tag()}")
     out = []
     for p in ports:
         if p.mtu is None:
