@@ -1,0 +1,328 @@
+"""The documentation against the code, so that neither moves alone: README.md's YAML
+examples pass `tapswitch check`, its config tables name every key of the schema with
+its default, its command table is the command line's, its metric table is what the
+collector exports (name, type, labels), the log events it quotes are logged, and
+config/example.yaml ("every key") shows every key.
+
+No root: the collector reads a shared-memory table of a switch that never starts.
+"""
+
+import argparse
+import pathlib
+import re
+import typing
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from tapswitch import cli, config, fastpath
+from tapswitch.metrics import SwitchCollector
+from tapswitch.switch import Switch
+
+ROOT = pathlib.Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+SRC = ROOT / "src" / "tapswitch"
+
+
+def section(title: str) -> str:
+    """README's text under heading `title`, up to the next heading of its level or above
+    (a `#` line inside a code block is a comment, not a heading)."""
+    out, level, fenced = None, 0, False
+    for line in README.splitlines():
+        fenced ^= line.startswith("```")
+        heading = re.match(r"(#+) (.*)", line) if not fenced else None
+        if out is None:
+            if heading and heading[2] == title:
+                out, level = [], len(heading[1])
+        elif heading and len(heading[1]) <= level:
+            break
+        else:
+            out.append(line)
+    assert out is not None, title
+    return "\n".join(out)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row in `text` whose first cell names something in
+    backticks (not the headers, nor the rules); a `\\|` in a cell is no border."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            rows.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+# --- YAML examples --------------------------------------------------------------
+
+def yaml_blocks() -> list[tuple[int, str]]:
+    """(line, text) of every ```yaml block of README.md."""
+    return [(README[:m.start()].count("\n") + 2, m[1])
+            for m in re.finditer(r"^```yaml\n(.*?)^```", README, re.M | re.S)]
+
+
+FRAGMENT_SWITCH = "switch: {name: readme}\n"
+
+
+@pytest.mark.parametrize("line,text", yaml_blocks(), ids=[f"README.md:{n}" for n, _ in yaml_blocks()])
+def test_every_yaml_example_of_the_readme_passes_check(tmp_path, capsys, line, text):
+    """A block without `switch:` is a fragment of a config (its ports, mirrors, static MACs):
+    it is checked with a switch named for it. Anything else is checked as written."""
+    keys = set(yaml.safe_load(text))
+    if "switch" not in keys:
+        assert keys <= {"ports", "mirrors", "static_macs"}, keys
+        text = FRAGMENT_SWITCH + text
+    path = tmp_path / f"README-{line}.yaml"
+    path.write_text(text)
+    code = cli.main(["check", "-c", str(path)])
+    assert code == cli.EXIT_OK, capsys.readouterr().err
+
+
+def test_the_readme_has_complete_yaml_examples_not_only_fragments():
+    assert sum("switch" in yaml.safe_load(text) for _, text in yaml_blocks()) >= 3
+
+
+# --- Config keys ----------------------------------------------------------------
+
+def models_in(annotation, suffix: str = ""):
+    """(model, "[]" if in a list else "") for each config section an annotation holds."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation, suffix
+    for arg in typing.get_args(annotation):
+        yield from models_in(arg, "[]" if typing.get_origin(annotation) is list else suffix)
+
+
+def schema(model: type[BaseModel] = config.Config, prefix: str = "") -> dict[str, object]:
+    """{key path: default} of every key of the config file (`ports[].vxlan.vni`); required: ..."""
+    out = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{field.alias or name}"
+        out[path] = ... if field.is_required() else field.default
+        for inner, suffix in models_in(field.annotation):
+            out.update(schema(inner, f"{path}{suffix}."))
+    return out
+
+
+def plain(path: str) -> str:
+    return path.replace("[]", "")
+
+
+def documented_keys() -> dict[str, str]:
+    """{key path without []: its row's text} of the README's config tables; `ports[].mac`,
+    `mtu`, `speed` is three keys of one row, and `vxlan.vni` stands for `ports[].vxlan.vni`."""
+    rows = {}
+    for cells in table_rows(section("Configuration")) + table_rows(section("Several hosts")):
+        named = [plain(k) for k in re.findall(r"`([^`]+)`", cells[0])]
+        if not re.match(r"(switch|ports|mirrors|static_macs|vxlan)\b", named[0]):
+            continue
+        base = named[0].rpartition(".")[0]
+        for key in [named[0]] + [f"{base}.{k}" for k in named[1:]]:
+            rows[re.sub(r"^vxlan\.", "ports.vxlan.", key)] = " ".join(cells[1:])
+    return rows
+
+
+def row_of(path: str, rows: dict[str, str]) -> str | None:
+    """The row that documents `path`: its own, else its nearest parent's."""
+    key = plain(path)
+    while key and key not in rows:
+        key = key.rpartition(".")[0]
+    return rows.get(key)
+
+
+def names(word: str, text: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(word)}(?![\w.])", text) is not None
+
+
+def test_the_readme_config_tables_name_every_key_and_only_keys():
+    keys, rows = schema(), documented_keys()
+    assert set(rows) - {plain(k) for k in keys} == set()
+    acl = section("VLANs, isolation, mirroring, limits, ACLs, storm control")
+    undocumented = []
+    for path in keys:
+        if plain(path) in rows or any(plain(k).startswith(plain(path) + ".") for k in keys):
+            continue        # a row of its own, or a section (switch:, ports:...) of keys checked here
+        # A key without a row is named in its parent's (`{mac, port, vlan}`, `level`); the
+        # ACL's match fields are listed in their section.
+        leaf = path.rpartition(".")[2]
+        row = acl if path.startswith("ports[].acl[].match.") else row_of(path, rows)
+        if row is None or not names(leaf, row):
+            undocumented.append(path)
+    assert undocumented == []
+
+
+def said(value) -> str:
+    return str(value).lower()
+
+
+def test_the_readme_config_tables_state_every_default():
+    """Each key whose default is a value (not "none", not an empty list, not a section) has
+    that value in the row that documents it."""
+    rows = documented_keys()
+    missing = []
+    for path, default in schema().items():
+        if default in (None, ..., []) or isinstance(default, BaseModel):
+            continue
+        row = row_of(path, rows)
+        if row is None or "default" not in row or not names(said(default), row.lower()):
+            missing.append(f"{path} (default {default!r})")
+    assert missing == []
+
+
+def test_the_annotated_example_shows_every_key():
+    """config/example.yaml says it has every key, with its default and its limits."""
+    text = (ROOT / "config" / "example.yaml").read_text()
+    leaves = {path.rpartition(".")[2].rstrip("[]") for path in schema()}
+    assert sorted(k for k in leaves if not re.search(rf"\b{k}:", text)) == []
+
+
+# --- Command line ---------------------------------------------------------------
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """{"run": its parser, ..., "fdb flush": its parser, ...}"""
+    out = {}
+    for name, parser in subparsers(cli.build_parser()).items():
+        out[name] = parser
+        out.update({f"{name} {action}": p for action, p in subparsers(parser).items()})
+    return out
+
+
+def options(parser: argparse.ArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")}
+
+
+CLIENT_OPTIONS = {"-s", "--socket", "-c", "--config", "--json"}     # the prose after the table names them
+
+
+def command_table() -> dict[str, str]:
+    """{"fdb add": "tapswitch fdb add MAC --port P [--vlan V]", ...} of README's command table."""
+    out = {}
+    for cells in table_rows(section("Command line")):
+        usage = re.fullmatch(r"`tapswitch ([^`]*)`", cells[0])
+        if usage:
+            words = [w for w in usage[1].split() if re.fullmatch(r"[a-z]+", w)]
+            out[" ".join(words)] = usage[1]
+    return out
+
+
+def test_the_readme_command_table_lists_every_command_and_only_those():
+    assert set(command_table()) == set(commands())
+
+
+@pytest.mark.parametrize("command", sorted(commands()))
+def test_the_readme_names_every_option_of_a_command_and_only_its_options(command):
+    """The client options (-s, -c, --json), which every command but run and check takes,
+    are described once, after the table; every other option is in its command's row."""
+    parser, usage = commands()[command], command_table()[command]
+    named = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage))
+    assert named - options(parser) == set(), "in the README, not in the parser"
+    client = command not in ("run", "check")
+    unnamed = [a.option_strings for a in parser._actions
+               if a.option_strings and not isinstance(a, argparse._HelpAction)
+               and not (client and set(a.option_strings) <= CLIENT_OPTIONS)
+               and not set(a.option_strings) & named]
+    assert unnamed == [], "in the parser, not in the README"
+    if client:
+        assert CLIENT_OPTIONS <= options(parser)
+
+
+def test_the_readme_describes_the_client_options():
+    prose = section("Command line")
+    assert "`-s SOCKET`" in prose and "`-c FILE`" in prose
+    assert "`-s`, `-c` and `--json` after the action as before it" in prose
+
+
+# --- Metrics --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """{sample name: (type, labels, help)} of every family the collector yields."""
+    sw = Switch(config.loads("switch: {name: docs}\nports: [{name: a}]\n"))
+    sw.shared = fastpath.Shared.create(1024, 1)
+    try:
+        families = list(SwitchCollector(sw).collect())
+    finally:
+        sw.shared.close()
+    return {f.name + ("_total" if f.type == "counter" else ""): (f.type, tuple(f._labelnames), f.documentation)
+            for f in families}
+
+
+def metric_table() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """{name: (type, labels, meaning)} of README's metric table; `_acl_dropped_total` after
+    `tapswitch_port_vlan_dropped_total` is `tapswitch_port_acl_dropped_total`."""
+    out = {}
+    for cells in table_rows(section("Metrics")):
+        names = re.findall(r"`([^`]+)`", cells[0])
+        if not names or not names[0].startswith("tapswitch_"):
+            continue
+        stem = re.match(r"tapswitch_[a-z]+_", names[0])[0]
+        labels = tuple(label.strip() for label in cells[2].split(",") if label.strip())
+        for name in names:
+            out[stem + name[1:] if name.startswith("_") else name] = (cells[1].split()[0], labels, cells[3])
+    return out
+
+
+def test_the_readme_metric_table_is_what_the_collector_exports(exported):
+    table = metric_table()
+    assert set(table) == set(exported)
+    assert {n: t[:2] for n, t in table.items()} == {n: e[:2] for n, e in exported.items()}
+
+
+def test_the_metrics_the_dashboards_may_use_are_exported(exported):
+    listed = {line.strip() for line in (ROOT / "dashboards" / "METRICS.txt").read_text().splitlines()}
+    assert {n for n in listed if n.startswith("tapswitch_")} - set(exported) == set()
+
+
+def test_rx_errors_help_names_what_the_readme_counts_there(exported):
+    """The HELP a scraper shows and the README's table name the same malformed frames."""
+    help_text = exported["tapswitch_port_rx_errors_total"][2]
+    meaning = metric_table()["tapswitch_port_rx_errors_total"][2]
+    for kind in ("runts", "virtio-net headers", "802.1Q tags", "source MACs"):
+        assert kind in meaning and kind in help_text, kind
+
+
+# --- Log events -----------------------------------------------------------------
+
+def logged_events() -> set[str]:
+    """Every `noun.verb` event the control process logs."""
+    events = set()
+    for path in SRC.glob("*.py"):
+        events |= set(re.findall(r"""\(\s*["']([a-z_]+\.[a-z_0-9]+)["']""", path.read_text()))
+    return events
+
+
+def test_every_log_event_the_readme_quotes_is_logged():
+    events = logged_events()
+    nouns = {e.split(".")[0] for e in events} - {"tapswitch"}
+    keys = {p.replace("[]", "") for p in schema()} | {p.replace("ports[].", "") for p in schema()}
+    keys |= {p.replace("switch.", "", 1) for p in keys}
+    quoted = set(re.findall(r"`([a-z_]+\.[a-z_0-9]+)`", README))
+    claimed = {q for q in quoted if q.split(".")[0] in nouns and q not in keys}
+    assert claimed, "no event found in the README: the pattern is wrong"
+    assert sorted(claimed - events) == []
+
+
+# --- Reload -----------------------------------------------------------------------
+
+def test_the_settings_a_reload_refuses_are_the_ones_the_readme_lists():
+    from tapswitch.reload import FIXED_KEYS
+    prose = re.sub(r"\s+", " ", section("Command line"))
+    m = re.search(r"An invalid config, or one that changes (.*?), changes nothing", prose)
+    assert m, "the README's sentence on what a reload cannot change"
+    listed = {tuple(re.sub(r"^switch\.", "", key).split(".")) for key in re.findall(r"`([^`]+)`", m[1])}
+    assert listed == set(FIXED_KEYS)
+
+
+# --- Alerts -----------------------------------------------------------------------
+
+def test_the_readme_alert_table_is_the_alert_rules():
+    rules = yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())
+    alerts = {r["alert"] for group in rules["groups"] for r in group["rules"] if "alert" in r}
+    table = {re.findall(r"`([^`]+)`", cells[0])[0] for cells in table_rows(section("Prometheus"))}
+    assert table == alerts
