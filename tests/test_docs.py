@@ -1,8 +1,8 @@
 """The documentation against the code, so that neither moves alone: README.md's YAML
 examples pass `tapswitch check`, its config tables name every key of the schema with
 its default, its command table is the command line's, its metric table is what the
-collector exports (name, type, labels), the log events it quotes are logged, and
-config/example.yaml ("every key") shows every key.
+collector exports (name, type, labels, and a HELP that names the causes its row names),
+the log events it quotes are logged, and config/example.yaml ("every key") shows every key.
 
 No root: the collector reads a shared-memory table of a switch that never starts.
 """
@@ -285,6 +285,36 @@ def test_rx_errors_help_names_what_the_readme_counts_there(exported):
     meaning = metric_table()["tapswitch_port_rx_errors_total"][2]
     for kind in ("runts", "virtio-net headers", "802.1Q tags", "source MACs"):
         assert kind in meaning and kind in help_text, kind
+
+
+# What a metric's HELP and its README row both say: the causes an operator reads the metric
+# by. A HELP that leaves one out sends the reader of /metrics looking elsewhere.
+HELP_AGREES_WITH_README = {
+    "tapswitch_port_rx_errors_total": ["runts", "virtio-net header", "802.1Q tag", "source MAC", "read failed"],
+    "tapswitch_port_rx_dropped_total": ["not forwarded"],
+    "tapswitch_port_rx_missed_total": ["queue full"],
+    "tapswitch_port_tx_errors_total": ["MTU", "write failed"],
+    "tapswitch_port_tx_dropped_total": ["refused the write", "send buffer was full"],
+    "tapswitch_port_flooded_packets_total": ["flooded", "rx_dropped"],
+    "tapswitch_port_vlan_dropped_total": ["VLAN"],
+    "tapswitch_port_acl_dropped_total": ["ACL"],
+    "tapswitch_port_mac_limit_dropped_total": ["mac_limit"],
+    "tapswitch_port_storm_dropped_total": ["storm control"],
+    "tapswitch_port_up": ["could not make"],
+    "tapswitch_mirror_dropped_total": ["monitor port is down", "over its MTU", "refused the write"],
+    "tapswitch_fdb_capacity": ["mac_table.size and a quarter more"],
+    "tapswitch_fdb_evicted_total": ["bucket was full"],
+    "tapswitch_worker_info": ["uring-burst", "readwrite"],
+}
+
+
+@pytest.mark.parametrize("metric", sorted(HELP_AGREES_WITH_README))
+def test_a_metrics_help_names_what_its_readme_row_names(exported, metric):
+    help_text = exported[metric][2].lower()
+    meaning = metric_table()[metric][2].replace("`", "").lower()
+    for phrase in HELP_AGREES_WITH_README[metric]:
+        assert phrase.lower() in meaning, f"README's {metric} row does not say {phrase!r}"
+        assert phrase.lower() in help_text, f"# HELP {metric} does not say {phrase!r}"
 
 
 # --- Log events -----------------------------------------------------------------
