@@ -845,6 +845,7 @@ def test_same_features_load_equal():
     ('""', None),
     ('"127.0.0.1:9417"', ("127.0.0.1", 9417)),
     ('"[::1]:9417"', ("::1", 9417)),
+    ('"[fe80::1%eth0]:9417"', ("fe80::1%eth0", 9417)),   # the scope: the device to bind on
     ('"localhost:80"', ("localhost", 80)),
 ])
 def test_metrics_listen_parsing(listen, address):

@@ -187,7 +187,9 @@ def serve(switch, host: str, port: int):
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     registry.register(SwitchCollector(switch))
+    # The whole address getaddrinfo gives: an IPv6 one carries its scope id ("fe80::1%eth0"),
+    # without which the kernel refuses to bind a link-local address.
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    server = _Server(family, (sockaddr[0], port), make_wsgi_app(registry))
+    server = _Server(family, sockaddr, make_wsgi_app(registry))
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

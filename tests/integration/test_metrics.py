@@ -5,6 +5,7 @@ Exact counts come from quiet namespaces (no IPv6, no addresses: the kernel
 sends nothing by itself) and frames sent by tests/integration/sendframes.py.
 """
 
+import json
 import os
 import re
 import shutil
@@ -528,6 +529,24 @@ def test_a_port_in_a_removed_ports_slot_counts_its_acl_hits_from_zero(lab):
     assert exporter.port_counters()[new["name"]]["rx_packets"] == 0
     assert not helpers.ping(nss[2], "198.18.21.2", count=1)
     assert wait_until(hits, lambda h: h[new["name"], "0"] >= 1) == {(new["name"], "0"): 1}
+
+
+def test_metrics_listen_on_a_scoped_ipv6_link_local_address(lab):
+    """[fe80::..%dev]:port binds with dev's scope id (the kernel refuses a link-local bind
+    without one: the switch exited 1, "Invalid argument")."""
+    ns = lab.netns("m", create=True)
+    helpers.nsexec(ns, "ip", "link", "add", "tsmet", "type", "veth", "peer", "name", "tsmet1")
+    for dev in ("tsmet", "tsmet1"):
+        helpers.nsexec(ns, "ip", "link", "set", dev, "up")
+    helpers.wait_for("tsmet's link-local address", lambda: helpers.ipv6_settled(ns, "tsmet"))
+    (address,) = (a["local"] for a in json.loads(helpers.nsexec(ns, "ip", "-j", "-6", "addr", "show",
+                                                                  "dev", "tsmet", "scope", "link").stdout)[0]["addr_info"])
+    listen = f"[{address}%tsmet]:9417"
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "metrics": {"listen": listen}},
+                     "ports": [{"name": lab.name("p0")}]}, netns=ns)
+    assert [e["address"] for e in sw.events("metrics.listening")] == [listen]
+    r = helpers.nsexec(ns, "curl", "-sSg", "--max-time", "5", f"http://[{address}%25tsmet]:9417/metrics")
+    assert "tapswitch_build_info" in r.stdout
 
 
 # --- Start failures -------------------------------------------------------------
