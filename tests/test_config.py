@@ -863,6 +863,12 @@ def test_metrics_listen_bad_port_is_rejected():
     )
 
 
+def test_metrics_listen_link_local_without_its_device_is_rejected():
+    assert one_error('switch:\n  name: s\n  metrics: {listen: "[fe80::1]:9417"}\nports: [{name: p}]\n') == (
+        "t.yaml:3: switch.metrics.listen: a link-local address needs the device it is on: [fe80::1%eth0]:9417"
+    )
+
+
 @pytest.mark.parametrize("listen", ["9417", "::1:9417", "127.0.0.1:", "[nope]:9417", "a b:1"])
 def test_metrics_listen_malformed_is_rejected(listen):
     assert one_error(f'switch:\n  name: s\n  metrics: {{listen: "{listen}"}}\nports: [{{name: p}}]\n').startswith(

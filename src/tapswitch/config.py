@@ -296,9 +296,11 @@ def _parse_listen(value: str) -> tuple[str, int] | None:
         raise ValueError(f"port {int(port)} is not in 1..65535")
     if m[1] is not None:
         try:
-            ipaddress.IPv6Address(host)
+            address = ipaddress.IPv6Address(host)
         except ValueError:
             raise ValueError(f"not an IPv6 address inside brackets: {host!r}") from None
+        if address.is_link_local and address.scope_id is None:     # the kernel refuses to bind it
+            raise ValueError(f"a link-local address needs the device it is on: [{host}%eth0]:{port}")
     elif not re.fullmatch(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*", host):
         raise ValueError(f"not an IPv4 address or host name: {host!r}")
     return host, int(port)
