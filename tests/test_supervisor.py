@@ -41,9 +41,9 @@ SET_UP = "import os, sys; fd = int(sys.argv[1]); os.write(fd, b'R readwrite'); o
 HANGS = "import time; time.sleep(60)"
 
 
-def _pending(code: str) -> supervisor.Pending:
+def _pending(code: str, *args: str) -> supervisor.Pending:
     """A Pending (a worker process not let go yet) running code, as _launch makes them."""
-    w = _worker(code)
+    w = _worker(code, *args)
     os.close(w.pidfd)
     return supervisor.Pending(w.proc, w.sock)
 
@@ -190,6 +190,39 @@ def test_a_worker_whose_fast_path_stopped_says_why_in_worker_exited(monkeypatch)
     exited = [e for e in logs if e["event"] == "worker.exited"]
     assert exited and exited[0]["exit_code"] == 1, logs
     assert exited[0]["error"] == "fast path stopped: Bad file descriptor"
+    sup.stop()
+
+
+# A stand-in for a worker a Python exception stopped: says so as worker.main does (worker.fail,
+# the reason and the traceback), then exits 1.
+RAISED = ("import socket, sys; from tapswitch import worker; "
+          "sys.exit(worker.fail(socket.socket(fileno=int(sys.argv[1])), 0, sys.argv[2], sys.argv[3]))")
+TRACE = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nRuntimeError: boom\n'
+
+
+def test_a_worker_a_python_exception_stopped_says_it_and_its_traceback_in_worker_exited(monkeypatch):
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0] = _worker(RAISED, "RuntimeError: boom", TRACE)
+    _exited(w)
+    with structlog.testing.capture_logs() as logs:
+        sup.exited(w)
+    [exited] = [e for e in logs if e["event"] == "worker.exited"]
+    assert (exited["exit_code"], exited["error"], exited["traceback"]) == (1, "RuntimeError: boom", TRACE)
+    sup.stop()
+
+
+def test_a_restart_a_python_exception_stopped_says_it_and_its_traceback_in_worker_start_failed(monkeypatch):
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(RAISED, "RuntimeError: boom", TRACE))
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+    monkeypatch.setattr(supervisor, "SPAWN_TRIES", 1)
+    sup.restart(w)
+    assert select.select([w.starting.sock], [], [], 10)[0]
+    with structlog.testing.capture_logs() as logs:
+        assert not sup.ready(w)
+    [failed] = [e for e in logs if e["event"] == "worker.start_failed"]
+    assert failed["error"] == "worker 0 did not start: RuntimeError: boom" and failed["traceback"] == TRACE
     sup.stop()
 
 

@@ -46,7 +46,7 @@ RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a w
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
 HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed
                            # (it moves every turn, at least once a second: fastpath.h, TS_IDLE_WAIT_MS)
-MESSAGE_MAX = 2048         # bytes of one message from a worker: b"E" and its reason (worker.fail) fit
+MESSAGE_MAX = 16384        # bytes of one message from a worker: b"E", its reason and traceback (worker.fail) fit
 WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
                            # since the last look, the control process was stopped or busy, not watching
 
@@ -78,8 +78,25 @@ def _recv(sock: socket.socket, wait: bool = True) -> bytes:
     return b""
 
 
+def _failure(said: bytes) -> tuple[str, str | None]:
+    """What a worker's b"E" message says (worker.fail): why it cannot go on, and the traceback
+    of the Python exception that stopped it (None if none did)."""
+    error, _, trace = said[1:].decode(errors="replace").partition("\0")
+    return error, trace or None
+
+
+def _traceback(trace: str | None) -> dict:
+    """The log's field for a worker's traceback: one field, no lines of its own on stderr."""
+    return {"traceback": trace} if trace else {}
+
+
 class WorkerError(Exception):
-    """A worker did not come up; the message is one line for the user."""
+    """A worker did not come up; the message is one line for the user, `traceback` the
+    worker's, if a Python exception stopped it."""
+
+    def __init__(self, message: str, traceback: str | None = None):
+        super().__init__(message)
+        self.traceback = traceback
 
 
 class Worker:
@@ -282,7 +299,8 @@ class Supervisor:
         if said[:1] != b"R":
             self._discard(w, p)
             if said[:1] == b"E":
-                raise WorkerError(f"worker {w.queue} did not start: {said[1:].decode(errors='replace')}")
+                error, trace = _failure(said)
+                raise WorkerError(f"worker {w.queue} did not start: {error}", trace)
             if said_something:
                 raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
             raise WorkerError(f"worker {w.queue} did not start (not set up within {READY_TIMEOUT:g} s, killed)")
@@ -410,7 +428,8 @@ class Supervisor:
         w.pidfd, w.sock = -1, None
         how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
         if said[:1] == b"E":
-            how["error"] = said[1:].decode(errors="replace")     # its fast path stopped: why
+            error, trace = _failure(said)       # its fast path stopped, or an exception: why
+            how.update(error=error, **_traceback(trace))
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         now = time.monotonic()
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
@@ -465,18 +484,18 @@ class Supervisor:
         try:
             self._hear(w, p, said_something)
         except WorkerError as e:
-            if self._start_failed(w, p.attempt, str(e)):
+            if self._start_failed(w, p.attempt, str(e), e.traceback):
                 self.restart(w, p.attempt + 1)
             return False
         return True
 
-    def _start_failed(self, w: Worker, attempt: int, error: str) -> bool:
+    def _start_failed(self, w: Worker, attempt: int, error: str, trace: str | None = None) -> bool:
         """Try `attempt` of w's restart failed (logged): True if another try is due at once. After
         SPAWN_TRIES, down() offers it again after a wait that doubles with each restart in a row
         that fails (1 s, 2 s, ... RETRY_MAX), as a worker that keeps dying is held back, so that
         one that cannot start (its module or the fast path broken, say) costs no 3 processes and
         3 errors a second for good."""
-        log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=error)
+        log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=error, **_traceback(trace))
         if attempt < SPAWN_TRIES:
             return True
         wait = min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
@@ -532,7 +551,7 @@ class Supervisor:
                 try:
                     self._await(w, p)
                 except WorkerError as e:
-                    log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+                    log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e), **_traceback(e.traceback))
                     fresh[w] = None
             for w, p in fresh.items():
                 old = self._hand_over(w)

@@ -147,7 +147,8 @@ class Switch:
             self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
         except STARTUP_ERRORS as e:
             reason = _reason(e)
-            log.error("switch.start_failed", switch=self.name, error=reason)
+            trace = {"traceback": e.traceback} if isinstance(e, WorkerError) and e.traceback else {}
+            log.error("switch.start_failed", switch=self.name, error=reason, **trace)
             self._undo()
             raise StartError(reason) from None
         except BaseException:

@@ -15,7 +15,9 @@ reload); it says b"D" on the socket once drained, so that the worker replacing
 it goes without waiting for this interpreter's exit. SIGKILL stops it at
 once: what it had read is lost. A worker that cannot start, or whose fast path
 stops on an error, says why on the socket (b"E" + the reason) and exits 1: the
-control process logs it, in the log's format (fail).
+control process logs it, in the log's format (fail). So does one that a Python
+exception stops, its type and message the reason, its traceback said after it
+(main): not Python's traceback on stderr, among the switch's JSON lines.
 
 Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
@@ -29,8 +31,7 @@ import os
 import signal
 import socket
 import sys
-
-from tapswitch import fastpath
+import traceback
 
 # linux/prctl.h and linux/capability.h
 PR_CAPBSET_DROP = 24
@@ -132,29 +133,46 @@ def receive_ports(sock: socket.socket) -> dict[int, int] | None:
 
 
 REASON_MAX = 1024       # bytes of a reason said on the ready socket (supervisor.MESSAGE_MAX holds it)
+TRACEBACK_MAX = 8192    # bytes of a traceback said after it: its last ones (the frames nearest the raise)
 
 
-def fail(ready: socket.socket, queue: int, reason: str) -> int:
+def fail(ready: socket.socket, queue: int, reason: str, trace: str = "") -> int:
     """Say why this worker cannot go on (exit code 1): on the ready socket, so that the control
     process logs it as a field of worker.start_failed or worker.exited (a line of ours on stderr
     would be plain text among the JSON lines of a switch that logs JSON); on stderr only if the
-    control process cannot hear it."""
+    control process cannot hear it. The message is b"E" + the reason, and for an exception
+    b"\0" + its traceback (the control process logs it as the field `traceback`)."""
+    said = b"E" + reason.replace("\0", " ").encode(errors="replace")[:REASON_MAX]
+    if trace:
+        said += b"\0" + trace.encode(errors="replace")[-TRACEBACK_MAX:]
     try:
-        ready.send(b"E" + reason.encode(errors="replace")[:REASON_MAX])
+        ready.send(said)
     except OSError:
-        print(f"worker {queue}: {reason}", file=sys.stderr)
+        print(f"worker {queue}: {reason}" + (f"\n{trace}" if trace else ""), file=sys.stderr)
     return 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the worker (exit code: 0 stopped, 1 failed). A Python exception is a failure as
+    fail says one: its type and message the reason, its traceback after it."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ctrl-C reaches the whole process group; the control process decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ready = socket.socket(fileno=args.ready)
+    try:
+        return _run(args, ready)
+    except Exception as e:
+        reason = f"{type(e).__qualname__}: {e}" if str(e) else type(e).__qualname__
+        return fail(ready, args.queue, reason, traceback.format_exc())
+
+
+def _run(args: argparse.Namespace, ready: socket.socket) -> int:
+    """Set the fast path up over the ports that come on `ready`, and forward until stopped."""
+    from tapswitch import fastpath     # here: a module that fails to load is said as any failure
     lib, ffi = fastpath.lib, fastpath.ffi
     if lib.ts_die_with_parent() != 0:
         return 1          # the control process is already gone
     shared = fastpath.Shared.attach(args.shm)
-    ready = socket.socket(fileno=args.ready)
     try:
         io = fastpath.io_backend()
     except ValueError as e:

@@ -1,5 +1,6 @@
 """Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak;
-a worker that hangs, one that keeps dying, and one that hangs or is slow while it restarts.
+a worker that hangs, one that keeps dying, one that hangs or is slow while it restarts, and one
+that a Python exception stops.
 
 Each drill runs real namespaces and a real switch through the `lab` fixture,
 which removes everything afterwards, whether the drill passed or not.
@@ -22,6 +23,7 @@ HERE = os.path.dirname(__file__)
 FLOOD = os.path.join(HERE, "flood.py")
 SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
 WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
+WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -441,6 +443,63 @@ def test_a_stop_while_a_worker_restarts_is_prompt_and_leaves_no_process(lab, tmp
 
 
 # --- Soak ---------------------------------------------------------------------------
+
+# --- A Python exception in a worker ----------------------------------------------------
+
+RAISED = "RuntimeError: forced by tests/worker_raises.py"
+
+
+def json_only(lines: list[str]) -> list[dict]:
+    """Every line as JSON: a line that is not (a traceback's, say) fails the test."""
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"a line that is not JSON: {line!r}\n" + "\n".join(lines)) from None
+    return events
+
+
+def test_a_worker_stopped_by_a_python_exception_says_why_in_worker_exited_and_is_restarted(
+        lab, tmp_path, monkeypatch):
+    """A worker whose Python raised printed a plain traceback on stderr among the switch's JSON
+    lines, and worker.exited said only its exit code. It says the exception on its ready socket
+    as a worker that cannot go on does: worker.exited's error, its traceback one field; it
+    still exits 1, and is restarted."""
+    raises = tmp_path / "worker-raises"
+    raises.write_text("run")            # the first worker raises once let go to forward
+    monkeypatch.setenv("TAPSWITCH_TEST_WORKER_RAISES", str(raises))
+    sw, listen, (a, _b) = two_hosts(lab, ping=False, wrapper=WORKER_RAISES)
+    helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=10)
+    [exited] = sw.events("worker.exited")
+    assert (exited["exit_code"], exited["error"]) == (1, RAISED), exited
+    assert exited["traceback"].startswith("Traceback (most recent call last):\n"), exited
+    assert exited["traceback"].rstrip().endswith(RAISED), exited
+    assert helpers.ping(a, "198.18.9.2", count=2)
+    assert metric(listen, "tapswitch_worker_restarts_total") == 1
+    json_only(sw.log().splitlines())
+
+
+def test_a_worker_stopped_by_a_python_exception_while_starting_fails_the_start_saying_why(lab, tmp_path, monkeypatch):
+    """The same in a worker setting up at the switch's start: switch.start_failed and the
+    one-line reason say the exception, not "exit code 1", and stderr has no traceback."""
+    raises = tmp_path / "worker-raises"
+    raises.write_text("start")
+    monkeypatch.setenv("TAPSWITCH_TEST_WORKER_RAISES", str(raises))
+    ports = [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"}]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, start=False)
+    r = subprocess.run([*WORKER_RAISES, sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    lines = (r.stdout + r.stderr).splitlines()
+    reason = [line for line in lines if line.startswith("tapswitch:")]
+    assert reason == [f"tapswitch: worker 0 did not start: {RAISED}"], r.stderr
+    failed = [e for e in json_only([line for line in lines if line not in reason])
+              if e["event"] == "switch.start_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == f"worker 0 did not start: {RAISED}", failed
+    assert failed[0]["traceback"].rstrip().endswith(RAISED), failed
+    assert not helpers.link_exists(ports[0]["name"])
+
 
 def test_soak_60s(tmp_path):
     """bench/soak.py for 60 s: mixed traffic, SIGHUP every 4 s, a worker SIGKILLed every 10 s; it
