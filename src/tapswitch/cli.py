@@ -152,9 +152,10 @@ def cmd_ports(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return EXIT_OK
-    headers = ["NAME", "STATE", "MAC", "MTU", "SPEED", "REMOTE", "QUEUES"] + [c.upper().replace("_", "-") for c in PORT_COLUMNS]
+    headers = (["NAME", "STATE", "MAC", "MTU", "SPEED", "REMOTE", "QUEUES"] + [c.upper().replace("_", "-") for c in PORT_COLUMNS]
+               + ["ERROR"])     # last: a reason has spaces, the columns before it stay one word each
     print(table([[p["name"], p["state"], p["mac"], p["mtu"], p["speed"], p["remote"], p["queues"]]
-                 + [p["counters"][c] for c in PORT_COLUMNS] for p in result], headers))
+                 + [p["counters"][c] for c in PORT_COLUMNS] + [p.get("error")] for p in result], headers))
     return EXIT_OK
 
 

@@ -117,7 +117,9 @@ class Switch:
         self.selector = selectors.DefaultSelector()
         self.watched: dict[int, object] = {}    # queue -> what the selector watches of its worker (_watch)
         self.reloads = {"success": 0, "failure": 0}
-        self.unmade: list[str] = []     # ports of the config the last reload could not make: down, for metrics
+        # Ports of the config the last reload could not make: name -> (its config.Port, why). They
+        # are down, for metrics and `tapswitch ports`; a new dict each reload (other threads read it).
+        self.unmade: dict[str, tuple[object, str]] = {}
         self.stopping = False
         self.reload_requested = False
         self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
@@ -646,7 +648,8 @@ class Switch:
             errors = [str(e)]
         else:
             failed = self.apply(plan, new)
-            self.unmade = list(failed)      # each reload tries them again: they are not in self.cfg
+            by_name = {p.name: p for p in new.ports}    # each reload tries them again: they are not in self.cfg
+            self.unmade = {name: (by_name[name], error) for name, error in failed.items()}
             self.reloads["failure" if failed else "success"] += 1
             summary = {what: [n for n in names if n not in failed] for what, names in plan.summary().items()}
             summary["failed"] = list(failed)
@@ -844,9 +847,11 @@ class Switch:
         raise ControlError(f"no port named {name!r}")
 
     def ports_info(self) -> list[dict]:
-        ports_now = self.ports      # one list: a reload may swap it meanwhile
+        """Every port of the config: those running, then those the last reload could not make,
+        down, with why (`error`; None for a port that runs), no MAC and counts of 0."""
+        ports_now, unmade = self.ports, self.unmade     # each read once: a reload may swap them meanwhile
         missed = self.rx_missed(ports_now)
-        return [{
+        running = [{
             "name": p.name,
             "state": "up" if p.up else "down",
             "mac": p.mac,
@@ -856,7 +861,21 @@ class Switch:
             "queues": self.queues,
             "counters": {**self.shared.counters(p.index), "rx_missed": missed[p.index]},
             "queue_counters": [self.shared.queue_counters(p.index, q) for q in range(self.queues)],
+            "error": None,
         } for p in ports_now]
+        made = {p.name for p in ports_now}      # one a reload under way has made is in ports_now
+        return running + [{
+            "name": name,
+            "state": "down",
+            "mac": None,
+            "mtu": pcfg.mtu,
+            "speed": pcfg.speed,
+            "remote": pcfg.remote,
+            "queues": self.queues,
+            "counters": dict.fromkeys((*fastpath.COUNTERS, "rx_missed"), 0),
+            "queue_counters": [dict.fromkeys(fastpath.COUNTERS, 0) for _ in range(self.queues)],
+            "error": error,
+        } for name, (pcfg, error) in unmade.items() if name not in made]
 
     def rx_missed(self, ports_now: list[ports.Port]) -> dict[int, int]:
         """Frames each of `ports_now` (the port list as the caller read it: a reload in the

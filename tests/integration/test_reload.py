@@ -395,6 +395,39 @@ def test_a_port_whose_tap_its_host_moved_away_is_made_again_by_reload(lab):
     assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
 
 
+def test_ports_shows_a_port_the_last_reload_could_not_make_as_down_with_why(lab):
+    """A remote port whose IFACE does not exist: /metrics says tapswitch_port_up 0, and
+    `tapswitch ports` left it out, table and --json. It is listed, down, with the reload's
+    reason as `error` (None for the ports that run), until a reload removes it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, nosuch = lab.name("x"), lab.name("nd")
+    cfg["ports"].append({"name": name, "remote": nosuch, "speed": 100})
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and json.loads(r.stdout)["failed"] == [name], r
+    [error] = json.loads(r.stdout)["errors"]
+    ports = sw.cli_json("ports")
+    assert [(p["name"], p["state"], p["error"]) for p in ports] == [
+        (cfg["ports"][0]["name"], "up", None), (cfg["ports"][1]["name"], "up", None), (name, "down", error)]
+    made, unmade = ports[0], ports[2]
+    assert set(unmade) == set(made)                     # the same keys as a port that runs
+    assert (unmade["mac"], unmade["mtu"], unmade["speed"], unmade["remote"], unmade["queues"]) == (
+        None, 1500, 100, nosuch, 2)
+    assert unmade["counters"] == dict.fromkeys(made["counters"], 0)
+    assert unmade["queue_counters"] == [dict.fromkeys(made["queue_counters"][0], 0)] * 2
+    header, *rows = sw.cli("ports").stdout.splitlines()
+    assert header.split()[-1] == "ERROR"
+    [row] = [r for r in rows if r.split()[0] == name]
+    assert row.split()[1:3] == ["down", "-"] and row.endswith(error), row
+    assert all(r.split()[-1] == "-" for r in rows if r != row)
+    cfg["ports"].pop()
+    rewrite(sw, cfg)
+    assert sw.cli("reload").returncode == 0
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+
+
 def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
     """Its name is taken by another device: the reload makes the rest, says which port failed
     and why, exits 1 with or without --json, and a later reload tries it again."""
@@ -444,7 +477,8 @@ def test_out_of_descriptors_to_hold_a_namespace_it_made_the_reload_fails_that_po
         assert new not in helpers.netns_list()
         assert not os.path.exists(sw.socket + ".state")
         assert len(os.listdir(f"/proc/{sw.proc.pid}/fd")) <= fds
-    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert [(p["state"], p["error"]) for p in sw.cli_json("ports")] == [("up", None), ("up", None),
+                                                                         ("down", r.stderr.strip())]
     assert helpers.ping(lab.name("c0"), "198.18.4.2")
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()

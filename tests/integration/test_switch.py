@@ -93,9 +93,11 @@ def test_ports_json_has_exactly_the_contract_keys(lab):
     ports = sw.cli_json("ports")
     assert [p["name"] for p in ports] == [p["name"] for p in cfg["ports"]]
     for p in ports:
-        # DESIGN's keys, and each queue's counters (the contract extended, not renamed)
-        assert set(p) == {"name", "state", "mac", "mtu", "speed", "remote", "queues", "counters", "queue_counters"}
-        assert p["state"] == "up" and p["queues"] == 2 and p["mtu"] == 1500
+        # DESIGN's keys, each queue's counters and why a reload could not make the port (the
+        # contract extended, not renamed)
+        assert set(p) == {"name", "state", "mac", "mtu", "speed", "remote", "queues", "counters", "queue_counters",
+                          "error"}
+        assert p["state"] == "up" and p["queues"] == 2 and p["mtu"] == 1500 and p["error"] is None
         assert len(p["queue_counters"]) == 2 and set(p["queue_counters"][0]) == set(p["counters"]) - {"rx_missed"}
         assert p["counters"]["rx_packets"] >= 3 and p["counters"]["tx_packets"] >= 3
     assert ports[0]["mac"] == "02:00:00:00:00:0a" and ports[0]["speed"] == 10000
