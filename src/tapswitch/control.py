@@ -8,6 +8,7 @@ The socket is mode 0600 and only root or the switch's own user may talk to it
 (SO_PEERCRED).
 """
 
+import itertools
 import json
 import os
 import socket
@@ -27,6 +28,25 @@ RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answ
 
 class ControlError(Exception):
     """The request cannot be served; the message goes back to the client."""
+
+
+class Listing:
+    """A result that is a list too long to build as one string (the MAC table: millions of
+    entries): the reply is written a chunk of items at a time, as they are made."""
+
+    CHUNK = 4096    # items serialised and sent at once
+
+    def __init__(self, items):
+        self.items = items
+
+    def chunks(self):
+        """The reply's bytes: the same line json.dumps of the whole reply would be."""
+        yield b'{"ok": true, "result": ['
+        items, first = iter(self.items), True
+        while chunk := list(itertools.islice(items, self.CHUNK)):
+            yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
+            first = False
+        yield b"]}\n"
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -57,14 +77,22 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise ControlError("a request is a JSON object with a \"cmd\" string, not nested this deep") from None
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
-            reply = {"ok": True, "result": self.server.dispatch(request)}
+            result = self.server.dispatch(request)
         except (ControlError, ValueError) as e:
-            reply = {"ok": False, "error": str(e)}
-        self._reply(reply)
+            self._reply({"ok": False, "error": str(e)})
+            return
+        if isinstance(result, Listing):
+            self._send(result.chunks())
+        else:
+            self._reply({"ok": True, "result": result})
 
     def _reply(self, obj) -> None:
+        self._send([json.dumps(obj).encode() + b"\n"])
+
+    def _send(self, chunks) -> None:
         try:
-            self.wfile.write(json.dumps(obj).encode() + b"\n")
+            for chunk in chunks:
+                self.wfile.write(chunk)
         except OSError as e:
             self._client_lost(e)
 
@@ -274,7 +302,7 @@ def request(path: str, cmd: str, **args):
         with s, s.makefile("rwb") as f:
             f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
             f.flush()
-            line = f.readline(16 * 1024 * 1024)
+            line = f.readline()    # as long as it is: the MAC table's, of millions of entries, too
     except TimeoutError:
         raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
     except OSError as e:

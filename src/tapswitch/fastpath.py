@@ -183,10 +183,15 @@ class Shared:
 
     def fdb_dump(self) -> list[tuple[str, int, int, bool, int]]:
         """Live entries as (mac, vlan, port, static, seen)."""
+        return list(self.fdb_records())
+
+    def fdb_records(self):
+        """fdb_dump's entries, copied from the table now (16 bytes an entry), made into tuples one
+        at a time as they are iterated: a table of millions is never millions of tuples at once."""
         out = ffi.new("struct ts_fdb_record[]", self.fdb_capacity)
         n = lib.ts_fdb_dump(self.ptr, out, self.fdb_capacity)
-        return [(mac_str(ffi.buffer(r.mac)), r.vlan, r.port, bool(r.is_static), r.seen)
-                for r in out[0:n]]
+        return ((mac_str(ffi.buffer(r.mac)), r.vlan, r.port, bool(r.is_static), r.seen)
+                for r in (out[i] for i in range(n)))
 
     def fdb_flush(self, port: int | None = None) -> int:
         """Remove learned entries (of one port, or all); returns how many."""

@@ -31,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, remote, settings, tap
-from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, stop_serving
+from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, stop_serving
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
 from tapswitch.runstate import RunState
@@ -888,12 +888,14 @@ class Switch:
             links[link].rx_missed = n
         return {p.index: p.rx_missed for p in ports_now}
 
-    def fdb_info(self) -> list[dict]:
+    def fdb_info(self) -> Listing:
+        """The MAC table, sent as it is read: a table of a million entries is some 80 MB of JSON,
+        which a reply built whole would hold several times over before sending a byte."""
         now = self.shared.now()
         names = {p.index: p.name for p in self.ports}
-        return [{"mac": mac, "vlan": vlan, "port": names.get(port, str(port)),
-                 "age": max(0, now - seen), "static": static}
-                for mac, vlan, port, static, seen in self.shared.fdb_dump()]
+        return Listing({"mac": mac, "vlan": vlan, "port": names.get(port, str(port)),
+                        "age": max(0, now - seen), "static": static}
+                       for mac, vlan, port, static, seen in self.shared.fdb_records())
 
     def fdb_flush(self, port_name: str | None) -> int:
         index = None if port_name is None else self.port_by_name(port_name).index
