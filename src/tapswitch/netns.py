@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -127,8 +128,10 @@ def netlink_socket(nspath: str | None) -> socket.socket:
     return call_in(nspath, rtnl.route_socket)
 
 
-def create(name: str) -> str:
-    """Create the named namespace /run/netns/NAME, as `ip netns add` does; return its path."""
+def create(name: str, made=lambda ident: None) -> str:
+    """Create the named namespace /run/netns/NAME, as `ip netns add` does; return its path.
+    made(identity) is called once the namespace exists and before it is at its name (its
+    `cookie`, or None without cookies): what it writes down then, a kill cannot outrun."""
     os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
     # /run/netns must be a shared mount, so namespaces mounted on it are seen by every mount namespace.
     if _libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None) != 0:
@@ -139,6 +142,7 @@ def create(name: str) -> str:
 
     def make():
         _check(_libc.unshare(CLONE_NEWNET), "unshare")
+        made(_identity(_own_cookie))
         _check(_libc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net".encode(), path.encode(),
                            b"none", MS_BIND, None), f"mount {path}")
     try:
@@ -157,6 +161,15 @@ def remove(name: str) -> None:
     os.unlink(path)
 
 
+def _is_placeholder(path: str) -> bool:
+    """Is the file at `path` what create() mounts a namespace on: empty, regular, not yet mounted?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and not is_netns(path)
+
+
 def cookie(path: str) -> Identity | None:
     """Which namespace is at `path`, for all time: this boot's id and the kernel's cookie of the
     namespace, which no other gets while the machine is up (its inode number goes to the next
@@ -164,12 +177,19 @@ def cookie(path: str) -> Identity | None:
     cookies (before Linux 5.14)."""
     if not is_netns(path):
         return None
+    return _identity(lambda: call_in(path, _own_cookie))
 
-    def read() -> int:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+def _own_cookie() -> int:
+    """The netns cookie of the calling thread's namespace (OSError before Linux 5.14)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        return struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+def _identity(read_cookie) -> Identity | None:
+    """"BOOT_ID:COOKIE" of the namespace whose cookie read_cookie() reads, or None without cookies."""
     try:
-        value = call_in(path, read)
+        value = read_cookie()
         with open(BOOT_ID) as f:
             return f"{f.read().strip()}:{value}"
     except OSError:
@@ -204,7 +224,8 @@ class Namespaces:
     def recover(self, dead: RunState, wanted: set) -> None:
         """Take over what a dead run left: namespaces still named in the config stay ours, others go.
         A name whose file is only the placeholder made before the namespace (the run was killed
-        in between) is removed, so that the namespace can be made; one that now names another
+        in between) is removed, so that the namespace can be made; the identity of one killed
+        once it was mounted was written down before (create's `made`). One that now names another
         namespace than the dead run made is left alone, as is one the dead run could not tell
         for sure. Each name done leaves `dead`: a start that fails meanwhile keeps the rest listed."""
         for name, ident in list(dead.netns.items()):
@@ -216,11 +237,12 @@ class Namespaces:
         path = os.path.join(RUN_DIR, name)
         if not os.path.lexists(path):
             return
-        if ident is None and not is_netns(path):
+        if not is_netns(path) and (ident is None or _is_placeholder(path)):
+            # Killed before the namespace was mounted on its file (after it wrote down its identity, or before).
             self._unlink_placeholder(name)
         elif ident is None or ident == UNKNOWN:
             log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
-                        "(killed as it made it, or no netns cookie before Linux 5.14): it may be someone else's")
+                        "(no netns cookie before Linux 5.14, or an older version killed as it made it): it may be someone else's")
         elif cookie(path) != ident:
             log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
         elif name in wanted:
@@ -263,11 +285,16 @@ class Namespaces:
             return path
         if port.netns_kind != "name":
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
-        # Listed before it is made: a run killed while making it leaves a name the next start knows.
+        # Listed before it is made: a run killed while making it leaves a name the next start knows;
+        # and with its identity before it is at that name: one killed after, a namespace it knows.
         self.state.netns[port.netns] = None
         self.state.save()
+
+        def made(ident: Identity | None) -> None:
+            self.state.netns[port.netns] = ident
+            self.state.save()
         try:
-            create(port.netns)
+            create(port.netns, made)
         except OSError as e:
             del self.state.netns[port.netns]
             self.state.save()

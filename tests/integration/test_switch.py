@@ -579,6 +579,50 @@ def test_a_start_after_a_kill_while_a_namespace_was_made_makes_it(lab):
     assert not os.path.exists(sw.socket + ".state")
 
 
+# `tapswitch run -c CONFIG`, SIGKILLed just after the namespace NAME (argv: CONFIG NAME) it makes
+# is mounted at its name (before netns.create returns).
+KILLED_ONCE_A_NAMESPACE_IS_MADE = """
+import os, signal, sys
+from tapswitch import cli, netns
+real = netns.create
+def create(name, *args):
+    real(name, *args)
+    if name == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+netns.create = create
+sys.exit(cli.main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_start_after_a_kill_once_a_namespace_was_made_takes_it_over(lab):
+    """The dead run was killed once its namespace was at its name, before it had asked which
+    namespace that is: it had written down the namespace's identity before mounting it, so the
+    next start knows it for the dead run's, takes it over (its config names it) and removes it on
+    stop; or removes it at once (its config does not). (It was left, "the dead run could not tell
+    which namespace it made", and taken by every start since for the user's: never removed.)"""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False)
+    ns = cfg["ports"][0]["netns"]
+    for named_again in (True, False):
+        r = subprocess.run([sys.executable, "-c", KILLED_ONCE_A_NAMESPACE_IS_MADE, sw.config_path, ns],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == -signal.SIGKILL, r
+        assert ns in helpers.netns_list()                   # what the kill left
+        if named_again:
+            sw.start()
+            assert [e["netns"] for e in sw.events("netns.adopted")] == [ns], sw.log()
+            assert helpers.ping(ns, "198.18.0.2")
+        else:
+            other = lab.switch({**cfg, "ports": cfg["ports"][1:]})
+            assert [e["netns"] for e in other.events("netns.removed")] == [ns], other.log()
+            assert ns not in helpers.netns_list()
+            sw = other
+        assert not sw.events("netns.left"), sw.log()
+        assert sw.stop() == 0
+        assert ns not in helpers.netns_list()
+        assert not os.path.exists(sw.socket + ".state")
+
+
 def test_a_placeholder_a_dead_run_listed_is_removed_and_the_namespace_made(lab):
     """What a run killed while making a namespace leaves, made by hand: the empty file, and its
     name in the state file (the format of an older version, namespaces only). The start works."""
