@@ -2,6 +2,7 @@
 
 import json
 import os
+import pty
 import re
 import resource
 import signal
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from tapswitch import control
 from tests.integration import helpers
 
 
@@ -182,6 +184,50 @@ def test_sigint_is_a_clean_stop_too(lab):
     sw = lab.switch(cfg)
     assert sw.stop(signal.SIGINT) == 0
     assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+
+
+@pytest.mark.parametrize("reader", ["pipe", "terminal"])
+def test_a_log_reader_that_goes_stops_neither_start_reload_nor_stop(lab, reader):
+    """`tapswitch run 2>&1 | head`, or a tee that ends: the log's pipe has no reader (EPIPE); the
+    terminal `tapswitch run` runs in hangs up, an ssh session lost, and sends SIGHUP, a reload
+    (EIO). The switch starts, reloads and stops all the same, and its stop leaves nothing. (Its
+    first line that could not be written raised where it logged: it died half-started, or in
+    the reload, and its stop, which logs too, ended before it had removed its namespaces, socket
+    and state file.)"""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False)
+    if reader == "pipe":
+        read_fd, write_fd = os.pipe()
+    else:
+        read_fd, write_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                            stdout=write_fd, stderr=write_fd, start_new_session=True)
+    os.close(write_fd)
+    try:
+        assert os.read(read_fd, 100)         # it has begun to log: now its reader goes
+        os.close(read_fd)
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, f"the switch ended ({proc.returncode}) as it started"
+            try:
+                if [p["state"] for p in control.request(sw.socket, "ports")] == ["up", "up"]:
+                    break
+            except control.ControlError:
+                pass
+            assert time.monotonic() < deadline, "the switch did not start"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGHUP)
+        assert control.request(sw.socket, "reload")["ok"]
+        assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not os.path.exists(sw.socket) and not os.path.exists(sw.socket + ".state")
 
 
 def test_bad_config_exits_2_and_creates_nothing(lab):
