@@ -141,7 +141,8 @@ class Switch:
         # A stop signal during start must still clean up: raise where start can catch it.
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # nothing to reload yet
+        # A reload asked for meanwhile comes once started (the config may have changed since it was read).
+        signal.signal(signal.SIGHUP, self._on_reload)
         try:
             preflight(self.cfg.switch.user)
             self._start()
@@ -156,10 +157,9 @@ class Switch:
         except BaseException:
             self.stop()         # a stop signal while starting: stopped, as asked
             raise
-        # From here a signal only sets a flag; run() acts on it (even one that came before run()).
+        # From here a stop signal only sets a flag, as SIGHUP does; run() acts on it (even one that came before run()).
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
         log.info("switch.ready", switch=self.name, ports=len(self.ports), queues=self.queues)
         notify("READY=1")
 
@@ -329,7 +329,7 @@ class Switch:
         reload that reads the config after it asked (not of one under way)."""
         outcome = futures.Future()
         self.reload_waiters.append(outcome)
-        self.reload_requested = True            # also while starting, when SIGHUP is ignored: once started
+        self.reload_requested = True            # also while starting (no control loop yet): once started
         os.kill(os.getpid(), signal.SIGHUP)     # wakes the control loop
         try:
             return outcome.result(RELOAD_WAIT)

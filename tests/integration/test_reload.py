@@ -216,9 +216,9 @@ def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_
 
 
 def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(lab):
-    """The control socket answers before the ports are made; a `tapswitch reload` then (SIGHUP is
-    ignored while starting) is done once the switch is ready, and answered. (It waited 30 s
-    for a reload that never came, then said "it goes on".)"""
+    """The control socket answers before the ports are made; a `tapswitch reload` then is done
+    once the switch is ready, and answered. (It waited 30 s for a reload that never came, then
+    said "it goes on".)"""
     cfg = base(lab, 16)
     for i, port in enumerate(cfg["ports"]):
         port["addresses"] = [f"198.18.4.{i + 1}/24"]
@@ -232,6 +232,27 @@ def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(
     assert time.monotonic() - asked < 10
     events = [e["event"] for e in sw.events()]
     assert events.index("switch.ready") < events.index("config.reloaded")
+
+
+def test_a_sighup_while_the_switch_starts_reloads_once_it_has_started(lab):
+    """`kill -HUP` while the switch makes its ports, after it read its config, which has changed
+    since: the reload comes once the switch is ready, and applies the change. (SIGHUP was
+    ignored while starting: the switch ran on the config as it was read, until the next one.)"""
+    cfg = base(lab, 16)
+    for i, port in enumerate(cfg["ports"]):
+        port["addresses"] = [f"198.18.4.{i + 1}/24"]
+    sw = lab.switch(cfg, start=False)
+    sw.start(expect_ready=False)
+    helpers.wait_for("the control socket", lambda: os.path.exists(sw.socket), every=0.002)
+    removed = cfg["ports"].pop()
+    rewrite(sw, cfg)
+    sw.proc.send_signal(signal.SIGHUP)
+    assert not sw.events("switch.ready"), "started too soon to signal while it starts"
+    helpers.wait_for("config.reloaded", lambda: sw.events("config.reloaded"))
+    events = [e["event"] for e in sw.events()]
+    assert events.index("switch.ready") < events.index("config.reloaded")
+    assert sw.events("config.reloaded")[0]["removed"] == [removed["name"]]
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
 
 
 def test_a_setting_fixed_at_start_is_refused(lab):
