@@ -229,7 +229,7 @@ def install_sandbox(tmp_path):
     clone, bin_dir = tmp_path / "tapswitch", tmp_path / "bin"
     bin_dir.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "_fastpath.c", "*.egg-info")
-    for name in ("src", "scripts", "config"):
+    for name in ("src", "scripts", "config", "packaging"):
         shutil.copytree(os.path.join(ROOT, name), clone / name, ignore=ignore)
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(os.path.join(ROOT, name), clone / name)
@@ -242,16 +242,16 @@ def no_pythonpath() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def run_install(clone: str, bin_dir: str, *args: str) -> subprocess.CompletedProcess:
+def run_install(clone: str, bin_dir: str, *args: str, destdir: str = "") -> subprocess.CompletedProcess:
     """The clone's scripts/install.sh, run from / as a user would, with bin_dir mounted on
     /usr/local/bin (in a mount namespace of its own: the system's is left alone), and an
-    apt-get that refuses: nothing is installed on the system."""
+    apt-get that refuses: nothing is installed on the system. With destdir, as DESTDIR."""
     shims = os.path.join(os.path.dirname(bin_dir), "shims")
     os.makedirs(shims, exist_ok=True)
     with open(os.path.join(shims, "apt-get"), "w") as f:
         f.write("#!/bin/sh\necho \"apt-get $*: not in a test\" >&2\nexit 1\n")
     os.chmod(os.path.join(shims, "apt-get"), 0o755)
-    env = {**no_pythonpath(), "PATH": shims + os.pathsep + os.environ["PATH"]}
+    env = {**no_pythonpath(), "PATH": shims + os.pathsep + os.environ["PATH"], "DESTDIR": destdir}
     script = 'mount --bind "$1" /usr/local/bin && shift && exec "$@"'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", script, "bash",
                            bin_dir, os.path.join(clone, "scripts", "install.sh"), *args],
@@ -291,6 +291,125 @@ def test_the_test_script_installs_without_linking():
     with open(os.path.join(ROOT, "scripts", "test.sh")) as f:
         calls = [line.split("#")[0].split() for line in f if "install.sh" in line.split("#")[0]]
     assert calls == [["./scripts/install.sh", "--no-link"]]
+
+
+# --- scripts/install.sh --uninstall --------------------------------------------
+
+def tree(top: str) -> set[str]:
+    """The files and symbolic links under `top`, relative to it (directories left out)."""
+    out = set()
+    for d, dirs, files in os.walk(top):
+        out |= {os.path.relpath(os.path.join(d, n), top) for n in files}
+        out |= {os.path.relpath(os.path.join(d, n), top) for n in dirs if os.path.islink(os.path.join(d, n))}
+    return out
+
+
+def install_service(clone: str, destdir: str) -> None:
+    """The README's commands that install the service, run into destdir, and the unit enabled
+    as `systemctl enable` enables it (no systemd runs here to start it)."""
+    lines = [line.split("  #")[0].replace(" /etc/", f" {destdir}/etc/")
+             for line in service_commands()["README"] if line.startswith(("install ", "[ "))]
+    assert len(lines) == 3, lines
+    os.makedirs(os.path.join(destdir, "etc", "systemd", "system"))
+    subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines)], cwd=clone, check=True, timeout=30)
+    wants = os.path.join(destdir, "etc", "systemd", "system", "multi-user.target.wants")
+    os.makedirs(wants)
+    os.symlink("/etc/systemd/system/tapswitch.service", os.path.join(wants, "tapswitch.service"))
+
+
+def test_uninstall_leaves_only_the_config_and_purge_takes_that_too(install_sandbox, tmp_path):
+    """There was no way to take an install away: the link, the service's unit and its
+    enablement, the .venv and what the build left in src/ stayed, by hand to find."""
+    clone, bin_dir = install_sandbox
+    destdir = str(tmp_path / "root")
+    before = tree(clone)
+    r = run_install(clone, bin_dir, destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    install_service(clone, destdir)
+    os.makedirs(os.path.join(destdir, "run", "tapswitch"))    # the unit's RuntimeDirectory, kept
+    config = "etc/tapswitch/tapswitch.yaml"
+    assert tree(destdir) == {"usr/local/bin/tapswitch", "etc/systemd/system/tapswitch.service",
+                             "etc/systemd/system/multi-user.target.wants/tapswitch.service", config}
+
+    r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tree(destdir) == {config}
+    assert not os.path.exists(os.path.join(destdir, "run", "tapswitch"))
+    assert f"kept {destdir}/{config}" in r.stdout
+    assert tree(clone) == before                     # no .venv, egg-info, _fastpath.abi3.so, __pycache__
+    assert os.listdir(bin_dir) == []                 # and the system's /usr/local/bin was never touched
+
+    r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)     # again: nothing left to do
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tree(destdir), tree(clone)) == ({config}, before)
+    assert "removed" not in r.stdout
+
+    r = run_install(clone, bin_dir, "--uninstall", "--purge", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tree(destdir) == set()
+    assert not os.path.exists(os.path.join(destdir, "etc", "tapswitch"))
+    r = run_install(clone, bin_dir, "--uninstall", "--purge", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_uninstall_keeps_a_tapswitch_command_and_service_that_are_not_this_clones(install_sandbox, tmp_path):
+    """/usr/local/bin/tapswitch naming another clone (here one whose path begins with this
+    clone's) is that clone's install, and the service runs it: both stay, with the config it
+    runs, even under --purge. This clone's .venv goes."""
+    clone, bin_dir = install_sandbox
+    destdir = str(tmp_path / "root")
+    r = run_install(clone, bin_dir, "--no-link", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    install_service(clone, destdir)
+    link = os.path.join(destdir, "usr", "local", "bin", "tapswitch")
+    other = clone + "-old/.venv/bin/tapswitch"
+    os.makedirs(os.path.dirname(link))
+    os.symlink(other, link)
+    installed = tree(destdir)
+
+    r = run_install(clone, bin_dir, "--uninstall", "--purge", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tree(destdir) == installed
+    assert os.readlink(link) == other
+    assert f"kept {link}: it is not this clone's" in r.stdout
+    assert not os.path.exists(os.path.join(clone, ".venv"))
+
+
+def test_uninstall_names_a_switch_running_from_the_clone_and_removes_nothing(install_sandbox, tmp_path):
+    """A switch run by hand from the clone is the user's: uninstall neither kills it nor takes
+    its .venv from under it (its stop would then fail to import what removes its devices);
+    it says which processes run, exits 1, and works once the switch is stopped."""
+    from tests.integration import helpers
+
+    clone, bin_dir = install_sandbox
+    destdir = str(tmp_path / "root")
+    r = run_install(clone, bin_dir, destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    installed = tree(destdir)
+    port = helpers.uid("tsu")
+    workdir = str(tmp_path / "switch")
+    os.mkdir(workdir)
+    # helpers.Switch runs `sys.executable -m tapswitch`: the wrapper runs the clone's python instead.
+    clone_python = os.path.join(clone, ".venv", "bin", "python")
+    switch = helpers.Switch({"switch": {"name": port}, "ports": [{"name": port}]}, workdir,
+                            wrapper=("sh", "-c", 'unset PYTHONPATH; shift; exec "$0" "$@"', clone_python))
+    try:
+        switch.start()
+        r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"{switch.proc.pid}: " in r.stderr and "Nothing was removed" in r.stderr
+        assert switch.proc.poll() is None
+        assert tree(destdir) == installed
+        assert os.access(os.path.join(clone, ".venv", "bin", "tapswitch"), os.X_OK)
+        assert switch.stop() == 0
+        assert not helpers.link_exists(port)
+    finally:
+        switch.stop()
+        helpers.cleanup(links=[port])
+    r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tree(destdir) == set()
+    assert not os.path.exists(os.path.join(clone, ".venv"))
 
 
 # --- docker compose -----------------------------------------------------------
