@@ -39,6 +39,7 @@ def test_stop_does_not_wait_for_the_poll_and_an_empty_connection_is_no_error(cap
     assert time.monotonic() - start < LONG_POLL / 2
     assert not server.thread.is_alive() and not os.path.exists(path)
     assert "Traceback" not in capfd.readouterr().err
+    server.release()
     os.rmdir(os.path.dirname(path))
 
 
@@ -68,7 +69,7 @@ def test_the_directories_made_for_the_socket_go_when_the_switch_is_done():
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o755 == 0o755
     server.stop()
     assert os.path.isdir(os.path.dirname(path))       # stop() leaves them: state may live beside the socket
-    server.remove_dir()
+    server.release()
     assert os.listdir(root) == []                     # both made, both gone; the one that was there stays
     os.rmdir(root)
 
@@ -77,7 +78,7 @@ def test_a_directory_that_was_there_or_is_not_empty_stays():
     there = tempfile.mkdtemp()
     server = serve(os.path.join(there, "sw.sock"))
     server.stop()
-    server.remove_dir()
+    server.release()
     assert os.path.isdir(there) and os.listdir(there) == []
     os.rmdir(there)
 
@@ -86,10 +87,10 @@ def test_a_directory_that_was_there_or_is_not_empty_stays():
     server = serve(os.path.join(made, "a.sock"))
     other = serve(os.path.join(made, "b.sock"))       # a second switch in the directory the first made
     server.stop()
-    server.remove_dir()
-    assert os.listdir(made) == ["b.sock"]             # the other's socket keeps it
+    server.release()
+    assert sorted(os.listdir(made)) == ["b.sock", "b.sock.lock"]     # the other's socket keeps it
     other.stop()
-    other.remove_dir()                                # it did not make it: it stays
+    other.release()                                # it did not make it: it stays
     assert os.listdir(made) == []
     os.rmdir(made)
     os.rmdir(root)
@@ -123,6 +124,7 @@ def test_a_switch_that_does_not_answer_is_a_control_error_naming_it(monkeypatch)
     finally:
         gate.set()
         server.stop()
+        server.release()
         os.rmdir(os.path.dirname(path))
 
 
@@ -137,6 +139,7 @@ def test_a_reload_is_waited_for_longer_than_the_switch_waits_for_it(monkeypatch)
         assert control.request(path, "reload") == {"ok": True}
     finally:
         server.stop()
+        server.release()
         os.rmdir(os.path.dirname(path))
 
 
@@ -168,6 +171,7 @@ def test_a_client_that_stalls_or_goes_away_is_a_log_line_not_a_traceback(monkeyp
     finally:
         gate.set()
         server.stop()
+        server.release()
         os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
 
@@ -206,7 +210,7 @@ def test_a_socket_directory_may_be_made_in_a_sticky_one_such_as_tmp():
     try:
         server = serve(path)
         server.stop()
-        server.remove_dir()
+        server.release()
         assert os.listdir(root) == []
     finally:
         os.rmdir(root)
@@ -235,6 +239,7 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
         assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
     finally:
         server.stop()
+        server.release()
         os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
 
@@ -287,6 +292,7 @@ def test_without_s_the_only_running_switch_is_found_beside_a_dead_ones_socket(mo
         assert capsys.readouterr().out.splitlines()[-1] == "[]"     # after the server's log line
     finally:
         server.stop()
+        server.release()
         os.unlink(os.path.join(directory, "dead.sock"))
         os.rmdir(directory)
 
@@ -305,6 +311,76 @@ def test_without_s_only_a_dead_switchs_socket_says_no_switch_is_running(monkeypa
     finally:
         os.unlink(dead)
         os.rmdir(directory)
+
+
+def test_a_second_switch_on_a_socket_is_refused_by_its_lock_naming_the_holder():
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    try:
+        with pytest.raises(ControlError) as e:
+            ControlServer(path, {})
+        assert str(e.value) == f"another tapswitch is running on control socket {path} (pid {os.getpid()})"
+        assert sorted(os.listdir(os.path.dirname(path))) == ["ctl.sock", "ctl.sock.lock"]    # the first's, as they were
+        assert ask(path, b'{"cmd": "echo", "x": 3}\n') == {"ok": True, "result": 3}
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+
+
+def test_a_switch_that_stopped_holds_its_socket_until_it_lets_go():
+    """Between stop() (the socket is gone) and release() the switch still writes its state file
+    beside the socket: a switch starting meanwhile must not take the socket, nor that state."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    server.stop()
+    assert not os.path.exists(path)
+    with pytest.raises(ControlError) as e:
+        ControlServer(path, {})
+    assert "another tapswitch is running" in str(e.value)
+    server.release()
+    assert os.listdir(os.path.dirname(path)) == []
+    after = serve(path)                 # let go: the next one takes it
+    after.stop()
+    after.release()
+    os.rmdir(os.path.dirname(path))
+
+
+def test_the_socket_and_lock_file_a_killed_switch_left_are_taken():
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    dead_socket(path)
+    with open(path + ".lock", "w") as f:
+        f.write("4194305\n")            # no process holds the lock: it died with its switch
+    server = serve(path)
+    with open(path + ".lock") as f:
+        assert f.read() == f"{os.getpid()}\n"
+    server.stop()
+    server.release()
+    assert os.listdir(os.path.dirname(path)) == []
+    os.rmdir(os.path.dirname(path))
+
+
+def test_a_lock_let_go_while_it_is_taken_is_taken_again_at_its_path(monkeypatch):
+    """The holder unlinks its lock file, then lets go: one who had opened that file meanwhile gets
+    the lock on a file no longer at the path, which another start would not see; it opens again."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    first = serve(path)
+    first.stop()
+    real_flock, calls = control.fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            first.release()              # after the second start opened the file, before it locks
+        return real_flock(fd, op)
+    monkeypatch.setattr(control.fcntl, "flock", flock)
+    second = ControlServer(path, {})
+    assert len(calls) == 2
+    assert os.path.samestat(os.fstat(second.lock), os.stat(path + ".lock"))
+    second.server_close()
+    os.unlink(path)
+    second.release()
+    os.rmdir(os.path.dirname(path))
 
 
 def test_a_socket_path_too_long_for_unix_sockets_is_a_control_error_saying_so():

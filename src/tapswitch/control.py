@@ -5,9 +5,13 @@ One JSON request per connection, one JSON reply:
     {"cmd": "fdb_flush", "port": "web0"} -> {"ok": true, "result": {"flushed": 3}}
     anything wrong -> {"ok": false, "error": "one line"}
 The socket is mode 0600 and only root or the switch's own user may talk to it
-(SO_PEERCRED).
+(SO_PEERCRED). The switch that listens on it holds `<socket>.lock` (flock) from
+before it looks at the path until it has stopped: one switch per socket, and per
+the state file it keeps beside it.
 """
 
+import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -114,21 +118,26 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.path = path
         self.handlers = handlers
         # The socket's directory (/run/tapswitch by default) goes at
-        # remove_dir() if this switch made it, as systemd's RuntimeDirectory does.
-        self.made_dir = _claim(path)
-        old = os.umask(0o177)
+        # release() if this switch made it, as systemd's RuntimeDirectory does.
+        self.made_dir: str | None = None
+        self.lock: int | None = None    # the descriptor of <socket>.lock, flocked while this switch lives
         try:
+            self.made_dir = _claim_dir(path)
             try:
-                super().__init__(path, _Handler)
+                self.lock = _lock(path)     # before the socket is looked at: see _lock
             except FileNotFoundError:
                 # Another switch, stopping, took the directory away meanwhile.
                 self.made_dir = _make_dir(path) or self.made_dir
+                self.lock = _lock(path)
+            _remove_stale(path)
+            old = os.umask(0o177)
+            try:
                 super().__init__(path, _Handler)
+            finally:
+                os.umask(old)
         except BaseException:
-            self.remove_dir()
+            self.release()
             raise
-        finally:
-            os.umask(old)
         os.chmod(path, 0o600)
         self.thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
 
@@ -151,22 +160,36 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         except FileNotFoundError:
             pass
 
-    def remove_dir(self) -> None:
-        """After stop(), and after whatever else the switch keeps beside its
-        socket: the directories made for the socket, each while empty (not
-        one another switch's socket, or a dead run's state, is in now)."""
-        if self.made_dir is None:
-            return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        try:
-            while True:
-                os.rmdir(directory)
-                if directory == self.made_dir:
-                    break
-                directory = os.path.dirname(directory)
-        except OSError:
-            pass                # not empty (another switch's), or gone already
+    def release(self) -> None:
+        """After stop(), and after whatever else the switch keeps beside its socket
+        (the state file): let go of the socket's lock, which lets another switch
+        start on it, and remove the directories made for the socket, each while
+        empty (not one another switch's socket, or a dead run's state, is in now)."""
+        if self.lock is not None:
+            # Unlinked before it is let go: a switch that opened it meanwhile, and gets the
+            # lock once it is let go, finds it is no longer at its path (_lock), and tries again.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_path(self.path))
+            os.close(self.lock)
+            self.lock = None
+        _remove_dirs(self.path, self.made_dir)
         self.made_dir = None
+
+
+def _remove_dirs(path: str, made: str | None) -> None:
+    """Remove the directories made for the socket at `path`, up to `made` (the topmost), each
+    while it is empty."""
+    if made is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        while True:
+            os.rmdir(directory)
+            if directory == made:
+                break
+            directory = os.path.dirname(directory)
+    except OSError:
+        pass                # not empty (another switch's), or gone already
 
 
 def stop_serving(server: socketserver.BaseServer) -> None:
@@ -240,19 +263,64 @@ def _exposed(path: str) -> str | None:
     return None
 
 
-def _claim(path: str) -> str | None:
-    """Make way for our socket: refuse if its directory is not the switch's alone (_exposed), or
-    if a live switch owns it; remove a stale one. The topmost directory made for it (_make_dir), or None."""
+def lock_path(path: str) -> str:
+    """The lock file of the control socket at `path`."""
+    return path + ".lock"
+
+
+def _lock(path: str) -> int:
+    """Take the lock of the control socket at `path` (flock on `<socket>.lock`, which says
+    the pid of its holder) and return its descriptor; ControlError naming the switch that
+    holds it. The kernel lets go of it when the process ends, however it ends: a lock file
+    that a killed switch left is taken as it is.
+
+    It is taken before the socket is looked at: two switches starting at once beside the socket
+    a killed one left would each find it stale, each remove it and listen, the later one on a
+    path from which it had just removed the earlier one's socket, both writing one state file."""
+    name = lock_path(path)
+    while True:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise ControlError(f"another tapswitch is running on control socket {path}{pid}") from None
+            # The holder that let go before we got it unlinked the file first (release): a lock on a
+            # file no longer at its name locks nothing that a later start would see. Open it again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(name, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _claim_dir(path: str) -> str | None:
+    """Make way for our socket: refuse if its directory is not the switch's alone (_exposed).
+    The topmost directory made for it (_make_dir), or None."""
     exposed = _exposed(path)
     if exposed is not None:
         raise ControlError(f"control socket {path}: {exposed}; another user could replace the socket, or the "
                            f"state file the switch writes beside it as root: give a directory only root may "
                            f"write to (the default /run/tapswitch)")
-    made = _make_dir(path)
+    return _make_dir(path)
+
+
+def _remove_stale(path: str) -> None:
+    """Remove the socket at `path` that a switch which died left (we hold its lock); refuse one
+    a switch listens on (of a version that took no lock) or anything else at `path`."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return made
+        return
     if not stat.S_ISSOCK(mode):      # the path names something else (a typo?): not ours to remove
         raise ControlError(f"control socket {path} exists and is not a socket; left as it is")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -260,7 +328,7 @@ def _claim(path: str) -> str | None:
         probe.connect(path)
     except OSError:
         os.unlink(path)      # left by a switch that died
-        return made
+        return
     finally:
         probe.close()
     raise ControlError(f"another tapswitch is running on control socket {path}")

@@ -948,4 +948,4 @@ class Switch:
             self.shared.close()
             self.shared = None
         if control is not None:
-            control.remove_dir()     # last: the namespaces' state file lives beside the socket
+            control.release()        # last: the state file beside the socket is ours until it is let go

@@ -463,6 +463,52 @@ def test_second_switch_on_the_same_socket_is_refused(lab):
     assert sw.cli_json("ports")      # the first switch still answers
 
 
+STALE_SOCKET_RACE = os.path.join(os.path.dirname(__file__), "..", "stale_socket_race.py")
+
+
+def test_two_starts_beside_a_killed_switchs_socket_one_runs_the_other_exits_1_leaving_nothing(lab):
+    """Both found the killed switch's socket stale, each removed it and listened, the second on a
+    path from which it had removed the first's socket: two switches, one state file. The lock
+    beside the socket, taken before the socket is looked at, lets one of them on."""
+    run_dir = os.path.join(helpers.tmpdir(), "run")
+    lab.dirs.append(os.path.dirname(run_dir))
+    sock = os.path.join(run_dir, "ctl.sock")
+    cfg = containers(lab, 1, queues=1, control={"socket": sock})
+    dead = lab.switch(cfg)
+    assert dead.stop(signal.SIGKILL) != 0
+    left = {name: open(os.path.join(run_dir, name), "rb").read() for name in os.listdir(run_dir) if name != "ctl.sock"}
+    assert "ctl.sock.state" in left                 # the dead run's namespace, for the next start to heal
+    race = helpers.tmpdir()
+    lab.dirs.append(race)
+    first = lab.switch(cfg, start=False, wrapper=(sys.executable, STALE_SOCKET_RACE, "first", race))
+    other = {"switch": {"name": lab.name("s2"), "queues": 1, "control": {"socket": sock}},
+             "ports": [{"name": lab.name("q0"), "netns": lab.name("d0"), "addresses": ["198.18.1.1/24"]}]}
+    second = lab.switch(other, start=False, wrapper=(sys.executable, STALE_SOCKET_RACE, "second", race))
+    first.start(expect_ready=False)
+    helpers.wait_for("the first start at the stale socket", lambda: os.path.exists(os.path.join(race, "first-held")),
+                     within=20)
+    second.start(expect_ready=False)
+    try:
+        second.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"both switches run on one control socket:\n{second.log()}")
+    assert second.proc.returncode == 1, second.log()
+    assert [line for line in second.log().splitlines() if line.startswith("tapswitch:")] == [
+        f"tapswitch: another tapswitch is running on control socket {sock} (pid {first.proc.pid})"]
+    assert not helpers.link_exists(other["ports"][0]["name"])
+    assert other["ports"][0]["netns"] not in helpers.netns_list()
+    # The dead run's socket and state, and the lock the first holds, as they were.
+    assert sorted(os.listdir(run_dir)) == ["ctl.sock", "ctl.sock.lock", "ctl.sock.state"]
+    assert open(sock + ".state", "rb").read() == left["ctl.sock.state"]
+    open(os.path.join(race, "go"), "w").close()     # the first goes on
+    helpers.wait_for("the first switch ready", lambda: first.events("switch.ready"), within=30)
+    assert open(sock + ".lock").read() == f"{first.proc.pid}\n"
+    assert [p["name"] for p in first.cli_json("ports")] == [cfg["ports"][0]["name"]]
+    assert [e["netns"] for e in first.events("netns.adopted")] == [cfg["ports"][0]["netns"]]
+    assert first.stop() == 0
+    assert os.listdir(run_dir) == []                # socket, lock and state gone with the first
+
+
 @pytest.mark.parametrize("taken", ["control socket", "metrics address"])
 def test_a_failed_start_logs_its_reason_as_an_error_not_a_stop(lab, taken):
     """A log pipeline reads why a start failed from an event, not from a plain stderr line; and
@@ -472,7 +518,7 @@ def test_a_failed_start_logs_its_reason_as_an_error_not_a_stop(lab, taken):
     with socket.socket() as busy:
         if taken == "control socket":
             other["switch"]["control"] = {"socket": sw.socket}
-            reason = f"another tapswitch is running on control socket {sw.socket}"
+            reason = f"another tapswitch is running on control socket {sw.socket} (pid {sw.proc.pid})"
         else:
             busy.bind(("127.0.0.1", 0))
             busy.listen()
