@@ -214,6 +214,9 @@ class Namespaces:
         self.state = state if state is not None else RunState()
         self.held: dict[str, int] = {}    # name -> an open fd of the namespace made (or taken over)
         self.unreported: list[Lost] = []  # lost as a port was made under its name again: lost() says so
+        # The names the ports being made give their namespaces (set before they are made): a path
+        # /run/netns/NAME to one of them is that namespace, made by whichever port comes first.
+        self.named: set[str] = set()
         self.lock = threading.Lock()      # ports are made several at once (ports.create_all)
 
     @property
@@ -257,14 +260,25 @@ class Namespaces:
         if path is None:
             return None
         with self.lock:
-            return self._ensure(port, path)
+            return self._ensure(port, path, self._name(port))
 
-    def _ensure(self, port, path: str) -> str:
-        if port.netns in self.held and (what := self._whereabouts(port.netns)) is not None:
+    def _name(self, port) -> str | None:
+        """The name under which `port`'s namespace is made if it is missing: its netns if that is
+        a name, or NAME for a path /run/netns/NAME when a port being made names NAME (ports in
+        one namespace, one naming it by name, the other by path: in whichever order they are
+        made, it is one namespace, the switch's); else None: the namespace must exist."""
+        if port.netns_kind == "name":
+            return port.netns
+        if port.netns_kind == "path" and (name := name_at(port.netns)) in self.named:
+            return name
+        return None
+
+    def _ensure(self, port, path: str, name: str | None) -> str:
+        if name in self.held and (what := self._whereabouts(name)) is not None:
             # Made by this run, deleted or replaced since (in a reload, say): not ours now, nor
             # are its ports still in it; one of that name is made again, or is the user's.
-            self.unreported.append(self._lose(port.netns, what))
-            del self.state.netns[port.netns]
+            self.unreported.append(self._lose(name, what))
+            del self.state.netns[name]
             self.state.save()
         try:
             os.stat(path)
@@ -283,31 +297,31 @@ class Namespaces:
                 raise NetnsError(f"port {port.name}: {port.netns} is the switch's own network namespace, "
                                  f"not a container's (a port there has no netns)")
             return path
-        if port.netns_kind != "name":
+        if name is None:
             raise NetnsError(f"port {port.name}: network namespace {port.netns} does not exist")
         # Listed before it is made: a run killed while making it leaves a name the next start knows;
         # and with its identity before it is at that name: one killed after, a namespace it knows.
-        self.state.netns[port.netns] = None
+        self.state.netns[name] = None
         self.state.save()
 
         def made(ident: Identity | None) -> None:
-            self.state.netns[port.netns] = ident
+            self.state.netns[name] = ident
             self.state.save()
         try:
-            create(port.netns, made)
+            create(name, made)
         except OSError as e:
-            del self.state.netns[port.netns]
+            del self.state.netns[name]
             self.state.save()
-            raise NetnsError(f"port {port.name}: cannot create network namespace {port.netns}: {e.strerror or e}") from None
+            raise NetnsError(f"port {port.name}: cannot create network namespace {name}: {e.strerror or e}") from None
         try:
-            self._hold(port.netns, cookie(path) or UNKNOWN)
+            self._hold(name, cookie(path) or UNKNOWN)
         except OSError as e:            # EMFILE, say: made, and not to be left unlisted
-            remove(port.netns)
-            del self.state.netns[port.netns]
+            remove(name)
+            del self.state.netns[name]
             self.state.save()
-            raise NetnsError(f"port {port.name}: cannot open network namespace {port.netns}: {e.strerror or e}") from None
+            raise NetnsError(f"port {port.name}: cannot open network namespace {name}: {e.strerror or e}") from None
         self.state.save()
-        log.info("netns.created", netns=port.netns)
+        log.info("netns.created", netns=name)
         return path
 
     def _hold(self, name: str, ident: Identity | None) -> None:

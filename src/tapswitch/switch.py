@@ -223,6 +223,8 @@ class Switch:
         self.state.remotes = sorted({p.cfg.remote for p in self.ports if p.cfg.remote}
                                     | {cfg.remote for _index, cfg in wanted if cfg.remote} | set(self.state.originals))
         self.state.save()
+        # A port may name a namespace that another makes by its path, /run/netns/NAME: netns.Namespaces._name.
+        self.namespaces.named = {cfg.netns for _index, cfg in wanted if cfg.netns_kind == "name"}
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
         return made

@@ -779,3 +779,22 @@ def test_ports_sharing_a_namespace_it_creates_make_it_once(lab):
     assert all(helpers.link_exists(f"eth{i}", shared) for i in range(8))
     assert sw.stop() == 0
     assert shared not in helpers.netns_list()
+
+
+@pytest.mark.parametrize("path_first", [True, False])
+def test_ports_naming_a_namespace_it_makes_by_name_and_by_path_share_it_in_either_order(lab, path_first):
+    """netns X and netns /run/netns/X are one namespace: the switch makes it, for both ports,
+    whichever comes first (with the path first, the start failed: "network namespace
+    /run/netns/X does not exist", as the ports are made at once and the name had not yet made it)."""
+    shared = lab.name("c")
+    lab.namespaces.append(shared)
+    ports = [{"name": lab.name(f"p{i}"), "netns": f"/run/netns/{shared}" if (i == 0) == path_first else shared,
+              "ifname": f"eth{i}", "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, start=False)
+    assert helpers.sh(sys.executable, "-m", "tapswitch", "check", "-c", sw.config_path).returncode == 0
+    sw.start()
+    assert [e["netns"] for e in sw.events("netns.created")] == [shared]
+    assert helpers.link_exists("eth0", shared) and helpers.link_exists("eth1", shared)
+    assert {p["state"] for p in sw.cli_json("ports")} == {"up"}
+    assert sw.stop() == 0
+    assert shared not in helpers.netns_list()       # the switch's: removed on stop
