@@ -207,7 +207,28 @@ def cmd_reload(args) -> int:
 COMMANDS = {"run": cmd_run, "check": cmd_check, "ports": cmd_ports, "fdb": cmd_fdb, "reload": cmd_reload}
 
 
+def open_closed_stdio() -> None:
+    """Give a standard descriptor that is closed (`tapswitch run 2>&-`, a daemon started with
+    closed fds) /dev/null, as a daemon's own are: Python made its sys.stderr None (the log's
+    stream), and the first file opened since would be that descriptor: the switch's log lines,
+    a worker's stderr, written into a lock file or a TAP."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)       # the lowest free descriptor: fd, as 0..fd-1 are open now
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)                # the workers' too
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    open_closed_stdio()
     args = build_parser().parse_args(argv)
     try:
         code = COMMANDS[args.command](args)

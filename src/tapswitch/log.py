@@ -12,7 +12,7 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 
 def setup(level: str = "info", fmt: str = "auto", stream=None) -> None:
     """Configure structlog for the control process (`log.level`, `log.format`)."""
-    stream = stream or sys.stderr
+    stream = stream or sys.stderr or open(os.devnull, "w")     # None: stderr was closed (cli.open_closed_stdio)
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer = (structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console"

@@ -798,3 +798,17 @@ def test_ports_naming_a_namespace_it_makes_by_name_and_by_path_share_it_in_eithe
     assert {p["state"] for p in sw.cli_json("ports")} == {"up"}
     assert sw.stop() == 0
     assert shared not in helpers.netns_list()       # the switch's: removed on stop
+
+
+def test_a_switch_started_with_stderr_closed_runs_and_its_workers_write_to_dev_null(lab):
+    """`tapswitch run 2>&-`, as a daemon may be started: it exited 1 and said nothing (sys.stderr
+    is None, and log.setup asked it isatty); or, its log format given, ran with its workers'
+    stderr on whatever the switch had opened first (an epoll descriptor)."""
+    cfg = containers(lab, 2, queues=1, log={"level": "info", "format": "auto"})
+    sw = lab.switch(cfg, start=False, wrapper=("sh", "-c", 'exec "$@" 2>&-', "sh"))
+    sw.start()
+    assert {p["state"] for p in sw.cli_json("ports")} == {"up"}
+    assert helpers.ping(sw.cfg["ports"][0]["netns"], "198.18.0.2")
+    for pid in (sw.proc.pid, *sw.worker_pids()):
+        assert os.readlink(f"/proc/{pid}/fd/2") == "/dev/null"
+    assert sw.stop() == 0
