@@ -185,8 +185,9 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
-    """{"run": its parser, ..., "fdb flush": its parser, ...}"""
-    out = {}
+    """{"": the tapswitch parser (its own options: --version), "run": its parser, ...,
+    "fdb flush": its parser, ...}"""
+    out = {"": cli.build_parser()}
     for name, parser in subparsers(cli.build_parser()).items():
         out[name] = parser
         out.update({f"{name} {action}": p for action, p in subparsers(parser).items()})
@@ -218,11 +219,12 @@ def test_the_readme_command_table_lists_every_command_and_only_those():
 @pytest.mark.parametrize("command", sorted(commands()))
 def test_the_readme_names_every_option_of_a_command_and_only_its_options(command):
     """The client options (-s, -c, --json), which every command but run and check takes,
-    are described once, after the table; every other option is in its command's row."""
+    are described once, after the table; every other option is in its command's row (the
+    options of tapswitch itself, --version, in a row of their own)."""
     parser, usage = commands()[command], command_table()[command]
     named = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage))
     assert named - options(parser) == set(), "in the README, not in the parser"
-    client = command not in ("run", "check")
+    client = command not in ("", "run", "check")
     unnamed = [a.option_strings for a in parser._actions
                if a.option_strings and not isinstance(a, argparse._HelpAction)
                and not (client and set(a.option_strings) <= CLIENT_OPTIONS)

@@ -1,4 +1,4 @@
-"""Command line: tapswitch run | check | ports | fdb [flush].
+"""Command line: tapswitch run | check | ports | fdb [flush|add|del] | reload | --version.
 
 Exit codes: 0 clean stop, 2 configuration error (nothing created), 1 runtime
 failure with a one-line reason.
@@ -10,6 +10,8 @@ import json
 import os
 import signal
 import sys
+
+import tapswitch
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 SOCKET_DIR = "/run/tapswitch"
@@ -27,6 +29,8 @@ def path(value: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.")
+    # The version tapswitch_build_info exports.
+    p.add_argument("--version", action="version", version=f"%(prog)s {tapswitch.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the switch in the foreground")
