@@ -136,13 +136,17 @@ class Switch:
 
     # Starting.
 
-    def start(self) -> None:
-        """Bring everything up, or undo what was done and raise StartError."""
+    def start(self, reload_asked=lambda: False) -> None:
+        """Bring everything up, or undo what was done and raise StartError. `reload_asked()`:
+        whether a SIGHUP came after the config was read, before start() took SIGHUP over (the
+        command line holds it from its start: cli.HeldReload)."""
         # A stop signal during start must still clean up: raise where start can catch it.
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGINT, _interrupt)
         # A reload asked for meanwhile comes once started (the config may have changed since it was read).
         signal.signal(signal.SIGHUP, self._on_reload)
+        if reload_asked():
+            self.reload_requested = True
         try:
             preflight(self.cfg.switch.user)
             self._start()

@@ -255,6 +255,38 @@ def test_a_sighup_while_the_switch_starts_reloads_once_it_has_started(lab):
     assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
 
 
+SIGHUP_EARLY = os.path.join(os.path.dirname(__file__), "..", "sighup_early.py")
+
+
+def test_a_sighup_before_the_switch_starts_starting_reloads_once_it_has_started(lab, tmp_path):
+    """`kill -HUP` once the config is read, before the switch took SIGHUP over (it does so as it
+    starts, after ~0.3 s of imports): the reload comes once the switch is ready, and applies the
+    change. (SIGHUP's default action ended the process, exit -1, nothing said.)"""
+    cfg = base(lab, 3)
+    changed = tmp_path / "changed.yaml"
+    sw = lab.switch(cfg, start=False, wrapper=(sys.executable, SIGHUP_EARLY, str(changed)))
+    removed = cfg["ports"].pop()
+    changed.write_text(yaml.safe_dump(cfg))
+    sw.start()
+    helpers.wait_for("config.reloaded", lambda: sw.events("config.reloaded"))
+    events = [e["event"] for e in sw.events()]
+    assert events.index("switch.ready") < events.index("config.reloaded")
+    assert sw.events("config.reloaded")[0]["removed"] == [removed["name"]]
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    assert sw.stop() == 0
+
+
+def test_a_sighup_while_the_switch_is_imported_is_no_end_and_no_reload(lab):
+    """`kill -HUP` during the imports, before the config is read: the config the start reads
+    is the one a reload would, so there is none; the switch starts (it was ended, exit -1)."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg, wrapper=(sys.executable, SIGHUP_EARLY, "imports"))
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    time.sleep(0.5)
+    assert not sw.events("config.reloaded") and not sw.events("config.reload_failed")
+    assert sw.stop() == 0
+
+
 def test_a_setting_fixed_at_start_is_refused(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
