@@ -4,6 +4,7 @@ import ipaddress
 import os
 import pwd
 import textwrap
+import threading
 
 import pytest
 from hypothesis import given, settings
@@ -1300,3 +1301,41 @@ def test_a_fifo_is_refused_at_once_not_waited_for(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(str(fifo))             # no writer: a blocking open would wait for ever
     assert info.value.errors == [f"{fifo}:0: -: cannot read: not a regular file"]
+
+
+FULL = "switch: {name: sw0}\nports:\n  - name: p0\n    vlan: 20\n  - name: p1\n    vlan: 20\n"
+CUT = FULL.index("20") + 1       # "vlan: 2" of the first port, the second not written yet
+
+
+def test_a_file_being_written_is_read_once_its_writer_has_closed_it(tmp_path):
+    """An editor saving in place, `cat > FILE` or a copy has written part of the file: cut there,
+    this one is a valid config of one port in VLAN 2. It is read once written whole."""
+    path = tmp_path / "t.yaml"
+    writer = open(path, "w")
+    writer.write(FULL[:CUT])
+    writer.flush()
+
+    def finish():
+        writer.write(FULL[CUT:])
+        writer.close()
+
+    timer = threading.Timer(0.3, finish)
+    timer.start()
+    try:
+        cfg = load(str(path))
+    finally:
+        timer.join()
+    assert [(p.name, p.vlan) for p in cfg.ports] == [("p0", 20), ("p1", 20)]
+
+
+def test_a_file_its_writer_keeps_open_is_refused_not_read_cut(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "WRITER_WAIT", 0.2)
+    path = tmp_path / "t.yaml"
+    with open(path, "w") as writer:
+        writer.write(FULL[:CUT])
+        writer.flush()
+        with pytest.raises(ConfigError) as info:
+            load(str(path))
+    assert info.value.errors == [f"{path}:0: -: cannot read: another process has it open for writing "
+                                 "(still after 0.2 s): write it whole, then reload"]
+    assert [p.vlan for p in load(str(path)).ports] == [2]       # closed: read as it is

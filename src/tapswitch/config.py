@@ -21,13 +21,17 @@ reported each at its own key, relative to where the rule ran.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib.resources
 import ipaddress
 import os
 import posixpath
 import pwd
 import re
+import signal
 import stat
+import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -986,6 +990,50 @@ def monitor_port_settings(ports: list[tuple[int, Any, dict]], monitors: dict[str
 MAX_CONFIG_BYTES = 16 * 2**20  # a config of 256 ports with every key is under 1 MiB
 
 
+WRITER_WAIT = 2.0      # seconds load waits for a writer that has the config open to close it
+WRITER_POLL = 0.02
+
+
+def _lease(fd: int) -> bool | None:
+    """Take a read lease on the file open at fd: True, held; False, another process has the file
+    open for writing; None, no lease can be had (not the file's owner and no CAP_LEASE, leases
+    off, a filesystem without them): who writes cannot be told. A writer that opens the file
+    while the lease is held waits until it is let go (_unlease); the kernel signals the holder
+    then, with SIGURG, ignored (its default SIGIO would end the process)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return False if e.errno == errno.EAGAIN else None
+    return True
+
+
+def _unlease(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        pass
+
+
+def _read_written(f, path: str) -> bytes:
+    """The file's bytes once no other process has it open for writing: a config being written
+    (an editor saving it in place, `cat > FILE`, a copy) is read whole, not cut where the writer
+    had got to, which may parse as a config with fewer ports or other values (a reload would
+    apply it). A writer that keeps it open WRITER_WAIT seconds is a ConfigError. The bytes are
+    read under a read lease: no writer can open the file meanwhile."""
+    deadline = time.monotonic() + WRITER_WAIT
+    while (held := _lease(f.fileno())) is False:
+        if time.monotonic() >= deadline:
+            raise ConfigError([f"{path}:0: -: cannot read: another process has it open for writing "
+                               f"(still after {WRITER_WAIT:g} s): write it whole, then reload"])
+        time.sleep(WRITER_POLL)
+    try:
+        return f.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        if held:
+            _unlease(f.fileno())
+
+
 def load(path: str | None) -> Config:
     """The config in the file at `path`, or the built-in demo when None; raises ConfigError."""
     if path is None:
@@ -1000,7 +1048,7 @@ def load(path: str | None) -> Config:
             os.close(fd)
             raise ConfigError([f"{path}:0: -: cannot read: not a regular file"])
         with open(fd, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+            raw = _read_written(f, path)
     except OSError as e:
         raise ConfigError([f"{path}:0: -: cannot read: {e.strerror or e}"]) from None    # the reason in words: the path is said already
     if len(raw) > MAX_CONFIG_BYTES:

@@ -192,6 +192,33 @@ def test_invalid_config_changes_nothing_and_says_where(lab):
     assert failed and "switch.colour" in failed[-1]["errors"][0]
 
 
+def test_a_reload_while_the_config_is_being_written_waits_for_it_or_changes_nothing(lab):
+    """A config written in place (an editor, `cat > FILE`, a copy) is cut where its writer has got
+    to, and cut there it may be valid: here the second port is not written yet, which a reload
+    would remove. A reload waits for the writer to close the file and reads it whole; one still
+    open after 2 s is refused, and the switch runs on as it was."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    whole = yaml.safe_dump({"switch": cfg["switch"], "ports": cfg["ports"]}, sort_keys=False)
+    cut = whole.index("- name: " + cfg["ports"][1]["name"])      # a valid config of the first port
+    writer = open(sw.config_path, "w")
+    try:
+        writer.write(whole[:cut])
+        writer.flush()
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "another process has it open for writing" in r.stderr, r.stderr
+        assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+        assert helpers.link_exists("eth0", cfg["ports"][1]["netns"])
+        threading.Timer(0.5, lambda: (writer.write(whole[cut:]), writer.close())).start()
+        assert sw.cli("reload").stdout.strip() == "reloaded: no port changed", sw.log()
+    finally:
+        writer.close()
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
+
 def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_asked_about(lab):
     """`tapswitch reload` while a reload (SIGHUP) is under way: the answer is that of a reload that
     read the config after the request was made -- here refused -- not that of the one under way,
