@@ -422,6 +422,18 @@ class Supervisor:
     def exited(self, w: Worker) -> None:
         """Called when w's pidfd is readable: reap it and start it again, at once or, if it keeps
         dying, once down() offers it (BACKOFF seconds on)."""
+        if self._died(w):
+            # A worker that keeps dying would otherwise spin the control process. It is held back
+            # by down(), not by a sleep here: the control loop serves reloads, link events and
+            # its socket meanwhile, and restarts it once due (maintain_workers).
+            w.retry_at = time.monotonic() + BACKOFF
+            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=BACKOFF)
+            return
+        self.restart(w)
+
+    def _died(self, w: Worker) -> bool:
+        """Reap w's process, which exited unasked, and log how (and why, if it said); True if
+        it keeps dying (RESTART_BURST restarts within RESTART_WINDOW)."""
         rc = self._reap(w)
         said = _recv(w.sock, wait=False) if w.sock is not None else b""
         self._close(w.pidfd, w.sock)
@@ -435,14 +447,7 @@ class Supervisor:
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
         held = len(w.recent) >= RESTART_BURST
         w.recent.append(now)
-        if held:
-            # A worker that keeps dying would otherwise spin the control process. It is held back
-            # by down(), not by a sleep here: the control loop serves reloads, link events and
-            # its socket meanwhile, and restarts it once due (maintain_workers).
-            w.retry_at = now + BACKOFF
-            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=BACKOFF)
-            return
-        self.restart(w)
+        return held
 
     def restart(self, w: Worker, attempt: int = 1) -> None:
         """Start w again after it died: a new process, w.starting, that the control loop watches
@@ -529,7 +534,9 @@ class Supervisor:
 
         A worker that had died (restarting, held back, or failing to start)
         gets its new process here too: its restart's process, which has the
-        old ports, is killed, and the new one counts as its restart. One whose
+        old ports, is killed, and the new one counts as its restart. So does
+        one that dies while the new ones start (its exit is logged as
+        worker.exited, as the control loop's would have been). One whose
         new process does not come up is left with none, due at once: the
         control loop restarts it.
         """
@@ -554,6 +561,13 @@ class Supervisor:
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e), **_traceback(e.traceback))
                     fresh[w] = None
             for w, p in fresh.items():
+                if w.pidfd >= 0 and readable([w.pidfd], 0):
+                    # It died during this reload (its pidfd is not watched meanwhile), before it
+                    # was asked to stop: a death like any, logged and counted as its restart.
+                    # Lost race, stated: one that dies between this look and the SIGTERM is
+                    # taken for one that failed to stop (worker.stopped).
+                    self._died(w)
+                    died.add(w)
                 old = self._hand_over(w)
                 if old is not None:
                     retiring.append((w, old))

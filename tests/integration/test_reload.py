@@ -667,6 +667,29 @@ def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
     assert "Traceback" not in sw.log()
 
 
+def test_a_worker_killed_while_a_reload_starts_the_new_ones_is_a_death_logged_and_counted(lab):
+    """A worker that dies while a reload starts the new workers (its pidfd is not watched
+    meanwhile) is a death like any: worker.exited with its signal, and its queue's new worker
+    counts as its restart (it was worker.stopped, exit_code -9, a warning, and counted nowhere:
+    tapswitch_worker_restarts_total and the crash-loop count missed it)."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    old = sw.worker_pids()
+    assert len(old) == 2
+    [queue] = [e["queue"] for e in sw.events("worker.started") if e["pid"] == old[0]]
+    cfg["ports"][1]["addresses"] = ["198.18.4.41/24"]       # remade: every worker is replaced
+    rewrite(sw, cfg)
+    sw.proc.send_signal(signal.SIGHUP)
+    helpers.wait_for("the reload's new workers", lambda: len(sw.worker_pids()) > 2, within=10, every=0.002)
+    os.kill(old[0], signal.SIGKILL)
+    helpers.wait_for("the reload", lambda: sw.events("config.reloaded"), within=10)
+    assert [(e["pid"], e.get("signal")) for e in sw.events("worker.exited")] == [(old[0], "SIGKILL")], sw.log()
+    assert [(e["queue"], e["restarts"]) for e in sw.events("worker.restarted")] == [(queue, 1)], sw.log()
+    assert not sw.events("worker.stopped"), sw.log()
+    assert len(sw.worker_pids()) == 2
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.41", count=3)
+
+
 def test_a_worker_that_will_not_stop_is_killed_after_the_grace_and_the_reload_goes_on(lab):
     """A worker asked to stop that neither drains nor exits (stopped here by SIGSTOP, so SIGTERM
     stays pending) is SIGKILLed after the 1 s grace; its queue's new worker then takes over."""
