@@ -262,6 +262,24 @@ def test_lowered_mac_limit_flushes_the_port(shared):
     assert (shared.port_fdb_entries(0), shared.port_fdb_static(0)) == (1, 1)    # static entries stay
 
 
+def test_a_reload_that_keeps_a_ports_mac_limit_keeps_what_it_learned(shared):
+    """Workers learning at the same instant may take a port one MAC a queue over its limit (README):
+    a reload that leaves the limit as it was does not forget the port's MACs for that."""
+    cfg = config("- {name: a, mac_limit: 4}\n- {name: b}\n")
+    settings.apply(shared, cfg, running(cfg))
+    for i in range(5):              # one over: two queues learned at once
+        lib.ts_fdb_learn(shared.ptr, 0, mac_bytes(f"02:00:00:00:00:{i:02x}"), 1, 0, 100)
+    assert shared.port_fdb_entries(0) == 5
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.port_fdb_entries(0) == 5
+    cfg = config("- {name: a, mac_limit: 4}\n- {name: b, vlan: 20}\n")    # another port's change
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.port_fdb_entries(0) == 5
+    cfg = config("- {name: a, mac_limit: 3}\n- {name: b, vlan: 20}\n")    # lowered: forgotten
+    settings.apply(shared, cfg, running(cfg))
+    assert shared.port_fdb_entries(0) == 0
+
+
 # apply() end to end: frames through a worker.
 
 @pytest.fixture

@@ -174,6 +174,9 @@ def apply(shared, cfg, ports) -> int:
     storm_changed = [(i, kind) for i in range(lib.TS_MAX_PORTS) for _, kind in STORM_KINDS
                      if (old.ports[i].storm_interval[kind], old.ports[i].storm_burst[kind])
                      != (new.ports[i].storm_interval[kind], new.ports[i].storm_burst[kind])]
+    # Only a limit this config sets or lowers forgets what a port learned over it: workers
+    # learning at the same instant may hold a port one MAC a queue over an unchanged limit.
+    limit_changed = {port.index for port in ports if old.ports[port.index].mac_limit != new.ports[port.index].mac_limit}
     # A mirror that changed slots (one before it in the list came or went) counts on from what it
     # had counted in its old slot, read before the workers move to the new settings; a slot that
     # holds a new mirror counts from 0.
@@ -202,6 +205,8 @@ def apply(shared, cfg, ports) -> int:
             shared.set_port(slot, lib.TS_PORT_UNUSED, 0)
     for port in ports:       # a lowered limit holds at once
         limit = by_name[port.name].mac_limit
+        if port.index not in limit_changed:
+            continue
         learned = shared.port_fdb_entries(port.index) - shared.port_fdb_static(port.index)
         if limit is not None and learned > limit:
             log.info("fdb.flushed", port=port.name, entries=shared.fdb_flush(port.index), reason="mac_limit")
