@@ -209,7 +209,7 @@ class Soak:
     def kill_worker(self, rng) -> None:
         """SIGKILL one worker; how long until the switch has all its workers again, without it?"""
         if self.args.kills_between_reloads:
-            # Only once the last SIGHUP's reload is over (a kill during one can crash the switch).
+            # Only once the last SIGHUP's reload is over (to tell the two apart: a kill during one is a death, too).
             deadline = time.monotonic() + 5
             while len(self.events("config.reloaded")) + len(self.events("config.reload_failed")) < self.reloads \
                     and time.monotonic() < deadline:
