@@ -214,6 +214,13 @@ def test_allmulti_applies_to_iface():
     assert iface_flags("local", IFACE_MAC, IFACE_MAC, True) == {"allmulti": True}
 
 
+def test_only_the_flags_attaching_changed_are_given_back():
+    was = DeviceState(up=True, promisc=True, allmulti=False, mtu=0)
+    # promisc and up were on already: only allmulti is the switch's to give back
+    assert remote.changed_flags(was, {"promisc": True, "allmulti": True, "up": True}) == {"allmulti"}
+    assert remote.changed_flags(was, {"up": True}) == set()
+
+
 # --- u32 keys: negative offsets --------------------------------------------------
 
 

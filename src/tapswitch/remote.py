@@ -197,12 +197,20 @@ def _set_flags(ipr, index: int, wanted: dict[str, bool]) -> None:
     ipr.link("set", index=index, flags=flags, mask=mask)
 
 
-def _restore(ipr, index: int, original: tc.DeviceState) -> None:
-    """Give IFACE back the MTU (if the run set it: not 0) and flags it had before it was attached."""
+def _restore(ipr, index: int, original: tc.DeviceState, flags: Iterable[str] = tuple(_FLAG_BITS)) -> None:
+    """Give IFACE back the MTU (if the run set it: not 0) and those of its flags before it was
+    attached that are named in `flags` (default: all, for a dead run's, whose settings are unknown)."""
     now = _observe(ipr, index)
     if original.mtu and now.mtu != original.mtu:
         ipr.link("set", index=index, mtu=original.mtu)
-    _set_flags(ipr, index, {k: getattr(original, k) for k in _FLAG_BITS if getattr(now, k) != getattr(original, k)})
+    _set_flags(ipr, index, {k: getattr(original, k) for k in flags if getattr(now, k) != getattr(original, k)})
+
+
+def changed_flags(original: tc.DeviceState, wanted: dict[str, bool]) -> frozenset[str]:
+    """The flags attaching changed: those it sets (`wanted`) to other than IFACE had. Only these
+    are given back on stop: a flag the switch left alone is its user's, set or cleared meanwhile
+    (allmulti for a multicast router, promisc for a capture) as the MTU of a port without `mtu`."""
+    return frozenset(k for k, on in wanted.items() if getattr(original, k) != on)
 
 
 def _gone(e: Exception) -> bool:
@@ -219,7 +227,7 @@ def _said(rule: Rule):
 
 class RemoteAttachment:
     """One port's TAP attached to IFACE. attach() then detach(); detach()
-    leaves IFACE's qdiscs, filters, flags and MTU as attach() found them."""
+    leaves IFACE's qdiscs, filters, the flags attach() changed and MTU as attach() found them."""
 
     def __init__(self, ipr, tap_ifname: str, remote_ifname: str, mode: str = "promisc",
                  port_mac: str | None = None, allmulti: bool = False, mtu: int | None = None,
@@ -245,6 +253,7 @@ class RemoteAttachment:
         self._clsact_ours: dict[str, bool] = {}
         self._handles: dict[Rule, int] = {}
         self._original: tc.DeviceState | None = None  # IFACE before we came
+        self._changed: frozenset[str] = frozenset(_FLAG_BITS)  # IFACE's flags that detach() gives back
         self._left: Original | None = None  # (ifindex, original) of an IFACE that went (gone())
         self._iface_mac = ""
 
@@ -264,6 +273,7 @@ class RemoteAttachment:
 
     def _attach(self) -> None:
         ipr = self.ipr
+        self._changed = frozenset(_FLAG_BITS)    # until IFACE has the port's flags: all, as heal() gives back
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
         refuse_unless_ethernet(ipr, self.remote_ifname)
         self._refuse_if_held()
@@ -292,8 +302,11 @@ class RemoteAttachment:
         self.shared_macs = self._not_host(self.shared_macs)
         if self.mode == "local" and self.port_mac is None:
             self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
-        _set_flags(ipr, remote, {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti),
-                                 "up": True})
+        # IFACE gets the flags it had before any run (a dead run's, or ours before IFACE went and
+        # came back, may be on it), but for those the port wants; detach() gives back only those.
+        wanted = {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti), "up": True}
+        _set_flags(ipr, remote, {**{k: getattr(self._original, k) for k in _FLAG_BITS}, **wanted})
+        self._changed = changed_flags(self._original, wanted)
 
         self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
         log.info("remote.attached", tap=self.tap_ifname, remote=self.remote_ifname, mode=self.mode,
@@ -441,7 +454,7 @@ class RemoteAttachment:
             if self._clsact_ours.get(where):
                 self._quietly(tc.remove_clsact, self.ipr, index)
         if self._original is not None:
-            self._quietly(_restore, self.ipr, self._index["remote"], self._original)
+            self._quietly(_restore, self.ipr, self._index["remote"], self._original, self._changed)
         if self.state is not None:
             self.state.record_original(self.remote_ifname, None)     # given back: nothing to heal
         self._left = None

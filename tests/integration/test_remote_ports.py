@@ -124,6 +124,35 @@ def test_a_nic_moved_away_and_back_is_given_back_as_it_was_before_the_start(lab,
     assert nic_state(site["sw"]) == before
 
 
+@pytest.mark.parametrize("mode", ["promisc", "local"])
+def test_the_stop_leaves_the_flags_the_switch_did_not_set_as_the_nics_user_set_them(lab, site, mode):
+    """The NIC's user sets allmulti (a multicast router) and, in local mode, promisc (a capture)
+    while it is attached: the switch set neither, so the stop leaves them as its user set them
+    (it cleared both); promisc mode's promisc, which the switch set, is given back."""
+    sw = lab.switch(config(lab, site, mode), netns=site["sw"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "allmulticast", "on")
+    if mode == "local":
+        helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "promisc", "on")
+    assert sw.stop() == 0
+    flags = nic_state(site["sw"])["flags"]
+    assert "ALLMULTI" in flags
+    assert ("PROMISC" in flags) == (mode == "local")
+
+
+def test_a_local_port_after_a_sigkilled_promisc_run_takes_the_nic_without_its_promisc(lab, site):
+    """The dead run put the NIC in promisc; the next start's port is a local one on the NIC's MAC,
+    which does not want promisc: the NIC has its own flags back at once, and after the stop."""
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert "PROMISC" in nic_state(site["sw"])["flags"]
+    sw2 = lab.switch(config(lab, site, "local"), netns=site["sw"])
+    assert nic_state(site["sw"])["flags"] == before["flags"]
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 def test_sigterm_restores_the_nic_exactly(lab, site):
     before = nic_state(site["sw"])
     sw = lab.switch(config(lab, site, "promisc", mtu=1400), netns=site["sw"])
