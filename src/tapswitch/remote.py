@@ -531,6 +531,13 @@ def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
                 mtu=original.mtu or None, reason="attached by a run that did not stop; no port of this run names it")
 
 
+def renamed_since(ipr, ifname: str, recorded: Original | None) -> bool:
+    """The device a dead run attached as IFACE (the ifindex `recorded` gives) is there under
+    another name, renamed since: a port that names IFACE now means the device so named, or
+    none, not it. It is healed as a device no port names (heal)."""
+    return recorded is not None and _index_or_none(ipr, ifname) != recorded[0] and _exists(ipr, recorded[0])
+
+
 def _index_or_none(ipr, ifname: str) -> int | None:
     found = ipr.link_lookup(ifname=ifname)
     return found[0] if found else None

@@ -203,21 +203,29 @@ class Switch:
         taken over or removed. Then the state file lists this run's."""
         self.unhealed = dead         # each thing healed leaves it; a start that fails keeps the rest listed
         self.state.remotes = sorted({p.remote for p in self.cfg.ports if p.remote})
-        # The original state of those named again, as the dead run wrote it down: attach() takes it.
-        self.state.originals = {r: o for r, o in dead.originals.items() if r in self.state.remotes}
-        self.inherited_remotes = {r for r in dead.remotes if r in self.state.remotes}
-        dead.remotes = [r for r in dead.remotes if r not in self.state.remotes]
-        if dead.remotes:
+        self.state.originals, self.inherited_remotes = {}, set()
+        if dead.remotes or dead.originals:
             with ports.iproute(None) as ipr:
-                for name in list(dead.remotes):
-                    try:
-                        remote.heal(ipr, name, dead.originals.get(name))
-                    except (OSError, NetlinkError) as e:    # left listed, for the next start
-                        log.error("remote.heal_failed", remote=name, error=str(e))
-                        continue
-                    dead.remotes.remove(name)
-                    dead.originals.pop(name, None)
+                self._heal_remotes(ipr, dead)
         self.namespaces.recover(dead, {p.netns for p in self.cfg.ports if p.netns_kind == "name"})
+
+    def _heal_remotes(self, ipr, dead: RunState) -> None:
+        """_heal's remote interfaces: those a port names again are left to attach(), the others healed."""
+        # A name a port gives again is another device now if the dead run's was renamed since
+        # (nic0 renamed nic9, a new nic0 made): the port takes the new one; nic9 is healed here.
+        again = {r for r in self.state.remotes if not remote.renamed_since(ipr, r, dead.originals.get(r))}
+        # The original state of those named again, as the dead run wrote it down: attach() takes it.
+        self.state.originals = {r: o for r, o in dead.originals.items() if r in again}
+        self.inherited_remotes = {r for r in dead.remotes if r in again}
+        dead.remotes = [r for r in dead.remotes if r not in again]
+        for name in list(dead.remotes):
+            try:
+                remote.heal(ipr, name, dead.originals.get(name))
+            except (OSError, NetlinkError) as e:    # left listed, for the next start
+                log.error("remote.heal_failed", remote=name, error=str(e))
+                continue
+            dead.remotes.remove(name)
+            dead.originals.pop(name, None)
 
     def _add_ports(self, wanted: list) -> list:
         """Make the ports (index, config) in `wanted`: each one's Port, or the exception that

@@ -224,6 +224,27 @@ def killed_while_attaching(lab, site, cfg: dict) -> None:
     assert "clsact" in changed["qdiscs"] and not changed["filters"][0].strip(), changed   # no rule yet
 
 
+def test_a_start_heals_the_nic_renamed_while_the_dead_run_ran_when_a_new_one_has_its_name(lab, site):
+    """The dead run's NIC was renamed (nic9) and another device made under its old name: the
+    port that names nic0 again takes the new one; nic9, which no port names, is healed as such
+    (its rules sent every frame to the dead run's TAP, that is nowhere), and stays so."""
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1400)
+    sw = lab.switch(cfg, netns=site["sw"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
+    assert sw.stop(signal.SIGKILL) != 0
+    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    helpers.sh("ip", "link", "add", "nic0", "netns", site["sw"], "type", "veth", "peer", "name", "eth1",
+               "netns", site["out"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "up")
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert [e["remote"] for e in sw2.events("remote.healed")] == ["nic0"]
+    assert nic_state(site["sw"], "nic9") == before
+    assert "PROMISC" in nic_state(site["sw"])["flags"]          # the new nic0 is the port's
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"], "nic9") == before
+
+
 def test_a_start_heals_the_nic_of_a_run_killed_before_its_first_rule(lab, site):
     """A run killed while attaching the NIC, after it changed it (clsact, MTU, up, promisc) but
     before a rule recorded how it was: the state file did, and the next start, whose config no
