@@ -5,8 +5,6 @@ raises RuntimeError: where the file says, "start" while it sets its fast path up
 says it is set up), "run" once it is let go to forward. Workers started after it are as any
 worker. Its command line says `worker_raises.py --worker`."""
 
-import os
-import subprocess
 import sys
 
 MARK = "TAPSWITCH_TEST_WORKER_RAISES"
@@ -39,31 +37,9 @@ def raising_worker(where: str, argv: list[str]) -> int:
     return worker.main(argv)
 
 
-class _Spawner:
-    """The supervisor's subprocess module, whose Popen starts the next worker as raising_worker
-    while the file exists (and removes it)."""
-
-    def __getattr__(self, name):
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def Popen(argv, **kw):
-        if argv[1:4] == ["-P", "-m", "tapswitch.worker"]:
-            try:
-                with open(os.environ[MARK]) as f:
-                    where = f.read().strip()
-                os.unlink(os.environ[MARK])
-            except FileNotFoundError:
-                pass
-            else:
-                argv = [argv[0], "-P", os.path.abspath(__file__), "--worker", where, *argv[4:]]
-        return subprocess.Popen(argv, **kw)
-
-
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         sys.exit(raising_worker(sys.argv[2], sys.argv[3:]))
-    from in_process import run
+    from in_process import run, swap_workers
 
-    from tapswitch import supervisor
-    run(lambda: setattr(supervisor, "subprocess", _Spawner()))
+    run(lambda: swap_workers(__file__, MARK, once=True))

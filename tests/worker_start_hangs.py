@@ -6,8 +6,6 @@ many seconds as the file said when it was started, or for good if it said "hang"
 starts as any worker: as one stuck in its imports (a hung filesystem) or slow to start (a
 loaded machine). Its command line says `worker_start_hangs.py --worker`."""
 
-import os
-import subprocess
 import sys
 import time
 
@@ -16,35 +14,14 @@ MARK = "TAPSWITCH_TEST_WORKER_START"
 
 def slow_worker(wait: str, argv: list[str]) -> int:
     """A worker (argv: its arguments) that waits `wait` seconds ("hang": for good) first."""
-    time.sleep(3600 if wait == "hang" else float(wait))
+    time.sleep(3600 if wait == "hang" else float(wait or 0))
     from tapswitch import worker
     return worker.main(argv)
-
-
-class _Spawner:
-    """The supervisor's subprocess module, whose Popen starts a worker as slow_worker while the
-    file exists."""
-
-    def __getattr__(self, name):
-        return getattr(subprocess, name)
-
-    @staticmethod
-    def Popen(argv, **kw):
-        if argv[1:4] == ["-P", "-m", "tapswitch.worker"]:
-            try:
-                with open(os.environ[MARK]) as f:
-                    wait = f.read().strip() or "0"
-            except FileNotFoundError:
-                pass
-            else:
-                argv = [argv[0], "-P", os.path.abspath(__file__), "--worker", wait, *argv[4:]]
-        return subprocess.Popen(argv, **kw)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
         sys.exit(slow_worker(sys.argv[2], sys.argv[3:]))
-    from in_process import run
+    from in_process import run, swap_workers
 
-    from tapswitch import supervisor
-    run(lambda: setattr(supervisor, "subprocess", _Spawner()))
+    run(lambda: swap_workers(__file__, MARK))
