@@ -242,16 +242,23 @@ def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_
     assert len(sw.events("config.reload_failed")) == 1
 
 
-def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(lab):
-    """The control socket answers before the ports are made; a `tapswitch reload` then is done
-    once the switch is ready, and answered. (It waited 30 s for a reload that never came, then
-    said "it goes on".)"""
+def starting(lab):
+    """A switch of 16 ports with addresses, started and answering on its control socket, its
+    ports still being made: (switch, config)."""
     cfg = base(lab, 16)
     for i, port in enumerate(cfg["ports"]):
         port["addresses"] = [f"198.18.4.{i + 1}/24"]
     sw = lab.switch(cfg, start=False)
     sw.start(expect_ready=False)
     helpers.wait_for("the control socket", lambda: os.path.exists(sw.socket), every=0.002)
+    return sw, cfg
+
+
+def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(lab):
+    """The control socket answers before the ports are made; a `tapswitch reload` then is done
+    once the switch is ready, and answered. (It waited 30 s for a reload that never came, then
+    said "it goes on".)"""
+    sw, cfg = starting(lab)
     assert not sw.events("switch.ready"), "started too soon to ask while it starts"
     asked = time.monotonic()
     reply = control.request(sw.socket, "reload")
@@ -265,12 +272,7 @@ def test_a_sighup_while_the_switch_starts_reloads_once_it_has_started(lab):
     """`kill -HUP` while the switch makes its ports, after it read its config, which has changed
     since: the reload comes once the switch is ready, and applies the change. (SIGHUP was
     ignored while starting: the switch ran on the config as it was read, until the next one.)"""
-    cfg = base(lab, 16)
-    for i, port in enumerate(cfg["ports"]):
-        port["addresses"] = [f"198.18.4.{i + 1}/24"]
-    sw = lab.switch(cfg, start=False)
-    sw.start(expect_ready=False)
-    helpers.wait_for("the control socket", lambda: os.path.exists(sw.socket), every=0.002)
+    sw, cfg = starting(lab)
     removed = cfg["ports"].pop()
     rewrite(sw, cfg)
     sw.proc.send_signal(signal.SIGHUP)

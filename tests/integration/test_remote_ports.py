@@ -195,16 +195,23 @@ def test_a_start_after_sigkill_heals_the_nic_its_config_no_longer_names(lab, sit
     assert nic_state(site["sw"]) == before
 
 
-def test_a_start_after_sigkill_heals_the_nic_renamed_while_the_dead_run_ran(lab, site):
-    """The dead run's NIC was renamed after it was attached: the next start finds it by the
-    ifindex its state file recorded, not by its old name, and gives it back as it was (its
-    rules sent every frame to the dead run's TAP, that is nowhere)."""
-    before = nic_state(site["sw"])
+def killed_with_its_nic_renamed(lab, site) -> dict:
+    """A switch attached nic0 (promisc, MTU 1400), nic0 was renamed nic9, and the switch was
+    killed (SIGKILL); returns its config."""
     cfg = config(lab, site, "promisc", mtu=1400)
     sw = lab.switch(cfg, netns=site["sw"])
     helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
     assert sw.stop(signal.SIGKILL) != 0
     time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    return cfg
+
+
+def test_a_start_after_sigkill_heals_the_nic_renamed_while_the_dead_run_ran(lab, site):
+    """The dead run's NIC was renamed after it was attached: the next start finds it by the
+    ifindex its state file recorded, not by its old name, and gives it back as it was (its
+    rules sent every frame to the dead run's TAP, that is nowhere)."""
+    before = nic_state(site["sw"])
+    cfg = killed_with_its_nic_renamed(lab, site)
     cfg["ports"].pop()                   # no uplink any more
     sw2 = lab.switch(cfg, netns=site["sw"])
     assert sw2.events("remote.healed")
@@ -229,11 +236,7 @@ def test_a_start_heals_the_nic_renamed_while_the_dead_run_ran_when_a_new_one_has
     port that names nic0 again takes the new one; nic9, which no port names, is healed as such
     (its rules sent every frame to the dead run's TAP, that is nowhere), and stays so."""
     before = nic_state(site["sw"])
-    cfg = config(lab, site, "promisc", mtu=1400)
-    sw = lab.switch(cfg, netns=site["sw"])
-    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    cfg = killed_with_its_nic_renamed(lab, site)
     helpers.sh("ip", "link", "add", "nic0", "netns", site["sw"], "type", "veth", "peer", "name", "eth1",
                "netns", site["out"])
     helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "up")
