@@ -278,6 +278,7 @@ class RemoteAttachment:
         refuse_unless_ethernet(ipr, self.remote_ifname)
         self._refuse_if_held()
         remote = self._index["remote"]
+        tc.refuse_foreign(ipr, remote, self.remote_ifname)
         # Before anything changes, IFACE's original state goes to the state file: a run killed
         # from here on leaves it there, rules or not.
         self._original = self._original_of(remote)

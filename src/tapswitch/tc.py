@@ -20,7 +20,9 @@ How tapswitch recognises its own filters
   then a version byte, then the *original* state of the device the filter
   sits on (up, promisc, allmulti, whether tapswitch added the clsact qdisc,
   MTU). A filter is tapswitch's only when prio and cookie both say so; a
-  user's filter in our range is never touched.
+  user's filter in our range is never touched, and an attach refuses a device
+  that has one (`refuse_foreign`): ours would share its priority, where the
+  kernel refuses them or files them in the user's u32 hash table.
 - So a start after a crash (SIGKILL) finds the stale filters, removes them
   (`remove_stale`) and learns from their cookies how to leave the device
   when it stops: the kernel kept the state for us.
@@ -503,6 +505,31 @@ class Stale:
 
     removed: tuple[TcFilter, ...]
     state: DeviceState | None  # the device's state before the crashed run, from the cookies
+
+
+def foreign_prios(filters: list[TcFilter]) -> list[int]:
+    """The priorities in our range where a filter that is not tapswitch's sits: one without our
+    cookie, or a u32 hash table besides the one the kernel makes with a priority's first filter
+    (a user's `handle 5: u32 divisor 16`). A dead run's emptied priorities are not among them."""
+    found = set()
+    for f in filters:
+        if not f.in_range:
+            continue
+        tables = [g for g in filters if (g.prio, g.chain) == (f.prio, f.chain) and g.handle != 0 and not g.is_entry]
+        if (f.is_entry and not f.ours) or len(tables) > 1:
+            found.add(f.prio)
+    return sorted(found)
+
+
+def refuse_foreign(ipr, ifindex: int, ifname: str) -> None:
+    """Raise TcError, touching nothing, if a filter that is not ours sits in our priority range on
+    the device's ingress: ours would share its priority (the kernel refuses them, EEXIST, ENOSPC
+    or EINVAL, or puts them in the user's u32 table) or, at another one, run before or after it."""
+    prios = foreign_prios(dump(ipr, ifindex))
+    if prios:
+        raise TcError(f"{ifname} has a tc filter that is not tapswitch's at ingress priority {prios[0]:#x} "
+                      f"({prios[0]}), in the range tapswitch reserves ({PRIO_FIRST:#x}-{PRIO_LAST:#x}, "
+                      f"{PRIO_FIRST}-{PRIO_LAST}): move it to another priority")
 
 
 def held_by(ipr, dev: int | str, mine: int) -> int | None:

@@ -488,6 +488,28 @@ def test_a_remote_that_is_not_ethernet_is_refused_and_left_as_it_is(lab, site):
         assert helpers.nsexec(site["sw"], "ip", "-br", "link").stdout == links
 
 
+def test_a_nic_with_a_users_filter_in_the_reserved_range_is_refused_and_left_as_it_is(lab, site):
+    """A filter of the NIC's user at a priority tapswitch reserves (0xc101: its unicast rule's):
+    the start fails (exit 1, one line naming the NIC, the priority and the range, no traceback)
+    and leaves the NIC, its clsact and the user's filter as they were. (It ran, its rule filed in
+    the user's u32 hash table ahead of the user's filter; beside other filters of the user's it
+    failed with a bare "File exists", "No space left on device" or "Invalid argument".)"""
+    helpers.nsexec(site["sw"], "tc", "qdisc", "add", "dev", "nic0", "clsact")
+    helpers.nsexec(site["sw"], "tc", "filter", "add", "dev", "nic0", "ingress", "prio", "0xc101",
+                   "u32", "match", "u32", "0", "0", "classid", "1:1")
+    before = nic_state(site["sw"])
+    for mode in ("promisc", "local"):
+        sw = lab.switch({"switch": {"name": lab.name("s")},
+                         "ports": [{"name": lab.name("up"), "remote": "nic0", "remote_mode": mode}]},
+                        netns=site["sw"], start=False)
+        sw.start(expect_ready=False)
+        assert sw.proc.wait(timeout=20) == 1, sw.log()
+        assert ("nic0 has a tc filter that is not tapswitch's at ingress priority 0xc101 (49409), "
+                "in the range tapswitch reserves (0xc100-0xc1ff, 49408-49663)") in sw.log(), sw.log()
+        assert "Traceback" not in sw.log(), sw.log()
+        assert nic_state(site["sw"]) == before
+
+
 # A remote port without `mtu:` leaves IFACE's MTU alone and takes it; with `mtu:`, IFACE has that one.
 
 

@@ -444,18 +444,23 @@ def test_what_the_switch_writes_into_the_tap_leaves_through_iface(lab, attached,
 
 
 def add_user_tc(lab: Lab) -> None:
-    """A user's own clsact and filters, two of them inside tapswitch's priority range: a filter,
-    and a u32 hash table of the user's that holds no filter yet."""
+    """A user's own clsact and filters, outside tapswitch's priority range."""
     tcn = ["tc", "-n", lab.sw]
     sh(*tcn, "qdisc", "add", "dev", NIC, "clsact")
     sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", "10", "protocol", "all",
        "u32", "match", "u16", "0x88b5", "0xffff", "at", "-2", "classid", "1:1")
+    sh(*tcn, "filter", "add", "dev", NIC, "egress", "prio", "7", "protocol", "all",
+       "u32", "match", "u32", "0", "0", "classid", "1:2")
+
+
+def add_user_tc_in_range(lab: Lab) -> None:
+    """Two filters of a user's inside tapswitch's priority range (added while IFACE is attached:
+    an attach refuses IFACE with them): a filter, and a u32 hash table that holds no filter yet."""
+    tcn = ["tc", "-n", lab.sw]
     sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", hex(tc.PRIO_FIRST + 0x50), "protocol", "all",
        "u32", "match", "u16", "0x88b6", "0xffff", "at", "-2", "classid", "1:3")
     sh(*tcn, "filter", "add", "dev", NIC, "ingress", "prio", hex(tc.PRIO_FIRST + 0x60), "protocol", "all",
        "handle", "5:", "u32", "divisor", "16")
-    sh(*tcn, "filter", "add", "dev", NIC, "egress", "prio", "7", "protocol", "all",
-       "u32", "match", "u32", "0", "0", "classid", "1:2")
 
 
 @pytest.mark.parametrize("user_tc", [False, True], ids=["bare", "user-clsact"])
@@ -472,9 +477,16 @@ def test_detach_leaves_iface_as_it_was(lab, user_tc):
         assert during["mtu"] == 1400
         assert {"UP", "PROMISC", "ALLMULTI"} <= set(during["flags"])
         assert len(lab.ours(NIC)) == 1
+        if user_tc:      # the user's filters in the range come while IFACE is attached
+            add_user_tc_in_range(lab)
     finally:
         a.detach()
 
+    if user_tc:          # and stay
+        in_range = [tc.PRIO_FIRST + 0x50, tc.PRIO_FIRST + 0x60]
+        assert sorted({f["pref"] for f in lab.filters(NIC)} & set(in_range)) == in_range
+        for prio in in_range:
+            sh("tc", "-n", lab.sw, "filter", "del", "dev", NIC, "ingress", "prio", hex(prio))
     assert lab.snapshot() == before
     assert lab.snapshot(TAP) == tap_before
 
@@ -485,6 +497,30 @@ def test_a_users_ingress_qdisc_is_never_replaced(lab):
     before, tap_before = lab.snapshot(), lab.snapshot(TAP)
     with pytest.raises(tc.TcError, match=f"^{NIC} has an 'ingress' qdisc"):
         RemoteAttachment(lab.ipr, TAP, NIC, "promisc").attach()
+    assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
+
+
+@pytest.mark.parametrize("user_filter", [
+    ("prio", hex(remote.PRIO_UNICAST), "u32", "match", "u32", "0", "0", "classid", "1:1"),
+    ("prio", hex(remote.PRIO_UNICAST), "handle", "800::1", "u32", "match", "u32", "0", "0", "classid", "1:1"),
+    ("prio", hex(remote.PRIO_UNICAST), "protocol", "ip", "u32", "match", "u32", "0", "0", "classid", "1:1"),
+    ("prio", hex(tc.PRIO_FIRST + 0x60), "protocol", "all", "handle", "5:", "u32", "divisor", "16"),
+], ids=["our-prio", "our-handle", "other-protocol", "hash-table"])
+@pytest.mark.parametrize("mode", ["promisc", "local", "shared"])
+def test_a_users_filter_in_the_reserved_range_is_refused_naming_it(lab, mode, user_filter):
+    """A filter of the user's at a priority tapswitch reserves: attach() fails, naming IFACE, the
+    priority and the range, and touches nothing (the kernel refused our rule beside it with a bare
+    EEXIST, ENOSPC or EINVAL, or took it into the user's u32 hash table, where it ran before the
+    user's filter)."""
+    lab.build()
+    sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "clsact")
+    sh("tc", "-n", lab.sw, "filter", "add", "dev", NIC, "ingress", *user_filter)
+    prio = int(user_filter[1], 16)
+    before, tap_before = lab.snapshot(), lab.snapshot(TAP)
+    with pytest.raises(tc.TcError, match=f"^{NIC} has a tc filter that is not tapswitch's at ingress priority "
+                                         f"{prio:#x} \\({prio}\\), in the range tapswitch reserves "
+                                         f"\\(0xc100-0xc1ff, 49408-49663\\)"):
+        RemoteAttachment(lab.ipr, TAP, NIC, mode).attach()
     assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
 
 
@@ -593,9 +629,10 @@ def test_a_start_after_a_crash_removes_stale_rules_and_heals(lab, how):
 def test_stale_removal_never_touches_a_users_filters(lab, attached):
     lab.build()
     add_user_tc(lab)
-    user_ingress = lab.filters(NIC)
     ipr = lab.iproute()
     RemoteAttachment(ipr, TAP, NIC, "promisc").attach()  # and never detached
+    add_user_tc_in_range(lab)
+    user_ingress = [f for f in lab.filters(NIC) if f["pref"] != remote.PRIO_PROMISC]
     stale = tc.remove_stale(lab.ipr, NIC)
     assert [f.prio for f in stale.removed] == [remote.PRIO_PROMISC]
     assert stale.state is not None and stale.state.up and not stale.state.clsact_added
