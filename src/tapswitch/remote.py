@@ -30,7 +30,10 @@ IFACE a dead run attached and the new run does not (the state file lists them).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import socket
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -213,6 +216,48 @@ def changed_flags(original: tc.DeviceState, wanted: dict[str, bool]) -> frozense
     return frozenset(k for k, on in wanted.items() if getattr(original, k) != on)
 
 
+SIOCGSKNS = 0x894C  # linux/sockios.h: a socket's network namespace, as a descriptor
+
+
+def netns_id(ipr) -> int:
+    """The network namespace of `ipr`'s socket (IFACE's): its inode, as /proc/PID/ns/net shows it."""
+    fd = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def claim(netns: int, ifindex: int, ifname: str) -> socket.socket:
+    """IFACE's claim: a listening socket bound to the abstract address
+    `tapswitch/remote/NETNS/IFINDEX` (IFACE's namespace, by inode, and ifindex: one device), which
+    the kernel lets go of with the socket, however the switch ends (no file to leave behind).
+    TcError naming IFACE and the holder's pid if another switch holds it. (Abstract addresses are
+    those of the namespace of the thread that binds them: the switch's own, where IFACE is.)
+
+    It is taken before IFACE's rules are looked at (held_by) and held while the port is attached:
+    two switches starting at once on IFACE each found no rule of a running switch, and the later
+    one's stale-rule removal took the earlier one's live rules."""
+    address = f"\0tapswitch/remote/{netns}/{ifindex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(address)
+        sock.listen(1)
+        return sock
+    except OSError as e:
+        sock.close()
+        if e.errno != errno.EADDRINUSE:
+            raise
+    pid = ""
+    try:        # the holder's pid: a listening socket's peer credentials are its own
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as peer:
+            peer.connect(address)
+            pid = f" (pid {struct.unpack('3i', peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]})"
+    except OSError:
+        pass
+    raise tc.TcError(f"{ifname} is attached by another running switch{pid}")
+
+
 def _gone(e: Exception) -> bool:
     """The device (ENODEV) or its clsact qdisc (EINVAL, ENOENT) went away under us: nothing left to undo."""
     return isinstance(e, NetlinkError) and e.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL)
@@ -256,6 +301,7 @@ class RemoteAttachment:
         self._changed: frozenset[str] = frozenset(_FLAG_BITS)  # IFACE's flags that detach() gives back
         self._left: Original | None = None  # (ifindex, original) of an IFACE that went (gone())
         self._iface_mac = ""
+        self._claim: tuple[int, socket.socket] | None = None   # (IFACE's ifindex, its claim) while attached
 
     # Attaching. -----------------------------------------------------------
 
@@ -276,6 +322,7 @@ class RemoteAttachment:
         self._changed = frozenset(_FLAG_BITS)    # until IFACE has the port's flags: all, as heal() gives back
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
         refuse_unless_ethernet(ipr, self.remote_ifname)
+        self._take_claim()
         self._refuse_if_held()
         remote = self._index["remote"]
         tc.refuse_foreign(ipr, remote, self.remote_ifname)
@@ -358,6 +405,19 @@ class RemoteAttachment:
         if found is None:
             found = replace(_observe(self.ipr, index), clsact_added=not tc.has_clsact(self.ipr, index))
         return found
+
+    def _take_claim(self) -> None:
+        """Claim IFACE (claim()), unless this attachment holds its claim already (attach() again)."""
+        index = self._index["remote"]
+        if self._claim is not None and self._claim[0] == index:
+            return
+        self._let_go()
+        self._claim = (index, claim(netns_id(self.ipr), index, self.remote_ifname))
+
+    def _let_go(self) -> None:
+        if self._claim is not None:
+            self._claim[1].close()
+            self._claim = None
 
     def _refuse_if_held(self) -> None:
         """IFACE attached by another switch that runs (its rules send to a TAP that is there) is
@@ -446,8 +506,14 @@ class RemoteAttachment:
     # Detaching. -----------------------------------------------------------
 
     def detach(self) -> None:
-        """Remove exactly what attach() added and give IFACE back its flags and MTU.
-        A device that has gone meanwhile is skipped."""
+        """Remove exactly what attach() added and give IFACE back its flags and MTU, then let go
+        of IFACE's claim. A device that has gone meanwhile is skipped."""
+        try:
+            self._detach()
+        finally:
+            self._let_go()
+
+    def _detach(self) -> None:
         if not self.attached:
             return
         self._remove(self.rules)         # stop stealing first: IFACE's rules, then TX

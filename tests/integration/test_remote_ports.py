@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -400,6 +401,42 @@ def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, si
     assert nic_state(site["sw"]) == held
     assert helpers.ping(site["c"][0], "198.18.3.100")
     assert a.stop() == 0
+
+
+# Runs the switch, held once it has found its remote held by no running switch, until DIR/go.
+HELD_CHECK_RACE = os.path.join(os.path.dirname(__file__), "..", "held_check_race.py")
+
+
+def test_two_starts_at_once_on_one_nic_one_attaches_it_the_other_exits_1_leaving_it_alone(lab, site):
+    """Both found the NIC held by no running switch; the later one's stale-rule removal took the
+    earlier one's live rules, and both ran. IFACE's claim, taken before the check, lets one on:
+    the other exits 1 naming the NIC and touches nothing of it."""
+    before = nic_state(site["sw"])
+    race = helpers.tmpdir()
+    lab.dirs.append(race)
+    first = lab.switch(config(lab, site, "promisc"), netns=site["sw"], start=False,
+                       wrapper=(sys.executable, HELD_CHECK_RACE, race))
+    first.start(expect_ready=False)
+    helpers.wait_for("the first start past its check", lambda: os.path.exists(os.path.join(race, "checked")),
+                     within=20)
+    second = lab.switch({"switch": {"name": lab.name("b")},
+                         "ports": [{"name": lab.name("bup"), "remote": "nic0"}]}, netns=site["sw"], start=False)
+    second.start(expect_ready=False)
+    try:
+        second.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"two switches attached nic0:\n{second.log()}")
+    assert second.proc.returncode == 1, second.log()
+    assert f"nic0 is attached by another running switch (pid {first.proc.pid})" in second.log(), second.log()
+    assert "Traceback" not in second.log() and not second.events("remote.stale_removed"), second.log()
+    assert nic_state(site["sw"]) == before
+    open(os.path.join(race, "go"), "w").close()
+    helpers.wait_for("the first start attached", lambda: first.events("remote.attached"), within=20)
+    helpers.wait_for("traffic through the first", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1),
+                     within=20)
+    assert not first.events("remote.stale_removed")
+    assert first.stop() == 0
+    assert nic_state(site["sw"]) == before
 
 
 # Runs the switch where /proc/sys is read-only, as in a container that is not --privileged

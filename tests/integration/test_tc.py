@@ -524,6 +524,24 @@ def test_a_users_filter_in_the_reserved_range_is_refused_naming_it(lab, mode, us
     assert lab.snapshot() == before and lab.snapshot(TAP) == tap_before
 
 
+def test_iface_is_claimed_while_attached_and_let_go_at_detach(lab, attached):
+    """A second attachment of IFACE, on another TAP, is refused before it looks at IFACE's rules
+    (it would take the first's for a dead run's: two switches starting at once), naming IFACE
+    and the claim's holder; once the first has detached, it attaches."""
+    lab.build()
+    sh("ip", "-n", lab.sw, "tuntap", "add", "name", "tap1", "mode", "tap")
+    first = attached(lab, "promisc")
+    held = lab.snapshot()
+    second = RemoteAttachment(lab.iproute(), "tap1", NIC, "promisc")
+    with pytest.raises(tc.TcError, match=f"^{NIC} is attached by another running switch \\(pid {os.getpid()}\\)$"):
+        second.attach()
+    assert lab.snapshot() == held and not lab.ours("tap1")
+    first.detach()
+    second.attach()
+    assert [p for p, _ in lab.ours("tap1")] == [remote.PRIO_TX]
+    second.detach()
+
+
 def test_an_mtu_iface_refuses_is_an_error_naming_it_and_leaves_it_as_it_was(lab):
     """A macvlan takes no MTU over its lower device's: the error says which device refused
     what (not a bare "Invalid argument"), and attach() leaves it and the TAP as they were."""
