@@ -354,7 +354,8 @@ HostAddress = Annotated[ipaddress.IPv4Address | ipaddress.IPv6Address, PlainVali
 # Frames a port's TAP queue holds while its worker is busy (the device's txqueuelen).
 # The kernel's default, 1000, lasts ~3 ms at a worker's 64 B rate here: shorter than
 # the stalls a preempted worker (a VM's vCPU, the scheduler) sees, which then lose
-# frames below the rate the worker sustains (bench/RESULTS.md, "Queue length").
+# frames below the rate the worker sustains (bench/HISTORY.md, "Queue length: 1000 →
+# 4096 frames").
 QUEUE_LEN = 4096
 
 # After a turn that found frames, a worker looks again for this long before it sleeps:

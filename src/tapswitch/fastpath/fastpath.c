@@ -660,7 +660,7 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 /* What TS_IO_AUTO runs where io_uring is allowed (read/write where it is
  * refused): TS_IO_URING_BURST, TS_IO_URING or TS_IO_READWRITE. Burst reads
  * cost the least CPU per 64 B frame in the bench's A/B on the AMD EPYC and
- * the Intel Xeon of kernel v1272 (bench/RESULTS.md, "The I/O backend on
+ * the Intel Xeon of kernel v1272 (bench/HISTORY.md, "The I/O backend on
  * kernel v1272"); read/write won by 3 % on the Xeon of kernel v1252 ("The
  * default I/O backend on this machine"), multishot reads on the EPYC of
  * kernel v782 ("Multishot reads"). */

@@ -129,12 +129,12 @@
  * microseconds before the worker runs, on every frame of a TCP flow's
  * round trip. A look that ends empty is CPU spent for nothing: frames
  * sent evenly every 100 us cost a worker 59 % of a CPU with a look of 50
- * us after each, against 10 % for one wake-up each (bench/RESULTS.md, "Busy
+ * us after each, against 10 % for one wake-up each (bench/HISTORY.md, "Busy
  * polling"). So is one that finds a frame only late in the look: it spared
  * a wake-up but spun longer than the wake-up costs (frames every 100 us
  * kept 50 us looks going, likely reached near their end after a late
  * wake-up: 44 % of a CPU, against 27 % counting such looks as unpaid;
- * bench/RESULTS.md, "Looks that find a frame late"). So a look pays only if
+ * bench/HISTORY.md, "Looks that find a frame late"). So a look pays only if
  * it finds a frame within 1/TS_LOOK_QUICK of its length, and the worker
  * looks only while looking pays: after TS_LOOK_TRUST looks in a row that
  * did not pay it stops, and then looks before every TS_LOOK_PROBE-th sleep
@@ -177,7 +177,7 @@
  *     worker, pinned), so its reads and writes are READ_FIXED and
  *     WRITE_FIXED: the kernel copies a frame to and from pages it pinned
  *     once, through the kernel's own mapping, not through a user copy
- *     (6 % less worker CPU a 64 B frame in the bench's A/B, bench/RESULTS.md,
+ *     (6 % less worker CPU a 64 B frame in the bench's A/B, bench/HISTORY.md,
  *     "Registered buffers"). Where the registry is refused (RLIMIT_MEMLOCK,
  *     without CAP_IPC_LOCK) they stay plain reads and writes;
  *     ts_worker_buffers_registered() says which.
@@ -197,7 +197,7 @@
  * TS_IO_AUTO (the default) is io_uring with burst reads, or read/write
  * where io_uring is refused: the backend that cost the least CPU per 64 B
  * frame in the bench's A/B on both machines of kernel v1272
- * (bench/RESULTS.md, "The I/O backend on kernel v1272"): on an AMD EPYC
+ * (bench/HISTORY.md, "The I/O backend on kernel v1272"): on an AMD EPYC
  * 3.00 us a frame against 3.39 for read/write and 3.03 for multishot
  * reads, with TCP 1.03-1.15x read/write's; on an Intel Xeon 1.81 against
  * 2.00.
