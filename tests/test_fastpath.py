@@ -304,6 +304,12 @@ MALFORMED = {
     "ecn_without_gso_type": frame(BROADCAST, A, gso_type=0x80, gso_size=1448),
     "gso_with_size_0": frame(BROADCAST, A, gso_type=GSO_TCPV4, gso_size=0),
     "csum_beyond_frame": frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=50, csum_offset=9),
+    # Headers a TAP write refuses (EINVAL), so every port it went to counted a tx error:
+    "csum_before_20": frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=19, csum_offset=4),
+    "tcpv6_gso_csum_before_40": frame(BROADCAST, A, bytes(1000), 0x86dd, flags=NEEDS_CSUM, gso_type=GSO_TCPV6,
+                                      gso_size=100, csum_start=39, csum_offset=16),
+    "hdr_len_inside_ethernet_header": frame(BROADCAST, A, hdr_len=13),
+    "hdr_len_beyond_frame": frame(BROADCAST, A, hdr_len=61),
     "unknown_flags": frame(BROADCAST, A, flags=8),
     "multicast_source": frame(BROADCAST, "01:00:5e:00:00:01"),
     "zero_source": frame(BROADCAST, "00:00:00:00:00:00"),
@@ -317,6 +323,14 @@ def test_malformed_frame_is_rx_error_and_not_forwarded(sw, name):
     c = sw.counters(0)
     assert (c["rx_errors"], c["rx_packets"], c["rx_bytes"], c["flooded"]) == (1, 0, 0, 0)
     assert sw.shared.fdb_entries() == 0
+
+
+def test_header_lengths_a_tap_write_takes_are_accepted(sw):
+    for f in (frame(BROADCAST, A, hdr_len=14), frame(BROADCAST, A, hdr_len=60),
+              frame(BROADCAST, A, flags=NEEDS_CSUM, hdr_len=13, csum_start=20, csum_offset=4)):  # raised to 26
+        sw.send(0, f)
+        assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == 0
 
 
 def test_checksum_ending_at_the_last_byte_is_accepted(sw):

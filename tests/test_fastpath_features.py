@@ -20,7 +20,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
 from tapswitch.fastpath import Shared, mac_bytes
-from tests.test_fastpath import BROADCAST, GSO_TCPV4, MALFORMED, NEEDS_CSUM, VNET, A, B, C, Switch, frame
+from tests.test_fastpath import BROADCAST, GSO_TCPV4, GSO_TCPV6, MALFORMED, NEEDS_CSUM, VNET, A, B, C, Switch, frame
 
 H = VNET.size             # the virtio-net header before every frame
 MACS = H + 12             # where a tag goes: after the two MACs
@@ -462,8 +462,14 @@ def test_802_1ad_and_802_1q_tagged_frame_at_the_mtu_crosses(sw):
     tagged(BROADCAST, A, 10, b"\x00\x14\x08", ethertype=0x8100),
     tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=20,
            csum_offset=4),
+    # A checksum a pop would move below 20, where a TAP write takes none (the
+    # kernel's least network header): each access port counted a tx error.
+    tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=23, csum_offset=4),
+    tagged(BROADCAST, A, 10, bytes(1000), ethertype=0x86dd, flags=NEEDS_CSUM, gso_type=GSO_TCPV6, gso_size=100,
+           csum_start=43, csum_offset=16),
 ], ids=["no room for the tag", "checksum in the tag", "second tag: no TCI", "second tag: no type",
-        "second tag: half a type", "checksum in the second tag"])
+        "second tag: half a type", "checksum in the second tag", "checksum a pop moves below 20",
+        "TCPV6 checksum a pop moves below 40"])
 def test_broken_tag_is_an_rx_error(sw, data):
     # Port 1 would get the frame with its tag popped: never one whose front tag is broken.
     Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
@@ -474,11 +480,12 @@ def test_broken_tag_is_an_rx_error(sw, data):
 
 def test_a_whole_second_tag_comes_to_the_front_when_the_first_is_popped(sw):
     Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
-    data = tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=22,
+    data = tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=26,
                   csum_offset=4)
     sw.send(0, data)
     out = untag(data)
-    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 18) + out[H - 2:]]
+    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 22) + out[H - 2:]]
+
 
 
 def test_static_entry_in_a_vlan_directs_only_that_vlan(sw):

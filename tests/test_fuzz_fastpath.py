@@ -69,15 +69,16 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - a flag other than NEEDS_CSUM (1), DATA_VALID (2), RSC_INFO (4);
 #   - gso_type without its ECN bit (0x80) not one of NONE 0, TCPV4 1, UDP 3,
 #     TCPV6 4, UDP_L4 5; or ECN alone; or a GSO type with gso_size 0;
-#   - NEEDS_CSUM with csum_start inside the Ethernet header (below 14), or
-#     csum_start + csum_offset + 2 beyond the Ethernet bytes;
+#   - NEEDS_CSUM with csum_start below what a TAP write takes (20; 40 for
+#     TCPV6 GSO), or csum_start + csum_offset + 2 beyond the Ethernet bytes;
+#   - hdr_len beyond the Ethernet bytes, or 1 to 13 without NEEDS_CSUM;
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
-#     csum_start inside the MACs or the tag (below 18); and if the type after
+#     csum_start inside the MACs or the tag (below 18), or below what a TAP
+#     write takes plus the 4 bytes a pop moves it; and if the type after
 #     that tag is 0x8100 too (a tag that a pop brings to the front), fewer
 #     than 22 bytes, or csum_start below 22;
 #   - a source MAC that is multicast or zero (the only fault of a frame an rx
 #     mirror still copies: fastpath.h, "Mirrors").
-# hdr_len is not judged.
 
 VNET_F_NEEDS_CSUM = 1
 VNET_F_KNOWN = 1 | 2 | 4
@@ -107,19 +108,22 @@ def is_parsable(data) -> bool:
     """Every rule above but the source MAC's."""
     if len(data) < VNET_LEN + ETH_HLEN or len(data) >= FRAME_MAX:
         return False
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = vnet(data)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet(data)
     gso = gso_type & ~GSO_ECN
+    csum_min = 40 if gso == 4 else 20
     if flags & ~VNET_F_KNOWN:
         return False
     if gso not in GSO_TYPES or (gso == 0 and gso_type != 0) or (gso != 0 and gso_size == 0):
         return False
-    if flags & VNET_F_NEEDS_CSUM and (csum_start < ETH_HLEN or csum_start + csum_offset + 2 > len(data) - VNET_LEN):
+    if flags & VNET_F_NEEDS_CSUM and (csum_start < csum_min or csum_start + csum_offset + 2 > len(data) - VNET_LEN):
+        return False
+    if hdr_len > len(data) - VNET_LEN or (0 < hdr_len < ETH_HLEN and not flags & VNET_F_NEEDS_CSUM):
         return False
     if eth_type(data) == ETH_P_8021Q:
         end = ETH_HLEN + VLAN_HLEN
         if len(data) - VNET_LEN >= end and int.from_bytes(data[VNET_LEN + end - 2:VNET_LEN + end], "big") == ETH_P_8021Q:
             end += VLAN_HLEN
-        if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < end):
+        if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < max(end, csum_min + VLAN_HLEN)):
             return False
     return True
 

@@ -2,8 +2,12 @@
 
 usage: sendframes.py DEV SRC_BASE DST COUNT [--vary src|dst]
        sendframes.py DEV --frame HEX COUNT
+       sendframes.py DEV --vnet-frame HEX COUNT
   SRC_BASE/DST: MACs; with --vary, the last two octets of that MAC count up from 0.
   --frame: send this Ethernet frame (hex, from the destination MAC on) COUNT times.
+  --vnet-frame: the same, but HEX starts with a 10-byte virtio-net header
+  (PACKET_VNET_HDR: the kernel takes checksum and GSO offsets from it, and
+  refuses the ones it would refuse from a TAP's writer).
 """
 
 import socket
@@ -11,6 +15,7 @@ import sys
 import time
 
 ETH_TYPE = 0x88B5          # IEEE local experimental
+SOL_PACKET, PACKET_VNET_HDR = 263, 15
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -18,8 +23,8 @@ def mac_bytes(mac: str) -> bytes:
 
 
 def main() -> None:
-    if sys.argv[2] == "--frame":
-        send(sys.argv[1], [bytes.fromhex(sys.argv[3])] * int(sys.argv[4]))
+    if sys.argv[2] in ("--frame", "--vnet-frame"):
+        send(sys.argv[1], [bytes.fromhex(sys.argv[3])] * int(sys.argv[4]), vnet_hdr=sys.argv[2] == "--vnet-frame")
         return
     dev, src, dst, count = sys.argv[1], mac_bytes(sys.argv[2]), mac_bytes(sys.argv[3]), int(sys.argv[4])
     vary = sys.argv[6] if len(sys.argv) > 6 and sys.argv[5] == "--vary" else None
@@ -34,8 +39,10 @@ def main() -> None:
     send(dev, frames())
 
 
-def send(dev: str, frames) -> None:
+def send(dev: str, frames, vnet_hdr: bool = False) -> None:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    if vnet_hdr:
+        s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     s.bind((dev, 0))
     for i, frame in enumerate(frames):
         s.send(frame)

@@ -6,6 +6,7 @@ Each test makes its own namespaces and switch (the `lab` fixture), uses
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -153,6 +154,25 @@ def test_tcp_across_access_and_trunk_ports(lab):
     sent, frames = after["tx_bytes"] - before["tx_bytes"], after["tx_packets"] - before["tx_packets"]
     assert sent / frames > 4 * 1518, "the stream did not cross the trunk as GSO super-frames"
     assert after["tx_errors"] == before["tx_errors"]
+
+
+def test_tagged_frame_whose_checksum_a_pop_moves_where_a_tap_write_takes_none_is_an_rx_error(lab):
+    # The kernel takes a checksum start of 20 (its least: an IPv4 header, not
+    # counting the Ethernet one) on the trunk's frame; popped for the access
+    # port it was 16, which the TAP write refused (EINVAL): a tx error on
+    # every access port of the VLAN, the frame counted in as well formed.
+    nss = [quiet(lab, s) for s in ("a", "t")]
+    ports = [port(lab, "pa", nss[0], vlan=5), port(lab, "pt", nss[1], trunk=[5])]
+    sw = switch(lab, ports)
+    pa, pt = ports[0]["name"], ports[1]["name"]
+    eth = Ether(dst="ff:ff:ff:ff:ff:ff", src="02:00:00:00:00:0a") / Dot1Q(vlan=5) / IP(src="198.18.5.1",
+                                                                                      dst="198.18.5.2") / TCP()
+    header = struct.pack("=BBHHHH", 1, 0, 0, 0, 20, 6)     # NEEDS_CSUM, csum_start 20, csum_offset 6
+    helpers.nsexec(nss[1], sys.executable, SENDER, "eth0", "--vnet-frame", (header + bytes(eth)).hex(), 3)
+    helpers.wait_for("3 frames in", lambda: sum(counters(sw)[pt][k] for k in ("rx_errors", "rx_packets")) >= 3)
+    c = counters(sw)
+    assert (c[pt]["rx_errors"], c[pt]["rx_packets"], c[pt]["flooded"]) == (3, 0, 0)
+    assert (c[pa]["tx_errors"], c[pa]["tx_packets"]) == (0, 0)
 
 
 # Isolated ports.

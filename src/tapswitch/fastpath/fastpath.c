@@ -796,6 +796,15 @@ static bool can_send_to(const struct ts_worker *w, int p)
     return w->fds[p] >= 0 && port_is_up(w, p);
 }
 
+/* The least csum_start a TAP write takes (virtio_net_hdr_to_skb, 6.11+): the
+ * transport header, counted from the frame's first byte, is behind at least
+ * an IPv4 header, an IPv6 one for TCPV6 GSO. (The kernel does not count the
+ * Ethernet header: a real checksum starts 14 bytes later still.) */
+static uint32_t csum_start_min(const struct vnet_hdr *h)
+{
+    return (h->gso_type & VNET_GSO_TYPE_MASK) == VNET_GSO_TCPV6 ? 40 : 20;
+}
+
 /* The virtio-net header is one the kernel would accept on our write. Sets
  * f->gso_size for a GSO frame. */
 static bool vnet_hdr_is_valid(struct frame *f)
@@ -814,19 +823,26 @@ static bool vnet_hdr_is_valid(struct frame *f)
         return false;
     if (gso != VNET_GSO_NONE && h.gso_size == 0)
         return false;
-    /* A checksum starts after the Ethernet header (at L4, in practice) and ends
+    /* A checksum starts where the kernel takes one (at L4, in practice) and ends
      * inside the frame; so a tag pushed in front of it keeps the frame well formed. */
     if ((h.flags & VNET_F_NEEDS_CSUM)
-        && (h.csum_start < ETH_HLEN || (uint32_t)h.csum_start + h.csum_offset + 2 > eth_len(f)))
+        && (h.csum_start < csum_start_min(&h) || (uint32_t)h.csum_start + h.csum_offset + 2 > eth_len(f)))
+        return false;
+    /* hdr_len, the headers' length (a hint): 0, or past the Ethernet header and
+     * inside the frame -- the kernel raises one short of the checksum's end. */
+    if (h.hdr_len > eth_len(f) || (h.hdr_len && h.hdr_len < ETH_HLEN && !(h.flags & VNET_F_NEEDS_CSUM)))
         return false;
     f->gso_size = gso != VNET_GSO_NONE ? h.gso_size : 0;
     return true;
 }
 
 /* An 802.1Q tag is whole, with an ethertype after it, and a checksum does
- * not start inside it (so the tag can be popped); and so is a second 802.1Q
- * tag behind it, which a pop brings to the front (a frame cut in it went out
- * of an access port as a frame with a broken tag). */
+ * not start inside it, nor where, moved 4 bytes back by a pop, the kernel
+ * takes none (so the tag can be popped: a checksum 20 bytes in, taken
+ * tagged, went out of every access port as a refused write, a tx_errors
+ * each); and so is a second 802.1Q tag behind it, which a pop brings to the
+ * front (a frame cut in it went out of an access port as a frame with a
+ * broken tag). */
 static bool tag_is_whole(const struct frame *f)
 {
     struct vnet_hdr h;
@@ -839,7 +855,8 @@ static bool tag_is_whole(const struct frame *f)
         if (eth_len(f) < end)
             return false;
     }
-    return !(h.flags & VNET_F_NEEDS_CSUM) || h.csum_start >= end;
+    return !(h.flags & VNET_F_NEEDS_CSUM)
+        || (h.csum_start >= end && h.csum_start >= csum_start_min(&h) + VLAN_HLEN);
 }
 
 /* Malformed frames are counted as rx_errors and go no further: those we
