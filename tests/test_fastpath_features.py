@@ -487,6 +487,14 @@ def test_a_whole_second_tag_comes_to_the_front_when_the_first_is_popped(sw):
     assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 22) + out[H - 2:]]
 
 
+def test_a_pop_that_takes_the_header_length_below_the_ethernet_header_clears_it(sw):
+    # hdr_len 16 is fine tagged; popped, 12 is one a TAP write refuses (EINVAL):
+    # 0 says "not given", which it takes.
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
+    sw.send(0, tagged(BROADCAST, A, 10, hdr_len=16))
+    [out] = sw.received(1)
+    assert vnet_of(out) == (0, 0, 0, 0, 0, 0)
+
 
 def test_static_entry_in_a_vlan_directs_only_that_vlan(sw):
     Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10, 20]).port(2, pvid=20).publish()

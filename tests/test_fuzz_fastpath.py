@@ -206,12 +206,12 @@ def classify(conf: PortConf, data) -> tuple[bool, int]:
 
 def shift_header(data: bytearray, delta: int) -> None:
     """The tag moved what follows the MACs by delta: so do csum_start (with
-    NEEDS_CSUM) and hdr_len (when not 0; one of 4 or less popped becomes 0)."""
+    NEEDS_CSUM) and hdr_len (when not 0; one popped below 14 becomes 0)."""
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet(data)
     if flags & VNET_F_NEEDS_CSUM:
         csum_start = (csum_start + delta) & 0xFFFF
     if hdr_len:
-        hdr_len = (hdr_len + delta) & 0xFFFF if hdr_len > VLAN_HLEN or delta > 0 else 0
+        hdr_len = (hdr_len + delta) & 0xFFFF if delta > 0 or hdr_len + delta >= ETH_HLEN else 0
     VNET.pack_into(data, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
 
 

@@ -951,7 +951,9 @@ static bool classify(const struct ts_port_conf *pc, struct frame *f)
 }
 
 /* The headers moved by `delta` bytes after the MACs: so did the checksum
- * start and the header length (0 = not given, stays 0). */
+ * start and the header length (0 = not given, stays 0). A header length a pop
+ * takes below the Ethernet header's becomes 0: the kernel refuses a write
+ * with one of 1 to 13, and it is only a hint. */
 static void vnet_hdr_shift(struct frame *f, int delta)
 {
     struct vnet_hdr h;
@@ -959,7 +961,7 @@ static void vnet_hdr_shift(struct frame *f, int delta)
     if (h.flags & VNET_F_NEEDS_CSUM)
         h.csum_start = (uint16_t)(h.csum_start + delta);
     if (h.hdr_len)
-        h.hdr_len = (uint16_t)(h.hdr_len > VLAN_HLEN || delta > 0 ? h.hdr_len + delta : 0);
+        h.hdr_len = (uint16_t)(delta > 0 || h.hdr_len + delta >= ETH_HLEN ? h.hdr_len + delta : 0);
     memcpy(f->buf, &h, sizeof h);
 }
 

@@ -229,7 +229,8 @@
  * a push moves the virtio-net header and the two MACs 4 bytes back, a pop 4
  * bytes forward (24 bytes either way, no copy of the payload); csum_start
  * moves by the same 4 bytes when NEEDS_CSUM is set and hdr_len when it is
- * not 0, so GSO super-frames stay valid. A flood to ports of both kinds
+ * not 0 (a pop that takes it below 14 makes it 0: a hint a TAP write would
+ * refuse), so GSO super-frames stay valid. A flood to ports of both kinds
  * pushes or pops between writes. The MAC table key is (MAC, VLAN), learning
  * and flooding are per VLAN.
  *
