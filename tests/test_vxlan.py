@@ -9,7 +9,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import vxlan
 from tapswitch.config import ConfigError, loads
 from tapswitch.linkmon import IFF_LOWER_UP, IFF_UP
-from tapswitch.vxlan import PortMtu, VxlanError, carried_mtu, device_name, overhead, remotes_diff, segment_mtus
+from tapswitch.vxlan import (PortMtu, VxlanError, carried_mtu, device_name, overhead, remotes_diff, segment_mtus,
+                              sends_tagged)
 
 # --- Device names -------------------------------------------------------------
 
@@ -90,11 +91,11 @@ def test_a_trunk_vxlan_port_leaves_room_for_the_tag_it_sends():
     with pytest.raises(VxlanError) as e:
         segment_mtus([PortMtu("web0", 1450), PortMtu("vx0", None, carried=1450, tagged=True)])
     assert str(e.value) == ("port web0: mtu 1450 cannot cross VXLAN port vx0, whose underlay carries at most 1446 "
-                            "behind the 802.1Q tag the port sends (a trunk)")
+                            "behind the 802.1Q tag the port sends (a trunk, or a trunk's monitor port)")
     with pytest.raises(VxlanError) as e:
         segment_mtus([PortMtu("vx0", 1450, carried=1450, tagged=True)])
     assert str(e.value) == ("port vx0: mtu 1450 cannot cross its underlay, which carries at most 1446 "
-                            "behind the 802.1Q tag the port sends (a trunk)")
+                            "behind the 802.1Q tag the port sends (a trunk, or a trunk's monitor port)")
     assert segment_mtus([PortMtu("c1", None), PortMtu("vx0", 1400, carried=1450, tagged=True)]) == [1400, 1400]
 
 
@@ -473,3 +474,12 @@ def test_beside_a_trunk_vxlan_port_every_port_without_mtu_leaves_room_for_its_ta
                          "  - {name: c0, netns: a, vlan: 10}\n")
     vx, c0 = ports.plan(cfg.ports)
     assert (vx.mtu, c0.mtu) == (1426, 1426)
+
+
+def test_a_trunk_and_the_monitor_port_of_a_mirror_of_a_trunk_send_tagged_frames():
+    """A mirror's copy is the frame as its source had it: a trunk's keeps its 802.1Q tag, so a VXLAN
+    monitor port of a trunk needs the tag's room like a trunk VXLAN port. (It had none: a full-size
+    tagged copy overflowed the underlay.)"""
+    mirrors = [(["up0", "web0"], "vx0"), (["web0"], "span0"), (["db0"], "vx1")]
+    assert sends_tagged({"up0"}, mirrors) == {"up0", "vx0"}
+    assert sends_tagged(set(), mirrors) == set()

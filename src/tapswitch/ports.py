@@ -212,9 +212,10 @@ def _address_hint(iface, code: int, mtu: int) -> str:
     return ""
 
 
-def plan(cfgs: list) -> list:
+def plan(cfgs: list, mirrors: list = ()) -> list:
     """The ports' configs as they are made: a VXLAN port is a promisc remote port on its device,
-    and beside VXLAN ports every MTU fits the narrowest tunnel (vxlan.segment_mtus).
+    and beside VXLAN ports every MTU fits the narrowest tunnel (vxlan.segment_mtus), the tag of
+    what a port sends tagged included (vxlan.sends_tagged: `mirrors` says which ports get copies).
     PortError for a port that cannot fit, before anything is made."""
     if not any(c.vxlan for c in cfgs):
         return list(cfgs)
@@ -226,9 +227,10 @@ def plan(cfgs: list) -> list:
                     carried[c.name] = _tunnel(ipr, c).carried_mtu()
                 except vxlan.VxlanError as e:
                     raise PortError(f"port {c.name}: {e}") from None
+    tagged = vxlan.sends_tagged({c.name for c in cfgs if c.trunk}, [(m.from_, m.to) for m in mirrors])
     try:
         mtus = vxlan.segment_mtus([vxlan.PortMtu(c.name, c.mtu if c.mtu_given else None, carried.get(c.name), c.mtu,
-                                                 tagged=bool(c.vxlan and c.trunk)) for c in cfgs])
+                                                 tagged=bool(c.vxlan) and c.name in tagged) for c in cfgs])
     except vxlan.VxlanError as e:
         raise PortError(str(e)) from None
     # The segment decides every MTU: given by update (so mtu_given), a remote port's IFACE is set to it.

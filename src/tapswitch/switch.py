@@ -172,7 +172,7 @@ class Switch:
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
         # As made: VXLAN MTUs, and a VXLAN port's remote, its device (which _heal must know).
-        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports)})
+        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports, self.cfg.mirrors)})
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
         self.state.path = sw.control.socket + ".state"
         self._heal(RunState.load(self.state.path))
@@ -654,7 +654,7 @@ class Switch:
         self.maintain_ports()        # what went since the last tick is made again too
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
-            new = new.model_copy(update={"ports": ports.plan(new.ports)})
+            new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors)})
             plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone}, euid=os.geteuid())
         except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
             errors = e.errors

@@ -20,7 +20,8 @@ an unknown destination. (tapswitch still learns the MAC on the VXLAN port.)
 MTU: VXLAN costs 50 bytes over IPv4 (outer IPv4 20, UDP 8, VXLAN 8, the
 inner Ethernet header 14), 70 over IPv6 (outer IPv6 40), and a trunk VXLAN
 port 4 more: it sends the frames of its tagged VLANs with their 802.1Q tag,
-inside the tunnel. A frame the underlay cannot carry is fragmented by the
+inside the tunnel; so does a VXLAN port that is the monitor port of a mirror of
+a trunk: the copies keep the trunk's tags (`sends_tagged`). A frame the underlay cannot carry is fragmented by the
 kernel over IPv4 (every full-size frame in two) and lost over IPv6, so the
 port MTU derives from the underlay's, and every port in the segment must fit
 in it (`segment_mtus`): a port without `mtu:` gets the tunnel's, a port
@@ -52,7 +53,7 @@ named `dev` back) binds anew, by name. Without `dev`, the kernel routes from
 `local`: the underlay is whichever device holds `local` now.
 
 The decisions are pure functions (`device_name`, `overhead`,
-`carried_mtu`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
+`carried_mtu`, `sends_tagged`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
 acts on the kernel through pyroute2.
 """
 
@@ -122,7 +123,7 @@ class PortMtu:
     mtu: int | None          # as configured; None when the config does not say
     carried: int | None = None   # a VXLAN port: the largest MTU its tunnel carries (untagged)
     default: int = 1500      # a port's MTU when neither the config nor a tunnel says
-    tagged: bool = False     # a VXLAN port that is a trunk: frames of its VLANs cross with a tag
+    tagged: bool = False     # a VXLAN port that sends tagged frames (sends_tagged): they cross with the tag
 
     @property
     def room(self) -> int | None:
@@ -133,7 +134,7 @@ class PortMtu:
         return self.carried - VLAN_HLEN if self.tagged else self.carried
 
     def behind_tag(self) -> str:
-        return " behind the 802.1Q tag the port sends (a trunk)" if self.tagged else ""
+        return " behind the 802.1Q tag the port sends (a trunk, or a trunk's monitor port)" if self.tagged else ""
 
 
 def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
@@ -143,8 +144,9 @@ def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
     tunnel. So a port without an MTU of its own takes the smallest tunnel's
     (as Flannel does for its containers), and a configured MTU larger than
     a tunnel carries is refused, naming both. A VXLAN port's own `mtu:`, when
-    smaller than its underlay carries, is what its tunnel carries. A trunk
-    VXLAN port's tunnel carries 4 bytes less: the 802.1Q tag of its frames.
+    smaller than its underlay carries, is what its tunnel carries. The tunnel
+    of a VXLAN port that sends tagged frames (a trunk, or a trunk's monitor
+    port: sends_tagged) carries 4 bytes less: the 802.1Q tag of its frames.
     """
     tunnels = [p for p in ports if p.carried is not None]
     if not tunnels:
@@ -168,6 +170,15 @@ def segment_mtus(ports: Sequence[PortMtu]) -> list[int]:
             raise VxlanError(f"port {p.name}: mtu {p.mtu} cannot cross VXLAN port {narrowest.name}, {why}")
         out.append(p.mtu)
     return out
+
+
+def sends_tagged(trunks: Iterable[str], mirrors: Iterable[tuple[Iterable[str], str]]) -> set[str]:
+    """The ports the switch may send a frame whose own 802.1Q tag is in it, given the trunk ports and
+    each mirror's (sources, monitor port): a trunk (the frames of its tagged VLANs), and the monitor
+    port of a mirror of a trunk (a copy is the frame as the trunk received or sent it, tag and all).
+    A VXLAN port among them is `PortMtu.tagged`: its tunnel carries the tag too."""
+    trunks = set(trunks)
+    return trunks | {to for sources, to in mirrors if trunks.intersection(sources)}
 
 
 def port_in_use(dstport: int) -> str:
