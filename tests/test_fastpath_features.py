@@ -453,6 +453,53 @@ def test_802_1ad_and_802_1q_tagged_frame_at_the_mtu_crosses(sw):
     assert sw.counters(1)["tx_errors"] == 2 and sw.counters(2)["tx_errors"] == 1
 
 
+def test_a_port_with_a_frame_max_takes_no_longer_frame_whatever_its_tags(sw):
+    # A VXLAN port's tunnel carries frames of frame_max bytes at most, tags and all: an S-tagged
+    # frame of a 1500-byte packet (1518 bytes) is within the MTU of 1500 but over the tunnel's 1514,
+    # and so is an untagged one that the trunk tags (1518). (They went into the tunnel, and out of the
+    # underlay fragmented or not at all.)
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=10).port(2, pvid=0, trunk=[10]).publish()
+    sw.shared.set_port(1, lib.TS_PORT_UP, 1500, 1514)
+    sw.shared.set_port(2, lib.TS_PORT_UP, 1496, 1514)
+    sw.send(0, with_tags(S_TAG, 1500))
+    sw.send(0, with_tags(S_TAG, 1496))
+    sw.send(0, with_tags(b"", 1497))
+    assert sw.received(1) == [with_tags(S_TAG, 1496), with_tags(b"", 1497)]
+    assert sw.received(2) == []
+    assert sw.counters(1)["tx_errors"] == 1
+    assert sw.counters(2)["tx_errors"] == 3
+    sw.send(0, with_tags(b"", 1496))
+    assert sw.received(2) == [with_tags(tag(10)[:4], 1496)]
+
+
+def test_a_gso_frame_whose_segments_with_their_tags_are_over_frame_max_is_a_tx_error(big):
+    Settings(big.shared).port(0, pvid=10).port(1, pvid=10).port(2, pvid=10).publish()
+    big.shared.set_port(1, lib.TS_PORT_UP, 1500, 1514)
+    payload = tcp_payload(bytes(8000))
+
+    def gso(tags):      # segments of 20 + 32 + 1448 = 1500 IP bytes behind the tags
+        f = frame(BROADCAST, A, payload, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
+                  hdr_len=14 + len(tags) + 20 + 32, csum_start=14 + len(tags) + 20, csum_offset=16)
+        return f[:MACS] + tags + f[MACS:]
+    big.send(0, gso(S_TAG))
+    big.send(0, gso(b""))
+    assert big.received(1) == [gso(b"")]
+    assert big.received(2) == [gso(S_TAG), gso(b"")]
+    assert big.counters(1)["tx_errors"] == 1
+
+
+def test_a_copy_over_the_monitor_ports_frame_max_is_counted_dropped(sw):
+    # The copy of a tagged frame keeps its tag: one a VXLAN monitor port's tunnel cannot carry is
+    # dropped and counted, as a copy over the monitor port's MTU is.
+    Settings(sw.shared).port(0, pvid=0, trunk=[10], mirror_rx=1).port(3, monitor=True).mirror(0, 3).publish()
+    sw.shared.set_port(3, lib.TS_PORT_UP, 1500, 1514)
+    sw.send(0, with_tags(tag(10)[:4], 1500))
+    sw.send(0, with_tags(tag(10)[:4], 1496))
+    assert sw.received(3) == [with_tags(tag(10)[:4], 1496)]
+    assert sw.shared.mirror_counters(0)["dropped"] == 1
+    assert sw.counters(3)["tx_errors"] == 1
+
+
 @pytest.mark.parametrize("data", [
     frame(BROADCAST, A, b"", ethertype=0x8100)[:H + 16],                       # no room for the tag
     tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=16, csum_offset=4),  # checksum starts in the tag

@@ -160,6 +160,7 @@ def test_a_scrape_mid_reload_counts_each_mirror_under_its_own_name():
         name: str
         up: bool = True
         mtu: int = 0
+        frame_max: int = 0
     ports = "ports: [{name: a}, {name: b}, {name: m}]\n"
     tail = "  - {name: mtail, from: [a], to: m}\n"
     before = loads("switch: {name: mi}\n" + ports + "mirrors:\n" + tail)

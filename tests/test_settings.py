@@ -22,6 +22,7 @@ class Port:
     name: str
     up: bool = True
     mtu: int = 0        # its TAP's, if its host changed it
+    frame_max: int = 0  # a VXLAN port's: the longest frame its tunnel carries
 
 
 def config(ports: str, rest: str = "") -> object:

@@ -483,3 +483,11 @@ def test_a_trunk_and_the_monitor_port_of_a_mirror_of_a_trunk_send_tagged_frames(
     mirrors = [(["up0", "web0"], "vx0"), (["web0"], "span0"), (["db0"], "vx1")]
     assert sends_tagged({"up0"}, mirrors) == {"up0", "vx0"}
     assert sends_tagged(set(), mirrors) == set()
+
+
+def test_the_longest_frame_a_tunnel_carries_whole_counts_its_tags():
+    """What the underlay carries of a frame, its Ethernet header and tags included: an untagged
+    frame at the port's MTU fits, a tag more does not (ts_port.frame_max drops it, a tx_error)."""
+    assert vxlan.frame_max(1500, "198.19.0.1") == 1464 == carried_mtu(1500, "198.19.0.1") + 14
+    assert vxlan.frame_max(1500, "fd00:f::1") == 1444
+    assert vxlan.frame_max(9000, "198.19.0.1") == 8964

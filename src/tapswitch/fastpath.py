@@ -112,9 +112,11 @@ class Shared:
 
     # Ports and counters.
 
-    def set_port(self, index: int, state: int, mtu: int) -> None:
+    def set_port(self, index: int, state: int, mtu: int, frame_max: int = 0) -> None:
+        """`frame_max`: the longest frame, tags and all, the port's link carries; 0: no bound but `mtu`."""
         port = self.ptr.ports[index]
         port.mtu = mtu          # before state: a port is never seen up with a stale MTU
+        port.frame_max = frame_max
         port.state = state
 
     def reset_counters(self, index: int) -> None:

@@ -74,6 +74,12 @@ class Port:
         return self.mtu or self.cfg.mtu
 
     @property
+    def frame_max(self) -> int:
+        """The longest frame, tags and all, the port's link carries (a VXLAN port: its tunnel,
+        vxlan.frame_max); 0: no bound but the MTU."""
+        return self.tunnel.frame_max if self.tunnel is not None else 0
+
+    @property
     def name(self) -> str:
         return self.cfg.name
 

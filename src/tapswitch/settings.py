@@ -148,7 +148,7 @@ def _acl_bytes(settings, index: int) -> bytes:
 
 def apply(shared, cfg, ports) -> int:
     """Make the fast path's settings those of `cfg` for the running `ports` (each
-    with .index, .name and .up), and set each port's MTU and state; slots of no
+    with .index, .name, .up, .mtu and .frame_max), and set each port's MTU, longest frame and state; slots of no
     running port become unused. Returns the workers that were still reading the
     old settings when publishing gave up waiting (0, unless a worker is stuck)."""
     by_name = {p.name: p for p in cfg.ports}
@@ -199,7 +199,8 @@ def apply(shared, cfg, ports) -> int:
     running = {port.index for port in ports}
     for port in ports:       # settings first: a port is never up with another port's settings
         shared.set_port(port.index, lib.TS_PORT_UP if port.up else lib.TS_PORT_DOWN,
-                        port.mtu or by_name[port.name].mtu)    # the TAP's, if its host changed it
+                        port.mtu or by_name[port.name].mtu,    # the TAP's, if its host changed it
+                        port.frame_max)
     for slot in range(lib.TS_MAX_PORTS):
         if slot not in running and shared.port_state(slot)[0] != lib.TS_PORT_UNUSED:
             shared.set_port(slot, lib.TS_PORT_UNUSED, 0)

@@ -537,9 +537,9 @@ class Switch:
             log.warning("port.down", port=port.name, fdb_flushed=flushed)
 
     def publish_port(self, port: ports.Port) -> None:
-        """Write the port's state and MTU to the port table, where the workers read them."""
+        """Write the port's state, MTU and longest frame to the port table, where the workers read them."""
         self.shared.set_port(port.index, fastpath.lib.TS_PORT_UP if port.up else fastpath.lib.TS_PORT_DOWN,
-                             port.effective_mtu)
+                             port.effective_mtu, port.frame_max)
 
     def maintain_workers(self) -> None:
         """A worker that hung is killed (its exit restarts it); a restart's process not set up

@@ -25,7 +25,11 @@ a trunk: the copies keep the trunk's tags (`sends_tagged`). A frame the underlay
 kernel over IPv4 (every full-size frame in two) and lost over IPv6, so the
 port MTU derives from the underlay's, and every port in the segment must fit
 in it (`segment_mtus`): a port without `mtu:` gets the tunnel's, a port
-whose `mtu:` is larger is refused at start. GSO frames cross whole: the
+whose `mtu:` is larger is refused at start. A port's MTU counts what follows
+a frame's tags, so a frame with more of them than the port leaves room for
+(an 802.1ad frame, a QinQ frame on a trunk, a mirror's copy of a tagged
+frame) could still overflow: the fast path takes no frame longer than the
+tunnel carries whole (`frame_max`), and counts it as a tx_error. GSO frames cross whole: the
 kernel segments them after encapsulation.
 
 A device left by a run that did not stop (SIGKILL) is found by its alias
@@ -53,7 +57,7 @@ named `dev` back) binds anew, by name. Without `dev`, the kernel routes from
 `local`: the underlay is whichever device holds `local` now.
 
 The decisions are pure functions (`device_name`, `overhead`,
-`carried_mtu`, `sends_tagged`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
+`carried_mtu`, `frame_max`, `sends_tagged`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
 acts on the kernel through pyroute2.
 """
 
@@ -113,6 +117,15 @@ def overhead(local: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
 def carried_mtu(underlay_mtu: int, local) -> int:
     """The largest port MTU whose frames, encapsulated, still fit the underlay's MTU."""
     return underlay_mtu - overhead(local)
+
+
+def frame_max(underlay_mtu: int, local) -> int:
+    """The longest frame, its Ethernet header and tags and all, that crosses the tunnel whole: the
+    underlay's MTU less the outer headers (IP, UDP, VXLAN). The port's MTU counts what follows a
+    frame's tags (two at most), so a frame with more tags than the port's MTU leaves room for (an
+    802.1ad frame, a copy of a tagged frame) would overflow the underlay: the fast path drops it,
+    a tx_error (ts_port.frame_max)."""
+    return underlay_mtu - (overhead(local) - ETH_HLEN)
 
 
 @dataclass(frozen=True)
@@ -307,6 +320,7 @@ class Tunnel:
         self.bound: int | None = None             # given dev: the ifindex the device is bound to (create)
         self.underlay_index: int | None = None    # the underlay device's, as underlay_fault() last found it
         self.underlay_name: str | None = None     # and its name then
+        self.frame_max = 0           # the longest frame it carries whole (frame_max), as made (create)
 
     @property
     def alias(self) -> str:
@@ -363,7 +377,7 @@ class Tunnel:
         ipr = self.ipr
         self._remove_stale()
         link = {}
-        under_index, under_name, _mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
+        under_index, under_name, under_mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
         if self.dev is not None:     # bound to it; else the route to each remote host decides
             link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"
@@ -381,6 +395,7 @@ class Tunnel:
         try:
             self.ifindex = ipr.link_lookup(ifname=self.name)[0]
             self.bound = link.get("vxlan_link")
+            self.frame_max = frame_max(under_mtu, self.local)
             ipr.link("set", index=self.ifindex, ifalias=self.alias)
             self._apply(*remotes_diff([], self.wanted))
         except BaseException:

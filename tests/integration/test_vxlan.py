@@ -738,3 +738,27 @@ def test_a_vxlan_monitor_port_mirroring_a_trunk_carries_its_full_size_tagged_fra
     assert copies() < 21 * (mtu + 18)
     assert fragments_made(site.hosts[1]) == made
     assert mtu == 1500 - (50 if site.family == 4 else 70) - 4
+
+
+def test_a_frame_with_more_tags_than_a_vxlan_port_leaves_room_for_is_a_tx_error_not_lost(lab, any_site):
+    """An 802.1ad frame crosses the switch as it is, its tag not counted in the MTU: a VXLAN port takes
+    it only if its tunnel carries it whole, and counts the others as tx_errors. (A full-size one went
+    into the tunnel and overflowed the underlay by the tag, fragmented over IPv4, lost over IPv6.)"""
+    site = any_site
+    site.start(1)
+    site.start(2)
+    c11 = site.containers[1, 1]
+    mtu = json.loads(helpers.nsexec(c11, "ip", "-j", "link", "show", "dev", "eth0").stdout)[0]["mtu"]
+    # AF_PACKET lets a frame be 4 bytes over the MTU only behind an 802.1Q tag: c11 takes 4 more to send
+    # a full-size 802.1ad frame (the kernel's 802.1ad VLAN device, not built here, sends it without).
+    helpers.nsexec(c11, "ip", "link", "set", "eth0", "mtu", mtu + 4)
+    made, errors = fragments_made(site.hosts[1]), vxlan_counters(site, 1)["tx_errors"]
+    helpers.nsexec(c11, sys.executable, SENDFRAMES, "eth0", "--frame", tagged_frame(c11, mtu, (0x88A8,)), 20)
+    helpers.wait_for("tx_errors", lambda: vxlan_counters(site, 1)["tx_errors"] - errors >= 20)
+    assert vxlan_counters(site, 1)["tx_errors"] - errors == 20
+    assert fragments_made(site.hosts[1]) == made
+    # 4 bytes less, with its tag, it fits the tunnel and crosses whole.
+    before = vxlan_counters(site, 2)["rx_bytes"]
+    helpers.nsexec(c11, sys.executable, SENDFRAMES, "eth0", "--frame", tagged_frame(c11, mtu - 4, (0x88A8,)), 20)
+    helpers.wait_for("frames at host 2", lambda: vxlan_counters(site, 2)["rx_bytes"] - before >= 20 * (mtu + 14))
+    assert fragments_made(site.hosts[1]) == made

@@ -921,13 +921,17 @@ static uint32_t gso_segment_len(const struct frame *f)
 /* What the port can carry: a GSO frame leaves as segments of IP length
  * gso_segment_len(); any other frame as itself, whose bytes after its
  * 802.1Q/802.1ad tags (two at most: the tag a trunk gives an 802.1ad frame
- * counts no more than the frame's own) are the MTU's. */
+ * counts no more than the frame's own) are the MTU's. A port whose link
+ * carries frames of a bounded length, tags and all (frame_max: a VXLAN
+ * port's tunnel), takes none longer: its tags do not fit in the MTU there,
+ * and the underlay would fragment or drop the frame unseen. */
 static bool fits_port(const struct ts_port *port, const struct frame *f)
 {
     uint32_t mtu = __atomic_load_n(&port->mtu, __ATOMIC_RELAXED);
-    if (f->gso_size)
-        return gso_segment_len(f) <= mtu;
-    return eth_len(f) - l3_offset(f) <= mtu;
+    uint32_t max = __atomic_load_n(&port->frame_max, __ATOMIC_RELAXED);
+    uint32_t l3 = l3_offset(f);
+    uint32_t len = f->gso_size ? gso_segment_len(f) : eth_len(f) - l3;
+    return len <= mtu && (!max || l3 + len <= max);
 }
 
 /* VLANs. */

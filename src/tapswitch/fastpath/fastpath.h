@@ -341,10 +341,14 @@ struct ts_port {
     uint32_t state;            /* TS_PORT_* */
     uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 for each 802.1Q or 802.1ad
                                   tag, two at most), or GSO frames whose segments' IP length
-                                  (headers + gso_size) is over mtu, are tx_errors */
+                                  (headers + gso_size) is over mtu, are tx_errors (and see frame_max) */
     uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers) */
     uint32_t fdb_static;       /* of which static (atomic, control process) */
-    uint32_t reserved[12];     /* keeps 64 bytes */
+    uint32_t frame_max;        /* 0 = none; else the longest frame the port's link carries, tags
+                                  and all (a VXLAN port: what its tunnel carries whole): a frame,
+                                  or a GSO frame's segment, that is longer is a tx_error too, however
+                                  many tags it has */
+    uint32_t reserved[11];     /* keeps 64 bytes */
 };
 
 /* ts_port_conf.flags: the features a port uses. 0 = none (the short path). */
