@@ -424,6 +424,19 @@ def test_an_mtu_no_underlay_could_carry_behind_a_trunks_tag_is_a_located_error()
     assert errors == ["t.yaml:4: ports[0].mtu: mtu 65484 cannot cross ports[1]'s IPv4 VXLAN trunk (at most 65481)"]
 
 
+def test_an_mtu_no_underlay_could_carry_behind_a_trunks_tag_to_its_monitor_port_is_a_located_error():
+    """A VXLAN monitor port of a trunk carries the trunk's tags, as a trunk VXLAN port does."""
+    text = SWITCH + textwrap.indent(textwrap.dedent("""\
+        - {name: c0, netns: a, mtu: 65484}
+        - {name: up0, netns: b, trunk: [10], mtu: 65481}
+        - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}
+        """), "  ") + "mirrors:\n  - {name: m, from: [up0], to: vx0}\n"
+    with pytest.raises(ConfigError) as info:
+        loads(text, "t.yaml")
+    assert info.value.errors == [
+        "t.yaml:4: ports[0].mtu: mtu 65484 cannot cross ports[2]'s IPv4 VXLAN trunk's monitor port (at most 65481)"]
+
+
 def test_the_vxlan_device_name_cannot_clash_with_a_port():
     errors = errors_of("""\
         - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1}}

@@ -783,7 +783,8 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
-        clashes = port_clashes(list(enumerate(self.ports))) + tunnel_mtu_clashes(list(enumerate(self.ports)))
+        clashes = port_clashes(list(enumerate(self.ports)))
+        clashes += tunnel_mtu_clashes(list(enumerate(self.ports)), list(enumerate(self.mirrors)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
         clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
@@ -859,9 +860,10 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     return clashes
 
 
-def tunnel_mtu_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
+def tunnel_mtu_clashes(ports: list[tuple[int, Port]], mirrors: list[tuple[int, Mirror]] = ()) -> list[tuple[tuple, str]]:
     """(loc, message) for every mtu that no underlay could carry across a VXLAN port of the
-    switch, given (index, port) pairs.
+    switch, given (index, port) pairs and the (index, mirror) pairs (a trunk's monitor port
+    sends tagged frames, as a trunk does).
 
     The underlay's MTU is known only at start (and checked then); here, the
     largest an underlay can have, less the VXLAN overhead, is the bound.
@@ -869,13 +871,15 @@ def tunnel_mtu_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]
     tunnels = [(i, p) for i, p in ports if p.vxlan is not None]
     if not tunnels:
         return []
+    tagged = tunnel.sends_tagged({p.name for _, p in ports if p.trunk}, [(m.from_, m.to) for _, m in mirrors])
 
-    def carried(p: Port) -> int:     # a trunk's frames cross with their 802.1Q tag (tunnel.segment_mtus)
-        return tunnel.MTU_MAX - p.vxlan.overhead - (tunnel.VLAN_HLEN if p.trunk else 0)
+    def carried(p: Port) -> int:     # tagged frames cross with their 802.1Q tag (tunnel.segment_mtus)
+        return tunnel.MTU_MAX - p.vxlan.overhead - (tunnel.VLAN_HLEN if p.name in tagged else 0)
 
     i_min, narrowest = min(tunnels, key=lambda t: carried(t[1]))
     limit = carried(narrowest)
-    across = f"IPv{narrowest.vxlan.local.version} VXLAN{' trunk' if narrowest.trunk else ''} (at most {limit})"
+    kind = " trunk" if narrowest.trunk else " trunk's monitor port" if narrowest.name in tagged else ""
+    across = f"IPv{narrowest.vxlan.local.version} VXLAN{kind} (at most {limit})"
     return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
                                   f"{across}") for i, p in ports if p.mtu_given and p.mtu > limit]
 
@@ -1078,7 +1082,8 @@ def loads(text: str, source: str = "<string>") -> Config:
         located += _from_pydantic(e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
-            located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS))]
+            located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
+                                                                             _valid_items(Mirror, data.get("mirrors")))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
             located += [(loc, msg, None) for loc, msg in _monitor_settings(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
