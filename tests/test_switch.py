@@ -1,5 +1,6 @@
 """The switch's control plane, without devices: a Switch over its shared memory and hand-made ports."""
 
+import json
 import threading
 
 from tapswitch import config, control, fastpath, settings
@@ -105,4 +106,30 @@ def test_fdb_of_a_table_of_hundreds_of_thousands_of_macs_reaches_the_client(tmp_
         assert {e["port"] for e in entries} == {"p0", "p1"}
     finally:
         server.stop()
+        sw.shared.close()
+
+
+def test_fdb_reply_is_the_line_json_dumps_of_the_entries_would_be():
+    """The switch writes each entry from a format, not through a dict and json.dumps (a third of
+    the time: 12 s for a million entries before): byte for byte what json.dumps wrote, for a
+    port name JSON escapes and for a port slot no port has."""
+    cfg = config.loads("switch: {name: s}\nports: [{name: 'p\"0\\'}, {name: 'pé1'}]\n")
+    sw = Switch(cfg)
+    sw.shared = fastpath.Shared.create(1024, 1)
+    sw.ports = [Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0)
+                for i, c in enumerate(cfg.ports)]
+    try:
+        for i, port in enumerate((0, 1, 7)):
+            fastpath.lib.ts_fdb_learn(sw.shared.ptr, fastpath.lib.TS_CONTROL, bytes([2, 0, 0, 0, 0xab, i]), 4094, port,
+                                      fastpath.lib.ts_now())
+        fastpath.lib.ts_fdb_add_static(sw.shared.ptr, bytes([2, 0, 0, 0, 0xcd, 0xef]), 1, 1)
+        reply = b"".join(sw.fdb_info().chunks())
+        names = {0: 'p"0\\', 1: "pé1", 7: "7"}
+        now = sw.shared.now()
+        entries = [{"mac": mac, "vlan": vlan, "port": names[port], "age": max(0, now - seen), "static": static}
+                   for mac, vlan, port, static, seen in sw.shared.fdb_dump()]
+        assert reply == json.dumps({"ok": True, "result": entries}).encode() + b"\n"
+        assert {(e["mac"], e["port"]) for e in entries} == {("02:00:00:00:ab:00", 'p"0\\'), ("02:00:00:00:ab:01", "pé1"),
+                                                            ("02:00:00:00:ab:02", "7"), ("02:00:00:00:cd:ef", "pé1")}
+    finally:
         sw.shared.close()

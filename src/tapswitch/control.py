@@ -29,6 +29,11 @@ MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 
+# A list result as json.dumps writes the reply: the head, items joined by ", ", the tail.
+LISTING_HEAD = b'{"ok": true, "result": ['
+ITEM_SEPARATOR = b", "
+LISTING_TAIL = b"]}\n"
+
 
 class ControlError(Exception):
     """The request cannot be served; the message goes back to the client."""
@@ -36,21 +41,25 @@ class ControlError(Exception):
 
 class Listing:
     """A result that is a list too long to build as one string (the MAC table: millions of
-    entries): the reply is written a chunk of items at a time, as they are made."""
+    entries): the reply is written a chunk of items at a time, as they are made. `encoded`:
+    each item is its JSON text already, as json.dumps writes it (the MAC table's, made from
+    a format, in a third of the time a dict and json.dumps take)."""
 
     CHUNK = 4096    # items serialised and sent at once
 
-    def __init__(self, items):
+    def __init__(self, items, encoded: bool = False):
         self.items = items
+        self.encoded = encoded
 
     def chunks(self):
         """The reply's bytes: the same line json.dumps of the whole reply would be."""
-        yield b'{"ok": true, "result": ['
+        yield LISTING_HEAD
         items, first = iter(self.items), True
         while chunk := list(itertools.islice(items, self.CHUNK)):
-            yield (b"" if first else b", ") + json.dumps(chunk)[1:-1].encode()
+            text = ", ".join(chunk) if self.encoded else json.dumps(chunk)[1:-1]
+            yield (b"" if first else ITEM_SEPARATOR) + text.encode()
             first = False
-        yield b"]}\n"
+        yield LISTING_TAIL
 
 
 def _peer_uid(sock: socket.socket) -> int:

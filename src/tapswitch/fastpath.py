@@ -3,7 +3,7 @@
 `Shared` maps the region laid out in fastpath/fastpath.h (port table,
 port settings, counters, MAC table): the control process creates it, worker
 processes attach to its memfd. Worker processes import this module, so it
-imports nothing beyond os, mmap, errno and the compiled cffi module.
+imports nothing beyond os, mmap, errno, struct and the compiled cffi module.
 (What goes into the settings is tapswitch.settings's business, in the
 control process; this module only hands out the copy to write.)
 """
@@ -11,6 +11,7 @@ control process; this module only hands out the copy to write.)
 import errno
 import mmap
 import os
+import struct
 
 from tapswitch._fastpath import ffi, lib
 
@@ -21,6 +22,11 @@ COUNTERS = ("rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
 FDB_STATS = ("learned", "moved", "aged", "evicted")
 MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
+
+# struct ts_fdb_record, as struct reads it: mac, vlan, port, is_static, seen.
+FDB_RECORD = struct.Struct("=6sHHHI")
+if FDB_RECORD.size != ffi.sizeof("struct ts_fdb_record"):
+    raise ImportError("FDB_RECORD does not match struct ts_fdb_record of fastpath.h")
 
 # The worker's I/O backend (fastpath.h, "I/O backends"): TAPSWITCH_IO in the
 # environment picks one; unset or "auto", io_uring with burst reads, the
@@ -47,10 +53,6 @@ def mac_bytes(mac: str) -> bytes:
     if len(b) != 6:
         raise ValueError(f"not a MAC address: {mac!r}")
     return b
-
-
-def mac_str(b) -> str:
-    return ":".join(f"{x:02x}" for x in bytes(b))
 
 
 class Shared:
@@ -192,8 +194,9 @@ class Shared:
         at a time as they are iterated: a table of millions is never millions of tuples at once."""
         out = ffi.new("struct ts_fdb_record[]", self.fdb_capacity)
         n = lib.ts_fdb_dump(self.ptr, out, self.fdb_capacity)
-        return ((mac_str(ffi.buffer(r.mac)), r.vlan, r.port, bool(r.is_static), r.seen)
-                for r in (out[i] for i in range(n)))
+        # Read by struct, not field by field through cffi: a tenth of the time, for millions.
+        return ((mac.hex(":"), vlan, port, bool(static), seen)
+                for mac, vlan, port, static, seen in FDB_RECORD.iter_unpack(ffi.buffer(out, n * FDB_RECORD.size)))
 
     def fdb_flush(self, port: int | None = None) -> int:
         """Remove learned entries (of one port, or all); returns how many."""

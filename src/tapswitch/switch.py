@@ -15,6 +15,7 @@ reload.
 """
 
 import errno
+import json
 import math
 import os
 import resource
@@ -902,14 +903,18 @@ class Switch:
             links[link].rx_missed = n
         return {p.index: p.rx_missed for p in ports_now}
 
+    # One entry of `tapswitch fdb`, as json.dumps writes its dict: mac, vlan, port, age, static.
+    FDB_ITEM = '{"mac": "%s", "vlan": %d, "port": %s, "age": %d, "static": %s}'
+
     def fdb_info(self) -> Listing:
         """The MAC table, sent as it is read: a table of a million entries is some 80 MB of JSON,
         which a reply built whole would hold several times over before sending a byte."""
+        records = self.shared.fdb_records()
         now = self.shared.now()
-        names = {p.index: p.name for p in self.ports}
-        return Listing({"mac": mac, "vlan": vlan, "port": names.get(port, str(port)),
-                        "age": max(0, now - seen), "static": static}
-                       for mac, vlan, port, static, seen in self.shared.fdb_records())
+        names = {p.index: json.dumps(p.name) for p in self.ports}
+        return Listing((self.FDB_ITEM % (mac, vlan, names.get(port) or f'"{port}"', max(0, now - seen),
+                                         "true" if static else "false")
+                        for mac, vlan, port, static, seen in records), encoded=True)
 
     def fdb_flush(self, port_name: str | None) -> int:
         index = None if port_name is None else self.port_by_name(port_name).index
