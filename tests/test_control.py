@@ -1,5 +1,6 @@
 """The control socket's server: answering, and stopping without waiting out serve_forever's poll."""
 
+import contextlib
 import json
 import os
 import socket
@@ -244,30 +245,84 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("answer", [b"hello\n", b"[1]\n", b'{"ok": true}\n', b'{"ok": false, "error": 3}\n',
-                                    b"[" * 5000 + b"\n"])
-def test_a_socket_that_is_not_a_switchs_is_a_control_error_naming_it(answer):
-    """-s names another program's socket, or one another user put in the switch's place."""
+@contextlib.contextmanager
+def answering(*answers, piece: int = 0):
+    """A socket whose listener answers each connection, in turn, with the next of `answers`
+    (in pieces of `piece` bytes, each sent on its own, if given) and closes it; its path."""
     path = os.path.join(tempfile.mkdtemp(), "other.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(path)
         listener.listen()
 
-        def answer_once():
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(4096)
-                conn.sendall(answer)
-        thread = threading.Thread(target=answer_once, daemon=True)
+        def answer_each():
+            for answer in answers:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(4096)
+                    for i in range(0, len(answer), piece or len(answer) or 1):
+                        conn.sendall(answer[i:i + (piece or len(answer))])
+                        if piece and i // piece % 256 == 255:
+                            time.sleep(0.001)       # let the reader read what came
+        thread = threading.Thread(target=answer_each, daemon=True)
         thread.start()
         try:
-            with pytest.raises(ControlError) as e:
-                control.request(path, "ports")
-            assert str(e.value) == f"{path} did not answer as a switch does: is it a tapswitch control socket?"
+            yield path
         finally:
             thread.join(5)
             os.unlink(path)
             os.rmdir(os.path.dirname(path))
+
+
+@pytest.mark.parametrize("answer", [b"hello\n", b"[1]\n", b'{"ok": true}\n', b'{"ok": false, "error": 3}\n',
+                                    b"[" * 5000 + b"\n"])
+def test_a_socket_that_is_not_a_switchs_is_a_control_error_naming_it(answer):
+    """-s names another program's socket, or one another user put in the switch's place;
+    for a request, and for a listing read as it comes."""
+    with answering(answer, answer) as path:
+        for ask in (lambda: control.request(path, "ports"), lambda: list(control.request_listing(path, "fdb"))):
+            with pytest.raises(ControlError) as e:
+                ask()
+            assert str(e.value) == f"{path} did not answer as a switch does: is it a tapswitch control socket?"
+
+
+@pytest.mark.parametrize("answer", [b'{"ok": true, "result": [{"a": }]}\n', b'{"ok": true, "result": 3}\n',
+                                    b'{"ok": true, "result": [1, 2}\n'])
+def test_a_listing_that_is_no_list_is_a_control_error(answer):
+    with answering(answer) as path:
+        with pytest.raises(ControlError) as e:
+            list(control.request_listing(path, "fdb"))
+        assert str(e.value) == f"{path} did not answer as a switch does: is it a tapswitch control socket?"
+
+
+def test_a_listing_is_read_as_it_comes_however_it_is_cut():
+    """request_listing decodes the items of a reply as they arrive, a list of them at a time,
+    wherever the reply's pieces end: the same items as the whole reply's json.loads."""
+    items = [{"mac": f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}", "vlan": 1 + i % 4094, "port": "p[}0,\"{x",
+              "age": i, "static": i % 2 == 0} for i in range(300)]
+    reply = json.dumps({"ok": True, "result": items}).encode() + b"\n"
+    empty = json.dumps({"ok": True, "result": []}).encode() + b"\n"
+    for piece in (1, 7, 1000, 0):
+        with answering(reply, empty, piece=piece) as path:
+            batches = list(control.request_listing(path, "fdb"))
+            assert [item for batch in batches for item in batch] == items
+            assert piece != 1 or len(batches) > 1       # not read whole before it was decoded
+            assert list(control.request_listing(path, "fdb")) == []
+
+
+def test_a_switch_lost_in_the_middle_of_a_listing_or_saying_no_is_a_control_error():
+    reply = json.dumps({"ok": True, "result": [{"mac": "02:00:00:00:00:01"}] * 5000}).encode() + b"\n"
+    with answering(reply[:len(reply) // 2], b'{"ok": false, "error": "no port named \'x\'"}\n', b"") as path:
+        listing = control.request_listing(path, "fdb")
+        assert next(listing)[0] == {"mac": "02:00:00:00:00:01"}     # what came is read before the end
+        with pytest.raises(ControlError) as e:
+            list(listing)
+        assert str(e.value) == f"the switch on {path} closed the connection"
+        with pytest.raises(ControlError) as e:
+            list(control.request_listing(path, "fdb", port="x"))
+        assert str(e.value) == "no port named 'x'"
+        with pytest.raises(ControlError) as e:
+            list(control.request_listing(path, "fdb"))
+        assert str(e.value) == f"the switch on {path} closed the connection"
 
 
 def dead_socket(path: str) -> None:

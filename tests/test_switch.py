@@ -1,9 +1,12 @@
 """The switch's control plane, without devices: a Switch over its shared memory and hand-made ports."""
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 
-from tapswitch import config, control, fastpath, settings
+from tapswitch import cli, config, control, fastpath, settings
 from tapswitch.control import ControlServer
 from tapswitch.ports import Port
 from tapswitch.switch import Switch
@@ -106,6 +109,102 @@ def test_fdb_of_a_table_of_hundreds_of_thousands_of_macs_reaches_the_client(tmp_
         assert {e["port"] for e in entries} == {"p0", "p1"}
     finally:
         server.stop()
+        sw.shared.close()
+
+
+# --- `tapswitch fdb` on a large table -------------------------------------------------
+
+FDB_COLUMNS = ["MAC", "VLAN", "PORT", "AGE", "STATIC"]
+
+
+def fdb_mac(i: int) -> str:
+    return f"02:00:{i >> 24:02x}:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+
+
+def fill_fdb(sw: Switch, n: int) -> dict[tuple[str, int], tuple[str, int, bool]]:
+    """n entries: learned on p0 and p1 and on a port slot no port has (listed by its number),
+    in VLANs 1-3, seen up to 999 s ago; every 7th static. {(mac, vlan): (port, age, static)}."""
+    now = fastpath.lib.ts_now()         # seconds since boot: maybe not 1000 yet
+    names = {0: "p0", 1: "p1", 5: "5"}
+    expected = {}
+    for i in range(n):
+        mac, vlan, port = fdb_mac(i), 1 + i % 3, (0, 1, 5)[i % 3 if i % 11 == 0 else i % 2]
+        if i % 7 == 0:
+            assert fastpath.lib.ts_fdb_add_static(sw.shared.ptr, bytes.fromhex(mac.replace(":", "")), vlan, port) == 0
+            expected[mac, vlan] = (names[port], 0, True)
+        else:
+            age = i % min(1000, now + 1)
+            assert fastpath.lib.ts_fdb_learn(sw.shared.ptr, fastpath.lib.TS_CONTROL, bytes.fromhex(mac.replace(":", "")),
+                                             vlan, port, now - age) == 1
+            expected[mac, vlan] = (names[port], age, False)
+    return expected
+
+
+@contextlib.contextmanager
+def serving_fdb(sw: Switch, tmp_path):
+    server = ControlServer(str(tmp_path / "s.sock"), {"fdb": lambda req: sw.fdb_info()})
+    server.start()
+    try:
+        yield server.path
+    finally:
+        server.stop()
+
+
+# Runs a command and prints its peak RSS (kB) on stderr's last line. The command's, not the
+# test's: a process forked from the test starts as large as it is, and Linux counts that in.
+MEASURED = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
+
+
+def run_cli(*argv) -> tuple[int, str, str, int]:
+    """`tapswitch ARGV` as a process of its own: exit code, stdout, stderr, peak RSS in kB."""
+    r = subprocess.run([sys.executable, "-c", MEASURED, sys.executable, "-m", "tapswitch", *argv],
+                       capture_output=True, text=True, timeout=120)
+    err, _, rss = r.stderr.rpartition("\n")[0].rpartition("\n")
+    return r.returncode, r.stdout, err, int(rss)
+
+
+def check_ages(entries: dict, expected: dict) -> None:
+    """Every entry as filled; the learned ones as much older as the seconds since the filling
+    began, a static one (seen when it was added) at most that."""
+    assert {k: (p, s) for k, (p, _, s) in entries.items()} == {k: (p, s) for k, (p, _, s) in expected.items()}
+    [since] = {entries[k][1] - age for k, (_, age, static) in expected.items() if not static}
+    assert 0 <= since < 60
+    assert {entries[k][1] for k, (_, _, static) in expected.items() if static} <= set(range(since + 1))
+
+
+def test_fdb_lists_a_table_of_200k_entries_whole_sorted_and_in_little_memory(tmp_path):
+    """`tapswitch fdb` of 200k entries prints every one, sorted by port, VLAN and MAC, laid out
+    as table() lays out a table, and `--json` the same entries as print(json.dumps(..., indent=2))
+    would: in some 40 MB, not 200 (the client read the whole reply, json.loads it into a dict an
+    entry, sorted them and built one string of the table: at a million entries 1 GB and 20 s)."""
+    n = 200_000
+    sw = make_switch()
+    sw.shared.close()
+    sw.shared = fastpath.Shared.create(2**19, 1)
+    try:
+        expected = fill_fdb(sw, n)
+        with serving_fdb(sw, tmp_path) as path:
+            code, out, err, rss_table = run_cli("fdb", "-s", path)
+            assert (code, err) == (0, "")
+            rows = [line.split() for line in out.splitlines()[1:]]
+            assert len(rows) == n
+            check_ages({(m, int(v)): (p, int(a), s == "yes") for m, v, p, a, s in rows}, expected)
+            ordered = sorted(rows, key=lambda r: (r[2], int(r[1]), r[0]))
+            assert rows == ordered
+            assert out == cli.table(ordered, FDB_COLUMNS) + "\n"     # the columns as wide as their widest cell
+            assert rows[0][:3] == ["02:00:00:00:00:0b", "3", "5"]     # "5" (a port slot, no name) before "p0"
+
+            code, out, err, rss_json = run_cli("fdb", "--json", "-s", path)
+            assert (code, err) == (0, "")
+            entries = json.loads(out)
+            assert len(entries) == n
+            assert {tuple(e) for e in entries} == {("mac", "vlan", "port", "age", "static")}
+            check_ages({(e["mac"], e["vlan"]): (e["port"], e["age"], e["static"]) for e in entries}, expected)
+            assert out == json.dumps(entries, indent=2) + "\n"
+        assert rss_table < 80_000, f"{rss_table} kB for the table"
+        assert rss_json < 60_000, f"{rss_json} kB for --json"
+    finally:
         sw.shared.close()
 
 

@@ -6,7 +6,9 @@ failure with a one-line reason.
 
 import argparse
 import glob
+import itertools
 import json
+import operator
 import os
 import signal
 import sys
@@ -176,7 +178,13 @@ def cmd_ports(args) -> int:
     return EXIT_OK
 
 
+FDB_HEADERS = ["MAC", "VLAN", "PORT", "AGE", "STATIC"]
+OUTPUT_LINES = 16384     # lines written to stdout at once
+
+
 def cmd_fdb(args) -> int:
+    if args.action is None:
+        return fdb_listing(args)
     if args.action == "flush":
         result = _request(args, "fdb_flush", port=args.port)
         n = result["flushed"]
@@ -184,22 +192,96 @@ def cmd_fdb(args) -> int:
     elif args.action == "add":
         result = _request(args, "fdb_add", mac=args.mac, port=args.port, vlan=args.vlan)
         text = f"added {result['mac']} vlan {result['vlan']} on {result['port']} (static)"
-    elif args.action == "del":
+    else:
         result = _request(args, "fdb_del", mac=args.mac, vlan=args.vlan)
         text = f"deleted {result['mac']} vlan {result['vlan']}"
-    else:
-        result = _request(args, "fdb")
-        text = None
     if args.json:
         print(json.dumps(result, indent=2))
-        return EXIT_OK
-    if text is not None:
+    else:
         print(text)
-        return EXIT_OK
-    rows = sorted(result, key=lambda e: (e["port"], e["vlan"], e["mac"]))
-    print(table([[e["mac"], e["vlan"], e["port"], e["age"], "yes" if e["static"] else "no"] for e in rows],
-                ["MAC", "VLAN", "PORT", "AGE", "STATIC"]))
     return EXIT_OK
+
+
+def fdb_listing(args) -> int:
+    """`tapswitch fdb`: the MAC table (millions of entries, say) read as it arrives, a list of
+    entries at a time; --json writes each list as it comes, the table keeps one short string
+    an entry until it is sorted and written."""
+    from tapswitch import control
+    try:
+        batches = control.request_listing(find_socket(args), "fdb")
+        if args.json:
+            write_json_list(batches, sys.stdout)
+        else:
+            write_fdb_table(batches, sys.stdout)
+    except control.ControlError as e:
+        raise SystemExit(f"tapswitch: {e}") from None
+    return EXIT_OK
+
+
+def write_json_list(batches, out) -> None:
+    """What print(json.dumps(all the items, indent=2)) writes, a list of items at a time."""
+    first = True
+    for batch in batches:
+        if batch:
+            out.write(("[\n" if first else ",\n") + ",\n".join(map(_indented_item, batch)))
+            first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+_SCALAR_JSON = {str: json.encoder.encode_basestring_ascii, int: int.__repr__,
+                bool: lambda v: "true" if v else "false", type(None): lambda v: "null"}
+
+
+def _indented_item(item) -> str:
+    """An item of a list as json.dumps(the list, indent=2) writes it: an object of scalars (an
+    entry of the MAC table) by hand, three times as fast as json's encoder, which writes
+    indented JSON in Python; anything else by json.dumps."""
+    if type(item) is dict:
+        try:
+            return "  {\n" + ",\n".join([f"    {json.encoder.encode_basestring_ascii(k)}: {_SCALAR_JSON[type(v)](v)}"
+                                           for k, v in item.items()]) + "\n  }"
+        except (KeyError, TypeError):
+            pass            # a value that is no scalar, or a key that is no string
+    return json.dumps([item], indent=2)[2:-2]
+
+
+# An entry of the table kept as one string, fields apart by NUL (no port name has one): it
+# sorts as (port, VLAN, MAC) do (the VLAN zero-padded; it is a uint16), and it is the row's
+# cells once split. Made, split and laid out by str.format in map(), not in a Python loop.
+_FDB_ROW = "{port}\0{vlan:05d}\0{mac}\0{age}\0{static}\0{vlan}".format_map
+_FDB_CELLS = "{2:<%d}  {5:<%d}  {0:<%d}  {3:<%d}  {4}"      # MAC, VLAN, PORT, AGE, STATIC
+_FDB_FIELDS = [operator.itemgetter(k) for k in ("mac", "vlan", "port", "age")]
+
+
+def _widest(field, batch) -> int:
+    """The widest cell of `field` in `batch`: a number's is its least's or its greatest's."""
+    values = list(map(field, batch))
+    if set(map(type, values)) == {int}:
+        return max(len(str(min(values))), len(str(max(values))))
+    return max(map(len, map(str, values)))
+
+
+def write_fdb_table(batches, out) -> None:
+    """The MAC table sorted by port, VLAN and MAC, as table() lays it out: a million entries
+    kept as some 100 MB of strings (dicts took a gigabyte), and written a part at a time."""
+    rows: list[str] = []
+    widths = [len(h) for h in FDB_HEADERS[:4]]
+    for batch in batches:
+        try:
+            rows += map(_FDB_ROW, batch)
+        except (KeyError, TypeError, ValueError):
+            raise SystemExit("tapswitch: the switch sent a MAC table entry without mac, vlan, port, age "
+                             "and static") from None
+        if batch:
+            widths = [max(w, _widest(field, batch)) for w, field in zip(widths, _FDB_FIELDS)]
+    rows.sort()
+    cells = _FDB_CELLS % tuple(widths)
+    out.write("  ".join(h.ljust(w) for h, w in zip(FDB_HEADERS, widths + [0])).rstrip() + "\n")
+    split = operator.methodcaller("split", "\0")
+    for start in range(0, len(rows), OUTPUT_LINES):
+        text = "\n".join(itertools.starmap(cells.format, map(split, rows[start:start + OUTPUT_LINES]))) + "\n"
+        # STATIC, the last cell of a line, is str(bool): only a line's end reads "True" or "False".
+        out.write(text.replace("True\n", "yes\n").replace("False\n", "no\n"))
 
 
 def cmd_reload(args) -> int:

@@ -28,8 +28,11 @@ log = structlog.get_logger("tapswitch.control")
 MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
+RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
 
-# A list result as json.dumps writes the reply: the head, items joined by ", ", the tail.
+# A list result as json.dumps writes the reply: the head, items joined by ", ", the tail. No
+# item's text holds ", {" (json.dumps writes no space inside a string it makes of a MAC, a
+# number or a port's name, which has none): a list's reader finds where items end by it.
 LISTING_HEAD = b'{"ok": true, "result": ['
 ITEM_SEPARATOR = b", "
 LISTING_TAIL = b"]}\n"
@@ -358,10 +361,7 @@ def answers(path: str) -> bool:
     return True
 
 
-def request(path: str, cmd: str, **args):
-    """Send one command to the switch at `path`; return its result or raise ControlError.
-    A reload is answered when it is done, or when the switch gives up waiting for it."""
-    timeout = CLIENT_TIMEOUT + (RELOAD_WAIT if cmd == "reload" else 0)
+def _connect(path: str, timeout: float) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -375,6 +375,18 @@ def request(path: str, cmd: str, **args):
     except OSError as e:
         s.close()
         raise ControlError(f"cannot reach the switch on {path}: {e.strerror or e}") from None
+    return s
+
+
+def _not_a_switch(path: str) -> ControlError:
+    return ControlError(f"{path} did not answer as a switch does: is it a tapswitch control socket?")
+
+
+def request(path: str, cmd: str, **args):
+    """Send one command to the switch at `path`; return its result or raise ControlError.
+    A reload is answered when it is done, or when the switch gives up waiting for it."""
+    timeout = CLIENT_TIMEOUT + (RELOAD_WAIT if cmd == "reload" else 0)
+    s = _connect(path, timeout)
     try:
         with s, s.makefile("rwb") as f:
             f.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
@@ -384,11 +396,73 @@ def request(path: str, cmd: str, **args):
         raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
     except OSError as e:
         raise ControlError(f"lost the switch on {path}: {e.strerror or e}") from None
+    return _result(path, line)
+
+
+def request_listing(path: str, cmd: str, **args):
+    """request() for a command whose result is a list (the MAC table, of millions of entries):
+    its items, a list of them at a time, decoded as they arrive, so that the reply is never
+    held whole, as bytes or as objects. A reply that does not open as a list does (an error)
+    is read whole and answered as request() answers it. Raises ControlError as it goes: a
+    reader that prints as it reads may have printed part of the list when the switch is lost."""
+    s = _connect(path, CLIENT_TIMEOUT)
+    with s:
+        try:
+            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            yield from _listing(path, s)
+        except TimeoutError:
+            raise ControlError(f"no answer from the switch on {path} within {CLIENT_TIMEOUT:g} s") from None
+        except OSError as e:
+            raise ControlError(f"lost the switch on {path}: {e.strerror or e}") from None
+
+
+def _listing(path: str, s: socket.socket):
+    buf = b""
+    while len(buf) < len(LISTING_HEAD) and LISTING_HEAD.startswith(buf):
+        data = s.recv(RECV_SIZE)
+        if not data:
+            break
+        buf += data
+    if not buf.startswith(LISTING_HEAD):         # an error, or another program: as request() reads it
+        while not buf.endswith(b"\n") and (data := s.recv(RECV_SIZE)):
+            buf += data
+        result = _result(path, buf)
+        if not isinstance(result, list):
+            raise _not_a_switch(path)
+        yield result
+        return
+    buf = buf[len(LISTING_HEAD):]
+    while True:
+        if buf.endswith(LISTING_TAIL):
+            if len(buf) > len(LISTING_TAIL):
+                yield _items(path, buf[:-len(LISTING_TAIL)])
+            return
+        if b"\n" in buf:          # the reply's end, and not a list's
+            raise _not_a_switch(path)
+        # The items complete so far, in one json.loads (one call into C for thousands of items).
+        end = buf.rfind(b"}, {")
+        if end >= 0:
+            items, buf = buf[:end + 1], buf[end + 3:]
+            yield _items(path, items)
+        data = s.recv(RECV_SIZE)
+        if not data:
+            raise ControlError(f"the switch on {path} closed the connection")
+        buf += data
+
+
+def _items(path: str, text: bytes) -> list:
+    try:
+        return json.loads(b"[" + text + b"]")
+    except (ValueError, RecursionError):
+        raise _not_a_switch(path) from None
+
+
+def _result(path: str, line: bytes):
     if not line.endswith(b"\n"):
         raise ControlError(f"the switch on {path} closed the connection")
     reply = _reply(line)
     if reply is None:
-        raise ControlError(f"{path} did not answer as a switch does: is it a tapswitch control socket?")
+        raise _not_a_switch(path)
     if not reply["ok"]:
         raise ControlError(reply["error"])
     return reply["result"]
