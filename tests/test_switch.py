@@ -6,6 +6,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tapswitch import cli, config, control, fastpath, settings
 from tapswitch.control import ControlServer
 from tapswitch.ports import Port
@@ -112,7 +114,7 @@ def test_fdb_of_a_table_of_hundreds_of_thousands_of_macs_reaches_the_client(tmp_
         sw.shared.close()
 
 
-# --- `tapswitch fdb` on a large table -------------------------------------------------
+# --- `tapswitch fdb` on a large table, and its filters ------------------------------------
 
 FDB_COLUMNS = ["MAC", "VLAN", "PORT", "AGE", "STATIC"]
 
@@ -142,7 +144,8 @@ def fill_fdb(sw: Switch, n: int) -> dict[tuple[str, int], tuple[str, int, bool]]
 
 @contextlib.contextmanager
 def serving_fdb(sw: Switch, tmp_path):
-    server = ControlServer(str(tmp_path / "s.sock"), {"fdb": lambda req: sw.fdb_info()})
+    server = ControlServer(str(tmp_path / "s.sock"), {"fdb": sw.fdb_info, "fdb_flush":
+                                                      lambda req: {"flushed": sw.fdb_flush(req.get("port"))}})
     server.start()
     try:
         yield server.path
@@ -204,6 +207,49 @@ def test_fdb_lists_a_table_of_200k_entries_whole_sorted_and_in_little_memory(tmp
             assert out == json.dumps(entries, indent=2) + "\n"
         assert rss_table < 80_000, f"{rss_table} kB for the table"
         assert rss_json < 60_000, f"{rss_json} kB for --json"
+    finally:
+        sw.shared.close()
+
+
+def test_fdb_port_vlan_and_mac_list_only_the_entries_that_match_each(tmp_path, capsys):
+    sw = make_switch()
+    try:
+        expected = fill_fdb(sw, 300)
+        with serving_fdb(sw, tmp_path) as path:
+            capsys.readouterr()             # the server's log line
+            def listed(*argv) -> set:
+                assert cli.main(["fdb", *argv, "--json", "-s", path]) == cli.EXIT_OK
+                return {(e["mac"], e["vlan"], e["port"]) for e in json.loads(capsys.readouterr().out)}
+
+            def want(fn) -> set:
+                return {(m, v, p) for (m, v), (p, _, _) in expected.items() if fn(m, v, p)}
+
+            assert listed() == want(lambda m, v, p: True)
+            assert listed("--port", "p1") == want(lambda m, v, p: p == "p1") != set()
+            assert listed("--vlan", "2") == want(lambda m, v, p: v == 2) != set()
+            assert listed("--port", "p0", "--vlan", "3") == want(lambda m, v, p: (p, v) == ("p0", 3)) != set()
+            assert listed("--mac", "02-00-00-00-00-2A") == {("02:00:00:00:00:2a", 1, "p0")}
+            assert listed("--mac", "02:00:00:00:00:2a", "--vlan", "2") == set()
+            assert listed("--vlan", "4094") == set()
+
+            assert cli.main(["fdb", "--port", "p1", "-s", path]) == cli.EXIT_OK
+            lines = capsys.readouterr().out.splitlines()
+            assert lines[0].split() == FDB_COLUMNS
+            assert {line.split()[2] for line in lines[1:]} == {"p1"}
+            assert len(lines) == 1 + len(want(lambda m, v, p: p == "p1"))
+
+            for argv, error in ((["--port", "p9"], "no port named 'p9'"),
+                                (["--vlan", "0"], "VLAN must be 1-4094, not 0"),
+                                (["--mac", "02:00"], "not a MAC address: '02:00'")):
+                with pytest.raises(SystemExit) as e:
+                    cli.main(["fdb", *argv, "-s", path])
+                assert str(e.value).startswith(f"tapswitch: {error}")
+
+            # A filter before an action is the listing's: `fdb --port p0 flush` flushes nothing
+            # (it flushed every port's entries: flush's --port, not given, overwrote it).
+            assert cli.main(["fdb", "--port", "p0", "flush", "-s", path]) == cli.EXIT_CONFIG
+            assert "--port before `flush`" in capsys.readouterr().err
+            assert listed() == want(lambda m, v, p: True)
     finally:
         sw.shared.close()
 

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     client("ports", "show the ports of a running switch")
     client("reload", "make a running switch re-read its config file (as SIGHUP does)")
     fdb = client("fdb", "show the MAC table of a running switch")
+    # The listing's filters, applied by the switch. Their own dests: flush/add/del's --port and
+    # --vlan, given after the action, must not take (or lose) a value given before it.
+    fdb.add_argument("--port", dest="only_port", metavar="PORT", help="only the entries behind this port")
+    fdb.add_argument("--vlan", dest="only_vlan", metavar="VLAN", type=int, help="only the entries of this VLAN")
+    fdb.add_argument("--mac", dest="only_mac", metavar="MAC", help="only the entries of this MAC (02:00:00:00:00:10 or 02-00-00-00-00-10)")
     fdb_sub = fdb.add_subparsers(dest="action")
     flush = fdb_sub.add_parser("flush", help="flush learned entries")
     flush.add_argument("--port", help="only this port's entries")
@@ -183,8 +188,14 @@ OUTPUT_LINES = 16384     # lines written to stdout at once
 
 
 def cmd_fdb(args) -> int:
+    filters = {"port": args.only_port, "vlan": args.only_vlan, "mac": args.only_mac}
     if args.action is None:
-        return fdb_listing(args)
+        return fdb_listing(args, {k: v for k, v in filters.items() if v is not None})
+    given = [f"--{k}" for k, v in filters.items() if v is not None]
+    if given:
+        print(f"tapswitch: {' '.join(given)} before `{args.action}` picks entries to list; "
+              f"`fdb {args.action}` takes its own options after it", file=sys.stderr)
+        return EXIT_CONFIG
     if args.action == "flush":
         result = _request(args, "fdb_flush", port=args.port)
         n = result["flushed"]
@@ -202,13 +213,13 @@ def cmd_fdb(args) -> int:
     return EXIT_OK
 
 
-def fdb_listing(args) -> int:
+def fdb_listing(args, filters: dict) -> int:
     """`tapswitch fdb`: the MAC table (millions of entries, say) read as it arrives, a list of
     entries at a time; --json writes each list as it comes, the table keeps one short string
     an entry until it is sorted and written."""
     from tapswitch import control
     try:
-        batches = control.request_listing(find_socket(args), "fdb")
+        batches = control.request_listing(find_socket(args), "fdb", **filters)
         if args.json:
             write_json_list(batches, sys.stdout)
         else:

@@ -271,7 +271,7 @@ class Switch:
         try:
             self.control = ControlServer(sw.control.socket, {
                 "ports": lambda req: self.ports_info(),
-                "fdb": lambda req: self.fdb_info(),
+                "fdb": self.fdb_info,
                 "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
                 "reload": lambda req: self.request_reload(),
                 "fdb_add": self.fdb_add,
@@ -906,10 +906,26 @@ class Switch:
     # One entry of `tapswitch fdb`, as json.dumps writes its dict: mac, vlan, port, age, static.
     FDB_ITEM = '{"mac": "%s", "vlan": %d, "port": %s, "age": %d, "static": %s}'
 
-    def fdb_info(self) -> Listing:
-        """The MAC table, sent as it is read: a table of a million entries is some 80 MB of JSON,
+    def fdb_info(self, req: dict | None = None) -> Listing:
+        """The MAC table, or the entries of it a request picks (`port`, `vlan`, `mac`; all given
+        must match), sent as it is read: a table of a million entries is some 80 MB of JSON,
         which a reply built whole would hold several times over before sending a byte."""
+        req = req or {}
+        want_port = self.port_by_name(req["port"]).index if req.get("port") is not None else None
+        want_vlan = req.get("vlan")
+        if want_vlan is not None and (type(want_vlan) is not int or not 1 <= want_vlan <= 4094):
+            raise ControlError(f"VLAN must be 1-4094, not {want_vlan!r}")
+        want_mac = req.get("mac")
+        if want_mac is not None:
+            try:
+                want_mac = config_mod.mac_address(want_mac)
+            except ValueError:
+                raise ControlError(f"not a MAC address: {want_mac!r} (six hex octets, as in 02:00:00:00:00:10 "
+                                   f"or 02-00-00-00-00-10)") from None
         records = self.shared.fdb_records()
+        if (want_port, want_vlan, want_mac) != (None, None, None):
+            records = (r for r in records if (want_mac is None or r[0] == want_mac)
+                       and (want_vlan is None or r[1] == want_vlan) and (want_port is None or r[2] == want_port))
         now = self.shared.now()
         names = {p.index: json.dumps(p.name) for p in self.ports}
         return Listing((self.FDB_ITEM % (mac, vlan, names.get(port) or f'"{port}"', max(0, now - seen),
