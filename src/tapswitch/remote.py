@@ -568,12 +568,29 @@ def heal(ipr, ifname: str, recorded: Original | None = None) -> None:
     `recorded`), as detach() would have. (A port that names IFACE again heals it in attach().)
     A VXLAN port's device the dead run made is removed. IFACE held by another switch that runs
     is not touched; one that is gone has nothing left to heal. IFACE renamed since is known by
-    the ifindex `recorded` gives (the kernel gives no other device that ifindex meanwhile)."""
+    the ifindex `recorded` gives (the kernel gives no other device that ifindex meanwhile).
+
+    Like attach(), it claims IFACE (the device it heals: made again since, the new one) before
+    it looks at its rules, and lets go when done: a switch that holds the claim is attaching
+    IFACE or has it attached, maybe with no rule of its own yet, and the heal leaves it alone
+    (else it took that switch's rules as the dead run's, or gave IFACE flags back under it)."""
     index = _index_or_none(ipr, ifname)
     if recorded is not None and index != recorded[0] and _exists(ipr, recorded[0]):
         index = recorded[0]
     if index is None:
         return
+    try:
+        held = claim(netns_id(ipr), index, ifname)
+    except tc.TcError as e:
+        log.info("remote.left", remote=ifname, reason=str(e))
+        return
+    try:
+        _heal(ipr, ifname, index, recorded)
+    finally:
+        held.close()
+
+
+def _heal(ipr, ifname: str, index: int, recorded: Original | None) -> None:
     deadline = time.monotonic() + HELD_WAIT      # the dead run's TAP may linger a moment
     while tc.held_by(ipr, index, 0) is not None:
         if time.monotonic() >= deadline:

@@ -324,6 +324,37 @@ def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch
     assert b.stop() == 0 and a.stop() == 0
 
 
+def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_switch_is_attaching(lab, site):
+    """Another switch has claimed the NIC and has no rule on it yet (it is attaching it): the start
+    whose dead run's state file names the NIC sees no running switch's rule, but the claim, and
+    leaves the NIC alone, naming the holder. (It healed the NIC under the other switch: set it
+    down, at the MTU the dead run recorded.)"""
+    race = helpers.tmpdir()
+    lab.dirs.append(race)
+    a = lab.switch(config(lab, site, "promisc"), netns=site["sw"], start=False,
+                   wrapper=(sys.executable, HELD_CHECK_RACE, race))
+    a.start(expect_ready=False)
+    helpers.wait_for("the other switch past its check", lambda: os.path.exists(os.path.join(race, "checked")),
+                     within=20)
+    attaching = nic_state(site["sw"])
+    b = lab.switch({"switch": {"name": lab.name("b")}, "ports": [{"name": lab.name("bp")}]}, netns=site["sw"],
+                   start=False)
+    ifindex = json.loads(helpers.nsexec(site["sw"], "ip", "-j", "link", "show", "dev", "nic0").stdout)[0]["ifindex"]
+    with open(b.socket + ".state", "w") as f:
+        json.dump({"created": [], "remotes": ["nic0"],
+                   "remote_originals": {"nic0": {"ifindex": ifindex, "up": False, "promisc": False, "allmulti": False,
+                                                 "mtu": 1400, "clsact_added": True}}}, f)
+    b.start()
+    assert not b.events("remote.healed"), b.log()
+    assert [(e["remote"], e["reason"]) for e in b.events("remote.left")] == [
+        ("nic0", f"nic0 is attached by another running switch (pid {a.proc.pid})")], b.log()
+    assert nic_state(site["sw"]) == attaching
+    open(os.path.join(race, "go"), "w").close()
+    helpers.wait_for("the other switch attached", lambda: a.events("remote.attached"), within=20)
+    helpers.wait_for("traffic through it", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1), within=20)
+    assert b.stop() == 0 and a.stop() == 0
+
+
 def test_a_start_stopped_while_it_heals_keeps_what_it_had_not_healed_listed(lab, site):
     """A stop (SIGTERM) while the start waits to see whether the dead run's NIC is another
     switch's: what the dead run listed and the start had not yet dealt with (that NIC, a
