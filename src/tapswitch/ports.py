@@ -296,7 +296,7 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
                 there.link_set(lo, up=True)
             _configure_inside(there, cfg, ifindex, devname, mac, queue_len)
         if cfg.remote:
-            attachment, remote_ifindex = _attach(cfg, mac, namespaces.state)
+            attachment, remote_ifindex = _attach(cfg, namespaces.state)
     except (NetlinkError, tc.TcError) as e:
         _close(fds)
         _remove_tunnel(tunnel)
@@ -466,13 +466,14 @@ def set_tap_mtu(ipr: IPRoute, tap_ifindex: int, iface_mtu: int) -> int:
     return mtu
 
 
-def _attach(cfg, mac: str, state: RunState) -> tuple[RemoteAttachment, int]:
+def _attach(cfg, state: RunState) -> tuple[RemoteAttachment, int]:
     """Steer IFACE's frames into the port's TAP and the TAP's out of IFACE (tc clsact + mirred).
-    IFACE's original state goes to the run's state file first."""
+    IFACE's original state goes to the run's state file first. A local port without `mac:`
+    has IFACE's MAC (its TAP was given it), and follows it (RemoteAttachment.follows_mac)."""
     ipr = IPRoute()     # kept for the life of the attachment: shared mode updates, detach
     try:
         mtu = cfg.mtu if sets_remote_mtu(cfg) else None
-        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, mac, cfg.allmulti, mtu, state)
+        att = RemoteAttachment(ipr, cfg.name, cfg.remote, cfg.remote_mode, cfg.mac, cfg.allmulti, mtu, state)
         att.attach()
         try:
             if mtu is None:      # the TAP takes IFACE's MTU, as attach() left it

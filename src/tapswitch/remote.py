@@ -284,6 +284,7 @@ class RemoteAttachment:
         self.remote_ifname = remote_ifname
         self.mode = mode
         self.port_mac = port_mac
+        self.follows_mac = mode == "local" and port_mac is None    # the port's MAC is IFACE's, as it changes
         self.allmulti = allmulti
         self.mtu = mtu          # IFACE's while attached; None: IFACE keeps its own (iface_mtu)
         self.iface_mtu = 0      # IFACE's MTU as attach() left it: the port's when `mtu` is None
@@ -348,7 +349,7 @@ class RemoteAttachment:
 
         self._iface_mac = default_mac(ipr, self.remote_ifname)
         self.shared_macs = self._not_host(self.shared_macs)
-        if self.mode == "local" and self.port_mac is None:
+        if self.follows_mac:
             self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
         # IFACE gets the flags it had before any run (a dead run's, or ours before IFACE went and
         # came back, may be on it), but for those the port wants; detach() gives back only those.
@@ -433,6 +434,40 @@ class RemoteAttachment:
                 raise tc.TcError(f"{self.remote_ifname} is attached by another running switch "
                                  f"(its tapswitch rules send frames to {name})")
             time.sleep(0.05)
+
+    @property
+    def iface_mac(self) -> str:
+        """IFACE's MAC, as attach() or follow_iface_mac() last read it."""
+        return self._iface_mac
+
+    def follow_iface_mac(self) -> bool:
+        """IFACE's user gave it another MAC while attached: the rules that match on it follow,
+        new ones first (no gap). A local port without `mac:` has IFACE's: its LOCAL_MAC rule
+        steals frames for the new one; shared mode steals none for it (it is the host's), and
+        may for the old one, if the MAC table puts it behind another port. IFACE's flags follow
+        too (local mode with `mac:` needs promisc only while IFACE's MAC is another). What the
+        kernel says now decides: events come late. True if the MAC changed."""
+        if not self.attached:
+            return False
+        mac = _link(self.ipr, self._index["remote"]).get_attr("IFLA_ADDRESS").lower()
+        if mac == self._iface_mac:
+            return False
+        before = iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti)
+        was, self._iface_mac = self._iface_mac, mac
+        if self.follows_mac:
+            self.port_mac = mac
+        wanted = iface_flags(self.mode, self.port_mac, mac, self.allmulti)
+        # Only the flags the port wants now and did not, or wanted and does not: IFACE's user
+        # may have set it down to change its MAC (a NIC wants that), and up is theirs meanwhile.
+        give_back = {k: getattr(self._original, k) for k in before if k not in wanted and k in self._changed}
+        take = {k: on for k, on in wanted.items() if before.get(k) != on}
+        _set_flags(self.ipr, self._index["remote"], {**give_back, **take})
+        self._changed = (self._changed - give_back.keys()) | changed_flags(self._original, take)
+        self.shared_macs = self._not_host(self.shared_macs)
+        self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
+        log.warning("remote.mac_changed", tap=self.tap_ifname, remote=self.remote_ifname, mac=mac, was=was,
+                    port_mac=self.port_mac if self.mode == "local" else None)
+        return True
 
     def update_shared_macs(self, macs: Iterable[str]) -> None:
         """shared mode: steal frames for exactly these MACs (those behind the switch's other ports)."""

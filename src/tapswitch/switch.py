@@ -31,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, ports, remote, settings, tap
+from tapswitch import fastpath, linkmon, ports, remote, settings, tap, tc
 from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, stop_serving
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError
@@ -477,6 +477,28 @@ class Switch:
         port.remote_up = event.up or (port.remote_up and self._device_up(None, index=port.remote_ifindex))
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
+        self.remote_mac_changed(port, event)
+
+    def remote_mac_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
+        """IFACE's user gave it another MAC (or it came back with another): the rules that match
+        on it follow (RemoteAttachment.follow_iface_mac), and a local port without `mac:`, which
+        has IFACE's, gives its TAP the new one, as `tapswitch ports` and port_info show it."""
+        att = port.remote
+        if event.mac is not None and event.mac != att.iface_mac:
+            try:
+                att.follow_iface_mac()
+            except (NetlinkError, tc.TcError) as e:
+                log.error("remote.mac_follow_failed", port=port.name, remote=port.cfg.remote, error=str(e))
+                return
+        if att.follows_mac and att.port_mac is not None and att.port_mac != port.mac:
+            try:
+                att.ipr.link("set", index=port.ifindex, address=att.port_mac)
+            except NetlinkError as e:
+                log.error("port.mac_follow_failed", port=port.name, remote=port.cfg.remote, mac=att.port_mac,
+                          error=str(e))
+                return
+            log.info("port.mac_changed", port=port.name, mac=att.port_mac, was=port.mac, remote=port.cfg.remote)
+            port.mac = att.port_mac
 
     def remote_mtu_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """A remote port without `mtu` has IFACE's: when IFACE's user changes it (or IFACE comes

@@ -126,6 +126,31 @@ def test_a_nic_moved_away_and_back_is_given_back_as_it_was_before_the_start(lab,
     assert nic_state(site["sw"]) == before
 
 
+def test_a_local_port_follows_the_nics_mac_when_its_user_changes_it(lab, site):
+    """A local port without `mac:` has the NIC's MAC and steals the frames for it: its user sets
+    another (down, new MAC, up, as a NIC wants it), and the frames for the new one go to the switch
+    (flooded to the containers: no one behind it has it), the port shows the new MAC, and the
+    stop gives the NIC back. (The rule kept matching the old MAC: the host had the new one's.)"""
+    helpers.nsexec(site["sw"], "ip", "addr", "add", "198.18.3.50/24", "dev", "nic0")
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "local"), netns=site["sw"])
+    up, new = lab.name("up"), "02:00:00:00:3a:50"
+    was = helpers.link_mac(site["sw"], "nic0")
+    assert {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == was
+    for state in ("down", "address", "up"):
+        helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", *((state, new) if state == "address" else (state,)))
+    helpers.wait_for("the rules follow", lambda: sw.events("remote.mac_changed"))
+    assert [(e["mac"], e["was"], e["port_mac"]) for e in sw.events("remote.mac_changed")] == [(new, was, new)]
+    helpers.wait_for("the port's MAC follows", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new)
+    wait_port(sw, up, "up", within=3)
+    heard = helpers.capture(site["c"][0])
+    lab.procs.append(heard)
+    assert not helpers.ping(site["out"], "198.18.3.50", count=2, wait=1)     # stolen: the host never answers
+    assert "198.18.3.100 > 198.18.3.50: ICMP echo request" in helpers.captured(heard)
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 @pytest.mark.parametrize("mode", ["promisc", "local"])
 def test_the_stop_leaves_the_flags_the_switch_did_not_set_as_the_nics_user_set_them(lab, site, mode):
     """The NIC's user sets allmulti (a multicast router) and, in local mode, promisc (a capture)

@@ -342,6 +342,46 @@ def test_local_mode_with_its_own_mac_and_allmulti(lab, attached):
     assert lab.tap_count(tok) == 1
 
 
+def set_nic_mac(lab: Lab, mac: str) -> None:
+    sh("ip", "-n", lab.sw, "link", "set", NIC, "address", mac)
+
+
+def test_local_mode_with_its_own_mac_puts_the_nic_in_promisc_only_while_its_mac_is_another(lab, attached):
+    """IFACE's user gives it the port's `mac:`: IFACE's own unicast filter lets the port's frames
+    through, promisc is given back; given yet another, promisc again. The rule stays the port's."""
+    lab.build()
+    a = attached(lab, "local", port_mac=PORT_MAC)
+    assert "PROMISC" in lab.flags()
+    set_nic_mac(lab, PORT_MAC)
+    assert a.follow_iface_mac() and not a.follow_iface_mac()    # once: nothing more to follow
+    assert "PROMISC" not in lab.flags() and a.port_mac == PORT_MAC
+    set_nic_mac(lab, OTHER_MAC)
+    assert a.follow_iface_mac()
+    assert "PROMISC" in lab.flags()
+    tok = token()
+    lab.send(lab.frame(PORT_MAC, tok))
+    assert lab.tap_got(tok)
+    a.detach()
+    assert "PROMISC" not in lab.flags()
+
+
+def test_shared_mode_leaves_the_host_frames_for_its_new_mac(lab, attached):
+    """IFACE's user gives it a MAC the MAC table puts behind another port: it is the host's now,
+    and frames for it go to the host, not to the switch."""
+    lab.build()
+    a = attached(lab, "shared")
+    a.update_shared_macs([OTHER_MAC])
+    tok = token()
+    lab.send(lab.frame(OTHER_MAC, tok))
+    assert lab.tap_got(tok)
+    set_nic_mac(lab, OTHER_MAC)
+    assert a.follow_iface_mac()
+    tok = token()
+    lab.send(lab.frame(OTHER_MAC, tok))
+    assert lab.host_got(tok)
+    assert not lab.tap_got(tok, wait=0.5)
+
+
 # --- shared ---------------------------------------------------------------------
 
 
