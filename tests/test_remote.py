@@ -343,3 +343,11 @@ def test_only_ethernet_interfaces_can_be_attached():
     assert remote.not_ethernet(remote.ARPHRD_ETHER) is None
     assert "loopback" in remote.not_ethernet(remote.ARPHRD_LOOPBACK)
     assert "not an Ethernet interface (link type 65534)" in remote.not_ethernet(65534)   # a layer-3 TUN
+
+
+def test_a_foreign_filters_handle_is_spelled_as_tc_filter_show_spells_it():
+    def f(kind, handle):
+        return tc.TcFilter(1, tc.INGRESS, tc.PRIO_FIRST + 1, kind, handle, 0, ())
+    assert tc.handle_str(f("u32", 0x800 << 20 | 0x800)) == "800::800"
+    assert tc.handle_str(f("u32", 0x5 << 20)) == "5:"           # a hash table
+    assert tc.handle_str(f("bpf", 1)) == "0x1"

@@ -18,6 +18,10 @@ go (RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR): a VXLAN port cannot carry
 without its `local` address, and the kernel keeps the VXLAN device up with
 carrier when the address goes.
 
+Asked to (`filters=True`), it also hears tc filters come and go (RTMGRP_TC)
+in tapswitch's priorities on a clsact ingress: a remote port's IFACE may get
+one of its user's there while attached (RemoteAttachment.check_foreign).
+
 tx_dropped() reads the ports' kernel counters the same way, from the
 switch's namespace by nsid (IFLA_TARGET_NETNSID): what a port's full queue
 lost before the switch read it.
@@ -32,11 +36,14 @@ from typing import NamedTuple
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from tapswitch import tc
 from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtnl, messages, route_socket
 
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+RTMGRP_LINK, RTMGRP_TC, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x8, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
+TCMSG = struct.Struct("B3xiIII")        # struct tcmsg: family, index, handle, parent, info
 IFINFO = struct.Struct("BxHiII")        # struct ifinfomsg: family, type, index, flags, change
 IFADDR = struct.Struct("BBBBI")         # struct ifaddrmsg: family, prefix length, flags, scope, index
 RTATTR = struct.Struct("HH")            # struct rtattr: length, type
@@ -71,6 +78,14 @@ class AddressEvent(NamedTuple):
     ifindex: int         # the device that holds it, or held it
     address: str | None  # IFA_LOCAL, else IFA_ADDRESS: this host's address, as ipaddress spells it
     deleted: bool        # RTM_DELADDR
+
+
+class FilterEvent(NamedTuple):
+    nsid: int            # OWN_NSID for the switch's own namespace
+    ifindex: int
+    prio: int            # in tapswitch's range (tc.PRIO_FIRST..PRIO_LAST): no other is reported
+    ours: bool           # tapswitch's (its cookie): a rule of a running switch, this one's or another's
+    deleted: bool        # RTM_DELTFILTER
 
 
 def link_up(flags: int) -> bool:
@@ -173,13 +188,14 @@ def nsid_of(nspath: str | None, here: Rtnl) -> int:
 class LinkMonitor:
     """One netlink socket subscribed to link events of every namespace."""
 
-    def __init__(self, addresses: bool = False) -> None:
-        """addresses: report AddressEvents too, beside LinkEvents."""
+    def __init__(self, addresses: bool = False, filters: bool = False) -> None:
+        """addresses: report AddressEvents too, beside LinkEvents; filters: FilterEvents."""
         self.overrun = False     # events were lost (ENOBUFS): the owner must re-read link state
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        groups = RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
+        groups = (RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
+                  | (RTMGRP_TC if filters else 0))
         try:
             self.sock.setsockopt(SOL_NETLINK, NETLINK_LISTEN_ALL_NSID, 1)
             self.sock.bind((0, groups))
@@ -190,8 +206,8 @@ class LinkMonitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[LinkEvent | AddressEvent]:
-        """Drain the waiting link (and address) events."""
+    def read(self) -> list[LinkEvent | AddressEvent | FilterEvent]:
+        """Drain the waiting link (and address, filter) events."""
         events = []
         while True:
             try:
@@ -216,6 +232,11 @@ class LinkMonitor:
                     _family, _prefix, _flags, _scope, index = IFADDR.unpack_from(data, offset + NLMSG_HDR.size)
                     attrs = offset + NLMSG_HDR.size + IFADDR.size, offset + length
                     events.append(AddressEvent(nsid, index, address(data, *attrs), kind == RTM_DELADDR))
+                elif kind in (RTM_NEWTFILTER, RTM_DELTFILTER) and length >= NLMSG_HDR.size + TCMSG.size:
+                    _family, index, _handle, parent, info = TCMSG.unpack_from(data, offset + NLMSG_HDR.size)
+                    if parent == tc.INGRESS and tc.PRIO_FIRST <= info >> 16 <= tc.PRIO_LAST:
+                        ours = tc.parse_filter(data[offset:offset + length]).ours
+                        events.append(FilterEvent(nsid, index, info >> 16, ours, kind == RTM_DELTFILTER))
 
     def close(self) -> None:
         self.sock.close()

@@ -293,6 +293,8 @@ class RemoteAttachment:
         self.rules: list[Rule] = []
         self.shared_macs: frozenset[str] = frozenset()
         self.left_out = 0    # shared mode: rules that found no free u32 handle at the last update
+        self.foreign: dict[int, tc.TcFilter] = {}    # prio -> a filter of another's there (check_foreign)
+        self._held_back: set[int] = set()   # prios with one of those where the kernel refused a rule of ours
         self.attached = False
         self._index: dict[str, int] = {}  # "tap" | "remote" -> ifindex
         self._cookie: dict[str, bytes] = {}
@@ -339,6 +341,7 @@ class RemoteAttachment:
                      for where, name in (("tap", self.tap_ifname), ("remote", self.remote_ifname))}
         recovered["remote"] = self._original = self._settle_mtu(remote, self._original)
         self.rules, self._handles, self.left_out = [], {}, 0
+        self.foreign, self._held_back = {}, set()     # refuse_foreign found none
         for where, index in self._index.items():
             added = tc.ensure_clsact(ipr, index)
             self._clsact_ours[where] = added or bool(recovered[where] and recovered[where].clsact_added)
@@ -481,12 +484,38 @@ class RemoteAttachment:
         # never steal the host's own address, whatever the MAC table says
         return frozenset(m for m in (MacMatch(m).dst for m in macs) if m != self._iface_mac)
 
+    def check_foreign(self) -> None:
+        """Filters of another's in the priorities tapswitch reserves, on IFACE's ingress. A start
+        refuses IFACE with one (tc.refuse_foreign); one that IFACE's user adds while the port is
+        attached is said once, naming it (`remote.foreign_filter`, a warning: the next start will
+        refuse IFACE while it is there), and its going too (`remote.foreign_filter_gone`). It is
+        never touched: the port keeps its rules, and adds those the kernel takes beside it (_install)."""
+        if not self.attached:
+            return
+        found = tc.foreign_filters(tc.dump(self.ipr, self._index["remote"]))
+        for prio, f in found.items():
+            if prio not in self.foreign:
+                log.warning("remote.foreign_filter", tap=self.tap_ifname, remote=self.remote_ifname,
+                            prio=hex(prio), kind=f.kind, handle=tc.handle_str(f),
+                            reserved=f"{tc.PRIO_FIRST:#x}-{tc.PRIO_LAST:#x}",
+                            reason="a filter that is not tapswitch's in the priorities tapswitch reserves: "
+                                   "move it to another priority (a start refuses IFACE while it is there)")
+        for prio in self.foreign.keys() - found.keys():
+            log.info("remote.foreign_filter_gone", tap=self.tap_ifname, remote=self.remote_ifname, prio=hex(prio))
+        self.foreign = found
+        self._held_back &= found.keys()     # its priority is ours again: the next update adds what waited
+
     def _install(self, wanted: list[Rule]) -> None:
-        """Go from self.rules to `wanted`: add the new rules first (no gap), then remove the old."""
+        """Go from self.rules to `wanted`: add the new rules first (no gap), then remove the old.
+        A rule the kernel refuses at a priority where a filter of another's sits (check_foreign:
+        a bpf filter, say, where ours are u32) waits, with every other of that priority, until it
+        goes; the others are installed as ever."""
         remove, add = diff(self.rules, wanted)
         free: dict[tuple[str, int], Iterator[int]] = {}     # (where, prio) -> its free handles, in order
         left_out = []
         for rule in add:
+            if rule.where == "remote" and rule.prio in self._held_back:
+                continue
             key = (rule.where, rule.prio)
             if key not in free:
                 taken = {h for r, h in self._handles.items() if (r.where, r.prio) == key}
@@ -496,7 +525,20 @@ class RemoteAttachment:
                 left_out.append(rule)
                 continue
             f = self._filter(rule, handle)
-            tc.add_filter(self.ipr, f, self._cookie[rule.where])
+            try:
+                tc.add_filter(self.ipr, f, self._cookie[rule.where])
+            except NetlinkError as e:
+                if rule.where != "remote":
+                    raise
+                self.check_foreign()
+                if rule.prio not in self.foreign:
+                    raise
+                self._held_back.add(rule.prio)
+                log.warning("remote.rules_held_back", tap=self.tap_ifname, remote=self.remote_ifname,
+                            prio=hex(rule.prio), first=str(rule.match or "all"),
+                            error=os.strerror(e.code) if e.code else str(e),
+                            reason="the kernel refuses tapswitch's rules beside the filter of another's there")
+                continue
             self._handles[rule] = handle
             self.rules.append(rule)
             _said(rule)("rule.installed", rule=rule.name, dev=self._name(rule.where), prio=hex(rule.prio),

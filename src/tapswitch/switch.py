@@ -177,7 +177,7 @@ class Switch:
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
         self.state.path = sw.control.socket + ".state"
         self._heal(RunState.load(self.state.path))
-        self.monitor = linkmon.LinkMonitor(addresses=True)     # before the ports: no event is missed
+        self.monitor = linkmon.LinkMonitor(addresses=True, filters=True)     # before the ports: no event is missed
         self.selector.register(self.monitor, selectors.EVENT_READ, ("link", self.monitor))
         # The workers' interpreters start while the ports are made; they get the ports at start().
         self.supervisor = Supervisor(self.shared.fd, self.queues,
@@ -371,6 +371,8 @@ class Switch:
             for event in obj.read():
                 if isinstance(event, linkmon.AddressEvent):
                     self.address_changed(event)
+                elif isinstance(event, linkmon.FilterEvent):
+                    self.filter_changed(event)
                 else:
                     self.link_changed(event)
             if obj.overrun:
@@ -410,6 +412,22 @@ class Switch:
             if port.tunnel is not None and not port.gone and event.address == port.tunnel.local:
                 self.underlay_changed(port)
                 self.set_port_up(port, port.links_up)
+
+    def filter_changed(self, event: linkmon.FilterEvent) -> None:
+        """A tc filter came or went in tapswitch's priorities: if it is not a switch's, on a remote
+        port's IFACE, the port says so (RemoteAttachment.check_foreign) and leaves it alone."""
+        if event.ours or event.nsid != linkmon.OWN_NSID:
+            return
+        for port in self.ports:
+            if port.remote is not None and not port.gone and port.remote_ifindex == event.ifindex:
+                self.check_foreign(port)
+
+    @staticmethod
+    def check_foreign(port: ports.Port) -> None:
+        try:
+            port.remote.check_foreign()
+        except (NetlinkError, OSError) as e:      # IFACE gone meanwhile: its link event says so
+            log.error("remote.check_failed", port=port.name, remote=port.cfg.remote, error=str(e))
 
     def underlay_changed(self, port: ports.Port) -> None:
         """A VXLAN port's underlay device changed state, or its local address came or went. The
@@ -528,6 +546,8 @@ class Switch:
                 port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
                 port.remote_up = port.remote_ifindex is not None and self._device_up(None, index=port.remote_ifindex)
+                if port.remote_ifindex is not None:
+                    self.check_foreign(port)          # a filter event may have been lost too
             if port.tunnel is not None:
                 self.underlay_changed(port)
             self.set_port_up(port, port.links_up)

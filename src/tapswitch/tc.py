@@ -23,6 +23,8 @@ How tapswitch recognises its own filters
   user's filter in our range is never touched, and an attach refuses a device
   that has one (`refuse_foreign`): ours would share its priority, where the
   kernel refuses them or files them in the user's u32 hash table.
+  One that comes while the device is attached is said, and left alone
+  (`foreign_filters`, RemoteAttachment.check_foreign).
 - So a start after a crash (SIGKILL) finds the stale filters, removes them
   (`remove_stale`) and learns from their cookies how to leave the device
   when it stops: the kernel kept the state for us.
@@ -507,18 +509,34 @@ class Stale:
     state: DeviceState | None  # the device's state before the crashed run, from the cookies
 
 
-def foreign_prios(filters: list[TcFilter]) -> list[int]:
-    """The priorities in our range where a filter that is not tapswitch's sits: one without our
-    cookie, or a u32 hash table besides the one the kernel makes with a priority's first filter
-    (a user's `handle 5: u32 divisor 16`). A dead run's emptied priorities are not among them."""
-    found = set()
+def foreign_filters(filters: list[TcFilter]) -> dict[int, TcFilter]:
+    """The priorities in our range where a filter that is not tapswitch's sits, each with the
+    first such filter: one without our cookie, or a u32 hash table besides the one the kernel
+    makes with a priority's first filter (a user's `handle 5: u32 divisor 16`). A dead run's
+    emptied priorities are not among them."""
+    found: dict[int, TcFilter] = {}
     for f in filters:
-        if not f.in_range:
+        if not f.in_range or f.prio in found:
             continue
         tables = [g for g in filters if (g.prio, g.chain) == (f.prio, f.chain) and g.handle != 0 and not g.is_entry]
-        if (f.is_entry and not f.ours) or len(tables) > 1:
-            found.add(f.prio)
-    return sorted(found)
+        if f.is_entry and not f.ours:
+            found[f.prio] = f
+        elif len(tables) > 1:
+            found[f.prio] = tables[-1]      # the root table comes first in a dump
+    return dict(sorted(found.items()))
+
+
+def foreign_prios(filters: list[TcFilter]) -> list[int]:
+    """The priorities of foreign_filters()."""
+    return list(foreign_filters(filters))
+
+
+def handle_str(f: TcFilter) -> str:
+    """A filter's handle as `tc filter show` spells it (u32: htid:hash:node, zeros left out)."""
+    if f.kind != "u32":
+        return f"{f.handle:#x}"
+    table, bucket, node = f.handle >> 20, f.handle >> 12 & 0xFF, f.handle & U32_NODE_MAX
+    return (f"{table:x}:" if table else "") + (f"{bucket:x}" if bucket else "") + (f":{node:x}" if node else "")
 
 
 def refuse_foreign(ipr, ifindex: int, ifname: str) -> None:

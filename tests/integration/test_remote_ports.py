@@ -610,6 +610,30 @@ def test_a_nic_with_a_users_filter_in_the_reserved_range_is_refused_and_left_as_
         assert nic_state(site["sw"]) == before
 
 
+def test_a_users_filter_added_in_the_reserved_range_while_a_shared_port_runs_is_said_and_left_alone(lab, site):
+    """The NIC's user adds a filter at a priority tapswitch reserves while a shared port runs
+    (a start refuses the NIC with one): a warning names it, and its going is said too; the port
+    keeps working, and the stop leaves the user's filter (and the clsact it sits on) as it is.
+    (Nothing was said: the next start failed on it.)"""
+    sw = lab.switch(config(lab, site, "shared"), netns=site["sw"])
+    # the MACs' rules follow the MAC table once a second: the first ARP reply may come before them
+    helpers.wait_for("traffic", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1), within=10)
+    user = ("dev", "nic0", "ingress", "prio", "0xc103")
+    for n in (1, 2):
+        helpers.nsexec(site["sw"], "tc", "filter", "add", *user, "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1")
+        helpers.wait_for("the warning", lambda: len(sw.events("remote.foreign_filter")) == n)
+        if n == 1:
+            helpers.nsexec(site["sw"], "tc", "filter", "del", *user)
+            helpers.wait_for("its going said", lambda: sw.events("remote.foreign_filter_gone"))
+    said = sw.events("remote.foreign_filter")
+    assert [(e["remote"], e["prio"], e["kind"], e["handle"]) for e in said] == [("nic0", "0xc103", "bpf", "0x1")] * 2
+    assert [e["prio"] for e in sw.events("remote.foreign_filter_gone")] == ["0xc103"]
+    helpers.wait_for("traffic beside it", lambda: helpers.ping(site["c"][1], "198.18.3.100", wait=1), within=10)
+    assert sw.stop() == 0
+    assert "bytecode '1,6 0 0 0'" in helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", "nic0", "ingress").stdout
+    assert "clsact" in helpers.nsexec(site["sw"], "tc", "qdisc", "show", "dev", "nic0").stdout
+
+
 # A remote port without `mtu:` leaves IFACE's MTU alone and takes it; with `mtu:`, IFACE has that one.
 
 

@@ -468,6 +468,42 @@ def test_shared_mode_says_once_that_macs_are_left_out_when_the_rules_are_full(la
     assert [e["event"] for e in logs if e["event"].startswith("remote.rules")] == ["remote.rules_fit"]
 
 
+def test_shared_mode_holds_back_the_rules_the_kernel_refuses_beside_a_users_filter_and_keeps_the_others(lab, attached):
+    """IFACE's user adds a bpf filter at the priority of the MACs' rules (u32) while the port runs:
+    the kernel refuses those there. The update says so once, naming the filter, installs the
+    rest, and leaves the user's filter alone; frames for the MAC stay with the host meanwhile.
+    When it goes, the next update installs what waited. (The update failed at the first MAC,
+    every second, with a bare "Invalid argument".)"""
+    lab.build()
+    m1, m2 = "02:54:53:00:00:0a", "02:54:53:00:00:0b"
+    a = attached(lab, "shared")
+    user = ("prio", hex(remote.PRIO_UNICAST), "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1")
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress", *user)
+    with capture_logs() as logs:
+        a.update_shared_macs([m1])
+        a.update_shared_macs([m1, m2])
+    said = [(e["event"], e["prio"]) for e in logs if e["event"].startswith("remote.")]
+    assert said == [("remote.foreign_filter", hex(remote.PRIO_UNICAST)),
+                    ("remote.rules_held_back", hex(remote.PRIO_UNICAST))], logs
+    assert [(e["kind"], e["handle"]) for e in logs if e["event"] == "remote.foreign_filter"] == [("bpf", "0x1")]
+    assert "bytecode '1,6 0 0 0'" in sh("tc", "-n", lab.sw, "filter", "show", "dev", NIC, "ingress").stdout
+    tok = token()
+    lab.send(lab.frame(m1, tok))
+    assert not lab.tap_got(tok, wait=0.5)               # its rule waits
+    tok = token()
+    lab.send(lab.frame("ff:ff:ff:ff:ff:ff", tok, dst_ip="255.255.255.255"))
+    assert lab.tap_got(tok), "the broadcast rule went with the MACs'"
+
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "del", "dev", NIC, "ingress", "prio", hex(remote.PRIO_UNICAST))
+    with capture_logs() as logs:
+        a.check_foreign()
+        a.update_shared_macs([m1, m2])
+    assert [e["event"] for e in logs if e["event"].startswith("remote.")] == ["remote.foreign_filter_gone"]
+    tok = token()
+    lab.send(lab.frame(m1, tok))
+    assert lab.tap_got(tok)
+
+
 # --- TX -------------------------------------------------------------------------
 
 
