@@ -82,6 +82,12 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _ignore_stop_signals() -> None:
+    """While the switch undoes what it made: a second signal must not cut that short."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def notify(state: str) -> None:
     """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state."""
     addr = os.environ.get("NOTIFY_SOCKET")
@@ -149,18 +155,24 @@ class Switch:
         if reload_asked():
             self.reload_requested = True
         try:
-            preflight(self.cfg.switch.user)
-            self._start()
-            self.inherited_remotes = set()      # every port is up: the dead run's remotes are ours now
-            self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
-        except STARTUP_ERRORS as e:
-            reason = _reason(e)
-            trace = {"traceback": e.traceback} if isinstance(e, WorkerError) and e.traceback else {}
-            log.error("switch.start_failed", switch=self.name, error=reason, **trace)
-            self._undo()
-            raise StartError(reason) from None
+            try:
+                preflight(self.cfg.switch.user)
+                self._start()
+                self.inherited_remotes = set()      # every port is up: the dead run's remotes are ours now
+                self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
+            except STARTUP_ERRORS as e:
+                _ignore_stop_signals()      # from here the failure is undone, whatever signal comes
+                reason = _reason(e)
+                trace = {"traceback": e.traceback} if isinstance(e, WorkerError) and e.traceback else {}
+                log.error("switch.start_failed", switch=self.name, error=reason, **trace)
+                self._undo()
+                raise StartError(reason) from None
+        except StartError:
+            raise
         except BaseException:
-            self.stop()         # a stop signal while starting: stopped, as asked
+            # A stop signal while starting: stopped, as asked. Also one that came as a failed start
+            # began to undo, before its handler could ignore it (that handler is cut short).
+            self.stop()
             raise
         # From here a stop signal only sets a flag, as SIGHUP does; run() acts on it (even one that came before run()).
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -989,8 +1001,7 @@ class Switch:
 
     def _undo(self) -> None:
         """stop() without saying the switch stopped: a failed start has said why it ends."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)    # a second signal must not cut the cleanup short
+        _ignore_stop_signals()
         notify("STOPPING=1")
         if self.metrics_server is not None:
             stop_serving(self.metrics_server)

@@ -24,6 +24,7 @@ FLOOD = os.path.join(HERE, "flood.py")
 SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
 WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
 WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
+STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_fails.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -499,6 +500,39 @@ def test_a_worker_stopped_by_a_python_exception_while_starting_fails_the_start_s
     assert len(failed) == 1 and failed[0]["error"] == f"worker 0 did not start: {RAISED}", failed
     assert failed[0]["traceback"].rstrip().endswith(RAISED), failed
     assert not helpers.link_exists(ports[0]["name"])
+
+
+# --- failed starts -------------------------------------------------------------------
+
+
+def run_failing(lab, cfg: dict, wrapper: tuple = ()) -> tuple[subprocess.CompletedProcess, helpers.Switch]:
+    """`tapswitch run` on cfg, through `wrapper`, to its exit; the switch's files for a look after."""
+    sw = lab.switch(cfg, start=False)
+    r = subprocess.run([*wrapper, sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path],
+                       capture_output=True, text=True, timeout=60)
+    return r, sw
+
+
+def reason(r: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in r.stderr.splitlines() if line.startswith("tapswitch:")]
+
+
+def test_a_stop_signal_as_a_failed_start_is_logged_still_undoes_it(lab):
+    """SIGTERM while switch.start_failed is written (a `systemctl stop` as the journal is slow):
+    the stop signal's KeyboardInterrupt cut the failure's handling short before it had undone
+    anything, and the switch exited 0 leaving the namespaces it had made, its control socket
+    and state file. Now the failure is undone, whatever signal comes, and said (exit 1)."""
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    clash = lab.name("p2")      # the last port's name is another device's: the start fails there
+    helpers.sh("ip", "link", "add", clash, "type", "veth", "peer", "name", clash + "x")
+    ports.append({"name": clash})
+    r, sw = run_failing(lab, {"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, STOP_AS_START_FAILS)
+    assert r.returncode == 1, r.stderr
+    assert reason(r) == [f"tapswitch: port {clash}: a device named {clash} already exists"], r.stderr
+    assert not {p["netns"] for p in ports[:2]} & helpers.netns_list()
+    assert os.listdir(sw.dir) == ["tapswitch.yaml"]         # no socket, lock or state file
+    assert helpers.link_exists(clash)                        # the user's device is untouched
 
 
 def test_soak_60s(tmp_path):
