@@ -262,6 +262,19 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
     A namespace created for it stays in `namespaces.created` for the caller
     to remove.
     """
+    try:
+        return _create(index, cfg, queues, queue_len, namespaces)
+    except OSError as e:
+        # Its container's process ended (pid:N, /proc/N/ns/net), or `ip netns del` came, after
+        # ensure() found the namespace: each later step that enters it says only ENOENT and a path.
+        if e.errno in (errno.ENOENT, errno.ESRCH) and cfg.netns_path is not None \
+                and not netns.is_netns(cfg.netns_path):
+            raise PortError(f"port {cfg.name}: network namespace {cfg.netns} went away "
+                            f"while the port was being made") from None
+        raise
+
+
+def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
     nspath = namespaces.ensure(cfg)
     # In a namespace the switch made (and removes), the TAP is made inside: moving a device
     # between namespaces costs the kernel a grace period, ~20 ms a port here. In anyone

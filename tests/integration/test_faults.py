@@ -25,6 +25,7 @@ SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
 WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
 WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
 STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_fails.py"))
+CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -533,6 +534,26 @@ def test_a_stop_signal_as_a_failed_start_is_logged_still_undoes_it(lab):
     assert not {p["netns"] for p in ports[:2]} & helpers.netns_list()
     assert os.listdir(sw.dir) == ["tapswitch.yaml"]         # no socket, lock or state file
     assert helpers.link_exists(clash)                        # the user's device is untouched
+
+
+def test_a_container_that_exits_while_its_port_is_made_fails_the_start_naming_the_port(lab, monkeypatch):
+    """`netns: pid:N` of a container whose process ends after the start found its namespace:
+    the start failed with "[Errno 2] No such file or directory: '/proc/N/ns/net'", naming
+    neither the port nor the namespace. Now it names both, and leaves nothing."""
+    container = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    lab.procs.append(container)
+    helpers.wait_for("the container's namespace",
+                     lambda: os.readlink(f"/proc/{container.pid}/ns/net") != os.readlink("/proc/self/ns/net"))
+    monkeypatch.setenv("TAPSWITCH_TEST_CONTAINER_PID", str(container.pid))
+    ports = [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"},
+             {"name": lab.name("p1"), "netns": f"pid:{container.pid}", "ifname": "eth0"}]
+    r, sw = run_failing(lab, {"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, CONTAINER_EXITS)
+    assert r.returncode == 1, r.stderr
+    assert reason(r) == [f"tapswitch: port {ports[1]['name']}: network namespace pid:{container.pid} "
+                         f"went away while the port was being made"], r.stderr
+    assert not any(helpers.link_exists(p["name"]) for p in ports)
+    assert ports[0]["netns"] not in helpers.netns_list()
+    assert os.listdir(sw.dir) == ["tapswitch.yaml"]
 
 
 def test_soak_60s(tmp_path):
