@@ -316,6 +316,9 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         detail = os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
         if tunnel is not None and isinstance(e, NetlinkError) and e.code == errno.EADDRINUSE:
             detail = vxlan.port_in_use(tunnel.dstport)   # the kernel binds it as the device comes up
+        elif tunnel is None and cfg.remote and not _exists_here(cfg.remote):
+            # Deleted (or renamed, moved) after _default_mac found it: the kernel says only ENODEV.
+            detail = f"remote {cfg.remote} went away while it was being attached"
         raise PortError(f"port {cfg.name}: {detail}") from None
     except vxlan.VxlanError as e:
         _close(fds)
@@ -465,6 +468,12 @@ def _default_mac(cfg) -> str:
             if cfg.remote_mode == "local":
                 return remote.default_mac(ipr, cfg.remote)
     return random_mac()
+
+
+def _exists_here(name: str) -> bool:
+    """Is there a device `name` in the switch's namespace?"""
+    with rtnl.Rtnl() as here:
+        return rtnl.index_of(here.sock, name) is not None
 
 
 def tap_mtu(iface_mtu: int) -> int:

@@ -16,6 +16,8 @@ from tests.integration import helpers
 
 # Runs the switch, killed (SIGKILL) as it is about to add its first tc rule.
 KILLED_BEFORE_FIRST_RULE = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "kill_before_first_rule.py"))
+# Runs the switch, which deletes $TAPSWITCH_TEST_NIC as it is about to add its first tc rule.
+NIC_GOES_IN_ATTACH = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "nic_goes_in_attach.py"))
 
 
 def nic_state(ns: str, dev: str = "nic0") -> dict:
@@ -586,6 +588,23 @@ def test_a_remote_that_is_not_ethernet_is_refused_and_left_as_it_is(lab, site):
         assert "remote tun0 is not an Ethernet interface" in sw.log() and "Traceback" not in sw.log(), sw.log()
         assert nic_state(site["sw"], "tun0") == before
         assert helpers.nsexec(site["sw"], "ip", "-br", "link").stdout == links
+
+
+def test_a_nic_that_goes_while_it_is_attached_fails_the_start_naming_it_and_leaves_nothing(lab, site, monkeypatch):
+    """The NIC deleted after the start found it, as its rules are added: the start failed with
+    "port P: No such device", as if the port's own TAP had gone. Now the reason names the NIC,
+    and the ports made before it (the TAPs in c1 and c2) are gone again, as is the state file."""
+    monkeypatch.setenv("TAPSWITCH_TEST_NIC", "nic0")
+    links = helpers.nsexec(site["sw"], "ip", "-br", "link").stdout
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], wrapper=NIC_GOES_IN_ATTACH, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    assert f"tapswitch: port {lab.name('up')}: remote nic0 went away while it was being attached" in sw.log(), sw.log()
+    assert "Traceback" not in sw.log()
+    assert helpers.nsexec(site["sw"], "ip", "-br", "link").stdout == "\n".join(
+        line for line in links.splitlines() if not line.startswith("nic0")) + "\n"
+    assert not any(helpers.link_exists("eth0", c) for c in site["c"])
+    assert not os.path.exists(sw.socket + ".state")
 
 
 def test_a_nic_with_a_users_filter_in_the_reserved_range_is_refused_and_left_as_it_is(lab, site):
