@@ -308,6 +308,9 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
             if inside is not None:
                 there.link_set(lo, up=True)
             _configure_inside(there, cfg, ifindex, devname, mac, queue_len)
+        # Before the remote is attached, which is the last step: a failure (EMFILE: the ioctl
+        # opens a descriptor) is undone by the handlers below, which do not detach.
+        netns_id = tap.device_netns(fds[0]) or tap.UNKNOWN_NETNS
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, namespaces.state)
     except (NetlinkError, tc.TcError) as e:
@@ -328,8 +331,7 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         _close(fds)
         _remove_tunnel(tunnel)
         raise
-    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid,
-                netns_id=tap.device_netns(fds[0]) or tap.UNKNOWN_NETNS)
+    port = Port(index=index, cfg=cfg, fds=fds, mac=mac, nspath=nspath, ifindex=ifindex, nsid=nsid, netns_id=netns_id)
     if attachment is not None:
         port.remote, port.remote_ifindex = attachment, remote_ifindex
         if attachment.mtu is None:      # the port takes IFACE's MTU (its TAP has it: _attach)

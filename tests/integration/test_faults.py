@@ -15,6 +15,8 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
 from tapswitch import control, supervisor
 from tests.integration import helpers
 from tests.integration.prom import free_port
@@ -26,6 +28,7 @@ WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_han
 WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
 STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_fails.py"))
 CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
+TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -554,6 +557,32 @@ def test_a_container_that_exits_while_its_port_is_made_fails_the_start_naming_th
     assert not any(helpers.link_exists(p["name"]) for p in ports)
     assert ports[0]["netns"] not in helpers.netns_list()
     assert os.listdir(sw.dir) == ["tapswitch.yaml"]
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "remote"])
+def test_out_of_descriptors_as_a_port_is_finished_leaves_no_tunnel_and_no_rule(lab, kind):
+    """The last step of making a port (which namespace its TAP is in, an ioctl that opens a
+    descriptor) failing with EMFILE: it came after the port's VXLAN device was made and its
+    remote attached, and undid neither. The VXLAN device outlived the switch, and so did the
+    NIC's clsact, rules, promisc flag and MTU 9000. Now both go with the failed port."""
+    host = lab.netns("h", create=True)
+    helpers.nsexec(host, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1")
+    helpers.nsexec(host, "ip", "addr", "add", "198.19.0.1/24", "dev", "u0")
+    helpers.nsexec(host, "ip", "link", "set", "u0", "up")
+    port = ({"name": lab.name("vx"), "vxlan": {"vni": 42, "local": "198.19.0.1", "dev": "u0",
+                                                "remotes": ["198.19.0.2"]}} if kind == "vxlan"
+            else {"name": lab.name("up"), "remote": "u0", "mtu": 9000})
+    links = helpers.nsexec(host, "ip", "-d", "link").stdout
+    tc_before = [helpers.nsexec(host, "tc", *what, "show", "dev", "u0", *where).stdout
+                 for what, where in ((("qdisc",), ()), (("filter",), ("ingress",)), (("filter",), ("egress",)))]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [port]},
+                    netns=host, wrapper=TAP_NETNS_FAILS, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 1, sw.log()
+    assert "tapswitch: out of file descriptors" in sw.log(), sw.log()
+    assert helpers.nsexec(host, "ip", "-d", "link").stdout == links
+    assert [helpers.nsexec(host, "tc", *what, "show", "dev", "u0", *where).stdout
+            for what, where in ((("qdisc",), ()), (("filter",), ("ingress",)), (("filter",), ("egress",)))] == tc_before
 
 
 def test_soak_60s(tmp_path):
