@@ -133,6 +133,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         # release() if this switch made it, as systemd's RuntimeDirectory does.
         self.made_dir: str | None = None
         self.lock: int | None = None    # the descriptor of <socket>.lock, flocked while this switch lives
+        self.bound = False              # the socket is at `path`: ours, to remove with the rest
         try:
             self.made_dir = _claim_dir(path)
             try:
@@ -147,11 +148,19 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 super().__init__(path, _Handler)
             finally:
                 os.umask(old)
-        except BaseException:
+            os.chmod(path, 0o600)
+        except BaseException:      # a stop signal's KeyboardInterrupt too, once the socket is bound
+            if self.bound:
+                self.server_close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self.release()
             raise
-        os.chmod(path, 0o600)
         self.thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        self.bound = True
 
     def dispatch(self, request: dict):
         handler = self.handlers.get(request["cmd"])

@@ -29,6 +29,7 @@ WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
 STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_fails.py"))
 CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
 TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
+STOP_AS_CONTROL_LISTENS = (sys.executable, os.path.join(HERE, "..", "stop_as_control_listens.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -537,6 +538,18 @@ def test_a_stop_signal_as_a_failed_start_is_logged_still_undoes_it(lab):
     assert not {p["netns"] for p in ports[:2]} & helpers.netns_list()
     assert os.listdir(sw.dir) == ["tapswitch.yaml"]         # no socket, lock or state file
     assert helpers.link_exists(clash)                        # the user's device is untouched
+
+
+def test_a_stop_signal_as_the_control_socket_comes_up_leaves_no_socket_and_no_directory(lab, tmp_path):
+    """SIGTERM once the control socket is bound, before the switch had it: the stop left the
+    socket file, its lock file and the directories made for them. Now a stop then removes them."""
+    made = tmp_path / "run"
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1, "control": {"socket": str(made / "sub" / "ctl.sock")}},
+           "ports": [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"}]}
+    r, sw = run_failing(lab, cfg, STOP_AS_CONTROL_LISTENS)
+    assert r.returncode == 0, r.stderr       # a stop asked for, done
+    assert not made.exists(), list(made.rglob("*"))
+    assert not helpers.link_exists(cfg["ports"][0]["name"]) and cfg["ports"][0]["netns"] not in helpers.netns_list()
 
 
 def test_a_container_that_exits_while_its_port_is_made_fails_the_start_naming_the_port(lab, monkeypatch):
