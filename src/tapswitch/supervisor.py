@@ -21,6 +21,7 @@ passes (late); meanwhile reloads, link events, a stop and the control socket
 are served.
 """
 
+import errno
 import os
 import select
 import signal
@@ -161,7 +162,12 @@ class Supervisor:
     def spawn(self) -> None:
         """Start every worker's process now, before the ports exist; start hands them over."""
         for w in self.workers:
-            p = self._spawn(w)
+            try:
+                p = self._spawn(w)
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    raise           # the switch's reason says which limit, and how to raise it
+                raise WorkerError(f"worker {w.queue} could not be started: {e.strerror or e}") from None
             self.spawned.append((w, p))
             log.debug("worker.spawned", queue=w.queue, pid=p.proc.pid)
 

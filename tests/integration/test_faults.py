@@ -30,6 +30,7 @@ STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_f
 CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
 TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
 STOP_AS_CONTROL_LISTENS = (sys.executable, os.path.join(HERE, "..", "stop_as_control_listens.py"))
+WORKER_FORK_REFUSED = (sys.executable, os.path.join(HERE, "..", "worker_fork_refused.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -550,6 +551,20 @@ def test_a_stop_signal_as_the_control_socket_comes_up_leaves_no_socket_and_no_di
     assert r.returncode == 0, r.stderr       # a stop asked for, done
     assert not made.exists(), list(made.rglob("*"))
     assert not helpers.link_exists(cfg["ports"][0]["name"]) and cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
+def test_a_worker_whose_fork_is_refused_fails_the_start_naming_it_and_leaves_no_process(lab, monkeypatch):
+    """The fork of a worker refused (EAGAIN: RLIMIT_NPROC, a cgroup's pids.max): the start failed
+    with "[Errno 11] Resource temporarily unavailable", saying neither what it could not start nor
+    why. Now the reason names the worker; the worker spawned before it is gone too."""
+    mark = f"TAPSWITCH_TEST_RUN={lab.name('run')}"      # finds this run's processes, whatever their parent
+    monkeypatch.setenv(*mark.split("=", 1))
+    ports = [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"}]
+    r, sw = run_failing(lab, {"switch": {"name": lab.name("sw"), "queues": 2}, "ports": ports}, WORKER_FORK_REFUSED)
+    assert r.returncode == 1, r.stderr
+    assert reason(r) == ["tapswitch: worker 1 could not be started: Resource temporarily unavailable"], r.stderr
+    assert helpers.processes_with_env(mark) == []
+    assert os.listdir(sw.dir) == ["tapswitch.yaml"]
 
 
 def test_a_container_that_exits_while_its_port_is_made_fails_the_start_naming_the_port(lab, monkeypatch):
