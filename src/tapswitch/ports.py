@@ -314,14 +314,9 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         if cfg.remote:
             attachment, remote_ifindex = _attach(cfg, namespaces.state)
     except (NetlinkError, tc.TcError) as e:
+        detail = _why(e, cfg, tunnel)       # before the tunnel goes: it may tell
         _close(fds)
         _remove_tunnel(tunnel)
-        detail = os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
-        if tunnel is not None and isinstance(e, NetlinkError) and e.code == errno.EADDRINUSE:
-            detail = vxlan.port_in_use(tunnel.dstport)   # the kernel binds it as the device comes up
-        elif tunnel is None and cfg.remote and not _exists_here(cfg.remote):
-            # Deleted (or renamed, moved) after _default_mac found it: the kernel says only ENODEV.
-            detail = f"remote {cfg.remote} went away while it was being attached"
         raise PortError(f"port {cfg.name}: {detail}") from None
     except vxlan.VxlanError as e:
         _close(fds)
@@ -340,6 +335,22 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
              netns=cfg.netns, ifname=cfg.ifname or cfg.name, queues=queues, queue_len=queue_len)
     port.tunnel = tunnel
     return port
+
+
+def _why(e: NetlinkError | tc.TcError, cfg, tunnel: vxlan.Tunnel | None) -> str:
+    """create()'s reason for a netlink or tc step that failed: the kernel's errno, unless more is known."""
+    if tunnel is not None and isinstance(e, NetlinkError) and e.code == errno.EADDRINUSE:
+        return vxlan.port_in_use(tunnel.dstport)   # the kernel binds it as the device comes up
+    # Deleted (or renamed, moved) after the start found it: the kernel says only ENODEV.
+    if tunnel is not None and not _exists_here(tunnel.name):    # the kernel deletes it with its underlay
+        try:
+            fault = tunnel.underlay_fault()
+        except NetlinkError:
+            fault = None
+        return f"VXLAN device {tunnel.name} went away while it was being attached" + (f" ({fault})" if fault else "")
+    if tunnel is None and cfg.remote and not _exists_here(cfg.remote):
+        return f"remote {cfg.remote} went away while it was being attached"
+    return os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
 
 
 def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, namespaces) -> list:

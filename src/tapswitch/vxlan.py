@@ -377,7 +377,10 @@ class Tunnel:
         ipr = self.ipr
         self._remove_stale()
         link = {}
-        under_index, under_name, under_mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
+        try:
+            under_index, under_name, under_mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
+        except VxlanError as e:      # as create's other reasons: naming the port
+            raise VxlanError(f"port {self.port}: {e}") from None
         if self.dev is not None:     # bound to it; else the route to each remote host decides
             link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"

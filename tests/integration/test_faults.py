@@ -31,6 +31,7 @@ CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"
 TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
 STOP_AS_CONTROL_LISTENS = (sys.executable, os.path.join(HERE, "..", "stop_as_control_listens.py"))
 WORKER_FORK_REFUSED = (sys.executable, os.path.join(HERE, "..", "worker_fork_refused.py"))
+DEVICE_GOES = (sys.executable, os.path.join(HERE, "..", "device_goes.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -587,19 +588,47 @@ def test_a_container_that_exits_while_its_port_is_made_fails_the_start_naming_th
     assert os.listdir(sw.dir) == ["tapswitch.yaml"]
 
 
+def underlay_host(lab) -> str:
+    """A namespace to run the switch in, with u0 (198.19.0.1/24, up): a NIC, or a VXLAN underlay."""
+    host = lab.netns("h", create=True)
+    helpers.nsexec(host, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1")
+    helpers.nsexec(host, "ip", "addr", "add", "198.19.0.1/24", "dev", "u0")
+    helpers.nsexec(host, "ip", "link", "set", "u0", "up")
+    return host
+
+
+def vxlan_port(lab) -> dict:
+    return {"name": lab.name("vx"), "vxlan": {"vni": 42, "local": "198.19.0.1", "dev": "u0", "remotes": ["198.19.0.2"]}}
+
+
+@pytest.mark.parametrize("where, said", [
+    ("vxlan_create", "underlay device u0 does not exist"),
+    ("attach", "VXLAN device {vx}-vx went away while it was being attached (underlay device u0 is gone)")])
+def test_a_vxlan_underlay_that_goes_while_the_port_is_made_fails_the_start_naming_the_port_and_why(
+        lab, monkeypatch, where, said):
+    """The underlay device deleted after the plan found it: before the port's VXLAN device was
+    made, the reason named no port ("underlay device u0 does not exist"); after, the kernel
+    deleted the VXLAN device with it, and the reason was "no such device: VX-vx"."""
+    host = underlay_host(lab)
+    monkeypatch.setenv("TAPSWITCH_TEST_DEVICE_GOES", f"u0@{where}")
+    port = vxlan_port(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [port]},
+                    netns=host, wrapper=DEVICE_GOES, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 1, sw.log()
+    assert f"tapswitch: port {port['name']}: {said.format(vx=port['name'])}\n" in sw.log(), sw.log()
+    assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "vxlan").stdout == ""
+    assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "tun").stdout == ""
+
+
 @pytest.mark.parametrize("kind", ["vxlan", "remote"])
 def test_out_of_descriptors_as_a_port_is_finished_leaves_no_tunnel_and_no_rule(lab, kind):
     """The last step of making a port (which namespace its TAP is in, an ioctl that opens a
     descriptor) failing with EMFILE: it came after the port's VXLAN device was made and its
     remote attached, and undid neither. The VXLAN device outlived the switch, and so did the
     NIC's clsact, rules, promisc flag and MTU 9000. Now both go with the failed port."""
-    host = lab.netns("h", create=True)
-    helpers.nsexec(host, "ip", "link", "add", "u0", "type", "veth", "peer", "name", "u1")
-    helpers.nsexec(host, "ip", "addr", "add", "198.19.0.1/24", "dev", "u0")
-    helpers.nsexec(host, "ip", "link", "set", "u0", "up")
-    port = ({"name": lab.name("vx"), "vxlan": {"vni": 42, "local": "198.19.0.1", "dev": "u0",
-                                                "remotes": ["198.19.0.2"]}} if kind == "vxlan"
-            else {"name": lab.name("up"), "remote": "u0", "mtu": 9000})
+    host = underlay_host(lab)
+    port = vxlan_port(lab) if kind == "vxlan" else {"name": lab.name("up"), "remote": "u0", "mtu": 9000}
     links = helpers.nsexec(host, "ip", "-d", "link").stdout
     tc_before = [helpers.nsexec(host, "tc", *what, "show", "dev", "u0", *where).stdout
                  for what, where in ((("qdisc",), ()), (("filter",), ("ingress",)), (("filter",), ("egress",)))]

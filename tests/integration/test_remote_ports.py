@@ -16,8 +16,8 @@ from tests.integration import helpers
 
 # Runs the switch, killed (SIGKILL) as it is about to add its first tc rule.
 KILLED_BEFORE_FIRST_RULE = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "kill_before_first_rule.py"))
-# Runs the switch, which deletes $TAPSWITCH_TEST_NIC as it is about to add its first tc rule.
-NIC_GOES_IN_ATTACH = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "nic_goes_in_attach.py"))
+# Runs the switch, which deletes a device as it starts: where $TAPSWITCH_TEST_DEVICE_GOES says.
+DEVICE_GOES = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "device_goes.py"))
 
 
 def nic_state(ns: str, dev: str = "nic0") -> dict:
@@ -594,9 +594,9 @@ def test_a_nic_that_goes_while_it_is_attached_fails_the_start_naming_it_and_leav
     """The NIC deleted after the start found it, as its rules are added: the start failed with
     "port P: No such device", as if the port's own TAP had gone. Now the reason names the NIC,
     and the ports made before it (the TAPs in c1 and c2) are gone again, as is the state file."""
-    monkeypatch.setenv("TAPSWITCH_TEST_NIC", "nic0")
+    monkeypatch.setenv("TAPSWITCH_TEST_DEVICE_GOES", "nic0@first_rule")
     links = helpers.nsexec(site["sw"], "ip", "-br", "link").stdout
-    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], wrapper=NIC_GOES_IN_ATTACH, start=False)
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], wrapper=DEVICE_GOES, start=False)
     sw.start(expect_ready=False)
     assert sw.proc.wait(timeout=20) == 1, sw.log()
     assert f"tapswitch: port {lab.name('up')}: remote nic0 went away while it was being attached" in sw.log(), sw.log()
