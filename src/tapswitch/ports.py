@@ -345,7 +345,7 @@ def _why(e: NetlinkError | tc.TcError, cfg, tunnel: vxlan.Tunnel | None) -> str:
     if tunnel is not None and not _exists_here(tunnel.name):    # the kernel deletes it with its underlay
         try:
             fault = tunnel.underlay_fault()
-        except NetlinkError:
+        except (NetlinkError, OSError):
             fault = None
         return f"VXLAN device {tunnel.name} went away while it was being attached" + (f" ({fault})" if fault else "")
     if tunnel is None and cfg.remote and not _exists_here(cfg.remote):
@@ -484,9 +484,13 @@ def _default_mac(cfg) -> str:
 
 
 def _exists_here(name: str) -> bool:
-    """Is there a device `name` in the switch's namespace?"""
-    with rtnl.Rtnl() as here:
-        return rtnl.index_of(here.sock, name) is not None
+    """Is there a device `name` in the switch's namespace? True when that cannot be told (out
+    of descriptors): only a failure's reason asks, and it must not fail in its turn."""
+    try:
+        with rtnl.Rtnl() as here:
+            return rtnl.index_of(here.sock, name) is not None
+    except OSError:
+        return True
 
 
 def tap_mtu(iface_mtu: int) -> int:
