@@ -309,6 +309,29 @@ def test_a_listing_is_read_as_it_comes_however_it_is_cut():
             assert list(control.request_listing(path, "fdb")) == []
 
 
+def test_a_listing_waits_for_a_reader_that_stops_reading_longer_than_the_timeout(monkeypatch):
+    """`tapswitch fdb --json | less`: the client writes each part of the MAC table as it comes,
+    and stops reading while the pager waits for its user. The switch waits for it as long as it
+    stays connected (it gave up after the 5 s timeout, and the listing was cut short)."""
+    monkeypatch.setattr(control._Handler, "timeout", 0.3)
+    items = [{"mac": f"02:00:00:00:{i >> 8 & 255:02x}:{i & 255:02x}", "vlan": 1, "port": "p", "age": i,
+              "static": False} for i in range(20000)]      # some 1.5 MB: more than the socket holds
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = ControlServer(path, {"fdb": lambda r: control.Listing(iter(items))})
+    server.start()
+    try:
+        got = []
+        for n, batch in enumerate(control.request_listing(path, "fdb")):
+            got += batch
+            if n == 0:
+                time.sleep(1.0)         # the pager: the switch's writes wait meanwhile
+        assert got == items
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+
+
 def test_a_switch_lost_in_the_middle_of_a_listing_or_saying_no_is_a_control_error():
     reply = json.dumps({"ok": True, "result": [{"mac": "02:00:00:00:00:01"}] * 5000}).encode() + b"\n"
     with answering(reply[:len(reply) // 2], b'{"ok": false, "error": "no port named \'x\'"}\n', b"") as path:

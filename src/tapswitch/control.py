@@ -26,7 +26,7 @@ import structlog
 log = structlog.get_logger("tapswitch.control")
 
 MAX_REQUEST = 64 * 1024
-CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply
+CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply (not a listing's reader)
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
 
@@ -98,6 +98,10 @@ class _Handler(socketserver.StreamRequestHandler):
             self._reply({"ok": False, "error": str(e)})
             return
         if isinstance(result, Listing):
+            # Its reader may write each part as it comes (`fdb --json | less`) and stop reading
+            # meanwhile, for as long as its user reads: the listing waits for it while it stays
+            # connected (the timeout cut it short after 5 s). One that goes fails the write.
+            self.request.settimeout(None)
             self._send(result.chunks())
         else:
             self._reply({"ok": True, "result": result})
