@@ -489,9 +489,16 @@ class RemoteAttachment:
         refuses IFACE with one (tc.refuse_foreign); one that IFACE's user adds while the port is
         attached is said once, naming it (`remote.foreign_filter`, a warning: the next start will
         refuse IFACE while it is there), and its going too (`remote.foreign_filter_gone`). It is
-        never touched: the port keeps its rules, and adds those the kernel takes beside it (_install)."""
+        never touched: the port keeps its rules, and adds those the kernel takes beside it (_install).
+        The rules that waited beside one that went are installed now: in local mode no update
+        would come to add them (the rule for IFACE's new MAC, held back, stayed missing for good)."""
         if not self.attached:
             return
+        if self._note_foreign():
+            self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
+
+    def _note_foreign(self) -> set[int]:
+        """check_foreign's look, and what it says; the priorities whose rules waited and may go in now."""
         found = tc.foreign_filters(tc.dump(self.ipr, self._index["remote"]))
         for prio, f in found.items():
             if prio not in self.foreign:
@@ -503,7 +510,9 @@ class RemoteAttachment:
         for prio in self.foreign.keys() - found.keys():
             log.info("remote.foreign_filter_gone", tap=self.tap_ifname, remote=self.remote_ifname, prio=hex(prio))
         self.foreign = found
-        self._held_back &= found.keys()     # its priority is ours again: the next update adds what waited
+        released = self._held_back - found.keys()     # its priority is ours again
+        self._held_back -= released
+        return released
 
     def _install(self, wanted: list[Rule]) -> None:
         """Go from self.rules to `wanted`: add the new rules first (no gap), then remove the old.
@@ -530,7 +539,7 @@ class RemoteAttachment:
             except NetlinkError as e:
                 if rule.where != "remote":
                     raise
-                self.check_foreign()
+                self._note_foreign()        # not check_foreign: no _install inside this one
                 if rule.prio not in self.foreign:
                     raise
                 self._held_back.add(rule.prio)

@@ -437,8 +437,8 @@ class Switch:
     @staticmethod
     def check_foreign(port: ports.Port) -> None:
         try:
-            port.remote.check_foreign()
-        except (NetlinkError, OSError) as e:      # IFACE gone meanwhile: its link event says so
+            port.remote.check_foreign()       # and installs the rules that waited beside one that went
+        except (NetlinkError, OSError, tc.TcError) as e:      # IFACE gone meanwhile: its link event says so
             log.error("remote.check_failed", port=port.name, remote=port.cfg.remote, error=str(e))
 
     def underlay_changed(self, port: ports.Port) -> None:

@@ -365,6 +365,32 @@ def test_local_mode_with_its_own_mac_puts_the_nic_in_promisc_only_while_its_mac_
     assert "PROMISC" not in lab.flags()
 
 
+def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_that_goes(lab, attached):
+    """IFACE's user has a filter at the port's unicast priority, with the handle the rule for
+    IFACE's next MAC takes (800::2): given that MAC, the rule waits (remote.rules_held_back) and
+    frames for it go to the host. The filter goes: the rule is installed then. (In local mode no
+    update came after, and the port never got the frames for IFACE's MAC again.)"""
+    lab.build()
+    a = attached(lab, "local")
+    prio = ("prio", hex(remote.PRIO_UNICAST))
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress", *prio, "handle", "800::2",
+       "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
+    set_nic_mac(lab, OTHER_MAC)
+    with capture_logs() as logs:
+        assert a.follow_iface_mac()
+    assert [e["event"] for e in logs if e["event"].startswith("remote.")] == [
+        "remote.foreign_filter", "remote.rules_held_back", "remote.mac_changed"], logs
+    tok = token()
+    lab.send(lab.frame(OTHER_MAC, tok))
+    assert not lab.tap_got(tok, wait=0.5)              # its rule waits
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "del", "dev", NIC, "ingress", *prio, "handle", "800::2", "u32")
+    a.check_foreign()                                  # as the filter's RTM_DELTFILTER has the switch do
+    tok = token()
+    lab.send(lab.frame(OTHER_MAC, tok))
+    assert lab.tap_got(tok)
+    assert not lab.host_got(tok, wait=0.5)
+
+
 def test_shared_mode_leaves_the_host_frames_for_its_new_mac(lab, attached):
     """IFACE's user gives it a MAC the MAC table puts behind another port: it is the host's now,
     and frames for it go to the host, not to the switch."""
