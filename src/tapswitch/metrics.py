@@ -72,6 +72,10 @@ class SwitchCollector:
         self.switch = switch
 
     def collect(self):
+        with self.switch.shared_readers.reading():     # the stop waits for it before it unmaps the memory
+            yield from self._collect()
+
+    def _collect(self):
         sw = self.switch
         shared, name = sw.shared, sw.name
         ports = sw.ports        # one list for the whole scrape: a reload may swap it meanwhile

@@ -14,6 +14,7 @@ it). It never waits for a worker's start but at the switch's start and in a
 reload.
 """
 
+import contextlib
 import errno
 import json
 import math
@@ -50,6 +51,8 @@ CAP_KILL, CAP_NET_ADMIN = 5, 12
 class StartError(Exception):
     """The switch could not start; the message is one line for the user."""
 
+
+READERS_WAIT = 10.0         # seconds a stop waits for control requests and scrapes still reading the shared memory
 
 STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
 
@@ -103,6 +106,38 @@ def notify(state: str) -> None:
             log.warning("notify.failed", socket=os.environ["NOTIFY_SOCKET"], error=str(e))
 
 
+class SharedReaders:
+    """The threads other than the main one that read the shared memory: control requests
+    and scrapes. The stop unmaps it, and a thread still inside a read then (a dump of a
+    big MAC table in C, without the GIL) would touch unmapped memory and kill the control
+    process before it has undone anything: close() lets no more in and waits for those
+    inside to leave."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def reading(self):
+        with self._cond:
+            if self._closed:
+                raise ControlError("the switch is stopping")
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """False if some were still inside after `timeout` seconds."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._inside == 0, timeout)
+
+
 class Switch:
     """One running switch: its config, ports, workers and services."""
 
@@ -136,6 +171,7 @@ class Switch:
         self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
         # Both are changed by `fdb add`/`del`, in the control socket's threads, and by a reload.
         self.static_lock = threading.Lock()
+        self.shared_readers = SharedReaders()       # control requests and scrapes reading the shared memory
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
         self.tunnel_waits: dict[str, str] = {}   # VXLAN port -> why its gone device cannot be made yet (logged)
@@ -282,12 +318,12 @@ class Switch:
         sw = self.cfg.switch
         try:
             self.control = ControlServer(sw.control.socket, {
-                "ports": lambda req: self.ports_info(),
-                "fdb": self.fdb_info,
-                "fdb_flush": lambda req: {"flushed": self.fdb_flush(req.get("port"))},
+                "ports": self._reading(lambda req: self.ports_info()),
+                "fdb": self._reading(self.fdb_info),     # the table is copied out before it is sent
+                "fdb_flush": self._reading(lambda req: {"flushed": self.fdb_flush(req.get("port"))}),
                 "reload": lambda req: self.request_reload(),
-                "fdb_add": self.fdb_add,
-                "fdb_del": self.fdb_del,
+                "fdb_add": self._reading(self.fdb_add),
+                "fdb_del": self._reading(self.fdb_del),
             })
         except OSError as e:
             raise StartError(f"control: cannot listen on {sw.control.socket}: {e.strerror or e}") from None
@@ -300,6 +336,13 @@ class Switch:
             except OSError as e:
                 raise StartError(f"metrics: cannot listen on {sw.metrics.listen}: {e.strerror}") from None
             log.info("metrics.listening", address=sw.metrics.listen)
+
+    def _reading(self, handler):
+        """A control request's handler, run inside self.shared_readers."""
+        def read(req):
+            with self.shared_readers.reading():
+                return handler(req)
+        return read
 
     # The control loop.
 
@@ -1033,7 +1076,11 @@ class Switch:
             self.state.netns.update(dead.netns)
             self.state.save()
         if self.shared is not None:
-            self.shared.close()
+            # The servers are stopped: no request or scrape comes in now, but one may still read.
+            if self.shared_readers.close(READERS_WAIT):
+                self.shared.close()
+            else:       # left mapped (the process ends soon): unmapped, the reader would crash it
+                log.warning("switch.readers_left", seconds=READERS_WAIT)
             self.shared = None
         if control is not None:
             control.release()        # last: the state file beside the socket is ours until it is let go

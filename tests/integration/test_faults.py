@@ -10,8 +10,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -657,3 +659,49 @@ def test_soak_60s(tmp_path):
     assert not [ns for ns in helpers.netns_list() if ns.startswith(rep["tag"])]
     assert not [link for link in json.loads(helpers.sh("ip", "-j", "link", "show").stdout)
                 if link["ifname"].startswith(rep["tag"])]
+
+
+def test_a_stop_while_control_requests_and_scrapes_read_a_big_mac_table_ends_cleanly(lab):
+    """The stop unmaps the shared memory; a `tapswitch fdb` copying the table out of it in C
+    (without the GIL) or a scrape reading counters must be waited for, not cut off: one
+    inside the unmapped memory killed the control process (SIGSEGV) before it had undone
+    anything, leaving its devices, namespaces and socket."""
+    metrics = free_port()
+    for attempt in range(3):
+        a, b = lab.netns(f"a{attempt}"), lab.netns(f"b{attempt}")
+        sw = lab.switch({"switch": {"name": lab.name(f"s{attempt}"), "mac_table": {"size": 4 << 20},
+                                    "metrics": {"listen": f"127.0.0.1:{metrics}"}},
+                         "ports": [{"name": lab.name(f"p{attempt}a"), "netns": a},
+                                   {"name": lab.name(f"p{attempt}b"), "netns": b}]})
+        stop = threading.Event()
+
+        def dump():     # asks for the table and goes: the switch copies it out all the same
+            while not stop.is_set():
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                        s.connect(sw.socket)
+                        s.sendall(b'{"cmd": "fdb"}\n')
+                        s.recv(1)
+                except OSError:
+                    pass
+
+        def scrape():
+            while not stop.is_set():
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read()
+                except OSError:
+                    pass
+
+        threads = [threading.Thread(target=dump) for _ in range(3)] + [threading.Thread(target=scrape)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.5)
+            rc = sw.stop()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert rc == 0, f"the switch ended with {rc}:\n{sw.log()}"
+        assert not {a, b} & helpers.netns_list()
+        assert not os.path.exists(sw.socket)
