@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 
 import pytest
 
@@ -55,8 +56,9 @@ class Lab:
 
     def switch(self, cfg: dict, start: bool = True, netns: str | None = None, wrapper: tuple = (),
                **kw) -> helpers.Switch:
-        d = helpers.tmpdir()
-        self.dirs.append(d)
+        with helpers.interrupts_held():      # no directory made but not listed
+            d = helpers.tmpdir()
+            self.dirs.append(d)
         for port in cfg.get("ports", []):
             self.links.append(port["name"])
             if isinstance(port.get("netns"), str) and "/" not in port["netns"] and ":" not in port["netns"]:
@@ -68,12 +70,36 @@ class Lab:
         return sw
 
     def close(self):
-        for sw in self.switches:
-            sw.stop()
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        helpers.cleanup(self.namespaces, self.links)
-        for d in self.dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        """Stop every switch and process, remove the namespaces, links and directories: every
+        step, whatever became of the ones before (the first error is raised at the end), and
+        all of them before a SIGINT or SIGTERM that comes meanwhile is let through."""
+        errors: list[BaseException] = []
+
+        def step(fn, *args):
+            try:
+                fn(*args)
+            except BaseException as e:      # pytest.fail's Failed is no Exception
+                errors.append(e)
+
+        with helpers.interrupts_held():
+            for sw in self.switches:
+                step(sw.stop)
+            for sw in self.switches:        # one whose stop failed: its process group, at once
+                if sw.proc is not None and sw.proc.poll() is None:
+                    step(os.killpg, sw.proc.pid, signal.SIGKILL)
+                    step(sw.proc.wait)
+            for p in self.procs:
+                step(_kill, p)
+            step(helpers.cleanup, self.namespaces, self.links)
+            for d in self.dirs:
+                step(shutil.rmtree, d, True)
+        if errors:
+            for e in errors[1:]:
+                errors[0].add_note(f"lab.close, a later step: {e!r}")
+            raise errors[0]
+
+
+def _kill(p) -> None:
+    if p.poll() is None:
+        p.kill()
+        p.wait()

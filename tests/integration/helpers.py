@@ -1,5 +1,6 @@
 """Helpers for integration tests: a tapswitch subprocess, namespaces, and cleanup that always runs."""
 
+import contextlib
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -27,6 +29,35 @@ def wait_for(what: str, fn, within: float = 5.0, every: float = 0.05):
             return v
         assert time.monotonic() < deadline, f"{what}: not within {within}s"
         time.sleep(every)
+
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Run the block whole: a SIGINT or SIGTERM that comes meanwhile is delivered when it ends
+    (as KeyboardInterrupt, under pytest), so what the block starts or removes is all done or
+    not begun. Cleanup runs under it: a second Ctrl-C must not leave the rest of it undone.
+    A third signal in one block is let through at once, for a cleanup that hangs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                       # only the main thread may set handlers; it gets the signals
+        return
+    came: list[int] = []
+
+    def hold(signum, frame):
+        came.append(signum)
+        if len(came) >= 3:
+            raise KeyboardInterrupt(f"signal {signum} three times: cleanup left unfinished")
+
+    before = {s: signal.signal(s, hold) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if came:
+            signal.raise_signal(came[0])    # as it would have been, now: KeyboardInterrupt, or death
 
 
 def sh(*argv, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
@@ -115,9 +146,10 @@ class Switch:
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         self.log_file = open(self.log_path, "w")
         prefix = (["ip", "netns", "exec", self.netns] if self.netns else []) + self.wrapper
-        self.proc = subprocess.Popen(prefix + [sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)    # its own process group, as under systemd
+        with interrupts_held():     # a KeyboardInterrupt inside Popen loses the process it started
+            self.proc = subprocess.Popen(prefix + [sys.executable, "-m", "tapswitch", "run", "-c", self.config_path],
+                                         stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)    # its own process group, as under systemd
         try:
             if expect_ready:
                 deadline = time.monotonic() + timeout
@@ -162,6 +194,8 @@ class Switch:
         return [int(p) for p in out.split()]
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stop the switch, ready or not (a start cut short too); SIGKILL to its process group
+        (the workers with it) if it has not exited in `timeout` s. Its exit status."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
@@ -169,7 +203,7 @@ class Switch:
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)   # not yet reaped: the group is still its
             rc = self.proc.wait()
         self.log_file.close()
         return rc
@@ -189,7 +223,8 @@ def processes_with_env(entry: str) -> list[int]:
 
 
 def cleanup(namespaces=(), links=()) -> None:
-    """Remove whatever a test may have left, whether or not it passed."""
+    """Remove whatever a test may have left, whether or not it passed: the processes in its
+    namespaces (a switch's too, whose stop did not end it), the namespaces, the links."""
     present = netns_list()
     for ns in namespaces:
         if ns in present:
