@@ -164,5 +164,11 @@ def prometheus():
     try:
         yield start
     finally:
-        for server in servers:
-            server.stop()
+        errors = []
+        for server in servers:      # each, whatever became of the others' stops
+            try:
+                server.stop()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]

@@ -92,8 +92,8 @@ class Lab:
 
     def build(self, nic_up: bool = True) -> "Lab":
         for ns in (self.sw, self.out):
+            self.namespaces.append(ns)      # first: close() removes it if the add is cut short
             sh("ip", "netns", "add", ns)
-            self.namespaces.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", self.sw, "link", "add", NIC, "type", "veth", "peer", "name", PEER, "netns", self.out)
         sh("ip", "-n", self.out, "addr", "add", f"{OUT_IP}/24", "dev", PEER)
