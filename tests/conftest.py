@@ -1,6 +1,7 @@
 """The test session's signals: SIGTERM (a CI timeout's) ends it as Ctrl-C does, and neither cuts
 a teardown short, so what the tests made is removed whichever ends the run."""
 
+import os
 import signal
 import threading
 
@@ -9,7 +10,17 @@ import pytest
 from tests.integration import helpers
 
 
+_PYTEST_PID = os.getpid()
+
+
 def _interrupted(signum, frame):
+    if os.getpid() != _PYTEST_PID:
+        # A child forked without exec (pyroute2's netns helper): the handler came with the fork,
+        # and a KeyboardInterrupt there would unwind into pytest's frames, tear down this test's
+        # fixtures in the child, and remove what the test still uses. It dies, as it would have.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
