@@ -371,18 +371,27 @@ def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_running_switch
     assert b.stop() == 0 and a.stop() == 0
 
 
+HELD_CHECK_RACE = os.path.join(os.path.dirname(__file__), "..", "held_check_race.py")
+
+
+def start_held_past_its_check(lab, site):
+    """A switch on the NIC (promisc) held just past its check of the NIC (tests/held_check_race.py):
+    its claim on the NIC taken, no rule of its own on it yet. Returns it and what lets it go on."""
+    race = helpers.tmpdir()
+    lab.dirs.append(race)
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], start=False,
+                    wrapper=(sys.executable, HELD_CHECK_RACE, race))
+    sw.start(expect_ready=False)
+    helpers.wait_for("a start past its check", lambda: os.path.exists(os.path.join(race, "checked")), within=20)
+    return sw, lambda: open(os.path.join(race, "go"), "w").close()
+
+
 def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_switch_is_attaching(lab, site):
     """Another switch has claimed the NIC and has no rule on it yet (it is attaching it): the start
     whose dead run's state file names the NIC sees no running switch's rule, but the claim, and
     leaves the NIC alone, naming the holder. (It healed the NIC under the other switch: set it
     down, at the MTU the dead run recorded.)"""
-    race = helpers.tmpdir()
-    lab.dirs.append(race)
-    a = lab.switch(config(lab, site, "promisc"), netns=site["sw"], start=False,
-                   wrapper=(sys.executable, HELD_CHECK_RACE, race))
-    a.start(expect_ready=False)
-    helpers.wait_for("the other switch past its check", lambda: os.path.exists(os.path.join(race, "checked")),
-                     within=20)
+    a, let_go = start_held_past_its_check(lab, site)
     attaching = nic_state(site["sw"])
     b = lab.switch({"switch": {"name": lab.name("b")}, "ports": [{"name": lab.name("bp")}]}, netns=site["sw"],
                    start=False)
@@ -396,7 +405,7 @@ def test_a_start_leaves_a_nic_in_its_dead_runs_state_that_another_switch_is_atta
     assert [(e["remote"], e["reason"]) for e in b.events("remote.left")] == [
         ("nic0", f"nic0 is attached by another running switch (pid {a.proc.pid})")], b.log()
     assert nic_state(site["sw"]) == attaching
-    open(os.path.join(race, "go"), "w").close()
+    let_go()
     helpers.wait_for("the other switch attached", lambda: a.events("remote.attached"), within=20)
     helpers.wait_for("traffic through it", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1), within=20)
     assert b.stop() == 0 and a.stop() == 0
@@ -488,7 +497,6 @@ def test_a_nic_another_running_switch_holds_is_refused_and_left_as_it_is(lab, si
 
 
 # Runs the switch, held once it has found its remote held by no running switch, until DIR/go.
-HELD_CHECK_RACE = os.path.join(os.path.dirname(__file__), "..", "held_check_race.py")
 
 
 def test_two_starts_at_once_on_one_nic_one_attaches_it_the_other_exits_1_leaving_it_alone(lab, site):
@@ -496,13 +504,7 @@ def test_two_starts_at_once_on_one_nic_one_attaches_it_the_other_exits_1_leaving
     earlier one's live rules, and both ran. IFACE's claim, taken before the check, lets one on:
     the other exits 1 naming the NIC and touches nothing of it."""
     before = nic_state(site["sw"])
-    race = helpers.tmpdir()
-    lab.dirs.append(race)
-    first = lab.switch(config(lab, site, "promisc"), netns=site["sw"], start=False,
-                       wrapper=(sys.executable, HELD_CHECK_RACE, race))
-    first.start(expect_ready=False)
-    helpers.wait_for("the first start past its check", lambda: os.path.exists(os.path.join(race, "checked")),
-                     within=20)
+    first, let_go = start_held_past_its_check(lab, site)
     second = lab.switch({"switch": {"name": lab.name("b")},
                          "ports": [{"name": lab.name("bup"), "remote": "nic0"}]}, netns=site["sw"], start=False)
     second.start(expect_ready=False)
@@ -514,7 +516,7 @@ def test_two_starts_at_once_on_one_nic_one_attaches_it_the_other_exits_1_leaving
     assert f"nic0 is attached by another running switch (pid {first.proc.pid})" in second.log(), second.log()
     assert "Traceback" not in second.log() and not second.events("remote.stale_removed"), second.log()
     assert nic_state(site["sw"]) == before
-    open(os.path.join(race, "go"), "w").close()
+    let_go()
     helpers.wait_for("the first start attached", lambda: first.events("remote.attached"), within=20)
     helpers.wait_for("traffic through the first", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1),
                      within=20)
