@@ -526,11 +526,6 @@ def foreign_filters(filters: list[TcFilter]) -> dict[int, TcFilter]:
     return dict(sorted(found.items()))
 
 
-def foreign_prios(filters: list[TcFilter]) -> list[int]:
-    """The priorities of foreign_filters()."""
-    return list(foreign_filters(filters))
-
-
 def handle_str(f: TcFilter) -> str:
     """A filter's handle as `tc filter show` spells it (u32: htid:hash:node, zeros left out)."""
     if f.kind != "u32":
@@ -543,10 +538,10 @@ def refuse_foreign(ipr, ifindex: int, ifname: str) -> None:
     """Raise TcError, touching nothing, if a filter that is not ours sits in our priority range on
     the device's ingress: ours would share its priority (the kernel refuses them, EEXIST, ENOSPC
     or EINVAL, or puts them in the user's u32 table) or, at another one, run before or after it."""
-    prios = foreign_prios(dump(ipr, ifindex))
-    if prios:
-        raise TcError(f"{ifname} has a tc filter that is not tapswitch's at ingress priority {prios[0]:#x} "
-                      f"({prios[0]}), in the range tapswitch reserves ({PRIO_FIRST:#x}-{PRIO_LAST:#x}, "
+    prio = next(iter(foreign_filters(dump(ipr, ifindex))), None)     # the lowest
+    if prio is not None:
+        raise TcError(f"{ifname} has a tc filter that is not tapswitch's at ingress priority {prio:#x} "
+                      f"({prio}), in the range tapswitch reserves ({PRIO_FIRST:#x}-{PRIO_LAST:#x}, "
                       f"{PRIO_FIRST}-{PRIO_LAST}): move it to another priority")
 
 
