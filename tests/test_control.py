@@ -286,7 +286,8 @@ def test_a_socket_that_is_not_a_switchs_is_a_control_error_naming_it(answer):
 
 
 @pytest.mark.parametrize("answer", [b'{"ok": true, "result": [{"a": }]}\n', b'{"ok": true, "result": 3}\n',
-                                    b'{"ok": true, "result": [1, 2}\n'])
+                                    b'{"ok": true, "result": [1, 2}\n', b'{"ok": true, "filters": [3], "result": []}\n',
+                                    b'{"ok": true, "filters": ["port", "result": [{}]}\n'])
 def test_a_listing_that_is_no_list_is_a_control_error(answer):
     with answering(answer) as path:
         with pytest.raises(ControlError) as e:
@@ -301,12 +302,20 @@ def test_a_listing_is_read_as_it_comes_however_it_is_cut():
               "age": i, "static": i % 2 == 0} for i in range(300)]
     reply = json.dumps({"ok": True, "result": items}).encode() + b"\n"
     empty = json.dumps({"ok": True, "result": []}).encode() + b"\n"
+    filtered = json.dumps({"ok": True, "filters": ["port", "vlan"], "result": items}).encode() + b"\n"
     for piece in (1, 7, 1000, 0):
-        with answering(reply, empty, piece=piece) as path:
-            batches = list(control.request_listing(path, "fdb"))
+        with answering(reply, empty, filtered, piece=piece) as path:
+            listing = control.request_listing(path, "fdb")
+            batches = list(listing)
             assert [item for batch in batches for item in batch] == items
             assert piece != 1 or len(batches) > 1       # not read whole before it was decoded
+            assert listing.filters is None
             assert list(control.request_listing(path, "fdb")) == []
+            listing = control.request_listing(path, "fdb", port="p", vlan=1)
+            batches = list(listing)
+            assert [item for batch in batches for item in batch] == items
+            assert piece != 1 or len(batches) > 1
+            assert listing.filters == ["port", "vlan"]
 
 
 def test_a_listing_waits_for_a_reader_that_stops_reading_longer_than_the_timeout(monkeypatch):

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -250,6 +251,43 @@ def test_fdb_port_vlan_and_mac_list_only_the_entries_that_match_each(tmp_path, c
             assert cli.main(["fdb", "--port", "p0", "flush", "-s", path]) == cli.EXIT_CONFIG
             assert "--port before `flush`" in capsys.readouterr().err
             assert listed() == want(lambda m, v, p: True)
+    finally:
+        sw.shared.close()
+
+
+def test_a_filtered_fdb_listing_says_which_filters_the_switch_applied(tmp_path, capsys):
+    """The switch says in its reply which filters picked the entries: a client can tell it from
+    a switch older than them, which ignores them and sends the whole table. A whole table's
+    reply opens as it did (an older client reads it as it comes); a filtered one is still the
+    line json.dumps writes (an older client reads it whole)."""
+    sw = make_switch()
+    try:
+        expected = fill_fdb(sw, 300)
+        with serving_fdb(sw, tmp_path) as path:
+            capsys.readouterr()             # the server's log line
+            def reply(request: dict) -> bytes:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.connect(path)
+                    s.sendall(json.dumps(request).encode() + b"\n")
+                    return s.makefile("rb").readline()
+
+            line = reply({"cmd": "fdb", "port": "p1", "vlan": 2})
+            assert line.startswith(b'{"ok": true, "filters": ["port", "vlan"], "result": [{"mac": ')
+            want = {(m, v, p) for (m, v), (p, _, _) in expected.items() if (p, v) == ("p1", 2)}
+            answer = json.loads(line)
+            assert {(e["mac"], e["vlan"], e["port"]) for e in answer.pop("result")} == want != set()
+            assert answer == {"ok": True, "filters": ["port", "vlan"]}
+            assert json.loads(reply({"cmd": "fdb", "mac": "02-00-00-00-00-2A"}))["filters"] == ["mac"]
+            assert reply({"cmd": "fdb"}).startswith(control.LISTING_HEAD)
+
+            listing = control.request_listing(path, "fdb", port="p1", vlan=2)
+            assert {(e["mac"], e["vlan"], e["port"]) for batch in listing for e in batch} == want
+            assert listing.filters == ["port", "vlan"]
+            assert {(e["mac"], e["vlan"], e["port"]) for e in control.request(path, "fdb", port="p1", vlan=2)} == want
+
+            assert cli.main(["fdb", "--port", "p1", "--vlan", "2", "-s", path]) == cli.EXIT_OK
+            out, err = capsys.readouterr()
+            assert (len(out.splitlines()), err) == (1 + len(want), "")
     finally:
         sw.shared.close()
 

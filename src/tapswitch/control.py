@@ -3,7 +3,11 @@
 One JSON request per connection, one JSON reply:
     {"cmd": "ports"} -> {"ok": true, "result": [...]}
     {"cmd": "fdb_flush", "port": "web0"} -> {"ok": true, "result": {"flushed": 3}}
+    {"cmd": "fdb", "port": "web0"} -> {"ok": true, "filters": ["port"], "result": [...]}
     anything wrong -> {"ok": false, "error": "one line"}
+A switch ignores a request's fields it does not know: a listing says which filters it
+applied ("filters", absent when the request gave none), so that a client can tell a
+switch older than a filter, which sent the whole list, from one that picked the items.
 The socket is mode 0600 and only root or the switch's own user may talk to it
 (SO_PEERCRED). The switch that listens on it holds `<socket>.lock` (flock) from
 before it looks at the path until it has stopped: one switch per socket, and per
@@ -36,6 +40,12 @@ RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
 LISTING_HEAD = b'{"ok": true, "result": ['
 ITEM_SEPARATOR = b", "
 LISTING_TAIL = b"]}\n"
+# A filtered listing's head: FILTERED_HEAD, the names of the filters applied as a JSON list,
+# RESULT_OPENS. Only a filtered listing has it: a client older than it reads a reply of any other
+# head whole (correct, but held whole), and a whole table keeps the head such a client streams.
+FILTERED_HEAD = b'{"ok": true, "filters": '
+RESULT_OPENS = b', "result": ['
+MAX_HEAD = 4096         # bytes a filtered listing's head may take
 
 
 class ControlError(Exception):
@@ -46,17 +56,19 @@ class Listing:
     """A result that is a list too long to build as one string (the MAC table: millions of
     entries): the reply is written a chunk of items at a time, as they are made. `encoded`:
     each item is its JSON text already, as json.dumps writes it (the MAC table's, made from
-    a format, in a third of the time a dict and json.dumps take)."""
+    a format, in a third of the time a dict and json.dumps take). `filters`: the names of
+    the request's filters that picked the items, said in the reply's head."""
 
     CHUNK = 4096    # items serialised and sent at once
 
-    def __init__(self, items, encoded: bool = False):
+    def __init__(self, items, encoded: bool = False, filters: list[str] | None = None):
         self.items = items
         self.encoded = encoded
+        self.filters = filters
 
     def chunks(self):
         """The reply's bytes: the same line json.dumps of the whole reply would be."""
-        yield LISTING_HEAD
+        yield LISTING_HEAD if not self.filters else FILTERED_HEAD + json.dumps(self.filters).encode() + RESULT_OPENS
         items, first = iter(self.items), True
         while chunk := list(itertools.islice(items, self.CHUNK)):
             text = ", ".join(chunk) if self.encoded else json.dumps(chunk)[1:-1]
@@ -412,39 +424,65 @@ def request(path: str, cmd: str, **args):
     return _result(path, line)
 
 
-def request_listing(path: str, cmd: str, **args):
+def request_listing(path: str, cmd: str, **args) -> "ListingReply":
     """request() for a command whose result is a list (the MAC table, of millions of entries):
     its items, a list of them at a time, decoded as they arrive, so that the reply is never
     held whole, as bytes or as objects. A reply that does not open as a list does (an error)
     is read whole and answered as request() answers it. Raises ControlError as it goes: a
     reader that prints as it reads may have printed part of the list when the switch is lost."""
+    return ListingReply(path, cmd, args)
+
+
+class ListingReply:
+    """request_listing's reply, iterated a list of items at a time. `filters`, known once the
+    first list has come: the names of the request's filters that the switch says picked the
+    items, or None if it says none: a switch older than a filter ignores it, and sends all."""
+
+    def __init__(self, path: str, cmd: str, args: dict):
+        self.filters: list[str] | None = None
+        self._batches = _read_listing(path, cmd, args, self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list:
+        return next(self._batches)
+
+
+def _read_listing(path: str, cmd: str, args: dict, reply: ListingReply):
     s = _connect(path, CLIENT_TIMEOUT)
     with s:
         try:
             s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
-            yield from _listing(path, s)
+            yield from _listing(path, s, reply)
         except TimeoutError:
             raise ControlError(f"no answer from the switch on {path} within {CLIENT_TIMEOUT:g} s") from None
         except OSError as e:
             raise ControlError(f"lost the switch on {path}: {e.strerror or e}") from None
 
 
-def _listing(path: str, s: socket.socket):
+def _listing(path: str, s: socket.socket, reply: ListingReply):
     buf = b""
-    while len(buf) < len(LISTING_HEAD) and LISTING_HEAD.startswith(buf):
-        data = s.recv(RECV_SIZE)
-        if not data:
+    while True:         # the head: LISTING_HEAD, or FILTERED_HEAD, the filters and RESULT_OPENS
+        if buf.startswith(LISTING_HEAD):
+            buf = buf[len(LISTING_HEAD):]
             break
+        if buf.startswith(FILTERED_HEAD) and (end := buf.find(RESULT_OPENS)) >= 0:
+            reply.filters = _filters(path, buf[len(FILTERED_HEAD):end])
+            buf = buf[end + len(RESULT_OPENS):]
+            break
+        partial = (LISTING_HEAD.startswith(buf) or FILTERED_HEAD.startswith(buf)
+                   or buf.startswith(FILTERED_HEAD) and len(buf) < MAX_HEAD and b"\n" not in buf)
+        if not partial or not (data := s.recv(RECV_SIZE)):
+            # An error, or another program: as request() reads it.
+            while not buf.endswith(b"\n") and (data := s.recv(RECV_SIZE)):
+                buf += data
+            result = _result(path, buf)
+            if not isinstance(result, list):
+                raise _not_a_switch(path)
+            yield result
+            return
         buf += data
-    if not buf.startswith(LISTING_HEAD):         # an error, or another program: as request() reads it
-        while not buf.endswith(b"\n") and (data := s.recv(RECV_SIZE)):
-            buf += data
-        result = _result(path, buf)
-        if not isinstance(result, list):
-            raise _not_a_switch(path)
-        yield result
-        return
-    buf = buf[len(LISTING_HEAD):]
     while True:
         if buf.endswith(LISTING_TAIL):
             if len(buf) > len(LISTING_TAIL):
@@ -461,6 +499,16 @@ def _listing(path: str, s: socket.socket):
         if not data:
             raise ControlError(f"the switch on {path} closed the connection")
         buf += data
+
+
+def _filters(path: str, text: bytes) -> list[str]:
+    try:
+        filters = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _not_a_switch(path) from None
+    if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+        raise _not_a_switch(path)
+    return filters
 
 
 def _items(path: str, text: bytes) -> list:

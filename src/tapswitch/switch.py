@@ -1025,9 +1025,11 @@ class Switch:
                        and (want_vlan is None or r[1] == want_vlan) and (want_port is None or r[2] == want_port))
         now = self.shared.now()
         names = {p.index: json.dumps(p.name) for p in self.ports}
+        # Said in the reply: a switch older than a filter ignores it and sends the whole table.
+        applied = [k for k in ("port", "vlan", "mac") if req.get(k) is not None]
         return Listing((self.FDB_ITEM % (mac, vlan, names.get(port) or f'"{port}"', max(0, now - seen),
                                          "true" if static else "false")
-                        for mac, vlan, port, static, seen in records), encoded=True)
+                        for mac, vlan, port, static, seen in records), encoded=True, filters=applied or None)
 
     def fdb_flush(self, port_name: str | None) -> int:
         index = None if port_name is None else self.port_by_name(port_name).index
