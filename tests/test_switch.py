@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from tapswitch import cli, config, control, fastpath, settings
 from tapswitch.control import ControlServer
 from tapswitch.ports import Port
 from tapswitch.switch import Switch
+
+OLD_SWITCH = os.path.join(os.path.dirname(__file__), "old_switch.py")
 
 
 def make_switch() -> Switch:
@@ -290,6 +293,60 @@ def test_a_filtered_fdb_listing_says_which_filters_the_switch_applied(tmp_path, 
             assert (len(out.splitlines()), err) == (1 + len(want), "")
     finally:
         sw.shared.close()
+
+
+@contextlib.contextmanager
+def old_switch(tmp_path, n: int):
+    """tests/old_switch.py serving a MAC table of n entries: its socket's path."""
+    path = str(tmp_path / "old.sock")
+    server = subprocess.Popen([sys.executable, OLD_SWITCH, path, str(n)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "listening\n"
+        yield path
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def test_fdb_filters_on_a_switch_of_an_older_tapswitch_list_only_the_entries_that_match(tmp_path):
+    """tapswitch upgraded, the switch it had started running on: that switch ignores --port,
+    --vlan and --mac and sends its whole table. The client picks the entries itself then, and
+    says why on stderr (it printed the whole table as if it were the entries asked for)."""
+    with old_switch(tmp_path, 10_000) as path:
+        code, out, err, _ = run_cli("fdb", "--json", "-s", path)
+        assert (code, err) == (0, "")
+        table = json.loads(out)
+        assert len(table) == 10_000
+
+        def check(*argv, picks) -> int:
+            code, out, err, _ = run_cli("fdb", *argv, "--json", "-s", path)
+            picked = [e for e in table if picks(e)]
+            assert (code, json.loads(out)) == (0, picked)
+            ignored = " ".join(f"--{k}" for k in ("port", "vlan", "mac") if f"--{k}" in argv)
+            assert err == (f"tapswitch: the switch on {path} runs an older tapswitch, which ignores {ignored}: "
+                           f"it sent its whole MAC table, picked here; restart the switch to have it pick the entries")
+            return len(picked)
+
+        assert check("--port", "p1", picks=lambda e: e["port"] == "p1") == 5000
+        assert check("--vlan", "3", "--port", "p0", picks=lambda e: (e["port"], e["vlan"]) == ("p0", 3)) > 0
+        assert check("--mac", "02-00-00-00-00-2A", picks=lambda e: e["mac"] == "02:00:00:00:00:2a") == 1
+        assert check("--vlan", "2", "--mac", "02:00:00:00:00:2a", picks=lambda e: False) == 0
+
+        code, out, err, _ = run_cli("fdb", "--port", "p0", "--vlan", "2", "-s", path)
+        assert (code, "older tapswitch" in err) == (0, True)
+        rows = [line.split() for line in out.splitlines()]
+        assert rows[0] == FDB_COLUMNS
+        assert len(rows) == 1 + len([e for e in table if (e["port"], e["vlan"]) == ("p0", 2)])
+        assert {(r[2], r[1]) for r in rows[1:]} == {("p0", "2")}
+
+        for argv, error in ((["--vlan", "0"], "VLAN must be 1-4094, not 0"),
+                            (["--mac", "02:00"], "not a MAC address: '02:00'")):
+            code, out, err, _ = run_cli("fdb", *argv, "-s", path)
+            assert (code, out) == (1, "")
+            assert err.splitlines()[-1].startswith(f"tapswitch: {error}")
 
 
 def test_fdb_reply_is_the_line_json_dumps_of_the_entries_would_be():

@@ -218,8 +218,11 @@ def fdb_listing(args, filters: dict) -> int:
     entries at a time; --json writes each list as it comes, the table keeps one short string
     an entry until it is sorted and written."""
     from tapswitch import control
+    path = find_socket(args)
     try:
-        batches = control.request_listing(find_socket(args), "fdb", **filters)
+        batches = control.request_listing(path, "fdb", **filters)
+        if filters:
+            batches = picked_here(batches, filters, path)
         if args.json:
             write_json_list(batches, sys.stdout)
         else:
@@ -227,6 +230,41 @@ def fdb_listing(args, filters: dict) -> int:
     except control.ControlError as e:
         raise SystemExit(f"tapswitch: {e}") from None
     return EXIT_OK
+
+
+def picked_here(reply, filters: dict, path: str):
+    """The lists of entries of `reply`, picked here by `filters` when the switch does not say it
+    picked them: one started from a tapswitch older than the filters (tapswitch upgraded, the
+    switch left running) ignores them and sends its whole table, never to be printed as the
+    part asked for. Picked here rather than refused: a listing is no reason to restart a
+    switch, which stops its traffic."""
+    wanted = None
+    for batch in reply:
+        if set(filters) <= set(reply.filters or ()):
+            yield batch
+            continue
+        if wanted is None:
+            wanted = fdb_wanted(filters)
+            ignored = " ".join(f"--{k}" for k in filters if k not in (reply.filters or ()))
+            print(f"tapswitch: the switch on {path} runs an older tapswitch, which ignores {ignored}: it sent "
+                  f"its whole MAC table, picked here; restart the switch to have it pick the entries",
+                  file=sys.stderr)
+        yield [e for e in batch if type(e) is dict and all(e.get(k) == v for k, v in wanted.items())]
+
+
+def fdb_wanted(filters: dict) -> dict:
+    """The values an entry of the listing has for `filters`, checked as the switch checks them."""
+    from tapswitch import config
+    wanted = dict(filters)
+    if "vlan" in wanted and not 1 <= wanted["vlan"] <= 4094:
+        raise SystemExit(f"tapswitch: VLAN must be 1-4094, not {wanted['vlan']!r}")
+    if "mac" in wanted:
+        try:
+            wanted["mac"] = config.mac_address(wanted["mac"])
+        except ValueError:
+            raise SystemExit(f"tapswitch: not a MAC address: {wanted['mac']!r} (six hex octets, as in "
+                             f"02:00:00:00:00:10 or 02-00-00-00-00-10)") from None
+    return wanted
 
 
 def write_json_list(batches, out) -> None:
