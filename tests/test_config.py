@@ -72,7 +72,7 @@ def test_full_config_loads_with_defaults_filled():
 def test_minimal_config_fills_every_default():
     cfg = loads("switch: {name: s}\nports: [{name: p}]\n")
     assert cfg.switch.model_dump() == {
-        "name": "s", "queues": 1, "queue_len": 4096, "busy_poll_us": 50,
+        "name": "s", "queues": 1, "queue_len": 4096, "busy_poll_us": 50, "watchdog_ms": 5000,
         "mac_table": {"size": 8192, "aging": 300},
         "metrics": {"listen": "127.0.0.1:9417"},
         "control": {"socket": "/run/tapswitch/s.sock"},
@@ -200,6 +200,34 @@ def test_busy_poll_is_bounded_and_may_be_off():
     assert errors_of(text) == ["t.yaml:3: switch.busy_poll_us: must be at most 1000"]
     text = "switch:\n  name: s\n  busy_poll_us: -1\nports: [{name: p}]\n"
     assert errors_of(text) == ["t.yaml:3: switch.busy_poll_us: must be at least 0"]
+
+
+@pytest.mark.parametrize("value", [0, 2000, 3_600_000])
+def test_watchdog_may_be_off_or_long_enough(value):
+    assert loads(f"switch: {{name: s, watchdog_ms: {value}}}\nports: [{{name: p}}]\n").switch.watchdog_ms == value
+
+
+@pytest.mark.parametrize("value, message", [
+    # A worker that is fine goes a second between heartbeats: a shorter watchdog kills it.
+    ("1", "must be 0 (off) or at least 2000: a worker that is fine goes up to 1000 ms between heartbeats"),
+    ("1999", "must be 0 (off) or at least 2000: a worker that is fine goes up to 1000 ms between heartbeats"),
+    ("3600001", "must be at most 3600000"),
+    ("-1", "must be at least 0"),
+    ("2.5", "expected an integer, got number"),
+    ("'5000'", "expected an integer, got string"),
+])
+def test_watchdog_out_of_bounds_is_an_error_at_its_line(value, message):
+    text = f"switch:\n  name: s\n  queues: 1\n  watchdog_ms: {value}\nports: [{{name: p}}]\n"
+    assert errors_of(text) == [f"t.yaml:4: switch.watchdog_ms: {message}"]
+
+
+def test_check_refuses_a_watchdog_too_short(tmp_path, capsys):
+    from tapswitch import cli
+    path = tmp_path / "sw.yaml"
+    path.write_text("switch:\n  name: sw0\n  watchdog_ms: 1000\nports: [{name: p}]\n")
+    assert cli.main(["check", "-c", str(path)]) == cli.EXIT_CONFIG
+    assert capsys.readouterr().err == (f"{path}:3: switch.watchdog_ms: must be 0 (off) or at least 2000: "
+                                       "a worker that is fine goes up to 1000 ms between heartbeats\n")
 
 
 def test_literal_choice_is_enforced():
@@ -1010,7 +1038,8 @@ def test_a_client_given_a_bad_config_says_where_and_exits_2(tmp_path, capsys, co
 
 # --- Nothing but ConfigError --------------------------------------------------
 
-KEYS = ["switch", "ports", "name", "queues", "queue_len", "busy_poll_us", "mac_table", "size", "aging", "metrics", "listen",
+KEYS = ["switch", "ports", "name", "queues", "queue_len", "busy_poll_us", "watchdog_ms", "mac_table", "size", "aging",
+        "metrics", "listen",
         "control", "socket", "log", "level", "format", "netns", "ifname", "addresses", "mac",
         "mtu", "speed", "remote", "remote_mode", "allmulti",
         "vlan", "trunk", "isolated", "mac_limit", "storm_control", "broadcast_pps", "acl", "match",

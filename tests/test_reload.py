@@ -68,6 +68,12 @@ def test_busy_poll_is_live():
     assert p.switch_changed and not p.ports_changed
 
 
+def test_watchdog_is_live():
+    new = cfg(BASE.replace("queues: 2}", "queues: 2, watchdog_ms: 0}"))
+    p = reload.plan(cfg(), new)
+    assert p.switch_changed and not p.ports_changed
+
+
 @pytest.mark.parametrize("switch, key", [
     ("{name: sw1, queues: 2}", "switch.name"),
     ("{name: sw0, queues: 1}", "switch.queues"),

@@ -310,6 +310,36 @@ def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypa
     w.sock.close()
 
 
+def test_the_watchdog_waits_as_long_as_set_and_never_when_off(monkeypatch):
+    """switch.watchdog_ms: a stopped worker is found hung after hung_after seconds, not before;
+    off (0), never. Heartbeats are still followed while it is off, so setting it again (a
+    reload) counts the stand-still from the last move seen, and a longer one spares the worker."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
+    sup.hung_after = 2.0
+    now[0] += 1.0
+    assert sup.hung() == []
+    now[0] += 1.0
+    assert sup.hung() == [w]
+    sup.hung_after = 0                                  # off: never, however long it stands still
+    for _ in range(60):
+        now[0] += 1.0
+        assert sup.hung() == []
+    beats[0] += 1                                       # it turned, once, then stood still
+    now[0] += 1.0
+    assert sup.hung() == []
+    sup.hung_after = 30.0
+    for _ in range(29):
+        now[0] += 1.0
+        assert sup.hung() == []
+    sup.hung_after = 3.0                                # shortened: it stood still 29 s already
+    now[0] += 1.0
+    assert sup.hung() == [w]
+    w.proc.kill()
+    w.proc.wait()
+    os.close(w.pidfd)
+    w.sock.close()
+
+
 def test_only_the_time_the_control_process_watched_counts_as_a_heartbeat_standing_still(monkeypatch):
     """The control process and its workers stopped together (Ctrl-Z and fg, `systemctl freeze`
     and thaw, a paused VM) resume in any order: the control loop, first, read heartbeats that had

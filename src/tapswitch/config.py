@@ -88,6 +88,14 @@ def _is_interface_name(value: str) -> str:
     return value
 
 
+def _is_watchdog(value: int) -> int:
+    """0 turns the watchdog off; else it must wait longer than a worker that is fine sleeps."""
+    if 0 < value < WATCHDOG_MIN_MS:
+        raise ValueError(f"must be 0 (off) or at least {WATCHDOG_MIN_MS}: a worker that is fine "
+                         "goes up to 1000 ms between heartbeats")
+    return value
+
+
 def _is_switch_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", value):
         raise ValueError("a switch name is 1 to 32 of A-Z a-z 0-9 _ . -")
@@ -362,6 +370,14 @@ QUEUE_LEN = 4096
 # a frame that comes meanwhile costs no wake-up (see "Busy polling" in fastpath.h).
 BUSY_POLL_US = 50
 
+# A running worker whose heartbeat stands still this long is killed and restarted (supervisor.py,
+# hung). A worker that is fine turns at least every TS_IDLE_WAIT_MS (1000 ms, fastpath.h "The
+# watchdog"), and the stand-still the control process measures never exceeds that plus the
+# worker's own delay: the least watchdog leaves it a second more, for a slow turn or a busy CPU.
+WATCHDOG_MS = 5000
+WATCHDOG_MIN_MS = 2000
+WATCHDOG_MAX_MS = 3_600_000
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -394,6 +410,8 @@ class Switch(_Model):
     queues: int = Field(1, ge=1, le=16)  # TAP queues per port = worker processes
     queue_len: int = Field(QUEUE_LEN, ge=16, le=65536)  # frames each queue holds for its worker
     busy_poll_us: int = Field(BUSY_POLL_US, ge=0, le=1000)  # µs a worker keeps looking before it sleeps
+    # ms a worker's heartbeat may stand still before it is killed and restarted; 0: never
+    watchdog_ms: Annotated[int, Field(ge=0, le=WATCHDOG_MAX_MS), AfterValidator(_is_watchdog)] = WATCHDOG_MS
     mac_table: MacTable = MacTable()
     metrics: Metrics = Metrics()
     control: Control  # socket defaults to /run/tapswitch/<name>.sock

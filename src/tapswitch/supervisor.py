@@ -9,8 +9,9 @@ interpreters start while the kernel moves the ports' devices.
 A worker that stops turning its loop (stopped by SIGSTOP or a debugger, or
 stuck) does not exit: its pidfd says nothing, and its queue waits for good.
 So each worker's heartbeat in shared memory (fastpath.h, "The watchdog") is
-read every tick, and a worker whose heartbeat has not moved for HUNG_AFTER
-seconds is killed (worker.hung): its exit then restarts it as any other.
+read every tick, and a worker whose heartbeat has not moved for hung_after
+seconds (switch.watchdog_ms; 0: never) is killed (worker.hung): its exit then
+restarts it as any other.
 
 A restart does not wait for the new process: its interpreter takes a tenth of
 a second or more to start, and one stuck starting would hold the control
@@ -45,8 +46,9 @@ BACKOFF = 1.0              # seconds a worker that keeps dying is held back befo
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
-HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed
-                           # (it moves every turn, at least once a second: fastpath.h, TS_IDLE_WAIT_MS)
+HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed, by
+                           # default (switch.watchdog_ms sets it; it moves every turn, at least once a
+                           # second: fastpath.h, TS_IDLE_WAIT_MS)
 MESSAGE_MAX = 16384        # bytes of one message from a worker: b"E", its reason and traceback (worker.fail) fit
 WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
                            # since the last look, the control process was stopped or busy, not watching
@@ -150,10 +152,11 @@ class Supervisor:
     """The worker processes of one switch."""
 
     def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None,
-                 heartbeat: Callable[[int], int] | None = None):
+                 heartbeat: Callable[[int], int] | None = None, hung_after: float = HUNG_AFTER):
         self.shm_fd = shm_fd
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.heartbeat = heartbeat      # queue -> its worker's heartbeat (Shared.heartbeat); None: no watchdog
+        self.hung_after = hung_after    # seconds a heartbeat may stand still (hung); 0: the watchdog is off
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
         self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start
@@ -219,11 +222,12 @@ class Supervisor:
         return self.heartbeat(w.queue) if self.heartbeat is not None else 0
 
     def hung(self) -> list[Worker]:
-        """Running workers whose heartbeat has not moved for HUNG_AFTER seconds: stopped (SIGSTOP,
+        """Running workers whose heartbeat has not moved for hung_after seconds: stopped (SIGSTOP,
         a debugger) or stuck. The control loop asks at least every tick; each call notes the
-        heartbeats it sees move.
+        heartbeats it sees move, also while the watchdog is off (hung_after 0: none is hung), so
+        that a reload that sets it (or shortens it) counts the stand-still from the last move seen.
         A worker forwarding flat out turns every burst, an idle one every TS_IDLE_WAIT_MS, one
-        still starting has HUNG_AFTER from being let go (_go); one that has exited is left to
+        still starting has hung_after from being let go (_go); one that has exited is left to
         its pidfd (exited).
         Only the time watched counts: a look counts WATCHED_MAX at most of the time since the
         last one (or since the worker was let go). The control process stopped with its workers
@@ -243,7 +247,7 @@ class Supervisor:
                 w.beat, w.beat_at = beat, now
                 continue
             w.beat_at += max(0.0, now - max(since, w.beat_at) - WATCHED_MAX)     # not watched
-            if now - w.beat_at >= HUNG_AFTER and not readable([w.pidfd], 0):
+            if self.hung_after and now - w.beat_at >= self.hung_after and not readable([w.pidfd], 0):
                 found.append(w)
         return found
 
@@ -322,7 +326,7 @@ class Supervisor:
         w.proc, w.backend, w.registered, w.sock = p.proc, p.backend, p.registered, p.sock
         w.pidfd = os.pidfd_open(w.proc.pid)
         # Its first turn moves the heartbeat on from here (the last worker's): until then, and
-        # HUNG_AFTER seconds on, it is still starting, not hung.
+        # hung_after seconds on, it is still starting, not hung.
         w.beat, w.beat_at = self._heartbeat(w), time.monotonic()
         try:
             p.sock.send(b"G")

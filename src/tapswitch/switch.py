@@ -230,7 +230,8 @@ class Switch:
         # The workers' interpreters start while the ports are made; they get the ports at start().
         self.supervisor = Supervisor(self.shared.fd, self.queues,
                                      config_mod.worker_ids(self.cfg.switch.user, os.geteuid()),
-                                     heartbeat=self.shared.heartbeat)
+                                     heartbeat=self.shared.heartbeat,
+                                     hung_after=self.cfg.switch.watchdog_ms / 1000)
         self.supervisor.spawn()
         made = self._add_ports(list(enumerate(self.cfg.ports)))
         self.ports = [p for p in made if isinstance(p, ports.Port)]     # stop() closes them
@@ -837,6 +838,7 @@ class Switch:
             self._replace_workers()
         if new.switch.log != self.cfg.switch.log:
             setup_logging(new.switch.log.level, new.switch.log.format)
+        self.supervisor.hung_after = new.switch.watchdog_ms / 1000     # from the next look (hung)
         self.namespaces.remove_unused({p.cfg.netns_path for p in self.ports})    # those of ports that failed
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})

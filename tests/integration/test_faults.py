@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+import yaml
 
 from tapswitch import control, supervisor
 from tests.integration import helpers
@@ -224,18 +225,18 @@ def test_container_and_nic_flapping_100_times_affect_only_their_port_and_leak_no
 
 # --- Hung and crashing workers -------------------------------------------------------
 
-def two_hosts(lab, ping: bool = True, wrapper: tuple = ()) -> tuple:
+def two_hosts(lab, ping: bool = True, wrapper: tuple = (), switch: dict | None = None) -> tuple:
     """A switch of one queue (one worker carries every frame) between two containers,
-    198.18.9.1 and .2, whose kernels send nothing by themselves (no IPv6), with metrics;
-    (switch, metrics address, namespaces). They ping each other first, unless `ping` is false
-    (a ping leaves ARP's own checks to come for a few seconds)."""
+    198.18.9.1 and .2, whose kernels send nothing by themselves (no IPv6), with metrics and
+    the `switch` keys given; (switch, metrics address, namespaces). They ping each other first,
+    unless `ping` is false (a ping leaves ARP's own checks to come for a few seconds)."""
     listen = f"127.0.0.1:{free_port()}"
     nss = [lab.netns(f"c{i}", create=True) for i in range(2)]
     for ns in nss:
         helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
     ports = [{"name": lab.name(f"p{i}"), "netns": ns, "ifname": "eth0",
               "addresses": [f"198.18.9.{i + 1}/24"]} for i, ns in enumerate(nss)]
-    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "metrics": {"listen": listen}},
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "metrics": {"listen": listen}, **(switch or {})},
                      "ports": ports}, wrapper=wrapper)
     assert not ping or helpers.ping(nss[0], "198.18.9.2", count=2)
     return sw, listen, nss
@@ -262,6 +263,55 @@ def test_a_stopped_worker_is_killed_and_restarted_and_forwards_again(lab):
     assert metric(listen, "tapswitch_worker_restarts_total") == 1
     assert metric(listen, "tapswitch_worker_up") == 1
     assert sw.worker_pids() != [pid]
+
+
+def reload_watchdog(sw, ms: int) -> None:
+    """Reload the switch with switch.watchdog_ms `ms`."""
+    sw.cfg["switch"]["watchdog_ms"] = ms
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(sw.cfg, f)
+    assert control.request(sw.socket, "reload")["ok"]
+
+
+def test_the_watchdog_waits_as_long_as_configured_and_a_reload_changes_it(lab):
+    """switch.watchdog_ms: a worker stopped while it forwards (its heartbeat moved a moment
+    before) is killed once its heartbeat stood still that long -- not before, and at the
+    control loop's first look past it (it looks once a second), well before the default 5 s.
+    A reload changes it at once: off (0), a stopped worker is left stopped however long; set
+    again, a worker stopped meanwhile is killed at the next look, its stand-still counted."""
+    sw, listen, (a, _b) = two_hosts(lab, switch={"watchdog_ms": 2000})
+    [pid] = sw.worker_pids()
+    try:
+        ping = pinger(lab, a, "198.18.9.2", interval=0.02)    # the worker turns every 20 ms
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        time.sleep(1.8)
+        assert sw.events("worker.hung") == [] and sw.worker_pids() == [pid]    # not before
+        [hung] = helpers.wait_for("the stopped worker killed", lambda: sw.events("worker.hung"),
+                                  within=stopped + 3.5 - time.monotonic())
+        took = time.monotonic() - stopped
+        print(f"a stopped worker was killed {took:.2f}s after its stop, watchdog_ms 2000")
+        assert hung["pid"] == pid and 2.0 <= hung["seconds"] < 3.0
+        stop_ping(ping)
+        helpers.wait_for("traffic through a new worker", lambda: helpers.ping(a, "198.18.9.2", wait=1))
+        [pid] = sw.worker_pids()
+
+        reload_watchdog(sw, 0)                              # off
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3.5)                                     # past 2 s and a look, by half a second
+        assert len(sw.events("worker.hung")) == 1 and sw.worker_pids() == [pid]
+
+        reload_watchdog(sw, 2000)                           # on again: it stood still 2.5 s at least
+        reloaded = time.monotonic()
+        [_, hung] = helpers.wait_for("the stopped worker killed", lambda: sw.events("worker.hung")[1:] and
+                                     sw.events("worker.hung"), within=1.5)
+        print(f"killed {time.monotonic() - reloaded:.2f}s after the reload that set the watchdog again")
+        assert hung["pid"] == pid and hung["seconds"] >= 2.0
+        helpers.wait_for("traffic through a new worker", lambda: helpers.ping(a, "198.18.9.2", wait=1))
+        assert metric(listen, "tapswitch_worker_restarts_total") == 2
+    finally:
+        os.killpg(sw.proc.pid, signal.SIGCONT)
 
 
 def test_an_idle_or_a_busy_worker_is_not_taken_for_hung(lab):

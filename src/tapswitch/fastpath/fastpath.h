@@ -117,7 +117,8 @@
  * still turns once a second (a wake-up a second costs nothing measurable;
  * a busy one turns every burst). The control process reads the heartbeats
  * once a tick and kills a worker whose heartbeat has not moved for
- * several seconds (supervisor.py, HUNG_AFTER), which it then restarts.
+ * switch.watchdog_ms (5 s by default, 2 s at least, or never: 0;
+ * supervisor.py, hung), which it then restarts.
  * The store is relaxed, to a line the worker writes every wake-up anyway
  * (active): a reader sees it move within a turn or so, which is all it asks.
  *
