@@ -289,10 +289,10 @@ def test_the_watchdog_waits_as_long_as_configured_and_a_reload_changes_it(lab):
         time.sleep(1.8)
         assert sw.events("worker.hung") == [] and sw.worker_pids() == [pid]    # not before
         [hung] = helpers.wait_for("the stopped worker killed", lambda: sw.events("worker.hung"),
-                                  within=stopped + 3.5 - time.monotonic())
+                                  within=stopped + 4.5 - time.monotonic())     # slack for a loaded machine; short of 5 s
         took = time.monotonic() - stopped
         print(f"a stopped worker was killed {took:.2f}s after its stop, watchdog_ms 2000")
-        assert hung["pid"] == pid and 2.0 <= hung["seconds"] < 3.0
+        assert hung["pid"] == pid and 2.0 <= hung["seconds"] < 4.5
         stop_ping(ping)
         helpers.wait_for("traffic through a new worker", lambda: helpers.ping(a, "198.18.9.2", wait=1))
         [pid] = sw.worker_pids()
@@ -305,7 +305,7 @@ def test_the_watchdog_waits_as_long_as_configured_and_a_reload_changes_it(lab):
         reload_watchdog(sw, 2000)                           # on again: it stood still 2.5 s at least
         reloaded = time.monotonic()
         [_, hung] = helpers.wait_for("the stopped worker killed", lambda: sw.events("worker.hung")[1:] and
-                                     sw.events("worker.hung"), within=1.5)
+                                     sw.events("worker.hung"), within=2.5)
         print(f"killed {time.monotonic() - reloaded:.2f}s after the reload that set the watchdog again")
         assert hung["pid"] == pid and hung["seconds"] >= 2.0
         helpers.wait_for("traffic through a new worker", lambda: helpers.ping(a, "198.18.9.2", wait=1))
