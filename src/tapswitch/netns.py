@@ -407,5 +407,8 @@ class Namespaces:
         """Remove every namespace this run created, newest first."""
         while self.state.netns:
             name, _ident = self.state.netns.popitem()
-            self._remove(name)
+            try:
+                self._remove(name)
+            except Exception as e:      # the others still go
+                log.warning("netns.remove_failed", netns=name, error=str(e) or type(e).__name__)
         self.state.save()

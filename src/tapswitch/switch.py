@@ -91,6 +91,16 @@ def _ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def _undo_step(step: str, **fields):
+    """A step of undoing the switch, which must not cut the rest short: what it raises is logged
+    (it may have left something: a worker, a device, a file) and the undo goes on."""
+    try:
+        yield
+    except Exception as e:
+        log.error("switch.undo_failed", step=step, error=str(e) or type(e).__name__, **fields)
+
+
 def notify(state: str) -> None:
     """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state."""
     addr = os.environ.get("NOTIFY_SOCKET")
@@ -201,7 +211,7 @@ class Switch:
                 reason = _reason(e)
                 trace = {"traceback": e.traceback} if isinstance(e, WorkerError) and e.traceback else {}
                 log.error("switch.start_failed", switch=self.name, error=reason, **trace)
-                self._undo()
+                self._undo()        # raises nothing: a step that fails is logged, the rest still goes
                 raise StartError(reason) from None
         except StartError:
             raise
@@ -1047,44 +1057,56 @@ class Switch:
         log.info("switch.stopped", switch=self.name)
 
     def _undo(self) -> None:
-        """stop() without saying the switch stopped: a failed start has said why it ends."""
+        """stop() without saying the switch stopped: a failed start has said why it ends. Each
+        step is taken whatever became of those before it: one that raises is logged
+        (switch.undo_failed) and the rest still goes, so that nothing is left that could go."""
         _ignore_stop_signals()
         notify("STOPPING=1")
         if self.metrics_server is not None:
-            stop_serving(self.metrics_server)
-            self.metrics_server.server_close()
+            with _undo_step("metrics"):
+                stop_serving(self.metrics_server)
+                self.metrics_server.server_close()
             self.metrics_server = None
         control, self.control = self.control, None
         if control is not None:
-            control.stop()
+            with _undo_step("control"):
+                control.stop()
         if self.supervisor is not None:
-            self.supervisor.stop()
+            with _undo_step("workers"):
+                self.supervisor.stop()
             self.supervisor = None
         if self.monitor is not None:
-            self.monitor.close()
+            with _undo_step("link_monitor"):
+                self.monitor.close()
             self.monitor = None
         attached = {p.cfg.remote for p in self.ports if p.remote is not None}
         for port in reversed(self.ports):
-            port.close()
-            log.info("port.removed", port=port.name)
+            with _undo_step("port", port=port.name):
+                port.close()
+                log.info("port.removed", port=port.name)
         self.ports.clear()
-        # Ours are detached; one whose detach failed (logged) keeps its original state listed, as
-        # does a dead run's that this run did not get to attach (a failed start): the next start heals them.
-        kept = (self.inherited_remotes - attached) | {r for r in attached if r in self.state.originals}
-        dead = self.unhealed
-        self.state.remotes = sorted(kept | set(dead.remotes))
-        self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},
-                                **{r: o for r, o in dead.originals.items() if r in dead.remotes}}
-        self.namespaces.remove_created()
-        if dead.netns:                                      # not looked at: for the next start
-            self.state.netns.update(dead.netns)
-            self.state.save()
+        with _undo_step("state"):
+            # Ours are detached; one whose detach failed (logged) keeps its original state listed, as
+            # does a dead run's that this run did not get to attach (a failed start): the next start heals them.
+            kept = (self.inherited_remotes - attached) | {r for r in attached if r in self.state.originals}
+            dead = self.unhealed
+            self.state.remotes = sorted(kept | set(dead.remotes))
+            self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},
+                                    **{r: o for r, o in dead.originals.items() if r in dead.remotes}}
+        with _undo_step("namespaces"):
+            self.namespaces.remove_created()
+        if self.unhealed.netns:                             # not looked at: for the next start
+            with _undo_step("state"):
+                self.state.netns.update(self.unhealed.netns)
+                self.state.save()
         if self.shared is not None:
-            # The servers are stopped: no request or scrape comes in now, but one may still read.
-            if self.shared_readers.close(READERS_WAIT):
-                self.shared.close()
-            else:       # left mapped (the process ends soon): unmapped, the reader would crash it
-                log.warning("switch.readers_left", seconds=READERS_WAIT)
+            with _undo_step("shared_memory"):
+                # The servers are stopped: no request or scrape comes in now, but one may still read.
+                if self.shared_readers.close(READERS_WAIT):
+                    self.shared.close()
+                else:       # left mapped (the process ends soon): unmapped, the reader would crash it
+                    log.warning("switch.readers_left", seconds=READERS_WAIT)
             self.shared = None
         if control is not None:
-            control.release()        # last: the state file beside the socket is ours until it is let go
+            with _undo_step("control_lock"):
+                control.release()        # last: the state file beside the socket is ours until it is let go

@@ -35,6 +35,7 @@ TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"
 STOP_AS_CONTROL_LISTENS = (sys.executable, os.path.join(HERE, "..", "stop_as_control_listens.py"))
 WORKER_FORK_REFUSED = (sys.executable, os.path.join(HERE, "..", "worker_fork_refused.py"))
 DEVICE_GOES = (sys.executable, os.path.join(HERE, "..", "device_goes.py"))
+UNDO_STEP_FAILS = (sys.executable, os.path.join(HERE, "..", "undo_step_fails.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -692,6 +693,92 @@ def test_out_of_descriptors_as_a_port_is_finished_leaves_no_tunnel_and_no_rule(l
     assert helpers.nsexec(host, "ip", "-d", "link").stdout == links
     assert [helpers.nsexec(host, "tc", *what, "show", "dev", "u0", *where).stdout
             for what, where in ((("qdisc",), ()), (("filter",), ("ingress",)), (("filter",), ("egress",)))] == tc_before
+
+
+def failed_start_of_containers(lab, monkeypatch, undo_fails: str) -> tuple[list[dict], helpers.Switch, str]:
+    """Two containers' ports and a third whose name is another device's, where the start fails,
+    with what $TAPSWITCH_TEST_UNDO_FAILS says (tests/undo_step_fails.py) raising as it is undone:
+    the ports, the switch once it has exited 1 with the start's reason, and the mark of its processes."""
+    mark = f"TAPSWITCH_TEST_RUN={lab.name('run')}"      # finds this run's processes, whatever their parent
+    monkeypatch.setenv(*mark.split("=", 1))
+    monkeypatch.setenv("TAPSWITCH_TEST_UNDO_FAILS", undo_fails)
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+              "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+    clash = lab.name("p2")
+    helpers.sh("ip", "link", "add", clash, "type", "veth", "peer", "name", clash + "x")
+    ports.append({"name": clash})
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports},
+                    wrapper=UNDO_STEP_FAILS, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 1, sw.log()
+    assert [line for line in sw.log().splitlines() if line.startswith("tapswitch:")] == \
+        [f"tapswitch: port {clash}: a device named {clash} already exists"], sw.log()
+    assert "Traceback" not in sw.log()
+    assert len(sw.events("switch.start_failed")) == 1 and not sw.events("switch.stopped")     # not a stop
+    assert helpers.link_exists(clash)                    # the user's device is untouched
+    return ports, sw, mark
+
+
+def test_an_undo_step_that_raises_as_a_failed_start_undoes_is_logged_and_the_rest_still_goes(lab, monkeypatch):
+    """A step of the undo of a failed start raising (here the link monitor's close, EIO): it
+    left the failure's handling, and the handler of a stop while starting undid again over the
+    half-undone switch, which raised again: a traceback, the namespaces, control socket and
+    state file left. Now the step is logged, the rest of the undo goes, once, and the start
+    fails as it would have (exit 1, its reason), not as a stop."""
+    ports, sw, mark = failed_start_of_containers(lab, monkeypatch, "link_monitor")
+    assert [(e["step"], e["error"]) for e in sw.events("switch.undo_failed")] == \
+        [("link_monitor", "[Errno 5] Input/output error")], sw.log()
+    # Undone once: each port and namespace went once.
+    assert sorted(e["port"] for e in sw.events("port.removed")) == [p["name"] for p in ports[:2]]
+    assert sorted(e["netns"] for e in sw.events("netns.removed")) == [p["netns"] for p in ports[:2]]
+    assert not {p["netns"] for p in ports[:2]} & helpers.netns_list()
+    assert sorted(os.listdir(sw.dir)) == ["switch.log", "tapswitch.yaml"]     # no socket, lock or state file
+    assert helpers.processes_with_env(mark) == []        # no worker
+
+
+def test_a_namespace_whose_removal_raises_as_a_failed_start_undoes_leaves_the_others_removed(lab, monkeypatch):
+    """The removal of the first namespace raising (a bug, once it was gone): the namespaces
+    after it were left, and listed in the state file. Now its failure is logged and they go."""
+    ports, sw, mark = failed_start_of_containers(lab, monkeypatch, "netns")
+    assert not {p["netns"] for p in ports[:2]} & helpers.netns_list()
+    assert sorted(os.listdir(sw.dir)) == ["switch.log", "tapswitch.yaml"]
+    failed = sw.events("netns.remove_failed")
+    assert len(failed) == 1 and failed[0]["error"] == f"a bug removing {failed[0]['netns']}", sw.log()
+    assert sorted(e["netns"] for e in sw.events("netns.removed")) == [p["netns"] for p in ports[:2]]
+    assert not sw.events("switch.undo_failed")
+
+
+def test_a_port_whose_close_raises_as_a_failed_start_undoes_leaves_the_other_ports_undone(lab, monkeypatch):
+    """Closing one port raising (a bug) as a failed start undoes: the ports after it in the
+    undo were not closed, and a remote port's NIC kept its clsact, rules and MTU 9000. Now the
+    port's failure is logged and every other port is closed."""
+    host = underlay_host(lab)
+    monkeypatch.setenv("TAPSWITCH_TEST_UNDO_FAILS", f"port:{lab.name('p0')}")
+    c0 = lab.netns("c0", create=True)
+    nic = nic_state(host)
+    clash = lab.name("p2")      # the last port's name is another device's: the start fails there
+    helpers.nsexec(host, "ip", "link", "add", clash, "type", "veth", "peer", "name", clash + "x")
+    ports = [{"name": lab.name("up"), "remote": "u0", "mtu": 9000},       # undone after p0
+             {"name": lab.name("p0"), "netns": f"/run/netns/{c0}", "ifname": "eth0"}, {"name": clash}]
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports},
+                    netns=host, wrapper=UNDO_STEP_FAILS, start=False)
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 1, sw.log()
+    assert f"tapswitch: port {clash}: a device named {clash} already exists\n" in sw.log(), sw.log()
+    assert [(e["step"], e["port"], e["error"]) for e in sw.events("switch.undo_failed")] == \
+        [("port", ports[1]["name"], f"a bug closing {ports[1]['name']}")], sw.log()
+    assert [e["port"] for e in sw.events("port.removed")] == [ports[0]["name"]]
+    assert nic_state(host) == nic
+    assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "tun").stdout == ""
+    assert helpers.nsexec(c0, "ip", "-o", "link", "show", "type", "tun").stdout == ""
+
+
+def nic_state(ns: str, dev: str = "u0") -> dict:
+    """What a stop must give back of a remote port's NIC: qdiscs, filters, flags, MTU."""
+    link = json.loads(helpers.nsexec(ns, "ip", "-d", "-j", "link", "show", "dev", dev).stdout)[0]
+    return {"flags": sorted(link["flags"]), "mtu": link["mtu"], "promisc": link.get("promiscuity"),
+            "tc": [helpers.nsexec(ns, "tc", *what, "show", "dev", dev, *where).stdout
+                   for what, where in ((("qdisc",), ()), (("filter",), ("ingress",)), (("filter",), ("egress",)))]}
 
 
 def test_soak_60s(tmp_path):
