@@ -1,6 +1,7 @@
 """The switch's control plane, without devices: a Switch over its shared memory and hand-made ports."""
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -9,8 +10,10 @@ import sys
 import threading
 
 import pytest
+import structlog
 
 from tapswitch import cli, config, control, fastpath, settings
+from tapswitch import switch as switch_mod
 from tapswitch.control import ControlServer
 from tapswitch.ports import Port
 from tapswitch.switch import Switch
@@ -373,3 +376,38 @@ def test_fdb_reply_is_the_line_json_dumps_of_the_entries_would_be():
                                                             ("02:00:00:00:ab:02", "7"), ("02:00:00:00:cd:ef", "pé1")}
     finally:
         sw.shared.close()
+
+
+def test_notify_logs_a_failure_once_while_it_lasts(tmp_path, monkeypatch):
+    """$NOTIFY_SOCKET naming a socket that is gone: notify.failed was logged at every reload
+    (RELOADING=1, READY=1) and at the stop. Now once while the same failure lasts; again
+    once it changes, or after a message got through."""
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setattr(switch_mod, "_notify_failure", None)
+    refused, gone = os.strerror(errno.ECONNREFUSED), os.strerror(errno.ENOENT)
+
+    def listening() -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind(path)
+        return s
+
+    with structlog.testing.capture_logs() as logs:
+        with listening() as s:
+            switch_mod.notify("READY=1")
+            assert s.recv(64) == b"READY=1"
+        for state in ("RELOADING=1", "READY=1"):     # closed, its file left: refused
+            switch_mod.notify(state)
+        os.unlink(path)
+        for state in ("RELOADING=1", "READY=1", "STOPPING=1"):     # gone
+            switch_mod.notify(state)
+        with listening() as s:                       # back: said, and a failure after it is logged again
+            switch_mod.notify("READY=1")
+            assert s.recv(64) == b"READY=1"
+        os.unlink(path)
+        for state in ("RELOADING=1", "READY=1"):
+            switch_mod.notify(state)
+    failed = [e for e in logs if e["event"] == "notify.failed"]
+    assert [(e["socket"], e["error"]) for e in failed] == [
+        (path, f"[Errno {errno.ECONNREFUSED}] {refused}"), (path, f"[Errno {errno.ENOENT}] {gone}"),
+        (path, f"[Errno {errno.ENOENT}] {gone}")]

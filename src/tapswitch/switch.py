@@ -101,8 +101,13 @@ def _undo_step(step: str, **fields):
         log.error("switch.undo_failed", step=step, error=str(e) or type(e).__name__, **fields)
 
 
+_notify_failure: tuple[str, str] | None = None    # (socket, error) notify() last logged; None once it got through
+
+
 def notify(state: str) -> None:
-    """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state."""
+    """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state. A failure is logged once
+    while it lasts (each reload and the stop would say it again), and again once it changes."""
+    global _notify_failure
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return
@@ -113,7 +118,12 @@ def notify(state: str) -> None:
             s.connect(addr)
             s.sendall(state.encode())
         except OSError as e:
-            log.warning("notify.failed", socket=os.environ["NOTIFY_SOCKET"], error=str(e))
+            failure = (os.environ["NOTIFY_SOCKET"], str(e))
+            if failure != _notify_failure:
+                log.warning("notify.failed", socket=failure[0], error=failure[1])
+            _notify_failure = failure
+            return
+    _notify_failure = None
 
 
 class SharedReaders:

@@ -631,6 +631,16 @@ def test_a_reload_applies_the_log_level(lab):
     assert after == ["config.reload_failed"], after
 
 
+def test_a_notify_socket_gone_is_logged_once_over_reloads_and_the_stop(lab):
+    """The helper's $NOTIFY_SOCKET is gone once the switch is ready: each reload (RELOADING=1,
+    READY=1) and the stop logged notify.failed again. Now once while it is the same failure."""
+    sw = lab.switch(base(lab, 1))
+    for _ in range(2):
+        assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    assert sw.stop() == 0
+    assert [e["socket"] for e in sw.events("notify.failed")] == [os.path.join(sw.dir, "notify.sock")], sw.log()
+
+
 def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
     cfg = base(lab, 2)
     cfg["ports"][0]["vlan"] = 10
