@@ -61,6 +61,17 @@ IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 OWN_NSID = -1            # events from the switch's own namespace carry no peer id
 RECV_SIZE = 1 << 16
+# The kernel holds events for the socket up to its receive buffer, and drops the rest (ENOBUFS:
+# overrun, a full resync). The switch's own tc rules come as events too (RTMGRP_TC), while the
+# control loop is busy making them: a shared-mode remote whose MAC set changes all at once adds
+# and removes up to tc.U32_NODE_MAX rules in one update (adds go first, into the free handles),
+# 4095 events of 1280 bytes (what the kernel charges for one, measured): 5.2 MB. Each tick updates
+# every shared remote before the loop reads. So 16 MiB (the kernel doubles what it is asked for:
+# socket(7)), three such updates: a limit, not memory held; only events waiting take it.
+# SO_RCVBUF is capped at net.core.rmem_max (212992 by default: 416 KiB, 332 events);
+# SO_RCVBUFFORCE is not, with CAP_NET_ADMIN, which the switch has.
+RCVBUF = 8 << 20
+SO_RCVBUFFORCE = 33      # asm-generic/socket.h; Python's socket module does not name it
 
 
 class LinkEvent(NamedTuple):
@@ -193,7 +204,10 @@ class LinkMonitor:
         self.overrun = False     # events were lost (ENOBUFS): the owner must re-read link state
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                   socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:      # without CAP_NET_ADMIN: as much as rmem_max lets us have
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         groups = (RTMGRP_LINK | (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR if addresses else 0)
                   | (RTMGRP_TC if filters else 0))
         try:

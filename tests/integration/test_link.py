@@ -234,3 +234,19 @@ def test_link_events_do_not_speed_up_the_control_loops_maintenance(lab):
     assert steps <= took / switch_mod.TICK + 2, f"{steps} aging steps in {took:.1f} s for {flips} link flips"
     assert steps >= 1          # and the ticks go on meanwhile
     assert sw.stop() == 0
+
+
+def test_link_monitor_asks_its_buffer_past_rmem_max_and_without_cap_net_admin_what_rmem_max_allows():
+    """A burst of events (a shared remote's thousands of rules) must fit the link monitor's
+    buffer: SO_RCVBUFFORCE gives it linkmon.RCVBUF, past net.core.rmem_max (which caps SO_RCVBUF:
+    the 1 MiB it asked was 416 KiB under the kernel's default). Without CAP_NET_ADMIN (of the
+    host's user namespace) the kernel refuses that, and the monitor takes what rmem_max allows."""
+    from tapswitch import linkmon
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    ask = ("import socket; from tapswitch import linkmon; "
+           "print(linkmon.LinkMonitor(filters=True).sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))")
+    without = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
+    got = [int(helpers.sh(*prefix, sys.executable, "-c", ask).stdout) for prefix in ((), without)]
+    assert got == [2 * linkmon.RCVBUF, 2 * min(linkmon.RCVBUF, rmem_max)]     # the kernel doubles what it is asked

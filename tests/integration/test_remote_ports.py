@@ -98,6 +98,25 @@ def test_shared_uplink_leaves_the_host_its_own_address(lab, site):
     assert helpers.ping(site["sw"], "198.18.3.100")
 
 
+def test_a_shared_ports_thousands_of_rules_made_at_once_lose_the_switch_no_link_event(lab, site):
+    """4000 MACs behind another port from the start (static): the shared port's first update adds
+    4000 rules while the control loop reads no event, and the kernel tells the switch of each one
+    (RTMGRP_TC: 1280 bytes of the link monitor's buffer each). They fit (linkmon.RCVBUF): no event
+    is lost, no resync. (The buffer was 2 MiB, where net.core.rmem_max allows that, and 416 KiB
+    under the kernel's default: `link.events_lost`, and a resync of every port.)"""
+    cfg = config(lab, site, "shared")
+    macs = {f"02:00:00:01:{i >> 8:02x}:{i & 0xff:02x}" for i in range(4000)}
+    cfg["switch"]["mac_table"] = {"size": 16384}
+    cfg["static_macs"] = [{"mac": mac, "port": lab.name("p0")} for mac in sorted(macs)]
+    sw = lab.switch(cfg, netns=site["sw"])
+    helpers.wait_for("the MACs' rules", lambda: macs <= stolen_macs(site["sw"]), within=30, every=0.5)
+    # An event after theirs: the switch that has it has read theirs (or lost them, and said so).
+    helpers.nsexec(site["c"][1], "ip", "link", "set", "eth0", "down")
+    wait_port(sw, lab.name("p1"), "down", within=5)
+    assert not sw.events("link.events_lost"), sw.events("link.events_lost")
+    assert sw.stop() == 0
+
+
 def test_nic_down_takes_the_port_down_and_traffic_resumes_when_up(lab, site):
     sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
     up = lab.name("up")
