@@ -221,15 +221,19 @@ class LinkMonitor:
         return self.sock.fileno()
 
     def read(self) -> list[LinkEvent | AddressEvent | FilterEvent]:
-        """Drain the waiting link (and address, filter) events."""
+        """Drain the waiting link (and address, filter) events. Events lost (`overrun`), it
+        drains the socket all the same: the kernel says so once, and drops every later event
+        unsaid until the queue is empty. The owner's resync, after this, covers them all."""
         events = []
         while True:
             try:
                 data, ancdata, _flags, _addr = self.sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(4))
             except BlockingIOError:
                 return events
-            except OSError:          # ENOBUFS: the kernel dropped events for us
+            except OSError as e:
                 self.overrun = True
+                if e.errno == errno.ENOBUFS:     # the kernel dropped events for us: read on
+                    continue
                 return events
             nsid = OWN_NSID
             for level, kind, value in ancdata:

@@ -1,5 +1,6 @@
 """Link state: a port follows its TAP; a down port is not flooded to and its MACs are forgotten."""
 
+import json
 import os
 import sys
 import time
@@ -250,3 +251,36 @@ def test_link_monitor_asks_its_buffer_past_rmem_max_and_without_cap_net_admin_wh
     without = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin")
     got = [int(helpers.sh(*prefix, sys.executable, "-c", ask).stdout) for prefix in ((), without)]
     assert got == [2 * linkmon.RCVBUF, 2 * min(linkmon.RCVBUF, rmem_max)]     # the kernel doubles what it is asked
+
+
+# Run in a namespace of the test's own (no other namespace's events reach the monitor there):
+# a burst of link events overruns a monitor given a few events' room, the owner reads (and
+# would resync), then a device is made, and the owner reads on for a second.
+OVERRUN_THEN_AN_EVENT = """
+import json, socket, subprocess, time
+from tapswitch import linkmon
+monitor = linkmon.LinkMonitor()
+monitor.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+subprocess.run(["ip", "-batch", "-"], check=True, text=True,
+               input="link add o0 type veth peer name o1\\n" + "link set o0 up\\nlink set o0 down\\n" * 10)
+monitor.read()
+overrun, monitor.overrun = monitor.overrun, False
+subprocess.run(["ip", "link", "add", "o2", "type", "veth", "peer", "name", "o3"], check=True)
+later, deadline = [], time.monotonic() + 1
+while time.monotonic() < deadline:
+    later += [e.ifname for e in monitor.read()]
+    time.sleep(0.05)
+print(json.dumps({"overrun": overrun, "later": later, "said": monitor.overrun}))
+"""
+
+
+def test_link_monitor_that_lost_events_loses_none_after_the_read_that_says_so_unsaid(lab):
+    """The kernel says once that it dropped events for the monitor (ENOBUFS), and drops every
+    later one unsaid until the socket's queue is empty: read() drains it before it returns with
+    `overrun`, so that the owner's resync comes after all the events lost, and an event after it
+    is read (or said lost). (read() returned at the ENOBUFS, the queue full: a device made after
+    the resync went unseen, unsaid, as a port's TAP going down, which left the port up.)"""
+    ns = lab.netns("o", create=True)
+    got = json.loads(helpers.nsexec(ns, sys.executable, "-c", OVERRUN_THEN_AN_EVENT).stdout)
+    assert got["overrun"], got
+    assert "o2" in got["later"] or got["said"], got
