@@ -63,6 +63,8 @@ class Port:
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
     underlay_fault: str | None = None    # a VXLAN port: why its tunnel cannot carry, as last logged
                                          # (vxlan.underlay_down); None: it can
+    mac_follow_failed: str | None = None   # a remote port: why following IFACE's new MAC failed, as
+                                           # last logged (Switch.remote_mac_changed); None: followed
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone

@@ -303,7 +303,9 @@ class RemoteAttachment:
         self._original: tc.DeviceState | None = None  # IFACE before we came
         self._changed: frozenset[str] = frozenset(_FLAG_BITS)  # IFACE's flags that detach() gives back
         self._left: Original | None = None  # (ifindex, original) of an IFACE that went (gone())
-        self._iface_mac = ""
+        self._iface_mac = ""     # IFACE's MAC whose flags and rules are in place
+        self._flags: dict[str, bool] = {}    # iface_flags() as the port last set them on IFACE
+        self.behind = False      # a follow_iface_mac failed: IFACE's MAC is not followed yet
         self._claim: tuple[int, socket.socket] | None = None   # (IFACE's ifindex, its claim) while attached
 
     # Attaching. -----------------------------------------------------------
@@ -356,7 +358,9 @@ class RemoteAttachment:
             self.port_mac = self._iface_mac  # the port takes IFACE's MAC (the seed's default)
         # IFACE gets the flags it had before any run (a dead run's, or ours before IFACE went and
         # came back, may be on it), but for those the port wants; detach() gives back only those.
-        wanted = {**iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti), "up": True}
+        self.behind = False
+        self._flags = iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti)
+        wanted = {**self._flags, "up": True}
         _set_flags(ipr, remote, {**{k: getattr(self._original, k) for k in _FLAG_BITS}, **wanted})
         self._changed = changed_flags(self._original, wanted)
 
@@ -449,25 +453,33 @@ class RemoteAttachment:
         steals frames for the new one; shared mode steals none for it (it is the host's), and
         may for the old one, if the MAC table puts it behind another port. IFACE's flags follow
         too (local mode with `mac:` needs promisc only while IFACE's MAC is another). What the
-        kernel says now decides: events come late. True if the MAC changed."""
+        kernel says now decides: events come late. True if the MAC changed.
+
+        The MAC counts as followed (iface_mac) only once its flags and rules are in place: a
+        step the kernel refuses raises, with `behind` set, and the next call (the switch's
+        next tick, or IFACE's next event) takes it up from where it stopped."""
         if not self.attached:
             return False
         mac = _link(self.ipr, self._index["remote"]).get_attr("IFLA_ADDRESS").lower()
-        if mac == self._iface_mac:
+        if mac == self._iface_mac and not self.behind:
             return False
-        before = iface_flags(self.mode, self.port_mac, self._iface_mac, self.allmulti)
-        was, self._iface_mac = self._iface_mac, mac
-        if self.follows_mac:
-            self.port_mac = mac
-        wanted = iface_flags(self.mode, self.port_mac, mac, self.allmulti)
+        self.behind = True
+        port_mac = mac if self.follows_mac else self.port_mac
+        wanted = iface_flags(self.mode, port_mac, mac, self.allmulti)
         # Only the flags the port wants now and did not, or wanted and does not: IFACE's user
         # may have set it down to change its MAC (a NIC wants that), and up is theirs meanwhile.
+        before = self._flags
         give_back = {k: getattr(self._original, k) for k in before if k not in wanted and k in self._changed}
         take = {k: on for k, on in wanted.items() if before.get(k) != on}
         _set_flags(self.ipr, self._index["remote"], {**give_back, **take})
         self._changed = (self._changed - give_back.keys()) | changed_flags(self._original, take)
-        self.shared_macs = self._not_host(self.shared_macs)
-        self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
+        self._flags = wanted
+        shared_macs = self._not_host(self.shared_macs, mac)
+        self._install(rules_for(self.mode, port_mac, self.allmulti, shared_macs))
+        was, self._iface_mac, self.port_mac, self.shared_macs = self._iface_mac, mac, port_mac, shared_macs
+        self.behind = False
+        if was == mac:       # back to the MAC it had before a follow that failed: nothing changed
+            return False
         log.warning("remote.mac_changed", tap=self.tap_ifname, remote=self.remote_ifname, mac=mac, was=was,
                     port_mac=self.port_mac if self.mode == "local" else None)
         return True
@@ -480,9 +492,10 @@ class RemoteAttachment:
         if self.attached:
             self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
 
-    def _not_host(self, macs: Iterable[str]) -> frozenset[str]:
-        # never steal the host's own address, whatever the MAC table says
-        return frozenset(m for m in (MacMatch(m).dst for m in macs) if m != self._iface_mac)
+    def _not_host(self, macs: Iterable[str], host: str | None = None) -> frozenset[str]:
+        # never steal the host's own address (IFACE's, or the one it is taking), whatever the MAC table says
+        host = self._iface_mac if host is None else host
+        return frozenset(m for m in (MacMatch(m).dst for m in macs) if m != host)
 
     def check_foreign(self) -> None:
         """Filters of another's in the priorities tapswitch reserves, on IFACE's ingress. A start

@@ -394,6 +394,7 @@ class Switch:
                     self.tick_at = now + TICK
                     self.maintain_ports()
                     self.maintain_tunnels()
+                    self.maintain_remotes()
                     self.maintain_fdb()
                     self.feed_shared_remotes()
         finally:
@@ -573,26 +574,46 @@ class Switch:
             self.remote_mtu_changed(port, event)
         self.remote_mac_changed(port, event)
 
-    def remote_mac_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
+    def remote_mac_changed(self, port: ports.Port, event: linkmon.LinkEvent | None = None) -> None:
         """IFACE's user gave it another MAC (or it came back with another): the rules that match
         on it follow (RemoteAttachment.follow_iface_mac), and a local port without `mac:`, which
-        has IFACE's, gives its TAP the new one, as `tapswitch ports` and port_info show it."""
+        has IFACE's, gives its TAP the new one, as `tapswitch ports` and port_info show it.
+        Without an event: maintain_remotes trying again what the kernel refused (a rule, a flag,
+        the TAP's MAC), which is said once, not at every try (again if its reason changes)."""
         att = port.remote
-        if event.mac is not None and event.mac != att.iface_mac:
+        if att.behind or (event is not None and event.mac not in (None, att.iface_mac)):
             try:
                 att.follow_iface_mac()
-            except (NetlinkError, tc.TcError) as e:
-                log.error("remote.mac_follow_failed", port=port.name, remote=port.cfg.remote, error=str(e))
+            except (NetlinkError, OSError, tc.TcError) as e:
+                if self._news(port, f"rules: {e}"):
+                    log.error("remote.mac_follow_failed", port=port.name, remote=port.cfg.remote, error=str(e),
+                              reason="tried again every tick until it succeeds")
                 return
         if att.follows_mac and att.port_mac is not None and att.port_mac != port.mac:
             try:
                 att.ipr.link("set", index=port.ifindex, address=att.port_mac)
-            except NetlinkError as e:
-                log.error("port.mac_follow_failed", port=port.name, remote=port.cfg.remote, mac=att.port_mac,
-                          error=str(e))
+            except (NetlinkError, OSError) as e:
+                if self._news(port, f"tap: {e}"):
+                    log.error("port.mac_follow_failed", port=port.name, remote=port.cfg.remote, mac=att.port_mac,
+                              error=str(e), reason="tried again every tick until it succeeds")
                 return
             log.info("port.mac_changed", port=port.name, mac=att.port_mac, was=port.mac, remote=port.cfg.remote)
             port.mac = att.port_mac
+        port.mac_follow_failed = None
+
+    @staticmethod
+    def _news(port: ports.Port, failure: str) -> bool:
+        """Whether a failure to follow IFACE's MAC is to be said: not the one said last (each tick tries again)."""
+        news, port.mac_follow_failed = failure != port.mac_follow_failed, failure
+        return news
+
+    def maintain_remotes(self) -> None:
+        """A remote port whose following of IFACE's new MAC failed (remote_mac_changed) tries
+        again, once a tick: no other event may come (IFACE's MAC changed once), and until it
+        succeeds the port steals the frames of the old MAC, not the new one's."""
+        for port in self.ports:
+            if port.mac_follow_failed is not None and not port.gone and port.remote_ifindex is not None:
+                self.remote_mac_changed(port)
 
     def remote_mtu_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """A remote port without `mtu` has IFACE's: when IFACE's user changes it (or IFACE comes

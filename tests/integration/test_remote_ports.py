@@ -191,6 +191,31 @@ def test_a_local_port_follows_the_nics_mac_when_its_user_changes_it(lab, site):
     assert nic_state(site["sw"]) == before
 
 
+FOLLOW_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "follow_fails.py"))
+
+
+def test_a_local_port_whose_rule_for_the_nics_new_mac_is_refused_once_follows_it_at_a_later_try(lab, site, monkeypatch):
+    """The kernel refuses the rule for the NIC's new MAC once (tests/follow_fails.py), as its
+    user changes it (live, one event): the failure is logged, and a later try (the next tick)
+    moves the rule, as if nothing had failed. (The port kept stealing the old MAC's frames for
+    good: it took the new MAC as followed, so neither a tick nor the NIC's next event tried again.)"""
+    new = "02:00:00:00:3a:51"
+    monkeypatch.setenv("TAPSWITCH_TEST_FOLLOW_FAILS", new)
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "local"), netns=site["sw"], wrapper=FOLLOW_FAILS)
+    up, was = lab.name("up"), helpers.link_mac(site["sw"], "nic0")
+    assert stolen_macs(site["sw"]) == {was}
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "address", new)
+    helpers.wait_for("the failure said", lambda: sw.events("remote.mac_follow_failed"))
+    helpers.wait_for("the rule follows", lambda: stolen_macs(site["sw"]) == {new}, within=5)
+    assert [(e["mac"], e["was"], e["port_mac"]) for e in sw.events("remote.mac_changed")] == [(new, was, new)]
+    failed = sw.events("remote.mac_follow_failed")
+    assert len(failed) == 1 and "Cannot allocate memory" in failed[0]["error"], sw.log()
+    helpers.wait_for("the port's MAC follows", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new)
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 @pytest.mark.parametrize("mode", ["promisc", "local"])
 def test_the_stop_leaves_the_flags_the_switch_did_not_set_as_the_nics_user_set_them(lab, site, mode):
     """The NIC's user sets allmulti (a multicast router) and, in local mode, promisc (a capture)
