@@ -1117,9 +1117,11 @@ class Switch:
                 log.info("port.removed", port=port.name)
         self.ports.clear()
         with _undo_step("state"):
-            # Ours are detached; one whose detach failed (logged) keeps its original state listed, as
-            # does a dead run's that this run did not get to attach (a failed start): the next start heals them.
-            kept = (self.inherited_remotes - attached) | {r for r in attached if r in self.state.originals}
+            # Ours are detached; one not given back keeps its original state listed: its detach failed
+            # (logged), or it was away in another namespace (remote.gone), also one whose port a reload
+            # removed meanwhile; as does a dead run's that this run did not get to attach (a failed
+            # start): the next start heals them.
+            kept = (self.inherited_remotes - attached) | set(self.state.originals)
             dead = self.unhealed
             self.state.remotes = sorted(kept | set(dead.remotes))
             self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},

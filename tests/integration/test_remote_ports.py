@@ -501,6 +501,34 @@ def test_a_clean_stop_after_a_reload_dropped_a_nic_the_start_took_over_lists_not
     assert not os.path.exists(sw2.socket + ".state")
 
 
+
+def test_a_nic_away_when_a_reload_removes_its_port_is_healed_by_the_next_start(lab, site):
+    """The NIC is moved into another namespace, with the flags and MTU the switch set, and a
+    reload removes its port meanwhile: nothing could give it back then, so the clean stop keeps
+    it listed with how it was, and the next start, once it is back, gives it back (the stop
+    forgot it: moved back, the NIC kept the switch's promisc and MTU for good)."""
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", "1400")
+    before = nic_state(site["sw"])
+    cfg = config(lab, site, "promisc", mtu=1500)
+    sw = lab.switch(cfg, netns=site["sw"])
+    up = lab.name("up")
+    away = lab.netns("away", create=True)
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "netns", away)
+    wait_port(sw, up, "down")
+    cfg["ports"].pop()
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: removed {up}"
+    assert sw.stop() == 0
+    with open(sw.socket + ".state") as f:
+        assert json.load(f)["remotes"] == ["nic0"]
+    helpers.nsexec(away, "ip", "link", "set", "nic0", "netns", site["sw"])
+    sw2 = lab.switch(cfg, netns=site["sw"])
+    assert [e["remote"] for e in sw2.events("remote.healed")] == ["nic0"], sw2.log()
+    assert sw2.stop() == 0
+    assert nic_state(site["sw"]) == before
+    assert not os.path.exists(sw2.socket + ".state")
+
 DETACH_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "detach_fails.py"))
 
 
