@@ -35,7 +35,7 @@ from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, remote, settings, tap, tc
 from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, stop_serving
 from tapswitch.log import setup as setup_logging
-from tapswitch.netns import Namespaces, NetnsError
+from tapswitch.netns import Namespaces, NetnsError, name_at
 from tapswitch.runstate import RunState
 from tapswitch.supervisor import Supervisor, Worker, WorkerError
 from tapswitch.tap import TapError
@@ -838,6 +838,7 @@ class Switch:
             index = self._free_slot(busy)
             busy.add(index)
             wanted.append((index, pcfg))
+        had = set(self.namespaces.created)
         made = self._add_ports(wanted)
         bugs = [e for e in made if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
         if bugs:
@@ -880,7 +881,10 @@ class Switch:
         if new.switch.log != self.cfg.switch.log:
             setup_logging(new.switch.log.level, new.switch.log.format)
         self.supervisor.hung_after = new.switch.watchdog_ms / 1000     # from the next look (hung)
-        self.namespaces.remove_unused({p.cfg.netns_path for p in self.ports})    # those of ports that failed
+        # Those made for ports that failed go. One a port had before this reload stays while the
+        # config names it: what its user runs there is not cut off, and a reload makes the port there again.
+        kept = {p.netns_path for p in new.ports if p.netns_path is not None and name_at(p.netns_path) in had}
+        self.namespaces.remove_unused({p.cfg.netns_path for p in self.ports} | kept)
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
         self.install_static_macs()

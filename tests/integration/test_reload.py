@@ -534,6 +534,32 @@ def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
     assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
 
 
+
+def test_a_port_a_reload_could_not_make_again_keeps_the_namespace_it_made(lab):
+    """A reload makes a port again (an address added) and cannot (IPv6 is off in its namespace):
+    the namespace the switch made for it stays, with what its user put there, and the reload that
+    can make the port makes it there again. (It was removed, as for a port gone from the config:
+    what ran there was cut off, and the next reload made a new, empty one of that name.)"""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    made = os.stat(f"/run/netns/{ns}").st_ino
+    cfg["ports"][1]["addresses"] = ["198.18.4.2/24", "fd00::2/64"]
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: failed {name}"), r
+    assert "IPv6 is disabled there" in r.stderr, r.stderr
+    assert os.stat(f"/run/netns/{ns}").st_ino == made
+    cfg["ports"][1]["addresses"] = ["198.18.4.2/24"]
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {name}"
+    assert os.stat(f"/run/netns/{ns}").st_ino == made
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    assert sw.stop() == 0
+    assert ns not in helpers.netns_list()
+
 HOLD_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "hold_fails.py"))
 
 
