@@ -868,9 +868,13 @@ class Switch:
         for port in unhosted:
             log.info("vxlan.remotes_removed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         for port in added:
-            if port.tunnel is not None:      # its underlay may be down already: no event says so
+            # As the start asks (resync_links): IFACE may have no carrier already, a VXLAN port's
+            # underlay may be down, and no event says so (attaching may change nothing it tells of).
+            if port.remote is not None:
+                port.remote_up = self._device_up(None, index=port.remote_ifindex)
+            if port.tunnel is not None:
                 self.underlay_changed(port)
-                port.up = port.links_up      # settings.apply publishes it, before the workers see the port
+            port.up = port.links_up      # settings.apply publishes it, before the workers see the port
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
         settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic

@@ -147,6 +147,27 @@ def test_nic_deleted_and_recreated_is_attached_again(lab, site):
         assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
 
 
+def test_a_port_a_reload_adds_on_a_nic_without_carrier_is_down_until_it_has_one(lab, site):
+    """As one the start makes: the NIC is up but its cable is out (the veth's peer is down), and
+    attaching it in local mode changes nothing that the kernel tells of, so no link event says
+    so. The port was up, in `tapswitch ports` and tapswitch_port_up, until the carrier changed."""
+    cfg = config(lab, site, "local")
+    uplink = cfg["ports"].pop()
+    sw = lab.switch(cfg, netns=site["sw"])
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "down")
+    # The kernel tells of the carrier's loss a moment later (linkwatch): before the port is there.
+    helpers.wait_for("nic0 has lost its carrier", lambda: json.loads(helpers.nsexec(
+        site["sw"], "ip", "-j", "link", "show", "dev", "nic0").stdout)[0]["operstate"] == "DOWN")
+    cfg["ports"].append(uplink)
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {uplink['name']}"
+    time.sleep(1.5)                  # a link event that came late would have said so by now
+    assert {p["name"]: p["state"] for p in sw.cli_json("ports")}[uplink["name"]] == "down", sw.log()
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "up")
+    wait_port(sw, uplink["name"], "up", within=3)
+
+
 def test_a_nic_moved_away_and_back_is_given_back_as_it_was_before_the_start(lab, site):
     """A NIC moved into another namespace keeps the flags and MTU the switch set (the kernel
     takes only its qdiscs); moved back it is attached again, and the stop gives it back what
