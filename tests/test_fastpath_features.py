@@ -514,9 +514,13 @@ def test_a_copy_over_the_monitor_ports_frame_max_is_counted_dropped(sw):
     tagged(BROADCAST, A, 10, flags=NEEDS_CSUM, csum_start=23, csum_offset=4),
     tagged(BROADCAST, A, 10, bytes(1000), ethertype=0x86dd, flags=NEEDS_CSUM, gso_type=GSO_TCPV6, gso_size=100,
            csum_start=43, csum_offset=16),
+    # Behind two tags, one the pop leaves tagged 20 to 23 bytes in: the tag left is one a second
+    # pop (this switch's next hop) could not take off (fuzzing found it going out tagged 21 bytes in).
+    tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=25,
+           csum_offset=1),
 ], ids=["no room for the tag", "checksum in the tag", "second tag: no TCI", "second tag: no type",
         "second tag: half a type", "checksum in the second tag", "checksum a pop moves below 20",
-        "TCPV6 checksum a pop moves below 40"])
+        "TCPV6 checksum a pop moves below 40", "two tags: checksum the pop leaves tagged below 24"])
 def test_broken_tag_is_an_rx_error(sw, data):
     # Port 1 would get the frame with its tag popped: never one whose front tag is broken.
     Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
@@ -527,11 +531,11 @@ def test_broken_tag_is_an_rx_error(sw, data):
 
 def test_a_whole_second_tag_comes_to_the_front_when_the_first_is_popped(sw):
     Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
-    data = tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=26,
+    data = tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=28,
                   csum_offset=4)
     sw.send(0, data)
     out = untag(data)
-    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 22) + out[H - 2:]]
+    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 24) + out[H - 2:]]
 
 
 def test_a_pop_that_takes_the_header_length_below_the_ethernet_header_clears_it(sw):

@@ -123,7 +123,8 @@ def is_parsable(data) -> bool:
         end = ETH_HLEN + VLAN_HLEN
         if len(data) - VNET_LEN >= end and int.from_bytes(data[VNET_LEN + end - 2:VNET_LEN + end], "big") == ETH_P_8021Q:
             end += VLAN_HLEN
-        if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < max(end, csum_min + VLAN_HLEN)):
+        # a tag's 4 bytes before the checksum for each 802.1Q tag: what each pop leaves is well formed too
+        if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < max(end, csum_min + end - ETH_HLEN)):
             return False
     return True
 

@@ -842,21 +842,25 @@ static bool vnet_hdr_is_valid(struct frame *f)
  * tagged, went out of every access port as a refused write, a tx_errors
  * each); and so is a second 802.1Q tag behind it, which a pop brings to the
  * front (a frame cut in it went out of an access port as a frame with a
- * broken tag). */
+ * broken tag), with 4 more bytes before the checksum for it: the frame a pop
+ * leaves is one this check takes (21 bytes in behind two tags went out of an
+ * access port tagged, 17 bytes in once that tag is popped too). A real
+ * frame's checksum starts behind its tags and an IP header, never so early. */
 static bool tag_is_whole(const struct frame *f)
 {
     struct vnet_hdr h;
     memcpy(&h, f->buf, sizeof h);
-    uint32_t end = ETH_HLEN + VLAN_HLEN;
+    uint32_t end = ETH_HLEN + VLAN_HLEN, tags = VLAN_HLEN;
     if (eth_len(f) < end)
         return false;
     if (be16(eth_hdr(f) + end - 2) == ETH_P_8021Q) {
         end += VLAN_HLEN;
+        tags += VLAN_HLEN;
         if (eth_len(f) < end)
             return false;
     }
     return !(h.flags & VNET_F_NEEDS_CSUM)
-        || (h.csum_start >= end && h.csum_start >= csum_start_min(&h) + VLAN_HLEN);
+        || (h.csum_start >= end && h.csum_start >= csum_start_min(&h) + tags);
 }
 
 /* Malformed frames are counted as rx_errors and go no further: those we
