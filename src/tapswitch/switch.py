@@ -642,13 +642,25 @@ class Switch:
             if taps:
                 port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
-                port.remote_up = port.remote_ifindex is not None and self._device_up(None, index=port.remote_ifindex)
-                if port.remote_ifindex is not None:
+                link = self._link(None, port.remote_ifindex) if port.remote_ifindex is not None else None
+                port.remote_up = link is not None and linkmon.link_up(link["flags"])
+                if link is not None:
                     self.check_foreign(port)          # a filter event may have been lost too
+                    self.resync_remote(port, link)
             if port.tunnel is not None:
                 self.underlay_changed(port)
             self.set_port_up(port, port.links_up)
         self.monitor.overrun = False
+
+    def resync_remote(self, port: ports.Port, link) -> None:
+        """IFACE's MTU and MAC as the kernel has them (`link`), followed as their lost event
+        would have had them followed (remote_changed): else the port steals the old MAC's
+        frames until IFACE's next event, if one ever comes."""
+        event = linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, link.get_attr("IFLA_IFNAME"),
+                                  port.remote_up, False, link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS"))
+        if port.remote.mtu is None:
+            self.remote_mtu_changed(port, event)
+        self.remote_mac_changed(port, event)
 
     @staticmethod
     def _link(nspath: str | None, index: int):

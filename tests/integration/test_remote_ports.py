@@ -237,6 +237,29 @@ def test_a_local_port_whose_rule_for_the_nics_new_mac_is_refused_once_follows_it
     assert nic_state(site["sw"]) == before
 
 
+EVENTS_LOST = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "events_lost.py"))
+
+
+def test_a_local_port_follows_the_nics_new_mac_and_mtu_whose_events_were_lost_at_the_resync(lab, site, monkeypatch):
+    """The link monitor loses the NIC's events of its new MAC (tests/events_lost.py: as in an
+    overrun, ENOBUFS), and of the new MTU it sets after: the resync after the loss reads the
+    NIC's MAC and MTU, and the rule, the port's MAC and MTU follow. (The resync read only up
+    or down: the port stole the old MAC's frames until the NIC's next event, maybe never.)"""
+    new = "02:00:00:00:3a:52"
+    monkeypatch.setenv("TAPSWITCH_TEST_EVENTS_LOST", new)
+    sw = lab.switch(config(lab, site, "local"), netns=site["sw"], wrapper=EVENTS_LOST)
+    up, was = lab.name("up"), helpers.link_mac(site["sw"], "nic0")
+    assert stolen_macs(site["sw"]) == {was}
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "address", new)
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", "1400")    # its event has the new MAC: lost too
+    helpers.wait_for("the loss said", lambda: sw.events("link.events_lost"))
+    helpers.wait_for("the rule follows", lambda: stolen_macs(site["sw"]) == {new}, within=5)
+    assert [(e["mac"], e["was"], e["port_mac"]) for e in sw.events("remote.mac_changed")] == [(new, was, new)]
+    assert {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new
+    assert port_mtu(sw, up) == 1400
+    assert sw.stop() == 0
+
+
 @pytest.mark.parametrize("mode", ["promisc", "local"])
 def test_the_stop_leaves_the_flags_the_switch_did_not_set_as_the_nics_user_set_them(lab, site, mode):
     """The NIC's user sets allmulti (a multicast router) and, in local mode, promisc (a capture)
