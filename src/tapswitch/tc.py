@@ -514,15 +514,21 @@ def foreign_filters(filters: list[TcFilter]) -> dict[int, TcFilter]:
     first such filter: one without our cookie, or a u32 hash table besides the one the kernel
     makes with a priority's first filter (a user's `handle 5: u32 divisor 16`). A dead run's
     emptied priorities are not among them."""
+    # Each (prio, chain)'s tables gathered once: looked up per filter, a shared-mode remote's
+    # thousands of filters in one priority took seconds (the resync's check_foreign).
+    tables: dict[tuple[int, int], list[TcFilter]] = {}
+    for g in filters:
+        if g.handle != 0 and not g.is_entry:
+            tables.setdefault((g.prio, g.chain), []).append(g)
     found: dict[int, TcFilter] = {}
     for f in filters:
         if not f.in_range or f.prio in found:
             continue
-        tables = [g for g in filters if (g.prio, g.chain) == (f.prio, f.chain) and g.handle != 0 and not g.is_entry]
+        here = tables.get((f.prio, f.chain), [])
         if f.is_entry and not f.ours:
             found[f.prio] = f
-        elif len(tables) > 1:
-            found[f.prio] = tables[-1]      # the root table comes first in a dump
+        elif len(here) > 1:
+            found[f.prio] = here[-1]      # the root table comes first in a dump
     return dict(sorted(found.items()))
 
 
