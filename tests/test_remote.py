@@ -1,7 +1,6 @@
 """remote and tc, without root: the rules each mode needs, their diff, and the netlink bytes we send."""
 
 import struct
-import time
 
 import pytest
 
@@ -347,15 +346,14 @@ def test_only_ethernet_interfaces_can_be_attached():
 
 
 def test_a_shared_ports_full_priority_is_looked_through_for_foreign_filters_at_once():
-    """check_foreign at a resync, on a shared port's 4095 rules in one priority: what it finds is
-    as ever (a user's hash table or filter there), and the look takes no time. (Each filter
-    looked through the whole dump for its priority's tables: 4 s, the control loop stalled.)"""
+    """check_foreign at a resync, on a shared port's 4095 rules in one priority: none of ours is
+    taken for foreign, and a user's hash table or filter there still is. (The look gathers each
+    priority's tables once; it took 4 s here when each filter looked through the whole dump:
+    measured, not timed here, as the bench's figures are.)"""
     def f(handle, cookies=(COOKIE,), prio=tc.PRIO_FIRST + 1, kind="u32"):
         return tc.TcFilter(3, tc.INGRESS, prio, kind, handle, 0, cookies)
     ours = [f(0), f(0x800 << 20)] + [f(0x800 << 20 | node) for node in range(1, tc.U32_NODE_MAX + 1)]
-    start = time.monotonic()
     assert tc.foreign_filters(ours) == {}
-    assert time.monotonic() - start < 1
     table = f(0x5 << 20, ())
     assert tc.foreign_filters(ours + [table]) == {tc.PRIO_FIRST + 1: table}
     bpf = f(1, (), tc.PRIO_FIRST + 2, "bpf")
