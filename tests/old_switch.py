@@ -2,7 +2,8 @@
 goes: `python tests/old_switch.py SOCKET N` listens on SOCKET and answers `fdb` with its whole
 MAC table of N entries, whatever else the request says, as it did (its handler was `lambda
 req: self.fdb_info()`): the reply written a chunk of 4096 entries at a time, the line
-json.dumps of {"ok": true, "result": [...]} is. Prints "listening" once it listens; runs until
+json.dumps of {"ok": true, "result": [...]} is. `ports` it answers as a switch older still did
+(before rx_missed and a port's error: 80fde8d^). Prints "listening" once it listens; runs until
 it is killed. Entry i: MAC 02:00:00:00:HH:LL, VLAN 1 + i % 3, port p0 or p1, static every 7th."""
 
 import json
@@ -10,6 +11,11 @@ import socketserver
 import sys
 
 CHUNK = 4096
+OLD_COUNTERS = ["rx_packets", "rx_bytes", "rx_errors", "rx_dropped", "tx_packets", "tx_bytes", "tx_errors",
+                "tx_dropped", "flooded"]
+PORTS = [{"name": f"p{i}", "state": "up", "mac": f"02:00:00:00:01:0{i}", "mtu": 1500, "speed": 10000,
+          "remote": None, "queues": 1, "counters": {c: 7 * i + k for k, c in enumerate(OLD_COUNTERS)}}
+         for i in range(2)]
 
 
 def table(n: int) -> list[str]:
@@ -20,6 +26,9 @@ def table(n: int) -> list[str]:
 class Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         request = json.loads(self.rfile.readline())
+        if request["cmd"] == "ports":
+            self.wfile.write(json.dumps({"ok": True, "result": PORTS}).encode() + b"\n")
+            return
         if request["cmd"] != "fdb":
             self.wfile.write(json.dumps({"ok": False, "error": f"unknown command {request['cmd']!r}"}).encode() + b"\n")
             return

@@ -314,6 +314,22 @@ def old_switch(tmp_path, n: int):
             os.unlink(path)
 
 
+def test_ports_of_a_switch_of_an_older_tapswitch_shows_what_it_has_and_dashes_for_the_rest(tmp_path):
+    """tapswitch upgraded, the switch it had started running on, from before rx_missed and a port's
+    error: `tapswitch ports` shows its columns, "-" for those it lacks (it ended in a KeyError's
+    traceback), and --json its reply as it is."""
+    with old_switch(tmp_path, 0) as path:
+        code, out, err, _ = run_cli("ports", "-s", path)
+        assert (code, err) == (0, "")
+        rows = [line.split() for line in out.splitlines()]
+        header = rows[0]
+        assert [r[0] for r in rows[1:]] == ["p0", "p1"]
+        p1 = dict(zip(header, rows[2]))
+        assert (p1["STATE"], p1["MTU"], p1["RX-MISSED"], p1["RX-PACKETS"], p1["FLOODED"]) == ("up", "1500", "-", "7", "15")
+        code, out, err, _ = run_cli("ports", "--json", "-s", path)
+        assert (code, json.loads(out)[1]["counters"].get("rx_missed")) == (0, None)
+
+
 def test_fdb_filters_on_a_switch_of_an_older_tapswitch_list_only_the_entries_that_match(tmp_path):
     """tapswitch upgraded, the switch it had started running on: that switch ignores --port,
     --vlan and --mac and sends its whole table. The client picks the entries itself then, and

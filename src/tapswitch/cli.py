@@ -178,8 +178,10 @@ def cmd_ports(args) -> int:
         return EXIT_OK
     headers = (["NAME", "STATE", "MAC", "MTU", "SPEED", "REMOTE", "QUEUES"] + [c.upper().replace("_", "-") for c in PORT_COLUMNS]
                + ["ERROR"])     # last: a reason has spaces, the columns before it stay one word each
-    print(table([[p["name"], p["state"], p["mac"], p["mtu"], p["speed"], p["remote"], p["queues"]]
-                 + [p["counters"][c] for c in PORT_COLUMNS] + [p.get("error")] for p in result], headers))
+    # A switch of an older tapswitch (still running after an upgrade) lacks the newer fields: "-".
+    print(table([[p.get(k, "-") for k in ("name", "state", "mac", "mtu", "speed", "remote", "queues")]
+                 + [p.get("counters", {}).get(c, "-") for c in PORT_COLUMNS] + [p.get("error")] for p in result],
+                headers))
     return EXIT_OK
 
 
