@@ -1,10 +1,12 @@
 """runstate: the state file a run leaves for the start after a crash."""
 
 import json
+import os
 
 import pytest
+import structlog
 
-from tapswitch.runstate import UNKNOWN, RunState
+from tapswitch.runstate import UNKNOWN, RunState, SaveError
 from tapswitch.tc import DeviceState
 
 
@@ -17,6 +19,31 @@ def test_what_is_saved_is_what_the_next_start_loads(tmp_path):
     dead = RunState.load(path)
     assert (dead.netns, dead.remotes, dead.originals) == (state.netns, state.remotes, state.originals)
     assert list(dead.netns) == ["c1", "c2"]                 # oldest first: removed newest first
+
+
+def test_a_file_that_cannot_be_written_is_logged_left_as_it_was_and_written_by_the_next_save(tmp_path):
+    """Its filesystem full (the new file is written to /dev/full here: ENOSPC, as on a full
+    /run): save() raises SaveError, logged, with nothing half-written left beside the file;
+    try_save() only logs; the state stays in memory, and the next save that can writes it."""
+    path = str(tmp_path / "ctl.sock.state")
+    state = RunState(path)
+    state.netns = {"c1": None}
+    state.save()
+    os.symlink("/dev/full", path + ".tmp")
+    state.netns["c2"] = None
+    with structlog.testing.capture_logs() as logs, pytest.raises(SaveError) as raised:
+        state.save()
+    assert str(raised.value) == f"cannot write the state file {path}: No space left on device"
+    assert [(e["event"], e["error"]) for e in logs] == [("runstate.save_failed", "No space left on device")]
+    assert state.unsaved == str(raised.value)
+    assert not os.path.lexists(path + ".tmp")
+    assert list(RunState.load(path).netns) == ["c1"]        # the file as it was
+    os.symlink("/dev/full", path + ".tmp")
+    del state.netns["c1"]
+    state.try_save()                                        # logged, not raised
+    assert state.unsaved and list(RunState.load(path).netns) == ["c1"]
+    state.save()
+    assert state.unsaved is None and list(RunState.load(path).netns) == ["c2"]
 
 
 def test_a_file_of_an_older_version_lists_namespaces_only(tmp_path):

@@ -364,7 +364,7 @@ class Namespaces:
                     gone.append(self._lose(name, what))
                     del self.state.netns[name]
             if gone:
-                self.state.save()
+                self.state.try_save()
         return gone
 
     def remove_unused(self, in_use: set) -> None:
@@ -374,7 +374,7 @@ class Namespaces:
         for name in [n for n in self.created if n not in used]:
             self.state.netns.pop(name)
             self._remove(name)
-        self.state.save()
+        self.state.try_save()
 
     def _remove(self, name: str) -> None:
         """Remove namespace `name` this run made, if it is still the one at that name."""

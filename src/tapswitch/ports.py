@@ -29,7 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import linkmon, netns, quiet, remote, rtnl, tap, tc, vxlan
 from tapswitch.config import IPV6_MIN_MTU
 from tapswitch.remote import RemoteAttachment
-from tapswitch.runstate import RunState
+from tapswitch.runstate import RunState, SaveError
 
 log = structlog.get_logger("tapswitch.ports")
 
@@ -266,6 +266,8 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
     """
     try:
         return _create(index, cfg, queues, queue_len, namespaces)
+    except SaveError as e:      # what it was about to make could not be written down first: not made
+        raise PortError(f"port {cfg.name}: {e}") from None
     except OSError as e:
         # Its container's process ended (pid:N, /proc/N/ns/net), or `ip netns del` came, after
         # ensure() found the namespace: each later step that enters it says only ENOENT and a path.

@@ -638,7 +638,10 @@ class RemoteAttachment:
         if original is not None:
             self._left = original
             if self.state is not None:
-                self.state.record_original(self.remote_ifname, original)
+                try:
+                    self.state.record_original(self.remote_ifname, original)
+                except OSError:     # the file full (logged): kept in memory, the next save writes it
+                    pass
 
     @staticmethod
     def _quietly(fn, *args) -> None:

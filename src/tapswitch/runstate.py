@@ -11,6 +11,13 @@ cookie). Each is written down before it is made, so a run killed half-way
 leaves nothing unlisted. The next start reads the dead run's list
 (`load`), heals it (netns.Namespaces.recover, remote.heal), then the file
 holds the new run's. It is removed when it lists nothing: after a clean stop.
+
+A write that fails (/run full, an I/O error) is logged (`runstate.save_failed`)
+and leaves the state right in memory, for the next save to write. What must be
+written down before it is made (a namespace, a remote's state) is then not
+made (SaveError); what is forgotten (`try_save`) only leaves the file listing
+more than there is, which a start heals as it heals the rest: what is not
+there, or not the dead run's, is left alone.
 """
 
 import contextlib
@@ -50,6 +57,13 @@ def _original(o: dict) -> Original:
     return values[0], DeviceState(*values[1:])
 
 
+class SaveError(OSError):
+    """The state file could not be written; the message is one line for the user."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class RunState:
     """What one run has made that outlives its process if it is killed."""
 
@@ -59,6 +73,7 @@ class RunState:
         self.remotes: list[str] = []                   # remote interfaces attached (or about to be)
         self.originals: dict[str, Original] = {}       # remote interface -> as it was before attach() changed it
         self.lock = threading.Lock()                   # ports are made several at once
+        self.unsaved: str | None = None                # why the last save failed (the file is behind), or None
 
     @classmethod
     def load(cls, path: str) -> "RunState":
@@ -87,18 +102,34 @@ class RunState:
         return state
 
     def save(self) -> None:
-        """Write it down (atomically); remove the file when there is nothing to list."""
+        """Write it down (atomically); remove the file when there is nothing to list. SaveError
+        (logged) if it cannot be written."""
         if not self.path:
             return
         with self.lock:
-            # Copies first (each a single step the GIL does not cut): a port made in another
-            # thread may add to them meanwhile, under its own lock.
-            netns, remotes, originals = dict(self.netns), list(self.remotes), dict(self.originals)
-            if not netns and not remotes and not originals:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-                return
-            tmp = self.path + ".tmp"
+            try:
+                self._write()
+            except OSError as e:
+                self.unsaved = f"cannot write the state file {self.path}: {e.strerror or e}"
+                log.error("runstate.save_failed", path=self.path, error=e.strerror or str(e))
+                raise SaveError(e.errno, self.unsaved) from None
+            self.unsaved = None
+
+    def try_save(self) -> None:
+        """save() after something listed went: a failure is logged, and the next save writes it."""
+        with contextlib.suppress(SaveError):
+            self.save()
+
+    def _write(self) -> None:
+        # Copies first (each a single step the GIL does not cut): a port made in another
+        # thread may add to them meanwhile, under its own lock.
+        netns, remotes, originals = dict(self.netns), list(self.remotes), dict(self.originals)
+        if not netns and not remotes and not originals:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        tmp = self.path + ".tmp"
+        try:
             with open(tmp, "w") as f:
                 json.dump({"created": list(netns),
                            "netns_ids": {n: i for n, i in netns.items() if i is not None},
@@ -106,6 +137,10 @@ class RunState:
                            "remote_originals": {n: {"ifindex": i, **asdict(s)}
                                                 for n, (i, s) in originals.items()}}, f)
             os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)           # a full filesystem keeps no half-written file
+            raise
 
     def record_original(self, remote: str, original: Original | None) -> None:
         """Write down a remote interface's state before this run changes it (None: forget it,
@@ -115,4 +150,7 @@ class RunState:
                 self.originals.pop(remote, None)
             else:
                 self.originals[remote] = original
-        self.save()
+        if original is None:
+            self.try_save()
+        else:
+            self.save()

@@ -302,9 +302,10 @@ class Switch:
         stopped it. Their settings, MTU and state are written by settings.apply."""
         # Their remotes are listed before they are attached: a crash meanwhile leaves none unlisted.
         # So stay those not given back (a detach that failed keeps the original it did not restore).
+        # If the file cannot be written, each port that changes a remote writes it first, or fails.
         self.state.remotes = sorted({p.cfg.remote for p in self.ports if p.cfg.remote}
                                     | {cfg.remote for _index, cfg in wanted if cfg.remote} | set(self.state.originals))
-        self.state.save()
+        self.state.try_save()
         # A port may name a namespace that another makes by its path, /run/netns/NAME: netns.Namespaces._name.
         self.namespaces.named = {cfg.netns for _index, cfg in wanted if cfg.netns_kind == "name"}
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
@@ -813,24 +814,27 @@ class Switch:
         except ports.PortError as e:
             errors = [str(e)]
         else:
-            failed = self.apply(plan, new)
+            failed, troubles = self.apply(plan, new)
             by_name = {p.name: p for p in new.ports}    # each reload tries them again: they are not in self.cfg
             self.unmade = {name: (by_name[name], error) for name, error in failed.items()}
-            self.reloads["failure" if failed else "success"] += 1
+            errors = list(failed.values()) + troubles
+            self.reloads["failure" if errors else "success"] += 1
             summary = {what: [n for n in names if n not in failed] for what, names in plan.summary().items()}
             summary["failed"] = list(failed)
-            log.info("config.reloaded", errors=list(failed.values()), **summary)
-            return {"ok": not failed, "errors": list(failed.values()), **summary}
+            log.info("config.reloaded", errors=errors, **summary)
+            return {"ok": not errors, "errors": errors, **summary}
         self.reloads["failure"] += 1
         log.error("config.reload_failed", errors=errors)
         return {"ok": False, "errors": errors}
 
-    def apply(self, plan: reload_mod.Plan, new) -> dict[str, str]:
-        """Carry out a reload plan; returns {name: error} of the ports that could not be made.
+    def apply(self, plan: reload_mod.Plan, new) -> tuple[dict[str, str], list[str]]:
+        """Carry out a reload plan; returns {name: error} of the ports that could not be made,
+        and what else failed (logged), the switch running on: the state file not written.
 
         Ports go before ports come: a port made again needs its old device
         gone first (same name, same name inside its namespace).
         """
+        troubles = []
         retired = [p for p in self.ports if p.name in plan.remove]
         if retired:
             for port in retired:
@@ -904,7 +908,9 @@ class Switch:
         running = {p.name for p in self.ports}
         self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
         self.install_static_macs()
-        return errors
+        if self.state.unsaved:          # by its last save: the file is behind (logged); a later one writes it
+            troubles.append(self.state.unsaved)
+        return errors, list(dict.fromkeys(troubles))
 
     def _replace_workers(self) -> None:
         """New workers over the current ports; a gone port's dead queues stay out (as forget_port)."""

@@ -592,6 +592,62 @@ def test_out_of_descriptors_to_hold_a_namespace_it_made_the_reload_fails_that_po
     assert "Traceback" not in sw.log()
 
 
+def test_a_reload_that_cannot_write_the_state_file_says_so_and_the_switch_runs_on(lab):
+    """/run full: the state file beside the control socket (a small tmpfs here, filled)
+    cannot be written. The reload that removed a port and its namespace raised ENOSPC out of
+    the control loop, and the switch stopped. Now it is answered (exit 1): the port removed,
+    the one whose namespace it could not write down first not made, the file not written; the
+    others forward on, and once there is room the next reload writes what the switch has."""
+    cfg = base(lab, 3)
+    run = os.path.join(helpers.tmpdir(), "run")
+    lab.dirs.append(os.path.dirname(run))
+    os.mkdir(run)
+    helpers.sh("mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", run)
+    try:
+        cfg["switch"]["control"] = {"socket": os.path.join(run, "ctl.sock")}
+        sw = lab.switch(cfg)
+        state = sw.socket + ".state"
+        with open(state) as f:
+            assert json.load(f)["created"] == [p["netns"] for p in cfg["ports"]]
+        filler = os.path.join(run, "filler")
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 4096)
+        gone, new = cfg["ports"].pop(), {"name": lab.name("p3"), "netns": lab.name("c3"), "ifname": "eth0",
+                                          "addresses": ["198.18.4.4/24"]}
+        lab.namespaces.append(new["netns"])
+        lab.links.append(new["name"])
+        cfg["ports"].append(new)
+        rewrite(sw, cfg)
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                           capture_output=True, text=True, timeout=30)
+        assert sw.proc.poll() is None, sw.log()
+        assert r.returncode == 1, r
+        reply = json.loads(r.stdout)
+        why = f"cannot write the state file {state}: No space left on device"
+        assert (reply["removed"], reply["added"], reply["failed"]) == ([gone["name"]], [], [new["name"]]), reply
+        assert reply["errors"] == [f"port {new['name']}: {why}", why], reply
+        assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+        assert gone["netns"] not in helpers.netns_list() and new["netns"] not in helpers.netns_list()
+        with open(state) as f:
+            assert json.load(f)["created"] == [p["netns"] for p in cfg["ports"][:2]] + [gone["netns"]]   # behind
+        assert sorted(os.listdir(run)) == ["ctl.sock", "ctl.sock.lock", "ctl.sock.state", "filler"]     # nothing half-written
+        assert sw.events("runstate.save_failed")[0]["error"] == "No space left on device"
+
+        os.unlink(filler)
+        assert sw.cli("reload").stdout.strip() == f"reloaded: added {new['name']}"
+        with open(state) as f:
+            assert json.load(f)["created"] == [p["netns"] for p in cfg["ports"]]
+        assert helpers.ping(new["netns"], "198.18.4.1")
+        assert sw.stop() == 0
+        assert sorted(os.listdir(run)) == []
+        assert "Traceback" not in sw.log()
+    finally:
+        for s in lab.switches:
+            s.stop()
+        helpers.sh("umount", run)
+
+
 def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
