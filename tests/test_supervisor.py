@@ -458,3 +458,55 @@ def test_a_restart_under_way_is_killed_by_stop_and_replaced_by_a_reloads_worker(
     assert [e["event"] for e in logs if e["log_level"] != "debug"] == ["worker.restarted", "workers.replaced"]
     w.proc.wait(timeout=10)             # let go (b"G"): it exits 0
     sup.stop()
+
+
+def _pidfd_open_out_of_fds_once(monkeypatch) -> None:
+    """The next pidfd_open runs with RLIMIT_NOFILE lowered to the descriptors in use: EMFILE."""
+    real = os.pidfd_open
+
+    def out_of_fds(pid, flags=0):
+        monkeypatch.setattr(os, "pidfd_open", real)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        os.close(lowest)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
+        try:
+            return real(pid, flags)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    monkeypatch.setattr(os, "pidfd_open", out_of_fds)
+
+
+def test_a_set_up_worker_that_cannot_be_watched_is_stopped_and_tried_again(monkeypatch):
+    """A restart's process (or a reload's) is set up, and its pidfd cannot be opened (EMFILE): the
+    OSError went out of the control loop, and the process was left waiting to be let go. It is
+    killed and reaped, w keeps no process, and it is another try of the restart (or, in a reload,
+    said in its answer, and the control loop restarts it)."""
+    launched, fail = [], [True]
+
+    def launch(self, w):
+        launched.append(_pending(SET_UP))
+        if fail:                        # the pidfd of the process just launched cannot be opened
+            _pidfd_open_out_of_fds_once(monkeypatch)
+            fail.clear()
+        return launched[-1]
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", launch)
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+    sup.restart(w)
+    supervisor.readable([w.starting.sock], 10)
+    with structlog.testing.capture_logs() as logs:
+        assert sup.ready(w) is False
+    first = launched[0].proc
+    assert first.returncode is not None and _gone(first.pid)      # killed (or out at its socket's close) and reaped
+    assert w.pidfd == -1 and w.proc is None and w.starting is launched[1] and w.starting.attempt == 2
+    assert [(e["event"], e.get("error")) for e in logs if e["event"] == "worker.start_failed"] == [
+        ("worker.start_failed", "worker 0 could not be started: Too many open files")]
+    supervisor.readable([w.starting.sock], 10)
+    assert sup.ready(w) is True and w.pidfd >= 0 and w.restarts == 1
+
+    fail.append(True)
+    assert sup.replace_ports({}) == ["worker 0 could not be started: Too many open files"]
+    assert launched[2].proc.returncode is not None and _gone(launched[2].proc.pid)
+    assert w.pidfd == -1 and sup.down() == [w]          # the control loop restarts it at once
+    sup.stop()

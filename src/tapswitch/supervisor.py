@@ -93,6 +93,11 @@ def _traceback(trace: str | None) -> dict:
     return {"traceback": trace} if trace else {}
 
 
+def _cannot_start(w: "Worker", e: OSError) -> str:
+    """Why w's new process could not be started, or watched once set up: one line for the user."""
+    return f"worker {w.queue} could not be started: {e.strerror or e}"
+
+
 class WorkerError(Exception):
     """A worker did not come up; the message is one line for the user, `traceback` the
     worker's, if a Python exception stopped it."""
@@ -170,7 +175,7 @@ class Supervisor:
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE):
                     raise           # the switch's reason says which limit, and how to raise it
-                raise WorkerError(f"worker {w.queue} could not be started: {e.strerror or e}") from None
+                raise WorkerError(_cannot_start(w, e)) from None
             self.spawned.append((w, p))
             log.debug("worker.spawned", queue=w.queue, pid=p.proc.pid)
 
@@ -322,9 +327,14 @@ class Supervisor:
             self._kill_proc(w, p.proc)
 
     def _go(self, w: Worker, p: Pending) -> None:
-        """Make p w's process and let it start forwarding (w's old one has stopped forwarding)."""
-        w.proc, w.backend, w.registered, w.sock = p.proc, p.backend, p.registered, p.sock
-        w.pidfd = os.pidfd_open(w.proc.pid)
+        """Make p w's process and let it start forwarding (w's old one has stopped forwarding).
+        If p cannot be watched (pidfd_open: EMFILE), p is stopped, w left as it was, and OSError raised."""
+        try:
+            pidfd = os.pidfd_open(p.proc.pid)
+        except OSError:
+            self._discard(w, p)
+            raise
+        w.proc, w.backend, w.registered, w.sock, w.pidfd = p.proc, p.backend, p.registered, p.sock, pidfd
         # Its first turn moves the heartbeat on from here (the last worker's): until then, and
         # hung_after seconds on, it is still starting, not hung.
         w.beat, w.beat_at = self._heartbeat(w), time.monotonic()
@@ -483,7 +493,12 @@ class Supervisor:
         p, w.starting = w.starting, None
         if not self._heard(w, p, said_something=True):
             return False
-        self._go(w, p)
+        try:
+            self._go(w, p)
+        except OSError as e:
+            if self._start_failed(w, p.attempt, _cannot_start(w, e)):
+                self.restart(w, p.attempt + 1)
+            return False
         self._restarted(w)
         return True
 
@@ -531,7 +546,7 @@ class Supervisor:
         if p is not None:
             self._discard(w, p)
 
-    def replace_ports(self, port_fds: dict[int, list[int]]) -> None:
+    def replace_ports(self, port_fds: dict[int, list[int]]) -> list[str]:
         """Hand every worker a new set of ports (a port was added or removed).
 
         The new workers start first and set up while the old ones forward;
@@ -548,11 +563,12 @@ class Supervisor:
         one that dies while the new ones start (its exit is logged as
         worker.exited, as the control loop's would have been). One whose
         new process does not come up is left with none, due at once: the
-        control loop restarts it.
+        control loop restarts it. Returns why each of those did not come up.
         """
         self.port_fds = port_fds
         fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}
         retiring: list[tuple[Worker, Old]] = []
+        failed: list[str] = []
         died = {w for w in self.workers if w.pidfd < 0}
         for w in died:
             self._cancel_start(w)
@@ -561,6 +577,7 @@ class Supervisor:
                 try:
                     fresh[w] = self._launch(w)
                 except OSError as e:
+                    failed.append(_cannot_start(w, e))
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
             for w, p in fresh.items():
                 if p is None:
@@ -568,6 +585,7 @@ class Supervisor:
                 try:
                     self._await(w, p)
                 except WorkerError as e:
+                    failed.append(str(e))
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e), **_traceback(e.traceback))
                     fresh[w] = None
             for w, p in fresh.items():
@@ -583,10 +601,16 @@ class Supervisor:
                     retiring.append((w, old))
                 if p is not None:
                     fresh[w] = None
-                    self._go(w, p)
-                    if w in died:
-                        self._restarted(w)
-                else:
+                    try:
+                        self._go(w, p)
+                    except OSError as e:      # EMFILE: p is stopped; w has no process now
+                        failed.append(_cannot_start(w, e))
+                        log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
+                        p = None
+                    else:
+                        if w in died:
+                            self._restarted(w)
+                if p is None:
                     w.retry_at = 0.0     # down(): restarted as one that died, not waited for here
         finally:
             for w, old in retiring:
@@ -595,6 +619,7 @@ class Supervisor:
                 if p is not None:
                     self._discard(w, p)
         log.info("workers.replaced", ports=len(port_fds))
+        return failed
 
     def forget_port(self, index: int) -> None:
         """Port `index` is gone (its device deleted, or moved out of where the config puts it):

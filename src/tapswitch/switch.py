@@ -829,7 +829,8 @@ class Switch:
 
     def apply(self, plan: reload_mod.Plan, new) -> tuple[dict[str, str], list[str]]:
         """Carry out a reload plan; returns {name: error} of the ports that could not be made,
-        and what else failed (logged), the switch running on: the state file not written.
+        and what else failed (logged), the switch running on: a worker that did not start (the
+        control loop starts it again), the state file not written.
 
         Ports go before ports come: a port made again needs its old device
         gone first (same name, same name inside its namespace).
@@ -841,7 +842,7 @@ class Switch:
                 self.shared.set_port(port.index, fastpath.lib.TS_PORT_UNUSED, 0)   # no frame goes to it now
                 self.shared.fdb_flush(port.index)
             self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
-            self._replace_workers()                                                # they let go of its fds
+            troubles += self._replace_workers()                                    # they let go of its fds
             for port in retired:
                 port.close()
                 if not ports.wait_gone(port):
@@ -897,7 +898,7 @@ class Switch:
         for port in rezoned:
             log.info("port.vlans_changed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         if added:
-            self._replace_workers()
+            troubles += self._replace_workers()
         if new.switch.log != self.cfg.switch.log:
             setup_logging(new.switch.log.level, new.switch.log.format)
         self.supervisor.hung_after = new.switch.watchdog_ms / 1000     # from the next look (hung)
@@ -912,11 +913,13 @@ class Switch:
             troubles.append(self.state.unsaved)
         return errors, list(dict.fromkeys(troubles))
 
-    def _replace_workers(self) -> None:
-        """New workers over the current ports; a gone port's dead queues stay out (as forget_port)."""
+    def _replace_workers(self) -> list[str]:
+        """New workers over the current ports; a gone port's dead queues stay out (as forget_port).
+        Returns why each that did not come up did not (the control loop starts it again)."""
         self._watch_workers(False)
-        self.supervisor.replace_ports({p.index: p.fds for p in self.ports if not p.gone})
+        failed = self.supervisor.replace_ports({p.index: p.fds for p in self.ports if not p.gone})
         self._watch_workers(True)
+        return failed
 
     def install_static_macs(self) -> None:
         """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current slots."""

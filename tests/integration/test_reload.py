@@ -648,6 +648,42 @@ def test_a_reload_that_cannot_write_the_state_file_says_so_and_the_switch_runs_o
         helpers.sh("umount", run)
 
 
+PIDFD_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "pidfd_fails.py"))
+
+
+def test_out_of_descriptors_to_watch_a_reloads_new_worker_the_reload_says_so_and_the_worker_starts_again(
+        lab, tmp_path, monkeypatch):
+    """A reload adds a port, and the switch cannot open the pidfd of queue 0's new worker (EMFILE):
+    the error went out of the control loop, and the switch stopped. Now the reload is answered
+    (exit 1, the port added, the worker's failure in errors), the new process is killed and
+    reaped, and the control loop starts the queue's worker again, as one that died."""
+    trigger = tmp_path / "pidfd-fails"
+    monkeypatch.setenv("TAPSWITCH_TEST_PIDFD_FAILS", str(trigger))
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg, wrapper=PIDFD_FAILS)
+    new = {"name": lab.name("p2"), "netns": lab.name("c2"), "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+    lab.namespaces.append(new["netns"])
+    lab.links.append(new["name"])
+    cfg["ports"].append(new)
+    rewrite(sw, cfg)
+    trigger.touch()
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert sw.proc.poll() is None, sw.log()
+    assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: added {new['name']}"), r
+    assert r.stderr.strip() == "worker 0 could not be started: Too many open files", r
+    assert not trigger.exists()
+    [restarted] = helpers.wait_for("queue 0's worker started again", lambda: sw.events("worker.restarted"), within=10)
+    assert restarted["queue"] == 0
+    assert len(sw.worker_pids()) == 2
+    children = helpers.sh("ps", "-o", "stat=", "--ppid", sw.proc.pid).stdout.split()
+    assert len(children) == 2 and not [s for s in children if s.startswith("Z")], children    # none left, none unreaped
+    assert helpers.ping(new["netns"], "198.18.4.1", count=3)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
