@@ -4,7 +4,8 @@ once, where $TAPSWITCH_TEST_DEVICE_GOES ("DEV@WHERE") says, WHERE one of:
 - first_rule: as the first tc rule is about to be added (a remote IFACE found, claimed, its
   state written down and its clsact added, then gone);
 - vxlan_create: as a VXLAN port's device is about to be made (its underlay found by the plan);
-- attach: as a port's remote (a VXLAN port's device) is about to be attached."""
+- attach: as a port's remote (a VXLAN port's device) is about to be attached;
+- vxlan_update: as a reload is about to give a VXLAN port's device its new remote hosts."""
 
 import os
 import subprocess
@@ -13,7 +14,8 @@ from in_process import run
 
 from tapswitch import ports, tc, vxlan
 
-WHERE = {"first_rule": (tc, "add_filter"), "vxlan_create": (vxlan.Tunnel, "create"), "attach": (ports, "_attach")}
+WHERE = {"first_rule": (tc, "add_filter"), "vxlan_create": (vxlan.Tunnel, "create"), "attach": (ports, "_attach"),
+         "vxlan_update": (vxlan.Tunnel, "update_remotes")}
 
 
 def _going(dev: str, owner, name: str):

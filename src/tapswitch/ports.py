@@ -443,18 +443,25 @@ def remake_tunnel(port: Port) -> None:
         raise PortError(f"port {port.name}: {os.strerror(e.code) if isinstance(e, NetlinkError) else e}") from None
 
 
-def update_tunnel(port: Port) -> None:
+def update_tunnel(port: Port) -> str | None:
     """After a reload: give a VXLAN port's device the remote hosts of its new config, touching
-    nothing else. (A change of vni, local, dstport or dev makes the port again, or waits for a restart.)"""
+    nothing else (a change of vni, local, dstport or dev makes the port again, or waits for a
+    restart). Returns why that failed (logged; the next reload tries again), or None."""
     t, v = port.tunnel, port.cfg.vxlan
     if t is None or v is None:
-        return
+        return None
     if (t.vni, t.local, t.dstport, t.dev) != (v.vni, str(v.local), v.dstport, v.dev):
         log.warning("vxlan.restart_needed", port=port.name, detail="only remotes change by reload")
     try:
         t.update_remotes(v.remotes)
-    except (vxlan.VxlanError, NetlinkError) as e:
-        log.error("vxlan.update_failed", port=port.name, error=str(e))
+    except vxlan.VxlanError as e:
+        error = str(e)
+    except NetlinkError as e:       # removing a host's entries
+        error = f"port {port.name}: cannot update its remote hosts: {os.strerror(e.code) if e.code else e}"
+    else:
+        return None
+    log.error("vxlan.update_failed", port=port.name, error=error)
+    return error
 
 
 def _undo(step, ipr: IPRoute, event: str, **fields) -> None:

@@ -830,7 +830,7 @@ class Switch:
     def apply(self, plan: reload_mod.Plan, new) -> tuple[dict[str, str], list[str]]:
         """Carry out a reload plan; returns {name: error} of the ports that could not be made,
         and what else failed (logged), the switch running on: a worker that did not start (the
-        control loop starts it again), the state file not written.
+        control loop starts it again), a VXLAN port's remote hosts, the state file not written.
 
         Ports go before ports come: a port made again needs its old device
         gone first (same name, same name inside its namespace).
@@ -881,7 +881,8 @@ class Switch:
                     and set(p.cfg.vxlan.remotes) - set(by_name[p.name].vxlan.remotes)]
         for port in self.ports:
             port.cfg = by_name[port.name]
-            ports.update_tunnel(port)
+            if (error := ports.update_tunnel(port)) is not None:
+                troubles.append(error)
         for port in unhosted:
             log.info("vxlan.remotes_removed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         for port in added:

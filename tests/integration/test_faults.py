@@ -674,6 +674,33 @@ def test_a_vxlan_underlay_that_goes_while_the_port_is_made_fails_the_start_namin
     assert helpers.nsexec(host, "ip", "-o", "link", "show", "type", "tun").stdout == ""
 
 
+def test_a_remote_host_a_reload_cannot_add_is_in_its_answer_and_added_once_the_device_is_made_again(lab, monkeypatch):
+    """The VXLAN device deleted as a reload gives it a new remote host: the kernel refuses the
+    host (ENODEV), which was logged (vxlan.update_failed) while `tapswitch reload` said all was
+    applied (exit 0). Now the reload says so (exit 1, with the reason); the switch runs on, and
+    the device made again has the new host."""
+    host = underlay_host(lab)
+    port = vxlan_port(lab)
+    dev = f"{port['name']}-vx"
+    monkeypatch.setenv("TAPSWITCH_TEST_DEVICE_GOES", f"{dev}@vxlan_update")
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [port]}
+    sw = lab.switch(cfg, netns=host, wrapper=DEVICE_GOES)
+    port["vxlan"]["remotes"].append("198.19.0.3")
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: updated {port['name']}"), (r, sw.log())
+    assert r.stderr.strip() == f"port {port['name']}: cannot add remote host 198.19.0.3: ENODEV: No such device", r
+    assert sw.events("config.reloaded")[-1]["errors"] == [r.stderr.strip()]
+    helpers.wait_for("the VXLAN device made again", lambda: sw.events("vxlan.remade"), within=10)
+    fdb = helpers.nsexec(host, "bridge", "fdb", "show", "dev", dev).stdout
+    assert "dst 198.19.0.2 " in fdb and "dst 198.19.0.3 " in fdb, fdb
+    assert sw.cli("reload").returncode == 0
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 @pytest.mark.parametrize("kind", ["vxlan", "remote"])
 def test_out_of_descriptors_as_a_port_is_finished_leaves_no_tunnel_and_no_rule(lab, kind):
     """The last step of making a port (which namespace its TAP is in, an ioctl that opens a
