@@ -175,3 +175,33 @@ def test_a_scrape_mid_reload_counts_each_mirror_under_its_own_name():
     copies = {s.labels["mirror"]: s.value for s in families["tapswitch_mirror_packets"].samples}
     assert copies == {"mhead": 0, "mtail": 5}
     sw.shared.close()
+
+
+class Closing(Port):
+    """A VXLAN port that port.close(), on the control thread, closes between any two reads of its tunnel."""
+
+    @property
+    def tunnel(self):
+        tunnel, self.__dict__["_tunnel"] = self.__dict__.get("_tunnel"), None
+        return tunnel
+
+    @tunnel.setter
+    def tunnel(self, value):
+        self.__dict__["_tunnel"] = value
+
+
+def test_a_scrape_reads_a_vxlan_ports_tunnel_once():
+    """A reload removing a VXLAN port sets its tunnel to None while a scrape, in its thread,
+    found it set and went to count its remote hosts: AttributeError, and the scrape failed."""
+    from types import SimpleNamespace
+
+    cfg = loads(CONFIG)
+    sw = Switch(cfg)
+    sw.shared = fastpath.Shared.create(1024, 1)
+    port = Closing(index=0, cfg=cfg.ports[0], fds=[], mac="02:00:00:00:00:01", nspath=None, ifindex=0,
+                   up=False, gone=True, netns_id=tap.UNKNOWN_NETNS)
+    port.tunnel = SimpleNamespace(remotes=["198.19.0.2", "198.19.0.3"])
+    sw.ports = [port]
+    families = {f.name: f for f in SwitchCollector(sw).collect()}
+    assert [s.value for s in families["tapswitch_vxlan_remotes"].samples] == [2]
+    sw.shared.close()

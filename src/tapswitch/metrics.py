@@ -104,7 +104,8 @@ class SwitchCollector:
                       ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_vxlan_remotes",
                       "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
-                      (([name, p.name], len(p.tunnel.remotes)) for p in ports if p.tunnel is not None))
+                      # Read once: port.close() on the control thread sets it to None meanwhile.
+                      (([name, p.name], len(t.remotes)) for p in ports if (t := p.tunnel) is not None))
         yield _family(CounterMetricFamily, "tapswitch_acl_hits", "Frames matched by each ACL rule of a port.",
                       ["switch", "port", "rule", "action"],
                       (([name, p.name, str(r), rule.action], hits)
