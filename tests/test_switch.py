@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -427,3 +428,31 @@ def test_notify_logs_a_failure_once_while_it_lasts(tmp_path, monkeypatch):
     assert [(e["socket"], e["error"]) for e in failed] == [
         (path, f"[Errno {errno.ECONNREFUSED}] {refused}"), (path, f"[Errno {errno.ENOENT}] {gone}"),
         (path, f"[Errno {errno.ENOENT}] {gone}")]
+
+
+def test_notify_out_of_descriptors_logs_and_raises_nothing(tmp_path, monkeypatch):
+    """No descriptor left for notify's socket (EMFILE, as when a start fails out of them): it is
+    a failure to notify like any other, logged. (It raised: the stop's undo ended at its first
+    step, leaving every device, namespace and the socket, and a reload's ended the switch.)"""
+    path = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setattr(switch_mod, "_notify_failure", None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    taken = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, structlog.testing.capture_logs() as logs:
+        s.bind(path)
+        try:
+            taken.append(os.open("/dev/null", os.O_RDONLY))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (taken[0] + 16, hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    taken.append(os.open("/dev/null", os.O_RDONLY))
+            switch_mod.notify("STOPPING=1")
+        finally:
+            for fd in taken:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        switch_mod.notify("STOPPING=1")         # descriptors again: it gets through
+        assert s.recv(64) == b"STOPPING=1"
+    failed = [e for e in logs if e["event"] == "notify.failed"]
+    assert [(e["socket"], e["error"]) for e in failed] == [(path, f"[Errno {errno.EMFILE}] {os.strerror(errno.EMFILE)}")]

@@ -113,16 +113,18 @@ def notify(state: str) -> None:
         return
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
+    try:
+        # The socket's making too (EMFILE): a notify that raises cut a reload short, and the
+        # stop's undo at its first step, leaving everything.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.connect(addr)
             s.sendall(state.encode())
-        except OSError as e:
-            failure = (os.environ["NOTIFY_SOCKET"], str(e))
-            if failure != _notify_failure:
-                log.warning("notify.failed", socket=failure[0], error=failure[1])
-            _notify_failure = failure
-            return
+    except OSError as e:
+        failure = (os.environ["NOTIFY_SOCKET"], str(e))
+        if failure != _notify_failure:
+            log.warning("notify.failed", socket=failure[0], error=failure[1])
+        _notify_failure = failure
+        return
     _notify_failure = None
 
 
