@@ -645,6 +645,7 @@ class Switch:
             if taps:
                 port.tap_up = self._device_up(port.nspath, index=port.ifindex)
             if port.remote is not None:
+                self.resync_iface(port)
                 link = self._link(None, port.remote_ifindex) if port.remote_ifindex is not None else None
                 port.remote_up = link is not None and linkmon.link_up(link["flags"])
                 if link is not None:
@@ -654,6 +655,33 @@ class Switch:
                 self.underlay_changed(port)
             self.set_port_up(port, port.links_up)
         self.monitor.overrun = False
+
+    def resync_iface(self, port: ports.Port) -> None:
+        """IFACE gone (deleted, moved away), or there again, as the kernel says now, followed as
+        its lost event would have had it (remote_changed): else the port of an IFACE made again
+        stayed down for good, its new ifindex's events taken for none of its port's."""
+        if port.remote_ifindex is not None:
+            try:
+                with ports.iproute(None) as ipr:
+                    ipr.get_links(port.remote_ifindex)
+                return
+            except NetlinkError as e:
+                if e.code != errno.ENODEV:
+                    return       # not known now: the next event, or resync, tells
+            except OSError:
+                return
+            self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, port.cfg.remote,
+                                                        False, True))
+        try:
+            with ports.iproute(None) as ipr:
+                found = ipr.link_lookup(ifname=port.cfg.remote)
+                link = ipr.get_links(found[0])[0] if found else None
+        except (OSError, NetlinkError):
+            return
+        if link is not None:
+            self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, link["index"], port.cfg.remote,
+                                                        linkmon.link_up(link["flags"]), False,
+                                                        link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS")))
 
     def resync_remote(self, port: ports.Port, link) -> None:
         """IFACE's MTU and MAC as the kernel has them (`link`), followed as their lost event

@@ -260,6 +260,30 @@ def test_a_local_port_follows_the_nics_new_mac_and_mtu_whose_events_were_lost_at
     assert sw.stop() == 0
 
 
+def test_a_nic_deleted_and_made_again_whose_events_were_lost_is_attached_again_at_the_resync(lab, site, monkeypatch):
+    """The link monitor loses the NIC's deletion and its making again, with the same MAC
+    (tests/events_lost.py: the events carry it): the resync after the loss finds the port's
+    NIC gone and one of its name there, and attaches that, as the events would have had it.
+    (The resync only took the port down: the NIC's next events, of another ifindex, were not
+    its port's, and the port stayed down for good.)"""
+    sw_ns = site["sw"]
+    mac = helpers.link_mac(sw_ns, "nic0")
+    monkeypatch.setenv("TAPSWITCH_TEST_EVENTS_LOST", mac)
+    sw = lab.switch(config(lab, site, "promisc"), netns=sw_ns, wrapper=EVENTS_LOST)
+    up = lab.name("up")
+    helpers.nsexec(sw_ns, "ip", "link", "del", "nic0")
+    helpers.wait_for("the loss said", lambda: sw.events("link.events_lost"))
+    helpers.sh("ip", "link", "add", "nic0", "address", mac, "netns", sw_ns, "type", "veth", "peer", "name", "eth0",
+               "netns", site["out"])
+    helpers.nsexec(site["out"], "ip", "addr", "add", "198.18.3.100/24", "dev", "eth0")
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "up")
+    helpers.nsexec(sw_ns, "ip", "link", "set", "nic0", "up")
+    helpers.wait_for("the new NIC attached", lambda: sw.events("remote.returned"), within=5)
+    wait_port(sw, up, "up", within=5)
+    assert helpers.wait_for("traffic on the new NIC", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1))
+    assert sw.stop() == 0
+
+
 @pytest.mark.parametrize("mode", ["promisc", "local"])
 def test_the_stop_leaves_the_flags_the_switch_did_not_set_as_the_nics_user_set_them(lab, site, mode):
     """The NIC's user sets allmulti (a multicast router) and, in local mode, promisc (a capture)
