@@ -56,6 +56,46 @@ def top_symbols(data: str, limit: int = 18) -> list[tuple[float, str]]:
     return out[:limit]
 
 
+# Where a worker's time goes, by what it called: each row a kernel function and the share of the
+# worker's samples with it on the stack (what it calls included), as "Where the time goes" in
+# RESULTS.md has it. Rows overlap where one calls another ("..." rows are inside the row above).
+WORKER_PARTS = [
+    ("TAP reads", "tun_chr_read_iter"),
+    ("... the copy out", "skb_copy_datagram_iter"),
+    ("... freeing the sender's skb", "consume_skb"),
+    ("TAP writes", "tun_chr_write_iter"),
+    ("... the copy in", "skb_copy_datagram_from_iter"),
+    ("... the receiving host's stack", "netif_receive_skb"),
+    ("softirqs run on the worker's CPU (timers, the hosts' stacks)", "handle_softirqs"),
+    ("waiting for frames (epoll)", "__x64_sys_epoll_pwait"),
+]
+URING, SYSCALLS_ALL = "__do_sys_io_uring_enter", "entry_SYSCALL_64_after_hwframe"
+
+
+def inclusive(data: str, symbols: list[str]) -> dict[str, float]:
+    """{symbol: % of the samples with it on the stack} (perf report --children); 0.0 when absent."""
+    r = sh("perf", "report", "-i", data, "--stdio", "--children", "--sort", "symbol", "-g", "none",
+           "--percent-limit", "0", check=False, timeout=300)
+    found = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s+([\d.]+)%\s+[\d.]+%\s+\[.\]\s+(\S+)", line)
+        if m and m.group(2) in symbols and m.group(2) not in found:
+            found[m.group(2)] = float(m.group(1))
+    return {s: found.get(s, 0.0) for s in symbols}
+
+
+def parts_table(data: str) -> list[str]:
+    """The worker's time by part; io_uring's own is its system call less the TAP reads and writes
+    it issues, and what is left outside system calls is tapswitch's C (and interrupts taken there)."""
+    sh_ = inclusive(data, [sym for _label, sym in WORKER_PARTS] + [URING, SYSCALLS_ALL])
+    rows = [(label, f"`{sym}`", sh_[sym]) for label, sym in WORKER_PARTS]
+    rows.append(("io_uring's own work", f"`{URING}` less the reads and writes",
+                 sh_[URING] - sh_["tun_chr_read_iter"] - sh_["tun_chr_write_iter"]))
+    rows.append(("outside system calls (tapswitch's C)", f"100 less `{SYSCALLS_ALL}`", 100 - sh_[SYSCALLS_ALL]))
+    return ["| part | kernel function (with what it calls) | % of the worker |", "|---|---|---:|",
+            *[f"| {label} | {what} | {pc:.1f} |" for label, what, pc in rows]]
+
+
 def split_by_comm(data: str) -> list[tuple[float, str]]:
     r = sh("perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "comm", "-g", "none",
            "--percent-limit", "1", check=False, timeout=300)
@@ -137,6 +177,7 @@ class Profiler:
         self.md.append(f"CPU placement (psr): {placement}.")
         self.md += ["", "Worker, top symbols (self time):", "", "| % | symbol |", "|---:|---|"]
         self.md += [f"| {pc:.1f} | `{s}` |" for pc, s in top_symbols(worker_rec)]
+        self.md += ["", "Worker, by what it called:", "", *parts_table(worker_rec)]
         self.md += ["", "Whole machine, by command:", "", "| % | command |", "|---:|---|"]
         self.md += [f"| {pc:.1f} | {c} |" for pc, c in split_by_comm(all_rec)]
         self.md += [""]
@@ -181,6 +222,7 @@ class Profiler:
         self.md.append(f"Control process CPU over the whole run: {ctrl1 - ctrl0:.3f} s.")
         self.md += ["", "Worker, top symbols (self time):", "", "| % | symbol |", "|---:|---|"]
         self.md += [f"| {pc:.1f} | `{s}` |" for pc, s in top_symbols(worker_rec)]
+        self.md += ["", "Worker, by what it called:", "", *parts_table(worker_rec)]
         self.md += ["", f"Control process (py-spy, {p:g} s): {spy}", ""]
 
     def py_spy(self, pid: int, seconds: float) -> str:

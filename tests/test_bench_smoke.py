@@ -534,6 +534,25 @@ def test_profiler_without_perf_says_so_in_its_report(tmp_path):
     assert os.listdir(tmp) == []
 
 
+def test_profiler_says_where_the_workers_time_goes_by_part(tmp_path):
+    """bench/profile_tapswitch.py on this machine: for 64 B frames and for TCP, the worker's time
+    by part (TAP reads, TAP writes, io_uring's own work, ...), measured by perf's call graphs,
+    as RESULTS.md's "Where the time goes" gives it; a worker forwarding spends time in both."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "profile_tapswitch.py"), "--out", str(out),
+                        "--seconds", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=_env(tmp))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (out / "PROFILE.md").read_text()
+    tables = report.split("Worker, by what it called:")[1:]
+    assert len(tables) == 2, report             # 64 B frames, then TCP
+    for table in tables:
+        parts = dict(re.findall(r"^\| ([^|]+?) \| [^|]+ \| ([\d.-]+) \|$", table.split("\n\n")[1], re.M))
+        assert {"TAP reads", "TAP writes", "io_uring's own work", "outside system calls (tapswitch's C)"} <= set(parts)
+        assert float(parts["TAP reads"]) > 0 and float(parts["TAP writes"]) > 0, table
+    assert os.listdir(tmp) == []
+
+
 def test_bench_names_an_address_count_as_it_is():
     """The address caching case's rows name N in K or M only when N is a whole number of them (--fdb-n
     1572864 was labelled 1M MACs, beside a row of --fdb-n 1048576 of the same name)."""
