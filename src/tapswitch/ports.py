@@ -427,10 +427,11 @@ def _make_tunnel(cfg) -> vxlan.Tunnel:
 def remake_tunnel(port: Port) -> None:
     """A VXLAN port whose device went (vxlan.Tunnel.gone): make it again, with IPv6 off before it
     comes up, as create() does; its link event then attaches it (Switch.remote_changed).
-    PortError while it cannot be made (its underlay is not back yet)."""
+    PortError while it cannot be made (its underlay is not back yet, or, back, carries less
+    than the port's MTU, which was set at start)."""
     tunnel = port.tunnel
     try:
-        tunnel.create()
+        tunnel.create(mtu=port.cfg.mtu)
         try:
             with rtnl.Rtnl() as here:
                 quiet.silence(here, tunnel.ifindex, tunnel.name)

@@ -371,9 +371,10 @@ class Tunnel:
         name `dev` is not."""
         return ifindex == self.underlay_index or (self.bound is None and self.dev is not None and ifname == self.dev)
 
-    def create(self) -> int:
+    def create(self, mtu: int | None = None) -> int:
         """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.
-        Returns its ifindex. On failure nothing is left."""
+        `mtu`: the port's, which the underlay must carry (a device made again: the segment's MTUs
+        were set at start). Returns its ifindex. On failure nothing is left."""
         ipr = self.ipr
         self._remove_stale()
         link = {}
@@ -381,6 +382,12 @@ class Tunnel:
             under_index, under_name, under_mtu = _find_underlay(ipr, self.dev, self.local, self.wanted)
         except VxlanError as e:      # as create's other reasons: naming the port
             raise VxlanError(f"port {self.port}: {e}") from None
+        # Attaching gives the device the port's MTU, which the kernel refuses over what `dev` carries,
+        # and a frame no underlay carries is fragmented (IPv4) or lost (IPv6): wait for one that does.
+        if mtu is not None and carried_mtu(under_mtu, self.local) < mtu:
+            raise VxlanError(f"port {self.port}: underlay device {under_name} carries at most "
+                             f"{carried_mtu(under_mtu, self.local)}, less than the port's mtu {mtu} "
+                             f"(set at start: give {under_name} its MTU back, or restart the switch)")
         if self.dev is not None:     # bound to it; else the route to each remote host decides
             link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"

@@ -47,10 +47,11 @@ class Site:
         for h in self.hosts:
             self.wire(h)
 
-    def wire(self, h: int) -> None:
+    def wire(self, h: int, mtu: int = 1500) -> None:
         """Host h's underlay device u0, on the fabric, with its address."""
         ns, peer = self.hosts[h], f"f{h}"
-        helpers.sh("ip", "link", "add", "u0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", self.fabric)
+        helpers.sh("ip", "link", "add", "u0", "netns", ns, "mtu", mtu, "type", "veth", "peer", "name", peer,
+                   "netns", self.fabric)
         helpers.nsexec(self.fabric, "ip", "link", "set", peer, "master", "br0", "up")
         address, prefix = UNDERLAY[self.family]
         helpers.nsexec(ns, "ip", "addr", "add", f"{address.format(h=h)}/{prefix}", "dev", "u0",
@@ -321,6 +322,28 @@ def test_a_vxlan_device_that_went_with_its_underlay_is_made_again_when_it_is_bac
     assert len(sw.events("vxlan.remade")) == 2
     assert sw.stop() == 0
     assert not helpers.link_exists(vx, site.hosts[1])
+
+
+def test_a_vxlan_device_whose_underlay_comes_back_too_small_waits_for_its_mtu(lab, site):
+    """An underlay that comes back with a smaller MTU: the device was made again and its attach
+    failed (the kernel refuses the port's MTU over `dev`'s), once, and nothing tried again: the
+    port stayed down for good, also once the MTU was back. The switch waits for the underlay
+    to carry the port's MTU, saying why, and makes the device then."""
+    sw = site.start(1)
+    site.start(2)
+    vx = f"{site.vx(1)}-vx"
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[site.vx(1)] == "down")
+    site.wire(1, mtu=1400)
+    helpers.wait_for("the wait said", lambda: any("carries at most 1350, less than the port's mtu 1450" in e["error"]
+                                                   for e in sw.events("vxlan.remake_waits")))
+    assert not helpers.link_exists(vx, site.hosts[1])
+    assert port_states(sw)[site.vx(1)] == "down"
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "mtu", "1500")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up")
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert sw.events("remote.attach_failed") == []
+    assert sw.stop() == 0
 
 
 def test_a_start_after_sigkill_removes_the_device_of_a_port_its_config_no_longer_has(lab, site):
