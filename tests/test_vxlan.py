@@ -415,6 +415,23 @@ def test_an_mtu_no_underlay_could_carry_is_a_located_error():
     ]
 
 
+def test_an_mtu_over_a_vxlan_ports_own_mtu_is_a_located_error_as_at_start():
+    """The start refuses a port's mtu over a VXLAN port's own (segment_mtus): `check` said ok."""
+    errors = errors_of("""\
+        - {name: c0, netns: a, mtu: 1300}
+        - {name: vx0, mtu: 1200, vxlan: {vni: 1, local: 198.19.0.1}}
+        - {name: vx1, mtu: 1250, vxlan: {vni: 2, local: 198.19.0.1}}
+        - {name: c1, netns: b}
+        """)
+    assert errors == [
+        "t.yaml:4: ports[0].mtu: mtu 1300 cannot cross ports[1]'s VXLAN, whose mtu is 1200",
+        "t.yaml:6: ports[2].mtu: mtu 1250 cannot cross ports[1]'s VXLAN, whose mtu is 1200",
+    ]
+    with pytest.raises(vxlan.VxlanError, match="port c0: mtu 1300 cannot cross VXLAN port vx0, whose mtu is 1200"):
+        vxlan.segment_mtus([vxlan.PortMtu("c0", 1300), vxlan.PortMtu("vx0", 1200, 1450),
+                            vxlan.PortMtu("vx1", 1250, 1450), vxlan.PortMtu("c1", None)])
+
+
 def test_an_mtu_no_underlay_could_carry_behind_a_trunks_tag_is_a_located_error():
     errors = errors_of("""\
         - {name: c0, netns: a, mtu: 65484}

@@ -884,20 +884,26 @@ def tunnel_mtu_clashes(ports: list[tuple[int, Port]], mirrors: list[tuple[int, M
     sends tagged frames, as a trunk does).
 
     The underlay's MTU is known only at start (and checked then); here, the
-    largest an underlay can have, less the VXLAN overhead, is the bound.
+    largest an underlay can have, less the VXLAN overhead, is the bound, and
+    a VXLAN port's own mtu, which bounds the others' as the start has it
+    (tunnel.segment_mtus).
     """
     tunnels = [(i, p) for i, p in ports if p.vxlan is not None]
     if not tunnels:
         return []
     tagged = tunnel.sends_tagged({p.name for _, p in ports if p.trunk}, [(m.from_, m.to) for _, m in mirrors])
 
-    def carried(p: Port) -> int:     # tagged frames cross with their 802.1Q tag (tunnel.segment_mtus)
+    def room(p: Port) -> int:        # tagged frames cross with their 802.1Q tag (tunnel.segment_mtus)
         return tunnel.MTU_MAX - p.vxlan.overhead - (tunnel.VLAN_HLEN if p.name in tagged else 0)
+
+    def carried(p: Port) -> int:
+        return min(room(p), p.mtu) if p.mtu_given else room(p)
 
     i_min, narrowest = min(tunnels, key=lambda t: carried(t[1]))
     limit = carried(narrowest)
     kind = " trunk" if narrowest.trunk else " trunk's monitor port" if narrowest.name in tagged else ""
-    across = f"IPv{narrowest.vxlan.local.version} VXLAN{kind} (at most {limit})"
+    across = (f"VXLAN, whose mtu is {limit}" if limit < room(narrowest)
+              else f"IPv{narrowest.vxlan.local.version} VXLAN{kind} (at most {limit})")
     return [(("ports", i, "mtu"), f"mtu {p.mtu} cannot cross {'this port' if i == i_min else f'ports[{i_min}]'}'s "
                                   f"{across}") for i, p in ports if p.mtu_given and p.mtu > limit]
 
