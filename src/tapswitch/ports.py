@@ -426,18 +426,17 @@ def _make_tunnel(cfg) -> vxlan.Tunnel:
 
 def remake_tunnel(port: Port) -> None:
     """A VXLAN port whose device went (vxlan.Tunnel.gone): make it again, with IPv6 off before it
-    comes up, as create() does; its link event then attaches it (Switch.remote_changed).
+    comes up, as create() does, and up; its link event then attaches it (Switch.remote_changed).
     PortError while it cannot be made (its underlay is not back yet, or, back, carries less
-    than the port's MTU, which was set at start)."""
+    than the port's MTU, which was set at start; its UDP port is taken)."""
     tunnel = port.tunnel
+
+    def silence(ifindex: int) -> None:
+        with rtnl.Rtnl() as here:
+            quiet.silence(here, ifindex, tunnel.name)
+
     try:
-        tunnel.create(mtu=port.cfg.mtu)
-        try:
-            with rtnl.Rtnl() as here:
-                quiet.silence(here, tunnel.ifindex, tunnel.name)
-        except BaseException:
-            tunnel.remove()
-            raise
+        tunnel.create(mtu=port.cfg.mtu, before_up=silence)
     except vxlan.VxlanError as e:
         raise PortError(str(e)) from None
     except (NetlinkError, OSError) as e:

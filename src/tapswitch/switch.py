@@ -475,7 +475,8 @@ class Switch:
                     self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
                     port.remote_ifindex == event.ifindex
-                    or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted)):
+                    or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted
+                        and self._made_for(port, event.ifindex))):
                 self.remote_changed(port, event)
             elif (port.tunnel is not None and event.nsid == linkmon.OWN_NSID
                   and port.tunnel.underlies(event.ifindex, event.ifname)):
@@ -483,6 +484,13 @@ class Switch:
             else:
                 continue
             self.set_port_up(port, port.links_up)
+
+    @staticmethod
+    def _made_for(port: ports.Port, ifindex: int) -> bool:
+        """Is the device at `ifindex` one to attach as the port's IFACE? A VXLAN port's is the
+        device its tunnel has now: the events of one that a failed remake made and removed come
+        late (attached, it was "no such device"), and another's of that name is not the port's."""
+        return port.tunnel is None or port.tunnel.ifindex == ifindex
 
     def address_changed(self, event: linkmon.AddressEvent) -> None:
         """An address came or went in the switch's namespace: if it is a VXLAN port's local, follow it."""
@@ -678,7 +686,7 @@ class Switch:
                 link = ipr.get_links(found[0])[0] if found else None
         except (OSError, NetlinkError):
             return
-        if link is not None:
+        if link is not None and self._made_for(port, link["index"]):
             self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, link["index"], port.cfg.remote,
                                                         linkmon.link_up(link["flags"]), False,
                                                         link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS")))

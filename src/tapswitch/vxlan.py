@@ -371,10 +371,12 @@ class Tunnel:
         name `dev` is not."""
         return ifindex == self.underlay_index or (self.bound is None and self.dev is not None and ifname == self.dev)
 
-    def create(self, mtu: int | None = None) -> int:
+    def create(self, mtu: int | None = None, before_up=None) -> int:
         """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.
-        `mtu`: the port's, which the underlay must carry (a device made again: the segment's MTUs
-        were set at start). Returns its ifindex. On failure nothing is left."""
+        A device made again: `mtu`, the port's, which the underlay must carry (the segment's MTUs
+        were set at start), and `before_up(ifindex)`, given, what must be done before the device
+        comes up, which it then does here (see below). Returns its ifindex. On failure nothing is
+        left (no vxlan.removed said: vxlan.created was not)."""
         ipr = self.ipr
         self._remove_stale()
         link = {}
@@ -408,8 +410,19 @@ class Tunnel:
             self.frame_max = frame_max(under_mtu, self.local)
             ipr.link("set", index=self.ifindex, ifalias=self.alias)
             self._apply(*remotes_diff([], self.wanted))
+            if before_up is not None:
+                before_up(self.ifindex)
+                # The kernel binds the UDP port as the device comes up. Up here, not at its attach:
+                # one taken meanwhile failed the attach, whose undo's link events attached it again
+                # at once, and again, an error logged each time, until the port was free.
+                ipr.link("set", index=self.ifindex, state="up")
+        except NetlinkError as e:
+            self.remove(said=False)
+            if e.code == errno.EADDRINUSE:
+                raise VxlanError(f"port {self.port}: {port_in_use(self.dstport)}") from None
+            raise
         except BaseException:
-            self.remove()
+            self.remove(said=False)
             raise
         log.info("vxlan.created", port=self.port, dev=self.name, vni=self.vni, local=self.local,
                  dstport=self.dstport, underlay=under_name, remotes=len(self.remotes))
@@ -478,8 +491,9 @@ class Tunnel:
             if e.code not in (errno.ENOENT, errno.ENODEV):
                 raise
 
-    def remove(self) -> None:
-        """Delete the device (its FDB and tc filters go with it); one already gone is fine."""
+    def remove(self, said: bool = True) -> None:
+        """Delete the device (its FDB and tc filters go with it); one already gone is fine.
+        `said`: logged (not for one that create() did not finish)."""
         if self.ifindex is None:
             return
         try:
@@ -487,7 +501,8 @@ class Tunnel:
         except NetlinkError as e:
             if e.code != errno.ENODEV:
                 raise
-        log.info("vxlan.removed", port=self.port, dev=self.name)
+        if said:
+            log.info("vxlan.removed", port=self.port, dev=self.name)
         self.ifindex = None
         self.bound = None
         self.remotes = []

@@ -346,6 +346,39 @@ def test_a_vxlan_device_whose_underlay_comes_back_too_small_waits_for_its_mtu(la
     assert sw.stop() == 0
 
 
+def test_a_vxlan_device_made_again_while_its_udp_port_is_taken_waits_for_it_saying_so_once(lab, site):
+    """A program that took the UDP port while the device was away: the device was made again and
+    its attach failed (the kernel binds the port as the device comes up), whose undo's link
+    events attached it again at once, and again: ~20 remote.attach_failed a second until the
+    port was free. The switch waits for the port, said once, and makes the device then."""
+    sw = site.start(1)
+    site.start(2)
+    vx = f"{site.vx(1)}-vx"
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[site.vx(1)] == "down")
+    holder = subprocess.Popen(["ip", "netns", "exec", site.hosts[1], sys.executable, "-c", UDP_HOLDER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.procs.append(holder)
+    assert holder.stdout.readline().strip() == "bound"
+    site.wire(1)
+
+    def in_use() -> list[dict]:
+        return [e for e in sw.events("vxlan.remake_waits") if "UDP port 4789 (vxlan.dstport) is in use" in e["error"]]
+
+    helpers.wait_for("the wait said", in_use)
+    time.sleep(2)         # ticks that try again
+    assert len(in_use()) == 1
+    assert sw.events("remote.attach_failed") == []
+    assert port_states(sw)[site.vx(1)] == "down"
+    assert not helpers.link_exists(vx, site.hosts[1])
+    holder.stdin.close()
+    holder.wait()
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up")
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert helpers.ipv6_disabled(site.hosts[1], vx)
+    assert sw.stop() == 0
+
+
 def test_a_start_after_sigkill_removes_the_device_of_a_port_its_config_no_longer_has(lab, site):
     sw = site.start(1)
     assert sw.stop(signal.SIGKILL) == -signal.SIGKILL
