@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tapswitch import control
 from tests.integration import helpers
@@ -388,6 +389,42 @@ def test_containers_given_by_pid_and_by_path(lab):
     # Namespaces the switch did not create are left alone.
     assert ns_b in helpers.netns_list()
     assert holder.poll() is None
+
+
+def test_the_containers_example_runs_once_its_header_commands_have(lab):
+    """config/containers.yaml, after the `ip netns add` its header gives (and a process of our
+    own for the docker container's pid), names in it made unique: the header named the
+    namespace the switch makes ("app") and not the one given by path, which must exist, so
+    the example failed with "/run/netns/cache does not exist"."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "config", "containers.yaml")
+    with open(path) as f:
+        text = f.read()
+    cfg = yaml.safe_load(text)
+    names = {}                                   # the example's namespace names -> this test's
+
+    def ours(name: str) -> str:
+        return names.setdefault(name, lab.netns(f"n{len(names)}"))
+
+    for name in re.findall(r"^#\s+ip netns add (\S+)", text, re.M):
+        helpers.sh("ip", "netns", "add", ours(name))
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "300"])      # the container `db`
+    lab.procs.append(holder)
+    helpers.wait_for("the container's own namespace",
+                     lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"))
+    for i, port in enumerate(cfg["ports"]):
+        port["name"] = lab.name(f"p{i}")
+        netns = port["netns"]
+        if netns.startswith("pid:"):
+            port["netns"] = f"pid:{holder.pid}"
+        elif netns.startswith("/run/netns/"):
+            port["netns"] = "/run/netns/" + ours(netns[len("/run/netns/"):])
+        else:
+            port["netns"] = ours(netns)
+    cfg["switch"]["name"] = lab.name("sw")
+    lab.switch(cfg)
+    app = names["app"]
+    for address in ("198.18.1.2", "198.18.1.3"):
+        assert helpers.ping(app, address), address
 
 
 def test_a_containers_namespace_it_may_not_open_exits_1_saying_why_not_that_it_does_not_exist(lab):
