@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install.sh --no-link     # this clone's .venv; the system's tapswitch command is left alone
-tools=(iproute2 iputils-ping iperf3 netsniff-ng tcpdump prometheus procps util-linux strace qemu-system-x86 busybox-static cpio linux-perf)
+tools=(iproute2 iputils-ping iperf3 netsniff-ng tcpdump curl prometheus procps util-linux strace qemu-system-x86 busybox-static cpio linux-perf zstd)
 missing=()
 for p in "${tools[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

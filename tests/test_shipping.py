@@ -293,6 +293,57 @@ def test_the_test_script_installs_without_linking():
     assert calls == [["./scripts/install.sh", "--no-link"]]
 
 
+# Programs the tests run only when they are there, skipping (saying which) when not; and
+# python3, which install.sh itself runs on.
+NOT_FROM_TEST_SH = {"ovs-vswitchd", "ovsdb-server", "ovs-vsctl", "ovsdb-tool", "ovs-appctl",
+                    "systemctl", "deb-systemd-helper", "python3"}
+
+
+def debian_package(program: str) -> str | None:
+    """The Debian package whose file `program` on PATH is (tried under / too: usrmerge), or
+    None: not on PATH, or no package's (a pyenv's python3)."""
+    path = shutil.which(program)
+    if path is None:
+        return None
+    for candidate in (path, path.replace("/usr/", "/", 1)):
+        r = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+        owners = [line for line in r.stdout.splitlines() if not line.startswith("diversion by ")]
+        if r.returncode == 0 and owners:
+            return owners[0].split(":")[0]
+    return None
+
+
+def test_the_test_script_installs_every_program_the_tests_run():
+    """scripts/test.sh installs what the tests run beyond a fresh Debian (its required and
+    important packages): curl was missing (test_metrics), and on a machine without it a test
+    failed at `ip netns exec ... curl` rather than testing the switch. A program this machine
+    does not have is not looked up: the test that runs it fails here already."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("needs dpkg: the programs are found by their Debian packages")
+    with open(os.path.join(ROOT, "scripts", "test.sh")) as f:
+        installed = set(re.search(r"^tools=\((.*)\)", f.read(), re.M)[1].split())
+    installed |= set(INSTALL_PACKAGES)
+    call = re.compile(r'(?:\bsh\(|\bnsexec\([^,()]+,\s*|\bsubprocess\.(?:run|Popen|check_output|call)\(\[)'
+                      r'\s*"([A-Za-z0-9_.+-]+)"')
+    programs = set()
+    for d, _dirs, files in os.walk(os.path.join(ROOT, "tests")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(d, name)) as f:
+                    programs |= set(call.findall(f.read()))
+    assert {"ip", "curl", "iperf3"} <= programs          # the calls are found
+    missing = {}
+    for program in sorted(programs - NOT_FROM_TEST_SH):
+        package = debian_package(program)
+        if package is None or package in installed:
+            continue
+        priority = subprocess.run(["dpkg-query", "-W", "-f", "${Priority}", package],
+                                  capture_output=True, text=True).stdout
+        if priority not in ("required", "important"):
+            missing[program] = package
+    assert missing == {}
+
+
 # --- scripts/install.sh --uninstall --------------------------------------------
 
 def tree(top: str) -> set[str]:
