@@ -45,7 +45,7 @@ log = structlog.get_logger("tapswitch.switch")
 TICK = 1.0                 # seconds between the control loop's maintenance steps (MAC aging, ports, tunnels)
 AGING_STEPS = 4            # a full aging pass takes this many ticks
 FULL_LOG_INTERVAL = 60.0   # seconds between fdb.full warnings
-CAP_KILL, CAP_NET_ADMIN = 5, 12
+CAP_KILL, CAP_NET_ADMIN, CAP_SYS_ADMIN = 5, 12, 21
 
 
 class StartError(Exception):
@@ -57,7 +57,7 @@ READERS_WAIT = 10.0         # seconds a stop waits for control requests and scra
 STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
 
 
-def preflight(user: str | int | None) -> None:
+def preflight(user: str | int | None, ports=()) -> None:
     """Fail early, with a reason, on what would fail later with a worse one."""
     if not os.path.exists("/dev/net/tun"):
         raise StartError("/dev/net/tun is missing: load the tun module (modprobe tun)")
@@ -65,6 +65,12 @@ def preflight(user: str | int | None) -> None:
         caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     if not caps & (1 << CAP_NET_ADMIN):
         raise StartError("needs CAP_NET_ADMIN to create TAP devices (run it as root)")
+    # A container given NET_ADMIN alone (README, "Docker") failed at its first such port with
+    # "bind /run/netns: Operation not permitted", or "[Errno 1] setns ...", naming no capability.
+    inside = [port.name for port in ports if port.netns is not None]
+    if inside and not caps & (1 << CAP_SYS_ADMIN):
+        raise StartError(f"port {inside[0]}: a port in a network namespace (netns) needs CAP_SYS_ADMIN, "
+                         f"to enter it and to make a named one")
     ids = config_mod.worker_ids(user, os.geteuid())
     if ids is not None and ids[0] != os.geteuid() and not caps & (1 << CAP_KILL):
         # Else a stop could not signal them: they would outlive it, holding every port.
@@ -214,7 +220,7 @@ class Switch:
             self.reload_requested = True
         try:
             try:
-                preflight(self.cfg.switch.user)
+                preflight(self.cfg.switch.user, self.cfg.ports)
                 self._start()
                 self.inherited_remotes = set()      # every port is up: the dead run's remotes are ours now
                 self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)

@@ -102,6 +102,27 @@ def test_without_cap_net_admin_the_start_says_so_in_one_line(lab):
     assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
 
 
+def test_without_cap_sys_admin_a_port_in_a_namespace_is_refused_in_one_line_naming_it(lab):
+    """A container run as the README's Docker command runs it (NET_ADMIN, NET_BROADCAST) on a
+    config with a namespace failed with "bind /run/netns: Operation not permitted", or, for a
+    namespace already there, "[Errno 1] setns ...": no word of the capability it lacked."""
+    sw = lab.switch(two_containers(lab, queues=1), start=False,
+                    wrapper=("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"))
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=20) == 1, sw.log()
+    lines = [line for line in sw.log().splitlines() if line.startswith("tapswitch:")]
+    assert lines == [f"tapswitch: port {lab.name('p0')}: a port in a network namespace (netns) needs "
+                     f"CAP_SYS_ADMIN, to enter it and to make a named one"], sw.log()
+    assert not helpers.link_exists(lab.name("p0")) and lab.name("c0") not in helpers.netns_list()
+
+
+def test_without_cap_sys_admin_ports_in_the_switchs_namespace_run(lab):
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]},
+                    wrapper=("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"))
+    assert helpers.link_exists(lab.name("p0"))
+    assert sw.stop() == 0, sw.log()
+
+
 def test_without_cap_kill_workers_of_the_switchs_own_user_run_and_stop(lab):
     sw = lab.switch(two_containers(lab, queues=1, user=0), wrapper=WITHOUT_CAP_KILL)
     assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
