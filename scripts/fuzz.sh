@@ -33,10 +33,12 @@ cleanup() { if [ "$keep" = 1 ]; then echo "fuzz.sh: kept $work" >&2; else rm -rf
 trap cleanup EXIT
 
 # The package as plain files (the sanitized extension goes beside them), and the tests.
-mkdir -p "$work/tapswitch" "$work/tests"
+mkdir -p "$work/tapswitch" "$work/tests/integration"
 cp src/tapswitch/*.py src/tapswitch/*.yaml "$work/tapswitch/"
 cp -r src/tapswitch/fastpath "$work/tapswitch/"
 cp tests/*.py "$work/tests/"
+# tests/conftest.py imports tests.integration.helpers (its teardowns hold interrupts).
+cp tests/integration/__init__.py tests/integration/helpers.py "$work/tests/integration/"
 
 # The extension as fastpath_build.py makes it (same sources, libraries and
 # warnings), with the sanitizers and debug information instead of -O2.
