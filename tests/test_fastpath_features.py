@@ -518,9 +518,15 @@ def test_a_copy_over_the_monitor_ports_frame_max_is_counted_dropped(sw):
     # pop (this switch's next hop) could not take off (fuzzing found it going out tagged 21 bytes in).
     tagged(BROADCAST, A, 10, tag(20)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM, csum_start=25,
            csum_offset=1),
+    # Behind three tags, the frame the pop leaves with two is one the switch refuses: cut in its
+    # second tag, or a checksum below 28 (a long fuzzing run sent both out of an access port).
+    tagged(BROADCAST, A, 10, tag(20, 0x8100)[2:], ethertype=0x8100),
+    tagged(BROADCAST, A, 10, tag(20, 0x8100)[2:] + tag(30)[2:] + bytes(46), ethertype=0x8100, flags=NEEDS_CSUM,
+           csum_start=28, csum_offset=4),
 ], ids=["no room for the tag", "checksum in the tag", "second tag: no TCI", "second tag: no type",
         "second tag: half a type", "checksum in the second tag", "checksum a pop moves below 20",
-        "TCPV6 checksum a pop moves below 40", "two tags: checksum the pop leaves tagged below 24"])
+        "TCPV6 checksum a pop moves below 40", "two tags: checksum the pop leaves tagged below 24",
+        "third tag: no TCI", "three tags: checksum the pop leaves below 28"])
 def test_broken_tag_is_an_rx_error(sw, data):
     # Port 1 would get the frame with its tag popped: never one whose front tag is broken.
     Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
@@ -536,6 +542,15 @@ def test_a_whole_second_tag_comes_to_the_front_when_the_first_is_popped(sw):
     sw.send(0, data)
     out = untag(data)
     assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 24) + out[H - 2:]]
+
+
+def test_behind_three_tags_the_pop_leaves_two_whole_ones(sw):
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
+    data = tagged(BROADCAST, A, 10, tag(20, 0x8100)[2:] + tag(30)[2:] + bytes(46), ethertype=0x8100,
+                  flags=NEEDS_CSUM, csum_start=32, csum_offset=4)
+    sw.send(0, data)
+    out = untag(data)
+    assert sw.received(1) == [out[:H - 4] + struct.pack("=H", 28) + out[H - 2:]]
 
 
 def test_a_pop_that_takes_the_header_length_below_the_ethernet_header_clears_it(sw):

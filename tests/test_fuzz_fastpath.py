@@ -74,9 +74,9 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - hdr_len beyond the Ethernet bytes, or 1 to 13 without NEEDS_CSUM;
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
 #     csum_start inside the MACs or the tag (below 18), or below what a TAP
-#     write takes plus the 4 bytes a pop moves it; and if the type after
-#     that tag is 0x8100 too (a tag that a pop brings to the front), fewer
-#     than 22 bytes, or csum_start below 22;
+#     write takes plus the 4 bytes a pop moves it; and for each 802.1Q tag
+#     behind it (the type after a tag is 0x8100 again: one that a pop brings
+#     nearer the front), 4 more bytes and 4 more before the checksum;
 #   - a source MAC that is multicast or zero (the only fault of a frame an rx
 #     mirror still copies: fastpath.h, "Mirrors").
 
@@ -121,7 +121,7 @@ def is_parsable(data) -> bool:
         return False
     if eth_type(data) == ETH_P_8021Q:
         end = ETH_HLEN + VLAN_HLEN
-        if len(data) - VNET_LEN >= end and int.from_bytes(data[VNET_LEN + end - 2:VNET_LEN + end], "big") == ETH_P_8021Q:
+        while len(data) - VNET_LEN >= end and int.from_bytes(data[VNET_LEN + end - 2:VNET_LEN + end], "big") == ETH_P_8021Q:
             end += VLAN_HLEN
         # a tag's 4 bytes before the checksum for each 802.1Q tag: what each pop leaves is well formed too
         if len(data) - VNET_LEN < end or (flags & VNET_F_NEEDS_CSUM and csum_start < max(end, csum_min + end - ETH_HLEN)):

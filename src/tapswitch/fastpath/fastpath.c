@@ -840,25 +840,24 @@ static bool vnet_hdr_is_valid(struct frame *f)
  * not start inside it, nor where, moved 4 bytes back by a pop, the kernel
  * takes none (so the tag can be popped: a checksum 20 bytes in, taken
  * tagged, went out of every access port as a refused write, a tx_errors
- * each); and so is a second 802.1Q tag behind it, which a pop brings to the
- * front (a frame cut in it went out of an access port as a frame with a
- * broken tag), with 4 more bytes before the checksum for it: the frame a pop
- * leaves is one this check takes (21 bytes in behind two tags went out of an
- * access port tagged, 17 bytes in once that tag is popped too). A real
- * frame's checksum starts behind its tags and an IP header, never so early. */
+ * each); and so is every 802.1Q tag behind it, each of which a pop brings one
+ * tag nearer the front, with 4 more bytes before the checksum for each: the
+ * frame a pop leaves is one this check takes (21 bytes in behind two tags
+ * went out of an access port tagged, 17 bytes in once that tag is popped too;
+ * three tags, cut in the third or a checksum 28 bytes in, went out of an
+ * access port with two, cut in the second or 24 bytes in). A real frame's
+ * checksum starts behind its tags and an IP header, never so early. */
 static bool tag_is_whole(const struct frame *f)
 {
     struct vnet_hdr h;
     memcpy(&h, f->buf, sizeof h);
-    uint32_t end = ETH_HLEN + VLAN_HLEN, tags = VLAN_HLEN;
-    if (eth_len(f) < end)
-        return false;
-    if (be16(eth_hdr(f) + end - 2) == ETH_P_8021Q) {
+    uint32_t end = ETH_HLEN, tags = 0;
+    do {
         end += VLAN_HLEN;
         tags += VLAN_HLEN;
         if (eth_len(f) < end)
             return false;
-    }
+    } while (be16(eth_hdr(f) + end - 2) == ETH_P_8021Q);
     return !(h.flags & VNET_F_NEEDS_CSUM)
         || (h.csum_start >= end && h.csum_start >= csum_start_min(&h) + tags);
 }

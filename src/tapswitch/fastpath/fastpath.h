@@ -442,9 +442,10 @@ struct ts_counters {
     uint64_t rx_packets;       /* frames read from the port, accepted */
     uint64_t rx_bytes;         /* their Ethernet bytes (no virtio-net header) */
     uint64_t rx_errors;        /* malformed: runt, bad vnet header (one a TAP write refuses),
-                                  bad source MAC, bad tag (an 802.1Q tag, or a second one
+                                  bad source MAC, bad tag (an 802.1Q tag, or one more
                                   behind it, cut or with a checksum starting inside it, or
-                                  where a TAP write refuses one once the tag is popped) */
+                                  where a TAP write refuses one once the tag is popped, 4
+                                  bytes later for each 802.1Q tag behind the first) */
     uint64_t rx_dropped;       /* well formed but not forwarded: port down, dst down or
                                   isolated, dst on its own port, a flood to no port, the
                                   802.1 group 01:80:C2:00:00:01..0F, read from a monitor
