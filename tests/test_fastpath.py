@@ -28,11 +28,23 @@ VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start c
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
 
 A = "02:00:00:00:00:0a"
 B = "02:00:00:00:00:0b"
 C = "02:00:00:00:00:0c"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def ipv4(proto, transport):
+    """An IPv4 packet (198.18.0.1 to .2) of the given protocol around a transport header and payload."""
+    return (struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(transport), 1, 0, 64, proto, 0)
+            + bytes([198, 18, 0, 1, 198, 18, 0, 2]) + transport)
+
+
+# 3000 bytes after a TCP or a UDP header, which starts 34 bytes into the frame.
+TCP = ipv4(6, struct.pack("!HHIIBBHHH", 40000, 22, 0, 0, 0x50, 0x10, 0xffff, 0, 0) + bytes(3000))
+UDP = ipv4(17, struct.pack("!HHHH", 40000, 53, 3008, 0) + bytes(3000))
 
 
 def frame(dst, src, payload=bytes(46), ethertype=0x0800, *, flags=0, gso_type=0,
@@ -308,6 +320,20 @@ MALFORMED = {
     "csum_before_20": frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=19, csum_offset=4),
     "tcpv6_gso_csum_before_40": frame(BROADCAST, A, bytes(1000), 0x86dd, flags=NEEDS_CSUM, gso_type=GSO_TCPV6,
                                       gso_size=100, csum_start=39, csum_offset=16),
+    # ... and GSO headers virtio_net_hdr_to_skb refuses, of packets it takes with the right one:
+    "gso_size_by_frags": frame(BROADCAST, A, TCP, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=0xffff,
+                               csum_start=34, csum_offset=16),
+    "tcp_gso_csum_not_in_tcp_header": frame(BROADCAST, A, TCP, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448,
+                                            csum_start=34, csum_offset=4),
+    "tcp_gso_tcp_header_past_frame": frame(BROADCAST, A, TCP[:39], flags=NEEDS_CSUM, gso_type=GSO_TCPV4,
+                                           gso_size=1448, csum_start=34, csum_offset=16),
+    "udp_l4_gso_without_csum": frame(BROADCAST, A, UDP, gso_type=GSO_UDP_L4, gso_size=1448),
+    "udp_l4_gso_csum_not_in_udp_header": frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4,
+                                               gso_size=1448, csum_start=34, csum_offset=16),
+    "udp_l4_gso_with_ecn": frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4 | 0x80, gso_size=1448,
+                                 csum_start=34, csum_offset=6),
+    "udp_l4_gso_over_128_segments": frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=23,
+                                          csum_start=34, csum_offset=6),
     "hdr_len_inside_ethernet_header": frame(BROADCAST, A, hdr_len=13),
     "hdr_len_beyond_frame": frame(BROADCAST, A, hdr_len=61),
     "unknown_flags": frame(BROADCAST, A, flags=8),
@@ -328,6 +354,24 @@ def test_malformed_frame_is_rx_error_and_not_forwarded(sw, name):
 def test_header_lengths_a_tap_write_takes_are_accepted(sw):
     for f in (frame(BROADCAST, A, hdr_len=14), frame(BROADCAST, A, hdr_len=60),
               frame(BROADCAST, A, flags=NEEDS_CSUM, hdr_len=13, csum_start=20, csum_offset=4)):  # raised to 26
+        sw.send(0, f)
+        assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == 0
+
+
+# The GSO headers of the malformed ones above as a TAP write takes them.
+GSO_TAKEN = [
+    frame(BROADCAST, A, TCP, flags=NEEDS_CSUM, gso_type=GSO_TCPV4, gso_size=1448, csum_start=34, csum_offset=16),
+    frame(BROADCAST, A, TCP[:40], flags=NEEDS_CSUM, gso_type=GSO_TCPV4 | 0x80, gso_size=1448, csum_start=34,
+          csum_offset=16),
+    frame(BROADCAST, A, TCP, gso_type=GSO_TCPV4, gso_size=1448),      # no checksum: no offset to check
+    frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=24, csum_start=34, csum_offset=6),
+    frame(BROADCAST, A, UDP[:28], flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=1, csum_start=34, csum_offset=6),
+]
+
+
+def test_gso_headers_a_tap_write_takes_are_accepted(sw):
+    for f in GSO_TAKEN:
         sw.send(0, f)
         assert sw.received(1) == [f]
     assert sw.counters(0)["rx_errors"] == 0

@@ -68,9 +68,14 @@ FUZZ = settings(max_examples=EXAMPLES,
 #   - TS_FRAME_MAX bytes or more (it may have been cut);
 #   - a flag other than NEEDS_CSUM (1), DATA_VALID (2), RSC_INFO (4);
 #   - gso_type without its ECN bit (0x80) not one of NONE 0, TCPV4 1, UDP 3,
-#     TCPV6 4, UDP_L4 5; or ECN alone; or a GSO type with gso_size 0;
+#     TCPV6 4, UDP_L4 5; or ECN alone; or a GSO type with gso_size 0 or
+#     0xFFFF (GSO_BY_FRAGS);
 #   - NEEDS_CSUM with csum_start below what a TAP write takes (20; 40 for
-#     TCPV6 GSO), or csum_start + csum_offset + 2 beyond the Ethernet bytes;
+#     TCPV6 GSO), or csum_start + csum_offset + 2 beyond the Ethernet bytes,
+#     or csum_start + the GSO type's TCP (20) or UDP (8) header;
+#   - TCP GSO with NEEDS_CSUM and csum_offset not 16; UDP_L4 GSO without
+#     NEEDS_CSUM, with csum_offset not 6, with ECN, or of more than 128
+#     segments of gso_size after csum_start + 8 (virtio_net_hdr_to_skb);
 #   - hdr_len beyond the Ethernet bytes, or 1 to 13 without NEEDS_CSUM;
 #   - ethertype 0x8100 and fewer than 18 Ethernet bytes, or NEEDS_CSUM with
 #     csum_start inside the MACs or the tag (below 18), or below what a TAP
@@ -113,9 +118,16 @@ def is_parsable(data) -> bool:
     csum_min = 40 if gso == 4 else 20
     if flags & ~VNET_F_KNOWN:
         return False
-    if gso not in GSO_TYPES or (gso == 0 and gso_type != 0) or (gso != 0 and gso_size == 0):
+    if gso not in GSO_TYPES or (gso == 0 and gso_type != 0) or (gso != 0 and gso_size in (0, 0xFFFF)):
         return False
-    if flags & VNET_F_NEEDS_CSUM and (csum_start < csum_min or csum_start + csum_offset + 2 > len(data) - VNET_LEN):
+    thlen = 20 if gso in (1, 4) else 8 if gso else 0
+    if flags & VNET_F_NEEDS_CSUM and (csum_start < csum_min
+                                      or csum_start + max(csum_offset + 2, thlen) > len(data) - VNET_LEN):
+        return False
+    if gso in (1, 4) and flags & VNET_F_NEEDS_CSUM and csum_offset != 16:
+        return False
+    if gso == 5 and (not flags & VNET_F_NEEDS_CSUM or csum_offset != 6 or gso_type != 5
+                     or len(data) - VNET_LEN - csum_start - 8 > gso_size * 128):
         return False
     if hdr_len > len(data) - VNET_LEN or (0 < hdr_len < ETH_HLEN and not flags & VNET_F_NEEDS_CSUM):
         return False
@@ -609,7 +621,11 @@ def decode_frame(data: bytes) -> bytes:
     l2_len = ETH_HLEN + (VLAN_HLEN if tci is not None else 0)
     csum_start = min(0xFFFF, l2_len + c.below(max(1, length - 1 - l2_len)))
     room = max(0, length - 2 - csum_start)
-    csum_offset = min(0xFFFF, room if c.byte() < 128 else c.below(room + 1))
+    # Mostly the checksum field of the header a TCP or UDP_L4 GSO type says is there (the only one a TAP write takes).
+    field_offset = {1: 16, 4: 16, 5: 6}.get(gso_type & ~GSO_ECN)
+    b = c.byte()
+    csum_offset = min(0xFFFF, field_offset if field_offset is not None and b < 192
+                      else room if b < 224 else c.below(room + 1))
     if hostile():
         if room < 0xFFFF and c.byte() < 128:
             csum_offset = room + 1

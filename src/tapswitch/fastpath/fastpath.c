@@ -821,12 +821,26 @@ static bool vnet_hdr_is_valid(struct frame *f)
     /* The ECN flag qualifies a GSO type; alone it is none (the kernel agrees). */
     if (gso == VNET_GSO_NONE && h.gso_type != VNET_GSO_NONE)
         return false;
-    if (gso != VNET_GSO_NONE && h.gso_size == 0)
+    /* 0xffff is GSO_BY_FRAGS, which the kernel keeps for itself. */
+    if (gso != VNET_GSO_NONE && (h.gso_size == 0 || h.gso_size == 0xffff))
         return false;
     /* A checksum starts where the kernel takes one (at L4, in practice) and ends
-     * inside the frame; so a tag pushed in front of it keeps the frame well formed. */
+     * inside the frame, and so does a GSO frame's TCP or UDP header; so a tag
+     * pushed in front of it keeps the frame well formed. */
+    uint32_t thlen = gso == VNET_GSO_TCPV4 || gso == VNET_GSO_TCPV6 ? 20 : gso != VNET_GSO_NONE ? 8 : 0;
     if ((h.flags & VNET_F_NEEDS_CSUM)
-        && (h.csum_start < csum_start_min(&h) || (uint32_t)h.csum_start + h.csum_offset + 2 > eth_len(f)))
+        && (h.csum_start < csum_start_min(&h)
+            || (uint32_t)h.csum_start + (h.csum_offset + 2u > thlen ? h.csum_offset + 2u : thlen) > eth_len(f)))
+        return false;
+    /* What else virtio_net_hdr_to_skb refuses of a GSO header (a TAP write's
+     * EINVAL, a tx_errors on every port the frame went to): a TCP checksum not
+     * in the TCP header's checksum field; UDP_L4 without its UDP checksum, with
+     * the ECN flag, or of more than 128 segments. */
+    if ((gso == VNET_GSO_TCPV4 || gso == VNET_GSO_TCPV6) && (h.flags & VNET_F_NEEDS_CSUM) && h.csum_offset != 16)
+        return false;
+    if (gso == VNET_GSO_UDP_L4
+        && (!(h.flags & VNET_F_NEEDS_CSUM) || h.csum_offset != 6 || h.gso_type != VNET_GSO_UDP_L4
+            || eth_len(f) - h.csum_start - 8 > (uint32_t)h.gso_size * 128))
         return false;
     /* hdr_len, the headers' length (a hint): 0, or past the Ethernet header and
      * inside the frame -- the kernel raises one short of the checksum's end. */
