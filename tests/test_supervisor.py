@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from tapswitch import supervisor
+from tests.pidfd_fails import at_the_fd_limit
 
 # A stand-in for the worker's last steps: say b"D" (or nothing) on its socket, then exit 0.
 SAY_AND_EXIT = "import os, sys; os.write(int(sys.argv[1]), sys.argv[2].encode()); os._exit(0)"
@@ -466,14 +467,7 @@ def _pidfd_open_out_of_fds_once(monkeypatch) -> None:
 
     def out_of_fds(pid, flags=0):
         monkeypatch.setattr(os, "pidfd_open", real)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        lowest = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        os.close(lowest)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))
-        try:
-            return real(pid, flags)
-        finally:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return at_the_fd_limit(real, pid, flags)
     monkeypatch.setattr(os, "pidfd_open", out_of_fds)
 
 
