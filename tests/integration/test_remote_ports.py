@@ -229,6 +229,7 @@ def test_a_local_port_whose_rule_for_the_nics_new_mac_is_refused_once_follows_it
     helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "address", new)
     helpers.wait_for("the failure said", lambda: sw.events("remote.mac_follow_failed"))
     helpers.wait_for("the rule follows", lambda: stolen_macs(site["sw"]) == {new}, within=5)
+    helpers.wait_for("the follow said", lambda: sw.events("remote.mac_changed"))    # just after the rule
     assert [(e["mac"], e["was"], e["port_mac"]) for e in sw.events("remote.mac_changed")] == [(new, was, new)]
     failed = sw.events("remote.mac_follow_failed")
     assert len(failed) == 1 and "Cannot allocate memory" in failed[0]["error"], sw.log()
@@ -254,9 +255,10 @@ def test_a_local_port_follows_the_nics_new_mac_and_mtu_whose_events_were_lost_at
     helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "mtu", "1400")    # its event has the new MAC: lost too
     helpers.wait_for("the loss said", lambda: sw.events("link.events_lost"))
     helpers.wait_for("the rule follows", lambda: stolen_macs(site["sw"]) == {new}, within=5)
+    helpers.wait_for("the follow said", lambda: sw.events("remote.mac_changed"))    # just after the rule
     assert [(e["mac"], e["was"], e["port_mac"]) for e in sw.events("remote.mac_changed")] == [(new, was, new)]
-    assert {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new
-    assert port_mtu(sw, up) == 1400
+    helpers.wait_for("the port's MAC follows", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new)
+    assert port_mtu(sw, up) == 1400         # followed before the MAC (Switch.resync_remote)
     assert sw.stop() == 0
 
 
