@@ -256,16 +256,15 @@ def picked_here(reply, filters: dict, path: str):
 
 def fdb_wanted(filters: dict) -> dict:
     """The values an entry of the listing has for `filters`, checked as the switch checks them."""
-    from tapswitch import config
+    from tapswitch import control
     wanted = dict(filters)
-    if "vlan" in wanted and not 1 <= wanted["vlan"] <= 4094:
-        raise SystemExit(f"tapswitch: VLAN must be 1-4094, not {wanted['vlan']!r}")
-    if "mac" in wanted:
-        try:
-            wanted["mac"] = config.mac_address(wanted["mac"])
-        except ValueError:
-            raise SystemExit(f"tapswitch: not a MAC address: {wanted['mac']!r} (six hex octets, as in "
-                             f"02:00:00:00:00:10 or 02-00-00-00-00-10)") from None
+    try:
+        if "vlan" in wanted:
+            wanted["vlan"] = control.vlan_arg(wanted["vlan"])
+        if "mac" in wanted:
+            wanted["mac"] = control.mac_arg(wanted["mac"])
+    except control.ControlError as e:
+        raise SystemExit(f"tapswitch: {e}") from None
     return wanted
 
 

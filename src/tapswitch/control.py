@@ -52,6 +52,25 @@ class ControlError(Exception):
     """The request cannot be served; the message goes back to the client."""
 
 
+def mac_arg(value) -> str:
+    """A MAC address a request names (`fdb --mac`, `fdb add`: 02:00:00:00:00:10 or
+    02-00-00-00-00-10), as the config reads one; ControlError if it is none. The switch checks
+    it, and so does a client that picks a listing's entries itself."""
+    from tapswitch import config
+    try:
+        return config.mac_address(value)
+    except ValueError:
+        raise ControlError(f"not a MAC address: {value!r} (six hex octets, as in 02:00:00:00:00:10 "
+                           f"or 02-00-00-00-00-10)") from None
+
+
+def vlan_arg(value) -> int:
+    """A VLAN a request names, 1-4094 (not a JSON true); ControlError if it is none."""
+    if type(value) is not int or not 1 <= value <= 4094:
+        raise ControlError(f"VLAN must be 1-4094, not {value!r}")
+    return value
+
+
 class Listing:
     """A result that is a list too long to build as one string (the MAC table: millions of
     entries): the reply is written a chunk of items at a time, as they are made. `encoded`:

@@ -33,7 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, ports, remote, settings, tap, tc
-from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, stop_serving
+from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving, vlan_arg
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError, name_at
 from tapswitch.runstate import RunState
@@ -1031,11 +1031,7 @@ class Switch:
 
     @staticmethod
     def _mac_key(req: dict, port: ports.Port | None) -> tuple[str, int]:
-        try:
-            mac = config_mod.mac_address(req.get("mac"))     # as the config reads static_macs
-        except ValueError:
-            raise ControlError(f"not a MAC address: {req.get('mac')!r} (six hex octets, as in 02:00:00:00:00:10 "
-                               f"or 02-00-00-00-00-10)") from None
+        mac = mac_arg(req.get("mac"))
         if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
             raise ControlError(f"{mac} is not a unicast address")
         vlan = req.get("vlan")
@@ -1043,9 +1039,7 @@ class Switch:
             vlan = port.cfg.pvid if port is not None else 1
             if vlan is None:
                 raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
-        if not isinstance(vlan, int) or not 1 <= vlan <= 4094:
-            raise ControlError(f"VLAN must be 1-4094, not {vlan!r}")
-        return mac, vlan
+        return mac, vlan_arg(vlan)
 
     def _static_mac_error(self, port: ports.Port, vlan: int) -> str | None:
         """Why a static entry for `port` in `vlan` cannot be (as check says of static_macs), or None."""
@@ -1126,16 +1120,8 @@ class Switch:
         which a reply built whole would hold several times over before sending a byte."""
         req = req or {}
         want_port = self.port_by_name(req["port"]).index if req.get("port") is not None else None
-        want_vlan = req.get("vlan")
-        if want_vlan is not None and (type(want_vlan) is not int or not 1 <= want_vlan <= 4094):
-            raise ControlError(f"VLAN must be 1-4094, not {want_vlan!r}")
-        want_mac = req.get("mac")
-        if want_mac is not None:
-            try:
-                want_mac = config_mod.mac_address(want_mac)
-            except ValueError:
-                raise ControlError(f"not a MAC address: {want_mac!r} (six hex octets, as in 02:00:00:00:00:10 "
-                                   f"or 02-00-00-00-00-10)") from None
+        want_vlan = vlan_arg(req["vlan"]) if req.get("vlan") is not None else None
+        want_mac = mac_arg(req["mac"]) if req.get("mac") is not None else None
         records = self.shared.fdb_records()
         if (want_port, want_vlan, want_mac) != (None, None, None):
             records = (r for r in records if (want_mac is None or r[0] == want_mac)
