@@ -693,19 +693,24 @@ class Switch:
         except (OSError, NetlinkError):
             return
         if link is not None and self._made_for(port, link["index"]):
-            self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, link["index"], port.cfg.remote,
-                                                        linkmon.link_up(link["flags"]), False,
-                                                        link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS")))
+            self.remote_changed(port, self._event_of(link))
 
     def resync_remote(self, port: ports.Port, link) -> None:
         """IFACE's MTU and MAC as the kernel has them (`link`), followed as their lost event
         would have had them followed (remote_changed): else the port steals the old MAC's
         frames until IFACE's next event, if one ever comes."""
-        event = linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, link.get_attr("IFLA_IFNAME"),
-                                  port.remote_up, False, link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS"))
+        event = self._event_of(link)
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
         self.remote_mac_changed(port, event)
+
+    @staticmethod
+    def _event_of(link) -> linkmon.LinkEvent:
+        """The event the link monitor would have of a device in the switch's namespace as it is
+        now (`link`, pyroute2's message): for one whose events were lost."""
+        return linkmon.LinkEvent(linkmon.OWN_NSID, link["index"], link.get_attr("IFLA_IFNAME"),
+                                 linkmon.link_up(link["flags"]), False, link.get_attr("IFLA_MTU"),
+                                 link.get_attr("IFLA_ADDRESS"))
 
     @staticmethod
     def _link(nspath: str | None, index: int):
