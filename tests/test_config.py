@@ -965,9 +965,25 @@ def test_yaml_forbidden_character_is_located():
     assert one_error(SWITCH + "ports: [{name: \x07}]\n") == "t.yaml:3: -: YAML: character #x0007 is not allowed"
 
 
-def test_yaml_value_that_cannot_be_converted_is_an_error():
+def test_yaml_value_that_cannot_be_converted_is_located_at_its_key():
     assert one_error(SWITCH + "ports: [{name: p, speed: 2001-13-45}]\n") == (
-        "t.yaml:0: -: YAML: cannot convert a value: ValueError: month must be in 1..12"
+        "t.yaml:3: ports[0].speed: YAML: cannot read '2001-13-45' as a date: month must be in 1..12"
+    )
+    assert one_error(SWITCH + "  queues: !!int two\nports: [{name: p}]\n") == (
+        "t.yaml:3: switch.queues: YAML: cannot read 'two' as an integer: invalid literal for int() with base 10: 'two'"
+    )
+
+
+def test_yaml_number_too_long_is_located_without_python_advice():
+    error = one_error(with_port("name: p\nmtu: " + "1" * 5000 + "\n"))
+    assert error.startswith("t.yaml:5: ports[0].mtu: YAML: cannot read '1111")
+    assert error.endswith(": 5000 digits, more than an integer may have (4300)")
+
+
+def test_yaml_unknown_tag_is_located_at_its_key():
+    assert one_error(with_port("name: p\nmtu: !!python/object/apply:os.system [id]\n")) == (
+        "t.yaml:5: ports[0].mtu: YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object/apply:os.system'"
     )
 
 

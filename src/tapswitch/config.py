@@ -31,6 +31,7 @@ import pwd
 import re
 import signal
 import stat
+import sys
 import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
@@ -1128,7 +1129,7 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
     """The document's root node (None when empty), its Python value, and _lines of it;
     a YAML error is a ConfigError."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             root = loader.get_single_node()
             if root is None:
@@ -1136,7 +1137,12 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
             _check_expansion(root, source)
             _resolve_merge_keys(root, source)
             found = _lines(root)
-            return root, loader.construct_document(root), found
+            try:
+                return root, loader.construct_document(root), found
+            except _Unconvertible as e:
+                path = _path_to(root, e.node)
+                raise ConfigError([f"{source}:{e.node.start_mark.line + 1}: {_key_path(path or ())}: "
+                                   f"YAML: {e.problem}"]) from None
         finally:
             loader.dispose()
     except ConfigError:
@@ -1151,9 +1157,79 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
         raise ConfigError([f"{source}:{line}: -: YAML: character #x{e.character:04x} is not allowed"]) from None
     except RecursionError:
         raise ConfigError([f"{source}:0: -: YAML: nested too deeply"]) from None
-    except Exception as e:  # noqa: BLE001 -- PyYAML's constructors raise what the conversion
-        # raises: ValueError for the date 2001-13-45, IndexError for an empty !!int...
+    except Exception as e:  # noqa: BLE001 -- a mapping's keys are hashed outside _Loader.construct_object
         raise ConfigError([f"{source}:0: -: YAML: cannot convert a value: {type(e).__name__}: {e}"]) from None
+
+
+class _Unconvertible(Exception):
+    """A node whose value YAML cannot build (`problem` says why), for its line and key path."""
+
+    def __init__(self, node: yaml.Node, problem: str):
+        super().__init__(problem)
+        self.node, self.problem = node, problem
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader, whose conversions raise _Unconvertible naming the node that failed: PyYAML's
+    constructors raise what the conversion raises (ValueError for the date 2001-13-45, for
+    an !!int abc, for a number of more than 4300 digits...), which names no place in the file."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (_Unconvertible, RecursionError):
+            raise
+        except yaml.constructor.ConstructorError as e:       # an unknown tag (!!python/object...)
+            raise _Unconvertible(node, e.problem) from None
+        except Exception as e:  # noqa: BLE001 -- whatever the conversion raised
+            raise _Unconvertible(node, f"cannot read {_written(node)} as {_TAG_KINDS.get(node.tag, node.tag)}: "
+                                       f"{_conversion_problem(node, e)}") from None
+
+
+_TAG_KINDS = {
+    "tag:yaml.org,2002:int": "an integer", "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean", "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date", "tag:yaml.org,2002:binary": "binary",
+    "tag:yaml.org,2002:str": "a string",
+}
+
+
+def _written(node: yaml.Node, limit: int = 40) -> str:
+    """A node as the file writes it, cut short."""
+    if not isinstance(node, yaml.ScalarNode):
+        return "this value"
+    text = node.value if len(node.value) <= limit else node.value[:limit] + "..."
+    return repr(text)
+
+
+def _conversion_problem(node: yaml.Node, error: Exception) -> str:
+    """Why a conversion failed, in the file's terms: Python's words for an integer too long
+    to read name sys.set_int_max_str_digits(), which a config's writer cannot call."""
+    digits = len(re.sub(r"[^0-9]", "", node.value)) if isinstance(node, yaml.ScalarNode) else 0
+    if node.tag == _INT and isinstance(error, ValueError) and digits > sys.get_int_max_str_digits() > 0:
+        return f"{digits} digits, more than an integer may have ({sys.get_int_max_str_digits()})"
+    return str(error) or type(error).__name__
+
+
+def _path_to(root: yaml.Node, target: yaml.Node) -> tuple | None:
+    """The key path of `target` in the document (list items by index, keys as written), the
+    first one found when aliases share it; None if it is not there."""
+    seen: set[int] = set()
+    stack: list[tuple[tuple, yaml.Node]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(path + (i,), item) for i, item in reversed(list(enumerate(node.value)))]
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in reversed(node.value):
+                written = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                stack += [(path + (written,), value), (path + (written,), key)]
+    return None
 
 
 _MERGE = "tag:yaml.org,2002:merge"
