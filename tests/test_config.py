@@ -1005,6 +1005,15 @@ def test_top_level_must_be_a_mapping():
     assert one_error("\n- switch\n- ports\n") == "t.yaml:2: -: the top level must be a mapping, got list"
 
 
+def test_key_yaml_reads_as_no_string_is_an_unknown_key_at_its_line():
+    text = "switch:\n  name: sw0\n  on: 1\nports:\n  - name: p\n    5: x\n    ~: y\n"
+    assert errors_of(text) == [
+        "t.yaml:3: switch.on: unknown key: YAML reads on as a boolean, and every key here is a name",
+        "t.yaml:6: ports[0].5: unknown key: YAML reads 5 as an integer, and every key here is a name",
+        "t.yaml:7: ports[0].~: unknown key: YAML reads ~ as null, and every key here is a name",
+    ]
+
+
 def test_merge_key_lines_point_at_the_anchor():
     text = "base: &b {name: s, qeues: 1}\nswitch:\n  <<: *b\nports: [{name: p}]\n"
     assert errors_of(text) == ["t.yaml:1: switch.qeues: unknown key", "t.yaml:1: base: unknown key"]

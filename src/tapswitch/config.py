@@ -1104,7 +1104,7 @@ def loads(text: str, source: str = "<string>") -> Config:
         config = Config.model_validate(data, context={"source": source})
     except ValidationError as e:
         config = None
-        located += _from_pydantic(e)
+        located += _from_pydantic(e) + _keys_not_names(root, e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
@@ -1473,13 +1473,59 @@ def _from_pydantic(error: ValidationError) -> list[Located]:
     """(loc, message) for each pydantic error; LocatedErrors (a PortClash...) expand to one each."""
     located = []
     for e in error.errors(include_url=False):
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and "[" in x))
+        if e["type"] == "invalid_key":
+            continue            # a key that is no string: _keys_not_names, at its line
+        loc = _loc(e)
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, LocatedErrors):
             located += [(loc + sub, msg, None) for sub, msg in cause.clashes]
         else:
             located.append((loc, _message(e), None))
     return located
+
+
+def _loc(e: dict) -> tuple:
+    """A pydantic error's loc, without the names of the validators it went through."""
+    return tuple(x for x in e["loc"] if not (isinstance(x, str) and "[" in x))
+
+
+_STR = "tag:yaml.org,2002:str"
+
+
+def _keys_not_names(root: yaml.Node, error: ValidationError) -> list[Located]:
+    """(loc, message, line) for each key that YAML reads as no string (`on:` is true, `5:`,
+    `~:`), in each mapping where pydantic found one: its loc holds the key as Python has it
+    (true as 1, null as 'None'), which names no key of the file, and no line."""
+    located = []
+    mappings = dict.fromkeys(_loc(e)[:-1] for e in error.errors() if e["type"] == "invalid_key")
+    for path in mappings:
+        node = _node_at(root, path)
+        seen = set()
+        for key, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if isinstance(key, yaml.ScalarNode) and key.tag not in (_STR, _MERGE) and (key.tag, key.value) not in seen:
+                seen.add((key.tag, key.value))
+                written = key.value or "null"
+                located.append((path + (written,), f"unknown key: YAML reads {written} as "
+                                                   f"{_TAG_KINDS.get(key.tag, key.tag)}, and every key here is a name",
+                                key.start_mark.line + 1))
+    return located
+
+
+def _node_at(root: yaml.Node, path: tuple) -> yaml.Node | None:
+    """The node at a key path (list items by index, keys by their text; YAML keeps a
+    duplicate key's last value), or None."""
+    node = root
+    for x in path:
+        if isinstance(node, yaml.SequenceNode) and isinstance(x, int) and 0 <= x < len(node.value):
+            node = node.value[x]
+        elif isinstance(node, yaml.MappingNode):
+            values = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(x)]
+            if not values:
+                return None
+            node = values[-1]
+        else:
+            return None
+    return node
 
 
 def _message(e: dict) -> str:
