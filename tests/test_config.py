@@ -1005,6 +1005,27 @@ def test_top_level_must_be_a_mapping():
     assert one_error("\n- switch\n- ports\n") == "t.yaml:2: -: the top level must be a mapping, got list"
 
 
+def test_one_mac_on_two_ports_of_a_vlan_is_a_clash():
+    text = """\
+        switch: {name: sw0}
+        ports:
+          - {name: a, mac: "02:00:00:00:00:01", vlan: 10}
+          - {name: b, mac: "02-00-00-00-00-01", vlan: 20}
+          - {name: c, mac: "02:00:00:00:00:01", trunk: [20, 30], mtu: 1}
+          - {name: m, mac: "02:00:00:00:00:01"}
+          - {name: d, mac: "02:00:00:00:00:01"}
+        mirrors: [{name: span, from: [b], to: m}]
+        """
+    # b is in another VLAN than a; m is a monitor port (in no VLAN), so d, in VLAN 1, clashes with no
+    # port; c's mtu fails, and its MAC is still said
+    assert errors_of(text) == [
+        "t.yaml:5: ports[2].mtu: must be at least 68",
+        "t.yaml:5: ports[2].mac: 02:00:00:00:00:01 is also the MAC of ports[1], and both are in VLAN 20: "
+        "the switch can learn it on one port only",
+    ]
+    assert one_error(text.replace("mtu: 1", "mtu: 1500")).startswith("t.yaml:5: ports[2].mac: 02:00:00:00:00:01 is also")
+
+
 def test_key_yaml_reads_as_no_string_is_an_unknown_key_at_its_line():
     text = "switch:\n  name: sw0\n  on: 1\nports:\n  - name: p\n    5: x\n    ~: y\n"
     assert errors_of(text) == [

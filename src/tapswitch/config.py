@@ -9,7 +9,8 @@ done here by hand, each in one place:
   path is mapped to its line (`_lines`); an error's `loc` is looked up there,
   falling back to the nearest enclosing key that is in the file;
 - duplicate keys in a mapping, which PyYAML would silently collapse (`_lines`);
-- clashes between ports (`port_clashes`), reported even when other ports are
+- clashes between ports (`port_clashes`, and one MAC on two ports of a VLAN: `mac_clashes`),
+  reported even when other ports are
   invalid, so that a single `tapswitch check` shows every error at once;
 - references to ports (`reference_errors`: mirrors and static MACs name
   ports, and a static MAC's VLAN must be one of its port's), found the same way;
@@ -806,6 +807,7 @@ class Config(_Model):
         clashes += tunnel_mtu_clashes(list(enumerate(self.ports)), list(enumerate(self.mirrors)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
+        clashes += mac_clashes(list(enumerate(self.ports)), self.monitor_ports())
         clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
         clashes += monitor_port_settings([(i, p.name, {k: getattr(p, k) for k in p.model_fields_set})
                                           for i, p in enumerate(self.ports)], _monitors((i, m.to) for i, m in enumerate(self.mirrors)))
@@ -876,6 +878,26 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
             other = by_name[tunnel.device_name(port.name)]
             clashes.append((("ports", i, "vxlan"), f"its device {tunnel.device_name(port.name)!r} "
                                                    f"is the name of ports[{other}]; rename one of them"))
+    return clashes
+
+
+def mac_clashes(ports: list[tuple[int, Port]], monitors: Iterable[str] = ()) -> list[tuple[tuple, str]]:
+    """(loc, message) for every port whose mac is an earlier port's in a VLAN of both, given
+    (index, port) pairs: the MAC table holds a (MAC, VLAN) on one port, so the switch would
+    move it to whichever of the two sent last, and the other's frames would go there. A
+    monitor port (a mirror's `to`) is in no VLAN: what it sends is dropped, never learned."""
+    clashes = []
+    first: dict[str, list[tuple[int, Port]]] = {}
+    for i, port in ports:
+        if port.mac is None or port.name in monitors:
+            continue
+        for j, other in first.get(port.mac, []):
+            shared = port.vlans & other.vlans
+            if shared:
+                clashes.append((("ports", i, "mac"), f"{port.mac} is also the MAC of ports[{j}], and both are "
+                                                     f"in VLAN {min(shared)}: the switch can learn it on one port only"))
+                break
+        first.setdefault(port.mac, []).append((i, port))
     return clashes
 
 
@@ -1109,6 +1131,8 @@ def loads(text: str, source: str = "<string>") -> Config:
             located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
                                                                              _valid_items(Mirror, data.get("mirrors")))]
+            located += [(loc, msg, None) for loc, msg in mac_clashes(_port_views(data.get("ports"), MAC_KEYS),
+                                                                      _monitors_written(data))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
             located += [(loc, msg, None) for loc, msg in _monitor_settings(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
@@ -1326,6 +1350,7 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 
 VLAN_KEYS = ("name", "vlan", "trunk")   # what reference_errors and the ACLs' VLAN check read of a port
 MTU_KEYS = ("name", "mtu", "vxlan", "trunk")     # what tunnel_mtu_clashes reads
+MAC_KEYS = ("name", "mac", "vlan", "trunk")     # what mac_clashes reads
 
 
 def _port_views(ports: Any, keys: tuple[str, ...]) -> list[tuple[int, Port]]:
@@ -1360,12 +1385,16 @@ def _references(data: dict) -> list[tuple[tuple, str]]:
     return errors
 
 
-def _monitor_settings(data: dict) -> list[tuple[tuple, str]]:
-    """monitor_port_settings over a config that failed elsewhere: every mirror's `to`
-    written as a string makes a monitor port, whatever else is wrong with the mirror."""
+def _monitors_written(data: dict) -> dict[str, int]:
+    """_monitors of a config that failed elsewhere: every mirror's `to` written as a string
+    makes a monitor port, whatever else is wrong with the mirror."""
     mirrors = data.get("mirrors") if isinstance(data.get("mirrors"), list) else []
-    monitors = _monitors((i, m["to"]) for i, m in enumerate(mirrors)
-                         if isinstance(m, dict) and isinstance(m.get("to"), str))
+    return _monitors((i, m["to"]) for i, m in enumerate(mirrors) if isinstance(m, dict) and isinstance(m.get("to"), str))
+
+
+def _monitor_settings(data: dict) -> list[tuple[tuple, str]]:
+    """monitor_port_settings over a config that failed elsewhere."""
+    monitors = _monitors_written(data)
     ports = data.get("ports") if isinstance(data.get("ports"), list) else []
     return monitor_port_settings([(i, raw.get("name"), raw) for i, raw in enumerate(ports) if isinstance(raw, dict)],
                                  monitors)
