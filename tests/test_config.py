@@ -260,6 +260,9 @@ def test_duplicate_port_names():
 def test_same_inner_name_in_the_same_netns_clashes_whatever_the_netns_form():
     text = SWITCH + "ports:\n  - {name: a, netns: x, ifname: eth0}\n  - {name: b, netns: /run/netns/x, ifname: eth0}\n"
     assert one_error(text) == "t.yaml:5: ports[1].ifname: 'eth0' is already in netns '/run/netns/x' (ports[0])"
+    for path in ("//run/netns/x", "/run//netns/./x/", "/run/netns/../netns/x"):
+        assert one_error(text.replace("/run/netns/x", path)) == (
+            "t.yaml:5: ports[1].ifname: 'eth0' is already in netns '/run/netns/x' (ports[0])")
 
 
 def test_an_ifname_that_is_another_ports_name_in_the_same_netns_clashes():

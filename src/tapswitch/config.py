@@ -144,7 +144,8 @@ def _is_netns(value: str) -> str:
     if value.startswith("/"):
         if "\0" in value:
             raise ValueError("a netns path has no NUL")
-        return posixpath.normpath(value)
+        # normpath keeps a leading "//" (POSIX leaves its meaning open); on Linux it is "/"
+        return "/" + posixpath.normpath(value).lstrip("/")
     if "/" in value:
         raise ValueError("a netns is a name (no '/'), an absolute path, or pid:N")
     if not 1 <= len(value.encode()) <= 255 or value in (".", ".."):
