@@ -908,6 +908,15 @@ def test_metrics_listen_malformed_is_rejected(listen):
     )
 
 
+@pytest.mark.parametrize("host", ["999.1.1.1", "1234", "127.1"])
+def test_metrics_listen_all_numbers_is_an_ipv4_address_or_nothing(host):
+    """No host name is all numbers: the start failed, 'Name or service not known' (or bound
+    1234 as 0.0.4.210, as inet_aton reads it)."""
+    assert one_error(f'switch:\n  name: s\n  metrics: {{listen: "{host}:9417"}}\nports: [{{name: p}}]\n') == (
+        f"t.yaml:3: switch.metrics.listen: not an IPv4 address (four numbers 0 to 255, as in 127.0.0.1): {host!r}"
+    )
+
+
 def test_control_socket_default_is_derived_from_the_switch_name():
     assert loads("switch: {name: edge-1}\nports: [{name: p}]\n").switch.control.socket == "/run/tapswitch/edge-1.sock"
     assert loads("switch: {name: e, control: {}}\nports: [{name: p}]\n").switch.control.socket == "/run/tapswitch/e.sock"

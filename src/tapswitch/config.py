@@ -318,6 +318,11 @@ def _parse_listen(value: str) -> tuple[str, int] | None:
             raise ValueError(f"a link-local address needs the device it is on: [{host}%eth0]:{port}")
     elif not re.fullmatch(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*", host):
         raise ValueError(f"not an IPv4 address or host name: {host!r}")
+    elif re.fullmatch(r"[0-9.]+", host):      # no host name is all numbers: the resolver would say so at start
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"not an IPv4 address (four numbers 0 to 255, as in 127.0.0.1): {host!r}") from None
     return host, int(port)
 
 
