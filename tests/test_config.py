@@ -1319,6 +1319,16 @@ def test_a_port_address_must_be_unicast(address):
         f"ports[0].addresses[0]: {address.split('/')[0]} is not a unicast address")
 
 
+def test_an_address_with_a_scope_is_refused():
+    """ipaddress takes fe80::1%eth0: a port got fe80::1/64, its %eth0 dropped unsaid, and a VXLAN
+    port's start failed ('no device holds the local address fe80::1%eth0')."""
+    assert one_error(with_port("name: p0\nnetns: n\naddresses: ['fe80::1%eth0/64']\n")) == (
+        "t.yaml:6: ports[0].addresses[0]: an address is set on its port's device: no %scope, as in fe80::1/64")
+    assert errors_of(with_port("name: p0\nvxlan: {vni: 1, local: 'fe80::1%eth0', remotes: ['fe80::2%1']}\n")) == [
+        f"t.yaml:5: ports[0].vxlan.{key}: an underlay address has no %scope: the underlay device is vxlan.dev"
+        for key in ("local", "remotes[0]")]
+
+
 # --- Files ------------------------------------------------------------------------
 
 

@@ -281,6 +281,8 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
     if address.ip.is_multicast or address.ip.is_unspecified:
         raise ValueError(f"{address.ip} is not a unicast address")
+    if "%" in value:     # ipaddress takes fe80::1%eth0/64, and the port would get fe80::1/64
+        raise ValueError(f"an address is set on its port's device: no %scope, as in {address.ip}/{address.network.prefixlen}")
     return address
 
 
@@ -296,6 +298,8 @@ def _is_host_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
         raise ValueError(f"not an IPv4 or IPv6 address: {value!r}") from None
     if address.is_multicast or address.is_unspecified:
         raise ValueError(f"{address} is not a unicast address")
+    if "%" in value:     # ipaddress takes fe80::1%eth0, which no device's address equals
+        raise ValueError("an underlay address has no %scope: the underlay device is vxlan.dev")
     return address
 
 
