@@ -1038,6 +1038,27 @@ def test_one_mac_on_two_ports_of_a_vlan_is_a_clash():
     assert one_error(text.replace("mtu: 1", "mtu: 1500")).startswith("t.yaml:5: ports[2].mac: 02:00:00:00:00:01 is also")
 
 
+def test_a_static_mac_that_is_another_ports_mac_in_its_vlan_is_a_clash():
+    text = """\
+        switch: {name: sw0}
+        ports:
+          - {name: a, mac: "02:00:00:00:00:01"}
+          - {name: b, vlan: 20}
+          - {name: c, mtu: 1}
+        static_macs:
+          - {mac: "02:00:00:00:00:01", port: b}
+          - {mac: "02:00:00:00:00:01", port: c}
+        """
+    # on b, in VLAN 20 (a is in VLAN 1), it is fine; c's mtu fails, and its static MAC is still said
+    assert errors_of(text) == [
+        "t.yaml:5: ports[2].mtu: must be at least 68",
+        "t.yaml:8: static_macs[1].mac: 02:00:00:00:00:01 is the MAC of ports[0] ('a') in VLAN 1: static on 'c', "
+        "its frames would go there",
+    ]
+    assert one_error(text.replace("mtu: 1", "mtu: 1500")).startswith("t.yaml:8: static_macs[1].mac: 02:00:00:00:00:01 is")
+    assert loads(textwrap.dedent(text).replace("port: c", "port: a").replace("mtu: 1", "mtu: 1500"))    # on its own port
+
+
 def test_key_yaml_reads_as_no_string_is_an_unknown_key_at_its_line():
     text = "switch:\n  name: sw0\n  on: 1\nports:\n  - name: p\n    5: x\n    ~: y\n"
     assert errors_of(text) == [

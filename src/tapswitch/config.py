@@ -817,7 +817,7 @@ class Config(_Model):
         clashes += tunnel_mtu_clashes(list(enumerate(self.ports)), list(enumerate(self.mirrors)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
-        clashes += mac_clashes(list(enumerate(self.ports)), self.monitor_ports())
+        clashes += mac_clashes(list(enumerate(self.ports)), self.monitor_ports(), list(enumerate(self.static_macs)))
         clashes += static_mac_room(len(self.static_macs), self.switch.mac_table.size)
         clashes += monitor_port_settings([(i, p.name, {k: getattr(p, k) for k in p.model_fields_set})
                                           for i, p in enumerate(self.ports)], _monitors((i, m.to) for i, m in enumerate(self.mirrors)))
@@ -891,11 +891,14 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     return clashes
 
 
-def mac_clashes(ports: list[tuple[int, Port]], monitors: Iterable[str] = ()) -> list[tuple[tuple, str]]:
-    """(loc, message) for every port whose mac is an earlier port's in a VLAN of both, given
-    (index, port) pairs: the MAC table holds a (MAC, VLAN) on one port, so the switch would
-    move it to whichever of the two sent last, and the other's frames would go there. A
-    monitor port (a mirror's `to`) is in no VLAN: what it sends is dropped, never learned."""
+def mac_clashes(ports: list[tuple[int, Port]], monitors: Iterable[str] = (),
+                statics: list[tuple[int, StaticMac]] = ()) -> list[tuple[tuple, str]]:
+    """(loc, message) for every port whose mac is an earlier port's in a VLAN of both, and
+    every static MAC that is a port's mac in that port's VLAN but on another port, given
+    (index, port) and (index, static MAC) pairs: the MAC table holds a (MAC, VLAN) on one
+    port, so the switch would move it to whichever of the two sent last, or keep it static
+    where the port's frames never are. A monitor port (a mirror's `to`) is in no VLAN: what
+    it sends is dropped, never learned."""
     clashes = []
     first: dict[str, list[tuple[int, Port]]] = {}
     for i, port in ports:
@@ -908,6 +911,14 @@ def mac_clashes(ports: list[tuple[int, Port]], monitors: Iterable[str] = ()) -> 
                                                      f"in VLAN {min(shared)}: the switch can learn it on one port only"))
                 break
         first.setdefault(port.mac, []).append((i, port))
+    by_name = {p.name: p for _, p in ports}
+    for i, s in statics:
+        on = by_name.get(s.port)
+        vlan = s.vlan if s.vlan is not None else on.pvid if on is not None else None
+        for j, port in first.get(s.mac, []):
+            if port.name != s.port and vlan in port.vlans:
+                clashes.append((("static_macs", i, "mac"), f"{s.mac} is the MAC of ports[{j}] ({port.name!r}) in "
+                                                           f"VLAN {vlan}: static on {s.port!r}, its frames would go there"))
     return clashes
 
 
@@ -1142,7 +1153,8 @@ def loads(text: str, source: str = "<string>") -> Config:
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
                                                                              _valid_items(Mirror, data.get("mirrors")))]
             located += [(loc, msg, None) for loc, msg in mac_clashes(_port_views(data.get("ports"), MAC_KEYS),
-                                                                      _monitors_written(data))]
+                                                                      _monitors_written(data),
+                                                                      _valid_items(StaticMac, data.get("static_macs")))]
             located += [(loc, msg, None) for loc, msg in _references(data)]
             located += [(loc, msg, None) for loc, msg in _monitor_settings(data)]
         located += [(loc, msg, None) for loc, msg in _acl_vlans(data)]
