@@ -1059,6 +1059,14 @@ def test_a_static_mac_that_is_another_ports_mac_in_its_vlan_is_a_clash():
     assert loads(textwrap.dedent(text).replace("port: c", "port: a").replace("mtu: 1", "mtu: 1500"))    # on its own port
 
 
+@pytest.mark.parametrize("written, hint", [("9e3", ", as in 9000"), ("1.5e3", ", as in 1500"), ("1e400", "")])
+def test_an_integer_written_with_an_exponent_says_yaml_read_it_as_a_string(written, hint):
+    """It said 'expected an integer, got string' of a number written unquoted."""
+    assert one_error(with_port(f"name: p\nmtu: {written}\n")) == (
+        f"t.yaml:5: ports[0].mtu: expected an integer, got string {written!r} (YAML 1.1 reads a number with "
+        f"an exponent as a string): write the integer's digits{hint}")
+
+
 def test_key_yaml_reads_as_no_string_is_an_unknown_key_at_its_line():
     text = "switch:\n  name: sw0\n  on: 1\nports:\n  - name: p\n    5: x\n    ~: y\n"
     assert errors_of(text) == [

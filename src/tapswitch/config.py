@@ -1579,6 +1579,9 @@ def _node_at(root: yaml.Node, path: tuple) -> yaml.Node | None:
     return node
 
 
+_EXPONENT = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+")
+
+
 def _message(e: dict) -> str:
     """pydantic's message, said in YAML's words."""
     kind = _kind(e.get("input"))
@@ -1598,6 +1601,12 @@ def _message(e: dict) -> str:
     if e["type"] == "int_type" and isinstance(e.get("input"), str) and re.fullmatch(r"[-+]?0[0-9_]+", e["input"]):
         # 08 and 09 are not octal, so YAML 1.1 leaves them strings
         return f"expected an integer, got string {e['input']!r}: write the number without a leading zero (and without quotes)"
+    if e["type"] == "int_type" and isinstance(e.get("input"), str) and _EXPONENT.fullmatch(e["input"]):
+        # YAML 1.1 reads 9e3 (and 1.5e3) as a string, where other YAML, and JSON, read a number
+        value = float(e["input"])
+        digits = f", as in {int(value)}" if value.is_integer() and abs(value) < 1e18 else ""
+        return (f"expected an integer, got string {e['input']!r} (YAML 1.1 reads a number with an exponent "
+                f"as a string): write the integer's digits{digits}")
     if e["type"] == "string_type" and kind in ("integer", "number", "boolean"):
         return f"expected a string, got {kind} (quote it)"
     if expected:
