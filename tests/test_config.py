@@ -973,6 +973,14 @@ def test_yaml_syntax_error_is_located():
     )
 
 
+def test_yaml_tab_is_located_to_its_column_and_said_to_be_one():
+    """PyYAML says "found character '\\t' that cannot start any token", which a tab in an editor does not show."""
+    assert one_error("switch:\n  name:\tsw0\nports: [{name: p}]\n") == (
+        "t.yaml:2: -: YAML: while scanning for the next token: found character '\\t' that cannot start any token "
+        "(column 8: indent and separate with spaces, not tabs)"
+    )
+
+
 def test_yaml_forbidden_character_is_located():
     assert one_error(SWITCH + "ports: [{name: \x07}]\n") == "t.yaml:3: -: YAML: character #x0007 is not allowed"
 

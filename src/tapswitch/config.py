@@ -1197,6 +1197,8 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 0
         problem = ": ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
+        if "'\\t'" in str(e.problem):       # PyYAML takes a tab for no whitespace in indents, and after ':'
+            problem += f" (column {mark.column + 1}: indent and separate with spaces, not tabs)"
         raise ConfigError([f"{source}:{line}: -: YAML: {problem}"]) from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
         line = text.count("\n", 0, e.position) + 1
