@@ -192,6 +192,27 @@ def test_invalid_config_changes_nothing_and_says_where(lab):
     assert failed and "switch.colour" in failed[-1]["errors"][0]
 
 
+def test_a_config_yaml_cannot_read_changes_nothing_and_says_its_line_and_key(lab):
+    """A key YAML reads as a boolean (`on:`) was 'switch[1]: keys should be strings' at the line of
+    `switch:`; a number too long to build was 'FILE:0: -:', and told the user to call a Python function."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    good = open(sw.config_path).read()
+    assert good.endswith("  queues: 2\n"), good      # safe_dump sorts: switch's keys come last
+    line = good.count("\n") + 1
+    for added, said in (("  on: 1\n", "switch.on: unknown key: YAML reads on as a boolean"),
+                        ("  queue_len: " + "9" * 5000 + "\n",
+                         "switch.queue_len: YAML: cannot read '9999999999999999999999999999999999999999...' as an "
+                         "integer: 5000 digits, more than an integer may have (4300)")):
+        with open(sw.config_path, "w") as f:
+            f.write(good + added)
+        r = helpers.sh(sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket, check=False)
+        assert r.returncode == 2, r
+        assert r.stderr.startswith(f"{sw.config_path}:{line}: {said}"), r.stderr
+        assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+        assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
+
 def test_a_reload_while_the_config_is_being_written_waits_for_it_or_changes_nothing(lab):
     """A config written in place (an editor, `cat > FILE`, a copy) is cut where its writer has got
     to, and cut there it may be valid: here the second port is not written yet, which a reload
