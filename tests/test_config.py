@@ -3,6 +3,7 @@
 import ipaddress
 import os
 import pwd
+import socket
 import textwrap
 import threading
 
@@ -1435,6 +1436,16 @@ def test_a_fifo_is_refused_at_once_not_waited_for(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(str(fifo))             # no writer: a blocking open would wait for ever
     assert info.value.errors == [f"{fifo}:0: -: cannot read: not a regular file"]
+
+
+def test_a_unix_socket_is_refused_as_not_a_regular_file(tmp_path):
+    """open() fails on one with ENXIO: it said 'cannot read: No such device or address'."""
+    path = tmp_path / "t.yaml"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(ConfigError) as info:
+            load(str(path))
+    assert info.value.errors == [f"{path}:0: -: cannot read: not a regular file"]
 
 
 FULL = "switch: {name: sw0}\nports:\n  - name: p0\n    vlan: 20\n  - name: p1\n    vlan: 20\n"

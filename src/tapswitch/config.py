@@ -1123,6 +1123,8 @@ def load(path: str | None) -> Config:
         with open(fd, "rb") as f:
             raw = _read_written(f, path)
     except OSError as e:
+        if e.errno == errno.ENXIO and _is_socket(path):       # open() says "No such device or address"
+            raise ConfigError([f"{path}:0: -: cannot read: not a regular file"]) from None
         raise ConfigError([f"{path}:0: -: cannot read: {e.strerror or e}"]) from None    # the reason in words: the path is said already
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError([f"{path}:0: -: cannot read: larger than {MAX_CONFIG_BYTES // 2**20} MiB"])
@@ -1132,6 +1134,13 @@ def load(path: str | None) -> Config:
         line = raw.count(b"\n", 0, e.start) + 1
         raise ConfigError([f"{path}:{line}: -: cannot read: not UTF-8: byte 0x{raw[e.start]:02x}"]) from None
     return loads(text, path)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def loads(text: str, source: str = "<string>") -> Config:
