@@ -430,6 +430,16 @@ def test_netns_bad_pid_is_rejected(netns):
     )
 
 
+@pytest.mark.parametrize("netns", ["/" + "/".join(["a" * 255] * 15) + "/" + "b" * 255,    # 4096 bytes
+                                   "/run/netns/" + "a" * 256])
+def test_netns_path_no_file_can_have_is_rejected(netns):
+    """The kernel refuses such a path (ENAMETOOLONG): the start said the namespace does not exist."""
+    assert one_error(with_port(f"name: p\nnetns: {netns}\n")) == (
+        "t.yaml:5: ports[0].netns: a netns path is at most 4095 bytes, each name in it at most 255"
+    )
+    assert loads(with_port(f"name: p\nnetns: {netns[:-1]}\n")).ports[0].netns == netns[:-1]   # a byte less is fine
+
+
 def test_netns_relative_path_is_rejected():
     assert one_error(with_port("name: p\nnetns: run/netns/x\n")) == (
         "t.yaml:5: ports[0].netns: a netns is a name (no '/'), an absolute path, or pid:N"

@@ -57,6 +57,8 @@ DEMO = "<demo>"
 Located = tuple[tuple, str, int | None]  # (pydantic-style loc, message, line if known already)
 SOCKET_DIR = "/run/tapswitch"
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL
+PATH_MAX = 4095  # bytes of a path the kernel takes, without the NUL
+NAME_MAX = 255  # bytes of one name in it
 
 
 class ConfigError(Exception):
@@ -144,6 +146,9 @@ def _is_netns(value: str) -> str:
     if value.startswith("/"):
         if "\0" in value:
             raise ValueError("a netns path has no NUL")
+        if len(value.encode()) > PATH_MAX or any(len(part.encode()) > NAME_MAX for part in value.split("/")):
+            # no file has such a path (ENAMETOOLONG): the start said the namespace does not exist
+            raise ValueError(f"a netns path is at most {PATH_MAX} bytes, each name in it at most {NAME_MAX}")
         # normpath keeps a leading "//" (POSIX leaves its meaning open); on Linux it is "/"
         return "/" + posixpath.normpath(value).lstrip("/")
     if "/" in value:
