@@ -90,6 +90,33 @@ def test_a_worker_that_exited_without_saying_drained_is_reaped_and_not_handed_ov
     assert not logs             # exit 0: nothing to warn of
 
 
+# A worker that has used some CPU, and on SIGTERM says b"D" and lives on a while (its interpreter's exit).
+BUSY_THEN_DRAINS = ("import os, signal, sys, time\n"
+                    "fd = int(sys.argv[1])\n"
+                    "signal.signal(signal.SIGTERM, lambda *_: os.write(fd, b'D'))\n"
+                    "t = time.process_time()\n"
+                    "while time.process_time() - t < 0.3: pass\n"
+                    "sys.stdout.write('up'); sys.stdout.flush(); time.sleep(60)")
+
+
+def test_a_drained_worker_not_yet_replaced_counts_its_cpu_once():
+    """A drained worker is w.retiring, and still w.proc until its queue's new worker goes: a scrape
+    then counted its CPU time twice, and the queue's counter, which never goes back, stayed that
+    much too high."""
+    w = _worker(BUSY_THEN_DRAINS, stdout=subprocess.PIPE)
+    assert w.proc.stdout.read(2) == b"up"
+    sup = supervisor.Supervisor(-1, 1)
+    used = sup.cpu_seconds(w)
+    assert used >= 0.25
+    old = sup._hand_over(w)
+    assert old is not None and w.retiring is w.proc
+    assert sup.cpu_seconds(w) < used + 0.1
+    old.proc.kill()
+    sup._reap_old(w, old)
+    assert used <= sup.cpu_seconds(w) < used + 0.1
+    w.proc.stdout.close()
+
+
 def test_a_worker_that_neither_drains_nor_exits_is_killed_after_the_grace(monkeypatch):
     monkeypatch.setattr(supervisor, "STOP_GRACE", 0.2)
     w = _worker(IGNORE_SIGTERM, stdout=subprocess.PIPE)

@@ -427,7 +427,8 @@ class Supervisor:
         Never less than it said before: between a reap and its CPU time being added, the
         process is in neither figure."""
         total = w.cpu_reaped
-        for proc in (w.proc, w.retiring):
+        # Once each: a drained process is w.retiring, and w.proc too until its successor goes (_go).
+        for proc in dict.fromkeys((w.proc, w.retiring)):
             if proc is None or proc.returncode is not None:
                 continue        # reaped (its time is in cpu_reaped): its pid may be another's now
             try:
