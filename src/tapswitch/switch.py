@@ -1110,10 +1110,12 @@ class Switch:
         main thread may swap self.ports between two reads) had its host send to a full
         queue, by port index: the TAP's tx_dropped, kept by the kernel (a queue the worker
         is behind on drops there, before the fast path sees the frame). A port whose device
-        is gone keeps the count last read: a counter does not go back."""
+        is gone keeps the most read: a counter does not go back.
+        Lost race, stated: a scrape and `tapswitch ports` read in two threads, and the one that read
+        first may keep its count last; the device's count never goes back, so the larger is the later."""
         links = {(p.nsid, p.ifindex): p for p in ports_now if not p.gone}
         for link, n in linkmon.tx_dropped(list(links)).items():
-            links[link].rx_missed = n
+            links[link].rx_missed = max(links[link].rx_missed, n)
         return {p.index: p.rx_missed for p in ports_now}
 
     # One entry of `tapswitch fdb`, as json.dumps writes its dict: mac, vlan, port, age, static.

@@ -421,6 +421,60 @@ def test_a_full_queue_loses_frames_in_the_kernel_and_counts_them_as_rx_missed(la
     assert sw.cli_json("ports")[0]["counters"]["rx_missed"] == missed
 
 
+def test_rx_missed_kept_for_a_gone_tap_is_the_latest_any_reader_saw(lab, monkeypatch):
+    """A scrape (the metrics thread) and `tapswitch ports` (the control socket's) each read a port's
+    rx_missed from the kernel and keep it for when its TAP goes. One that read first but kept last
+    put an older, smaller count there: once the TAP went, the port showed that, less than the other
+    had shown already (a counter that went back)."""
+    import threading
+
+    from tapswitch import linkmon, tap
+    from tapswitch.config import loads
+    from tapswitch.ports import Port
+    from tapswitch.rtnl import Rtnl
+    from tapswitch.switch import Switch
+
+    ns = quiet_namespace(lab, "a")
+    name = lab.name("p0")
+    lab.links.append(name)
+    real, read, go = linkmon.tx_dropped, threading.Event(), threading.Event()
+    fds = tap.open_queues(name, 1)      # never read: what its host sends past 16 frames is dropped
+    try:
+        helpers.sh("ip", "link", "set", name, "netns", ns)
+        helpers.nsexec(ns, "ip", "link", "set", name, "txqueuelen", "16", "up")
+        ifindex = json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", name).stdout)[0]["ifindex"]
+        with Rtnl() as here:
+            nsid = linkmon.nsid_of(f"/run/netns/{ns}", here)
+        cfg = loads(f"switch: {{name: {lab.name('sw')}}}\nports: [{{name: {name}}}]\n")
+        port = Port(index=0, cfg=cfg.ports[0], fds=fds, mac="02:00:00:00:00:01", nspath=f"/run/netns/{ns}",
+                    ifindex=ifindex, nsid=nsid)
+        sw = Switch(cfg)
+        helpers.nsexec(ns, sys.executable, SENDER, name, MAC_A, MAC_B, 20, timeout=60)
+        assert sw.rx_missed([port]) == {0: 4}
+
+        # The scrape reads the kernel's count, and is held before it keeps it.
+        def held(links, *args, **kw):
+            counts = real(links, *args, **kw)
+            if threading.current_thread() is not threading.main_thread():
+                read.set()
+                go.wait(10)
+            return counts
+        monkeypatch.setattr(linkmon, "tx_dropped", held)
+        scrape = threading.Thread(target=sw.rx_missed, args=([port],))
+        scrape.start()
+        assert read.wait(10)
+        helpers.nsexec(ns, sys.executable, SENDER, name, MAC_A, MAC_B, 10, timeout=60)
+        assert sw.rx_missed([port]) == {0: 14}      # `tapswitch ports` shows 14
+        go.set()
+        scrape.join(10)
+    finally:
+        go.set()
+        for fd in fds:
+            os.close(fd)                            # the TAP goes
+    helpers.wait_for("the TAP gone", lambda: not helpers.link_exists(name, ns))
+    assert sw.rx_missed([port]) == {0: 14}
+
+
 # --- Reloads --------------------------------------------------------------------
 
 def test_config_reloads_count_success_and_failure_from_zero(lab):
