@@ -205,3 +205,48 @@ def test_a_scrape_reads_a_vxlan_ports_tunnel_once():
     families = {f.name: f for f in SwitchCollector(sw).collect()}
     assert [s.value for s in families["tapswitch_vxlan_remotes"].samples] == [2]
     sw.shared.close()
+
+
+def test_a_scrape_mid_reload_counts_each_acl_rule_under_its_own_action(monkeypatch):
+    """A reload gives a port its new config, publishes its new rules to the workers, then counts
+    them from 0: a scrape before the publish gave the new rules' actions the old rules' hits, and
+    one just after it gave the new rules the old ones' hits (rule 0 "allow": 5 matches it never had)."""
+    from dataclasses import dataclass
+
+    from tapswitch import settings
+
+    @dataclass
+    class Running:
+        index: int
+        name: str
+        up: bool = True
+        mtu: int = 0
+        frame_max: int = 0
+    ports = "ports:\n  - {name: a, acl: [{match: {ip_proto: %s}, action: %s}]}\n  - {name: b}\n"
+    before = loads("switch: {name: acl}\n" + ports % ("icmp", "drop"))
+    after = loads("switch: {name: acl}\n" + ports % ("tcp", "allow"))
+    sw = Switch(before)
+    sw.shared = fastpath.Shared.create(1024, 1)
+    running = [Running(i, p.name) for i, p in enumerate(before.ports)]
+    settings.apply(sw.shared, before, running)
+    sw.shared.ptr.acl_hits[0][0][0] = 5
+    sw.ports = [gone_port(i, p) for i, p in enumerate(before.ports)]
+
+    def hits():
+        families = {f.name: f for f in SwitchCollector(sw).collect()}
+        return {(s.labels["rule"], s.labels["action"]): s.value for s in families["tapswitch_acl_hits"].samples}
+    assert hits() == {("0", "drop"): 5}
+    sw.ports[0].cfg = after.ports[0]            # as Switch.apply does, before settings.apply
+    assert hits() == {("0", "drop"): 5}
+
+    real, published = sw.shared.settings_publish, []
+
+    def publish(*args):
+        stuck = real(*args)
+        published.append(hits())
+        return stuck
+    monkeypatch.setattr(sw.shared, "settings_publish", publish)
+    settings.apply(sw.shared, after, running)
+    assert published == [{("0", "allow"): 0}]
+    assert hits() == {("0", "allow"): 0}
+    sw.shared.close()

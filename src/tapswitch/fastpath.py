@@ -36,6 +36,7 @@ IO_ENV = "TAPSWITCH_IO"
 IO_BACKENDS = {"auto": lib.TS_IO_AUTO, "readwrite": lib.TS_IO_READWRITE, "uring": lib.TS_IO_URING,
                "uring-burst": lib.TS_IO_URING_BURST}
 IO_NAMES = {lib.TS_IO_READWRITE: "readwrite", lib.TS_IO_URING: "uring", lib.TS_IO_URING_BURST: "uring-burst"}
+ACL_ACTIONS = {lib.TS_ACL_ALLOW: "allow", lib.TS_ACL_DROP: "drop"}
 
 
 def io_backend(environ=os.environ) -> int:
@@ -67,6 +68,9 @@ class Shared:
         # Control process: counts at the last reset of a slot whose meaning
         # changed (a port's ACL, a mirror), subtracted from what workers wrote.
         self._acl_base: dict[int, list[int]] = {}
+        # A port's base for the rules of the next settings (reset_acl_hits_at_publish): (the settings_gen
+        # they are current from, base). A reader takes it from the publish on, as the workers do.
+        self._acl_next: dict[int, tuple[int, list[int]]] = {}
         # The mirror in each slot by name, and each slot's base: replaced as one (set_mirrors), so
         # that a reader (a scrape) never sees a mirror with another slot's counts.
         self._mirrors: tuple[tuple[str, ...], dict[int, dict[str, int]]] = ((), {})
@@ -126,6 +130,7 @@ class Shared:
         worker serves it then): the new port's count from 0, whatever its rules (the same
         rules as the slot's last port's are no change of rules to settings.apply)."""
         self._acl_base.pop(index, None)     # before the hits: a late reader never sees them negative
+        self._acl_next.pop(index, None)
         hits = ffi.sizeof("uint64_t") * lib.TS_MAX_ACL_RULES
         for w in range(lib.TS_MAX_WORKERS):
             ffi.memmove(ffi.addressof(self.ptr.counters[w][index]), bytes(ffi.sizeof("struct ts_counters")),
@@ -246,24 +251,46 @@ class Shared:
     def settings_publish(self, timeout_ms: int = PUBLISH_TIMEOUT_MS) -> int:
         """Make the copy from settings_next() current; returns the number of
         workers still reading the old one after timeout_ms (0 normally)."""
-        return lib.ts_settings_publish(self.ptr, timeout_ms)
+        stuck = lib.ts_settings_publish(self.ptr, timeout_ms)
+        for port, (_gen, base) in list(self._acl_next.items()):
+            self._acl_base[port] = base     # before it leaves _acl_next: a reader finds it in one or the other
+            del self._acl_next[port]
+        return stuck
 
     # Counters of the features (summed over the workers' slots).
 
     def acl_hits(self, port: int) -> list[int]:
         """Matches of each of the port's ACL rules, in rule order."""
-        rules = self.settings_current().ports[port].acl_rules
-        base = self._acl_base.get(port, [])
+        return [hits for _action, hits in self.acl_rule_hits(port)]
+
+    def acl_rule_hits(self, port: int) -> list[tuple[str, int]]:
+        """(action, matches) of each of the port's ACL rules, in rule order: the rules the workers
+        match now (a reload's from its publish on), each counted from its base, read as one."""
+        gen = self.ptr.settings_gen
+        current = self.ptr.settings[gen & 1]
+        staged = self._acl_next.get(port)
+        base = staged[1] if staged is not None and staged[0] == gen else self._acl_base.get(port, [])
         hits = []
-        for r in range(rules):
+        for r in range(current.ports[port].acl_rules):
             n = sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
-            hits.append(n - (base[r] if r < len(base) else 0))
+            hits.append((ACL_ACTIONS[current.acl[port][r].action], n - (base[r] if r < len(base) else 0)))
         return hits
+
+    def _acl_sums(self, port: int) -> list[int]:
+        return [sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
+                for r in range(lib.TS_MAX_ACL_RULES)]
 
     def reset_acl_hits(self, port: int) -> None:
         """The port's rules changed: count their hits from 0 again."""
-        self._acl_base[port] = [sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
-                                for r in range(lib.TS_MAX_ACL_RULES)]
+        self._acl_base[port] = self._acl_sums(port)
+        self._acl_next.pop(port, None)
+
+    def reset_acl_hits_at_publish(self, port: int) -> None:
+        """The port's rules change with the next settings_publish: count their hits from 0 from
+        then on, as the workers match them; until then the old ones count on. Lost race, stated:
+        what the old rules match between this call and the workers' move (a burst per queue at
+        most) counts for the new ones."""
+        self._acl_next[port] = ((self.ptr.settings_gen + 1) & 0xFFFFFFFF, self._acl_sums(port))
 
     def reset_storm(self, port: int, kind: int) -> None:
         """The port's rate of this kind changed: its bucket starts full at the new rate

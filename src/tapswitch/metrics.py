@@ -106,10 +106,11 @@ class SwitchCollector:
                       "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
                       # Read once: port.close() on the control thread sets it to None meanwhile.
                       (([name, p.name], len(t.remotes)) for p in ports if (t := p.tunnel) is not None))
+        # By the rules the workers match, not p.cfg's: a reload sets that before it publishes them.
         yield _family(CounterMetricFamily, "tapswitch_acl_hits", "Frames matched by each ACL rule of a port.",
                       ["switch", "port", "rule", "action"],
-                      (([name, p.name, str(r), rule.action], hits)
-                       for p in ports for r, (rule, hits) in enumerate(zip(p.cfg.acl, shared.acl_hits(p.index)))))
+                      (([name, p.name, str(r), action], hits)
+                       for p in ports for r, (action, hits) in enumerate(shared.acl_rule_hits(p.index))))
         mirrors = shared.mirrors()     # by the settings the workers count by, not sw.cfg: a reload
         for key, doc in MIRROR_COUNTERS.items():    # swaps that later, and may move mirrors' slots
             yield _family(CounterMetricFamily, f"tapswitch_mirror_{key}", doc, ["switch", "mirror"],

@@ -185,13 +185,14 @@ def apply(shared, cfg, ports) -> int:
                        if old.mirrors[m].id != new.mirrors[m].id}
     mirrors_counted = {m: shared.mirror_counters(m) for m in mirrors_changed.values() if m is not None}
 
+    for i in acl_changed:
+        shared.reset_acl_hits_at_publish(i)
+
     shared.set_busy_poll(cfg.switch.busy_poll_us)
     stuck = shared.settings_publish()
     if stuck:
         log.warning("settings.readers_stuck", workers=stuck)
 
-    for i in acl_changed:
-        shared.reset_acl_hits(i)
     for i, kind in storm_changed:     # no worker reads the old rate now
         shared.reset_storm(i, kind)
     shared.set_mirrors([mirror.name for mirror in cfg.mirrors],
