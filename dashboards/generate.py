@@ -257,7 +257,7 @@ def drops_and_errors(sel: str, by: str) -> Row:
 def flooded(sel: str, by: str, width: int = 12) -> timeseries.Panel:
     return graph("Flooded packets per second", "pps",
                  [Q(rate("tapswitch_port_flooded_packets_total", sel, by), legend(by))],
-                 "Frames flooded to every port, by the port they were received on.",
+                 "Frames flooded (sent to the other ports of their VLAN), by the port they were received on.",
                  width=width)
 
 
@@ -271,7 +271,7 @@ def flooding(sel: str) -> Row:
              f"{rate('tapswitch_port_rx_packets_total', sel, 'switch')}")
     return ("Flooding", [
         graph("Flooding ratio", "percentunit", [Q(ratio, "{{switch}}")],
-              "Share of received frames flooded to every port (unknown destination, "
+              "Share of received frames flooded to the other ports of their VLAN (unknown destination, "
               "broadcast, multicast). High and steady: the FDB is too small or aging too short.",
               max_=1),
         flooded(sel, "switch, port"),
