@@ -1,12 +1,13 @@
-"""The command line's own options (the commands are tested with what they drive)."""
+"""The command line's own options and help (the commands are tested with what they drive)."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
 import tapswitch
-from tapswitch import cli
+from tapswitch import cli, config
 
 
 def test_version_prints_the_version_build_info_exports(capsys):
@@ -16,3 +17,37 @@ def test_version_prints_the_version_build_info_exports(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out == f"tapswitch {tapswitch.__version__}\n"
+
+
+def commands(parser=None, prefix=""):
+    """{"run": (its parser, the line `tapswitch --help` lists for it), ..., "fdb flush": ...}"""
+    out = {}
+    for action in (parser or cli.build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                out[prefix + name] = (sub, lines[name])
+                out.update(commands(sub, f"{prefix}{name} "))
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(commands()))
+def test_a_commands_own_help_says_what_it_does(command):
+    """`tapswitch fdb --help` opened with its usage and went straight to the options: what
+    the command does was only in the list of `tapswitch --help`."""
+    parser, line = commands()[command]
+    assert parser.description is not None, f"tapswitch {command} --help has no description"
+    assert parser.description.startswith(line[0].upper() + line[1:] + ".")
+    assert parser.description in " ".join(parser.format_help().split("\n\n", 2)[1].split())
+
+
+def test_the_help_says_what_run_runs_without_c_how_clients_find_the_switch_and_the_exit_codes():
+    text = " ".join(cli.build_parser().format_help().split())
+    demo = config.load(None)
+    for port in demo.ports:
+        assert f"{port.netns} ({port.addresses[0]})" in text
+    assert "-s SOCKET, else the control socket of -c FILE's config, else the only switch running" in text
+    assert f"socket in {cli.SOCKET_DIR}/" in text
+    assert (f"Exit codes: {cli.EXIT_OK} success (run: a clean stop); {cli.EXIT_CONFIG} a configuration error, "
+            f"or a command line it cannot parse (nothing created, nothing changed); {cli.EXIT_FAILURE} a "
+            f"runtime failure, said in one line.") in text

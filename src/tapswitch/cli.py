@@ -29,44 +29,80 @@ def path(value: str) -> str:
     return value
 
 
+# `tapswitch --help` after the list of commands: what the README says of them all (its
+# Quickstart and Command line), for a user who has only the command at hand.
+EPILOG = f"""\
+Run `tapswitch COMMAND --help` for a command's options. Without -c,
+`tapswitch run` runs the built-in demo: namespaces ts-demo-a (198.18.0.1/24)
+and ts-demo-b (198.18.0.2/24), joined by the switch.
+
+ports, fdb and reload talk to a running switch: the one on -s SOCKET, else
+the control socket of -c FILE's config, else the only switch running (its
+socket in {SOCKET_DIR}/).
+
+Exit codes: {EXIT_OK} success (run: a clean stop); {EXIT_CONFIG} a configuration error, or a
+command line it cannot parse (nothing created, nothing changed); {EXIT_FAILURE} a
+runtime failure, said in one line.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.")
+    p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The version tapswitch_build_info exports.
-    p.add_argument("--version", action="version", version=f"%(prog)s {tapswitch.__version__}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {tapswitch.__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the switch in the foreground")
+    def command(parent, name, help, more=""):
+        """A command whose own --help opens with the line its parent's lists, and says `more`."""
+        return parent.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}.{more and ' ' + more}")
+
+    run = command(sub, "run", "run the switch in the foreground",
+                  "Logs go to stderr. SIGTERM or SIGINT (Ctrl-C) stops it and removes every device, rule and "
+                  "namespace it made; SIGHUP re-reads the config file, as `tapswitch reload` does. "
+                  "Sends READY=1 to $NOTIFY_SOCKET once every port and worker is up.")
     run.add_argument("-c", "--config", type=path, help="config file (default: the built-in demo)")
 
-    check = sub.add_parser("check", help="validate a config file")
+    check = command(sub, "check", "validate a config file",
+                    "Exit 0, or 2 with every error as FILE:LINE: key.path: message. Creates nothing.")
     check.add_argument("-c", "--config", type=path, required=True, help="the config file to validate")
 
     def switch_options(c, default=None):
         c.add_argument("--json", action="store_true", default=default, help="print JSON")
-        c.add_argument("-s", "--socket", type=path, default=default, help="control socket of the switch")
+        c.add_argument("-s", "--socket", type=path, default=default,
+                       help=f"control socket of the switch (default: -c's, else the only one running in {SOCKET_DIR}/)")
         c.add_argument("-c", "--config", type=path, default=default, help="take the control socket from this config")
 
-    def client(name, help):
-        c = sub.add_parser(name, help=help)
+    def client(name, help, more=""):
+        c = command(sub, name, help, more)
         switch_options(c)
         return c
 
-    client("ports", "show the ports of a running switch")
-    client("reload", "make a running switch re-read its config file (as SIGHUP does)")
-    fdb = client("fdb", "show the MAC table of a running switch")
+    client("ports", "show the ports of a running switch",
+           "Name, state, MAC, MTU, speed, remote, queues and counters of every port, and the reason a "
+           "port the last reload could not make is down; --json adds each queue's counters.")
+    client("reload", "make a running switch re-read its config file (as SIGHUP does)",
+           "Prints what changed. Exit 0: applied; 2: refused, nothing changed; 1: applied, but a port "
+           "could not be made or another step failed (said).")
+    fdb = client("fdb", "show or change the MAC table of a running switch",
+                 "Without an action, the table: mac, vlan, port, age (seconds), static, sorted by port, VLAN "
+                 "and MAC; --port, --vlan and --mac list only the entries that match every one given. "
+                 "flush, add and del change it.")
     # The listing's filters, applied by the switch. Their own dests: flush/add/del's --port and
     # --vlan, given after the action, must not take (or lose) a value given before it.
     fdb.add_argument("--port", dest="only_port", metavar="PORT", help="only the entries behind this port")
     fdb.add_argument("--vlan", dest="only_vlan", metavar="VLAN", type=int, help="only the entries of this VLAN")
     fdb.add_argument("--mac", dest="only_mac", metavar="MAC", help="only the entries of this MAC (02:00:00:00:00:10 or 02-00-00-00-00-10)")
     fdb_sub = fdb.add_subparsers(dest="action")
-    flush = fdb_sub.add_parser("flush", help="flush learned entries")
+    flush = command(fdb_sub, "flush", "forget learned entries (all, or one port's); static entries stay")
     flush.add_argument("--port", help="only this port's entries")
-    add = fdb_sub.add_parser("add", help="add a static entry (kept until the switch stops)")
+    add = command(fdb_sub, "add", "add a static entry (kept until the switch stops)",
+                  "It is never aged, moved or flushed; `static_macs:` in the config keeps one for good.")
     add.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     add.add_argument("--port", required=True, help="the port the MAC is behind")
     add.add_argument("--vlan", type=int, help="default: the port's untagged VLAN")
-    delete = fdb_sub.add_parser("del", help="remove an entry, static or learned")
+    delete = command(fdb_sub, "del", "remove an entry, static or learned")
     delete.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     delete.add_argument("--vlan", type=int, help="default: 1")
     for sp in (flush, add, delete):
