@@ -1,6 +1,6 @@
 """The documentation against the code, so that neither moves alone: README.md's YAML
 examples pass `tapswitch check`, its config tables name every key of the schema with
-its default, its command table is the command line's, its metric table is what the
+its default (or say it is required), its command table is the command line's, its metric table is what the
 collector exports (name, type, labels, and a HELP that names the causes its row names),
 the log events it quotes are logged, and config/example.yaml ("every key") shows every key.
 
@@ -148,6 +148,34 @@ def test_the_readme_config_tables_name_every_key_and_only_keys():
         if row is None or not names(leaf, row):
             undocumented.append(path)
     assert undocumented == []
+
+
+# A config leaving out each key that has a row of its own and no default in the schema.
+LEFT_OUT = {
+    "switch.name": "switch: {}\nports: [{name: a}]\n",
+    "switch.control.socket": "switch: {name: s, control: {}}\nports: [{name: a}]\n",    # from switch.name
+    "ports[].name": "switch: {name: s}\nports: [{mtu: 1500}]\n",
+    "ports[].vxlan.vni": "switch: {name: s}\nports: [{name: v, vxlan: {local: 198.19.0.1}}]\n",
+    "ports[].vxlan.local": "switch: {name: s}\nports: [{name: v, vxlan: {vni: 1}}]\n",
+}
+
+
+def test_every_key_without_a_default_is_probed():
+    rows = documented_keys()
+    assert {path for path, default in schema().items() if default is ... and plain(path) in rows} == set(LEFT_OUT)
+
+
+@pytest.mark.parametrize("path", sorted(LEFT_OUT))
+def test_the_readme_config_tables_say_which_keys_are_required(path):
+    """A config without `switch.name` failed "required key is missing", where the README's row
+    said nothing of it (nor of `ports[].name`, `vxlan.vni`, `vxlan.local`)."""
+    try:
+        config.loads(LEFT_OUT[path])
+        required = False
+    except config.ConfigError as e:
+        assert f": {path.replace('[]', '[0]')}: required key is missing" in str(e)
+        required = True
+    assert names("required", row_of(path, documented_keys())) == required
 
 
 def said(value) -> str:
