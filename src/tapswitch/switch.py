@@ -57,20 +57,33 @@ READERS_WAIT = 10.0         # seconds a stop waits for control requests and scra
 STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
 
 
+def effective_caps() -> int:
+    """This process's effective capabilities, a bit for each (CAP_NET_ADMIN...)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+
+
+def port_refused(port, caps: int) -> str | None:
+    """Why a process with capabilities `caps` cannot make `port` (config.Port), or None: said
+    before anything is made, by the start (preflight) and by a reload that adds the port."""
+    # A container given NET_ADMIN alone (README, "Docker") failed at its first such port with
+    # "bind /run/netns: Operation not permitted", or "[Errno 1] setns ...", naming no capability.
+    if port.netns is not None and not caps & (1 << CAP_SYS_ADMIN):
+        return (f"port {port.name}: a port in a network namespace (netns) needs CAP_SYS_ADMIN, "
+                f"to enter it and to make a named one")
+    return None
+
+
 def preflight(user: str | int | None, ports=()) -> None:
     """Fail early, with a reason, on what would fail later with a worse one."""
     if not os.path.exists("/dev/net/tun"):
         raise StartError("/dev/net/tun is missing: load the tun module (modprobe tun)")
-    with open("/proc/self/status") as f:
-        caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    caps = effective_caps()
     if not caps & (1 << CAP_NET_ADMIN):
         raise StartError("needs CAP_NET_ADMIN to create TAP devices (run it as root)")
-    # A container given NET_ADMIN alone (README, "Docker") failed at its first such port with
-    # "bind /run/netns: Operation not permitted", or "[Errno 1] setns ...", naming no capability.
-    inside = [port.name for port in ports if port.netns is not None]
-    if inside and not caps & (1 << CAP_SYS_ADMIN):
-        raise StartError(f"port {inside[0]}: a port in a network namespace (netns) needs CAP_SYS_ADMIN, "
-                         f"to enter it and to make a named one")
+    refused = [why for port in ports if (why := port_refused(port, caps)) is not None]
+    if refused:
+        raise StartError(refused[0])
     ids = config_mod.worker_ids(user, os.geteuid())
     if ids is not None and ids[0] != os.geteuid() and not caps & (1 << CAP_KILL):
         # Else a stop could not signal them: they would outlive it, holding every port.
@@ -900,7 +913,14 @@ class Switch:
             self.namespaces.remove_unused({p.netns_path for p in new.ports})
         errors, added, wanted = {}, [], []
         busy = {p.index for p in self.ports}
+        caps = effective_caps()
         for pcfg in plan.add:
+            # Not tried: a port in a namespace, without CAP_SYS_ADMIN, failed with the kernel's
+            # "bind /run/netns: Operation not permitted" or "[Errno 1] setns ...", as the start did.
+            if (why := port_refused(pcfg, caps)) is not None:
+                errors[pcfg.name] = why
+                log.error("port.add_failed", port=pcfg.name, error=why)
+                continue
             index = self._free_slot(busy)
             busy.add(index)
             wanted.append((index, pcfg))

@@ -9,7 +9,11 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
+
+import yaml
 
 from tests.integration import helpers
 
@@ -120,6 +124,37 @@ def test_without_cap_sys_admin_ports_in_the_switchs_namespace_run(lab):
     sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]},
                     wrapper=("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"))
     assert helpers.link_exists(lab.name("p0"))
+    assert sw.stop() == 0, sw.log()
+
+
+def test_without_cap_sys_admin_a_reload_refuses_a_port_in_a_namespace_in_one_line_naming_it(lab):
+    """A switch started without it and no port in a namespace: a reload that adds ports in
+    namespaces (one it would make, one there already) said the kernel's "bind /run/netns:
+    Operation not permitted" and "[Errno 1] setns ..." (that one naming no port). Each is
+    refused as the start refuses it, nothing made for it; the other ports run and are added."""
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]}
+    sw = lab.switch(cfg, wrapper=("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"))
+    theirs = lab.netns("c2", create=True)
+    lab.links += [lab.name("p1"), lab.name("p2"), lab.name("p3")]
+    lab.namespaces.append(lab.name("c1"))
+    cfg["ports"] += [{"name": lab.name("p1"), "netns": lab.name("c1"), "addresses": ["198.18.0.1/24"]},
+                     {"name": lab.name("p2"), "netns": theirs},
+                     {"name": lab.name("p3")}]
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    reply = json.loads(r.stdout)
+    why = [f"port {lab.name(p)}: a port in a network namespace (netns) needs CAP_SYS_ADMIN, to enter it and "
+           f"to make a named one" for p in ("p1", "p2")]
+    assert (r.returncode, reply["errors"], reply["failed"], reply["added"]) == (
+        1, why, [lab.name("p1"), lab.name("p2")], [lab.name("p3")]), r
+    assert [(p["name"], p["state"], p["error"]) for p in sw.cli_json("ports")] == [
+        (lab.name("p0"), "up", None), (lab.name("p3"), "up", None),
+        (lab.name("p1"), "down", why[0]), (lab.name("p2"), "down", why[1])]
+    assert not helpers.link_exists(lab.name("p1")) and not helpers.link_exists(lab.name("p2"))
+    assert not os.path.lexists(f"/run/netns/{lab.name('c1')}")
+    assert sw.proc.poll() is None and "Traceback" not in sw.log()
     assert sw.stop() == 0, sw.log()
 
 
