@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import structlog
 
+from tapswitch.config import WATCHDOG_MS
 from tapswitch.worker import send_ports
 
 log = structlog.get_logger("tapswitch.supervisor")
@@ -46,9 +47,11 @@ BACKOFF = 1.0              # seconds a worker that keeps dying is held back befo
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
-HUNG_AFTER = 5.0           # seconds a running worker's heartbeat may stand still before it is killed, by
-                           # default (switch.watchdog_ms sets it; it moves every turn, at least once a
-                           # second: fastpath.h, TS_IDLE_WAIT_MS)
+# Seconds a running worker's heartbeat may stand still before it is killed, by default: the
+# config's (switch.watchdog_ms sets it; it moves every turn, at least once a second: fastpath.h,
+# TS_IDLE_WAIT_MS). Said once, there: this module is the control process's, whose config is loaded
+# anyway; a worker imports none of it.
+HUNG_AFTER = WATCHDOG_MS / 1000
 MESSAGE_MAX = 16384        # bytes of one message from a worker: b"E", its reason and traceback (worker.fail) fit
 WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
                            # since the last look, the control process was stopped or busy, not watching
