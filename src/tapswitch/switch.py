@@ -216,6 +216,7 @@ class Switch:
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
         self.tunnel_waits: dict[str, str] = {}   # VXLAN port -> why its gone device cannot be made yet (logged)
+        self.unchecked: dict[str, str] = {}      # port -> why maintain_ports could not tell where its TAP is (logged)
         self.full_logged_at = -math.inf
 
     # Starting.
@@ -784,10 +785,20 @@ class Switch:
         # which namespace a TAP is in: by name.)
         lost_here = {ns.where: ns for ns in lost}
         lost_named = {ns.name: ns for ns in lost}
+        unchecked = {}
         for port in self.ports:
             if port.gone:
                 continue
-            where = tap.device_netns(port.fds[0])
+            try:
+                where = tap.device_netns(port.fds[0])
+            except OSError as e:
+                # Out of descriptors (the ioctl opens one): it raised out of the control loop, and
+                # the switch ended. Not known now; the next tick asks again (said once while it lasts).
+                unchecked[port.name] = e.strerror or str(e)
+                if unchecked[port.name] != self.unchecked.get(port.name):
+                    log.warning("port.check_failed", port=port.name, error=unchecked[port.name],
+                                reason="where its TAP is is asked again every tick")
+                continue
             ns = lost_named.get(port.cfg.netns) if where == tap.UNKNOWN_NETNS else lost_here.get(where)
             if where is None:
                 reason = "its TAP was deleted (or its namespace went)"
@@ -802,6 +813,7 @@ class Switch:
             log.warning("port.gone", port=port.name, netns=port.cfg.netns, reason=reason)
             self.set_port_up(port, False)
             self.supervisor.forget_port(port.index)
+        self.unchecked = unchecked
 
     def maintain_tunnels(self) -> None:
         """A VXLAN port whose device went (deleted, or by the kernel with its underlay device) gets

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -212,6 +213,26 @@ class Switch:
             rc = self.proc.wait()
         self.log_file.close()
         return rc
+
+
+@contextlib.contextmanager
+def fds_to_spare(pid: int, spare: int):
+    """Within it, process `pid` may open `spare` more descriptors and no more (its RLIMIT_NOFILE
+    lowered), as a switch whose ports have taken the rest. Counted on the lowest of a few looks:
+    one taken at a moment it held a descriptor briefly would leave it one more."""
+    free = []
+    for _ in range(5):
+        held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        now = [fd for fd in range(len(held) + spare + 1) if fd not in held][:spare + 1]
+        free = now if not free or now[spare] < free[spare] else free
+        time.sleep(0.02)
+    was = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free[spare], was[1]))
+    try:
+        yield free[spare]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, was)
 
 
 def processes_with_env(entry: str) -> list[int]:

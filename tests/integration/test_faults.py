@@ -872,3 +872,19 @@ def test_a_stop_while_control_requests_and_scrapes_read_a_big_mac_table_ends_cle
         assert rc == 0, f"the switch ended with {rc}:\n{sw.log()}"
         assert not {a, b} & helpers.netns_list()
         assert not os.path.exists(sw.socket)
+
+
+def test_a_switch_with_no_descriptor_to_spare_runs_on(lab):
+    """At its descriptor limit (the ports a reload added took the rest), the tick's look at where
+    each port's TAP is (an ioctl that opens one) raised EMFILE out of the control loop: a
+    traceback, and the switch ended. Now it says so once and looks again at the next tick."""
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]})
+    with helpers.fds_to_spare(sw.proc.pid, 0):
+        [event] = helpers.wait_for("port.check_failed", lambda: sw.events("port.check_failed"), 5.0)
+        time.sleep(2.5)                     # two more ticks, with no descriptor still
+        assert sw.proc.poll() is None, sw.log()
+    assert (event["port"], event["error"], len(sw.events("port.check_failed"))) == (
+        lab.name("p0"), "Too many open files", 1)
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up"]
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
