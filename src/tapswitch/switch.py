@@ -100,6 +100,15 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
+def _port_reason(name: str, e: Exception) -> str:
+    """Why a reload could not make port `name`, from what stopped it: its own line, which names
+    the port, or for an OSError that came through (out of descriptors: a socket, an ioctl) one
+    that does, as _reason says it: it was "[Errno 24] Too many open files", of no port."""
+    if not isinstance(e, OSError):
+        return str(e)
+    return f"port {name}: {_reason(e) if e.errno == errno.EMFILE else e.strerror or e}"
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -948,8 +957,8 @@ class Switch:
             if isinstance(port, ports.Port):
                 added.append(port)
             else:
-                errors[pcfg.name] = str(port)
-                log.error("port.add_failed", port=pcfg.name, error=str(port))
+                errors[pcfg.name] = _port_reason(pcfg.name, port)
+                log.error("port.add_failed", port=pcfg.name, error=errors[pcfg.name])
         by_name = {p.name: p for p in new.ports}
         # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
         # So does a port that became a mirror's monitor port: it is in no VLAN.

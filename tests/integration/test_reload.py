@@ -556,6 +556,27 @@ def test_a_port_that_cannot_be_made_is_reported_failed_not_added(lab):
 
 
 
+def test_a_port_a_reload_cannot_make_out_of_descriptors_is_failed_naming_it(lab):
+    """One descriptor to spare: the new port's TAP takes it, and the netlink socket that sets it
+    up fails (EMFILE). The reload said "[Errno 24] Too many open files", of no port; now it
+    names the port and says what to do, as a start does. Nothing of the port is left, and once
+    there are descriptors again the next reload makes it."""
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]})
+    name = lab.name("p1")
+    lab.links.append(name)
+    rewrite(sw, {**sw.cfg, "ports": [*sw.cfg["ports"], {"name": name}]})
+    with helpers.fds_to_spare(sw.proc.pid, 1) as limit:
+        os.kill(sw.proc.pid, signal.SIGHUP)
+        [event] = helpers.wait_for("config.reloaded", lambda: sw.events("config.reloaded"), 10.0)
+    assert (event["failed"], event["errors"]) == ([name], [
+        f"port {name}: out of file descriptors (the limit is {limit}): a port takes one for each queue, in the "
+        f"switch and again in the queue's worker; raise the limit (ulimit -n, or LimitNOFILE= in the service)"]), event
+    assert not helpers.link_exists(name)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {name}"
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_a_port_a_reload_could_not_make_again_keeps_the_namespace_it_made(lab):
     """A reload makes a port again (an address added) and cannot (IPv6 is off in its namespace):
     the namespace the switch made for it stays, with what its user put there, and the reload that
