@@ -15,6 +15,7 @@ the state file it keeps beside it.
 """
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -24,6 +25,7 @@ import socketserver
 import stat
 import struct
 import threading
+import time
 
 import structlog
 
@@ -33,6 +35,7 @@ MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply (not a listing's reader)
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
+ACCEPT_WAIT = 0.1       # seconds the control thread waits after an accept that found no descriptor free
 
 # A list result as json.dumps writes the reply: the head, items joined by ", ", the tail. No
 # item's text holds ", {" (json.dumps writes no space inside a string it makes of a MAC, a
@@ -169,6 +172,7 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.made_dir: str | None = None
         self.lock: int | None = None    # the descriptor of <socket>.lock, flocked while this switch lives
         self.bound = False              # the socket is at `path`: ours, to remove with the rest
+        self.accept_failing = False     # the last accept found no descriptor free (logged)
         try:
             self.made_dir = _claim_dir(path)
             try:
@@ -196,6 +200,24 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def server_bind(self) -> None:
         super().server_bind()
         self.bound = True
+
+    def get_request(self):
+        """accept(). Out of descriptors (EMFILE, ENFILE) it leaves the connection waiting, and
+        serve_forever, told so again at once, tried again at once: the control thread spun a
+        CPU until a descriptor came free. It waits ACCEPT_WAIT first now, said once while it
+        lasts; the client waits for its answer (or gives up)."""
+        try:
+            request = super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                if not self.accept_failing:
+                    log.error("control.accept_failed", socket=self.path, error=e.strerror,
+                              reason=f"tried again every {ACCEPT_WAIT:g} s until a descriptor is free")
+                self.accept_failing = True
+                time.sleep(ACCEPT_WAIT)
+            raise
+        self.accept_failing = False
+        return request
 
     def dispatch(self, request: dict):
         handler = self.handlers.get(request["cmd"])

@@ -888,3 +888,34 @@ def test_a_switch_with_no_descriptor_to_spare_runs_on(lab):
     assert [p["state"] for p in sw.cli_json("ports")] == ["up"]
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time process `pid` has used, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_control_socket_out_of_descriptors_waits_for_one_and_answers_then(lab):
+    """At its descriptor limit, the control socket's accept fails (EMFILE) and leaves the
+    connection waiting: the control thread tried again at once, and again, a CPU busy (a
+    whole one here) until a descriptor came free. It says so once and waits between tries,
+    and the client is answered once there is one."""
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]})
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    with client:
+        with helpers.fds_to_spare(sw.proc.pid, 0):
+            client.connect(sw.socket)
+            client.sendall(b'{"cmd": "ports"}\n')
+            time.sleep(0.5)                 # the control thread has tried
+            before = cpu_seconds(sw.proc.pid)
+            time.sleep(2.0)
+            spent = cpu_seconds(sw.proc.pid) - before
+        assert spent < 0.5, f"{spent:.2f} s of CPU in 2 s"
+        reply = json.loads(client.makefile("rb").readline())
+    assert reply["ok"] and [p["name"] for p in reply["result"]] == [lab.name("p0")]
+    assert len(sw.events("control.accept_failed")) == 1
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
