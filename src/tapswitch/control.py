@@ -35,7 +35,7 @@ MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply (not a listing's reader)
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
-ACCEPT_WAIT = 0.1       # seconds the control thread waits after an accept that found no descriptor free
+ACCEPT_WAIT = 0.1       # seconds a server's thread waits after an accept that found no descriptor free
 
 # A list result as json.dumps writes the reply: the head, items joined by ", ", the tail. No
 # item's text holds ", {" (json.dumps writes no space inside a string it makes of a MAC, a
@@ -159,7 +159,33 @@ class _Handler(socketserver.StreamRequestHandler):
             log.debug("control.client_gone", error=e.strerror or str(e))
 
 
-class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class AcceptWaits:
+    """A socketserver server whose accept, out of descriptors (EMFILE, ENFILE), waits ACCEPT_WAIT
+    before the next try. The connection stays waiting, serve_forever was told so again at once
+    and tried again at once: its thread spun a whole CPU until a descriptor came free. Said
+    once while it lasts (accept_failed); the client waits for its answer (or gives up)."""
+
+    accept_failing = False      # the last accept found no descriptor free (logged)
+
+    def get_request(self):
+        try:
+            request = super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                if not self.accept_failing:
+                    self.accept_failed(e.strerror, f"tried again every {ACCEPT_WAIT:g} s until a descriptor is free")
+                self.accept_failing = True
+                time.sleep(ACCEPT_WAIT)
+            raise
+        self.accept_failing = False
+        return request
+
+    def accept_failed(self, error: str, reason: str) -> None:
+        """Say it: each server as its own event."""
+        raise NotImplementedError
+
+
+class ControlServer(AcceptWaits, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Serves commands from `handlers` (cmd name -> callable taking the request)."""
 
     daemon_threads = True
@@ -172,7 +198,6 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.made_dir: str | None = None
         self.lock: int | None = None    # the descriptor of <socket>.lock, flocked while this switch lives
         self.bound = False              # the socket is at `path`: ours, to remove with the rest
-        self.accept_failing = False     # the last accept found no descriptor free (logged)
         try:
             self.made_dir = _claim_dir(path)
             try:
@@ -201,23 +226,8 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().server_bind()
         self.bound = True
 
-    def get_request(self):
-        """accept(). Out of descriptors (EMFILE, ENFILE) it leaves the connection waiting, and
-        serve_forever, told so again at once, tried again at once: the control thread spun a
-        CPU until a descriptor came free. It waits ACCEPT_WAIT first now, said once while it
-        lasts; the client waits for its answer (or gives up)."""
-        try:
-            request = super().get_request()
-        except OSError as e:
-            if e.errno in (errno.EMFILE, errno.ENFILE):
-                if not self.accept_failing:
-                    log.error("control.accept_failed", socket=self.path, error=e.strerror,
-                              reason=f"tried again every {ACCEPT_WAIT:g} s until a descriptor is free")
-                self.accept_failing = True
-                time.sleep(ACCEPT_WAIT)
-            raise
-        self.accept_failing = False
-        return request
+    def accept_failed(self, error: str, reason: str) -> None:
+        log.error("control.accept_failed", socket=self.path, error=error, reason=reason)
 
     def dispatch(self, request: dict):
         handler = self.handlers.get(request["cmd"])

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import tapswitch
+from tapswitch.control import AcceptWaits
 
 log = structlog.get_logger("tapswitch.metrics")
 
@@ -156,7 +157,7 @@ class _Handler(WSGIRequestHandler):
         """No line per request."""
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
+class _Server(AcceptWaits, socketserver.ThreadingMixIn, WSGIServer):
     """prometheus_client's server (a thread per connection), with at most MAX_SCRAPES at once."""
 
     daemon_threads = True
@@ -167,6 +168,9 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.busy_logged_at = -BUSY_LOG_INTERVAL
         super().__init__(address, _Handler)
         self.set_app(app)
+
+    def accept_failed(self, error: str, reason: str) -> None:
+        log.error("metrics.accept_failed", error=error, reason=reason)
 
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):

@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tapswitch import control, supervisor
+from tapswitch import control, netns, supervisor
 from tests.integration import helpers
 from tests.integration.prom import free_port
 
@@ -897,25 +897,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_a_control_socket_out_of_descriptors_waits_for_one_and_answers_then(lab):
-    """At its descriptor limit, the control socket's accept fails (EMFILE) and leaves the
-    connection waiting: the control thread tried again at once, and again, a CPU busy (a
-    whole one here) until a descriptor came free. It says so once and waits between tries,
-    and the client is answered once there is one."""
-    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]})
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+@pytest.mark.parametrize("server", ["control", "metrics"])
+def test_a_server_out_of_descriptors_waits_for_one_and_answers_then(lab, server):
+    """At its descriptor limit, the control socket's (or the metrics server's) accept fails
+    (EMFILE) and leaves the connection waiting: the server's thread tried again at once, and
+    again, a CPU busy (a whole one here) until a descriptor came free. It says so once and
+    waits between tries, and the client is answered once there is one."""
+    host = lab.netns("h", create=True)       # the switch's namespace: metrics on an address of its own
+    helpers.nsexec(host, "ip", "addr", "add", "198.18.9.1/32", "dev", "lo")
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "metrics": {"listen": "198.18.9.1:9417"}},
+                     "ports": [{"name": lab.name("p0")}]}, netns=host)
+    if server == "control":
+        request, answered = b'{"cmd": "ports"}\n', lab.name("p0").encode()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        request, answered = b"GET /metrics HTTP/1.0\r\n\r\n", b"tapswitch_port_up"
+        client = netns.call_in(f"/run/netns/{host}", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     client.settimeout(10)
     with client:
         with helpers.fds_to_spare(sw.proc.pid, 0):
-            client.connect(sw.socket)
-            client.sendall(b'{"cmd": "ports"}\n')
-            time.sleep(0.5)                 # the control thread has tried
+            client.connect(sw.socket if server == "control" else ("198.18.9.1", 9417))
+            client.sendall(request)
+            time.sleep(0.5)                 # the server's thread has tried
             before = cpu_seconds(sw.proc.pid)
             time.sleep(2.0)
             spent = cpu_seconds(sw.proc.pid) - before
         assert spent < 0.5, f"{spent:.2f} s of CPU in 2 s"
-        reply = json.loads(client.makefile("rb").readline())
-    assert reply["ok"] and [p["name"] for p in reply["result"]] == [lab.name("p0")]
-    assert len(sw.events("control.accept_failed")) == 1
+        reply = client.makefile("rb").read()
+    assert answered in reply, reply[:200]
+    assert len(sw.events(f"{server}.accept_failed")) == 1, sw.log()
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()
