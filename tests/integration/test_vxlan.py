@@ -246,9 +246,10 @@ def test_unicast_goes_only_to_the_host_behind_the_mac(lab, site):
     for h in (2, 3):     # what reaches each host's underlay, inner packets decoded
         captures[h] = subprocess.Popen(["ip", "netns", "exec", site.hosts[h], "tcpdump", "-i", "u0", "-n", "-l",
                                         f"udp dst port 4789 and dst host {site.underlay(h)}"],
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lab.procs.append(captures[h])
-    time.sleep(1.0)     # tcpdump is listening
+        while "listening on" not in captures[h].stderr.readline():     # capturing from here on
+            assert captures[h].poll() is None, "tcpdump ended before capturing"
     r = helpers.nsexec(site.containers[1, 1], "ping", "-c", "20", "-i", "0.05", "-W", "1", address(2, 1))
     assert " 0% packet loss" in r.stdout
     time.sleep(0.5)
