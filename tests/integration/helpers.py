@@ -97,6 +97,14 @@ def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
     return r.returncode == 0
 
 
+IPERF3_PORT = 5201      # iperf3's server, unless -p
+
+
+def tcp_listening(ns: str, port: int) -> bool:
+    """Does a socket in `ns` listen on TCP `port` (an iperf3 server, ready for its client)?"""
+    return bool(nsexec(ns, "ss", "-Hltn", f"sport = :{port}").stdout.strip())
+
+
 def capture(ns: str) -> subprocess.Popen:
     """tcpdump (link-level headers) on every device of `ns`, those made after it started too;
     returns once it listens. captured() ends it and gives what it saw."""

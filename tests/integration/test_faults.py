@@ -330,7 +330,7 @@ def test_an_idle_or_a_busy_worker_is_not_taken_for_hung(lab):
     server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.9.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(server)
-    time.sleep(0.5)
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(a, helpers.IPERF3_PORT), within=10)
     seconds = int(supervisor.HUNG_AFTER + 3)                # busy: one TCP stream flat out
     r = helpers.nsexec(b, "iperf3", "-c", "198.18.9.1", "-t", seconds, "-J", timeout=seconds + 30)
     sent = json.loads(r.stdout)["end"]["sum_received"]["bytes"]

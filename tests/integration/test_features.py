@@ -54,7 +54,8 @@ def tcp_bytes(lab, server_ns: str, client_ns: str, address: str, seconds: int = 
     server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(server)
-    time.sleep(0.5)
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(server_ns, helpers.IPERF3_PORT),
+                     within=10)
     r = helpers.nsexec(client_ns, "iperf3", "-c", address, "-t", seconds, "-J", timeout=30, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)["end"]["sum_received"]["bytes"]

@@ -37,7 +37,7 @@ def test_backend_forwards_pings_and_a_tcp_stream(lab, monkeypatch, backend):
     server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(server)
-    time.sleep(0.5)
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(a, helpers.IPERF3_PORT), within=10)
     r = helpers.nsexec(b, "iperf3", "-c", "198.18.0.1", "-t", "2", "-J", timeout=30)
     assert json.loads(r.stdout)["end"]["sum_received"]["bytes"] > 10 * 1024 * 1024
     ports_json = {p["name"]: p for p in sw.cli_json("ports")}

@@ -270,7 +270,7 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(lab
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(server)
     prom = prometheus([exporter.listen], rule_files=[str(DASHBOARDS / "alerts.yml")])
-    time.sleep(0.3)     # the iperf3 server listens by now
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(b_ns, helpers.IPERF3_PORT), within=10)
     client = subprocess.Popen(["ip", "netns", "exec", a_ns, "iperf3", "-c", "198.18.0.2", "-t", "2"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(client)
