@@ -207,6 +207,15 @@ class Switch:
         out = sh("pgrep", "-P", self.proc.pid, "-f", "tapswitch.worker", check=False).stdout
         return [int(p) for p in out.split()]
 
+    def kill(self) -> int:
+        """SIGKILL the switch, as a crash, and wait for its workers to die with it (PDEATHSIG,
+        a moment later: a start meanwhile would meet them): its exit status."""
+        workers = self.worker_pids()
+        assert workers, f"no workers found to wait for:\n{self.log()}"
+        rc = self.stop(signal.SIGKILL)
+        wait_for("the killed switch's workers gone", lambda: all(map(exited, workers)))
+        return rc
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:
         """Stop the switch, ready or not (a start cut short too); SIGKILL to its process group
         (the workers with it) if it has not exited in `timeout` s. Its exit status."""
@@ -241,6 +250,15 @@ def fds_to_spare(pid: int, spare: int):
     finally:
         with contextlib.suppress(ProcessLookupError):
             resource.prlimit(pid, resource.RLIMIT_NOFILE, was)
+
+
+def exited(pid: int) -> bool:
+    """Has process pid exited (a zombie not yet reaped too)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def processes_with_env(entry: str) -> list[int]:

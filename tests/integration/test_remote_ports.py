@@ -306,8 +306,7 @@ def test_a_local_port_after_a_sigkilled_promisc_run_takes_the_nic_without_its_pr
     which does not want promisc: the NIC has its own flags back at once, and after the stop."""
     before = nic_state(site["sw"])
     sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     assert "PROMISC" in nic_state(site["sw"])["flags"]
     sw2 = lab.switch(config(lab, site, "local"), netns=site["sw"])
     assert nic_state(site["sw"])["flags"] == before["flags"]
@@ -330,8 +329,7 @@ def test_restart_after_sigkill_heals_without_duplicate_rules(lab, site):
     cfg = config(lab, site, "promisc", mtu=1400)
     sw = lab.switch(cfg, netns=site["sw"])
     rules = nic_state(site["sw"])["filters"]
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     sw2 = lab.switch(cfg, netns=site["sw"])
     assert nic_state(site["sw"])["filters"] == rules       # same rules, none twice
     assert helpers.ping(site["c"][0], "198.18.3.100")
@@ -346,8 +344,7 @@ def test_a_start_after_sigkill_heals_the_nic_its_config_no_longer_names(lab, sit
     before = nic_state(site["sw"])
     cfg = config(lab, site, "promisc", mtu=1400)
     sw = lab.switch(cfg, netns=site["sw"])
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     assert nic_state(site["sw"]) != before
     cfg["ports"].pop()                   # no uplink any more
     sw2 = lab.switch(cfg, netns=site["sw"])
@@ -363,8 +360,7 @@ def killed_with_its_nic_renamed(lab, site) -> dict:
     cfg = config(lab, site, "promisc", mtu=1400)
     sw = lab.switch(cfg, netns=site["sw"])
     helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     return cfg
 
 
@@ -559,8 +555,7 @@ def test_a_clean_stop_after_a_reload_dropped_a_nic_the_start_took_over_lists_not
     cfg = config(lab, site, "promisc", mtu=1400)
     before = nic_state(site["sw"])
     sw = lab.switch(cfg, netns=site["sw"])
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     sw2 = lab.switch(cfg, netns=site["sw"])     # the same socket: takes over nic0
     cfg["ports"].pop()
     with open(sw2.config_path, "w") as f:
@@ -894,8 +889,7 @@ def test_a_start_without_mtu_after_a_sigkilled_run_with_one_gives_the_nic_its_ow
     before = nic_state(site["sw"])
     cfg = config(lab, site, "promisc", mtu=1400)
     sw = lab.switch(cfg, netns=site["sw"])
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     assert link_mtu(site["sw"], "nic0") == 1400
     del cfg["ports"][-1]["mtu"]
     sw2 = lab.switch(cfg, netns=site["sw"])
@@ -913,8 +907,7 @@ def test_a_start_after_a_sigkilled_run_without_mtu_leaves_the_nics_mtu_alone(lab
     before = nic_state(site["sw"])
     cfg = config(lab, site, "promisc")
     sw = lab.switch(cfg, netns=site["sw"])
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     assert link_mtu(site["sw"], "nic0") == 9000
     if named:
         cfg["ports"][-1]["mtu"] = 1500

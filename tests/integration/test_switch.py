@@ -609,8 +609,7 @@ def test_control_socket_path_naming_a_file_exits_1_and_leaves_the_file(lab, tmp_
 def test_start_after_sigkill_removes_the_namespaces_the_dead_run_made(lab):
     cfg = containers(lab, 3, queues=1)
     sw = lab.switch(cfg)
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.3)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     made = {p["netns"] for p in cfg["ports"]}
     assert made <= helpers.netns_list()          # what a crash leaves behind
     dropped = cfg["ports"].pop()                 # the next run no longer wants one of them
@@ -629,8 +628,7 @@ def test_a_start_after_sigkill_leaves_namespaces_the_user_made_since_under_those
     its stop leaves them."""
     cfg = containers(lab, 2, queues=1)
     sw = lab.switch(cfg)
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.3)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     kept, dropped = (p["netns"] for p in cfg["ports"])
     for ns in (kept, dropped):
         inode = os.stat(f"/run/netns/{ns}").st_ino
@@ -660,8 +658,7 @@ def test_without_netns_cookies_a_start_after_sigkill_leaves_the_dead_runs_namesp
     saying why, rather than remove someone else's namespace."""
     cfg = containers(lab, 2, queues=1)
     sw = lab.switch(cfg, wrapper=(sys.executable, NO_NETNS_COOKIE))
-    assert sw.stop(signal.SIGKILL) != 0
-    time.sleep(0.3)
+    assert sw.kill() != 0                # and its workers gone with it (PDEATHSIG)
     kept, dropped = (p["netns"] for p in cfg["ports"])
     cfg["ports"].pop()
     sw2 = lab.switch(cfg)
