@@ -152,10 +152,7 @@ def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
     lab.procs.append(ping)
     time.sleep(1.0)
     os.kill(pids[0], signal.SIGKILL)
-    killed_at = time.monotonic()
-    while len(set(sw.worker_pids()) - set(pids)) < 1:
-        assert time.monotonic() - killed_at < 1.0, "worker not restarted within a second"
-        time.sleep(0.02)
+    helpers.wait_for("a new worker", lambda: set(sw.worker_pids()) - set(pids), every=0.02)
     out, _ = ping.communicate(timeout=30)
     received = int(out.split(" received")[0].split()[-1])
     # 100 pings at 50 ms: a restart within a second loses at most ~20 of them.
