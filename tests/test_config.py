@@ -7,6 +7,7 @@ import socket
 import textwrap
 import threading
 
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -102,8 +103,11 @@ def test_shipped_examples_load(name):
 
 def test_models_are_frozen():
     cfg = loads("switch: {name: s}\nports: [{name: p}]\n")
-    with pytest.raises(Exception):
-        cfg.switch.queues = 4
+    # Each model, the nested ones too: a reload diffs two Configs field by field.
+    for model, key, value in ((cfg.switch, "queues", 4), (cfg.switch.log, "level", "debug"),
+                              (cfg.ports[0], "mtu", 9000), (cfg, "ports", [])):
+        with pytest.raises(pydantic.ValidationError, match="frozen"):
+            setattr(model, key, value)
     assert cfg == loads("switch: {name: s}\nports: [{name: p}]\n")
 
 
