@@ -1144,7 +1144,7 @@ def test_two_writers_learning_the_same_new_macs_at_once_leave_one_entry_each():
 def test_attach_refuses_other_memory():
     fd = os.memfd_create("not-tapswitch")
     os.ftruncate(fd, lib.ts_shared_size(64))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not tapswitch shared memory"):
         Shared.attach(fd)
 
 

@@ -140,7 +140,7 @@ def test_local_allmulti_adds_a_multicast_mirror():
 
 
 def test_local_needs_a_mac():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^local mode needs the port's MAC$"):
         rules_for("local", None, allmulti=False)
 
 
@@ -168,7 +168,7 @@ def test_rules_come_in_priority_order_unicast_before_broadcast_before_multicast(
 
 
 def test_unknown_mode_is_an_error():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^unknown remote mode 'bridge' "):
         rules_for("bridge", PORT_MAC, allmulti=False)
 
 
