@@ -1012,7 +1012,7 @@ def storm(kind, pps, burst):
 
 
 def test_broadcast_over_its_rate_is_dropped_and_counted(sw):
-    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 3)).publish()
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 3)).publish()
     for _ in range(5):
         sw.send(0, frame(BROADCAST, A))
     assert len(sw.received(1)) == 3
@@ -1021,7 +1021,7 @@ def test_broadcast_over_its_rate_is_dropped_and_counted(sw):
 
 
 def test_each_kind_has_its_own_bucket(sw):
-    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 1)).publish()
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 1)).publish()
     sw.send(0, frame(BROADCAST, A))
     sw.send(0, frame(BROADCAST, A))
     sw.send(0, frame(MCAST, A))
@@ -1034,14 +1034,14 @@ def test_each_kind_has_its_own_bucket(sw):
     (lib.TS_STORM_UNKNOWN_UNICAST, D),
 ])
 def test_multicast_and_unknown_unicast_limits(sw, kind, dst):
-    Settings(sw.shared).port(0, storm=storm(kind, 10, 2)).publish()
+    Settings(sw.shared).port(0, storm=storm(kind, 1, 2)).publish()
     for _ in range(4):
         sw.send(0, frame(dst, A))
     assert len(sw.received(1)) == 2
 
 
 def test_known_unicast_is_never_limited(sw):
-    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_UNKNOWN_UNICAST, 10, 1)).publish()
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_UNKNOWN_UNICAST, 1, 1)).publish()
     sw.learn(1, B)
     for _ in range(5):
         sw.send(0, frame(B, A))
@@ -1073,7 +1073,7 @@ def test_workers_of_a_port_share_its_bucket():
                 host.setblocking(False)
             fds = ffi.new("int[]", [q.fileno() for _, q in pairs[w]])
             workers.append(lib.ts_worker_new(shared.ptr, w, fds, 2, IO()))
-        Settings(shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 10, 3)).publish()
+        Settings(shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 3)).publish()
         for i in range(6):                           # queue 0, then queue 1, of port 0
             w = i % 2
             pairs[w][0][0].send(frame(BROADCAST, A))
