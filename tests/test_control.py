@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import socket
 import socketserver
 import stat
@@ -19,6 +20,20 @@ from tapswitch.control import ControlError, ControlServer, stop_serving
 LONG_POLL = 60          # serve_forever's poll: a stop that waited it out would take this long
 
 
+@pytest.fixture
+def scratch():
+    """mkdtemp() for a test: short paths (a unix socket's is at most 107 bytes, which tmp_path's
+    may pass), removed with what is left in them afterwards, whatever became of the test."""
+    made = []
+
+    def mkdtemp() -> str:
+        made.append(tempfile.mkdtemp())
+        return made[-1]
+    yield mkdtemp
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def ask(path: str, request: bytes) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
@@ -27,8 +42,8 @@ def ask(path: str, request: bytes) -> dict:
         return json.loads(s.makefile().readline())
 
 
-def test_stop_does_not_wait_for_the_poll_and_an_empty_connection_is_no_error(capfd):
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+def test_stop_does_not_wait_for_the_poll_and_an_empty_connection_is_no_error(scratch, capfd):
+    path = os.path.join(scratch(), "ctl.sock")
     server = ControlServer(path, {"echo": lambda r: r["x"]})
     server.thread = threading.Thread(target=server.serve_forever, args=(LONG_POLL,), daemon=True)
     server.start()
@@ -63,8 +78,8 @@ def serve(path: str) -> ControlServer:
     return server
 
 
-def test_the_directories_made_for_the_socket_go_when_the_switch_is_done():
-    root = tempfile.mkdtemp()
+def test_the_directories_made_for_the_socket_go_when_the_switch_is_done(scratch):
+    root = scratch()
     path = os.path.join(root, "run", "tapswitch", "sw.sock")
     server = serve(path)
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o755 == 0o755
@@ -75,15 +90,15 @@ def test_the_directories_made_for_the_socket_go_when_the_switch_is_done():
     os.rmdir(root)
 
 
-def test_a_directory_that_was_there_or_is_not_empty_stays():
-    there = tempfile.mkdtemp()
+def test_a_directory_that_was_there_or_is_not_empty_stays(scratch):
+    there = scratch()
     server = serve(os.path.join(there, "sw.sock"))
     server.stop()
     server.release()
     assert os.path.isdir(there) and os.listdir(there) == []
     os.rmdir(there)
 
-    root = tempfile.mkdtemp()
+    root = scratch()
     made = os.path.join(root, "tapswitch")
     server = serve(os.path.join(made, "a.sock"))
     other = serve(os.path.join(made, "b.sock"))       # a second switch in the directory the first made
@@ -97,8 +112,8 @@ def test_a_directory_that_was_there_or_is_not_empty_stays():
     os.rmdir(root)
 
 
-def test_a_failed_bind_takes_the_directories_it_made_with_it():
-    root = tempfile.mkdtemp()
+def test_a_failed_bind_takes_the_directories_it_made_with_it(scratch):
+    root = scratch()
     path = os.path.join(root, "made", "x" * 120 + ".sock")     # past AF_UNIX's 108 bytes
     with pytest.raises(OSError):
         ControlServer(path, {})
@@ -415,10 +430,10 @@ def test_a_second_switch_on_a_socket_is_refused_by_its_lock_naming_the_holder():
         os.rmdir(os.path.dirname(path))
 
 
-def test_a_switch_that_stopped_holds_its_socket_until_it_lets_go():
+def test_a_switch_that_stopped_holds_its_socket_until_it_lets_go(scratch):
     """Between stop() (the socket is gone) and release() the switch still writes its state file
     beside the socket: a switch starting meanwhile must not take the socket, nor that state."""
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    path = os.path.join(scratch(), "ctl.sock")
     server = serve(path)
     server.stop()
     assert not os.path.exists(path)
@@ -433,8 +448,8 @@ def test_a_switch_that_stopped_holds_its_socket_until_it_lets_go():
     os.rmdir(os.path.dirname(path))
 
 
-def test_the_socket_and_lock_file_a_killed_switch_left_are_taken():
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+def test_the_socket_and_lock_file_a_killed_switch_left_are_taken(scratch):
+    path = os.path.join(scratch(), "ctl.sock")
     dead_socket(path)
     with open(path + ".lock", "w") as f:
         f.write("4194305\n")            # no process holds the lock: it died with its switch
@@ -447,10 +462,10 @@ def test_the_socket_and_lock_file_a_killed_switch_left_are_taken():
     os.rmdir(os.path.dirname(path))
 
 
-def test_a_lock_let_go_while_it_is_taken_is_taken_again_at_its_path(monkeypatch):
+def test_a_lock_let_go_while_it_is_taken_is_taken_again_at_its_path(scratch, monkeypatch):
     """The holder unlinks its lock file, then lets go: one who had opened that file meanwhile gets
     the lock on a file no longer at the path, which another start would not see; it opens again."""
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    path = os.path.join(scratch(), "ctl.sock")
     first = serve(path)
     first.stop()
     real_flock, calls = control.fcntl.flock, []
