@@ -434,8 +434,8 @@ def test_a_worker_restarting_slowly_does_not_hold_up_the_control_loop(lab, tmp_p
     start.unlink()
     took = reload_answered_in(sw)
     print(f"reload answered in {took:.3f}s while the worker started")
-    assert took < 1.0, sw.log()
-    assert metric(listen, "tapswitch_worker_up") == 0 and not sw.events("worker.restarted")
+    # Answered while the worker still started (3 s): not waited for.
+    assert metric(listen, "tapswitch_worker_up") == 0 and not sw.events("worker.restarted"), sw.log()
     [restarted] = helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=3 + 5)
     assert restarted["pid"] == starting and restarted["restarts"] == 1
     assert metric(listen, "tapswitch_worker_restarts_total") == 1
@@ -463,7 +463,8 @@ def test_a_worker_that_hangs_while_restarting_is_killed_in_time_and_the_control_
         sw.cli("ports")
         ports_took = time.monotonic() - ports_took
         print(f"reload answered in {took:.3f}s, `tapswitch ports` in {ports_took:.3f}s, while the worker hung starting")
-        assert took < 1.0, sw.log()
+        # Answered while the stuck start went on, before READY_TIMEOUT gave it up: not waited for.
+        assert not sw.events("worker.start_failed"), sw.log()
         assert os.path.exists(f"/proc/{stuck}")            # still starting meanwhile
         [failed] = helpers.wait_for("the stuck start given up",
                                     lambda: sw.events("worker.start_failed"), within=supervisor.READY_TIMEOUT + 5)
@@ -495,7 +496,8 @@ def test_a_stop_while_a_worker_restarts_is_prompt_and_leaves_no_process(lab, tmp
         rc = sw.stop()
         took = time.monotonic() - t0
         print(f"stopped in {took:.3f}s while the worker hung starting")
-        assert rc == 0 and took < 2.0, sw.log()
+        assert rc == 0, sw.log()
+        assert not sw.events("worker.start_failed"), sw.log()     # stopped before READY_TIMEOUT gave it up
         assert helpers.processes_with_env(f"TAPSWITCH_TEST_WORKER_START={start}") == []
         assert not os.path.exists(f"/proc/{stuck[0]}")
     finally:
