@@ -394,7 +394,9 @@ class Switch:
         self.worker = lib.ts_worker_new(self.shared.ptr, 0, fds, len(up), IO())
         assert self.worker != ffi.NULL
 
-    def configure(self, conf: list[PortConf], mirror_to: int | None) -> None:
+    def configure(self, conf: list[PortConf], mirror_to: int | None, edit=None) -> None:
+        """Publish the ports' settings; `edit(t)`, if given, changes the copy `t` before it
+        is published (settings the model has no field for: MAC limits, storm control...)."""
         t = self.shared.settings_next()
         for p, pc in enumerate(conf):
             c = t.ports[p]
@@ -420,12 +422,34 @@ class Switch:
             c.mirror_rx = int(pc.mirror_rx)
             c.mirror_tx = int(pc.mirror_tx)
         t.mirrors[0].to = lib.TS_MAX_PORTS + 44 if mirror_to is None else mirror_to
+        if edit:
+            edit(t)
         assert self.shared.settings_publish(0) == 0
 
     def poll(self) -> int:
         n = lib.ts_worker_poll(self.worker, 1000)
         assert n > 0, f"ts_worker_poll returned {n}"
         return n
+
+    def feed(self, port: int, frames: list[bytes], copies: int):
+        """Send `frames` into `port` and let the worker read them; yields what each poll read
+        (a burst), in order. No more is queued at a time than every queue can hold `copies`
+        times over, so the worker never drops a frame it sends (tx_dropped)."""
+        pending = list(frames)
+        while pending:
+            queued, cost = [], 0
+            for data in pending:
+                if queued and (len(queued) == BURST or cost + truesize(data) * copies > self.budget // 2):
+                    break
+                self.hosts[port].send(data)
+                queued.append(data)
+                cost += truesize(data) * copies
+            pending = pending[len(queued):]
+            while queued:
+                n = self.poll()
+                assert n <= len(queued), f"the worker read {n} frames, {len(queued)} were queued"
+                read, queued = queued[:n], queued[n:]
+                yield read
 
     def received(self, port: int) -> list[bytes]:
         frames = []
@@ -464,33 +488,20 @@ def run(up, mtu, conf, mirror_to, bursts) -> None:
     copies = 2 + len(up) if mirror_to is not None else 1
     try:
         for port, frames in bursts:
-            pending = list(frames)
-            while pending:
-                queued, cost = [], 0
-                for data in pending:
-                    if queued and (len(queued) == BURST or cost + truesize(data) * copies > sw.budget // 2):
-                        break
-                    sw.hosts[port].send(data)
-                    queued.append(data)
-                    cost += truesize(data) * copies
-                pending = pending[len(queued):]
-                while queued:                       # the model takes each poll's frames as one burst
-                    n = sw.poll()
-                    assert n <= len(queued), f"the worker read {n} frames, {len(queued)} were queued"
-                    read, queued = queued[:n], queued[n:]
-                    if n == BURST:
-                        note("a full burst")
-                    expected = model.burst(port, [d[:FRAME_MAX] for d in read])
-                    for p in range(len(up)):
-                        got = sw.received(p)
-                        # (a mirror's copy may have a bad source MAC: the rx mirror copies those too)
-                        assert all(is_well_formed(d) or (p == mirror_to and is_parsable(d)) for d in got), \
-                            f"port {p} sent a malformed frame"
-                        assert got == expected[p], f"port {p}: not what the model sends there"
-                        for d in got:
-                            note("a GSO frame crossed" if gso_size_of(d) else "a frame crossed")
-                            if eth_type(d) == ETH_P_8021Q:
-                                note("a tagged frame crossed")
+            for read in sw.feed(port, frames, copies):     # the model takes each poll's frames as one burst
+                if len(read) == BURST:
+                    note("a full burst")
+                expected = model.burst(port, [d[:FRAME_MAX] for d in read])
+                for p in range(len(up)):
+                    got = sw.received(p)
+                    # (a mirror's copy may have a bad source MAC: the rx mirror copies those too)
+                    assert all(is_well_formed(d) or (p == mirror_to and is_parsable(d)) for d in got), \
+                        f"port {p} sent a malformed frame"
+                    assert got == expected[p], f"port {p}: not what the model sends there"
+                    for d in got:
+                        note("a GSO frame crossed" if gso_size_of(d) else "a frame crossed")
+                        if eth_type(d) == ETH_P_8021Q:
+                            note("a tagged frame crossed")
         for p in range(len(up)):
             for name in ("rx_errors", "tx_errors", "vlan_dropped"):
                 if model.counters[p][name]:
