@@ -4,14 +4,17 @@
 #
 # Copies the package and the tests into a temporary directory, builds there a
 # sanitizer variant of the cffi extension (tapswitch._fastpath) -- never over
-# the in-tree .so -- and runs tests/test_fuzz_fastpath.py against it, run
-# after run with a fresh Hypothesis seed, until the time is up or a run
-# fails. The copy keeps a long run consistent while the tree changes. A
-# sanitizer report aborts the run and names the line; a frame the model
-# disagrees with is shrunk by Hypothesis. On failure the directory is kept:
-# its log, its .hypothesis/ database, and the command that repeats the run.
+# the in-tree .so -- and runs tests/test_fuzz_fastpath.py (frames checked
+# against a model) and tests/test_fuzz_fastpath_bytes.py (random and mutated
+# frames, many more, checked by what holds of every frame) against it, run
+# after run with a fresh seed, until the time is up or a run fails. The copy
+# keeps a long run consistent while the tree changes. A sanitizer report
+# aborts the run and names the line; a frame the model disagrees with is
+# shrunk by Hypothesis; the random driver names its seed and round. On
+# failure the directory is kept: its log, its .hypothesis/ database, and the
+# command that repeats the run.
 #
-#   scripts/fuzz.sh [SECONDS [EXAMPLES_PER_RUN]]     defaults: 3600 and 20000
+#   scripts/fuzz.sh [SECONDS [EXAMPLES_PER_RUN [FRAMES_PER_RUN]]]     defaults: 3600, 20000 and 300000
 #
 # Needs gcc with libasan/libubsan (Debian: gcc) and the test dependencies
 # (pip install -e '.[test]'). No root needed. PYTHON picks the interpreter
@@ -21,6 +24,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${1:-3600}
 examples=${2:-20000}
+frames=${3:-300000}
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=$(command -v python3); fi
 fi
@@ -75,6 +79,7 @@ export PYTHONMALLOC=malloc
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:symbolize=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:abort_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export TAPSWITCH_FUZZ_EXAMPLES="$examples"
+export TAPSWITCH_FUZZ_FRAMES="$frames"
 
 "$PYTHON" -c '
 import sys, tapswitch._fastpath as m
@@ -87,14 +92,15 @@ run=0
 while [ "$SECONDS" -lt "$deadline" ]; do
   run=$((run + 1))
   seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
-  echo "fuzz.sh: run $run, seed $seed, $examples examples per test, $((deadline - SECONDS)) s left"
-  if ! "$PYTHON" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$seed" --hypothesis-show-statistics \
-       tests/test_fuzz_fastpath.py >"run-$run.log" 2>&1; then
+  echo "fuzz.sh: run $run, seed $seed, $examples examples per test, $frames random frames, $((deadline - SECONDS)) s left"
+  if ! TAPSWITCH_FUZZ_SEED="$seed" "$PYTHON" -m pytest -q -x -p no:cacheprovider --hypothesis-seed="$seed" \
+       --hypothesis-show-statistics tests/test_fuzz_fastpath.py tests/test_fuzz_fastpath_bytes.py >"run-$run.log" 2>&1; then
     keep=1
     tail -n 80 "run-$run.log"
     echo "fuzz.sh: run $run failed (seed $seed); again with:" >&2
-    echo "  cd $work && TAPSWITCH_FUZZ_EXAMPLES=$examples PYTHONPATH=$work LD_PRELOAD=$libasan PYTHONMALLOC=malloc \\" >&2
-    echo "    ASAN_OPTIONS=detect_leaks=0 $PYTHON -m pytest -x --hypothesis-seed=$seed tests/test_fuzz_fastpath.py" >&2
+    echo "  cd $work && TAPSWITCH_FUZZ_EXAMPLES=$examples TAPSWITCH_FUZZ_FRAMES=$frames TAPSWITCH_FUZZ_SEED=$seed \\" >&2
+    echo "    PYTHONPATH=$work LD_PRELOAD=$libasan PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 \\" >&2
+    echo "    $PYTHON -m pytest -x --hypothesis-seed=$seed tests/test_fuzz_fastpath.py tests/test_fuzz_fastpath_bytes.py" >&2
     exit 1
   fi
   grep -E "passing examples" "run-$run.log" || true
