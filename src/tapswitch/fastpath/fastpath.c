@@ -842,6 +842,13 @@ static bool vnet_hdr_is_valid(struct frame *f)
         && (!(h.flags & VNET_F_NEEDS_CSUM) || h.csum_offset != 6 || h.gso_type != VNET_GSO_UDP_L4
             || eth_len(f) - h.csum_start - 8 > (uint32_t)h.gso_size * 128))
         return false;
+    /* Not checked: that a GSO frame's packet is of its GSO type. With
+     * NEEDS_CSUM a TAP write takes any (TCPV4 on IPv6 or ARP, TCPV6 on IPv4,
+     * behind tags or not: 6.18). Without it, it refuses (EINVAL) one that the
+     * flow dissector, through tags, PPPoE, IP-in-IP, GRE and IPv6 extension
+     * headers, finds not of the type: too big a parse to copy here, for
+     * frames no kernel sends (its GSO frames say NEEDS_CSUM). Such a frame is
+     * forwarded, a tx_errors on each port it is sent to. */
     /* hdr_len, the headers' length (a hint): 0, or past the Ethernet header and
      * inside the frame -- the kernel raises one short of the checksum's end. */
     if (h.hdr_len > eth_len(f) || (h.hdr_len && h.hdr_len < ETH_HLEN && !(h.flags & VNET_F_NEEDS_CSUM)))
