@@ -61,17 +61,18 @@ GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 1, 3, 4, 5
 
 def ip_packet(rng: random.Random, version: int, proto: int, payload: int) -> tuple[bytes, int]:
     """An IPv4 or IPv6 packet (198.18.0.0/15, fd00::/8) of `proto` around a TCP or UDP header
-    and `payload` bytes; and the transport header's offset in it."""
+    and `payload` bytes; and the transport header's offset in it. Its 16-bit lengths stop at
+    0xFFFF: the switch reads none of them."""
     if proto == 6:
         l4 = struct.pack("!HHIIBBHHH", rng.randrange(1024, 65536), 80, 0, 0, 0x50, 0x10, 0xFFFF, 0, 0)
     else:
-        l4 = struct.pack("!HHHH", rng.randrange(1024, 65536), 53, 8 + payload, 0)
+        l4 = struct.pack("!HHHH", rng.randrange(1024, 65536), 53, min(8 + payload, 0xFFFF), 0)
     l4 += rng.randbytes(payload)
     if version == 4:
         ihl = rng.choice([5, 5, 5, 6, 15])
-        head = struct.pack("!BBHHHBBH", 0x40 | ihl, 0, 4 * ihl + len(l4), 1, 0, 64, proto, 0)
+        head = struct.pack("!BBHHHBBH", 0x40 | ihl, 0, min(4 * ihl + len(l4), 0xFFFF), 1, 0, 64, proto, 0)
         return head + bytes([198, 18, 0, 1, 198, 19, 0, 2]) + bytes(4 * ihl - 20) + l4, 4 * ihl
-    head = struct.pack("!IHBB", 6 << 28, len(l4), proto, 64) + bytes.fromhex("fd00" + "00" * 13 + "01") \
+    head = struct.pack("!IHBB", 6 << 28, min(len(l4), 0xFFFF), proto, 64) + bytes.fromhex("fd00" + "00" * 13 + "01") \
         + bytes.fromhex("fd00" + "00" * 13 + "02")
     return head + l4, 40
 
