@@ -237,9 +237,11 @@ def more_settings(rng: random.Random, n: int):
                 c.flags |= lib.TS_PORT_MAC_LIMIT
                 c.mac_limit = rng.randrange(4)
             if rng.random() < 0.2:
+                # Each kind unlimited, or 1 to 4 frames a round (an interval of 1000 s): what
+                # is dropped does not depend on how fast the round runs, so a round replays.
                 c.flags |= lib.TS_PORT_STORM
                 for kind in range(3):
-                    c.storm_interval[kind] = rng.choice([0, 1000, 10_000_000])
+                    c.storm_interval[kind] = rng.choice([0, 10 ** 12])
                     c.storm_burst[kind] = c.storm_interval[kind] * rng.randrange(4)
     return edit
 
