@@ -109,10 +109,6 @@ def _port_reason(name: str, e: Exception) -> str:
     return f"port {name}: {_reason(e) if e.errno == errno.EMFILE else e.strerror or e}"
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _ignore_stop_signals() -> None:
     """While the switch undoes what it made: a second signal must not cut that short."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -235,8 +231,8 @@ class Switch:
         whether a SIGHUP came after the config was read, before start() took SIGHUP over (the
         command line holds it from its start: cli.HeldReload)."""
         # A stop signal during start must still clean up: raise where start can catch it.
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, self._on_stop_while_starting)
+        signal.signal(signal.SIGINT, self._on_stop_while_starting)
         # A reload asked for meanwhile comes once started (the config may have changed since it was read).
         signal.signal(signal.SIGHUP, self._on_reload)
         if reload_asked():
@@ -247,6 +243,11 @@ class Switch:
                 self._start()
                 self.inherited_remotes = set()      # every port is up: the dead run's remotes are ours now
                 self.wake = socket.socketpair()     # run()'s: the signals' wake-up (made here, so its failure is the start's)
+                # From here a stop signal only sets a flag, as SIGHUP does; run() acts on it.
+                signal.signal(signal.SIGTERM, self._on_stop)
+                signal.signal(signal.SIGINT, self._on_stop)
+                if self.stopping:       # asked while starting, its interrupt dropped (see _on_stop_while_starting)
+                    raise KeyboardInterrupt
             except STARTUP_ERRORS as e:
                 _ignore_stop_signals()      # from here the failure is undone, whatever signal comes
                 reason = _reason(e)
@@ -261,9 +262,6 @@ class Switch:
             # began to undo, before its handler could ignore it (that handler is cut short).
             self.stop()
             raise
-        # From here a stop signal only sets a flag, as SIGHUP does; run() acts on it (even one that came before run()).
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
         log.info("switch.ready", switch=self.name, ports=len(self.ports), queues=self.queues)
         notify("READY=1")
 
@@ -444,6 +442,13 @@ class Switch:
 
     def _on_stop(self, signum, frame) -> None:
         self.stopping = True
+
+    def _on_stop_while_starting(self, signum, frame) -> None:
+        """Stop signal while starting: raise, so that start() undoes what it made. A handler runs
+        wherever the main thread is, also inside a finalizer (a weakref callback, a __del__),
+        whose exception Python prints and drops: the flag keeps the stop asked for all the same."""
+        self.stopping = True
+        raise KeyboardInterrupt
 
     def _on_reload(self, signum, frame) -> None:
         self.reload_requested = True

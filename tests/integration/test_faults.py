@@ -34,6 +34,7 @@ STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_f
 CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
 TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
 STOP_AS_CONTROL_LISTENS = (sys.executable, os.path.join(HERE, "..", "stop_as_control_listens.py"))
+STOP_IN_A_FINALIZER = (sys.executable, os.path.join(HERE, "..", "stop_in_a_finalizer.py"))
 WORKER_FORK_REFUSED = (sys.executable, os.path.join(HERE, "..", "worker_fork_refused.py"))
 DEVICE_GOES = (sys.executable, os.path.join(HERE, "..", "device_goes.py"))
 UNDO_STEP_FAILS = (sys.executable, os.path.join(HERE, "..", "undo_step_fails.py"))
@@ -610,6 +611,28 @@ def test_a_stop_signal_as_the_control_socket_comes_up_leaves_no_socket_and_no_di
     assert r.returncode == 0, r.stderr       # a stop asked for, done
     assert not made.exists(), list(made.rglob("*"))
     assert not helpers.link_exists(cfg["ports"][0]["name"]) and cfg["ports"][0]["netns"] not in helpers.netns_list()
+
+
+def test_a_stop_signal_whose_interrupt_a_finalizer_drops_while_starting_still_stops_the_switch(lab):
+    """SIGTERM while starting, its KeyboardInterrupt raised inside a finalizer (a WeakSet's
+    weakref callback did, once a remote port's rules were in), where Python prints it as
+    "Exception ignored" and drops it: the switch went on, said READY and ran, the stop lost (a
+    `systemctl stop` waits out TimeoutStopSec, then SIGKILL leaves the namespaces). Now the
+    switch knows it was asked, and stops as started: exit 0, nothing left."""
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1},
+           "ports": [{"name": lab.name("p0"), "netns": lab.name("c0"), "ifname": "eth0"}, {"name": lab.name("p1")}]}
+    sw = lab.switch(cfg, start=False, wrapper=STOP_IN_A_FINALIZER)
+    sw.start(expect_ready=False)
+    try:
+        rc = sw.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the stop signal was lost: the switch runs on\n{sw.log()}")
+    assert rc == 0, sw.log()
+    assert "Exception ignored" in sw.log()          # the wrapper did land the interrupt in __del__
+    assert not sw.events("switch.ready") and sw.events("switch.stopped"), sw.log()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert cfg["ports"][0]["netns"] not in helpers.netns_list()
+    assert sorted(os.listdir(sw.dir)) == ["switch.log", "tapswitch.yaml"]
 
 
 def test_a_worker_whose_fork_is_refused_fails_the_start_naming_it_and_leaves_no_process(lab, monkeypatch):
