@@ -156,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the worker (exit code: 0 stopped, 1 failed). A Python exception is a failure as
     fail says one: its type and message the reason, its traceback after it."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    # Ctrl-C reaches the whole process group; the control process decides when workers stop.
+    # Ctrl-C and a terminal's hangup reach the whole process group; the control process decides
+    # when workers stop (SIGHUP is its reload: the workers it keeps go on forwarding).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     ready = socket.socket(fileno=args.ready)
     try:
         return _run(args, ready)

@@ -776,6 +776,24 @@ def test_sigterm_to_the_whole_process_group_is_a_clean_stop(lab):
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
 
 
+def test_sighup_to_the_whole_process_group_is_a_reload_that_keeps_the_workers(lab):
+    """The terminal `tapswitch run` runs in hangs up (an ssh session lost): its shell sends SIGHUP
+    to the whole process group. A reload, as SIGHUP is; the workers took it as the end (its
+    default action), every queue stopped forwarding and every worker was restarted (worker.exited
+    signal=SIGHUP, tapswitch_worker_restarts_total)."""
+    cfg = containers(lab, 2, queues=2)
+    sw = lab.switch(cfg)
+    workers = sw.worker_pids()
+    assert len(workers) == 2
+    os.killpg(sw.proc.pid, signal.SIGHUP)
+    helpers.wait_for("the reload", lambda: sw.events("config.reloaded"))
+    time.sleep(0.5)         # a worker the signal ended is found within the control loop's next turn
+    assert not sw.events("worker.exited"), sw.log()
+    assert sorted(sw.worker_pids()) == sorted(workers)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+    assert sw.stop() == 0, sw.log()
+
+
 def test_stop_signal_while_the_ports_are_made_leaves_nothing(lab):
     """Ports are made several at once: a stop signal in the middle finishes the ones under way
     and removes every one made. VXLAN devices outlive the process when not removed, so any
