@@ -35,7 +35,7 @@ from collections.abc import Callable
 import structlog
 
 from tapswitch.config import WATCHDOG_MS
-from tapswitch.worker import send_ports
+from tapswitch.worker import GROUP_SIGNALS, send_ports
 
 log = structlog.get_logger("tapswitch.supervisor")
 
@@ -285,12 +285,17 @@ class Supervisor:
                 "--shm", str(self.shm_fd), "--ready", str(theirs.fileno())]
         if self.ids is not None:
             argv += ["--user", "%d:%d" % self.ids]
+        # The worker starts with the process group's signals blocked (the mask is inherited; the
+        # handlers are not), until it ignores them: a terminal's SIGHUP, or Ctrl-C, that comes
+        # while its interpreter starts would end it, and with it the start (or the reload).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
         try:
             proc = subprocess.Popen(argv, pass_fds=[self.shm_fd, theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             theirs.close()
         return Pending(proc, ours)
 

@@ -102,6 +102,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Signals that reach the whole process group, workers too (Ctrl-C, a terminal's hangup), which
+# only the control process acts on: a worker ignores them.
+GROUP_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+
 PORTS_PER_MESSAGE = 128     # queue fds in one message (the kernel takes up to 253)
 
 
@@ -157,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     fail says one: its type and message the reason, its traceback after it."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ctrl-C and a terminal's hangup reach the whole process group; the control process decides
-    # when workers stop (SIGHUP is its reload: the workers it keeps go on forwarding).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # when workers stop (SIGHUP is its reload: the workers it keeps go on forwarding). They come
+    # blocked (Supervisor._spawn): ignored, one that came meanwhile is let go of.
+    for sig in GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
     ready = socket.socket(fileno=args.ready)
     try:
         return _run(args, ready)

@@ -794,6 +794,24 @@ def test_sighup_to_the_whole_process_group_is_a_reload_that_keeps_the_workers(la
     assert sw.stop() == 0, sw.log()
 
 
+def test_sighup_to_the_whole_process_group_as_the_workers_start_is_a_reload_once_ready(lab):
+    """SIGHUP to the process group (a terminal's hangup) as the workers' interpreters start,
+    before a worker could ignore it: the worker died of it and the start failed (exit 1, "worker
+    0 did not start (exit code -1)"), leaving the switch stopped. The workers start with SIGHUP
+    and SIGINT blocked now, until they ignore them: the start goes on, and reloads once ready."""
+    cfg = containers(lab, 2, queues=2)
+    sw = lab.switch(cfg, start=False)
+    sw.start(expect_ready=False)
+    helpers.wait_for("a worker spawned", lambda: sw.events("worker.spawned"), within=20, every=0.002)
+    os.killpg(sw.proc.pid, signal.SIGHUP)
+    helpers.wait_for("the reload once ready", lambda: sw.proc.poll() is not None or sw.events("config.reloaded"),
+                     within=20)
+    assert sw.proc.poll() is None, sw.log()
+    assert sw.events("switch.ready") and not sw.events("worker.exited"), sw.log()
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+    assert sw.stop() == 0, sw.log()
+
+
 def test_stop_signal_while_the_ports_are_made_leaves_nothing(lab):
     """Ports are made several at once: a stop signal in the middle finishes the ones under way
     and removes every one made. VXLAN devices outlive the process when not removed, so any
