@@ -1,4 +1,4 @@
-"""The few route-netlink requests a port's set-up makes, on a plain socket.
+"""The few route-netlink requests a port's set-up and the control loop's looks at a device make, on a plain socket.
 
 pyroute2's IPRoute (0.9) runs an asyncio loop under its synchronous API: opening
 one costs ~1 ms here and each request ~0.5 ms, and a port's set-up opened two
@@ -16,7 +16,7 @@ import struct
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_GETNSID, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNSID
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_GETNSID, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNSID
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
@@ -86,6 +86,21 @@ class Rtnl:
             msg["flags"] = IFF_UP if up else 0
         msg["attrs"] = [(LINK_ATTRS[k], v) for k, v in attrs.items()]
         self._request(msg, RTM_NEWLINK)
+
+    def get_link(self, index: int) -> ifinfmsg | None:
+        """Device `index`'s link message (pyroute2's ifinfmsg, decoded), or None if there is none
+        (ENODEV); any other failure raises, as the others do."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        try:
+            reply = self._request(msg, RTM_GETLINK, NLM_F_REQUEST)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise
+        link = ifinfmsg(reply)
+        link.decode()
+        return link
 
     def set_addr_gen_mode(self, index: int, mode: int) -> None:
         """IFLA_AF_SPEC/AF_INET6/IFLA_INET6_ADDR_GEN_MODE of device `index`, as

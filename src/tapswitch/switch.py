@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, ports, remote, settings, tap, tc
+from tapswitch import fastpath, linkmon, netns, ports, remote, rtnl, settings, tap, tc
 from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving, vlan_arg
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError, name_at
@@ -55,6 +55,7 @@ class StartError(Exception):
 READERS_WAIT = 10.0         # seconds a stop waits for control requests and scrapes still reading the shared memory
 
 STARTUP_ERRORS = (StartError, TapError, ports.PortError, NetnsError, WorkerError, ControlError, OSError)
+LOOK_ERRORS = (OSError, NetlinkError)     # a look at a device that could not be made (Switch._link)
 
 
 def effective_caps() -> int:
@@ -222,6 +223,8 @@ class Switch:
         self.evicted_seen = 0
         self.tunnel_waits: dict[str, str] = {}   # VXLAN port -> why its gone device cannot be made yet (logged)
         self.unchecked: dict[str, str] = {}      # port -> why maintain_ports could not tell where its TAP is (logged)
+        self.unlooked: dict[str, str] = {}       # port -> why a look at its devices failed since the last tick
+        self.unlooked_said: dict[str, str] = {}  # port -> that failure as logged: said once while it lasts
         self.full_logged_at = -math.inf
 
     # Starting.
@@ -423,6 +426,7 @@ class Switch:
                     # shared remotes' table dump each pass cost a sweep of the MAC table.
                     self.tick_at = now + TICK
                     self.maintain_ports()
+                    self.maintain_looks()
                     self.maintain_tunnels()
                     self.maintain_remotes()
                     self.maintain_fdb()
@@ -503,8 +507,9 @@ class Switch:
                 # Events come late: those of a TAP's making (down, then up) after its port was
                 # marked up, and a removed port's last ones after a port that a reload made in
                 # its place (a new namespace may get the old one's id, its TAP the old ifindex).
-                # A "down" or a deletion the device is no longer in is past.
-                port.tap_up = event.up or (port.tap_up and self._device_up(port.nspath, index=port.ifindex))
+                # A "down" or a deletion the device is no longer in is past; one that cannot be
+                # told (the kernel could not be asked) is no state: the port keeps its own.
+                port.tap_up = event.up or (port.tap_up and self._device_up(port, port.nspath, port.ifindex, True))
                 if not event.deleted:
                     self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
@@ -579,9 +584,16 @@ class Switch:
         What the device has now decides: the events of a TAP's own making may come late."""
         if (event.mtu in (None, port.effective_mtu)) and (event.mac in (None, port.mac)):
             return
-        link = self._link(port.nspath, port.ifindex)
-        if link is None:
-            return                   # gone: its DELLINK or maintain_ports() says so
+        try:
+            link = self._link(port.nspath, port.ifindex)
+        except LOOK_ERRORS as e:
+            self._look_failed(port, e)      # the tick looks again (resync_tap)
+            return
+        if link is not None:         # else gone: its DELLINK or maintain_ports() says so
+            self._follow_tap(port, link)
+
+    def _follow_tap(self, port: ports.Port, link) -> None:
+        """The TAP's MTU and MAC as the kernel has them (`link`), followed (tap_settings_changed)."""
         mtu, mac = link.get_attr("IFLA_MTU"), link.get_attr("IFLA_ADDRESS")
         if mtu and mtu != port.effective_mtu:
             log.warning("port.mtu_changed", port=port.name, mtu=mtu, was=port.effective_mtu, config=port.cfg.mtu)
@@ -614,7 +626,7 @@ class Switch:
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
         # after its port was made up; the device says whether it still holds.
-        port.remote_up = event.up or (port.remote_up and self._device_up(None, index=port.remote_ifindex))
+        port.remote_up = event.up or (port.remote_up and self._device_up(port, None, port.remote_ifindex, True))
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
         self.remote_mac_changed(port, event)
@@ -666,7 +678,11 @@ class Switch:
         What the device has now decides: events come late."""
         if event.mtu in (None, port.effective_mtu):
             return
-        link = self._link(None, port.remote_ifindex)
+        try:
+            link = self._link(None, port.remote_ifindex)
+        except LOOK_ERRORS as e:
+            self._look_failed(port, e)      # the tick looks again (resync_port)
+            return
         mtu = link.get_attr("IFLA_MTU") if link is not None else None
         if not mtu or ports.tap_mtu(mtu) == port.effective_mtu:
             return
@@ -682,21 +698,41 @@ class Switch:
     def resync_links(self, taps: bool = True) -> None:
         """Ask the kernel for the state of every port's devices (at start, or when events were lost)."""
         for port in self.ports:
-            if port.gone:
-                continue
-            if taps:
-                port.tap_up = self._device_up(port.nspath, index=port.ifindex)
-            if port.remote is not None:
-                self.resync_iface(port)
+            if not port.gone:
+                self.resync_port(port, taps)
+        self.monitor.overrun = False
+
+    def resync_port(self, port: ports.Port, taps: bool = True) -> None:
+        """Ask the kernel for the state of the port's devices, and follow it. A device that could
+        not be looked at (_look_failed) keeps the state the port had for it."""
+        if taps:
+            self.resync_tap(port)
+        if port.remote is not None:
+            self.resync_iface(port)
+            try:
                 link = self._link(None, port.remote_ifindex) if port.remote_ifindex is not None else None
+            except LOOK_ERRORS as e:
+                self._look_failed(port, e)
+            else:
                 port.remote_up = link is not None and linkmon.link_up(link["flags"])
                 if link is not None:
                     self.check_foreign(port)          # a filter event may have been lost too
                     self.resync_remote(port, link)
-            if port.tunnel is not None:
-                self.underlay_changed(port)
-            self.set_port_up(port, port.links_up)
-        self.monitor.overrun = False
+        if port.tunnel is not None:
+            self.underlay_changed(port)
+        self.set_port_up(port, port.links_up)
+
+    def resync_tap(self, port: ports.Port) -> None:
+        """The TAP's state, MTU and MAC as the kernel has them now, followed as its lost events
+        would have had them (link_changed)."""
+        try:
+            link = self._link(port.nspath, port.ifindex)
+        except LOOK_ERRORS as e:
+            self._look_failed(port, e)
+            return
+        port.tap_up = link is not None and linkmon.link_up(link["flags"])
+        if link is not None:
+            self._follow_tap(port, link)
 
     def resync_iface(self, port: ports.Port) -> None:
         """IFACE gone (deleted, moved away), or there again, as the kernel says now, followed as
@@ -704,21 +740,19 @@ class Switch:
         stayed down for good, its new ifindex's events taken for none of its port's."""
         if port.remote_ifindex is not None:
             try:
-                with ports.iproute(None) as ipr:
-                    ipr.get_links(port.remote_ifindex)
-                return
-            except NetlinkError as e:
-                if e.code != errno.ENODEV:
-                    return       # not known now: the next event, or resync, tells
-            except OSError:
+                if self._link(None, port.remote_ifindex) is not None:
+                    return
+            except LOOK_ERRORS as e:
+                self._look_failed(port, e)      # not known now: the tick looks again
                 return
             self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, port.cfg.remote,
                                                         False, True))
         try:
-            with ports.iproute(None) as ipr:
-                found = ipr.link_lookup(ifname=port.cfg.remote)
-                link = ipr.get_links(found[0])[0] if found else None
-        except (OSError, NetlinkError):
+            with rtnl.Rtnl() as here:
+                index = rtnl.index_of(here.sock, port.cfg.remote)
+                link = here.get_link(index) if index is not None else None
+        except LOOK_ERRORS as e:
+            self._look_failed(port, e)
             return
         if link is not None and self._made_for(port, link["index"]):
             self.remote_changed(port, self._event_of(link))
@@ -742,17 +776,48 @@ class Switch:
 
     @staticmethod
     def _link(nspath: str | None, index: int):
-        """The device's link message (pyroute2's), or None if it or its namespace is gone."""
+        """The device's link message (pyroute2's ifinfmsg), or None if it or its namespace is gone.
+        A look that cannot be made raises (LOOK_ERRORS): no descriptor (EMFILE, ENFILE) to open
+        the namespace or the netlink socket says nothing of the device, and was taken for it
+        gone: a late "down" brought its port down and flushed its MACs. On a socket of ours, not
+        pyroute2's IPRoute, whose asyncio loop, half made there, printed tracebacks."""
         try:
-            with ports.iproute(nspath) as ipr:
-                return ipr.get_links(index)[0]
-        except (OSError, NetlinkError):
-            return None
+            sock = netns.netlink_socket(nspath)
+        except FileNotFoundError:
+            return None                 # its namespace went from its path
+        with rtnl.Rtnl(sock) as here:
+            return here.get_link(index)
 
-    @classmethod
-    def _device_up(cls, nspath: str | None, index: int) -> bool:
-        link = cls._link(nspath, index)
+    def _device_up(self, port: ports.Port, nspath: str | None, index: int, unknown: bool) -> bool:
+        """Is the port's device at `index` up with carrier, as the kernel says now (False: gone)?
+        `unknown` (the state the port has for it) if the kernel could not be asked: said once
+        (_look_failed), and the tick looks again."""
+        try:
+            link = self._link(nspath, index)
+        except LOOK_ERRORS as e:
+            self._look_failed(port, e)
+            return unknown
         return link is not None and linkmon.link_up(link["flags"])
+
+    def _look_failed(self, port: ports.Port, e: Exception) -> None:
+        """A look at one of the port's devices could not be made: logged once while it fails with
+        the same error; maintain_looks looks again at the next tick."""
+        error = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        self.unlooked[port.name] = error
+        if self.unlooked_said.get(port.name) != error:
+            log.warning("port.look_failed", port=port.name, error=error,
+                        reason="its devices are looked at again every tick; the port keeps its state meanwhile")
+            self.unlooked_said[port.name] = error
+
+    def maintain_looks(self) -> None:
+        """The ports a look at whose devices failed since the last tick (_look_failed) are looked at
+        again, as ports whose events were lost are (resync_port): the event that asked for the look
+        may not come again. A port looked at in full is said again once its next look fails."""
+        failed, self.unlooked = self.unlooked, {}
+        for port in self.ports:
+            if port.name in failed and not port.gone:
+                self.resync_port(port)
+        self.unlooked_said = {name: error for name, error in self.unlooked_said.items() if name in self.unlooked}
 
     def set_port_up(self, port: ports.Port, up: bool) -> None:
         """Skip a down port when flooding and forget its MACs; resume when it is up."""
@@ -984,7 +1049,7 @@ class Switch:
             # As the start asks (resync_links): IFACE may have no carrier already, a VXLAN port's
             # underlay may be down, and no event says so (attaching may change nothing it tells of).
             if port.remote is not None:
-                port.remote_up = self._device_up(None, index=port.remote_ifindex)
+                port.remote_up = self._device_up(port, None, port.remote_ifindex, port.remote_up)
             if port.tunnel is not None:
                 self.underlay_changed(port)
             port.up = port.links_up      # settings.apply publishes it, before the workers see the port

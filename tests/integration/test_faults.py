@@ -915,6 +915,69 @@ def test_a_switch_with_no_descriptor_to_spare_runs_on(lab):
     assert "Traceback" not in sw.log()
 
 
+@pytest.mark.parametrize("where", ["netns", "own"])
+def test_a_late_down_event_at_the_descriptor_limit_leaves_the_port_up_and_its_macs(lab, where):
+    """At its descriptor limit, a TAP's "down" event that came late (the TAP was up again by
+    then) had the switch ask the kernel whether the TAP still held up: it could not open the
+    netlink socket (EMFILE) and took that for the TAP gone, brought the port down and flushed
+    its MACs until the "up" event. A TAP in the switch's own namespace was asked through
+    pyroute2's IPRoute, whose asyncio loop, half made, printed tracebacks ("Exception ignored
+    ... _ssock"). It cannot tell now, so the port keeps its state and is looked at again at
+    the next tick, said once; the MACs it learned stay."""
+    a, b = lab.netns("a", create=where == "own"), lab.netns("b")
+    p0, p1 = lab.name("p0"), lab.name("p1")
+    port0 = {"name": p0, "netns": a, "ifname": "eth0"} if where == "netns" else {"name": p0}
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1},
+                     "ports": [{**port0, "addresses": ["198.18.0.1/24"]},
+                               {"name": p1, "netns": b, "ifname": "eth0", "addresses": ["198.18.0.2/24"]}]},
+                    netns=a if where == "own" else None)
+    dev = "eth0" if where == "netns" else p0
+    assert helpers.ping(a, "198.18.0.2")
+    mac_a = helpers.link_mac(a, dev)
+    assert {e["port"] for e in sw.cli_json("fdb") if e["mac"] == mac_a} == {p0}
+    with helpers.fds_to_spare(sw.proc.pid, 0):
+        # Stopped, the switch reads both events after the TAP is up again: the "down" is late.
+        os.kill(sw.proc.pid, signal.SIGSTOP)
+        try:
+            helpers.nsexec(a, "ip", "link", "set", dev, "down")
+            helpers.nsexec(a, "ip", "link", "set", dev, "up")
+        finally:
+            os.kill(sw.proc.pid, signal.SIGCONT)
+        helpers.wait_for("the down event read", lambda: sw.events("port.look_failed") or sw.events("port.down"))
+        time.sleep(2.5)                     # two ticks, with no descriptor still: looked at again, in vain
+        assert sw.proc.poll() is None, sw.log()
+    assert not sw.events("port.down"), sw.log()
+    [event] = sw.events("port.look_failed")
+    assert (event["port"], event["error"]) == (p0, "Too many open files"), event
+    time.sleep(1.5)                         # a tick with a descriptor to spare: the port is looked at
+    assert [p["state"] for p in sw.cli_json("ports")] == ["up", "up"]
+    assert {e["port"] for e in sw.cli_json("fdb") if e["mac"] == mac_a} == {p0}
+    assert not sw.events("port.down") and len(sw.events("port.look_failed")) == 1, sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log() and "Exception ignored" not in sw.log(), sw.log()
+
+
+def test_a_down_the_switch_could_not_look_at_is_followed_at_the_first_tick_that_can(lab):
+    """A TAP taken down while the switch is at its descriptor limit: its event's look could
+    not be made, and the port kept its state; no other event comes, so the tick looks again,
+    and the port goes down at the first that has a descriptor for it, and up with the TAP."""
+    a, b = lab.netns("a"), lab.netns("b")
+    p0 = lab.name("p0")
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1},
+                     "ports": [{"name": p0, "netns": a, "ifname": "eth0"},
+                               {"name": lab.name("p1"), "netns": b, "ifname": "eth0"}]})
+    with helpers.fds_to_spare(sw.proc.pid, 0):
+        helpers.nsexec(a, "ip", "link", "set", "eth0", "down")
+        helpers.wait_for("the look failed", lambda: sw.events("port.look_failed") or sw.events("port.down"))
+        assert not sw.events("port.down"), sw.log()
+    helpers.wait_for("port.down", lambda: sw.events("port.down"), 5.0)
+    assert [p["state"] for p in sw.cli_json("ports")] == ["down", "up"]
+    helpers.nsexec(a, "ip", "link", "set", "eth0", "up")
+    helpers.wait_for("port.up", lambda: sw.events("port.up"), 5.0)
+    assert [(e["port"], e["error"]) for e in sw.events("port.look_failed")] == [(p0, "Too many open files")]
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time process `pid` has used, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
