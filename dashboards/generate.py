@@ -13,6 +13,9 @@ and filters with the template variables `$switch` (and `$port`), so the same
 expressions run unchanged in the integration test (see tests/promql.py).
 Directions are the port's: rx = frames the switch received from the port,
 tx = frames it sent out of the port. In traffic graphs tx is drawn below zero.
+
+Every series keeps the scrape's `instance` and names it in its legend: the
+switch name is the config's `switch.name`, and two hosts may both run an `sw0`.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def increase(metric: str, sel: str, by: str) -> str:
 
 
 def legend(by: str, suffix: str = "") -> str:
-    """`{{switch}} {{port}} rx` for by="switch, port", suffix "rx"."""
+    """`{{instance}} {{port}} rx` for by="instance, port", suffix "rx"."""
     parts = ["{{" + label.strip() + "}}" for label in by.split(",")]
     if suffix:
         parts.append(suffix)
@@ -264,33 +267,35 @@ def flooded(sel: str, by: str, width: int = 12) -> timeseries.Panel:
 # Overview: every port of the selected switches.
 
 OVERVIEW_SEL = 'switch=~"$switch"'
+# One switch of one scrape target: switch names are only unique per host.
+SWITCH = "instance, switch"
 
 
 def flooding(sel: str) -> Row:
-    ratio = (f"{rate('tapswitch_port_flooded_packets_total', sel, 'switch')}\n/\n"
-             f"{rate('tapswitch_port_rx_packets_total', sel, 'switch')}")
+    ratio = (f"{rate('tapswitch_port_flooded_packets_total', sel, SWITCH)}\n/\n"
+             f"{rate('tapswitch_port_rx_packets_total', sel, SWITCH)}")
     return ("Flooding", [
-        graph("Flooding ratio", "percentunit", [Q(ratio, "{{switch}}")],
+        graph("Flooding ratio", "percentunit", [Q(ratio, legend(SWITCH))],
               "Share of received frames flooded to the other ports of their VLAN (unknown destination, "
               "broadcast, multicast). High and steady: the FDB is too small or aging too short.",
               max_=1),
-        flooded(sel, "switch, port"),
+        flooded(sel, f"{SWITCH}, port"),
     ])
 
 
 def fdb(sel: str) -> Row:
     use = f"tapswitch_fdb_entries{{{sel}}}\n/\ntapswitch_fdb_capacity{{{sel}}}"
     return ("FDB (MAC table)", [
-        single("FDB use", "percentunit", [Q(use, "{{switch}}")],
+        single("FDB use", "percentunit", [Q(use, legend(SWITCH))],
                "Entries / slots (mac_table.size and a quarter more: the size fills 80%). Above 90% "
                "the switch starts to evict entries (fairly, from the port with the most) and floods more.",
                steps=((None, "green"), (0.75, "orange"), (0.9, "red")), max_=1),
         graph("FDB entries", "short",
-              [Q(f"tapswitch_fdb_entries{{{sel}}}", "{{switch}} entries"),
-               Q(f"tapswitch_fdb_capacity{{{sel}}}", "{{switch}} capacity")],
+              [Q(f"tapswitch_fdb_entries{{{sel}}}", legend(SWITCH, "entries")),
+               Q(f"tapswitch_fdb_capacity{{{sel}}}", legend(SWITCH, "capacity"))],
               "MAC table entries and the table's capacity.", width=9),
         graph("FDB changes per second", "ops",
-              [Q(rate(f"tapswitch_fdb_{event}_total", sel, "switch"), legend("switch", event))
+              [Q(rate(f"tapswitch_fdb_{event}_total", sel, SWITCH), legend(SWITCH, event))
                for event in FDB_EVENTS],
               "learned: new MAC; moved: MAC seen on another port; aged: not seen for the "
               "aging time; evicted: removed because the table was full.", width=9),
@@ -300,20 +305,20 @@ def fdb(sel: str) -> Row:
 def health(sel: str) -> Row:
     return ("Health", [
         single("Ports down", "short",
-               [Q(f"sum by (switch) (tapswitch_port_up{{{sel}}} == bool 0)", "{{switch}}")],
+               [Q(f"sum by ({SWITCH}) (tapswitch_port_up{{{sel}}} == bool 0)", legend(SWITCH))],
                "Ports whose TAP or remote interface (a VXLAN port: or its underlay) is down.", width=4,
                steps=((None, "green"), (1, "red"))),
         single("Workers down", "short",
-               [Q(f"sum by (switch) (tapswitch_worker_up{{{sel}}} == bool 0)", "{{switch}}")],
+               [Q(f"sum by ({SWITCH}) (tapswitch_worker_up{{{sel}}} == bool 0)", legend(SWITCH))],
                "Worker processes (one per queue) not running.", width=4,
                steps=((None, "green"), (1, "red"))),
         graph("Worker restarts", "short",
-              [Q(increase("tapswitch_worker_restarts_total", sel, "switch, queue"),
-                 legend("switch, queue"))],
+              [Q(increase("tapswitch_worker_restarts_total", sel, f"{SWITCH}, queue"),
+                 legend(f"{SWITCH}, queue"))],
               "Workers restarted by the supervisor, per queue.", width=8, bars=True),
         graph("Config reloads", "short",
-              [Q(increase("tapswitch_config_reloads_total", sel, "switch, result"),
-                 legend("switch, result"))],
+              [Q(increase("tapswitch_config_reloads_total", sel, f"{SWITCH}, result"),
+                 legend(f"{SWITCH}, result"))],
               "Reloads (SIGHUP) by result: success or failure.", width=8, bars=True),
     ])
 
@@ -321,12 +326,12 @@ def health(sel: str) -> Row:
 def control_process(sel: str) -> Row:
     return ("Control process", [
         single("Version", "none",
-               [Q(of_the_switch("tapswitch_build_info", sel), "{{version}}")],
+               [Q(of_the_switch("tapswitch_build_info", sel), "{{version}} {{instance}}")],
                "tapswitch version of the scrape targets.", width=4,
                text_mode=cm.BigValueTextMode.NAME),
         graph("CPU", "percentunit",
               [Q(of_the_switch(f"rate(process_cpu_seconds_total[{RATE}])", sel), "control {{instance}}"),
-               Q(rate("tapswitch_worker_cpu_seconds_total", sel, "switch, queue"), "worker " + legend("switch, queue"))],
+               Q(rate("tapswitch_worker_cpu_seconds_total", sel, f"{SWITCH}, queue"), "worker " + legend(f"{SWITCH}, queue"))],
               "CPU of the control process and of each queue's worker (the fast path).", width=10),
         graph("Resident memory", "bytes",
               [Q(of_the_switch("process_resident_memory_bytes", sel), "{{instance}}")],
@@ -340,7 +345,7 @@ def overview():
         "tapswitch-overview", "tapswitch / Overview",
         "Traffic, drops, flooding, FDB and health of tapswitch switches, all ports.",
         [datasource_variable(), switch_variable(multi=True)],
-        [traffic(sel, "switch, port"), drops_and_errors(sel, "switch, port"), flooding(sel),
+        [traffic(sel, f"{SWITCH}, port"), drops_and_errors(sel, f"{SWITCH}, port"), flooding(sel),
          fdb(sel), health(sel), control_process(sel)])
 
 
@@ -349,21 +354,24 @@ def overview():
 # One switch: matched exactly (Grafana inserts a single-value variable unescaped, so
 # switch=~"br.0" would take in switch br10's ports too).
 PORT_SEL = 'switch="$switch", port=~"$port"'
+# One port of one scrape target: two hosts may each run the switch and name a port alike.
+PORT = "instance, port"
 
 
 def port_state(sel: str) -> Row:
     return ("Port", [
-        state("Link state", [Q(f"tapswitch_port_up{{{sel}}}", "{{port}}")],
+        state("Link state", [Q(f"tapswitch_port_up{{{sel}}}", legend(PORT))],
               "A port is down when its TAP or its remote interface (a VXLAN port: or its underlay) is down.",
               states={"0": ("down", "red"), "1": ("up", "green")}),
         graph("FDB entries on the port", "short",
-              [Q(f"tapswitch_port_fdb_entries{{{sel}}}", "{{port}}")],
+              [Q(f"tapswitch_port_fdb_entries{{{sel}}}", legend(PORT))],
               "MAC addresses learned behind the port."),
         # Prometheus drops a label whose value is empty, and a table has no
         # column for a label no series carries: "-" stands for "not set".
         info_table("Port info", [Q(unset_as_dash(f"tapswitch_port_info{{{sel}}}", "speed", "remote"))],
-                   "MAC, MTU, speed (Mbit/s) and remote interface of each port; - where not set.",
-                   hide=["Time", "Value", "__name__", "instance", "job"]),
+                   "MAC, MTU, speed (Mbit/s) and remote interface of each port, and the scrape target (instance) "
+                   "it is on; - where not set.",
+                   hide=["Time", "Value", "__name__", "job"]),
     ])
 
 
@@ -374,10 +382,10 @@ def port_view():
         "One switch's ports: link state, FDB entries, info, and traffic, drops and "
         "errors per port and per queue (worker).",
         [datasource_variable(), switch_variable(multi=False), port_variable()],
-        [port_state(sel), traffic(sel, "port", "Traffic per port", " by port"),
-         traffic(sel, "port, queue", "Traffic per queue", " by queue"),
-         drops_and_errors(sel, "port, queue"),
-         ("Flooding", [flooded(sel, "port, queue", width=24)])])
+        [port_state(sel), traffic(sel, PORT, "Traffic per port", " by port"),
+         traffic(sel, f"{PORT}, queue", "Traffic per queue", " by queue"),
+         drops_and_errors(sel, f"{PORT}, queue"),
+         ("Flooding", [flooded(sel, f"{PORT}, queue", width=24)])])
 
 
 DASHBOARDS = {

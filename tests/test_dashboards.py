@@ -225,6 +225,72 @@ def test_every_query_is_valid_promql(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def evaluate(tmp_path, tests: list[dict]) -> None:
+    """promtool test rules on `tests` (input series and promql_expr_test), with no rules:
+    Prometheus' own engine evaluates each expression at each eval_time."""
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["none.yml"], "evaluation_interval": "15s", "tests": tests}))
+    run = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr
+
+
+# The labels of each metric's series (README: Metrics); each has `instance` and `job` too.
+SERIES_LABELS = {
+    "tapswitch_port_rx_missed_total": ("switch", "port"),
+    "tapswitch_port_up": ("switch", "port"),
+    "tapswitch_port_fdb_entries": ("switch", "port"),
+    "tapswitch_port_info": ("switch", "port", "mac", "mtu"),
+    "tapswitch_port_": ("switch", "port", "queue"),
+    "tapswitch_fdb_": ("switch",),
+    "tapswitch_worker_info": ("switch", "queue", "io"),
+    "tapswitch_worker_": ("switch", "queue"),
+    "tapswitch_config_reloads_total": ("switch", "result"),
+    "tapswitch_build_info": ("version",),
+    "process_": (),
+}
+
+
+def two_hosts_alike() -> list[dict]:
+    """Every metric of METRICS.txt from two scrape targets whose switch, ports and queues
+    are named alike (sw0, p0, 0): counters rising, gauges at 1, 15 s apart."""
+    inputs = []
+    for name in metrics():
+        prefix = next(p for p in SERIES_LABELS if name.startswith(p))
+        for host in ("a", "b"):
+            labels = {"instance": host, "job": "tapswitch"}
+            labels.update({label: {"switch": "sw0", "port": "p0"}.get(label, "0")
+                           for label in SERIES_LABELS[prefix]})
+            inputs.append(series(name, labels, "0+10x40" if name.endswith("_total") else "1x40"))
+    return inputs
+
+
+@needs_promtool
+def test_no_panel_adds_up_two_hosts_switches_of_one_name(tmp_path):
+    """Two hosts each run a switch sw0 with a port p0: every panel query keeps them apart
+    (a series of each, by `instance`); summed by switch and port, they were one."""
+    checks = [{"expr": f"count(count by (instance) ({q.expr}))", "eval_time": "5m",
+               "exp_samples": [{"labels": "{}", "value": 2}]}
+              for q in all_queries(switch="sw0", port="p0", rate_interval="1m")
+              if q.source.endswith(".json") and not q.name.startswith("variable ")]
+    evaluate(tmp_path, [{"interval": "15s", "input_series": two_hosts_alike(),
+                         "promql_expr_test": checks}])
+
+
+@pytest.mark.parametrize("source,panel", all_panels(),
+                         ids=[f"{s}:{p['title']}" for s, p in all_panels()])
+def test_every_series_is_labelled_with_its_instance(source, panel):
+    """A legend names the scrape target: switch.name is unique per host only."""
+    for target in panel["targets"]:
+        if target.get("format") == "table":
+            hidden = [t["options"]["excludeByName"] for t in panel.get("transformations", [])
+                      if t["id"] == "organize"]
+            assert not any(h.get("instance") for h in hidden), panel["title"]
+        else:
+            assert "{{instance}}" in target["legendFormat"], (panel["title"], target["legendFormat"])
+
+
 def test_substitute_rejects_unknown_variables():
     assert substitute("x[${__rate_interval}]", {"__rate_interval": "1m"}) == "x[1m]"
     with pytest.raises(KeyError):
