@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
+STEP = "$__interval"      # Grafana's step of the panel's range query, which its points are spaced by
 TAGS = ["tapswitch"]
 DIRECTIONS = ("rx", "tx")
 FDB_EVENTS = ("learned", "moved", "aged", "evicted")
@@ -57,9 +58,17 @@ def rate(metric: str, sel: str, by: str) -> str:
     return f"sum by ({by}) (rate({metric}{{{sel}}}[{RATE}]))"
 
 
-def increase(metric: str, sel: str, by: str) -> str:
-    """Increase of a counter over $__rate_interval, one series per `by` labels."""
-    return f"sum by ({by}) (increase({metric}{{{sel}}}[{RATE}]))"
+def since_last_point(metric: str, sel: str, by: str) -> str:
+    """Counts of a counter per point of the graph, one series per `by` labels: its value
+    now less its value one step ($__interval) ago. Grafana's points are a step apart, so
+    the counts tile the time range: one event is one bar of 1 at any step, and the bars
+    add up to exactly what the counter counted. (increase() over a range extrapolates to
+    the range's ends -- 1.33 for one event in 1m scraped every 15s --, counts an event in
+    every range that holds it when the step is shorter, and misses one that falls between
+    two ranges when it is as long.) A counter that fell (its switch restarted, from 0)
+    counts its new value; a series with no value a step ago has no point."""
+    now, before = f"{metric}{{{sel}}}", f"{metric}{{{sel}}} offset {STEP}"
+    return f"sum by ({by}) (\n  ({now} - {before}) >= 0\n  or {now} < {before}\n)"
 
 
 def legend(by: str, suffix: str = "") -> str:
@@ -112,12 +121,14 @@ def thresholds(*steps: tuple[float | None, str]):
 def graph(title: str, unit: str, queries: list[Q], description: str, *, width: int = 12,
           height: int = 8, tx_below: bool = False, bars: bool = False,
           max_: float | None = None) -> timeseries.Panel:
-    """Time series; `tx_below` mirrors series whose legend ends in "tx"."""
+    """Time series; `tx_below` mirrors series whose legend ends in "tx"; `bars` draws
+    counts per point (since_last_point), which the legend totals over the time range."""
+    calcs = ["sum", "max"] if bars else ["lastNotNull", "max"]
     panel = (_common(timeseries.Panel(), title, description, queries, width, height)
              .unit(unit)
              .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
                      .placement(cm.LegendPlacement.BOTTOM).show_legend(True)
-                     .calcs(["lastNotNull", "max"]))
+                     .calcs(calcs))
              .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI)
                       .sort(cm.SortOrder.DESCENDING))
              .fill_opacity(10))
@@ -313,13 +324,17 @@ def health(sel: str) -> Row:
                "Worker processes (one per queue) not running.", width=4,
                steps=((None, "green"), (1, "red"))),
         graph("Worker restarts", "short",
-              [Q(increase("tapswitch_worker_restarts_total", sel, f"{SWITCH}, queue"),
+              [Q(since_last_point("tapswitch_worker_restarts_total", sel, f"{SWITCH}, queue"),
                  legend(f"{SWITCH}, queue"))],
-              "Workers restarted by the supervisor, per queue.", width=8, bars=True),
+              "Workers restarted by the supervisor, per queue. A bar is the restarts since the "
+              "bar before it (one step of the graph): one restart is one bar of 1, and the "
+              "legend's Total is the restarts in the time range.", width=8, bars=True),
         graph("Config reloads", "short",
-              [Q(increase("tapswitch_config_reloads_total", sel, f"{SWITCH}, result"),
+              [Q(since_last_point("tapswitch_config_reloads_total", sel, f"{SWITCH}, result"),
                  legend(f"{SWITCH}, result"))],
-              "Reloads (SIGHUP) by result: success or failure.", width=8, bars=True),
+              "Reloads (SIGHUP or tapswitch reload) by result: success or failure. A bar is the "
+              "reloads since the bar before it (one step of the graph): one reload is one bar "
+              "of 1, and the legend's Total is the reloads in the time range.", width=8, bars=True),
     ])
 
 

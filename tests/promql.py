@@ -5,7 +5,7 @@ integration test that runs every query against a real Prometheus scraping a
 running switch:
 
     from tests.promql import all_queries
-    for q in all_queries(switch="sw0", port="web0", rate_interval="1m"):
+    for q in all_queries(switch="sw0", port="web0", rate_interval="1m", interval="15s"):
         result = prometheus_query(q.signal)      # must return data
         assert result, f"{q.source}: {q.name}: {q.signal}"
 
@@ -117,12 +117,15 @@ def substitute(expr: str, values: dict[str, str]) -> str:
     return _VARIABLE.sub(value, expr)
 
 
-def all_queries(switch: str, port: str, rate_interval: str = "1m") -> list[Query]:
+def all_queries(switch: str, port: str, rate_interval: str = "1m", interval: str = "15s") -> list[Query]:
     """Every query of every dashboard (panels and variables) and every alert rule,
-    with $switch, $port and $__rate_interval substituted: ready for
+    with $switch, $port, $__rate_interval and $__interval substituted: ready for
     Prometheus' /api/v1/query. `switch` and `port` are used verbatim (they are
-    matched with =~ in panels, so keep them free of regex metacharacters)."""
-    values = {"switch": switch, "port": port, "__rate_interval": rate_interval}
+    matched with =~ in panels, so keep them free of regex metacharacters).
+    `interval` is Grafana's step of a panel's range query: no shorter than the
+    scrape interval (the data source's), and a query_range of a panel runs at it."""
+    values = {"switch": switch, "port": port, "__rate_interval": rate_interval,
+              "__interval": interval}
     return [Query(q.source, q.name, substitute(q.expr, values), substitute(q.signal, values))
             for q in dashboard_queries() + rule_queries()]
 

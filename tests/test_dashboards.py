@@ -236,6 +236,43 @@ def evaluate(tmp_path, tests: list[dict]) -> None:
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr
 
 
+def labels_text(labels: dict) -> str:
+    """`{a="1", b="2"}`, as promtool writes a sample's labels."""
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+# Bar panels of counts, and the label and value of the series counted.
+BARS = {"Worker restarts [A]": ("queue", "0"), "Config reloads [A]": ("result", "success")}
+
+
+@needs_promtool
+@pytest.mark.parametrize("step", [15, 60])
+@pytest.mark.parametrize("panel", sorted(BARS))
+def test_one_event_is_one_bar_of_1(tmp_path, panel, step):
+    """Scraped every 15 s, Grafana's points `step` s apart (at 7 s past the scrapes, as a
+    range query aligned to its step runs): the event between the scrapes at 150 s and
+    165 s is one bar of 1, at the one point whose step holds 165 s; every other bar is 0.
+    Host b's switch restarted there, from 3 to 0, and counted its event before the scrape:
+    that is one bar of 1 too. increase() over $__rate_interval (1m) made 3 or 4 bars of
+    1.16 here, and over $__interval (the step) one of 1.16 at 60 s, none at 15 s."""
+    [query] = [q for q in all_queries(switch="sw0", port="p0", rate_interval="1m", interval=f"{step}s")
+               if q.source == "tapswitch-overview.json" and q.name == panel]
+    metric = sorted(metric_names(query.expr))[0]
+    label, value = BARS[panel]
+    a = {"instance": "a", "job": "tapswitch", "switch": "sw0", label: value}
+    b = {**a, "instance": "b"}
+    inputs = [series(metric, a, "0x10 1x30"), series(metric, b, "3x10 1x30")]
+    checks = []
+    for t in range(7, 600, step):
+        if t - step < 0:
+            continue        # no value a step before: no bar (see since_last_point)
+        bar = 1 if t - step < 165 <= t else 0
+        checks.append({"expr": query.expr, "eval_time": f"{t}s", "exp_samples": [
+            {"labels": labels_text({k: v for k, v in labels.items() if k != "job"}), "value": bar}
+            for labels in (a, b)]})
+    evaluate(tmp_path, [{"interval": "15s", "input_series": inputs, "promql_expr_test": checks}])
+
+
 # The labels of each metric's series (README: Metrics); each has `instance` and `job` too.
 SERIES_LABELS = {
     "tapswitch_port_rx_missed_total": ("switch", "port"),
@@ -272,7 +309,7 @@ def test_no_panel_adds_up_two_hosts_switches_of_one_name(tmp_path):
     (a series of each, by `instance`); summed by switch and port, they were one."""
     checks = [{"expr": f"count(count by (instance) ({q.expr}))", "eval_time": "5m",
                "exp_samples": [{"labels": "{}", "value": 2}]}
-              for q in all_queries(switch="sw0", port="p0", rate_interval="1m")
+              for q in all_queries(switch="sw0", port="p0", rate_interval="1m", interval="15s")
               if q.source.endswith(".json") and not q.name.startswith("variable ")]
     evaluate(tmp_path, [{"interval": "15s", "input_series": two_hosts_alike(),
                          "promql_expr_test": checks}])

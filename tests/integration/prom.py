@@ -130,6 +130,10 @@ class Prometheus:
             return [{"metric": {}, "value": data["result"]}]
         return data["result"]
 
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict]:
+        """Evaluate a range query, as Grafana does a panel's: a list of {metric, values}."""
+        return self.api("query_range", query=expr, start=start, end=end, step=step)["result"]
+
     def targets_up(self) -> bool:
         active = self.api("targets", state="active")["activeTargets"]
         return bool(active) and all(t["health"] == "up" for t in active)

@@ -280,7 +280,7 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(lab
     prom.wait_for_scrapes('up{job="tapswitch"}', 5)
     assert prom.targets_up()
 
-    queries = all_queries(switch=switch, port=port, rate_interval="10s")
+    queries = all_queries(switch=switch, port=port, rate_interval="10s", interval="1s")
     empty = []
     for q in queries:
         try:
@@ -309,6 +309,37 @@ def test_every_dashboard_and_alert_query_returns_data_from_a_real_prometheus(lab
     evaluated = wait_until(rules, lambda rs: rs and all(r["health"] != "unknown" for r in rs))
     assert sorted(r["name"] for r in evaluated) == sorted(q.name for q in rule_queries())
     assert [(r["name"], r["health"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
+
+
+def test_one_worker_restart_and_one_reload_are_one_bar_each_on_a_real_prometheus(lab, prometheus):
+    """The overview's bars of worker restarts and reloads, as Grafana asks Prometheus for them
+    (a range query at the panel's step, $__interval, from a start aligned to it): one kill of
+    queue 0's worker is one bar of 1 in queue 0's series and nothing in queue 1's, one SIGHUP
+    one bar of 1 in the successes, at every step. increase() over $__rate_interval showed
+    each as 3 bars of 1.28 at a 1 s step."""
+    sw, exporter, _, _ = quiet_switch(lab, 1, queues=2)
+    prom = prometheus([exporter.listen])
+    prom.wait_for_scrapes('up{job="tapswitch"}', 6)    # a value 5 s (the longest step) before
+    start = time.time()
+    os.kill(worker_pid(sw, 0), signal.SIGKILL)
+    wait_until(lambda: exporter.values("tapswitch_worker_restarts_total", ("queue",)), lambda r: r[("0",)] == 1)
+    sw.proc.send_signal(signal.SIGHUP)
+    seen = 'tapswitch_worker_restarts_total{queue="0"} == 1 and on (instance) tapswitch_config_reloads_total{result="success"} == 1'
+    wait_until(lambda: prom.query(seen), bool, timeout=20)
+    time.sleep(6)                                  # and more points after them, at each step
+    end = time.time()
+
+    switch = sw.cfg["switch"]["name"]
+    for step in (1, 5):
+        # Grafana's $__rate_interval at a 1 s scrape: max(step + 1 s, 4 s)
+        queries = {q.name: q.expr for q in all_queries(switch=switch, port="-", interval=f"{step}s",
+                                                       rate_interval=f"{max(step + 1, 4)}s")}
+        bars = {}
+        for panel, label in (("Worker restarts [A]", "queue"), ("Config reloads [A]", "result")):
+            for s in prom.query_range(queries[panel], start=step * (start // step), end=end, step=step):
+                assert s["metric"]["instance"] == exporter.listen, s["metric"]
+                bars[s["metric"][label]] = sorted(float(v) for _, v in s["values"] if float(v))
+        assert bars == {"0": [1.0], "1": [], "success": [1.0], "failure": []}, f"step {step}s: {bars}"
 
 
 # --- Labels ---------------------------------------------------------------------
