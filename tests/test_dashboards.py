@@ -557,26 +557,33 @@ def test_drops_by_design_do_not_fire_the_drops_alert(tmp_path):
 
 
 @needs_promtool
-def test_worker_restarting_says_a_whole_number_of_restarts(tmp_path):
-    """increase() extrapolates to the window's edges: one restart reads 1.25 here (1.003
-    on a live server); the description counts restarts, not fractions of them."""
+@pytest.mark.parametrize("values, at, count", [
+    ("2 2 2 3 3 3 3 3", "4m", 1),               # a switch up for less than 5 minutes
+    ("2 2 2 3 4 5 5 5 5 5", "6m30s", 3),
+    ("0 0 1 0 0 0 0 0 0", "5m30s", 1),          # then the switch restarted, from 0
+], ids=["new", "three", "then-reset"])
+def test_worker_restarting_counts_restarts_exactly(tmp_path, values, at, count):
+    """Scraped every minute, evaluated 30 s after a scrape: increase() extrapolates to the
+    window's edges, 1.25 a restart here (1.05 at a 15 s scrape), and three restarts read
+    '4 time(s)'. The description counts restarts: the counter now less 5 minutes ago."""
     (tmp_path / "alerts.yml").write_text((DASHBOARDS / "alerts.yml").read_text())
     labels = {**SW, "queue": "0"}
     rule = next(r for g in yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())["groups"]
                 for r in g["rules"] if r["alert"] == "TapswitchWorkerRestarting")
     test = {"interval": "1m",
-            "input_series": [series("tapswitch_worker_restarts_total", labels, "2 2 2 3 3 3 3 3")],
-            "alert_rule_test": [{"eval_time": "4m", "alertname": "TapswitchWorkerRestarting", "exp_alerts": [{
+            "input_series": [series("tapswitch_worker_restarts_total", labels, values)],
+            "alert_rule_test": [{"eval_time": at, "alertname": "TapswitchWorkerRestarting", "exp_alerts": [{
                 "exp_labels": {**labels, "severity": rule["labels"]["severity"]},
                 "exp_annotations": {
                     "summary": "tapswitch sw0: worker for queue 0 restarted",
-                    "description": "The supervisor restarted the worker 1 time(s) in 5 minutes; "
+                    "description": f"The supervisor restarted the worker {count} time(s) in 5 minutes; "
                                    "frames on that queue were lost meanwhile."}}]}]}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(
-        {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": [test]}))
+        {"rule_files": ["alerts.yml"], "evaluation_interval": "30s", "tests": [test]}))
     run = subprocess.run([PROMTOOL, "test", "rules", "test.yml"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
 
 # --- Grafana provisioning -----------------------------------------------------
 
