@@ -501,6 +501,30 @@ def test_alerts_fire_when_they_should(tmp_path):
     promtool_test_rules(tmp_path, FIRING, "1m")
 
 
+def on_host(s: dict, host: str) -> dict:
+    """An input series of `series`, scraped from target `host`."""
+    return {**s, "series": s["series"].replace("{", f'{{instance="{host}",', 1)}
+
+
+@needs_promtool
+def test_alerts_fire_for_each_host_of_switches_named_alike(tmp_path):
+    """Two hosts run the same switch sw0 (ports and queues named alike): each alert of
+    FIRING fires for each of them, apart (no rule sums `instance` away)."""
+    hosts = ("h1:9417", "h2:9417")
+    cases = {alert: ([on_host(s, h) for h in hosts for s in inputs],
+                     [(at, [{**labels, "instance": h} for h in hosts for labels in firing])
+                      for at, firing in checks])
+             for alert, (inputs, checks) in FIRING.items()}
+    promtool_test_rules(tmp_path, cases, "1m")
+
+
+def test_every_alert_summary_names_the_host():
+    """`tapswitch sw0: port p0 is down` from two hosts read alike."""
+    rules = [r for g in yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())["groups"]
+             for r in g["rules"]]
+    assert [r["alert"] for r in rules if "{{ $labels.instance }}" not in r["annotations"]["summary"]] == []
+
+
 def burst(metric: str, labels: dict, scrapes: int) -> dict:
     """A counter that rises by 100 (6.7/s) at `scrapes` scrapes 15 s apart after a quiet
     minute, then stays."""
@@ -567,7 +591,7 @@ def test_worker_restarting_counts_restarts_exactly(tmp_path, values, at, count):
     window's edges, 1.25 a restart here (1.05 at a 15 s scrape), and three restarts read
     '4 time(s)'. The description counts restarts: the counter now less 5 minutes ago."""
     (tmp_path / "alerts.yml").write_text((DASHBOARDS / "alerts.yml").read_text())
-    labels = {**SW, "queue": "0"}
+    labels = {**SW, "instance": "h1:9417", "queue": "0"}
     rule = next(r for g in yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())["groups"]
                 for r in g["rules"] if r["alert"] == "TapswitchWorkerRestarting")
     test = {"interval": "1m",
@@ -575,7 +599,7 @@ def test_worker_restarting_counts_restarts_exactly(tmp_path, values, at, count):
             "alert_rule_test": [{"eval_time": at, "alertname": "TapswitchWorkerRestarting", "exp_alerts": [{
                 "exp_labels": {**labels, "severity": rule["labels"]["severity"]},
                 "exp_annotations": {
-                    "summary": "tapswitch sw0: worker for queue 0 restarted",
+                    "summary": "tapswitch sw0 on h1:9417: worker for queue 0 restarted",
                     "description": f"The supervisor restarted the worker {count} time(s) in 5 minutes; "
                                    "frames on that queue were lost meanwhile."}}]}]}
     (tmp_path / "test.yml").write_text(yaml.safe_dump(
