@@ -659,9 +659,25 @@ def test_bad_ip_proto(value, message):
     ("{ip_dst: 198.18.0.300}", "ip_dst", "not an IPv4 or IPv6 prefix: '198.18.0.300'"),
     ('{eth_dst: "01:00:5e:00:00:01/ff:ff:ff:00:00:00"}', "eth_dst", "01:00:5e:00:00:01 has bits outside its mask ff:ff:ff:00:00:00"),
     ('{eth_src: "02:00:00:00:00/ff:ff:ff:00:00:00"}', "eth_src", "a MAC address is six hex octets, as in 02:00:00:00:00:10"),
+    # A frame from a multicast or zero source is an rx error before the ACL (rx_accept).
+    ('{eth_src: "01:00:5e:00:00:01"}', "eth_src",
+     "01:00:5e:00:00:01 matches only multicast sources: a frame from one is an rx error, which no rule sees"),
+    ('{eth_src: "ff:ff:ff:ff:ff:ff"}', "eth_src",
+     "ff:ff:ff:ff:ff:ff matches only multicast sources: a frame from one is an rx error, which no rule sees"),
+    ('{eth_src: "01:00:00:00:00:00/01:00:00:00:00:00"}', "eth_src", "01:00:00:00:00:00/01:00:00:00:00:00 matches "
+     "only multicast sources: a frame from one is an rx error, which no rule sees"),
+    ('{eth_src: "00:00:00:00:00:00"}', "eth_src",
+     "00:00:00:00:00:00 is no source: a frame from it is an rx error, which no rule sees"),
 ])
 def test_acl_match_that_can_never_match_is_an_error(match, key, message):
     assert acl_error(f"{{match: {match}, action: drop}}") == f"t.yaml:8: ports[0].acl[0].match.{key}: {message}"
+
+
+@pytest.mark.parametrize("value", ['"00:00:00:00:00:00/ff:ff:ff:00:00:00"', '"00:00:00:00:00:00/01:00:00:00:00:00"',
+                                   '"02:00:00:00:00:01"'])
+def test_acl_eth_src_may_match_a_host_source(value):
+    """A masked zero MAC matches host sources too (a whole OUI's, every unicast one)."""
+    assert loads(acl(f"{{match: {{eth_src: {value}}}, action: drop}}")).ports[0].acl[0].match.eth_src
 
 
 def test_acl_address_alone_is_a_host_prefix():

@@ -515,6 +515,19 @@ class AclMatch(_Model):
     # As in Port: each rule reads the fields declared above it, and stays
     # silent about a field that failed (absent from info.data).
 
+    @field_validator("eth_src")
+    @classmethod
+    def _source_can_match(cls, value: str) -> str:
+        # The fast path counts a frame from a multicast or zero source MAC as an rx error before
+        # any rule sees it (fastpath.c, has_host_source): a rule on such sources matches nothing.
+        mac, mask = mac_and_mask(value)
+        if mac[0] & mask[0] & 1:
+            raise ValueError(f"{value} matches only multicast sources: a frame from one is an rx error, "
+                             f"which no rule sees")
+        if not any(mac) and mask == b"\xff" * 6:
+            raise ValueError("00:00:00:00:00:00 is no source: a frame from it is an rx error, which no rule sees")
+        return value
+
     @field_validator("ip_src", "ip_dst")
     @classmethod
     def _prefix_can_match(cls, value: Any, info: ValidationInfo) -> Any:
