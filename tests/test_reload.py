@@ -138,3 +138,28 @@ def test_a_remote_port_that_gains_or_loses_its_mtu_is_made_again_even_at_1500(be
 def test_a_port_without_remote_that_writes_out_the_default_mtu_is_not_made_again():
     p = reload.plan(cfg(REMOTE % ("", "")), cfg(REMOTE % ("", ", mtu: 1500")))
     assert p.remove == () and p.unchanged == ("up0", "h0")
+
+
+
+def one_port(settings: str):
+    return cfg("switch: {name: sw0}\nports:\n  - {name: p0%s}\n" % settings).ports[0]
+
+
+@pytest.mark.parametrize("before, after", [
+    ("", ", vlan: 1"),                                          # the default written out
+    (", trunk: [10, 20]", ", trunk: [10, 20], vlan: null"),
+    (", trunk: [10, 20]", ", trunk: [20, 10]"),                 # the same VLANs in another order
+])
+def test_vlans_written_otherwise_are_no_change_of_vlans(before, after):
+    """A port forgets its MACs when its VLANs change (switch.apply), and only then."""
+    assert not reload.vlans_changed(one_port(before), one_port(after))
+
+
+@pytest.mark.parametrize("before, after", [
+    ("", ", vlan: 2"),
+    (", trunk: [10, 20]", ", trunk: [10]"),
+    (", trunk: [10, 20]", ", trunk: [10, 20], vlan: 1"),        # a native VLAN now
+    (", vlan: 10, trunk: [20]", ", trunk: [10, 20]"),           # the same VLANs, 10 tagged now
+])
+def test_another_vlan_untagged_or_tagged_is_a_change_of_vlans(before, after):
+    assert reload.vlans_changed(one_port(before), one_port(after))

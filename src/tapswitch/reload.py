@@ -81,6 +81,13 @@ def _device_changed(before, after) -> bool:
                                          != after.vxlan.model_dump(exclude={"remotes"}))
 
 
+def vlans_changed(before, after) -> bool:
+    """Is the port in other VLANs, or carries it another one untagged? Its VLANs as the fast
+    path has them, not as written: `vlan: 1` written out is the default's, and a trunk's
+    VLANs listed in another order are the same VLANs."""
+    return (before.pvid, before.vlans) != (after.pvid, after.vlans)
+
+
 def plan(old, new, gone=frozenset(), euid: int = 0) -> Plan:
     """The changes that turn a switch running `old` (as user id `euid`) into one running `new`.
     The ports named in `gone` lost their device (deleted, or its namespace went): those still in

@@ -1033,8 +1033,7 @@ class Switch:
         # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
         # So does a port that became a mirror's monitor port: it is in no VLAN.
         monitors = new.monitor_ports() - self.cfg.monitor_ports()
-        rezoned = [p for p in self.ports if (p.cfg.vlan, p.cfg.trunk) != (by_name[p.name].vlan, by_name[p.name].trunk)
-                   or p.name in monitors]
+        rezoned = [p for p in self.ports if reload_mod.vlans_changed(p.cfg, by_name[p.name]) or p.name in monitors]
         # A VXLAN port that lost a remote host forgets what it learned: the switch does not know
         # which MACs were behind which host, and those behind the others are learned again.
         unhosted = [p for p in self.ports if p.cfg.vxlan and by_name[p.name].vxlan

@@ -16,6 +16,8 @@ import yaml
 from tapswitch import control
 from tests.integration import helpers
 
+SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
+
 
 def base(lab, n: int = 2) -> dict:
     ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
@@ -738,6 +740,27 @@ def test_a_port_that_changes_vlan_forgets_the_macs_it_had_in_the_old_one(lab):
     assert not [e for e in sw.cli_json("fdb") if e["port"] == name and e["vlan"] == 1], sw.cli_json("fdb")
     event = sw.events("port.vlans_changed")[-1]
     assert (event["port"], event["fdb_flushed"]) == (name, 1), event
+
+
+def test_a_port_whose_vlans_are_only_written_otherwise_keeps_its_macs(lab):
+    """`vlan: 1` written out, a trunk's VLANs in another order: the port is in the same VLANs,
+    and keeps what it learned (forgotten, frames for those MACs were flooded until each sent)."""
+    cfg = base(lab, 3)
+    cfg["ports"][2]["trunk"] = [10, 20]
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    a, b, t = (p["name"] for p in cfg["ports"])
+    tagged = "ff" * 6 + "020000000a0a" + "8100" + "000a" + "88b5" + "00" * 46     # from the trunk, VLAN 10
+    helpers.nsexec(cfg["ports"][2]["netns"], sys.executable, SENDER, "eth0", "--frame", tagged, 1)
+    helpers.wait_for("the trunk's MAC learned", lambda: any(e["port"] == t for e in sw.cli_json("fdb")))
+    learned = {(e["mac"], e["vlan"], e["port"]) for e in sw.cli_json("fdb")}
+    assert {(port, vlan) for _, vlan, port in learned} == {(a, 1), (b, 1), (t, 10)}, learned
+    cfg["ports"][1]["vlan"] = 1
+    cfg["ports"][2]["trunk"] = [20, 10]
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {b} {t}"
+    assert {(e["mac"], e["vlan"], e["port"]) for e in sw.cli_json("fdb")} == learned
+    assert not sw.events("port.vlans_changed")
 
 
 def test_a_port_that_becomes_a_monitor_port_forgets_its_macs(lab):
