@@ -1118,7 +1118,7 @@ class Switch:
     def _fdb_add(self, req: dict) -> dict:
         port = self.port_by_name(req.get("port") or "")
         mac, vlan = self._mac_key(req, port)
-        if (error := self._static_mac_error(port, vlan)) is not None:
+        if (error := self._static_mac_error(port, vlan) or self._mac_owner_error(mac, vlan, port)) is not None:
             raise ControlError(error)
         try:
             self.shared.fdb_add_static(mac, vlan, port.index)
@@ -1155,6 +1155,17 @@ class Switch:
             if vlan is None:
                 raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
         return mac, vlan_arg(vlan)
+
+    def _mac_owner_error(self, mac: str, vlan: int, port: ports.Port) -> str | None:
+        """Why `mac` cannot be static on `port` in `vlan` as check says of static_macs
+        (config.mac_clashes): it is another port's `mac` in that VLAN, whose frames the
+        entry, never moved by learning, would send to `port`. None if it can be."""
+        monitors = self.cfg.monitor_ports()
+        owner = next((p for p in self.ports if p is not port and p.cfg.mac == mac and vlan in p.cfg.vlans
+                      and p.name not in monitors), None)
+        if owner is None:
+            return None
+        return f"{mac} is the MAC of port {owner.name} in VLAN {vlan}: static on {port.name}, its frames would go there"
 
     def _static_mac_error(self, port: ports.Port, vlan: int) -> str | None:
         """Why a static entry for `port` in `vlan` cannot be (as check says of static_macs), or None."""

@@ -83,6 +83,26 @@ def test_fdb_add_refuses_a_monitor_port_and_a_reload_drops_an_entry_whose_vlan_t
     assert [(e["mac"], e["vlan"]) for e in sw.events("fdb.static_removed")] == [("02:00:00:00:99:06", 1)]
 
 
+def test_fdb_add_refuses_another_ports_mac_in_its_vlan_as_check_refuses_it(lab):
+    """Static on port c, port a's `mac` would send a's frames to c for good (learning never
+    moves it): check refuses it in static_macs, and fdb add does too; in a VLAN port a is not
+    in, and on port a itself, it is an entry like any other."""
+    nss, ports = quiet_site(lab)
+    own = "02:00:00:00:99:0c"
+    ports[0].update(mac=own, trunk=[10], vlan=1)
+    a, b, c = (p["name"] for p in ports)
+    ports[2].update(trunk=[10, 20], vlan=1)
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    for vlan in ("1", "10"):
+        r = tapswitch("fdb", "add", own, "--port", c, "--vlan", vlan, "-s", sw.socket, check=False)
+        assert r.returncode == 1, r
+        assert f"{own} is the MAC of port {a} in VLAN {vlan}: static on {c}, its frames would go there" in r.stderr, r
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == own and e["static"]]
+    sw.cli("fdb", "add", own, "--port", c, "--vlan", "20")
+    sw.cli("fdb", "add", own, "--port", a, "--vlan", "10")
+    assert sorted((e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["static"]) == [(a, 10), (c, 20)]
+
+
 def tapswitch(*argv, check=True) -> subprocess.CompletedProcess:
     return helpers.sh(sys.executable, "-m", "tapswitch", *argv, check=check)
 
