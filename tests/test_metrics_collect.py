@@ -8,6 +8,7 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
 import structlog
@@ -148,21 +149,22 @@ def test_a_client_that_resets_its_connection_is_no_traceback(served, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+@dataclass
+class Running:
+    """A running port as settings.apply reads one."""
+    index: int
+    name: str
+    up: bool = True
+    mtu: int = 0
+    frame_max: int = 0
+
+
 def test_a_scrape_mid_reload_counts_each_mirror_under_its_own_name():
     """A reload publishes the mirrors' new slots, then goes on (making ports, replacing workers)
     before the switch's config is the new one: a scrape meanwhile read the new slots by the old
     config's list, and gave a mirror that moved the counts of the one now in its old slot."""
-    from dataclasses import dataclass
-
     from tapswitch import settings
 
-    @dataclass
-    class Running:
-        index: int
-        name: str
-        up: bool = True
-        mtu: int = 0
-        frame_max: int = 0
     ports = "ports: [{name: a}, {name: b}, {name: m}]\n"
     tail = "  - {name: mtail, from: [a], to: m}\n"
     before = loads("switch: {name: mi}\n" + ports + "mirrors:\n" + tail)
@@ -213,17 +215,8 @@ def test_a_scrape_mid_reload_counts_each_acl_rule_under_its_own_action(monkeypat
     """A reload gives a port its new config, publishes its new rules to the workers, then counts
     them from 0: a scrape before the publish gave the new rules' actions the old rules' hits, and
     one just after it gave the new rules the old ones' hits (rule 0 "allow": 5 matches it never had)."""
-    from dataclasses import dataclass
-
     from tapswitch import settings
 
-    @dataclass
-    class Running:
-        index: int
-        name: str
-        up: bool = True
-        mtu: int = 0
-        frame_max: int = 0
     ports = "ports:\n  - {name: a, acl: [{match: {ip_proto: %s}, action: %s}]}\n  - {name: b}\n"
     before = loads("switch: {name: acl}\n" + ports % ("icmp", "drop"))
     after = loads("switch: {name: acl}\n" + ports % ("tcp", "allow"))
