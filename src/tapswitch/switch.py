@@ -225,6 +225,8 @@ class Switch:
         self.unchecked: dict[str, str] = {}      # port -> why maintain_ports could not tell where its TAP is (logged)
         self.unlooked: dict[str, str] = {}       # port -> why a look at its devices failed since the last tick
         self.unlooked_said: dict[str, str] = {}  # port -> that failure as logged: said once while it lasts
+        self.unread: str | None = None           # why rx_missed could not read the kernel's counts, as logged
+        self.unread_lock = threading.Lock()      # rx_missed runs in the control socket's and the scrapes' threads
         self.full_logged_at = -math.inf
 
     # Starting.
@@ -1235,9 +1237,28 @@ class Switch:
         Lost race, stated: a scrape and `tapswitch ports` read in two threads, and the one that read
         first may keep its count last; the device's count never goes back, so the larger is the later."""
         links = {(p.nsid, p.ifindex): p for p in ports_now if not p.gone}
-        for link, n in linkmon.tx_dropped(list(links)).items():
+        try:
+            counts = linkmon.tx_dropped(list(links))
+        except OSError as e:
+            # Out of descriptors (the netlink socket): it raised out of `tapswitch ports` (the
+            # connection closed, unanswered) and out of a scrape (HTTP 500). The counts read last
+            # stand in for the kernel's meanwhile: a counter does not go back.
+            self._unread(e.strerror or str(e), len(links))
+            counts = {}
+        else:
+            self._unread(None, len(links))
+        for link, n in counts.items():
             links[link].rx_missed = max(links[link].rx_missed, n)
         return {p.index: p.rx_missed for p in ports_now}
+
+    def _unread(self, error: str | None, ports_asked: int) -> None:
+        """rx_missed's read of the kernel's counts failed with `error` (None: it did not): said
+        once while it fails with the same error, by whichever thread fails first."""
+        with self.unread_lock:
+            news, self.unread = error is not None and error != self.unread, error
+        if news:
+            log.warning("port.rx_missed_failed", ports=ports_asked, error=error,
+                        reason="each port's rx_missed stays at its last count until the kernel's can be read")
 
     # One entry of `tapswitch fdb`, as json.dumps writes its dict: mac, vlan, port, age, static.
     FDB_ITEM = '{"mac": "%s", "vlan": %d, "port": %s, "age": %d, "static": %s}'

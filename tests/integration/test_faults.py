@@ -27,6 +27,7 @@ from tests.integration.prom import free_port
 
 HERE = os.path.dirname(__file__)
 FLOOD = os.path.join(HERE, "flood.py")
+SENDER = os.path.join(HERE, "sendframes.py")
 SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
 WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
 WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
@@ -1014,5 +1015,45 @@ def test_a_server_out_of_descriptors_waits_for_one_and_answers_then(lab, server)
         reply = client.makefile("rb").read()
     assert answered in reply, reply[:200]
     assert len(sw.events(f"{server}.accept_failed")) == 1, sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
+def rx_missed_of(sw, reader: str, host: str) -> int:
+    """Port 0's rx_missed as `tapswitch ports` (reader "control") or a scrape ("metrics", from
+    198.18.9.1:9417 in namespace `host`) says it."""
+    if reader == "control":
+        return sw.cli_json("ports")[0]["counters"]["rx_missed"]
+    with netns.call_in(f"/run/netns/{host}", lambda: socket.create_connection(("198.18.9.1", 9417), timeout=10)) as c:
+        c.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        reply = c.makefile("rb").read().decode()
+    assert reply.startswith("HTTP/1.0 200"), reply[:200]
+    return int(float(re.search(r"^tapswitch_port_rx_missed_total{.*} (\S+)$", reply, re.M).group(1)))
+
+
+@pytest.mark.parametrize("reader", ["control", "metrics"])
+def test_rx_missed_read_out_of_descriptors_keeps_its_count_and_is_answered(lab, reader):
+    """At its descriptor limit, `tapswitch ports` and a scrape ask the kernel for each port's
+    rx_missed (its TAP's tx_dropped) on a netlink socket that cannot be opened: EMFILE raised
+    out of both, the command's connection closed unanswered and the scrape got HTTP 500. They
+    answer now, with the count read last (a counter does not go back), said once."""
+    host = lab.netns("h", create=True)       # the switch's namespace: metrics on an address of its own
+    helpers.nsexec(host, "ip", "addr", "add", "198.18.9.1/32", "dev", "lo")
+    a = lab.netns("a", create=True)          # quiet: the kernel sends nothing by itself there
+    helpers.nsexec(a, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1, "queue_len": 16,
+                                "metrics": {"listen": "198.18.9.1:9417"}},
+                     "ports": [{"name": lab.name("p0"), "netns": a, "ifname": "eth0"}]}, netns=host)
+    [worker] = sw.worker_pids()
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        helpers.nsexec(a, sys.executable, SENDER, "eth0", "02:aa:00:00:00:01", "02:bb:00:00:00:01", 20)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert rx_missed_of(sw, reader, host) == 4          # 20 frames, 16 of them queued
+    with helpers.fds_to_spare(sw.proc.pid, 1):          # the connection takes it
+        assert [rx_missed_of(sw, reader, host) for _ in range(2)] == [4, 4]
+    assert rx_missed_of(sw, reader, host) == 4
+    assert [(e["error"], e["ports"]) for e in sw.events("port.rx_missed_failed")] == [("Too many open files", 1)]
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()
