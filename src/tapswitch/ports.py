@@ -65,6 +65,9 @@ class Port:
                                          # (vxlan.underlay_down); None: it can
     mac_follow_failed: str | None = None   # a remote port: why following IFACE's new MAC failed, as
                                            # last logged (Switch.remote_mac_changed); None: followed
+    attach_failed: str | None = None   # a remote port: why attaching IFACE that came back failed for
+                                       # want of the switch's own means (an OSError: out of descriptors),
+                                       # as last logged (Switch.remote_changed); None: not so
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone

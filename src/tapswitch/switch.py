@@ -622,9 +622,18 @@ class Switch:
             try:
                 port.remote.attach()      # rules and settings again, on the new device
             except Exception as e:
-                log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e))
                 port.remote_ifindex = None
+                # Out of descriptors (an OSError), nothing about IFACE: no event of its may come
+                # again, and the port stayed down, IFACE unattached, once there were some. The
+                # tick tries again (maintain_remotes), said once while it fails so. A refusal
+                # (IFACE held by another switch, not Ethernet...) waits for IFACE's next event.
+                again = isinstance(e, OSError)
+                if not again or str(e) != port.attach_failed:
+                    log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e),
+                              **({"reason": "tried again every tick until it succeeds"} if again else {}))
+                port.attach_failed = str(e) if again else None
                 return
+            port.attach_failed = None
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
         # after its port was made up; the device says whether it still holds.
@@ -669,10 +678,29 @@ class Switch:
     def maintain_remotes(self) -> None:
         """A remote port whose following of IFACE's new MAC failed (remote_mac_changed) tries
         again, once a tick: no other event may come (IFACE's MAC changed once), and until it
-        succeeds the port steals the frames of the old MAC, not the new one's."""
+        succeeds the port steals the frames of the old MAC, not the new one's. So does one whose
+        IFACE came back and could not be attached for want of descriptors (remote_changed): IFACE
+        is looked up by its name again, and attached if it is there (attach_again)."""
         for port in self.ports:
-            if port.mac_follow_failed is not None and not port.gone and port.remote_ifindex is not None:
+            if port.gone:
+                continue
+            if port.mac_follow_failed is not None and port.remote_ifindex is not None:
                 self.remote_mac_changed(port)
+            elif port.attach_failed is not None and port.remote_ifindex is None:
+                self.attach_again(port)
+
+    def attach_again(self, port: ports.Port) -> None:
+        """IFACE, that came back and could not be attached (remote_changed), attached if it is
+        there by its name. A look that cannot be made either is that failure still, said already."""
+        try:
+            link = self._iface_by_name(port)
+        except LOOK_ERRORS:
+            return
+        if link is None or not self._made_for(port, link["index"]):
+            port.attach_failed = None        # gone again: its making again is an event, which attaches it
+            return
+        self.remote_changed(port, self._event_of(link))
+        self.set_port_up(port, port.links_up)
 
     def remote_mtu_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """A remote port without `mtu` has IFACE's: when IFACE's user changes it (or IFACE comes
@@ -750,14 +778,20 @@ class Switch:
             self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, port.cfg.remote,
                                                         False, True))
         try:
-            with rtnl.Rtnl() as here:
-                index = rtnl.index_of(here.sock, port.cfg.remote)
-                link = here.get_link(index) if index is not None else None
+            link = self._iface_by_name(port)
         except LOOK_ERRORS as e:
             self._look_failed(port, e)
             return
         if link is not None and self._made_for(port, link["index"]):
             self.remote_changed(port, self._event_of(link))
+
+    @staticmethod
+    def _iface_by_name(port: ports.Port):
+        """The link message of the device named as the port's IFACE in the switch's namespace,
+        or None if there is none. A look that cannot be made raises (LOOK_ERRORS)."""
+        with rtnl.Rtnl() as here:
+            index = rtnl.index_of(here.sock, port.cfg.remote)
+            return here.get_link(index) if index is not None else None
 
     def resync_remote(self, port: ports.Port, link) -> None:
         """IFACE's MTU and MAC as the kernel has them (`link`), followed as their lost event

@@ -1057,3 +1057,35 @@ def test_rx_missed_read_out_of_descriptors_keeps_its_count_and_is_answered(lab, 
     assert [(e["error"], e["ports"]) for e in sw.events("port.rx_missed_failed")] == [("Too many open files", 1)]
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()
+
+
+def test_a_nic_back_while_out_of_descriptors_is_attached_at_the_first_tick_that_can(lab):
+    """A remote port's NIC deleted and made again while the switch is at its descriptor limit:
+    its attaching failed (EMFILE) and nothing tried again until the NIC's next event, which may
+    never come: once there were descriptors again the port stayed down, the NIC without rules.
+    The tick tries again, said once, and the first that can attaches it."""
+    host, out, c = (lab.netns(n, create=True) for n in ("sw", "out", "c"))
+
+    def nic():          # nic0 beside the switch, wired to the outside host's eth0, 198.18.3.100
+        helpers.sh("ip", "link", "add", "nic0", "netns", host, "type", "veth", "peer", "name", "eth0", "netns", out)
+        helpers.nsexec(out, "ip", "addr", "add", "198.18.3.100/24", "dev", "eth0")
+        helpers.nsexec(out, "ip", "link", "set", "eth0", "up")
+        helpers.nsexec(host, "ip", "link", "set", "nic0", "up")
+    nic()
+    up = lab.name("up")
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1},
+                     "ports": [{"name": lab.name("p0"), "netns": f"/run/netns/{c}", "ifname": "eth0",
+                                "addresses": ["198.18.3.1/24"]},
+                               {"name": up, "remote": "nic0", "remote_mode": "promisc"}]}, netns=host)
+    helpers.nsexec(host, "ip", "link", "del", "nic0")
+    helpers.wait_for("remote.gone", lambda: sw.events("remote.gone"))
+    with helpers.fds_to_spare(sw.proc.pid, 0):
+        nic()
+        helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+        time.sleep(2.5)                     # two ticks, with no descriptor still: tried again, in vain
+        assert not sw.events("remote.returned"), sw.log()
+    helpers.wait_for("remote.returned", lambda: sw.events("remote.returned"), 5.0)
+    assert {p["name"]: p["state"] for p in sw.cli_json("ports")}[up] == "up"
+    assert helpers.wait_for("traffic through the NIC", lambda: helpers.ping(c, "198.18.3.100", wait=1))
+    assert [e["error"] for e in sw.events("remote.attach_failed")] == ["[Errno 24] Too many open files"]
+    assert sw.stop() == 0
