@@ -15,6 +15,7 @@ A remote port's TAP, and a VXLAN device, get IPv6 turned off before they
 come up (quiet.py): they carry the switch's frames, not the host's.
 """
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -552,6 +553,35 @@ def _let_go_here(ipr: IPRoute) -> None:
     if getattr(ipr.asyncore.local, "keep_event_loop", False):
         del ipr.asyncore.local.keep_event_loop
         ipr._cleanup_transport()
+
+
+class _Loop(asyncio.SelectorEventLoop):
+    """The event loop pyroute2 makes for each call from a thread other than its IPRoute's (the
+    control loop's, on a remote port's). Out of descriptors, asyncio's was left half made (its
+    epoll, not its self-pipe): it held the epoll until the garbage collector came by, and its
+    __del__, closing a self-pipe it did not have, printed 'Exception ignored ... _ssock'
+    tracebacks, two for each attach of a remote port tried. This one closes what it made, and
+    is closed."""
+
+    def __init__(self, selector=None) -> None:
+        try:
+            super().__init__(selector)
+        except BaseException:
+            for made in (getattr(self, "_ssock", None), getattr(self, "_csock", None),
+                         getattr(self, "_selector", None)):
+                if made is not None:
+                    made.close()
+            self._closed = True
+            raise
+
+
+class _LoopPolicy(asyncio.DefaultEventLoopPolicy):
+    _loop_factory = _Loop
+
+
+def quiet_event_loops() -> None:
+    """pyroute2's event loops, in this process, are _Loops (asyncio.new_event_loop makes them)."""
+    asyncio.set_event_loop_policy(_LoopPolicy())
 
 
 def _detach(att: RemoteAttachment) -> None:

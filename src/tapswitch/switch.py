@@ -242,6 +242,7 @@ class Switch:
         signal.signal(signal.SIGHUP, self._on_reload)
         if reload_asked():
             self.reload_requested = True
+        ports.quiet_event_loops()       # out of descriptors, a pyroute2 call says so once, not with tracebacks
         try:
             try:
                 preflight(self.cfg.switch.user, self.cfg.ports)
