@@ -116,25 +116,34 @@ def wait_gone(port: Port, timeout: float = 2.0) -> bool:
     """After close(): wait until the port's TAP device is gone, so that a port made again under
     its names finds them free. The kernel removes the device with the last fd of its queues; a
     worker that died with io_uring leaves copies of them in its ring for a moment more (its
-    teardown is deferred). False if the device is still there after `timeout` seconds."""
+    teardown is deferred). False if the device is still there after `timeout` seconds, or could
+    not be looked at in that time.
+
+    On a socket of ours (rtnl): one descriptor, which the queues just closed leave free. At the
+    descriptor limit pyroute2's IPRoute could not be made (it takes four), the socket handed to
+    it was left open, and the failure was taken for the namespace gone: the port was made again
+    at once, beside its old device, and the reload's next open (EMFILE) ended the switch."""
     if port.gone:
         return True
-    try:
-        ipr = iproute(port.nspath)
-    except OSError:
-        return True                  # its namespace is gone, and the device with it
     deadline = time.monotonic() + timeout
-    with ipr:
+    here = None
+    try:
         while True:
             try:
-                ipr.link("get", index=port.ifindex)
-            except NetlinkError as e:
-                if e.code == errno.ENODEV:
+                if here is None:
+                    here = rtnl.Rtnl(netns.netlink_socket(port.nspath))
+                if here.get_link(port.ifindex) is None:
                     return True
-                raise
+            except OSError as e:
+                if e.errno not in (errno.EMFILE, errno.ENFILE):
+                    return True          # its namespace is gone (ENOENT...), and the device with it
+                # Out of descriptors: not known yet; another look once one is free.
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
+    finally:
+        if here is not None:
+            here.close()
 
 
 def random_mac() -> str:

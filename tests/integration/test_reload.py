@@ -168,6 +168,34 @@ def test_a_port_remade_while_its_old_device_lingers_waits_for_it(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.22")
 
 
+def test_a_port_remade_out_of_descriptors_waits_for_its_old_device_all_the_same(lab):
+    """At the descriptor limit, the wait for a remade port's old TAP to go could not make its
+    IPRoute (four descriptors) and took that for the device gone: the port was made again at
+    once, at the limit, while the old device lingered (a copy of its queue held), and failed
+    (or the switch ended: the test above). It looks on a socket of its own (one descriptor,
+    which the closed queues leave) and waits for the device, as long as it lingers."""
+    cfg = base(lab, 2)
+    cfg["switch"]["queues"] = 1
+    cfg["ports"][1]["ifname"] = "eth9"
+    name = cfg["ports"][1]["name"]
+    sw = lab.switch(cfg)
+    held = hold_queue(sw.proc.pid, "eth9")
+    try:
+        cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
+        rewrite(sw, cfg)
+        with helpers.fds_to_spare(sw.proc.pid, 1):
+            os.kill(sw.proc.pid, signal.SIGHUP)
+            time.sleep(0.5)                 # the reload has closed the port and waits for its device
+        time.sleep(0.5)
+    finally:
+        os.close(held)                      # the old device goes
+    [event] = helpers.wait_for("config.reloaded", lambda: sw.events("config.reloaded"), 10.0)
+    assert (event["remade"], event["failed"]) == ([name], []), event
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.22")
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_changed_address_remakes_only_that_port(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
@@ -575,6 +603,29 @@ def test_a_port_a_reload_cannot_make_out_of_descriptors_is_failed_naming_it(lab)
         f"switch and again in the queue's worker; raise the limit (ulimit -n, or LimitNOFILE= in the service)"]), event
     assert not helpers.link_exists(name)
     assert sw.cli("reload").stdout.strip() == f"reloaded: added {name}"
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
+def test_a_reload_that_remakes_a_port_out_of_descriptors_leaves_the_switch_running(lab):
+    """One descriptor to spare, and a reload makes a port again: the wait for its old TAP to go
+    opened a netlink socket and made pyroute2's IPRoute on it, which could not be made (it takes
+    four), and the socket's descriptor, handed over, was left open: the reload's next open
+    (/proc/self/status, the switch's capabilities) raised EMFILE out of the control loop,
+    ending the switch (a traceback). The port is made again, and the switch runs on."""
+    cfg = base(lab, 2)
+    cfg["switch"]["queues"] = 1
+    sw = lab.switch(cfg)
+    name = cfg["ports"][1]["name"]
+    cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
+    rewrite(sw, cfg)
+    with helpers.fds_to_spare(sw.proc.pid, 1):
+        os.kill(sw.proc.pid, signal.SIGHUP)
+        [event] = helpers.wait_for("config.reloaded", lambda: sw.events("config.reloaded"), 10.0)
+        assert sw.proc.poll() is None, sw.log()
+    assert (event["remade"], event["failed"]) == ([name], []), event
+    assert helpers.wait_for("traffic to the port made again", lambda: helpers.ping(cfg["ports"][0]["netns"],
+                                                                                   "198.18.4.22", wait=1))
     assert sw.stop() == 0
     assert "Traceback" not in sw.log()
 
