@@ -46,7 +46,8 @@ except ModuleNotFoundError as e:
 ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
 LAB_TOOLS = ("ip", "ping", "sysctl")       # every case: the hosts' namespaces, and a ping each way first
 PACKAGES = {"ip": "iproute2", "ss": "iproute2", "bridge": "iproute2", "ping": "iputils-ping", "sysctl": "procps",
-            "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf"}
+            "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf",
+            "ovs-vswitchd": "openvswitch-switch"}
 SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
 
 
@@ -191,11 +192,15 @@ def missing_tools(args) -> str | None:
     if args.profile:
         needed.append("perf")
     missing = [t for t in dict.fromkeys(needed) if shutil.which(t) is None]
+    # Open vSwitch among others is skipped when missing; alone, the run would measure nothing.
+    ovs_only = args.systems == ["ovs"] and not args.install_ovs and not systems_mod.Ovs.available()
+    if ovs_only:
+        missing.append("ovs-vswitchd")
     if not missing:
         return None
     packages = " ".join(dict.fromkeys(PACKAGES.get(t, t) for t in missing))
     return (f"missing: {', '.join(f'{t} ({PACKAGES.get(t, t)})' for t in missing)}; "
-            f"apt-get install {packages}")
+            f"apt-get install {packages}" + (" (or --install-ovs)" if ovs_only else ""))
 
 
 def check_cc(name: str) -> str | None:
