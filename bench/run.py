@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -355,6 +356,8 @@ def main(argv=None) -> int:
         return 2
     try:
         os.makedirs(args.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.out):
+            pass        # the outputs can be written there (a read-only mount): found now, not after the run
     except OSError as e:
         print(f"bench: --out {args.out}: {e.strerror}", file=sys.stderr)
         return 2

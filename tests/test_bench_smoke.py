@@ -507,6 +507,25 @@ def test_bench_without_a_tool_it_needs_says_which_before_it_runs_anything(tmp_pa
     assert not out.exists() and _leftovers(tag, tmp) == []
 
 
+def test_bench_refuses_an_out_it_cannot_write_before_it_runs_anything(tmp_path, tag):
+    """--out a directory on a read-only mount: one line saying so, exit 2, before anything is made
+    (the whole run went by, then writing results.json ended in a traceback and every figure was lost)."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    out.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", f"{tag}-ro", str(out)], check=True)
+    try:
+        r = subprocess.run([sys.executable, BENCH, "--systems", "bridge", "--cases", "light", "--reps", "1",
+                            "--seconds", "0.1", "--out", str(out), "--tag", tag],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env(tmp))
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+        left = _leftovers(tag, tmp)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stderr == f"bench: --out {out}: Read-only file system\n" and r.stdout == ""
+    assert left == [], f"left behind: {left}"
+
+
 def test_bench_runs_a_case_whose_tools_are_here_when_others_are_missing(tmp_path, tag):
     """Without trafgen and iperf3, the light load case (frames sent by bench/pacer.c) still runs."""
     _needs_root_and_tools()
