@@ -192,6 +192,10 @@ def missing_tools(args) -> str | None:
         needed += systems_mod.system_class(name).tools
     if args.profile:
         needed.append("perf")
+    if args.install_ovs and "ovs" in args.systems and not systems_mod.Ovs.available() \
+            and not all(shutil.which(t) for t in ("apt-get", "apt-cache")):
+        return "--install-ovs: no apt-get here (it installs Debian's openvswitch-switch); install Open vSwitch " \
+               "with this machine's package manager, or leave --install-ovs out (ovs is then skipped)"
     missing = [t for t in dict.fromkeys(needed) if shutil.which(t) is None]
     # Open vSwitch among others is skipped when missing; alone, the run would measure nothing.
     ovs_only = args.systems == ["ovs"] and not args.install_ovs and not systems_mod.Ovs.available()

@@ -507,6 +507,21 @@ def test_bench_without_a_tool_it_needs_says_which_before_it_runs_anything(tmp_pa
     assert not out.exists() and _leftovers(tag, tmp) == []
 
 
+def test_bench_install_ovs_without_apt_says_so_before_it_runs_anything(tmp_path, tag):
+    """--install-ovs where Open vSwitch is missing and apt-get is not installed (not a Debian machine):
+    one line saying so, exit 1, before anything is made (a traceback: FileNotFoundError: 'apt-cache')."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    env = dict(_env(tmp), PATH=_path_without(tmp_path, "ovs-vswitchd", "apt-get", "apt-cache"))
+    r = subprocess.run([sys.executable, BENCH, "--systems", "bridge,ovs", "--install-ovs", "--cases", "light",
+                        "--reps", "1", "--seconds", "0.1", "--out", str(out), "--tag", tag],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stderr == "bench: --install-ovs: no apt-get here (it installs Debian's openvswitch-switch); install " \
+        "Open vSwitch with this machine's package manager, or leave --install-ovs out (ovs is then skipped)\n"
+    assert r.stdout == "" and not out.exists() and _leftovers(tag, tmp) == []
+
+
 def test_bench_refuses_an_out_it_cannot_write_before_it_runs_anything(tmp_path, tag):
     """--out a directory on a read-only mount: one line saying so, exit 2, before anything is made
     (the whole run went by, then writing results.json ended in a traceback and every figure was lost)."""
