@@ -48,7 +48,7 @@ ALL_SIZES = [64, 128, 256, 512, 1024, 1280, 1518]
 LAB_TOOLS = ("ip", "ping", "sysctl")       # every case: the hosts' namespaces, and a ping each way first
 PACKAGES = {"ip": "iproute2", "ss": "iproute2", "bridge": "iproute2", "ping": "iputils-ping", "sysctl": "procps",
             "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf",
-            "ovs-vswitchd": "openvswitch-switch"}
+            "tcpdump": "tcpdump", "ovs-vswitchd": "openvswitch-switch"}
 SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
 
 
@@ -191,7 +191,7 @@ def missing_tools(args) -> str | None:
     for name in args.systems:
         needed += systems_mod.system_class(name).tools
     if args.profile:
-        needed.append("perf")
+        needed += ["perf", "tcpdump"]     # tcpdump: GSO end to end (without it, "0 TCP frames" read as measured)
     if args.install_ovs and "ovs" in args.systems and not systems_mod.Ovs.available() \
             and not all(shutil.which(t) for t in ("apt-get", "apt-cache")):
         return "--install-ovs: no apt-get here (it installs Debian's openvswitch-switch); install Open vSwitch " \

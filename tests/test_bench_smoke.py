@@ -487,18 +487,19 @@ def _path_without(tmp_path, *commands) -> str:
 @pytest.mark.parametrize("argv, message", [
     (["--cases", "frames,tcp"], "bench: missing: iperf3 (iperf3), trafgen (netsniff-ng); "
      "apt-get install iperf3 netsniff-ng\n"),
-    (["--cases", "light", "--profile"], "bench: missing: perf (linux-perf); apt-get install linux-perf\n"),
+    (["--cases", "light", "--profile"], "bench: missing: perf (linux-perf), tcpdump (tcpdump); "
+     "apt-get install linux-perf tcpdump\n"),
     (["--systems", "ovs", "--cases", "light"], "bench: missing: ovs-vswitchd (openvswitch-switch); "
      "apt-get install openvswitch-switch (or --install-ovs)\n"),
 ])
 def test_bench_without_a_tool_it_needs_says_which_before_it_runs_anything(tmp_path, tag, argv, message):
-    """trafgen, iperf3 or perf not installed: one line naming each command the chosen cases need and its
+    """trafgen, iperf3, perf or tcpdump not installed: one line naming each command the chosen cases need and its
     Debian package, exit 1, before anything is made or measured (each case failed in turn with a
     traceback, after its run's seconds; --profile ended a whole run in a traceback; Open vSwitch alone,
     skipped, left no system: an empty RESULTS.md replaced the last one, and the plot ended in a traceback)."""
     _needs_root_and_tools()
     out, tmp = tmp_path / "out", tmp_path / "tmp"
-    env = dict(_env(tmp), PATH=_path_without(tmp_path, "trafgen", "iperf3", "perf", "ovs-vswitchd"))
+    env = dict(_env(tmp), PATH=_path_without(tmp_path, "trafgen", "iperf3", "perf", "tcpdump", "ovs-vswitchd"))
     r = subprocess.run([sys.executable, BENCH, "--systems", "bridge", "--reps", "1", "--seconds", "1", *argv,
                         "--out", str(out), "--tag", tag], capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env=env)
