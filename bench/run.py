@@ -50,9 +50,10 @@ PACKAGES = {"ip": "iproute2", "ss": "iproute2", "bridge": "iproute2", "ping": "i
             "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf",
             "tcpdump": "tcpdump", "ovs-vswitchd": "openvswitch-switch"}
 SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
+FDB_MAX = 1 << 24                 # tapswitch's largest switch.mac_table.size: the table of --fdb-n and --learn-n
 
 
-def _positive(kind):
+def _positive(kind, most=None):
     def parse(text: str):
         try:
             v = kind(text)
@@ -60,6 +61,8 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not 0 < v < float("inf"):
             raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}: {text!r}")
         return v
     parse.__name__ = f"positive {kind.__name__}"
     return parse
@@ -113,10 +116,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"(default {','.join(map(str, ALL_SIZES))})")
     p.add_argument("--seconds", type=_positive(float), help="override every traffic duration (TCP and frames; "
                    "iperf3 runs whole seconds, at least 1)")
-    p.add_argument("--fdb-n", type=_int_list(1),
-                   help="address counts for the caching case (default 1024,1048576; --quick 1024,16384)")
-    p.add_argument("--learn-n", type=_positive(int),
-                   help="new MACs for the learning-rate case (default 262144; --quick 16384)")
+    p.add_argument("--fdb-n", type=_int_list(1, FDB_MAX),
+                   help=f"address counts for the caching case, each at most {FDB_MAX} (default 1024,1048576; "
+                   "--quick 1024,16384)")
+    p.add_argument("--learn-n", type=_positive(int, FDB_MAX),
+                   help=f"new MACs for the learning-rate case, at most {FDB_MAX} (default 262144; --quick 16384)")
     p.add_argument("--payload", choices=["raw", "udp"], default="raw",
                    help="forwarding-rate frames: raw (ethertype 0x88b5, default) or IPv4/UDP to port 9")
     p.add_argument("--cc", help="TCP congestion control of the iperf3 endpoints (iperf3 -C), e.g. cubic, bbr "
