@@ -337,18 +337,20 @@ def write_outputs(run: Run, interrupted: str | None = None) -> None:
 
 def write_partial(run: Run, interrupted: str, log) -> None:
     """After an interruption and the cleanup: the outputs of the repetitions that ended, marked
-    partial; none if none ended (what --out held stays)."""
+    partial; none if none ended (what --out held stays); unmarked if every one had ended (the
+    signal came as the last was torn down or the outputs were written)."""
     if run.ctx is None or run.done() == 0:
         log(f"bench: no repetition completed; nothing written to {run.out}")
         return
+    whole = run.done() == run.planned()
     try:
-        write_outputs(run, interrupted)
+        write_outputs(run, None if whole else interrupted)
     except Exception as e:          # the exit status still says interrupted; the cleanup is done
         log(f"bench: the partial results could not be written: {e}")
         traceback.print_exc()
         return
-    log(f"wrote {os.path.join(run.out, 'RESULTS.md')} (partial: {run.done()} of {run.planned()} runs, "
-        f"interrupted by {interrupted})")
+    log(f"wrote {os.path.join(run.out, 'RESULTS.md')} " + (f"(every run had ended before the {interrupted})" if whole
+        else f"(partial: {run.done()} of {run.planned()} runs, interrupted by {interrupted})"))
 
 
 def main(argv=None) -> int:

@@ -255,6 +255,37 @@ def test_bench_interrupted_writes_the_repetitions_that_completed_marked_partial(
     assert (out / "results.png").stat().st_size > 0
 
 
+def test_bench_interrupted_after_its_last_repetition_writes_whole_results(tmp_path, tag):
+    """SIGTERM once the last repetition has ended (as it is torn down, or the outputs written): every run
+    was measured, and the outputs say so, unmarked (they read "Partial results: ... after 1 of 1 runs")."""
+    _needs_root_and_tools()
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    p = subprocess.Popen([sys.executable, BENCH, "--systems", "bare", "--cases", "light", "--reps", "1",
+                          "--seconds", "0.1", "--out", str(out), "--tag", tag], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env(tmp), start_new_session=True)
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if re.search(r"/ bare / rep 1: [\d.]+ s$", line):
+                p.send_signal(signal.SIGTERM)
+                break
+        lines.append(p.communicate(timeout=60)[0])
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        left = _gone(tag, tmp, 5)
+    output = "".join(lines)
+    assert p.returncode == 130, output[-3000:]
+    assert left == [], f"left behind: {left}"
+    with open(out / "results.json") as f:
+        assert "interrupted" not in json.load(f)["meta"]
+    results = (out / "RESULTS.md").read_text()
+    assert results.startswith("# tapswitch benchmark\n") and "Partial" not in results, results
+    assert re.search(r"^\| light load \| switch CPU at 1k frames/s, 64 B \| % of a CPU ↓ \| \d", results, re.M)
+
+
 def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
     """SIGKILL runs no cleanup in the bench: its processes get a parent-death signal, and the lab's
     guard kills what they started (trafgen's workers) and removes the namespaces and the temporary directory."""
