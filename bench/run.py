@@ -135,6 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--cases: no case {', '.join(map(repr, unknown))} (the cases: {', '.join(case_ids)})")
     if unknown := [n for n in args.systems if not systems_mod.known(n)]:
         p.error(f"--systems: no system {', '.join(map(repr, unknown))} (the systems: {systems_mod.NAMES})")
+    if why := next(filter(None, map(systems_mod.out_of_range, args.systems)), None):
+        p.error(f"--systems: {why}")
     cpus = sorted(os.sched_getaffinity(0))
     if absent := [n for n in args.systems if (cpu := systems_mod.pinned_cpu(n)) is not None and cpu not in cpus]:
         p.error(f"--systems: {', '.join(absent)}: no such CPU here (this one's: {', '.join(map(str, cpus))})")

@@ -31,7 +31,7 @@ import urllib.request
 
 import yaml
 
-from tapswitch.config import BUSY_POLL_US, QUEUE_LEN
+from tapswitch.config import BUSY_POLL_US, QUEUE_LEN, Switch
 from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
 import services
 
@@ -397,6 +397,24 @@ _BARE = re.compile(r"bare(?:-busypoll(\d+))?")
 def known(name: str) -> bool:
     """`name` is one of NAMES."""
     return name in ("tapswitch", "bridge", "ovs") or bool(_TAPSWITCH.fullmatch(name) or _BARE.fullmatch(name))
+
+
+def _bounds(key: str) -> tuple[int, int]:
+    """The least and the most switch.KEY may be, as tapswitch's config checks it."""
+    meta = Switch.model_fields[key].metadata
+    return next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le"))
+
+
+def out_of_range(name: str) -> str | None:
+    """Why tapswitch variant `name` asks for queues, a switch.queue_len or a switch.busy_poll_us that
+    tapswitch's config refuses, else None: said before the run, not as a failure of each of its cases."""
+    m = _TAPSWITCH.fullmatch(name)
+    for group, key in ((1, "queues"), (5, "queue_len"), (6, "busy_poll_us")):
+        if m and m.group(group) is not None:
+            lo, hi = _bounds(key)
+            if not lo <= int(m.group(group)) <= hi:
+                return f"{name}: switch.{key} {int(m.group(group))}: must be from {lo} to {hi}"
+    return None
 
 
 def pinned_cpu(name: str) -> int | None:

@@ -322,6 +322,12 @@ def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
     (["--systems", "bridge,tapswitch-q1-cpu4096", "--cases", "light", "--seconds", "0.1"],
      "--systems: tapswitch-q1-cpu4096: no such CPU here (this one's: 0"),
     (["--systems", "tapswitch,bridge,tapswitch-q1,bridge"], "--systems: tapswitch-q1, bridge named twice"),
+    (["--systems", "bridge,tapswitch-q0", "--cases", "light", "--seconds", "0.1"],
+     "--systems: tapswitch-q0: switch.queues 0: must be from 1 to 16"),
+    (["--systems", "bridge,tapswitch-q1-qlen8", "--cases", "light", "--seconds", "0.1"],
+     "--systems: tapswitch-q1-qlen8: switch.queue_len 8: must be from 16 to 65536"),
+    (["--systems", "bridge,tapswitch-q1-busypoll5000", "--cases", "light", "--seconds", "0.1"],
+     "--systems: tapswitch-q1-busypoll5000: switch.busy_poll_us 5000: must be from 0 to 1000"),
 ])
 def test_bench_refuses_bad_options_before_it_runs_anything(tmp_path, argv, message):
     """A wrong option is an error naming what is allowed, and nothing runs: what --out held stays."""
