@@ -50,7 +50,7 @@ PACKAGES = {"ip": "iproute2", "ss": "iproute2", "bridge": "iproute2", "ping": "i
             "pgrep": "procps", "iperf3": "iperf3", "trafgen": "netsniff-ng", "cc": "gcc", "perf": "linux-perf",
             "tcpdump": "tcpdump", "ovs-vswitchd": "openvswitch-switch"}
 SIZE_MIN, SIZE_MAX = 64, 1518     # Ethernet's least frame; the hosts' MTU 1500 + header + FCS
-FDB_MAX = 1 << 24                 # tapswitch's largest switch.mac_table.size: the table of --fdb-n and --learn-n
+FDB_MAX = systems_mod.FDB_MAX     # tapswitch's largest switch.mac_table.size: the table of --fdb-n and --learn-n
 
 
 def _positive(kind, most=None):

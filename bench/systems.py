@@ -31,7 +31,7 @@ import urllib.request
 
 import yaml
 
-from tapswitch.config import BUSY_POLL_US, QUEUE_LEN, Switch
+from tapswitch.config import BUSY_POLL_US, QUEUE_LEN, MacTable, Switch
 from lab import Host, Lab, nsexec, sh, start_tapswitch, wait_until
 import services
 
@@ -399,10 +399,13 @@ def known(name: str) -> bool:
     return name in ("tapswitch", "bridge", "ovs") or bool(_TAPSWITCH.fullmatch(name) or _BARE.fullmatch(name))
 
 
-def _bounds(key: str) -> tuple[int, int]:
-    """The least and the most switch.KEY may be, as tapswitch's config checks it."""
-    meta = Switch.model_fields[key].metadata
+def bounds(key: str, model=Switch) -> tuple[int, int]:
+    """The least and the most switch.KEY (or KEY of another config model) may be, as tapswitch's config checks it."""
+    meta = model.model_fields[key].metadata
     return next(m.ge for m in meta if hasattr(m, "ge")), next(m.le for m in meta if hasattr(m, "le"))
+
+
+FDB_MAX = bounds("size", MacTable)[1]      # tapswitch's largest switch.mac_table.size
 
 
 def out_of_range(name: str) -> str | None:
@@ -411,7 +414,7 @@ def out_of_range(name: str) -> str | None:
     m = _TAPSWITCH.fullmatch(name)
     for group, key in ((1, "queues"), (5, "queue_len"), (6, "busy_poll_us")):
         if m and m.group(group) is not None:
-            lo, hi = _bounds(key)
+            lo, hi = bounds(key)
             if not lo <= int(m.group(group)) <= hi:
                 return f"{name}: switch.{key} {int(m.group(group))}: must be from {lo} to {hi}"
     return None
