@@ -37,6 +37,7 @@ log = structlog.get_logger("tapswitch.ports")
 IFA_F_NODAD = 0x02
 AT_ONCE = 16      # ports create_all makes at the same time
 TAP_MTU_MAX = 65521   # a TAP's largest MTU (tun's: 64 KiB less the Ethernet header)
+GONE_WAIT = 2.0   # seconds a removed port's device may take to go (wait_gone): a dead worker's io_uring lets go late
 
 
 class PortError(Exception):
@@ -112,7 +113,7 @@ class Port:
         self.fds = []
 
 
-def wait_gone(port: Port, timeout: float = 2.0) -> bool:
+def wait_gone(port: Port, timeout: float = GONE_WAIT) -> bool:
     """After close(): wait until the port's TAP device is gone, so that a port made again under
     its names finds them free. The kernel removes the device with the last fd of its queues; a
     worker that died with io_uring leaves copies of them in its ring for a moment more (its

@@ -1355,11 +1355,21 @@ class Switch:
                 self.monitor.close()
             self.monitor = None
         attached = {p.cfg.remote for p in self.ports if p.remote is not None}
+        closed = []
         for port in reversed(self.ports):
             with _undo_step("port", port=port.name):
                 port.close()
-                log.info("port.removed", port=port.name)
+                closed.append(port)
         self.ports.clear()
+        # A worker killed with io_uring keeps copies of its queues in its ring a moment after it
+        # died (ports.wait_gone): the stop ends once the devices are gone, so that a start right
+        # after it (`systemctl restart`) finds their names free. One wait for them all.
+        deadline = time.monotonic() + ports.GONE_WAIT
+        for port in closed:
+            with _undo_step("port", port=port.name):
+                if not ports.wait_gone(port, max(0.0, deadline - time.monotonic())):
+                    log.warning("port.device_lingers", port=port.name)
+                log.info("port.removed", port=port.name)
         with _undo_step("state"):
             # Ours are detached; one not given back keeps its original state listed: its detach failed
             # (logged), or it was away in another namespace (remote.gone), also one whose port a reload

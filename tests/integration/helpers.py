@@ -1,6 +1,7 @@
 """Helpers for integration tests: a tapswitch subprocess, namespaces, and cleanup that always runs."""
 
 import contextlib
+import ctypes
 import json
 import os
 import resource
@@ -259,6 +260,26 @@ def exited(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def hold_queue(switch_pid: int, ifname: str) -> int:
+    """A copy, in this process, of one of the switch's queue fds of the TAP named ifname (a dead
+    worker's io_uring holds such copies for a moment after it): pidfd_getfd."""
+    for fd in os.listdir(f"/proc/{switch_pid}/fd"):
+        try:
+            with open(f"/proc/{switch_pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        if f"iff:\t{ifname}\n" in info:
+            pidfd = os.pidfd_open(switch_pid)
+            try:
+                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)   # pidfd_getfd
+            finally:
+                os.close(pidfd)
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            return copy
+    raise AssertionError(f"no queue of {ifname} in the switch")
 
 
 def processes_with_env(entry: str) -> list[int]:

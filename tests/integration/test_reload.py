@@ -1,6 +1,5 @@
 """Live reload: SIGHUP / `tapswitch reload` applies only what changed; a bad config changes nothing."""
 
-import ctypes
 import json
 import os
 import re
@@ -130,26 +129,6 @@ def test_a_namespace_it_made_stays_while_a_port_names_it_by_its_path(lab):
     assert sw.stop() == 0
 
 
-def hold_queue(switch_pid: int, ifname: str) -> int:
-    """A copy, in this process, of one of the switch's queue fds of the TAP named ifname (a dead
-    worker's io_uring holds such copies for a moment after it): pidfd_getfd."""
-    for fd in os.listdir(f"/proc/{switch_pid}/fd"):
-        try:
-            with open(f"/proc/{switch_pid}/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue
-        if f"iff:\t{ifname}\n" in info:
-            pidfd = os.pidfd_open(switch_pid)
-            try:
-                copy = ctypes.CDLL(None, use_errno=True).syscall(438, pidfd, int(fd), 0)   # pidfd_getfd
-            finally:
-                os.close(pidfd)
-            assert copy >= 0, os.strerror(ctypes.get_errno())
-            return copy
-    raise AssertionError(f"no queue of {ifname} in the switch")
-
-
 def test_a_port_remade_while_its_old_device_lingers_waits_for_it(lab):
     """A remade port's old TAP goes only with the last copy of its queues, and a worker killed
     with io_uring keeps copies a moment after it dies: the reload waits for the device to go,
@@ -157,7 +136,7 @@ def test_a_port_remade_while_its_old_device_lingers_waits_for_it(lab):
     cfg = base(lab, 2)
     cfg["ports"][1]["ifname"] = "eth9"
     sw = lab.switch(cfg)
-    held = hold_queue(sw.proc.pid, "eth9")
+    held = helpers.hold_queue(sw.proc.pid, "eth9")
     threading.Timer(0.5, os.close, (held,)).start()        # let go of it in half a second
     cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
     rewrite(sw, cfg)

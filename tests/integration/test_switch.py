@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -175,6 +176,23 @@ def test_sigterm_removes_every_device_namespace_and_process(lab):
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
     assert not os.path.exists(sw.socket)
     assert sw.events("switch.stopped")
+
+
+def test_a_stop_ends_once_its_taps_are_gone_and_a_start_right_after_it_makes_them_again(lab):
+    """A TAP goes with the last copy of its queues, and a worker killed with io_uring keeps
+    copies in its ring a moment after it dies (a copy held here for half a second stands for
+    them): the stop waits for the devices to go. It exited 0 with the TAP still there, and a
+    start right after it (`systemctl restart`) failed: "a device named ... already exists"."""
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 2},
+           "ports": [{"name": lab.name("p0")}, {"name": lab.name("p1")}]}
+    sw = lab.switch(cfg)
+    held = helpers.hold_queue(sw.proc.pid, lab.name("p1"))
+    threading.Timer(0.5, os.close, (held,)).start()        # let go of it in half a second
+    assert sw.stop() == 0
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"]), sw.log()
+    again = lab.switch(cfg)
+    assert [p["name"] for p in again.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    assert again.stop() == 0
 
 
 def test_sigint_is_a_clean_stop_too(lab):
