@@ -9,9 +9,11 @@ A switch ignores a request's fields it does not know: a listing says which filte
 applied ("filters", absent when the request gave none), so that a client can tell a
 switch older than a filter, which sent the whole list, from one that picked the items.
 The socket is mode 0600 and only root or the switch's own user may talk to it
-(SO_PEERCRED). The switch that listens on it holds `<socket>.lock` (flock) from
-before it looks at the path until it has stopped: one switch per socket, and per
-the state file it keeps beside it.
+(SO_PEERCRED). It is at its path only once the switch listens on it (bound as
+`<socket>.tmp`, then moved there): a client that finds it is answered. The switch
+that listens on it holds `<socket>.lock` (flock) from before it looks at the path
+until it has stopped: one switch per socket, and per the state file it keeps
+beside it.
 """
 
 import contextlib
@@ -197,7 +199,8 @@ class ControlServer(AcceptWaits, socketserver.ThreadingMixIn, socketserver.UnixS
         # release() if this switch made it, as systemd's RuntimeDirectory does.
         self.made_dir: str | None = None
         self.lock: int | None = None    # the descriptor of <socket>.lock, flocked while this switch lives
-        self.bound = False              # the socket is at `path`: ours, to remove with the rest
+        self.bound = False              # the socket is bound: ours, to remove with the rest
+        self.binding = _binding_path(path)     # where it is bound, until it listens at `path` (server_activate)
         try:
             self.made_dir = _claim_dir(path)
             try:
@@ -216,15 +219,28 @@ class ControlServer(AcceptWaits, socketserver.ThreadingMixIn, socketserver.UnixS
         except BaseException:      # a stop signal's KeyboardInterrupt too, once the socket is bound
             if self.bound:
                 self.server_close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                for name in {self.binding, path}:      # either, as far as it got
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
             self.release()
             raise
         self.thread = threading.Thread(target=self.serve_forever, name="control", daemon=True)
 
     def server_bind(self) -> None:
-        super().server_bind()
+        """Bind the socket beside its path (`<socket>.tmp`): server_activate puts it there once
+        it listens. Bound at its path, it refused connections until the listen ("Connection
+        refused"; `tapswitch` without -s took it for a dead switch's socket), and a client that
+        waits for the path (a script, a test) could come in between on a busy host."""
+        if self.binding != self.path:
+            _remove_stale(self.binding)     # a start killed before it listened left it (we hold the lock)
+        self.socket.bind(self.binding)
         self.bound = True
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        if self.binding != self.path:
+            os.rename(self.binding, self.path)
+        self.server_address = self.path     # _wake connects to it
 
     def accept_failed(self, error: str, reason: str) -> None:
         log.error("control.accept_failed", socket=self.path, error=error, reason=reason)
@@ -262,6 +278,15 @@ class ControlServer(AcceptWaits, socketserver.ThreadingMixIn, socketserver.UnixS
             self.lock = None
         _remove_dirs(self.path, self.made_dir)
         self.made_dir = None
+
+
+def _binding_path(path: str) -> str:
+    """Where the control socket at `path` is bound until it listens (ControlServer.server_bind):
+    `<socket>.tmp`, or `path` itself if that name is longer than a socket's may be. There, lost
+    race, stated: a client that connects between the bind and the listen is refused."""
+    from tapswitch.config import SUN_PATH_MAX
+    binding = path + ".tmp"
+    return binding if len(os.fsencode(binding)) <= SUN_PATH_MAX else path
 
 
 def _remove_dirs(path: str, made: str | None) -> None:

@@ -502,6 +502,25 @@ def test_ready_is_logged_and_notified(lab):
     assert ready and ready[0]["ports"] == 2
 
 
+LISTEN_LATE = (sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "listen_late.py"))
+
+
+def test_a_client_that_finds_the_control_socket_is_answered_though_the_switch_listens_late(lab):
+    """The control socket is at its path only once the switch listens on it: bound there, it
+    refused connections until the listen, which a busy host may hold back (half a second here),
+    so a client that waited for the path got "Connection refused" (test_a_reload_asked_for_while_
+    the_switch_starts_..., once), and `tapswitch` without -s took it for a dead switch's socket."""
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1}, "ports": [{"name": lab.name("p0")}]}
+    sw = lab.switch(cfg, start=False, wrapper=LISTEN_LATE)
+    sw.start(expect_ready=False)
+    helpers.wait_for("the control socket", lambda: os.path.exists(sw.socket), every=0.002)
+    assert control.answers(sw.socket)
+    reply = control.request(sw.socket, "reload")        # answered once the switch is ready
+    assert reply["ok"], reply
+    assert sw.stop() == 0
+    assert sorted(os.listdir(sw.dir)) == ["switch.log", "tapswitch.yaml"], sw.log()
+
+
 def test_second_switch_on_the_same_socket_is_refused(lab):
     cfg = containers(lab, 1)
     sw = lab.switch(cfg)
