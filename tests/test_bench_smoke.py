@@ -177,6 +177,14 @@ def _gone(tag, tmp, timeout) -> list[str]:
     return left
 
 
+def _reaped(p: subprocess.Popen, tag, tmp) -> list[str]:
+    """What an interrupted run left, once it ended (killed if it has not: a test that failed early)."""
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+    return _gone(tag, tmp, 5)
+
+
 def test_bench_hung_up_cleans_up_as_on_sigterm(tmp_path, tag):
     """The terminal or ssh session closes (SIGHUP to the bench): the switch, the flooding trafgen, the
     namespaces and the temporary directory go, as on SIGTERM; the processes it started in sessions of
@@ -228,10 +236,7 @@ def test_bench_interrupted_writes_the_repetitions_that_completed_marked_partial(
         p.wait(timeout=120)
         reader.join(timeout=10)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        left = _gone(tag, tmp, 5)
+        left = _reaped(p, tag, tmp)
     output = "".join(lines)
     assert p.returncode == 130, output[-3000:]
     assert left == [], f"left behind: {left}"
@@ -272,10 +277,7 @@ def test_bench_interrupted_after_its_last_repetition_writes_whole_results(tmp_pa
                 break
         lines.append(p.communicate(timeout=60)[0])
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        left = _gone(tag, tmp, 5)
+        left = _reaped(p, tag, tmp)
     output = "".join(lines)
     assert p.returncode == 130, output[-3000:]
     assert left == [], f"left behind: {left}"
