@@ -8,7 +8,6 @@ is the integration test's job; it lists them with tests.promql.all_queries().
 """
 
 import importlib.util
-import json
 import os
 import re
 import shutil

@@ -32,7 +32,6 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context, event

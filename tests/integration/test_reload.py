@@ -158,7 +158,7 @@ def test_a_port_remade_out_of_descriptors_waits_for_its_old_device_all_the_same(
     cfg["ports"][1]["ifname"] = "eth9"
     name = cfg["ports"][1]["name"]
     sw = lab.switch(cfg)
-    held = hold_queue(sw.proc.pid, "eth9")
+    held = helpers.hold_queue(sw.proc.pid, "eth9")
     try:
         cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
         rewrite(sw, cfg)
