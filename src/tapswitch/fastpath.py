@@ -280,11 +280,6 @@ class Shared:
         return [sum(self.ptr.acl_hits[w][port][r] for w in range(self.ptr.n_workers))
                 for r in range(lib.TS_MAX_ACL_RULES)]
 
-    def reset_acl_hits(self, port: int) -> None:
-        """The port's rules changed: count their hits from 0 again."""
-        self._acl_base[port] = self._acl_sums(port)
-        self._acl_next.pop(port, None)
-
     def reset_acl_hits_at_publish(self, port: int) -> None:
         """The port's rules change with the next settings_publish: count their hits from 0 from
         then on, as the workers match them; until then the old ones count on. Lost race, stated:
