@@ -51,3 +51,27 @@ def test_the_help_says_what_run_runs_without_c_how_clients_find_the_switch_and_t
     assert (f"Exit codes: {cli.EXIT_OK} success (run: a clean stop); {cli.EXIT_CONFIG} a configuration error, "
             f"or a command line it cannot parse (nothing created, nothing changed); {cli.EXIT_FAILURE} a "
             f"runtime failure, said in one line.") in text
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["fdb", "add", "02:00:00:00:00", "--port", "p0"], "argument mac: not a MAC address: '02:00:00:00:00'"),
+    (["fdb", "add", "01:00:5e:00:00:01", "--port", "p0"], "argument mac: 01:00:5e:00:00:01 is not a unicast address"),
+    (["fdb", "add", "02:00:00:00:00:10", "--port", "p0", "--vlan", "4095"], "argument --vlan: VLAN must be 1-4094, not 4095"),
+    (["fdb", "del", "zz:00:00:00:00:10"], "argument mac: not a MAC address: 'zz:00:00:00:00:10'"),
+    (["fdb", "del", "00:00:00:00:00:00"], "argument mac: 00:00:00:00:00:00 is not a unicast address"),
+    (["fdb", "del", "02:00:00:00:00:10", "--vlan", "0"], "argument --vlan: VLAN must be 1-4094, not 0"),
+    (["fdb", "del", "02:00:00:00:00:10", "--vlan", "one"], "argument --vlan: VLAN must be 1-4094, not 'one'"),
+    (["fdb", "--vlan", "5000"], "argument --vlan: VLAN must be 1-4094, not 5000"),
+    (["fdb", "--mac", "02:00:00:00:00:1"], "argument --mac: not a MAC address: '02:00:00:00:00:1'"),
+])
+def test_an_fdb_mac_or_vlan_the_switch_would_refuse_exits_2_naming_it_before_any_switch_is_asked(
+        tmp_path, capsys, argv, said):
+    """A command line it cannot parse is exit 2, nothing changed: `fdb add|del` with a MAC that
+    is none (or no entry's: not unicast) or a VLAN out of 1-4094 went to the switch, which
+    refused it, and exited 1 as a runtime failure; with no switch at -s, 1 for the socket."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "-s", str(tmp_path / "no.sock")])
+    err = capsys.readouterr().err
+    assert e.value.code == cli.EXIT_CONFIG, err
+    assert err.splitlines()[-1].endswith(f": error: {said} (six hex octets, as in 02:00:00:00:00:10 or "
+                                         f"02-00-00-00-00-10)" if "not a MAC" in said else f": error: {said}"), err

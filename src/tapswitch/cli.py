@@ -29,6 +29,32 @@ def path(value: str) -> str:
     return value
 
 
+def _as_the_switch_reads(read):
+    """An argparse type that reads a value as the switch reads a request's (control's mac_arg,
+    vlan_arg): one the switch would refuse is a command line it cannot parse (exit 2, the
+    argument named), said before any switch is asked, and the rules are the switch's own."""
+    def parse(value: str):
+        from tapswitch import control
+        try:
+            return read(control)(value)
+        except control.ControlError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+mac = _as_the_switch_reads(lambda control: control.mac_arg)                 # fdb --mac: any MAC
+entry_mac = _as_the_switch_reads(lambda control: control.unicast_mac_arg)   # fdb add|del: an entry's
+
+
+def vlan(value: str) -> int:
+    """A --vlan, 1-4094, as the switch reads one (control.vlan_arg); exit 2 if it is none."""
+    try:
+        value = int(value)
+    except ValueError:
+        pass                # vlan_arg refuses it, saying what a VLAN is
+    return _as_the_switch_reads(lambda control: control.vlan_arg)(value)
+
+
 # `tapswitch --help` after the list of commands: what the README says of them all (its
 # Quickstart and Command line), for a user who has only the command at hand.
 EPILOG = f"""\
@@ -92,19 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     # The listing's filters, applied by the switch. Their own dests: flush/add/del's --port and
     # --vlan, given after the action, must not take (or lose) a value given before it.
     fdb.add_argument("--port", dest="only_port", metavar="PORT", help="only the entries behind this port")
-    fdb.add_argument("--vlan", dest="only_vlan", metavar="VLAN", type=int, help="only the entries of this VLAN")
-    fdb.add_argument("--mac", dest="only_mac", metavar="MAC", help="only the entries of this MAC (02:00:00:00:00:10 or 02-00-00-00-00-10)")
+    fdb.add_argument("--vlan", dest="only_vlan", metavar="VLAN", type=vlan, help="only the entries of this VLAN")
+    fdb.add_argument("--mac", dest="only_mac", metavar="MAC", type=mac, help="only the entries of this MAC (02:00:00:00:00:10 or 02-00-00-00-00-10)")
     fdb_sub = fdb.add_subparsers(dest="action")
     flush = command(fdb_sub, "flush", "forget learned entries (all, or one port's); static entries stay")
     flush.add_argument("--port", help="only this port's entries")
     add = command(fdb_sub, "add", "add a static entry (kept until the switch stops)",
                   "It is never aged, moved or flushed; `static_macs:` in the config keeps one for good.")
-    add.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
+    add.add_argument("mac", type=entry_mac, help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     add.add_argument("--port", required=True, help="the port the MAC is behind")
-    add.add_argument("--vlan", type=int, help="default: the port's untagged VLAN")
+    add.add_argument("--vlan", type=vlan, help="default: the port's untagged VLAN")
     delete = command(fdb_sub, "del", "remove an entry, static or learned")
-    delete.add_argument("mac", help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
-    delete.add_argument("--vlan", type=int, help="default: 1")
+    delete.add_argument("mac", type=entry_mac, help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
+    delete.add_argument("--vlan", type=vlan, help="default: 1")
     for sp in (flush, add, delete):
         # After the action as before it (`fdb -s S flush` or `fdb flush -s S`). SUPPRESS: an
         # option not given here leaves the one given before the action as it is.
@@ -276,32 +302,19 @@ def picked_here(reply, filters: dict, path: str):
     switch left running) ignores them and sends its whole table, never to be printed as the
     part asked for. Picked here rather than refused: a listing is no reason to restart a
     switch, which stops its traffic."""
-    wanted = None
+    told = False
     for batch in reply:
         if set(filters) <= set(reply.filters or ()):
             yield batch
             continue
-        if wanted is None:
-            wanted = fdb_wanted(filters)
+        if not told:
+            told = True
             ignored = " ".join(f"--{k}" for k in filters if k not in (reply.filters or ()))
             print(f"tapswitch: the switch on {path} runs an older tapswitch, which ignores {ignored}: it sent "
                   f"its whole MAC table, picked here; restart the switch to have it pick the entries",
                   file=sys.stderr)
-        yield [e for e in batch if type(e) is dict and all(e.get(k) == v for k, v in wanted.items())]
-
-
-def fdb_wanted(filters: dict) -> dict:
-    """The values an entry of the listing has for `filters`, checked as the switch checks them."""
-    from tapswitch import control
-    wanted = dict(filters)
-    try:
-        if "vlan" in wanted:
-            wanted["vlan"] = control.vlan_arg(wanted["vlan"])
-        if "mac" in wanted:
-            wanted["mac"] = control.mac_arg(wanted["mac"])
-    except control.ControlError as e:
-        raise SystemExit(f"tapswitch: {e}") from None
-    return wanted
+        # `filters` are as the switch reads them (MAC lower-case with colons): the parser read them so.
+        yield [e for e in batch if type(e) is dict and all(e.get(k) == v for k, v in filters.items())]
 
 
 def write_json_list(batches, out) -> None:

@@ -69,6 +69,14 @@ def mac_arg(value) -> str:
                            f"or 02-00-00-00-00-10)") from None
 
 
+def unicast_mac_arg(value) -> str:
+    """A MAC an entry of the MAC table may have (`fdb add|del`): mac_arg's, and unicast, not zero."""
+    mac = mac_arg(value)
+    if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise ControlError(f"{mac} is not a unicast address")
+    return mac
+
+
 def vlan_arg(value) -> int:
     """A VLAN a request names, 1-4094 (not a JSON true); ControlError if it is none."""
     if type(value) is not int or not 1 <= value <= 4094:

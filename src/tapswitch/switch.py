@@ -33,7 +33,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
 from tapswitch import fastpath, linkmon, netns, ports, remote, rtnl, settings, tap, tc
-from tapswitch.control import RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving, vlan_arg
+from tapswitch.control import (RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving,
+                               unicast_mac_arg, vlan_arg)
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError, name_at
 from tapswitch.runstate import RunState
@@ -1183,9 +1184,7 @@ class Switch:
 
     @staticmethod
     def _mac_key(req: dict, port: ports.Port | None) -> tuple[str, int]:
-        mac = mac_arg(req.get("mac"))
-        if int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
-            raise ControlError(f"{mac} is not a unicast address")
+        mac = unicast_mac_arg(req.get("mac"))
         vlan = req.get("vlan")
         if vlan is None:
             vlan = port.cfg.pvid if port is not None else 1

@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
+from tapswitch import control
 from tests.integration import helpers
 
 SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
@@ -53,13 +55,18 @@ def test_fdb_add_and_del_from_the_command_line(lab):
     assert [(e["port"], e["static"]) for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:02"] == [(b, True)]
     assert sw.cli("fdb", "del", "02:00:00:00:99:02").stdout.strip() == "deleted 02:00:00:00:99:02 vlan 1"
     assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:02"]
-    for bad, message in ((["fdb", "add", "01:00:5e:00:00:01", "--port", b], "is not a unicast address"),
-                         (["fdb", "add", "nonsense", "--port", b], "not a MAC address"),
-                         (["fdb", "add", "02:00:00:00:99:03", "--port", "nope"], "no port named"),
-                         (["fdb", "del", "02:00:00:00:99:04"], "no entry for")):
+    # A MAC that is no entry's is a command line it cannot parse (2); what only the switch knows, 1.
+    for bad, code, message in ((["fdb", "add", "01:00:5e:00:00:01", "--port", b], 2, "is not a unicast address"),
+                               (["fdb", "add", "nonsense", "--port", b], 2, "not a MAC address"),
+                               (["fdb", "add", "02:00:00:00:99:03", "--port", "nope"], 1, "no port named"),
+                               (["fdb", "del", "02:00:00:00:99:04"], 1, "no entry for")):
         r = subprocess.run([sys.executable, "-m", "tapswitch", *bad, "-s", sw.socket],
                            capture_output=True, text=True, timeout=30)
-        assert r.returncode == 1 and message in r.stderr, (bad, r.stderr)
+        assert r.returncode == code and message in r.stderr, (bad, r.stderr)
+    # The switch refuses them too, for any other client.
+    for mac, message in (("01:00:5e:00:00:01", "is not a unicast address"), ("nonsense", "not a MAC address")):
+        with pytest.raises(control.ControlError, match=message):
+            control.request(sw.socket, "fdb_add", mac=mac, port=b, vlan=None)
 
 
 def test_fdb_add_refuses_a_monitor_port_and_a_reload_drops_an_entry_whose_vlan_the_port_left(lab):
@@ -116,7 +123,7 @@ def test_fdb_add_and_del_read_a_mac_as_the_config_does(lab):
     assert sw.cli("fdb", "del", "02-00-00-00-99-0a").stdout == "deleted 02:00:00:00:99:0a vlan 1\n"
     for bad in ("020000009908", "02:00-00:00:99:08", "02.00.00.00.99.08"):
         r = tapswitch("fdb", "add", bad, "--port", b, "-s", sw.socket, check=False)
-        assert r.returncode == 1 and r.stderr.startswith(f"tapswitch: not a MAC address: '{bad}'"), r
+        assert r.returncode == 2 and f"error: argument mac: not a MAC address: '{bad}'" in r.stderr, r
     assert not [e for e in sw.cli_json("fdb") if e["static"]]
 
 
