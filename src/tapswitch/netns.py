@@ -54,16 +54,30 @@ class Lost:
     where: tuple[int, int]          # the namespace itself, as tap.device_netns names a TAP's
 
 
+# What open() says of a path with no file there to be a namespace: none (a pid gone, a stale
+# name), or a socket; and what NS_GET_NSTYPE says of an open file that is no nsfs file.
+NOT_THERE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ESRCH, errno.ENXIO, errno.ENODEV, errno.ELOOP,
+                       errno.ENAMETOOLONG})
+NOT_NSFS = frozenset({errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
 def is_netns(path: str) -> bool:
-    """Is the file at `path` a network namespace (nsfs), not a plain file or directory?"""
+    """Is the file at `path` a network namespace (nsfs), not a plain file or directory?
+    OSError if that cannot be told: out of descriptors or memory (EMFILE, ENFILE, ENOMEM), not
+    ours to open (EACCES). "No" then would be a guess, and its callers act on it: a namespace
+    said to be none, its mount taken for create()'s placeholder file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
+    except OSError as e:
+        if e.errno in NOT_THERE:
+            return False
+        raise
     try:
         return fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET
-    except OSError:
-        return False            # ENOTTY: not an nsfs file
+    except OSError as e:
+        if e.errno in NOT_NSFS:
+            return False
+        raise
     finally:
         os.close(fd)
 
@@ -162,7 +176,8 @@ def remove(name: str) -> None:
 
 
 def _is_placeholder(path: str) -> bool:
-    """Is the file at `path` what create() mounts a namespace on: empty, regular, not yet mounted?"""
+    """Is the file at `path` what create() mounts a namespace on: empty, regular, not yet mounted?
+    (A namespace mounted there is empty and regular too.) OSError if that cannot be told (is_netns)."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -174,7 +189,7 @@ def cookie(path: str) -> Identity | None:
     """Which namespace is at `path`, for all time: this boot's id and the kernel's cookie of the
     namespace, which no other gets while the machine is up (its inode number goes to the next
     namespace made once it is freed). None if no namespace is there, or the kernel has no
-    cookies (before Linux 5.14)."""
+    cookies (before Linux 5.14); OSError if whether one is there cannot be told (is_netns)."""
     if not is_netns(path):
         return None
     return _identity(lambda: call_in(path, _own_cookie))
@@ -232,7 +247,7 @@ class Namespaces:
         namespace than the dead run made is left alone, as is one the dead run could not tell
         for sure. Each name done leaves `dead`: a start that fails meanwhile keeps the rest listed."""
         for name, ident in list(dead.netns.items()):
-            self._recover(name, ident, wanted)
+            self._recover(name, ident, wanted)     # NetnsError: this name, and the rest, stay in `dead`
             del dead.netns[name]
         self.state.save()
 
@@ -240,13 +255,21 @@ class Namespaces:
         path = os.path.join(RUN_DIR, name)
         if not os.path.lexists(path):
             return
-        if not is_netns(path) and (ident is None or _is_placeholder(path)):
+        try:
+            placeholder = not is_netns(path) and (ident is None or _is_placeholder(path))
+            theirs = not placeholder and ident not in (None, UNKNOWN) and cookie(path) == ident
+        except OSError as e:
+            # Out of descriptors, say: what is at the name is not known, so nothing is done to it
+            # (unlinked as a placeholder, it could be a namespace's mount), and it stays listed.
+            raise NetnsError(f"cannot tell what {path} is, a namespace a run that did not stop made: "
+                             f"{e.strerror or e}") from None
+        if placeholder:
             # Killed before the namespace was mounted on its file (after it wrote down its identity, or before).
             self._unlink_placeholder(name)
         elif ident is None or ident == UNKNOWN:
             log.warning("netns.left", netns=name, reason="the dead run could not tell which namespace it made "
                         "(no netns cookie before Linux 5.14, or an older version killed as it made it): it may be someone else's")
-        elif cookie(path) != ident:
+        elif not theirs:
             log.warning("netns.left", netns=name, reason="not the namespace the dead run made")
         elif name in wanted:
             self._hold(name, ident)
@@ -290,7 +313,12 @@ class Namespaces:
         except OSError:
             exists = False
         if exists:
-            if not is_netns(path):
+            try:
+                found = is_netns(path)
+            except OSError as e:        # EMFILE, say: "is not a network namespace" would be a guess
+                raise NetnsError(f"port {port.name}: cannot check that {port.netns} is a network namespace: "
+                                 f"{e.strerror or e}") from None
+            if not found:
                 stale = " (a stale file? the namespace it named is gone)" if port.netns_kind == "name" else ""
                 raise NetnsError(f"port {port.name}: {path} is not a network namespace{stale}")
             if is_own(path):        # a host process's pid, or a container's pid since reused by one

@@ -285,11 +285,19 @@ def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
     except OSError as e:
         # Its container's process ended (pid:N, /proc/N/ns/net), or `ip netns del` came, after
         # ensure() found the namespace: each later step that enters it says only ENOENT and a path.
-        if e.errno in (errno.ENOENT, errno.ESRCH) and cfg.netns_path is not None \
-                and not netns.is_netns(cfg.netns_path):
+        if e.errno in (errno.ENOENT, errno.ESRCH) and cfg.netns_path is not None and _gone(cfg.netns_path):
             raise PortError(f"port {cfg.name}: network namespace {cfg.netns} went away "
                             f"while the port was being made") from None
         raise
+
+
+def _gone(nspath: str) -> bool:
+    """Is the namespace at `nspath` known to be gone? Not if that cannot be told (EMFILE):
+    the step's own error is said then."""
+    try:
+        return not netns.is_netns(nspath)
+    except OSError:
+        return False
 
 
 def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
