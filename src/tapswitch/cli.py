@@ -192,10 +192,25 @@ class HeldReload:
         self.asked = True
 
 
+class HeldStop:
+    """SIGTERM's and SIGINT's handler from main() until the switch's own take over (Switch.start):
+    a stop asked for, which start() answers by making nothing, a clean stop (exit 0), not the
+    end of the process (SIGTERM's default: exit 143) or a KeyboardInterrupt (exit 130) while the
+    imports of `run` run and the config loads (a config is a regular file: its load waits for
+    nothing)."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def __call__(self, signum, frame) -> None:
+        self.asked = True
+
+
 def cmd_run(args) -> int:
     from tapswitch import log
     from tapswitch.switch import StartError, Switch
     held = getattr(args, "held_reload", None) or HeldReload()
+    held_stop = getattr(args, "held_stop", None) or HeldStop()
     held.asked = False           # a reload asked for before the config is read: reading it is that reload
     cfg = load_config(args.config)
     if cfg is None:
@@ -203,12 +218,12 @@ def cmd_run(args) -> int:
     log.setup(cfg.switch.log.level, cfg.switch.log.format)
     switch = Switch(cfg)
     try:
-        switch.start(reload_asked=lambda: held.asked)
+        switch.start(reload_asked=lambda: held.asked, stop_asked=lambda: held_stop.asked)
     except StartError as e:
         print(f"tapswitch: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return EXIT_OK           # stopped while starting; start() has undone what it made
+        return EXIT_OK           # stopped while starting, or before: start() has undone what it made, or made nothing
     try:
         switch.run()
     finally:
@@ -431,12 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.held_reload = HeldReload()
         signal.signal(signal.SIGHUP, args.held_reload)
+        args.held_stop = HeldStop()
+        signal.signal(signal.SIGTERM, args.held_stop)
+        signal.signal(signal.SIGINT, args.held_stop)
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()       # here, where a closed pipe is caught, not at exit
         return code
     except KeyboardInterrupt:
-        return 128 + 2    # Ctrl-C before the switch had anything to undo (while loading, say): no traceback
+        return 128 + 2    # Ctrl-C of a client (a long listing, say): no traceback. `run` holds it: HeldStop
     except BrokenPipeError:
         if args.command == "run":
             raise                # the switch prints nothing on stdout: this one is no reader gone

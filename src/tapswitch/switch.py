@@ -232,13 +232,19 @@ class Switch:
 
     # Starting.
 
-    def start(self, reload_asked=lambda: False) -> None:
+    def start(self, reload_asked=lambda: False, stop_asked=lambda: False) -> None:
         """Bring everything up, or undo what was done and raise StartError. `reload_asked()`:
         whether a SIGHUP came after the config was read, before start() took SIGHUP over (the
-        command line holds it from its start: cli.HeldReload)."""
+        command line holds it from its start: cli.HeldReload). `stop_asked()`: whether a SIGTERM
+        or SIGINT came before start() took them over (cli.HeldStop): KeyboardInterrupt then,
+        nothing made, as a stop while starting raises it once what was made is undone."""
         # A stop signal during start must still clean up: raise where start can catch it.
         signal.signal(signal.SIGTERM, self._on_stop_while_starting)
         signal.signal(signal.SIGINT, self._on_stop_while_starting)
+        if stop_asked():        # checked once ours take the signals: one that comes after is theirs
+            self.stopping = True
+            log.info("switch.stopped", switch=self.name, reason="asked to stop before it started")
+            raise KeyboardInterrupt
         # A reload asked for meanwhile comes once started (the config may have changed since it was read).
         signal.signal(signal.SIGHUP, self._on_reload)
         if reload_asked():

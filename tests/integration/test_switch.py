@@ -813,6 +813,29 @@ def test_sigterm_to_the_whole_process_group_is_a_clean_stop(lab):
     assert not any(os.path.exists(f"/proc/{pid}") for pid in workers)
 
 
+STOP_EARLY = (sys.executable, os.path.join(os.path.dirname(os.path.dirname(__file__)), "stop_early.py"))
+
+
+@pytest.mark.parametrize("when", ["imports", "read"])
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_before_the_switch_starts_starting_is_a_clean_stop_that_makes_nothing(lab, sig, when):
+    """`systemctl stop` (SIGTERM) or Ctrl-C (SIGINT) during the imports of `run`, or once the
+    config is read, before the switch took the stop signals over (as it starts): SIGTERM's
+    default action ended the process (exit -15, nothing said), SIGINT's KeyboardInterrupt exited
+    130. A stop, as at any other time: exit 0, said, and nothing made."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False, wrapper=(*STOP_EARLY, sig, when))
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 0, sw.log()
+    assert [e.get("reason") for e in sw.events("switch.stopped")] == ["asked to stop before it started"], sw.log()
+    assert "Traceback" not in sw.log()
+    assert not sw.events("switch.ready") and not sw.events("worker.spawned")
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not os.path.exists(sw.socket) and not os.path.exists(sw.socket + ".state")
+    assert not os.path.exists(sw.socket + ".lock")
+
+
 def test_sighup_to_the_whole_process_group_is_a_reload_that_keeps_the_workers(lab):
     """The terminal `tapswitch run` runs in hangs up (an ssh session lost): its shell sends SIGHUP
     to the whole process group. A reload, as SIGHUP is; the workers took it as the end (its
