@@ -369,6 +369,7 @@ HELP_AGREES_WITH_README = {
     "tapswitch_fdb_capacity": ["mac_table.size and a quarter more"],
     "tapswitch_fdb_evicted_total": ["bucket was full"],
     "tapswitch_worker_info": ["uring-burst", "readwrite"],
+    "tapswitch_vxlan_remotes": ["broadcast, multicast and unknown unicast"],
 }
 
 

@@ -104,7 +104,7 @@ class SwitchCollector:
         yield _family(GaugeMetricFamily, "tapswitch_port_fdb_entries", "MAC table entries on the port.",
                       ["switch", "port"], (([name, p.name], shared.port_fdb_entries(p.index)) for p in ports))
         yield _family(GaugeMetricFamily, "tapswitch_vxlan_remotes",
-                      "Remote hosts a VXLAN port sends broadcast and unknown unicast to.", ["switch", "port"],
+                      "Remote hosts a VXLAN port replicates broadcast, multicast and unknown unicast to.", ["switch", "port"],
                       # Read once: port.close() on the control thread sets it to None meanwhile.
                       (([name, p.name], len(t.remotes)) for p in ports if (t := p.tunnel) is not None))
         # By the rules the workers match, not p.cfg's: a reload sets that before it publishes them.
