@@ -178,6 +178,29 @@ def test_the_readme_config_tables_say_which_keys_are_required(path):
     assert names("required", row_of(path, documented_keys())) == required
 
 
+# A port giving a key without the one it requires, or beside one it excludes: (key, the other
+# key, "requires" or "excludes") -> the port. Even written as their defaults (`allmulti: false`).
+DEPENDS = {
+    ("ports[].ifname", "netns", "requires"): "{name: a, ifname: eth0}",
+    ("ports[].remote_mode", "remote", "requires"): "{name: a, remote_mode: promisc}",
+    ("ports[].allmulti", "remote", "requires"): "{name: a, allmulti: false}",
+    ("ports[].remote", "netns", "excludes"): "{name: a, remote: eth1, netns: n}",
+    ("ports[].vxlan", "netns", "excludes"): "{name: a, netns: n, vxlan: {vni: 1, local: 198.19.0.1}}",
+    ("ports[].vxlan", "remote", "excludes"): "{name: a, remote: eth1, vxlan: {vni: 1, local: 198.19.0.1}}",
+}
+
+
+@pytest.mark.parametrize("key,other,how", sorted(DEPENDS), ids=[f"{k} {h} {o}" for k, o, h in sorted(DEPENDS)])
+def test_the_readme_config_tables_say_what_a_key_requires_or_excludes(key, other, how):
+    """A port with `ifname` and no `netns` failed "it requires netns", with `remote_mode` or
+    `allmulti` and no `remote` "it requires remote", where their rows said neither."""
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(f"switch: {{name: s}}\nports: [{DEPENDS[key, other, how]}]\n")
+    assert f": {key.replace('[]', '[0]')}: " in str(e.value) and other in str(e.value)
+    row = row_of(key, documented_keys())
+    assert f"`{other}`" in row and how.rstrip("s") in row, f"{key}'s row does not say it {how} {other}"
+
+
 def said(value) -> str:
     return str(value).lower()
 
