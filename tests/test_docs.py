@@ -260,6 +260,34 @@ def test_the_annotated_example_shows_every_key():
     assert sorted(k for k in leaves if not re.search(rf"\b{k}:", text)) == []
 
 
+def example_notes(key: str) -> str:
+    """What config/example.yaml says beside `key:` wherever it is written: the line, the comment
+    lines right above it, and those below it that go on its comment (indented past the key)."""
+    lines = (ROOT / "config" / "example.yaml").read_text().splitlines()
+    notes = []
+    for i, line in enumerate(lines):
+        if re.search(rf"(?<![\w.]){key}:", line):
+            first, last = i, i + 1
+            while first > 0 and lines[first - 1].lstrip().startswith("#"):
+                first -= 1
+            while last < len(lines) and re.match(r" {%d,}#" % (line.index(key) + 2), lines[last]):
+                last += 1
+            notes += lines[first:last]
+    return "\n".join(notes).replace("..", " to ")       # 1..16
+
+
+def test_the_annotated_example_states_every_bound():
+    """config/example.yaml says it has every key "with its default and its limits": mac_limit,
+    storm_control's rates, speed, the VXLAN keys and the ACL's ports had no limits there. A
+    key's limits are said beside it, or beside its section's key (`storm_control:`, "each")."""
+    missing = []
+    for path, field in keys_and_fields():
+        keys = [k.rstrip("[]") for k in path.split(".")[-2:]]
+        notes = "\n".join(example_notes(k) for k in keys)
+        missing += [f"{path} ({n})" for n in bounds(field) if not names(str(n), notes)]
+    assert missing == []
+
+
 # --- Command line ---------------------------------------------------------------
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
