@@ -472,3 +472,15 @@ def test_the_readme_alert_table_is_the_alert_rules():
     alerts = {r["alert"] for group in rules["groups"] for r in group["rules"] if "alert" in r}
     table = {re.findall(r"`([^`]+)`", cells[0])[0] for cells in table_rows(section("Prometheus"))}
     assert table == alerts
+
+
+def test_the_drops_alert_names_the_causes_of_rx_dropped_the_readme_names():
+    """TapswitchDropsRising's description is what an operator paged reads first: it named neither
+    the IEEE 802.1 group addresses the switch never relays nor a monitor port's frames, both
+    rx_dropped in the README's table."""
+    rules = yaml.safe_load((ROOT / "dashboards" / "alerts.yml").read_text())
+    description, = [r["annotations"]["description"] for group in rules["groups"] for r in group["rules"]
+                    if r.get("alert") == "TapswitchDropsRising"]
+    meaning = metric_table()["tapswitch_port_rx_dropped_total"][2]
+    for cause in ("down", "isolated", "flood", "came", "01:80:C2:00:00:01", "monitor port"):
+        assert cause in meaning and cause in description, cause
