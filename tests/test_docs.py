@@ -484,3 +484,11 @@ def test_the_drops_alert_names_the_causes_of_rx_dropped_the_readme_names():
     meaning = metric_table()["tapswitch_port_rx_dropped_total"][2]
     for cause in ("down", "isolated", "flood", "came", "01:80:C2:00:00:01", "monitor port"):
         assert cause in meaning and cause in description, cause
+
+
+# --- Environment ------------------------------------------------------------------
+
+def test_the_readme_names_every_value_tapswitch_io_takes():
+    """`TAPSWITCH_IO=uring-burst` and `auto` were taken and never named, and the README did not
+    say that any other value fails the start."""
+    assert set(re.findall(r"`TAPSWITCH_IO=([a-z-]+)`", README)) == set(fastpath.IO_BACKENDS)
