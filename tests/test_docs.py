@@ -1,8 +1,9 @@
 """The documentation against the code, so that neither moves alone: README.md's YAML
 examples pass `tapswitch check`, its config tables name every key of the schema with
-its default (or say it is required), its command table is the command line's, its metric table is what the
+its default (or say it is required), its limits and the keys it requires or excludes, its command table is the command line's, its metric table is what the
 collector exports (name, type, labels, and a HELP that names the causes its row names),
-the log events it quotes are logged, and config/example.yaml ("every key") shows every key.
+the log events it quotes are logged, TAPSWITCH_IO's values are the fast path's, the drops alert
+names what rx_dropped counts, and config/example.yaml ("every key") shows every key and its limits.
 
 No root: the collector reads a shared-memory table of a switch that never starts.
 """
