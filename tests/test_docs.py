@@ -289,6 +289,20 @@ def test_the_annotated_example_states_every_bound():
     assert missing == []
 
 
+def test_the_annotated_example_states_every_default():
+    """As the README's tables do (test_the_readme_config_tables_state_every_default): log.format's
+    default (auto) and isolated's (false) were not in the example."""
+    missing = []
+    for path, field in keys_and_fields():
+        default = None if field.is_required() else field.default
+        if default in (None, []) or isinstance(default, BaseModel):
+            continue
+        notes = "\n".join(example_notes(k.rstrip("[]")) for k in path.split(".")[-2:]).lower()
+        if "default" not in notes or not names(said(default), notes):
+            missing.append(f"{path} (default {default!r})")
+    assert missing == []
+
+
 # --- Command line ---------------------------------------------------------------
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
