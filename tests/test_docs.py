@@ -507,3 +507,13 @@ def test_the_readme_names_every_value_tapswitch_io_takes():
     """`TAPSWITCH_IO=uring-burst` and `auto` were taken and never named, and the README did not
     say that any other value fails the start."""
     assert set(re.findall(r"`TAPSWITCH_IO=([a-z-]+)`", README)) == set(fastpath.IO_BACKENDS)
+
+
+def test_the_readme_names_the_counters_of_ports_json():
+    """`tapswitch ports --json` holds exactly the keys the README lists, and its `counters` are
+    keys too: a script reading `flooded` (not the metric's `flooded_packets`) or `rx_missed`
+    had only the output itself to learn them from."""
+    prose = re.sub(r"\s+", " ", section("Command line"))
+    m = re.search(r"a port's `counters` are (.*?) \(", prose)
+    assert m, "the README's sentence on the counters of `ports --json`"
+    assert set(re.findall(r"`([a-z_]+)`", m[1])) == {*fastpath.COUNTERS, "rx_missed"}
