@@ -202,6 +202,25 @@ def test_the_readme_config_tables_say_what_a_key_requires_or_excludes(key, other
     assert f"`{other}`" in row and how.rstrip("s") in row, f"{key}'s row does not say it {how} {other}"
 
 
+# A config whose name at `path` is none that may be: the error says what a name may be.
+BAD_NAMES = {
+    "switch.name": "switch: {name: a b}\nports: [{name: a}]\n",
+    "ports[].name": "switch: {name: s}\nports: [{name: abcdefghijklmnop}]\n",
+    "mirrors[].name": "switch: {name: s}\nports: [{name: a}, {name: m}]\nmirrors: [{name: a b, from: [a], to: m}]\n",
+}
+
+
+@pytest.mark.parametrize("path", sorted(BAD_NAMES))
+def test_the_readme_config_tables_say_what_a_name_may_be(path):
+    """A mirror's name is held to 1 to 32 of A-Z a-z 0-9 _ . -, as a switch's is, and its row
+    did not say so."""
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(BAD_NAMES[path])
+    rule = re.search(r"1 to \d+ (of [^:;]*|bytes)", str(e.value))
+    assert rule and f": {path.replace('[]', '[0]')}: " in str(e.value), str(e.value)
+    assert rule[0] in row_of(path, documented_keys()).replace("`", "")
+
+
 def said(value) -> str:
     return str(value).lower()
 
