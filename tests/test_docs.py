@@ -206,6 +206,7 @@ def test_the_readme_config_tables_say_what_a_key_requires_or_excludes(key, other
 BAD_NAMES = {
     "switch.name": "switch: {name: a b}\nports: [{name: a}]\n",
     "ports[].name": "switch: {name: s}\nports: [{name: abcdefghijklmnop}]\n",
+    "ports[].netns": "switch: {name: s}\nports: [{name: a, netns: ..}]\n",
     "mirrors[].name": "switch: {name: s}\nports: [{name: a}, {name: m}]\nmirrors: [{name: a b, from: [a], to: m}]\n",
 }
 
