@@ -17,6 +17,7 @@ from tapswitch import cli, config, control, fastpath, settings
 from tapswitch import switch as switch_mod
 from tapswitch.control import ControlServer
 from tapswitch.ports import Port
+from tapswitch.saidonce import SaidOnce
 from tapswitch.switch import Switch
 
 OLD_SWITCH = os.path.join(os.path.dirname(__file__), "old_switch.py")
@@ -405,7 +406,7 @@ def test_notify_logs_a_failure_once_while_it_lasts(tmp_path, monkeypatch):
     once it changes, or after a message got through."""
     path = str(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setattr(switch_mod, "_notify_failure", None)
+    monkeypatch.setattr(switch_mod, "_notify_failure", SaidOnce())
     refused, gone = os.strerror(errno.ECONNREFUSED), os.strerror(errno.ENOENT)
 
     def listening() -> socket.socket:
@@ -440,7 +441,7 @@ def test_notify_out_of_descriptors_logs_and_raises_nothing(tmp_path, monkeypatch
     step, leaving every device, namespace and the socket, and a reload's ended the switch.)"""
     path = str(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    monkeypatch.setattr(switch_mod, "_notify_failure", None)
+    monkeypatch.setattr(switch_mod, "_notify_failure", SaidOnce())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     taken = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, structlog.testing.capture_logs() as logs:

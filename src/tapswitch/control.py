@@ -31,6 +31,8 @@ import time
 
 import structlog
 
+from tapswitch.saidonce import SaidOnce
+
 log = structlog.get_logger("tapswitch.control")
 
 MAX_REQUEST = 64 * 1024
@@ -175,19 +177,21 @@ class AcceptWaits:
     and tried again at once: its thread spun a whole CPU until a descriptor came free. Said
     once while it lasts (accept_failed); the client waits for its answer (or gives up)."""
 
-    accept_failing = False      # the last accept found no descriptor free (logged)
+    def __init__(self, *args, **kwargs):
+        self.accept_failing = SaidOnce()    # the accepts that find no descriptor free, until one does
+        super().__init__(*args, **kwargs)
 
     def get_request(self):
         try:
             request = super().get_request()
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                if not self.accept_failing:
+                # EMFILE or ENFILE, one failure: no descriptor free, said once whichever a try finds.
+                if self.accept_failing.news("no descriptor free"):
                     self.accept_failed(e.strerror, f"tried again every {ACCEPT_WAIT:g} s until a descriptor is free")
-                self.accept_failing = True
                 time.sleep(ACCEPT_WAIT)
             raise
-        self.accept_failing = False
+        self.accept_failing.over()
         return request
 
     def accept_failed(self, error: str, reason: str) -> None:

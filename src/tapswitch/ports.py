@@ -21,7 +21,7 @@ import errno
 import os
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from pyroute2 import IPRoute
@@ -31,6 +31,7 @@ from tapswitch import linkmon, netns, quiet, remote, rtnl, tap, tc, vxlan
 from tapswitch.config import IPV6_MIN_MTU
 from tapswitch.remote import RemoteAttachment
 from tapswitch.runstate import RunState, SaveError
+from tapswitch.saidonce import SaidOnce
 
 log = structlog.get_logger("tapswitch.ports")
 
@@ -65,11 +66,13 @@ class Port:
     tunnel: vxlan.Tunnel | None = None         # a VXLAN port's device (its remote)
     underlay_fault: str | None = None    # a VXLAN port: why its tunnel cannot carry, as last logged
                                          # (vxlan.underlay_down); None: it can
-    mac_follow_failed: str | None = None   # a remote port: why following IFACE's new MAC failed, as
-                                           # last logged (Switch.remote_mac_changed); None: followed
-    attach_failed: str | None = None   # a remote port: why attaching IFACE that came back failed for
-                                       # want of the switch's own means (an OSError: out of descriptors),
-                                       # as last logged (Switch.remote_changed); None: not so
+    # A remote port: why following IFACE's new MAC failed, until it is followed
+    # (Switch.remote_mac_changed); while it lasts, each tick tries again.
+    mac_follow_failed: SaidOnce = field(default_factory=SaidOnce)
+    # A remote port: why attaching IFACE that came back failed for want of the switch's own
+    # means (an OSError: out of descriptors), until it is attached or gone again
+    # (Switch.remote_changed); while it lasts, each tick tries again.
+    attach_failed: SaidOnce = field(default_factory=SaidOnce)
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone

@@ -38,6 +38,7 @@ from tapswitch.control import (RELOAD_WAIT, ControlError, ControlServer, Listing
 from tapswitch.log import setup as setup_logging
 from tapswitch.netns import Namespaces, NetnsError, name_at
 from tapswitch.runstate import RunState
+from tapswitch.saidonce import SaidOnce
 from tapswitch.supervisor import Supervisor, Worker, WorkerError
 from tapswitch.tap import TapError
 
@@ -127,13 +128,12 @@ def _undo_step(step: str, **fields):
         log.error("switch.undo_failed", step=step, error=str(e) or type(e).__name__, **fields)
 
 
-_notify_failure: tuple[str, str] | None = None    # (socket, error) notify() last logged; None once it got through
+_notify_failure = SaidOnce()     # (socket, error) of notify()'s failure, until a message gets through
 
 
 def notify(state: str) -> None:
     """Tell systemd (or whoever set $NOTIFY_SOCKET) about our state. A failure is logged once
     while it lasts (each reload and the stop would say it again), and again once it changes."""
-    global _notify_failure
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return
@@ -146,12 +146,11 @@ def notify(state: str) -> None:
             s.connect(addr)
             s.sendall(state.encode())
     except OSError as e:
-        failure = (os.environ["NOTIFY_SOCKET"], str(e))
-        if failure != _notify_failure:
-            log.warning("notify.failed", socket=failure[0], error=failure[1])
-        _notify_failure = failure
+        sock, error = os.environ["NOTIFY_SOCKET"], str(e)
+        if _notify_failure.news((sock, error)):
+            log.warning("notify.failed", socket=sock, error=error)
         return
-    _notify_failure = None
+    _notify_failure.over()
 
 
 class SharedReaders:
@@ -222,12 +221,13 @@ class Switch:
         self.shared_readers = SharedReaders()       # control requests and scrapes reading the shared memory
         self.slots_used: set[int] = set()     # port table slots used since start
         self.evicted_seen = 0
-        self.tunnel_waits: dict[str, str] = {}   # VXLAN port -> why its gone device cannot be made yet (logged)
-        self.unchecked: dict[str, str] = {}      # port -> why maintain_ports could not tell where its TAP is (logged)
+        self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
+        self.unchecked = SaidOnce()              # port -> why maintain_ports could not tell where its TAP is
         self.unlooked: dict[str, str] = {}       # port -> why a look at its devices failed since the last tick
-        self.unlooked_said: dict[str, str] = {}  # port -> that failure as logged: said once while it lasts
-        self.unread: str | None = None           # why rx_missed could not read the kernel's counts, as logged
-        self.unread_lock = threading.Lock()      # rx_missed runs in the control socket's and the scrapes' threads
+        self.unlooked_said = SaidOnce()          # port -> that failure, until a look at its devices succeeds
+        # Why rx_missed could not read the kernel's counts, until it can: it runs in the control
+        # socket's and the scrapes' threads (SaidOnce is thread-safe).
+        self.unread = SaidOnce()
         self.full_logged_at = -math.inf
 
     # Starting.
@@ -635,13 +635,14 @@ class Switch:
                 # again, and the port stayed down, IFACE unattached, once there were some. The
                 # tick tries again (maintain_remotes), said once while it fails so. A refusal
                 # (IFACE held by another switch, not Ethernet...) waits for IFACE's next event.
-                again = isinstance(e, OSError)
-                if not again or str(e) != port.attach_failed:
+                if not isinstance(e, OSError):
+                    port.attach_failed.over()        # not tried again: said at each of IFACE's events
+                    log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e))
+                elif port.attach_failed.news(str(e)):
                     log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e),
-                              **({"reason": "tried again every tick until it succeeds"} if again else {}))
-                port.attach_failed = str(e) if again else None
+                              reason="tried again every tick until it succeeds")
                 return
-            port.attach_failed = None
+            port.attach_failed.over()
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
         # after its port was made up; the device says whether it still holds.
@@ -661,7 +662,7 @@ class Switch:
             try:
                 att.follow_iface_mac()
             except (NetlinkError, OSError, tc.TcError) as e:
-                if self._news(port, f"rules: {e}"):
+                if port.mac_follow_failed.news(f"rules: {e}"):
                     log.error("remote.mac_follow_failed", port=port.name, remote=port.cfg.remote, error=str(e),
                               reason="tried again every tick until it succeeds")
                 return
@@ -669,19 +670,13 @@ class Switch:
             try:
                 att.ipr.link("set", index=port.ifindex, address=att.port_mac)
             except (NetlinkError, OSError) as e:
-                if self._news(port, f"tap: {e}"):
+                if port.mac_follow_failed.news(f"tap: {e}"):
                     log.error("port.mac_follow_failed", port=port.name, remote=port.cfg.remote, mac=att.port_mac,
                               error=str(e), reason="tried again every tick until it succeeds")
                 return
             log.info("port.mac_changed", port=port.name, mac=att.port_mac, was=port.mac, remote=port.cfg.remote)
             port.mac = att.port_mac
-        port.mac_follow_failed = None
-
-    @staticmethod
-    def _news(port: ports.Port, failure: str) -> bool:
-        """Whether a failure to follow IFACE's MAC is to be said: not the one said last (each tick tries again)."""
-        news, port.mac_follow_failed = failure != port.mac_follow_failed, failure
-        return news
+        port.mac_follow_failed.over()
 
     def maintain_remotes(self) -> None:
         """A remote port whose following of IFACE's new MAC failed (remote_mac_changed) tries
@@ -692,9 +687,9 @@ class Switch:
         for port in self.ports:
             if port.gone:
                 continue
-            if port.mac_follow_failed is not None and port.remote_ifindex is not None:
+            if port.mac_follow_failed.lasts() and port.remote_ifindex is not None:
                 self.remote_mac_changed(port)
-            elif port.attach_failed is not None and port.remote_ifindex is None:
+            elif port.attach_failed.lasts() and port.remote_ifindex is None:
                 self.attach_again(port)
 
     def attach_again(self, port: ports.Port) -> None:
@@ -705,7 +700,7 @@ class Switch:
         except LOOK_ERRORS:
             return
         if link is None or not self._made_for(port, link["index"]):
-            port.attach_failed = None        # gone again: its making again is an event, which attaches it
+            port.attach_failed.over()        # gone again: its making again is an event, which attaches it
             return
         self.remote_changed(port, self._event_of(link))
         self.set_port_up(port, port.links_up)
@@ -848,10 +843,9 @@ class Switch:
         the same error; maintain_looks looks again at the next tick."""
         error = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         self.unlooked[port.name] = error
-        if self.unlooked_said.get(port.name) != error:
+        if self.unlooked_said.news(error, port.name):
             log.warning("port.look_failed", port=port.name, error=error,
                         reason="its devices are looked at again every tick; the port keeps its state meanwhile")
-            self.unlooked_said[port.name] = error
 
     def maintain_looks(self) -> None:
         """The ports a look at whose devices failed since the last tick (_look_failed) are looked at
@@ -861,7 +855,7 @@ class Switch:
         for port in self.ports:
             if port.name in failed and not port.gone:
                 self.resync_port(port)
-        self.unlooked_said = {name: error for name, error in self.unlooked_said.items() if name in self.unlooked}
+        self.unlooked_said.only(self.unlooked)
 
     def set_port_up(self, port: ports.Port, up: bool) -> None:
         """Skip a down port when flooding and forget its MACs; resume when it is up."""
@@ -908,7 +902,7 @@ class Switch:
         # which namespace a TAP is in: by name.)
         lost_here = {ns.where: ns for ns in lost}
         lost_named = {ns.name: ns for ns in lost}
-        unchecked = {}
+        unchecked = set()        # the ports whose TAP could not be asked about at this tick
         for port in self.ports:
             if port.gone:
                 continue
@@ -917,9 +911,10 @@ class Switch:
             except OSError as e:
                 # Out of descriptors (the ioctl opens one): it raised out of the control loop, and
                 # the switch ended. Not known now; the next tick asks again (said once while it lasts).
-                unchecked[port.name] = e.strerror or str(e)
-                if unchecked[port.name] != self.unchecked.get(port.name):
-                    log.warning("port.check_failed", port=port.name, error=unchecked[port.name],
+                error = e.strerror or str(e)
+                unchecked.add(port.name)
+                if self.unchecked.news(error, port.name):
+                    log.warning("port.check_failed", port=port.name, error=error,
                                 reason="where its TAP is is asked again every tick")
                 continue
             ns = lost_named.get(port.cfg.netns) if where == tap.UNKNOWN_NETNS else lost_here.get(where)
@@ -936,25 +931,25 @@ class Switch:
             log.warning("port.gone", port=port.name, netns=port.cfg.netns, reason=reason)
             self.set_port_up(port, False)
             self.supervisor.forget_port(port.index)
-        self.unchecked = unchecked
+        self.unchecked.only(unchecked)
 
     def maintain_tunnels(self) -> None:
         """A VXLAN port whose device went (deleted, or by the kernel with its underlay device) gets
         it again as soon as it can be made: every tick, the reason it cannot logged once."""
-        waits = {}
+        waits = set()            # the ports whose device could not be made at this tick
         for port in self.ports:
             if port.tunnel is None or port.tunnel.ifindex is not None or port.gone:
                 continue
             try:
                 ports.remake_tunnel(port)
             except ports.PortError as e:
-                if str(e) != self.tunnel_waits.get(port.name):
+                waits.add(port.name)
+                if self.tunnel_waits.news(str(e), port.name):
                     log.warning("vxlan.remake_waits", port=port.name, dev=port.tunnel.name, error=str(e))
-                waits[port.name] = str(e)
                 continue
             log.info("vxlan.remade", port=port.name, dev=port.tunnel.name)
             self.underlay_changed(port)       # bound anew, to the device named dev now (up: its link event)
-        self.tunnel_waits = waits
+        self.tunnel_waits.only(waits)
 
     def feed_shared_remotes(self) -> None:
         """Shared-mode remotes steal frames for the MACs behind the other ports: tell them which."""
@@ -1294,9 +1289,9 @@ class Switch:
     def _unread(self, error: str | None, ports_asked: int) -> None:
         """rx_missed's read of the kernel's counts failed with `error` (None: it did not): said
         once while it fails with the same error, by whichever thread fails first."""
-        with self.unread_lock:
-            news, self.unread = error is not None and error != self.unread, error
-        if news:
+        if error is None:
+            self.unread.over()
+        elif self.unread.news(error):
             log.warning("port.rx_missed_failed", ports=ports_asked, error=error,
                         reason="each port's rx_missed stays at its last count until the kernel's can be read")
 
