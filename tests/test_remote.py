@@ -1,6 +1,7 @@
 """remote and tc, without root: the rules each mode needs, their diff, and the netlink bytes we send."""
 
 import struct
+import types
 
 import pytest
 
@@ -366,3 +367,37 @@ def test_a_foreign_filters_handle_is_spelled_as_tc_filter_show_spells_it():
     assert tc.handle_str(f("u32", 0x800 << 20 | 0x800)) == "800::800"
     assert tc.handle_str(f("u32", 0x5 << 20)) == "5:"           # a hash table
     assert tc.handle_str(f("bpf", 1)) == "0x1"
+
+
+def test_iface_held_past_the_wait_is_looked_at_without_one_at_the_next_try(monkeypatch):
+    """IFACE held by another switch's rules (a TAP that is there) is waited for a moment, as a dead
+    run's TAP may linger (HELD_WAIT). A remote port whose IFACE came back so tries again every
+    tick (Switch.maintain_remotes): held past the wait once, it is looked at without one, else
+    each tick stopped the control loop that long. Free once, it is waited for again."""
+    clock = types.SimpleNamespace(now=0.0, slept=0)
+    clock.monotonic = lambda: clock.now
+
+    def sleep(seconds):
+        clock.now += seconds
+        clock.slept += 1
+    clock.sleep = sleep
+    monkeypatch.setattr(remote, "time", clock)
+    holder = {"tap": 9}
+    monkeypatch.setattr(tc, "held_by", lambda ipr, dev, mine: holder["tap"])
+    att = remote.RemoteAttachment(types.SimpleNamespace(get_links=lambda index: []), "up0", "nic0", "promisc",
+                                  None, False, None, None)
+    att._index = {"tap": 5, "remote": 6}
+
+    def waits() -> int:
+        before = clock.slept
+        with pytest.raises(tc.TcError, match=r"^nic0 is attached by another running switch \(its tapswitch rules "
+                                             r"send frames to ifindex 9\)$"):
+            att._refuse_if_held()
+        return clock.slept - before
+
+    assert waits() > 0
+    assert [waits(), waits()] == [0, 0]
+    holder["tap"] = None
+    att._refuse_if_held()
+    holder["tap"] = 9
+    assert waits() > 0

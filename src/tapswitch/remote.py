@@ -228,12 +228,22 @@ def netns_id(ipr) -> int:
         os.close(fd)
 
 
-def claim(netns: int, ifindex: int, ifname: str) -> socket.socket:
+class Claimed(tc.TcError):
+    """IFACE claimed by another switch that runs (claim); `pid` is that switch's, None if unknown."""
+
+    def __init__(self, ifname: str, pid: int | None):
+        super().__init__(f"{ifname} is attached by another running switch" + (f" (pid {pid})" if pid else ""))
+        self.pid = pid
+
+
+def claim(netns: int, ifindex: int, ifname: str, pid: int | None = None) -> socket.socket:
     """IFACE's claim: a listening socket bound to the abstract address
     `tapswitch/remote/NETNS/IFINDEX` (IFACE's namespace, by inode, and ifindex: one device), which
     the kernel lets go of with the socket, however the switch ends (no file to leave behind).
-    TcError naming IFACE and the holder's pid if another switch holds it. (Abstract addresses are
-    those of the namespace of the thread that binds them: the switch's own, where IFACE is.)
+    Claimed (a TcError) naming IFACE and the holder's pid if another switch holds it; `pid`, the
+    holder's as an earlier try found it, is named if this one cannot learn it (_holder_pid).
+    (Abstract addresses are those of the namespace of the thread that binds them: the switch's
+    own, where IFACE is.)
 
     It is taken before IFACE's rules are looked at (held_by) and held while the port is attached:
     two switches starting at once on IFACE each found no rule of a running switch, and the later
@@ -248,14 +258,22 @@ def claim(netns: int, ifindex: int, ifname: str) -> socket.socket:
         sock.close()
         if e.errno != errno.EADDRINUSE:
             raise
-    pid = ""
-    try:        # the holder's pid: a listening socket's peer credentials are its own
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as peer:
+    raise Claimed(ifname, _holder_pid(address) or pid)
+
+
+def _holder_pid(address: str) -> int | None:
+    """The pid of the switch that holds the claim at `address`: a listening socket's peer
+    credentials are its own. None if not learned. The holder never accepts: each look's
+    connection stays in its queue until it ends, and one past the queue's room (two) is
+    refused (EAGAIN), without waiting: a blocking one waited for room for good, and a port
+    whose IFACE another switch holds tries again every tick (Switch.maintain_remotes): its
+    third try stopped the control loop."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as peer:
             peer.connect(address)
-            pid = f" (pid {struct.unpack('3i', peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]})"
+            return struct.unpack("3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
     except OSError:
-        pass
-    raise tc.TcError(f"{ifname} is attached by another running switch{pid}")
+        return None
 
 
 def _gone(e: Exception) -> bool:
@@ -307,6 +325,8 @@ class RemoteAttachment:
         self._flags: dict[str, bool] = {}    # iface_flags() as the port last set them on IFACE
         self.behind = False      # a follow_iface_mac failed: IFACE's MAC is not followed yet
         self._claim: tuple[int, socket.socket] | None = None   # (IFACE's ifindex, its claim) while attached
+        self._holder: dict[int, int | None] = {}    # IFACE's ifindex -> the pid of the switch that claimed it (claim)
+        self._held_past_wait: int | None = None     # IFACE's ifindex, if held_by found it held past HELD_WAIT
 
     # Attaching. -----------------------------------------------------------
 
@@ -317,7 +337,7 @@ class RemoteAttachment:
             self._attach()
         except BaseException:
             try:
-                self.detach()
+                self.detach(said=False)
             except Exception as e:  # keep the first error; say what is left behind
                 log.error("remote.detach_failed", tap=self.tap_ifname, remote=self.remote_ifname, error=str(e))
             raise
@@ -420,7 +440,11 @@ class RemoteAttachment:
         if self._claim is not None and self._claim[0] == index:
             return
         self._let_go()
-        self._claim = (index, claim(netns_id(self.ipr), index, self.remote_ifname))
+        try:
+            self._claim = (index, claim(netns_id(self.ipr), index, self.remote_ifname, self._holder.get(index)))
+        except Claimed as e:
+            self._holder = {index: e.pid}
+            raise
 
     def _let_go(self) -> None:
         if self._claim is not None:
@@ -430,10 +454,14 @@ class RemoteAttachment:
     def _refuse_if_held(self) -> None:
         """IFACE attached by another switch that runs (its rules send to a TAP that is there) is
         not ours to take, nor to strip when we stop: refuse, touching nothing. A dead run's
-        TAP may linger a moment after it: its rules are stale once the TAP has gone."""
-        deadline = time.monotonic() + HELD_WAIT
-        while (held := tc.held_by(self.ipr, self._index["remote"], self._index["tap"])) is not None:
+        TAP may linger a moment after it: its rules are stale once the TAP has gone. Waited for
+        once: IFACE held past it is a running switch's, and the next try (the switch's next tick,
+        Switch.maintain_remotes) looks without a wait, which would stop the control loop each time."""
+        remote = self._index["remote"]
+        deadline = time.monotonic() + (0 if self._held_past_wait == remote else HELD_WAIT)
+        while (held := tc.held_by(self.ipr, remote, self._index["tap"])) is not None:
             if time.monotonic() >= deadline:
+                self._held_past_wait = remote
                 try:
                     name = self.ipr.get_links(held)[0].get_attr("IFLA_IFNAME")
                 except (NetlinkError, IndexError):
@@ -441,6 +469,7 @@ class RemoteAttachment:
                 raise tc.TcError(f"{self.remote_ifname} is attached by another running switch "
                                  f"(its tapswitch rules send frames to {name})")
             time.sleep(0.05)
+        self._held_past_wait = None
 
     @property
     def iface_mac(self) -> str:
@@ -604,15 +633,18 @@ class RemoteAttachment:
 
     # Detaching. -----------------------------------------------------------
 
-    def detach(self) -> None:
+    def detach(self, said: bool = True) -> None:
         """Remove exactly what attach() added and give IFACE back its flags and MTU, then let go
-        of IFACE's claim. A device that has gone meanwhile is skipped."""
+        of IFACE's claim. A device that has gone meanwhile is skipped. Not `said`: the undo of
+        an attach() that failed, whose failure is what is said (a remote port whose IFACE came
+        back tries again every tick while it fails: a `remote.detached` each time), logged at
+        debug level."""
         try:
-            self._detach()
+            self._detach(said)
         finally:
             self._let_go()
 
-    def _detach(self) -> None:
+    def _detach(self, said: bool) -> None:
         if not self.attached:
             return
         self._remove(self.rules)         # stop stealing first: IFACE's rules, then TX
@@ -625,7 +657,7 @@ class RemoteAttachment:
             self.state.record_original(self.remote_ifname, None)     # given back: nothing to heal
         self._left = None
         self.attached = False
-        log.info("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
+        (log.info if said else log.debug)("remote.detached", tap=self.tap_ifname, remote=self.remote_ifname)
 
     def gone(self) -> None:
         """IFACE left the switch's namespace: deleted, or moved into another one (the kernel then
