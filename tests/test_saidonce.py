@@ -36,6 +36,17 @@ def test_failures_are_kept_by_key():
     assert (said.lasts("p0"), said.lasts("p1"), said.lasts()) == (False, True, False)
 
 
+def test_failure_is_the_one_said_last_while_it_lasts():
+    """What `tapswitch ports` shows as a port's error: the failure said last, None once it is over."""
+    said = SaidOnce()
+    assert said.failure("p0") is None
+    said.news("refused: held by another switch", "p0")
+    said.news("Too many open files", "p0")
+    assert said.failure("p0") == "Too many open files"
+    said.over("p0")
+    assert said.failure("p0") is None
+
+
 def test_only_ends_every_failure_but_those_named():
     """A tick in which p1 succeeded and p2 went: only p0's failure lasts, and p1's next is news."""
     said = SaidOnce()

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     client("ports", "show the ports of a running switch",
            "Name, state, MAC, MTU, speed, remote, queues and counters of every port, and the reason a "
-           "port the last reload could not make is down; --json adds each queue's counters.")
+           "port the last reload could not make is down, or a remote port whose IFACE came back could "
+           "not be attached; --json adds each queue's counters.")
     client("reload", "make a running switch re-read its config file (as SIGHUP does)",
            "Prints what changed. Exit 0: applied; 2: refused, nothing changed; 1: applied, but a port "
            "could not be made or another step failed (said).")

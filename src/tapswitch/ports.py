@@ -69,8 +69,8 @@ class Port:
     # A remote port: why following IFACE's new MAC failed, until it is followed
     # (Switch.remote_mac_changed); while it lasts, each tick tries again.
     mac_follow_failed: SaidOnce = field(default_factory=SaidOnce)
-    # A remote port: why attaching IFACE that came back failed for want of the switch's own
-    # means (an OSError: out of descriptors), until it is attached or gone again
+    # A remote port: why attaching IFACE that came back failed (out of descriptors, or refused:
+    # held by another switch, a foreign filter...), until it is attached or gone again
     # (Switch.remote_changed); while it lasts, each tick tries again.
     attach_failed: SaidOnce = field(default_factory=SaidOnce)
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote

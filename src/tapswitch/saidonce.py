@@ -52,3 +52,8 @@ class SaidOnce:
         """Whether `key` failed and is not over: the next try is due."""
         with self._lock:
             return key in self._said
+
+    def failure(self, key: Hashable = None):
+        """`key`'s failure as said last while it lasts (`tapswitch ports` shows it), else None."""
+        with self._lock:
+            return self._said.get(key)

@@ -631,14 +631,12 @@ class Switch:
                 port.remote.attach()      # rules and settings again, on the new device
             except Exception as e:
                 port.remote_ifindex = None
-                # Out of descriptors (an OSError), nothing about IFACE: no event of its may come
-                # again, and the port stayed down, IFACE unattached, once there were some. The
-                # tick tries again (maintain_remotes), said once while it fails so. A refusal
-                # (IFACE held by another switch, not Ethernet...) waits for IFACE's next event.
-                if not isinstance(e, OSError):
-                    port.attach_failed.over()        # not tried again: said at each of IFACE's events
-                    log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e))
-                elif port.attach_failed.news(str(e)):
+                # Out of descriptors (an OSError), or refused (IFACE held by another switch that
+                # runs, a foreign filter in our priorities, its MTU...): what ends it makes no
+                # event of IFACE's (descriptors freed, the other switch stopped, the filter
+                # deleted), and the port stayed down, IFACE unattached, until a reload. The tick
+                # tries again (maintain_remotes), said once while it fails so (again if why changes).
+                if port.attach_failed.news(str(e)):
                     log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e),
                               reason="tried again every tick until it succeeds")
                 return
@@ -682,8 +680,10 @@ class Switch:
         """A remote port whose following of IFACE's new MAC failed (remote_mac_changed) tries
         again, once a tick: no other event may come (IFACE's MAC changed once), and until it
         succeeds the port steals the frames of the old MAC, not the new one's. So does one whose
-        IFACE came back and could not be attached for want of descriptors (remote_changed): IFACE
-        is looked up by its name again, and attached if it is there (attach_again)."""
+        IFACE came back and could not be attached, for want of descriptors or refused
+        (remote_changed): IFACE is looked up by its name again, and attached if it is there
+        (attach_again). A refused try costs a few netlink requests (IFACE's link, its ingress
+        filters), and no wait: RemoteAttachment.attach waits for a dead run's TAP only once."""
         for port in self.ports:
             if port.gone:
                 continue
@@ -1234,7 +1234,9 @@ class Switch:
 
     def ports_info(self) -> list[dict]:
         """Every port of the config: those running, then those the last reload could not make,
-        down, with why (`error`; None for a port that runs), no MAC and counts of 0."""
+        down, with why (`error`), no MAC and counts of 0. A running port's `error` is None, but
+        for a remote port whose IFACE came back and could not be attached: why, as
+        remote.attach_failed said it last, until a tick's try attaches it (maintain_remotes)."""
         ports_now, unmade = self.ports, self.unmade     # each read once: a reload may swap them meanwhile
         missed = self.rx_missed(ports_now)
         running = [{
@@ -1247,7 +1249,7 @@ class Switch:
             "queues": self.queues,
             "counters": {**self.shared.counters(p.index), "rx_missed": missed[p.index]},
             "queue_counters": [self.shared.queue_counters(p.index, q) for q in range(self.queues)],
-            "error": None,
+            "error": p.attach_failed.failure(),
         } for p in ports_now]
         made = {p.name for p in ports_now}      # one a reload under way has made is in ports_now
         return running + [{

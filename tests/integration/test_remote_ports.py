@@ -147,6 +147,84 @@ def test_nic_deleted_and_recreated_is_attached_again(lab, site):
         assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
 
 
+def remake_nic(site, name: str = "nic0") -> None:
+    """nic0 made again (deleted before), wired to the outside host's eth0 again, down: as `name`."""
+    helpers.sh("ip", "link", "add", name, "netns", site["sw"], "type", "veth", "peer", "name", "eth0",
+               "netns", site["out"])
+    helpers.nsexec(site["out"], "ip", "addr", "add", "198.18.3.100/24", "dev", "eth0")
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth0", "up")
+
+
+def port_of(sw, name: str) -> dict:
+    return {p["name"]: p for p in sw.cli_json("ports")}[name]
+
+
+def test_a_nic_made_again_with_a_users_filter_in_the_reserved_range_is_attached_once_it_goes(lab, site):
+    """nic0 deleted and made again with a filter of its user's at a priority tapswitch reserves:
+    the attach is refused, said once, and `tapswitch ports` says why the port is down. The filter
+    deleted (no event of nic0's), a tick's try attaches it. (It waited for nic0's next link event,
+    which may never come: the port stayed down until a reload.)"""
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    up = lab.name("up")
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic0")
+    wait_port(sw, up, "down")
+    remake_nic(site, "nic0new")         # the filter on it before it is nic0, the switch's to attach
+    user = ("dev", "nic0new", "ingress", "prio", "0xc101")
+    helpers.nsexec(site["sw"], "tc", "qdisc", "add", "dev", "nic0new", "clsact")
+    helpers.nsexec(site["sw"], "tc", "filter", "add", *user, "u32", "match", "u32", "0", "0", "classid", "1:1")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0new", "name", "nic0")
+    helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+    time.sleep(2.5)                     # two ticks: tried again, refused again, not said again
+    refused = "nic0 has a tc filter that is not tapswitch's at ingress priority 0xc101"
+    [failed] = sw.events("remote.attach_failed")
+    assert failed["error"].startswith(refused), failed
+    assert (port_of(sw, up)["state"], port_of(sw, up)["error"]) == ("down", failed["error"])
+    assert not sw.events("remote.returned"), sw.log()
+    helpers.nsexec(site["sw"], "tc", "filter", "del", "dev", "nic0", "ingress", "prio", "0xc101")
+    helpers.wait_for("remote.returned", lambda: sw.events("remote.returned"), within=5)
+    wait_port(sw, up, "up", within=3)
+    assert port_of(sw, up)["error"] is None
+    assert helpers.wait_for("traffic through the NIC", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1))
+    assert len(sw.events("remote.attach_failed")) == 1, sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
+
+
+def test_a_nic_made_again_that_another_running_switch_holds_is_attached_once_that_one_stops(lab, site):
+    """nic0 deleted and made again, and attached by switch B before switch A sees it: A's attach
+    is refused (B's claim, named by its pid), said once while the tick tries again, and once B
+    stops A attaches it. (The third try's look for B's pid, a connection to B's claim that B
+    never accepts, waited for room in its queue for good: A's control loop stopped.)"""
+    a = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    up = lab.name("up")
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic0")
+    wait_port(a, up, "down")
+    b = lab.switch({"switch": {"name": lab.name("b"), "queues": 1},
+                    "ports": [{"name": lab.name("bup"), "remote": "nic0", "remote_mode": "promisc"}]},
+                   netns=site["sw"], start=False)
+    os.kill(a.proc.pid, signal.SIGSTOP)      # A sees nic0's making once B has attached it
+    try:
+        remake_nic(site)
+        b.start()
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    helpers.wait_for("remote.attach_failed", lambda: a.events("remote.attach_failed"))
+    time.sleep(3.5)                     # three ticks and more: tried again, refused again, not said again
+    [failed] = a.events("remote.attach_failed")
+    assert failed["error"] == f"nic0 is attached by another running switch (pid {b.proc.pid})", failed
+    assert (port_of(a, up)["state"], port_of(a, up)["error"]) == ("down", failed["error"])
+    for state in ("down", "up"):        # A's control loop runs: it follows another port's device
+        helpers.nsexec(site["c"][0], "ip", "link", "set", "eth0", state)
+        wait_port(a, lab.name("p0"), state)
+    assert b.stop() == 0
+    helpers.wait_for("remote.returned", lambda: a.events("remote.returned"), within=5)
+    wait_port(a, up, "up", within=3)
+    assert helpers.wait_for("traffic through the NIC", lambda: helpers.ping(site["c"][0], "198.18.3.100", wait=1))
+    assert len(a.events("remote.attach_failed")) == 1, a.log()
+    assert a.stop() == 0
+    assert "Traceback" not in a.log(), a.log()
+
+
 def test_a_port_a_reload_adds_on_a_nic_without_carrier_is_down_until_it_has_one(lab, site):
     """As one the start makes: the NIC is up but its cable is out (the veth's peer is down), and
     attaching it in local mode changes nothing that the kernel tells of, so no link event says
