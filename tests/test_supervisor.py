@@ -402,6 +402,67 @@ def test_only_the_time_the_control_process_watched_counts_as_a_heartbeat_standin
     w.sock.close()
 
 
+@pytest.fixture
+def shared():
+    """The shared memory of a switch of one queue, whose settings markers the workers set."""
+    from tapswitch import fastpath
+    shared = fastpath.Shared.create(16, 1)
+    yield shared
+    shared.close()
+
+
+def _inside_a_burst(shared) -> None:
+    """Worker 0's marker as settings_enter sets it: it reads the current settings copy."""
+    shared.ptr.readers[0].active = (shared.ptr.settings_gen & 1) + 1
+
+
+def test_a_worker_killed_inside_a_burst_leaves_no_marker_for_a_publish_to_wait_for(shared, monkeypatch):
+    """A worker killed between settings_enter and settings_leave (SIGKILL under traffic, the
+    watchdog) left its marker of the settings copy it read, until its queue's next worker took
+    it over at its first poll: while it was held back as one that keeps dying, or failed to
+    start, every other publish (a reload, a port's link going up or down) waited for it in vain,
+    the control loop held a second each time, and logged settings.readers_stuck. Once it is
+    reaped, its marker is cleared."""
+    sup = supervisor.Supervisor(shared.fd, 1, release_reader=shared.release_reader)
+    monkeypatch.setattr(supervisor.Supervisor, "restart", lambda self, w: None)    # no next worker yet
+    w = _worker(HANGS)
+    sup.workers[0] = w
+    _inside_a_burst(shared)
+    os.kill(w.proc.pid, signal.SIGKILL)
+    _exited(w)
+    sup.exited(w)
+    assert shared.ptr.readers[0].active == 0
+    assert shared.settings_publish(timeout_ms=200) == 0
+
+
+def test_a_worker_killed_after_the_grace_of_its_hand_over_leaves_no_marker(shared, monkeypatch):
+    """The same for a reload's hand-over whose worker neither drained nor exited (stopped, stuck
+    inside a burst): killed once the grace is spent, and its marker cleared before its queue's
+    new worker goes."""
+    monkeypatch.setattr(supervisor, "STOP_GRACE", 0.2)
+    w = _worker(IGNORE_SIGTERM, stdout=subprocess.PIPE)
+    assert w.proc.stdout.read(2) == b"up"
+    _inside_a_burst(shared)
+    sup = supervisor.Supervisor(shared.fd, 1, release_reader=shared.release_reader)
+    assert sup._hand_over(w) is None
+    assert w.proc.returncode == -signal.SIGKILL
+    assert shared.ptr.readers[0].active == 0
+    w.proc.stdout.close()
+
+
+def test_a_drained_workers_reap_leaves_the_marker_of_the_worker_that_replaced_it(shared):
+    """A drained worker left its marker itself; the one set once its queue's new worker has gone
+    is the new worker's, and stays through the old one's reap."""
+    w = _worker(SAY_AND_EXIT, "D")
+    _exited(w)
+    sup = supervisor.Supervisor(shared.fd, 1, release_reader=shared.release_reader)
+    old = sup._hand_over(w)
+    assert old is not None
+    _inside_a_burst(shared)                 # the new worker, let go, reads the settings
+    sup._reap_old(w, old)
+    assert shared.ptr.readers[0].active != 0
+
+
 def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):
     """The crash loop's backoff slept inside the control loop (no reload, link event or stop
     served meanwhile). exited() now returns at once; down() offers the worker BACKOFF later, and

@@ -236,6 +236,12 @@ class Shared:
         least once a second while the worker runs, busy or idle."""
         return self.ptr.readers[worker].heartbeat
 
+    def release_reader(self, worker: int) -> None:
+        """Clear worker `worker`'s marker of the settings copy it reads (fastpath.h, "Settings
+        updates"), which one killed inside a burst leaves: only once its process is reaped and
+        none runs for its queue yet (Supervisor._release says why)."""
+        self.ptr.readers[worker].active = 0
+
     def settings_current(self):
         """The `struct ts_settings *` workers use now. Read it, never write it."""
         return lib.ts_settings_current(self.ptr)

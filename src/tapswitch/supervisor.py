@@ -160,11 +160,13 @@ class Supervisor:
     """The worker processes of one switch."""
 
     def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None,
-                 heartbeat: Callable[[int], int] | None = None, hung_after: float = HUNG_AFTER):
+                 heartbeat: Callable[[int], int] | None = None, hung_after: float = HUNG_AFTER,
+                 release_reader: Callable[[int], None] | None = None):
         self.shm_fd = shm_fd
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.heartbeat = heartbeat      # queue -> its worker's heartbeat (Shared.heartbeat); None: no watchdog
         self.hung_after = hung_after    # seconds a heartbeat may stand still (hung); 0: the watchdog is off
+        self.release_reader = release_reader    # queue -> clear a dead worker's settings marker (Shared.release_reader)
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
         self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start
@@ -395,8 +397,10 @@ class Supervisor:
                     watch.remove(sock)          # closed: only its exit is left to wait for
             if pidfd in ready:
                 self._reap_old(w, old)          # exited (without a word: an error, or killed)
+                self._release(w)
                 return None
         self._reap_old(w, old)                  # the grace is spent: SIGKILL
+        self._release(w)
         return None
 
     def _reap_old(self, w: Worker, old: Old) -> None:
@@ -411,6 +415,18 @@ class Supervisor:
         self._close(old.pidfd, old.sock)
         if rc != 0 and not killed:
             log.warning("worker.stopped", queue=w.queue, pid=old.proc.pid, exit_code=rc)
+
+    def _release(self, w: Worker) -> None:
+        """w's process is reaped, unasked or undrained, and none runs for its queue yet (its next
+        is not let go): let go of the settings copy it marked as read. Killed inside a burst
+        (SIGKILL, the watchdog, the grace spent), it left its marker, which only the queue's next
+        worker took over, at its first poll: meanwhile every other publish (a reload, a port's
+        link going up or down) held the control loop fastpath.PUBLISH_TIMEOUT_MS waiting for it,
+        and logged settings.readers_stuck -- a second each time while the worker was held back
+        or could not start. Not for a drained process: it left its marker itself, and its successor, let
+        go already, may hold its own there now."""
+        if self.release_reader is not None:
+            self.release_reader(w.queue)
 
     @staticmethod
     def _close(pidfd: int, sock: socket.socket | None) -> None:
@@ -464,6 +480,7 @@ class Supervisor:
         """Reap w's process, which exited unasked, and log how (and why, if it said); True if
         it keeps dying (RESTART_BURST restarts within RESTART_WINDOW)."""
         rc = self._reap(w)
+        self._release(w)
         said = _recv(w.sock, wait=False) if w.sock is not None else b""
         self._close(w.pidfd, w.sock)
         w.pidfd, w.sock = -1, None

@@ -20,6 +20,8 @@
  *   ts_shared.acl_hits[w][p][r] per (worker,port,rule)       worker w only
  *   ts_shared.mirror_counters[w][m] per (worker,mirror)      worker w only
  *   ts_shared.readers[w]        settings in use   written by: worker w only
+ *                               (and .active by the control process once
+ *                               worker w is dead: see "Settings updates")
  *   ts_shared.fdb_stats[w]      per worker        written by: worker w only
  *   ts_shared.fdb_stats[TS_CONTROL]               written by: control process
  *   ts_shared.ports[p].fdb_entries                every writer, atomically
@@ -297,9 +299,11 @@
  * frames of one wake-up see one copy. Races, stated:
  *   - frames handled during a publish use the old settings, at most one
  *     burst per queue after the flip;
- *   - a worker that dies between enter and leave keeps its marker until it
- *     is restarted; ts_settings_publish gives up waiting after its timeout
- *     and says how many workers it waited for in vain (a live worker leaves
+ *   - a worker that dies between enter and leave keeps its marker until the
+ *     control process has reaped it, and clears it (no process runs for its
+ *     queue then; the next worker's first poll would take it over anyway);
+ *     until then ts_settings_publish gives up waiting after its timeout and
+ *     says how many workers it waited for in vain (a live worker leaves
  *     within one burst);
  *   - ts_port.state and mtu are single words outside the copies: a port
  *     going down takes effect at once.
