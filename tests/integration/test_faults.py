@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tapswitch import control, netns, supervisor
+from tapswitch import control, fastpath, netns, supervisor
 from tests.integration import helpers
 from tests.integration.prom import free_port
 
@@ -398,6 +398,74 @@ def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab
                      lambda: len(sw.events("worker.restarted")) > restarts, within=supervisor.BACKOFF + 5)
     assert metric(listen, "tapswitch_worker_restarts_total") == restarts + 1
     assert helpers.ping(a, "198.18.9.2", count=2)
+
+
+def switch_memory(sw) -> fastpath.Shared:
+    """The running switch's shared memory, mapped here through its memfd (/proc/PID/fd)."""
+    for fd in os.listdir(f"/proc/{sw.proc.pid}/fd"):
+        path = f"/proc/{sw.proc.pid}/fd/{fd}"
+        try:
+            if os.readlink(path).startswith("/memfd:tapswitch"):
+                return fastpath.Shared.attach(os.open(path, os.O_RDWR))
+        except OSError:
+            continue        # closed meanwhile
+    raise AssertionError(f"no shared memory among the switch's fds:\n{sw.log()}")
+
+
+def stopped(pid: int) -> bool:
+    """Process pid is stopped (state T in /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def stop_inside_a_burst(memory, pid: int, tries: int = 1000) -> None:
+    """SIGSTOP worker 0 (pid), forwarding flat out, until it stands still between settings_enter
+    and settings_leave (its marker of the settings copy it reads is set), then leave it so."""
+    for _ in range(tries):
+        os.kill(pid, signal.SIGSTOP)
+        helpers.wait_for("the worker stopped", lambda: stopped(pid), every=0.001)   # its marker stands still now
+        if memory.ptr.readers[0].active:
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    raise AssertionError(f"worker {pid} was never stopped inside a burst in {tries} tries")
+
+
+def test_a_worker_killed_inside_a_burst_and_held_back_holds_up_no_publish(lab):
+    """A worker killed while it forwarded, inside a burst, left its marker of the settings copy
+    it read, and held back after crashing (or failing to start) it kept it: every other reload,
+    or link event, that publishes settings waited a second for it in vain, the control loop
+    held meanwhile, and logged settings.readers_stuck. The marker is cleared once it is reaped."""
+    sw, _listen, (a, b) = two_hosts(lab)
+    memory = switch_memory(sw)
+    try:
+        server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.9.1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.procs.append(server)
+        helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(a, helpers.IPERF3_PORT),
+                         within=10)
+        client = subprocess.Popen(["ip", "netns", "exec", b, "iperf3", "-c", "198.18.9.1", "-t", "60"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lab.procs.append(client)
+        [pid] = sw.worker_pids()
+        for died in range(supervisor.RESTART_BURST):     # as fast as it comes back: the next death is held back
+            os.kill(pid, signal.SIGKILL)
+            [*_, restarted] = helpers.wait_for("the restart", lambda: sw.events("worker.restarted")[died:],
+                                               within=10, every=0.01)
+            pid = restarted["pid"]
+        stop_inside_a_burst(memory, pid)
+        os.kill(pid, signal.SIGKILL)
+        helpers.wait_for("the worker held back", lambda: sw.events("worker.crashing"), within=10, every=0.01)
+        assert memory.ptr.readers[0].active == 0
+        assert control.request(sw.socket, "reload")["ok"]
+        assert len(sw.events("worker.restarted")) == supervisor.RESTART_BURST, \
+            "the worker came back before the reload was answered"
+        assert sw.events("settings.readers_stuck") == []
+        helpers.wait_for("the held-back worker's restart",
+                         lambda: sw.events("worker.restarted")[supervisor.RESTART_BURST:], within=10)
+    finally:
+        memory.close()
+        os.killpg(sw.proc.pid, signal.SIGCONT)
 
 
 def slow_starts(lab, tmp_path, monkeypatch) -> tuple:
