@@ -194,6 +194,35 @@ class Closing(Port):
         self.__dict__["_tunnel"] = value
 
 
+class Stopping(Switch):
+    """A switch whose stop lets go of its supervisor after the first read of it: as a scrape
+    that came before the stop goes on in its thread while the main thread stops the workers."""
+
+    @property
+    def supervisor(self):
+        sup, self.__dict__["_supervisor"] = self.__dict__.get("_supervisor"), None
+        return sup
+
+    @supervisor.setter
+    def supervisor(self, value):
+        self.__dict__["_supervisor"] = value
+
+
+def test_a_scrape_mid_stop_reads_the_supervisor_once():
+    """The stop sets the switch's supervisor to None once its workers are stopped, while a scrape
+    that came before it may still run: the scrape read it three times, and between two reads
+    raised AttributeError ('NoneType' object has no attribute 'alive'): the scrape failed."""
+    from tapswitch.supervisor import Supervisor
+
+    sw = Stopping(loads(CONFIG))
+    sw.shared = fastpath.Shared.create(1024, 2)
+    sw.supervisor = Supervisor(-1, 2)
+    families = {f.name: f for f in SwitchCollector(sw).collect()}
+    assert [s.value for s in families["tapswitch_worker_up"].samples] == [0, 0]
+    assert [s.labels["queue"] for s in families["tapswitch_worker_cpu_seconds"].samples] == ["0", "1"]
+    sw.shared.close()
+
+
 def test_a_scrape_reads_a_vxlan_ports_tunnel_once():
     """A reload removing a VXLAN port sets its tunnel to None while a scrape, in its thread,
     found it set and went to count its remote hosts: AttributeError, and the scrape failed."""

@@ -124,9 +124,12 @@ class SwitchCollector:
         stats = shared.fdb_stats()
         for key, doc in FDB_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_fdb_{key}", doc, ["switch"], [([name], stats[key])])
-        workers = sw.supervisor.workers if sw.supervisor else []
+        # Read once: the stop sets it to None, once the workers are stopped, while a scrape that
+        # came before it may still run here.
+        sup = sw.supervisor
+        workers = sup.workers if sup is not None else []
         yield _family(GaugeMetricFamily, "tapswitch_worker_up", "1 if the worker process of the queue runs.",
-                      ["switch", "queue"], (([name, str(w.queue)], int(sw.supervisor.alive(w))) for w in workers))
+                      ["switch", "queue"], (([name, str(w.queue)], int(sup.alive(w))) for w in workers))
         yield _family(GaugeMetricFamily, "tapswitch_worker_info",
                       "The queue's worker: the I/O backend its fast path runs (uring, uring-burst or readwrite).",
                       ["switch", "queue", "io"],
@@ -134,7 +137,7 @@ class SwitchCollector:
         yield _family(CounterMetricFamily, "tapswitch_worker_restarts", "Worker processes restarted.",
                       ["switch", "queue"], (([name, str(w.queue)], w.restarts) for w in workers))
         yield _family(CounterMetricFamily, "tapswitch_worker_cpu_seconds", "CPU seconds used by the queue's workers.",
-                      ["switch", "queue"], (([name, str(w.queue)], sw.supervisor.cpu_seconds(w)) for w in workers))
+                      ["switch", "queue"], (([name, str(w.queue)], sup.cpu_seconds(w)) for w in workers))
         yield _family(CounterMetricFamily, "tapswitch_config_reloads", "Configuration reloads, by result.",
                       ["switch", "result"], (([name, r], n) for r, n in sw.reloads.items()))
         yield _family(GaugeMetricFamily, "tapswitch_build_info", "tapswitch version; always 1.",
