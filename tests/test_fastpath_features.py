@@ -760,6 +760,20 @@ def test_mac_moving_into_a_full_port_is_a_new_mac(sw):
     assert sw.counters(0)["mac_limit_dropped"] == 1
 
 
+def test_a_port_count_left_short_by_a_killed_worker_does_not_wrap(sw):
+    """A worker killed between an entry's write and its count's leaves the port's count one
+    short (here: written as it would be left). The entry's removal took the count from 0 to
+    2^32 - 1, and the port's mac_limit then dropped every new source's frames."""
+    Settings(sw.shared).port(0, mac_limit=2).publish()
+    sw.learn(0, A)
+    sw.shared.ptr.ports[0].fdb_entries = 0          # A's count, never added
+    assert sw.shared.fdb_flush(0) == 1
+    assert sw.shared.port_fdb_entries(0) == 0
+    sw.send(0, frame(BROADCAST, B))
+    assert sw.received(1) == [frame(BROADCAST, B)]
+    assert sw.counters(0)["mac_limit_dropped"] == 0
+
+
 def test_flush_makes_room_under_the_limit(sw):
     Settings(sw.shared).port(0, mac_limit=1).publish()
     sw.learn(0, A)

@@ -192,9 +192,18 @@ static void port_count_add(struct ts_shared *s, uint16_t port)
     __atomic_add_fetch(&s->ports[port].fdb_entries, 1, __ATOMIC_RELAXED);
 }
 
+/* Never below 0. A worker killed between an entry's write and its count's
+ * (SIGKILL, the watchdog) leaves the port one short; the entry's removal
+ * would then wrap the count to 2^32 - 1, and a port with mac_limit drop the
+ * frames of every new source for good (entries - statics over any limit).
+ * Removals only: aging, flushes, moves and evictions, never a frame's lookup. */
 static void port_count_sub(struct ts_shared *s, uint16_t port)
 {
-    __atomic_sub_fetch(&s->ports[port].fdb_entries, 1, __ATOMIC_RELAXED);
+    uint32_t *n = &s->ports[port].fdb_entries;
+    uint32_t was = __atomic_load_n(n, __ATOMIC_RELAXED);
+    while (was > 0 && !__atomic_compare_exchange_n(n, &was, was - 1, true,
+                                                   __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
 }
 
 /* Static entries per port: only the control process makes or removes them. */
