@@ -245,6 +245,54 @@ def test_a_socket_directory_of_another_user_is_refused():
         os.rmdir(root)
 
 
+def test_another_users_symlink_on_the_way_to_the_socket_is_refused():
+    """/tmp/x -> a directory of root's passed, as its target is root's: but the symlink, in a
+    sticky directory, is its owner's to remove and make again, pointing at a directory of
+    their own once the switch has looked, where they plant <socket>.state.tmp -> any file."""
+    if os.geteuid() != 0:
+        pytest.skip("lchown needs root")
+    root, target = tempfile.mkdtemp(), tempfile.mkdtemp()
+    os.chmod(root, 0o1777)
+    link = os.path.join(root, "x")
+    os.symlink(target, link)
+    os.lchown(link, 65534, 65534)
+    try:
+        with pytest.raises(ControlError) as e:
+            ControlServer(os.path.join(link, "sw.sock"), {})
+        assert f"{link} is a symlink of uid 65534;" in str(e.value)
+        assert os.listdir(target) == []
+    finally:
+        os.unlink(link)
+        os.rmdir(root)
+        os.rmdir(target)
+
+
+def test_a_socket_directory_another_user_makes_while_the_switch_looks_is_refused(monkeypatch):
+    """In a sticky directory (/tmp) another user may make the socket's directory after the
+    switch has found it missing and before it makes it: the switch found it there, took it
+    for one a switch made meanwhile, and bound and wrote its state file in it."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    root = tempfile.mkdtemp()
+    os.chmod(root, 0o1777)
+    theirs = os.path.join(root, "made")
+    makedirs = os.makedirs
+
+    def made_first_by_them(name, *args, **kwargs):
+        os.mkdir(name, 0o777)
+        os.chown(name, 65534, 65534)
+        return makedirs(name, *args, **kwargs)
+
+    monkeypatch.setattr(control.os, "makedirs", made_first_by_them)
+    try:
+        with pytest.raises(ControlError) as e:
+            ControlServer(os.path.join(theirs, "sw.sock"), {})
+        assert f"{theirs} belongs to uid 65534;" in str(e.value)
+        assert os.listdir(theirs) == []
+    finally:
+        shutil.rmtree(root)
+
+
 def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
     """json.loads raises RecursionError, not ValueError, on a deep enough nesting."""
     path = os.path.join(tempfile.mkdtemp(), "ctl.sock")

@@ -366,14 +366,22 @@ def _exposed(path: str) -> str | None:
     namespaces that are not its own. So every directory up to /, as written and as resolved,
     is root's or the switch's; the socket's own is writable by no one else, one above it only
     if it is sticky, as /tmp is (no one may rename there what is not theirs). A directory not
-    there yet is made by the switch."""
+    there yet is made by the switch.
+
+    As written, a symlink is held to its own owner, not its target's: another user's symlink
+    in a sticky directory (/tmp/x -> a directory of root's) is theirs to remove and make
+    again, pointing at one of their own once the switch has looked."""
     euid = os.geteuid()
     leaf = os.path.dirname(os.path.abspath(path))
     for start in (leaf, os.path.realpath(leaf)):
         directory = start
         while True:
             try:
-                st = os.stat(directory)
+                st = os.lstat(directory)
+                if stat.S_ISLNK(st.st_mode):
+                    if st.st_uid not in (0, euid):
+                        return f"{directory} is a symlink of uid {st.st_uid}"
+                    st = os.stat(directory)     # its target's mode (the walk as resolved checks its parents)
             except FileNotFoundError:
                 st = None
             if st is not None:
@@ -430,13 +438,21 @@ def _lock(path: str) -> int:
 
 def _claim_dir(path: str) -> str | None:
     """Make way for our socket: refuse if its directory is not the switch's alone (_exposed).
-    The topmost directory made for it (_make_dir), or None."""
+    The topmost directory made for it (_make_dir), or None.
+
+    Looked at before anything is made, and again after: in a sticky directory (/tmp) another
+    user may make the one the socket goes in between the first look and _make_dir, which then
+    finds it there and takes it for a switch's."""
     exposed = _exposed(path)
-    if exposed is not None:
-        raise ControlError(f"control socket {path}: {exposed}; another user could replace the socket, or the "
-                           f"state file the switch writes beside it as root: give a directory only root may "
-                           f"write to (the default /run/tapswitch)")
-    return _make_dir(path)
+    if exposed is None:
+        made = _make_dir(path)
+        exposed = _exposed(path)
+        if exposed is None:
+            return made
+        _remove_dirs(path, made)
+    raise ControlError(f"control socket {path}: {exposed}; another user could replace the socket, or the "
+                       f"state file the switch writes beside it as root: give a directory only root may "
+                       f"write to (the default /run/tapswitch)")
 
 
 def _remove_stale(path: str) -> None:
