@@ -276,14 +276,14 @@ def test_a_socket_directory_another_user_makes_while_the_switch_looks_is_refused
     root = tempfile.mkdtemp()
     os.chmod(root, 0o1777)
     theirs = os.path.join(root, "made")
-    makedirs = os.makedirs
+    mkdir = os.mkdir
 
     def made_first_by_them(name, *args, **kwargs):
-        os.mkdir(name, 0o777)
+        mkdir(name, 0o777)
         os.chown(name, 65534, 65534)
-        return makedirs(name, *args, **kwargs)
+        return mkdir(name, *args, **kwargs)
 
-    monkeypatch.setattr(control.os, "makedirs", made_first_by_them)
+    monkeypatch.setattr(control.os, "mkdir", made_first_by_them)
     try:
         with pytest.raises(ControlError) as e:
             ControlServer(os.path.join(theirs, "sw.sock"), {})
@@ -291,6 +291,27 @@ def test_a_socket_directory_another_user_makes_while_the_switch_looks_is_refused
         assert os.listdir(theirs) == []
     finally:
         shutil.rmtree(root)
+
+
+def test_the_directories_made_for_the_socket_are_writable_by_root_alone_whatever_the_umask():
+    """os.makedirs made the parents 0777 less the umask: under a umask of 0, /tmp/a of
+    /tmp/a/b/sw.sock was writable by anyone, who could put a directory of their own for b."""
+    root = tempfile.mkdtemp()
+    os.chmod(root, 0o1777)
+    path = os.path.join(root, "a", "b", "sw.sock")
+    old = os.umask(0)
+    try:
+        server = serve(path)
+    finally:
+        os.umask(old)
+    try:
+        for directory in (os.path.join(root, "a"), os.path.join(root, "a", "b")):
+            assert stat.S_IMODE(os.stat(directory).st_mode) == 0o755, directory
+    finally:
+        server.stop()
+        server.release()
+        assert os.listdir(root) == []
+        os.rmdir(root)
 
 
 def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):

@@ -343,18 +343,22 @@ def _wake(server: socketserver.BaseServer) -> None:
 
 
 def _make_dir(path: str) -> str | None:
-    """Make the socket's directory, and any parent missing, as makedirs does;
-    the topmost one made, or None if none was missing."""
-    leaf = directory = os.path.dirname(os.path.abspath(path))
-    top = None
+    """Make the socket's directory, and any parent missing, each mode 0755 (less the umask);
+    the topmost one made, or None if none was. Not os.makedirs: it makes the parents 0777 less
+    the umask, writable by anyone under a umask of 0, where another user could rename the
+    directory below away and put one of their own in its place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    missing = []
     while not os.path.isdir(directory):
-        top, directory = directory, os.path.dirname(directory)
-    if top is None:
-        return None
-    try:
-        os.makedirs(leaf, mode=0o755)
-    except FileExistsError:
-        return None             # made meanwhile, by another switch: theirs
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    top = None
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            continue            # made meanwhile, by another switch: theirs
+        top = top or directory
     return top
 
 
