@@ -22,11 +22,15 @@ exception stops, its type and message the reason, its traceback said after it
 Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
 runs as root): drop_privileges. From then on it only reads and writes fds it
-already holds; a uid 0 without capabilities would still own root's files.
+already holds; a uid 0 without capabilities would still own root's files. It
+leaves the host's network namespace too, for an empty one of its own: the
+worker reads frames any container sends, and one that took it over would
+otherwise reach the host's networks and its services on 127.0.0.1.
 """
 
 import argparse
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -37,6 +41,10 @@ import traceback
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+CLONE_NEWNET = 0x40000000                     # linux/sched.h
+# Why unshare(CLONE_NEWNET) may refuse, the worker staying in the switch's namespace: no CAP_SYS_ADMIN,
+# no namespace more allowed (user.max_net_namespaces), none in this kernel (no CONFIG_NET_NS).
+UNSHARE_REFUSED = frozenset({errno.EPERM, errno.ENOSPC, errno.EINVAL})
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522      # two data structs: capabilities 0-31, 32-63
 CAP_LIMIT = 64
 
@@ -56,6 +64,12 @@ def drop_privileges(ids: tuple[int, int] | None = None) -> None:
 
     - no_new_privs: no execve can grant anything again (without it, root's
       execve refills the permitted set from the bounding set);
+    - a network namespace of its own, empty (not even lo up): the queue fds
+      it holds stay on their devices wherever it is, and nothing else it
+      could open (a socket to 127.0.0.1, to the host's networks, an abstract
+      unix socket) is the host's. This takes CAP_SYS_ADMIN, which the switch
+      has for ports in namespaces; without it (UNSHARE_REFUSED) the worker
+      stays where it is;
     - the bounding set is emptied when we may (that takes CAP_SETPCAP, which
       a systemd unit's bounding set usually leaves out: no_new_privs covers it);
     - no supplementary groups, then the gid and the uid, real, effective and
@@ -76,6 +90,8 @@ def drop_privileges(ids: tuple[int, int] | None = None) -> None:
             raise OSError(e, f"{what}: {os.strerror(e)}")
 
     check(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if libc.unshare(CLONE_NEWNET) != 0 and ctypes.get_errno() not in UNSHARE_REFUSED:
+        check(-1, "unshare(CLONE_NEWNET)")
     for cap in range(CAP_LIMIT):
         if prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break   # EINVAL: past the kernel's last capability; EPERM: no CAP_SETPCAP

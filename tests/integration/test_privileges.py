@@ -59,6 +59,21 @@ def test_every_worker_runs_without_capabilities_and_frames_still_cross(lab):
     assert helpers.ping(lab.name("c1"), "198.18.0.1", count=3)
 
 
+def test_every_worker_is_in_an_empty_network_namespace_of_its_own(lab):
+    """A worker reads what any container sends: one taken over reached the host's networks and
+    its services on 127.0.0.1 (the metrics, here) from the switch's namespace."""
+    sw = lab.switch(two_containers(lab, queues=2))
+    pids = sw.worker_pids()
+    namespaces = {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in pids}
+    assert len(namespaces) == 2 and os.stat(f"/proc/{sw.proc.pid}/ns/net").st_ino not in namespaces
+    for pid in pids:
+        with open(f"/proc/{pid}/net/dev") as f:
+            assert [line.split(":")[0].strip() for line in f.readlines()[2:]] == ["lo"], pid
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=3)
+    assert helpers.ping(lab.name("c1"), "198.18.0.1", count=3)
+    assert sw.stop() == 0, sw.log()
+
+
 def test_a_restarted_worker_drops_its_capabilities_too(lab):
     sw = lab.switch(two_containers(lab, queues=1))
     [old] = sw.worker_pids()
