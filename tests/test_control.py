@@ -262,9 +262,8 @@ def test_another_users_symlink_on_the_way_to_the_socket_is_refused():
         assert f"{link} is a symlink of uid 65534;" in str(e.value)
         assert os.listdir(target) == []
     finally:
-        os.unlink(link)
-        os.rmdir(root)
-        os.rmdir(target)
+        shutil.rmtree(root)
+        shutil.rmtree(target)       # and what a switch that was let listen there left
 
 
 def test_a_socket_directory_another_user_makes_while_the_switch_looks_is_refused(monkeypatch):
@@ -302,16 +301,15 @@ def test_the_directories_made_for_the_socket_are_writable_by_root_alone_whatever
     old = os.umask(0)
     try:
         server = serve(path)
-    finally:
         os.umask(old)
-    try:
         for directory in (os.path.join(root, "a"), os.path.join(root, "a", "b")):
             assert stat.S_IMODE(os.stat(directory).st_mode) == 0o755, directory
-    finally:
         server.stop()
         server.release()
         assert os.listdir(root) == []
-        os.rmdir(root)
+    finally:
+        os.umask(old)
+        shutil.rmtree(root)
 
 
 def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
