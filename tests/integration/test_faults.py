@@ -1,6 +1,7 @@
-"""Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak;
-a worker that hangs, one that keeps dying, one that hangs or is slow while it restarts, and one
-that a Python exception stops.
+"""Fault drills (issue 7): a MAC flood into a small table, ports flapping 100 times, a 60-second soak,
+the operations a long life repeats (each leaves the switch holding what it held); a worker that
+hangs, one that keeps dying, one that hangs or is slow while it restarts, and one that a Python
+exception stops.
 
 Each drill runs real namespaces and a real switch through the `lab` fixture,
 which removes everything afterwards, whether the drill passed or not.
@@ -920,6 +921,83 @@ def test_soak_60s(tmp_path):
     assert not [ns for ns in helpers.netns_list() if ns.startswith(rep["tag"])]
     assert not [link for link in json.loads(helpers.sh("ip", "-j", "link", "show").stdout)
                 if link["ifname"].startswith(rep["tag"])]
+
+
+def held(sw) -> dict:
+    """What the switch holds that an operation repeated for months would grow: the control
+    process's descriptors and threads, its workers (how many, and each one's descriptors)."""
+    pid = sw.proc.pid
+    return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": len(os.listdir(f"/proc/{pid}/task")),
+            "worker_fds": sorted(len(os.listdir(f"/proc/{w}/fd")) for w in sw.worker_pids())}
+
+
+def test_clients_scrapes_reloads_and_worker_kills_repeated_leave_the_switch_holding_what_it_held(lab):
+    """Each operation a long-running switch sees over and over, 20 to 50 times: listings of its
+    ports and MAC table, scrapes, clients that hang up before their request, in the middle of
+    it or before reading the answer, reloads (SIGHUP and `tapswitch reload`) that add and remove
+    a port and change a VLAN, an ACL and a mirror, a worker killed. Once each connection has
+    ended, the control process holds as many descriptors and threads as before, and its
+    workers as many descriptors (bench/soak.py watches memory)."""
+    listen = f"127.0.0.1:{free_port()}"
+    port = lambda i, vlan: {"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+                            "addresses": [f"198.18.11.{i + 1}/24"], "vlan": vlan}
+    small = {"switch": {"name": lab.name("sw"), "queues": 2, "metrics": {"listen": listen}},
+             "ports": [port(0, 10), {**port(1, 10), "acl": [{"match": {"ip_proto": "tcp", "dst_port": 22},
+                                                             "action": "drop"}]}]}
+    sw = lab.switch(small)
+    big = yaml.safe_load(yaml.safe_dump(small))     # with the socket and log the lab gave it
+    big["ports"][0]["vlan"] = big["ports"][1]["vlan"] = 20
+    big["ports"][1]["acl"][0]["match"]["dst_port"] = 23
+    big["ports"].append({k: v for k, v in port(2, 0).items() if k != "vlan"})
+    big["mirrors"] = [{"name": "m", "from": [lab.name("p0")], "to": lab.name("p2")}]
+    lab.namespaces.append(lab.name("c2"))
+    lab.links.append(lab.name("p2"))
+
+    def reload(cfg: dict, i: int) -> None:
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(cfg, f)
+        if i % 2:
+            sw.proc.send_signal(signal.SIGHUP)
+            helpers.wait_for("config.reloaded", lambda: len(sw.events("config.reloaded")) == i + 1, within=30)
+        else:
+            assert sw.cli("reload").stdout.startswith("reloaded:"), sw.log()
+
+    def hang_up(i: int) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(sw.socket)
+            if i % 3 == 1:
+                s.sendall(b'{"cmd": "po')                   # in the middle of its request
+            elif i % 3 == 2:
+                s.sendall(b'{"cmd": "fdb"}\n')              # before it has read the answer
+                s.recv(1)
+
+    def kill_a_worker(i: int) -> None:
+        workers = sw.worker_pids()
+        os.kill(workers[i % 2], signal.SIGKILL)
+        helpers.wait_for("its worker again",
+                         lambda: len(sw.worker_pids()) == 2 and workers[i % 2] not in sw.worker_pids(), within=30)
+
+    operations = {
+        "ports": (50, lambda i: control.request(sw.socket, "ports")),
+        "fdb": (50, lambda i: list(control.request_listing(sw.socket, "fdb"))),
+        "scrape": (50, lambda i: urllib.request.urlopen(f"http://{listen}/metrics", timeout=10).read()),
+        "hang-up": (30, hang_up),
+        "reload": (20, lambda i: reload(small if i % 2 else big, i)),
+        "worker kill": (4, kill_a_worker),
+    }
+    # Warm up: once each (and back to the small config), so what is made once and kept is not counted.
+    for name, (_, op) in operations.items():
+        op(1 if name == "worker kill" else 0)
+    reload(small, 1)
+    time.sleep(1)                           # the warm-up's connections ended
+    before = held(sw)
+    for name, (times, op) in operations.items():
+        for i in range(times):
+            op(i + (2 if name == "reload" else 0))
+        # A hung-up client's thread ends when it reads the end of the connection; a reload's
+        # workers are replaced; a killed one is restarted: a moment, not a leak.
+        helpers.wait_for(f"after {times} x {name}: as before {before}", lambda: held(sw) == before, within=10)
+    assert not sw.events("config.reload_failed"), sw.log()
 
 
 def test_a_stop_while_control_requests_and_scrapes_read_a_big_mac_table_ends_cleanly(lab):
