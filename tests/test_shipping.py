@@ -287,6 +287,65 @@ def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_lin
     assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(clone, ".venv", "bin", "tapswitch")
 
 
+def test_install_again_leaves_a_running_fast_path_the_file_it_mapped(install_sandbox):
+    """`git pull && ./scripts/install.sh` while a switch runs: the build's in-place copy opened
+    src/tapswitch/_fastpath.abi3.so for writing and wrote the new code into the file the
+    switch's control process and every worker have mapped; a worker died of SIGSEGV, then the
+    control process. The new build is a new file under the old name: what runs keeps the old
+    one (unlinked) until it exits, what starts next loads the new one."""
+    clone, bin_dir = install_sandbox
+    so = os.path.join(clone, "src", "tapswitch", "_fastpath.abi3.so")
+    r = run_install(clone, bin_dir, "--no-link")
+    assert r.returncode == 0, r.stdout + r.stderr
+    old = os.stat(so)
+    # Imports the fast path, calls into it, waits for its stdin to close, and calls into it again.
+    script = ("import sys, tapswitch._fastpath as fp\n"
+              "print(fp.__file__, fp.lib.ts_shared_size(1024), flush=True)\n"
+              "sys.stdin.read()\n"
+              "print(fp.lib.ts_shared_size(1024), flush=True)\n")
+    holder = subprocess.Popen([os.path.join(clone, ".venv", "bin", "python"), "-c", script], cwd="/",
+                              env=no_pythonpath(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        path, size = holder.stdout.readline().split()
+        assert (path, int(size) > 0) == (so, True)
+        with open(os.path.join(clone, "src", "tapswitch", "fastpath", "fastpath.c"), "a") as f:
+            f.write("/* changed: the install builds the fast path again */\n")
+        r = run_install(clone, bin_dir, "--no-link")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert os.stat(so).st_ino != old.st_ino          # a new file, not the old one written into
+        with open(f"/proc/{holder.pid}/maps") as f:
+            mapped = [line.split(maxsplit=5) for line in f]
+        assert {(int(m[4]), m[5].rstrip("\n")) for m in mapped if len(m) == 6 and m[5].startswith(so)} \
+            == {(old.st_ino, so + " (deleted)")}
+        out, _ = holder.communicate("", timeout=60)
+        assert (holder.returncode, out) == (0, f"{size}\n")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_install_whose_build_fails_leaves_the_fast_path_built_before(install_sandbox):
+    """An upgrade whose fast path does not compile (a compiler error, liburing gone) ends
+    before the build's copy into src/tapswitch/: the clone keeps the extension it had, and
+    its tapswitch still starts."""
+    clone, bin_dir = install_sandbox
+    so = os.path.join(clone, "src", "tapswitch", "_fastpath.abi3.so")
+    r = run_install(clone, bin_dir, "--no-link")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(so, "rb") as f:
+        built = f.read()
+    with open(os.path.join(clone, "src", "tapswitch", "fastpath", "fastpath.c"), "a") as f:
+        f.write("#error the upgrade does not compile\n")
+    r = run_install(clone, bin_dir, "--no-link")
+    assert r.returncode != 0 and "the upgrade does not compile" in r.stdout + r.stderr
+    with open(so, "rb") as f:
+        assert f.read() == built
+    r = subprocess.run([os.path.join(clone, ".venv", "bin", "python"), "-c", "import tapswitch._fastpath"],
+                       cwd="/", env=no_pythonpath(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 def test_the_test_script_installs_without_linking():
     with open(os.path.join(ROOT, "scripts", "test.sh")) as f:
         calls = [line.split("#")[0].split() for line in f if "install.sh" in line.split("#")[0]]
