@@ -136,6 +136,10 @@ modprobe tun 2>/dev/null || true
 # A .venv without pip (what `python3 -m venv` leaves when it is cut short, or when it ran
 # without python3-venv) is made again: pip is what the rest needs.
 .venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
+# Safe while a switch runs from this clone: the build's copy into src/tapswitch/ (distutils'
+# copy_file) unlinks the old _fastpath.abi3.so before it writes the new one, so the switch's
+# processes keep the file they mapped, and a build that fails ends before the copy and leaves
+# the old one (tests/test_shipping.py). A copy with cp would write into the mapped file.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 # Bytecode now, as a non-editable install would: the first start (or every one, under
 # PYTHONDONTWRITEBYTECODE) need not compile the sources (imports 0.62 -> 0.55 s here).
