@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import io
 import json
 import os
 import resource
@@ -199,7 +200,25 @@ class Switch:
         return out
 
     def cli(self, *argv) -> subprocess.CompletedProcess:
-        return sh(sys.executable, "-m", "tapswitch", *argv, "-s", self.socket)
+        """`tapswitch ARGV -s SOCKET`, as the command line runs it (cli.main), in this process:
+        the tests read the switch through it hundreds of times, often polling, and a `python -m
+        tapswitch` each time cost a start of the interpreter and its imports (0.2-0.4 s) for the
+        same code. CalledProcessError when it exits other than 0, as sh(). Tests of the command as
+        a process (its exit, its streams) run it with sh()."""
+        from tapswitch import cli
+        args = [str(a) for a in (*argv, "-s", self.socket)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(args)
+            except SystemExit as e:     # as the interpreter ends on one: a message is printed, and exit 1
+                code = e.code
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+                    code = 1
+        r = subprocess.CompletedProcess(["tapswitch", *args], code or 0, out.getvalue(), err.getvalue())
+        r.check_returncode()
+        return r
 
     def cli_json(self, *argv):
         return json.loads(self.cli(*argv, "--json").stdout)
