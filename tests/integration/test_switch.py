@@ -47,7 +47,7 @@ def test_iperf3_tcp_between_two_containers(lab):
     server = subprocess.Popen(["ip", "netns", "exec", a, "iperf3", "-s", "-1", "-B", "198.18.0.1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(server)
-    time.sleep(0.5)
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(a, helpers.IPERF3_PORT), within=10)
     r = helpers.nsexec(b, "iperf3", "-c", "198.18.0.1", "-t", "3", "-J", timeout=30)
     result = json.loads(r.stdout)
     received = result["end"]["sum_received"]["bytes"]

@@ -147,7 +147,7 @@ def iperf3(lab, server: str, client: str, address: str, seconds: int = 3) -> dic
     iperf = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", address],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.procs.append(iperf)
-    time.sleep(0.5)
+    helpers.wait_for("the iperf3 server listening", lambda: helpers.tcp_listening(server, helpers.IPERF3_PORT), within=10)
     r = helpers.nsexec(client, "iperf3", "-c", address, "-t", seconds, "-J", timeout=30)
     iperf.wait(timeout=5)
     return json.loads(r.stdout)["end"]["sum_received"]
