@@ -57,8 +57,8 @@ def mac_bytes(mac: str) -> bytes:
 
 
 class Shared:
-    """The switch's shared memory. `fd` is the memfd to pass to workers;
-    `ptr` is a `struct ts_shared *`."""
+    """The switch's shared memory. `fd` is the memfd to pass to workers (None in
+    one attached: closed once mapped); `ptr` is a `struct ts_shared *`."""
 
     def __init__(self, fd: int):
         self.fd = fd
@@ -98,8 +98,14 @@ class Shared:
     @classmethod
     def attach(cls, fd: int) -> "Shared":
         """Map a region another process created (its memfd, inherited).
-        Takes ownership of fd: close() closes it."""
-        self = cls(fd)
+        Takes ownership of fd, and closes it once mapped: the mapping outlives
+        it, and mmap holds a dup of its own (for mmap.size(), which nothing here
+        calls). A worker so holds the memfd once, not twice."""
+        try:
+            self = cls(fd)
+        finally:
+            os.close(fd)
+        self.fd = None
         if self.ptr.magic != lib.TS_MAGIC or self.ptr.version != lib.TS_VERSION \
                 or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_size):
             self.close()
@@ -107,14 +113,15 @@ class Shared:
         return self
 
     def close(self) -> None:
-        """Unmap and close the fd. Workers made over ptr must be freed first."""
+        """Unmap and close the fd (one created). Workers made over ptr must be freed first."""
         if self._mm is None:
             return
         self.ptr = None
         ffi.release(self._buf)
         self._mm.close()
         self._mm = None
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
 
     # Ports and counters.
 

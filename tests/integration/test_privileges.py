@@ -74,6 +74,29 @@ def test_every_worker_is_in_an_empty_network_namespace_of_its_own(lab):
     assert sw.stop() == 0, sw.log()
 
 
+def memfds(pid: int) -> int:
+    """How many of pid's fds hold the switch's shared memory (a memfd named tapswitch)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:tapswitch")
+        except FileNotFoundError:
+            pass        # closed meanwhile
+    return n
+
+
+def test_every_worker_holds_the_shared_memory_once(lab):
+    """Python's mmap maps through a dup of the fd it is given: a worker that kept the one it
+    was passed as well held the memfd twice, for nothing (the mapping outlives both)."""
+    sw = lab.switch(two_containers(lab, queues=2))
+    pids = sw.worker_pids()
+    assert len(pids) == 2
+    for pid in pids:
+        assert memfds(pid) == 1, pid
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=3)
+    assert helpers.ping(lab.name("c1"), "198.18.0.1", count=3)
+
+
 def test_a_restarted_worker_drops_its_capabilities_too(lab):
     sw = lab.switch(two_containers(lab, queues=1))
     [old] = sw.worker_pids()
