@@ -23,6 +23,7 @@ Once its fast path is set up, a worker gives up every capability for good
 and becomes the user `switch.user` names (nobody by default, when the switch
 runs as root): drop_privileges. From then on it only reads and writes fds it
 already holds; a uid 0 without capabilities would still own root's files. It
+is not dumpable: no other process of its user may trace it or open its fds. It
 leaves the host's network namespace too, for an empty one of its own: the
 worker reads frames any container sends, and one that took it over would
 otherwise reach the host's networks and its services on 127.0.0.1.
@@ -38,6 +39,7 @@ import sys
 import traceback
 
 # linux/prctl.h and linux/capability.h
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -75,7 +77,15 @@ def drop_privileges(ids: tuple[int, int] | None = None) -> None:
     - no supplementary groups, then the gid and the uid, real, effective and
       saved (this takes CAP_SETGID and CAP_SETUID, so it comes before capset);
     - ambient, effective, permitted and inheritable sets become empty (capset
-      may always lower them).
+      may always lower them);
+    - not dumpable, last (a change of uid makes it what fs.suid_dumpable says,
+      1 on some hosts): no other process of its user may trace it, read its
+      memory or open what it holds (/proc/PID/fd: the shared memory, the
+      queues). The change of uid alone does not do it where suid_dumpable is 1,
+      nor where the workers stay root (switch.user: 0, or no user nobody), and
+      that user may be any other service's too. Root with CAP_SYS_PTRACE still
+      may (the bench's /proc/PID/smaps_rollup); anyone may read /proc/PID/stat
+      (the supervisor's CPU time). No core dump either.
     A change of uid clears the parent-death signal: the caller asks for it again.
     capset and setresuid change the calling thread only (glibc's wrappers and
     Python's call every thread): a worker has no other thread.
@@ -104,6 +114,7 @@ def drop_privileges(ids: tuple[int, int] | None = None) -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     empty = (_CapData * 2)()
     check(libc.capset(ctypes.byref(header), empty), "capset")
+    check(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

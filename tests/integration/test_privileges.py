@@ -216,11 +216,29 @@ def test_workers_still_die_with_the_control_process(lab):
     helpers.wait_for("workers gone after the control process was killed", all_gone, 1.0, every=0.02)
 
 
+def test_a_worker_of_root_is_not_dumpable_either(lab):
+    """Workers stay root, without capabilities, with switch.user: 0 (or where there is no user
+    nobody): no change of uid made them not dumpable, and any process of root's without
+    capabilities (a service that dropped them) could open the switch's shared memory through
+    /proc/PID/fd, or trace them. A change of uid does not do it either under fs.suid_dumpable=1;
+    drop_privileges says so itself."""
+    sw = lab.switch(two_containers(lab, queues=1, user=0))
+    [pid] = sw.worker_pids()
+    assert ids(pid)[0] == {"0"} and capabilities(pid) == dict.fromkeys(CAP_SETS, 0)
+    [shm] = [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")
+             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:tapswitch")]
+    for path, how in ((shm, os.O_RDONLY), (f"/proc/{pid}/mem", os.O_RDONLY)):
+        refused = as_user(0, lambda: os.close(os.open(path, how)))
+        assert isinstance(refused, OSError) and refused.errno == errno.EACCES, (path, refused)
+    assert helpers.ping(lab.name("c0"), "198.18.0.2", count=2)
+    assert sw.stop() == 0, sw.log()
+
+
 # The control socket.
 
 def as_user(uid: int, fn, *, dac_override: bool = False):
-    """Run fn() in a forked child whose effective uid is `uid` (with CAP_DAC_OVERRIDE
-    effective if asked) and return what it returned, or the OSError it raised."""
+    """Run fn() in a forked child whose effective uid is `uid`, with no capability effective
+    (CAP_DAC_OVERRIDE if asked), and return what it returned, or the OSError it raised."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                                          # the child: never returns
@@ -228,9 +246,8 @@ def as_user(uid: int, fn, *, dac_override: bool = False):
             os.close(r)
             os.setgroups([])
             os.setegid(uid)
-            os.seteuid(uid)                               # clears the effective set
-            if dac_override:
-                set_effective_caps(1 << CAP_DAC_OVERRIDE)
+            os.seteuid(uid)                               # clears the effective set, for a uid not 0
+            set_effective_caps(1 << CAP_DAC_OVERRIDE if dac_override else 0)
             try:
                 out = {"value": fn()}
             except OSError as e:
