@@ -1148,6 +1148,24 @@ def test_attach_refuses_other_memory():
         Shared.attach(fd)
 
 
+def test_attach_says_the_version_of_memory_laid_out_by_another():
+    """A switch's shared memory of another TS_VERSION (a worker of an upgrade on a switch
+    started before it) is told apart from memory that is not tapswitch's: the worker says
+    which versions meet."""
+    from tapswitch.fastpath import VersionMismatch
+    control = Shared.create(64, 1)
+    try:
+        control.ptr.version = lib.TS_VERSION + 1
+        fd = os.dup(control.fd)
+        with pytest.raises(VersionMismatch) as e:
+            Shared.attach(fd)
+        assert (e.value.found, e.value.ours) == (lib.TS_VERSION + 1, lib.TS_VERSION)
+        with pytest.raises(OSError):
+            os.fstat(fd)                # closed, as attach takes it
+    finally:
+        control.close()
+
+
 CHILD = textwrap.dedent("""
     import sys
     from tapswitch._fastpath import ffi, lib

@@ -463,6 +463,33 @@ def test_a_drained_workers_reap_leaves_the_marker_of_the_worker_that_replaced_it
     assert shared.ptr.readers[0].active != 0
 
 
+def test_a_worker_started_on_shared_memory_of_another_version_says_to_restart_the_switch(shared):
+    """After an in-place upgrade a worker the running switch starts again is the new worker and
+    fast path, on the old control process's shared memory. It said "ValueError: fd 3 is not
+    tapswitch shared memory of version 5" and a traceback; it now says which versions meet and
+    what to do, and the supervisor holds it back as any worker that cannot start: SPAWN_TRIES
+    tries, one worker.crashing, then nothing until down() offers it again."""
+    from tapswitch._fastpath import lib
+    shared.ptr.version = lib.TS_VERSION + 1         # the switch's: another version than ours
+    sup = supervisor.Supervisor(shared.fd, 1)
+    w = sup.workers[0]
+    with structlog.testing.capture_logs() as logs:
+        sup.restart(w)                              # a real worker process, as after a crash
+        while w.starting is not None:
+            assert select.select([w.starting.sock], [], [], 30)[0]
+            assert not sup.ready(w)
+    failed = [e for e in logs if e["event"] == "worker.start_failed"]
+    assert len(failed) == supervisor.SPAWN_TRIES
+    assert failed[0]["error"] == (
+        f"worker 0 did not start: the switch's shared memory is of version {lib.TS_VERSION + 1}, "
+        f"this worker's fast path of version {lib.TS_VERSION}: the switch was upgraded while it ran; "
+        "restart it")
+    assert "traceback" not in failed[0]
+    assert [e["event"] for e in logs if e["event"] == "worker.crashing"] == ["worker.crashing"]
+    assert sup.down() == [] and sup.next_try() > 0
+    sup.stop()
+
+
 def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):
     """The crash loop's backoff slept inside the control loop (no reload, link event or stop
     served meanwhile). exited() now returns at once; down() offers the worker BACKOFF later, and

@@ -56,6 +56,17 @@ def mac_bytes(mac: str) -> bytes:
     return b
 
 
+class VersionMismatch(ValueError):
+    """The shared memory is a switch's, laid out by another version of fastpath.h (its
+    TS_VERSION, `found`) than this process's fast path (`ours`): a worker a switch restarts
+    after an in-place upgrade meets its old control process's. Only the magic and the version
+    are read from it: they stay at the head of struct ts_shared in every version."""
+
+    def __init__(self, found: int, ours: int):
+        super().__init__(f"tapswitch shared memory of version {found}, not {ours}")
+        self.found, self.ours = found, ours
+
+
 class Shared:
     """The switch's shared memory. `fd` is the memfd to pass to workers (None in
     one attached: closed once mapped); `ptr` is a `struct ts_shared *`."""
@@ -100,14 +111,19 @@ class Shared:
         """Map a region another process created (its memfd, inherited).
         Takes ownership of fd, and closes it once mapped: the mapping outlives
         it, and mmap holds a dup of its own (for mmap.size(), which nothing here
-        calls). A worker so holds the memfd once, not twice."""
+        calls). A worker so holds the memfd once, not twice. VersionMismatch if it
+        is laid out by another version of the fast path; ValueError if it is not
+        tapswitch's."""
         try:
             self = cls(fd)
         finally:
             os.close(fd)
         self.fd = None
-        if self.ptr.magic != lib.TS_MAGIC or self.ptr.version != lib.TS_VERSION \
-                or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_size):
+        if self.ptr.magic == lib.TS_MAGIC and self.ptr.version != lib.TS_VERSION:
+            found = self.ptr.version
+            self.close()
+            raise VersionMismatch(found, lib.TS_VERSION)
+        if self.ptr.magic != lib.TS_MAGIC or len(self._mm) < lib.ts_shared_size(self.ptr.fdb_size):
             self.close()
             raise ValueError(f"fd {fd} is not tapswitch shared memory of version {lib.TS_VERSION}")
         return self

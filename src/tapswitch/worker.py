@@ -15,7 +15,9 @@ reload); it says b"D" on the socket once drained, so that the worker replacing
 it goes without waiting for this interpreter's exit. SIGKILL stops it at
 once: what it had read is lost. A worker that cannot start, or whose fast path
 stops on an error, says why on the socket (b"E" + the reason) and exits 1: the
-control process logs it, in the log's format (fail). So does one that a Python
+control process logs it, in the log's format (fail); one started on shared memory
+of another version than its fast path's (the switch upgraded in place while it ran)
+says so, and to restart the switch (upgraded). So does one that a Python
 exception stops, its type and message the reason, its traceback said after it
 (main): not Python's traceback on stderr, among the switch's JSON lines.
 
@@ -183,6 +185,15 @@ def fail(ready: socket.socket, queue: int, reason: str, trace: str = "") -> int:
     return 1
 
 
+def upgraded(found: int, ours: int) -> str:
+    """Why a worker cannot run on its switch's shared memory of another version (fastpath.h,
+    TS_VERSION): the switch was upgraded in place (git pull && ./scripts/install.sh) while it
+    ran, and a worker it started again (one that died) is the new one. It never will run there:
+    the switch's control process is the old one until restarted."""
+    return (f"the switch's shared memory is of version {found}, this worker's fast path of version "
+            f"{ours}: the switch was upgraded while it ran; restart it")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the worker (exit code: 0 stopped, 1 failed). A Python exception is a failure as
     fail says one: its type and message the reason, its traceback after it."""
@@ -207,7 +218,10 @@ def _run(args: argparse.Namespace, ready: socket.socket) -> int:
     lib, ffi = fastpath.lib, fastpath.ffi
     if lib.ts_die_with_parent() != 0:
         return 1          # the control process is already gone
-    shared = fastpath.Shared.attach(args.shm)
+    try:
+        shared = fastpath.Shared.attach(args.shm)
+    except fastpath.VersionMismatch as e:
+        return fail(ready, args.queue, upgraded(e.found, e.ours))
     try:
         io = fastpath.io_backend()
     except ValueError as e:
