@@ -1204,3 +1204,58 @@ def test_worker_in_another_process_learns_into_the_parents_table():
             host.close()
             queue.close()
         shared.close()
+
+
+# The shared memory's layout (layout_fingerprint) as of the TS_VERSION beside it. A worker the
+# running switch starts again after an in-place upgrade reads the old control process's memory
+# with the new fast path, and only TS_VERSION tells it the layout is not its own.
+LAYOUT = (4, "7bdf076afee318a2")
+
+# The constants that size the shared memory, or say how the MAC table after it is laid out; the
+# struct's array lengths are literals in fastpath.h (cffi's cdef), which these do not follow.
+LAYOUT_CONSTANTS = ("TS_MAGIC", "TS_MAX_PORTS", "TS_MAX_WORKERS", "TS_CONTROL", "TS_FDB_WAYS",
+                    "TS_MAX_MIRRORS", "TS_MAX_ACL_RULES")
+LAYOUT_FDB_SIZES = (1, 8, 1000, 8192, 1 << 20)     # ts_shared_size of these: how the table is sized
+
+
+def _layout(t) -> str:
+    """A C type as cffi lays it out: a struct's size, alignment and each field's offset and
+    type, through every struct inside it; an array's length (none: a flexible array member)."""
+    if t.kind == "array":
+        return f"{_layout(t.item)}[{'' if t.length is None else t.length}]"
+    if t.kind == "struct":
+        fields = ",".join(f"{name}@{f.offset}:{_layout(f.type)}" for name, f in t.fields)
+        return f"{t.cname}({ffi.sizeof(t)}/{ffi.alignof(t)}){{{fields}}}"
+    return f"{t.cname}({ffi.sizeof(t)})"
+
+
+def layout_fingerprint() -> str:
+    """16 hex digits of the sha256 of struct ts_shared's layout, the constants that size it and
+    ts_shared_size's answers: any change to these changes it."""
+    import hashlib
+    text = ";".join([_layout(ffi.typeof("struct ts_shared")),
+                     *(f"{name}={getattr(lib, name)}" for name in LAYOUT_CONSTANTS),
+                     *(f"size({n})={lib.ts_shared_size(n)}" for n in LAYOUT_FDB_SIZES)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_the_shared_memory_layout_changes_only_with_ts_version():
+    """A change of struct ts_shared (a field, a struct inside it, a constant that sizes it)
+    without a new TS_VERSION would have a worker of the new layout read the old as its own,
+    after an in-place upgrade, instead of saying the switch must be restarted."""
+    version, recorded = LAYOUT
+    found = layout_fingerprint()
+    assert lib.TS_VERSION == version, (
+        f"TS_VERSION is {lib.TS_VERSION}, LAYOUT records the layout of version {version}: "
+        f"record LAYOUT = ({lib.TS_VERSION}, {found!r}) in this file")
+    assert found == recorded, (
+        f"struct ts_shared's layout changed (fingerprint {found}, not {recorded}) and TS_VERSION "
+        f"did not: bump TS_VERSION in fastpath.h and record LAYOUT = ({lib.TS_VERSION + 1}, {found!r}) "
+        f"in this file")
+
+
+def test_magic_and_version_stay_at_the_head_of_the_shared_memory():
+    """Where a worker of any version reads them, to find the layout is not its own."""
+    fields = dict(ffi.typeof("struct ts_shared").fields)
+    assert (fields["magic"].offset, fields["magic"].type.cname) == (0, "uint64_t")
+    assert (fields["version"].offset, fields["version"].type.cname) == (8, "uint32_t")

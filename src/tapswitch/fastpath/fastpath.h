@@ -317,6 +317,15 @@
 /* cffi: everything below is read by cffi's cdef (no #if, no macros with
  * expressions). */
 
+/* TS_VERSION numbers the layout of the shared memory: struct ts_shared and the MAC table
+ * after it. Bump it with any change to either: a field, a struct inside it, a constant that
+ * sizes it, how ts_shared_size counts, what a field's bits mean (ts_fdb_entry's). After an
+ * in-place upgrade a worker the running switch starts again is of the new version, on the
+ * old control process's memory: it checks the version, and says to restart the switch
+ * rather than read the old layout as its own. tests/test_fastpath.py records a fingerprint
+ * of the layout beside the TS_VERSION it belongs to, and fails when the layout changes and
+ * the version does not (it cannot see a change of what bits mean). magic and version stay
+ * first, at offsets 0 and 8, in every version: a worker of any version reads them. */
 #define TS_MAGIC 0x7473776974636801
 #define TS_VERSION 4
 #define TS_MAX_PORTS 256       /* port index 0..255 */
