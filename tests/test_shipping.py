@@ -287,14 +287,19 @@ def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_lin
     assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(clone, ".venv", "bin", "tapswitch")
 
 
-def test_install_again_leaves_a_running_fast_path_the_file_it_mapped(install_sandbox):
+def test_install_again_leaves_a_running_fast_path_the_file_it_mapped_and_a_failed_build_the_one_before(
+        install_sandbox):
     """`git pull && ./scripts/install.sh` while a switch runs: the build's in-place copy opened
     src/tapswitch/_fastpath.abi3.so for writing and wrote the new code into the file the
     switch's control process and every worker have mapped; a worker died of SIGSEGV, then the
     control process. The new build is a new file under the old name: what runs keeps the old
-    one (unlinked) until it exits, what starts next loads the new one."""
+    one (unlinked) until it exits, what starts next loads the new one. And an upgrade whose
+    fast path does not compile (a compiler error, liburing gone) ends before the build's copy
+    into src/tapswitch/: the clone keeps the extension it had, and its tapswitch still starts.
+    One sandbox for both: each install is a pip install -e of its own (~40 s)."""
     clone, bin_dir = install_sandbox
     so = os.path.join(clone, "src", "tapswitch", "_fastpath.abi3.so")
+    fastpath_c = os.path.join(clone, "src", "tapswitch", "fastpath", "fastpath.c")
     r = run_install(clone, bin_dir, "--no-link")
     assert r.returncode == 0, r.stdout + r.stderr
     old = os.stat(so)
@@ -308,7 +313,7 @@ def test_install_again_leaves_a_running_fast_path_the_file_it_mapped(install_san
     try:
         path, size = holder.stdout.readline().split()
         assert (path, int(size) > 0) == (so, True)
-        with open(os.path.join(clone, "src", "tapswitch", "fastpath", "fastpath.c"), "a") as f:
+        with open(fastpath_c, "a") as f:
             f.write("/* changed: the install builds the fast path again */\n")
         r = run_install(clone, bin_dir, "--no-link")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -324,18 +329,10 @@ def test_install_again_leaves_a_running_fast_path_the_file_it_mapped(install_san
             holder.kill()
             holder.wait()
 
-
-def test_install_whose_build_fails_leaves_the_fast_path_built_before(install_sandbox):
-    """An upgrade whose fast path does not compile (a compiler error, liburing gone) ends
-    before the build's copy into src/tapswitch/: the clone keeps the extension it had, and
-    its tapswitch still starts."""
-    clone, bin_dir = install_sandbox
-    so = os.path.join(clone, "src", "tapswitch", "_fastpath.abi3.so")
-    r = run_install(clone, bin_dir, "--no-link")
-    assert r.returncode == 0, r.stdout + r.stderr
+    # The upgrade after that one does not compile: the extension the last install built stays.
     with open(so, "rb") as f:
         built = f.read()
-    with open(os.path.join(clone, "src", "tapswitch", "fastpath", "fastpath.c"), "a") as f:
+    with open(fastpath_c, "a") as f:
         f.write("#error the upgrade does not compile\n")
     r = run_install(clone, bin_dir, "--no-link")
     assert r.returncode != 0 and "the upgrade does not compile" in r.stdout + r.stderr
