@@ -258,33 +258,29 @@ def run_install(clone: str, bin_dir: str, *args: str, destdir: str = "") -> subp
                           cwd="/", env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_install_makes_again_a_virtualenv_left_without_pip(install_sandbox):
+def test_install_makes_again_a_virtualenv_left_without_pip_and_with_no_link_leaves_the_systems_tapswitch_alone(
+        install_sandbox):
     """`python3 -m venv` cut short (Ctrl-C in install.sh's first run), or run before
     python3-venv was there, leaves .venv/bin/python and no pip: install.sh took .venv as made,
-    and every run after ended in `.venv/bin/pip: No such file or directory`."""
+    and every run after ended in `.venv/bin/pip: No such file or directory`. And
+    scripts/test.sh installs with --no-link: the suite run in one clone (CI's, a checkout
+    being tried) pointed /usr/local/bin/tapswitch, and so the service's ExecStart, at that
+    clone; a second run without it links it. One sandbox for both: each install is a pip
+    install -e of its own (~15-40 s)."""
     clone, bin_dir = install_sandbox
     venv = os.path.join(clone, ".venv")
     subprocess.run(["python3", "-m", "venv", "--without-pip", venv], check=True, timeout=120)
-    r = run_install(clone, bin_dir)
+    r = run_install(clone, bin_dir, "--no-link")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(venv, "bin", "tapswitch")
+    assert os.listdir(bin_dir) == []
+    assert os.access(os.path.join(venv, "bin", "tapswitch"), os.X_OK)
     r = subprocess.run([os.path.join(venv, "bin", "python"), "-c", "import tapswitch._fastpath, tapswitch; "
                         "print(tapswitch.__file__)"], cwd="/", env=no_pythonpath(), capture_output=True,
                        text=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, os.path.join(clone, "src", "tapswitch", "__init__.py\n")), r.stderr
-
-
-def test_install_no_link_leaves_the_systems_tapswitch_alone_and_a_second_run_links_it(install_sandbox):
-    """scripts/test.sh installs with --no-link: the suite run in one clone (CI's, a checkout
-    being tried) pointed /usr/local/bin/tapswitch, and so the service's ExecStart, at that clone."""
-    clone, bin_dir = install_sandbox
-    r = run_install(clone, bin_dir, "--no-link")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert os.listdir(bin_dir) == []
-    assert os.access(os.path.join(clone, ".venv", "bin", "tapswitch"), os.X_OK)
     r = run_install(clone, bin_dir)                  # again, on what the first run made
     assert r.returncode == 0, r.stdout + r.stderr
-    assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(clone, ".venv", "bin", "tapswitch")
+    assert os.readlink(os.path.join(bin_dir, "tapswitch")) == os.path.join(venv, "bin", "tapswitch")
 
 
 def test_install_again_leaves_a_running_fast_path_the_file_it_mapped_and_a_failed_build_the_one_before(
@@ -424,9 +420,16 @@ def install_service(clone: str, destdir: str) -> None:
     os.symlink("/etc/systemd/system/tapswitch.service", os.path.join(wants, "tapswitch.service"))
 
 
-def test_uninstall_leaves_only_the_config_and_purge_takes_that_too(install_sandbox, tmp_path):
+def test_uninstall_names_a_switch_running_from_the_clone_then_leaves_only_the_config_and_purge_takes_that_too(
+        install_sandbox, tmp_path):
     """There was no way to take an install away: the link, the service's unit and its
-    enablement, the .venv and what the build left in src/ stayed, by hand to find."""
+    enablement, the .venv and what the build left in src/ stayed, by hand to find. A switch
+    run by hand from the clone is the user's: uninstall neither kills it nor takes its .venv
+    from under it (its stop would then fail to import what removes its devices); it says which
+    processes run, exits 1, and works once the switch is stopped. One sandbox for both: each
+    install is a pip install -e of its own (~15-40 s)."""
+    from tests.integration import helpers
+
     clone, bin_dir = install_sandbox
     destdir = str(tmp_path / "root")
     before = tree(clone)
@@ -437,6 +440,29 @@ def test_uninstall_leaves_only_the_config_and_purge_takes_that_too(install_sandb
     config = "etc/tapswitch/tapswitch.yaml"
     assert tree(destdir) == {"usr/local/bin/tapswitch", "etc/systemd/system/tapswitch.service",
                              "etc/systemd/system/multi-user.target.wants/tapswitch.service", config}
+    installed = tree(destdir)
+
+    port = helpers.uid("tsu")
+    workdir = str(tmp_path / "switch")
+    os.mkdir(workdir)
+    # helpers.Switch runs `sys.executable -m tapswitch`: the wrapper runs the clone's python instead.
+    clone_python = os.path.join(clone, ".venv", "bin", "python")
+    switch = helpers.Switch({"switch": {"name": port}, "ports": [{"name": port}]}, workdir,
+                            wrapper=("sh", "-c", 'unset PYTHONPATH; shift; exec "$0" "$@"', clone_python))
+    try:
+        switch.start()
+        r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"{switch.proc.pid}: " in r.stderr and "Nothing was removed" in r.stderr
+        assert switch.proc.poll() is None
+        assert tree(destdir) == installed
+        assert os.path.isdir(os.path.join(destdir, "run", "tapswitch"))
+        assert os.access(os.path.join(clone, ".venv", "bin", "tapswitch"), os.X_OK)
+        assert switch.stop() == 0
+        assert not helpers.link_exists(port)
+    finally:
+        switch.stop()
+        helpers.cleanup(links=[port])
 
     r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -479,43 +505,6 @@ def test_uninstall_keeps_a_tapswitch_command_and_service_that_are_not_this_clone
     assert tree(destdir) == installed
     assert os.readlink(link) == other
     assert f"kept {link}: it is not this clone's" in r.stdout
-    assert not os.path.exists(os.path.join(clone, ".venv"))
-
-
-def test_uninstall_names_a_switch_running_from_the_clone_and_removes_nothing(install_sandbox, tmp_path):
-    """A switch run by hand from the clone is the user's: uninstall neither kills it nor takes
-    its .venv from under it (its stop would then fail to import what removes its devices);
-    it says which processes run, exits 1, and works once the switch is stopped."""
-    from tests.integration import helpers
-
-    clone, bin_dir = install_sandbox
-    destdir = str(tmp_path / "root")
-    r = run_install(clone, bin_dir, destdir=destdir)
-    assert r.returncode == 0, r.stdout + r.stderr
-    installed = tree(destdir)
-    port = helpers.uid("tsu")
-    workdir = str(tmp_path / "switch")
-    os.mkdir(workdir)
-    # helpers.Switch runs `sys.executable -m tapswitch`: the wrapper runs the clone's python instead.
-    clone_python = os.path.join(clone, ".venv", "bin", "python")
-    switch = helpers.Switch({"switch": {"name": port}, "ports": [{"name": port}]}, workdir,
-                            wrapper=("sh", "-c", 'unset PYTHONPATH; shift; exec "$0" "$@"', clone_python))
-    try:
-        switch.start()
-        r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert f"{switch.proc.pid}: " in r.stderr and "Nothing was removed" in r.stderr
-        assert switch.proc.poll() is None
-        assert tree(destdir) == installed
-        assert os.access(os.path.join(clone, ".venv", "bin", "tapswitch"), os.X_OK)
-        assert switch.stop() == 0
-        assert not helpers.link_exists(port)
-    finally:
-        switch.stop()
-        helpers.cleanup(links=[port])
-    r = run_install(clone, bin_dir, "--uninstall", destdir=destdir)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert tree(destdir) == set()
     assert not os.path.exists(os.path.join(clone, ".venv"))
 
 
