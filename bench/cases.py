@@ -53,6 +53,7 @@ class Ctx:
     fdb_ns: list[int]          # address counts for the caching case
     learn_n: int               # new addresses for the learning-rate case
     learn_rate_pps: int        # pace of the caching case's learn and reach phases
+    search_steps: int = 6      # the throughput case's binary search (THROUGHPUT_STEPS unless --search-steps)
     payload: str = "raw"       # raw (ethertype 0x88b5) | udp: the forwarding-rate frames
     cc: str | None = None      # TCP congestion control of the endpoints (None: their namespace's default)
     cc_used: set = field(default_factory=set)  # what iperf3's senders reported using
@@ -122,7 +123,7 @@ def light(ctx: Ctx, system, hosts) -> list[Measure]:
 
 
 THROUGHPUT_LOSS = 0.001       # RFC 2544 asks for none; 0.1 %, the issue's bar, forgives a stray frame
-THROUGHPUT_STEPS = 6          # binary search: the rate to within 1/64 of the generator's full speed
+THROUGHPUT_STEPS = 6          # binary search: the rate to within 1/64 of the generator's full speed (Ctx.search_steps)
 
 
 def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
@@ -137,7 +138,7 @@ def throughput(ctx: Ctx, system, hosts) -> list[Measure]:
         best, best_loss = full.rate_pps[b.index], full.loss(b.index)    # the generator is the limit
     else:
         lo, hi, best, best_loss = 0.0, top, 0.0, float("nan")
-        for _ in range(THROUGHPUT_STEPS):
+        for _ in range(ctx.search_steps):
             rate = (lo + hi) / 2
             s = traffic.paced(ctx.lab, a, [b], rate, da=b.mac, sa=a.mac, seconds=seconds)
             if s.loss(b.index) < THROUGHPUT_LOSS:

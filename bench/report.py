@@ -50,13 +50,17 @@ def machine(args, started, notes, ctx, systems, cases) -> dict:
         "reps": ctx.reps, "tcp_seconds": ctx.tcp_seconds, "frame_seconds": ctx.frame_seconds,
         "tcp_cc": sorted(ctx.cc_used), "tcp_cc_asked": ctx.cc, "payload": ctx.payload,
         "systems": {s.name: s.label for s in systems},
-        "learn_n": ctx.learn_n,
+        "learn_n": ctx.learn_n, "search_steps": ctx.search_steps,
         "table_size": max((c.fdb_size for c in cases if c.id in ("caching", "learning")), default=1 << 20),
     }
 
 
 FRAMES = {"raw": "Ethernet frame of ethertype 0x88b5 (local experimental: the receiver's stack drops it at once)",
           "udp": "IPv4/UDP frame to the discard port"}
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" + ("s" if n != 1 else "")
 
 
 def payload(m: dict) -> str:
@@ -181,7 +185,8 @@ def write(out_dir, meta, results, errors, systems, cases) -> None:
         f"`/sys/class/net/eth1/statistics/rx_packets` inside its namespace, rate taken from {steady} of "
         "the run; offered = the sender's tx_packets + tx_dropped. Loss = 1 − received/offered.",
         "- Throughput (RFC 2544 26.1): the highest rate of 64 B frames forwarded with loss under 0.1 %, "
-        "by a binary search (6 steps; frames sent evenly by `bench/pacer.c`) between nothing and trafgen's full "
+        f"by a binary search ({_steps(m.get('search_steps', cases_mod.THROUGHPUT_STEPS))}; frames sent evenly by "
+        "`bench/pacer.c`) between nothing and trafgen's full "
         "speed; a system that loses nothing at full speed is reported at the generator's rate.",
         "- Light load: 64 B frames sent evenly (`bench/pacer.c`) at 1k, 10k and 100k frames/s for "
         f"{m['frame_seconds']:g} s each; the switch's CPU (utime+stime of its forwarding processes) over "

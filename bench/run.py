@@ -121,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "--quick 1024,16384)")
     p.add_argument("--learn-n", type=_positive(int, FDB_MAX),
                    help=f"new MACs for the learning-rate case, at most {FDB_MAX} (default 262144; --quick 16384)")
+    p.add_argument("--search-steps", type=_positive(int), default=cases_mod.THROUGHPUT_STEPS,
+                   help="steps of the throughput case's binary search, each a run of --seconds (default "
+                   "%(default)s: the rate to within 1/64 of the generator's full speed; a smoke run needs 1)")
     p.add_argument("--payload", choices=["raw", "udp"], default="raw",
                    help="forwarding-rate frames: raw (ethertype 0x88b5, default) or IPv4/UDP to port 9")
     p.add_argument("--cc", help="TCP congestion control of the iperf3 endpoints (iperf3 -C), e.g. cubic, bbr "
@@ -182,7 +185,7 @@ def make_ctx(args, lab) -> cases_mod.Ctx:
         frame_seconds=given(args.seconds, 1.0 if q else 3.0),
         sizes=given(args.sizes, ALL_SIZES), fdb_ns=given(args.fdb_n, [1024, 16384] if q else [1024, 1 << 20]),
         learn_n=given(args.learn_n, 16384 if q else 262144),
-        learn_rate_pps=100_000,
+        learn_rate_pps=100_000, search_steps=args.search_steps,
         payload=args.payload, cc=args.cc,
     )
 

@@ -86,7 +86,7 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     out, tmp = tmp_path / "out", tmp_path / "tmp"
     argv = [sys.executable, BENCH, "--quick", "--systems", "tapswitch,bridge,bare", "--sizes", "64",
             "--seconds", "0.5", "--reps", "1", "--fdb-n", "256", "--learn-n", "1024", "--cc", "reno",
-            "--out", str(out), "--tag", tag]
+            "--search-steps", "1", "--out", str(out), "--tag", tag]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=ROOT, env=_env(tmp))
     finally:
@@ -118,6 +118,7 @@ def test_bench_quick_run_reports_every_case_and_cleans_up(tmp_path, tag):
     # The Method says what ran: the bare forwarder's cases, iperf3's whole seconds, trafgen's rate window.
     assert "the bare forwarder only TCP goodput, forwarding rate, throughput (RFC 2544) and light load" in results
     assert "TCP: iperf3, 1 s per run" in results and "rate taken from 25 % to 95 % of the run" in results
+    assert "by a binary search (1 step;" in results, results        # --search-steps: one run, not six
     # How many addresses the learning rate was measured with (--learn-n), and in what table.
     assert "Learning rate (RFC 2889 5.8): 1K new source MACs at the generator's full speed" in results, results
     assert "Table size 1M entries where the system has a limit" in results, results
@@ -315,6 +316,7 @@ def test_bench_killed_outright_leaves_no_process_running(tmp_path, tag):
     (["--fdb-n", "1024,16777217"], "argument --fdb-n: 16777217: must be from 1 to 16777216"),
     (["--learn-n", "20000000"], "argument --learn-n: must be at most 16777216: '20000000'"),
     (["--reps", "0"], "argument --reps: must be more than 0: '0'"),
+    (["--search-steps", "0"], "argument --search-steps: must be more than 0: '0'"),
     (["--seconds", "0"], "argument --seconds: must be more than 0: '0'"),
     (["--seconds", "-1"], "argument --seconds: must be more than 0: '-1'"),
     (["--learn-n", "many"], "argument --learn-n: not a number: 'many'"),
