@@ -9,6 +9,9 @@ the average frame size the worker moved during TCP and whether frames over
 the MTU reach the receiver (tcpdump -e on its eth1: GSO end to end), where the
 worker, the generator and iperf3 ran (CPU placement, and a TCP A/B with
 pinning), and what the control process does meanwhile (py-spy, its CPU time).
+The traffic of each run is timed; on a busy machine perf's start alone can outlast
+it, so a run whose traffic ended before the worker's record is done again with its
+traffic twice as long (three tries; the report then says what its figures miss).
 """
 
 import argparse
@@ -120,14 +123,31 @@ def switch_counters(sw: Tapswitch) -> dict[str, int]:
             "tx_bytes": int(sw.metric("tapswitch_port_tx_bytes_total"))}
 
 
+def wait_for_traffic(sw: Tapswitch, before: int, within: float = 30.0) -> None:
+    """Wait until the switch has sent 1000 frames more than `before`, its count before the
+    generator started: it is sending (its start, iperf3's server's before it, can take a second or
+    more on a loaded machine). The lab's own chatter (neighbour discovery) is a few frames."""
+    deadline = time.monotonic() + within
+    while switch_counters(sw)["tx_packets"] < before + 1000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def psr(pid: int) -> str:
     r = sh("ps", "-L", "-o", "psr=", "-p", pid, check=False)
     return ",".join(sorted(set(r.stdout.split()))) or "?"
 
 
 def in_background(fn, *a, **kw):
+    """Run fn in a thread: what it returns goes in box["r"], and when it returned in box["ended"]
+    (time.monotonic())."""
     box = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", fn(*a, **kw)), daemon=True)
+
+    def run():
+        try:
+            box["r"] = fn(*a, **kw)
+        finally:
+            box["ended"] = time.monotonic()
+    t = threading.Thread(target=run, daemon=True)
     t.start()
     return t, box
 
@@ -148,14 +168,33 @@ class Profiler:
            "sleep", seconds, check=False, timeout=seconds + 60)
         return path
 
-    def section_frames(self, sw: Tapswitch, hosts) -> None:
+    def while_traffic(self, section, sw: Tapswitch, hosts) -> None:
+        """Run `section` until its traffic, which runs for a set time, outlasts its record of the
+        worker. Each step before it (perf's start above all) can take a second longer on a loaded
+        machine than on an idle one, and a record made after the traffic ended holds no sample of it
+        (an idle worker waits in epoll, off the CPU): "TAP reads 0.0 %". Each try runs the traffic
+        twice as long as the one before; after the third, the report says its figures miss it."""
+        mark = len(self.md)
+        for stretch in (1, 2, 4):
+            del self.md[mark:]
+            if section(sw, hosts, stretch):
+                return
+            self.log(f"profile: {section.__name__}: the traffic ended before the worker's record did")
+        self.md += ["The traffic ended before the worker's record did (a busy machine): the figures above "
+                    "miss part of it, or all.", ""]
+
+    def section_frames(self, sw: Tapswitch, hosts, stretch: int = 1) -> bool:
+        """64 B frames; whether the traffic ran past the worker's record (the traffic runs `stretch` times
+        its usual time)."""
         a, b = hosts[0], hosts[1]
         w = sw.forwarding_pids()[0]
         p = self.seconds / 4
         ctx = Ctx(lab=self.lab, quick=True, reps=1, tcp_seconds=0, frame_seconds=0, sizes=[64], fdb_ns=[],
                   learn_n=0, learn_rate_pps=0)
+        before, started = switch_counters(sw)["tx_packets"], time.monotonic()
         t, box = in_background(traffic.trafgen, self.lab, a, [b], test_frame(ctx, a, b, 64),
-                               seconds=self.seconds + 2 * p)
+                               seconds=(self.seconds + 2 * p) * stretch)
+        wait_for_traffic(sw, before)
         time.sleep(p)
         c0 = switch_counters(sw)
         sc = syscall_counts(w, p)
@@ -164,7 +203,8 @@ class Profiler:
         tg = sh("pgrep", "-x", "trafgen", check=False).stdout.split()
         placement["trafgen"] = ",".join(psr(int(x)) for x in tg) or "?"
         worker_rec = self.record(w, "w64.data", p)
-        all_rec = self.record(None, "all64.data", p)
+        recorded = time.monotonic()
+        all_rec = self.record(None, "all64.data", p)     # may outlast the traffic (the worker's may not)
         t.join()
         sent = box.get("r")
         frames = max(1, c1["tx_packets"] - c0["tx_packets"])
@@ -181,13 +221,20 @@ class Profiler:
         self.md += ["", "Whole machine, by command:", "", "| % | command |", "|---:|---|"]
         self.md += [f"| {pc:.1f} | {c} |" for pc, c in split_by_comm(all_rec)]
         self.md += [""]
+        # trafgen sent until `sent.seconds` after `started`, or a moment before (its exit; the wait for
+        # the frames still queued is not in it). It failed: another run would not do better.
+        return not sent or recorded < started + sent.seconds
 
-    def section_tcp(self, sw: Tapswitch, hosts) -> None:
+    def section_tcp(self, sw: Tapswitch, hosts, stretch: int = 1) -> bool:
+        """TCP, one flow; whether the traffic ran past the worker's record (as section_frames)."""
         a, b = hosts[0], hosts[1]
         w = sw.forwarding_pids()[0]
         p = self.seconds / 4
         ctrl0 = traffic.cpu_seconds([sw.proc.pid])
-        t, box = in_background(traffic.iperf3, self.lab, a, b, self.seconds + 2 * p, 1, congestion=self.cc)
+        before = switch_counters(sw)["tx_packets"]
+        t, box = in_background(traffic.iperf3, self.lab, a, b, (self.seconds + 2 * p) * stretch, 1,
+                               congestion=self.cc)
+        wait_for_traffic(sw, before)
         time.sleep(p)
         c0 = switch_counters(sw)
         sc = syscall_counts(w, p)
@@ -202,6 +249,7 @@ class Profiler:
             lens = [int(m) for m in re.findall(r"length (\d+):", r.stdout)]
             dump[side] = (len(lens), sum(1 for n in lens if n > 1514), max(lens, default=0))
         worker_rec = self.record(w, "wtcp.data", p)
+        recorded = time.monotonic()
         spy = self.py_spy(sw.proc.pid, p)
         t.join()
         ctrl1 = traffic.cpu_seconds([sw.proc.pid])
@@ -224,6 +272,7 @@ class Profiler:
         self.md += [f"| {pc:.1f} | `{s}` |" for pc, s in top_symbols(worker_rec)]
         self.md += ["", "Worker, by what it called:", "", *parts_table(worker_rec)]
         self.md += ["", f"Control process (py-spy, {p:g} s): {spy}", ""]
+        return not res or recorded < box["ended"]       # iperf3 returns as its client ends
 
     def py_spy(self, pid: int, seconds: float) -> str:
         spy = py_spy_path()
@@ -276,7 +325,10 @@ class Profiler:
             for section in (self.section_frames, self.section_tcp, self.section_placement):
                 self.log(f"profile: {section.__name__}")
                 try:
-                    section(sw, hosts)
+                    if section == self.section_placement:
+                        section(sw, hosts)
+                    else:
+                        self.while_traffic(section, sw, hosts)
                 except Exception as e:
                     self.md += [f"{section.__name__} failed: {e}", ""]
         finally:
