@@ -872,6 +872,11 @@ def test_reload_applies_a_vlan_change_without_remaking_the_port(lab):
     assert helpers.link_mac(cfg["ports"][1]["netns"], "eth0") == mac_before        # same device
 
 
+def reloads(sw) -> list[dict]:
+    """The outcome of each reload the switch has done: config.reloaded, or config.reload_failed."""
+    return [e for e in sw.events() if e.get("event") in ("config.reloaded", "config.reload_failed")]
+
+
 def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
@@ -885,8 +890,10 @@ def test_workers_killed_during_reloads_do_not_stop_the_switch(lab):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(1.5)
+        helpers.wait_for(f"reload {i + 1}'s outcome",
+                         lambda: len(reloads(sw)) > i or sw.proc.poll() is not None, within=30)
     assert sw.proc.poll() is None, sw.log()
+    assert [e["event"] for e in reloads(sw)] == ["config.reloaded"] * 4, sw.log()
     deadline = time.monotonic() + 5
     while len(sw.worker_pids()) < 2:
         assert time.monotonic() < deadline, sw.log()
