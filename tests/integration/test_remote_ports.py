@@ -461,7 +461,10 @@ def killed_while_attaching(lab, site, cfg: dict) -> None:
     sw = lab.switch(cfg, netns=site["sw"], wrapper=KILLED_BEFORE_FIRST_RULE, start=False)
     sw.start(expect_ready=False)
     assert sw.proc.wait(timeout=20) != 0, sw.log()
-    time.sleep(0.5)                      # the dead switch's workers die with it (PDEATHSIG)
+    # Its workers die with it (PDEATHSIG), a moment later: a start meanwhile would meet them.
+    # Nothing else runs in the switch's namespace.
+    helpers.wait_for("the dead switch's workers gone",
+                     lambda: not helpers.sh("ip", "netns", "pids", site["sw"]).stdout.split())
     changed = nic_state(site["sw"])
     assert changed["mtu"] == 1500 and {"UP", "PROMISC"} <= set(changed["flags"]), changed
     assert "clsact" in changed["qdiscs"] and not changed["filters"][0].strip(), changed   # no rule yet
