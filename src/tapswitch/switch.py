@@ -223,7 +223,7 @@ class Switch:
         self.evicted_seen = 0
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
         self.unchecked = SaidOnce()              # port -> why maintain_ports could not tell where its TAP is
-        self.unlooked: dict[str, str] = {}       # port -> why a look at its devices failed since the last tick
+        self.unlooked: set[str] = set()          # the ports a look at whose devices failed since the last tick
         self.unlooked_said = SaidOnce()          # port -> that failure, until a look at its devices succeeds
         # Why rx_missed could not read the kernel's counts, until it can: it runs in the control
         # socket's and the scrapes' threads (SaidOnce is thread-safe).
@@ -843,7 +843,7 @@ class Switch:
         """A look at one of the port's devices could not be made: logged once while it fails with
         the same error; maintain_looks looks again at the next tick."""
         error = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        self.unlooked[port.name] = error
+        self.unlooked.add(port.name)
         if self.unlooked_said.news(error, port.name):
             log.warning("port.look_failed", port=port.name, error=error,
                         reason="its devices are looked at again every tick; the port keeps its state meanwhile")
@@ -852,7 +852,7 @@ class Switch:
         """The ports a look at whose devices failed since the last tick (_look_failed) are looked at
         again, as ports whose events were lost are (resync_port): the event that asked for the look
         may not come again. A port looked at in full is said again once its next look fails."""
-        failed, self.unlooked = self.unlooked, {}
+        failed, self.unlooked = self.unlooked, set()
         for port in self.ports:
             if port.name in failed and not port.gone:
                 self.resync_port(port)
