@@ -1054,6 +1054,15 @@ def test_multicast_and_unknown_unicast_limits(sw, kind, dst):
     assert len(sw.received(1)) == 2
 
 
+def test_a_frame_storm_control_drops_still_teaches_its_source(sw):
+    # As on a hardware switch (and as the README says): learning comes before the flood's limit.
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 1)).publish()
+    sw.send(0, frame(BROADCAST, A))
+    sw.send(0, frame(BROADCAST, D))
+    assert sw.counters(0)["storm_dropped"] == 1
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(D), 1) == 0
+
+
 def test_known_unicast_is_never_limited(sw):
     Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_UNKNOWN_UNICAST, 1, 1)).publish()
     sw.learn(1, B)
