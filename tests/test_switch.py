@@ -57,6 +57,38 @@ def test_fdb_add_while_a_reload_rewrites_the_static_entries_waits_for_it(monkeyp
         sw.shared.close()
 
 
+def test_installing_the_static_entries_again_writes_only_those_that_changed(monkeypatch):
+    """A reload installs the static entries again: one in the table as wanted is not written
+    (its `seen`, the age `fdb` shows, would start again); one moved, on a port now on another
+    slot, removed by `fdb del`, or new is; one no longer wanted goes."""
+    sw = make_switch()
+    try:
+        sw.cfg = config.loads("switch: {name: s}\nports: [{name: p0}, {name: p1}]\nstatic_macs:\n"
+                              + "".join(f"  - {{mac: '02:00:00:00:00:0{i}', port: p{i % 2}}}\n" for i in range(4)))
+        sw.install_static_macs()
+        sw.fdb_add({"mac": "02:00:00:00:00:09", "port": "p0"})
+        sw.fdb_del({"mac": "02:00:00:00:00:03"})
+        written = []
+        add = sw.shared.fdb_add_static
+        monkeypatch.setattr(sw.shared, "fdb_add_static", lambda mac, vlan, port: (written.append(mac),
+                                                                                  add(mac, vlan, port)))
+        sw.install_static_macs()
+        assert written == ["02:00:00:00:00:03"]         # only the one `fdb del` took out
+        # 00:00 moves to p1; p1 is made again on slot 2 (01:..., 02:00... on p0 stay); 02 goes.
+        sw.cfg = config.loads("switch: {name: s}\nports: [{name: p0}, {name: p1}]\nstatic_macs:\n"
+                              "  - {mac: '02:00:00:00:00:00', port: p1}\n  - {mac: '02:00:00:00:00:01', port: p1}\n"
+                              "  - {mac: '02:00:00:00:00:03', port: p1}\n")
+        sw.ports[1] = Port(index=2, cfg=sw.cfg.ports[1], fds=[], mac="02:00:00:00:01:02", nspath=None, ifindex=0)
+        written.clear()
+        sw.install_static_macs()
+        assert sorted(written) == ["02:00:00:00:00:00", "02:00:00:00:00:01", "02:00:00:00:00:03"]
+        assert sorted(e[:4] for e in sw.shared.fdb_dump()) == [
+            ("02:00:00:00:00:00", 1, 2, True), ("02:00:00:00:00:01", 1, 2, True),
+            ("02:00:00:00:00:03", 1, 2, True), ("02:00:00:00:00:09", 1, 0, True)]
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_in_a_used_slot_counts_its_acl_hits_from_zero():
     """Once every slot has been used, a port a reload adds takes one a removed port left: its
     ACL hits start at 0, as its other counters do, also under the removed port's rules (they

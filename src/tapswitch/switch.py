@@ -214,7 +214,8 @@ class Switch:
         self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
         self.aging_cursor = 0
         self.tick_at = 0.0           # monotonic: when the control loop's next tick is due (run)
-        self.static_macs: dict[tuple[str, int], str] = {}    # (mac, vlan) -> port: from the config
+        # (mac, vlan) -> port slot: the static entries the MAC table holds, the config's and `fdb add`'s.
+        self.static_macs: dict[tuple[str, int], int] = {}
         self.cli_macs: dict[tuple[str, int], str] = {}       # (mac, vlan) -> port: from `fdb add`
         # Both are changed by `fdb add`/`del`, in the control socket's threads, and by a reload.
         self.static_lock = threading.Lock()
@@ -1122,7 +1123,9 @@ class Switch:
         return failed
 
     def install_static_macs(self) -> None:
-        """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current slots."""
+        """Make the MAC table's static entries those of the config plus `fdb add`'s, on the ports' current
+        slots: only those new, moved (another port, or their port made again on another slot) or gone
+        are written; the others are left as they are, their age going on."""
         with self.static_lock:
             self._install_static_macs()
 
@@ -1141,14 +1144,18 @@ class Switch:
         for mac, vlan in set(self.static_macs) - set(wanted):
             self.shared.fdb_del(mac, vlan)
         for (mac, vlan), port in list(wanted.items()):
+            if self.static_macs.get((mac, vlan)) == index[port]:
+                continue        # in the table as wanted: written again, its age would start from 0
             try:
-                self.shared.fdb_add_static(mac, vlan, index[port])    # replaces an entry of the same key
+                # One there already (static elsewhere, or learned) has its value replaced in place:
+                # a frame finds the old entry or the new one, never none.
+                self.shared.fdb_add_static(mac, vlan, index[port])
             except OSError as e:
                 # Both its buckets hold only static entries, which are never evicted: it stays out.
                 log.error("fdb.static_failed", mac=mac, vlan=vlan, port=port, error=e.strerror)
                 del wanted[mac, vlan]
                 self.cli_macs.pop((mac, vlan), None)
-        self.static_macs = wanted
+        self.static_macs = {key: index[port] for key, port in wanted.items()}
 
     def fdb_add(self, req: dict) -> dict:
         """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops."""
@@ -1165,7 +1172,7 @@ class Switch:
         except OSError as e:
             raise ControlError(f"cannot add {mac} vlan {vlan}: {e.strerror}") from None
         self.cli_macs[mac, vlan] = port.name
-        self.static_macs[mac, vlan] = port.name
+        self.static_macs[mac, vlan] = port.index
         log.info("fdb.added", mac=mac, vlan=vlan, port=port.name)
         return {"mac": mac, "vlan": vlan, "port": port.name}
 

@@ -166,3 +166,54 @@ def test_a_static_mac_that_finds_no_room_is_logged_and_the_switch_runs_on(lab):
     assert (failed["mac"], failed["vlan"], failed["port"]) == ("02:00:00:00:99:0c", 1, c)
     assert not [e for e in sw.cli_json("fdb") if e["mac"] == "02:00:00:00:99:0c"]
     assert {p["name"]: p["state"] for p in sw.cli_json("ports")} == {a: "up", b: "up", c: "up"}
+
+
+def statics(sw) -> dict:
+    """(mac, vlan) -> (port, age) of the static entries."""
+    return {(e["mac"], e["vlan"]): (e["port"], e["age"]) for e in sw.cli_json("fdb") if e["static"]}
+
+
+def test_a_reload_leaves_the_static_entries_it_does_not_change_as_they_are(lab):
+    """A reload writes only the static entries it changes: one it leaves (the config's, and
+    `fdb add`'s) keeps its age, which went back to 0 as every one was installed again. One whose
+    port changed moves, also to a port made again on another slot; one taken out goes."""
+    nss, ports = quiet_site(lab)
+    a, b, c = (p["name"] for p in ports)
+    kept, moved, remade, removed, cli_kept = (f"02:00:00:00:97:0{i}" for i in range(1, 6))
+    cfg = {"switch": {"name": lab.name("sw")}, "ports": ports,
+           "static_macs": [{"mac": kept, "port": a}, {"mac": moved, "port": a},
+                           {"mac": remade, "port": c}, {"mac": removed, "port": b}]}
+    sw = lab.switch(cfg)
+    sw.cli("fdb", "add", cli_kept, "--port", b)
+    # Aged 2 s or more: one installed again by the reload would be younger than it was.
+    before = helpers.wait_for("static entries 2 s old", lambda: (lambda s: s if min(
+        age for _port, age in s.values()) >= 2 else None)(statics(sw)), within=15)
+    cfg["static_macs"] = [{"mac": kept, "port": a}, {"mac": moved, "port": b}, {"mac": remade, "port": c}]
+    ports[2]["mtu"] = 1400          # a device setting: port c is made again, on another slot
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {c}"
+    after = statics(sw)
+    assert set(after) == {(kept, 1), (moved, 1), (remade, 1), (cli_kept, 1)}, after
+    for mac, port in ((kept, a), (cli_kept, b)):
+        assert after[mac, 1][0] == port and after[mac, 1][1] >= before[mac, 1][1], (mac, before, after)
+    assert after[moved, 1][0] == b and after[remade, 1][0] == c, after
+    # Where the listing says: frames to the one moved go to port b alone, and to port c's to c.
+    for mac, port in ((moved, b), (remade, c)):
+        was = tx(sw)
+        helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", helpers.link_mac(nss[0], "eth0"), mac, 20)
+        now = helpers.wait_for(f"20 frames to {mac} out of {port}", lambda: (lambda t: t if t[port] - was[port] >= 20
+                                                                              else None)(tx(sw)))
+        assert {name: now[name] - was[name] for name in (b, c) if now[name] != was[name]} == {port: 20}, (mac, was, now)
+
+
+def test_a_static_mac_of_the_config_removed_by_fdb_del_comes_back_at_the_next_reload(lab):
+    """Left out by `fdb del`, it is not in the table as the config wants it: the reload writes
+    it again, also with nothing else changed."""
+    nss, ports = quiet_site(lab)
+    c = ports[2]["name"]
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports, "static_macs": [{"mac": STATIC, "port": c}]})
+    sw.cli("fdb", "del", STATIC)
+    assert STATIC not in {mac for mac, _vlan in statics(sw)}
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    assert statics(sw)[STATIC, 1][0] == c
