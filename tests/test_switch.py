@@ -89,6 +89,21 @@ def test_installing_the_static_entries_again_writes_only_those_that_changed(monk
         sw.shared.close()
 
 
+def test_a_port_added_once_every_slot_was_used_takes_one_no_static_entry_is_on():
+    """A removed port's static entries stay on its slot until the reload's ports are up: a port
+    the reload adds on that slot would get their MACs' frames meanwhile. It takes another freed
+    one if there is one."""
+    sw = make_switch()
+    try:
+        sw.fdb_add({"mac": "02:00:00:00:00:01", "port": "p0"})
+        sw.slots_used = set(range(fastpath.lib.TS_MAX_PORTS))
+        busy = {1} | set(range(3, fastpath.lib.TS_MAX_PORTS))       # p0 (slot 0) removed, slot 2 freed before
+        assert sw._free_slot(busy) == 2
+        assert sw._free_slot(busy | {2}) == 0       # none other: that one
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_in_a_used_slot_counts_its_acl_hits_from_zero():
     """Once every slot has been used, a port a reload adds takes one a removed port left: its
     ACL hits start at 0, as its other counters do, also under the removed port's rules (they

@@ -1222,15 +1222,20 @@ class Switch:
         return None
 
     def _free_slot(self, busy: set[int]) -> int:
-        """A port table slot for a new port: a never-used one if any, else a freed one, zeroed."""
+        """A port table slot for a new port: a never-used one if any, else a freed one, zeroed;
+        one no static entry is on, if any. A reload moves or removes the static entries of the
+        ports it removes once its ports are up (install_static_macs): on the slot a new port
+        took, they would send it their MACs' frames until then."""
         free = [i for i in range(fastpath.lib.TS_MAX_PORTS) if i not in busy]
         if not free:
             raise ControlError(f"the switch has {fastpath.lib.TS_MAX_PORTS} ports already")
         fresh = [i for i in free if i not in self.slots_used]
         if fresh:
             return fresh[0]
-        self.shared.reset_counters(free[0])
-        return free[0]
+        held = set(self.static_macs.values())
+        index = min(free, key=lambda i: (i in held, i))
+        self.shared.reset_counters(index)
+        return index
 
     # What the control socket serves.
 
