@@ -116,10 +116,10 @@ def sw():
 class Table:
     """A MAC table in private memory, with a fixed seed: same buckets every run."""
 
-    def __init__(self, size, seed=0x5eed):
+    def __init__(self, size, seed=0x5eed, workers=1):
         self.buf = ffi.new("char[]", lib.ts_shared_size(size))
         self.s = ffi.cast("struct ts_shared *", self.buf)
-        assert lib.ts_shared_init(self.s, size, 1, seed) == 0
+        assert lib.ts_shared_init(self.s, size, workers, seed) == 0
 
     def learn(self, mac, port, now=100, writer=0):
         return lib.ts_fdb_learn(self.s, writer, mac_bytes(mac), 0, port, now)
@@ -905,6 +905,106 @@ def test_aging_is_incremental_by_bucket():
     assert t.stats(lib.TS_CONTROL)[2] == n       # aged
 
 
+
+# Abandoned slots (fastpath.h): a writer killed while it held a slot (key set, val 0).
+
+def slot_of(t: Table, mac: str, vlan: int = 0) -> int:
+    key = 1 << 63 | vlan << 48 | int(mac.replace(":", ""), 16)
+    [i] = [i for i in range(t.s.fdb_capacity) if t.s.fdb[i].key == key]
+    return i
+
+
+def sweep(t: Table, n: int, turning=()):
+    """n whole aging sweeps, one a tick; the workers in `turning` turn once a tick (they beat)."""
+    for _ in range(n):
+        for w in turning:
+            t.s.readers[w].heartbeat += 1
+        lib.ts_fdb_age(t.s, 1000, 300, 0, t.s.fdb_buckets)
+
+
+def test_the_aging_sweep_gives_back_the_slots_killed_writers_left_half_written():
+    """A bucket of slots whose writers were killed between claiming a key and writing its
+    value (or between a removal's value and key) learned nothing more, for good."""
+    t = Table(1)                                 # one bucket of 8
+    macs = [host_mac(i) for i in range(lib.TS_FDB_WAYS)]
+    for mac in macs:
+        assert t.learn(mac, 1, now=990) == 1
+    for mac in macs:
+        t.s.fdb[slot_of(t, mac)].val = 0         # key set, val 0: held by its dead writer
+    assert t.learn(C, 2, now=990) == -1
+    sweep(t, 1)
+    assert all(t.s.fdb[i].val != 0 and t.s.fdb[i].key != 0 for i in range(8)), "marked, not taken"
+    sweep(t, 4)                                  # marked again two epochs on, taken two after that
+    assert [(t.s.fdb[i].key, t.s.fdb[i].val) for i in range(8)] == [(0, 0)] * 8
+    assert t.learn(C, 2, now=990) == 1
+    assert t.lookup(C) == 2
+    assert t.s.ports[2].fdb_entries == 1
+    assert t.stats(lib.TS_CONTROL)[2] == 0       # not counted as aged
+
+
+def test_a_half_written_slot_is_left_to_a_writer_still_inside_its_burst():
+    """Worker 0 was killed while removing B, worker 1 is slow inside its claim of A: nothing is
+    taken while either may still be writing; once worker 0's replacement has claimed its place
+    and worker 1 turns again, B's slot comes back and A's entry, finished late, stays."""
+    t = Table(1, workers=2)
+    assert t.learn(A, 1, now=990) == 1 and t.learn(B, 2, now=990) == 1
+    a, b = slot_of(t, A), slot_of(t, B)
+    a_val = t.s.fdb[a].val
+    t.s.fdb[a].val = 0                           # worker 1: key claimed, val and count not yet
+    t.s.ports[1].fdb_entries -= 1
+    t.s.fdb[b].val = 0                           # worker 0: val taken, killed before the key
+    keys = (t.s.fdb[a].key, t.s.fdb[b].key)
+    t.s.readers[0].active = t.s.readers[1].active = 1
+    sweep(t, 10)
+    assert (t.s.fdb[a].key, t.s.fdb[b].key) == keys
+    t.s.readers[0].active = 0                    # worker 0's replacement claims its place
+    sweep(t, 10)
+    assert (t.s.fdb[a].key, t.s.fdb[b].key) == keys
+    t.s.fdb[a].val = a_val                       # worker 1 goes on: its val over the mark,
+    t.s.ports[1].fdb_entries += 1                # then its count
+    sweep(t, 1, turning=[1])
+    assert t.lookup(A) == 1
+    sweep(t, 4, turning=[1])
+    assert (t.s.fdb[b].key, t.s.fdb[b].val) == (0, 0)
+    assert t.lookup(A) == 1 and t.s.fdb[a].val == a_val
+    assert t.learn(C, 3, now=990) == 1 and t.lookup(C) == 3
+    assert (t.s.ports[1].fdb_entries, t.s.ports[3].fdb_entries) == (1, 1)
+
+
+def test_a_half_written_slot_is_left_while_a_control_thread_writes_the_table():
+    """`fdb add`/`del`/`flush` run in the control socket's threads, beside the sweep."""
+    t = Table(1)
+    assert t.learn(A, 1, now=990) == 1
+    a = slot_of(t, A)
+    t.s.fdb[a].val = 0
+    t.s.fdb_writing = 1
+    sweep(t, 10)
+    assert t.s.fdb[a].key != 0
+    t.s.fdb_writing = 0
+    sweep(t, 5)
+    assert (t.s.fdb[a].key, t.s.fdb[a].val) == (0, 0)
+
+
+def test_a_slot_whose_remover_ends_after_the_mark_is_reused_and_tidied():
+    """A live remover clears the key under the sweep's mark: the empty slot, mark and all, is
+    claimed as any other (the claimer's val goes over the mark), or tidied by the next sweep."""
+    t = Table(1)
+    assert t.learn(A, 1, now=990) == 1 and t.learn(B, 1, now=990) == 1
+    a, b = slot_of(t, A), slot_of(t, B)
+    for i in (a, b):
+        t.s.fdb[i].val = 0                       # two removers, between val and key
+    sweep(t, 1)
+    assert t.s.fdb[a].val != 0 and t.s.fdb[b].val != 0, "marked"
+    for i in (a, b):
+        t.s.fdb[i].key = 0                       # ... and they go on: key 0, count
+    t.s.ports[1].fdb_entries = 0
+    assert t.learn(C, 2, now=990) == 1           # into one of the marked empty slots
+    assert t.lookup(C) == 2
+    sweep(t, 6)
+    assert t.lookup(C) == 2
+    assert [t.s.fdb[i].val for i in range(8) if t.s.fdb[i].key == 0] == [0] * 7
+    assert t.s.ports[2].fdb_entries == 1
+
 def test_fair_eviction_keeps_established_hosts_of_a_small_port():
     t = Table(64)
     capacity = t.s.fdb_capacity
@@ -1209,7 +1309,7 @@ def test_worker_in_another_process_learns_into_the_parents_table():
 # The shared memory's layout (layout_fingerprint) as of the TS_VERSION beside it. A worker the
 # running switch starts again after an in-place upgrade reads the old control process's memory
 # with the new fast path, and only TS_VERSION tells it the layout is not its own.
-LAYOUT = (4, "7bdf076afee318a2")
+LAYOUT = (5, "627d89c30ae90536")
 
 # The constants that size the shared memory, or say how the MAC table after it is laid out; the
 # struct's array lengths are literals in fastpath.h (cffi's cdef), which these do not follow.

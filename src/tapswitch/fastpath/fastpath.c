@@ -106,6 +106,9 @@ void ts_set_busy_poll(struct ts_shared *s, uint32_t us)
 #define VAL_TAG_SHIFT 18
 #define VAL_TAG_MASK 0x3fffULL
 #define PUT_ATTEMPTS 4              /* lost races before learning gives up on a frame */
+#define MARK 0x1ULL                 /* a val of the aging sweep's: a half-written slot's mark */
+#define MARK_AGAIN 0x2ULL           /* its second mark */
+#define MARK_EPOCHS 2               /* epochs from a mark to the next step (see "Abandoned slots") */
 
 static uint64_t load(const uint64_t *p)
 {
@@ -234,7 +237,8 @@ static struct ts_fdb_entry *fdb_find(struct ts_fdb_entry *b, uint64_t key, uint6
             *val = v;
             return &b[i];
         }
-        /* val == 0: being claimed or removed; a miss (header, lost races). */
+        /* val not valid: being claimed or removed (or its writer died, and
+         * the aging sweep marked it); a miss (header, lost races). */
     }
     return NULL;
 }
@@ -485,12 +489,28 @@ static int fdb_learn(struct ts_shared *s, int writer, const uint8_t *mac, uint16
     return r;
 }
 
+/* A control-process thread inside a MAC table write: the aging sweep's epoch
+ * waits for it (see "Abandoned slots"). Not the workers', which a burst covers. */
+static void control_write_begin(struct ts_shared *s)
+{
+    __atomic_add_fetch(&s->fdb_writing, 1, __ATOMIC_SEQ_CST);
+}
+
+static void control_write_end(struct ts_shared *s)
+{
+    __atomic_sub_fetch(&s->fdb_writing, 1, __ATOMIC_SEQ_CST);
+}
+
+/* The workers learn through fdb_learn, inside a burst; this is the others' way in. */
 int ts_fdb_learn(struct ts_shared *s, int writer, const uint8_t *mac, uint16_t vlan,
                  uint16_t port, uint32_t now)
 {
     if (!writer_is_valid(writer) || vlan > VLAN_MAX || port >= TS_MAX_PORTS)
         return -1;
-    return fdb_learn(s, writer, mac, vlan, port, now);
+    control_write_begin(s);
+    int r = fdb_learn(s, writer, mac, vlan, port, now);
+    control_write_end(s);
+    return r;
 }
 
 /* Lookup. */
@@ -517,8 +537,10 @@ int ts_fdb_add_static(struct ts_shared *s, const uint8_t *mac, uint16_t vlan, ui
     /* The static entry this one replaces, if any: learning never changes a
      * static value, so what we read stays until our put replaces it. */
     bool was_static = fdb_locate(&p, key, hash_tag(h), &old) && val_static(old);
+    control_write_begin(s);
     int r = fdb_put(s, &s->fdb_stats[TS_CONTROL], key, h,
                     make_val(port, true, ts_now(), hash_tag(h)));
+    control_write_end(s);
     if (r < 0)
         return -ENOSPC;
     if (was_static)
@@ -535,6 +557,7 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
     struct fdb_pair p = fdb_pair(s, h);
     struct ts_fdb_entry *e;
     uint32_t removed = 0;
+    control_write_begin(s);
     /* Every copy: a lost learning race, or a move, may have made two. */
     while ((e = fdb_locate(&p, key, hash_tag(h), &v))) {
         uint32_t r = fdb_remove(s, e, v);
@@ -542,6 +565,7 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
             static_count_sub(s, val_port(v));
         removed += r;
     }
+    control_write_end(s);
     return removed ? 0 : -ENOENT;
 }
 
@@ -551,18 +575,82 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan)
 uint32_t ts_fdb_flush(struct ts_shared *s, int port)
 {
     uint32_t removed = 0;
+    control_write_begin(s);
     for (uint32_t i = 0; i < s->fdb_capacity; i++) {
         uint64_t v = load(&s->fdb[i].val);
         if (!val_valid(v) || val_static(v) || (port >= 0 && val_port(v) != port))
             continue;
         removed += fdb_remove(s, &s->fdb[i], v);
     }
+    control_write_end(s);
     return removed;
 }
 
 static bool has_expired(uint64_t v, uint32_t now, uint32_t aging)
 {
     return (int64_t)now - (int64_t)val_seen(v) > (int64_t)aging;
+}
+
+/* Abandoned slots (see the header): the epoch, and the marks. */
+
+/* Move fdb_epoch on if every write in flight when it last moved has ended,
+ * or will never end: each worker has been outside a burst since (active seen
+ * 0 now, or its heartbeat moved: it beats between bursts), and no
+ * control-process thread is inside a write now. A worker killed inside a
+ * burst holds it until its replacement claims its slot (active 0). */
+static void fdb_epoch_advance(struct ts_shared *s)
+{
+    uint64_t beat[TS_MAX_WORKERS];
+    uint32_t n = s->n_workers < TS_MAX_WORKERS ? s->n_workers : TS_MAX_WORKERS;
+    if (__atomic_load_n(&s->fdb_writing, __ATOMIC_SEQ_CST) != 0)
+        return;
+    for (uint32_t w = 0; w < n; w++) {
+        struct ts_reader *r = &s->readers[w];
+        beat[w] = __atomic_load_n(&r->heartbeat, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&r->active, __ATOMIC_SEQ_CST) != 0 && beat[w] == r->epoch_beat)
+            return;             /* inside the burst it was in then, perhaps */
+    }
+    for (uint32_t w = 0; w < n; w++)
+        s->readers[w].epoch_beat = beat[w];
+    __atomic_store_n(&s->fdb_epoch, s->fdb_epoch + 1, __ATOMIC_RELEASE);
+}
+
+static uint64_t make_mark(uint32_t epoch, bool again)
+{
+    return (uint64_t)epoch << 32 | (again ? MARK_AGAIN : 0) | MARK;
+}
+
+static uint32_t mark_epoch(uint64_t v) { return (uint32_t)(v >> 32); }
+
+/* One step for slot e, whose val the sweep read as v (not valid): mark a
+ * half-written slot, mark it again, or take it back. Every step is a
+ * compare-and-swap of val from what we read: a writer that holds the slot
+ * writes over a mark (or clears the key under it), never the other way round. */
+static void fdb_repair(struct ts_fdb_entry *e, uint64_t v, uint32_t epoch)
+{
+    uint64_t k = load(&e->key);
+    if (k == 0) {
+        /* A remover cleared the key under our mark: tidy the empty slot (a
+         * claimer that took it meanwhile writes its val over ours anyway). */
+        if (v != 0)
+            cas(&e->val, &v, 0);
+        return;
+    }
+    if (v == 0) {
+        cas(&e->val, &v, make_mark(epoch, false));      /* half-written: a live writer's, or not */
+        return;
+    }
+    if (epoch - mark_epoch(v) < MARK_EPOCHS)
+        return;                 /* a writer that held it then may not be done yet */
+    if (!(v & MARK_AGAIN)) {
+        /* Its writer then is done or dead; a claimer of the emptied slot may hold it now. */
+        cas(&e->val, &v, make_mark(epoch, true));
+        return;
+    }
+    /* Its writer is dead: nobody else writes a slot whose key is set and whose
+     * val is not valid, so it is ours now, as a remover's. */
+    if (cas(&e->val, &v, 0))
+        store(&e->key, 0);
 }
 
 uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
@@ -573,12 +661,16 @@ uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
         return 0;               /* not initialised */
     if (n_buckets > buckets)
         n_buckets = buckets;
+    fdb_epoch_advance(s);
+    uint32_t epoch = s->fdb_epoch;
     for (uint32_t j = 0; j < n_buckets; j++) {
         uint64_t b = ((uint64_t)first_bucket + j) % buckets;
         struct ts_fdb_entry *e = &s->fdb[b * TS_FDB_WAYS];
         for (int i = 0; i < TS_FDB_WAYS; i++) {
             uint64_t v = load(&e[i].val);
-            if (val_valid(v) && !val_static(v) && has_expired(v, now, aging))
+            if (!val_valid(v))
+                fdb_repair(&e[i], v, epoch);
+            else if (!val_static(v) && has_expired(v, now, aging))
                 removed += fdb_remove(s, &e[i], v);
         }
     }
@@ -1763,10 +1855,12 @@ static void claim(struct ts_worker *w)
 }
 
 /* One more turn: the control process's watchdog sees this worker alive
- * (see "The watchdog"). Single writer: a plain add, stored whole. */
+ * (see "The watchdog"). Single writer: a plain add, stored whole. Release
+ * (a plain store on x86 as relaxed is): the aging sweep that sees it move
+ * sees the last burst's table writes done (see "Abandoned slots"). */
 static void beat(struct ts_worker *w)
 {
-    __atomic_store_n(&w->reader->heartbeat, w->reader->heartbeat + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&w->reader->heartbeat, w->reader->heartbeat + 1, __ATOMIC_RELEASE);
 }
 
 int ts_worker_poll(struct ts_worker *w, int timeout_ms)

@@ -57,9 +57,10 @@
  * from 0, `val` is replaced with a compare-and-swap from the value the writer
  * read, so every change of an entry has exactly one winner, and only the
  * winner adjusts the per-port entry counts. A slot whose key is set and whose
- * val is 0 belongs to the writer that put it there (the claimer, until it
- * writes val; a remover, which then clears key; an evictor, which then writes
- * the new key and val): everyone else skips it. A val carries a 14-bit tag of
+ * val is 0 (or the aging sweep's mark: see "Abandoned slots") belongs to the
+ * writer that put it there (the claimer, until it writes val; a remover,
+ * which then clears key; an evictor, which then writes the new key and val):
+ * everyone else skips it. A val carries a 14-bit tag of
  * its key's hash, so a reader that raced with the slot's reuse takes another
  * key's value for its own only if the two tags collide (1 in 16384).
  * Lost races, stated:
@@ -75,6 +76,42 @@
  *     treat it as a miss: the frame is flooded once;
  *   - aging may remove an entry refreshed a moment before; it is relearned
  *     from the next frame.
+ *
+ * Abandoned slots. A writer killed (SIGKILL, the OOM killer, the watchdog)
+ * while it holds a slot -- key set, val 0: after a claim's key and before its
+ * val, after a removal's val and before its key, inside an eviction -- leaves
+ * it so for good: nobody else may write it, and the slot is lost to its
+ * bucket (a bucket of eight such slots learns nothing more). The aging sweep
+ * (ts_fdb_age) gives such a slot back, once it knows its writer is dead.
+ * It cannot tell from the slot, which does not name its writer, so it waits
+ * for the writers instead: fdb_epoch moves on (at most once a sweep) when
+ * every worker has been outside a burst since it last moved -- its
+ * readers[w].active seen 0, or its heartbeat moved past epoch_beat -- and no
+ * control-process writer is inside a table write (fdb_writing 0). A worker
+ * killed inside a burst holds the epoch until the worker that replaces it
+ * claims its slot (active 0): its half-done write is then ended for good.
+ * Two epochs after a moment, every write in flight at that moment is done
+ * or abandoned. So the sweep marks a slot it finds with key set and val 0
+ * (val := a mark: not 0, not valid, with the epoch; a compare-and-swap from
+ * 0), marks it again two epochs later if it still holds the first mark, and
+ * two epochs after that takes it (val 0, then key 0). A live writer that
+ * held the slot when it was marked writes over the mark (a claimer's val, an
+ * evictor's key and val) or clears the key under it (a remover: the mark left
+ * in an empty slot is inert, and tidied by the next sweep); only the claimer
+ * that takes such an empty slot next may still hold it, marked, at the second
+ * mark, and it too is done two epochs later. Nobody but the sweep writes a
+ * mark, so a slot that still holds the second mark then has a dead writer.
+ * A stopped worker (SIGSTOP) holds the epoch, and so every repair, until it
+ * runs again or the watchdog replaces it.
+ * What the sweep cannot mend, stated: the per-port entry counts. A writer
+ * killed between a slot's write and its count's is one off for good: one
+ * short (counts never go below 0) or one over, the last lowering mac_limit by
+ * one and weighing its port a little more in fair eviction. A recount from
+ * the table is not race-free with live workers (a scan is no snapshot: a
+ * write and its count's are two steps, seen between them by the scan), and
+ * a slot taken back does not say whose count it held (its val is 0). A
+ * killed worker's displacement may leave an entry's copy beside it (a twin):
+ * it is never refreshed (lookups find the first), and ages out.
  *
  * Time is CLOCK_MONOTONIC in whole seconds (ts_now()), the same in every
  * process. Workers refresh `seen` at most once a second per entry, so a
@@ -121,8 +158,10 @@
  * once a tick and kills a worker whose heartbeat has not moved for
  * switch.watchdog_ms (5 s by default, 2 s at least, or never: 0;
  * supervisor.py, hung), which it then restarts.
- * The store is relaxed, to a line the worker writes every wake-up anyway
- * (active): a reader sees it move within a turn or so, which is all it asks.
+ * The store is a release (a plain store), to a line the worker writes every
+ * wake-up anyway (active): a reader sees it move within a turn or so, which is
+ * all the watchdog asks; the aging sweep also learns from it that the burst
+ * before it is over (see "Abandoned slots").
  *
  * Busy polling (switch.busy_poll_us, busy_poll_us below): after a turn that
  * found frames, the worker looks again without sleeping -- epoll_wait, or
@@ -327,7 +366,7 @@
  * the version does not (it cannot see a change of what bits mean). magic and version stay
  * first, at offsets 0 and 8, in every version: a worker of any version reads them. */
 #define TS_MAGIC 0x7473776974636801
-#define TS_VERSION 4
+#define TS_VERSION 5
 #define TS_MAX_PORTS 256       /* port index 0..255 */
 #define TS_MAX_WORKERS 16      /* switch.queues upper bound */
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
@@ -491,14 +530,17 @@ struct ts_mirror_counters {
 #define TS_IO_URING_BURST 3    /* io_uring with a burst of reads per turn, never multishot
                                   (auto's choice; TS_IO_URING's before 6.7) */
 
-/* Which settings copy worker w reads, and that it is alive. Single writer: worker w. */
+/* Which settings copy worker w reads, and that it is alive. Single writer: worker w (but
+ * epoch_beat: the control process). */
 struct ts_reader {
     uint32_t active;           /* 1 + copy index while handling frames; 0 otherwise */
     uint32_t io;               /* TS_IO_READWRITE, TS_IO_URING or TS_IO_URING_BURST: the worker's backend, set
                                   by ts_worker_new (0 = no worker started in this slot) */
     uint64_t heartbeat;        /* turns of the worker's loop: one more every ts_worker_poll, busy or
                                   idle; carried on by a restarted worker (see "The watchdog") */
-    uint32_t reserved[12];
+    uint64_t epoch_beat;       /* heartbeat when fdb_epoch last moved (control process; see
+                                  "Abandoned slots") */
+    uint32_t reserved[10];
 };
 
 /* Storm control state of a port: GCRA theoretical arrival time (ns,
@@ -521,7 +563,9 @@ struct ts_fdb_stats {
  * key: 0 = empty; else bit 63 set | vlan << 48 | MAC as a 48-bit big-endian number.
  * val: 0 = not yet written; else bits 0..15 port, bit 16 static, bit 17 valid,
  *      bits 18..31 tag (low 14 bits of the key's hash), bits 32..63 last seen
- *      (ts_now()). VLAN is 0..4095; workers learn in the frame's VLAN, 1..4094. */
+ *      (ts_now()). VLAN is 0..4095; workers learn in the frame's VLAN, 1..4094.
+ *      Not 0 and bit 17 clear: the aging sweep's mark of a half-written slot (bit 0
+ *      set, bit 1 its second mark, bits 32..63 fdb_epoch; see "Abandoned slots"). */
 struct ts_fdb_entry {
     uint64_t key;
     uint64_t val;
@@ -546,8 +590,10 @@ struct ts_shared {
     uint32_t settings_gen;     /* settings[settings_gen & 1] is current (control process) */
     uint32_t fdb_size;         /* entries asked for (mac_table.size); capacity is 5/4 of it */
     uint32_t busy_poll_us;     /* switch.busy_poll_us (control process; see "Busy polling") */
+    uint32_t fdb_epoch;        /* the aging sweep's (control process; see "Abandoned slots") */
+    uint32_t fdb_writing;      /* control-process threads inside a MAC table write (atomic) */
     uint32_t reserved32;
-    uint64_t reserved[2];      /* header is 64 bytes, so counters start 64-byte aligned */
+    uint64_t reserved[1];      /* header is 64 bytes, so counters start 64-byte aligned */
     struct ts_port ports[256];
     struct ts_counters counters[16][256];
     struct ts_fdb_stats fdb_stats[17];
@@ -586,7 +632,9 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan);
  * operator's or a link's decision, not a host gone quiet. Static entries stay.
  * An entry expires when now - seen > aging.
  * ts_fdb_age scans n_buckets buckets from first_bucket (wrapping), so the
- * control process can age incrementally. port < 0 flushes every port. */
+ * control process can age incrementally; it also gives back the slots it finds
+ * abandoned (not counted; see "Abandoned slots"). One thread at a time calls it.
+ * port < 0 flushes every port. */
 uint32_t ts_fdb_flush(struct ts_shared *s, int port);
 uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
                     uint32_t first_bucket, uint32_t n_buckets);
