@@ -606,8 +606,14 @@ static void fdb_epoch_advance(struct ts_shared *s)
         return;
     for (uint32_t w = 0; w < n; w++) {
         struct ts_reader *r = &s->readers[w];
-        beat[w] = __atomic_load_n(&r->heartbeat, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&r->active, __ATOMIC_SEQ_CST) != 0 && beat[w] == r->epoch_beat)
+        /* active before heartbeat: a worker that beats and enters a burst
+         * between the two loads is then recorded with that burst's beat (it
+         * beats before each wake-up's bursts), so the next epoch waits for
+         * that burst too. The other order records the beat before it, and
+         * lets the epoch after move on while that burst still writes. */
+        uint32_t active = __atomic_load_n(&r->active, __ATOMIC_SEQ_CST);
+        beat[w] = __atomic_load_n(&r->heartbeat, __ATOMIC_SEQ_CST);
+        if (active != 0 && beat[w] == r->epoch_beat)
             return;             /* inside the burst it was in then, perhaps */
     }
     for (uint32_t w = 0; w < n; w++)
