@@ -292,6 +292,42 @@ def test_a_socket_directory_another_user_makes_while_the_switch_looks_is_refused
         shutil.rmtree(root)
 
 
+def test_a_socket_directory_another_user_makes_after_a_stopping_switch_took_it_away_is_refused(monkeypatch):
+    """The directory was there (another switch's, made for it), and looked at; that switch,
+    stopping, removes it before the lock is taken in it, and the switch makes it again: in a
+    sticky directory (/tmp) another user may make it first, which the switch took for one made
+    meanwhile by a switch, and bound and wrote its state file in it."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    root = tempfile.mkdtemp()
+    os.chmod(root, 0o1777)
+    theirs = os.path.join(root, "made")
+    os.mkdir(theirs, 0o755)         # the stopping switch's, root's
+    lock = control._lock
+    calls = []
+
+    def taken_away_then_made_by_them(path):
+        calls.append(path)
+        if len(calls) == 1:
+            os.rmdir(theirs)            # the other switch's release()
+            os.mkdir(theirs, 0o777)     # and another user's, at once
+            os.chmod(theirs, 0o777)
+            os.chown(theirs, 65534, 65534)
+            raise FileNotFoundError(2, "No such file or directory")
+        return lock(path)
+
+    monkeypatch.setattr(control, "_lock", taken_away_then_made_by_them)
+    try:
+        with pytest.raises(ControlError) as e:
+            server = ControlServer(os.path.join(theirs, "sw.sock"), {})
+            server.server_close()
+            server.release()
+        assert f"{theirs} belongs to uid 65534;" in str(e.value)
+        assert os.listdir(theirs) == []
+    finally:
+        shutil.rmtree(root)
+
+
 def test_the_directories_made_for_the_socket_are_writable_by_root_alone_whatever_the_umask():
     """os.makedirs made the parents 0777 less the umask: under a umask of 0, /tmp/a of
     /tmp/a/b/sw.sock was writable by anyone, who could put a directory of their own for b."""

@@ -218,8 +218,10 @@ class ControlServer(AcceptWaits, socketserver.ThreadingMixIn, socketserver.UnixS
             try:
                 self.lock = _lock(path)     # before the socket is looked at: see _lock
             except FileNotFoundError:
-                # Another switch, stopping, took the directory away meanwhile.
-                self.made_dir = _make_dir(path) or self.made_dir
+                # Another switch, stopping, took the directory away meanwhile: made again, and
+                # looked at again as the first was (_claim_dir), since in a sticky directory
+                # (/tmp) another user may have made it first.
+                self.made_dir = _claim_dir(path) or self.made_dir
                 self.lock = _lock(path)
             _remove_stale(path)
             old = os.umask(0o177)
