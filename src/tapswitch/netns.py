@@ -67,7 +67,9 @@ def is_netns(path: str) -> bool:
     ours to open (EACCES). "No" then would be a guess, and its callers act on it: a namespace
     said to be none, its mount taken for create()'s placeholder file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO's open waits for a writer, for good (the start, a reload's control
+        # loop); opened so, it is one more file that is no nsfs file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         if e.errno in NOT_THERE:
             return False

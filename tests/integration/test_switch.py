@@ -333,10 +333,12 @@ def test_port_name_taken_in_their_namespace_exits_1_naming_both(lab):
     assert cfg["ports"][0]["netns"] not in helpers.netns_list()
 
 
-@pytest.mark.parametrize("what", ["a file", "a directory"])
+@pytest.mark.parametrize("what", ["a file", "a directory", "a fifo"])
 def test_netns_path_that_is_no_namespace_exits_1_saying_so(lab, tmp_path, what):
+    """A FIFO too: the look's open() waited for a writer, for good, and the start with it (a
+    reload, the control loop)."""
     path = tmp_path / "ns"
-    path.write_text("") if what == "a file" else path.mkdir()
+    {"a file": lambda: path.write_text(""), "a directory": path.mkdir, "a fifo": lambda: os.mkfifo(path)}[what]()
     cfg = containers(lab, 2)
     cfg["ports"][1]["netns"] = str(path)
     sw = lab.switch(cfg, start=False)
