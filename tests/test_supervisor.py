@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import structlog
@@ -488,6 +489,70 @@ def test_a_worker_started_on_shared_memory_of_another_version_says_to_restart_th
     assert [e["event"] for e in logs if e["event"] == "worker.crashing"] == ["worker.crashing"]
     assert sup.down() == [] and sup.next_try() > 0
     sup.stop()
+
+
+def test_a_restart_after_an_upgrade_of_another_version_is_held_back_said_once_and_starts_no_process(
+        shared, monkeypatch):
+    """The worker a switch restarts after an in-place upgrade would not run on its memory (above):
+    SPAWN_TRIES processes and 4 errors every 30 s, until the switch was restarted. Now none is
+    started: one worker.start_failed (held), then looks that cost a stat, ever more rarely (up to
+    RETRY_MAX); an install that brings the switch's version back lets it start at the next."""
+    from tapswitch._fastpath import lib
+    shared.ptr.version = lib.TS_VERSION + 1         # the switch's: the fast path on disk is another
+    sup = supervisor.Supervisor(shared.fd, 1, version=lib.TS_VERSION + 1)
+    w = sup.workers[0]
+    spawned = []
+    monkeypatch.setattr(supervisor.Supervisor, "_launch",
+                        lambda self, w: spawned.append(w) or types.SimpleNamespace(proc=types.SimpleNamespace(pid=0)))
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    waits = []
+    with structlog.testing.capture_logs() as logs:
+        sup.restart(w)                              # as exited() after the worker died
+        for _ in range(8):
+            waits.append(sup.next_try())
+            now[0] += waits[-1]
+            assert sup.down() == [w]
+            sup.restart(w)                          # as maintain_workers, once due
+    assert spawned == []
+    assert [(e["event"], e["held"], e["error"]) for e in logs] == [("worker.start_failed", True, (
+        f"worker 0 cannot start: the switch's shared memory is of version {lib.TS_VERSION + 1}, the fast path "
+        f"installed now of version {lib.TS_VERSION}: the switch was upgraded while it ran; restart it"))]
+    assert waits == [1, 2, 4, 8, 16, supervisor.RETRY_MAX, supervisor.RETRY_MAX, supervisor.RETRY_MAX]
+    sup.version = lib.TS_VERSION                    # as if the installed fast path were the switch's again
+    now[0] += sup.next_try()
+    sup.restart(w)
+    assert spawned == [w]
+
+
+def test_the_fast_path_installed_since_the_start_is_asked_its_version_once(monkeypatch, tmp_path):
+    """The file this process loaded the fast path from asks nothing; another (an install since) is
+    asked once, in an interpreter started as a worker's is, and what it said kept for that file;
+    one that does not load says why."""
+    from tapswitch import fastpath
+    from tapswitch._fastpath import lib
+    monkeypatch.setattr(supervisor, "_probed", {})
+    popens = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **kw: popens.append(a) or real_popen(*a, **kw))
+    assert supervisor.fast_path_version() == lib.TS_VERSION and popens == []
+    monkeypatch.setattr(fastpath, "LOADED", (0, 0))         # the file at PATH is not the one loaded
+    assert supervisor.fast_path_version() == lib.TS_VERSION
+    assert supervisor.fast_path_version() == lib.TS_VERSION
+    assert len(popens) == 1 and popens[0][0][:3] == [sys.executable, "-P", "-c"]
+    # An install whose fast path does not load: its module raises, as a missing library does.
+    broken = tmp_path / "tapswitch"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "worker.py").write_text("")
+    (broken / "fastpath.py").write_text("raise ImportError('liburing.so.2: cannot open shared object file')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setattr(fastpath, "PATH", str(broken / "_fastpath.abi3.so"))    # none there
+    assert supervisor.fast_path_version() == \
+        "a new worker would not load its fast path: ImportError: liburing.so.2: cannot open shared object file"
+    sup = supervisor.Supervisor(-1, 1, version=lib.TS_VERSION)
+    assert sup.workers_refused() == supervisor.fast_path_version()
+    assert len(popens) == 2
 
 
 def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):

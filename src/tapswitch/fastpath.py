@@ -13,7 +13,24 @@ import mmap
 import os
 import struct
 
+from tapswitch import _fastpath
 from tapswitch._fastpath import ffi, lib
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at path now; None if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+# The file this process loaded the fast path from (PATH, as it was then). An in-place upgrade
+# (install.sh) builds a new file under that name, and leaves ours to the processes that have it
+# mapped: a worker started from then on loads the new one (supervisor.fast_path_version).
+PATH = _fastpath.__file__
+LOADED = file_id(PATH)
 
 COUNTERS = ("rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
             "tx_packets", "tx_bytes", "tx_errors", "tx_dropped", "flooded",

@@ -20,6 +20,13 @@ loop READY_TIMEOUT seconds a try. The new process is the worker's start
 workers' exits: its ready socket says it is set up (ready), or its deadline
 passes (late); meanwhile reloads, link events, a stop and the control socket
 are served.
+
+After an in-place upgrade (git pull && ./scripts/install.sh while the switch runs) a worker
+started from then on is the new one: if its fast path lays the shared memory out otherwise
+(fastpath.h, TS_VERSION) it cannot run on this switch's. Whether one would is known before any
+is started (workers_refused): a restart is then held back, said once (restart), and a reload
+that would replace the workers is refused (Switch._reload) rather than stop every worker for
+new ones that cannot run.
 """
 
 import errno
@@ -34,6 +41,7 @@ from collections.abc import Callable
 
 import structlog
 
+from tapswitch import fastpath
 from tapswitch.config import WATCHDOG_MS
 from tapswitch.worker import GROUP_SIGNALS, send_ports
 
@@ -55,6 +63,54 @@ HUNG_AFTER = WATCHDOG_MS / 1000
 MESSAGE_MAX = 16384        # bytes of one message from a worker: b"E", its reason and traceback (worker.fail) fit
 WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at most: past a tick or two
                            # since the last look, the control process was stopped or busy, not watching
+
+
+# What a worker imports, in a process started as a worker is: the TS_VERSION of the fast path it
+# would load. Run only when the file there is not the one this process loaded (fast_path_version).
+VERSION_PROBE = "from tapswitch import fastpath, worker; print(fastpath.lib.TS_VERSION)"
+_probed: dict[tuple[int, int] | None, int | str] = {}   # a fast path file (file_id) -> what the probe found
+
+
+def fast_path_version() -> int | str:
+    """The TS_VERSION of the fast path a worker started now would load, or why it would load
+    none (one line). The file this process loaded is ours, and asks nothing; another (an upgrade
+    installed since) is asked once: VERSION_PROBE in an interpreter started as a worker's is
+    (0.1 s or so), and what it said kept for that file. One that could not be asked (fork
+    refused, no answer in READY_TIMEOUT) is asked again next time."""
+    ident = fastpath.file_id(fastpath.PATH)
+    if ident is not None and ident == fastpath.LOADED:
+        return fastpath.lib.TS_VERSION
+    if ident in _probed:
+        return _probed[ident]
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)     # as _spawn: a hangup is no answer
+    try:
+        proc = subprocess.Popen([sys.executable, "-P", "-c", VERSION_PROBE], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except OSError as e:
+        return f"a new worker could not be started: {e.strerror or e}"
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    try:
+        out, err = proc.communicate(timeout=READY_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return f"a new worker's fast path did not load within {READY_TIMEOUT:g} s"
+    if proc.returncode == 0 and out.strip().isdigit():
+        found: int | str = int(out)
+    else:
+        lines = err.strip().splitlines()
+        found = f"a new worker would not load its fast path: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+    _probed[ident] = found
+    return found
+
+
+def upgraded(ours: int, installed: int) -> str:
+    """Why no new worker can run on this switch's shared memory (of version `ours`): the fast
+    path installed since it started is of version `installed` (worker.upgraded says the same
+    from a worker's side)."""
+    return (f"the switch's shared memory is of version {ours}, the fast path installed now of version "
+            f"{installed}: the switch was upgraded while it ran; restart it")
 
 
 def readable(fds: list, timeout: float) -> list:
@@ -130,6 +186,7 @@ class Worker:
         self.beat = 0                   # its heartbeat as last read (hung)
         self.beat_at = 0.0              # monotonic: when the heartbeat was last seen to move, or it was let go
         self.starting: Pending | None = None    # its restart's process, not set up yet (no process meanwhile)
+        self.held: str | None = None    # why its restart is held back (workers_refused), as said last
 
     def fileno(self) -> int:
         return self.pidfd
@@ -161,8 +218,9 @@ class Supervisor:
 
     def __init__(self, shm_fd: int, queues: int, ids: tuple[int, int] | None = None,
                  heartbeat: Callable[[int], int] | None = None, hung_after: float = HUNG_AFTER,
-                 release_reader: Callable[[int], None] | None = None):
+                 release_reader: Callable[[int], None] | None = None, version: int | None = None):
         self.shm_fd = shm_fd
+        self.version = version          # the shared memory's TS_VERSION (workers_refused); None: not checked
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.heartbeat = heartbeat      # queue -> its worker's heartbeat (Shared.heartbeat); None: no watchdog
         self.hung_after = hung_after    # seconds a heartbeat may stand still (hung); 0: the watchdog is off
@@ -495,11 +553,26 @@ class Supervisor:
         w.recent.append(now)
         return held
 
+    def workers_refused(self) -> str | None:
+        """Why a worker started now would not run on the switch's shared memory (one line), None
+        if it would: the fast path installed since the switch started (an upgrade) lays it out
+        otherwise, or does not load (fast_path_version). None too if the version is not known."""
+        if self.version is None:
+            return None
+        found = fast_path_version()
+        if isinstance(found, str):
+            return found
+        return upgraded(self.version, found) if found != self.version else None
+
     def restart(self, w: Worker, attempt: int = 1) -> None:
         """Start w again after it died: a new process, w.starting, that the control loop watches
         -- ready() once its socket is readable, start_timed_out() once it is late -- without
         waiting for it here. A process that cannot even be made (fork refused) is tried again
-        at once, SPAWN_TRIES tries in all."""
+        at once, SPAWN_TRIES tries in all. One that would not run (workers_refused) is not
+        started: held back (_hold)."""
+        if (why := self.workers_refused()) is not None:
+            self._hold(w, why)
+            return
         while True:
             try:
                 p = self._launch(w)
@@ -560,9 +633,23 @@ class Supervisor:
         log.error("worker.crashing", queue=w.queue, failed_starts=w.failed_starts, backoff=wait)
         return False
 
+    def _hold(self, w: Worker, why: str) -> None:
+        """w would not run if started (workers_refused): it gets no process, and down() offers it
+        again after a wait that doubles as _start_failed's does (up to RETRY_MAX), where a look
+        that finds the same costs a stat. Said once (worker.start_failed, held) while the reason
+        lasts: after an upgrade its workers started SPAWN_TRIES processes and logged 4 errors
+        every 30 s, until the switch was restarted. Another install that brings the switch's
+        version back lets it start at the next look."""
+        if why != w.held:
+            log.error("worker.start_failed", queue=w.queue, attempt=1, error=f"worker {w.queue} cannot start: {why}",
+                      held=True)
+        w.held = why
+        w.retry_at = time.monotonic() + min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
+        w.failed_starts += 1
+
     def _restarted(self, w: Worker) -> None:
         """w, which had died, runs again: counted."""
-        w.failed_starts, w.retry_at = 0, 0.0
+        w.failed_starts, w.retry_at, w.held = 0, 0.0, None
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
 

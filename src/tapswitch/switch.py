@@ -295,7 +295,8 @@ class Switch:
                                      config_mod.worker_ids(self.cfg.switch.user, os.geteuid()),
                                      heartbeat=self.shared.heartbeat,
                                      hung_after=self.cfg.switch.watchdog_ms / 1000,
-                                     release_reader=self.shared.release_reader)
+                                     release_reader=self.shared.release_reader,
+                                     version=self.shared.ptr.version)
         self.supervisor.spawn()
         made = self._add_ports(list(enumerate(self.cfg.ports)))
         self.ports = [p for p in made if isinstance(p, ports.Port)]     # stop() closes them

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -995,3 +996,55 @@ def test_a_reload_while_a_worker_restarts_gives_it_its_new_worker_and_leaves_no_
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def upgraded_clone(tmp_path) -> tuple[str, str]:
+    """A copy of the tapswitch package, for a switch to run from (PYTHONPATH), and the fast path
+    an in-place upgrade to the next TS_VERSION would build for it: the same sources, TS_VERSION
+    one more (a build of 2 s). Put in place with os.replace, as install.sh's build does: a new
+    file under the old name, the switch's processes keeping the one they loaded."""
+    src = str(tmp_path / "src")
+    shutil.copytree(os.path.join(os.path.dirname(control.__file__)), os.path.join(src, "tapswitch"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    next_src = tmp_path / "next" / "tapswitch"
+    shutil.copytree(os.path.join(src, "tapswitch", "fastpath"), next_src / "fastpath")
+    shutil.copy(os.path.join(src, "tapswitch", "fastpath_build.py"), next_src)
+    header = next_src / "fastpath" / "fastpath.h"
+    text = header.read_text()
+    version = int(re.search(r"^#define TS_VERSION (\d+)$", text, re.M).group(1))
+    header.write_text(text.replace(f"#define TS_VERSION {version}\n", f"#define TS_VERSION {version + 1}\n"))
+    build = str(tmp_path / "build")
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import fastpath_build; "
+                    "fastpath_build.ffibuilder.compile(tmpdir=sys.argv[2], target='_fastpath.abi3.so')",
+                    str(next_src), build], check=True, capture_output=True, timeout=300)
+    return src, os.path.join(build, "tapswitch", "_fastpath.abi3.so")
+
+
+def test_after_an_upgrade_of_another_version_a_dead_worker_is_held_back_and_said_once(lab, tmp_path, monkeypatch):
+    """The same upgrade, and a worker dies: its restart started SPAWN_TRIES processes, each
+    refusing to run on the old memory, and logged 4 errors every 30 s until the switch was
+    restarted. Now none is started: one worker.start_failed, held; an install that brings the
+    switch's version back lets it start again at the next look."""
+    from tapswitch._fastpath import lib
+    src, upgrade = upgraded_clone(tmp_path)
+    so = os.path.join(src, "tapswitch", "_fastpath.abi3.so")
+    shutil.copy(so, tmp_path / "ours.so")
+    monkeypatch.setenv("PYTHONPATH", src)
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    pids = sw.worker_pids()
+    os.replace(upgrade, so)                              # the upgrade's install
+    os.kill(pids[0], signal.SIGKILL)
+    [held] = helpers.wait_for("the dead worker held back", lambda: sw.events("worker.start_failed"), within=10)
+    assert held.get("held") is True and held["error"].endswith(
+        f"cannot start: the switch's shared memory is of version {lib.TS_VERSION}, the fast path installed now "
+        f"of version {lib.TS_VERSION + 1}: the switch was upgraded while it ran; restart it"), sw.log()
+    assert sw.worker_pids() == pids[1:], sw.log()       # none started for it
+    shutil.copy(tmp_path / "ours.so", so + ".new")       # an install of the switch's version again
+    os.replace(so + ".new", so)
+    helpers.wait_for("the held worker started again", lambda: sw.events("worker.restarted"), within=10)
+    assert len(sw.events("worker.start_failed")) == 1, sw.log()      # said once, not at each look
+    assert len(sw.worker_pids()) == 2
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
