@@ -988,9 +988,10 @@ class Switch:
     def reload(self) -> dict:
         """SIGHUP or `tapswitch reload`: apply what changed in the config file.
 
-        An invalid config, or one that changes a setting fixed at start,
-        changes nothing: the error is logged and counted, and the switch goes
-        on with the config it has.
+        An invalid config, or one that changes a setting fixed at start, or
+        one whose new workers would not run (an in-place upgrade:
+        _workers_can_start), changes nothing: the error is logged and
+        counted, and the switch goes on with the config it has.
         """
         notify("RELOADING=1")
         try:
@@ -1004,6 +1005,7 @@ class Switch:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
             new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors)})
             plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone}, euid=os.geteuid())
+            self._workers_can_start(plan)
         except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
             errors = e.errors
         except ports.PortError as e:
@@ -1021,6 +1023,19 @@ class Switch:
         self.reloads["failure"] += 1
         log.error("config.reload_failed", errors=errors)
         return {"ok": False, "errors": errors}
+
+    def _workers_can_start(self, plan: reload_mod.Plan) -> None:
+        """ReloadRefused if the plan replaces the workers (a port added or removed: apply) and a
+        worker started now would not run: after an in-place upgrade to a fast path of another
+        TS_VERSION every worker was stopped for new ones that could not start, and the switch
+        forwarded nothing until restarted. Asked before anything is touched: the old workers
+        go on forwarding, and the switch runs on as it was."""
+        if not plan.ports_changed:
+            return
+        why = self.supervisor.workers_refused()
+        if why is not None:
+            raise reload_mod.ReloadRefused([
+                f"cannot add or remove a port now: that starts new workers, which would not run: {why}"])
 
     def apply(self, plan: reload_mod.Plan, new) -> tuple[dict[str, str], list[str]]:
         """Carry out a reload plan; returns {name: error} of the ports that could not be made,

@@ -1020,6 +1020,47 @@ def upgraded_clone(tmp_path) -> tuple[str, str]:
     return src, os.path.join(build, "tapswitch", "_fastpath.abi3.so")
 
 
+def test_after_an_upgrade_of_another_version_a_reload_that_needs_new_workers_is_refused_and_forwarding_goes_on(
+        lab, tmp_path, monkeypatch):
+    """`git pull && ./scripts/install.sh` under a running switch, to a fast path that lays the
+    shared memory out otherwise (TS_VERSION). A reload that adds a port replaces every worker:
+    each was stopped, its new one refused to run on the old memory, and the switch forwarded
+    nothing until restarted (exit 1). Now the reload is refused before anything changes (exit
+    2, saying to restart), and the old workers go on; once an install brings the switch's
+    version back, the reload goes through."""
+    from tapswitch._fastpath import lib
+    src, upgrade = upgraded_clone(tmp_path)
+    so = os.path.join(src, "tapswitch", "_fastpath.abi3.so")
+    shutil.copy(so, tmp_path / "ours.so")
+    monkeypatch.setenv("PYTHONPATH", src)
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    pids = sorted(sw.worker_pids())
+    assert len(pids) == 2
+    os.replace(upgrade, so)                              # the upgrade's install
+    new = {"name": lab.name("p2"), "netns": lab.name("c2"), "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+    lab.namespaces.append(new["netns"])
+    lab.links.append(new["name"])
+    cfg["ports"].append(new)
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=40)
+    why = (f"the switch's shared memory is of version {lib.TS_VERSION}, the fast path installed now of "
+           f"version {lib.TS_VERSION + 1}: the switch was upgraded while it ran; restart it")
+    assert (r.returncode, r.stderr) == (2, "cannot add or remove a port now: that starts new workers, which "
+                                           f"would not run: {why}\nreload refused; the switch runs on as it was\n"), r
+    assert sw.events("config.reload_failed")[-1]["errors"] == [r.stderr.splitlines()[0]]
+    assert sorted(sw.worker_pids()) == pids and not sw.events("workers.replaced"), sw.log()
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"][:2]]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", count=3)
+    shutil.copy(tmp_path / "ours.so", so + ".new")       # an install of the switch's version again
+    os.replace(so + ".new", so)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {new['name']}", sw.log()
+    assert helpers.ping(new["netns"], "198.18.4.1", count=3)
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_after_an_upgrade_of_another_version_a_dead_worker_is_held_back_and_said_once(lab, tmp_path, monkeypatch):
     """The same upgrade, and a worker dies: its restart started SPAWN_TRIES processes, each
     refusing to run on the old memory, and logged 4 errors every 30 s until the switch was
