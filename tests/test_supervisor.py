@@ -1,6 +1,7 @@
 """How the supervisor hands a queue over from an old worker: real child processes that say
 b"D" (drained) on their control socket, or do not, and exit, as a worker does on SIGTERM."""
 
+import calendar
 import fcntl
 import os
 import resource
@@ -685,4 +686,36 @@ def test_a_set_up_worker_that_cannot_be_watched_is_stopped_and_tried_again(monke
     assert sup.replace_ports({}) == ["worker 0 could not be started: Too many open files"]
     assert launched[2].proc.returncode is not None and _gone(launched[2].proc.pid)
     assert w.pidfd == -1 and sup.down() == [w]          # the control loop restarts it at once
+    sup.stop()
+
+
+def test_queues_down_says_each_worker_that_does_not_run_restarting_or_held_back_since_when_and_why(monkeypatch):
+    """`tapswitch ports` showed every port up while a queue's worker was dead, restarting or
+    held back (it keeps dying): only tapswitch_worker_up and the log said so. queues_down()
+    says which queue, in which state, since when, until when it is held back, and why; a
+    worker that runs again is none of them."""
+    sup = supervisor.Supervisor(-1, 2)
+    assert sup.queues_down() == []
+    w = _worker(HANGS)
+    w.queue = 1
+    sup.workers[1] = w
+    w.recent = [time.monotonic()] * supervisor.RESTART_BURST     # it died that often just now
+    os.kill(w.proc.pid, signal.SIGKILL)
+    _exited(w)
+    before = time.time()
+    sup.exited(w)                                   # held back: not restarted yet
+    [held] = sup.queues_down()
+    assert (held["queue"], held["state"], held["error"]) == (1, "held back", "killed by SIGKILL")
+    since, until = (calendar.timegm(time.strptime(held[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("since", "until"))
+    assert int(before) <= since <= time.time() and 0 <= until - since <= supervisor.BACKOFF + 1
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    w.retry_at = 0.0                                # due
+    [due] = sup.queues_down()
+    assert (due["state"], due["since"], due["until"]) == ("restarting", held["since"], None)
+    sup.restart(w)
+    [starting] = sup.queues_down()
+    assert (starting["state"], starting["since"], starting["error"]) == ("restarting", held["since"], "killed by SIGKILL")
+    assert select.select([w.starting.sock], [], [], 10)[0]
+    assert sup.ready(w)
+    assert sup.queues_down() == []
     sup.stop()

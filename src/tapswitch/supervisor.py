@@ -152,6 +152,11 @@ def _traceback(trace: str | None) -> dict:
     return {"traceback": trace} if trace else {}
 
 
+def _utc(t: float) -> str:
+    """time.time() `t` as ISO 8601, UTC, to the second: as the log's timestamps read."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def _cannot_start(w: "Worker", e: OSError) -> str:
     """Why w's new process could not be started, or watched once set up: one line for the user."""
     return f"worker {w.queue} could not be started: {e.strerror or e}"
@@ -187,6 +192,9 @@ class Worker:
         self.beat_at = 0.0              # monotonic: when the heartbeat was last seen to move, or it was let go
         self.starting: Pending | None = None    # its restart's process, not set up yet (no process meanwhile)
         self.held: str | None = None    # why its restart is held back (workers_refused), as said last
+        self.down_since: float | None = None    # time.time() it went down unasked (died, or a reload's process
+                                                # did not come up), until a process runs for it again; None: runs
+        self.down_error: str | None = None      # why, as said last: how its process ended, or why a restart failed
 
     def fileno(self) -> int:
         return self.pidfd
@@ -547,6 +555,8 @@ class Supervisor:
             error, trace = _failure(said)       # its fast path stopped, or an exception: why
             how.update(error=error, **_traceback(trace))
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
+        ended = f"killed by {how['signal']}" if rc < 0 else f"exited with code {rc}"
+        self._went_down(w, f"{ended}: {how['error']}" if "error" in how else ended)
         now = time.monotonic()
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
         held = len(w.recent) >= RESTART_BURST
@@ -625,6 +635,7 @@ class Supervisor:
         one that cannot start (its module or the fast path broken, say) costs no 3 processes and
         3 errors a second for good."""
         log.error("worker.start_failed", queue=w.queue, attempt=attempt, error=error, **_traceback(trace))
+        self._went_down(w, error)
         if attempt < SPAWN_TRIES:
             return True
         wait = min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
@@ -643,15 +654,42 @@ class Supervisor:
         if why != w.held:
             log.error("worker.start_failed", queue=w.queue, attempt=1, error=f"worker {w.queue} cannot start: {why}",
                       held=True)
-        w.held = why
+        w.held = w.down_error = why
         w.retry_at = time.monotonic() + min(RETRY_MAX, BACKOFF * 2 ** w.failed_starts)
         w.failed_starts += 1
 
     def _restarted(self, w: Worker) -> None:
         """w, which had died, runs again: counted."""
         w.failed_starts, w.retry_at, w.held = 0, 0.0, None
+        w.down_since = w.down_error = None
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
+
+    def _went_down(self, w: Worker, error: str | None) -> None:
+        """w has no process running, unasked: since the first time it went (a restart that fails
+        again keeps it), and why, as said last."""
+        if w.down_since is None:
+            w.down_since = time.time()
+        w.down_error = error or w.down_error
+
+    def queues_down(self) -> list[dict]:
+        """The queues whose worker does not run, for `tapswitch ports` (read in the control
+        socket's threads): each queue, "restarting" (its new process is starting, or due at
+        once) or "held back" (it keeps dying, or its restarts fail: until `until`), since when
+        (ISO 8601, UTC) and why. A worker asked to stop and replaced (a reload) is no worker
+        down. Lost race, stated: a worker just gone is "restarting" for the moment between its
+        death and its being held back."""
+        down = []
+        now, wall = time.monotonic(), time.time()
+        for w in self.workers:
+            since, error, starting, retry_at = w.down_since, w.down_error, w.starting, w.retry_at
+            if since is None:
+                continue
+            held = starting is None and retry_at > now
+            down.append({"queue": w.queue, "state": "held back" if held else "restarting",
+                         "since": _utc(since), "until": _utc(wall + retry_at - now) if held else None,
+                         "error": error})
+        return down
 
     def _cancel_start(self, w: Worker) -> None:
         """Kill and reap w's restart's process, if one is starting."""
@@ -682,6 +720,7 @@ class Supervisor:
         fresh: dict[Worker, Pending | None] = {w: None for w in self.workers}
         retiring: list[tuple[Worker, Old]] = []
         failed: list[str] = []
+        why: dict[Worker, str] = {}     # why each worker's new process did not come up
         died = {w for w in self.workers if w.pidfd < 0}
         for w in died:
             self._cancel_start(w)
@@ -690,7 +729,8 @@ class Supervisor:
                 try:
                     fresh[w] = self._launch(w)
                 except OSError as e:
-                    failed.append(_cannot_start(w, e))
+                    why[w] = _cannot_start(w, e)
+                    failed.append(why[w])
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
             for w, p in fresh.items():
                 if p is None:
@@ -698,7 +738,8 @@ class Supervisor:
                 try:
                     self._await(w, p)
                 except WorkerError as e:
-                    failed.append(str(e))
+                    why[w] = str(e)
+                    failed.append(why[w])
                     log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e), **_traceback(e.traceback))
                     fresh[w] = None
             for w, p in fresh.items():
@@ -717,7 +758,8 @@ class Supervisor:
                     try:
                         self._go(w, p)
                     except OSError as e:      # EMFILE: p is stopped; w has no process now
-                        failed.append(_cannot_start(w, e))
+                        why[w] = _cannot_start(w, e)
+                        failed.append(why[w])
                         log.error("worker.start_failed", queue=w.queue, attempt=1, error=str(e))
                         p = None
                     else:
@@ -725,6 +767,7 @@ class Supervisor:
                             self._restarted(w)
                 if p is None:
                     w.retry_at = 0.0     # down(): restarted as one that died, not waited for here
+                    self._went_down(w, why.get(w))
         finally:
             for w, old in retiring:
                 self._reap_old(w, old)
