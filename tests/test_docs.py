@@ -11,6 +11,7 @@ No root: the collector reads a shared-memory table of a switch that never starts
 import argparse
 import pathlib
 import re
+import time
 import typing
 
 import pytest
@@ -537,3 +538,26 @@ def test_the_readme_names_the_counters_of_ports_json():
     m = re.search(r"a port's `counters` are (.*?) \(", prose)
     assert m, "the README's sentence on the counters of `ports --json`"
     assert set(re.findall(r"`([a-z_]+)`", m[1])) == {*fastpath.COUNTERS, "rx_missed"}
+
+
+def test_the_readme_names_the_keys_and_states_of_queues_down_and_quotes_its_lines_as_ports_prints_them():
+    """`tapswitch ports --json`'s `queues_down` (the queues whose worker does not run) holds
+    objects of exactly the keys the README lists, in the states it names, and the lines the
+    README quotes are those `tapswitch ports` prints for them."""
+    from tapswitch import supervisor
+    row = " ".join(r[1] for r in table_rows(section("Command line")) if r[0].startswith("`tapswitch ports"))
+    m = re.search(r"`queues_down` .*?each `\{([^}]*)\}`", row)
+    assert m, "the README's sentence on the keys of `queues_down`"
+    sup = supervisor.Supervisor(-1, 2)
+    w = sup.workers[1]
+    w.down_since, w.down_error = 1796675465.0, "killed by SIGKILL"      # 2026-12-07T20:31:05Z
+    [restarting] = sup.queues_down()
+    assert set(re.findall(r'"([a-z_]+)"', m[1])) == set(restarting)
+    w.retry_at, w.down_error = time.monotonic() + 60, "exited with code 1"
+    [held] = sup.queues_down()
+    assert {restarting["state"], held["state"]} == {"restarting", "held back"}
+    assert f"`state` `{restarting['state']}` or `{held['state']}`" in row
+    quoted = re.findall(r"`(queue 1: worker [^`]*)`", row)
+    assert quoted[0] == cli.queue_down_line(restarting)
+    held["until"] = "2026-12-07T20:31:06Z"      # the README's: a second on, not for good
+    assert quoted[1:] == [cli.queue_down_line(held)]

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     client("ports", "show the ports of a running switch",
            "Name, state, MAC, MTU, speed, remote, queues and counters of every port, and the reason a "
            "port the last reload could not make is down, or a remote port whose IFACE came back could "
-           "not be attached; --json adds each queue's counters.")
+           "not be attached; then a line for each queue whose worker does not run (restarting, or held back "
+           "since when, and why); --json adds each queue's counters and those queues (queues_down).")
     client("reload", "make a running switch re-read its config file (as SIGHUP does)",
            "Prints what changed. Exit 0: applied; 2: refused, nothing changed; 1: applied, but a port "
            "could not be made or another step failed (said).")
@@ -260,7 +261,19 @@ def cmd_ports(args) -> int:
     print(table([[p.get(k, "-") for k in ("name", "state", "mac", "mtu", "speed", "remote", "queues")]
                  + [p.get("counters", {}).get(c, "-") for c in PORT_COLUMNS] + [p.get("error")] for p in result],
                 headers))
+    # The same on every running port (worker q serves queue q of them all): said once, after
+    # the table; nothing when every worker runs, or from a switch too old to say.
+    for q in next((p["queues_down"] for p in result if p.get("queues_down")), []):
+        print(queue_down_line(q))
     return EXIT_OK
+
+
+def queue_down_line(q: dict) -> str:
+    """`queue 1: worker restarting since T: why` or `queue 1: worker held back since T until
+    T2: why`, as `ports` ends with for each queue whose worker does not run."""
+    until = f" until {q['until']}" if q.get("until") else ""
+    why = f": {q['error']}" if q.get("error") else ""
+    return f"queue {q.get('queue')}: worker {q.get('state')} since {q.get('since')}{until}{why}"
 
 
 FDB_HEADERS = ["MAC", "VLAN", "PORT", "AGE", "STATIC"]

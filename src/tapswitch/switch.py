@@ -1265,8 +1265,13 @@ class Switch:
         """Every port of the config: those running, then those the last reload could not make,
         down, with why (`error`), no MAC and counts of 0. A running port's `error` is None, but
         for a remote port whose IFACE came back and could not be attached: why, as
-        remote.attach_failed said it last, until a tick's try attaches it (maintain_remotes)."""
+        remote.attach_failed said it last, until a tick's try attaches it (maintain_remotes).
+        A running port's `queues_down` are the queues whose worker does not run (restarting, or
+        held back), the same on every port: worker q serves queue q of them all; an unmade
+        port has no queue to serve: []."""
         ports_now, unmade = self.ports, self.unmade     # each read once: a reload may swap them meanwhile
+        sup = self.supervisor       # read once: the stop sets it to None
+        queues_down = sup.queues_down() if sup is not None else []
         missed = self.rx_missed(ports_now)
         running = [{
             "name": p.name,
@@ -1279,6 +1284,7 @@ class Switch:
             "counters": {**self.shared.counters(p.index), "rx_missed": missed[p.index]},
             "queue_counters": [self.shared.queue_counters(p.index, q) for q in range(self.queues)],
             "error": p.attach_failed.failure(),
+            "queues_down": queues_down,
         } for p in ports_now]
         made = {p.name for p in ports_now}      # one a reload under way has made is in ports_now
         return running + [{
@@ -1292,6 +1298,7 @@ class Switch:
             "counters": dict.fromkeys((*fastpath.COUNTERS, "rx_missed"), 0),
             "queue_counters": [dict.fromkeys(fastpath.COUNTERS, 0) for _ in range(self.queues)],
             "error": error,
+            "queues_down": [],
         } for name, (pcfg, error) in unmade.items() if name not in made]
 
     def rx_missed(self, ports_now: list[ports.Port]) -> dict[int, int]:

@@ -401,6 +401,45 @@ def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab
     assert helpers.ping(a, "198.18.9.2", count=2)
 
 
+def ports_table_and_rest(sw) -> tuple[list[str], list[str]]:
+    """`tapswitch ports`: (the table's lines, header first, one per port; the lines after it)."""
+    lines = sw.cli("ports").stdout.splitlines()
+    n = 1 + len(sw.cli_json("ports"))
+    return lines[:n], lines[n:]
+
+
+def test_ports_says_a_worker_held_back_after_crashing_and_nothing_once_it_runs(lab):
+    """`tapswitch ports` showed every port up while the one worker (queue 0 of every port) was
+    held back after crashing: nothing crossed the switch, and only tapswitch_worker_up and the
+    log said so. It now ends with a line for the queue, held back since when, until when and
+    why, and --json has it in each port's `queues_down`; once the worker runs, nothing."""
+    sw, _listen, (a, _b) = two_hosts(lab)
+    table, rest = ports_table_and_rest(sw)
+    assert rest == [] and all(p["queues_down"] == [] for p in sw.cli_json("ports"))
+    [pid] = sw.worker_pids()
+    for _kill in range(4 * supervisor.RESTART_BURST):      # as fast as it comes back: a crash loop
+        os.kill(pid, signal.SIGKILL)
+        if helpers.wait_for("a restart, or the worker held back",
+                            lambda: sw.events("worker.crashing") or sw.events("worker.restarted")[_kill:],
+                            within=10, every=0.01)[-1]["event"] == "worker.crashing":
+            break
+        pid = sw.events("worker.restarted")[-1]["pid"]
+    restarts = len(sw.events("worker.restarted"))
+    ports = sw.cli_json("ports")
+    _table, rest = ports_table_and_rest(sw)
+    assert len(sw.events("worker.restarted")) == restarts, "back before `tapswitch ports` was read"
+    [down] = ports[0]["queues_down"]
+    assert all(p["queues_down"] == [down] for p in ports)
+    assert (down["queue"], down["state"], down["error"]) == (0, "held back", "killed by SIGKILL"), down
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", down["since"]) and down["until"] >= down["since"], down
+    assert rest == [f"queue 0: worker held back since {down['since']} until {down['until']}: killed by SIGKILL"], rest
+    assert [r.split()[1] for r in _table[1:]] == ["up", "up"]       # the ports' links: as they were
+    helpers.wait_for("the held-back worker's restart",
+                     lambda: len(sw.events("worker.restarted")) > restarts, within=supervisor.BACKOFF + 5)
+    assert ports_table_and_rest(sw)[1] == [] and all(p["queues_down"] == [] for p in sw.cli_json("ports"))
+    assert helpers.ping(a, "198.18.9.2", count=2)
+
+
 def switch_memory(sw) -> fastpath.Shared:
     """The running switch's shared memory, mapped here through its memfd (/proc/PID/fd)."""
     for fd in os.listdir(f"/proc/{sw.proc.pid}/fd"):
@@ -512,6 +551,27 @@ def test_a_worker_restarting_slowly_does_not_hold_up_the_control_loop(lab, tmp_p
     assert metric(listen, "tapswitch_worker_restarts_total") == 1
     assert metric(listen, "tapswitch_worker_up") == 1
     assert sw.events("worker.start_failed") == []
+    assert helpers.ping(a, "198.18.9.2", count=2)
+
+
+def test_ports_says_a_worker_restarting_until_it_runs_again(lab, tmp_path, monkeypatch):
+    """A worker killed, whose new process takes 3 s to start: meanwhile `tapswitch ports` ends
+    with its queue, restarting since it died, and why; once it runs, with nothing."""
+    sw, _listen, (a, _b), start = slow_starts(lab, tmp_path, monkeypatch)
+    [pid] = sw.worker_pids()
+    start.write_text("3")
+    os.kill(pid, signal.SIGKILL)
+    helpers.wait_for("the new worker's process", lambda: starting_pids(sw), within=5, every=0.01)
+    start.unlink()
+    ports = sw.cli_json("ports")
+    _table, rest = ports_table_and_rest(sw)
+    assert not sw.events("worker.restarted"), "back before `tapswitch ports` was read"
+    [down] = ports[0]["queues_down"]
+    assert all(p["queues_down"] == [down] for p in ports)
+    assert (down["queue"], down["state"], down["until"], down["error"]) == (0, "restarting", None, "killed by SIGKILL")
+    assert rest == [f"queue 0: worker restarting since {down['since']}: killed by SIGKILL"], rest
+    helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=3 + 5)
+    assert ports_table_and_rest(sw)[1] == [] and all(p["queues_down"] == [] for p in sw.cli_json("ports"))
     assert helpers.ping(a, "198.18.9.2", count=2)
 
 

@@ -100,8 +100,9 @@ def test_ports_json_has_exactly_the_contract_keys(lab):
         # DESIGN's keys, each queue's counters and why a reload could not make the port (the
         # contract extended, not renamed)
         assert set(p) == {"name", "state", "mac", "mtu", "speed", "remote", "queues", "counters", "queue_counters",
-                          "error"}
+                          "error", "queues_down"}
         assert p["state"] == "up" and p["queues"] == 2 and p["mtu"] == 1500 and p["error"] is None
+        assert p["queues_down"] == []       # every worker runs
         assert len(p["queue_counters"]) == 2 and set(p["queue_counters"][0]) == set(p["counters"]) - {"rx_missed"}
         assert p["counters"]["rx_packets"] >= 3 and p["counters"]["tx_packets"] >= 3
     assert ports[0]["mac"] == "02:00:00:00:00:0a" and ports[0]["speed"] == 10000
@@ -109,6 +110,7 @@ def test_ports_json_has_exactly_the_contract_keys(lab):
     assert helpers.link_mac(cfg["ports"][0]["netns"], "eth0") == "02:00:00:00:00:0a"
     human = sw.cli("ports").stdout
     assert "NAME" in human and cfg["ports"][0]["name"] in human
+    assert len(human.splitlines()) == 1 + len(ports)     # no line of a queue down after the table
 
 
 def test_a_switch_that_does_not_answer_gets_one_line_and_exit_1(lab):
