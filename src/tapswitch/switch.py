@@ -246,12 +246,13 @@ class Switch:
             self.stopping = True
             log.info("switch.stopped", switch=self.name, reason="asked to stop before it started")
             raise KeyboardInterrupt
-        # A reload asked for meanwhile comes once started (the config may have changed since it was read).
-        signal.signal(signal.SIGHUP, self._on_reload)
-        if reload_asked():
-            self.reload_requested = True
-        ports.quiet_event_loops()       # out of descriptors, a pyroute2 call says so once, not with tracebacks
         try:
+            # Inside the try: a stop signal from here on is a stop while starting, said (stop()).
+            # A reload asked for meanwhile comes once started (the config may have changed since it was read).
+            signal.signal(signal.SIGHUP, self._on_reload)
+            if reload_asked():
+                self.reload_requested = True
+            ports.quiet_event_loops()       # out of descriptors, a pyroute2 call says so once, not with tracebacks
             try:
                 preflight(self.cfg.switch.user, self.cfg.ports)
                 self._start()

@@ -840,6 +840,24 @@ def test_a_stop_signal_before_the_switch_starts_starting_is_a_clean_stop_that_ma
     assert not os.path.exists(sw.socket + ".lock")
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_just_after_the_switch_took_the_signals_over_is_a_clean_stop_said(lab, sig):
+    """A stop signal in the few statements between start() taking the stop signals over and its
+    undo's try: the handler's KeyboardInterrupt went straight out of start(), nothing logged
+    (switch.stopped, which the README promises). Said, as a stop while starting is, exit 0, and
+    nothing made."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, start=False, wrapper=(*STOP_EARLY, sig, "taken"))
+    sw.start(expect_ready=False)
+    assert sw.proc.wait(timeout=30) == 0, sw.log()
+    assert len(sw.events("switch.stopped")) == 1, sw.log()
+    assert "Traceback" not in sw.log()
+    assert not sw.events("switch.ready")
+    assert helpers.netns_list() & {p["netns"] for p in cfg["ports"]} == set()
+    assert not any(helpers.link_exists(p["name"]) for p in cfg["ports"])
+    assert not os.path.exists(sw.socket) and not os.path.exists(sw.socket + ".state")
+
+
 def test_sighup_to_the_whole_process_group_is_a_reload_that_keeps_the_workers(lab):
     """The terminal `tapswitch run` runs in hangs up (an ssh session lost): its shell sends SIGHUP
     to the whole process group. A reload, as SIGHUP is; the workers took it as the end (its
