@@ -1,12 +1,14 @@
 """The control socket's server: answering, and stopping without waiting out serve_forever's poll."""
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import socket
 import socketserver
 import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -119,6 +121,21 @@ def test_a_failed_bind_takes_the_directories_it_made_with_it(scratch):
         ControlServer(path, {})
     assert os.listdir(root) == []
     os.rmdir(root)
+
+
+def test_a_socket_directory_that_cannot_be_made_whole_leaves_none_of_its_parents(scratch):
+    """mkdir failing part of the way down (here ENOSPC: a tmpfs with inodes for two directories
+    more) left the parents it had made, as os.makedirs does: the start failed, and its
+    directories stayed."""
+    root = scratch()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nr_inodes=3,size=1m", "tsctl", root], check=True)
+    try:
+        with pytest.raises(OSError) as raised:
+            ControlServer(os.path.join(root, "a", "b", "c", "sw.sock"), {})
+        assert raised.value.errno == errno.ENOSPC
+        assert os.listdir(root) == []
+    finally:
+        subprocess.run(["umount", root], check=True)
 
 
 def gated_server(path: str, gate: threading.Event, **more) -> ControlServer:

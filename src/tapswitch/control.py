@@ -354,14 +354,20 @@ def _make_dir(path: str) -> str | None:
     while not os.path.isdir(directory):
         missing.append(directory)
         directory = os.path.dirname(directory)
-    top = None
+    made: list[str] = []
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o755)
         except FileExistsError:
             continue            # made meanwhile, by another switch: theirs
-        top = top or directory
-    return top
+        except OSError:
+            # Not made whole (ENOSPC, EDQUOT...): none of it stays, as a failed start leaves nothing.
+            for ours in reversed(made):
+                with contextlib.suppress(OSError):
+                    os.rmdir(ours)
+            raise
+        made.append(directory)
+    return made[0] if made else None
 
 
 def _exposed(path: str) -> str | None:
