@@ -370,12 +370,8 @@ def test_workers_stopped_with_the_control_process_are_not_taken_for_hung_when_it
     assert helpers.ping(a, "198.18.9.2", count=2)
 
 
-def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab):
-    """A worker that keeps dying is held back a second before its restart (worker.crashing).
-    The control loop slept that second, then restarted it, and only then served the reload
-    asked meanwhile (and link events, and a stop). Now it holds the worker back with a deadline:
-    the reload is answered while the worker waits, and the worker comes back after it."""
-    sw, listen, (a, _b) = two_hosts(lab)
+def crash_loop(sw) -> None:
+    """Kill the switch's one worker as fast as it comes back, until it is held back (worker.crashing)."""
     [pid] = sw.worker_pids()
     for _kill in range(4 * supervisor.RESTART_BURST):      # as fast as it comes back: a crash loop
         os.kill(pid, signal.SIGKILL)
@@ -384,6 +380,15 @@ def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab
                             within=10, every=0.01)[-1]["event"] == "worker.crashing":
             break
         pid = sw.events("worker.restarted")[-1]["pid"]
+
+
+def test_a_worker_held_back_after_crashing_does_not_hold_up_the_control_loop(lab):
+    """A worker that keeps dying is held back a second before its restart (worker.crashing).
+    The control loop slept that second, then restarted it, and only then served the reload
+    asked meanwhile (and link events, and a stop). Now it holds the worker back with a deadline:
+    the reload is answered while the worker waits, and the worker comes back after it."""
+    sw, listen, (a, _b) = two_hosts(lab)
+    crash_loop(sw)
     [held] = sw.events("worker.crashing")
     assert held["backoff"] == supervisor.BACKOFF
     restarts = len(sw.events("worker.restarted"))
@@ -416,14 +421,7 @@ def test_ports_says_a_worker_held_back_after_crashing_and_nothing_once_it_runs(l
     sw, _listen, (a, _b) = two_hosts(lab)
     table, rest = ports_table_and_rest(sw)
     assert rest == [] and all(p["queues_down"] == [] for p in sw.cli_json("ports"))
-    [pid] = sw.worker_pids()
-    for _kill in range(4 * supervisor.RESTART_BURST):      # as fast as it comes back: a crash loop
-        os.kill(pid, signal.SIGKILL)
-        if helpers.wait_for("a restart, or the worker held back",
-                            lambda: sw.events("worker.crashing") or sw.events("worker.restarted")[_kill:],
-                            within=10, every=0.01)[-1]["event"] == "worker.crashing":
-            break
-        pid = sw.events("worker.restarted")[-1]["pid"]
+    crash_loop(sw)
     restarts = len(sw.events("worker.restarted"))
     ports = sw.cli_json("ports")
     _table, rest = ports_table_and_rest(sw)

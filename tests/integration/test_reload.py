@@ -1020,6 +1020,17 @@ def upgraded_clone(tmp_path) -> tuple[str, str]:
     return src, os.path.join(build, "tapswitch", "_fastpath.abi3.so")
 
 
+def switch_to_upgrade(lab, tmp_path, monkeypatch):
+    """A switch of two ports run from upgraded_clone's copy: (it, its config, the fast path file
+    it loaded, the upgrade's), its own fast path kept as tmp_path/ours.so to go back to."""
+    src, upgrade = upgraded_clone(tmp_path)
+    so = os.path.join(src, "tapswitch", "_fastpath.abi3.so")
+    shutil.copy(so, tmp_path / "ours.so")
+    monkeypatch.setenv("PYTHONPATH", src)
+    cfg = base(lab, 2)
+    return lab.switch(cfg), cfg, so, upgrade
+
+
 def test_after_an_upgrade_of_another_version_a_reload_that_needs_new_workers_is_refused_and_forwarding_goes_on(
         lab, tmp_path, monkeypatch):
     """`git pull && ./scripts/install.sh` under a running switch, to a fast path that lays the
@@ -1029,12 +1040,7 @@ def test_after_an_upgrade_of_another_version_a_reload_that_needs_new_workers_is_
     2, saying to restart), and the old workers go on; once an install brings the switch's
     version back, the reload goes through."""
     from tapswitch._fastpath import lib
-    src, upgrade = upgraded_clone(tmp_path)
-    so = os.path.join(src, "tapswitch", "_fastpath.abi3.so")
-    shutil.copy(so, tmp_path / "ours.so")
-    monkeypatch.setenv("PYTHONPATH", src)
-    cfg = base(lab, 2)
-    sw = lab.switch(cfg)
+    sw, cfg, so, upgrade = switch_to_upgrade(lab, tmp_path, monkeypatch)
     pids = sorted(sw.worker_pids())
     assert len(pids) == 2
     os.replace(upgrade, so)                              # the upgrade's install
@@ -1067,12 +1073,7 @@ def test_after_an_upgrade_of_another_version_a_dead_worker_is_held_back_and_said
     restarted. Now none is started: one worker.start_failed, held; an install that brings the
     switch's version back lets it start again at the next look."""
     from tapswitch._fastpath import lib
-    src, upgrade = upgraded_clone(tmp_path)
-    so = os.path.join(src, "tapswitch", "_fastpath.abi3.so")
-    shutil.copy(so, tmp_path / "ours.so")
-    monkeypatch.setenv("PYTHONPATH", src)
-    cfg = base(lab, 2)
-    sw = lab.switch(cfg)
+    sw, cfg, so, upgrade = switch_to_upgrade(lab, tmp_path, monkeypatch)
     pids = sw.worker_pids()
     os.replace(upgrade, so)                              # the upgrade's install
     os.kill(pids[0], signal.SIGKILL)
