@@ -89,6 +89,20 @@ def test_installing_the_static_entries_again_writes_only_those_that_changed(monk
         sw.shared.close()
 
 
+@pytest.mark.parametrize("port", ["", False, 0, [], {}])
+def test_fdb_del_naming_a_port_that_is_none_is_refused_and_deletes_nothing(port):
+    """A request's `port` that names no port is refused, however falsy: `[]`, `false`, `0`, `""`
+    were taken for no port, and the entry in VLAN 1 (not the port's) was deleted."""
+    sw = make_switch()
+    try:
+        sw.fdb_add({"mac": "02:00:00:00:00:01", "port": "p0"})
+        with pytest.raises(control.ControlError, match="no port named"):
+            sw.fdb_del({"mac": "02:00:00:00:00:01", "vlan": 1, "port": port})
+        assert [e[:4] for e in sw.shared.fdb_dump()] == [("02:00:00:00:00:01", 1, 0, True)]
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_added_once_every_slot_was_used_takes_one_no_static_entry_is_on():
     """A removed port's static entries stay on its slot until the reload's ports are up: a port
     the reload adds on that slot would get their MACs' frames meanwhile. It takes another freed

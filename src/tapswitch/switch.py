@@ -1199,7 +1199,9 @@ class Switch:
             return self._fdb_del(req)
 
     def _fdb_del(self, req: dict) -> dict:
-        port = self.port_by_name(req["port"]) if req.get("port") else None
+        # Absent or null: no port. Any other value names one, or is refused: a falsy one ("", [],
+        # false) was taken for none, and deleted the entry in VLAN 1, not the port's.
+        port = self.port_by_name(req["port"]) if req.get("port") is not None else None
         mac, vlan = self._mac_key(req, port)
         if not self.shared.fdb_del(mac, vlan):
             raise ControlError(f"no entry for {mac} in VLAN {vlan}")
