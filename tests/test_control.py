@@ -380,6 +380,31 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("line, error", [
+    (b"\n", 'an empty request: a request is a JSON object with a "cmd" string'),
+    (b"  \t \n", 'an empty request: a request is a JSON object with a "cmd" string'),
+    (b"{\n", "a request is one line of JSON, not this: Expecting property name enclosed in double quotes: "
+              "line 2 column 1 (char 2)"),
+    (b'{"cmd": "echo"} {"cmd": "echo"}\n', "a request is one line of JSON, not this: Extra data: line 1 column 17 "
+                                          "(char 16)"),
+    (b'{"cmd": "echo", "x": "\xff"}\n', "a request is JSON in UTF-8: invalid start byte at byte 22"),
+    (b"\xff\xfe\n", "a request is JSON in UTF-8: invalid start byte at byte 0"),     # not UTF-16's BOM either
+])
+def test_a_request_that_is_not_json_is_an_error_reply_saying_so(line, error, capfd):
+    """The parser's own words alone ("Expecting value: line 2 column 1 (char 1)", "'utf-16-le'
+    codec can't decode byte 0x0a") did not say that the request was not JSON."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    try:
+        assert ask(path, line) == {"ok": False, "error": error}
+        assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @contextlib.contextmanager
 def answering(*answers, piece: int = 0):
     """A socket whose listener answers each connection, in turn, with the next of `answers`

@@ -111,6 +111,25 @@ class Listing:
         yield LISTING_TAIL
 
 
+def _parse(line: bytes):
+    """A request's line as JSON; ControlError saying what it is not. The parser's own words alone
+    ("Expecting value: line 2 column 1") did not say that the request was not JSON, and
+    json.loads reads bytes as UTF-16 or UTF-32 too, when they look like it: "'utf-16-le' codec
+    can't decode byte 0x0a" for a line of two bytes that are not UTF-8."""
+    try:
+        text = line.decode()
+    except UnicodeDecodeError as e:
+        raise ControlError(f"a request is JSON in UTF-8: {e.reason} at byte {e.start}") from None
+    if not text.strip():
+        raise ControlError("an empty request: a request is a JSON object with a \"cmd\" string")
+    try:
+        return json.loads(text)
+    except RecursionError:      # not a ValueError: the parser's own stack ran out
+        raise ControlError("a request is a JSON object with a \"cmd\" string, not nested this deep") from None
+    except ValueError as e:
+        raise ControlError(f"a request is one line of JSON, not this: {e}") from None
+
+
 def _peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -133,10 +152,7 @@ class _Handler(socketserver.StreamRequestHandler):
         if not line:
             return              # connected and closed (stop_serving's wake-up): nothing to answer
         try:
-            try:
-                request = json.loads(line)
-            except RecursionError:      # not a ValueError: the parser's own stack ran out
-                raise ControlError("a request is a JSON object with a \"cmd\" string, not nested this deep") from None
+            request = _parse(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
             result = self.server.dispatch(request)
