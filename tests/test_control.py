@@ -405,6 +405,29 @@ def test_a_request_that_is_not_json_is_an_error_reply_saying_so(line, error, cap
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_request_longer_than_a_request_may_be_is_an_error_reply_saying_so(capfd):
+    """Cut at MAX_REQUEST, the rest of it unread: the reply was the parser's ("Unterminated
+    string"), and the switch closed the connection on what was left unread, which reset it:
+    the client, still writing or reading, lost the reply (EPIPE, ECONNRESET)."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+
+    def line(size: int) -> bytes:      # a request of `size` bytes, its newline too
+        head = b'{"cmd": "echo", "x": "'
+        return head + b"x" * (size - len(head) - 3) + b'"}\n'
+    try:
+        assert ask(path, line(control.MAX_REQUEST))["ok"] is True
+        for size in (control.MAX_REQUEST + 1, 10 * control.MAX_REQUEST):
+            assert ask(path, line(size)) == {"ok": False, "error": f"a request is one line of at most "
+                                                                   f"{control.MAX_REQUEST} bytes; this one is longer"}
+        assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @contextlib.contextmanager
 def answering(*answers, piece: int = 0):
     """A socket whose listener answers each connection, in turn, with the next of `answers`

@@ -1,6 +1,7 @@
 """Control socket: the running switch answers `tapswitch ports` / `fdb` over a Unix socket.
 
-One JSON request per connection, one JSON reply:
+One JSON request per connection (a line of UTF-8, at most MAX_REQUEST bytes; what follows it
+is not read), one JSON reply:
     {"cmd": "ports"} -> {"ok": true, "result": [...]}
     {"cmd": "fdb_flush", "port": "web0"} -> {"ok": true, "result": {"flushed": 3}}
     {"cmd": "fdb", "port": "web0"} -> {"ok": true, "filters": ["port"], "result": [...]}
@@ -36,6 +37,7 @@ from tapswitch.saidonce import SaidOnce
 log = structlog.get_logger("tapswitch.control")
 
 MAX_REQUEST = 64 * 1024
+MAX_SKIPPED = 256 * MAX_REQUEST     # bytes of a longer request read (and let go) before it is refused
 CLIENT_TIMEOUT = 5.0    # seconds either side waits for the other: a request, a reply (not a listing's reader)
 RELOAD_WAIT = 30.0      # seconds the switch waits for its reload before it answers that it goes on
 RECV_SIZE = 1 << 20     # bytes a listing's reader takes from the socket at once
@@ -146,12 +148,18 @@ class _Handler(socketserver.StreamRequestHandler):
                 self._reply({"ok": False, "error": "permission denied"})
                 return
             line = self.rfile.readline(MAX_REQUEST)
+            # Longer: the rest read and let go, so that the client reads the reply. Closed on
+            # bytes left unread, the connection was reset, and the reply lost with it (EPIPE,
+            # ECONNRESET); and the part read could be a request whole but for its newline.
+            too_long = len(line) == MAX_REQUEST and not line.endswith(b"\n") and self._skip_line()
         except OSError as e:
             self._client_lost(e)
             return
         if not line:
             return              # connected and closed (stop_serving's wake-up): nothing to answer
         try:
+            if too_long:
+                raise ControlError(f"a request is one line of at most {MAX_REQUEST} bytes; this one is longer")
             request = _parse(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ControlError("a request is a JSON object with a \"cmd\" string")
@@ -167,6 +175,18 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(result.chunks())
         else:
             self._reply({"ok": True, "result": result})
+
+    def _skip_line(self) -> bool:
+        """Read the rest of a line longer than MAX_REQUEST, up to its newline (at most
+        MAX_SKIPPED bytes of it: a client that sends more loses the reply): whether there was
+        any (none: the line ended there, without its newline)."""
+        skipped = 0
+        while skipped < MAX_SKIPPED:
+            part = self.rfile.readline(MAX_REQUEST)
+            skipped += len(part)
+            if not part or part.endswith(b"\n"):
+                break
+        return skipped > 0
 
     def _reply(self, obj) -> None:
         self._send([json.dumps(obj).encode() + b"\n"])
