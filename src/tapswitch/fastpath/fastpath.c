@@ -597,7 +597,8 @@ static bool has_expired(uint64_t v, uint32_t now, uint32_t aging)
  * or will never end: each worker has been outside a burst since (active seen
  * 0 now, or its heartbeat moved: it beats between bursts), and no
  * control-process thread is inside a write now. A worker killed inside a
- * burst holds it until its replacement claims its slot (active 0). */
+ * burst holds it until it is reaped (the control process clears its active)
+ * or its replacement claims its slot (active 0). */
 static void fdb_epoch_advance(struct ts_shared *s)
 {
     uint64_t beat[TS_MAX_WORKERS];

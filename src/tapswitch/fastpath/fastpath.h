@@ -88,8 +88,10 @@
  * every worker has been outside a burst since it last moved -- its
  * readers[w].active seen 0, or its heartbeat moved past epoch_beat -- and no
  * control-process writer is inside a table write (fdb_writing 0). A worker
- * killed inside a burst holds the epoch until the worker that replaces it
- * claims its slot (active 0): its half-done write is then ended for good.
+ * killed inside a burst holds the epoch until the control process has reaped
+ * it and cleared its active (Supervisor._release), or the worker that
+ * replaces it claims its slot (active 0), whichever comes first: its
+ * half-done write is then ended for good.
  * Two epochs after a moment, every write in flight at that moment is done
  * or abandoned. So the sweep marks a slot it finds with key set and val 0
  * (val := a mark: not 0, not valid, with the epoch; a compare-and-swap from
