@@ -774,6 +774,21 @@ def test_a_port_count_left_short_by_a_killed_worker_does_not_wrap(sw):
     assert sw.counters(0)["mac_limit_dropped"] == 0
 
 
+def test_a_removal_between_an_entrys_write_and_its_count_leaves_the_count_exact(sw):
+    """A flush (or a move) of an entry whose claimer has written its val but not yet added its
+    count: the removal's subtract comes first. Held at 0, the count then stayed one high for
+    good, with no entry on the port: its mac_limit one lower, for as long as the switch ran."""
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.learn(0, A)
+    sw.shared.ptr.ports[0].fdb_entries = 0          # the claimer's count, still to come
+    assert sw.shared.fdb_flush(0) == 1              # the removal's, first
+    assert sw.shared.port_fdb_entries(0) == 0
+    sw.shared.ptr.ports[0].fdb_entries = (sw.shared.ptr.ports[0].fdb_entries + 1) % 2**32   # the claimer's
+    assert sw.shared.port_fdb_entries(0) == 0 and sw.shared.fdb_entries() == 0
+    sw.send(0, frame(BROADCAST, B))
+    assert sw.received(1) == [frame(BROADCAST, B)]  # a new source passes the limit of 1
+
+
 def test_flush_makes_room_under_the_limit(sw):
     Settings(sw.shared).port(0, mac_limit=1).publish()
     sw.learn(0, A)

@@ -221,14 +221,17 @@ class Shared:
         return total
 
     def port_fdb_entries(self, index: int) -> int:
-        return self.ptr.ports[index].fdb_entries
+        """The port's MAC table entries, as counted: the count is read as signed, below 0 as 0
+        (fastpath.c, port_count_sub)."""
+        n = self.ptr.ports[index].fdb_entries
+        return n if n < 1 << 31 else 0
 
     def port_fdb_static(self, index: int) -> int:
         """Of the port's entries, how many are static (the MAC limit counts the others)."""
         return self.ptr.ports[index].fdb_static
 
     def fdb_entries(self) -> int:
-        return sum(p.fdb_entries for p in self.ptr.ports)
+        return sum(self.port_fdb_entries(i) for i in range(lib.TS_MAX_PORTS))
 
     def fdb_dump(self) -> list[tuple[str, int, int, bool, int]]:
         """Live entries as (mac, vlan, port, static, seen)."""

@@ -195,18 +195,24 @@ static void port_count_add(struct ts_shared *s, uint16_t port)
     __atomic_add_fetch(&s->ports[port].fdb_entries, 1, __ATOMIC_RELAXED);
 }
 
-/* Never below 0. A worker killed between an entry's write and its count's
- * (SIGKILL, the watchdog) leaves the port one short; the entry's removal
- * would then wrap the count to 2^32 - 1, and a port with mac_limit drop the
- * frames of every new source for good (entries - statics over any limit).
- * Removals only: aging, flushes, moves and evictions, never a frame's lookup. */
+/* Exact, as the adds are: a count may go below 0 for a moment, when an
+ * entry's removal comes between its claimer's val and its count (a move, a
+ * flush of an entry just learned), and the claimer's add then brings it back.
+ * So it is read as signed, and below 0 as 0 (port_entries): a worker killed
+ * between an entry's write and its count's (SIGKILL, the watchdog) leaves
+ * the port one short, and the entry's removal would otherwise read as 2^32 - 1,
+ * and a port with mac_limit drop the frames of every new source for good.
+ * (Held at 0 here instead, that race left the count one high for good.) */
 static void port_count_sub(struct ts_shared *s, uint16_t port)
 {
-    uint32_t *n = &s->ports[port].fdb_entries;
-    uint32_t was = __atomic_load_n(n, __ATOMIC_RELAXED);
-    while (was > 0 && !__atomic_compare_exchange_n(n, &was, was - 1, true,
-                                                   __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-        ;
+    __atomic_sub_fetch(&s->ports[port].fdb_entries, 1, __ATOMIC_RELAXED);
+}
+
+/* A port's MAC table entries, as counted: below 0 is 0 (see port_count_sub). */
+static uint32_t port_entries(const struct ts_shared *s, uint16_t port)
+{
+    int32_t n = (int32_t)__atomic_load_n(&s->ports[port].fdb_entries, __ATOMIC_RELAXED);
+    return n > 0 ? (uint32_t)n : 0;
 }
 
 /* Static entries per port: only the control process makes or removes them. */
@@ -415,7 +421,7 @@ static int fdb_evict(struct ts_shared *s, struct ts_fdb_stats *st, const struct 
             uint64_t v = load(&b[i].val);
             if (!val_valid(v) || val_static(v))
                 continue;
-            uint32_t n = __atomic_load_n(&s->ports[val_port(v)].fdb_entries, __ATOMIC_RELAXED);
+            uint32_t n = port_entries(s, val_port(v));
             if (!victim || n > most || (n == most && val_seen(v) < val_seen(victim_val))) {
                 victim = &b[i];
                 victim_val = v;
@@ -1592,7 +1598,7 @@ static bool mac_limit_allows(const struct ts_shared *s, int in, const struct ts_
     /* First try the common case: the source is known on this port already. */
     if (ts_fdb_lookup(s, eth_src(f), f->vlan) == in)
         return true;
-    uint32_t entries = __atomic_load_n(&s->ports[in].fdb_entries, __ATOMIC_RELAXED);
+    uint32_t entries = port_entries(s, (uint16_t)in);
     uint32_t statics = __atomic_load_n(&s->ports[in].fdb_static, __ATOMIC_RELAXED);
     return entries <= statics || entries - statics < pc->mac_limit;
 }

@@ -107,7 +107,7 @@
  * runs again or the watchdog replaces it.
  * What the sweep cannot mend, stated: the per-port entry counts. A writer
  * killed between a slot's write and its count's is one off for good: one
- * short (counts never go below 0) or one over, the last lowering mac_limit by
+ * short (a count below 0 reads as 0) or one over, the last lowering mac_limit by
  * one and weighing its port a little more in fair eviction. A recount from
  * the table is not race-free with live workers (a scan is no snapshot: a
  * write and its count's are two steps, seen between them by the scan), and
@@ -397,7 +397,8 @@ struct ts_port {
     uint32_t mtu;              /* L3 MTU: frames over mtu+14 (+4 for each 802.1Q or 802.1ad
                                   tag, two at most), or GSO frames whose segments' IP length
                                   (headers + gso_size) is over mtu, are tx_errors (and see frame_max) */
-    uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers) */
+    uint32_t fdb_entries;      /* MAC table entries on this port (atomic, all writers); read as
+                                  int32_t, below 0 as 0 (a removal may come before its claimer's add) */
     uint32_t fdb_static;       /* of which static (atomic, control process) */
     uint32_t frame_max;        /* 0 = none; else the longest frame the port's link carries, tags
                                   and all (a VXLAN port: what its tunnel carries whole): a frame,
