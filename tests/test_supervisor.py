@@ -340,6 +340,30 @@ def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypa
     w.sock.close()
 
 
+def test_a_worker_the_watchdog_killed_is_said_to_have_hung_not_only_killed_by_sigkill(monkeypatch):
+    """`tapswitch ports` said of a worker the watchdog killed "killed by SIGKILL", as of one the
+    OOM killer or a user killed; the supervisor knows it hung, and for how long: it says so.
+    A worker that dies otherwise after it is let go again is said as ever."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
+    for _ in range(int(supervisor.HUNG_AFTER)):     # standing still, watched every tick
+        now[0] += 1.0
+        found = sup.hung()
+    assert found == [w]
+    sup.kill_hung(w)
+    _exited(w)
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    sup.exited(w)
+    [down] = sup.queues_down()
+    assert down["error"] == f"killed by SIGKILL (hung: its heartbeat stood still {supervisor.HUNG_AFTER:g} s)"
+    assert select.select([w.starting.sock], [], [], 10)[0] and sup.ready(w)
+    os.kill(w.proc.pid, signal.SIGKILL)             # not the watchdog's
+    _exited(w)
+    sup.exited(w)
+    [down] = sup.queues_down()
+    assert down["error"] == "killed by SIGKILL"
+    sup.stop()
+
+
 def test_the_watchdog_waits_as_long_as_set_and_never_when_off(monkeypatch):
     """switch.watchdog_ms: a stopped worker is found hung after hung_after seconds, not before;
     off (0), never. Heartbeats are still followed while it is off, so setting it again (a

@@ -195,6 +195,8 @@ class Worker:
         self.down_since: float | None = None    # time.time() it went down unasked (died, or a reload's process
                                                 # did not come up), until a process runs for it again; None: runs
         self.down_error: str | None = None      # why, as said last: how its process ended, or why a restart failed
+        self.hung_for: float | None = None      # seconds its heartbeat stood still, once killed for it (kill_hung),
+                                                # until its exit is seen: the SIGKILL then is the watchdog's
 
     def fileno(self) -> int:
         return self.pidfd
@@ -335,6 +337,7 @@ class Supervisor:
         log.error("worker.hung", queue=w.queue, pid=w.proc.pid, seconds=round(now - w.beat_at, 1),
                   heartbeat=w.beat)
         os.kill(w.proc.pid, signal.SIGKILL)
+        w.hung_for = round(now - w.beat_at, 1)
         w.beat_at = now         # not again before its exit is seen (one in the D state dies late)
 
     def _launch(self, w: Worker) -> Pending:
@@ -556,6 +559,10 @@ class Supervisor:
             how.update(error=error, **_traceback(trace))
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         ended = f"killed by {how['signal']}" if rc < 0 else f"exited with code {rc}"
+        hung_for, w.hung_for = w.hung_for, None
+        if hung_for is not None and rc == -signal.SIGKILL:
+            # The watchdog's SIGKILL: "killed by SIGKILL" alone reads as the OOM killer's, or a user's.
+            ended += f" (hung: its heartbeat stood still {hung_for:g} s)"
         self._went_down(w, f"{ended}: {how['error']}" if "error" in how else ended)
         now = time.monotonic()
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
