@@ -529,7 +529,11 @@ class Switch:
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
                     port.remote_ifindex == event.ifindex
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted
-                        and self._made_for(port, event.ifindex))):
+                        and self._made_for(port, event.ifindex)
+                        # One whose attach fails is tried again by the tick (maintain_remotes), not
+                        # by its events: an attach that fails after setting IFACE's flags gives
+                        # them back, two events, each of which tried again at once, and failed so.
+                        and not port.attach_failed.lasts())):
                 self.remote_changed(port, event)
             elif (port.tunnel is not None and event.nsid == linkmon.OWN_NSID
                   and port.tunnel.underlies(event.ifindex, event.ifname)):

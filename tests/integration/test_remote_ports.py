@@ -316,6 +316,35 @@ def test_a_local_port_whose_rule_for_the_nics_new_mac_is_refused_once_follows_it
     assert nic_state(site["sw"]) == before
 
 
+INSTALL_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "install_fails.py"))
+
+
+def test_a_nic_made_again_whose_attach_fails_after_its_flags_are_set_is_tried_once_a_tick(lab, site, monkeypatch, tmp_path):
+    """nic0 made again, and every rule refused (tests/install_fails.py): the attach fails after
+    it has set nic0's flags (up, promisc), and its undo gives them back. Those flag changes are
+    nic0's link events, each of which tried the attach again at once, which failed and flipped
+    the flags again: a loop as fast as the kernel answered, nic0 flapping all the while. The tick
+    tries again (once a second); once the rules are let in, it attaches."""
+    mark = tmp_path / "refused"
+    monkeypatch.setenv("TAPSWITCH_TEST_INSTALL_FAILS", str(mark))
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"], wrapper=INSTALL_FAILS)
+    up = lab.name("up")
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic0")
+    wait_port(sw, up, "down")
+    mark.write_text("")
+    remake_nic(site)
+    helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+    time.sleep(2.5)                     # two ticks: tried again, refused again
+    tries = len(mark.read_text().splitlines())
+    assert 1 <= tries <= 5, f"{tries} attaches tried in 2.5 s"
+    mark.unlink()
+    helpers.wait_for("remote.returned", lambda: sw.events("remote.returned"), within=5)
+    wait_port(sw, up, "up", within=3)
+    assert len(sw.events("remote.attach_failed")) == 1, sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
+
+
 EVENTS_LOST = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "events_lost.py"))
 
 
