@@ -73,6 +73,10 @@ class Port:
     # held by another switch, a foreign filter...), until it is attached or gone again
     # (Switch.remote_changed); while it lasts, each tick tries again.
     attach_failed: SaidOnce = field(default_factory=SaidOnce)
+    attach_failed_index: int | None = None   # IFACE's ifindex whose attach failed, while attach_failed lasts:
+                                             # its own link events do not try again, the tick does
+    attach_wait: float = 0.0    # seconds the tick waits before it tries again (Switch.remote_changed)
+    attach_at: float = 0.0      # monotonic: the tick's next try from then
     mtu: int = 0               # the TAP's, when its host changed it (link events), or, a remote
                                # port without `mtu`, IFACE's it follows; 0: the config's
     rx_missed: int = 0         # the TAP's tx_dropped as last read; kept when the TAP is gone

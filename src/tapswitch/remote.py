@@ -314,6 +314,7 @@ class RemoteAttachment:
         self.foreign: dict[int, tc.TcFilter] = {}    # prio -> a filter of another's there (check_foreign)
         self._held_back: set[int] = set()   # prios with one of those where the kernel refused a rule of ours
         self.attached = False
+        self.undone = False      # the last attach() failed after it had begun to change IFACE, and undid it
         self._index: dict[str, int] = {}  # "tap" | "remote" -> ifindex
         self._cookie: dict[str, bytes] = {}
         self._clsact_ours: dict[str, bool] = {}
@@ -336,11 +337,16 @@ class RemoteAttachment:
         try:
             self._attach()
         except BaseException:
+            # Had it begun to change IFACE (its original written to the state file, then its
+            # MTU, its flags)? Its undo has then changed it back, and written the file again: a
+            # try that costs that much is not made every tick (Switch.remote_changed).
+            self.undone = self.attached
             try:
                 self.detach(said=False)
             except Exception as e:  # keep the first error; say what is left behind
                 log.error("remote.detach_failed", tap=self.tap_ifname, remote=self.remote_ifname, error=str(e))
             raise
+        self.undone = False
 
     def _attach(self) -> None:
         ipr = self.ipr

@@ -45,6 +45,7 @@ from tapswitch.tap import TapError
 log = structlog.get_logger("tapswitch.switch")
 
 TICK = 1.0                 # seconds between the control loop's maintenance steps (MAC aging, ports, tunnels)
+ATTACH_WAIT_MAX = 30.0     # seconds between a remote port's tries to attach IFACE at most, when each changes it (_attach_wait)
 AGING_STEPS = 4            # a full aging pass takes this many ticks
 FULL_LOG_INTERVAL = 60.0   # seconds between fdb.full warnings
 CAP_KILL, CAP_NET_ADMIN, CAP_SYS_ADMIN = 5, 12, 21
@@ -530,10 +531,10 @@ class Switch:
                     port.remote_ifindex == event.ifindex
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted
                         and self._made_for(port, event.ifindex)
-                        # One whose attach fails is tried again by the tick (maintain_remotes), not
-                        # by its events: an attach that fails after setting IFACE's flags gives
-                        # them back, two events, each of which tried again at once, and failed so.
-                        and not port.attach_failed.lasts())):
+                        # IFACE whose attach fails is tried again by the tick (maintain_remotes), not
+                        # by its events: an attach that fails after setting its flags gives them
+                        # back, two events, each of which tried again at once, and failed so.
+                        and not (port.attach_failed.lasts() and port.attach_failed_index == event.ifindex))):
                 self.remote_changed(port, event)
             elif (port.tunnel is not None and event.nsid == linkmon.OWN_NSID
                   and port.tunnel.underlies(event.ifindex, event.ifname)):
@@ -644,11 +645,13 @@ class Switch:
                 # event of IFACE's (descriptors freed, the other switch stopped, the filter
                 # deleted), and the port stayed down, IFACE unattached, until a reload. The tick
                 # tries again (maintain_remotes), said once while it fails so (again if why changes).
+                self._attach_wait(port, event.ifindex)
                 if port.attach_failed.news(str(e)):
                     log.error("remote.attach_failed", port=port.name, remote=port.cfg.remote, error=str(e),
-                              reason="tried again every tick until it succeeds")
+                              reason="tried again every tick until it succeeds" if not port.attach_wait else
+                              f"tried again ever more rarely, up to every {ATTACH_WAIT_MAX:g} s, until it succeeds")
                 return
-            port.attach_failed.over()
+            self._attach_over(port)
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
         # after its port was made up; the device says whether it still holds.
@@ -656,6 +659,28 @@ class Switch:
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
         self.remote_mac_changed(port, event)
+
+    @staticmethod
+    def _attach_wait(port: ports.Port, ifindex: int) -> None:
+        """When the tick tries again to attach IFACE (at `ifindex`), whose attach failed: at the
+        next, if the try changed nothing; if it had begun to change IFACE and undid it (its MTU
+        refused, a rule refused: RemoteAttachment.undone), after a wait that doubles with each
+        such try, ATTACH_WAIT_MAX at most: each wrote the state file twice, and set IFACE's
+        flags and gave them back (a peer sees its carrier come and go), once a second for as
+        long as it lasted. Another device made under IFACE's name starts over."""
+        if not port.remote.undone:
+            wait = 0.0
+        elif port.attach_failed_index == ifindex:
+            wait = min(ATTACH_WAIT_MAX, max(TICK, 2 * port.attach_wait))
+        else:
+            wait = TICK
+        port.attach_failed_index, port.attach_wait, port.attach_at = ifindex, wait, time.monotonic() + wait
+
+    @staticmethod
+    def _attach_over(port: ports.Port) -> None:
+        """IFACE is attached, or gone again: no try is due."""
+        port.attach_failed.over()
+        port.attach_failed_index, port.attach_wait, port.attach_at = None, 0.0, 0.0
 
     def remote_mac_changed(self, port: ports.Port, event: linkmon.LinkEvent | None = None) -> None:
         """IFACE's user gave it another MAC (or it came back with another): the rules that match
@@ -697,7 +722,7 @@ class Switch:
                 continue
             if port.mac_follow_failed.lasts() and port.remote_ifindex is not None:
                 self.remote_mac_changed(port)
-            elif port.attach_failed.lasts() and port.remote_ifindex is None:
+            elif port.attach_failed.lasts() and port.remote_ifindex is None and time.monotonic() >= port.attach_at:
                 self.attach_again(port)
 
     def attach_again(self, port: ports.Port) -> None:
@@ -708,7 +733,7 @@ class Switch:
         except LOOK_ERRORS:
             return
         if link is None or not self._made_for(port, link["index"]):
-            port.attach_failed.over()        # gone again: its making again is an event, which attaches it
+            self._attach_over(port)          # gone again: its making again is an event, which attaches it
             return
         self.remote_changed(port, self._event_of(link))
         self.set_port_up(port, port.links_up)

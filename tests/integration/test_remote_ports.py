@@ -345,6 +345,39 @@ def test_a_nic_made_again_whose_attach_fails_after_its_flags_are_set_is_tried_on
     assert "Traceback" not in sw.log(), sw.log()
 
 
+def test_a_nic_made_again_that_refuses_the_ports_mtu_leaves_the_state_file_alone_while_tried_again(lab, site):
+    """nic0 made again as a macvlan whose lower device (a veth) is of MTU 1400, the port's `mtu` 1500:
+    the attach writes nic0's original to the state file before it sets the MTU, which is
+    refused, and its undo writes that nic0 is given back. The tick tried again every second:
+    two writes of the state file a second for as long as it lasted. It tries again ever more
+    rarely; once the lower device takes the MTU, it attaches."""
+    sw = lab.switch(config(lab, site, "promisc", mtu=1500), netns=site["sw"])
+    up, state = lab.name("up"), sw.socket + ".state"
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic0")
+    wait_port(sw, up, "down")
+    helpers.nsexec(site["sw"], "ip", "link", "add", "low0", "mtu", "1400", "type", "veth", "peer", "name", "low1")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "low0", "up")
+    helpers.nsexec(site["sw"], "ip", "link", "add", "nic0", "link", "low0", "type", "macvlan", "mode", "bridge")
+    helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+    [failed] = sw.events("remote.attach_failed")
+    assert "refused mtu 1500" in failed["error"], failed
+    written = set()
+    deadline = time.monotonic() + 7.5
+    while time.monotonic() < deadline:          # seven ticks and more
+        st = os.stat(state)
+        written.add((st.st_ino, st.st_mtime_ns))
+        time.sleep(0.05)
+    tries = len([e for e in sw.events("remote.detached") if e["level"] == "debug"])
+    assert tries <= 5, f"{tries} attaches tried, the state file written {len(written)} times in 7.5 s"
+    assert not sw.events("remote.detach_failed"), sw.log()
+    helpers.nsexec(site["sw"], "ip", "link", "set", "low0", "mtu", "1500")
+    helpers.wait_for("remote.returned", lambda: sw.events("remote.returned"), within=40)
+    assert link_mtu(site["sw"], "nic0") == 1500
+    assert len(sw.events("remote.attach_failed")) == 1, sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
+
+
 EVENTS_LOST = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "events_lost.py"))
 
 
