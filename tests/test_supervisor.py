@@ -580,6 +580,39 @@ def test_the_fast_path_installed_since_the_start_is_asked_its_version_once(monke
     assert len(popens) == 2
 
 
+def test_a_fast_path_that_does_not_answer_is_asked_once_for_every_worker_due_not_once_each(monkeypatch):
+    """The probe of the fast path installed since the start had no answer (READY_TIMEOUT spent,
+    the control loop waiting meanwhile): each worker due asked it again, and waited as long,
+    one after the other. It is the answer for RETRY_MAX seconds: one wait, every worker held
+    back by it; then it is asked again."""
+    from tapswitch import fastpath
+    from tapswitch._fastpath import lib
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(supervisor, "_probed", {})
+    monkeypatch.setattr(supervisor, "_unanswered", {}, raising=False)
+    monkeypatch.setattr(fastpath, "LOADED", (0, 0))         # the file at PATH is not the one loaded
+    monkeypatch.setattr(supervisor, "VERSION_PROBE", "import time; time.sleep(60)")     # no answer
+    monkeypatch.setattr(supervisor, "READY_TIMEOUT", 0.2)
+    popens = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **kw: popens.append(a) or real_popen(*a, **kw))
+    sup = supervisor.Supervisor(-1, 3, version=lib.TS_VERSION)
+    for w in sup.workers:
+        w.down_since = time.time()                          # died
+    assert sup.down() == sup.workers
+    for w in sup.down():
+        sup.restart(w)
+    assert len(popens) == 1
+    assert [w.held for w in sup.workers] == ["a new worker's fast path did not load within 0.2 s"] * 3
+    assert sup.down() == []
+    now[0] += supervisor.RETRY_MAX
+    assert sup.down() == sup.workers
+    for w in sup.down():
+        sup.restart(w)
+    assert len(popens) == 2                                 # asked again, once
+
+
 def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loop(monkeypatch):
     """The crash loop's backoff slept inside the control loop (no reload, link event or stop
     served meanwhile). exited() now returns at once; down() offers the worker BACKOFF later, and

@@ -69,6 +69,10 @@ WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at mo
 # would load. Run only when the file there is not the one this process loaded (fast_path_version).
 VERSION_PROBE = "from tapswitch import fastpath, worker; print(fastpath.lib.TS_VERSION)"
 _probed: dict[tuple[int, int] | None, int | str] = {}   # a fast path file (file_id) -> what the probe found
+# A fast path file (file_id) -> (monotonic until when, why) it could not be asked: each worker due
+# (restart) and a reload that adds a port asked it again, each waiting up to READY_TIMEOUT on the
+# control loop, every worker held back by it in turn.
+_unanswered: dict[tuple[int, int] | None, tuple[float, str]] = {}
 
 
 def fast_path_version() -> int | str:
@@ -76,12 +80,26 @@ def fast_path_version() -> int | str:
     none (one line). The file this process loaded is ours, and asks nothing; another (an upgrade
     installed since) is asked once: VERSION_PROBE in an interpreter started as a worker's is
     (0.1 s or so), and what it said kept for that file. One that could not be asked (fork
-    refused, no answer in READY_TIMEOUT) is asked again next time."""
+    refused, no answer in READY_TIMEOUT) is asked again RETRY_MAX seconds on, at the first look
+    from then: meanwhile that is the answer."""
     ident = fastpath.file_id(fastpath.PATH)
     if ident is not None and ident == fastpath.LOADED:
         return fastpath.lib.TS_VERSION
     if ident in _probed:
         return _probed[ident]
+    if ident in _unanswered and time.monotonic() < _unanswered[ident][0]:
+        return _unanswered[ident][1]
+    why = _probe(ident)
+    if why is not None:
+        _unanswered[ident] = (time.monotonic() + RETRY_MAX, why)
+        return why
+    _unanswered.pop(ident, None)
+    return _probed[ident]
+
+
+def _probe(ident: tuple[int, int] | None) -> str | None:
+    """Ask the fast path file `ident` its version (fast_path_version): kept in _probed; or why
+    it could not be asked."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)     # as _spawn: a hangup is no answer
     try:
         proc = subprocess.Popen([sys.executable, "-P", "-c", VERSION_PROBE], stdin=subprocess.DEVNULL,
@@ -102,7 +120,7 @@ def fast_path_version() -> int | str:
         lines = err.strip().splitlines()
         found = f"a new worker would not load its fast path: {lines[-1] if lines else f'exit code {proc.returncode}'}"
     _probed[ident] = found
-    return found
+    return None
 
 
 def upgraded(ours: int, installed: int) -> str:
