@@ -351,7 +351,8 @@ def test_a_worker_the_watchdog_killed_is_said_to_have_hung_not_only_killed_by_si
     assert found == [w]
     sup.kill_hung(w)
     _exited(w)
-    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP))
+    # Set up, it stays (SET_UP's ends once let go, and its exit 0 could beat the kill below).
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP + "; os.read(fd, 16)"))
     sup.exited(w)
     [down] = sup.queues_down()
     assert down["error"] == f"killed by SIGKILL (hung: its heartbeat stood still {supervisor.HUNG_AFTER:g} s)"
