@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tapswitch import cli, config, fastpath
+from tapswitch import cli, config, fastpath, remote
 from tapswitch.metrics import SwitchCollector
 from tapswitch.switch import Switch
 
@@ -520,6 +520,20 @@ def test_the_drops_alert_names_the_causes_of_rx_dropped_the_readme_names():
     meaning = metric_table()["tapswitch_port_rx_dropped_total"][2]
     for cause in ("down", "isolated", "flood", "came", "01:80:C2:00:00:01", "monitor port"):
         assert cause in meaning and cause in description, cause
+
+
+# --- Remote ports -------------------------------------------------------------------
+
+def test_the_readme_mode_table_says_which_modes_put_iface_in_promiscuous_mode():
+    """`shared` puts IFACE in promiscuous mode (a NIC's unicast filter would drop the frames
+    for the MACs behind the switch before tc saw them), and its row did not say so: a user
+    sharing a laptop's NIC with its containers found the NIC promiscuous, unexplained."""
+    rows = {row[0].strip("`"): row[1] for row in table_rows(section("Attach a NIC or a VM"))
+            if row[0].strip("`") in remote.MODES}
+    assert set(rows) == set(remote.MODES)
+    for mode, arriving in rows.items():
+        promisc = remote.iface_flags(mode, None, "02:00:00:00:00:01", False).get("promisc", False)
+        assert ("IFACE is put in promiscuous mode" in arriving) == promisc, mode
 
 
 # --- Environment ------------------------------------------------------------------
