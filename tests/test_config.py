@@ -1511,6 +1511,9 @@ def test_a_file_its_writer_keeps_open_is_refused_not_read_cut(tmp_path, monkeypa
         writer.flush()
         with pytest.raises(ConfigError) as info:
             load(str(path))
+    # Said alike by a start, `check` and a reload: "then reload" told `check`'s user, or a start's,
+    # of a switch that did not run.
     assert info.value.errors == [f"{path}:0: -: cannot read: another process has it open for writing "
-                                 "(still after 0.2 s): write it whole, then reload"]
+                                 "(still after 0.2 s): try again once that process has closed it, or "
+                                 "write a new file and rename it over this one"]
     assert [p.vlan for p in load(str(path)).ports] == [2]       # closed: read as it is

@@ -1116,7 +1116,8 @@ def _read_written(f, path: str) -> bytes:
     while (held := _lease(f.fileno())) is False:
         if time.monotonic() >= deadline:
             raise ConfigError([f"{path}:0: -: cannot read: another process has it open for writing "
-                               f"(still after {WRITER_WAIT:g} s): write it whole, then reload"])
+                               f"(still after {WRITER_WAIT:g} s): try again once that process has closed it, or "
+                               "write a new file and rename it over this one"])
         time.sleep(WRITER_POLL)
     try:
         return f.read(MAX_CONFIG_BYTES + 1)
