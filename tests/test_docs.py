@@ -9,8 +9,10 @@ No root: the collector reads a shared-memory table of a switch that never starts
 """
 
 import argparse
+import os
 import pathlib
 import re
+import stat
 import time
 import typing
 
@@ -18,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from tapswitch import cli, config, fastpath, remote
+from tapswitch import cli, config, control, fastpath, remote
 from tapswitch.metrics import SwitchCollector
 from tapswitch.switch import Switch
 
@@ -520,6 +522,23 @@ def test_the_drops_alert_names_the_causes_of_rx_dropped_the_readme_names():
     meaning = metric_table()["tapswitch_port_rx_dropped_total"][2]
     for cause in ("down", "isolated", "flood", "came", "01:80:C2:00:00:01", "monitor port"):
         assert cause in meaning and cause in description, cause
+
+
+# --- Control socket -----------------------------------------------------------------
+
+def test_the_readme_says_the_mode_of_the_directories_made_for_the_socket(tmp_path):
+    """The README said the directories made for the control socket were "mode 0755 ... whatever
+    the umask": under a umask of 077 they are 0700, as mkdir makes them (what no umask changes is
+    that no one but root may write in them)."""
+    row = dict((r[0], r[1]) for r in table_rows(section("Configuration")))["`switch.control.socket`"]
+    path = tmp_path / "a" / "b" / "sw.sock"
+    old = os.umask(0o077)
+    try:
+        control._make_dir(str(path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o755 & ~0o077
+    assert "mode 0755 less the umask" in row
 
 
 # --- Remote ports -------------------------------------------------------------------
