@@ -415,6 +415,12 @@ def write_fdb_table(batches, out) -> None:
 def cmd_reload(args) -> int:
     """Exit 0: applied; 2: refused, nothing changed; 1: applied, but a port could not be made."""
     result = _request(args, "reload")
+    read = result.pop("config", None)      # a switch older than this key says nothing of its file
+    if args.config and not args.socket and read and os.path.realpath(args.config) != os.path.realpath(read):
+        # -c only found the switch: it re-read the file it was started with, never this one.
+        print(f"tapswitch: the switch re-read its own config, {read}, not {args.config}: -c only found "
+              f"the switch; write the changes to {read}, or restart the switch on {args.config}",
+              file=sys.stderr)
     refused = "added" not in result
     code = EXIT_CONFIG if refused else EXIT_OK if result["ok"] else EXIT_FAILURE
     if args.json:

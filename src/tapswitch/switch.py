@@ -191,6 +191,9 @@ class Switch:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        # The file every reload re-reads, as a path from / (`tapswitch reload -c FILE` of another
+        # file is told so); None for the demo.
+        self.config_file = os.path.abspath(cfg.source) if cfg.source not in ("<demo>", "<string>") else None
         self.name = cfg.switch.name
         self.queues = cfg.switch.queues
         self.ports: list[ports.Port] = []
@@ -480,7 +483,7 @@ class Switch:
         self.reload_requested = True            # also while starting (no control loop yet): once started
         os.kill(os.getpid(), signal.SIGHUP)     # wakes the control loop
         try:
-            return outcome.result(RELOAD_WAIT)
+            return {**outcome.result(RELOAD_WAIT), "config": self.config_file}
         except futures.TimeoutError:
             raise ControlError(f"the reload did not finish within {RELOAD_WAIT:g} s; it goes on") from None
 

@@ -273,6 +273,24 @@ def test_a_reload_asked_for_while_another_runs_answers_for_the_config_as_it_was_
     assert len(sw.events("config.reload_failed")) == 1
 
 
+def test_a_reload_given_another_config_file_says_the_switch_read_its_own(lab):
+    """`tapswitch reload -c FILE` finds the switch by FILE's socket, and the switch re-reads the
+    file it was started with: given another FILE (a new version written beside the old), it said
+    "reloaded: no port changed", FILE's changes unapplied and unmentioned."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    other = os.path.join(sw.dir, "other.yaml")
+    with open(other, "w") as f:
+        yaml.safe_dump({"switch": cfg["switch"], "ports": cfg["ports"][:1]}, f, sort_keys=False)
+    r = helpers.sh(sys.executable, "-m", "tapswitch", "reload", "-c", other, check=False)
+    assert r.returncode == 0, r
+    assert r.stdout.strip() == "reloaded: no port changed", r
+    assert f"the switch re-read its own config, {sw.config_path}, not {other}" in r.stderr, r.stderr
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    r = helpers.sh(sys.executable, "-m", "tapswitch", "reload", "-c", sw.config_path, check=False)
+    assert (r.returncode, r.stderr) == (0, ""), r        # its own file: nothing to say
+
+
 def starting(lab):
     """A switch of 16 ports with addresses, started and answering on its control socket, its
     ports still being made: (switch, config)."""
