@@ -581,6 +581,35 @@ def test_the_fast_path_installed_since_the_start_is_asked_its_version_once(monke
     assert len(popens) == 2
 
 
+def test_what_the_probe_found_with_no_fast_path_file_is_not_kept_for_good(monkeypatch, tmp_path):
+    """With no file at PATH (gone), the probe's answer was kept under file_id None for good: that
+    is whatever a worker's import found instead, and a fast path installed since elsewhere on
+    sys.path (no file at PATH to say so) was never asked, every worker held back by the old
+    answer. It is kept RETRY_MAX seconds, then asked again."""
+    from tapswitch import fastpath
+    from tapswitch._fastpath import lib
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(supervisor, "_probed", {})
+    monkeypatch.setattr(supervisor, "_unanswered", {}, raising=False)
+    monkeypatch.setattr(fastpath, "PATH", str(tmp_path / "gone" / "_fastpath.abi3.so"))
+    for name, fastpath_py in (("broken", "raise ImportError('No module named tapswitch._fastpath')\n"),
+                              ("later", f"class lib:\n    TS_VERSION = {lib.TS_VERSION}\n")):
+        package = tmp_path / name / "tapswitch"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "worker.py").write_text("")
+        (package / "fastpath.py").write_text(fastpath_py)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "broken"))
+    gone = "a new worker would not load its fast path: ImportError: No module named tapswitch._fastpath"
+    assert supervisor.fast_path_version() == gone
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "later"))     # installed since, not at PATH
+    assert supervisor.fast_path_version() == gone                   # within RETRY_MAX: as said
+    now[0] += supervisor.RETRY_MAX
+    assert supervisor.fast_path_version() == lib.TS_VERSION
+    assert supervisor.Supervisor(-1, 1, version=lib.TS_VERSION).workers_refused() is None
+
+
 def test_a_fast_path_that_does_not_answer_is_asked_once_for_every_worker_due_not_once_each(monkeypatch):
     """The probe of the fast path installed since the start had no answer (READY_TIMEOUT spent,
     the control loop waiting meanwhile): each worker due asked it again, and waited as long,

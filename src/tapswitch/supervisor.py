@@ -68,11 +68,13 @@ WATCHED_MAX = 2.0          # seconds of stand-still one look (hung) counts at mo
 # What a worker imports, in a process started as a worker is: the TS_VERSION of the fast path it
 # would load. Run only when the file there is not the one this process loaded (fast_path_version).
 VERSION_PROBE = "from tapswitch import fastpath, worker; print(fastpath.lib.TS_VERSION)"
-_probed: dict[tuple[int, int] | None, int | str] = {}   # a fast path file (file_id) -> what the probe found
+_probed: dict[tuple[int, int], int | str] = {}   # a fast path file (file_id) -> what the probe found
 # A fast path file (file_id) -> (monotonic until when, why) it could not be asked: each worker due
 # (restart) and a reload that adds a port asked it again, each waiting up to READY_TIMEOUT on the
-# control loop, every worker held back by it in turn.
-_unanswered: dict[tuple[int, int] | None, tuple[float, str]] = {}
+# control loop, every worker held back by it in turn. None (no file at PATH) -> what the probe
+# found then: that is no file's answer but whatever a worker's import found instead (another
+# install on sys.path, or none), which changes with no file at PATH to say so; kept as long.
+_unanswered: dict[tuple[int, int] | None, tuple[float, int | str]] = {}
 
 
 def fast_path_version() -> int | str:
@@ -81,7 +83,8 @@ def fast_path_version() -> int | str:
     installed since) is asked once: VERSION_PROBE in an interpreter started as a worker's is
     (0.1 s or so), and what it said kept for that file. One that could not be asked (fork
     refused, no answer in READY_TIMEOUT) is asked again RETRY_MAX seconds on, at the first look
-    from then: meanwhile that is the answer."""
+    from then: meanwhile that is the answer. So is what it said with no file at PATH (gone, and
+    none installed there since): of no file to keep it for."""
     ident = fastpath.file_id(fastpath.PATH)
     if ident is not None and ident == fastpath.LOADED:
         return fastpath.lib.TS_VERSION
@@ -89,23 +92,24 @@ def fast_path_version() -> int | str:
         return _probed[ident]
     if ident in _unanswered and time.monotonic() < _unanswered[ident][0]:
         return _unanswered[ident][1]
-    why = _probe(ident)
-    if why is not None:
-        _unanswered[ident] = (time.monotonic() + RETRY_MAX, why)
-        return why
-    _unanswered.pop(ident, None)
-    return _probed[ident]
+    found, answered = _probe()
+    if answered and ident is not None:
+        _unanswered.pop(ident, None)
+        _probed[ident] = found
+    else:
+        _unanswered[ident] = (time.monotonic() + RETRY_MAX, found)
+    return found
 
 
-def _probe(ident: tuple[int, int] | None) -> str | None:
-    """Ask the fast path file `ident` its version (fast_path_version): kept in _probed; or why
-    it could not be asked."""
+def _probe() -> tuple[int | str, bool]:
+    """Ask the fast path a worker would load its version (fast_path_version): (the version, or
+    why it does not load; True), or (why it could not be asked; False)."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)     # as _spawn: a hangup is no answer
     try:
         proc = subprocess.Popen([sys.executable, "-P", "-c", VERSION_PROBE], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as e:
-        return f"a new worker could not be started: {e.strerror or e}"
+        return f"a new worker could not be started: {e.strerror or e}", False
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
     try:
@@ -113,14 +117,13 @@ def _probe(ident: tuple[int, int] | None) -> str | None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return f"a new worker's fast path did not load within {READY_TIMEOUT:g} s"
+        return f"a new worker's fast path did not load within {READY_TIMEOUT:g} s", False
     if proc.returncode == 0 and out.strip().isdigit():
         found: int | str = int(out)
     else:
         lines = err.strip().splitlines()
         found = f"a new worker would not load its fast path: {lines[-1] if lines else f'exit code {proc.returncode}'}"
-    _probed[ident] = found
-    return None
+    return found, True
 
 
 def upgraded(ours: int, installed: int) -> str:
