@@ -118,6 +118,63 @@ def test_a_port_added_once_every_slot_was_used_takes_one_no_static_entry_is_on()
         sw.shared.close()
 
 
+def test_fdb_add_on_a_port_a_reload_removes_never_lands_on_the_port_that_takes_its_slot(monkeypatch):
+    """`tapswitch fdb add MAC --port p0`, served in a thread of the control socket, found p0 just
+    before a reload (the control loop's thread) removed it; the reload took no lock then, and
+    gave p0's slot to the port it added, p2 (no static entry on it yet: _free_slot). The add
+    then wrote its entry on that slot: p2 got the MAC's frames until the reload's end. The
+    reload now removes ports under static_lock: the add is on p0 while p0 is there (and its
+    slot is held: another goes to p2), or finds no p0."""
+    from tapswitch import ports as ports_mod
+    from tapswitch import reload as reload_mod
+    sw = make_switch()
+    try:
+        sw.slots_used = set(range(fastpath.lib.TS_MAX_PORTS))     # no fresh slot: a freed one is taken
+        sw.supervisor = type("NoWorkers", (), {"hung_after": 0})()
+        monkeypatch.setattr(sw, "_replace_workers", lambda: [])
+        monkeypatch.setattr(ports_mod, "wait_gone", lambda port: True)
+        monkeypatch.setattr(sw, "_add_ports", lambda wanted: [
+            Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0) for i, c in wanted])
+        new = config.loads("switch: {name: s}\nports: [{name: p1}, {name: p2}]\n")
+        plan = reload_mod.plan(sw.cfg, new)
+        # The reload goes on until it waits for the add (static_lock): only then does the add write.
+        inside, waited = threading.Event(), threading.Event()
+
+        class Watched:
+            def __init__(self):
+                self.lock = threading.Lock()
+
+            def __enter__(self):
+                if not self.lock.acquire(blocking=False):
+                    waited.set()
+                    self.lock.acquire()
+
+            def __exit__(self, *exc):
+                self.lock.release()
+        sw.static_lock = Watched()
+        check = sw._static_mac_error
+
+        def found_p0(port, vlan):            # the add has its port: the reload starts
+            inside.set()
+            assert waited.wait(60)
+            return check(port, vlan)
+        monkeypatch.setattr(sw, "_static_mac_error", found_p0)
+        landed = []
+        add = sw.shared.fdb_add_static
+        monkeypatch.setattr(sw.shared, "fdb_add_static", lambda mac, vlan, index: (
+            landed.append([p.name for p in sw.ports if p.index == index]), add(mac, vlan, index)))
+        adder = threading.Thread(target=sw.fdb_add, args=({"mac": "02:00:00:00:00:09", "port": "p0"},))
+        adder.start()
+        assert inside.wait(60)
+        sw.apply(plan, new)
+        adder.join()
+        assert landed == [["p0"]]
+        assert {p.name: p.index for p in sw.ports} == {"p1": 1, "p2": 2}
+        assert [e[:4] for e in sw.shared.fdb_dump()] == []     # gone with p0
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_in_a_used_slot_counts_its_acl_hits_from_zero():
     """Once every slot has been used, a port a reload adds takes one a removed port left: its
     ACL hits start at 0, as its other counters do, also under the removed port's rules (they

@@ -1081,10 +1081,15 @@ class Switch:
         troubles = []
         retired = [p for p in self.ports if p.name in plan.remove]
         if retired:
-            for port in retired:
-                self.shared.set_port(port.index, fastpath.lib.TS_PORT_UNUSED, 0)   # no frame goes to it now
-                self.shared.fdb_flush(port.index)
-            self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
+            # Under static_lock: an `fdb add` (a control socket thread) that found a retired port
+            # before it went wrote its entry on the port's slot after _free_slot gave that to a
+            # port this reload adds (it saw no entry there). Now the add is on the port while
+            # it is there (its slot held), or finds no such port.
+            with self.static_lock:
+                for port in retired:
+                    self.shared.set_port(port.index, fastpath.lib.TS_PORT_UNUSED, 0)   # no frame goes to it now
+                    self.shared.fdb_flush(port.index)
+                self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
             troubles += self._replace_workers()                                    # they let go of its fds
             for port in retired:
                 port.close()
@@ -1283,6 +1288,8 @@ class Switch:
         fresh = [i for i in free if i not in self.slots_used]
         if fresh:
             return fresh[0]
+        # Read without static_lock: an `fdb add` or `del` meanwhile is on a port of self.ports,
+        # whose slot is busy (apply removes ports under it), or takes an entry out.
         held = set(self.static_macs.values())
         index = min(free, key=lambda i: (i in held, i))
         self.shared.reset_counters(index)
