@@ -350,6 +350,11 @@ class RemoteAttachment:
 
     def _attach(self) -> None:
         ipr = self.ipr
+        if not self.attached:
+            # The clsact an earlier attach() added went at its detach() (or gone(); one left
+            # holds another's filters now). One there now is another's (IFACE's user's), until
+            # ensure_clsact below says otherwise: an attach() that fails before it leaves it.
+            self._clsact_ours = {}
         self._changed = frozenset(_FLAG_BITS)    # until IFACE has the port's flags: all, as heal() gives back
         self._index = {"tap": tc.index_of(ipr, self.tap_ifname), "remote": tc.index_of(ipr, self.remote_ifname)}
         refuse_unless_ethernet(ipr, self.remote_ifname)

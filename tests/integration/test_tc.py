@@ -696,6 +696,31 @@ def test_iface_gone_then_back(lab):
     assert lab.snapshot(TAP) == tap_before
 
 
+def test_a_failed_attach_never_removes_a_clsact_it_did_not_add(lab):
+    """IFACE went (its clsact, ours, with it) and came back another device, on which its user put
+    a clsact of their own; the attach failed (the new device refuses the port's MTU) before it
+    looked at IFACE's qdiscs. Its undo took the clsact for ours, as the first attach had found
+    it, and removed the user's. Only the clsact the attach being undone added goes."""
+    lab.build()
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "promisc", mtu=9000)
+    try:
+        a.attach()                                  # a veth takes 9000; our clsact goes on it
+        assert lab.ours(NIC)
+        sh("ip", "-n", lab.sw, "link", "del", NIC)
+        a.gone()
+        sh("ip", "-n", lab.sw, "link", "add", "lower0", "type", "veth", "peer", "name", "lower1")
+        sh("ip", "-n", lab.sw, "link", "add", NIC, "link", "lower0", "type", "macvlan", "mode", "bridge")
+        sh("ip", "-n", lab.sw, "link", "set", NIC, "up")
+        sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "clsact")      # the user's, no filter yet
+        before = lab.snapshot()
+        with pytest.raises(tc.TcError, match=f"^remote {NIC} refused mtu 9000: Invalid argument$"):
+            a.attach()
+        assert lab.snapshot() == before
+        assert tc.has_clsact(lab.ipr, tc.index_of(lab.ipr, NIC))
+    finally:
+        a.detach()
+
+
 # --- after a crash --------------------------------------------------------------
 
 CRASH = """
