@@ -437,8 +437,10 @@ class RemoteAttachment:
         as this run had it before IFACE went and came back (gone()), else as its state file did (a
         run killed before its first rule), else as it is now."""
         found = next((f.state for f in tc.tapswitch_filters(self.ipr, index) if f.state is not None), None)
-        if found is None:
-            found = recorded_for(self._left, index)
+        if found is None and (found := recorded_for(self._left, index)) is not None:
+            # IFACE left the namespace meanwhile (gone()), and the kernel dropped its qdiscs: a
+            # clsact on it now is another's (its user put it there since), not ours to remove.
+            found = replace(found, clsact_added=not tc.has_clsact(self.ipr, index))
         if found is None and self.state is not None:
             found = recorded_for(self.state.originals.get(self.remote_ifname), index)
         if found is None:

@@ -721,6 +721,31 @@ def test_a_failed_attach_never_removes_a_clsact_it_did_not_add(lab):
         a.detach()
 
 
+def test_iface_back_from_another_namespace_keeps_the_clsact_its_user_put_on_it(lab):
+    """IFACE moved into another namespace and back (same device: its original is kept, gone()),
+    and the kernel dropped its qdiscs, our clsact with them. The clsact its user put on it since
+    is not ours: detach() leaves it."""
+    lab.build()
+    away = lab.sw.replace("-sw", "-away")      # a namespace of only lo: IFACE keeps its ifindex there
+    lab.namespaces.append(away)
+    sh("ip", "netns", "add", away)
+    index = tc.index_of(lab.ipr, NIC)
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "promisc")
+    try:
+        a.attach()
+        sh("ip", "-n", lab.sw, "link", "set", NIC, "netns", away)
+        a.gone()
+        sh("ip", "-n", away, "link", "set", NIC, "netns", lab.sw)
+        assert tc.index_of(lab.ipr, NIC) == index      # the same device, as gone() keeps it
+        sh("ip", "-n", lab.sw, "link", "set", NIC, "up")
+        sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "clsact")      # the user's, no filter yet
+        a.attach()
+        assert lab.ours(NIC)
+    finally:
+        a.detach()
+    assert tc.has_clsact(lab.ipr, tc.index_of(lab.ipr, NIC))
+
+
 # --- after a crash --------------------------------------------------------------
 
 CRASH = """
