@@ -1387,6 +1387,15 @@ def test_a_port_address_must_be_unicast(address):
         f"ports[0].addresses[0]: {address.split('/')[0]} is not a unicast address")
 
 
+def test_a_port_address_that_is_its_subnets_broadcast_is_refused():
+    """The README says unicast; 198.18.0.255/24 passed `check`, and the port's host got the
+    subnet's broadcast address for its own. /31 and /32 have no broadcast address: they pass."""
+    assert one_error(with_port("name: p0\nnetns: n\naddresses: ['198.18.0.255/24']\n")).endswith(
+        "ports[0].addresses[0]: 198.18.0.255 is the broadcast address of 198.18.0.0/24, not a unicast address")
+    for fine in ("198.18.0.1/31", "198.18.0.255/32", "198.18.0.254/24", "fd00::ffff/112"):
+        loads(with_port(f"name: p0\nnetns: n\naddresses: ['{fine}']\n"), "t.yaml")
+
+
 def test_an_address_with_a_scope_is_refused():
     """ipaddress takes fe80::1%eth0: a port got fe80::1/64, its %eth0 dropped unsaid, and a VXLAN
     port's start failed ('no device holds the local address fe80::1%eth0')."""

@@ -286,6 +286,11 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
     if address.ip.is_multicast or address.ip.is_unspecified:
         raise ValueError(f"{address.ip} is not a unicast address")
+    network = address.network
+    if network.version == 4 and network.prefixlen <= 30 and address.ip == network.broadcast_address:
+        # The kernel takes it, but what is sent to it goes to every host of the subnet: no
+        # host's address. (/31 and /32 have no broadcast address: RFC 3021.)
+        raise ValueError(f"{address.ip} is the broadcast address of {network}, not a unicast address")
     if "%" in value:     # ipaddress takes fe80::1%eth0/64, and the port would get fe80::1/64
         raise ValueError(f"an address is set on its port's device: no %scope, as in {address.ip}/{address.network.prefixlen}")
     return address
