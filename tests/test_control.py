@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import shutil
 import socket
 import socketserver
@@ -670,3 +671,34 @@ def test_an_empty_socket_or_config_path_is_a_usage_error_not_no_option(monkeypat
     assert e.value.code == cli.EXIT_CONFIG       # argparse's usage error
     out, err = capsys.readouterr()
     assert out == "" and "an empty path" in err
+
+
+def test_a_request_that_trickles_in_is_given_up_on_after_the_timeout_in_all(monkeypatch, capfd):
+    """The timeout bounded each read of the request, not the whole of it: a client that sent
+    a byte at a time, each within the timeout, held the connection's thread for as long as it
+    went on, through MAX_SKIPPED bytes once the line was too long. The switch gives up on it
+    (control.client_timed_out) once the timeout has passed in all, and answers others meanwhile."""
+    monkeypatch.setattr(control._Handler, "timeout", 0.5)
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    try:
+        for head in (b'{"cmd": "echo", "x": "', b"x" * (control.MAX_REQUEST + 1)):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                s.sendall(head)
+                closed = False
+                deadline = time.monotonic() + 10     # 20 timeouts: never, before
+                while not closed and time.monotonic() < deadline:
+                    try:
+                        s.sendall(b"x")
+                    except (BrokenPipeError, ConnectionResetError):
+                        closed = True
+                        break
+                    closed = bool(select.select([s], [], [], 0.1)[0])     # its close (EOF) reads
+                assert closed, "the switch still reads the request after 10 s"
+            assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+    assert "Traceback" not in capfd.readouterr().err

@@ -1,7 +1,7 @@
 """Control socket: the running switch answers `tapswitch ports` / `fdb` over a Unix socket.
 
-One JSON request per connection (a line of UTF-8, at most MAX_REQUEST bytes; what follows it
-is not read), one JSON reply:
+One JSON request per connection (a line of UTF-8, at most MAX_REQUEST bytes, sent within
+CLIENT_TIMEOUT; what follows it is let go), one JSON reply:
     {"cmd": "ports"} -> {"ok": true, "result": [...]}
     {"cmd": "fdb_flush", "port": "web0"} -> {"ok": true, "result": {"flushed": 3}}
     {"cmd": "fdb", "port": "web0"} -> {"ok": true, "filters": ["port"], "result": [...]}
@@ -147,11 +147,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if uid not in (0, os.getuid()):
                 self._reply({"ok": False, "error": "permission denied"})
                 return
-            line = self.rfile.readline(MAX_REQUEST)
-            # Longer: the rest read and let go, so that the client reads the reply. Closed on
-            # bytes left unread, the connection was reset, and the reply lost with it (EPIPE,
-            # ECONNRESET); and the part read could be a request whole but for its newline.
-            too_long = len(line) == MAX_REQUEST and not line.endswith(b"\n") and self._skip_line()
+            line, too_long = self._read_request()
         except OSError as e:
             self._client_lost(e)
             return
@@ -176,17 +172,40 @@ class _Handler(socketserver.StreamRequestHandler):
         else:
             self._reply({"ok": True, "result": result})
 
-    def _skip_line(self) -> bool:
-        """Read the rest of a line longer than MAX_REQUEST, up to its newline (at most
-        MAX_SKIPPED bytes of it: a client that sends more loses the reply): whether there was
-        any (none: the line ended there, without its newline)."""
-        skipped = 0
-        while skipped < MAX_SKIPPED:
-            part = self.rfile.readline(MAX_REQUEST)
-            skipped += len(part)
-            if not part or part.endswith(b"\n"):
+    def _read_request(self) -> tuple[bytes, bool]:
+        """The request's line (its newline too, if it came before the client stopped sending), at
+        most MAX_REQUEST bytes, and whether it was longer. A longer one's rest is read and let go,
+        up to its newline (at most MAX_SKIPPED bytes of it: a client that sends more loses the
+        reply), so that the client reads the reply: closed on bytes left unread, the connection
+        was reset, and the reply lost with it (EPIPE, ECONNRESET); and the part read could be a
+        request whole but for its newline.
+
+        All of it within the handler's timeout (CLIENT_TIMEOUT), not each read: the socket's
+        timeout bounds one recv, and a client that sent a byte every few seconds held this
+        thread for as long as it went on (through MAX_SKIPPED bytes: years). TimeoutError past it."""
+        deadline = time.monotonic() + self.timeout
+        line, skipped = b"", 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not come whole in time")
+            self.request.settimeout(left)
+            part = self.request.recv(MAX_REQUEST)
+            if not part:
+                break                   # the client stopped sending: the line ends there
+            end = part.find(b"\n")
+            if end >= 0:
+                part = part[:end + 1]   # what came after it is let go: one request per connection
+            if not skipped:
+                room = MAX_REQUEST - len(line)
+                line += part[:room]
+                skipped = len(part[room:])
+            else:
+                skipped += len(part)
+            if end >= 0 or skipped >= MAX_SKIPPED:
                 break
-        return skipped > 0
+        self.request.settimeout(self.timeout)      # the reply's writes, each
+        return line, skipped > 0
 
     def _reply(self, obj) -> None:
         self._send([json.dumps(obj).encode() + b"\n"])
