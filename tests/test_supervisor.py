@@ -365,6 +365,31 @@ def test_a_worker_the_watchdog_killed_is_said_to_have_hung_not_only_killed_by_si
     sup.stop()
 
 
+def test_a_worker_the_watchdog_killed_that_a_reload_reaped_leaves_its_successor_said_as_any(monkeypatch):
+    """A worker the watchdog killed may die late (in the D state, the kill waits for it), and a
+    reload that replaces the workers meanwhile stops and reaps it (_hand_over), not exited():
+    its hang was kept, and its successor, killed by SIGKILL later (the OOM killer, a user),
+    was said to have hung too, for as long as the first had."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
+    for _ in range(int(supervisor.HUNG_AFTER)):     # standing still, watched every tick
+        now[0] += 1.0
+        found = sup.hung()
+    assert found == [w]
+    hung = w.proc
+    with monkeypatch.context() as m:
+        m.setattr(supervisor.os, "kill", lambda pid, sig: None)     # not dead yet: in the D state
+        sup.kill_hung(w)
+    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP + "; os.read(fd, 16)"))
+    assert sup.replace_ports({}) == []
+    assert hung.returncode is not None and w.proc is not hung      # reaped by the reload
+    os.kill(w.proc.pid, signal.SIGKILL)             # not the watchdog's
+    _exited(w)
+    sup.exited(w)
+    [down] = sup.queues_down()
+    assert down["error"] == "killed by SIGKILL"
+    sup.stop()
+
+
 def test_the_watchdog_waits_as_long_as_set_and_never_when_off(monkeypatch):
     """switch.watchdog_ms: a stopped worker is found hung after hung_after seconds, not before;
     off (0), never. Heartbeats are still followed while it is off, so setting it again (a

@@ -217,7 +217,8 @@ class Worker:
                                                 # did not come up), until a process runs for it again; None: runs
         self.down_error: str | None = None      # why, as said last: how its process ended, or why a restart failed
         self.hung_for: float | None = None      # seconds its heartbeat stood still, once killed for it (kill_hung),
-                                                # until its exit is seen: the SIGKILL then is the watchdog's
+                                                # until its exit is seen (exited, or a reload's _hand_over):
+                                                # the SIGKILL then is the watchdog's
 
     def fileno(self) -> int:
         return self.pidfd
@@ -462,6 +463,9 @@ class Supervisor:
         once w's queue has its new worker."""
         proc, pidfd, sock = w.proc, w.pidfd, w.sock
         w.pidfd, w.sock = -1, None
+        # Its end is taken here, not by exited(): one the watchdog killed that dies late (the D
+        # state) kept its hang, and the next process's SIGKILL (the OOM killer's) was said as it.
+        w.hung_for = None
         if proc is None or proc.returncode is not None or pidfd < 0:
             self._close(pidfd, sock)
             return None
