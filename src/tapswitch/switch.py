@@ -532,6 +532,9 @@ class Switch:
                     self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
                     port.remote_ifindex == event.ifindex
+                    # A VXLAN port's device deleted while its attach fails (IFACE not attached): the
+                    # tunnel kept its ifindex, and maintain_tunnels never made it again.
+                    or (event.deleted and port.tunnel is not None and port.tunnel.ifindex == event.ifindex)
                     or (port.remote_ifindex is None and event.ifname == port.cfg.remote and not event.deleted
                         and self._made_for(port, event.ifindex)
                         # IFACE whose attach fails is tried again by the tick (maintain_remotes), not
@@ -635,6 +638,7 @@ class Switch:
             else:                         # a VXLAN device never comes back: maintain_tunnels makes another
                 port.remote.detach()
                 port.tunnel.gone()
+                self._attach_over(port)   # one whose attach failed: the next device's is another try
             log.warning("remote.gone", port=port.name, remote=port.cfg.remote)
             return
         if port.remote_ifindex is None:

@@ -14,6 +14,7 @@ the containers' namespaces first and names them by path.
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -378,6 +379,35 @@ def test_a_vxlan_device_made_again_while_its_udp_port_is_taken_waits_for_it_sayi
     assert unreachable(site, [((1, 1), (2, 1))]) == []
     assert helpers.ipv6_disabled(site.hosts[1], vx)
     assert sw.stop() == 0
+
+
+INSTALL_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "install_fails.py"))
+
+
+def test_a_vxlan_device_deleted_while_its_attach_fails_is_made_again(lab, site, monkeypatch, tmp_path):
+    """The device made again (deleted by hand) whose attach fails (every tc rule refused:
+    tests/install_fails.py), deleted again meanwhile, by hand or with its underlay: its
+    deletion was no event of the port's (IFACE not attached), the tunnel kept its ifindex, and
+    the tick never made it again: the port stayed down for good. It is made again, and attached
+    once the rules are let in."""
+    mark = tmp_path / "refused"
+    monkeypatch.setenv("TAPSWITCH_TEST_INSTALL_FAILS", str(mark))
+    sw = site.start(1, wrapper=INSTALL_FAILS)
+    site.start(2)
+    vx = f"{site.vx(1)}-vx"
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    mark.write_text("")
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", vx)
+    helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+    assert helpers.link_exists(vx, site.hosts[1])
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", vx)
+    helpers.wait_for("the VXLAN device made again", lambda: len(sw.events("vxlan.remade")) == 2, within=10)
+    mark.unlink()
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up")
+    assert unreachable(site, [((1, 1), (2, 1)), ((2, 2), (1, 2))]) == []
+    assert helpers.ipv6_disabled(site.hosts[1], vx)
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
 
 
 def test_a_start_after_sigkill_removes_the_device_of_a_port_its_config_no_longer_has(lab, site):
