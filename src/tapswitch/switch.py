@@ -810,16 +810,22 @@ class Switch:
     def resync_iface(self, port: ports.Port) -> None:
         """IFACE gone (deleted, moved away), or there again, as the kernel says now, followed as
         its lost event would have had it (remote_changed): else the port of an IFACE made again
-        stayed down for good, its new ifindex's events taken for none of its port's."""
-        if port.remote_ifindex is not None:
+        stayed down for good, its new ifindex's events taken for none of its port's. So is a VXLAN
+        port's device that went unattached (its attach failing), as its lost deletion would have
+        had it: else the tunnel kept its ifindex, and maintain_tunnels never made it again."""
+        known = port.remote_ifindex
+        if known is None and port.tunnel is not None:
+            known = port.tunnel.ifindex
+        if known is not None:
             try:
-                if self._link(None, port.remote_ifindex) is not None:
-                    return
+                there = self._link(None, known) is not None
             except LOOK_ERRORS as e:
                 self._look_failed(port, e)      # not known now: the tick looks again
                 return
-            self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, port.remote_ifindex, port.cfg.remote,
-                                                        False, True))
+            if there and known == port.remote_ifindex:
+                return
+            if not there:
+                self.remote_changed(port, linkmon.LinkEvent(linkmon.OWN_NSID, known, port.cfg.remote, False, True))
         try:
             link = self._iface_by_name(port)
         except LOOK_ERRORS as e:

@@ -410,6 +410,35 @@ def test_a_vxlan_device_deleted_while_its_attach_fails_is_made_again(lab, site, 
     assert "Traceback" not in sw.log(), sw.log()
 
 
+DELETION_LOST = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "deletion_lost.py"))
+
+
+def test_a_vxlan_device_deleted_while_its_attach_fails_whose_deletion_was_lost_is_made_again(
+        lab, site, monkeypatch, tmp_path):
+    """As above, the deletion's event lost (tests/deletion_lost.py: as in an overrun): the resync
+    after the loss looked for the device by its name, found none, and left the tunnel its
+    ifindex: the port stayed down for good. The resync finds the tunnel's device gone, as the
+    deletion would have had it, and the device is made again."""
+    mark = tmp_path / "refused"
+    vx = f"{site.vx(1)}-vx"
+    monkeypatch.setenv("TAPSWITCH_TEST_INSTALL_FAILS", str(mark))
+    monkeypatch.setenv("TAPSWITCH_TEST_DELETION_LOST", vx)
+    sw = site.start(1, wrapper=DELETION_LOST)
+    site.start(2)
+    mark.write_text("")
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", vx)
+    helpers.wait_for("the loss said", lambda: sw.events("link.events_lost"))
+    helpers.wait_for("remote.attach_failed", lambda: sw.events("remote.attach_failed"))
+    assert len(sw.events("vxlan.remade")) == 1
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", vx)
+    helpers.wait_for("the VXLAN device made again", lambda: len(sw.events("vxlan.remade")) == 2, within=10)
+    mark.unlink()
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up", within=10)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
+
+
 def test_a_start_after_sigkill_removes_the_device_of_a_port_its_config_no_longer_has(lab, site):
     sw = site.start(1)
     assert sw.stop(signal.SIGKILL) == -signal.SIGKILL
