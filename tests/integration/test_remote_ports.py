@@ -1117,5 +1117,7 @@ def test_reloads_that_remove_and_add_a_remote_port_leave_no_descriptor_behind(la
     for _ in range(6):
         reload(cfg["ports"])
         reload(cfg["ports"] + [uplink])
-    assert fds() <= before
+    # Waited for: the last reload's control connection, and a netlink socket of the ports'
+    # threads, may close a moment after the reply (either way around `before`); a leak stays.
+    helpers.wait_for("the descriptors back to as many as before", lambda: fds() <= before, within=5)
     assert sw.stop() == 0
