@@ -87,15 +87,19 @@ class Rtnl:
         msg["attrs"] = [(LINK_ATTRS[k], v) for k, v in attrs.items()]
         self._request(msg, RTM_NEWLINK)
 
-    def get_link(self, index: int) -> ifinfmsg | None:
+    def get_link(self, index: int, nsid: int | None = None) -> ifinfmsg | None:
         """Device `index`'s link message (pyroute2's ifinfmsg, decoded), or None if there is none
-        (ENODEV); any other failure raises, as the others do."""
+        (ENODEV); any other failure raises, as the others do. nsid: the device is in the
+        namespace this socket's knows by that id (IFLA_TARGET_NETNSID, pyroute2's
+        IFLA_IF_NETNSID), not in this socket's; None too once no namespace has that id (EINVAL)."""
         msg = ifinfmsg()
         msg["index"] = index
+        if nsid is not None:
+            msg["attrs"] = [("IFLA_IF_NETNSID", nsid)]
         try:
             reply = self._request(msg, RTM_GETLINK, NLM_F_REQUEST)
         except NetlinkError as e:
-            if e.code == errno.ENODEV:
+            if e.code == errno.ENODEV or (e.code == errno.EINVAL and nsid is not None):
                 return None
             raise
         link = ifinfmsg(reply)

@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, netns, ports, remote, rtnl, settings, tap, tc
+from tapswitch import fastpath, linkmon, ports, remote, rtnl, settings, tap, tc
 from tapswitch.control import (RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving,
                                unicast_mac_arg, vlan_arg)
 from tapswitch.log import setup as setup_logging
@@ -527,7 +527,7 @@ class Switch:
                 # its place (a new namespace may get the old one's id, its TAP the old ifindex).
                 # A "down" or a deletion the device is no longer in is past; one that cannot be
                 # told (the kernel could not be asked) is no state: the port keeps its own.
-                port.tap_up = event.up or (port.tap_up and self._device_up(port, port.nspath, port.ifindex, True))
+                port.tap_up = event.up or (port.tap_up and self._device_up(port, port.nsid, port.ifindex, True))
                 if not event.deleted:
                     self.tap_settings_changed(port, event)
             elif port.remote is not None and event.nsid == linkmon.OWN_NSID and (
@@ -610,7 +610,7 @@ class Switch:
         if (event.mtu in (None, port.effective_mtu)) and (event.mac in (None, port.mac)):
             return
         try:
-            link = self._link(port.nspath, port.ifindex)
+            link = self._link(port.nsid, port.ifindex)
         except LOOK_ERRORS as e:
             self._look_failed(port, e)      # the tick looks again (resync_tap)
             return
@@ -662,7 +662,8 @@ class Switch:
             log.info("remote.returned", port=port.name, remote=port.cfg.remote)
         # As for the TAP: a "down" from IFACE's making (a VXLAN device is made down) may come
         # after its port was made up; the device says whether it still holds.
-        port.remote_up = event.up or (port.remote_up and self._device_up(port, None, port.remote_ifindex, True))
+        port.remote_up = event.up or (port.remote_up
+                                      and self._device_up(port, linkmon.OWN_NSID, port.remote_ifindex, True))
         if port.remote.mtu is None:
             self.remote_mtu_changed(port, event)
         self.remote_mac_changed(port, event)
@@ -752,7 +753,7 @@ class Switch:
         if event.mtu in (None, port.effective_mtu):
             return
         try:
-            link = self._link(None, port.remote_ifindex)
+            link = self._link(linkmon.OWN_NSID, port.remote_ifindex)
         except LOOK_ERRORS as e:
             self._look_failed(port, e)      # the tick looks again (resync_port)
             return
@@ -783,7 +784,7 @@ class Switch:
         if port.remote is not None:
             self.resync_iface(port)
             try:
-                link = self._link(None, port.remote_ifindex) if port.remote_ifindex is not None else None
+                link = self._link(linkmon.OWN_NSID, port.remote_ifindex) if port.remote_ifindex is not None else None
             except LOOK_ERRORS as e:
                 self._look_failed(port, e)
             else:
@@ -799,7 +800,7 @@ class Switch:
         """The TAP's state, MTU and MAC as the kernel has them now, followed as its lost events
         would have had them (link_changed)."""
         try:
-            link = self._link(port.nspath, port.ifindex)
+            link = self._link(port.nsid, port.ifindex)
         except LOOK_ERRORS as e:
             self._look_failed(port, e)
             return
@@ -818,7 +819,7 @@ class Switch:
             known = port.tunnel.ifindex
         if known is not None:
             try:
-                there = self._link(None, known) is not None
+                there = self._link(linkmon.OWN_NSID, known) is not None
             except LOOK_ERRORS as e:
                 self._look_failed(port, e)      # not known now: the tick looks again
                 return
@@ -860,25 +861,25 @@ class Switch:
                                  link.get_attr("IFLA_ADDRESS"))
 
     @staticmethod
-    def _link(nspath: str | None, index: int):
+    def _link(nsid: int, index: int):
         """The device's link message (pyroute2's ifinfmsg), or None if it or its namespace is gone.
-        A look that cannot be made raises (LOOK_ERRORS): no descriptor (EMFILE, ENFILE) to open
-        the namespace or the netlink socket says nothing of the device, and was taken for it
-        gone: a late "down" brought its port down and flushed its MACs. On a socket of ours, not
-        pyroute2's IPRoute, whose asyncio loop, half made there, printed tracebacks."""
-        try:
-            sock = netns.netlink_socket(nspath)
-        except FileNotFoundError:
-            return None                 # its namespace went from its path
-        with rtnl.Rtnl(sock) as here:
-            return here.get_link(index)
+        The namespace by the id the switch's knows it by (linkmon.OWN_NSID: the switch's own), as
+        its link events name it, not by its path: `ip netns del` takes that from a namespace that
+        a process keeps alive, with the port's TAP in it, and a namespace made again has it next
+        (the TAP was looked for in none, or in that one: its MTU went unfollowed, and a resync
+        took its port down for good). A look that cannot be made raises (LOOK_ERRORS): no
+        descriptor (EMFILE, ENFILE) for the netlink socket says nothing of the device, and was
+        taken for it gone: a late "down" brought its port down and flushed its MACs. On a socket
+        of ours, not pyroute2's IPRoute, whose asyncio loop, half made there, printed tracebacks."""
+        with rtnl.Rtnl() as here:
+            return here.get_link(index, None if nsid == linkmon.OWN_NSID else nsid)
 
-    def _device_up(self, port: ports.Port, nspath: str | None, index: int, unknown: bool) -> bool:
-        """Is the port's device at `index` up with carrier, as the kernel says now (False: gone)?
-        `unknown` (the state the port has for it) if the kernel could not be asked: said once
-        (_look_failed), and the tick looks again."""
+    def _device_up(self, port: ports.Port, nsid: int, index: int, unknown: bool) -> bool:
+        """Is the port's device at `index` (in the namespace of id `nsid`, as _link) up with
+        carrier, as the kernel says now (False: gone)? `unknown` (the state the port has for
+        it) if the kernel could not be asked: said once (_look_failed), and the tick looks again."""
         try:
-            link = self._link(nspath, index)
+            link = self._link(nsid, index)
         except LOOK_ERRORS as e:
             self._look_failed(port, e)
             return unknown
@@ -1153,7 +1154,7 @@ class Switch:
             # As the start asks (resync_links): IFACE may have no carrier already, a VXLAN port's
             # underlay may be down, and no event says so (attaching may change nothing it tells of).
             if port.remote is not None:
-                port.remote_up = self._device_up(port, None, port.remote_ifindex, port.remote_up)
+                port.remote_up = self._device_up(port, linkmon.OWN_NSID, port.remote_ifindex, port.remote_up)
             if port.tunnel is not None:
                 self.underlay_changed(port)
             port.up = port.links_up      # settings.apply publishes it, before the workers see the port

@@ -284,3 +284,38 @@ def test_link_monitor_that_lost_events_loses_none_after_the_read_that_says_so_un
     got = json.loads(helpers.nsexec(ns, sys.executable, "-c", OVERRUN_THEN_AN_EVENT).stdout)
     assert got["overrun"], got
     assert "o2" in got["later"] or got["said"], got
+
+
+EVENTS_LOST = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "events_lost.py"))
+
+
+def test_a_port_whose_namespace_left_its_name_alive_follows_its_tap_there(lab, monkeypatch):
+    """`ip netns del` takes a container's namespace from its name, and one of that name is made
+    again, while a process still runs in the old one: the port is not gone (its TAP is where
+    it was, serving that process), so it follows its TAP there -- an MTU its host sets, and,
+    its events lost (tests/events_lost.py: as in an overrun), the new MAC at the resync, the
+    port staying up and forwarding. (The switch looked at the TAP by the namespace's path: none
+    there, or another namespace now, so the MTU went unfollowed and the resync took the port
+    down, for good.)"""
+    new = "02:00:5e:00:00:53"
+    monkeypatch.setenv("TAPSWITCH_TEST_EVENTS_LOST", new)
+    nss, ports = three_containers(lab)
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports[:2]}, wrapper=EVENTS_LOST)
+    b = ports[1]["name"]
+    holder = helpers.subprocess.Popen(["ip", "netns", "exec", nss[1], "sleep", "600"])
+    lab.procs.append(holder)
+    old = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+    helpers.wait_for("the holder in the namespace",
+                     lambda: os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"))
+    helpers.sh("ip", "netns", "del", nss[1])
+    helpers.sh("ip", "netns", "add", nss[1])
+    helpers.sh(*old, "ip", "link", "set", "eth0", "mtu", "1400")
+    helpers.wait_for("the MTU followed", lambda: {p["name"]: p["mtu"] for p in sw.cli_json("ports")}[b] == 1400)
+    helpers.sh(*old, "ip", "link", "set", "eth0", "address", new)
+    helpers.wait_for("the loss said", lambda: sw.events("link.events_lost"))
+    helpers.wait_for("the MAC followed", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[b] == new)
+    assert {p["name"]: p["state"] for p in sw.cli_json("ports")}[b] == "up", sw.log()
+    assert not sw.events("port.gone") and not sw.events("port.down"), sw.log()
+    assert helpers.ping(nss[0], "198.18.2.2"), sw.log()
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log(), sw.log()
