@@ -28,7 +28,7 @@ def made(monkeypatch):
     """ports.create made harmless: it records each stand-in port it makes."""
     out, lock = [], threading.Lock()
 
-    def create(index, cfg, queues, queue_len, namespaces):
+    def create(index, cfg, queues, queue_len, namespaces, kept_mac=None):
         time.sleep(0.01)
         port = Made(index)
         with lock:

@@ -45,3 +45,22 @@ def test_an_iproute_made_in_a_pool_thread_and_closed_by_another_leaves_nothing_o
         assert open_fds() == before
     finally:
         gc.enable()
+
+
+def test_a_port_made_again_without_mac_gets_back_the_one_it_had_unless_another_port_has_it():
+    """macs_kept: the MAC a port had (its host's, if the switch followed it) comes back when the
+    port is made again without `mac:`; a port given `mac:` gets that one; a port new to the run
+    gets none back (create gives it a random one); nor does a port whose old MAC another port
+    has now, or is given by `mac:` in the same config."""
+    from tapswitch import config
+    new = config.loads("switch: {name: s}\nports:\n"
+                       "  - {name: a}\n"
+                       "  - {name: b, mac: '02:00:00:00:00:0b'}\n"
+                       "  - {name: c}\n"
+                       "  - {name: d}\n"
+                       "  - {name: e}\n"
+                       "  - {name: f, mac: '02:00:00:00:00:0e'}\n")
+    had = {"a": "02:aa:00:00:00:01", "b": "02:bb:00:00:00:01", "d": "02:dd:00:00:00:01",
+           "e": "02:00:00:00:00:0e", "gone": "02:ee:00:00:00:01"}
+    assert ports.macs_kept(new.ports, had, in_use={"02:dd:00:00:00:01"}) == {"a": "02:aa:00:00:00:01"}
+    assert ports.macs_kept(new.ports, had, in_use=set())["d"] == "02:dd:00:00:00:01"

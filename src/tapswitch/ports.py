@@ -161,6 +161,18 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in octets)
 
 
+def macs_kept(cfgs: list, had: dict[str, str], in_use: set[str]) -> dict[str, str]:
+    """The MAC that each port of `cfgs` made again without `mac:` gets back: the one it had when
+    it went (`had`, by name), its host's own if the switch followed it (Switch.tap_settings_changed).
+    Its peers' neighbour caches hold that one, and no announcement tells them of another: a fresh
+    random MAC left them sending to the old one, unanswered, until their entries went stale
+    (15 s and more). Not one that another port has (`in_use`) or is given by `mac:` now: two
+    ports with one MAC make the switch learn it on whichever sent last."""
+    given = {c.mac for c in cfgs if c.mac}
+    return {c.name: had[c.name] for c in cfgs
+            if not c.mac and c.name in had and had[c.name] not in in_use | given}
+
+
 def iproute(nspath: str | None) -> IPRoute:
     """A netlink route socket in the namespace at `nspath` (None: our own)."""
     if nspath is None:
@@ -278,15 +290,16 @@ def _as_remote(cfg) -> dict:
     return {"remote": vxlan.device_name(cfg.name), "remote_mode": "promisc"} if cfg.vxlan else {}
 
 
-def create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
+def create(index: int, cfg, queues: int, queue_len: int, namespaces, kept_mac: str | None = None) -> Port:
     """Make port `cfg` ready for forwarding, with `queues` queues of `queue_len` frames each
-    (switch.queue_len), or raise PortError leaving nothing behind.
+    (switch.queue_len), or raise PortError leaving nothing behind. `kept_mac`: its MAC if the
+    config gives none, instead of a random one (macs_kept).
 
     A namespace created for it stays in `namespaces.created` for the caller
     to remove.
     """
     try:
-        return _create(index, cfg, queues, queue_len, namespaces)
+        return _create(index, cfg, queues, queue_len, namespaces, kept_mac)
     except SaveError as e:      # what it was about to make could not be written down first: not made
         raise PortError(f"port {cfg.name}: {e}") from None
     except OSError as e:
@@ -307,7 +320,7 @@ def _gone(nspath: str) -> bool:
         return False
 
 
-def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
+def _create(index: int, cfg, queues: int, queue_len: int, namespaces, kept_mac: str | None) -> Port:
     nspath = namespaces.ensure(cfg)
     # In a namespace the switch made (and removes), the TAP is made inside: moving a device
     # between namespaces costs the kernel a grace period, ~20 ms a port here. In anyone
@@ -321,7 +334,7 @@ def _create(index: int, cfg, queues: int, queue_len: int, namespaces) -> Port:
         if cfg.vxlan:      # make the VXLAN device, then attach it as any remote, promisc
             tunnel = _make_tunnel(cfg)
             cfg = cfg.model_copy(update=_as_remote(cfg))
-        mac = cfg.mac or _default_mac(cfg)
+        mac = cfg.mac or _default_mac(cfg, kept_mac)
         with rtnl.Rtnl() as here:
             if cfg.remote:     # its TAP (and VXLAN device) only carry frames: no host there (quiet.py)
                 quiet.silence(here, _index(here.sock, cfg.name), cfg.name)
@@ -386,9 +399,11 @@ def _why(e: NetlinkError | tc.TcError, cfg, tunnel: vxlan.Tunnel | None) -> str:
     return os.strerror(e.code) if isinstance(e, NetlinkError) and e.code else str(e)
 
 
-def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, namespaces) -> list:
+def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, namespaces,
+               kept_macs: dict[str, str] | None = None) -> list:
     """create() for each (index, cfg) in `wanted`, up to AT_ONCE ports at a time; returns, in
-    the same order, each port's Port or the exception that stopped it.
+    the same order, each port's Port or the exception that stopped it. `kept_macs`: port name ->
+    the MAC it gets back if the config gives none (macs_kept).
 
     Most of a port's time is the kernel's: moving its TAP into a namespace waits for an RCU
     grace period (~20 ms a port here, one after the other; 16 moves side by side take 0.3 s
@@ -400,7 +415,7 @@ def create_all(wanted: list[tuple[int, object]], queues: int, queue_len: int, na
     made, every = [], []    # every: each Port made, also one whose future an interrupt kept from `made`
 
     def make(index: int, cfg) -> Port:
-        port = create(index, cfg, queues, queue_len, namespaces)
+        port = create(index, cfg, queues, queue_len, namespaces, kept_macs.get(cfg.name) if kept_macs else None)
         every.append(port)
         return port
 
@@ -508,8 +523,9 @@ def _remove_tunnel(tunnel: vxlan.Tunnel | None) -> None:
         _undo(tunnel.remove, tunnel.ipr, "vxlan.remove_failed", port=tunnel.port, dev=tunnel.name)
 
 
-def _default_mac(cfg) -> str:
-    """A port's MAC when none is given: IFACE's in local mode (as the seed does), else random."""
+def _default_mac(cfg, kept_mac: str | None) -> str:
+    """A port's MAC when none is given: IFACE's in local mode (as the seed does), else the one
+    it had before it was made again (`kept_mac`), else random."""
     if cfg.remote:
         with IPRoute() as ipr:
             if not ipr.link_lookup(ifname=cfg.remote):
@@ -520,7 +536,7 @@ def _default_mac(cfg) -> str:
                 raise PortError(f"port {cfg.name}: {e}") from None
             if cfg.remote_mode == "local":
                 return remote.default_mac(ipr, cfg.remote)
-    return random_mac()
+    return kept_mac or random_mac()
 
 
 def _exists_here(name: str) -> bool:

@@ -225,6 +225,10 @@ class Switch:
         self.static_lock = threading.Lock()
         self.shared_readers = SharedReaders()       # control requests and scrapes reading the shared memory
         self.slots_used: set[int] = set()     # port table slots used since start
+        # Port name -> the MAC its TAP had when a reload took the port away (made again, or out of
+        # the config): the port made again without `mac:` gets it back (ports.macs_kept), however
+        # many reloads later. This run's only: a new start gives random ones.
+        self.macs_had: dict[str, str] = {}
         self.evicted_seen = 0
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
         self.unchecked = SaidOnce()              # port -> why maintain_ports could not tell where its TAP is
@@ -358,7 +362,8 @@ class Switch:
         self.state.try_save()
         # A port may name a namespace that another makes by its path, /run/netns/NAME: netns.Namespaces._name.
         self.namespaces.named = {cfg.netns for _index, cfg in wanted if cfg.netns_kind == "name"}
-        made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces)
+        kept = ports.macs_kept([cfg for _index, cfg in wanted], self.macs_had, {p.mac for p in self.ports})
+        made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces, kept)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
         return made
 
@@ -605,8 +610,10 @@ class Switch:
     def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows
         its ports' devices (a larger MTU lets larger frames through), with a warning, since the
-        config says otherwise (remaking the port, by a reload that changes it, restores it).
-        What the device has now decides: the events of a TAP's own making may come late."""
+        config says otherwise (remaking the port, by a reload that changes it, restores the
+        config's MTU, and its `mac` if it gives one: else the port keeps its host's MAC, which
+        its peers know, ports.macs_kept). What the device has now decides: the events of a
+        TAP's own making may come late."""
         if (event.mtu in (None, port.effective_mtu)) and (event.mac in (None, port.mac)):
             return
         try:
@@ -1103,6 +1110,8 @@ class Switch:
                 self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
             troubles += self._replace_workers()                                    # they let go of its fds
             for port in retired:
+                if port.remote is None or not port.remote.follows_mac:     # else IFACE's: it gets IFACE's again
+                    self.macs_had[port.name] = port.mac
                 port.close()
                 if not ports.wait_gone(port):
                     log.warning("port.device_lingers", port=port.name)     # its remaking will say so

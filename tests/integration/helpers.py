@@ -93,6 +93,11 @@ def link_mac(ns: str, dev: str) -> str:
     return info[0]["address"]
 
 
+def link_mtu(ns: str, dev: str) -> int:
+    info = json.loads(nsexec(ns, "ip", "-j", "link", "show", "dev", dev).stdout)
+    return info[0]["mtu"]
+
+
 def ping(ns: str, address: str, count: int = 1, wait: int = 2) -> bool:
     six = ["-6"] if ":" in address else []
     r = nsexec(ns, "ping", *six, "-c", count, "-W", wait, "-i", "0.2", address, check=False)
