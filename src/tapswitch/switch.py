@@ -985,7 +985,24 @@ class Switch:
             log.warning("port.gone", port=port.name, netns=port.cfg.netns, reason=reason)
             self.set_port_up(port, False)
             self.supervisor.forget_port(port.index)
+            self.give_back_remote(port)
         self.unchecked.only(unchecked)
+
+    @staticmethod
+    def give_back_remote(port: ports.Port) -> None:
+        """A remote port whose TAP went detaches IFACE, as the stop would: its rules on IFACE
+        redirected to a device that is no more (the kernel drops what mirred sends there), and in
+        promisc mode the host lost all of IFACE's traffic until a reload or the stop. IFACE's
+        user has it back as it was (rules, clsact, the flags and MTU the switch set), and its
+        claim is let go; the reload that makes the port again attaches it again. A VXLAN port's
+        device is the switch's own: detached, it stays until that reload (or the stop) removes it.
+        What the detach could not undo is said; the reload's (or the stop's) detach tries again."""
+        if port.remote is None:
+            return
+        try:
+            port.remote.detach()
+        except (NetlinkError, OSError, tc.TcError) as e:
+            log.error("remote.detach_failed", port=port.name, remote=port.cfg.remote, error=str(e))
 
     def maintain_tunnels(self) -> None:
         """A VXLAN port whose device went (deleted, or by the kernel with its underlay device) gets

@@ -147,6 +147,40 @@ def test_nic_deleted_and_recreated_is_attached_again(lab, site):
         assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
 
 
+@pytest.mark.parametrize("mode", ["promisc", "shared"])
+def test_a_ports_tap_deleted_gives_the_nic_back_until_a_reload_attaches_it_again(lab, site, mode):
+    """The uplink's TAP deleted by hand (port.gone): its rules on the NIC redirected to a device
+    that is no more, and in promisc mode the host lost all the NIC's traffic, until a reload or
+    the stop. The NIC is given back as a detach gives it (rules, clsact, flags), the host
+    reaches the outside host through it again, and the reload that makes the port attaches it."""
+    helpers.nsexec(site["sw"], "ip", "addr", "add", "198.18.3.50/24", "dev", "nic0")
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, mode), netns=site["sw"])
+    up = lab.name("up")
+
+    def reaches_the_outside_host() -> bool:
+        if mode == "shared":     # its rules follow the MAC table once a second (as in the shared test above)
+            helpers.nsexec(site["c"][0], "ping", "-b", "-c", "1", "-W", "1", "198.18.3.255", check=False)
+            mac = helpers.link_mac(site["c"][0], "eth0")
+            helpers.wait_for("the container's MAC redirected", lambda: mac in stolen_macs(site["sw"]), within=10)
+        return helpers.ping(site["c"][0], "198.18.3.100")
+
+    assert reaches_the_outside_host()
+    assert nic_state(site["sw"]) != before
+    helpers.nsexec(site["sw"], "ip", "link", "del", up)
+    helpers.wait_for("port.gone", lambda: [e for e in sw.events("port.gone") if e["port"] == up])
+    helpers.wait_for("the NIC given back", lambda: nic_state(site["sw"]) == before)
+    assert helpers.ping(site["out"], "198.18.3.50")
+    assert helpers.ping(site["sw"], "198.18.3.100")
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {up}", (r, sw.log())
+    wait_port(sw, up, "up")
+    assert nic_state(site["sw"]) != before
+    assert reaches_the_outside_host()
+    assert sw.stop(signal.SIGTERM) == 0
+    assert nic_state(site["sw"]) == before
+
+
 def remake_nic(site, name: str = "nic0") -> None:
     """nic0 made again (deleted before), wired to the outside host's eth0 again, down: as `name`."""
     helpers.sh("ip", "link", "add", name, "netns", site["sw"], "type", "veth", "peer", "name", "eth0",

@@ -563,6 +563,26 @@ def test_a_reload_that_changes_the_vni_makes_the_port_again_without_taking_it_do
     assert [e for h in (1, 2) for e in site.switches[h].events("port.down")] == []
 
 
+def test_a_vxlan_ports_tap_deleted_detaches_its_device_until_a_reload_makes_the_port_again(lab, site):
+    """The VXLAN port's TAP deleted by hand (port.gone): its device, the switch's own, is detached
+    as any remote (no rule of the switch's left redirecting to the TAP that is no more), and the
+    reload that makes the port again makes it anew, attached: the tunnel carries frames again."""
+    for h in (1, 2):
+        site.start(h)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    sw, vx = site.switches[1], f"{site.vx(1)}-vx"
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", site.vx(1))
+    helpers.wait_for("port.gone", lambda: [e for e in sw.events("port.gone") if e["port"] == site.vx(1)])
+    helpers.wait_for("the device detached", lambda: sw.events("remote.detached"))
+    assert helpers.nsexec(site.hosts[1], "tc", "filter", "show", "dev", vx, "ingress").stdout == ""
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {site.vx(1)}", (r, sw.log())
+    assert "mirred" in helpers.nsexec(site.hosts[1], "tc", "filter", "show", "dev", vx, "ingress").stdout
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert sw.stop() == 0
+    assert not helpers.link_exists(vx, site.hosts[1])
+
+
 SCRAPE = "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
