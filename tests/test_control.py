@@ -81,6 +81,20 @@ def serve(path: str) -> ControlServer:
     return server
 
 
+@contextlib.contextmanager
+def serving():
+    """serve() at a socket in a directory of its own, stopped and taken away after; its path.
+    The log may hold no traceback."""
+    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
+    server = serve(path)
+    try:
+        yield path
+    finally:
+        server.stop()
+        server.release()
+        os.rmdir(os.path.dirname(path))
+
+
 def test_the_directories_made_for_the_socket_go_when_the_switch_is_done(scratch):
     root = scratch()
     path = os.path.join(root, "run", "tapswitch", "sw.sock")
@@ -368,16 +382,10 @@ def test_the_directories_made_for_the_socket_are_writable_by_root_alone_whatever
 
 def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
     """json.loads raises RecursionError, not ValueError, on a deep enough nesting."""
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
-    server = serve(path)
-    try:
+    with serving() as path:
         reply = ask(path, b"[" * 60_000 + b"\n")      # within MAX_REQUEST
         assert reply == {"ok": False, "error": "a request is a JSON object with a \"cmd\" string, not nested this deep"}
         assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
-    finally:
-        server.stop()
-        server.release()
-        os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -394,15 +402,9 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_an_error_reply(capfd):
 def test_a_request_that_is_not_json_is_an_error_reply_saying_so(line, error, capfd):
     """The parser's own words alone ("Expecting value: line 2 column 1 (char 1)", "'utf-16-le'
     codec can't decode byte 0x0a") did not say that the request was not JSON."""
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
-    server = serve(path)
-    try:
+    with serving() as path:
         assert ask(path, line) == {"ok": False, "error": error}
         assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
-    finally:
-        server.stop()
-        server.release()
-        os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
 
 
@@ -410,22 +412,15 @@ def test_a_request_longer_than_a_request_may_be_is_an_error_reply_saying_so(capf
     """Cut at MAX_REQUEST, the rest of it unread: the reply was the parser's ("Unterminated
     string"), and the switch closed the connection on what was left unread, which reset it:
     the client, still writing or reading, lost the reply (EPIPE, ECONNRESET)."""
-    path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
-    server = serve(path)
-
     def line(size: int) -> bytes:      # a request of `size` bytes, its newline too
         head = b'{"cmd": "echo", "x": "'
         return head + b"x" * (size - len(head) - 3) + b'"}\n'
-    try:
+    with serving() as path:
         assert ask(path, line(control.MAX_REQUEST))["ok"] is True
         for size in (control.MAX_REQUEST + 1, 10 * control.MAX_REQUEST):
             assert ask(path, line(size)) == {"ok": False, "error": f"a request is one line of at most "
                                                                    f"{control.MAX_REQUEST} bytes; this one is longer"}
         assert ask(path, b'{"cmd": "echo", "x": 2}\n') == {"ok": True, "result": 2}
-    finally:
-        server.stop()
-        server.release()
-        os.rmdir(os.path.dirname(path))
     assert "Traceback" not in capfd.readouterr().err
 
 

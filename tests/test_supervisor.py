@@ -340,29 +340,45 @@ def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypa
     w.sock.close()
 
 
-def test_a_worker_the_watchdog_killed_is_said_to_have_hung_not_only_killed_by_sigkill(monkeypatch):
-    """`tapswitch ports` said of a worker the watchdog killed "killed by SIGKILL", as of one the
-    OOM killer or a user killed; the supervisor knows it hung, and for how long: it says so.
-    A worker that dies otherwise after it is let go again is said as ever."""
-    now, beats, sup, w = _let_go_at_100(monkeypatch)
+def _found_hung(monkeypatch):
+    """A worker let go at 100 s, found hung by the watchdog HUNG_AFTER ticks later: (sup, w)."""
+    now, _beats, sup, w = _let_go_at_100(monkeypatch)
     for _ in range(int(supervisor.HUNG_AFTER)):     # standing still, watched every tick
         now[0] += 1.0
         found = sup.hung()
     assert found == [w]
-    sup.kill_hung(w)
-    _exited(w)
-    # Set up, it stays (SET_UP's ends once let go, and its exit 0 could beat the kill below).
+    return sup, w
+
+
+def _launch_staying(monkeypatch) -> None:
+    """Workers started from now on set up and stay (SET_UP's ends once let go, and its exit 0
+    could beat a test's SIGKILL)."""
     monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP + "; os.read(fd, 16)"))
-    sup.exited(w)
-    [down] = sup.queues_down()
-    assert down["error"] == f"killed by SIGKILL (hung: its heartbeat stood still {supervisor.HUNG_AFTER:g} s)"
-    assert select.select([w.starting.sock], [], [], 10)[0] and sup.ready(w)
-    os.kill(w.proc.pid, signal.SIGKILL)             # not the watchdog's
+
+
+def _killed_not_by_the_watchdog(sup, w) -> None:
+    """w's process killed by SIGKILL from elsewhere (the OOM killer, a user): said as such."""
+    os.kill(w.proc.pid, signal.SIGKILL)
     _exited(w)
     sup.exited(w)
     [down] = sup.queues_down()
     assert down["error"] == "killed by SIGKILL"
     sup.stop()
+
+
+def test_a_worker_the_watchdog_killed_is_said_to_have_hung_not_only_killed_by_sigkill(monkeypatch):
+    """`tapswitch ports` said of a worker the watchdog killed "killed by SIGKILL", as of one the
+    OOM killer or a user killed; the supervisor knows it hung, and for how long: it says so.
+    A worker that dies otherwise after it is let go again is said as ever."""
+    sup, w = _found_hung(monkeypatch)
+    sup.kill_hung(w)
+    _exited(w)
+    _launch_staying(monkeypatch)
+    sup.exited(w)
+    [down] = sup.queues_down()
+    assert down["error"] == f"killed by SIGKILL (hung: its heartbeat stood still {supervisor.HUNG_AFTER:g} s)"
+    assert select.select([w.starting.sock], [], [], 10)[0] and sup.ready(w)
+    _killed_not_by_the_watchdog(sup, w)
 
 
 def test_a_worker_the_watchdog_killed_that_a_reload_reaped_leaves_its_successor_said_as_any(monkeypatch):
@@ -370,24 +386,15 @@ def test_a_worker_the_watchdog_killed_that_a_reload_reaped_leaves_its_successor_
     reload that replaces the workers meanwhile stops and reaps it (_hand_over), not exited():
     its hang was kept, and its successor, killed by SIGKILL later (the OOM killer, a user),
     was said to have hung too, for as long as the first had."""
-    now, beats, sup, w = _let_go_at_100(monkeypatch)
-    for _ in range(int(supervisor.HUNG_AFTER)):     # standing still, watched every tick
-        now[0] += 1.0
-        found = sup.hung()
-    assert found == [w]
+    sup, w = _found_hung(monkeypatch)
     hung = w.proc
     with monkeypatch.context() as m:
         m.setattr(supervisor.os, "kill", lambda pid, sig: None)     # not dead yet: in the D state
         sup.kill_hung(w)
-    monkeypatch.setattr(supervisor.Supervisor, "_launch", lambda self, w: _pending(SET_UP + "; os.read(fd, 16)"))
+    _launch_staying(monkeypatch)
     assert sup.replace_ports({}) == []
     assert hung.returncode is not None and w.proc is not hung      # reaped by the reload
-    os.kill(w.proc.pid, signal.SIGKILL)             # not the watchdog's
-    _exited(w)
-    sup.exited(w)
-    [down] = sup.queues_down()
-    assert down["error"] == "killed by SIGKILL"
-    sup.stop()
+    _killed_not_by_the_watchdog(sup, w)
 
 
 def test_the_watchdog_waits_as_long_as_set_and_never_when_off(monkeypatch):
