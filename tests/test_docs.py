@@ -503,6 +503,23 @@ def test_the_settings_a_reload_refuses_are_the_ones_the_readme_lists():
     assert listed == set(FIXED_KEYS)
 
 
+def test_the_readme_says_which_reloads_an_in_place_upgrade_refuses():
+    """After an in-place upgrade to a fast path of another version, a reload that starts new
+    workers is refused (Switch._workers_can_start, by Plan.ports_changed): the README said one
+    that adds or removes a port, and "other reloads apply as ever", but a port made again (a
+    device setting changed, or its TAP gone) starts new workers too, and is refused as well."""
+    from tapswitch import reload as reload_mod
+    old = config.loads("switch: {name: s}\nports: [{name: a}, {name: b}]\n")
+    remade = reload_mod.plan(old, config.loads("switch: {name: s}\nports: [{name: a, mtu: 9000}, {name: b}]\n"))
+    gone = reload_mod.plan(old, old, gone={"a"})
+    updated = reload_mod.plan(old, config.loads("switch: {name: s}\nports: [{name: a, vlan: 2}, {name: b}]\n"))
+    assert remade.ports_changed and gone.ports_changed and not updated.ports_changed
+    quickstart = re.sub(r"\s+", " ", section("Quickstart"))
+    assert "A reload that adds or removes a port, or makes one again" in quickstart
+    row = " ".join(r[1] for r in table_rows(section("Command line")) if r[0] == "`tapswitch reload`")
+    assert "one that adds, removes or makes again a port after an in-place upgrade" in row
+
+
 # --- Alerts -----------------------------------------------------------------------
 
 def test_the_readme_alert_table_is_the_alert_rules():
