@@ -1381,7 +1381,7 @@ def test_a_control_socket_path_ending_in_a_slash_is_refused():
         "t.yaml:1: switch.control.socket: the control socket path names a file, not a directory (it ends in '/')")
 
 
-@pytest.mark.parametrize("address", ["ff02::1/64", "224.0.0.1/4", "0.0.0.0/8"])
+@pytest.mark.parametrize("address", ["ff02::1/64", "224.0.0.1/4", "0.0.0.0/8", "255.255.255.255/32"])
 def test_a_port_address_must_be_unicast(address):
     assert one_error(with_port(f"name: p0\nnetns: n\naddresses: ['{address}']\n")).endswith(
         f"ports[0].addresses[0]: {address.split('/')[0]} is not a unicast address")
@@ -1394,6 +1394,12 @@ def test_a_port_address_that_is_its_subnets_broadcast_is_refused():
         "ports[0].addresses[0]: 198.18.0.255 is the broadcast address of 198.18.0.0/24, not a unicast address")
     for fine in ("198.18.0.1/31", "198.18.0.255/32", "198.18.0.254/24", "fd00::ffff/112"):
         loads(with_port(f"name: p0\nnetns: n\naddresses: ['{fine}']\n"), "t.yaml")
+
+
+def test_an_underlay_address_must_be_unicast():
+    """255.255.255.255, the limited broadcast address, passed as a VXLAN port's local and remote."""
+    assert errors_of(with_port("name: p0\nvxlan: {vni: 1, local: 255.255.255.255, remotes: [255.255.255.255]}\n")) == [
+        f"t.yaml:5: ports[0].vxlan.{key}: 255.255.255.255 is not a unicast address" for key in ("local", "remotes[0]")]
 
 
 def test_an_address_with_a_scope_is_refused():

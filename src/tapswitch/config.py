@@ -274,6 +274,11 @@ def _is_mirror_name(value: str) -> str:
     return value
 
 
+# Every host's on the link, whatever the prefix: /31 and /32 have no subnet broadcast address,
+# and 255.255.255.255/32 passed as a host's own (what is sent to it goes to every host).
+LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """An address with its prefix length, as in 198.18.0.10/24 or fd00::10/64."""
     if not isinstance(value, str):
@@ -284,7 +289,7 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
         address = ipaddress.ip_interface(value)
     except ValueError:
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
-    if address.ip.is_multicast or address.ip.is_unspecified:
+    if address.ip.is_multicast or address.ip.is_unspecified or address.ip == LIMITED_BROADCAST:
         raise ValueError(f"{address.ip} is not a unicast address")
     network = address.network
     if network.version == 4 and network.prefixlen <= 30 and address.ip == network.broadcast_address:
@@ -306,7 +311,7 @@ def _is_host_address(value: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
         address = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"not an IPv4 or IPv6 address: {value!r}") from None
-    if address.is_multicast or address.is_unspecified:
+    if address.is_multicast or address.is_unspecified or address == LIMITED_BROADCAST:
         raise ValueError(f"{address} is not a unicast address")
     if "%" in value:     # ipaddress takes fe80::1%eth0, which no device's address equals
         raise ValueError("an underlay address has no %scope: the underlay device is vxlan.dev")
