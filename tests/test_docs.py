@@ -385,6 +385,16 @@ def test_the_readme_names_every_option_of_a_command_and_only_its_options(command
         assert CLIENT_OPTIONS <= options(parser)
 
 
+def test_fdb_adds_help_says_what_a_reload_takes_away_as_the_readme_does():
+    """`tapswitch fdb add --help` said an entry is "kept until the switch stops", where a reload
+    that takes its port away, or its VLAN (Switch._install_static_macs), removes it, as the
+    README's row says."""
+    row = next(r[1] for r in table_rows(section("Command line")) if r[0].startswith("`tapswitch fdb add"))
+    assert "until a reload takes its port away, or the port's VLAN" in row
+    help_text = commands()["fdb add"].description
+    assert "until the switch stops, or a reload takes its port or VLAN away" in help_text
+
+
 def test_the_readme_describes_the_client_options():
     prose = section("Command line")
     assert "`-s SOCKET`" in prose and "`-c FILE`" in prose

@@ -1249,7 +1249,8 @@ class Switch:
         self.static_macs = {key: index[port] for key, port in wanted.items()}
 
     def fdb_add(self, req: dict) -> dict:
-        """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops."""
+        """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops, or a
+        reload takes its port or VLAN away (_install_static_macs)."""
         with self.static_lock:     # on a port as a reload leaves it, and kept by the next one
             return self._fdb_add(req)
 
