@@ -395,6 +395,17 @@ def test_fdb_adds_help_says_what_a_reload_takes_away_as_the_readme_does():
     assert "until the switch stops, or a reload takes its port or VLAN away" in help_text
 
 
+def test_the_readme_says_which_macs_the_command_line_refuses():
+    """`fdb add` and `del` refuse a MAC that is not unicast (control.unicast_mac_arg); the
+    listing's `--mac` picks entries by any MAC (control.mac_arg). The README's row said the
+    listing's `--mac` was refused as well when not unicast."""
+    row = next(r[1] for r in table_rows(section("Command line")) if r[0].startswith("`tapswitch fdb add"))
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.entry_mac("01:00:5e:00:00:01")
+    assert cli.mac("01:00:5e:00:00:01") == "01:00:5e:00:00:01"
+    assert "the listing's `--mac` may be any MAC, multicast too" in row
+
+
 def test_the_readme_describes_the_client_options():
     prose = section("Command line")
     assert "`-s SOCKET`" in prose and "`-c FILE`" in prose
