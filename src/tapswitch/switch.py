@@ -1103,7 +1103,7 @@ class Switch:
         why = self.supervisor.workers_refused()
         if why is not None:
             raise reload_mod.ReloadRefused([
-                f"cannot add or remove a port now: that starts new workers, which would not run: {why}"])
+                f"cannot add, remove or make again a port now: that starts new workers, which would not run: {why}"])
 
     def apply(self, plan: reload_mod.Plan, new) -> tuple[dict[str, str], list[str]]:
         """Carry out a reload plan; returns {name: error} of the ports that could not be made,

@@ -1121,7 +1121,7 @@ def test_after_an_upgrade_of_another_version_a_reload_that_needs_new_workers_is_
                        capture_output=True, text=True, timeout=40)
     why = (f"the switch's shared memory is of version {lib.TS_VERSION}, the fast path installed now of "
            f"version {lib.TS_VERSION + 1}: the switch was upgraded while it ran; restart it")
-    assert (r.returncode, r.stderr) == (2, "cannot add or remove a port now: that starts new workers, which "
+    assert (r.returncode, r.stderr) == (2, "cannot add, remove or make again a port now: that starts new workers, which "
                                            f"would not run: {why}\nreload refused; the switch runs on as it was\n"), r
     assert sw.events("config.reload_failed")[-1]["errors"] == [r.stderr.splitlines()[0]]
     assert sorted(sw.worker_pids()) == pids and not sw.events("workers.replaced"), sw.log()
