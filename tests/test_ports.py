@@ -64,3 +64,27 @@ def test_a_port_made_again_without_mac_gets_back_the_one_it_had_unless_another_p
            "e": "02:00:00:00:00:0e", "gone": "02:ee:00:00:00:01"}
     assert ports.macs_kept(new.ports, had, in_use={"02:dd:00:00:00:01"}) == {"a": "02:aa:00:00:00:01"}
     assert ports.macs_kept(new.ports, had, in_use=set())["d"] == "02:dd:00:00:00:01"
+
+
+def test_a_port_made_again_without_mac_does_not_get_back_one_static_on_another_port_in_its_vlan():
+    """macs_kept: check refuses a port's `mac` as a static MAC on another port in a VLAN of
+    the port's (its frames would go there, the entry never moved by learning); the MAC kept
+    for a port without `mac:` is held to that too: a random one then. Static on the port
+    itself, or on another port in a VLAN the port is not in, it comes back."""
+    from tapswitch import config
+    new = config.loads("switch: {name: s}\nports:\n"
+                       "  - {name: a}\n"
+                       "  - {name: b}\n"
+                       "  - {name: c, vlan: 20}\n"
+                       "  - {name: d}\n"
+                       "static_macs:\n"
+                       "  - {mac: '02:aa:00:00:00:01', port: b}\n"
+                       "  - {mac: '02:cc:00:00:00:01', port: b}\n"
+                       "  - {mac: '02:dd:00:00:00:01', port: d}\n")
+    had = {"a": "02:aa:00:00:00:01", "c": "02:cc:00:00:00:01", "d": "02:dd:00:00:00:01"}
+    remade = [p for p in new.ports if p.name in had]
+    assert ports.macs_kept(remade, had, set(), new.static_mac_entries()) == {
+        "c": "02:cc:00:00:00:01", "d": "02:dd:00:00:00:01"}
+    # `fdb add`'s, as the switch gives them (mac, port, vlan)
+    assert ports.macs_kept(remade, had, set(), [("02:dd:00:00:00:01", "b", 1)]) == {
+        "a": "02:aa:00:00:00:01", "c": "02:cc:00:00:00:01"}

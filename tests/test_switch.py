@@ -133,7 +133,7 @@ def test_fdb_add_on_a_port_a_reload_removes_never_lands_on_the_port_that_takes_i
         sw.supervisor = type("NoWorkers", (), {"hung_after": 0})()
         monkeypatch.setattr(sw, "_replace_workers", lambda: [])
         monkeypatch.setattr(ports_mod, "wait_gone", lambda port: True)
-        monkeypatch.setattr(sw, "_add_ports", lambda wanted: [
+        monkeypatch.setattr(sw, "_add_ports", lambda wanted, config=None: [
             Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0) for i, c in wanted])
         new = config.loads("switch: {name: s}\nports: [{name: p1}, {name: p2}]\n")
         plan = reload_mod.plan(sw.cfg, new)

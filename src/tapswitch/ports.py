@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -161,16 +162,21 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in octets)
 
 
-def macs_kept(cfgs: list, had: dict[str, str], in_use: set[str]) -> dict[str, str]:
+def macs_kept(cfgs: list, had: dict[str, str], in_use: set[str],
+              statics: Iterable[tuple[str, str, int]] = ()) -> dict[str, str]:
     """The MAC that each port of `cfgs` made again without `mac:` gets back: the one it had when
     it went (`had`, by name), its host's own if the switch followed it (Switch.tap_settings_changed).
     Its peers' neighbour caches hold that one, and no announcement tells them of another: a fresh
     random MAC left them sending to the old one, unanswered, until their entries went stale
     (15 s and more). Not one that another port has (`in_use`) or is given by `mac:` now: two
-    ports with one MAC make the switch learn it on whichever sent last."""
+    ports with one MAC make the switch learn it on whichever sent last. Nor one static on
+    another port in a VLAN of the port's (`statics`: mac, port name, vlan), as check refuses a
+    port's `mac` there: the static entry, never moved by learning, sent its frames to that port."""
     given = {c.mac for c in cfgs if c.mac}
+    statics = list(statics)
     return {c.name: had[c.name] for c in cfgs
-            if not c.mac and c.name in had and had[c.name] not in in_use | given}
+            if not c.mac and c.name in had and had[c.name] not in in_use | given
+            and not any(mac == had[c.name] and port != c.name and vlan in c.vlans for mac, port, vlan in statics)}
 
 
 def iproute(nspath: str | None) -> IPRoute:

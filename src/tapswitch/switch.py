@@ -351,9 +351,10 @@ class Switch:
             dead.remotes.remove(name)
             dead.originals.pop(name, None)
 
-    def _add_ports(self, wanted: list) -> list:
+    def _add_ports(self, wanted: list, config=None) -> list:
         """Make the ports (index, config) in `wanted`: each one's Port, or the exception that
-        stopped it. Their settings, MTU and state are written by settings.apply."""
+        stopped it. Their settings, MTU and state are written by settings.apply. `config`: the
+        config they are of (a reload's new one), by default the switch's."""
         # Their remotes are listed before they are attached: a crash meanwhile leaves none unlisted.
         # So stay those not given back (a detach that failed keeps the original it did not restore).
         # If the file cannot be written, each port that changes a remote writes it first, or fails.
@@ -362,7 +363,10 @@ class Switch:
         self.state.try_save()
         # A port may name a namespace that another makes by its path, /run/netns/NAME: netns.Namespaces._name.
         self.namespaces.named = {cfg.netns for _index, cfg in wanted if cfg.netns_kind == "name"}
-        kept = ports.macs_kept([cfg for _index, cfg in wanted], self.macs_had, {p.mac for p in self.ports})
+        # Static MACs as the config makes them, and `fdb add`'s (each kept on its port made again).
+        statics = ((config or self.cfg).static_mac_entries()
+                   + [(mac, name, vlan) for (mac, vlan), name in self.cli_macs.items()])
+        kept = ports.macs_kept([cfg for _index, cfg in wanted], self.macs_had, {p.mac for p in self.ports}, statics)
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces, kept)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
         return made
@@ -1148,7 +1152,7 @@ class Switch:
             busy.add(index)
             wanted.append((index, pcfg))
         had = set(self.namespaces.created)
-        made = self._add_ports(wanted)
+        made = self._add_ports(wanted, new)
         bugs = [e for e in made if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
         if bugs:
             for port in made:

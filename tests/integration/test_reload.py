@@ -497,6 +497,27 @@ def test_a_port_whose_namespace_was_deleted_and_made_again_keeps_its_mac_once_a_
     assert helpers.ping(a, "198.18.4.2"), helpers.nsexec(a, "ip", "neigh").stdout
 
 
+def test_a_port_remade_does_not_keep_a_mac_that_the_reload_makes_static_on_another_port(lab):
+    """The MAC a port without `mac:` had is not given back when the same reload makes it static
+    on another port in its VLAN (check refuses a port's `mac` there): the entry, never moved by
+    learning, sent the port's frames to the other port, and its peer reached it no more. A
+    random one then: the peer, its neighbour cache flushed, reaches it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    a, (name, ns) = cfg["ports"][0]["netns"], (cfg["ports"][1]["name"], cfg["ports"][1]["netns"])
+    mac = helpers.link_mac(ns, "eth0")
+    assert helpers.ping(a, "198.18.4.2")
+    cfg["ports"][1]["mtu"] = 1400
+    cfg["static_macs"] = [{"mac": mac, "port": cfg["ports"][0]["name"]}]
+    rewrite(sw, cfg)
+    r = sw.cli("reload")
+    assert r.stdout.strip() == f"reloaded: remade {name}", (r, sw.log())
+    assert helpers.link_mtu(ns, "eth0") == 1400
+    assert helpers.link_mac(ns, "eth0") != mac and port_mac(sw, name) == helpers.link_mac(ns, "eth0"), sw.log()
+    helpers.nsexec(a, "ip", "neigh", "flush", "all")     # it has another MAC now
+    assert helpers.ping(a, "198.18.4.2"), helpers.nsexec(a, "ip", "neigh").stdout
+
+
 NETNS_DELETED_IN_RELOAD = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "netns_deleted_in_reload.py"))
 
 
