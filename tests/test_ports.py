@@ -88,3 +88,16 @@ def test_a_port_made_again_without_mac_does_not_get_back_one_static_on_another_p
     # `fdb add`'s, as the switch gives them (mac, port, vlan)
     assert ports.macs_kept(remade, had, set(), [("02:dd:00:00:00:01", "b", 1)]) == {
         "a": "02:aa:00:00:00:01", "c": "02:cc:00:00:00:01"}
+
+
+def test_two_ports_made_again_that_had_the_same_mac_do_not_both_get_it_back():
+    """macs_kept: a port taken out of the config (its MAC kept), its host's MAC then set on
+    another port's TAP (the container moved there, the switch followed), and both made in one
+    reload: both got that MAC, and the switch learned it on whichever sent last. The port that
+    had it last (listed last in `had`) gets it; the other a random one (create's)."""
+    from tapswitch import config
+    new = config.loads("switch: {name: s}\nports:\n  - {name: a}\n  - {name: b}\n")
+    had = {"a": "02:aa:00:00:00:01", "b": "02:aa:00:00:00:01"}
+    assert ports.macs_kept(new.ports, had, set()) == {"b": "02:aa:00:00:00:01"}
+    had = {"b": "02:aa:00:00:00:01", "a": "02:aa:00:00:00:01"}
+    assert ports.macs_kept(new.ports, had, set()) == {"a": "02:aa:00:00:00:01"}

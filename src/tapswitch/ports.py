@@ -171,12 +171,22 @@ def macs_kept(cfgs: list, had: dict[str, str], in_use: set[str],
     (15 s and more). Not one that another port has (`in_use`) or is given by `mac:` now: two
     ports with one MAC make the switch learn it on whichever sent last. Nor one static on
     another port in a VLAN of the port's (`statics`: mac, port name, vlan), as check refuses a
-    port's `mac` there: the static entry, never moved by learning, sent its frames to that port."""
-    given = {c.mac for c in cfgs if c.mac}
+    port's `mac` there: the static entry, never moved by learning, sent its frames to that port.
+    Two ports of `cfgs` that had the same one (a port taken out, its host's MAC then set on
+    another's TAP, both made in one reload) both got it: it goes to the one that had it last,
+    as `had` lists them (the latest last)."""
+    taken = in_use | {c.mac for c in cfgs if c.mac}
     statics = list(statics)
-    return {c.name: had[c.name] for c in cfgs
-            if not c.mac and c.name in had and had[c.name] not in in_use | given
-            and not any(mac == had[c.name] and port != c.name and vlan in c.vlans for mac, port, vlan in statics)}
+    kept = {}
+    for name in reversed(had):
+        c = next((c for c in cfgs if c.name == name), None)
+        if c is None or c.mac or had[name] in taken:
+            continue
+        if any(mac == had[name] and port != name and vlan in c.vlans for mac, port, vlan in statics):
+            continue
+        kept[name] = had[name]
+        taken.add(had[name])
+    return kept
 
 
 def iproute(nspath: str | None) -> IPRoute:

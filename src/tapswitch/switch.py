@@ -227,7 +227,8 @@ class Switch:
         self.slots_used: set[int] = set()     # port table slots used since start
         # Port name -> the MAC its TAP had when a reload took the port away (made again, or out of
         # the config): the port made again without `mac:` gets it back (ports.macs_kept), however
-        # many reloads later. This run's only: a new start gives random ones.
+        # many reloads later. This run's only: a new start gives random ones. The latest last
+        # (ports.macs_kept: of two that had the same, the latest gets it).
         self.macs_had: dict[str, str] = {}
         self.evicted_seen = 0
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
@@ -1132,6 +1133,7 @@ class Switch:
             troubles += self._replace_workers()                                    # they let go of its fds
             for port in retired:
                 if port.remote is None or not port.remote.follows_mac:     # else IFACE's: it gets IFACE's again
+                    self.macs_had.pop(port.name, None)       # listed last: the latest to have it
                     self.macs_had[port.name] = port.mac
                 port.close()
                 if not ports.wait_gone(port):

@@ -518,6 +518,35 @@ def test_a_port_remade_does_not_keep_a_mac_that_the_reload_makes_static_on_anoth
     assert helpers.ping(a, "198.18.4.2"), helpers.nsexec(a, "ip", "neigh").stdout
 
 
+def test_two_ports_made_in_one_reload_that_had_the_same_mac_do_not_both_get_it(lab):
+    """A port taken out (its MAC kept for it), its container's MAC then set on another port's
+    TAP (moved there: the switch follows it), and one reload that puts the first back and
+    remakes the other (its `mtu`): both got that MAC, and the switch learned it on whichever
+    sent last. The port that had it last keeps it, and its peer reaches it at once; the other
+    gets a random one."""
+    cfg = base(lab, 3)
+    sw = lab.switch(cfg)
+    a, (one, one_ns), (two, two_ns) = (cfg["ports"][0]["netns"], *((p["name"], p["netns"]) for p in cfg["ports"][1:]))
+    mac = helpers.link_mac(one_ns, "eth0")
+    taken_out = cfg["ports"].pop(1)
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: removed {one}"
+    helpers.nsexec(two_ns, "ip", "link", "set", "eth0", "address", mac)
+    helpers.wait_for("followed", lambda: port_mac(sw, two) == mac)
+    assert helpers.ping(a, "198.18.4.3")
+    cfg["ports"].insert(1, taken_out)
+    cfg["ports"][2]["mtu"] = 1400
+    rewrite(sw, cfg)
+    r = sw.cli("reload")
+    assert r.returncode == 0, (r, sw.log())
+    assert helpers.link_mtu(two_ns, "eth0") == 1400
+    assert port_mac(sw, two) == helpers.link_mac(two_ns, "eth0") == mac, sw.log()
+    assert port_mac(sw, one) == helpers.link_mac(one_ns, "eth0") != mac, sw.log()
+    assert helpers.ping(a, "198.18.4.3"), helpers.nsexec(a, "ip", "neigh").stdout
+    helpers.nsexec(a, "ip", "neigh", "flush", "all")
+    assert helpers.ping(a, "198.18.4.2") and helpers.ping(a, "198.18.4.3")
+
+
 NETNS_DELETED_IN_RELOAD = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "netns_deleted_in_reload.py"))
 
 
