@@ -231,7 +231,7 @@ class Shared:
         return self.ptr.ports[index].fdb_static
 
     def fdb_entries(self) -> int:
-        return sum(self.port_fdb_entries(i) for i in range(lib.TS_MAX_PORTS))
+        return sum(n for p in self.ptr.ports if (n := p.fdb_entries) < 1 << 31)     # as port_fdb_entries
 
     def fdb_dump(self) -> list[tuple[str, int, int, bool, int]]:
         """Live entries as (mac, vlan, port, static, seen)."""

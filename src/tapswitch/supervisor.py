@@ -43,7 +43,7 @@ import structlog
 
 from tapswitch import fastpath
 from tapswitch.config import WATCHDOG_MS
-from tapswitch.worker import GROUP_SIGNALS, send_ports
+from tapswitch.worker import GROUP_SIGNALS, send_ports, upgraded
 
 log = structlog.get_logger("tapswitch.supervisor")
 
@@ -124,14 +124,6 @@ def _probe() -> tuple[int | str, bool]:
         lines = err.strip().splitlines()
         found = f"a new worker would not load its fast path: {lines[-1] if lines else f'exit code {proc.returncode}'}"
     return found, True
-
-
-def upgraded(ours: int, installed: int) -> str:
-    """Why no new worker can run on this switch's shared memory (of version `ours`): the fast
-    path installed since it started is of version `installed` (worker.upgraded says the same
-    from a worker's side)."""
-    return (f"the switch's shared memory is of version {ours}, the fast path installed now of version "
-            f"{installed}: the switch was upgraded while it ran; restart it")
 
 
 def readable(fds: list, timeout: float) -> list:
@@ -604,7 +596,7 @@ class Supervisor:
         found = fast_path_version()
         if isinstance(found, str):
             return found
-        return upgraded(self.version, found) if found != self.version else None
+        return upgraded(self.version, found, "the fast path installed now") if found != self.version else None
 
     def restart(self, w: Worker, attempt: int = 1) -> None:
         """Start w again after it died: a new process, w.starting, that the control loop watches

@@ -185,12 +185,13 @@ def fail(ready: socket.socket, queue: int, reason: str, trace: str = "") -> int:
     return 1
 
 
-def upgraded(found: int, ours: int) -> str:
+def upgraded(found: int, ours: int, whose: str = "this worker's fast path") -> str:
     """Why a worker cannot run on its switch's shared memory of another version (fastpath.h,
-    TS_VERSION): the switch was upgraded in place (git pull && ./scripts/install.sh) while it
-    ran, and a worker it started again (one that died) is the new one. It never will run there:
-    the switch's control process is the old one until restarted."""
-    return (f"the switch's shared memory is of version {found}, this worker's fast path of version "
+    TS_VERSION `found`) than its fast path's (`ours`, `whose`): the switch was upgraded in place
+    (git pull && ./scripts/install.sh) while it ran, and a worker it started again (one that
+    died) is the new one. It never will run there: the switch's control process is the old one
+    until restarted. The supervisor says the same before it starts one (workers_refused)."""
+    return (f"the switch's shared memory is of version {found}, {whose} of version "
             f"{ours}: the switch was upgraded while it ran; restart it")
 
 
