@@ -476,7 +476,7 @@ HELP_AGREES_WITH_README = {
     "tapswitch_port_storm_dropped_total": ["storm control"],
     "tapswitch_port_up": ["could not make"],
     "tapswitch_mirror_dropped_total": ["monitor port is down", "over its MTU", "refused the write"],
-    "tapswitch_fdb_capacity": ["mac_table.size and a quarter more"],
+    "tapswitch_fdb_capacity": ["mac_table.size and a quarter more, rounded up to whole buckets of 8"],
     "tapswitch_fdb_evicted_total": ["bucket was full"],
     "tapswitch_worker_info": ["uring-burst", "readwrite"],
     "tapswitch_vxlan_remotes": ["broadcast, multicast and unknown unicast"],
@@ -490,6 +490,23 @@ def test_a_metrics_help_names_what_its_readme_row_names(exported, metric):
     for phrase in HELP_AGREES_WITH_README[metric]:
         assert phrase.lower() in meaning, f"README's {metric} row does not say {phrase!r}"
         assert phrase.lower() in help_text, f"# HELP {metric} does not say {phrase!r}"
+
+
+def test_the_fdb_capacity_row_gives_the_slots_the_table_has():
+    """tapswitch_fdb_capacity is a quarter more than mac_table.size in whole buckets of 8: the
+    row said a quarter more, and a table of 16 has 24 slots, not 20 (the FdbNearlyFull alert
+    and the FDB use panel divide by the metric, an operator who sizes the table by the row)."""
+    meaning = metric_table()["tapswitch_fdb_capacity"][2].replace("`", "")
+    examples = re.findall(r"size: (\d+) makes (\d+); the default (\d+), (\d+)", meaning)
+    assert examples, f"the row's worked examples: {meaning!r}"
+    ((size, slots, default, default_slots),) = examples
+    assert int(default) == config.MacTable().size
+    for entries, capacity in ((size, slots), (default, default_slots)):
+        shared = fastpath.Shared.create(int(entries), 1)
+        try:
+            assert shared.fdb_capacity == int(capacity), entries
+        finally:
+            shared.close()
 
 
 # --- Log events -----------------------------------------------------------------

@@ -204,7 +204,8 @@ class Shared:
 
     @property
     def fdb_capacity(self) -> int:
-        """Slots: a quarter more than fdb_size, so that fdb_size entries fit."""
+        """Slots: a quarter more than fdb_size, so that fdb_size entries fit, rounded up to whole
+        buckets of TS_FDB_WAYS."""
         return self.ptr.fdb_capacity
 
     @property

@@ -119,7 +119,7 @@ class SwitchCollector:
         yield _family(GaugeMetricFamily, "tapswitch_fdb_entries", "MAC table entries.",
                       ["switch"], [([name], shared.fdb_entries())])
         yield _family(GaugeMetricFamily, "tapswitch_fdb_capacity",
-                      "MAC table slots: mac_table.size and a quarter more.", ["switch"],
+                      "MAC table slots: mac_table.size and a quarter more, rounded up to whole buckets of 8.", ["switch"],
                       [([name], shared.fdb_capacity)])
         stats = shared.fdb_stats()
         for key, doc in FDB_COUNTERS.items():
