@@ -496,7 +496,8 @@ struct ts_settings {
 struct ts_counters {
     uint64_t rx_packets;       /* frames read from the port, accepted */
     uint64_t rx_bytes;         /* their Ethernet bytes (no virtio-net header) */
-    uint64_t rx_errors;        /* malformed: runt, bad vnet header (one a TAP write refuses),
+    uint64_t rx_errors;        /* malformed: runt, bad vnet header (one a TAP write refuses,
+                                  or with a flag virtio-net does not define),
                                   bad source MAC, bad tag (an 802.1Q tag, or one more
                                   behind it, cut or with a checksum starting inside it, or
                                   where a TAP write refuses one once the tag is popped, 4
