@@ -1,13 +1,16 @@
 """The command line's own options and help (the commands are tested with what they drive)."""
 
 import argparse
+import errno
+import io
+import os
 import subprocess
 import sys
 
 import pytest
 
 import tapswitch
-from tapswitch import cli, config
+from tapswitch import cli, config, control
 
 
 def test_version_prints_the_version_build_info_exports(capsys):
@@ -75,3 +78,41 @@ def test_an_fdb_mac_or_vlan_the_switch_would_refuse_exits_2_naming_it_before_any
     assert e.value.code == cli.EXIT_CONFIG, err
     assert err.splitlines()[-1].endswith(f": error: {said} (six hex octets, as in 02:00:00:00:00:10 or "
                                          f"02-00-00-00-00-10)" if "not a MAC" in said else f": error: {said}"), err
+
+
+def test_output_that_cannot_be_written_is_one_line_and_exit_1_not_a_traceback(tmp_path):
+    """`tapswitch check -c FILE > /dev/full` (a full disk, an I/O error): the OSError's
+    traceback, from the print or from the flush. The reason in one line, exit 1; nothing from
+    Python's own flush at exit."""
+    path = tmp_path / "sw.yaml"
+    path.write_text("switch: {name: sw0}\nports: [{name: p0}]\n")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "tapswitch", "check", "-c", str(path)],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert (r.returncode, r.stderr) == (cli.EXIT_FAILURE, "tapswitch: cannot write the output: No space left on device\n")
+
+
+class FullOutput(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("argv", [["ports"], ["ports", "--json"], ["fdb"], ["fdb", "--json"], ["fdb", "flush"],
+                                  ["reload"], ["fdb", "add", "02:00:00:00:00:10", "--port", "p0"]])
+def test_a_clients_output_that_cannot_be_written_is_one_line_and_exit_1(monkeypatch, capsys, argv):
+    answers = {"ports": [{"name": "p0", "state": "up", "counters": {}, "queues_down": []}],
+               "fdb": [{"mac": "02:00:00:00:00:10", "vlan": 1, "port": "p0", "age": 3, "static": False}],
+               "fdb_flush": {"flushed": 1}, "fdb_add": {"mac": "02:00:00:00:00:10", "vlan": 1, "port": "p0"},
+               "reload": {"ok": True, "errors": [], "added": [], "removed": [], "remade": [], "updated": [],
+                          "failed": []}}
+    monkeypatch.setattr(cli, "_request", lambda args, cmd, **kw: answers[cmd])
+    monkeypatch.setattr(cli, "find_socket", lambda args: "/nonexistent.sock")
+
+    class Listing(list):
+        filters = None
+    monkeypatch.setattr(control, "request_listing", lambda path, cmd, **kw: Listing([answers[cmd]]))
+    stdout = FullOutput()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(argv) == cli.EXIT_FAILURE
+    assert capsys.readouterr().err == "tapswitch: cannot write the output: No space left on device\n"
+    assert sys.stdout is stdout

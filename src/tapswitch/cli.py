@@ -460,6 +460,47 @@ def open_closed_stdio() -> None:
             setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
+class OutputFailed(Exception):
+    """Standard output could not be written, for another reason than a reader gone: a full
+    disk, an I/O error (`tapswitch fdb > FILE`)."""
+
+
+class Output:
+    """sys.stdout while a command other than `run` runs: a write or flush that fails raises
+    OutputFailed, which main() says in one line (exit 1), where Python printed the OSError's
+    traceback. A reader gone (BrokenPipeError) is let through: main() ends as SIGPIPE would."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self._written(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._written(self.stream.flush)
+
+    def _written(self, step, *args):
+        try:
+            return step(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputFailed(e.strerror or str(e)) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def output_to_nowhere(stdout) -> None:
+    """What is left in stdout's buffer goes nowhere: Python's flush at exit would say it failed.
+    A stdout that is no file (cli.main called in a process that redirects it) has no such flush."""
+    try:
+        fd = stdout.fileno()
+    except (OSError, ValueError):
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     open_closed_stdio()
     args = build_parser().parse_args(argv)
@@ -469,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         args.held_stop = HeldStop()
         signal.signal(signal.SIGTERM, args.held_stop)
         signal.signal(signal.SIGINT, args.held_stop)
+    stdout = sys.stdout
+    if args.command != "run":        # the switch prints nothing on stdout: its errors are no output's
+        sys.stdout = Output(stdout)
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()       # here, where a closed pipe is caught, not at exit
@@ -479,9 +523,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             raise                # the switch prints nothing on stdout: this one is no reader gone
         # Our reader went (`tapswitch fdb | head`): end as a tool killed by SIGPIPE does, quietly.
-        # What is left in stdout's buffer goes nowhere: Python's flush at exit would say so.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        output_to_nowhere(stdout)
         return 128 + signal.SIGPIPE
+    except OutputFailed as e:
+        # A full disk or an I/O error under `tapswitch fdb > FILE`: what was asked may have been
+        # done (a flush, a reload), but its output is lost, or cut short: a runtime failure.
+        print(f"tapswitch: cannot write the output: {e}", file=sys.stderr)
+        output_to_nowhere(stdout)
+        return EXIT_FAILURE
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

@@ -143,6 +143,22 @@ def test_ports_and_fdb_into_a_closed_pipe_exit_quietly(lab):
         assert r.returncode == 128 + signal.SIGPIPE and r.stderr == "", (argv, r)
 
 
+
+def test_client_output_that_cannot_be_written_is_one_line_and_exit_1(lab):
+    """`tapswitch fdb > FILE` on a full disk: a traceback of the OSError (exit 1 all the same).
+    One line saying why, and the command done all the same (a flush flushed)."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.0.2")
+    for argv in (["ports"], ["ports", "--json"], ["fdb"], ["fdb", "--json"], ["reload"], ["fdb", "flush"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "tapswitch", *argv, "-s", sw.socket],
+                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+        assert (r.returncode, r.stderr) == (1, "tapswitch: cannot write the output: No space left on device\n"), (argv, r)
+    flushed = helpers.wait_for("the flush logged", lambda: sw.events("fdb.flushed"))
+    assert len(flushed) == 1 and flushed[0]["entries"] >= 2       # the two containers' MACs, learned by the ping
+    assert "Traceback" not in sw.log()
+
 def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
     cfg = containers(lab, 2, queues=2)
     sw = lab.switch(cfg)
