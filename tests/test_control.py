@@ -579,6 +579,29 @@ def test_without_s_only_a_dead_switchs_socket_says_no_switch_is_running(monkeypa
         os.rmdir(directory)
 
 
+
+@pytest.mark.parametrize("what", ["a regular file", "a directory", "a dead switch's socket"])
+def test_a_socket_path_nobody_listens_on_says_what_is_there_not_connection_refused(scratch, capsys, what):
+    """`tapswitch ports -s PATH`: the kernel refuses a connection alike to a socket nobody listens
+    on and to a path that is no socket at all (the config file given to -s, say), and the command
+    said "cannot reach the switch on PATH: Connection refused" for each."""
+    from tapswitch import cli
+    path = os.path.join(scratch(), "ctl.sock")
+    if what == "a regular file":
+        open(path, "w").close()
+    elif what == "a directory":
+        os.mkdir(path)
+    else:
+        dead_socket(path)
+    said = (f"tapswitch: no switch is running on {path} (nobody listens on the socket: left by a switch that died)"
+            if what == "a dead switch's socket" else
+            f"tapswitch: {path} is not a socket: give the switch's control socket (switch.control.socket)")
+    for argv in (["ports"], ["fdb"], ["fdb", "--json"], ["fdb", "flush"], ["reload"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*argv, "-s", path])
+        assert e.value.code == said, argv
+    assert capsys.readouterr().out == ""
+
 def test_a_second_switch_on_a_socket_is_refused_by_its_lock_naming_the_holder():
     path = os.path.join(tempfile.mkdtemp(), "ctl.sock")
     server = serve(path)

@@ -565,6 +565,9 @@ def _connect(path: str, timeout: float) -> socket.socket:
     except FileNotFoundError:
         s.close()
         raise ControlError(f"no switch is running on {path}") from None
+    except ConnectionRefusedError:
+        s.close()
+        raise ControlError(_refused(path)) from None
     except TimeoutError:
         s.close()
         raise ControlError(f"no answer from the switch on {path} within {timeout:g} s") from None
@@ -572,6 +575,19 @@ def _connect(path: str, timeout: float) -> socket.socket:
         s.close()
         raise ControlError(f"cannot reach the switch on {path}: {e.strerror or e}") from None
     return s
+
+
+def _refused(path: str) -> str:
+    """Why a connection to `path` was refused: the kernel says "Connection refused" alike for a
+    socket nobody listens on (the one a switch killed by SIGKILL left) and for a path that is
+    no socket at all (`-s` given the config file, say)."""
+    try:
+        socket_there = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        socket_there = True         # gone meanwhile, or not ours to look at: the socket's case
+    if not socket_there:
+        return f"{path} is not a socket: give the switch's control socket (switch.control.socket)"
+    return f"no switch is running on {path} (nobody listens on the socket: left by a switch that died)"
 
 
 def _not_a_switch(path: str) -> ControlError:
