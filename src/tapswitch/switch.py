@@ -1230,12 +1230,19 @@ class Switch:
         index = {p.name: p.index for p in self.ports}
         wanted = {(mac, vlan): port for mac, port, vlan in self.cfg.static_mac_entries() if port in index}
         # `fdb add`'s go with their port, and with its VLAN or its forwarding (a reload may
-        # take either away), as a bridge's static entries do.
-        kept = {(mac, vlan): name for (mac, vlan), name in self.cli_macs.items()
-                if name in index and self._static_mac_error(self.port_by_name(name), vlan) is None}
+        # take either away), as a bridge's static entries do; and when the config gives another
+        # port of the VLAN their MAC (`mac:`), which fdb add refuses as check refuses it in
+        # static_macs: kept, the entry sent that port's frames to theirs for good.
+        kept = {}
         for (mac, vlan), name in self.cli_macs.items():
-            if (mac, vlan) not in kept:
-                log.info("fdb.static_removed", mac=mac, vlan=vlan, port=name, reason="the port or its VLAN went")
+            if name not in index or self._static_mac_error(self.port_by_name(name), vlan) is not None:
+                reason = "the port or its VLAN went"
+            else:
+                reason = self._mac_owner_error(mac, vlan, self.port_by_name(name))
+            if reason is None:
+                kept[mac, vlan] = name
+            else:
+                log.info("fdb.static_removed", mac=mac, vlan=vlan, port=name, reason=reason)
         self.cli_macs = kept
         wanted.update(self.cli_macs)
         for mac, vlan in set(self.static_macs) - set(wanted):

@@ -110,6 +110,35 @@ def test_fdb_add_refuses_another_ports_mac_in_its_vlan_as_check_refuses_it(lab):
     assert sorted((e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["static"]) == [(a, 10), (c, 20)]
 
 
+
+def test_a_reload_that_gives_another_port_the_mac_of_an_fdb_add_entry_removes_the_entry(lab):
+    """fdb add refuses a MAC that is another port's `mac` in the VLAN; a reload that gave port
+    a, by `mac:`, the MAC of fdb add's entry on port c kept the entry: frames to a went to c
+    for good, and a's host was reached no more. The entry goes (fdb.static_removed), as one
+    whose port or VLAN went; one in a VLAN port a is not in stays."""
+    nss, ports = quiet_site(lab)
+    a, b, c = (p["name"] for p in ports)
+    ports[2].update(trunk=[20], vlan=1)
+    cfg = {"switch": {"name": lab.name("sw")}, "ports": ports}
+    sw = lab.switch(cfg)
+    mac = "02:00:00:00:99:0d"
+    sw.cli("fdb", "add", mac, "--port", c)
+    sw.cli("fdb", "add", mac, "--port", c, "--vlan", "20")
+    ports[0]["mac"] = mac
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {a}"
+    assert helpers.link_mac(nss[0], "eth0") == mac
+    assert [(e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["mac"] == mac and e["static"]] == [(c, 20)]
+    assert [(e["mac"], e["vlan"], e["reason"]) for e in sw.events("fdb.static_removed")] == [
+        (mac, 1, f"{mac} is the MAC of port {a} in VLAN 1: static on {c}, its frames would go there")]
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", mac, "ff:ff:ff:ff:ff:ff", 1)     # a's host speaks
+    assert [e["port"] for e in sw.cli_json("fdb") if e["mac"] == mac and e["vlan"] == 1] == [a]
+    before = tx(sw)
+    helpers.nsexec(nss[1], sys.executable, SENDER, "eth0", helpers.link_mac(nss[1], "eth0"), mac, 20)
+    after = tx(sw)
+    assert after[c] == before[c] and after[a] - before[a] == 20     # to a, its MAC's port, not to c
+
 def tapswitch(*argv, check=True) -> subprocess.CompletedProcess:
     return helpers.sh(sys.executable, "-m", "tapswitch", *argv, check=check)
 
