@@ -214,6 +214,7 @@ class Switch:
         # are down, for metrics and `tapswitch ports`; a new dict each reload (other threads read it).
         self.unmade: dict[str, tuple[object, str]] = {}
         self.stopping = False
+        self.undoing = False        # _undo has begun (a stop, or a failed start's)
         self.reload_requested = False
         self.reload_waiters: list[futures.Future] = []    # `tapswitch reload`s waiting for the next reload
         self.aging_cursor = 0
@@ -420,11 +421,20 @@ class Switch:
             log.info("metrics.listening", address=sw.metrics.listen)
 
     def _reading(self, handler):
-        """A control request's handler, run inside self.shared_readers."""
+        """A control request's handler, run inside self.shared_readers; refused once the switch
+        stops. A request that came just before, its thread run once the stop had begun, was
+        served from a switch half undone: `tapswitch fdb` said the table was empty (exit 0), the
+        ports closed meanwhile. Lost race, stated: one served as the stop begins sees what it
+        read, as it was when it read it."""
         def read(req):
             with self.shared_readers.reading():
+                self._refuse_if_stopping()
                 return handler(req)
         return read
+
+    def _refuse_if_stopping(self) -> None:
+        if self.stopping or self.undoing:
+            raise ControlError("the switch is stopping")
 
     # The control loop.
 
@@ -487,7 +497,9 @@ class Switch:
 
     def request_reload(self) -> dict:
         """`tapswitch reload`: the control loop reloads; the client waits for the outcome of a
-        reload that reads the config after it asked (not of one under way)."""
+        reload that reads the config after it asked (not of one under way). Refused once the
+        switch stops: no reload comes then, and the client waited for it until the switch was gone."""
+        self._refuse_if_stopping()
         outcome = futures.Future()
         self.reload_waiters.append(outcome)
         self.reload_requested = True            # also while starting (no control loop yet): once started
@@ -1466,6 +1478,7 @@ class Switch:
         """stop() without saying the switch stopped: a failed start has said why it ends. Each
         step is taken whatever became of those before it: one that raises is logged
         (switch.undo_failed) and the rest still goes, so that nothing is left that could go."""
+        self.undoing = True         # a control request from here on is told the switch is stopping
         _ignore_stop_signals()
         notify("STOPPING=1")
         if self.metrics_server is not None:

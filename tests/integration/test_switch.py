@@ -159,6 +159,29 @@ def test_client_output_that_cannot_be_written_is_one_line_and_exit_1(lab):
     assert len(flushed) == 1 and flushed[0]["entries"] >= 2       # the two containers' MACs, learned by the ping
     assert "Traceback" not in sw.log()
 
+
+SERVED_WHILE_STOPPING = (sys.executable,
+                         os.path.join(os.path.dirname(os.path.dirname(__file__)), "served_while_stopping.py"))
+
+
+def test_a_request_served_while_the_switch_stops_is_refused_saying_so(lab):
+    """A request that came just before a SIGTERM, its thread run once the stop had begun, was
+    served from a switch half undone: `tapswitch fdb` printed an empty table, exit 0, as the
+    stop had closed the ports meanwhile, and `tapswitch reload` waited for a reload that never
+    came. Each is told the switch is stopping (exit 1)."""
+    cfg = containers(lab, 2, queues=1)
+    sw = lab.switch(cfg, wrapper=SERVED_WHILE_STOPPING)
+    clients = {argv: subprocess.Popen([sys.executable, "-m", "tapswitch", *argv, "-s", sw.socket],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for argv in (("fdb", "--json"), ("ports",), ("reload",))}
+    lab.procs.extend(clients.values())
+    helpers.wait_for("the requests held", lambda: len(sw.events("test.request_held")) == len(clients), within=30)
+    assert sw.stop() == 0
+    for argv, client in clients.items():
+        out, err = client.communicate(timeout=60)
+        assert (client.returncode, out, err) == (1, "", "tapswitch: the switch is stopping\n"), argv
+    assert "Traceback" not in sw.log()
+
 def test_worker_killed_mid_ping_is_restarted_and_traffic_recovers(lab):
     cfg = containers(lab, 2, queues=2)
     sw = lab.switch(cfg)
