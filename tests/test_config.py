@@ -1376,6 +1376,17 @@ def test_all_and_default_are_refused_as_interface_names(port, key, name):
         f"/proc/sys/net/*/conf/{name}")
 
 
+@pytest.mark.parametrize("port, key", [("name: pà", "name"), ("{name: p0, netns: n, ifname: ethà}", "ifname"),
+                                       ("{name: p0, remote: upà}", "remote")])
+def test_an_interface_name_with_a_byte_the_kernel_takes_for_whitespace_is_refused(port, key):
+    """The kernel's isspace() reads byte 0xa0 as a space, and à is c3 a0 in UTF-8: check passed
+    `name: pà`, and run made the other ports, then failed saying 'a device named pà already
+    exists' (TUNSETIFF: EINVAL). Other letters pass, as the kernel has them."""
+    assert one_error(with_port(port)).endswith(
+        f"ports[0].{key}: an interface name has no 'à': the kernel reads byte 0xa0 of its UTF-8 (c3 a0) as whitespace")
+    assert loads(with_port("name: pé\n")).ports[0].name == "pé"
+
+
 def test_a_control_socket_path_ending_in_a_slash_is_refused():
     assert one_error("switch: {name: sw0, control: {socket: /tmp/x/}}\nports: [{name: p0}]\n") == (
         "t.yaml:1: switch.control.socket: the control socket path names a file, not a directory (it ends in '/')")

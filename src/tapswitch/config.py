@@ -76,9 +76,9 @@ class ConfigError(Exception):
 
 
 def _is_interface_name(value: str) -> str:
-    """Linux dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..';
-    not 'all' or 'default' (the names of /proc/sys/net/*/conf/'s defaults); and no '%',
-    which the kernel would replace with a number."""
+    """Linux dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace (as the kernel's isspace()
+    has it: byte 0xa0 too), not '.' or '..'; not 'all' or 'default' (the names of
+    /proc/sys/net/*/conf/'s defaults); and no '%', which the kernel would replace with a number."""
     if not 1 <= len(value.encode()) <= 15:
         raise ValueError("an interface name is 1 to 15 bytes long")
     if value in (".", ".."):
@@ -87,6 +87,12 @@ def _is_interface_name(value: str) -> str:
         raise ValueError(f"an interface cannot be named {value!r}: the kernel keeps it for /proc/sys/net/*/conf/{value}")
     if any(c in "/:\0" or c.isspace() for c in value):
         raise ValueError("an interface name has no '/', ':', NUL or whitespace")
+    # The kernel reads the name byte by byte, and its isspace() takes 0xa0 (Latin-1's no-break
+    # space) for one: a character whose UTF-8 holds that byte (à, Ġ...) is refused (EINVAL).
+    spaced = next((c for c in value if 0xA0 in c.encode()), None)
+    if spaced is not None:
+        raise ValueError(f"an interface name has no {spaced!r}: the kernel reads byte 0xa0 of its UTF-8 "
+                         f"({spaced.encode().hex(' ')}) as whitespace")
     if "%" in value:  # the kernel reads eth%d as "the next free ethN"
         raise ValueError("an interface name has no '%' (the kernel numbers a name with %d itself)")
     return value
