@@ -1398,6 +1398,15 @@ def test_a_port_address_must_be_unicast(address):
         f"ports[0].addresses[0]: {address.split('/')[0]} is not a unicast address")
 
 
+@pytest.mark.parametrize("address", ["::1/128", "::1/64"])
+def test_the_ipv6_loopback_address_is_refused_on_a_port(address):
+    """check passed it; the kernel refuses it on any device but lo ('Cannot assign loopback
+    address on this device'), and run made the other ports, then failed at this one, exit 1."""
+    assert one_error(with_port(f"name: p0\nnetns: n\naddresses: ['{address}']\n")).endswith(
+        "ports[0].addresses[0]: ::1 is IPv6's loopback address: the kernel gives it to lo only")
+    loads(with_port("name: p0\nnetns: n\naddresses: ['127.0.0.2/8', '::2/128']\n"), "t.yaml")    # the kernel takes them
+
+
 def test_a_port_address_that_is_its_subnets_broadcast_is_refused():
     """The README says unicast; 198.18.0.255/24 passed `check`, and the port's host got the
     subnet's broadcast address for its own. /31 and /32 have no broadcast address: they pass."""

@@ -297,6 +297,8 @@ def _is_interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv
         raise ValueError(f"not an IPv4 or IPv6 address with prefix length: {value!r}") from None
     if address.ip.is_multicast or address.ip.is_unspecified or address.ip == LIMITED_BROADCAST:
         raise ValueError(f"{address.ip} is not a unicast address")
+    if address.version == 6 and address.ip.is_loopback:     # EADDRNOTAVAIL on any other device
+        raise ValueError(f"{address.ip} is IPv6's loopback address: the kernel gives it to lo only")
     network = address.network
     if network.version == 4 and network.prefixlen <= 30 and address.ip == network.broadcast_address:
         # The kernel takes it, but what is sent to it goes to every host of the subnet: no
