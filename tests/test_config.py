@@ -4,6 +4,7 @@ import ipaddress
 import os
 import pwd
 import socket
+import subprocess
 import textwrap
 import threading
 
@@ -273,11 +274,44 @@ def test_same_inner_name_in_the_same_netns_clashes_whatever_the_netns_form():
 def test_an_ifname_that_is_another_ports_name_in_the_same_netns_clashes():
     """That port's TAP enters the namespace under its name before its rename: the two met, or
     not, as the threads making them interleaved (a start failed one time in five here)."""
-    text = SWITCH + "ports:\n  - {name: a, netns: pid:7, ifname: b}\n  - {name: b, netns: pid:7, ifname: eth9}\n"
-    assert one_error(text) == ("t.yaml:4: ports[0].ifname: 'b' is the name ports[1]'s TAP enters netns 'pid:7' "
+    text = SWITCH + "ports:\n  - {name: a, netns: pid:4194307, ifname: b}\n  - {name: b, netns: pid:4194307, ifname: eth9}\n"
+    assert one_error(text) == ("t.yaml:4: ports[0].ifname: 'b' is the name ports[1]'s TAP enters netns 'pid:4194307' "
                                "under, before its rename; rename one of them")
-    fine = SWITCH + "ports:\n  - {name: a, netns: pid:7, ifname: b}\n  - {name: b, netns: pid:8, ifname: eth9}\n"
+    # Pids over any pid_max (2**22): no process has them, so they are two namespaces (pid:7 and
+    # pid:8, kernel threads, are both the host's one: netns_identity).
+    fine = SWITCH + "ports:\n  - {name: a, netns: pid:4194307, ifname: b}\n  - {name: b, netns: pid:4194308, ifname: eth9}\n"
     assert [p.inner_name for p in loads(fine).ports] == ["b", "eth9"]
+
+
+def test_same_inner_name_in_one_netns_reached_by_two_paths_clashes(tmp_path):
+    """/var/run/netns/x is /run/netns/x (/var/run is a symlink to /run): check passed two ports
+    with ifname eth0 there, one writing x, the other the path; run made the first, then failed
+    at the second ('a device named eth0 already exists'), exit 1."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    text = SWITCH + f"ports:\n  - {{name: a, netns: {tmp_path}/real/ns, ifname: eth0}}\n" \
+                    f"  - {{name: b, netns: {tmp_path}/link/ns, ifname: eth0}}\n"
+    assert one_error(text) == (f"t.yaml:5: ports[1].ifname: 'eth0' is already in netns '{tmp_path}/link/ns' "
+                               f"(ports[0], whose netns '{tmp_path}/real/ns' is the same namespace)")
+    assert len(loads(text.replace("ifname: eth0}\n", "ifname: eth1}\n", 1)).ports) == 2
+
+
+def test_same_inner_name_in_the_netns_of_two_processes_in_one_namespace_clashes():
+    """pid:N of two processes of one container (or a pid and the name its namespace was given)
+    is one namespace: what two ports name alike there meets, as a TAP entering under the name
+    another port renames its TAP to does."""
+    with subprocess.Popen(["sleep", "60"]) as child:
+        try:
+            text = SWITCH + (f"ports:\n  - {{name: a, netns: 'pid:{os.getpid()}', ifname: eth0}}\n"
+                             f"  - {{name: b, netns: 'pid:{child.pid}', ifname: eth0}}\n"
+                             f"  - {{name: c, netns: 'pid:{child.pid}', ifname: a}}\n")
+            assert errors_of(text) == [
+                f"t.yaml:5: ports[1].ifname: 'eth0' is already in netns 'pid:{child.pid}' "
+                f"(ports[0], whose netns 'pid:{os.getpid()}' is the same namespace)",
+                f"t.yaml:6: ports[2].ifname: 'a' is the name ports[0]'s TAP, whose netns 'pid:{os.getpid()}' is the "
+                f"same namespace, enters netns 'pid:{child.pid}' under, before its rename; rename one of them"]
+        finally:
+            child.kill()
 
 
 def test_same_inner_name_in_different_netns_is_fine():

@@ -877,8 +877,10 @@ IDENTITY = ("name", "netns", "ifname", "remote", "vxlan")  # the Port keys that 
 def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     """(loc, message) for every port that clashes with an earlier one, given (index, port) pairs."""
     clashes = []
+    by_port = dict(ports)
+    identity = {i: netns_identity(p.netns_path) for i, p in ports if p.netns is not None}
     by_name: dict[str, int] = {}  # TAP name → first port index
-    by_inner: dict[tuple[str, str], int] = {}  # (netns path, name inside) → first port index
+    by_inner: dict[tuple[tuple, str], int] = {}  # (netns_identity, name inside) → first port index
     by_remote: dict[str, int] = {}
     for i, port in ports:
         if port.name in by_name:
@@ -886,10 +888,12 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
             clashes.append((("ports", i, "name"), f"duplicate port name {port.name!r} (first at ports[{first}])"))
         by_name.setdefault(port.name, i)
         if port.netns is not None:  # in the host's netns the name rule above already holds
-            key = (port.netns_path, port.inner_name)
+            key = (identity[i], port.inner_name)
             if key in by_inner:
                 where = ("ports", i, "ifname" if port.ifname else "name")
-                clashes.append((where, f"{port.inner_name!r} is already in netns {port.netns!r} (ports[{by_inner[key]}])"))
+                first = by_inner[key]
+                clashes.append((where, f"{port.inner_name!r} is already in netns {port.netns!r} "
+                                       f"(ports[{first}]{_same_netns(port, by_port[first])})"))
             by_inner.setdefault(key, i)
         if port.remote is not None:
             if port.remote in by_remote:
@@ -908,12 +912,13 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     # A TAP moved into a namespace (one the switch did not make) enters it under its port name and
     # is renamed there: another port's ifname of that name would meet it, or not, as the ports'
     # set-ups, made side by side, happen to interleave.
-    entering = {(p.netns_path, p.name): i for i, p in ports if p.netns is not None and p.inner_name != p.name}
+    entering = {(identity[i], p.name): i for i, p in ports if p.netns is not None and p.inner_name != p.name}
     for i, port in ports:  # once every name is known: a remote may name a later port
-        other = entering.get((port.netns_path, port.ifname)) if port.netns is not None else None
+        other = entering.get((identity[i], port.ifname)) if port.netns is not None else None
         if other is not None and other != i:
-            clashes.append((("ports", i, "ifname"), f"{port.ifname!r} is the name ports[{other}]'s TAP enters "
-                                                    f"netns {port.netns!r} under, before its rename; rename one of them"))
+            same = _same_netns(port, by_port[other])
+            clashes.append((("ports", i, "ifname"), f"{port.ifname!r} is the name ports[{other}]'s TAP{same and same + ','} "
+                                                    f"enters netns {port.netns!r} under, before its rename; rename one of them"))
         if port.remote in by_name:
             first = by_name[port.remote]
             clashes.append((("ports", i, "remote"), f"{port.remote!r} is the TAP of ports[{first}]; a port cannot attach a port"))
@@ -925,6 +930,31 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
             clashes.append((("ports", i, "vxlan"), f"its device {tunnel.device_name(port.name)!r} "
                                                    f"is the name of ports[{other}]; rename one of them"))
     return clashes
+
+
+def netns_identity(path: str) -> tuple:
+    """What tells one namespace from another, given the path of its file: the (device, inode) of
+    the file there -- the namespace's own, through a bind mount or /proc/PID/ns/net -- else the
+    path with its directories' symlinks resolved. Two netns written otherwise can so be one
+    namespace: x and /var/run/netns/x (/var/run is /run), pid:N and the name its namespace was
+    given, two processes of one container; what the ports make there meets all the same."""
+    try:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    except OSError:
+        pass
+    head, name = os.path.split(path)
+    try:
+        return os.path.realpath(head), name
+    except OSError:         # a directory not ours to read (/proc/1/ns, without CAP_SYS_PTRACE)
+        return (path,)
+
+
+def _same_netns(port: Port, other: Port) -> str:
+    """What says that two ports' netns, written otherwise, are one namespace ("" if written alike)."""
+    if port.netns_path == other.netns_path:
+        return ""
+    return f", whose netns {other.netns!r} is the same namespace"
 
 
 def mac_clashes(ports: list[tuple[int, Port]], monitors: Iterable[str] = (),
