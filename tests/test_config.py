@@ -1050,6 +1050,36 @@ def test_yaml_forbidden_character_is_located():
     assert one_error(SWITCH + "ports: [{name: \x07}]\n") == "t.yaml:3: -: YAML: character #x0007 is not allowed"
 
 
+@pytest.mark.parametrize("brk", ["\x85", "\u2028", "\u2029"])
+def test_lines_are_the_files_whatever_yaml_11_takes_for_a_line_break(brk):
+    """YAML 1.1 reads U+0085, U+2028 and U+2029 as line breaks, which no editor, `grep -n` or
+    `sed -n` does: one of them in a string (pasted from a web page) said every error after it
+    one line further down than it is."""
+    text = f'switch:\n  name: "sw{brk}0"\n  queues: x\nports: [{{name: p0, bogus: 1}}]\n'
+    assert errors_of(text) == ["t.yaml:2: switch.name: a switch name is 1 to 32 of A-Z a-z 0-9 _ . -",
+                               "t.yaml:3: switch.queues: expected an integer, got string",
+                               "t.yaml:4: ports[0].bogus: unknown key"]
+    assert one_error(f'switch:\n  name: "sw{brk}0"\nports: [{{name: p0}}\n') == (
+        "t.yaml:4: -: YAML: while parsing a flow sequence: expected ',' or ']', but got '<stream end>'")
+
+
+def test_a_lone_carriage_return_ends_a_line_as_in_an_editor():
+    """Lines ended by '\r' alone (or '\r\r\n', a file made CRLF twice) are lines to an editor
+    that reads them, as to YAML: errors say the line it shows."""
+    assert one_error("switch:\r  name: sw0\r  bogus: 1\rports: [{name: p0}]\r") == "t.yaml:3: switch.bogus: unknown key"
+    assert one_error("switch:\r\n  name: sw0\r\n  bogus: 1\r\nports: [{name: p0}]\r\n") == (
+        "t.yaml:3: switch.bogus: unknown key")
+    assert one_error("switch:\r  name: sw0\rports: [{name: \x07}]\r") == "t.yaml:3: -: YAML: character #x0007 is not allowed"
+
+
+def test_bytes_that_are_not_utf8_after_lone_carriage_returns_are_located_at_their_line(tmp_path):
+    path = tmp_path / "cr.yaml"
+    path.write_bytes(b"switch:\r  name: sw0\rports: [{name: p\xe90}]\r")
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    assert info.value.errors == [f"{path}:3: -: cannot read: not UTF-8: byte 0xe9"]
+
+
 def test_yaml_value_that_cannot_be_converted_is_located_at_its_key():
     assert one_error(SWITCH + "ports: [{name: p, speed: 2001-13-45}]\n") == (
         "t.yaml:3: ports[0].speed: YAML: cannot read '2001-13-45' as a date: month must be in 1..12"

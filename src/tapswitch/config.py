@@ -22,6 +22,7 @@ reported each at its own key, relative to where the rule ran.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import importlib.resources
@@ -1198,7 +1199,7 @@ def load(path: str | None) -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
+        line = _line_at(_line_ends(raw[:e.start].decode("utf-8")), e.start) + 1
         raise ConfigError([f"{path}:{line}: -: cannot read: not UTF-8: byte 0x{raw[e.start]:02x}"]) from None
     return loads(text, path)
 
@@ -1256,6 +1257,7 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
             root = loader.get_single_node()
             if root is None:
                 return None, None, _lines(None)
+            _count_file_lines(root, text)
             _check_expansion(root, source)
             _resolve_merge_keys(root, source)
             found = _lines(root)
@@ -1271,18 +1273,56 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
         raise
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else 0
+        line = _line_at(_line_ends(text), mark.index) + 1 if mark else 0      # as _count_file_lines has it
         problem = ": ".join(str(p) for p in (e.context, e.problem) if p) or "invalid YAML"
         if "'\\t'" in str(e.problem):       # PyYAML takes a tab for no whitespace in indents, and after ':'
             problem += f" (column {mark.column + 1}: indent and separate with spaces, not tabs)"
         raise ConfigError([f"{source}:{line}: -: YAML: {problem}"]) from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow
-        line = text.count("\n", 0, e.position) + 1
+        line = _line_at(_line_ends(text), e.position) + 1
         raise ConfigError([f"{source}:{line}: -: YAML: character #x{e.character:04x} is not allowed"]) from None
     except RecursionError:
         raise ConfigError([f"{source}:0: -: YAML: nested too deeply"]) from None
     except Exception as e:  # noqa: BLE001 -- a mapping's keys are hashed outside _Loader.construct_object
         raise ConfigError([f"{source}:0: -: YAML: cannot convert a value: {type(e).__name__}: {e}"]) from None
+
+
+# Line breaks as editors, `grep -n` and compilers count them; YAML 1.1 (and PyYAML) count
+# U+0085, U+2028 and U+2029 too, which none of them does.
+_LINE_BREAK = re.compile("\r\n|\r|\n")
+_UNICODE_BREAK = re.compile("[\x85\u2028\u2029]")
+
+
+def _line_ends(text: str) -> list[int]:
+    """Where each line of `text` ends (the index after its break), for _line_at."""
+    return [m.end() for m in _LINE_BREAK.finditer(text)]
+
+
+def _line_at(ends: list[int], index: int) -> int:
+    """The 0-based line of the character at `index`, given _line_ends."""
+    return bisect.bisect_right(ends, index)
+
+
+def _count_file_lines(root: yaml.Node, text: str) -> None:
+    """Make every node's marks say the line that an editor shows it on: PyYAML counts U+0085
+    (NEL), U+2028 and U+2029 as line breaks, so one of them in a string or a comment (pasted
+    from a web page, a word processor) moved every error after it one line down."""
+    if not _UNICODE_BREAK.search(text):
+        return              # PyYAML's lines are the file's
+    ends = _line_ends(text)
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for mark in (node.start_mark, node.end_mark):
+            mark.line = _line_at(ends, mark.index)
+        if isinstance(node, yaml.SequenceNode):
+            stack += node.value
+        elif isinstance(node, yaml.MappingNode):
+            stack += [n for pair in node.value for n in pair]
 
 
 class _Unconvertible(Exception):
