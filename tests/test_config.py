@@ -423,6 +423,13 @@ def test_loopback_as_remote():
     )
 
 
+@pytest.mark.parametrize("port, key", [("name: lo\n", "name"), ("name: p\nnetns: n\nifname: lo\n", "ifname")])
+def test_loopback_as_a_ports_name(port, key):
+    """check passed it; run made the other ports, then failed: 'a device named lo already exists'."""
+    assert one_error(with_port(port)).endswith(
+        f"ports[0].{key}: lo is the loopback device, in every namespace: a TAP cannot be named so")
+
+
 def test_ifname_without_netns():
     assert one_error(with_port("name: p\nifname: eth0\n")) == (
         "t.yaml:5: ports[0].ifname: ifname renames the port inside its netns: it requires netns"

@@ -622,6 +622,14 @@ class Port(_Model):
     # declared above them; a field that failed is absent from info.data, and
     # then the dependent rule stays silent rather than report a second error.
 
+    @field_validator("name", "ifname")
+    @classmethod
+    def _is_not_loopback(cls, value: str | None) -> str | None:
+        # Every namespace has its lo from its start: the TAP cannot take that name, there or here.
+        if value == "lo":
+            raise ValueError("lo is the loopback device, in every namespace: a TAP cannot be named so")
+        return value
+
     @field_validator("ifname")
     @classmethod
     def _ifname_requires_netns(cls, value: str | None, info: ValidationInfo) -> str | None:
