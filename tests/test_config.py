@@ -1415,6 +1415,20 @@ def test_every_bad_vxlan_remote_is_reported():
                       "t.yaml:4: ports[0].vxlan.remotes[3]: remote 198.19.0.3 is listed twice"]
 
 
+def test_two_vxlan_ports_whose_long_names_give_one_device_clash():
+    """A name too long for `NAME-vx` gives its first 9 bytes and 4 hex digits of its CRC-32: these
+    two give vxlanport7ba4vx both. check passed them; run failed at whichever came second ('a
+    device named vxlanport7ba4vx already exists (not made by tapswitch)'), exit 1."""
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - {name: vxlanport001623, vxlan: {vni: 1, local: 198.18.9.1}}
+          - {name: vxlanport008000, vxlan: {vni: 2, local: 198.18.9.1}}
+        """)
+    assert errors == ["t.yaml:4: ports[1].vxlan: its device 'vxlanport7ba4vx' is also ports[0]'s (that of a name over "
+                      "12 bytes is its first 9 bytes and 4 hex digits of its CRC-32); rename one of them"]
+
+
 def test_two_vxlan_ports_on_one_vni_and_udp_port_clash():
     errors = errors_of("""\
         switch: {name: sw0}

@@ -917,7 +917,15 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
                 clashes.append((("ports", i, "vxlan", "vni"), f"VNI {key[0]} on UDP port {key[1]} over IPv{key[2]} "
                                                               f"is already ports[{by_vni[key]}]'s"))
             by_vni.setdefault(key, i)
-    by_tunnel = {tunnel.device_name(p.name): i for i, p in ports if p.vxlan is not None}
+    by_tunnel: dict[str, int] = {}  # VXLAN device name → first port index
+    for i, port in ports:
+        if port.vxlan is not None:
+            device = tunnel.device_name(port.name)
+            if device in by_tunnel:     # two long names alike in their first 9 bytes and CRC-32's low 16 bits
+                clashes.append((("ports", i, "vxlan"), f"its device {device!r} is also ports[{by_tunnel[device]}]'s (that "
+                                                       f"of a name over {tunnel.IFNAMSIZ - len(tunnel.SUFFIX)} bytes is its "
+                                                       f"first 9 bytes and 4 hex digits of its CRC-32); rename one of them"))
+            by_tunnel.setdefault(device, i)
     # A TAP moved into a namespace (one the switch did not make) enters it under its port name and
     # is renamed there: another port's ifname of that name would meet it, or not, as the ports'
     # set-ups, made side by side, happen to interleave.

@@ -98,7 +98,8 @@ class VxlanError(Exception):
 
 def device_name(port: str) -> str:
     """The VXLAN device of port `port`: `port-vx`, or, for a long port name, its
-    first 9 characters, 4 hex digits of its CRC-32 and `vx` (15 in all, distinct per name)."""
+    first 9 characters, 4 hex digits of its CRC-32 and `vx` (15 in all; two long names alike in
+    those may meet there, which config.port_clashes refuses)."""
     if len((port + SUFFIX).encode()) <= IFNAMSIZ:
         return port + SUFFIX
     head = port.encode()[:9].decode(errors="ignore")
