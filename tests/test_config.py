@@ -329,6 +329,23 @@ def test_two_ports_cannot_attach_the_same_remote():
     assert one_error(text) == "t.yaml:5: ports[1].remote: 'eth1' is already attached by ports[0]"
 
 
+def test_two_ports_cannot_attach_one_device_by_two_of_its_names(monkeypatch):
+    """An altname (`ip link property add dev up0 altname uplink`) is another name of the same
+    device: check passed remote: up0 and remote: uplink, and run failed at the second, saying
+    uplink was 'attached by another running switch' (its own pid), exit 1."""
+    names = {"up0": 7, "uplink": 7, "up1": 8}
+
+    def if_nametoindex(name):
+        if name not in names:
+            raise OSError(19, "No such device")
+        return names[name]
+
+    monkeypatch.setattr(config.socket, "if_nametoindex", if_nametoindex)
+    text = SWITCH + "ports:\n  - {name: a, remote: up0}\n  - {name: b, remote: uplink}\n  - {name: c, remote: up1}\n"
+    assert one_error(text) == "t.yaml:5: ports[1].remote: 'uplink' is already attached by ports[0], whose remote 'up0' is the same device"
+    assert len(loads(text.replace("uplink", "up2")).ports) == 3       # no device of that name here: a name apart
+
+
 def test_duplicate_yaml_key_is_located():
     text = with_port('name: p\nmac: "02:00:00:00:00:01"\nmtu: 1500\nmac: "02:00:00:00:00:02"\n')
     assert one_error(text) == "t.yaml:7: ports[0].mac: duplicate key (first at line 5); YAML keeps only the last"

@@ -32,6 +32,7 @@ import posixpath
 import pwd
 import re
 import signal
+import socket
 import stat
 import sys
 import time
@@ -890,7 +891,7 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
     identity = {i: netns_identity(p.netns_path) for i, p in ports if p.netns is not None}
     by_name: dict[str, int] = {}  # TAP name → first port index
     by_inner: dict[tuple[tuple, str], int] = {}  # (netns_identity, name inside) → first port index
-    by_remote: dict[str, int] = {}
+    by_remote: dict[tuple, int] = {}  # device_identity of the remote → first port index
     for i, port in ports:
         if port.name in by_name:
             first = by_name[port.name]
@@ -905,10 +906,12 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
                                        f"(ports[{first}]{_same_netns(port, by_port[first])})"))
             by_inner.setdefault(key, i)
         if port.remote is not None:
-            if port.remote in by_remote:
-                first = by_remote[port.remote]
-                clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{first}]"))
-            by_remote.setdefault(port.remote, i)
+            key = device_identity(port.remote)
+            if key in by_remote:
+                first = by_remote[key]
+                same = "" if by_port[first].remote == port.remote else f", whose remote {by_port[first].remote!r} is the same device"
+                clashes.append((("ports", i, "remote"), f"{port.remote!r} is already attached by ports[{first}]{same}"))
+            by_remote.setdefault(key, i)
     by_vni: dict[tuple[int, int, int], int] = {}  # the kernel takes one device per VNI, UDP port and family
     for i, port in ports:
         if port.vxlan is not None:
@@ -965,6 +968,16 @@ def netns_identity(path: str) -> tuple:
         return os.path.realpath(head), name
     except OSError:         # a directory not ours to read (/proc/1/ns, without CAP_SYS_PTRACE)
         return (path,)
+
+
+def device_identity(name: str) -> tuple:
+    """What tells one device of the switch's namespace from another, given a name of it: its
+    index, when there is one by that name (an altname, `ip link property add dev eth1 altname
+    uplink`, is another name of the same device), else the name."""
+    try:
+        return ("index", socket.if_nametoindex(name))
+    except OSError:
+        return ("name", name)
 
 
 def _same_netns(port: Port, other: Port) -> str:
