@@ -48,8 +48,10 @@ class Case:
 CASES = {
     "binary_junk": Case(b"\xff\xfe" + random.Random(7).randbytes(4096), line=1),   # not UTF-8: "cannot read", at its line
     "nul_byte": Case(b"switch:\n  name: sw\x00\nports: [{name: p}]\n", line=2),
-    "deep_flow_nesting": Case(b"switch: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+    "deep_flow_nesting": Case(b"switch:\n  name: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", line=2),
     "deep_block_nesting": Case(("switch:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 3000))).encode()),
+    "nesting_deeper_than_a_config": Case(b"switch: {name: sw}\nports:\n  - name: p\n    acl: " + b"[" * 300
+                                         + b"]" * 300 + b"\n", line=4),
     "number_too_long": Case(b"switch:\n  name: sw\n  queues: " + b"9" * 100_000 + b"\nports: [{name: p}]\n"),
     "numbers_out_of_range": Case(
         ("switch:\n  name: sw\n  queues: " + str(10 ** 4000) + "\n  mac_table: {size: -0x" + "f" * 64

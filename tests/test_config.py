@@ -1104,6 +1104,31 @@ def test_bytes_that_are_not_utf8_after_lone_carriage_returns_are_located_at_thei
     assert info.value.errors == [f"{path}:3: -: cannot read: not UTF-8: byte 0xe9"]
 
 
+def test_nesting_too_deep_to_parse_is_located_where_it_got_too_deep():
+    """It said line 0: the RecursionError named no place."""
+    assert one_error(SWITCH + "ports: " + "[" * 100_000 + "]" * 100_000 + "\n") == "t.yaml:3: -: YAML: nested too deeply"
+    text = "switch:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 3000))
+    line = int(one_error(text).split(":")[1])
+    assert 100 < line < 3000 and one_error(text) == f"t.yaml:{line}: -: YAML: nested too deeply"
+
+
+def test_nesting_deeper_than_any_config_is_located_at_its_key():
+    """Deep enough to make what reads a document after YAML recurse too far (it said line 0),
+    not too deep for YAML: said at the line and key where it goes deeper than a config does."""
+    text = with_port("name: p0\nacl:\n" + "".join("  " * i + "- \n" for i in range(40)))
+    assert one_error(text) == (f"t.yaml:36: ports[0].acl{'[0]' * 29}: nested more than {config.MAX_DEPTH} deep: "
+                               "no key of a config is")
+    assert one_error(with_port("name: p0\nacl: " + "[" * 300 + "]" * 300 + "\n")).startswith(
+        f"t.yaml:5: ports[0].acl{'[0]' * 29}: nested more than")
+
+
+def test_an_alias_shared_widely_is_looked_into_once_per_depth():
+    """_check_depth runs before the alias bomb check: a bomb passes through it in no time."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    assert "an alias bomb" in one_error("\n".join(lines) + "\nswitch:\n  name: *a9\nports: *a9\n")
+
+
 def test_yaml_value_that_cannot_be_converted_is_located_at_its_key():
     assert one_error(SWITCH + "ports: [{name: p, speed: 2001-13-45}]\n") == (
         "t.yaml:3: ports[0].speed: YAML: cannot read '2001-13-45' as a date: month must be in 1..12"

@@ -1283,10 +1283,15 @@ def _parse(text: str, source: str) -> tuple[yaml.Node | None, Any, tuple]:
     try:
         loader = _Loader(text)
         try:
-            root = loader.get_single_node()
+            try:
+                root = loader.get_single_node()
+            except RecursionError:      # where composing got to: the line where the nesting got too deep
+                line = _line_at(_line_ends(text), loader.index) + 1
+                raise ConfigError([f"{source}:{line}: -: YAML: nested too deeply"]) from None
             if root is None:
                 return None, None, _lines(None)
             _count_file_lines(root, text)
+            _check_depth(root, source)
             _check_expansion(root, source)
             _resolve_merge_keys(root, source)
             found = _lines(root)
@@ -1482,6 +1487,31 @@ def _resolve_merge_keys(root: yaml.Node, source: str) -> None:
             if any(key.tag == _MERGE for key, _ in node.value):
                 resolve(node, set())
             stack += [v for _, v in node.value] + [k for k, _ in node.value]
+
+
+MAX_DEPTH = 32      # mappings and lists inside one another: a config's deepest value, ports[].acl[].match.vlan, is 6 down
+
+
+def _check_depth(root: yaml.Node, source: str) -> None:
+    """Refuse a document nested deeper than any config is, at the line and key where it goes
+    too deep: what reads it further (PyYAML's constructor, pydantic, _check_expansion) recurses,
+    and its RecursionError would say no line."""
+    deepest: dict[int, int] = {}    # node → the deepest it was looked into from: aliases share nodes
+    stack: list[tuple[yaml.Node, tuple, frozenset]] = [(root, (), frozenset())]
+    while stack:
+        node, path, above = stack.pop()
+        if id(node) in above or deepest.get(id(node), -1) >= len(path):
+            continue                # an alias inside its own anchor, or a node seen as deep already
+        deepest[id(node)] = len(path)
+        if len(path) > MAX_DEPTH:
+            raise ConfigError([f"{source}:{node.start_mark.line + 1}: {_key_path(path[:MAX_DEPTH])}: "
+                               f"nested more than {MAX_DEPTH} deep: no key of a config is"])
+        above = above | {id(node)}
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, path + (i,), above) for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            stack += [(value, path + (key.value if isinstance(key, yaml.ScalarNode) else "?",), above)
+                      for key, value in node.value]
 
 
 MAX_ALIAS_EXPANSION = 100_000   # nodes that aliases may add to a document
