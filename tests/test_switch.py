@@ -175,6 +175,68 @@ def test_fdb_add_on_a_port_a_reload_removes_never_lands_on_the_port_that_takes_i
         sw.shared.close()
 
 
+def reload_removing_p0(sw: Switch, monkeypatch, while_workers_go=lambda: None):
+    """Switch.apply of a reload that removes p0 and adds p2, without devices or workers:
+    while_workers_go() runs as the workers the removal replaces are stopped."""
+    from tapswitch import ports as ports_mod
+    from tapswitch import reload as reload_mod
+    sw.slots_used = set(range(fastpath.lib.TS_MAX_PORTS))     # no fresh slot: a freed one is taken
+    sw.supervisor = type("NoWorkers", (), {"hung_after": 0})()
+    replaced = []
+
+    def replace_workers():
+        if not replaced:
+            while_workers_go()
+        replaced.append(True)
+        return []
+    monkeypatch.setattr(sw, "_replace_workers", replace_workers)
+    monkeypatch.setattr(ports_mod, "wait_gone", lambda port: True)
+    monkeypatch.setattr(sw, "_add_ports", lambda wanted, config=None: [
+        Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0) for i, c in wanted])
+    new = config.loads("switch: {name: s}\nports: [{name: p1}, {name: p2}]\n")
+    assert sw.apply(reload_mod.plan(sw.cfg, new), new) == ({}, [])
+
+
+def test_a_mac_a_worker_learns_on_a_port_as_a_reload_removes_it_does_not_outlive_the_port(monkeypatch):
+    """A worker checks that a frame's port is up before it learns its source (handle_burst): one
+    inside a burst from p0 as a reload removed p0 learned the source on p0's slot after the
+    reload had flushed it. The entry lived until aging: `fdb` listed it, fdb_entries counted it,
+    and p2, given the slot, got that MAC's frames. The reload flushes the slot again once the
+    workers that served p0 are gone."""
+    sw = make_switch()
+    try:
+        late = "02:00:00:00:00:77"
+
+        def late_learn():     # the worker's burst ends after the flush, before it stops
+            assert fastpath.lib.ts_fdb_learn(sw.shared.ptr, 0, fastpath.mac_bytes(late), 1, 0,
+                                             sw.shared.now()) == 1
+        reload_removing_p0(sw, monkeypatch, late_learn)
+        assert {p.name: p.index for p in sw.ports} == {"p1": 1, "p2": 0}
+        assert sw.shared.fdb_dump() == []
+        assert fastpath.lib.ts_fdb_lookup(sw.shared.ptr, fastpath.mac_bytes(late), 1) == -1     # flooded
+        assert (sw.shared.ptr.ports[0].fdb_entries, sw.shared.fdb_entries()) == (0, 0)
+    finally:
+        sw.shared.close()
+
+
+def test_a_port_in_a_used_slot_counts_its_mac_table_entries_from_what_is_there(monkeypatch):
+    """A worker killed between an entry's removal and its count's left p0's count one over
+    (fastpath.h, "Abandoned slots"): once p0 is removed its slot holds no learned entry, and its
+    count is its static entries again, so that tapswitch_fdb_entries and the next port on the
+    slot (its mac_limit, fair eviction) do not inherit a ghost. Its static entry stays counted
+    until the reload takes it away."""
+    sw = make_switch()
+    try:
+        sw.fdb_add({"mac": "02:00:00:00:00:09", "port": "p0"})
+        sw.shared.ptr.ports[0].fdb_entries += 1         # one over, for good
+        reload_removing_p0(sw, monkeypatch)
+        assert sw.shared.fdb_dump() == []
+        assert (sw.shared.ptr.ports[0].fdb_entries, sw.shared.ptr.ports[0].fdb_static) == (0, 0)
+        assert sw.shared.fdb_entries() == 0
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_in_a_used_slot_counts_its_acl_hits_from_zero():
     """Once every slot has been used, a port a reload adds takes one a removed port left: its
     ACL hits start at 0, as its other counters do, also under the removed port's rules (they

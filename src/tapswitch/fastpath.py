@@ -168,7 +168,9 @@ class Shared:
     def reset_counters(self, index: int) -> None:
         """Zero a port slot's counters, its ACL hits included, before a new port takes it (no
         worker serves it then): the new port's count from 0, whatever its rules (the same
-        rules as the slot's last port's are no change of rules to settings.apply)."""
+        rules as the slot's last port's are no change of rules to settings.apply). Its MAC table
+        count is not here: the reload that removed its last port counted it afresh then
+        (reset_fdb_entries)."""
         self._acl_base.pop(index, None)     # before the hits: a late reader never sees them negative
         self._acl_next.pop(index, None)
         hits = ffi.sizeof("uint64_t") * lib.TS_MAX_ACL_RULES
@@ -230,6 +232,15 @@ class Shared:
     def port_fdb_static(self, index: int) -> int:
         """Of the port's entries, how many are static (the MAC limit counts the others)."""
         return self.ptr.ports[index].fdb_static
+
+    def reset_fdb_entries(self, index: int) -> None:
+        """Count a port slot's MAC table entries afresh as its static entries: only once no
+        learned entry can be on it (no worker serves the slot, and it was flushed since the last
+        one that did was reaped) and under the switch's static_lock (nothing else writes its
+        count then). A count a killed worker left one off (fastpath.h, "Abandoned slots") is
+        right again, and a port given the slot next counts from what is there."""
+        port = self.ptr.ports[index]
+        port.fdb_entries = port.fdb_static
 
     def fdb_entries(self) -> int:
         return sum(n for p in self.ptr.ports if (n := p.fdb_entries) < 1 << 31)     # as port_fdb_entries

@@ -1143,6 +1143,17 @@ class Switch:
                     self.shared.fdb_flush(port.index)
                 self.ports = [p for p in self.ports if p.name not in plan.remove]     # readers see old or new
             troubles += self._replace_workers()                                    # they let go of its fds
+            # Lost race, stated, and ended here: a worker checks a frame's port is up before it
+            # learns the frame's source (fastpath.c, handle_burst), so one inside a burst from a
+            # retired port as it went learned on the slot after the flush above; that entry
+            # lived until aging, on a slot no port has (or the next port given it). Every worker
+            # that could have is reaped now, and the new ones have no queue of these ports: a
+            # flush now leaves no learned entry on their slots for good, and so their counts
+            # are their static entries (also where a killed worker had left one off).
+            with self.static_lock:
+                for port in retired:
+                    self.shared.fdb_flush(port.index)
+                    self.shared.reset_fdb_entries(port.index)
             for port in retired:
                 if port.remote is None or not port.remote.follows_mac:     # else IFACE's: it gets IFACE's again
                     self.macs_had.pop(port.name, None)       # listed last: the latest to have it
