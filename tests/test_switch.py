@@ -219,6 +219,51 @@ def test_a_mac_a_worker_learns_on_a_port_as_a_reload_removes_it_does_not_outlive
         sw.shared.close()
 
 
+def test_a_mac_a_worker_learns_on_a_port_as_its_link_goes_down_is_flushed_once_that_burst_is_over():
+    """A worker inside a burst from p0 as p0's link went down learned a source on p0 after
+    set_port_up had flushed it: frames to that MAC were dropped (its port down), not flooded to
+    where the host may be now, until it aged. The control loop flushes p0 again two epochs on
+    (fastpath.h, "Abandoned slots"), once that burst is over, and not before."""
+    sw = make_switch()
+    try:
+        p0, reader = sw.ports[0], sw.shared.ptr.readers[0]
+        late = fastpath.mac_bytes("02:00:00:00:00:77")
+        # The worker beat since the epoch last moved, then went into a burst from p0, which it saw
+        # up: the epoch moves once more (the beat), then waits for the burst.
+        reader.heartbeat += 1
+        reader.active = 1
+        sw.set_port_up(p0, False)
+        for _ in range(3):
+            sw.maintain_fdb()           # the burst goes on
+        assert sw.shared.fdb_epoch == 1
+        assert fastpath.lib.ts_fdb_learn(sw.shared.ptr, 0, late, 1, 0, sw.shared.now()) == 1
+        reader.active = 0               # the burst is over
+        for _ in range(2):
+            sw.maintain_fdb()
+        assert sw.shared.fdb_dump() == []
+        assert fastpath.lib.ts_fdb_lookup(sw.shared.ptr, late, 1) == -1
+        assert sw.shared.fdb_entries() == 0
+    finally:
+        sw.shared.close()
+
+
+def test_what_a_port_learns_once_its_link_is_up_again_is_not_flushed():
+    """The flush that follows a link's going down is dropped when it comes up again: what the
+    port learns from then on is its own."""
+    sw = make_switch()
+    try:
+        p0 = sw.ports[0]
+        sw.set_port_up(p0, False)
+        sw.set_port_up(p0, True)
+        assert fastpath.lib.ts_fdb_learn(sw.shared.ptr, 0, fastpath.mac_bytes("02:00:00:00:00:77"), 1, 0,
+                                         sw.shared.now()) == 1
+        for _ in range(3):
+            sw.maintain_fdb()
+        assert [e[:3] for e in sw.shared.fdb_dump()] == [("02:00:00:00:00:77", 1, 0)]
+    finally:
+        sw.shared.close()
+
+
 def test_a_port_in_a_used_slot_counts_its_mac_table_entries_from_what_is_there(monkeypatch):
     """A worker killed between an entry's removal and its count's left p0's count one over
     (fastpath.h, "Abandoned slots"): once p0 is removed its slot holds no learned entry, and its

@@ -266,6 +266,13 @@ class Shared:
         """Age n buckets from bucket `first`; returns entries removed."""
         return lib.ts_fdb_age(self.ptr, now, aging, first, n)
 
+    @property
+    def fdb_epoch(self) -> int:
+        """The aging sweep's epoch (fastpath.h, "Abandoned slots"): fdb_age moves it on once every
+        worker has been outside a burst since it last moved, so two moves after a moment every
+        burst under way at that moment is over."""
+        return self.ptr.fdb_epoch
+
     def fdb_add_static(self, mac: str, vlan: int, port: int) -> None:
         rc = lib.ts_fdb_add_static(self.ptr, mac_bytes(mac), vlan, port)
         if rc < 0:

@@ -232,6 +232,9 @@ class Switch:
         # (ports.macs_kept: of two that had the same, the latest gets it).
         self.macs_had: dict[str, str] = {}
         self.evicted_seen = 0
+        # Port slot -> fdb_epoch when its link going down flushed it: flushed again two epochs on
+        # (maintain_fdb), once every burst that saw it up is over.
+        self.down_flushes: dict[int, int] = {}
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
         self.unchecked = SaidOnce()              # port -> why maintain_ports could not tell where its TAP is
         self.unlooked: set[str] = set()          # the ports a look at whose devices failed since the last tick
@@ -935,9 +938,11 @@ class Switch:
         port.up = up
         self.publish_port(port)
         if up:
+            self.down_flushes.pop(port.index, None)     # what it learns now is its own
             log.info("port.up", port=port.name)
         else:
             flushed = self.shared.fdb_flush(port.index)
+            self.down_flushes[port.index] = self.shared.fdb_epoch
             log.warning("port.down", port=port.name, fdb_flushed=flushed)
 
     def publish_port(self, port: ports.Port) -> None:
@@ -1062,6 +1067,16 @@ class Switch:
         self.aging_cursor = (self.aging_cursor + step) % buckets
         if aged:
             log.debug("fdb.aged", entries=aged)
+        # Lost race, stated, and ended here: a worker checks a frame's port is up before it learns
+        # its source (fastpath.c, handle_burst), so one inside a burst from a port as its link went
+        # down learned on it after set_port_up's flush, and frames to that MAC were dropped, not
+        # flooded, until it aged. Two epochs after the flush that burst is over (fastpath.h,
+        # "Abandoned slots"), and a down port learns nothing: a flush then leaves none.
+        epoch = shared.fdb_epoch
+        for index, flushed_at in list(self.down_flushes.items()):
+            if (epoch - flushed_at) % (1 << 32) >= 2:
+                del self.down_flushes[index]
+                shared.fdb_flush(index)
         evicted = shared.fdb_stats()["evicted"]
         if evicted > self.evicted_seen:
             now = shared.now()
@@ -1154,6 +1169,7 @@ class Switch:
                 for port in retired:
                     self.shared.fdb_flush(port.index)
                     self.shared.reset_fdb_entries(port.index)
+                    self.down_flushes.pop(port.index, None)     # done: not on the port given the slot next
             for port in retired:
                 if port.remote is None or not port.remote.follows_mac:     # else IFACE's: it gets IFACE's again
                     self.macs_had.pop(port.name, None)       # listed last: the latest to have it
