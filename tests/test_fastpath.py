@@ -1187,6 +1187,22 @@ def test_del_removes_static_and_learned():
         shared.close()
 
 
+def test_fdb_vlans_are_those_the_mac_has_an_entry_in():
+    """`fdb del MAC` without a VLAN asks in which VLANs MAC is: static or learned, 1 to 4094."""
+    shared = Shared.create(64, 1)
+    try:
+        shared.fdb_add_static(A, 4094, 1)
+        shared.fdb_add_static(A, 1, 1)
+        lib.ts_fdb_learn(shared.ptr, 0, mac_bytes(A), 10, 2, 100)
+        lib.ts_fdb_learn(shared.ptr, 0, mac_bytes(B), 20, 2, 100)
+        assert shared.fdb_vlans(A) == [1, 10, 4094]
+        assert shared.fdb_vlans(B) == [20]
+        shared.fdb_del(B, 20)
+        assert shared.fdb_vlans(B) == []
+    finally:
+        shared.close()
+
+
 # Shared memory across mappings and processes.
 
 def test_attached_mapping_sees_the_same_table():

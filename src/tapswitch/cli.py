@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("mac", type=entry_mac, help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     add.add_argument("--port", required=True, help="the port the MAC is behind")
     add.add_argument("--vlan", type=vlan, help="default: the port's untagged VLAN")
-    delete = command(fdb_sub, "del", "remove an entry, static or learned")
+    delete = command(fdb_sub, "del", "remove an entry, static or learned",
+                     "Without --vlan, the MAC's entry in whatever VLAN it is (`fdb add --port P` puts it in P's "
+                     "untagged VLAN); a MAC with entries in several VLANs is refused, naming them: give --vlan.")
     delete.add_argument("mac", type=entry_mac, help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
-    delete.add_argument("--vlan", type=vlan, help="default: 1")
+    delete.add_argument("--vlan", type=vlan, help="default: the VLAN of the MAC's entry, if it has one in one VLAN only")
     for sp in (flush, add, delete):
         # After the action as before it (`fdb -s S flush` or `fdb flush -s S`). SUPPRESS: an
         # option not given here leaves the one given before the action as it is.

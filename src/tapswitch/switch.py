@@ -1321,7 +1321,8 @@ class Switch:
         return {"mac": mac, "vlan": vlan, "port": port.name}
 
     def fdb_del(self, req: dict) -> dict:
-        """`tapswitch fdb del MAC [--vlan V]`: remove an entry, static or learned."""
+        """`tapswitch fdb del MAC [--vlan V]`: remove an entry, static or learned; without a VLAN,
+        the MAC's entry in whatever VLAN it is, if it is in one only."""
         with self.static_lock:
             return self._fdb_del(req)
 
@@ -1329,7 +1330,11 @@ class Switch:
         # Absent or null: no port. Any other value names one, or is refused: a falsy one ("", [],
         # false) was taken for none, and deleted the entry in VLAN 1, not the port's.
         port = self.port_by_name(req["port"]) if req.get("port") is not None else None
-        mac, vlan = self._mac_key(req, port)
+        if req.get("vlan") is None and port is None:
+            mac = unicast_mac_arg(req.get("mac"))
+            vlan = self._vlan_of_entry(mac)
+        else:
+            mac, vlan = self._mac_key(req, port)
         if not self.shared.fdb_del(mac, vlan):
             raise ControlError(f"no entry for {mac} in VLAN {vlan}")
         self.cli_macs.pop((mac, vlan), None)
@@ -1337,12 +1342,26 @@ class Switch:
         log.info("fdb.deleted", mac=mac, vlan=vlan)
         return {"mac": mac, "vlan": vlan}
 
+    def _vlan_of_entry(self, mac: str) -> int:
+        """The VLAN of the MAC table's one entry for `mac`, an `fdb del` naming no VLAN: it was
+        VLAN 1, and `fdb add M --port P`, which puts M in P's untagged VLAN, could not be undone
+        by `fdb del M` on an access port of another. A MAC in several VLANs (a router on a
+        trunk) is refused: which entry goes is for the operator to say.
+        Lost race, stated: the MAC learned in another VLAN meanwhile (a worker), or the entry
+        found aged out (the control loop), leaves `fdb del` that entry to remove, or none ("no entry")."""
+        vlans = self.shared.fdb_vlans(mac)
+        if not vlans:
+            raise ControlError(f"no entry for {mac} in any VLAN")
+        if len(vlans) > 1:
+            raise ControlError(f"{mac} has entries in VLANs {', '.join(map(str, vlans))}: give --vlan to say which")
+        return vlans[0]
+
     @staticmethod
-    def _mac_key(req: dict, port: ports.Port | None) -> tuple[str, int]:
+    def _mac_key(req: dict, port: ports.Port) -> tuple[str, int]:
         mac = unicast_mac_arg(req.get("mac"))
         vlan = req.get("vlan")
         if vlan is None:
-            vlan = port.cfg.pvid if port is not None else 1
+            vlan = port.cfg.pvid
             if vlan is None:
                 raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
         return mac, vlan_arg(vlan)

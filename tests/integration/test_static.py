@@ -246,3 +246,38 @@ def test_a_static_mac_of_the_config_removed_by_fdb_del_comes_back_at_the_next_re
     assert STATIC not in {mac for mac, _vlan in statics(sw)}
     assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
     assert statics(sw)[STATIC, 1][0] == c
+
+
+def test_fdb_del_without_a_vlan_removes_the_macs_entry_in_the_one_vlan_it_is_in(lab):
+    """`fdb add M --port P` puts M in P's untagged VLAN, and `fdb del M` looked in VLAN 1 only:
+    on an access port of VLAN 10 it said "no entry for M in VLAN 1" and removed nothing. It
+    removes M's entry in whatever VLAN it is, static or learned; a MAC in several VLANs is
+    refused, naming them, and nothing is removed; --vlan says which."""
+    nss, ports = quiet_site(lab)
+    ports[0]["vlan"] = 10
+    ports[1].update(trunk=[10, 20], vlan=1)
+    a, b, c = (p["name"] for p in ports)
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports})
+    mac = "02:00:00:00:99:21"
+    assert sw.cli("fdb", "add", mac, "--port", a).stdout == f"added {mac} vlan 10 on {a} (static)\n"
+    assert sw.cli("fdb", "del", mac).stdout == f"deleted {mac} vlan 10\n"
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == mac]
+    # A learned one, as a host of VLAN 10 sends it.
+    learned = "02:00:00:00:99:22"
+    helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", learned, "ff:ff:ff:ff:ff:ff", 1)
+    helpers.wait_for("the MAC learned", lambda: [(e["vlan"], e["static"]) for e in sw.cli_json("fdb")
+                                                 if e["mac"] == learned] == [(10, False)])
+    assert json.loads(tapswitch("fdb", "del", learned, "--json", "-s", sw.socket).stdout) == {"mac": learned, "vlan": 10}
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == learned]
+    # In two VLANs: which one is the operator's to say.
+    sw.cli("fdb", "add", mac, "--port", b, "--vlan", "20")
+    sw.cli("fdb", "add", mac, "--port", b, "--vlan", "10")
+    r = tapswitch("fdb", "del", mac, "-s", sw.socket, check=False)
+    assert r.returncode == 1 and r.stderr == f"tapswitch: {mac} has entries in VLANs 10, 20: give --vlan to say which\n", r
+    assert sorted(e["vlan"] for e in sw.cli_json("fdb") if e["mac"] == mac) == [10, 20]
+    assert sw.cli("fdb", "del", mac, "--vlan", "20").stdout == f"deleted {mac} vlan 20\n"
+    assert sw.cli("fdb", "del", mac).stdout == f"deleted {mac} vlan 10\n"
+    r = tapswitch("fdb", "del", mac, "-s", sw.socket, check=False)
+    assert r.returncode == 1 and r.stderr == f"tapswitch: no entry for {mac} in any VLAN\n", r
+    assert [e["vlan"] for e in sw.events("fdb.deleted") if e["mac"] == mac] == [10, 20, 10]
+
