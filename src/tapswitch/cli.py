@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     add = command(fdb_sub, "add", "add a static entry (kept until the switch stops, or a reload takes its port or VLAN away)",
                   "It is never aged, moved or flushed; a reload that makes its port a mirror's monitor port, or "
                   "gives another port of its VLAN its MAC (`mac:`), removes it too. `static_macs:` in the config "
-                  "keeps one for good.")
+                  "keeps one for good. A MAC that another port of the VLAN has, by `mac:` or now (the MAC "
+                  "`tapswitch ports` shows: a random one, its remote's, or the one its host set), is refused: "
+                  "that port's frames would go to this one.")
     add.add_argument("mac", type=entry_mac, help="as the config writes one: 02:00:00:00:00:10 or 02-00-00-00-00-10")
     add.add_argument("--port", required=True, help="the port the MAC is behind")
     add.add_argument("--vlan", type=vlan, help="default: the port's untagged VLAN")

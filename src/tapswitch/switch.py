@@ -1271,7 +1271,8 @@ class Switch:
         # `fdb add`'s go with their port, and with its VLAN or its forwarding (a reload may
         # take either away), as a bridge's static entries do; and when the config gives another
         # port of the VLAN their MAC (`mac:`), which fdb add refuses as check refuses it in
-        # static_macs: kept, the entry sent that port's frames to theirs for good.
+        # static_macs: kept, the entry sent that port's frames to theirs for good. Its `mac:`
+        # only: the MAC a host set on its TAP since does not take an operator's entry away.
         kept = {}
         for (mac, vlan), name in self.cli_macs.items():
             if name not in index or self._static_mac_error(self.port_by_name(name), vlan) is not None:
@@ -1309,7 +1310,7 @@ class Switch:
     def _fdb_add(self, req: dict) -> dict:
         port = self.port_by_name(req.get("port") or "")
         mac, vlan = self._mac_key(req, port)
-        if (error := self._static_mac_error(port, vlan) or self._mac_owner_error(mac, vlan, port)) is not None:
+        if (error := self._static_mac_error(port, vlan) or self._mac_owner_error(mac, vlan, port, now=True)) is not None:
             raise ControlError(error)
         try:
             self.shared.fdb_add_static(mac, vlan, port.index)
@@ -1366,13 +1367,17 @@ class Switch:
                 raise ControlError(f"port {port.name} is a trunk without a native VLAN: give --vlan")
         return mac, vlan_arg(vlan)
 
-    def _mac_owner_error(self, mac: str, vlan: int, port: ports.Port) -> str | None:
+    def _mac_owner_error(self, mac: str, vlan: int, port: ports.Port, now: bool = False) -> str | None:
         """Why `mac` cannot be static on `port` in `vlan` as check says of static_macs
         (config.mac_clashes): it is another port's `mac` in that VLAN, whose frames the
-        entry, never moved by learning, would send to `port`. None if it can be."""
+        entry, never moved by learning, would send to `port`. With `now` (`fdb add`), also the
+        MAC that port has now, which check cannot know: the switch's random one, IFACE's, or
+        the one its host set (`tapswitch ports` shows it). None if it can be.
+        Lost race, stated: a host that sets its TAP's MAC to the entry's after this look keeps
+        the entry: a static entry holds its MAC against a host's claim, as against learning."""
         monitors = self.cfg.monitor_ports()
-        owner = next((p for p in self.ports if p is not port and p.cfg.mac == mac and vlan in p.cfg.vlans
-                      and p.name not in monitors), None)
+        owner = next((p for p in self.ports if p is not port and (p.cfg.mac == mac or now and p.mac == mac)
+                      and vlan in p.cfg.vlans and p.name not in monitors), None)
         if owner is None:
             return None
         return f"{mac} is the MAC of port {owner.name} in VLAN {vlan}: static on {port.name}, its frames would go there"

@@ -281,3 +281,40 @@ def test_fdb_del_without_a_vlan_removes_the_macs_entry_in_the_one_vlan_it_is_in(
     assert r.returncode == 1 and r.stderr == f"tapswitch: no entry for {mac} in any VLAN\n", r
     assert [e["vlan"] for e in sw.events("fdb.deleted") if e["mac"] == mac] == [10, 20, 10]
 
+
+def test_fdb_add_refuses_the_mac_another_port_has_now(lab):
+    """fdb add refused another port's `mac:`, but not the MAC a port without one has (random,
+    as `tapswitch ports` shows it) or its host set: static on another port, it sent that port's
+    host's frames there, unreached. Refused as the `mac:` is; on its own port, or in a VLAN
+    the port is not in, it is an entry like any other. A host that sets a static entry's MAC
+    later leaves the entry where it is, also through a reload."""
+    nss, ports = quiet_site(lab)
+    ports[2].update(trunk=[20], vlan=1)
+    a, b, c = (p["name"] for p in ports)
+    cfg = {"switch": {"name": lab.name("sw")}, "ports": ports}
+    sw = lab.switch(cfg)
+    mac_a = {p["name"]: p["mac"] for p in sw.cli_json("ports")}[a]
+    assert mac_a == helpers.link_mac(nss[0], "eth0")
+    r = tapswitch("fdb", "add", mac_a, "--port", c, "-s", sw.socket, check=False)
+    assert r.returncode == 1, r
+    assert r.stderr == f"tapswitch: {mac_a} is the MAC of port {a} in VLAN 1: static on {c}, its frames would go there\n"
+    assert not [e for e in sw.cli_json("fdb") if e["mac"] == mac_a and e["static"]]
+    sw.cli("fdb", "add", mac_a, "--port", c, "--vlan", "20")
+    sw.cli("fdb", "add", mac_a, "--port", a)
+    assert sorted((e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["mac"] == mac_a and e["static"]) == [
+        (a, 1), (c, 20)]
+    # The MAC b's host sets, once the switch has followed it.
+    host_set = "02:00:00:00:99:23"
+    helpers.nsexec(nss[1], "ip", "link", "set", "eth0", "address", host_set)
+    helpers.wait_for("b's new MAC", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[b] == host_set)
+    r = tapswitch("fdb", "add", host_set, "--port", c, "-s", sw.socket, check=False)
+    assert r.returncode == 1, r
+    assert f"{host_set} is the MAC of port {b} in VLAN 1: static on {c}, its frames would go there" in r.stderr, r
+    # A static entry's MAC set by a host later: the entry stays, and a reload keeps it.
+    pinned = "02:00:00:00:99:24"
+    sw.cli("fdb", "add", pinned, "--port", c)
+    helpers.nsexec(nss[0], "ip", "link", "set", "eth0", "address", pinned)
+    helpers.wait_for("a's new MAC", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[a] == pinned)
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    assert [(e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["mac"] == pinned and e["static"]] == [(c, 1)]
+    assert not sw.events("fdb.static_removed")
