@@ -916,6 +916,27 @@ def test_tcp_rule_sees_the_packet_behind_two_tags(sw, version, outer, kind, sett
     assert (sw.counters(0)["acl_dropped"], sw.counters(0)["rx_errors"]) == (1, 0)
 
 
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("vid", [10, 0], ids=["own-vid", "priority"])
+def test_qinq_frame_tagged_in_the_ports_own_vlan_is_held_to_the_rules_on_its_packet(sw, version, vid):
+    # An access port takes a frame tagged with its own VLAN (or a priority tag) and pops the
+    # tag: a QinQ frame behind it left as 88a8/8100/IP. The rules read two tags from the MACs,
+    # found a third TPID, took the frame for one that is not IP, and let it past `tcp 22 drop`.
+    qinq = Dot1AD(vlan=100) / Dot1Q(vlan=200) / IP_OF[version]
+    acl = [dict(ip_proto=6, dst_port=22)]
+    assert not acl_send(sw, acl, Ether(src=A, dst=B) / Dot1Q(vlan=vid) / qinq / TCP(dport=22, flags="S"), pvid=10)
+    assert acl_send(sw, acl, Ether(src=A, dst=B) / Dot1Q(vlan=vid) / qinq / TCP(dport=80, flags="S"), pvid=10)
+    assert not acl_send(sw, [dict(eth_type=IP_ETH_TYPE[version])],
+                        Ether(src=A, dst=B) / Dot1Q(vlan=vid) / qinq / UDP(dport=53), pvid=10)
+    # The same on a trunk, where the outer tag is the frame's VLAN.
+    assert not acl_send(sw, acl, Ether(src=A, dst=B) / Dot1Q(vlan=20) / qinq / TCP(dport=22, flags="S"),
+                        pvid=0, trunk=[10, 20])
+    assert (sw.counters(0)["acl_dropped"], sw.counters(0)["rx_errors"]) == (3, 0)
+
+
+IP_ETH_TYPE = {4: 0x0800, 6: 0x86DD}
+
+
 @pytest.mark.parametrize("outer", [0x88A8, 0x8100], ids=["88a8", "8100"])
 def test_eth_type_and_ip_fields_are_the_packets_behind_two_tags(sw, outer):
     packet = two_tags(outer, IP(src="198.18.0.1", dst="198.18.0.2") / UDP(dport=53))

@@ -524,7 +524,7 @@ class AclMatch(_Model):
 
     eth_src: MacMatch | None = None  # "mac" or "mac/mask"
     eth_dst: MacMatch | None = None
-    eth_type: EthType | None = None  # the payload's, behind up to two 802.1Q/802.1ad tags
+    eth_type: EthType | None = None  # the payload's, behind its VLAN's tag and up to two more 802.1Q/802.1ad tags
     vlan: VlanId | None = None  # the frame's VLAN in the switch (outer 802.1Q tag, or the port's untagged)
     ip_src: Prefix | None = None
     ip_dst: Prefix | None = None

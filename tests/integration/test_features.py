@@ -258,8 +258,11 @@ def test_icmp_drop_acl_stops_ping_but_not_arp(lab):
 
 def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
     """A host sends TCP SYNs to port 22 and to port 80 inside double tags (802.1ad then
-    802.1Q, and 802.1Q twice): the rule `tcp dst_port 22 drop` holds for the IPv4 and IPv6
-    packets behind both tags, as for untagged ones; the others cross (it had let all through)."""
+    802.1Q, and 802.1Q twice), and inside 802.1ad then 802.1Q tagged in its port's own VLAN
+    (which the switch pops: the frame leaves with the two tags): the rule `tcp dst_port 22
+    drop` holds for the IPv4 and IPv6 packets behind the tags, as for untagged ones; the
+    others cross (it had let all through, and then the last kind, whose packet is behind a
+    third tag counted from the MACs)."""
     nss = [quiet(lab, s) for s in ("a", "b")]
     ports = [port(lab, "pa", nss[0], vlan=10, acl=[{"match": {"ip_proto": "tcp", "dst_port": 22}, "action": "drop"}]),
              port(lab, "pb", nss[1], vlan=10)]
@@ -267,9 +270,10 @@ def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
     a, b = ports[0]["name"], ports[1]["name"]
     src, dst = helpers.link_mac(nss[0], "eth0"), helpers.link_mac(nss[1], "eth0")
     packets = [IP(src="198.18.14.1", dst="198.18.14.2"), IPv6(src="fd00:14::1", dst="fd00:14::2")]
-    tags = [Dot1AD(vlan=100) / Dot1Q(vlan=200), Dot1Q(vlan=10) / Dot1Q(vlan=200)]
+    tags = [Dot1AD(vlan=100) / Dot1Q(vlan=200), Dot1Q(vlan=10) / Dot1Q(vlan=200),
+            Dot1Q(vlan=10) / Dot1AD(vlan=100) / Dot1Q(vlan=200)]
     before = counters(sw)
-    for dport, sent in ((22, 0), (80, 5 * 4)):
+    for dport, sent in ((22, 0), (80, 5 * 6)):
         for outer in tags:
             for packet in packets:
                 frame = Ether(src=src, dst=dst) / outer / packet / TCP(sport=40000, dport=dport, flags="S")
@@ -277,7 +281,7 @@ def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
         time.sleep(0.3)
         after = counters(sw)
         assert after[b]["tx_packets"] - before[b]["tx_packets"] == sent, (dport, after)
-    assert after[a]["acl_dropped"] - before[a]["acl_dropped"] == 5 * 4
+    assert after[a]["acl_dropped"] - before[a]["acl_dropped"] == 5 * 6
     assert after[a]["rx_errors"] == before[a]["rx_errors"]
 
 

@@ -864,7 +864,7 @@ static uint32_t eth_len(const struct frame *f) { return f->len - TS_VNET_HDR_LEN
 static uint16_t eth_type(const struct frame *f) { return be16(eth_hdr(f) + 2 * ETH_ALEN); }
 
 /* The ethertype after the switch's 802.1Q tag, if the frame has one: the
- * payload's, or the TPID of a tag behind it (QinQ: see l3_offset). */
+ * payload's, or the TPID of a tag behind it (QinQ: see acl_l3_offset). */
 static uint16_t inner_type(const struct frame *f)
 {
     return be16(eth_hdr(f) + 2 * ETH_ALEN + (f->tagged ? VLAN_HLEN : 0));
@@ -1021,18 +1021,24 @@ static bool is_tpid(uint16_t type)
     return type == ETH_P_8021Q || type == ETH_P_8021AD;
 }
 
-/* Where the IP header starts: after the MACs, the 802.1Q or 802.1ad tags
- * (two at most: QinQ) and the ethertype. The MTU check and the ACL both read
- * the packet there. */
-static uint32_t l3_offset(const struct frame *f)
+/* Where the IP header starts when the type at `off` (after the MACs, or
+ * after a tag) is followed by at most two more 802.1Q or 802.1ad tags (QinQ)
+ * and the ethertype. */
+static uint32_t l3_offset_from(const struct frame *f, uint32_t off)
 {
-    uint32_t off = 2 * ETH_ALEN;
     for (int tags = 0; tags < 2 && off + VLAN_HLEN + 2 <= eth_len(f); tags++) {
         if (!is_tpid(be16(eth_hdr(f) + off)))
             break;
         off += VLAN_HLEN;
     }
     return off + 2;
+}
+
+/* Where the IP header of the frame as it is written starts: after the MACs,
+ * its tags (two at most) and the ethertype. The MTU check reads it there. */
+static uint32_t l3_offset(const struct frame *f)
+{
+    return l3_offset_from(f, 2 * ETH_ALEN);
 }
 
 /* The IP length of each segment a GSO frame leaves as, as the kernel measures
@@ -1242,6 +1248,19 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
         parse_ports(l3, p, off, len);
 }
 
+/* Where a rule reads the packet: behind the switch's own 802.1Q tag, if the
+ * frame has one (the tag of its VLAN, which an access port pops), and two
+ * more 802.1Q or 802.1ad tags at most (QinQ). So what a host gets through
+ * the switch with at most two tags before its packet -- QinQ, also sent
+ * tagged in the port's own VLAN -- is held to the rules on that packet:
+ * counted from the MACs, that packet was behind a third tag, and passed
+ * every IP rule (an access port in VLAN 10 took 8100(10)/88a8/8100/IPv4
+ * past `tcp dst_port 22 drop`, and sent it on as 88a8/8100/IPv4). */
+static uint32_t acl_l3_offset(const struct frame *f)
+{
+    return l3_offset_from(f, 2 * ETH_ALEN + (f->tagged ? VLAN_HLEN : 0));
+}
+
 /* A rule's eth_type and IP fields are the payload's, behind the frame's
  * tags: an 802.1ad or a second 802.1Q tag hides no packet from a rule. An
  * 802.1ad rule (0x88a8) still matches the S-tag itself, the first type after
@@ -1252,7 +1271,7 @@ static bool eth_type_matches(const struct frame *f, uint16_t want)
     /* First try the common case: no tag behind the switch's, type is the payload's. */
     if (type == want)
         return true;
-    return is_tpid(type) && be16(eth_hdr(f) + l3_offset(f) - 2) == want;
+    return is_tpid(type) && be16(eth_hdr(f) + acl_l3_offset(f) - 2) == want;
 }
 
 static void parse_l3(const struct frame *f, struct l3 *l3)
@@ -1261,7 +1280,7 @@ static void parse_l3(const struct frame *f, struct l3 *l3)
     uint32_t off = ETH_HLEN + (f->tagged ? VLAN_HLEN : 0);
     uint16_t type = inner_type(f);
     if (is_tpid(type)) {        /* a tag behind the switch's (QinQ): the packet is behind it */
-        off = l3_offset(f);
+        off = acl_l3_offset(f);
         type = be16(p + off - 2);
     }
     l3->version = 0;

@@ -307,8 +307,9 @@
  * hop-by-hop, routing, fragment, destination-options and AH header, however
  * many: the receiver's stack walks them all; ports only in first fragments,
  * a later one's protocol is its fragment header's). eth_type and the IP
- * header are the payload's, behind up to two 802.1Q or 802.1ad tags, as the
- * MTU check reads them (a QinQ frame carries its packet past no IP rule);
+ * header are the payload's, behind the switch's 802.1Q tag if the frame has
+ * one and up to two more 802.1Q or 802.1ad tags (a QinQ frame, tagged in its
+ * VLAN or not, carries its packet past no IP rule);
  * eth_type 0x88a8 also matches the 802.1ad tag itself, the first type after
  * the switch's 802.1Q tag. A frame cut inside its tags or IP header matches
  * no rule on what is missing. vlan is the frame's VLAN in the switch: its
@@ -447,7 +448,8 @@ struct ts_mirror {
 /* ts_acl_rule.match: the fields a rule compares; all of them must match. */
 #define TS_ACL_ETH_SRC 0x1     /* (source MAC & eth_src_mask) == eth_src */
 #define TS_ACL_ETH_DST 0x2
-#define TS_ACL_ETH_TYPE 0x4    /* the payload's ethertype, behind up to two 802.1Q/802.1ad tags
+#define TS_ACL_ETH_TYPE 0x4    /* the payload's ethertype, behind the switch's 802.1Q tag and up
+                                  to two more 802.1Q/802.1ad tags
                                   (0x88a8 also matches the 802.1ad tag: see "ACLs") */
 #define TS_ACL_VLAN 0x8        /* the frame's VLAN in the switch (outer 802.1Q tag, or pvid) */
 #define TS_ACL_IPV4 0x10       /* an IPv4 packet */
