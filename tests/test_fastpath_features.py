@@ -760,6 +760,18 @@ def test_mac_moving_into_a_full_port_is_a_new_mac(sw):
     assert sw.counters(0)["mac_limit_dropped"] == 1
 
 
+def test_a_mac_moving_out_of_a_full_port_makes_room_for_a_new_one(sw):
+    Settings(sw.shared).port(0, mac_limit=1).publish()
+    sw.learn(0, A)
+    sw.send(0, frame(BROADCAST, B))
+    assert sw.counters(0)["mac_limit_dropped"] == 1
+    sw.learn(1, A)                                   # A moved: port 0 holds none now
+    assert sw.shared.port_fdb_entries(0) == 0
+    sw.send(0, frame(BROADCAST, B))
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(B), 1) == 0
+    assert sw.counters(0)["mac_limit_dropped"] == 1
+
+
 def test_a_port_count_left_short_by_a_killed_worker_does_not_wrap(sw):
     """A worker killed between an entry's write and its count's leaves the port's count one
     short (here: written as it would be left). The entry's removal took the count from 0 to

@@ -316,6 +316,23 @@ def test_a_raised_storm_rate_holds_at_once(sw):
     assert len(sw.received(1)) < 200
 
 
+def test_a_lowered_storm_rate_holds_from_the_next_frame(sw):
+    # Mid-burst at 1000/s (a burst of 100 passes at once), a reload to 10/s: from the next frame
+    # on, 8 pass at once (the burst at 10/s), then none until the new interval.
+    ports = "- {{name: a, storm_control: {{broadcast_pps: {}}}}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n"
+    cfg = config(ports.format(1000))
+    settings.apply(sw.shared, cfg, running(cfg))
+    for _ in range(50):
+        sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 50
+    cfg = config(ports.format(10))
+    settings.apply(sw.shared, cfg, running(cfg))
+    for _ in range(50):
+        sw.send(0, frame(BROADCAST, A))
+    assert len(sw.received(1)) == 8
+    assert sw.counters(0)["storm_dropped"] == 42
+
+
 def test_configured_icmp_acl_drops_ping_not_arp(sw):
     cfg = config("- {name: a, acl: [{match: {ip_proto: icmp}, action: drop}]}\n- {name: b}\n- {name: c}\n- {name: d}\n")
     settings.apply(sw.shared, cfg, running(cfg))

@@ -17,6 +17,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from tests.integration import helpers
+from tests.integration.prom import free_port
+from tests.integration.test_metrics import Exporter
 
 HERE = os.path.dirname(__file__)
 SENDER = os.path.join(HERE, "sendframes.py")
@@ -84,6 +86,37 @@ def test_access_ports_on_different_vlans_cannot_talk(lab):
     fdb = fdb_ports(sw)
     assert {vlan for _, vlan in fdb[ports[0]["name"]]} == {10}
     assert {vlan for _, vlan in fdb[ports[1]["name"]]} == {20}
+
+
+def test_ipv6_neighbour_discovery_and_ipv4_multicast_flood_only_their_vlan(lab):
+    """Hosts of VLAN 10 and one of VLAN 20 share addresses of one IPv6 prefix and IPv4 subnet.
+    What the VLAN 10 hosts send to multicast groups -- neighbour solicitations, MLD and IGMP
+    reports, a UDP datagram to 239.1.1.1 -- reaches the other VLAN 10 host, never the VLAN 20
+    one, which is sent no frame at all."""
+    nss = [lab.netns(s, create=True) for s in ("a", "b", "c")]
+    ports = [port(lab, "pa", nss[0], "198.18.15.1/24", "fd00:15::1/64", vlan=10),
+             port(lab, "pb", nss[1], "198.18.15.2/24", "fd00:15::2/64", vlan=10),
+             port(lab, "pc", nss[2], "198.18.15.3/24", "fd00:15::3/64", vlan=20)]
+    sw = switch(lab, ports)
+    a, b, c = (p["name"] for p in ports)
+    for ns in nss:
+        helpers.wait_for("IPv6 duplicate address detection", lambda: helpers.ipv6_settled(ns, "eth0"), within=10)
+    assert helpers.ping(nss[0], "fd00:15::2")                   # a neighbour solicitation, multicast
+    assert not helpers.ping(nss[0], "fd00:15::3")
+    join = ("import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, "
+            "socket.inet_aton('239.1.1.1') + socket.inet_aton('198.18.15.2')); time.sleep(1)")
+    helpers.nsexec(nss[1], sys.executable, "-c", join)          # an IGMP report from b
+    before = counters(sw)[b]["tx_packets"]
+    send = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('198.18.15.1')); "
+            "[s.sendto(b'x', ('239.1.1.1', 9)) for _ in range(5)]")
+    helpers.nsexec(nss[0], sys.executable, "-c", send)
+    time.sleep(0.3)
+    seen = counters(sw)
+    assert seen[b]["tx_packets"] - before >= 5
+    assert seen[a]["rx_packets"] > 0 and seen[c]["rx_packets"] > 0   # c's host did send (its own MLD, ND...)
+    assert seen[c]["tx_packets"] == 0
 
 
 def test_trunk_with_vlan_subinterfaces_reaches_access_ports_of_both_vlans(lab):
@@ -216,6 +249,52 @@ def test_monitor_port_sees_the_mirrored_traffic_and_sends_nothing(lab):
     c = counters(sw)[ports[2]["name"]]
     assert c["rx_dropped"] >= 1 and c["rx_dropped"] == c["rx_packets"]
     assert not any(e["port"] == ports[2]["name"] for e in sw.cli_json("fdb"))
+
+
+def test_mirror_of_isolated_ports_copies_each_direction_and_counts_what_a_downed_monitor_misses(lab):
+    """Two isolated ports are a mirror's sources, both directions. A broadcast from a shared
+    port, flooded to both, makes two copies (what each was sent); a broadcast from one of them
+    makes one (what it sent: the other isolated port gets no frame, so no copy of one); a
+    unicast from one to the other, dropped for their isolation, is copied as it arrived. While
+    the monitor port is down its copies count as dropped; once it is up they reach it again."""
+    nss = [quiet(lab, s) for s in ("a", "b", "c", "m")]
+    ports = [port(lab, "pa", nss[0], isolated=True), port(lab, "pb", nss[1], isolated=True),
+             port(lab, "pc", nss[2]), port(lab, "pm", nss[3])]
+    a, b, c, m = (p["name"] for p in ports)
+    listen = f"127.0.0.1:{free_port()}"
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2, "metrics": {"listen": listen}},
+                     "ports": ports, "mirrors": [{"name": "span", "from": [a, b], "to": m}]})
+    exporter = Exporter(listen)
+    macs = [helpers.link_mac(ns, "eth0") for ns in nss]
+
+    def mirror() -> dict[str, float]:
+        return {key: exporter.values(f"tapswitch_mirror_{key}_total", ("mirror",)).get(("span",), 0)
+                for key in ("packets", "dropped")}
+
+    def send(i: int, dst: str) -> tuple[dict, dict]:
+        """One frame from host i to dst: (frames each port was sent, the mirror's counts) it added."""
+        before = counters(sw), mirror()
+        helpers.nsexec(nss[i], sys.executable, SENDER, "eth0", macs[i], dst, 1)
+        time.sleep(0.3)
+        after = counters(sw), mirror()
+        return ({name: after[0][name]["tx_packets"] - before[0][name]["tx_packets"] for name in after[0]},
+                {key: after[1][key] - before[1][key] for key in after[1]})
+
+    def state(name: str) -> str:
+        return next(p["state"] for p in sw.cli_json("ports") if p["name"] == name)
+
+    broadcast = "ff:ff:ff:ff:ff:ff"
+    assert send(2, broadcast) == ({a: 1, b: 1, c: 0, m: 2}, {"packets": 2, "dropped": 0})
+    assert send(0, broadcast) == ({a: 0, b: 0, c: 1, m: 1}, {"packets": 1, "dropped": 0})
+    send(1, broadcast)                                          # b's MAC learned on b
+    assert send(0, macs[1]) == ({a: 0, b: 0, c: 0, m: 1}, {"packets": 1, "dropped": 0})
+    assert counters(sw)[a]["rx_dropped"] == 1
+    helpers.nsexec(nss[3], "ip", "link", "set", "eth0", "down")
+    helpers.wait_for("the monitor port down", lambda: state(m) == "down")
+    assert send(2, broadcast) == ({a: 1, b: 1, c: 0, m: 0}, {"packets": 0, "dropped": 2})
+    helpers.nsexec(nss[3], "ip", "link", "set", "eth0", "up")
+    helpers.wait_for("the monitor port up", lambda: state(m) == "up")
+    assert send(2, broadcast) == ({a: 1, b: 1, c: 0, m: 2}, {"packets": 2, "dropped": 0})
 
 
 # MAC limit.
