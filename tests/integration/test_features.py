@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from tests.integration import helpers
@@ -362,6 +362,46 @@ def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
         assert after[b]["tx_packets"] - before[b]["tx_packets"] == sent, (dport, after)
     assert after[a]["acl_dropped"] - before[a]["acl_dropped"] == 5 * 6
     assert after[a]["rx_errors"] == before[a]["rx_errors"]
+
+
+def test_trunk_acl_reads_the_ip_packet_inside_the_tag_in_the_rules_vlan_only(lab):
+    """A trunk's rules drop IPv4 to one address in VLAN 20 only, IPv6 to one address in any
+    VLAN, and TCP to port 22 (behind IPv6 extension headers too). Tagged frames from the
+    trunk's host cross to the access port of their VLAN, or not, as those rules say."""
+    nss = [quiet(lab, s) for s in ("a", "b", "t")]
+    acl = [{"match": {"vlan": 20, "ip_dst": "198.18.16.2/32"}, "action": "drop"},
+           {"match": {"ip_dst": "fd00:16::2/128"}, "action": "drop"},
+           {"match": {"ip_proto": "tcp", "dst_port": 22}, "action": "drop"}]
+    ports = [port(lab, "pa", nss[0], vlan=10), port(lab, "pb", nss[1], vlan=20),
+             port(lab, "pt", nss[2], trunk=[10, 20], acl=acl)]
+    sw = switch(lab, ports)
+    a, b, t = (p["name"] for p in ports)
+    src = helpers.link_mac(nss[2], "eth0")
+    to = {10: (a, helpers.link_mac(nss[0], "eth0")), 20: (b, helpers.link_mac(nss[1], "eth0"))}
+    ip4 = IP(src="198.18.16.9", dst="198.18.16.2") / UDP(dport=5000)
+    cases = [  # (VLAN, packet, crosses)
+        (10, ip4, True), (20, ip4, False),
+        (10, IP(src="198.18.16.9", dst="198.18.16.3") / UDP(dport=5000), True),
+        (20, IP(src="198.18.16.9", dst="198.18.16.3") / UDP(dport=5000), True),
+        (10, IPv6(src="fd00:16::9", dst="fd00:16::2") / UDP(dport=5000), False),
+        (20, IPv6(src="fd00:16::9", dst="fd00:16::3") / UDP(dport=5000), True),
+        (20, IPv6(src="fd00:16::9", dst="fd00:16::3") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+         / TCP(dport=22, flags="S"), False),
+        (20, IPv6(src="fd00:16::9", dst="fd00:16::3") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
+         / TCP(dport=80, flags="S"), True),
+    ]
+    dropped = 0
+    for vid, packet, crosses in cases:
+        name, mac = to[vid]
+        before = counters(sw)
+        frame = Ether(src=src, dst=mac) / Dot1Q(vlan=vid) / packet
+        helpers.nsexec(nss[2], sys.executable, SENDER, "eth0", "--frame", bytes(frame).hex(), 3)
+        time.sleep(0.3)
+        after = counters(sw)
+        got = {n: after[n]["tx_packets"] - before[n]["tx_packets"] for n in (a, b)}
+        assert got == {n: 3 if crosses and n == name else 0 for n in (a, b)}, (vid, packet.summary(), got)
+        dropped += 0 if crosses else 3
+    assert counters(sw)[t]["acl_dropped"] == dropped
 
 
 # Storm control.
