@@ -672,6 +672,18 @@ def test_both_directions_of_one_port(sw):
     assert sw.shared.mirror_counters(0)["packets"] == 2
 
 
+def test_a_flood_between_sources_is_copied_once_for_each_source_it_passes(sw):
+    # README: a broadcast from one `from` port flooded to two others, three copies with `both`:
+    # as it arrived on the first (tagged), as each of the others was sent it.
+    Settings(sw.shared).port(0, pvid=0, trunk=[10], mirror_rx=1, mirror_tx=1) \
+        .port(1, pvid=10, mirror_rx=1, mirror_tx=1).port(2, pvid=0, trunk=[10], mirror_rx=1, mirror_tx=1) \
+        .port(3, monitor=True).mirror(0, 3).publish()
+    f = tagged(BROADCAST, A, 10)
+    sw.send(0, f)
+    assert sorted(sw.received(3)) == sorted([f, untag(f), f])
+    assert sw.shared.mirror_counters(0)["packets"] == 3
+
+
 def test_two_mirrors_each_count_their_copies(sw):
     Settings(sw.shared).port(0, mirror_rx=1).port(1, mirror_rx=2).port(2, monitor=True) \
         .port(3, monitor=True).mirror(0, 2).mirror(1, 3).publish()
