@@ -14,7 +14,7 @@ import time
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-                                IPv6ExtHdrHopByHop)
+                                IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 
 from tapswitch._fastpath import ffi, lib
@@ -1058,6 +1058,31 @@ def test_later_ipv6_fragment_is_of_its_fragment_headers_protocol(sw):
     packet = (Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2")
               / IPv6ExtHdrFragment(nh=60, offset=100) / (bytes([17, 0]) + bytes(30)))
     assert not acl_send(sw, [dict(ip_proto=60)], packet)
+
+
+V6 = IPv6(src="fd00::1", dst="fd00::2")
+
+
+@pytest.mark.parametrize("proto, packet", [
+    (44, V6 / IPv6ExtHdrFragment(m=1, id=5) / UDP(dport=53) / bytes(64)),       # a first fragment
+    (44, V6 / IPv6ExtHdrFragment(offset=100, id=5) / bytes(64)),                # a later one
+    (44, V6 / IPv6ExtHdrFragment(id=5) / TCP(dport=80)),                        # an atomic one
+    (43, V6 / IPv6ExtHdrRouting(addresses=["fd00::3"], segleft=1) / TCP(dport=80)),
+    (0, V6 / IPv6ExtHdrHopByHop() / UDP(dport=53)),
+    (60, V6 / IPv6ExtHdrDestOpt() / UDP(dport=53)),
+])
+def test_ip_proto_of_an_ipv6_extension_header_matches_a_packet_that_has_it(sw, proto, packet):
+    # `eth_type: ipv6, ip_proto: 44` (drop IPv6 fragments), or 43 (routing headers): the rule
+    # read the protocol behind the headers only, and dropped no packet that had one.
+    assert not acl_send(sw, [dict(eth_type=0x86DD, ip_proto=proto)], Ether(src=A, dst=B) / packet)
+    assert acl_send(sw, [dict(eth_type=0x86DD, ip_proto=proto)], Ether(src=A, dst=B) / V6 / UDP(dport=53))
+    assert acl_send(sw, [dict(ip_proto=proto)], ip4(UDP(dport=53)))
+
+
+def test_an_upper_layer_rule_still_reads_past_the_extension_headers(sw):
+    packet = Ether(src=A, dst=B) / V6 / IPv6ExtHdrFragment(m=1, id=5) / TCP(dport=22) / bytes(64)
+    assert not acl_send(sw, [dict(ip_proto=6, dst_port=22)], packet)
+    assert acl_send(sw, [dict(ip_proto=17)], packet)
 
 
 def test_non_first_fragment_has_no_ports(sw):

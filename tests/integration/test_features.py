@@ -364,6 +364,33 @@ def test_tcp_acl_drops_qinq_frames_as_it_drops_untagged_ones(lab):
     assert after[a]["rx_errors"] == before[a]["rx_errors"]
 
 
+def test_ipv6_fragment_rule_drops_a_datagram_the_kernel_fragments(lab):
+    """`{eth_type: ipv6, ip_proto: 44}, drop`: a UDP datagram too big for the MTU, which the
+    sender's kernel sends as IPv6 fragments, never reaches the receiver's socket; one that
+    fits does. (The rule read the protocol behind the fragment header only, UDP, and let
+    every fragment through.)"""
+    nss = [lab.netns(s, create=True) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], "fd00:17::1/64",
+                  acl=[{"match": {"eth_type": "ipv6", "ip_proto": 44}, "action": "drop"}]),
+             port(lab, "pb", nss[1], "fd00:17::2/64")]
+    sw = switch(lab, ports)
+    for ns in nss:
+        helpers.wait_for("IPv6 duplicate address detection", lambda: helpers.ipv6_settled(ns, "eth0"), within=10)
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", nss[1], sys.executable, "-c",
+         "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(('fd00:17::2', 5000)); "
+         "s.settimeout(3)\ntry:\n    while True: print(len(s.recv(65536)), flush=True)\nexcept TimeoutError: pass"],
+        stdout=subprocess.PIPE, text=True)
+    lab.procs.append(receiver)
+    helpers.wait_for("the receiver bound", lambda: "5000" in helpers.nsexec(nss[1], "ss", "-Hlun").stdout)
+    helpers.nsexec(nss[0], sys.executable, "-c",
+                   "import socket, time; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+                   "for n in (100, 4000, 200): s.sendto(bytes(n), ('fd00:17::2', 5000)); time.sleep(0.2)")
+    out, _ = receiver.communicate(timeout=15)
+    assert out.split() == ["100", "200"], out
+    assert counters(sw)[ports[0]["name"]]["acl_dropped"] >= 3          # the 4000 bytes: 3 fragments
+
+
 def test_trunk_acl_reads_the_ip_packet_inside_the_tag_in_the_rules_vlan_only(lab):
     """A trunk's rules drop IPv4 to one address in VLAN 20 only, IPv6 to one address in any
     VLAN, and TCP to port 22 (behind IPv6 extension headers too). Tagged frames from the

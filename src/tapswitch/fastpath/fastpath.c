@@ -1175,6 +1175,8 @@ static bool tag_for(struct frame *f, const struct ts_port_conf *o)
 struct l3 {
     int version;                /* -1 not parsed yet, 0 not IP, 4, 6 */
     uint8_t proto;              /* IPv4 protocol, IPv6 upper-layer next header */
+    uint64_t exthdrs;           /* IPv6: bit n for each extension header n walked past
+                                   (0, 43, 44, 51, 60: all below 64) */
     bool has_ports;             /* TCP or UDP, first fragment, ports present */
     uint16_t sport, dport;
     const uint8_t *src, *dst;   /* 4 or 16 bytes */
@@ -1228,6 +1230,9 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
      * would pass every rule on its protocol or ports. Each header moves at
      * least 8 bytes on, so the frame's length bounds the walk. */
     while (first && off + 8 <= len) {
+        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS
+            || next == IPPROTO_FRAGMENT || next == IPPROTO_AH)
+            l3->exthdrs |= 1ULL << next;
         if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
             next = p[off];
             off += (p[off + 1] + 1u) * 8;
@@ -1323,7 +1328,11 @@ static bool acl_rule_matches(const struct ts_acl_rule *r, const struct frame *f,
         return false;
     if ((m & TS_ACL_IP_DST) && !masked_equal(l3->dst, r->ip_dst, r->ip_dst_mask, alen))
         return false;
-    if ((m & TS_ACL_IP_PROTO) && l3->proto != r->ip_proto)
+    /* ip_proto is the upper layer's, or an IPv6 extension header the packet has: a rule on
+     * 44 (fragment) or 43 (routing) matched only the odd later fragment, the first fragment
+     * and every unfragmented packet with such a header passing `ip_proto: 44, drop`. */
+    if ((m & TS_ACL_IP_PROTO) && l3->proto != r->ip_proto
+        && !(r->ip_proto < 64 && (l3->exthdrs >> r->ip_proto & 1)))
         return false;
     if ((m & (TS_ACL_SRC_PORT | TS_ACL_DST_PORT)) && !l3->has_ports)
         return false;

@@ -306,7 +306,9 @@
  * frame: IPv4 (ports only in first fragments) and IPv6 (through every
  * hop-by-hop, routing, fragment, destination-options and AH header, however
  * many: the receiver's stack walks them all; ports only in first fragments,
- * a later one's protocol is its fragment header's). eth_type and the IP
+ * a later one's protocol is its fragment header's); ip_proto matches the
+ * protocol behind them, or one of those headers the packet has (44: every
+ * fragment). eth_type and the IP
  * header are the payload's, behind the switch's 802.1Q tag if the frame has
  * one and up to two more 802.1Q or 802.1ad tags (a QinQ frame, tagged in its
  * VLAN or not, carries its packet past no IP rule);
@@ -456,7 +458,8 @@ struct ts_mirror {
 #define TS_ACL_IPV6 0x20       /* an IPv6 packet; with neither, IP_PROTO/ports match both */
 #define TS_ACL_IP_SRC 0x40     /* (address & ip_src_mask) == ip_src; IPv4 in bytes 0..3 */
 #define TS_ACL_IP_DST 0x80
-#define TS_ACL_IP_PROTO 0x100  /* IPv4 protocol, IPv6 upper-layer next header */
+#define TS_ACL_IP_PROTO 0x100  /* IPv4 protocol, IPv6 upper-layer next header or an
+                                  extension header the packet has */
 #define TS_ACL_SRC_PORT 0x200  /* TCP or UDP source port */
 #define TS_ACL_DST_PORT 0x400
 #define TS_ACL_L3 0x7f0        /* the bits that need the IP header parsed */
