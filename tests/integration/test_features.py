@@ -320,6 +320,31 @@ def test_port_flooding_source_macs_holds_at_its_limit(lab):
     assert counters(sw)[b]["tx_packets"] - after[b]["tx_packets"] == 5
 
 
+def test_mac_limit_counts_no_static_mac_and_frees_room_when_a_mac_moves_away(lab):
+    """A port with `mac_limit: 2` and a static MAC: frames from the static MAC and from two
+    new MACs cross, a third new MAC's are dropped (mac_limit_dropped); once one of the two
+    learned MACs moves to another port, the third one's frames cross."""
+    nss = [quiet(lab, s) for s in ("a", "b", "c")]
+    ports = [port(lab, "pa", nss[0], mac_limit=2), port(lab, "pb", nss[1]), port(lab, "pc", nss[2])]
+    a, b, c = (p["name"] for p in ports)
+    static, x, y, z = "02:aa:00:00:00:01", "02:aa:00:00:00:02", "02:aa:00:00:00:03", "02:aa:00:00:00:04"
+    sw = switch(lab, ports, static_macs=[{"mac": static, "port": a}])
+
+    def send(ns: str, src: str) -> int:
+        """Broadcasts from src on ns's port: how many reached port c."""
+        before = counters(sw)[c]["tx_packets"]
+        helpers.nsexec(ns, sys.executable, SENDER, "eth0", src, "ff:ff:ff:ff:ff:ff", 3)
+        time.sleep(0.3)
+        return counters(sw)[c]["tx_packets"] - before
+
+    assert [send(nss[0], mac) for mac in (static, x, y, z)] == [3, 3, 3, 0]
+    assert counters(sw)[a]["mac_limit_dropped"] == 3
+    assert fdb_ports(sw)[a] == {(static, 1), (x, 1), (y, 1)}
+    assert send(nss[1], x) == 3                                 # x moved to b
+    assert send(nss[0], z) == 3
+    assert fdb_ports(sw)[a] == {(static, 1), (y, 1), (z, 1)}
+
+
 # ACLs.
 
 def test_icmp_drop_acl_stops_ping_but_not_arp(lab):
