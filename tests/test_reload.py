@@ -124,6 +124,19 @@ def test_other_vxlan_changes_make_the_port_again(change):
     assert p.remove == ("vx0",) and [x.name for x in p.add] == ["vx0"]
 
 
+@pytest.mark.parametrize("change, kept", [
+    ("remotes: [198.18.9.3]", {"vx0"}),                 # updated in place: its tunnel stays
+    ("speed: 10, vxlan: {vni: 10, local: 198.18.9.1, remotes: [198.18.9.2]}", {"vx0"}),
+    ("vxlan: {vni: 11, local: 198.18.9.1, remotes: [198.18.9.2]}", set()),     # a new device
+])
+def test_a_vxlan_port_whose_tunnel_a_reload_leaves_keeps_what_it_carries(change, kept):
+    """Its underlay's MTU as the segment's MTUs were set (Switch.carried), not as it is now."""
+    new = VX.replace("remotes: [198.18.9.2]", change) if change.startswith("remotes") else \
+        VX.replace("vxlan: {vni: 10, local: 198.18.9.1, remotes: [198.18.9.2]}", change)
+    assert reload.kept_tunnels(cfg(VX), cfg(new)) == kept
+    assert reload.kept_tunnels(cfg(VX), cfg(new), gone={"vx0"}) == set()     # its TAP went: made anew
+
+
 REMOTE = "switch: {name: sw0}\nports:\n  - {name: up0, remote: eth1%s}\n  - {name: h0%s}\n"
 
 

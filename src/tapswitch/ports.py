@@ -269,21 +269,35 @@ def _address_hint(iface, code: int, mtu: int) -> str:
     return ""
 
 
-def plan(cfgs: list, mirrors: list = ()) -> list:
-    """The ports' configs as they are made: a VXLAN port is a promisc remote port on its device,
-    and beside VXLAN ports every MTU fits the narrowest tunnel (vxlan.segment_mtus), the tag of
-    what a port sends tagged included (vxlan.sends_tagged: `mirrors` says which ports get copies).
-    PortError for a port that cannot fit, before anything is made."""
-    if not any(c.vxlan for c in cfgs):
-        return list(cfgs)
+def carried_mtus(cfgs: list, known: dict[str, int] | None = None) -> dict[str, int]:
+    """name -> the largest MTU each VXLAN port's tunnel carries (untagged), as its underlay's MTU
+    says now; `known`'s for a port in it (a running port whose device a reload keeps: what the
+    segment's MTUs were set with). PortError for an underlay not found, known or not."""
+    known = known or {}
     carried = {}
+    if not any(c.vxlan for c in cfgs):
+        return carried
     with IPRoute() as ipr:
         for c in cfgs:
             if c.vxlan:
                 try:
-                    carried[c.name] = _tunnel(ipr, c).carried_mtu()
+                    mtu = _tunnel(ipr, c).carried_mtu()
                 except vxlan.VxlanError as e:
                     raise PortError(f"port {c.name}: {e}") from None
+                carried[c.name] = known.get(c.name, mtu)
+    return carried
+
+
+def plan(cfgs: list, mirrors: list = (), carried: dict[str, int] | None = None) -> list:
+    """The ports' configs as they are made: a VXLAN port is a promisc remote port on its device,
+    and beside VXLAN ports every MTU fits the narrowest tunnel (vxlan.segment_mtus), the tag of
+    what a port sends tagged included (vxlan.sends_tagged: `mirrors` says which ports get copies).
+    `carried`: what each VXLAN port's tunnel carries (carried_mtus; by default, as their underlays
+    say now). PortError for a port that cannot fit, before anything is made."""
+    if not any(c.vxlan for c in cfgs):
+        return list(cfgs)
+    if carried is None:
+        carried = carried_mtus(cfgs)
     tagged = vxlan.sends_tagged({c.name for c in cfgs if c.trunk}, [(m.from_, m.to) for m in mirrors])
     try:
         mtus = vxlan.segment_mtus([vxlan.PortMtu(c.name, c.mtu if c.mtu_given else None, carried.get(c.name), c.mtu,

@@ -75,10 +75,27 @@ def _device_changed(before, after) -> bool:
         return True
     if after.remote and before.mtu_given != after.mtu_given:    # IFACE set to `mtu`, or left its own
         return True
+    return _tunnel_changed(before, after)
+
+
+def _tunnel_changed(before, after) -> bool:
+    """Does the port need another VXLAN device (or none, or one where it had none)? Its remote
+    hosts are updated in place."""
     if (before.vxlan is None) != (after.vxlan is None):
         return True
     return before.vxlan is not None and (before.vxlan.model_dump(exclude={"remotes"})
                                          != after.vxlan.model_dump(exclude={"remotes"}))
+
+
+def kept_tunnels(old, new, gone=frozenset()) -> set[str]:
+    """The VXLAN ports whose tunnel a reload from `old` to `new` leaves as it was (its remote hosts
+    apart): what it carries is what the segment's MTUs were set with, not what its underlay
+    carries now. Its underlay's MTU changed since (known only at start, as the README says), a
+    reload gave every port without `mtu:` another MTU, and made them all again, whatever it changed."""
+    new_ports = {p.name: p for p in new.ports}
+    return {p.name for p in old.ports
+            if p.vxlan is not None and p.name in new_ports and p.name not in gone
+            and not _tunnel_changed(p, new_ports[p.name])}
 
 
 def vlans_changed(before, after) -> bool:

@@ -236,6 +236,9 @@ class Switch:
         # (maintain_fdb), once every burst that saw it up is over.
         self.down_flushes: dict[int, int] = {}
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
+        # VXLAN port -> the MTU its tunnel carried when the segment's MTUs were set (its making):
+        # a reload that keeps its device keeps that (reload.kept_tunnels), whatever its underlay's now.
+        self.carried: dict[str, int] = {}
         self.unchecked = SaidOnce()              # port -> why maintain_ports could not tell where its TAP is
         self.unlooked: set[str] = set()          # the ports a look at whose devices failed since the last tick
         self.unlooked_said = SaidOnce()          # port -> that failure, until a look at its devices succeeds
@@ -298,7 +301,8 @@ class Switch:
         self.shared = fastpath.Shared.create(sw.mac_table.size, self.queues)
         self._start_services()
         # As made: VXLAN MTUs, and a VXLAN port's remote, its device (which _heal must know).
-        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports, self.cfg.mirrors)})
+        self.carried = ports.carried_mtus(self.cfg.ports)
+        self.cfg = self.cfg.model_copy(update={"ports": ports.plan(self.cfg.ports, self.cfg.mirrors, self.carried)})
         # The control socket is ours now, so no live switch shares this state: heal a dead run's leftovers.
         self.state.path = sw.control.socket + ".state"
         self._heal(RunState.load(self.state.path))
@@ -1103,8 +1107,11 @@ class Switch:
         self.maintain_ports()        # what went since the last tick is made again too
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
-            new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors)})
-            plan = reload_mod.plan(self.cfg, new, gone={p.name for p in self.ports if p.gone}, euid=os.geteuid())
+            gone = {p.name for p in self.ports if p.gone}
+            kept = reload_mod.kept_tunnels(self.cfg, new, gone)
+            carried = ports.carried_mtus(new.ports, {name: self.carried[name] for name in kept if name in self.carried})
+            new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors, carried)})
+            plan = reload_mod.plan(self.cfg, new, gone=gone, euid=os.geteuid())
             self._workers_can_start(plan)
         except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
             errors = e.errors
@@ -1112,6 +1119,7 @@ class Switch:
             errors = [str(e)]
         else:
             failed, troubles = self.apply(plan, new)
+            self.carried = {p.name: carried[p.name] for p in self.ports if p.name in carried}
             by_name = {p.name: p for p in new.ports}    # each reload tries them again: they are not in self.cfg
             self.unmade = {name: (by_name[name], error) for name, error in failed.items()}
             errors = list(failed.values()) + troubles

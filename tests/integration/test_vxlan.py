@@ -543,6 +543,32 @@ def test_reload_adds_and_removes_remote_hosts_without_touching_the_port(lab, sit
     assert unreachable(site, [((1, 1), (3, 2))]) == []
 
 
+def test_a_reload_after_the_underlays_mtu_changed_leaves_the_ports_it_does_not_change_alone(lab, site):
+    """The segment's MTUs are set when the VXLAN device is made (at start): a reload that changed
+    one port's speed, the underlay's MTU changed since, gave every port the MTU of the underlay's
+    new one and made them all again (their devices went and came back, what they had learned was
+    forgotten), as "remade" said. It updates that port alone."""
+    cfg = site.config(1)
+    sw = site.start(1, cfg)
+
+    def ifindexes():
+        return [json.loads(helpers.nsexec(site.containers[1, c], "ip", "-j", "link", "show", "dev", "eth0").stdout)
+                [0]["ifindex"] for c in CONTAINERS]
+
+    before = ifindexes()
+    assert helpers.ping(site.containers[1, 1], address(1, 2))
+    learned = {(e["mac"], e["port"]) for e in sw.cli_json("fdb")}
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "mtu", "1400")
+    cfg["ports"][0]["speed"] = 10
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {lab.name('p11')}"
+    assert {p["name"]: p["mtu"] for p in sw.cli_json("ports")} == {
+        lab.name("p11"): 1450, lab.name("p12"): 1450, site.vx(1): 1450}
+    assert ifindexes() == before
+    assert learned <= {(e["mac"], e["port"]) for e in sw.cli_json("fdb")}
+
+
 def test_a_reload_that_changes_the_vni_makes_the_port_again_without_taking_it_down(lab, site):
     """The new VXLAN device is made down and raised as it is attached: that first event came
     after the port was made, took it down and flushed what it had learned ("port.down")."""
