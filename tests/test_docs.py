@@ -541,6 +541,16 @@ def test_the_settings_a_reload_refuses_are_the_ones_the_readme_lists():
     assert listed == set(FIXED_KEYS)
 
 
+def test_the_readme_names_every_setting_whose_change_makes_a_port_again():
+    """reload.DEVICE_KEYS, and a VXLAN port's tunnel: the README said `remote…`, and a reload
+    that set `allmulti` made the port again (its device went and came back) unannounced."""
+    from tapswitch.reload import DEVICE_KEYS
+    prose = re.sub(r"\s+", " ", section("Command line"))
+    m = re.search(r"a port whose device settings changed \((.*?)\) is made again", prose)
+    assert m, "the README's sentence on what a reload makes again"
+    assert re.findall(r"`([^`]+)`", m[1]) == [*DEVICE_KEYS, "vxlan", "remotes"]
+
+
 def test_the_readme_says_which_reloads_an_in_place_upgrade_refuses():
     """After an in-place upgrade to a fast path of another version, a reload that starts new
     workers is refused (Switch._workers_can_start, by Plan.ports_changed): the README said one
