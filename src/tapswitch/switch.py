@@ -506,9 +506,9 @@ class Switch:
         """`tapswitch reload`: the control loop reloads; the client waits for the outcome of a
         reload that reads the config after it asked (not of one under way). Refused once the
         switch stops: no reload comes then, and the client waited for it until the switch was gone."""
-        self._refuse_if_stopping()
         outcome = futures.Future()
         self.reload_waiters.append(outcome)
+        self._refuse_if_stopping()      # once listed: the stop answers those listed before it began (_undo)
         self.reload_requested = True            # also while starting (no control loop yet): once started
         os.kill(os.getpid(), signal.SIGHUP)     # wakes the control loop
         try:
@@ -1539,6 +1539,12 @@ class Switch:
         (switch.undo_failed) and the rest still goes, so that nothing is left that could go."""
         self.undoing = True         # a control request from here on is told the switch is stopping
         _ignore_stop_signals()
+        # A `tapswitch reload` that asked before (while another reload ran, or the switch started)
+        # waits for a reload that will not come now: told so at once. It waited until the switch
+        # had gone, and then said the switch "closed the connection".
+        waiters, self.reload_waiters = self.reload_waiters, []
+        for waiter in waiters:
+            waiter.set_exception(ControlError("the switch is stopping"))
         notify("STOPPING=1")
         if self.metrics_server is not None:
             with _undo_step("metrics"):

@@ -317,6 +317,33 @@ def test_a_reload_asked_for_while_the_switch_starts_is_done_once_it_has_started(
     assert events.index("switch.ready") < events.index("config.reloaded")
 
 
+def test_a_reload_asked_for_that_a_stop_comes_before_is_answered_at_once(lab):
+    """A `tapswitch reload` asked for while another runs waits for the next; a stop that comes
+    before it ends the switch with no next reload. The command waited until the switch had
+    gone, and said "the switch ... closed the connection"; it is told the switch is stopping."""
+    cfg = base(lab, 2)
+    cfg["ports"][1]["ifname"] = "eth9"
+    sw = lab.switch(cfg)
+    held = helpers.hold_queue(sw.proc.pid, "eth9")      # the reload waits for the old device to go
+    try:
+        cfg["ports"][1]["addresses"] = ["198.18.4.22/24"]
+        rewrite(sw, cfg)
+        sw.proc.send_signal(signal.SIGHUP)
+        helpers.wait_for("the reload's wait for the old device", lambda: sw.events("workers.replaced"))
+        client = subprocess.Popen([sys.executable, "-m", "tapswitch", "reload", "-s", sw.socket],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lab.procs.append(client)
+        time.sleep(0.6)                 # its request has reached the switch
+        sw.proc.send_signal(signal.SIGTERM)
+    finally:
+        os.close(held)
+    out, err = client.communicate(timeout=60)
+    assert (client.returncode, out, err) == (
+        1, "", "tapswitch: the switch is stopping\n"), sw.log()
+    assert sw.proc.wait(30) == 0
+    assert len(sw.events("config.reloaded")) == 1, sw.log()      # the first only
+
+
 def test_a_sighup_while_the_switch_starts_reloads_once_it_has_started(lab):
     """`kill -HUP` while the switch makes its ports, after it read its config, which has changed
     since: the reload comes once the switch is ready, and applies the change. (SIGHUP was
