@@ -1117,6 +1117,11 @@ class Switch:
             errors = e.errors
         except ports.PortError as e:
             errors = [str(e)]
+        except OSError as e:
+            # Out of descriptors as it looks at the devices before it changes any (a VXLAN port's
+            # underlay, for its MTU: ports.carried_mtus' netlink socket): it raised out of the
+            # control loop, and the switch ended. Nothing has changed: refused, as a bad config.
+            errors = [f"cannot reload now: {_reason(e)}"]
         else:
             failed, troubles = self.apply(plan, new)
             self.carried = {p.name: carried[p.name] for p in self.ports if p.name in carried}

@@ -569,6 +569,30 @@ def test_a_reload_after_the_underlays_mtu_changed_leaves_the_ports_it_does_not_c
     assert learned <= {(e["mac"], e["port"]) for e in sw.cli_json("fdb")}
 
 
+def test_a_reload_out_of_descriptors_as_it_looks_at_the_underlay_is_refused_and_the_switch_runs_on(lab, site):
+    """A reload looks at each VXLAN port's underlay (for its MTU) on a netlink socket of its own
+    before it changes anything; out of descriptors, that raised out of the control loop and ended
+    the switch (a traceback). The reload is refused, nothing changed, and the next one applies."""
+    cfg = site.config(1)
+    sw = site.start(1, cfg)
+    cfg["ports"][0]["speed"] = 10
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    for spare in (1, 2, 3):
+        with helpers.fds_to_spare(sw.proc.pid, spare) as limit:
+            os.kill(sw.proc.pid, signal.SIGHUP)
+            [*_, event] = helpers.wait_for("config.reload_failed", lambda: sw.events("config.reload_failed")[spare - 1:])
+        assert sw.proc.poll() is None, sw.log()
+        assert event["errors"] == [
+            f"cannot reload now: out of file descriptors (the limit is {limit}): a port takes one for each queue, "
+            f"in the switch and again in the queue's worker; raise the limit (ulimit -n, or LimitNOFILE= in the "
+            f"service)"], event
+    assert [p["speed"] for p in sw.cli_json("ports")] == [None, None, None]
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {lab.name('p11')}"
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
 def test_a_reload_that_changes_the_vni_makes_the_port_again_without_taking_it_down(lab, site):
     """The new VXLAN device is made down and raised as it is attached: that first event came
     after the port was made, took it down and flushed what it had learned ("port.down")."""
