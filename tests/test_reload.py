@@ -50,6 +50,21 @@ def test_a_device_setting_change_makes_the_port_again(change):
     assert p.summary()["remade"] == ["b0"] and p.unchanged == ("a0",)
 
 
+def test_a_mac_that_writes_out_the_one_the_port_has_now_is_no_change_of_its_device():
+    """`mac:` set to what `tapswitch ports` shows (to keep it across restarts): the port keeps its
+    device. Another MAC, or a remote port's (there it decides IFACE's rules), makes it again."""
+    new = cfg(BASE.replace("{name: b0, netns: b,", "{name: b0, mac: '02:00:00:00:00:0b', netns: b,"))
+    p = reload.plan(cfg(), new, macs={"a0": "02:00:00:00:00:0a", "b0": "02:00:00:00:00:0b"})
+    assert (p.update, p.remove, p.add) == (("b0",), (), ())
+    p = reload.plan(cfg(), new, macs={"a0": "02:00:00:00:00:0a", "b0": "02:00:00:00:00:0c"})
+    assert p.summary()["remade"] == ["b0"]
+    assert reload.plan(cfg(), new).summary()["remade"] == ["b0"]
+    back = reload.plan(new, cfg(), macs={"b0": "02:00:00:00:00:0b"})      # taken out: a random one, or the kept
+    assert back.summary()["remade"] == ["b0"]
+    remote = cfg(REMOTE % ("", "")), cfg(REMOTE % (", mac: '02:00:00:00:00:0b'", ""))
+    assert reload.plan(*remote, macs={"up0": "02:00:00:00:00:0b"}).summary()["remade"] == ["up0"]
+
+
 def test_speed_is_a_live_setting():
     new = cfg(BASE.replace("{name: b0, netns: b,", "{name: b0, speed: 100, netns: b,"))
     p = reload.plan(cfg(), new)

@@ -68,14 +68,26 @@ def _fixed_changed(old, new, path: tuple[str, ...], euid: int) -> bool:
     return _get(old, path) != _get(new, path)
 
 
-def _device_changed(before, after) -> bool:
-    """Does the port need a new device? Any device key, `mtu` given or not on a remote port, or the
-    VXLAN tunnel other than its remotes (those are updated in place)."""
-    if any(getattr(before, k) != getattr(after, k) for k in DEVICE_KEYS):
+def _device_changed(before, after, mac_now: str | None = None) -> bool:
+    """Does the port need a new device? Any device key (but a `mac` that only writes out the MAC
+    its device has now, `mac_now`), `mtu` given or not on a remote port, or the VXLAN tunnel other
+    than its remotes (those are updated in place)."""
+    if before.mac != after.mac and not _mac_written_out(before, after, mac_now):
+        return True
+    if any(getattr(before, k) != getattr(after, k) for k in DEVICE_KEYS if k != "mac"):
         return True
     if after.remote and before.mtu_given != after.mtu_given:    # IFACE set to `mtu`, or left its own
         return True
     return _tunnel_changed(before, after)
+
+
+def _mac_written_out(before, after, mac_now: str | None) -> bool:
+    """Does the config now give the port, by `mac:`, the MAC its TAP has (as `tapswitch ports`
+    shows it: the switch's random one, or one its host set)? Nothing of the device changes then:
+    it was made again, its container's routes gone and what it had learned forgotten, to end with
+    the same MAC. Not a remote or VXLAN port's: there `mac:` also decides what IFACE's rules do."""
+    return (before.mac is None and after.mac is not None and after.mac == mac_now
+            and before.remote is None and after.remote is None)
 
 
 def _tunnel_changed(before, after) -> bool:
@@ -105,10 +117,11 @@ def vlans_changed(before, after) -> bool:
     return (before.pvid, before.vlans) != (after.pvid, after.vlans)
 
 
-def plan(old, new, gone=frozenset(), euid: int = 0) -> Plan:
+def plan(old, new, gone=frozenset(), euid: int = 0, macs=None) -> Plan:
     """The changes that turn a switch running `old` (as user id `euid`) into one running `new`.
     The ports named in `gone` lost their device (deleted, or its namespace went): those still in
-    `new` are made again."""
+    `new` are made again. `macs`: the MAC each running port's device has now (_mac_written_out)."""
+    macs = macs or {}
     fixed = [("switch",) + path for path in FIXED_KEYS if _fixed_changed(old.switch, new.switch, path, euid)]
     if fixed:
         raise ReloadRefused([new.where(loc, "cannot change while running (restart the switch)") for loc in fixed])
@@ -122,7 +135,7 @@ def plan(old, new, gone=frozenset(), euid: int = 0) -> Plan:
         before = old_ports.get(name)
         if before is None:
             add.append(p)
-        elif name in gone or _device_changed(before, p):
+        elif name in gone or _device_changed(before, p, macs.get(name)):
             remove.append(name)
             add.append(p)
         elif before != p:

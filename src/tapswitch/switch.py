@@ -1111,7 +1111,8 @@ class Switch:
             kept = reload_mod.kept_tunnels(self.cfg, new, gone)
             carried = ports.carried_mtus(new.ports, {name: self.carried[name] for name in kept if name in self.carried})
             new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors, carried)})
-            plan = reload_mod.plan(self.cfg, new, gone=gone, euid=os.geteuid())
+            plan = reload_mod.plan(self.cfg, new, gone=gone, euid=os.geteuid(),
+                                   macs={p.name: p.mac for p in self.ports})
             self._workers_can_start(plan)
         except (config_mod.ConfigError, reload_mod.ReloadRefused) as e:
             errors = e.errors

@@ -186,6 +186,25 @@ def test_changed_address_remakes_only_that_port(lab):
     assert not helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2", wait=1)
 
 
+def test_a_mac_written_out_as_the_port_has_it_keeps_its_device(lab):
+    """`mac:` set to the MAC `tapswitch ports` shows, to keep it across restarts: the reload made
+    the port again for the same MAC (its container lost the device's routes, the switch what it
+    had learned there). It updates the port; the device, its routes and its MAC stay."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.nsexec(ns, "ip", "route", "add", "198.18.5.0/24", "via", "198.18.4.1")
+    ifindex = json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", "dev", "eth0").stdout)[0]["ifindex"]
+    mac = {p["name"]: p["mac"] for p in sw.cli_json("ports")}[name]
+    cfg["ports"][1]["mac"] = mac
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {name}"
+    assert json.loads(helpers.nsexec(ns, "ip", "-j", "link", "show", "dev", "eth0").stdout)[0]["ifindex"] == ifindex
+    assert "198.18.5.0/24" in helpers.nsexec(ns, "ip", "route").stdout
+    assert helpers.link_mac(ns, "eth0") == mac
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
+
 def test_invalid_config_changes_nothing_and_says_where(lab):
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
