@@ -307,6 +307,26 @@ def test_a_tunnel_given_dev_follows_the_device_it_is_bound_to_whatever_its_name(
     assert t.bound == 3
 
 
+def test_a_tunnel_carries_what_its_underlays_mtu_now_lets_through_whole():
+    """The longest frame the tunnel carries follows its underlay's MTU as the kernel says now:
+    it was the underlay's at the tunnel's making, for good."""
+    mtu = {"now": 1500}
+    for local, outer in (("198.19.0.1", 36), ("fd00::1", 56)):
+        ipr = FakeIPR()
+        get = ipr.link
+        ipr.link = lambda cmd, get=get, **kw: [FakeMsg(m, IFLA_MTU=mtu["now"]) for m in get(cmd, **kw)]
+        t = vxlan.Tunnel(ipr, "vx0", 1, local, dev="u0")
+        assert t.carries() is None                  # no device yet
+        mtu["now"] = 1500
+        t.create()
+        assert t.frame_max == 1500 - outer
+        assert t.underlay_fault() is None and t.carries() == 1500 - outer
+        mtu["now"] = 1400
+        assert t.underlay_fault() is None and (t.underlay_mtu, t.carries()) == (1400, 1400 - outer)
+        t.remove(said=False)
+        assert t.carries() is None
+
+
 def test_a_tunnel_without_dev_follows_the_device_holding_local_now():
     """Not bound: the kernel routes from local, whichever device holds it."""
     ipr = FakeIPR()

@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from tapswitch import config as config_mod
 from tapswitch import reload as reload_mod
-from tapswitch import fastpath, linkmon, ports, remote, rtnl, settings, tap, tc
+from tapswitch import fastpath, linkmon, ports, remote, rtnl, settings, tap, tc, vxlan
 from tapswitch.control import (RELOAD_WAIT, ControlError, ControlServer, Listing, mac_arg, stop_serving,
                                unicast_mac_arg, vlan_arg)
 from tapswitch.log import setup as setup_logging
@@ -630,6 +630,18 @@ class Switch:
         elif fault is None and not port.underlay_up:
             log.info("vxlan.underlay_up", port=port.name, dev=port.tunnel.name)
         port.underlay_fault = fault
+        # The underlay's MTU set lower since the tunnel was made (the port's MTU stays as the start
+        # set it): the fast path takes no frame longer than the tunnel carries whole now, and counts
+        # it as a tx_error, rather than let the underlay fragment it (IPv4) or lose it (IPv6).
+        carries = t.carries()
+        if carries is not None and carries != t.frame_max:
+            short = carries < port.effective_mtu + vxlan.ETH_HLEN
+            (log.warning if short else log.info)(
+                "vxlan.underlay_mtu_changed", port=port.name, dev=t.name, underlay=t.underlay_name,
+                mtu=t.underlay_mtu, frame_max=carries, was=t.frame_max, port_mtu=port.effective_mtu)
+            t.frame_max = carries
+            if port in self.ports:        # else not published yet: the reload adding it does (settings.apply)
+                self.publish_port(port)
 
     def tap_settings_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """The port's host changed its TAP's MTU or MAC: follow it, as the Linux bridge follows

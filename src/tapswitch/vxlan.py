@@ -29,8 +29,10 @@ whose `mtu:` is larger is refused at start. A port's MTU counts what follows
 a frame's tags, so a frame with more of them than the port leaves room for
 (an 802.1ad frame, a QinQ frame on a trunk, a mirror's copy of a tagged
 frame) could still overflow: the fast path takes no frame longer than the
-tunnel carries whole (`frame_max`), and counts it as a tx_error. GSO frames cross whole: the
-kernel segments them after encapsulation.
+tunnel carries whole (`frame_max`), and counts it as a tx_error. That bound follows the
+underlay's MTU as it is now (`Tunnel.carries`, Switch.underlay_changed): one lowered after
+the start leaves the ports' MTUs as set, but not the frames that no longer fit uncounted.
+GSO frames cross whole: the kernel segments them after encapsulation.
 
 A device left by a run that did not stop (SIGKILL) is found by its alias
 (`ALIAS_PREFIX`) and replaced; a device of that name that is not ours is an
@@ -321,6 +323,7 @@ class Tunnel:
         self.bound: int | None = None             # given dev: the ifindex the device is bound to (create)
         self.underlay_index: int | None = None    # the underlay device's, as underlay_fault() last found it
         self.underlay_name: str | None = None     # and its name then
+        self.underlay_mtu: int | None = None      # and its MTU then
         self.frame_max = 0           # the longest frame it carries whole (frame_max), as made (create)
 
     @property
@@ -348,7 +351,7 @@ class Tunnel:
         else:
             index = holder
         if index != self.underlay_index:
-            self.underlay_name = None
+            self.underlay_name = self.underlay_mtu = None
         self.underlay_index = index
         # Bound: if it went since (the kernel deletes the tunnel with it), by the name it last had.
         name, up = (self.underlay_name or self.dev) if self.bound is not None else self.dev, None
@@ -362,8 +365,15 @@ class Tunnel:
                     holder = None
             else:                            # (else it went since: dev is gone)
                 name, up = link.get_attr("IFLA_IFNAME"), link_up(link["flags"])
-                self.underlay_name = name
+                self.underlay_name, self.underlay_mtu = name, link.get_attr("IFLA_MTU")
         return underlay_fault(self.local, name, up, holder is not None, dad_state(flags))
+
+    def carries(self) -> int | None:
+        """The longest frame the tunnel carries whole now (frame_max), by its underlay's MTU as
+        underlay_fault() last found it; None: no device, or no underlay seen."""
+        if self.ifindex is None or self.underlay_mtu is None:
+            return None
+        return frame_max(self.underlay_mtu, self.local)
 
     def underlies(self, ifindex: int, ifname: str | None) -> bool:
         """Is the device of this link event (in the switch's namespace) the tunnel's underlay, or,

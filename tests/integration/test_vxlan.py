@@ -948,3 +948,35 @@ def test_a_frame_with_more_tags_than_a_vxlan_port_leaves_room_for_is_a_tx_error_
     helpers.nsexec(c11, sys.executable, SENDFRAMES, "eth0", "--frame", tagged_frame(c11, mtu - 4, (0x88A8,)), 20)
     helpers.wait_for("frames at host 2", lambda: vxlan_counters(site, 2)["rx_bytes"] - before >= 20 * (mtu + 14))
     assert fragments_made(site.hosts[1]) == made
+
+
+def test_a_frame_too_long_for_an_underlay_whose_mtu_dropped_since_the_start_is_a_tx_error_not_lost(lab, any_site):
+    """The longest frame the tunnel carries whole follows its underlay's MTU, not only as it was at
+    the start: an underlay whose MTU dropped meanwhile (`ip link set u0 mtu 1400`) carries less, and
+    the frames that no longer fit are counted as the VXLAN port's tx_errors. (They went into the
+    tunnel as before, uncounted: fragmented by the underlay over IPv4, lost over IPv6.)"""
+    site = any_site
+    sw = site.start(1)
+    site.start(2)
+    c11 = site.containers[1, 1]
+    mtu = json.loads(helpers.nsexec(c11, "ip", "-j", "link", "show", "dev", "eth0").stdout)[0]["mtu"]
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "mtu", 1400)
+    helpers.wait_for("the underlay's MTU followed", lambda: sw.events("vxlan.underlay_mtu_changed"), within=10)
+    event = sw.events("vxlan.underlay_mtu_changed")[-1]
+    carried = 1400 - (36 if site.family == 4 else 56)     # the outer IP, UDP and VXLAN headers
+    assert (event["port"], event["underlay"], event["mtu"], event["frame_max"]) == (site.vx(1), "u0", 1400, carried)
+    made, errors = fragments_made(site.hosts[1]), vxlan_counters(site, 1)["tx_errors"]
+    helpers.nsexec(c11, sys.executable, SENDFRAMES, "eth0", "--frame", tagged_frame(c11, mtu, ()), 20)
+    helpers.wait_for("tx_errors", lambda: vxlan_counters(site, 1)["tx_errors"] - errors >= 20, within=10)
+    assert vxlan_counters(site, 1)["tx_errors"] - errors == 20
+    assert fragments_made(site.hosts[1]) == made
+    # The underlay's MTU given back, full-size frames cross whole again.
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "mtu", 1500)
+    helpers.wait_for("the underlay's MTU followed", lambda: sw.events("vxlan.underlay_mtu_changed")[-1]["mtu"] == 1500,
+                     within=10)
+    before = vxlan_counters(site, 2)["rx_bytes"]
+    helpers.nsexec(c11, sys.executable, SENDFRAMES, "eth0", "--frame", tagged_frame(c11, mtu, ()), 20)
+    helpers.wait_for("frames at host 2", lambda: vxlan_counters(site, 2)["rx_bytes"] - before >= 20 * (mtu + 14),
+                     within=10)
+    assert fragments_made(site.hosts[1]) == made
+    assert vxlan_counters(site, 1)["tx_errors"] - errors == 20
