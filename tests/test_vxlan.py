@@ -398,6 +398,24 @@ def test_vxlan_is_mutually_exclusive_with_netns_and_remote():
                       "t.yaml:5: ports[1].vxlan: vxlan and remote are mutually exclusive"]
 
 
+def test_a_link_local_underlay_address_needs_the_device_it_is_on():
+    """The kernel makes no VXLAN device from a link-local address without its device ("Local
+    interface required for link-local local/remote addresses"): check passed it, and run failed
+    with 'port vx0: cannot make VXLAN device vx0-vx: EINVAL: Invalid argument' (exit 1)."""
+    errors = errors_of("""\
+        - name: vx0
+          vxlan: {vni: 1, local: "fe80::1", remotes: ["fe80::2"]}
+        """)
+    assert errors == ["t.yaml:5: ports[0].vxlan.local: fe80::1 is link-local: it needs vxlan.dev, the device "
+                      "it is on (the kernel makes no VXLAN device from it without)"]
+    cfg = loads(SWITCH + '  - {name: vx0, vxlan: {vni: 1, local: "fe80::1", remotes: ["fe80::2"], dev: u0}}\n')
+    assert cfg.ports[0].vxlan.dev == "u0"
+    # IPv4 has no such rule (169.254.0.0/16); a link-local remote host beside a local that is not the
+    # kernel routes to (run here).
+    loads(SWITCH + "  - {name: vx0, vxlan: {vni: 1, local: 169.254.0.1, remotes: [169.254.0.2]}}\n")
+    loads(SWITCH + '  - {name: vx0, vxlan: {vni: 1, local: "fd00::1", remotes: ["fe80::2"]}}\n')
+
+
 def test_vxlan_values_are_checked_where_they_are():
     errors = errors_of("""\
         - name: vx0

@@ -496,6 +496,15 @@ class Vxlan(_Model):
             raise LocatedErrors(problems)
         return value
 
+    @model_validator(mode="after")
+    def _link_local_has_its_device(self) -> Vxlan:
+        # The kernel refuses it without ("Local interface required for link-local local/remote
+        # addresses", EINVAL). Link-local remote hosts it takes, beside any local.
+        if self.local.version == 6 and self.local.is_link_local and self.dev is None:
+            raise LocatedErrors([(("local",), f"{self.local} is link-local: it needs vxlan.dev, the device "
+                                              f"it is on (the kernel makes no VXLAN device from it without)")])
+        return self
+
     @property
     def overhead(self) -> int:
         """Bytes VXLAN adds on this underlay: 50 over IPv4, 70 over IPv6."""
