@@ -1120,7 +1120,11 @@ class Switch:
         try:
             new = config_mod.load(self.cfg.source if self.cfg.source != "<demo>" else None)
             gone = {p.name for p in self.ports if p.gone}
-            kept = reload_mod.kept_tunnels(self.cfg, new, gone)
+            # A VXLAN port whose device went and waits to be made again (maintain_tunnels: its
+            # underlay back with an MTU too small for the port's) is looked at again, as one whose
+            # TAP went is: the reload sets the segment's MTUs from that underlay, and so ends the wait.
+            waiting = {p.name for p in self.ports if p.tunnel is not None and p.tunnel.ifindex is None}
+            kept = reload_mod.kept_tunnels(self.cfg, new, gone | waiting)
             carried = ports.carried_mtus(new.ports, {name: self.carried[name] for name in kept if name in self.carried})
             new = new.model_copy(update={"ports": ports.plan(new.ports, new.mirrors, carried)})
             plan = reload_mod.plan(self.cfg, new, gone=gone, euid=os.geteuid(),

@@ -400,7 +400,7 @@ class Tunnel:
         if mtu is not None and carried_mtu(under_mtu, self.local) < mtu:
             raise VxlanError(f"port {self.port}: underlay device {under_name} carries at most "
                              f"{carried_mtu(under_mtu, self.local)}, less than the port's mtu {mtu} "
-                             f"(set at start: give {under_name} its MTU back, or restart the switch)")
+                             f"(set at start: give {under_name} its MTU back, or reload or restart the switch)")
         if self.dev is not None:     # bound to it; else the route to each remote host decides
             link["vxlan_link"] = under_index
         where = "vxlan_local" if family(self.local) == 4 else "vxlan_local6"

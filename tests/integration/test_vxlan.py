@@ -980,3 +980,22 @@ def test_a_frame_too_long_for_an_underlay_whose_mtu_dropped_since_the_start_is_a
                      within=10)
     assert fragments_made(site.hosts[1]) == made
     assert vxlan_counters(site, 1)["tx_errors"] - errors == 20
+
+
+def test_a_vxlan_device_whose_underlay_comes_back_too_small_is_made_again_by_a_reload(lab, site):
+    """As the wait says: a reload sets every MTU from the underlay back with a smaller one, and makes
+    the port again over it, as a restart would."""
+    cfg = site.config(1)
+    sw = site.start(1, cfg)
+    site.start(2)
+    helpers.nsexec(site.hosts[1], "ip", "link", "del", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[site.vx(1)] == "down")
+    site.wire(1, mtu=1400)
+    helpers.wait_for("the wait said", lambda: sw.events("vxlan.remake_waits"))
+    assert sw.events("vxlan.remake_waits")[-1]["error"].endswith(
+        "(set at start: give u0 its MTU back, or reload or restart the switch)")
+    names = [p["name"] for p in cfg["ports"]]
+    assert sw.cli("reload").stdout.strip() == "reloaded: remade " + " ".join(names)
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up")
+    assert {p["name"]: p["mtu"] for p in sw.cli_json("ports")} == dict.fromkeys(names, 1350)
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
