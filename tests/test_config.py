@@ -1096,14 +1096,6 @@ def test_a_lone_carriage_return_ends_a_line_as_in_an_editor():
     assert one_error("switch:\r  name: sw0\rports: [{name: \x07}]\r") == "t.yaml:3: -: YAML: character #x0007 is not allowed"
 
 
-def test_bytes_that_are_not_utf8_after_lone_carriage_returns_are_located_at_their_line(tmp_path):
-    path = tmp_path / "cr.yaml"
-    path.write_bytes(b"switch:\r  name: sw0\rports: [{name: p\xe90}]\r")
-    with pytest.raises(ConfigError) as info:
-        load(str(path))
-    assert info.value.errors == [f"{path}:3: -: cannot read: not UTF-8: byte 0xe9"]
-
-
 def test_nesting_too_deep_to_parse_is_located_where_it_got_too_deep():
     """It said line 0: the RecursionError named no place."""
     assert one_error(SWITCH + "ports: " + "[" * 100_000 + "]" * 100_000 + "\n") == "t.yaml:3: -: YAML: nested too deeply"
@@ -1583,12 +1575,16 @@ def test_a_directory_is_refused_as_not_a_regular_file_and_holds_no_descriptor(tm
     assert len(os.listdir("/proc/self/fd")) == fds
 
 
-def test_bytes_that_are_not_utf8_are_located_at_their_line(tmp_path):
+@pytest.mark.parametrize("text, line", [
+    (b"switch:\n  name: caf\xe9\nports: [{name: p0}]\n", 2),
+    (b"switch:\r  name: sw0\rports: [{name: p\xe90}]\r", 3),     # lines ended by lone carriage returns
+])
+def test_bytes_that_are_not_utf8_are_located_at_their_line(tmp_path, text, line):
     path = tmp_path / "t.yaml"
-    path.write_bytes(b"switch:\n  name: caf\xe9\nports: [{name: p0}]\n")
+    path.write_bytes(text)
     with pytest.raises(ConfigError) as info:
         load(str(path))
-    assert info.value.errors == [f"{path}:2: -: cannot read: not UTF-8: byte 0xe9"]
+    assert info.value.errors == [f"{path}:{line}: -: cannot read: not UTF-8: byte 0xe9"]
 
 
 def test_the_octal_reading_is_said_beside_the_key_refusing_the_value_it_gave():

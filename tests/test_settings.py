@@ -297,39 +297,36 @@ def test_configured_vlans_carry_frames(sw):
     assert [sw.received(p) for p in range(4)] == [[], [], [tagged(BROADCAST, A, 10)], [frame(BROADCAST, A)]]
 
 
+def storm_rate(sw, pps: int):
+    """Apply a config whose port a lets through `pps` broadcasts a second."""
+    cfg = config(f"- {{name: a, storm_control: {{broadcast_pps: {pps}}}}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n")
+    settings.apply(sw.shared, cfg, running(cfg))
+
+
+def broadcasts_passed(sw, n: int) -> int:
+    """Send n broadcasts into port a: how many port b got."""
+    for _ in range(n):
+        sw.send(0, frame(BROADCAST, A))
+    return len(sw.received(1))
+
+
 def test_a_raised_storm_rate_holds_at_once(sw):
     # At 1 frame/s the bucket runs a second ahead: the new rate must not wait for it.
-    ports = "- {{name: a, storm_control: {{broadcast_pps: {}}}}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n"
-    cfg = config(ports.format(1))
-    settings.apply(sw.shared, cfg, running(cfg))
-    sw.send(0, frame(BROADCAST, A))
-    sw.send(0, frame(BROADCAST, A))
-    assert len(sw.received(1)) == 1
-    cfg = config(ports.format(1000))
-    settings.apply(sw.shared, cfg, running(cfg))
-    for _ in range(50):
-        sw.send(0, frame(BROADCAST, A))
-    assert len(sw.received(1)) == 50
-    settings.apply(sw.shared, cfg, running(cfg))      # unchanged: the bucket goes on as it was
-    for _ in range(200):
-        sw.send(0, frame(BROADCAST, A))
-    assert len(sw.received(1)) < 200
+    storm_rate(sw, 1)
+    assert broadcasts_passed(sw, 2) == 1
+    storm_rate(sw, 1000)
+    assert broadcasts_passed(sw, 50) == 50
+    storm_rate(sw, 1000)      # unchanged: the bucket goes on as it was
+    assert broadcasts_passed(sw, 200) < 200
 
 
 def test_a_lowered_storm_rate_holds_from_the_next_frame(sw):
     # Mid-burst at 1000/s (a burst of 100 passes at once), a reload to 10/s: from the next frame
     # on, 8 pass at once (the burst at 10/s), then none until the new interval.
-    ports = "- {{name: a, storm_control: {{broadcast_pps: {}}}}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n"
-    cfg = config(ports.format(1000))
-    settings.apply(sw.shared, cfg, running(cfg))
-    for _ in range(50):
-        sw.send(0, frame(BROADCAST, A))
-    assert len(sw.received(1)) == 50
-    cfg = config(ports.format(10))
-    settings.apply(sw.shared, cfg, running(cfg))
-    for _ in range(50):
-        sw.send(0, frame(BROADCAST, A))
-    assert len(sw.received(1)) == 8
+    storm_rate(sw, 1000)
+    assert broadcasts_passed(sw, 50) == 50
+    storm_rate(sw, 10)
+    assert broadcasts_passed(sw, 50) == 8
     assert sw.counters(0)["storm_dropped"] == 42
 
 

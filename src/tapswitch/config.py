@@ -1353,6 +1353,14 @@ def _count_file_lines(root: yaml.Node, text: str) -> None:
     if not _UNICODE_BREAK.search(text):
         return              # PyYAML's lines are the file's
     ends = _line_ends(text)
+    for node in _each_node(root):
+        for mark in (node.start_mark, node.end_mark):
+            mark.line = _line_at(ends, mark.index)
+
+
+def _each_node(root: yaml.Node):
+    """Every node of the document once (aliases share nodes, and may make loops), each before
+    its children are read: what the caller changes in a node's value is what is walked."""
     seen: set[int] = set()
     stack = [root]
     while stack:
@@ -1360,12 +1368,11 @@ def _count_file_lines(root: yaml.Node, text: str) -> None:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        for mark in (node.start_mark, node.end_mark):
-            mark.line = _line_at(ends, mark.index)
+        yield node
         if isinstance(node, yaml.SequenceNode):
             stack += node.value
         elif isinstance(node, yaml.MappingNode):
-            stack += [n for pair in node.value for n in pair]
+            stack += [v for _, v in node.value] + [k for k, _ in node.value]
 
 
 class _Unconvertible(Exception):
@@ -1483,19 +1490,9 @@ def _resolve_merge_keys(root: yaml.Node, source: str) -> None:
         node.value = written
         resolved.add(id(node))
 
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            stack += node.value
-        elif isinstance(node, yaml.MappingNode):
-            if any(key.tag == _MERGE for key, _ in node.value):
-                resolve(node, set())
-            stack += [v for _, v in node.value] + [k for k, _ in node.value]
+    for node in _each_node(root):
+        if isinstance(node, yaml.MappingNode) and any(key.tag == _MERGE for key, _ in node.value):
+            resolve(node, set())
 
 
 MAX_DEPTH = 32      # mappings and lists inside one another: a config's deepest value, ports[].acl[].match.vlan, is 6 down
