@@ -360,14 +360,16 @@ class Switch:
             dead.remotes.remove(name)
             dead.originals.pop(name, None)
 
-    def _add_ports(self, wanted: list, config=None) -> list:
+    def _add_ports(self, wanted: list, config=None, also_running=()) -> list:
         """Make the ports (index, config) in `wanted`: each one's Port, or the exception that
         stopped it. Their settings, MTU and state are written by settings.apply. `config`: the
-        config they are of (a reload's new one), by default the switch's."""
+        config they are of (a reload's new one), by default the switch's. `also_running`: ports a
+        reload made already, not yet in self.ports (_put_back)."""
+        running = self.ports + list(also_running)
         # Their remotes are listed before they are attached: a crash meanwhile leaves none unlisted.
         # So stay those not given back (a detach that failed keeps the original it did not restore).
         # If the file cannot be written, each port that changes a remote writes it first, or fails.
-        self.state.remotes = sorted({p.cfg.remote for p in self.ports if p.cfg.remote}
+        self.state.remotes = sorted({p.cfg.remote for p in running if p.cfg.remote}
                                     | {cfg.remote for _index, cfg in wanted if cfg.remote} | set(self.state.originals))
         self.state.try_save()
         # A port may name a namespace that another makes by its path, /run/netns/NAME: netns.Namespaces._name.
@@ -375,7 +377,7 @@ class Switch:
         # Static MACs as the config makes them, and `fdb add`'s (each kept on its port made again).
         statics = ((config or self.cfg).static_mac_entries()
                    + [(mac, name, vlan) for (mac, vlan), name in self.cli_macs.items()])
-        kept = ports.macs_kept([cfg for _index, cfg in wanted], self.macs_had, {p.mac for p in self.ports}, statics)
+        kept = ports.macs_kept([cfg for _index, cfg in wanted], self.macs_had, {p.mac for p in running}, statics)
         made = ports.create_all(wanted, self.queues, self.cfg.switch.queue_len, self.namespaces, kept)
         self.slots_used.update(p.index for p in made if isinstance(p, ports.Port))
         return made
@@ -1141,9 +1143,12 @@ class Switch:
             errors = [f"cannot reload now: {_reason(e)}"]
         else:
             failed, troubles = self.apply(plan, new)
-            self.carried = {p.name: carried[p.name] for p in self.ports if p.name in carried}
+            running = {p.name for p in self.ports}
+            back = {name for name in failed if name in running}     # put back as they were (apply)
+            self.carried = ({p.name: carried[p.name] for p in self.ports if p.name in carried and p.name not in back}
+                            | {name: self.carried[name] for name in back if name in self.carried})
             by_name = {p.name: p for p in new.ports}    # each reload tries them again: they are not in self.cfg
-            self.unmade = {name: (by_name[name], error) for name, error in failed.items()}
+            self.unmade = {name: (by_name[name], error) for name, error in failed.items() if name not in back}
             errors = list(failed.values()) + troubles
             self.reloads["failure" if errors else "success"] += 1
             summary = {what: [n for n in names if n not in failed] for what, names in plan.summary().items()}
@@ -1173,10 +1178,14 @@ class Switch:
         control loop starts it again), a VXLAN port's remote hosts, the state file not written.
 
         Ports go before ports come: a port made again needs its old device
-        gone first (same name, same name inside its namespace).
+        gone first (same name, same name inside its namespace). So one whose
+        new device the kernel refuses is made again as it was (_put_back).
         """
         troubles = []
         retired = [p for p in self.ports if p.name in plan.remove]
+        # Ports taken away to be made again, which _put_back makes as they were if their new
+        # device cannot be made: not one whose TAP went, which had nothing left to lose.
+        remade = [p for p in retired if not p.gone and p.name in {c.name for c in plan.add}]
         if retired:
             # Under static_lock: an `fdb add` (a control socket thread) that found a retired port
             # before it went wrote its entry on the port's slot after _free_slot gave that to a
@@ -1208,7 +1217,8 @@ class Switch:
                 if not ports.wait_gone(port):
                     log.warning("port.device_lingers", port=port.name)     # its remaking will say so
                 log.info("port.removed", port=port.name)
-            self.namespaces.remove_unused({p.netns_path for p in new.ports})
+            # Not yet the namespace a port made again leaves: it may be put back there.
+            self.namespaces.remove_unused({p.netns_path for p in new.ports} | {p.cfg.netns_path for p in remade})
         errors, added, wanted = {}, [], []
         busy = {p.index for p in self.ports}
         caps = effective_caps()
@@ -1236,6 +1246,12 @@ class Switch:
             else:
                 errors[pcfg.name] = _port_reason(pcfg.name, port)
                 log.error("port.add_failed", port=pcfg.name, error=errors[pcfg.name])
+        back = self._put_back([p for p in remade if p.name in errors], errors, added, new)
+        added += back
+        # The config the switch runs: the new one, but for the ports put back, which keep their old settings.
+        olds = {p.name: p.cfg for p in back}
+        new_ports = [olds.get(p.name, p) for p in new.ports]
+        applied = new.model_copy(update={"ports": new_ports}) if back else new
         by_name = {p.name: p for p in new.ports}
         # A port that left a VLAN must not keep its MACs there: flushed once its new VLANs apply.
         # So does a port that became a mirror's monitor port: it is in no VLAN.
@@ -1261,7 +1277,7 @@ class Switch:
             port.up = port.links_up      # settings.apply publishes it, before the workers see the port
         order = {p.name: i for i, p in enumerate(new.ports)}
         self.ports = sorted(self.ports + added, key=lambda p: order[p.name])
-        settings.apply(self.shared, new, self.ports)      # new ports' and changed ports' settings, before traffic
+        settings.apply(self.shared, applied, self.ports)      # new ports' and changed ports' settings, before traffic
         for port in rezoned:
             log.info("port.vlans_changed", port=port.name, fdb_flushed=self.shared.fdb_flush(port.index))
         if added:
@@ -1274,11 +1290,57 @@ class Switch:
         kept = {p.netns_path for p in new.ports if p.netns_path is not None and name_at(p.netns_path) in had}
         self.namespaces.remove_unused({p.cfg.netns_path for p in self.ports} | kept)
         running = {p.name for p in self.ports}
-        self.cfg = new.model_copy(update={"ports": [p for p in new.ports if p.name in running]})
+        self.cfg = new.model_copy(update={"ports": [p for p in new_ports if p.name in running]})
         self.install_static_macs()
         if self.state.unsaved:          # by its last save: the file is behind (logged); a later one writes it
             troubles.append(self.state.unsaved)
         return errors, list(dict.fromkeys(troubles))
+
+    def _put_back(self, failed: list[ports.Port], errors: dict[str, str], made: list[ports.Port],
+                  new) -> list[ports.Port]:
+        """The ports in `failed`, taken away by this reload to be made again, whose new device could
+        not be made (the kernel refused an MTU their remote cannot carry, an `ifname` taken in their
+        namespace, an address...): made again as they were, with their old config, the MAC
+        macs_kept gives them (the one they had), their remote attached again. Returns those made;
+        each one's error in `errors` says it was (or why that failed too: it stays down, as
+        before). `made`: the ports this reload made, not yet in self.ports. Bad input loses
+        nothing: the port was down and detached until the next reload."""
+        if not failed:
+            return []
+        running = self.ports + made
+        busy = {p.index for p in running}
+        wanted = []
+        for port in failed:
+            pcfg = port.cfg         # the config it was made with
+            # Given to another port by this reload: two ports with one MAC, or one remote (whose
+            # claim is ours: "attached by another running switch", of this one).
+            taken = next((f"its MAC {pcfg.mac} is port {p.name}'s now" for p in running
+                          if pcfg.mac is not None and p.mac == pcfg.mac), None) or next(
+                (f"its remote {pcfg.remote} is port {p.name}'s now" for p in running
+                 if pcfg.remote is not None and p.cfg.remote == pcfg.remote), None)
+            if taken is not None:
+                errors[port.name] += f"; not put back: {taken}"
+                log.error("port.put_back_failed", port=port.name, error=errors[port.name])
+                continue
+            index = self._free_slot(busy)
+            busy.add(index)
+            wanted.append((index, pcfg))
+        back = self._add_ports(wanted, new, made) if wanted else []
+        bugs = [e for e in back if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
+        if bugs:
+            for port in made + back:
+                if isinstance(port, ports.Port):
+                    port.close()
+            raise bugs[0]
+        for (_index, pcfg), port in zip(wanted, back):
+            if isinstance(port, ports.Port):
+                errors[pcfg.name] += "; put back with its old settings"
+                log.warning("port.put_back", port=pcfg.name, error=errors[pcfg.name])
+            else:
+                why = _port_reason(pcfg.name, port).removeprefix(f"port {pcfg.name}: ")
+                errors[pcfg.name] += f"; putting it back failed too: {why}"
+                log.error("port.put_back_failed", port=pcfg.name, error=errors[pcfg.name])
+        return [port for port in back if isinstance(port, ports.Port)]
 
     def _replace_workers(self) -> list[str]:
         """New workers over the current ports; a gone port's dead queues stay out (as forget_port).

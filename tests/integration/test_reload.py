@@ -775,14 +775,17 @@ def test_a_reload_that_remakes_a_port_out_of_descriptors_leaves_the_switch_runni
 
 
 def test_a_port_a_reload_could_not_make_again_keeps_the_namespace_it_made(lab):
-    """A reload makes a port again (an address added) and cannot (IPv6 is off in its namespace):
-    the namespace the switch made for it stays, with what its user put there, and the reload that
-    can make the port makes it there again. (It was removed, as for a port gone from the config:
-    what ran there was cut off, and the next reload made a new, empty one of that name.)"""
+    """A reload makes a port again (its TAP went, and an address added) and cannot (IPv6 is off in
+    its namespace): the namespace the switch made for it stays, with what its user put there, and
+    the reload that can make the port makes it there again. (It was removed, as for a port gone
+    from the config: what ran there was cut off, and the next reload made a new, empty one of that
+    name.) A port whose TAP had not gone is put back as it was: the tests below."""
     cfg = base(lab, 2)
     sw = lab.switch(cfg)
     name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
     helpers.nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+    helpers.nsexec(ns, "ip", "link", "del", "eth0")
+    helpers.wait_for("port.gone", lambda: [e for e in sw.events("port.gone") if e["port"] == name])
     made = os.stat(f"/run/netns/{ns}").st_ino
     cfg["ports"][1]["addresses"] = ["198.18.4.2/24", "fd00::2/64"]
     rewrite(sw, cfg)
@@ -798,6 +801,111 @@ def test_a_port_a_reload_could_not_make_again_keeps_the_namespace_it_made(lab):
     assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
     assert sw.stop() == 0
     assert ns not in helpers.netns_list()
+
+def vxlan_site(lab) -> dict:
+    """Namespaces: sw (the switch, with vxlan device vx0 over veth und0, MTU 1500: vx0 carries
+    1450 at most), out (the far end: vx0 over und1, 198.18.5.100), c0 (a container)."""
+    sw, out, c0 = lab.netns("sw", create=True), lab.netns("out", create=True), lab.netns("c0", create=True)
+    helpers.sh("ip", "link", "add", "und0", "netns", sw, "type", "veth", "peer", "name", "und1", "netns", out)
+    for ns, here, there, dev in ((sw, "198.18.9.1", "198.18.9.2", "und0"), (out, "198.18.9.2", "198.18.9.1", "und1")):
+        helpers.nsexec(ns, "ip", "addr", "add", f"{here}/24", "dev", dev)
+        helpers.nsexec(ns, "ip", "link", "set", dev, "up")
+        helpers.nsexec(ns, "ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "dev", dev, "local", here,
+                       "remote", there, "dstport", "4789")
+        helpers.nsexec(ns, "ip", "link", "set", "vx0", "up")
+    helpers.nsexec(out, "ip", "addr", "add", "198.18.5.100/24", "dev", "vx0")
+    return {"sw": sw, "out": out, "c0": c0}
+
+
+def test_a_remote_port_a_reload_cannot_make_again_is_put_back_as_it_was(lab):
+    """A remote port on a vxlan device whose underlay carries 1500, given `mtu: 9000` by a reload:
+    the kernel refuses that MTU on IFACE once the old port is gone. The port stayed down, its
+    IFACE detached, until the next reload; it is put back as it was (its MTU, its MAC, IFACE
+    attached again, forwarding), the reload says it failed and why, and the next tries again."""
+    site = vxlan_site(lab)
+    up = lab.name("up")
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1},
+           "ports": [{"name": lab.name("p0"), "netns": f"/run/netns/{site['c0']}", "ifname": "eth0",
+                      "addresses": ["198.18.5.1/24"]},
+                     {"name": up, "remote": "vx0"}]}
+    sw = lab.switch(cfg, netns=site["sw"])
+    assert helpers.ping(site["c0"], "198.18.5.100")
+    before = {p["name"]: p for p in sw.cli_json("ports")}[up]
+    assert (before["state"], before["mtu"]) == ("up", 1450)
+    cfg["ports"][1]["mtu"] = 9000
+    rewrite(sw, cfg)
+    for _ in range(2):          # and the next reload tries again
+        r = subprocess.run(["ip", "netns", "exec", site["sw"], sys.executable, "-m", "tapswitch", "reload",
+                            "-s", sw.socket], capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout.strip()) == (1, f"reloaded: failed {up}"), (r, sw.log())
+        after = {p["name"]: p for p in sw.cli_json("ports")}[up]
+        assert (after["state"], after["mac"], after["mtu"], after["remote"], after["error"]) == (
+            "up", before["mac"], 1450, "vx0", None), (after, sw.log())
+        assert helpers.link_mtu(site["sw"], "vx0") == 1450
+        assert helpers.ping(site["c0"], "198.18.5.100"), sw.log()
+        assert r.stderr.strip() == f"port {up}: remote vx0 refused mtu 9000: Invalid argument; " \
+                                   f"put back with its old settings", r.stderr
+    assert [p["name"] for p in sw.cli_json("ports")] == [p["name"] for p in cfg["ports"]]
+    del cfg["ports"][1]["mtu"]
+    rewrite(sw, cfg)
+    assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
+    assert sw.stop() == 0
+    assert "Traceback" not in sw.log()
+
+
+def test_a_port_whose_new_ifname_is_taken_is_put_back_as_it_was(lab):
+    """A reload renames a container's port to a name another device has there: the old port
+    comes back, under its old name, with its address and its MAC, and its peer reaches it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.nsexec(ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth2")
+    mac = port_mac(sw, name)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+    cfg["ports"][1]["ifname"] = "eth1"
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    result = json.loads(r.stdout)
+    assert (r.returncode, result["failed"], result["remade"]) == (1, [name], []), r
+    assert [(p["state"], p["error"]) for p in sw.cli_json("ports")] == [("up", None), ("up", None)], sw.log()
+    assert helpers.link_mac(ns, "eth0") == mac == port_mac(sw, name)
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2"), sw.log()
+    assert result["errors"] == [f"port {name}: a device named eth1 already exists in namespace {ns}; "
+                                f"put back with its old settings"], result
+    helpers.nsexec(ns, "ip", "link", "del", "eth1")
+    assert sw.cli("reload").stdout.strip() == f"reloaded: remade {name}"
+    assert helpers.link_mac(ns, "eth1") == mac
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
+
+def test_a_port_that_cannot_be_put_back_either_is_down_with_both_reasons(lab):
+    """The same, and the reload gives a new port of that namespace the port's old name: that one
+    is made, and the kernel refuses the old port's name to it too. Both reasons are said; it is
+    down, as before, until a reload makes it."""
+    cfg = base(lab, 2)
+    sw = lab.switch(cfg)
+    name, ns = cfg["ports"][1]["name"], cfg["ports"][1]["netns"]
+    helpers.nsexec(ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth2")
+    cfg["ports"][1]["ifname"] = "eth1"
+    new = {"name": lab.name("p2"), "netns": f"/run/netns/{ns}", "ifname": "eth0", "addresses": ["198.18.4.3/24"]}
+    lab.links.append(new["name"])
+    cfg["ports"].append(new)
+    rewrite(sw, cfg)
+    r = subprocess.run([sys.executable, "-m", "tapswitch", "reload", "--json", "-s", sw.socket],
+                       capture_output=True, text=True, timeout=30)
+    result = json.loads(r.stdout)
+    assert (r.returncode, result["added"], result["failed"]) == (1, [new["name"]], [name]), r
+    error = (f"port {name}: a device named eth1 already exists in namespace {ns}; putting it back failed too: "
+             f"a device named eth0 already exists in namespace {ns}")
+    assert result["errors"] == [error], result
+    assert [(p["name"], p["state"], p["error"]) for p in sw.cli_json("ports")] == [
+        (cfg["ports"][0]["name"], "up", None), (new["name"], "up", None), (name, "down", error)]
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.3")
+    helpers.nsexec(ns, "ip", "link", "del", "eth1")
+    assert sw.cli("reload").stdout.strip() == f"reloaded: added {name}"
+    assert helpers.ping(cfg["ports"][0]["netns"], "198.18.4.2")
+
 
 HOLD_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "hold_fails.py"))
 
