@@ -223,6 +223,27 @@ def test_a_worker_whose_fast_path_stopped_says_why_in_worker_exited(monkeypatch)
     sup.stop()
 
 
+# A stand-in for a worker killed by the signal numbered argv[2] (its default action: it ends).
+KILLED_BY = "import os, signal, sys; n = int(sys.argv[2]); signal.signal(n, signal.SIG_DFL); os.kill(os.getpid(), n)"
+
+
+@pytest.mark.parametrize("signum, name", [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGRTMIN + 6, "SIGRTMIN+6"),
+                                          (signal.SIGRTMAX, "SIGRTMAX")])
+def test_a_worker_killed_by_any_signal_says_which_and_is_restarted(monkeypatch, signum, name):
+    """A worker killed by a real-time signal (`kill -40 PID`), which signal.Signals does not name:
+    exited() raised ValueError out of the control loop, and the switch ended with a traceback.
+    It is said as `kill -l` names it, and restarted as any worker that died."""
+    restarted = []
+    monkeypatch.setattr(supervisor.Supervisor, "restart", lambda self, w: restarted.append(w))
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0] = _worker(KILLED_BY, str(int(signum)))
+    _exited(w)
+    with structlog.testing.capture_logs() as logs:
+        sup.exited(w)
+    assert [(e["event"], e.get("signal")) for e in logs] == [("worker.exited", name)]
+    assert restarted == [w] and w.down_error == f"killed by {name}"
+
+
 # A stand-in for a worker a Python exception stopped: says so as worker.main does (worker.fail,
 # the reason and the traceback), then exits 1.
 RAISED = ("import socket, sys; from tapswitch import worker; "

@@ -165,6 +165,18 @@ def _traceback(trace: str | None) -> dict:
     return {"traceback": trace} if trace else {}
 
 
+def _signal_name(signum: int) -> str:
+    """A signal's name, as `kill -s` takes it: SIGSEGV; a real-time one SIGRTMIN+N (signal.Signals
+    names none of them but SIGRTMIN and SIGRTMAX: a worker killed by one, `kill -40 PID`, raised
+    ValueError out of the control loop, which ended the switch); one of neither, `signal N`."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+        return f"signal {signum}"
+
+
 def _utc(t: float) -> str:
     """time.time() `t` as ISO 8601, UTC, to the second: as the log's timestamps read."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -570,7 +582,7 @@ class Supervisor:
         said = _recv(w.sock, wait=False) if w.sock is not None else b""
         self._close(w.pidfd, w.sock)
         w.pidfd, w.sock = -1, None
-        how = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_code": rc}
+        how = {"signal": _signal_name(-rc)} if rc < 0 else {"exit_code": rc}
         if said[:1] == b"E":
             error, trace = _failure(said)       # its fast path stopped, or an exception: why
             how.update(error=error, **_traceback(trace))

@@ -270,6 +270,23 @@ def test_a_stopped_worker_is_killed_and_restarted_and_forwards_again(lab):
     assert sw.worker_pids() != [pid]
 
 
+def test_a_worker_killed_by_a_real_time_signal_is_restarted_and_the_switch_runs_on(lab):
+    """`kill -40 WORKER` (SIGRTMIN+6, whose default action ends a process): the control process
+    could not name the signal, raised out of its loop and ended, every port with it. Now the
+    worker's end is said as any other (worker.exited, signal SIGRTMIN+6), it is restarted, and
+    the two hosts talk again."""
+    sw, listen, (a, _b) = two_hosts(lab)
+    [pid] = sw.worker_pids()
+    os.kill(pid, signal.SIGRTMIN + 6)
+    helpers.wait_for("the worker's restart, or the switch's end",
+                     lambda: sw.proc.poll() is not None or sw.events("worker.restarted"), within=20)
+    assert sw.proc.poll() is None, sw.log()
+    assert [(e["pid"], e["signal"]) for e in sw.events("worker.exited")] == [(pid, "SIGRTMIN+6")]
+    assert metric(listen, "tapswitch_worker_restarts_total") == 1
+    assert helpers.ping(a, "198.18.9.2", count=2)
+    assert sw.stop() == 0, sw.log()
+
+
 def reload_watchdog(sw, ms: int) -> None:
     """Reload the switch with switch.watchdog_ms `ms`."""
     sw.cfg["switch"]["watchdog_ms"] = ms
