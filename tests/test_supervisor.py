@@ -224,7 +224,8 @@ def test_a_worker_whose_fast_path_stopped_says_why_in_worker_exited(monkeypatch)
 
 
 # A stand-in for a worker killed by the signal numbered argv[2] (its default action: it ends).
-KILLED_BY = "import os, signal, sys; n = int(sys.argv[2]); signal.signal(n, signal.SIG_DFL); os.kill(os.getpid(), n)"
+KILLED_BY = ("import os, signal, sys; n = int(sys.argv[2]); "
+             "n == signal.SIGKILL or signal.signal(n, signal.SIG_DFL); os.kill(os.getpid(), n)")
 
 
 @pytest.mark.parametrize("signum, name", [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGRTMIN + 6, "SIGRTMIN+6"),
@@ -242,6 +243,20 @@ def test_a_worker_killed_by_any_signal_says_which_and_is_restarted(monkeypatch, 
         sup.exited(w)
     assert [(e["event"], e.get("signal")) for e in logs] == [("worker.exited", name)]
     assert restarted == [w] and w.down_error == f"killed by {name}"
+
+
+def test_a_restart_killed_before_it_set_up_says_by_which_signal(monkeypatch):
+    """A restart's process killed while it started (the OOM killer, a user's kill) was said as
+    "worker 0 did not start (exit code -9)", in worker.start_failed and in `tapswitch ports`'
+    queue line: a number no shell shows, where a worker killed once running is "killed by
+    SIGKILL". It says the signal now, as that does."""
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+    p = _pending(KILLED_BY, str(int(signal.SIGKILL)))
+    assert select.select([p.sock], [], [], 10)[0]       # its end closed the socket
+    with pytest.raises(supervisor.WorkerError) as e:
+        sup._hear(w, p, said_something=True)
+    assert str(e.value) == "worker 0 did not start (killed by SIGKILL)"
 
 
 # A stand-in for a worker a Python exception stopped: says so as worker.main does (worker.fail,

@@ -177,6 +177,11 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _ended(rc: int) -> str:
+    """How a worker process ended, from its Popen returncode: one phrase for the user."""
+    return f"killed by {_signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
+
+
 def _utc(t: float) -> str:
     """time.time() `t` as ISO 8601, UTC, to the second: as the log's timestamps read."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -422,7 +427,7 @@ class Supervisor:
                 error, trace = _failure(said)
                 raise WorkerError(f"worker {w.queue} did not start: {error}", trace)
             if said_something:
-                raise WorkerError(f"worker {w.queue} did not start (exit code {p.proc.returncode})")
+                raise WorkerError(f"worker {w.queue} did not start ({_ended(p.proc.returncode)})")
             raise WorkerError(f"worker {w.queue} did not start (not set up within {READY_TIMEOUT:g} s, killed)")
 
     def _discard(self, w: Worker, p: Pending) -> None:
@@ -587,7 +592,7 @@ class Supervisor:
             error, trace = _failure(said)       # its fast path stopped, or an exception: why
             how.update(error=error, **_traceback(trace))
         log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
-        ended = f"killed by {how['signal']}" if rc < 0 else f"exited with code {rc}"
+        ended = _ended(rc)
         hung_for, w.hung_for = w.hung_for, None
         if hung_for is not None and rc == -signal.SIGKILL:
             # The watchdog's SIGKILL: "killed by SIGKILL" alone reads as the OOM killer's, or a user's.
