@@ -874,3 +874,9 @@ def test_queues_down_says_each_worker_that_does_not_run_restarting_or_held_back_
     assert sup.ready(w)
     assert sup.queues_down() == []
     sup.stop()
+
+
+def test_a_probe_killed_before_it_answers_says_by_which_signal(monkeypatch):
+    """It said 'exit code -9', as a restart killed before it set up did."""
+    monkeypatch.setattr(supervisor, "VERSION_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert supervisor._probe() == ("a new worker would not load its fast path: killed by SIGKILL", True)

@@ -122,7 +122,7 @@ def _probe() -> tuple[int | str, bool]:
         found: int | str = int(out)
     else:
         lines = err.strip().splitlines()
-        found = f"a new worker would not load its fast path: {lines[-1] if lines else f'exit code {proc.returncode}'}"
+        found = f"a new worker would not load its fast path: {lines[-1] if lines else _ended(proc.returncode)}"
     return found, True
 
 
