@@ -1,10 +1,11 @@
 """Supervisor: starts one worker process per queue and restarts any that dies or hangs.
 
 Worker q is handed queue q of every port, over its ready socket. The control
-process keeps every fd open, so a restarted worker gets the very same queues;
-the MAC table and the counters are in shared memory and survive it. At a
-start the processes are spawned before the ports are made (spawn), so their
-interpreters start while the kernel moves the ports' devices.
+process keeps every fd open, so a restarted worker gets the very same queues
+(but a deleted TAP's, dead: _hand_ports); the MAC table and the counters are
+in shared memory and survive it. At a start the processes are spawned before
+the ports are made (spawn), so their interpreters start while the kernel moves
+the ports' devices.
 
 A worker that stops turning its loop (stopped by SIGSTOP or a debugger, or
 stuck) does not exit: its pidfd says nothing, and its queue waits for good.
@@ -41,7 +42,7 @@ from collections.abc import Callable
 
 import structlog
 
-from tapswitch import fastpath
+from tapswitch import fastpath, tap
 from tapswitch.config import WATCHDOG_MS
 from tapswitch.worker import GROUP_SIGNALS, send_ports, upgraded
 
@@ -402,12 +403,30 @@ class Supervisor:
         return Pending(proc, ours)
 
     def _hand_ports(self, w: Worker, p: Pending) -> None:
-        """Send p queue w.queue of every current port. A process that is gone already
-        cannot take them: _await finds it so and says how it ended."""
+        """Send p queue w.queue of every current port, but a port whose TAP was deleted (its
+        queue is dead: forgotten here, as forget_port). A process that is gone already cannot
+        take them: _await finds it so and says how it ended."""
+        for index in self._deleted(w.queue):
+            self.forget_port(index)
         try:
             send_ports(p.sock, {port: qfds[w.queue] for port, qfds in self.port_fds.items()})
         except OSError:
             pass
+
+    def _deleted(self, queue: int) -> list[int]:
+        """The ports not forgotten (forget_port) whose TAP was deleted: one ioctl a port. The
+        control loop notices a deleted TAP once a tick (Switch.maintain_ports); a worker that died
+        before then -- killed with the TAP's container, say -- was restarted over the dead queue,
+        whose read failed again and counted one more rx_errors. Lost race, stated: a TAP deleted
+        after this look, while the process it replaces still reads (a reload), counts in both."""
+        deleted = []
+        for index, qfds in self.port_fds.items():
+            try:
+                if not tap.attached(qfds[queue]):
+                    deleted.append(index)
+            except OSError:
+                pass            # not known (the kernel says only EBADFD here): handed, as it was
+        return deleted
 
     def _await(self, w: Worker, p: Pending) -> None:
         """Wait until p has set up; if it does not, stop it and raise WorkerError."""
@@ -822,7 +841,8 @@ class Supervisor:
         """Port `index` is gone (its device deleted, or moved out of where the config puts it):
         workers started from now on (a restart) do not get its queues. A deleted device's
         queue failed each running worker's read, counted one rx_errors and is polled no more;
-        a new worker's read would fail and count again. A reload makes the port again."""
+        a new worker's read would fail and count again (so a restart before the control loop
+        has noticed forgets it too: _hand_ports). A reload makes the port again."""
         self.port_fds = {i: fds for i, fds in self.port_fds.items() if i != index}
 
     def alive(self, w: Worker) -> bool:

@@ -523,6 +523,39 @@ def test_a_worker_killed_inside_a_burst_and_held_back_holds_up_no_publish(lab):
         os.killpg(sw.proc.pid, signal.SIGCONT)
 
 
+def test_a_worker_restarted_before_the_tick_marks_a_deleted_tap_gone_gets_none_of_its_queues(lab):
+    """A port's TAP deleted, each worker's read of its queue fails: one rx_errors a queue, and
+    it is polled no more. A worker that died before the next tick marked the port gone (the
+    tick looks once a second) was restarted over every port's queues as they were: the new one
+    read the dead queue again, and counted once more (3 with 2 queues). A restart looks first.
+    Here the control process is stopped across the deletion, the failed reads and the kill,
+    so that its control loop sees the worker's exit before any tick."""
+    sw, _listen, (_a, b) = two_hosts(lab, switch={"queues": 2})
+    memory = switch_memory(sw)
+    try:
+        slot = 1                                    # the second port made (Switch._free_slot)
+        assert memory.counters(slot)["rx_errors"] == 0
+        pid = sw.worker_pids()[0]
+        os.kill(sw.proc.pid, signal.SIGSTOP)
+        helpers.wait_for("the control process stopped", lambda: stopped(sw.proc.pid), every=0.001)
+        helpers.sh("ip", "-n", b, "link", "del", "eth0")
+        helpers.wait_for("each queue's read failed", lambda: memory.counters(slot)["rx_errors"] == 2)
+        os.kill(pid, signal.SIGKILL)
+        helpers.wait_for("the worker dead", lambda: helpers.exited(pid), every=0.001)
+        os.kill(sw.proc.pid, signal.SIGCONT)
+        [restarted] = helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=10)
+        helpers.wait_for("port.gone", lambda: sw.events("port.gone"))
+        beat = memory.heartbeat(restarted["queue"])
+        # Two turns of the new worker's loop: its first reads are done, and counted if they failed.
+        helpers.wait_for("the new worker's turns", lambda: memory.heartbeat(restarted["queue"]) >= beat + 2)
+        assert memory.counters(slot)["rx_errors"] == 2, sw.log()
+        assert {p["name"]: p["counters"]["rx_errors"] for p in sw.cli_json("ports")}[lab.name("p1")] == 2
+        assert [e["ports"] for e in sw.events("worker.started") if e["pid"] == restarted["pid"]] == [1]
+    finally:
+        memory.close()
+        os.killpg(sw.proc.pid, signal.SIGCONT)
+
+
 def slow_starts(lab, tmp_path, monkeypatch) -> tuple:
     """two_hosts under tests/worker_start_hangs.py: (switch, metrics address, namespaces, the
     file that, while it exists, makes each worker started wait as long as it says first)."""
