@@ -3,7 +3,9 @@ examples pass `tapswitch check`, its config tables name every key of the schema 
 its default (or say it is required), its limits and the keys it requires or excludes, its command table is the command line's, its metric table is what the
 collector exports (name, type, labels, and a HELP that names the causes its row names),
 the log events it quotes are logged, TAPSWITCH_IO's values are the fast path's, the drops alert
-names what rx_dropped counts, and config/example.yaml ("every key") shows every key and its limits.
+names what rx_dropped counts, and config/example.yaml ("every key") shows every key and its limits;
+its Performance table is bench/RESULTS.md's top table and it names HISTORY.md's latest full run, and
+the defaults and the supervisor's numbers it states are the code's.
 
 No root: the collector reads a shared-memory table of a switch that never starts.
 """
@@ -659,3 +661,123 @@ def test_the_readme_names_the_keys_and_states_of_queues_down_and_quotes_its_line
     assert quoted[0] == cli.queue_down_line(restarting)
     held["until"] = "2026-12-07T20:31:06Z"      # the README's: a second on, not for good
     assert quoted[1:] == [cli.queue_down_line(held)]
+
+
+# --- Performance -------------------------------------------------------------------
+
+RESULTS = (ROOT / "bench" / "RESULTS.md").read_text()
+HISTORY = (ROOT / "bench" / "HISTORY.md").read_text()
+
+
+def results_table() -> dict[str, dict[str, str]]:
+    """{metric: {system: cell}} of RESULTS.md's table at the top (the latest full run's)."""
+    lines = [line for line in RESULTS.split("\n## ")[0].splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in lines[0].split("|")[1:-1]]
+    out = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        out[cells[1]] = dict(zip(head[3:], cells[3:]))
+    return out
+
+
+def numbers(cell: str) -> list[str]:
+    """The figures of a cell as written ("0.600 Mpps (1.27×)": ["0.600", "1.27"]), ratios too."""
+    return re.findall(r"\d[\d,]*(?:\.\d+)?", cell.replace(",", ""))
+
+
+def same(readme: str, results: str) -> bool:
+    """`readme` is `results` rounded to as many decimals as the README writes."""
+    decimals = len(readme.partition(".")[2])
+    return round(float(results), decimals) == float(readme)
+
+
+# The README's rows: (its label, the RESULTS.md metric, the tapswitch column it quotes).
+PERFORMANCE_ROWS = [
+    ("TCP, 1 flow, 1 queue", "TCP goodput, 1 flow", "tapswitch-q1"),
+    ("TCP, 4 flows, 2 queues", "TCP goodput, 4 flows", "tapswitch-q2"),
+    ("64 B throughput (RFC 2544", "throughput (loss < 0.1 %), 64 B", "tapswitch-q1"),
+    ("64 B at the generator's full speed", "forwarding rate, 64 B", "tapswitch-q1"),
+    ("worker CPU per forwarded 64 B frame", "switch CPU per forwarded frame, 64 B", "tapswitch-q1"),
+    ("new MACs learned per second", "new MACs learned per second", "tapswitch-q1"),
+    ("start to READY", "start to forwarding, 16 ports", "tapswitch-q2"),
+    ("memory (PSS", "memory (PSS, all processes), 16 ports", "tapswitch-q2"),
+]
+
+
+def performance_rows() -> dict[str, list[str]]:
+    """{first cell: the other cells} of the README's table under "Performance"."""
+    rows = {}
+    for line in section("Performance").splitlines():
+        if line.startswith("| ") and not line.startswith(("| case", "|---")):
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("label,metric,column", PERFORMANCE_ROWS)
+def test_the_readme_performance_table_is_the_results_tables(label, metric, column):
+    """Each figure of the README's table (tapswitch, bridge, bare, Open vSwitch) is RESULTS.md's
+    top table's, rounded as the README writes it, ratios included: a new full run in RESULTS.md
+    and a README still on the run before are told apart."""
+    [cells] = [c for name, c in performance_rows().items() if name.startswith(label)]
+    results = results_table()[metric]
+    for cell, system in zip(cells, [column, "bridge", "bare", "ovs"]):
+        got = numbers(cell)
+        if not got:
+            continue
+        want = numbers(results[system])
+        assert len(got) <= len(want) and all(same(g, w) for g, w in zip(got, want)), (label, system, cell)
+
+
+def test_the_readme_performance_light_load_and_table_ratio_rows_are_the_results_tables():
+    """The light-load row (1k / 10k / 100k frames/s) and the 1M-against-1K ratio, computed."""
+    rows, results = performance_rows(), results_table()
+    [light] = [c for name, c in rows.items() if name.startswith("worker CPU at 1k")]
+    for cell, system in zip(light, ["tapswitch-q1", "bridge", "bare", "ovs"]):
+        got = numbers(cell)
+        if got:
+            want = [numbers(results[f"switch CPU at {n} frames/s, 64 B"][system])[0] for n in ("1k", "10k", "100k")]
+            assert all(same(g, w) for g, w in zip(got, want)) and len(got) == 3, (system, cell)
+    [fdb] = [c for name, c in rows.items() if name.startswith("64 B to 1M")]
+    rate = {n: float(numbers(results[f"forwarding rate to {n} MACs, 64 B"]["tapswitch-q1"])[0]) for n in ("1M", "1K")}
+    assert same(numbers(fdb[0])[0], str(rate["1M"] / rate["1K"]))
+
+
+def test_the_readme_says_which_run_the_performance_table_is():
+    """The README dates its table; RESULTS.md's top table is that run."""
+    m = re.search(r"^Run (\d{4}-\d\d-\d\d \d\d:\d\d)", RESULTS, re.M)
+    assert m and f"the full run of {m[1]}" in re.sub(r"\s+", " ", section("Performance"))
+
+
+def test_the_readme_performance_section_names_the_latest_full_run():
+    """HISTORY.md's newest "Against the targets: ... full run" section is the latest full run,
+    newer than RESULTS.md's table; the README spoke of the table's run as the latest and of
+    64 B against Open vSwitch as short of 2× after runs that put it on the line."""
+    m = re.search(r"^## Against the targets: .*full run.*\((\d{4}-\d\d-\d\d) (\d\d:\d\d), ([0-9a-f]{7})\)",
+                  HISTORY, re.M)
+    assert m, "HISTORY.md's latest full run"
+    prose = re.sub(r"\s+", " ", section("Performance"))
+    assert f"{m[1]} {m[2]} on the code of {m[3]}" in prose
+
+
+def test_the_readme_performance_section_states_the_defaults_it_names():
+    """Busy polling's default and the queue length the bench gives Open vSwitch are the config's."""
+    prose = re.sub(r"\s+", " ", section("Performance"))
+    assert f"(`switch.busy_poll_us`, default {config.BUSY_POLL_US} µs)" in prose
+    assert f"tapswitch's queue length ({config.QUEUE_LEN} frames)" in prose
+
+
+def test_how_it_works_states_the_supervisors_and_the_watchdogs_numbers():
+    """The restart, back-off, watchdog and aging figures "How it works" gives are the code's."""
+    from tapswitch import supervisor, switch
+    prose = re.sub(r"\s+", " ", section("How it works"))
+    assert f"not set up within {supervisor.READY_TIMEOUT:g} seconds" in prose
+    assert f"({supervisor.RESTART_BURST} restarts within {supervisor.RESTART_WINDOW:g} seconds)" in prose
+    words = {1: "a", 3: "three"}
+    assert f"restarted {words[int(supervisor.BACKOFF)]} second apart" in prose
+    assert f"{words[supervisor.SPAWN_TRIES]} tries in all" in prose
+    assert f"at most {supervisor.RETRY_MAX:g} seconds" in prose
+    assert f"({config.WATCHDOG_MS // 1000} seconds by default" in prose
+    assert f"at most {supervisor.WATCHED_MAX:g} seconds of any stretch" in prose
+    assert f"three of its passes (some {3 * switch.AGING_STEPS * switch.TICK:g} seconds)" in prose
+
