@@ -4,8 +4,9 @@ its default (or say it is required), its limits and the keys it requires or excl
 collector exports (name, type, labels, and a HELP that names the causes its row names),
 the log events it quotes are logged, TAPSWITCH_IO's values are the fast path's, the drops alert
 names what rx_dropped counts, and config/example.yaml ("every key") shows every key and its limits;
-its Performance table is bench/RESULTS.md's top table and it names HISTORY.md's latest full run, and
-the defaults and the supervisor's numbers it states are the code's.
+its Performance table is bench/RESULTS.md's top table and it names HISTORY.md's latest full run,
+the defaults and the supervisor's numbers it states are the code's, and its Tests section names
+what scripts/test.sh installs.
 
 No root: the collector reads a shared-memory table of a switch that never starts.
 """
@@ -781,3 +782,14 @@ def test_how_it_works_states_the_supervisors_and_the_watchdogs_numbers():
     assert f"at most {supervisor.WATCHED_MAX:g} seconds of any stretch" in prose
     assert f"three of its passes (some {3 * switch.AGING_STEPS * switch.TICK:g} seconds)" in prose
 
+
+# --- Tests -------------------------------------------------------------------------
+
+def test_the_readme_tests_section_names_every_tool_the_test_script_installs():
+    """scripts/test.sh runs as root on Debian and apt-gets these; the README said only that the
+    integration tests need root."""
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    tools = re.search(r"^tools=\(([^)]*)\)", script, re.M)[1].split()
+    prose = re.sub(r"\s+", " ", section("Tests"))
+    assert [t for t in tools if not re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])", prose)] == []
+    assert "root on Debian" in prose
