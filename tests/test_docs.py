@@ -783,6 +783,13 @@ def test_how_it_works_states_the_supervisors_and_the_watchdogs_numbers():
     assert f"three of its passes (some {3 * switch.AGING_STEPS * switch.TICK:g} seconds)" in prose
 
 
+def test_the_bench_readme_says_how_long_the_run_of_results_took():
+    """bench/README.md said a full run takes ~30 min; RESULTS.md's took 1529 s (~26 min)."""
+    took = re.search(r"^Run .* in (\d+) s:", RESULTS, re.M)[1]
+    bench = (ROOT / "bench" / "README.md").read_text()
+    m = re.search(r"~(\d+) min with Open vSwitch \(RESULTS\.md: (\d+) s\)", bench)
+    assert m and m[2] == took and int(m[1]) == round(int(took) / 60)
+
 # --- Tests -------------------------------------------------------------------------
 
 def test_the_readme_tests_section_names_every_tool_the_test_script_installs():
