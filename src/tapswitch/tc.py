@@ -12,9 +12,11 @@ sends them.
 How tapswitch recognises its own filters
 ----------------------------------------
 - Priorities 0xC100–0xC1FF (`PRIO_FIRST`..`PRIO_LAST`) are ours. The kernel
-  numbers filters added without a priority downwards from 0xC000, so they
-  never land in this range, and user filters with the usual small numbers
-  run before ours.
+  gives a filter added without a priority one below the lowest on its hook:
+  0xC000 on an empty one, but inside this range beside our rules on IFACE
+  (0xC100–0xC104), where it is a foreign filter (the README tells users to
+  give theirs a priority). User filters with the usual small numbers run
+  before ours.
 - The mirred action carries a cookie (`TCA_ACT_COOKIE`, shown by
   `tc filter show` as `cookie 746170737769746368…`): the magic `tapswitch`,
   then a version byte, then the *original* state of the device the filter

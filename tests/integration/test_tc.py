@@ -18,6 +18,7 @@ import ctypes
 import fcntl
 import json
 import os
+import pathlib
 import select
 import socket
 import struct
@@ -390,6 +391,28 @@ def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_th
     assert lab.tap_got(tok)
     assert not lab.host_got(tok, wait=0.5)
 
+
+
+@pytest.mark.parametrize("mode", remote.MODES)
+def test_a_filter_added_without_a_priority_beside_tapswitchs_rules_lands_in_the_range_it_reserves(lab, attached, mode):
+    """The README said tc numbers filters added without a priority "from 0xC000 down, outside the
+    range": the kernel gives one the priority below the lowest on the hook, and beside tapswitch's
+    rules on IFACE that is inside 0xC100-0xC1FF, so it is a foreign filter (and would fail the next
+    start). The README now says to give such a filter a priority of its own."""
+    lab.build()
+    a = attached(lab, mode)
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress",
+       "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
+    ours = {prio for prio, _ in lab.ours(NIC)}
+    [theirs] = {f["pref"] for f in lab.filters(NIC)} - ours
+    assert theirs == min(ours) - 1 and tc.PRIO_FIRST <= theirs <= tc.PRIO_LAST
+    with capture_logs() as logs:
+        a.check_foreign()
+    assert [(e["event"], e["prio"]) for e in logs if e["event"] == "remote.foreign_filter"] == [
+        ("remote.foreign_filter", hex(theirs))]
+    readme = " ".join((pathlib.Path(__file__).parents[2] / "README.md").read_text().split())
+    assert "a filter added without a priority gets the one below the lowest already there" in readme
+    assert "beside tapswitch's rules that is inside the range" in readme
 
 def test_shared_mode_leaves_the_host_frames_for_its_new_mac(lab, attached):
     """IFACE's user gives it a MAC the MAC table puts behind another port: it is the host's now,
