@@ -29,12 +29,14 @@ def test_added_port_is_added_and_the_others_are_untouched():
     p = reload.plan(cfg(), new)
     assert [x.name for x in p.add] == ["c0"] and p.remove == () and p.unchanged == ("a0", "b0")
     assert p.summary()["added"] == ["c0"]
+    assert p.ports_changed              # new workers start: refused after an in-place upgrade
 
 
 def test_removed_port_is_removed():
     new = cfg("switch: {name: sw0, queues: 2}\nports:\n  - {name: a0, netns: a, addresses: [198.18.0.1/24]}\n")
     p = reload.plan(cfg(), new)
     assert p.remove == ("b0",) and p.add == () and p.summary()["removed"] == ["b0"]
+    assert p.ports_changed
 
 
 @pytest.mark.parametrize("change", ["addresses: [198.18.0.9/24]", "mtu: 9000", "mac: '02:00:00:00:00:09'",
