@@ -60,6 +60,17 @@ def test_a_file_of_an_older_version_lists_remotes_by_name_only(tmp_path):
     assert (dead.remotes, dead.originals) == (["eth1"], {})
 
 
+def test_names_as_long_as_the_kernel_takes_are_loaded(tmp_path):
+    """A remote of 15 bytes (IFNAMSIZ - 1: a USB NIC's enx + its MAC) is an interface name: the
+    next start gives it back, as any other."""
+    path = str(tmp_path / "ctl.sock.state")
+    state = RunState(path)
+    state.netns = {"n" * 255: None}
+    state.remotes = ["enx001122334455"]
+    state.record_original("enx001122334455", (7, DeviceState(up=True, promisc=False, allmulti=False, mtu=1500)))
+    dead = RunState.load(path)
+    assert (dead.netns, dead.remotes, dead.originals) == (state.netns, state.remotes, state.originals)
+
 def test_an_original_given_back_is_forgotten(tmp_path):
     path = str(tmp_path / "ctl.sock.state")
     state = RunState(path)
