@@ -207,6 +207,7 @@ def test_workers_still_die_with_the_control_process(lab):
     # A change of uid clears the parent-death signal: the worker asks for it again.
     sw = lab.switch(two_containers(lab, queues=2))
     pids = sw.worker_pids()
+    assert len(pids) == 2           # none found: "all gone" would hold at once
     sw.proc.kill()
     sw.proc.wait()
 
