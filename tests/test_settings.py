@@ -340,3 +340,23 @@ def test_configured_icmp_acl_drops_ping_not_arp(sw):
     assert len(sw.received(1)) == 1
     assert sw.shared.acl_hits(0) == [1]
     assert sw.counters(0)["acl_dropped"] == 1
+
+
+def test_an_acl_rule_a_reload_took_away_drops_nothing(sw):
+    """A port's rules past its count stay in the settings copies (apply writes only the
+    config's): the count alone says which the worker matches. A rule a reload took away drops
+    nothing any more, in either copy."""
+    ports = "- {{name: a, acl: [{}]}}\n- {{name: b}}\n- {{name: c}}\n- {{name: d}}\n"
+    arp, icmp = "{match: {eth_type: arp}, action: drop}", "{match: {ip_proto: icmp}, action: drop}"
+    ping = VNET.pack(0, 0, 0, 0, 0, 0) + bytes(Ether(src=A, dst=B) / IP(src="198.18.0.1", dst="198.18.0.2") / ICMP())
+    cfg = config(ports.format(f"{arp}, {icmp}"))
+    for _ in range(2):                                  # both copies hold the ICMP rule
+        settings.apply(sw.shared, cfg, running(cfg))
+    sw.send(0, ping)
+    assert [sw.received(p) for p in range(4)] == [[], [], [], []]
+    cfg = config(ports.format(arp))
+    for _ in range(2):
+        settings.apply(sw.shared, cfg, running(cfg))
+        sw.send(0, ping)
+        assert [len(sw.received(p)) for p in range(4)] == [0, 1, 1, 1]     # B unknown: flooded
+    assert sw.counters(0)["acl_dropped"] == 1
