@@ -562,6 +562,14 @@ def test_a_pop_that_takes_the_header_length_below_the_ethernet_header_clears_it(
     assert vnet_of(out) == (0, 0, 0, 0, 0, 0)
 
 
+def test_a_pop_that_takes_the_header_length_to_the_ethernet_header_keeps_it(sw):
+    # 18 tagged is 14 popped: the Ethernet header whole, a length a TAP write takes.
+    Settings(sw.shared).port(0, pvid=0, trunk=[10]).port(1, pvid=10).publish()
+    sw.send(0, tagged(BROADCAST, A, 10, hdr_len=18))
+    [out] = sw.received(1)
+    assert vnet_of(out) == (0, 0, 14, 0, 0, 0)
+
+
 def test_static_entry_in_a_vlan_directs_only_that_vlan(sw):
     Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10, 20]).port(2, pvid=20).publish()
     sw.shared.fdb_add_static(C, 10, 1)
