@@ -46,6 +46,20 @@ def test_a_file_that_cannot_be_written_is_logged_left_as_it_was_and_written_by_t
     assert state.unsaved is None and list(RunState.load(path).netns) == ["c2"]
 
 
+def test_an_original_that_cannot_be_written_down_raises_and_one_given_back_only_logs(tmp_path):
+    """attach() writes IFACE's state down before it changes anything: a file that cannot be
+    written then stops the attach (SaveError), IFACE untouched, or a run killed later would
+    leave it changed with nothing to heal it by; detach() giving it back goes on (logged)."""
+    path = str(tmp_path / "ctl.sock.state")
+    state = RunState(path)
+    state.remotes = ["eth1"]
+    os.symlink("/dev/full", path + ".tmp")
+    with pytest.raises(SaveError):
+        state.record_original("eth1", (7, DeviceState(up=True, promisc=False, allmulti=False, mtu=1500)))
+    os.symlink("/dev/full", path + ".tmp")                  # (the failed save took it away)
+    state.record_original("eth1", None)                     # logged, not raised
+    assert state.originals == {} and state.unsaved
+
 def test_a_file_of_an_older_version_lists_namespaces_only(tmp_path):
     path = tmp_path / "ctl.sock.state"
     path.write_text(json.dumps({"created": ["c1"]}))
