@@ -1033,6 +1033,17 @@ def test_ipv4_fields(sw, rule, matches):
     assert acl_send(sw, [rule], packet) != matches
 
 
+@pytest.mark.parametrize("first", [0x65, 0x44], ids=["version 6", "header of 16 bytes"])
+def test_an_ipv4_header_no_stack_would_take_matches_no_ip_rule(sw, first):
+    """A frame of type IPv4 whose header says another version, or a header shorter than 20
+    bytes, holds no IPv4 packet (the receiver's stack drops it): a rule on the protocol
+    matches nothing in it, as in a frame of another type."""
+    packet = bytearray(bytes(ip4(TCP(sport=40000, dport=22))))
+    packet[14] = first                      # version and header length
+    assert acl_send(sw, [dict(ip_proto=6)], packet)
+    assert not acl_send(sw, [dict(ip_proto=6)], ip4(TCP(sport=40000, dport=22)))    # the same, well formed
+
+
 @pytest.mark.parametrize("rule, matches", [
     (dict(ip_src="fd00::1/128"), True),
     (dict(ip_dst="fd00::/64"), True),
