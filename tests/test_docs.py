@@ -775,7 +775,9 @@ def test_how_it_works_states_the_supervisors_and_the_watchdogs_numbers():
     assert f"not set up within {supervisor.READY_TIMEOUT:g} seconds" in prose
     assert f"({supervisor.RESTART_BURST} restarts within {supervisor.RESTART_WINDOW:g} seconds)" in prose
     words = {1: "a", 3: "three"}
-    assert f"restarted {words[int(supervisor.BACKOFF)]} second apart" in prose
+    assert (f"is held back before its next restart, {words[int(supervisor.BACKOFF)]} second, and twice as long "
+            f"each time it dies again before it has run {supervisor.RESTART_WINDOW:g} seconds, "
+            f"up to {supervisor.RETRY_MAX:g} seconds") in prose
     assert f"{words[supervisor.SPAWN_TRIES]} tries in all" in prose
     assert f"at most {supervisor.RETRY_MAX:g} seconds" in prose
     assert f"({config.WATCHDOG_MS // 1000} seconds by default" in prose

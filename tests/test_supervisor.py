@@ -736,6 +736,65 @@ def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loo
     assert sup.down() == [w] and sup.next_try() == 0.0
 
 
+def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_it_runs_a_window(monkeypatch):
+    """Held back as one that keeps dying, a worker that died as soon as it was let go was held
+    back BACKOFF seconds before each restart for good, each death logged thrice, and its
+    `since` that of its last death. Each hold now waits twice as long (up to RETRY_MAX), said
+    once a wait (worker.crashing); a death like the last is logged at debug level, and `since`
+    is the burst's first death. A few deaths are restarted at once, as before; a worker that
+    has run RESTART_WINDOW seconds then dies as a first death again."""
+    now = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(supervisor.time, "time", lambda: 1796675465.0 + now[0])
+    monkeypatch.setattr(supervisor.Supervisor, "restart", lambda self, w: None)
+    sup = supervisor.Supervisor(-1, 1)
+    w = sup.workers[0]
+
+    def die(after: float) -> float:
+        """w's next process, let go now, dies `after` seconds on: how long w is held back."""
+        p = _worker(SAY_AND_EXIT, "")
+        w.proc, w.sock, w.pidfd, w.up_at = p.proc, p.sock, p.pidfd, now[0]
+        _exited(w)
+        now[0] += after
+        sup.exited(w)
+        wait = round(max(0.0, w.retry_at - now[0]), 6)
+        if wait:
+            [down] = sup.queues_down()
+            sinces.append(down["since"])
+        now[0] += wait + 0.2                    # its restart's process sets up
+        sup._restarted(w)
+        return wait
+    sinces: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        waits = [die(0.01) for _ in range(supervisor.RESTART_BURST + 7)]
+    assert waits == [0.0] * supervisor.RESTART_BURST + [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == \
+        ["warning"] * (supervisor.RESTART_BURST + 1) + ["debug"] * 6
+    assert sinces == [supervisor._utc(1796675465.0 + 100.0)] * 7      # the first death's
+    with structlog.testing.capture_logs() as logs:
+        assert die(supervisor.RESTART_WINDOW) == 0.0    # it ran a window: restarted at once
+        assert [die(0.01) for _ in range(supervisor.RESTART_BURST)] == [0.0] * (supervisor.RESTART_BURST - 1) + [1.0]
+    assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == \
+        ["warning"] * (supervisor.RESTART_BURST + 1)
+    assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"] == [1.0]
+    assert sinces[-1] > sinces[0]                       # this burst's first death
+
+
+def test_a_worker_that_kept_dying_and_ran_a_window_until_a_reload_replaced_it_is_over_it():
+    """One that had kept dying (held back) and then ran RESTART_WINDOW seconds no longer keeps
+    dying, also when a reload asks it to stop rather than it dying: its successor's death is a
+    first, restarted at once, not held back RETRY_MAX seconds."""
+    sup = supervisor.Supervisor(-1, 1)
+    w = _worker(IGNORE_SIGTERM, stdout=subprocess.PIPE)
+    sup.workers[0] = w
+    assert w.proc.stdout.read(2) == b"up"
+    w.crashes, w.crash_said, w.failing_since = 6, (supervisor.RETRY_MAX, "exited with code 1"), time.time() - 60
+    w.up_at = time.monotonic() - supervisor.RESTART_WINDOW
+    assert sup._hand_over(w) is None                # killed, its grace spent
+    assert (w.crashes, w.crash_said, w.failing_since) == (0, None, None)
+
+
 def test_a_restart_does_not_wait_for_the_new_process_and_one_that_hangs_starting_is_killed_in_time(monkeypatch):
     """restart() waited for the new process to say it was set up, READY_TIMEOUT seconds a try and
     SPAWN_TRIES tries: the control loop stood still 15 s for a worker that hung while starting

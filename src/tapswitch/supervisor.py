@@ -51,8 +51,8 @@ log = structlog.get_logger("tapswitch.supervisor")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
 RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
-RESTART_WINDOW = 10.0
-BACKOFF = 1.0              # seconds a worker that keeps dying is held back before its restart
+RESTART_WINDOW = 10.0      # also: seconds a worker held back must then run, to be restarted at once again
+BACKOFF = 1.0              # seconds a worker that keeps dying is held back before its restart, at first
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
 STOP_GRACE = 1.0           # seconds a worker asked to stop has to hand over what it read, before SIGKILL
@@ -211,6 +211,11 @@ class Worker:
         self.pidfd = -1
         self.restarts = 0
         self.recent: list[float] = []   # monotonic times of recent restarts
+        self.up_at = 0.0                # monotonic: when its process was let go (_go)
+        self.crashes = 0                # holds in a row since it kept dying (exited): each waits twice as long
+        self.crash_said: tuple[float, str | None] | None = None    # the hold and the death said last,
+                                                # while it keeps dying (exited): a death like it is no news
+        self.failing_since: float | None = None  # time.time() it began to keep dying, until it runs RESTART_WINDOW
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
         self.backend: str | None = None  # the fast path's I/O backend: "uring" | "uring-burst" | "readwrite"
         self.registered = False         # its burst buffers are registered with its ring (fastpath.h)
@@ -467,6 +472,7 @@ class Supervisor:
         # Its first turn moves the heartbeat on from here (the last worker's): until then, and
         # hung_after seconds on, it is still starting, not hung.
         w.beat, w.beat_at = self._heartbeat(w), time.monotonic()
+        w.up_at = w.beat_at
         try:
             p.sock.send(b"G")
         except OSError:
@@ -498,6 +504,7 @@ class Supervisor:
             self._close(pidfd, sock)
             return None
         t0 = time.monotonic()
+        self._ran(w, t0)        # a reload's new process that dies soon is held back only if this one was
         old = Old(proc, pidfd, sock, t0 + STOP_GRACE)
         os.kill(proc.pid, signal.SIGTERM)
         watch = [pidfd] + ([sock] if sock is not None else [])
@@ -588,13 +595,25 @@ class Supervisor:
 
     def exited(self, w: Worker) -> None:
         """Called when w's pidfd is readable: reap it and start it again, at once or, if it keeps
-        dying, once down() offers it (BACKOFF seconds on)."""
+        dying, once down() offers it: BACKOFF seconds on, and twice as long each time it dies
+        again before it has run RESTART_WINDOW seconds (up to RETRY_MAX), as a restart that
+        fails waits (_start_failed). One that died at once after its start was restarted a
+        second apart for good: a process, its setup and 3 log lines a second. The wait is said
+        (worker.crashing) when it changes, not at each death."""
         if self._died(w):
             # A worker that keeps dying would otherwise spin the control process. It is held back
             # by down(), not by a sleep here: the control loop serves reloads, link events and
             # its socket meanwhile, and restarts it once due (maintain_workers).
-            w.retry_at = time.monotonic() + BACKOFF
-            log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=BACKOFF)
+            now, wall = time.monotonic(), time.time()
+            if w.failing_since is None:     # since the first death of the burst, kept across restarts
+                w.failing_since = w.down_since = min(w.down_since or wall, wall - (now - w.recent[0]))
+            wait = min(RETRY_MAX, BACKOFF * 2 ** w.crashes)
+            w.crashes += 1
+            w.retry_at = now + wait
+            if w.crash_said is None or w.crash_said[0] != wait:
+                log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=wait,
+                          since=_utc(w.failing_since))
+            w.crash_said = (wait, w.down_error)
             return
         self.restart(w)
 
@@ -610,18 +629,31 @@ class Supervisor:
         if said[:1] == b"E":
             error, trace = _failure(said)       # its fast path stopped, or an exception: why
             how.update(error=error, **_traceback(trace))
-        log.warning("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
+        now = time.monotonic()
+        self._ran(w, now)
         ended = _ended(rc)
         hung_for, w.hung_for = w.hung_for, None
         if hung_for is not None and rc == -signal.SIGKILL:
             # The watchdog's SIGKILL: "killed by SIGKILL" alone reads as the OOM killer's, or a user's.
             ended += f" (hung: its heartbeat stood still {hung_for:g} s)"
-        self._went_down(w, f"{ended}: {how['error']}" if "error" in how else ended)
-        now = time.monotonic()
+        why = f"{ended}: {how['error']}" if "error" in how else ended
+        # Held back as one that keeps dying, a death like the last said is no news (worker.crashing
+        # said it): at debug level.
+        news = w.crash_said is None or w.crash_said[1] != why
+        (log.warning if news else log.debug)("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
+        self._went_down(w, why)
         w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
-        held = len(w.recent) >= RESTART_BURST
+        held = len(w.recent) >= RESTART_BURST or w.crashes > 0
         w.recent.append(now)
         return held
+
+    @staticmethod
+    def _ran(w: Worker, until: float) -> None:
+        """w's process, let go at w.up_at, ran until `until` (monotonic: it died, or was asked to
+        stop): if that was RESTART_WINDOW seconds or more, it no longer keeps dying, and its next
+        death is a first (exited)."""
+        if until - w.up_at >= RESTART_WINDOW:
+            w.crashes, w.crash_said, w.failing_since = 0, None, None
 
     def workers_refused(self) -> str | None:
         """Why a worker started now would not run on the switch's shared memory (one line), None
@@ -721,22 +753,23 @@ class Supervisor:
     def _restarted(self, w: Worker) -> None:
         """w, which had died, runs again: counted."""
         w.failed_starts, w.retry_at, w.held = 0, 0.0, None
-        w.down_since = w.down_error = None
+        w.down_since = w.down_error = None      # but failing_since: it may keep dying (exited)
         w.restarts += 1
         log.info("worker.restarted", queue=w.queue, pid=w.proc.pid, restarts=w.restarts)
 
     def _went_down(self, w: Worker, error: str | None) -> None:
         """w has no process running, unasked: since the first time it went (a restart that fails
-        again keeps it), and why, as said last."""
+        again keeps it; one that keeps dying, since it began to: failing_since), and why, as said last."""
         if w.down_since is None:
-            w.down_since = time.time()
+            w.down_since = w.failing_since or time.time()
         w.down_error = error or w.down_error
 
     def queues_down(self) -> list[dict]:
         """The queues whose worker does not run, for `tapswitch ports` (read in the control
         socket's threads): each queue, "restarting" (its new process is starting, or due at
         once) or "held back" (it keeps dying, or its restarts fail: until `until`), since when
-        (ISO 8601, UTC) and why. A worker asked to stop and replaced (a reload) is no worker
+        (ISO 8601, UTC; one that keeps dying, since the first death of it, not its last restart's)
+        and why. A worker asked to stop and replaced (a reload) is no worker
         down. Lost race, stated: a worker just gone is "restarting" for the moment between its
         death and its being held back."""
         down = []

@@ -32,6 +32,7 @@ SENDER = os.path.join(HERE, "sendframes.py")
 SOAK = os.path.join(HERE, "..", "..", "bench", "soak.py")
 WORKER_START_HANGS = (sys.executable, os.path.join(HERE, "..", "worker_start_hangs.py"))
 WORKER_RAISES = (sys.executable, os.path.join(HERE, "..", "worker_raises.py"))
+WORKER_KEEPS_RAISING = (sys.executable, os.path.join(HERE, "..", "worker_keeps_raising.py"))
 STOP_AS_START_FAILS = (sys.executable, os.path.join(HERE, "..", "stop_as_start_fails.py"))
 CONTAINER_EXITS = (sys.executable, os.path.join(HERE, "..", "container_exits.py"))
 TAP_NETNS_FAILS = (sys.executable, os.path.join(HERE, "..", "tap_netns_fails.py"))
@@ -453,6 +454,45 @@ def test_ports_says_a_worker_held_back_after_crashing_and_nothing_once_it_runs(l
                      lambda: len(sw.events("worker.restarted")) > restarts, within=supervisor.BACKOFF + 5)
     assert ports_table_and_rest(sw)[1] == [] and all(p["queues_down"] == [] for p in sw.cli_json("ports"))
     assert helpers.ping(a, "198.18.9.2", count=2)
+
+
+def test_a_worker_that_dies_at_once_after_each_start_is_held_back_ever_longer_said_once_a_change(
+        lab, tmp_path, monkeypatch):
+    """A worker that set up and died as soon as it was let go (a fault in its loop) was held back
+    a second before each restart, for good: ~3 log lines and a new process a second, and
+    `tapswitch ports` said it held back since its last death. Held back, it now waits twice as
+    long at each death (1, 2, 4 ... RETRY_MAX s), as a restart that cannot start does; each
+    wait is said once (worker.crashing), a death like the last one said at debug level only,
+    and `ports` says since when it has kept dying. A worker that runs then is restarted and
+    forwards."""
+    keeps = tmp_path / "worker-keeps-raising"
+    keeps.write_text("run")             # every worker raises once let go, until the file goes
+    monkeypatch.setenv("TAPSWITCH_TEST_WORKER_KEEPS_RAISING", str(keeps))
+    sw, listen, (a, _b) = two_hosts(lab, ping=False, wrapper=WORKER_KEEPS_RAISING)
+    holds = []                          # each hold's `tapswitch ports` line of queue 0
+    for held in range(1, 4):
+        helpers.wait_for(f"hold {held}", lambda: len(sw.events("worker.crashing")) >= held, within=60)
+        # Lost race, stated: a hold shorter than this look finds the worker restarted, for a moment.
+        [down] = helpers.wait_for("queue 0 down", lambda: sw.cli_json("ports")[0]["queues_down"], within=60)
+        holds.append(down)
+        if held == 3:
+            keeps.unlink()              # its next worker runs
+    crashing = sw.events("worker.crashing")
+    assert [e["backoff"] for e in crashing] == [supervisor.BACKOFF * 2 ** i for i in range(3)], crashing
+    assert len({e["since"] for e in crashing}) == 1, crashing
+    assert [(d["since"], d["error"]) for d in holds] == \
+        [(crashing[0]["since"], f"exited with code 1: {RAISED}")] * 3, holds
+    assert holds[-1]["state"] == "held back", holds
+    # The burst's deaths, each said and restarted at once, then one restart a hold.
+    exited = sw.events("worker.exited")
+    assert len(exited) == supervisor.RESTART_BURST + 3, exited
+    assert [e["level"] for e in exited] == ["warning"] * (supervisor.RESTART_BURST + 1) + ["debug"] * 2, exited
+    helpers.wait_for("the restart after the last hold",
+                     lambda: len(sw.events("worker.restarted")) > supervisor.RESTART_BURST + 2, within=60)
+    assert helpers.ping(a, "198.18.9.2", count=2)
+    assert len(sw.events("worker.exited")) == len(exited) and len(sw.events("worker.crashing")) == 3
+    assert metric(listen, "tapswitch_worker_restarts_total") == supervisor.RESTART_BURST + 3
+    assert sw.cli_json("ports")[0]["queues_down"] == []
 
 
 def switch_memory(sw) -> fastpath.Shared:
