@@ -126,7 +126,7 @@ def test_promisc_steals_everything():
 
 def test_local_steals_the_port_mac_and_mirrors_broadcast_and_ipv6_multicast():
     rules = rules_for("local", "02:54:53:00:00:01", allmulti=False)
-    assert names(rules) == ["TX", "LOCAL_MAC", "BROADCAST", "BROADCASTV6"]
+    assert names(rules) == ["TX", "BROADCAST", "LOCAL_MAC", "BROADCASTV6"]
     by = {r.name: r for r in rules}
     assert by["LOCAL_MAC"] == Rule("LOCAL_MAC", "remote", MacMatch(PORT_MAC), "redirect", "tap",
                                    remote.PRIO_UNICAST)
@@ -136,7 +136,7 @@ def test_local_steals_the_port_mac_and_mirrors_broadcast_and_ipv6_multicast():
 
 def test_local_allmulti_adds_a_multicast_mirror():
     rules = rules_for("local", PORT_MAC, allmulti=True)
-    assert names(rules) == ["TX", "LOCAL_MAC", "BROADCAST", "BROADCASTV6", "ALLMULTI"]
+    assert names(rules) == ["TX", "BROADCAST", "LOCAL_MAC", "BROADCASTV6", "ALLMULTI"]
     assert rules[-1].match == MULTICAST and rules[-1].action == "mirror"
 
 
@@ -148,7 +148,7 @@ def test_local_needs_a_mac():
 def test_shared_steals_each_listed_mac_and_mirrors_broadcast_and_multicast():
     rules = rules_for("shared", None, allmulti=False,
                       shared_macs=["02:00:00:00:00:0B", "02:00:00:00:00:0a", "02:00:00:00:00:0b"])
-    assert names(rules) == ["TX", "SHARED_MAC", "SHARED_MAC", "BROADCAST", "ALLMULTI"]
+    assert names(rules) == ["TX", "BROADCAST", "SHARED_MAC", "SHARED_MAC", "ALLMULTI"]
     assert [r.match.dst for r in rules if r.name == "SHARED_MAC"] == ["02:00:00:00:00:0a", "02:00:00:00:00:0b"]
     assert all(r.action == "redirect" and r.prio == remote.PRIO_UNICAST for r in rules if r.name == "SHARED_MAC")
     assert [r.action for r in rules if r.name in ("BROADCAST", "ALLMULTI")] == ["mirror", "mirror"]
@@ -159,13 +159,27 @@ def test_shared_ignores_group_addresses_in_the_mac_list():
     assert "SHARED_MAC" not in names(rules)
 
 
-def test_rules_come_in_priority_order_unicast_before_broadcast_before_multicast():
+def test_rules_come_in_priority_order_broadcast_before_multicast():
     for mode in remote.MODES:
         rules = rules_for(mode, PORT_MAC, allmulti=True, shared_macs=["02:00:00:00:00:0a"])
         prios = [r.prio for r in rules]
         assert prios == sorted(prios)
         assert all(tc.PRIO_FIRST <= p <= tc.PRIO_LAST for p in prios)
-    assert remote.PRIO_UNICAST < remote.PRIO_BROADCAST < remote.PRIO_BROADCASTV6 < remote.PRIO_ALLMULTI
+    assert remote.PRIO_BROADCAST < remote.PRIO_BROADCASTV6 < remote.PRIO_ALLMULTI
+
+
+@pytest.mark.parametrize("mode", remote.MODES)
+@pytest.mark.parametrize("allmulti", [False, True])
+@pytest.mark.parametrize("shared_macs", [[], ["02:00:00:00:00:0a"]])
+def test_each_devices_first_rule_is_at_the_bottom_of_the_range(mode, allmulti, shared_macs):
+    """The kernel gives a filter added without a priority the one below the lowest on its hook:
+    with tapswitch's lowest at 0xC101 (local, shared) or 0xC105 (promisc) on IFACE, that was inside
+    the range it reserves, a foreign filter that failed the next start. Each device's lowest rule,
+    in every mode, is at PRIO_FIRST, and comes first in the list (installed first)."""
+    rules = rules_for(mode, PORT_MAC, allmulti, shared_macs)
+    for where in ("remote", "tap"):
+        here = [r for r in rules if r.where == where]
+        assert here[0].prio == min(r.prio for r in here) == tc.PRIO_FIRST
 
 
 def test_unknown_mode_is_an_error():

@@ -61,14 +61,22 @@ IPV6_MULTICAST = MacMatch("33:33:00:00:00:00", "ff:ff:00:00:00:00")
 MULTICAST = MacMatch("01:00:00:00:00:00", "01:00:00:00:00:00")
 
 # One priority per implicit rule, in the order a frame meets them; the first
-# match decides (mirred's pipe ends classification too), so unicast comes first
-# and a broadcast frame is mirrored once, by BROADCAST, not again by ALLMULTI.
+# match decides (mirred's pipe ends classification too), so a broadcast frame
+# is mirrored once, by BROADCAST, not again by ALLMULTI. (Unicast and broadcast
+# never match the same frame: their order is free.)
+#
+# Each device's lowest rule sits at the bottom of tapswitch's range, in every
+# mode and from the first rule installed (rules_for lists it first): the TAP's
+# TX, IFACE's PROMISC or BROADCAST (the one rule local and shared mode always
+# have). The kernel gives a filter added without a priority the one below the
+# lowest on its hook: beside these, 0xC0FF, outside the range, not a foreign
+# filter there (a lowest rule at 0xC101, as before, gave it 0xC100: inside).
 PRIO_TX = tc.PRIO_FIRST + 0  # on the TAP
+PRIO_PROMISC = tc.PRIO_FIRST + 0  # promisc mode's only rule on IFACE
+PRIO_BROADCAST = tc.PRIO_FIRST + 0  # local and shared mode's lowest on IFACE
 PRIO_UNICAST = tc.PRIO_FIRST + 1  # LOCAL_MAC, SHARED_MAC (one node per MAC)
-PRIO_BROADCAST = tc.PRIO_FIRST + 2
 PRIO_BROADCASTV6 = tc.PRIO_FIRST + 3
 PRIO_ALLMULTI = tc.PRIO_FIRST + 4
-PRIO_PROMISC = tc.PRIO_FIRST + 5
 
 
 @dataclass(frozen=True)
@@ -100,15 +108,16 @@ def is_unicast(mac: str) -> bool:
 
 
 def rules_for(mode: str, port_mac: str | None, allmulti: bool, shared_macs: Iterable[str] = ()) -> list[Rule]:
-    """The rules a remote port needs, in priority order."""
+    """The rules a remote port needs, in priority order: each device's first is at the bottom
+    of tapswitch's range (see the priorities above), and is installed first."""
     if mode == "promisc":
         rules = [_steal("PROMISC", None, PRIO_PROMISC)]
     elif mode == "local":
         if port_mac is None:
             raise ValueError("local mode needs the port's MAC")
         rules = [
-            _steal("LOCAL_MAC", MacMatch(port_mac), PRIO_UNICAST),
             _copy("BROADCAST", BROADCAST, PRIO_BROADCAST),
+            _steal("LOCAL_MAC", MacMatch(port_mac), PRIO_UNICAST),
             _copy("BROADCASTV6", IPV6_MULTICAST, PRIO_BROADCASTV6),
         ]
         if allmulti:
@@ -116,11 +125,9 @@ def rules_for(mode: str, port_mac: str | None, allmulti: bool, shared_macs: Iter
     elif mode == "shared":
         # only unicast MACs can live behind a port; one spelling, one rule each
         macs = sorted({MacMatch(m) for m in shared_macs if is_unicast(m)}, key=lambda m: m.dst)
-        rules = [_steal("SHARED_MAC", m, PRIO_UNICAST) for m in macs]
-        rules += [
-            _copy("BROADCAST", BROADCAST, PRIO_BROADCAST),
-            _copy("ALLMULTI", MULTICAST, PRIO_ALLMULTI),  # IPv6 multicast included
-        ]
+        rules = [_copy("BROADCAST", BROADCAST, PRIO_BROADCAST)]
+        rules += [_steal("SHARED_MAC", m, PRIO_UNICAST) for m in macs]
+        rules.append(_copy("ALLMULTI", MULTICAST, PRIO_ALLMULTI))  # IPv6 multicast included
     else:
         raise ValueError(f"unknown remote mode {mode!r} (one of {', '.join(MODES)})")
     return [TX] + rules

@@ -12,11 +12,11 @@ sends them.
 How tapswitch recognises its own filters
 ----------------------------------------
 - Priorities 0xC100–0xC1FF (`PRIO_FIRST`..`PRIO_LAST`) are ours. The kernel
-  gives a filter added without a priority one below the lowest on its hook:
-  0xC000 on an empty one, but inside this range beside our rules on IFACE
-  (0xC100–0xC104), where it is a foreign filter (the README tells users to
-  give theirs a priority). User filters with the usual small numbers run
-  before ours.
+  gives a filter added without a priority one below the lowest on its hook
+  (0xC000 on an empty one): each device's lowest rule of ours is at
+  PRIO_FIRST (remote.py), so beside them that is 0xC0FF, outside the range.
+  (A lowest rule above PRIO_FIRST gave it a priority inside, where it is a
+  foreign filter.) User filters with the usual small numbers run before ours.
 - The mirred action carries a cookie (`TCA_ACT_COOKIE`, shown by
   `tc filter show` as `cookie 746170737769746368…`): the magic `tapswitch`,
   then a version byte, then the *original* state of the device the filter

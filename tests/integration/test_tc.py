@@ -368,13 +368,16 @@ def test_local_mode_with_its_own_mac_puts_the_nic_in_promisc_only_while_its_mac_
 
 def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_that_goes(lab, attached):
     """IFACE's user has a filter at the port's unicast priority, with the handle the rule for
-    IFACE's next MAC takes (800::2): given that MAC, the rule waits (remote.rules_held_back) and
-    frames for it go to the host. The filter goes: the rule is installed then. (In local mode no
-    update came after, and the port never got the frames for IFACE's MAC again.)"""
+    IFACE's next MAC takes (::2 in that priority's table): given that MAC, the rule waits
+    (remote.rules_held_back) and frames for it go to the host. The filter goes: the rule is
+    installed then. (In local mode no update came after, and the port never got the frames for
+    IFACE's MAC again.)"""
     lab.build()
     a = attached(lab, "local")
     prio = ("prio", hex(remote.PRIO_UNICAST))
-    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress", *prio, "handle", "800::2",
+    [table] = [h.split("::")[0] for p, h in lab.ours(NIC) if p == remote.PRIO_UNICAST]
+    handle = ("handle", f"{table}::2")
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress", *prio, *handle,
        "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
     set_nic_mac(lab, OTHER_MAC)
     with capture_logs() as logs:
@@ -384,7 +387,7 @@ def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_th
     tok = token()
     lab.send(lab.frame(OTHER_MAC, tok))
     assert not lab.tap_got(tok, wait=0.5)              # its rule waits
-    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "del", "dev", NIC, "ingress", *prio, "handle", "800::2", "u32")
+    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "del", "dev", NIC, "ingress", *prio, *handle, "u32")
     a.check_foreign()                                  # as the filter's RTM_DELTFILTER has the switch do
     tok = token()
     lab.send(lab.frame(OTHER_MAC, tok))
@@ -394,25 +397,62 @@ def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_th
 
 
 @pytest.mark.parametrize("mode", remote.MODES)
-def test_a_filter_added_without_a_priority_beside_tapswitchs_rules_lands_in_the_range_it_reserves(lab, attached, mode):
-    """The README said tc numbers filters added without a priority "from 0xC000 down, outside the
-    range": the kernel gives one the priority below the lowest on the hook, and beside tapswitch's
-    rules on IFACE that is inside 0xC100-0xC1FF, so it is a foreign filter (and would fail the next
-    start). The README now says to give such a filter a priority of its own."""
+def test_a_filter_added_without_a_priority_beside_tapswitchs_rules_lands_outside_the_range_it_reserves(
+        lab, attached, mode):
+    """The kernel gives a filter added without a priority the one below the lowest on the hook.
+    tapswitch's lowest rule on IFACE was at 0xC101 (local, shared) or 0xC105 (promisc): such a
+    filter landed inside 0xC100-0xC1FF, was said as foreign, and failed the next start. Now each
+    device's lowest rule is at 0xC100 in every mode: the filter lands at 0xC0FF, is no one's
+    business, stays through the stop, and the next attach takes IFACE beside it."""
     lab.build()
     a = attached(lab, mode)
-    sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", NIC, "ingress",
-       "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
-    ours = {prio for prio, _ in lab.ours(NIC)}
-    [theirs] = {f["pref"] for f in lab.filters(NIC)} - ours
-    assert theirs == min(ours) - 1 and tc.PRIO_FIRST <= theirs <= tc.PRIO_LAST
+    if mode == "shared":
+        a.update_shared_macs([OTHER_MAC])
+    assert min(p for p, _ in lab.ours(NIC)) == min(p for p, _ in lab.ours(TAP)) == tc.PRIO_FIRST
+    user = ("u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
+    for dev in (NIC, TAP):
+        sh("ip", "netns", "exec", lab.sw, "tc", "filter", "add", "dev", dev, "ingress", *user)
+        ours = {prio for prio, _ in lab.ours(dev)}
+        [theirs] = {f["pref"] for f in lab.filters(dev)} - ours
+        assert theirs == tc.PRIO_FIRST - 1, hex(theirs)
     with capture_logs() as logs:
         a.check_foreign()
-    assert [(e["event"], e["prio"]) for e in logs if e["event"] == "remote.foreign_filter"] == [
-        ("remote.foreign_filter", hex(theirs))]
+    assert not [e for e in logs if e["event"] == "remote.foreign_filter"], logs
+    a.detach()
+    assert [f["pref"] for f in lab.filters(NIC) if f["pref"] != tc.PRIO_FIRST - 1] == []
+    again = attached(lab, mode)             # the next start: IFACE is not refused
+    assert again.attached and lab.ours(NIC)
+    assert tc.PRIO_FIRST - 1 in {f["pref"] for f in lab.filters(NIC)}
     readme = " ".join((pathlib.Path(__file__).parents[2] / "README.md").read_text().split())
     assert "a filter added without a priority gets the one below the lowest already there" in readme
-    assert "beside tapswitch's rules that is inside the range" in readme
+    assert "is always at 0xC100, so beside them that is 0xC0FF, outside the range" in readme
+
+
+def test_an_older_versions_stale_rules_at_its_priorities_are_removed_and_ours_start_at_the_bottom(lab):
+    """A dead run of an older tapswitch left its rules at its priorities (promisc's at 0xC105,
+    local's broadcast at 0xC102): they are found by range and cookie as ever, removed, and the new
+    rules' lowest is at 0xC100, so a filter added without a priority then lands outside the range."""
+    lab.build()
+    sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "clsact")
+    cookie = tc.DeviceState(up=True, promisc=False, allmulti=False, mtu=0).cookie().hex()
+    for prio in (tc.PRIO_FIRST + 5, tc.PRIO_FIRST + 2):
+        sh("tc", "-n", lab.sw, "filter", "add", "dev", NIC, "ingress", "prio", hex(prio), "protocol", "all",
+           "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0",
+           "action", "mirred", "egress", "mirror", "dev", TAP, "cookie", cookie)
+    assert [p for p, _ in lab.ours(NIC)] == [tc.PRIO_FIRST + 2, tc.PRIO_FIRST + 5]
+    a = RemoteAttachment(lab.ipr, TAP, NIC, "local")
+    try:
+        with capture_logs() as logs:
+            a.attach()
+        assert [e["filters"] for e in logs if e["event"] == "remote.stale_removed"] == [2]
+        assert tc.PRIO_FIRST + 5 not in {f["pref"] for f in lab.filters(NIC)}
+        assert min(p for p, _ in lab.ours(NIC)) == tc.PRIO_FIRST
+        sh("tc", "-n", lab.sw, "filter", "add", "dev", NIC, "ingress",
+           "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")
+        assert {f["pref"] for f in lab.filters(NIC)} - {p for p, _ in lab.ours(NIC)} == {tc.PRIO_FIRST - 1}
+    finally:
+        a.detach()
+
 
 def test_shared_mode_leaves_the_host_frames_for_its_new_mac(lab, attached):
     """IFACE's user gives it a MAC the MAC table puts behind another port: it is the host's now,
@@ -803,8 +843,8 @@ def test_a_start_after_a_crash_removes_stale_rules_and_heals(lab, how):
         removed = [e for e in logs if e["event"] == "remote.stale_removed"]
         assert {e["dev"] for e in removed} == {NIC, TAP}
         prios = [p for p, _ in lab.ours(NIC)]
-        assert sorted(prios) == sorted(set(prios)) == [remote.PRIO_UNICAST, remote.PRIO_BROADCAST,
-                                                        remote.PRIO_BROADCASTV6, remote.PRIO_ALLMULTI]
+        assert sorted(prios) == sorted(set(prios)) == sorted([remote.PRIO_UNICAST, remote.PRIO_BROADCAST,
+                                                               remote.PRIO_BROADCASTV6, remote.PRIO_ALLMULTI])
         assert [p for p, _ in lab.ours(TAP)] == [remote.PRIO_TX]
 
         tok = token()
