@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from tapswitch import tc
+from tapswitch import remote, tc
 from tests.integration import helpers
 
 # Runs the switch, killed (SIGKILL) as it is about to add its first tc rule.
@@ -988,6 +988,35 @@ def test_a_users_filter_added_in_the_reserved_range_while_a_shared_port_runs_is_
     assert sw.stop() == 0
     assert "bytecode '1,6 0 0 0'" in helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", "nic0", "ingress").stdout
     assert "clsact" in helpers.nsexec(site["sw"], "tc", "qdisc", "show", "dev", "nic0").stdout
+
+
+@pytest.mark.parametrize("mode", remote.MODES)
+def test_a_users_filter_added_without_a_priority_while_a_port_runs_is_not_foreign_and_the_next_start_takes_the_nic(
+        lab, site, mode):
+    """The NIC's user adds a filter without a priority while the port runs: the kernel gives it the
+    one below tapswitch's lowest rule there. That was 0xc101 (local, shared) or 0xc105 (promisc):
+    the filter landed in the range tapswitch reserves, was said as foreign, and the next start
+    refused the NIC. tapswitch's lowest is at 0xc100 now: the filter lands at 0xc0ff (49407), is
+    not said, stays through the stop, and the next start takes the NIC beside it. (A filter the
+    user adds then inside the range is said: the switch had seen the first one too.)"""
+    sw = lab.switch(config(lab, site, mode), netns=site["sw"])
+    helpers.nsexec(site["sw"], "tc", "filter", "add", "dev", "nic0", "ingress",
+                   "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")
+    def show():
+        return helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", "nic0", "ingress").stdout
+    assert "pref 49407 u32" in show(), show()
+    inside = ("dev", "nic0", "ingress", "prio", "0xc150")
+    helpers.nsexec(site["sw"], "tc", "filter", "add", *inside, "bpf", "bytecode", "1,6 0 0 0,", "classid", "1:1")
+    helpers.wait_for("the warning", lambda: sw.events("remote.foreign_filter"))
+    helpers.nsexec(site["sw"], "tc", "filter", "del", *inside)
+    helpers.wait_for("its going said", lambda: sw.events("remote.foreign_filter_gone"))
+    assert [e["prio"] for e in sw.events("remote.foreign_filter")] == ["0xc150"]
+    assert sw.stop() == 0
+    assert "pref 49407 u32" in show(), show()
+    again = lab.switch(config(lab, site, mode), netns=site["sw"])     # ready: the NIC is not refused
+    assert not again.events("remote.foreign_filter")
+    assert again.stop() == 0
+    assert "pref 49407 u32" in show(), show()
 
 
 # A remote port without `mtu:` leaves IFACE's MTU alone and takes it; with `mtu:`, IFACE has that one.
