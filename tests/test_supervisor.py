@@ -678,6 +678,23 @@ def test_what_the_probe_found_with_no_fast_path_file_is_not_kept_for_good(monkey
     assert supervisor.Supervisor(-1, 1, version=lib.TS_VERSION).workers_refused() is None
 
 
+def test_a_fast_path_that_loads_but_says_no_version_is_one_that_would_not_load(monkeypatch, tmp_path):
+    """An install whose worker imports, exits 0, and prints no number (its TS_VERSION is not
+    one, or its import prints too) gives no version: its answer is that it would not load,
+    as an install that raises says, not an int() of what it printed raised to the caller."""
+    from tapswitch import fastpath
+    monkeypatch.setattr(supervisor, "_probed", {})
+    monkeypatch.setattr(supervisor, "_unanswered", {}, raising=False)
+    monkeypatch.setattr(fastpath, "LOADED", (0, 0))         # the file at PATH is not the one loaded
+    package = tmp_path / "tapswitch"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "worker.py").write_text("")
+    (package / "fastpath.py").write_text("class lib:\n    TS_VERSION = 'v2'\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert supervisor.fast_path_version() == "a new worker would not load its fast path: exited with code 0"
+
+
 def test_a_fast_path_that_does_not_answer_is_asked_once_for_every_worker_due_not_once_each(monkeypatch):
     """The probe of the fast path installed since the start had no answer (READY_TIMEOUT spent,
     the control loop waiting meanwhile): each worker due asked it again, and waited as long,
