@@ -168,6 +168,37 @@ def _high(fd: int) -> int:
     return moved
 
 
+@pytest.mark.parametrize("said, registered", [("R uring-burst registered", True), ("R uring-burst", False),
+                                               ("R registered", False)])
+def test_a_worker_is_said_to_have_registered_buffers_only_when_it_says_so(said, registered):
+    """After its backend, a worker that set up says "registered" when its burst buffers are
+    (worker.backend's registered_buffers); a backend of that name says nothing of them."""
+    sup = supervisor.Supervisor(-1, 1)
+    p = _pending(SAY_AND_EXIT, said)
+    sup._await(sup.workers[0], p)
+    assert (p.backend, p.registered) == (said.split()[1], registered)
+    p.sock.close()
+    p.proc.wait(timeout=10)
+
+
+def test_start_after_spawn_starts_the_workers_spawned_and_no_others(monkeypatch):
+    """spawn() starts every worker's process ahead of the ports; start() hands them those, and
+    starts none of its own (a second process for a worker would be left running, unwatched).
+    Without spawn(), start() spawns them itself."""
+    sup = supervisor.Supervisor(-1, 2)
+    launched, went = [], []
+    monkeypatch.setattr(supervisor.Supervisor, "_spawn",
+                        lambda self, w: launched.append(w.queue) or types.SimpleNamespace(proc=types.SimpleNamespace(pid=0)))
+    monkeypatch.setattr(supervisor.Supervisor, "_hand_ports", lambda self, w, p: None)
+    monkeypatch.setattr(supervisor.Supervisor, "_await", lambda self, w, p: None)
+    monkeypatch.setattr(supervisor.Supervisor, "_go", lambda self, w, p: went.append(w.queue))
+    sup.spawn()
+    sup.start({})
+    assert (launched, went) == ([0, 1], [0, 1])
+    sup.start({})
+    assert (launched, went) == ([0, 1, 0, 1], [0, 1, 0, 1])
+
+
 def test_workers_are_awaited_and_handed_over_on_fds_past_1024(many_fds):
     """256 ports of 4 queues hold over 1024 fds: a reload's or a restart's new worker socket and
     pidfd land past them, where select() raised ValueError and the switch stopped with a
