@@ -495,6 +495,50 @@ def test_full_queue_drops_without_blocking(sw):
     assert sw.counters(1)["tx_packets"] == 1
 
 
+def fail_writes(fd, err):
+    """From now on in this process (x86_64), write(2) to fd fails with err (a seccomp filter)."""
+    import ctypes
+
+    def insn(code, jt, jf, k):
+        return struct.pack("=HBBI", code, jt, jf, k)
+    prog = ctypes.create_string_buffer(b"".join([
+        insn(0x20, 0, 0, 0),                    # ld [seccomp_data.nr]
+        insn(0x15, 0, 3, 1),                    # jeq write, else allow
+        insn(0x20, 0, 0, 16),                   # ld [seccomp_data.args[0]] (low half)
+        insn(0x15, 0, 1, fd),                   # jeq fd, else allow
+        insn(0x06, 0, 0, 0x00050000 | err),     # ret ERRNO(err)
+        insn(0x06, 0, 0, 0x7FFF0000),           # ret ALLOW
+    ]))
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    fprog = Fprog(6, ctypes.addressof(prog))
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.byref(fprog), 0, 0):   # NO_NEW_PRIVS, SECCOMP
+        raise OSError(ctypes.get_errno(), "seccomp")
+
+
+@pytest.mark.parametrize("err", [errno.ENOBUFS, errno.EAGAIN, errno.EIO])
+def test_a_write_refused_for_want_of_room_is_tx_dropped_any_other_tx_errors(sw, io_backend, err):
+    # ENOBUFS says what EAGAIN says: no room in the queue now. The frame is dropped and counted
+    # as tx_dropped, as a full queue's; a write failing otherwise is a tx_errors.
+    if io_backend != "readwrite":
+        pytest.skip("the filter answers write(2), which io_uring's writes are not")
+    sw.learn(1, B)
+    pid = os.fork()
+    if pid == 0:                                # the worker's turn, in a process whose writes to port 1 fail
+        try:
+            fail_writes(sw.queues[1].fileno(), err)
+            os._exit(0 if sw.send(0, frame(B, A)) == 1 else 1)
+        finally:
+            os._exit(2)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert sw.received(1) == []
+    c = sw.counters(1)
+    dropped = err != errno.EIO
+    assert (c["tx_dropped"], c["tx_errors"], c["tx_packets"]) == (int(dropped), int(not dropped), 0)
+
+
 def test_failed_queue_is_counted_once_and_not_polled_again(sw):
     sw.hosts[2].close()                          # the queue's other end is gone: reads return 0
     assert lib.ts_worker_poll(sw.worker, 100) == 0
