@@ -56,6 +56,9 @@ def vnet_of(data):
     return VNET.unpack(data[:H])
 
 
+VNET_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset")   # vnet_of's order
+
+
 class Settings:
     """Writes the next settings copy like tapswitch.settings does, from raw values."""
 
@@ -410,6 +413,34 @@ def test_frame_too_long_for_one_more_tag_is_a_tx_error(big):
     assert big.received(2) == [f]
     assert big.received(1) == []
     assert big.counters(1)["tx_errors"] == 1
+
+
+@pytest.mark.parametrize("field", ["csum_start", "hdr_len"])
+def test_a_header_offset_one_more_tag_would_take_past_0xffff_is_a_tx_error(field):
+    # A pushed tag moves csum_start and hdr_len 4 bytes on: from 0xffff - 3 they would wrap to 0
+    # and the trunk get a header that says something else. It gets none (a tx_errors); the access
+    # port gets the frame as it came. One byte less takes the tag, and reaches 0xffff.
+    s = Switch(n_ports=3, bufsize=1 << 20, mtu=1 << 17)
+    try:
+        Settings(s.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).port(2, pvid=10).publish()
+        payload = bytes(65540 - 14)
+        if field == "csum_start":       # a checksum the kernel takes anywhere in the frame
+            vnet = {"flags": NEEDS_CSUM, "csum_offset": 0}
+        else:                           # a hint alone: a GSO frame without a checksum to take
+            vnet = {"gso_type": GSO_TCPV4, "gso_size": 1448}
+        over = frame(BROADCAST, A, payload, **vnet, **{field: 0xffff - 3})
+        at = frame(BROADCAST, A, payload, **vnet, **{field: 0xffff - 4})
+        s.send(0, over)
+        assert s.received(1) == []
+        assert s.counters(1)["tx_errors"] == 1
+        assert s.received(2) == [over]
+        s.send(0, at)
+        [out] = s.received(1)
+        assert vnet_of(out)[VNET_FIELDS.index(field)] == 0xffff
+        assert out[H:] == tagged(BROADCAST, A, 10, payload)[H:]
+        assert s.counters(1)["tx_errors"] == 1
+    finally:
+        s.close()
 
 
 def test_tagged_frame_on_a_trunk_may_be_four_bytes_over_the_mtu(sw):
