@@ -16,6 +16,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
                                 IPv6ExtHdrHopByHop, IPv6ExtHdrRouting)
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
 
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, io_backend  # noqa: F401 (io_backend: every test, both backends)
@@ -1073,6 +1074,27 @@ def test_an_ipv4_header_no_stack_would_take_matches_no_ip_rule(sw, first):
     packet[14] = first                      # version and header length
     assert acl_send(sw, [dict(ip_proto=6)], packet)
     assert not acl_send(sw, [dict(ip_proto=6)], ip4(TCP(sport=40000, dport=22)))    # the same, well formed
+
+
+def ip6(next_header, tail=b"", src="fd00::1", dst="fd00::2"):
+    return Ether(src=A, dst=B) / IPv6(src=src, dst=dst, nh=next_header) / Raw(tail)
+
+
+PORTS = struct.pack("!HH", 40000, 53)      # a TCP or UDP header's first 4 bytes: the ports
+
+
+@pytest.mark.parametrize("packet, rule", [
+    (Ether(src=A, dst=B) / IP(src="198.18.0.1", dst="198.18.0.2", proto=6), dict(ip_proto=6)),
+    (Ether(src=A, dst=B) / IP(src="198.18.0.1", dst="198.18.0.2", proto=17) / Raw(PORTS), dict(dst_port=53)),
+    (ip6(6), dict(ip_proto=6)),
+    (ip6(0, bytes([6, 0, 1, 4, 0, 0, 0, 0])), dict(ip_proto=6)),
+    (ip6(17, PORTS), dict(dst_port=53)),
+], ids=["ipv4 header", "ipv4 ports", "ipv6 header", "ipv6 extension header", "ipv6 ports"])
+def test_a_header_that_ends_where_the_frame_ends_is_read(sw, packet, rule):
+    """An IP header, an IPv6 extension header or the ports that end at the frame's last byte
+    are in the frame: a rule matches them. One byte less, they are not there to match."""
+    assert not acl_send(sw, [rule], packet)
+    assert acl_send(sw, [rule], bytes(packet)[:-1])
 
 
 @pytest.mark.parametrize("rule, matches", [
