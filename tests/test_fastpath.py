@@ -342,6 +342,20 @@ MALFORMED = {
 }
 
 
+@pytest.mark.parametrize("byte", range(6))
+def test_a_source_mac_with_any_one_byte_set_is_a_hosts(sw, byte):
+    """Only the all-zero source MAC is no host's: one byte set, in any place, makes one, whose
+    frame is forwarded and learned, not an rx_errors."""
+    mac = bytearray(6)
+    mac[byte] = 0x02                                 # unicast in the first byte too
+    src = ":".join("%02x" % b for b in mac)
+    f = frame(BROADCAST, src)
+    assert sw.send(0, f) == 1
+    assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == 0
+    assert lib.ts_fdb_lookup(sw.shared.ptr, mac_bytes(src), 1) == 0
+
+
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_frame_is_rx_error_and_not_forwarded(sw, name):
     assert sw.send(0, MALFORMED[name]) == 1
