@@ -1211,6 +1211,21 @@ def test_multicast_and_unknown_unicast_limits(sw, kind, dst):
     assert len(sw.received(1)) == 2
 
 
+@pytest.mark.parametrize("byte", range(6))
+def test_a_group_address_a_bit_short_of_broadcast_is_multicast_to_storm_control(sw, byte):
+    """Broadcast is ff:ff:ff:ff:ff:ff, every bit: with one bit clear, in any byte, the address is
+    multicast, limited by the multicast rate, not the broadcast one."""
+    Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 1)).publish()
+    near = bytearray(b"\xff" * 6)
+    near[byte] = 0xfd if byte == 0 else 0xfe          # the group bit stays set
+    dst = ":".join("%02x" % b for b in near)
+    sw.send(0, frame(BROADCAST, A))                  # the broadcast bucket's one frame
+    for _ in range(2):
+        sw.send(0, frame(dst, A))
+    assert len(sw.received(1)) == 3
+    assert sw.counters(0)["storm_dropped"] == 0
+
+
 def test_a_frame_storm_control_drops_still_teaches_its_source(sw):
     # As on a hardware switch (and as the README says): learning comes before the flood's limit.
     Settings(sw.shared).port(0, storm=storm(lib.TS_STORM_BROADCAST, 1, 1)).publish()
