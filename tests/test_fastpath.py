@@ -27,6 +27,7 @@ from tapswitch.fastpath import Shared, mac_bytes
 VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
+GSO_UDP = 3                       # UFO
 GSO_TCPV6 = 4
 GSO_UDP_L4 = 5
 
@@ -334,6 +335,9 @@ MALFORMED = {
                                  csum_start=34, csum_offset=6),
     "udp_l4_gso_over_128_segments": frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=23,
                                           csum_start=34, csum_offset=6),
+    # A UFO frame's checksum may be anywhere in its UDP header, but the header (8 bytes) is whole.
+    "udp_gso_header_beyond_frame": frame(BROADCAST, A, flags=NEEDS_CSUM, gso_type=GSO_UDP, gso_size=1448,
+                                         csum_start=53, csum_offset=0),      # 53+8 == 61
     "hdr_len_inside_ethernet_header": frame(BROADCAST, A, hdr_len=13),
     "hdr_len_beyond_frame": frame(BROADCAST, A, hdr_len=61),
     "unknown_flags": frame(BROADCAST, A, flags=8),
@@ -381,6 +385,9 @@ GSO_TAKEN = [
     frame(BROADCAST, A, TCP, gso_type=GSO_TCPV4, gso_size=1448),      # no checksum: no offset to check
     frame(BROADCAST, A, UDP, flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=24, csum_start=34, csum_offset=6),
     frame(BROADCAST, A, UDP[:28], flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=1, csum_start=34, csum_offset=6),
+    # 128 segments of 24 bytes: as many as the kernel takes (UDP_MAX_SEGMENTS).
+    frame(BROADCAST, A, ipv4(17, struct.pack("!HHHH", 40000, 53, 8 + 128 * 24, 0) + bytes(128 * 24)),
+          flags=NEEDS_CSUM, gso_type=GSO_UDP_L4, gso_size=24, csum_start=34, csum_offset=6),
 ]
 
 
@@ -393,6 +400,13 @@ def test_gso_headers_a_tap_write_takes_are_accepted(sw):
 
 def test_checksum_ending_at_the_last_byte_is_accepted(sw):
     f = frame(BROADCAST, A, flags=NEEDS_CSUM, csum_start=50, csum_offset=8)  # 50+8+2 == 60
+    sw.send(0, f)
+    assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == 0
+
+
+def test_ufo_udp_header_ending_at_the_last_byte_is_accepted(sw):
+    f = frame(BROADCAST, A, flags=NEEDS_CSUM, gso_type=GSO_UDP, gso_size=1448, csum_start=52, csum_offset=0)  # 52+8 == 60
     sw.send(0, f)
     assert sw.received(1) == [f]
     assert sw.counters(0)["rx_errors"] == 0
