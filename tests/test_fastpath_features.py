@@ -1097,6 +1097,14 @@ def test_a_header_that_ends_where_the_frame_ends_is_read(sw, packet, rule):
     assert acl_send(sw, [rule], bytes(packet)[:-1])
 
 
+def test_an_ethertype_behind_a_tag_at_the_frame_s_end_is_read(sw):
+    """A rule's eth_type is the one behind an 802.1ad tag, also when it is the frame's last two
+    bytes; one byte short, the frame has none there and the rule reads the tag's TPID."""
+    packet = bytes(Ether(src=A, dst=B, type=0x88A8) / Dot1AD(vlan=100, type=0x0800))
+    assert not acl_send(sw, [dict(eth_type=0x0800)], packet)
+    assert acl_send(sw, [dict(eth_type=0x0800)], packet[:-1])
+
+
 @pytest.mark.parametrize("rule, matches", [
     (dict(ip_src="fd00::1/128"), True),
     (dict(ip_dst="fd00::/64"), True),
