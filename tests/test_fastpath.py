@@ -505,6 +505,24 @@ def test_gso_frame_is_judged_by_its_segments_ip_length(sw, ip_version, tag):
     assert sw.counters(1)["tx_errors"] == 1
 
 
+def test_a_gso_frame_whose_checksum_starts_at_its_network_offset_counts_its_udp_header(sw):
+    # A UDP_L4 frame whose csum_start is where the packet behind its tags starts (no IP
+    # header before the UDP one): each segment is the UDP header and gso_size bytes, which
+    # the MTU bounds (8 + 1492 = 1500 fits, 8 + 1493 does not).
+    sw.learn(1, B)
+    tags = b"\x88\xa8\x00\x64\x81\x00\x00\xc8"           # S-tag, C-tag: the packet starts 22 bytes in
+
+    def udp_gso_frame(gso_size):
+        return (VNET.pack(NEEDS_CSUM, GSO_UDP_L4, 0, gso_size, 22, 6)
+                + mac_bytes(B) + mac_bytes(A) + tags + struct.pack("!H", 0x0800)
+                + struct.pack("!HHHH", 40000, 53, 8 + 2 * gso_size, 0) + bytes(2 * gso_size))
+    fits, over = udp_gso_frame(1492), udp_gso_frame(1493)
+    sw.send(0, fits)
+    sw.send(0, over)
+    assert sw.received(1) == [fits]
+    assert sw.counters(1)["tx_errors"] == 1
+
+
 def test_full_queue_drops_without_blocking(sw):
     sw.learn(1, B)
     filler = frame(BROADCAST, C)
