@@ -378,6 +378,34 @@ def _let_go_at_100(monkeypatch):
     return now, beats, sup, w
 
 
+def test_a_worker_that_exited_is_left_to_its_pidfd_however_long_its_heartbeat_stands(monkeypatch):
+    """A worker whose process has ended, not reaped yet (exited() does that, from its pidfd),
+    has a heartbeat that stands still: it is not found hung, however long that lasts."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
+    os.kill(w.proc.pid, signal.SIGKILL)
+    _exited(w)
+    for _ in range(int(supervisor.HUNG_AFTER) + 2):     # watched every tick, past HUNG_AFTER
+        now[0] += 1.0
+        assert sup.hung() == []
+    w.proc.wait()
+
+
+def test_next_try_is_none_while_every_worker_runs(monkeypatch):
+    """next_try bounds the control loop's wait: None (wait for anything else) while every
+    worker has a process; the seconds until the first one without is due otherwise."""
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: 100.0)
+    sup = supervisor.Supervisor(-1, 2)
+    try:
+        for w in sup.workers:
+            w.pidfd = 1000 + w.queue                    # as if running: only compared here
+        assert sup.next_try() is None
+        sup.workers[1].pidfd, sup.workers[1].retry_at = -1, 104.0
+        assert sup.next_try() == 4.0
+    finally:
+        for w in sup.workers:
+            w.pidfd = -1
+
+
 def test_a_worker_whose_heartbeat_stands_still_is_found_hung_and_killed(monkeypatch):
     """A stopped (or stuck) worker does not exit: only its heartbeat tells. One that turns is
     never found hung however long it runs; one just let go has HUNG_AFTER seconds for its first
