@@ -388,6 +388,21 @@ def test_a_worker_that_exited_is_left_to_its_pidfd_however_long_its_heartbeat_st
         now[0] += 1.0
         assert sup.hung() == []
     w.proc.wait()
+    os.close(w.pidfd)
+    w.sock.close()
+
+
+def test_a_worker_the_watchdog_meant_to_kill_that_ended_otherwise_is_not_said_to_have_hung(monkeypatch):
+    """The watchdog's SIGKILL is said as such ("hung: ..."); a worker it found hung that ended
+    by another signal meanwhile is said to have ended as it did, nothing more."""
+    now, beats, sup, w = _let_go_at_100(monkeypatch)
+    w.hung_for = 12.0                                   # as kill_hung sets it
+    os.kill(w.proc.pid, signal.SIGTERM)
+    os.kill(w.proc.pid, signal.SIGCONT)                 # stopped: the SIGTERM waits for this
+    _exited(w)
+    sup._died(w)
+    assert w.down_error == "killed by SIGTERM"
+    assert w.hung_for is None
 
 
 def test_next_try_is_none_while_every_worker_runs(monkeypatch):
