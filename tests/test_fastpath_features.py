@@ -1105,6 +1105,21 @@ def test_an_ethertype_behind_a_tag_at_the_frame_s_end_is_read(sw):
     assert acl_send(sw, [dict(eth_type=0x0800)], packet[:-1])
 
 
+@pytest.mark.parametrize("version, offset", [(4, 1), (4, 0x1000), (6, 1), (6, 0x1000)])
+def test_a_later_fragment_holds_no_ports_whatever_bits_its_offset_has(sw, version, offset):
+    """A fragment at any offset but 0 carries payload, not a TCP header: a rule on ports does
+    not read them in it, be the offset's lowest bit or its highest the one set."""
+    ports = Raw(struct.pack("!HH", 40000, 22) + bytes(16))
+    if version == 4:
+        packet = Ether(src=A, dst=B) / IP(src="198.18.0.1", dst="198.18.0.2", proto=6, frag=offset) / ports
+    else:
+        packet = Ether(src=A, dst=B) / IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrFragment(nh=6, offset=offset) / ports
+    assert acl_send(sw, [dict(dst_port=22)], packet)
+    first = packet.copy()
+    first[IP if version == 4 else IPv6ExtHdrFragment].setfieldval("frag" if version == 4 else "offset", 0)
+    assert not acl_send(sw, [dict(dst_port=22)], first)
+
+
 @pytest.mark.parametrize("rule, matches", [
     (dict(ip_src="fd00::1/128"), True),
     (dict(ip_dst="fd00::/64"), True),
