@@ -1120,6 +1120,13 @@ def test_a_later_fragment_holds_no_ports_whatever_bits_its_offset_has(sw, versio
     assert not acl_send(sw, [dict(dst_port=22)], first)
 
 
+@pytest.mark.parametrize("rule", [dict(dst_port=0), dict(src_port=0)])
+def test_a_rule_on_port_0_matches_no_packet_without_ports(sw, rule):
+    """A packet with no ports (ICMP) has no port 0 either: a rule on either port passes it."""
+    assert acl_send(sw, [rule], ip4(ICMP()))
+    assert not acl_send(sw, [rule], ip4(UDP(sport=0, dport=0)))
+
+
 @pytest.mark.parametrize("rule, matches", [
     (dict(ip_src="fd00::1/128"), True),
     (dict(ip_dst="fd00::/64"), True),
