@@ -1120,6 +1120,14 @@ def test_a_later_fragment_holds_no_ports_whatever_bits_its_offset_has(sw, versio
     assert not acl_send(sw, [dict(dst_port=22)], first)
 
 
+def test_ports_behind_an_ah_header_are_read_at_its_length(sw):
+    """AH's length counts 4-byte words less 2 (RFC 4302): 4 is a 24-byte header, 12 of them
+    its ICV, and the TCP header's ports start right after it."""
+    ah = struct.pack("!BBHII", 6, 4, 0, 0x100, 1) + bytes(range(1, 13))    # next header TCP, 24 bytes
+    assert not acl_send(sw, [dict(dst_port=22)], ip6(51, ah + struct.pack("!HH", 40000, 22) + bytes(16)))
+    assert acl_send(sw, [dict(dst_port=22)], ip6(51, ah + struct.pack("!HH", 40000, 23) + bytes(16)))
+
+
 @pytest.mark.parametrize("rule", [dict(dst_port=0), dict(src_port=0)])
 def test_a_rule_on_port_0_matches_no_packet_without_ports(sw, rule):
     """A packet with no ports (ICMP) has no port 0 either: a rule on either port passes it."""
