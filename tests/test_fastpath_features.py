@@ -1128,6 +1128,13 @@ def test_ports_behind_an_ah_header_are_read_at_its_length(sw):
     assert acl_send(sw, [dict(dst_port=22)], ip6(51, ah + struct.pack("!HH", 40000, 23) + bytes(16)))
 
 
+def test_a_rule_on_ip_proto_0_matches_no_frame_that_is_not_ip(sw):
+    """ip_proto 0 is IPv6's hop-by-hop header, which a packet with one matches; a frame that
+    is not IP (ARP) has no protocol, not protocol 0: the rule passes it."""
+    assert acl_send(sw, [dict(ip_proto=0)], Ether(src=A, dst=B) / ARP())
+    assert not acl_send(sw, [dict(ip_proto=0)], ip6(0, bytes([6, 0, 1, 4, 0, 0, 0, 0])))
+
+
 @pytest.mark.parametrize("rule", [dict(dst_port=0), dict(src_port=0)])
 def test_a_rule_on_port_0_matches_no_packet_without_ports(sw, rule):
     """A packet with no ports (ICMP) has no port 0 either: a rule on either port passes it."""
