@@ -321,6 +321,14 @@ def test_trunk_to_trunk_keeps_the_tag(sw):
     assert sw.received(1) == [f]
 
 
+def test_priority_tagged_frame_given_the_vid_keeps_its_dei(sw):
+    # The tag's DEI bit (0x1000 of the TCI, beside PCP) is the frame's, as its priority is.
+    Settings(sw.shared).port(0, pvid=10).port(1, pvid=0, trunk=[10]).publish()
+    DEI = 0x1000
+    sw.send(0, tagged(BROADCAST, A, DEI | 0, pcp=5))
+    assert sw.received(1) == [tagged(BROADCAST, A, DEI | 10, pcp=5)]
+
+
 def test_a_flood_that_pops_the_tag_for_one_port_keeps_the_priority_for_the_next(sw):
     """Ports in order: the access port's copy is untagged (the tag popped in place), the trunk
     after it gets the tag back with the frame's own PCP and DEI, as known unicast would."""
