@@ -329,6 +329,17 @@ def test_priority_tagged_frame_given_the_vid_keeps_its_dei(sw):
     assert sw.received(1) == [tagged(BROADCAST, A, DEI | 10, pcp=5)]
 
 
+def test_rx_mirror_gets_a_priority_tag_as_it_came_though_a_trunk_gives_it_the_vid(sw):
+    # The mirror's copy is written from the frame's buffer, which the trunk's copy then edits
+    # (VID 0 to 10): a queued write (io_uring) must go out before that edit.
+    Settings(sw.shared).port(0, pvid=10, mirror_rx=1).port(1, pvid=0, trunk=[10]).port(3, monitor=True) \
+        .mirror(0, 3).publish()
+    f = tagged(BROADCAST, A, 0, pcp=5)
+    sw.send(0, f)
+    assert sw.received(3) == [f]
+    assert sw.received(1) == [tagged(BROADCAST, A, 10, pcp=5)]
+
+
 def test_a_flood_that_pops_the_tag_for_one_port_keeps_the_priority_for_the_next(sw):
     """Ports in order: the access port's copy is untagged (the tag popped in place), the trunk
     after it gets the tag back with the frame's own PCP and DEI, as known unicast would."""
