@@ -65,6 +65,17 @@ def _exited(w: supervisor.Worker) -> None:
     assert select.select([w.pidfd], [], [], 10)[0]
 
 
+def _install(root, fastpath_py: str):
+    """A tapswitch package under `root` (for PYTHONPATH) whose fastpath module is `fastpath_py`:
+    what the version probe imports, as an install would lay it out."""
+    package = root / "tapswitch"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "worker.py").write_text("")
+    (package / "fastpath.py").write_text(fastpath_py)
+    return package
+
+
 def test_a_worker_that_said_drained_and_exited_before_the_supervisor_looked_counts_as_drained():
     """Both its word and its exit are waiting: the word wins, the queue's new worker may go,
     and the old one is reaped afterwards with no warning."""
@@ -709,11 +720,7 @@ def test_the_fast_path_installed_since_the_start_is_asked_its_version_once(monke
     assert supervisor.fast_path_version() == lib.TS_VERSION
     assert len(popens) == 1 and popens[0][0][:3] == [sys.executable, "-P", "-c"]
     # An install whose fast path does not load: its module raises, as a missing library does.
-    broken = tmp_path / "tapswitch"
-    broken.mkdir()
-    (broken / "__init__.py").write_text("")
-    (broken / "worker.py").write_text("")
-    (broken / "fastpath.py").write_text("raise ImportError('liburing.so.2: cannot open shared object file')\n")
+    broken = _install(tmp_path, "raise ImportError('liburing.so.2: cannot open shared object file')\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.setattr(fastpath, "PATH", str(broken / "_fastpath.abi3.so"))    # none there
     assert supervisor.fast_path_version() == \
@@ -737,11 +744,7 @@ def test_what_the_probe_found_with_no_fast_path_file_is_not_kept_for_good(monkey
     monkeypatch.setattr(fastpath, "PATH", str(tmp_path / "gone" / "_fastpath.abi3.so"))
     for name, fastpath_py in (("broken", "raise ImportError('No module named tapswitch._fastpath')\n"),
                               ("later", f"class lib:\n    TS_VERSION = {lib.TS_VERSION}\n")):
-        package = tmp_path / name / "tapswitch"
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text("")
-        (package / "worker.py").write_text("")
-        (package / "fastpath.py").write_text(fastpath_py)
+        _install(tmp_path / name, fastpath_py)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "broken"))
     gone = "a new worker would not load its fast path: ImportError: No module named tapswitch._fastpath"
     assert supervisor.fast_path_version() == gone
@@ -760,11 +763,7 @@ def test_a_fast_path_that_loads_but_says_no_version_is_one_that_would_not_load(m
     monkeypatch.setattr(supervisor, "_probed", {})
     monkeypatch.setattr(supervisor, "_unanswered", {}, raising=False)
     monkeypatch.setattr(fastpath, "LOADED", (0, 0))         # the file at PATH is not the one loaded
-    package = tmp_path / "tapswitch"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "worker.py").write_text("")
-    (package / "fastpath.py").write_text("class lib:\n    TS_VERSION = 'v2'\n")
+    _install(tmp_path, "class lib:\n    TS_VERSION = 'v2'\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert supervisor.fast_path_version() == "a new worker would not load its fast path: exited with code 0"
 
