@@ -1230,9 +1230,7 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
      * would pass every rule on its protocol or ports. Each header moves at
      * least 8 bytes on, so the frame's length bounds the walk. */
     while (first && off + 8 <= len) {
-        if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS
-            || next == IPPROTO_FRAGMENT || next == IPPROTO_AH)
-            l3->exthdrs |= 1ULL << next;
+        uint8_t header = next;
         if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
             next = p[off];
             off += (p[off + 1] + 1u) * 8;
@@ -1247,6 +1245,7 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
         } else {
             break;
         }
+        l3->exthdrs |= 1ULL << header;      /* walked past: one of the five above, all below 64 */
     }
     l3->proto = next;
     if (first)
