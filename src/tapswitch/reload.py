@@ -102,8 +102,10 @@ def _tunnel_changed(before, after) -> bool:
 def kept_tunnels(old, new, gone=frozenset()) -> set[str]:
     """The VXLAN ports whose tunnel a reload from `old` to `new` leaves as it was (its remote hosts
     apart): what it carries is what the segment's MTUs were set with, not what its underlay
-    carries now. Its underlay's MTU changed since (known only at start, as the README says), a
-    reload gave every port without `mtu:` another MTU, and made them all again, whatever it changed."""
+    carries now. Its underlay's MTU changed since (the ports' MTUs are set at start, as the README
+    says), a reload gave every port without `mtu:` another MTU, and made them all again, whatever
+    it changed. `gone`: the ports looked at again all the same (their TAP went, or their VXLAN
+    device went and waits to be made again: Switch._reload)."""
     new_ports = {p.name: p for p in new.ports}
     return {p.name for p in old.ports
             if p.vxlan is not None and p.name in new_ports and p.name not in gone
