@@ -104,6 +104,17 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
+def _raise_a_bug(made: list, also: list = ()) -> None:
+    """What a reload's make of ports gave (each a Port or what stopped it): if one raised what no
+    start error is (a bug), every port made (and those in `also`) is closed and that is raised."""
+    bugs = [e for e in made if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
+    if bugs:
+        for port in [*also, *made]:
+            if isinstance(port, ports.Port):
+                port.close()
+        raise bugs[0]
+
+
 def _port_reason(name: str, e: Exception) -> str:
     """Why a reload could not make port `name`, from what stopped it: its own line, which names
     the port, or for an OSError that came through (out of descriptors: a socket, an ioctl) one
@@ -1234,12 +1245,7 @@ class Switch:
             wanted.append((index, pcfg))
         had = set(self.namespaces.created)
         made = self._add_ports(wanted, new)
-        bugs = [e for e in made if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
-        if bugs:
-            for port in made:
-                if isinstance(port, ports.Port):
-                    port.close()
-            raise bugs[0]
+        _raise_a_bug(made)
         for (_index, pcfg), port in zip(wanted, made):
             if isinstance(port, ports.Port):
                 added.append(port)
@@ -1326,12 +1332,7 @@ class Switch:
             busy.add(index)
             wanted.append((index, pcfg))
         back = self._add_ports(wanted, new, made) if wanted else []
-        bugs = [e for e in back if not isinstance(e, (ports.Port, *STARTUP_ERRORS))]
-        if bugs:
-            for port in made + back:
-                if isinstance(port, ports.Port):
-                    port.close()
-            raise bugs[0]
+        _raise_a_bug(back, made)
         for (_index, pcfg), port in zip(wanted, back):
             if isinstance(port, ports.Port):
                 errors[pcfg.name] += "; put back with its old settings"
