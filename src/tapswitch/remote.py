@@ -553,15 +553,40 @@ class RemoteAttachment:
         refuse IFACE while it is there), and its going too (`remote.foreign_filter_gone`). It is
         never touched: the port keeps its rules, and adds those the kernel takes beside it (_install).
         The rules that waited beside one that went are installed now: in local mode no update
-        would come to add them (the rule for IFACE's new MAC, held back, stayed missing for good)."""
+        would come to add them (the rule for IFACE's new MAC, held back, stayed missing for good).
+        So are those of the port's that went with it (_forget_lost)."""
         if not self.attached:
             return
-        if self._note_foreign():
+        filters = tc.dump(self.ipr, self._index["remote"])
+        released = self._note_foreign(filters)
+        if self._forget_lost(filters) or released:
             self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
 
-    def _note_foreign(self) -> set[int]:
-        """check_foreign's look, and what it says; the priorities whose rules waited and may go in now."""
-        found = tc.foreign_filters(tc.dump(self.ipr, self._index["remote"]))
+    def _forget_lost(self, filters: list[tc.TcFilter]) -> list[Rule]:
+        """The port's rules on IFACE that the kernel (its dump, `filters`) no longer has, forgotten
+        so that _install adds them again. A filter is deleted with its priority: `tc filter del dev
+        IFACE ingress pref N`, the way to delete the user's filter there that remote.foreign_filter
+        asks to move, deleted the port's rules at N too (a user's u32 filter shares their table),
+        and `tc filter del dev IFACE ingress` all of them. The port then lost those frames for good
+        (promisc mode: all of them), while it said nothing and showed up."""
+        there = {(f.prio, f.node) for f in filters if f.ours and f.chain == 0}
+        lost = [r for r in self.rules if r.where == "remote" and (r.prio, self._handles[r]) not in there]
+        if lost:
+            gone = set(lost)
+            self.rules = [r for r in self.rules if r not in gone]
+            for rule in lost:
+                self._handles.pop(rule)
+            log.warning("remote.rules_lost", tap=self.tap_ifname, remote=self.remote_ifname, rules=len(lost),
+                        prios=sorted({hex(r.prio) for r in lost}), first=lost[0].name,
+                        reason="deleted by another (tc filter del with their priority): installed again")
+        return lost
+
+    def _note_foreign(self, filters: list[tc.TcFilter] | None = None) -> set[int]:
+        """check_foreign's look (at `filters`, IFACE's dump, or a new one), and what it says; the
+        priorities whose rules waited and may go in now."""
+        if filters is None:
+            filters = tc.dump(self.ipr, self._index["remote"])
+        found = tc.foreign_filters(filters)
         for prio, f in found.items():
             if prio not in self.foreign:
                 log.warning("remote.foreign_filter", tap=self.tap_ifname, remote=self.remote_ifname,

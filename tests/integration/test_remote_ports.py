@@ -990,6 +990,28 @@ def test_a_users_filter_added_in_the_reserved_range_while_a_shared_port_runs_is_
     assert "clsact" in helpers.nsexec(site["sw"], "tc", "qdisc", "show", "dev", "nic0").stdout
 
 
+def test_a_promisc_ports_rule_deleted_with_a_users_filter_at_its_priority_is_installed_again(lab, site):
+    """The NIC's user adds a u32 filter at the priority of a promisc port's one rule on the NIC
+    (it joins the rule's table): told it is in the range tapswitch reserves, they delete it by its
+    priority, which deletes the port's rule too. The switch installs it again at the deletion's
+    event (remote.rules_lost), and the containers reach the outside host. (The NIC's every frame
+    went to the host for good, the port shown up, nothing said.)"""
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    user = ("dev", "nic0", "ingress", "prio", hex(remote.PRIO_PROMISC))
+    helpers.nsexec(site["sw"], "tc", "filter", "add", *user, "protocol", "all",
+                   "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")
+    helpers.wait_for("the warning", lambda: sw.events("remote.foreign_filter"))
+    helpers.nsexec(site["sw"], "tc", "filter", "del", *user)
+    helpers.wait_for("its going said", lambda: sw.events("remote.foreign_filter_gone"))
+    helpers.wait_for("the rule installed again", lambda: sw.events("remote.rules_lost"))
+    assert [(e["rules"], e["prios"]) for e in sw.events("remote.rules_lost")] == [(1, [hex(remote.PRIO_PROMISC)])]
+    assert "cookie 746170737769746368" in helpers.nsexec(site["sw"], "tc", "filter", "show", *user).stdout
+    assert helpers.ping(site["c"][1], "198.18.3.100")
+    assert sw.stop() == 0
+    assert helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", "nic0", "ingress").stdout == ""
+
+
 @pytest.mark.parametrize("mode", remote.MODES)
 def test_a_users_filter_added_without_a_priority_while_a_port_runs_is_not_foreign_and_the_next_start_takes_the_nic(
         lab, site, mode):

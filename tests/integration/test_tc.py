@@ -396,6 +396,44 @@ def test_local_mode_installs_the_rule_it_held_back_beside_a_users_filter_once_th
 
 
 
+@pytest.mark.parametrize("delete", [("prio", "PRIO"), ()], ids=["its-priority", "every-filter"])
+@pytest.mark.parametrize("mode", remote.MODES)
+def test_the_ports_rules_deleted_with_a_users_filter_beside_them_are_installed_again(lab, attached, mode, delete):
+    """IFACE's user adds a u32 filter at the priority of a rule of the port's (it joins that rule's
+    table) and, told to move it (remote.foreign_filter), deletes it as tc deletes a filter: by its
+    priority, which deletes the port's rule there too; or every filter on IFACE's ingress. The
+    port's rules that went are installed again at the filter event that follows (check_foreign):
+    they were lost for good, said by nothing (promisc mode: IFACE's every frame went to the host)."""
+    lab.build()
+    a = attached(lab, mode)
+    if mode == "shared":
+        a.update_shared_macs([OTHER_MAC])
+    prio = remote.PRIO_UNICAST if mode == "local" else tc.PRIO_FIRST
+
+    def ours():          # (prio, node): a priority made again gets a u32 table of another number
+        return sorted((p, h.split("::")[1]) for p, h in lab.ours(NIC))
+    rules = ours()
+    sh("tc", "-n", lab.sw, "filter", "add", "dev", NIC, "ingress", "prio", hex(prio), "protocol", "all",
+       "u32", "match", "u32", "0x12345678", "0xffffffff", "at", "0", "classid", "1:1")   # matches none here
+    a.check_foreign()
+    assert list(a.foreign) == [prio]
+    sh("tc", "-n", lab.sw, "filter", "del", "dev", NIC, "ingress", *(hex(prio) if w == "PRIO" else w for w in delete))
+    assert len(ours()) < len(rules)
+    with capture_logs() as logs:
+        a.check_foreign()                       # as the deletion's RTM_DELTFILTER has the switch do
+    assert ours() == rules and not a.foreign
+    [lost] = [e for e in logs if e["event"] == "remote.rules_lost"]
+    assert lost["rules"] == (len(rules) if not delete else 1) and lost["log_level"] == "warning"
+    tok = token()
+    lab.send(lab.frame(PORT_MAC if mode != "local" else lab.nic_mac, tok))
+    assert lab.tap_got(tok) == (mode != "shared")
+    tok = token()
+    lab.send(lab.frame(OTHER_MAC, tok))
+    assert lab.tap_got(tok) == (mode != "local")
+    a.detach()
+    assert not lab.filters(NIC)
+
+
 @pytest.mark.parametrize("mode", remote.MODES)
 def test_a_filter_added_without_a_priority_beside_tapswitchs_rules_lands_outside_the_range_it_reserves(
         lab, attached, mode):
