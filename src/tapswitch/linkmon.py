@@ -20,7 +20,8 @@ carrier when the address goes.
 
 Asked to (`filters=True`), it also hears tc filters come and go (RTMGRP_TC)
 in tapswitch's priorities on a clsact ingress: a remote port's IFACE may get
-one of its user's there while attached (RemoteAttachment.check_foreign).
+one of its user's there while attached (RemoteAttachment.check_foreign); and
+a clsact qdisc deleted (ClsactEvent), which takes tapswitch's rules with it.
 
 tx_dropped() reads the ports' kernel counters the same way, from the
 switch's namespace by nsid (IFLA_TARGET_NETNSID): what a port's full queue
@@ -42,6 +43,7 @@ from tapswitch.rtnl import NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HDR, NSID_NONE, Rtn
 RTMGRP_LINK, RTMGRP_TC, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x8, 0x10, 0x100
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_DELQDISC = 37
 RTM_NEWTFILTER, RTM_DELTFILTER = 44, 45
 TCMSG = struct.Struct("B3xiIII")        # struct tcmsg: family, index, handle, parent, info
 IFINFO = struct.Struct("BxHiII")        # struct ifinfomsg: family, type, index, flags, change
@@ -97,6 +99,14 @@ class FilterEvent(NamedTuple):
     prio: int            # in tapswitch's range (tc.PRIO_FIRST..PRIO_LAST): no other is reported
     ours: bool           # tapswitch's (its cookie): a rule of a running switch, this one's or another's
     deleted: bool        # RTM_DELTFILTER
+
+
+class ClsactEvent(NamedTuple):
+    """A clsact qdisc deleted (RTM_DELQDISC), by `tc qdisc del`: every filter on it went too,
+    and no RTM_DELTFILTER says so. (A device deleted, or moved away, takes its qdiscs unsaid.)"""
+
+    nsid: int            # OWN_NSID for the switch's own namespace
+    ifindex: int
 
 
 def link_up(flags: int) -> bool:
@@ -220,7 +230,7 @@ class LinkMonitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[LinkEvent | AddressEvent | FilterEvent]:
+    def read(self) -> list[LinkEvent | AddressEvent | FilterEvent | ClsactEvent]:
         """Drain the waiting link (and address, filter) events. Events lost (`overrun`), it
         drains the socket all the same: the kernel says so once, and drops every later event
         unsaid until the queue is empty. The owner's resync, after this, covers them all."""
@@ -255,6 +265,10 @@ class LinkMonitor:
                     if parent == tc.INGRESS and tc.PRIO_FIRST <= info >> 16 <= tc.PRIO_LAST:
                         ours = tc.parse_filter(data[offset:offset + length]).ours
                         events.append(FilterEvent(nsid, index, info >> 16, ours, kind == RTM_DELTFILTER))
+                elif kind == RTM_DELQDISC and length >= NLMSG_HDR.size + TCMSG.size:
+                    _family, index, handle, parent, _info = TCMSG.unpack_from(data, offset + NLMSG_HDR.size)
+                    if handle == tc.CLSACT_HANDLE and parent == tc.CLSACT_PARENT:   # an ingress qdisc's too
+                        events.append(ClsactEvent(nsid, index))
 
     def close(self) -> None:
         self.sock.close()

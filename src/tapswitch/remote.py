@@ -554,23 +554,41 @@ class RemoteAttachment:
         never touched: the port keeps its rules, and adds those the kernel takes beside it (_install).
         The rules that waited beside one that went are installed now: in local mode no update
         would come to add them (the rule for IFACE's new MAC, held back, stayed missing for good).
-        So are those of the port's that went with it (_forget_lost)."""
+        So are those of the port's that went with it, on IFACE or its TAP (_forget_lost), and with
+        the clsact qdisc they sat on (_clsact_again)."""
         if not self.attached:
             return
-        filters = tc.dump(self.ipr, self._index["remote"])
-        released = self._note_foreign(filters)
+        for where, index in self._index.items():
+            if not tc.has_clsact(self.ipr, index):
+                self._clsact_again(where, index)
+        filters = {where: tc.dump(self.ipr, index) for where, index in self._index.items()}
+        released = self._note_foreign(filters["remote"])
         if self._forget_lost(filters) or released:
             self._install(rules_for(self.mode, self.port_mac, self.allmulti, self.shared_macs))
 
-    def _forget_lost(self, filters: list[tc.TcFilter]) -> list[Rule]:
-        """The port's rules on IFACE that the kernel (its dump, `filters`) no longer has, forgotten
-        so that _install adds them again. A filter is deleted with its priority: `tc filter del dev
-        IFACE ingress pref N`, the way to delete the user's filter there that remote.foreign_filter
-        asks to move, deleted the port's rules at N too (a user's u32 filter shares their table),
-        and `tc filter del dev IFACE ingress` all of them. The port then lost those frames for good
-        (promisc mode: all of them), while it said nothing and showed up."""
-        there = {(f.prio, f.node) for f in filters if f.ours and f.chain == 0}
-        lost = [r for r in self.rules if r.where == "remote" and (r.prio, self._handles[r]) not in there]
+    def _clsact_again(self, where: str, index: int) -> None:
+        """The clsact qdisc of IFACE or the TAP, deleted by another (`tc qdisc del dev IFACE
+        clsact`, as a tool that loaded a bpf program there may clean up), and every rule on it
+        with it: a clsact again, the port's now (the stop removes it, if it holds no filter then,
+        and so does a start after a crash: the rules' cookies say so), for _forget_lost to put
+        the rules back on. (The port lost IFACE's frames for good, or the TAP's, said by nothing.)"""
+        tc.ensure_clsact(self.ipr, index)      # TcError if an ingress qdisc took its place: said by the caller
+        self._clsact_ours[where] = True
+        state = tc.DeviceState.from_cookie(self._cookie[where])
+        self._cookie[where] = replace(state, clsact_added=True).cookie()
+        log.warning("remote.clsact_lost", tap=self.tap_ifname, remote=self.remote_ifname, dev=self._name(where),
+                    reason="its clsact qdisc deleted by another, with tapswitch's rules on it: added again")
+
+    def _forget_lost(self, filters: dict[str, list[tc.TcFilter]]) -> list[Rule]:
+        """The port's rules that the kernel (the dump of each device, `filters`) no longer has,
+        forgotten so that _install adds them again. A filter is deleted with its priority: `tc
+        filter del dev IFACE ingress pref N`, the way to delete the user's filter there that
+        remote.foreign_filter asks to move, deleted the port's rules at N too (a user's u32 filter
+        shares their table), and `tc filter del dev IFACE ingress` all of them. The port then lost
+        those frames for good (promisc mode: all of them), while it said nothing and showed up."""
+        there = {(where, f.prio, f.node) for where, found in filters.items()
+                 for f in found if f.ours and f.chain == 0}
+        lost = [r for r in self.rules if (r.where, r.prio, self._handles[r]) not in there]
         if lost:
             gone = set(lost)
             self.rules = [r for r in self.rules if r not in gone]
@@ -578,7 +596,8 @@ class RemoteAttachment:
                 self._handles.pop(rule)
             log.warning("remote.rules_lost", tap=self.tap_ifname, remote=self.remote_ifname, rules=len(lost),
                         prios=sorted({hex(r.prio) for r in lost}), first=lost[0].name,
-                        reason="deleted by another (tc filter del with their priority): installed again")
+                        reason="deleted by another (with their priority, or every filter, or their clsact qdisc): "
+                               "installed again")
         return lost
 
     def _note_foreign(self, filters: list[tc.TcFilter] | None = None) -> set[int]:

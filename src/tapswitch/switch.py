@@ -551,6 +551,8 @@ class Switch:
                     self.address_changed(event)
                 elif isinstance(event, linkmon.FilterEvent):
                     self.filter_changed(event)
+                elif isinstance(event, linkmon.ClsactEvent):
+                    self.clsact_deleted(event)
                 else:
                     self.link_changed(event)
             if obj.overrun:
@@ -609,11 +611,25 @@ class Switch:
 
     def filter_changed(self, event: linkmon.FilterEvent) -> None:
         """A tc filter came or went in tapswitch's priorities: if it is not a switch's, on a remote
-        port's IFACE, the port says so (RemoteAttachment.check_foreign) and leaves it alone."""
+        port's IFACE, the port says so (RemoteAttachment.check_foreign) and leaves it alone. One
+        that is no filter (a priority deleted whole, or every filter) on IFACE or the port's TAP
+        may have taken the port's rules with it: check_foreign puts them back."""
         if event.ours or event.nsid != linkmon.OWN_NSID:
             return
         for port in self.ports:
-            if port.remote is not None and not port.gone and port.remote_ifindex == event.ifindex:
+            if port.remote is not None and not port.gone and event.ifindex in (port.remote_ifindex, port.ifindex):
+                self.check_foreign(port)
+
+    def clsact_deleted(self, event: linkmon.ClsactEvent) -> None:
+        """A clsact qdisc was deleted (`tc qdisc del`): if it is a remote port's IFACE's or its
+        TAP's, the port's rules went with it, said by no filter event. The port adds it again,
+        and its rules (RemoteAttachment.check_foreign), which looks at what the kernel has now:
+        the event of the switch's own deletion (a detach) finds the port detached, or attached
+        again, with a clsact of its own."""
+        if event.nsid != linkmon.OWN_NSID:
+            return
+        for port in self.ports:
+            if port.remote is not None and not port.gone and event.ifindex in (port.remote_ifindex, port.ifindex):
                 self.check_foreign(port)
 
     @staticmethod

@@ -74,6 +74,7 @@ log = structlog.get_logger("tapswitch.tc")
 INGRESS = 0xFFFFFFF2
 EGRESS = 0xFFFFFFF3
 CLSACT_HANDLE = 0xFFFF0000
+CLSACT_PARENT = 0xFFFFFFF1  # TC_H_CLSACT (= TC_H_INGRESS): where a clsact (or ingress) qdisc hangs
 
 PRIO_FIRST = 0xC100  # tapswitch's priority range, first..last
 PRIO_LAST = 0xC1FF

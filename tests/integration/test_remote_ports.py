@@ -1012,6 +1012,39 @@ def test_a_promisc_ports_rule_deleted_with_a_users_filter_at_its_priority_is_ins
     assert helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", "nic0", "ingress").stdout == ""
 
 
+def test_the_uplinks_tx_rule_deleted_with_every_filter_on_its_tap_is_installed_again(lab, site):
+    """Another deletes every filter on the uplink's TAP (`tc filter del dev TAP ingress`): the
+    switch installs its TX rule again at the deletion's event (remote.rules_lost), and the
+    containers reach the outside host. (What the switch sent out of the port went nowhere.)"""
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    helpers.nsexec(site["sw"], "tc", "filter", "del", "dev", lab.name("up"), "ingress")
+    helpers.wait_for("the rule installed again", lambda: sw.events("remote.rules_lost"))
+    assert [e["first"] for e in sw.events("remote.rules_lost")] == ["TX"]
+    assert helpers.ping(site["c"][1], "198.18.3.100")
+    assert sw.stop() == 0
+
+
+@pytest.mark.parametrize("dev", ["nic0", "tap"])
+def test_a_clsact_deleted_under_a_running_port_is_added_again_with_its_rules(lab, site, dev):
+    """Another deletes the clsact qdisc of the NIC or of the uplink's TAP while the port runs
+    (`tc qdisc del dev DEV clsact`): the port's rules went with it, and no filter event says so.
+    At the qdisc's deletion event the switch adds it again, with the rules (remote.clsact_lost),
+    and the containers reach the outside host; the stop leaves the NIC as it was. (Traffic
+    stopped for good, the port shown up, nothing said.)"""
+    before = nic_state(site["sw"])
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    dev = lab.name("up") if dev == "tap" else dev
+    helpers.nsexec(site["sw"], "tc", "qdisc", "del", "dev", dev, "clsact")
+    helpers.wait_for("the clsact added again", lambda: sw.events("remote.clsact_lost"))
+    assert [e["dev"] for e in sw.events("remote.clsact_lost")] == [dev]
+    assert "cookie 746170737769746368" in helpers.nsexec(site["sw"], "tc", "filter", "show", "dev", dev, "ingress").stdout
+    assert helpers.ping(site["c"][1], "198.18.3.100")
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 @pytest.mark.parametrize("mode", remote.MODES)
 def test_a_users_filter_added_without_a_priority_while_a_port_runs_is_not_foreign_and_the_next_start_takes_the_nic(
         lab, site, mode):

@@ -434,6 +434,37 @@ def test_the_ports_rules_deleted_with_a_users_filter_beside_them_are_installed_a
     assert not lab.filters(NIC)
 
 
+@pytest.mark.parametrize("users", [False, True], ids=["ours", "users"])
+@pytest.mark.parametrize("dev", [NIC, TAP])
+def test_a_clsact_deleted_with_the_ports_rules_on_it_is_added_again_with_them(lab, attached, dev, users):
+    """Another deletes the clsact qdisc of IFACE or the TAP (`tc qdisc del dev IFACE clsact`, as a
+    tool that put a bpf program there may clean up), and the port's rules on it with it: at the
+    qdisc's RTM_DELQDISC (check_foreign), the port adds a clsact again, its own now, and its rules,
+    whose cookies say so: a detach (or a start after a crash) removes it. (The port had lost
+    IFACE's frames, or the TAP's, for good, said by nothing.)"""
+    lab.build()
+    if users:
+        sh("tc", "-n", lab.sw, "qdisc", "add", "dev", NIC, "clsact")
+    a = attached(lab, "local", port_mac=PORT_MAC)
+    rules = {d: sorted((p, h.split("::")[1]) for p, h in lab.ours(d)) for d in (NIC, TAP)}
+    sh("tc", "-n", lab.sw, "qdisc", "del", "dev", dev, "clsact")
+    with capture_logs() as logs:
+        a.check_foreign()
+    assert [e["dev"] for e in logs if e["event"] == "remote.clsact_lost"] == [dev], logs
+    assert {d: sorted((p, h.split("::")[1]) for p, h in lab.ours(d)) for d in (NIC, TAP)} == rules
+    index = tc.index_of(lab.ipr, dev)
+    assert {f.state.clsact_added for f in tc.tapswitch_filters(lab.ipr, index)} == {True}
+    tok = token()
+    lab.send(lab.frame(PORT_MAC, tok))
+    assert lab.tap_got(tok)
+    frame = lab.tx_frame()
+    os.write(lab.tap, frame)
+    assert lab.wire_got(frame)
+    a.detach()
+    assert not tc.has_clsact(lab.ipr, index)
+    assert not lab.filters(NIC) and not lab.filters(TAP)
+
+
 @pytest.mark.parametrize("mode", remote.MODES)
 def test_a_filter_added_without_a_priority_beside_tapswitchs_rules_lands_outside_the_range_it_reserves(
         lab, attached, mode):
