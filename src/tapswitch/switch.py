@@ -712,6 +712,11 @@ class Switch:
                 port.tunnel.gone()
                 self._attach_over(port)   # one whose attach failed: the next device's is another try
             log.warning("remote.gone", port=port.name, remote=port.cfg.remote)
+            if port.tunnel is None and event.ifname != port.cfg.remote:
+                # IFACE was renamed while attached (the port keeps the device), and another device
+                # may have taken IFACE's name since: its events came while the port had the old
+                # one, and it stayed unattached, the port down, until its next event or a reload.
+                self.resync_iface(port)
             return
         if port.remote_ifindex is None:
             port.remote_ifindex = event.ifindex

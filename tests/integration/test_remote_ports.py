@@ -147,6 +147,33 @@ def test_nic_deleted_and_recreated_is_attached_again(lab, site):
         assert time.monotonic() < deadline, "traffic did not resume on the new NIC"
 
 
+def test_a_nic_renamed_while_attached_then_deleted_hands_the_port_to_the_device_that_took_its_name(lab, site):
+    """nic0 renamed nic9 while attached (the port keeps the device), a new nic0 made and up with
+    carrier (its events come while the port has nic9: not its), then nic9 deleted: the port
+    attaches the new nic0 at once, and the containers reach the outside host through it. (The
+    port stayed down, nic0 unattached, until nic0's next link event, which may never come.)"""
+    sw = lab.switch(config(lab, site, "promisc"), netns=site["sw"])
+    up = lab.name("up")
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "down")       # a device up takes no new name
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "name", "nic9")
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic9", "up")
+    helpers.sh("ip", "link", "add", "nic0", "netns", site["sw"], "type", "veth", "peer", "name", "eth1",
+               "netns", site["out"])
+    helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", "up")
+    helpers.nsexec(site["out"], "ip", "link", "set", "eth1", "up")
+    wait_port(sw, up, "up")
+    before = nic_state(site["sw"])              # the new nic0, untouched: the port has nic9
+    helpers.nsexec(site["sw"], "ip", "link", "del", "nic9")    # and the outside host's eth0 with it
+    helpers.nsexec(site["out"], "ip", "addr", "add", "198.18.3.100/24", "dev", "eth1")
+    helpers.wait_for("nic0 attached", lambda: sw.events("remote.returned"))
+    wait_port(sw, up, "up")
+    helpers.nsexec(site["c"][0], "ip", "neigh", "flush", "all")    # the outside host's MAC is eth1's now
+    assert helpers.ping(site["c"][0], "198.18.3.100")
+    assert sw.stop() == 0
+    assert nic_state(site["sw"]) == before
+
+
 @pytest.mark.parametrize("mode", ["promisc", "shared"])
 def test_a_ports_tap_deleted_gives_the_nic_back_until_a_reload_attaches_it_again(lab, site, mode):
     """The uplink's TAP deleted by hand (port.gone): its rules on the NIC redirected to a device
