@@ -1228,6 +1228,60 @@ def test_non_first_fragment_has_no_ports(sw):
     assert not acl_send(sw, [dict(ip_proto=17)], packet)
 
 
+def first_fragment(nh, tail=b"", m=1):
+    """An IPv6 first fragment (offset 0) of fragment header `nh`, its fragmentable part `tail`."""
+    return Ether(src=A, dst=B) / V6 / IPv6ExtHdrFragment(nh=nh, m=m, id=7) / Raw(tail)
+
+
+DSTOPTS_HALF = bytes([6, 1]) + bytes(6)         # the first 8 of a 16-byte destination options header, TCP next
+TCP_TO = {port: bytes(TCP(sport=40000, dport=port)) for port in (22, 80)}
+
+
+def padded_first_fragment():
+    """The first fragment of a datagram to TCP port 22 whose payload length ends it after 8 bytes
+    of a 16-byte destination options header, padded in the frame with the rest of that header and
+    a TCP header to port 80: the receiver's stack trims the padding, and the next fragment brings
+    the rest of the header chain and the TCP header to port 22."""
+    packet = first_fragment(60, DSTOPTS_HALF + bytes(8) + TCP_TO[80])
+    packet[IPv6].plen = 8 + 8
+    return packet
+
+
+@pytest.mark.parametrize("packet", [
+    first_fragment(60, DSTOPTS_HALF),
+    first_fragment(60),
+    first_fragment(6),
+    padded_first_fragment(),
+], ids=["in an extension header", "before an extension header", "before the tcp header", "padded"])
+def test_an_ipv6_first_fragment_cut_short_of_its_headers_matches_every_drop_rule_on_them(sw, packet):
+    """RFC 7112: a first fragment carries the whole header chain through the upper layer's
+    header. One that stops short leaves the rest to the next fragment, which holds no headers a
+    rule reads (a later fragment is its fragment header's protocol, without ports): a host that
+    reassembled the two got TCP to port 22 that `tcp dst_port 22 drop` never saw, both
+    fragments having passed it. Such a fragment matches every drop rule on ip_proto or ports
+    whose other fields match (counted as the rule's hit and acl_dropped), and no allow rule on
+    them. The frame's bytes past the IPv6 payload length are no part of the packet."""
+    rule = dict(ip_proto=6, dst_port=22)
+    assert not acl_send(sw, [rule], packet)
+    assert sw.shared.acl_hits(0) == [1]
+    assert sw.counters(0)["acl_dropped"] == 1
+    assert not acl_send(sw, [dict(ip_proto=17), dict(action="allow")], packet)      # whatever the protocol
+    assert not acl_send(sw, [dict(action="allow", ip_proto=6), dict()], packet)
+    assert acl_send(sw, [dict(rule, ip_src="fd00::9/128")], packet)                # the other fields still count
+    assert acl_send(sw, [dict(eth_type=0x0800)], packet)                           # and rules on none of them
+    whole = first_fragment(60, DSTOPTS_HALF + bytes(8) + TCP_TO[80])               # the chain, and port 80
+    assert acl_send(sw, [rule], whole)
+    assert not acl_send(sw, [dict(ip_proto=6, dst_port=80)], whole)
+
+
+def test_an_ipv6_packet_cut_short_that_is_no_fragment_of_more_matches_no_rule_on_ports(sw):
+    """An atomic fragment (offset 0, M=0) or an unfragmented packet cut short of its TCP header
+    is all there is of its packet: no later fragment completes it, the receiver drops it, and
+    a rule on ports does not match it, as before (test_a_header_that_ends_where_the_frame_ends_is_read)."""
+    for packet in (first_fragment(6, m=0), ip6(60, DSTOPTS_HALF)):
+        assert acl_send(sw, [dict(ip_proto=6, dst_port=22)], packet)
+
+
 def test_ip_rule_does_not_match_a_frame_that_is_not_ip(sw):
     assert acl_send(sw, [dict(ip_proto=17)], Ether(src=A, dst=BROADCAST) / ARP())
 

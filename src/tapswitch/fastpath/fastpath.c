@@ -1178,6 +1178,8 @@ struct l3 {
     uint64_t exthdrs;           /* IPv6: bit n for each extension header n walked past
                                    (0, 43, 44, 51, 60: all below 64) */
     bool has_ports;             /* TCP or UDP, first fragment, ports present */
+    bool cut;                   /* IPv6 first fragment of more (offset 0, M=1) that ends before
+                                   its header chain or its TCP or UDP ports do (RFC 7112) */
     uint16_t sport, dport;
     const uint8_t *src, *dst;   /* 4 or 16 bytes */
 };
@@ -1189,6 +1191,13 @@ struct l3 {
 #define IPPROTO_FRAGMENT 44
 #define IPPROTO_AH 51
 #define IPPROTO_DSTOPTS 60
+
+/* The extension headers parse_ipv6 walks past. */
+static bool is_ipv6_exthdr(uint8_t next)
+{
+    return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_FRAGMENT
+        || next == IPPROTO_AH || next == IPPROTO_DSTOPTS;
+}
 
 static void parse_ports(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t len)
 {
@@ -1221,8 +1230,15 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
     l3->version = 6;
     l3->src = p + off + 8;
     l3->dst = p + off + 24;
+    /* The packet ends where its payload length says (0: a jumbogram, to the frame's end):
+     * the receiver's stack trims the bytes after it, so headers read there are not the
+     * packet's (a first fragment padded with a TCP header to port 80, its real one to port
+     * 22 in the next fragment, passed `dst_port: 22, drop`). */
+    uint32_t payload = be16(p + off + 4);
+    if (payload && off + 40 + payload < len)
+        len = off + 40 + payload;
     uint8_t next = p[off + 6];
-    bool first = true;
+    bool first = true, more = false;
     off += 40;
     /* Every extension header, however many, as the receiver's stack walks them
      * (ipv6_skip_exthdr): a walk that gave up after a few would take the next
@@ -1237,6 +1253,7 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
         } else if (next == IPPROTO_FRAGMENT) {
             /* A later fragment's payload holds no headers: its next header is the protocol. */
             first = !(be16(p + off + 2) & 0xfff8);
+            more |= first && (be16(p + off + 2) & 1);
             next = p[off];
             off += 8;
         } else if (next == IPPROTO_AH) {
@@ -1250,6 +1267,14 @@ static void parse_ipv6(struct l3 *l3, const uint8_t *p, uint32_t off, uint32_t l
     l3->proto = next;
     if (first)
         parse_ports(l3, p, off, len);
+    /* A first fragment must carry the whole header chain, through the upper layer's header
+     * (RFC 7112). One that stops short -- in an extension header, or before the ports --
+     * leaves the rest to the next fragment, which holds no headers a rule reads: a host that
+     * reassembled the two got a packet its rules never saw. Which one, the rules cannot
+     * tell (acl_rule_matches). */
+    if (more && (is_ipv6_exthdr(next) || off > len
+                 || ((next == IPPROTO_TCP || next == IPPROTO_UDP) && !l3->has_ports)))
+        l3->cut = true;
 }
 
 /* Where a rule reads the packet: behind the switch's own 802.1Q tag, if the
@@ -1327,6 +1352,12 @@ static bool acl_rule_matches(const struct ts_acl_rule *r, const struct frame *f,
         return false;
     if ((m & TS_ACL_IP_DST) && !masked_equal(l3->dst, r->ip_dst, r->ip_dst_mask, alen))
         return false;
+    /* An IPv6 first fragment cut short of its headers (struct l3's cut) has a protocol and
+     * ports no rule can read, which its next fragment completes: it matches every drop rule
+     * that needs them, and no allow rule, so that cutting the headers off evades neither
+     * (`tcp dst_port 22 drop` passed one whose TCP header was in the next fragment). */
+    if (l3->cut && (m & (TS_ACL_IP_PROTO | TS_ACL_SRC_PORT | TS_ACL_DST_PORT)))
+        return r->action == TS_ACL_DROP;
     /* ip_proto is the upper layer's, or an IPv6 extension header the packet has: a rule on
      * 44 (fragment) or 43 (routing) matched only the odd later fragment, the first fragment
      * and every unfragmented packet with such a header passing `ip_proto: 44, drop`. */
