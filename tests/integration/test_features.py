@@ -13,8 +13,9 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
 
 from tests.integration import helpers
 from tests.integration.prom import free_port
@@ -414,6 +415,45 @@ def test_ipv6_fragment_rule_drops_a_datagram_the_kernel_fragments(lab):
     out, _ = receiver.communicate(timeout=15)
     assert out.split() == ["100", "200"], out
     assert counters(sw)[ports[0]["name"]]["acl_dropped"] >= 3          # the 4000 bytes: 3 fragments
+
+
+def test_tcp_acl_drops_an_ipv6_first_fragment_that_leaves_its_tcp_header_to_the_next(lab):
+    """`tcp dst_port 22 drop`: a host sends TCP to port 22 in two IPv6 fragments, the first
+    ending inside a destination options header (RFC 7112 says it must carry the whole header
+    chain), the second bringing the rest of it and the TCP header; and the same first fragment
+    padded, in the frame, with the rest of the header and a TCP header to port 80. The first
+    fragments are dropped and counted (both had crossed, and the second fragment, which holds no
+    header a rule reads, crosses as any later fragment does: a host that reassembled them got
+    the SYN to port 22); a first fragment that carries its headers, to port 80, crosses."""
+    nss = [quiet(lab, s) for s in ("a", "b")]
+    ports = [port(lab, "pa", nss[0], acl=[{"match": {"ip_proto": "tcp", "dst_port": 22}, "action": "drop"}]),
+             port(lab, "pb", nss[1])]
+    sw = switch(lab, ports)
+    a, b = ports[0]["name"], ports[1]["name"]
+    eth = Ether(src=helpers.link_mac(nss[0], "eth0"), dst=helpers.link_mac(nss[1], "eth0"))
+    ip6 = IPv6(src="fd00:18::1", dst="fd00:18::2")
+    dstopts = bytes([6, 1]) + bytes(14)                 # 16 bytes, TCP next
+    syn = {p: bytes(TCP(sport=40000, dport=p, flags="S")) for p in (22, 80)}
+    tiny = eth / ip6 / IPv6ExtHdrFragment(nh=60, m=1, id=9) / Raw(dstopts[:8])
+    padded = tiny / Raw(dstopts[8:] + syn[80])
+    padded[IPv6].plen = 16                             # the packet ends after the first 8 of dstopts
+    later = eth / ip6 / IPv6ExtHdrFragment(nh=60, offset=1, id=9) / Raw(dstopts[8:] + syn[22])
+    whole = eth / ip6 / IPv6ExtHdrFragment(nh=60, m=1, id=10) / Raw(dstopts + syn[80])
+
+    def sent(frame) -> tuple[int, int]:
+        """Frames of 5 copies of `frame` that b got, and that a's ACL dropped."""
+        before = counters(sw)
+        helpers.nsexec(nss[0], sys.executable, SENDER, "eth0", "--frame", bytes(frame).hex(), 5)
+        time.sleep(0.3)
+        after = counters(sw)
+        assert after[a]["rx_errors"] == before[a]["rx_errors"]
+        return (after[b]["tx_packets"] - before[b]["tx_packets"],
+                after[a]["acl_dropped"] - before[a]["acl_dropped"])
+
+    assert sent(tiny) == (0, 5)
+    assert sent(padded) == (0, 5)
+    assert sent(later) == (5, 0)
+    assert sent(whole) == (5, 0)
 
 
 def test_trunk_acl_reads_the_ip_packet_inside_the_tag_in_the_rules_vlan_only(lab):
