@@ -308,7 +308,11 @@
  * many: the receiver's stack walks them all; ports only in first fragments,
  * a later one's protocol is its fragment header's); ip_proto matches the
  * protocol behind them, or one of those headers the packet has (44: every
- * fragment). eth_type and the IP
+ * fragment). An IPv6 packet ends at its payload length (0: the frame's end).
+ * An IPv6 first fragment of more (offset 0, M=1) that ends before its header
+ * chain or TCP/UDP ports do (RFC 7112) matches every drop rule on ip_proto or
+ * ports whose other fields match, and no allow rule on them: the next
+ * fragment, which no rule reads headers in, would complete it. eth_type and the IP
  * header are the payload's, behind the switch's 802.1Q tag if the frame has
  * one and up to two more 802.1Q or 802.1ad tags (a QinQ frame, tagged in its
  * VLAN or not, carries its packet past no IP rule);
