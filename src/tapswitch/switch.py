@@ -699,6 +699,26 @@ class Switch:
         if mac and mac != port.mac:
             log.warning("port.mac_changed", port=port.name, mac=mac, was=port.mac)
             port.mac = mac
+            self._say_static_held(port)
+
+    def _say_static_held(self, port: ports.Port) -> None:
+        """The port's new MAC, its host's (or IFACE's, followed), is static on another port in a
+        VLAN of this one (`static_macs`, `fdb add`): the entry stays, as it does against the
+        frames of a host that claims its MAC (learning), and the frames for this port's host go
+        to the entry's port. Said, since nothing else shows it but `tapswitch fdb` beside
+        `tapswitch ports`. Not removed, as a reload's `mac:` removes an `fdb add` entry: the
+        config is the operator's word, the TAP's MAC its host's, whose user could take any
+        port's pinned MAC (a gateway's) away so, and then have it learned on its own port.
+        Read without static_lock (an `fdb add` or `del` meanwhile is said or not)."""
+        if port.name in self.cfg.monitor_ports():
+            return          # in no VLAN: no frame is sent to it by its MAC
+        names = {p.index: p.name for p in self.ports}
+        for vlan in sorted(port.cfg.vlans):
+            slot = self.static_macs.get((port.mac, vlan))
+            if slot is not None and slot != port.index and slot in names:
+                log.warning("fdb.static_held", mac=port.mac, vlan=vlan, port=names[slot], claimed_by=port.name,
+                            reason=f"{port.mac} is the MAC of port {port.name} in VLAN {vlan} now: "
+                                   f"static on {names[slot]}, its frames go there")
 
     def remote_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """IFACE went, came back, or changed state (a VM restarted, a driver reloaded, a cable)."""
@@ -792,6 +812,7 @@ class Switch:
                 return
             log.info("port.mac_changed", port=port.name, mac=att.port_mac, was=port.mac, remote=port.cfg.remote)
             port.mac = att.port_mac
+            self._say_static_held(port)
         port.mac_follow_failed.over()
 
     def maintain_remotes(self) -> None:

@@ -351,6 +351,22 @@ def test_a_local_port_follows_the_nics_mac_when_its_user_changes_it(lab, site):
     assert nic_state(site["sw"]) == before
 
 
+
+def test_a_local_port_that_follows_the_nic_to_a_mac_static_on_another_port_says_so(lab, site):
+    """The NIC's user gives it a MAC that `fdb add` put on a container's port: the local port
+    follows it, and the entry stays (a static entry holds its MAC against a host's claim), but
+    the frames for the NIC's new MAC go to that container's port: said (`fdb.static_held`),
+    where only `port.mac_changed` was."""
+    sw = lab.switch(config(lab, site, "local"), netns=site["sw"])
+    up, p0, new = lab.name("up"), lab.name("p0"), "02:00:00:00:3a:52"
+    sw.cli("fdb", "add", new, "--port", p0)
+    for state in ("down", "address", "up"):
+        helpers.nsexec(site["sw"], "ip", "link", "set", "nic0", *((state, new) if state == "address" else (state,)))
+    held = helpers.wait_for("fdb.static_held", lambda: sw.events("fdb.static_held"))
+    assert [(e["mac"], e["vlan"], e["port"], e["claimed_by"]) for e in held] == [(new, 1, p0, up)]
+    assert {p["name"]: p["mac"] for p in sw.cli_json("ports")}[up] == new
+    assert [(e["port"], e["static"]) for e in sw.cli_json("fdb") if e["mac"] == new] == [(p0, True)]
+
 FOLLOW_FAILS = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "follow_fails.py"))
 
 

@@ -318,3 +318,34 @@ def test_fdb_add_refuses_the_mac_another_port_has_now(lab):
     assert sw.cli("reload").stdout.strip() == "reloaded: no port changed"
     assert [(e["port"], e["vlan"]) for e in sw.cli_json("fdb") if e["mac"] == pinned and e["static"]] == [(c, 1)]
     assert not sw.events("fdb.static_removed")
+
+
+def test_a_host_that_sets_a_static_entrys_mac_is_warned_of_and_the_entry_stays(lab):
+    """A host that set on its TAP a MAC static on another port (`fdb add` or `static_macs`)
+    left the entry where it was, said by nothing but `port.mac_changed`: its frames went to
+    the entry's port, unseen unless `tapswitch fdb` was read beside `tapswitch ports`. It is
+    said now (`fdb.static_held`); the entry stays, as it does against the host's frames. On the
+    host's own port, or in a VLAN it is not in, the entry is no one else's: nothing is said."""
+    nss, ports = quiet_site(lab)
+    ports[2].update(trunk=[20], vlan=1)
+    a, b, c = (p["name"] for p in ports)
+    pinned, configured, elsewhere, own = "02:00:00:00:99:31", "02:00:00:00:99:32", "02:00:00:00:99:33", "02:00:00:00:99:34"
+    sw = lab.switch({"switch": {"name": lab.name("sw")}, "ports": ports,
+                     "static_macs": [{"mac": configured, "port": c}]})
+    sw.cli("fdb", "add", pinned, "--port", c)
+    sw.cli("fdb", "add", elsewhere, "--port", c, "--vlan", "20")
+    sw.cli("fdb", "add", own, "--port", b)
+
+    def host_sets(ns: str, port: str, mac: str) -> None:
+        helpers.nsexec(ns, "ip", "link", "set", "eth0", "address", mac)
+        helpers.wait_for(f"{port}'s new MAC", lambda: {p["name"]: p["mac"] for p in sw.cli_json("ports")}[port] == mac)
+
+    for ns, port, mac in ((nss[1], b, own), (nss[0], a, elsewhere), (nss[0], a, pinned), (nss[1], b, configured)):
+        host_sets(ns, port, mac)
+    held = helpers.wait_for("two fdb.static_held", lambda: (lambda e: len(e) >= 2 and e)(sw.events("fdb.static_held")))
+    assert [(e["mac"], e["vlan"], e["port"], e["claimed_by"], e["reason"]) for e in held] == [
+        (pinned, 1, c, a, f"{pinned} is the MAC of port {a} in VLAN 1 now: static on {c}, its frames go there"),
+        (configured, 1, c, b, f"{configured} is the MAC of port {b} in VLAN 1 now: static on {c}, its frames go there")]
+    assert sorted((e["mac"], e["vlan"], e["port"]) for e in sw.cli_json("fdb") if e["static"]) == [
+        (pinned, 1, c), (configured, 1, c), (elsewhere, 20, c), (own, 1, b)]
+    assert not sw.events("fdb.static_removed")
