@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import pytest
 import structlog
@@ -826,22 +827,20 @@ def test_a_worker_that_keeps_dying_is_held_back_without_stopping_the_control_loo
     assert sup.down() == [w] and sup.next_try() == 0.0
 
 
-def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_it_runs_a_window(monkeypatch):
-    """Held back as one that keeps dying, a worker that died as soon as it was let go was held
-    back BACKOFF seconds before each restart for good, each death logged thrice, and its
-    `since` that of its last death. Each hold now waits twice as long (up to RETRY_MAX), said
-    once a wait (worker.crashing); a death like the last is logged at debug level, and `since`
-    is the burst's first death. A few deaths are restarted at once, as before; a worker that
-    has run RESTART_WINDOW seconds then dies as a first death again."""
+def _dying(monkeypatch) -> tuple[Callable[[float], float], list[str]]:
+    """A supervisor of one worker on a clock moved by hand (monotonic from 100, time.time()
+    1796675465 on), whose restarts set up 0.2 s after they are due: die(after), w's next
+    process, let go now, dies `after` seconds on, and returns how long w is held back; and
+    the `since` of `tapswitch ports` at each hold."""
     now = [100.0]
     monkeypatch.setattr(supervisor.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(supervisor.time, "time", lambda: 1796675465.0 + now[0])
     monkeypatch.setattr(supervisor.Supervisor, "restart", lambda self, w: None)
     sup = supervisor.Supervisor(-1, 1)
     w = sup.workers[0]
+    sinces: list[str] = []
 
     def die(after: float) -> float:
-        """w's next process, let go now, dies `after` seconds on: how long w is held back."""
         p = _worker(SAY_AND_EXIT, "")
         w.proc, w.sock, w.pidfd, w.up_at = p.proc, p.sock, p.pidfd, now[0]
         _exited(w)
@@ -854,7 +853,17 @@ def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_i
         now[0] += wait + 0.2                    # its restart's process sets up
         sup._restarted(w)
         return wait
-    sinces: list[str] = []
+    return die, sinces
+
+
+def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_it_runs_a_window(monkeypatch):
+    """Held back as one that keeps dying, a worker that died as soon as it was let go was held
+    back BACKOFF seconds before each restart for good, each death logged thrice, and its
+    `since` that of its last death. Each hold now waits twice as long (up to RETRY_MAX), said
+    once a wait (worker.crashing); a death like the last is logged at debug level, and `since`
+    is the burst's first death. A few deaths are restarted at once, as before; a worker that
+    has run RESTART_WINDOW seconds then dies as a first death again."""
+    die, sinces = _dying(monkeypatch)
     with structlog.testing.capture_logs() as logs:
         waits = [die(0.01) for _ in range(supervisor.RESTART_BURST + 7)]
     assert waits == [0.0] * supervisor.RESTART_BURST + [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
@@ -869,6 +878,22 @@ def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_i
         ["warning"] * (supervisor.RESTART_BURST + 1)
     assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"] == [1.0]
     assert sinces[-1] > sinces[0]                       # this burst's first death
+
+
+def test_worker_crashing_counts_the_restarts_since_it_began_to_keep_dying(monkeypatch):
+    """worker.crashing's `restarts` was the deaths in the burst's window (RESTART_WINDOW) but
+    one: at the long waits (16, 30 s) the window had emptied and it said 1, then 0. It counts
+    the worker's restarts since it began to keep dying (its `since`): each death's but the
+    last, one more at each hold; a worker over it (it ran a window) counts from its next burst."""
+    die, _sinces = _dying(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        [die(0.01) for _ in range(supervisor.RESTART_BURST + 6)]
+        die(supervisor.RESTART_WINDOW)
+        [die(0.01) for _ in range(supervisor.RESTART_BURST)]
+    held = [e for e in logs if e["event"] == "worker.crashing"]
+    assert [(e["backoff"], e["restarts"]) for e in held] == \
+        [(2.0 ** i, supervisor.RESTART_BURST + i) for i in range(5)] + [(supervisor.RETRY_MAX, supervisor.RESTART_BURST + 5),
+                                                                        (supervisor.BACKOFF, supervisor.RESTART_BURST)]
 
 
 def test_a_worker_that_kept_dying_and_ran_a_window_until_a_reload_replaced_it_is_over_it():

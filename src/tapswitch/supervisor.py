@@ -216,6 +216,7 @@ class Worker:
         self.crash_said: tuple[float, str | None] | None = None    # the hold and the death said last,
                                                 # while it keeps dying (exited): a death like it is no news
         self.failing_since: float | None = None  # time.time() it began to keep dying, until it runs RESTART_WINDOW
+        self.failing_deaths = 0         # its deaths since failing_since (the burst's, and each since)
         self.cpu_reaped = 0.0           # CPU seconds of this queue's workers that have exited
         self.backend: str | None = None  # the fast path's I/O backend: "uring" | "uring-burst" | "readwrite"
         self.registered = False         # its burst buffers are registered with its ring (fastpath.h)
@@ -607,11 +608,14 @@ class Supervisor:
             now, wall = time.monotonic(), time.time()
             if w.failing_since is None:     # since the first death of the burst, kept across restarts
                 w.failing_since = w.down_since = min(w.down_since or wall, wall - (now - w.recent[0]))
+                w.failing_deaths = len(w.recent)
             wait = min(RETRY_MAX, BACKOFF * 2 ** w.crashes)
             w.crashes += 1
             w.retry_at = now + wait
             if w.crash_said is None or w.crash_said[0] != wait:
-                log.error("worker.crashing", queue=w.queue, restarts=len(w.recent) - 1, backoff=wait,
+                # Restarted after each of its deaths since it began to keep dying but this one. The
+                # burst's window once counted them: empty at the long waits, it said 0 restarts.
+                log.error("worker.crashing", queue=w.queue, restarts=w.failing_deaths - 1, backoff=wait,
                           since=_utc(w.failing_since))
             w.crash_said = (wait, w.down_error)
             return
@@ -631,6 +635,8 @@ class Supervisor:
             how.update(error=error, **_traceback(trace))
         now = time.monotonic()
         self._ran(w, now)
+        if w.failing_since is not None:     # it keeps dying: one more (exited counts the burst's)
+            w.failing_deaths += 1
         ended = _ended(rc)
         hung_for, w.hung_for = w.hung_for, None
         if hung_for is not None and rc == -signal.SIGKILL:
@@ -653,7 +659,7 @@ class Supervisor:
         stop): if that was RESTART_WINDOW seconds or more, it no longer keeps dying, and its next
         death is a first (exited)."""
         if until - w.up_at >= RESTART_WINDOW:
-            w.crashes, w.crash_said, w.failing_since = 0, None, None
+            w.crashes, w.crash_said, w.failing_since, w.failing_deaths = 0, None, None, 0
 
     def workers_refused(self) -> str | None:
         """Why a worker started now would not run on the switch's shared memory (one line), None
