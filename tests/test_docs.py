@@ -773,7 +773,11 @@ def test_how_it_works_states_the_supervisors_and_the_watchdogs_numbers():
     from tapswitch import supervisor, switch
     prose = re.sub(r"\s+", " ", section("How it works"))
     assert f"not set up within {supervisor.READY_TIMEOUT:g} seconds" in prose
-    assert f"({supervisor.RESTART_BURST} restarts within {supervisor.RESTART_WINDOW:g} seconds)" in prose
+    assert (f"({supervisor.RESTART_BURST} restarts within {supervisor.RESTART_WINDOW:g} seconds, or "
+            f"{supervisor.CRASH_LOOP_RESTARTS} restarts within {supervisor.CRASH_LOOP_WINDOW:g} seconds whatever the gaps") in prose
+    assert (f"one that runs {supervisor.RESTART_WINDOW:g} seconds is held back a second again when it next dies while its "
+            f"crash loop lasts (its last {supervisor.CRASH_LOOP_RESTARTS} restarts within "
+            f"{supervisor.CRASH_LOOP_WINDOW:g} seconds)") in prose
     words = {1: "a", 3: "three"}
     assert (f"is held back before its next restart, {words[int(supervisor.BACKOFF)]} second, and twice as long "
             f"each time it dies again before it has run {supervisor.RESTART_WINDOW:g} seconds, "

@@ -862,7 +862,9 @@ def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_i
     `since` that of its last death. Each hold now waits twice as long (up to RETRY_MAX), said
     once a wait (worker.crashing); a death like the last is logged at debug level, and `since`
     is the burst's first death. A few deaths are restarted at once, as before; a worker that
-    has run RESTART_WINDOW seconds then dies as a first death again."""
+    has run RESTART_WINDOW seconds is held back BACKOFF again, as long as its deaths make a
+    crash loop (CRASH_LOOP_RESTARTS restarts within CRASH_LOOP_WINDOW), and one that has run
+    past that dies as a first death again."""
     die, sinces = _dying(monkeypatch)
     with structlog.testing.capture_logs() as logs:
         waits = [die(0.01) for _ in range(supervisor.RESTART_BURST + 7)]
@@ -872,11 +874,13 @@ def test_a_worker_that_dies_at_once_after_each_restart_waits_ever_longer_until_i
         ["warning"] * (supervisor.RESTART_BURST + 1) + ["debug"] * 6
     assert sinces == [supervisor._utc(1796675465.0 + 100.0)] * 7      # the first death's
     with structlog.testing.capture_logs() as logs:
-        assert die(supervisor.RESTART_WINDOW) == 0.0    # it ran a window: restarted at once
+        assert die(supervisor.RESTART_WINDOW) == supervisor.BACKOFF     # it ran a window, in its crash loop
+        assert die(supervisor.CRASH_LOOP_WINDOW) == 0.0                 # past it: restarted at once
         assert [die(0.01) for _ in range(supervisor.RESTART_BURST)] == [0.0] * (supervisor.RESTART_BURST - 1) + [1.0]
     assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == \
-        ["warning"] * (supervisor.RESTART_BURST + 1)
-    assert [e["backoff"] for e in logs if e["event"] == "worker.crashing"] == [1.0]
+        ["debug"] + ["warning"] * (supervisor.RESTART_BURST + 1)
+    assert [(e["backoff"], e["since"]) for e in logs if e["event"] == "worker.crashing"] == \
+        [(1.0, sinces[0]), (1.0, sinces[-1])]
     assert sinces[-1] > sinces[0]                       # this burst's first death
 
 
@@ -884,16 +888,54 @@ def test_worker_crashing_counts_the_restarts_since_it_began_to_keep_dying(monkey
     """worker.crashing's `restarts` was the deaths in the burst's window (RESTART_WINDOW) but
     one: at the long waits (16, 30 s) the window had emptied and it said 1, then 0. It counts
     the worker's restarts since it began to keep dying (its `since`): each death's but the
-    last, one more at each hold; a worker over it (it ran a window) counts from its next burst."""
+    last, one more at each hold; a worker over it (past its crash loop) counts from its next burst."""
     die, _sinces = _dying(monkeypatch)
     with structlog.testing.capture_logs() as logs:
         [die(0.01) for _ in range(supervisor.RESTART_BURST + 6)]
-        die(supervisor.RESTART_WINDOW)
+        die(supervisor.RESTART_WINDOW)              # still in its crash loop: one more
+        die(supervisor.CRASH_LOOP_WINDOW)           # over it
         [die(0.01) for _ in range(supervisor.RESTART_BURST)]
     held = [e for e in logs if e["event"] == "worker.crashing"]
     assert [(e["backoff"], e["restarts"]) for e in held] == \
         [(2.0 ** i, supervisor.RESTART_BURST + i) for i in range(5)] + [(supervisor.RETRY_MAX, supervisor.RESTART_BURST + 5),
+                                                                        (supervisor.BACKOFF, supervisor.RESTART_BURST + 6),
                                                                         (supervisor.BACKOFF, supervisor.RESTART_BURST)]
+
+
+def test_a_worker_that_dies_every_few_seconds_is_held_back_as_a_crash_loop(monkeypatch):
+    """A worker that died every 3 to 9 s (a fast path that crashes on a frame that recurs) made
+    no burst (RESTART_BURST restarts within RESTART_WINDOW): it was restarted at once for good,
+    each death a warning, and worker.crashing never said. CRASH_LOOP_RESTARTS restarts within
+    CRASH_LOOP_WINDOW, whatever their gaps, now make it one that keeps dying: held back 1, 2,
+    4 ... RETRY_MAX s as a burst is, each wait said once, since its first death. Dying every
+    20 s then (it runs a window between), it is held back BACKOFF before each restart, said
+    once, until its deaths make a crash loop no more."""
+    die, sinces = _dying(monkeypatch)
+    loop = supervisor.CRASH_LOOP_RESTARTS
+    with structlog.testing.capture_logs() as logs:
+        waits = [die(after) for after in [3.0, 9.0, 5.0, 7.0] * 4]
+    assert waits == [0.0] * loop + [1.0, 2.0, 4.0, 8.0, 16.0, supervisor.RETRY_MAX]
+    crashing = [e for e in logs if e["event"] == "worker.crashing"]
+    assert [(e["backoff"], e["restarts"]) for e in crashing] == \
+        [(supervisor.BACKOFF * 2 ** i, loop + i) for i in range(5)] + [(supervisor.RETRY_MAX, loop + 5)]
+    assert {e["since"] for e in crashing} == set(sinces) == {supervisor._utc(1796675465.0 + 103.0)}    # the first death's
+    assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == ["warning"] * (loop + 1) + ["debug"] * 5
+    with structlog.testing.capture_logs() as logs:
+        assert [die(20.0) for _ in range(2 * loop)] == [supervisor.BACKOFF] * 2 * loop
+        assert die(supervisor.CRASH_LOOP_WINDOW) == 0.0
+    assert [(e["backoff"], e["since"]) for e in logs if e["event"] == "worker.crashing"] == \
+        [(supervisor.BACKOFF, sinces[0])]
+    assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == ["debug"] * 2 * loop + ["warning"]
+
+
+def test_a_worker_that_dies_once_an_hour_is_restarted_at_once_each_time(monkeypatch):
+    """However many times, deaths an hour apart make no crash loop: each is restarted at once,
+    and said at warning level, as a first."""
+    die, _sinces = _dying(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        assert [die(3600.0) for _ in range(3 * supervisor.CRASH_LOOP_RESTARTS)] == [0.0] * 3 * supervisor.CRASH_LOOP_RESTARTS
+    assert [e for e in logs if e["event"] == "worker.crashing"] == []
+    assert {e["log_level"] for e in logs if e["event"] == "worker.exited"} == {"warning"}
 
 
 def test_a_worker_that_kept_dying_and_ran_a_window_until_a_reload_replaced_it_is_over_it():

@@ -52,6 +52,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 5.0        # seconds a new worker has to report it is running
 RESTART_BURST = 5          # restarts allowed in RESTART_WINDOW before backing off
 RESTART_WINDOW = 10.0      # also: seconds a worker held back must then run, to be restarted at once again
+                           # (or, while its crash loop lasts, after BACKOFF again: _ran)
+CRASH_LOOP_RESTARTS = 10   # restarts allowed in CRASH_LOOP_WINDOW, whatever their gaps, before backing off
+CRASH_LOOP_WINDOW = 300.0  # (one that dies every few seconds makes no burst); also: held back while it lasts
 BACKOFF = 1.0              # seconds a worker that keeps dying is held back before its restart, at first
 SPAWN_TRIES = 3            # attempts to start a worker before the next tick tries again
 RETRY_MAX = 30.0           # seconds between those ticks' tries at most, for a worker that never comes up
@@ -183,6 +186,20 @@ def _ended(rc: int) -> str:
     return f"killed by {_signal_name(-rc)}" if rc < 0 else f"exited with code {rc}"
 
 
+def _kept_dying(recent: list[float], died: float) -> list[float]:
+    """Of a worker's deaths before one at `died` (monotonic, oldest first), those that make it
+    one that keeps dying, to be held back; none if they do not. A burst (RESTART_BURST restarts
+    within RESTART_WINDOW), or a crash loop: CRASH_LOOP_RESTARTS within CRASH_LOOP_WINDOW,
+    whatever their gaps. One that died every 3 to 9 s (a fast path that crashes on a frame
+    that recurs) made no burst, and was restarted at once for good, each death a warning; one
+    that dies once an hour is restarted at once. The loop's, if both: it began first."""
+    loop = [t for t in recent if died - t < CRASH_LOOP_WINDOW]
+    if len(loop) >= CRASH_LOOP_RESTARTS:
+        return loop
+    burst = [t for t in loop if died - t < RESTART_WINDOW]
+    return burst if len(burst) >= RESTART_BURST else []
+
+
 def _utc(t: float) -> str:
     """time.time() `t` as ISO 8601, UTC, to the second: as the log's timestamps read."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -210,7 +227,7 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self.pidfd = -1
         self.restarts = 0
-        self.recent: list[float] = []   # monotonic times of recent restarts
+        self.recent: list[float] = []   # monotonic times of its last deaths, within CRASH_LOOP_WINDOW (_kept_dying)
         self.up_at = 0.0                # monotonic: when its process was let go (_go)
         self.crashes = 0                # holds in a row since it kept dying (exited): each waits twice as long
         self.crash_said: tuple[float, str | None] | None = None    # the hold and the death said last,
@@ -596,19 +613,22 @@ class Supervisor:
 
     def exited(self, w: Worker) -> None:
         """Called when w's pidfd is readable: reap it and start it again, at once or, if it keeps
-        dying, once down() offers it: BACKOFF seconds on, and twice as long each time it dies
-        again before it has run RESTART_WINDOW seconds (up to RETRY_MAX), as a restart that
-        fails waits (_start_failed). One that died at once after its start was restarted a
-        second apart for good: a process, its setup and 3 log lines a second. The wait is said
+        dying (_kept_dying), once down() offers it: BACKOFF seconds on, and twice as long each
+        time it dies again before it has run RESTART_WINDOW seconds (up to RETRY_MAX), as a
+        restart that fails waits (_start_failed); BACKOFF again after one that ran longer, while
+        the crash loop's count lasts (_ran). One that died at once after its start was restarted
+        a second apart for good: a process, its setup and 3 log lines a second. The wait is said
         (worker.crashing) when it changes, not at each death."""
         if self._died(w):
             # A worker that keeps dying would otherwise spin the control process. It is held back
             # by down(), not by a sleep here: the control loop serves reloads, link events and
             # its socket meanwhile, and restarts it once due (maintain_workers).
             now, wall = time.monotonic(), time.time()
-            if w.failing_since is None:     # since the first death of the burst, kept across restarts
-                w.failing_since = w.down_since = min(w.down_since or wall, wall - (now - w.recent[0]))
-                w.failing_deaths = len(w.recent)
+            if w.failing_since is None:     # since the first death of the burst (or loop), kept across restarts
+                *before, died = w.recent
+                kept = _kept_dying(before, died)        # those deaths, not a hold before, hold it: they began it
+                w.failing_since = w.down_since = min(w.down_since or wall, wall - (now - kept[0]))
+                w.failing_deaths = len(kept) + 1
             wait = min(RETRY_MAX, BACKOFF * 2 ** w.crashes)
             w.crashes += 1
             w.retry_at = now + wait
@@ -623,7 +643,7 @@ class Supervisor:
 
     def _died(self, w: Worker) -> bool:
         """Reap w's process, which exited unasked, and log how (and why, if it said); True if
-        it keeps dying (RESTART_BURST restarts within RESTART_WINDOW)."""
+        it keeps dying (_kept_dying, or it was held back and has not got over it: _ran)."""
         rc = self._reap(w)
         self._release(w)
         said = _recv(w.sock, wait=False) if w.sock is not None else b""
@@ -648,18 +668,24 @@ class Supervisor:
         news = w.crash_said is None or w.crash_said[1] != why
         (log.warning if news else log.debug)("worker.exited", queue=w.queue, pid=w.proc.pid, **how)
         self._went_down(w, why)
-        w.recent = [t for t in w.recent if now - t < RESTART_WINDOW]
-        held = len(w.recent) >= RESTART_BURST or w.crashes > 0
+        # The deaths _kept_dying may count: the last few, within the longer window.
+        w.recent = [t for t in w.recent if now - t < CRASH_LOOP_WINDOW][-max(RESTART_BURST, CRASH_LOOP_RESTARTS):]
+        held = bool(_kept_dying(w.recent, now)) or w.crashes > 0
         w.recent.append(now)
         return held
 
     @staticmethod
     def _ran(w: Worker, until: float) -> None:
         """w's process, let go at w.up_at, ran until `until` (monotonic: it died, or was asked to
-        stop): if that was RESTART_WINDOW seconds or more, it no longer keeps dying, and its next
-        death is a first (exited)."""
+        stop): if that was RESTART_WINDOW seconds or more, its next hold waits BACKOFF again, and
+        unless its deaths still make a crash loop (_kept_dying: CRASH_LOOP_RESTARTS restarts
+        within CRASH_LOOP_WINDOW) it no longer keeps dying, and its next death is a first
+        (exited). One that dies every 20 s, say, is held back BACKOFF before each restart, said
+        once (worker.crashing), not 1, 2, 4 ... RETRY_MAX s: it runs a window between."""
         if until - w.up_at >= RESTART_WINDOW:
-            w.crashes, w.crash_said, w.failing_since, w.failing_deaths = 0, None, None, 0
+            w.crashes = 0
+            if not _kept_dying(w.recent, until):
+                w.crash_said, w.failing_since, w.failing_deaths = None, None, 0
 
     def workers_refused(self) -> str | None:
         """Why a worker started now would not run on the switch's shared memory (one line), None
