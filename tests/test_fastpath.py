@@ -23,6 +23,7 @@ import pytest
 from tapswitch._fastpath import ffi, lib
 from tests.fastpath_io import IO, NO_IO_URING, backend_started, io_backend, uring_available  # noqa: F401 (io_backend: every test, every backend)
 from tapswitch.fastpath import Shared, mac_bytes
+from tests.reads_fail import ReadFaults, trap_reads
 
 VNET = struct.Struct("=BBHHHH")   # flags gso_type hdr_len gso_size csum_start csum_offset
 NEEDS_CSUM = 1
@@ -590,6 +591,52 @@ def test_failed_queue_is_counted_once_and_not_polled_again(sw):
     assert lib.ts_worker_poll(sw.worker, 100) == 0
     assert lib.ts_worker_poll(sw.worker, 50) == 0
     assert sw.counters(2)["rx_errors"] == 1
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failure(sw, io_backend):
+    """A read failing otherwise than for a queue that ended or whose TAP was deleted (EIO here;
+    ENOMEM, ENOBUFS, EFAULT) may pass: each failure counts one rx_errors, and the queue is
+    listened to again after a rest (1 ms, doubling), where it was polled no more, for good."""
+    if io_backend != "readwrite":
+        pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them")
+    sw.learn(1, B)
+    f = frame(B, A)
+    sw.hosts[0].send(f)
+    queue = sw.queues[0].fileno()
+    faults = ReadFaults(lambda _pid, fd: fd == queue)
+    faults.failing.set()
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:                                # the worker, in a process whose reads the test answers
+        try:
+            socket.send_fds(theirs, [b"L"], [trap_reads()])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if lib.ts_worker_poll(sw.worker, 100) > 0:
+                    os._exit(0)
+            os._exit(1)
+        finally:
+            os._exit(2)
+    try:
+        _msg, [listener], _flags, _addr = socket.recv_fds(ours, 16, 1)
+        faults.add(listener)
+        deadline = time.monotonic() + 5
+        while faults.failed < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert faults.failed >= 4, "the queue was not read again after its read failed"
+        faults.failing.clear()
+        assert os.waitpid(pid, 0)[1] == 0       # it forwarded the frame once its reads worked
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        faults.close()
+        ours.close()
+        theirs.close()
+    assert sw.received(1) == [f]
+    assert sw.counters(0)["rx_errors"] == faults.failed
 
 
 def test_worker_reports_its_io_backend(sw, io_backend):

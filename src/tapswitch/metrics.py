@@ -30,7 +30,7 @@ BUSY_LOG_INTERVAL = 60.0
 PORT_COUNTERS = {
     "rx_packets": ("port_rx_packets", "Well-formed frames received from the port (those then dropped count in rx_dropped too)."),
     "rx_bytes": ("port_rx_bytes", "Bytes of the frames received from the port."),
-    "rx_errors": ("port_rx_errors", "Malformed frames received (runts, bad virtio-net headers, broken 802.1Q tags, bad source MACs), and one for a queue whose read failed."),
+    "rx_errors": ("port_rx_errors", "Malformed frames received (runts, bad virtio-net headers, broken 802.1Q tags, bad source MACs), and one each time a queue's read failed."),
     "rx_dropped": ("port_rx_dropped", "Well-formed frames received but not forwarded."),
     "tx_packets": ("port_tx_packets", "Frames sent to the port."),
     "tx_bytes": ("port_tx_bytes", "Bytes of the frames sent to the port."),

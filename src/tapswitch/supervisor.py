@@ -905,7 +905,8 @@ class Supervisor:
     def forget_port(self, index: int) -> None:
         """Port `index` is gone (its device deleted, or moved out of where the config puts it):
         workers started from now on (a restart) do not get its queues. A deleted device's
-        queue failed each running worker's read, counted one rx_errors and is polled no more;
+        queue failed each running worker's read (EBADFD), counted one rx_errors and is polled no
+        more by it (fastpath.c, rx_failed; a read failing otherwise is retried);
         a new worker's read would fail and count again (so a restart before the control loop
         has noticed forgets it too: _hand_ports). A reload makes the port again."""
         self.port_fds = {i: fds for i, fds in self.port_fds.items() if i != index}

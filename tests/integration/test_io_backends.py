@@ -1,13 +1,16 @@
 """The fast path's I/O backends (fastpath.h, "I/O backends") forward real
 TAP traffic: unicast, broadcast and a TCP stream of GSO super-frames, with
 the backend forced through TAPSWITCH_IO and logged once as worker.backend;
-where seccomp refuses io_uring, the workers run read/write."""
+where seccomp refuses io_uring, the workers run read/write; where a
+queue's read(2) fails for a while (tests/reads_fail.py), the port forwards again.
 
 import configparser
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,6 +19,9 @@ from tapswitch import fastpath
 from tapswitch._fastpath import lib
 from tests.fastpath_io import BURST_BUFFERS_MAX, NO_IO_URING, backend_started, uring_available
 from tests.integration import helpers
+from tests.reads_fail import MARK as READS_FAIL_MARK, ReadFaults, is_tap_queue
+
+READS_FAIL = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "reads_fail.py"))
 
 
 @pytest.mark.parametrize("backend", ["readwrite", "uring", "uring-burst"])
@@ -57,6 +63,72 @@ def test_io_uring_refused_by_seccomp_runs_read_write(lab, monkeypatch, backend):
     assert [e["backend"] for e in sw.events("worker.backend")] == ["readwrite"]
     assert helpers.ping(ports[0]["netns"], "198.18.0.2", count=3)
 
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+@pytest.mark.parametrize("backend", ["readwrite", "uring", "uring-burst"])
+def test_a_queue_whose_reads_fail_for_a_while_forwards_again_and_counts_each_failure(lab, monkeypatch, backend):
+    """A TAP queue's read failing with EIO (as ENOMEM, ENOBUFS or EFAULT might, for a while)
+    took the queue out of epoll for good, the worker running on: the port was deaf until the
+    switch restarted. Each failure counts one rx_errors, the queue rests a moment (doubling up
+    to a second) and is listened to again; once the reads work, the two hosts talk again, the
+    same worker forwarding. (A deleted TAP's queue, EBADFD, is still polled no more: the
+    tests of port.gone.)"""
+    if backend != "readwrite":
+        pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them, nor could this test")
+    monkeypatch.setenv("TAPSWITCH_IO", backend)
+    d = helpers.tmpdir()
+    lab.dirs.append(d)
+    where = os.path.join(d, "listeners.sock")
+    with open(os.path.join(d, "reads-fail"), "w") as f:
+        f.write(where)
+    monkeypatch.setenv(READS_FAIL_MARK, f.name)
+    faults = ReadFaults(is_tap_queue)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(where)
+    server.listen()
+    server.settimeout(0.05)
+    over = threading.Event()
+
+    def take_listeners():               # each worker's, as it starts (tests/reads_fail.py)
+        while not over.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                _msg, fds, _flags, _addr = socket.recv_fds(conn, 16, 1)
+                for fd in fds:
+                    faults.add(fd)
+    taker = threading.Thread(target=take_listeners, daemon=True)
+    taker.start()
+    try:
+        ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0",
+                  "addresses": [f"198.18.0.{i + 1}/24"]} for i in range(2)]
+        sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 1}, "ports": ports}, wrapper=READS_FAIL)
+        a = ports[0]["netns"]
+        assert helpers.ping(a, "198.18.0.2", count=2)
+        [pid] = [e["pid"] for e in sw.events("worker.started")]
+
+        faults.failing.set()
+        assert not helpers.ping(a, "198.18.0.2", wait=1)
+        helpers.wait_for("reads failed again and again", lambda: faults.failed >= 4)
+        faults.failing.clear()
+
+        helpers.wait_for("traffic again", lambda: helpers.ping(a, "198.18.0.2", wait=1), within=10)
+        assert not helpers.exited(pid) and sw.events("worker.restarted") == [], sw.log()
+        errors = sum(p["counters"]["rx_errors"] for p in sw.cli_json("ports"))
+        assert errors == faults.failed, sw.log()
+        assert sw.stop() == 0
+    finally:
+        faults.failing.clear()
+        for sw in lab.switches:
+            sw.stop()                   # before the listeners go: a read trapped then would fail
+        over.set()
+        taker.join()
+        server.close()
+        faults.close()
 
 
 def test_refused_buffer_registry_runs_burst_reads_plain_and_forwards(lab):

@@ -785,6 +785,8 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms)
 #define STOP_CHECK_TURNS 64         /* ts_worker_run: turns between looks for a pending SIGTERM */
 #define DRAIN_TIMEOUT_MS 500        /* ts_worker_run: the longest wait for cancelled reads to end */
 #define STORM_ATTEMPTS 4            /* lost races on a storm bucket before the frame counts as excess */
+#define RX_RETRY_FIRST_MS 1         /* a queue whose read failed: listened to again after this, */
+#define RX_RETRY_MAX_MS 1000        /* doubled at each failure in a row, up to this (see rx_failed) */
 
 /* struct virtio_net_hdr, in the host's byte order (the TAP default). The
  * TAPs' header is these 10 bytes, not virtio 1.0's 12 (num_buffers, which a
@@ -847,6 +849,10 @@ struct ts_worker {
     uint8_t look_trust;             /* looks that may not pay before it stops looking (TS_LOOK_TRUST) */
     uint8_t look_skipped;           /* sleeps without a look since it stopped (TS_LOOK_PROBE) */
     uint8_t rx_want[TS_MAX_PORTS];  /* TS_IO_URING, burst reads: reads on the queue's next turn */
+    uint8_t rx_fails[TS_MAX_PORTS]; /* failed reads of the queue in a row (its retry's backoff) */
+    uint64_t rx_retry[TS_MAX_PORTS];/* now_ns() when a queue resting after a failed read is
+                                       listened to again; 0: listening (or gone for good) */
+    int rx_resting;                 /* queues with an rx_retry set */
     struct ts_ring_done done[TS_RING_ENTRIES];
     struct ts_ring_rx rx[RX_BATCH]; /* TS_IO_URING, multishot: frames as they were read */
 };
@@ -1429,12 +1435,80 @@ static bool storm_allows(struct ts_worker *w, int in, const struct ts_port_conf 
 
 /* Receiving, learning, sending. */
 
-/* A queue that fails or ends would wake us forever: count it once and stop
- * listening; the control process restarts the worker. */
-static void rx_failed(struct ts_worker *w, int in)
+/* A queue whose read failed (res: -errno, or 0: it ended). Level-triggered
+ * epoll (or a multishot read armed again) would wake us again at once, as
+ * long as the failure lasts: the queue stops being listened to, and each
+ * failure counts one rx_errors.
+ * - Gone for good: its TAP was deleted (-EBADFD: the queue is detached, no
+ *   read of it can succeed again) or it ended (0). The control process marks
+ *   the port gone (Switch.maintain_ports) and gives the workers it starts
+ *   later none of its queues, so it counts once a queue.
+ * - Anything else (-EIO, -ENOMEM, -ENOBUFS under memory pressure, -EFAULT)
+ *   may pass, and nothing else would ever listen again: the worker is not
+ *   restarted for it. The queue rests RX_RETRY_FIRST_MS, doubled at each
+ *   failure in a row up to RX_RETRY_MAX_MS, then is listened to again
+ *   (rx_retry_due); a read that succeeds ends the row. A failure that lasts
+ *   costs a wake-up and counts one rx_errors a second. */
+static bool rx_gone(int32_t res)
+{
+    return res == 0 || res == -EBADFD;
+}
+
+static void rx_failed(struct ts_worker *w, int in, int32_t res)
 {
     w->counters[in].rx_errors++;
-    epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->fds[in], NULL);
+    if (!w->multishot)
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->fds[in], NULL);
+    if (rx_gone(res))
+        return;
+    unsigned shift = w->rx_fails[in] < 10 ? w->rx_fails[in] : 10;
+    uint64_t ms = (uint64_t)RX_RETRY_FIRST_MS << shift;
+    if (ms > RX_RETRY_MAX_MS)
+        ms = RX_RETRY_MAX_MS;
+    if (w->rx_fails[in] < UINT8_MAX)
+        w->rx_fails[in]++;
+    w->rx_retry[in] = now_ns() + ms * 1000000;
+    w->rx_resting++;
+}
+
+/* A read of queue `in` succeeded: a failure after it starts a new row. */
+static void rx_worked(struct ts_worker *w, int in)
+{
+    if (w->rx_fails[in])
+        w->rx_fails[in] = 0;
+}
+
+static void rx_rearm(struct ts_worker *w, int in);
+
+/* Listen again to the resting queues whose time came. Returns the poll's
+ * wait: timeout_ms (-1: for good), or less, in ms, if the next resting
+ * queue's time comes sooner. */
+static int rx_retry_due(struct ts_worker *w, int timeout_ms)
+{
+    uint64_t now = now_ns(), next = 0;
+    for (int in = 0; in < w->nfds && w->rx_resting; in++) {
+        uint64_t at = w->rx_retry[in];
+        if (!at)
+            continue;
+        if (at > now) {
+            next = !next || at < next ? at : next;
+            continue;
+        }
+        w->rx_retry[in] = 0;
+        w->rx_resting--;
+        if (w->multishot) {
+            if (!w->stopping)
+                rx_rearm(w, in);
+        } else {
+            struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)in };
+            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->fds[in], &ev) < 0)
+                rx_failed(w, in, -errno);    /* (ENOMEM, ENOSPC: a later try) */
+        }
+    }
+    if (!next)
+        return timeout_ms;
+    int wait = (int)((next - now + 999999) / 1000000);
+    return timeout_ms >= 0 && timeout_ms < wait ? timeout_ms : wait;
 }
 
 /* io_uring: rx_want[in] reads of queue `in` in one submission, each one frame
@@ -1445,7 +1519,7 @@ static int rx_burst_ring(struct ts_worker *w, int in)
     uint8_t *bufs[TS_BURST] = { 0 };
     int32_t res[TS_BURST];
     int want = w->rx_want[in], n = 0;
-    bool failed = false;
+    int32_t failed = 1;             /* the failure of a read, if one failed (else > 0) */
     for (int i = 0; i < want; i++)
         bufs[i] = w->buffers + (size_t)i * BUF_STRIDE + TS_HEADROOM;
     if (ts_ring_read(w->ring, in, bufs, TS_FRAME_MAX, want, res) < 0)
@@ -1456,11 +1530,13 @@ static int rx_burst_ring(struct ts_worker *w, int in)
             w->burst[n].len = (uint32_t)res[i];
             n++;
         } else if (res[i] != -EAGAIN && res[i] != -EINTR) {
-            failed = true;
+            failed = res[i];
         }
     }
-    if (failed)
-        rx_failed(w, in);
+    if (n)
+        rx_worked(w, in);
+    if (failed <= 0)
+        rx_failed(w, in, failed);
     want = 2 * n;
     w->rx_want[in] = (uint8_t)(want < 2 ? 2 : want > TS_BURST ? TS_BURST : want);
     return n;
@@ -1484,9 +1560,11 @@ static int rx_burst(struct ts_worker *w, int in)
         }
         if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
             break;
-        rx_failed(w, in);
+        rx_failed(w, in, r < 0 ? -errno : 0);
         break;
     }
+    if (n)
+        rx_worked(w, in);
     return n;
 }
 
@@ -1768,8 +1846,8 @@ static void rx_rearm(struct ts_worker *w, int in)
 /* Multishot reads: the completions w->rx[0..n), in order; a run of frames of
  * one queue is a burst. Buffers go back to the kernel once their burst's
  * writes are done. A read that ended for want of buffers is armed again; one
- * that failed (the queue's device is gone, end of file) counts an rx error
- * and stays off, as rx_failed() takes a queue out of epoll. */
+ * that failed counts an rx_errors and stays off, as rx_failed() says: for
+ * good if the queue's device is gone (or it ended), else for a while. */
 static int handle_rx(struct ts_worker *w, int n, uint32_t now)
 {
     uint16_t bids[TS_BURST];
@@ -1782,6 +1860,7 @@ static int handle_rx(struct ts_worker *w, int n, uint32_t now)
                 w->burst[k].buf = ts_ring_rx_buf(w->ring, rx->bid);
                 w->burst[k].len = (uint32_t)rx->res;
                 bids[k++] = rx->bid;
+                rx_worked(w, in);
             }
             if (rx->more)
                 continue;
@@ -1790,7 +1869,7 @@ static int handle_rx(struct ts_worker *w, int n, uint32_t now)
             if (again && !w->stopping)
                 rx_rearm(w, in);
             else if (!again && !(w->stopping && rx->res == -ECANCELED))
-                w->counters[in].rx_errors++;
+                rx_failed(w, in, rx->res);
         }
         frames += handle_burst(w, in, k, now);
         for (int j = 0; j < k; j++)
@@ -1939,6 +2018,8 @@ int ts_worker_poll(struct ts_worker *w, int timeout_ms)
     if (!w->claimed)
         claim(w);
     beat(w);
+    if (w->rx_resting)              /* (a read failed a moment ago: rx_failed) */
+        timeout_ms = rx_retry_due(w, timeout_ms);
     if (w->multishot)
         return poll_multishot(w, timeout_ms);
     int n = wait_busy(w, timeout_ms, wait_ready);

@@ -142,12 +142,16 @@
  * wait (the TAP's send buffer full: rare, its default is the largest) drops
  * the frame and counts it (tx_dropped). A TAP write queues nothing: it runs
  * the port host's stack, which counts what that stack then loses. A frame that fills the whole TS_FRAME_MAX
- * buffer may have been cut, and counts as rx_errors. A queue whose read fails
- * (or ends: its TAP was deleted) counts one rx_errors and is no longer
- * polled by this worker. The control process marks the port gone (down) and
- * gives workers it starts later (a restart, a reload) no queue of it, so
- * the failure counts once per queue; a reload makes the port again, with
- * new queues.
+ * buffer may have been cut, and counts as rx_errors. A failed read of a
+ * queue counts one rx_errors. A queue whose TAP was deleted (EBADFD) or
+ * that ended is no longer polled by this worker: the control process marks
+ * the port gone (down) and gives workers it starts later (a restart, a
+ * reload) no queue of it, so that failure counts once per queue; a reload
+ * makes the port again, with new queues. A read failing otherwise (EIO,
+ * ENOMEM, EFAULT...) may pass, and nothing restarts the worker for it: the
+ * queue rests (1 ms, doubling at each failure in a row up to 1 s) and is
+ * listened to again; a poll's wait ends early for it (rx_failed in
+ * fastpath.c).
  * No allocation, no logging, no Python per packet.
  *
  * The watchdog. A worker stopped (SIGSTOP, a debugger) or stuck inside a
@@ -672,8 +676,9 @@ int ts_settings_publish(struct ts_shared *s, uint32_t timeout_ms);
  * (EINVAL: bad arguments, or an fd that is not O_NONBLOCK; with TS_IO_URING,
  * what io_uring_queue_init said: ENOSYS, EPERM, ENOMEM). ts_worker_poll
  * waits again when a signal interrupts the wait, until timeout_ms is spent
- * (io_uring's teardown of a ring interrupts a process's waits for a while).
- * ts_worker_new writes nothing shared and reads no queue: it may run while the
+ * (io_uring's teardown of a ring interrupts a process's waits for a while),
+ * and waits less when a queue resting after a failed read is due sooner
+ * (see "The worker"). ts_worker_new writes nothing shared and reads no queue: it may run while the
  * worker it replaces still runs. The first poll takes readers[worker] over. */
 struct ts_worker;
 struct ts_worker *ts_worker_new(struct ts_shared *s, int worker, const int *fds, int nfds,
