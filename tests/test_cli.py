@@ -92,6 +92,30 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1_not_a_traceback(tm
     assert (r.returncode, r.stderr) == (cli.EXIT_FAILURE, "tapswitch: cannot write the output: No space left on device\n")
 
 
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["fdb", "add", "--help"]])
+def test_help_or_version_that_cannot_be_written_is_one_line_and_exit_1_not_a_silent_0(argv):
+    """argparse printed --help and --version and let an OSError pass unsaid: on a full disk
+    `tapswitch --version > FILE` left FILE empty and exited 0, as if it had been written."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "tapswitch", *argv],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert (r.returncode, r.stderr) == (cli.EXIT_FAILURE, "tapswitch: cannot write the output: No space left on device\n")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"]])
+def test_help_or_version_into_a_pipe_whose_reader_went_ends_as_sigpipe_would(argv):
+    """`tapswitch --help | head -1` with the reader gone before the write: exit 141, quietly,
+    as `tapswitch fdb` in the same pipe ends; argparse let the write's error pass, exit 0."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "tapswitch", *argv],
+                           stdout=write, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write)
+    assert (r.returncode, r.stderr) == (128 + 13, "")
+
+
 class FullOutput(io.StringIO):
     def write(self, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

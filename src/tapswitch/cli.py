@@ -72,8 +72,22 @@ runtime failure, said in one line.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but --help and --version, written to stdout, fail as any output does
+    (main(): a reader gone, exit 141; a full disk, exit 1 saying so), where argparse let every
+    OSError of its writes pass and exited 0 with the text lost. Its usage errors, on stderr,
+    still go unsaid if stderr fails: there is nowhere left to say it."""
+
+    def _print_message(self, message, file=None):
+        if message and file is sys.stdout:
+            file.write(message)
+            file.flush()         # here, inside main()'s handling, not at the exit parse_args makes
+            return
+        super()._print_message(message, file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.",
+    p = Parser(prog="tapswitch", description="A userspace L2 learning switch whose ports are TAP devices.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     # The version tapswitch_build_info exports.
     p.add_argument("--version", action="version", version=f"%(prog)s {tapswitch.__version__}",
@@ -509,24 +523,26 @@ def output_to_nowhere(stdout) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     open_closed_stdio()
-    args = build_parser().parse_args(argv)
-    if args.command == "run":
-        args.held_reload = HeldReload()
-        signal.signal(signal.SIGHUP, args.held_reload)
-        args.held_stop = HeldStop()
-        signal.signal(signal.SIGTERM, args.held_stop)
-        signal.signal(signal.SIGINT, args.held_stop)
     stdout = sys.stdout
-    if args.command != "run":        # the switch prints nothing on stdout: its errors are no output's
-        sys.stdout = Output(stdout)
+    sys.stdout = Output(stdout)      # --help and --version print, and exit, from parse_args
+    command = None
     try:
-        code = COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        command = args.command
+        if command == "run":
+            sys.stdout = stdout      # the switch prints nothing on stdout: its errors are no output's
+            args.held_reload = HeldReload()
+            signal.signal(signal.SIGHUP, args.held_reload)
+            args.held_stop = HeldStop()
+            signal.signal(signal.SIGTERM, args.held_stop)
+            signal.signal(signal.SIGINT, args.held_stop)
+        code = COMMANDS[command](args)
         sys.stdout.flush()       # here, where a closed pipe is caught, not at exit
         return code
     except KeyboardInterrupt:
         return 128 + 2    # Ctrl-C of a client (a long listing, say): no traceback. `run` holds it: HeldStop
     except BrokenPipeError:
-        if args.command == "run":
+        if command == "run":
             raise                # the switch prints nothing on stdout: this one is no reader gone
         # Our reader went (`tapswitch fdb | head`): end as a tool killed by SIGPIPE does, quietly.
         output_to_nowhere(stdout)
