@@ -1425,6 +1425,27 @@ def test_references_are_checked_in_items_wrong_elsewhere():
                       "t.yaml:6: static_macs[0].port: no port named 'ghost'"]
 
 
+def test_a_duplicate_port_name_is_found_beside_an_error_in_the_first_ports_netns_or_remote():
+    """The first port of a name, refused for its remote (`lo`) or netns, was left out of the
+    duplicate check: the second of that name was said only once the first was fixed."""
+    errors = errors_of("""\
+        switch: {name: sw0}
+        ports:
+          - {name: a, remote: lo}
+          - {name: b, netns: "bad ns"}
+          - {name: a}
+          - {name: b, netns: web}
+          - {name: c, remote: a}
+        """)
+    assert errors == [
+        "t.yaml:3: ports[0].remote: lo is the loopback device; a remote is an Ethernet interface (NIC, VM tap, veth)",
+        "t.yaml:4: ports[1].netns: a netns name has no ':', NUL or whitespace",
+        "t.yaml:5: ports[2].name: duplicate port name 'a' (first at ports[0])",
+        "t.yaml:6: ports[3].name: duplicate port name 'b' (first at ports[1])",
+        "t.yaml:7: ports[4].remote: 'a' is the TAP of ports[0]; a port cannot attach a port",
+    ]
+
+
 def test_the_vxlan_mtu_bound_is_checked_beside_other_errors():
     errors = errors_of("""\
         switch: {name: sw0}

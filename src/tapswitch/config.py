@@ -1264,7 +1264,7 @@ def loads(text: str, source: str = "<string>") -> Config:
         config = None
         located += _from_pydantic(e) + _keys_not_names(root, e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
-            located += [(loc, msg, None) for loc, msg in port_clashes(_port_views(data.get("ports"), IDENTITY))]
+            located += [(loc, msg, None) for loc, msg in port_clashes(_identity_views(data.get("ports")))]
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
                                                                              _valid_items(Mirror, data.get("mirrors")))]
             located += [(loc, msg, None) for loc, msg in mac_clashes(_port_views(data.get("ports"), MAC_KEYS),
@@ -1566,6 +1566,16 @@ def _port_views(ports: Any, keys: tuple[str, ...]) -> list[tuple[int, Port]]:
     """
     return _valid_items(Port, [{k: v for k, v in raw.items() if k in keys} if isinstance(raw, dict) else raw
                                for raw in (ports if isinstance(ports, list) else [])])
+
+
+def _identity_views(ports: Any) -> list[tuple[int, Port]]:
+    """The ports as port_clashes reads them: each from IDENTITY, or, where one of those keys
+    is wrong (a remote `lo`, a netns no name can be), from its name alone. Its TAP has that
+    name all the same: a later port of the name is a duplicate, and a remote naming it names a TAP."""
+    ports = ports if isinstance(ports, list) else []
+    views = dict(_port_views(ports, IDENTITY))
+    views.update((i, port) for i, port in _port_views(ports, ("name",)) if i not in views)
+    return sorted(views.items())
 
 
 def _references(data: dict) -> list[tuple[tuple, str]]:
