@@ -14,6 +14,8 @@ import yaml
 from tapswitch import remote, tc
 from tests.integration import helpers
 
+# Sends raw frames from inside a namespace (AF_PACKET).
+SENDER = os.path.join(os.path.dirname(__file__), "sendframes.py")
 # Runs the switch, killed (SIGKILL) as it is about to add its first tc rule.
 KILLED_BEFORE_FIRST_RULE = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "kill_before_first_rule.py"))
 # Runs the switch, which deletes a device as it starts: where $TAPSWITCH_TEST_DEVICE_GOES says.
@@ -76,6 +78,54 @@ def stolen_macs(ns: str, dev: str = "nic0") -> set[str]:
     found = re.findall(r"match 0000([0-9a-f]{4})/0000ffff at -16\s+match ([0-9a-f]{8})/ffffffff at -12\s+"
                        r"action order \d+: mirred \(Egress Redirect", out)
     return {":".join(re.findall("..", hi + lo)) for hi, lo in found}
+
+
+def frames_seen(ns: str, send) -> list[str]:
+    """tcpdump's lines (-e: MACs and 802.1Q tags) for the frames of ethertype 0x88b5 that
+    eth0 in `ns` received while send() ran."""
+    dump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-Q", "in", "-e", "-nn", "-l"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while "listening on" not in dump.stderr.readline():     # capturing from here on
+            assert dump.poll() is None, "tcpdump ended before capturing"
+        send()
+        time.sleep(0.3)
+    finally:
+        dump.terminate()
+        out, _ = dump.communicate(timeout=5)
+    return [line.split(" ", 1)[1] for line in out.splitlines() if "(0x88b5)" in line]
+
+
+def test_promisc_trunk_uplink_carries_full_size_tagged_frames_both_ways(lab, site):
+    """A remote port that is a trunk: the kernel takes the 802.1Q tag of a frame that comes in
+    on IFACE out of it (into the skb) before tc sees it, and a TAP writes it back in front of
+    the frame; the switch's frames for IFACE lose theirs at the TAP's ingress and IFACE puts it
+    back. Full-size frames of the trunk's VLAN cross both ways, tagged on the wire with their
+    priority, untagged on the access port; an untagged frame, in no VLAN of the trunk, does not."""
+    cfg = config(lab, site, "promisc")
+    cfg["ports"][0]["vlan"] = 10
+    cfg["ports"][-1]["trunk"] = [10]
+    sw = lab.switch(cfg, netns=site["sw"])
+    access, up = cfg["ports"][0]["name"], cfg["ports"][-1]["name"]
+    host, out = site["c"][0], site["out"]
+    host_mac, out_mac = helpers.link_mac(host, "eth0"), helpers.link_mac(out, "eth0")
+    full = "88b5" + "41" * 1500
+    tag = "8100a00a"                       # VLAN 10, PCP 5
+
+    def send(ns: str, frame: str) -> None:
+        helpers.nsexec(ns, sys.executable, SENDER, "eth0", "--frame", frame, 1)
+
+    def mac_hex(mac: str) -> str:
+        return mac.replace(":", "")
+
+    assert frames_seen(host, lambda: send(out, "ff" * 6 + mac_hex(out_mac) + tag + full)) == [
+        f"{out_mac} > ff:ff:ff:ff:ff:ff, ethertype Unknown (0x88b5), length 1514: "]
+    assert frames_seen(out, lambda: send(host, mac_hex(out_mac) + mac_hex(host_mac) + full)) == [
+        f"{host_mac} > {out_mac}, ethertype 802.1Q (0x8100), length 1518: vlan 10, p 0, ethertype Unknown (0x88b5), "]
+    before = {p["name"]: p["counters"] for p in sw.cli_json("ports")}[up]["vlan_dropped"]
+    assert frames_seen(host, lambda: send(out, "ff" * 6 + mac_hex(out_mac) + full)) == []
+    assert {p["name"]: p["counters"] for p in sw.cli_json("ports")}[up]["vlan_dropped"] == before + 1
+    assert {(e["mac"], e["vlan"], e["port"]) for e in sw.cli_json("fdb")} >= {(out_mac, 10, up), (host_mac, 10, access)}
 
 
 def test_shared_uplink_leaves_the_host_its_own_address(lab, site):
