@@ -2,7 +2,7 @@
 TAP traffic: unicast, broadcast and a TCP stream of GSO super-frames, with
 the backend forced through TAPSWITCH_IO and logged once as worker.backend;
 where seccomp refuses io_uring, the workers run read/write; where a
-queue's read(2) fails for a while (tests/reads_fail.py), the port forwards again.
+queue's read(2) fails for a while (tests/reads_fail.py), the port forwards again."""
 
 import configparser
 import json
