@@ -39,6 +39,7 @@ COUNTERS = ("rx_packets", "rx_bytes", "rx_errors", "rx_dropped",
 FDB_STATS = ("learned", "moved", "aged", "evicted")
 MIRROR_COUNTERS = ("packets", "bytes", "dropped")
 PUBLISH_TIMEOUT_MS = 1000   # a live worker leaves the old settings within one burst
+RECOUNT_TIMEOUT_MS = 100    # fdb_recount's wait for the workers' bursts: one, at most, each
 
 # struct ts_fdb_record, as struct reads it: mac, vlan, port, is_static, seen.
 FDB_RECORD = struct.Struct("=6sHHHI")
@@ -241,6 +242,18 @@ class Shared:
         right again, and a port given the slot next counts from what is there."""
         port = self.ptr.ports[index]
         port.fdb_entries = port.fdb_static
+
+    def fdb_recount(self, timeout_ms: int = RECOUNT_TIMEOUT_MS) -> bool:
+        """Count each port's MAC table entries from the table again (fastpath.h, "Abandoned
+        slots"): a count a worker killed between an entry's write and its count's left one off is
+        right again. Learning stops meanwhile (milliseconds for a table of a million). False if a
+        worker stayed inside a burst for timeout_ms (stopped): nothing counted, try again later.
+        Only with every other control-process writer of the table kept out: the switch's
+        static_lock held, in its control loop."""
+        rc = lib.ts_fdb_recount(self.ptr, timeout_ms)
+        if rc not in (0, -errno.ETIMEDOUT):
+            raise OSError(-rc, f"fdb_recount: {os.strerror(-rc)}")
+        return rc == 0
 
     def fdb_entries(self) -> int:
         return sum(n for p in self.ptr.ports if (n := p.fdb_entries) < 1 << 31)     # as port_fdb_entries

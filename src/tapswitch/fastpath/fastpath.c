@@ -691,6 +691,64 @@ uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
     return removed;
 }
 
+/* Recounting (see "Abandoned slots"). */
+
+static uint64_t now_ns(void);
+
+/* Wait, up to deadline, until every worker has left the burst it was in when fdb_recounting
+ * was set -- its active seen 0, or its heartbeat moved on (it beats between wake-ups; the
+ * next one sees the flag) -- and no control-process thread writes the table. */
+static bool learning_stopped(struct ts_shared *s, uint64_t deadline)
+{
+    uint64_t beat[TS_MAX_WORKERS];
+    bool busy[TS_MAX_WORKERS];
+    uint32_t n = s->n_workers < TS_MAX_WORKERS ? s->n_workers : TS_MAX_WORKERS;
+    for (uint32_t w = 0; w < n; w++) {
+        /* active before heartbeat, as fdb_epoch_advance reads them. */
+        busy[w] = __atomic_load_n(&s->readers[w].active, __ATOMIC_SEQ_CST) != 0;
+        beat[w] = __atomic_load_n(&s->readers[w].heartbeat, __ATOMIC_SEQ_CST);
+    }
+    for (;;) {
+        bool out = __atomic_load_n(&s->fdb_writing, __ATOMIC_SEQ_CST) == 0;
+        for (uint32_t w = 0; w < n; w++) {
+            if (busy[w] && (__atomic_load_n(&s->readers[w].active, __ATOMIC_SEQ_CST) == 0
+                            || __atomic_load_n(&s->readers[w].heartbeat, __ATOMIC_SEQ_CST) != beat[w]))
+                busy[w] = false;
+            out = out && !busy[w];
+        }
+        if (out)
+            return true;
+        if (now_ns() >= deadline)
+            return false;
+        struct timespec pause = { .tv_nsec = 20000 };
+        nanosleep(&pause, NULL);
+    }
+}
+
+int ts_fdb_recount(struct ts_shared *s, uint32_t timeout_ms)
+{
+    uint32_t count[TS_MAX_PORTS] = { 0 };
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    /* Sequentially consistent, as a worker's active and its read of the flag are: either it
+     * sees the flag, or we see it inside a burst and wait for it. */
+    __atomic_store_n(&s->fdb_recounting, 1, __ATOMIC_SEQ_CST);
+    if (!learning_stopped(s, deadline)) {
+        __atomic_store_n(&s->fdb_recounting, 0, __ATOMIC_RELEASE);
+        return -ETIMEDOUT;
+    }
+    /* Nobody writes the table now: each entry is counted, and a half-written slot (its
+     * dead writer's, val not valid) counts for no port. */
+    for (uint32_t i = 0; i < s->fdb_capacity; i++) {
+        uint64_t v = load(&s->fdb[i].val);
+        if (val_valid(v))
+            count[val_port(v)]++;
+    }
+    for (int p = 0; p < TS_MAX_PORTS; p++)
+        __atomic_store_n(&s->ports[p].fdb_entries, count[p], __ATOMIC_RELAXED);
+    __atomic_store_n(&s->fdb_recounting, 0, __ATOMIC_RELEASE);
+    return 0;
+}
+
 uint32_t ts_fdb_dump(const struct ts_shared *s, struct ts_fdb_record *out, uint32_t max)
 {
     uint32_t n = 0;
@@ -845,6 +903,7 @@ struct ts_worker {
     int rx_armed;                   /* multishot: queues whose read has not ended */
     const sigset_t *wait_mask;      /* the signal mask while waiting (ts_worker_run), or NULL */
     bool claimed;                   /* readers[worker] is ours: see claim() */
+    bool learning;                  /* this wake-up learns sources: no recount stops it (settings_enter) */
     bool found;                     /* the last turn found frames: look again before sleeping */
     uint8_t look_trust;             /* looks that may not pay before it stops looking (TS_LOOK_TRUST) */
     uint8_t look_skipped;           /* sleeps without a look since it stopped (TS_LOOK_PROBE) */
@@ -1748,7 +1807,9 @@ static bool learn(struct ts_worker *w, int in, const struct ts_port_conf *pc, st
         w->counters[in].mac_limit_dropped++;
         return false;
     }
-    fdb_learn(w->s, w->worker, eth_src(f), f->vlan, (uint16_t)in, now);
+    /* Not while the control process recounts the table: learned from a later frame. */
+    if (w->learning)
+        fdb_learn(w->s, w->worker, eth_src(f), f->vlan, (uint16_t)in, now);
     return true;
 }
 
@@ -1891,6 +1952,8 @@ static void settings_enter(struct ts_worker *w)
         gen = again;    /* a publish came in between: the copy we marked may be rewritten */
     }
     w->set = &w->s->settings[gen & 1];
+    /* After active, as the recount sets the flag before it reads active ("Abandoned slots"). */
+    w->learning = !__atomic_load_n(&w->s->fdb_recounting, __ATOMIC_SEQ_CST);
 }
 
 static void settings_leave(struct ts_worker *w)

@@ -24,7 +24,8 @@
  *                               worker w is dead: see "Settings updates")
  *   ts_shared.fdb_stats[w]      per worker        written by: worker w only
  *   ts_shared.fdb_stats[TS_CONTROL]               written by: control process
- *   ts_shared.ports[p].fdb_entries                every writer, atomically
+ *   ts_shared.ports[p].fdb_entries                every writer, atomically;
+ *                                                 ts_fdb_recount sets it
  *   ts_shared.ports[p].fdb_static                 control process, atomically
  *   ts_shared.storm[p]          token buckets     every worker, atomically;
  *                                                 control resets one whose rate changed
@@ -105,15 +106,25 @@
  * mark, so a slot that still holds the second mark then has a dead writer.
  * A stopped worker (SIGSTOP) holds the epoch, and so every repair, until it
  * runs again or the watchdog replaces it.
- * What the sweep cannot mend, stated: the per-port entry counts. A writer
- * killed between a slot's write and its count's is one off for good: one
- * short (a count below 0 reads as 0) or one over, the last lowering mac_limit by
- * one and weighing its port a little more in fair eviction. A recount from
- * the table is not race-free with live workers (a scan is no snapshot: a
- * write and its count's are two steps, seen between them by the scan), and
- * a slot taken back does not say whose count it held (its val is 0). A
- * killed worker's displacement may leave an entry's copy beside it (a twin):
- * it is never refreshed (lookups find the first), and ages out.
+ * What the sweep cannot mend: the per-port entry counts. A writer killed
+ * between a slot's write and its count's leaves its port one off: one short
+ * (a count below 0 reads as 0) or one over, the last lowering mac_limit by
+ * one and weighing its port a little more in fair eviction; a slot taken
+ * back does not say whose count it held (its val is 0). So once a killed
+ * worker is reaped the control process counts the table again
+ * (ts_fdb_recount): a scan of live workers' writes would be no snapshot (a
+ * write and its count's are two steps, seen between them by the scan), so
+ * the recount first stops learning -- fdb_recounting, which a worker reads
+ * as it enters a wake-up's settings (after its active: either it sees the
+ * flag, or the recount sees it inside a burst and waits for it to leave)
+ * -- and scans once no worker is inside a burst that learns. The scan reads
+ * each slot once (20 MB for a table of a million; milliseconds), so
+ * learning stops for that long: a new source met meanwhile is flooded and
+ * learned from a later frame, a known one is not refreshed. A stopped
+ * worker inside a burst holds the recount, which gives up after its
+ * timeout, stops nothing meanwhile, and is tried again. A killed worker's
+ * displacement may leave an entry's copy beside it (a twin): it is never
+ * refreshed (lookups find the first), counted as any entry, and ages out.
  *
  * Time is CLOCK_MONOTONIC in whole seconds (ts_now()), the same in every
  * process. Workers refresh `seen` at most once a second per entry, so a
@@ -379,7 +390,7 @@
  * the version does not (it cannot see a change of what bits mean). magic and version stay
  * first, at offsets 0 and 8, in every version: a worker of any version reads them. */
 #define TS_MAGIC 0x7473776974636801
-#define TS_VERSION 5
+#define TS_VERSION 6
 #define TS_MAX_PORTS 256       /* port index 0..255 */
 #define TS_MAX_WORKERS 16      /* switch.queues upper bound */
 #define TS_CONTROL 16          /* fdb_stats slot of the control process */
@@ -609,7 +620,8 @@ struct ts_shared {
     uint32_t busy_poll_us;     /* switch.busy_poll_us (control process; see "Busy polling") */
     uint32_t fdb_epoch;        /* the aging sweep's (control process; see "Abandoned slots") */
     uint32_t fdb_writing;      /* control-process threads inside a MAC table write (atomic) */
-    uint32_t reserved32;
+    uint32_t fdb_recounting;   /* 1 while ts_fdb_recount runs: workers learn nothing (control
+                                  process; see "Abandoned slots") */
     uint64_t reserved[1];      /* header is 64 bytes, so counters start 64-byte aligned */
     struct ts_port ports[256];
     struct ts_counters counters[16][256];
@@ -655,6 +667,13 @@ int ts_fdb_del(struct ts_shared *s, const uint8_t *mac, uint16_t vlan);
 uint32_t ts_fdb_flush(struct ts_shared *s, int port);
 uint32_t ts_fdb_age(struct ts_shared *s, uint32_t now, uint32_t aging,
                     uint32_t first_bucket, uint32_t n_buckets);
+
+/* Count each port's entries (fdb_entries) from the table again, a killed worker's count
+ * put right (see "Abandoned slots"): stops learning, waits up to timeout_ms for every
+ * worker to leave a burst that may learn, scans. 0, or -ETIMEDOUT (nothing counted;
+ * learning goes on). Control process, one thread at a time, with every other
+ * control-process writer of the table kept out (fdb_writing is waited for, not held off). */
+int ts_fdb_recount(struct ts_shared *s, uint32_t timeout_ms);
 
 /* Copy up to max live entries into out; returns the number copied. */
 uint32_t ts_fdb_dump(const struct ts_shared *s, struct ts_fdb_record *out, uint32_t max);
