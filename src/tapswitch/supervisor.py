@@ -289,7 +289,8 @@ class Supervisor:
         self.ids = ids                  # (uid, gid) workers switch to, None: keep ours
         self.heartbeat = heartbeat      # queue -> its worker's heartbeat (Shared.heartbeat); None: no watchdog
         self.hung_after = hung_after    # seconds a heartbeat may stand still (hung); 0: the watchdog is off
-        self.release_reader = release_reader    # queue -> clear a dead worker's settings marker (Shared.release_reader)
+        self.release_reader = release_reader    # queue -> clear a dead worker's settings marker (Shared.release_reader;
+                                                # the switch's also has the MAC table counted again)
         self.workers = [Worker(q) for q in range(queues)]
         self.port_fds: dict[int, list[int]] = {}   # port index -> fd of each queue
         self.spawned: list[tuple[Worker, Pending]] = []     # by spawn, for start

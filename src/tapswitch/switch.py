@@ -246,6 +246,9 @@ class Switch:
         # Port slot -> fdb_epoch when its link going down flushed it: flushed again two epochs on
         # (maintain_fdb), once every burst that saw it up is over.
         self.down_flushes: dict[int, int] = {}
+        # A worker was reaped that may have died inside a MAC table write: the ports' entry counts
+        # are counted again at the next tick (maintain_fdb), and at each after until that is done.
+        self.fdb_recount_due = False
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
         # VXLAN port -> the MTU its tunnel carried when the segment's MTUs were set (its making):
         # a reload that keeps its device keeps that (reload.kept_tunnels), whatever its underlay's now.
@@ -324,7 +327,7 @@ class Switch:
                                      config_mod.worker_ids(self.cfg.switch.user, os.geteuid()),
                                      heartbeat=self.shared.heartbeat,
                                      hung_after=self.cfg.switch.watchdog_ms / 1000,
-                                     release_reader=self.shared.release_reader,
+                                     release_reader=self._worker_reaped,
                                      version=self.shared.ptr.version)
         self.supervisor.spawn()
         made = self._add_ports(list(enumerate(self.cfg.ports)))
@@ -1129,9 +1132,25 @@ class Switch:
             except Exception as e:
                 log.error("remote.update_failed", port=port.name, error=str(e))
 
+    def _worker_reaped(self, queue: int) -> None:
+        """A worker that exited unasked, or did not drain, is reaped (Supervisor._release): its
+        marker of the settings copy it read goes, and the ports' MAC table entry counts are
+        counted again (maintain_fdb). Killed between an entry's write and its count's (fastpath.h,
+        "Abandoned slots"), it left a port's count one off for good: one short, or one over, which
+        held a port with mac_limit one below its limit."""
+        self.shared.release_reader(queue)
+        self.fdb_recount_due = True
+
     def maintain_fdb(self) -> None:
-        """One aging step over a slice of the MAC table; warn when it is full."""
+        """Count the ports' entries again if a worker died since (_worker_reaped); one aging step
+        over a slice of the MAC table; warn when it is full."""
         shared = self.shared
+        if self.fdb_recount_due:
+            # Under static_lock: `fdb add`, `del` and `flush` write the table in the control
+            # socket's threads, the recount's count would miss theirs. Not done while a worker is
+            # stopped inside a burst (a tenth of a second's wait): tried again at the next tick.
+            with self.static_lock:
+                self.fdb_recount_due = not shared.fdb_recount()
         buckets = shared.fdb_buckets
         step = math.ceil(buckets / AGING_STEPS)
         aged = shared.fdb_age(shared.now(), self.cfg.switch.mac_table.aging, self.aging_cursor, step)
@@ -1649,7 +1668,8 @@ class Switch:
 
     def fdb_flush(self, port_name: str | None) -> int:
         index = None if port_name is None else self.port_by_name(port_name).index
-        flushed = self.shared.fdb_flush(index)
+        with self.static_lock:      # not while the control loop recounts the table (maintain_fdb)
+            flushed = self.shared.fdb_flush(index)
         log.info("fdb.flushed", port=port_name or "*", entries=flushed)
         return flushed
 

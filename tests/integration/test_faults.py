@@ -563,6 +563,42 @@ def test_a_worker_killed_inside_a_burst_and_held_back_holds_up_no_publish(lab):
         os.killpg(sw.proc.pid, signal.SIGCONT)
 
 
+def table_counts(memory) -> list[int]:
+    """Entries on ports 0 and 1 as the MAC table holds them (not as counted)."""
+    ports = [port for _mac, _vlan, port, _static, _seen in memory.fdb_records()]
+    return [ports.count(0), ports.count(1)]
+
+
+def test_a_worker_killed_between_a_mac_table_write_and_its_count_leaves_no_count_off(lab):
+    """A worker killed (SIGKILL, the OOM killer, the watchdog) after an entry's write and before
+    its count's left the port's count of entries one short (a claim), or, inside a removal, one
+    over: tapswitch_port_fdb_entries, the MAC limit and fair eviction read it so for good. That
+    state is laid here by hand in the running switch's memory, the worker stopped first (no
+    write of its own under way), then the worker is killed: once it is reaped, the switch counts
+    the table again at its next tick."""
+    sw, listen, (_a, _b) = two_hosts(lab)
+    memory = switch_memory(sw)
+    try:
+        helpers.wait_for("each host's MAC learned", lambda: table_counts(memory) == [1, 1])
+        assert [memory.port_fdb_entries(i) for i in (0, 1)] == [1, 1]
+        [pid] = sw.worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        helpers.wait_for("the worker stopped", lambda: stopped(pid), every=0.001)
+        memory.ptr.ports[0].fdb_entries -= 1            # a claim on port 0: its val written, its count not
+        [slot] = [i for i in range(memory.fdb_capacity)
+                  if memory.ptr.fdb[i].val & 0x20000 and memory.ptr.fdb[i].val & 0xffff == 1]
+        memory.ptr.fdb[slot].val = 0                    # a removal on port 1: its val taken, key and count not
+        assert table_counts(memory) == [1, 0] and [memory.port_fdb_entries(i) for i in (0, 1)] == [0, 1]
+        os.kill(pid, signal.SIGKILL)
+        helpers.wait_for("the restart", lambda: sw.events("worker.restarted"), within=10)
+        helpers.wait_for("the counts as the table's",
+                         lambda: [memory.port_fdb_entries(i) for i in (0, 1)] == table_counts(memory), within=5)
+        assert metric(listen, "tapswitch_port_fdb_entries") == sum(table_counts(memory)), sw.log()
+    finally:
+        memory.close()
+        os.killpg(sw.proc.pid, signal.SIGCONT)
+
+
 def test_a_worker_restarted_before_the_tick_marks_a_deleted_tap_gone_gets_none_of_its_queues(lab):
     """A port's TAP deleted, each worker's read of its queue fails: one rx_errors a queue, and
     it is polled no more. A worker that died before the next tick marked the port gone (the
