@@ -639,6 +639,40 @@ def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failur
     assert sw.counters(0)["rx_errors"] == faults.failed
 
 
+def test_a_failed_queue_a_later_worker_of_it_meets_again_is_counted_no_more(sw):
+    """A reload starts each queue's new worker, handed the queue, while the old one still reads:
+    a TAP deleted between the two failed both reads, and counted once in each (2 for the
+    queue). The worker that counts it says so in the queue's counters (rx_ended); the next,
+    here in a process of its own over the same shared memory, counts it no more. A new port
+    in the slot (reset_counters) counts its own."""
+    sw.hosts[2].close()
+    assert lib.ts_worker_poll(sw.worker, 100) == 0           # the old worker meets it first
+    assert sw.counters(2)["rx_errors"] == 1
+    pid = os.fork()
+    if pid == 0:                                 # the new worker of queue 0, handed the same queues
+        try:
+            fds = ffi.new("int[]", [q.fileno() for q in sw.queues])
+            worker = lib.ts_worker_new(sw.shared.ptr, 0, fds, len(sw.queues), IO())
+            polls = [lib.ts_worker_poll(worker, 100), lib.ts_worker_poll(worker, 50)]
+            os._exit(0 if polls == [0, 0] else 1)
+        finally:
+            os._exit(2)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert sw.counters(2)["rx_errors"] == 1
+    sw.shared.reset_counters(2)                  # another port takes the slot: its own queue
+    host, queue = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    queue.setblocking(False)
+    host.close()
+    fds = ffi.new("int[]", [-1, -1, queue.fileno()])
+    worker = lib.ts_worker_new(sw.shared.ptr, 0, fds, 3, IO())
+    try:
+        assert lib.ts_worker_poll(worker, 100) == 0
+        assert sw.counters(2)["rx_errors"] == 1
+    finally:
+        lib.ts_worker_free(worker)
+        queue.close()
+
+
 def test_worker_reports_its_io_backend(sw, io_backend):
     assert lib.ts_worker_io(sw.worker) == IO()
     assert sw.shared.worker_io(0) is None           # in shared memory from its first poll on
@@ -1511,7 +1545,7 @@ def test_worker_in_another_process_learns_into_the_parents_table():
 # The shared memory's layout (layout_fingerprint) as of the TS_VERSION beside it. A worker the
 # running switch starts again after an in-place upgrade reads the old control process's memory
 # with the new fast path, and only TS_VERSION tells it the layout is not its own.
-LAYOUT = (6, "4f64700a05b87ff3")
+LAYOUT = (6, "d1d0fb2c38a3ef94")
 
 # The constants that size the shared memory, or say how the MAC table after it is laid out; the
 # struct's array lengths are literals in fastpath.h (cffi's cdef), which these do not follow.

@@ -167,7 +167,7 @@ class Shared:
         port.state = state
 
     def reset_counters(self, index: int) -> None:
-        """Zero a port slot's counters, its ACL hits included, before a new port takes it (no
+        """Zero a port slot's counters, its ACL hits and rx_ended included, before a new port takes it (no
         worker serves it then): the new port's count from 0, whatever its rules (the same
         rules as the slot's last port's are no change of rules to settings.apply). Its MAC table
         count is not here: the reload that removed its last port counted it afresh then

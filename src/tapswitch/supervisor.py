@@ -441,8 +441,9 @@ class Supervisor:
         """The ports not forgotten (forget_port) whose TAP was deleted: one ioctl a port. The
         control loop notices a deleted TAP once a tick (Switch.maintain_ports); a worker that died
         before then -- killed with the TAP's container, say -- was restarted over the dead queue,
-        whose read failed again and counted one more rx_errors. Lost race, stated: a TAP deleted
-        after this look, while the process it replaces still reads (a reload), counts in both."""
+        whose read failed again and counted one more rx_errors. A TAP deleted after this look,
+        while the process it replaces still reads (a reload), fails both reads, and counts once:
+        the fast path's rx_ended (fastpath.h, "The worker")."""
         deleted = []
         for index, qfds in self.port_fds.items():
             try:

@@ -678,6 +678,40 @@ def test_a_worker_restarting_slowly_does_not_hold_up_the_control_loop(lab, tmp_p
     assert helpers.ping(a, "198.18.9.2", count=2)
 
 
+def test_a_tap_deleted_while_a_reload_starts_the_new_workers_counts_one_rx_error_a_queue(
+        lab, tmp_path, monkeypatch):
+    """A reload hands each queue's new worker the ports' queues as it starts it, and lets it go
+    once the old one has drained. A TAP deleted in between failed the old worker's read, then
+    the new one's: two rx_errors for one queue, where the failure counts once. Here the new
+    worker takes 3 s to start (worker_start_hangs.py): the TAP is deleted meanwhile, once the
+    reload (which adds a port) has handed it the queues."""
+    sw, _listen, (_a, b), start = slow_starts(lab, tmp_path, monkeypatch)
+    memory = switch_memory(sw)
+    try:
+        slot = 1                                    # the second port made (Switch._free_slot)
+        ns = lab.netns("c2", create=True)
+        sw.cfg["ports"].append({"name": lab.name("p2"), "netns": ns})
+        with open(sw.config_path, "w") as f:
+            yaml.safe_dump(sw.cfg, f)
+        start.write_text("3")
+        os.kill(sw.proc.pid, signal.SIGHUP)
+        [starting] = helpers.wait_for("the reload's new worker", lambda: starting_pids(sw), within=10, every=0.01)
+        start.unlink()
+        time.sleep(0.5)                             # its queues handed (at once after its start), it still waits
+        helpers.sh("ip", "-n", b, "link", "del", "eth0")
+        helpers.wait_for("the old worker's read failed", lambda: memory.counters(slot)["rx_errors"] == 1)
+        helpers.wait_for("the reload", lambda: sw.events("config.reloaded"), within=10)
+        assert [e["pid"] for e in sw.events("worker.started")][-1] == starting, sw.log()
+        beat = memory.heartbeat(0)
+        # Two turns of the new worker's loop: its first reads are done, and counted if they failed.
+        helpers.wait_for("the new worker's turns", lambda: memory.heartbeat(0) >= beat + 2)
+        assert memory.counters(slot)["rx_errors"] == 1, sw.log()
+        assert {p["name"]: p["counters"]["rx_errors"] for p in sw.cli_json("ports")}[lab.name("p1")] == 1
+    finally:
+        memory.close()
+        os.killpg(sw.proc.pid, signal.SIGCONT)
+
+
 def test_ports_says_a_worker_restarting_until_it_runs_again(lab, tmp_path, monkeypatch):
     """A worker killed, whose new process takes 3 s to start: meanwhile `tapswitch ports` ends
     with its queue, restarting since it died, and why; once it runs, with nothing."""

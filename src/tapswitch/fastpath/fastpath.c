@@ -1501,7 +1501,10 @@ static bool storm_allows(struct ts_worker *w, int in, const struct ts_port_conf 
  * - Gone for good: its TAP was deleted (-EBADFD: the queue is detached, no
  *   read of it can succeed again) or it ended (0). The control process marks
  *   the port gone (Switch.maintain_ports) and gives the workers it starts
- *   later none of its queues, so it counts once a queue.
+ *   later none of its queues; a worker handed the queue before its TAP went
+ *   (a reload's new one, started while the old one reads on) meets it too,
+ *   and finds it counted (counters.rx_ended, set by the worker that counted
+ *   it): it counts once a queue.
  * - Anything else (-EIO, -ENOMEM, -ENOBUFS under memory pressure, -EFAULT)
  *   may pass, and nothing else would ever listen again: the worker is not
  *   restarted for it. The queue rests RX_RETRY_FIRST_MS, doubled at each
@@ -1515,11 +1518,15 @@ static bool rx_gone(int32_t res)
 
 static void rx_failed(struct ts_worker *w, int in, int32_t res)
 {
-    w->counters[in].rx_errors++;
+    struct ts_counters *c = &w->counters[in];
+    if (!rx_gone(res) || !c->rx_ended)
+        c->rx_errors++;
     if (!w->multishot)
         epoll_ctl(w->epfd, EPOLL_CTL_DEL, w->fds[in], NULL);
-    if (rx_gone(res))
+    if (rx_gone(res)) {
+        c->rx_ended = 1;
         return;
+    }
     unsigned shift = w->rx_fails[in] < 10 ? w->rx_fails[in] : 10;
     uint64_t ms = (uint64_t)RX_RETRY_FIRST_MS << shift;
     if (ms > RX_RETRY_MAX_MS)

@@ -157,8 +157,13 @@
  * queue counts one rx_errors. A queue whose TAP was deleted (EBADFD) or
  * that ended is no longer polled by this worker: the control process marks
  * the port gone (down) and gives workers it starts later (a restart, a
- * reload) no queue of it, so that failure counts once per queue; a reload
- * makes the port again, with new queues. A read failing otherwise (EIO,
+ * reload) no queue of it; a reload makes the port again, with new queues.
+ * A worker handed the queue before its TAP went meets that failure again (a
+ * reload's new worker, started while the old one still reads):
+ * counters.rx_ended, set by the worker that counted it, says so, and it
+ * counts no more. So that failure counts once per queue, whichever of its
+ * workers meets it; a new port in the slot starts with counters of 0,
+ * rx_ended too. A read failing otherwise (EIO,
  * ENOMEM, EFAULT...) may pass, and nothing restarts the worker for it: the
  * queue rests (1 ms, doubling at each failure in a row up to 1 s) and is
  * listened to again; a poll's wait ends early for it (rx_failed in
@@ -539,7 +544,9 @@ struct ts_counters {
     uint64_t acl_dropped;      /* dropped by an ACL rule */
     uint64_t mac_limit_dropped;  /* from a new source MAC beyond the port's mac_limit */
     uint64_t storm_dropped;    /* broadcast, multicast or unknown unicast over its rate */
-    uint64_t reserved[3];      /* keeps 128 bytes, two cache lines */
+    uint64_t rx_ended;         /* 1: a read of this queue failed (its TAP deleted), counted in
+                                  rx_errors: a later worker of the queue counts it no more */
+    uint64_t reserved[2];      /* keeps 128 bytes, two cache lines */
 };
 
 /* Per (worker, mirror) counters. Single writer: worker w. */
