@@ -247,8 +247,9 @@ class Switch:
         # (maintain_fdb), once every burst that saw it up is over.
         self.down_flushes: dict[int, int] = {}
         # A worker was reaped that may have died inside a MAC table write: the ports' entry counts
-        # are counted again at the next tick (maintain_fdb), and at each after until that is done.
+        # are counted again at the next tick (maintain_fdb), and after, until that is done.
         self.fdb_recount_due = False
+        self.fdb_recount_held: int | None = None    # fdb_epoch when a worker inside a burst held it back
         self.tunnel_waits = SaidOnce()           # VXLAN port -> why its gone device cannot be made yet
         # VXLAN port -> the MTU its tunnel carried when the segment's MTUs were set (its making):
         # a reload that keeps its device keeps that (reload.kept_tunnels), whatever its underlay's now.
@@ -1139,18 +1140,21 @@ class Switch:
         "Abandoned slots"), it left a port's count one off for good: one short, or one over, which
         held a port with mac_limit one below its limit."""
         self.shared.release_reader(queue)
-        self.fdb_recount_due = True
+        self.fdb_recount_due, self.fdb_recount_held = True, None
 
     def maintain_fdb(self) -> None:
         """Count the ports' entries again if a worker died since (_worker_reaped); one aging step
         over a slice of the MAC table; warn when it is full."""
         shared = self.shared
-        if self.fdb_recount_due:
+        if self.fdb_recount_due and self.fdb_recount_held != shared.fdb_epoch:
             # Under static_lock: `fdb add`, `del` and `flush` write the table in the control
-            # socket's threads, the recount's count would miss theirs. Not done while a worker is
-            # stopped inside a burst (a tenth of a second's wait): tried again at the next tick.
+            # socket's threads, the recount's count would miss theirs. A worker stopped inside a
+            # burst holds it back (a tenth of a second's wait, learning stopped): tried again once
+            # the epoch moves (every worker out of a burst since), or the next worker is reaped,
+            # not every tick while the worker stays stopped (the watchdog may be off).
             with self.static_lock:
                 self.fdb_recount_due = not shared.fdb_recount()
+            self.fdb_recount_held = shared.fdb_epoch if self.fdb_recount_due else None
         buckets = shared.fdb_buckets
         step = math.ceil(buckets / AGING_STEPS)
         aged = shared.fdb_age(shared.now(), self.cfg.switch.mac_table.aging, self.aging_cursor, step)
