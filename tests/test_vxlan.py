@@ -511,6 +511,36 @@ def test_a_port_cannot_attach_a_vxlan_device_as_its_remote():
     assert errors == ["t.yaml:4: ports[0].remote: 'vx0-vx' is the VXLAN device of ports[1]"]
 
 
+
+UNDERLAY_TAKEN = ("is the underlay of ports[1]'s VXLAN tunnel (vxlan.dev): {how}, the tunnel's packets too, "
+                  "and the tunnel would carry nothing in (use remote_mode shared, or local with a mac)")
+
+
+@pytest.mark.parametrize("mode, how", [
+    ("promisc", "in promisc mode every frame arriving on it goes to the switch"),
+    ("local", "in local mode without mac the port takes its MAC, and every frame for that MAC goes to the switch")])
+def test_a_port_cannot_attach_a_vxlan_ports_underlay_in_a_mode_that_takes_the_tunnels_packets(mode, how):
+    """Attached so, the underlay's every frame (promisc), or every frame for its MAC (local, the
+    port taking that MAC), the VXLAN packets for this host too, went to the switch: both ports
+    up, nothing said, and the tunnel carried nothing in (the remote hosts' UDP flooded on the
+    segment as frames of the underlay instead)."""
+    errors = errors_of(f"""\
+        - {{name: up0, remote: eth1, remote_mode: {mode}}}
+        - {{name: vx0, vxlan: {{vni: 1, local: 198.19.0.1, dev: eth1}}}}
+        """)
+    assert errors == ["t.yaml:4: ports[0].remote: 'eth1' " + UNDERLAY_TAKEN.format(how=how)]
+    with pytest.raises(ConfigError) as info:     # also beside an error elsewhere in the port
+        loads(SWITCH + f"  - {{name: up0, remote: eth1, remote_mode: {mode}, speed: fast}}\n"
+                       "  - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1, dev: eth1}}\n", "t.yaml")
+    assert "t.yaml:4: ports[0].remote: 'eth1' " + UNDERLAY_TAKEN.format(how=how) in info.value.errors
+
+
+@pytest.mark.parametrize("extra", ["remote_mode: shared", "remote_mode: local, mac: '02:00:00:00:00:01'"])
+def test_a_port_may_attach_a_vxlan_ports_underlay_in_a_mode_that_leaves_the_host_its_own_unicast(extra):
+    cfg = loads(SWITCH + f"  - {{name: up0, remote: eth1, {extra}}}\n"
+                         "  - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1, dev: eth1}}\n")
+    assert [p.name for p in cfg.ports] == ["up0", "vx0"]
+
 @pytest.mark.parametrize("underlay, port_mtu", [(1550, 1500), (9050, 9000)])
 def test_beside_a_vxlan_port_a_remote_port_without_mtu_has_the_tunnels_set_on_its_iface(monkeypatch, underlay,
                                                                                           port_mtu):

@@ -869,6 +869,7 @@ class Config(_Model):
     @model_validator(mode="after")
     def _ports_do_not_clash(self) -> Config:
         clashes = port_clashes(list(enumerate(self.ports)))
+        clashes += underlay_clashes(list(enumerate(self.ports)))
         clashes += tunnel_mtu_clashes(list(enumerate(self.ports)), list(enumerate(self.mirrors)))
         clashes += reference_errors(list(enumerate(self.ports)), {p.name for p in self.ports},
                                     list(enumerate(self.mirrors)), list(enumerate(self.static_macs)))
@@ -958,6 +959,36 @@ def port_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
             other = by_name[tunnel.device_name(port.name)]
             clashes.append((("ports", i, "vxlan"), f"its device {tunnel.device_name(port.name)!r} "
                                                    f"is the name of ports[{other}]; rename one of them"))
+    return clashes
+
+
+UNDERLAY_KEYS = ("name", "remote", "remote_mode", "mac", "vxlan")  # what underlay_clashes reads
+
+
+def underlay_clashes(ports: list[tuple[int, Port]]) -> list[tuple[tuple, str]]:
+    """(loc, message) for every remote port whose IFACE is a VXLAN port's underlay (`vxlan.dev`)
+    and whose rules would take the tunnel's packets from the host: in promisc mode every frame
+    arriving on IFACE goes to the switch, in local mode without `mac:` every frame for IFACE's
+    MAC (the port's). The kernel then decapsulates nothing: the tunnel carries nothing in, both
+    ports up, and the remote hosts' UDP lands on the segment as frames of the underlay. Shared
+    mode, or local mode with a MAC of the port's own, leaves the host its own unicast."""
+    underlays = {}     # device_identity of a vxlan.dev -> first VXLAN port's index
+    for i, port in ports:
+        if port.vxlan is not None and port.vxlan.dev is not None:
+            underlays.setdefault(device_identity(port.vxlan.dev), i)
+    clashes = []
+    for i, port in ports:
+        if port.remote is None or (first := underlays.get(device_identity(port.remote))) is None:
+            continue
+        if port.remote_mode == "promisc":
+            how = "in promisc mode every frame arriving on it goes to the switch"
+        elif port.remote_mode == "local" and port.mac is None:
+            how = "in local mode without mac the port takes its MAC, and every frame for that MAC goes to the switch"
+        else:
+            continue
+        clashes.append((("ports", i, "remote"), f"{port.remote!r} is the underlay of ports[{first}]'s VXLAN tunnel "
+                                                f"(vxlan.dev): {how}, the tunnel's packets too, and the tunnel would "
+                                                f"carry nothing in (use remote_mode shared, or local with a mac)"))
     return clashes
 
 
@@ -1265,6 +1296,7 @@ def loads(text: str, source: str = "<string>") -> Config:
         located += _from_pydantic(e) + _keys_not_names(root, e)
         if not any(isinstance(x.get("ctx", {}).get("error"), PortClash) for x in e.errors()):
             located += [(loc, msg, None) for loc, msg in port_clashes(_identity_views(data.get("ports")))]
+            located += [(loc, msg, None) for loc, msg in underlay_clashes(_port_views(data.get("ports"), UNDERLAY_KEYS))]
             located += [(loc, msg, None) for loc, msg in tunnel_mtu_clashes(_port_views(data.get("ports"), MTU_KEYS),
                                                                              _valid_items(Mirror, data.get("mirrors")))]
             located += [(loc, msg, None) for loc, msg in mac_clashes(_port_views(data.get("ports"), MAC_KEYS),
