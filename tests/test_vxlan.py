@@ -159,6 +159,9 @@ class FakeIPR:
     def get_addr(self, family):
         return [FakeMsg(index=2, flags=0, IFA_ADDRESS="198.19.0.1" if family == 2 else "fd00::1")]
 
+    def route(self, cmd, dst, src):     # every remote host on u0's link
+        return [FakeMsg(RTA_OIF=2)]
+
     def fdb(self, cmd, **kw):
         self.calls.append(("fdb", cmd, kw.get("lladdr"), kw.get("dst")))
         if cmd == "append":
@@ -242,6 +245,22 @@ def test_a_point_to_point_address_is_the_hosts_by_ifa_local_not_its_peers():
     t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"])     # the peer: the other host
     assert t.underlay() == ("u0", 1500)
     assert t.underlay_fault() is None
+
+
+
+def test_without_dev_a_route_through_a_narrower_device_or_with_its_own_mtu_bounds_the_tunnel():
+    """The kernel sends by the routes to the remote hosts: their device (eth1, when local is on
+    lo) or a route's own mtu bounds what the tunnel carries, not only the holder of local."""
+    ipr = FakeIPR()
+    ipr.route = lambda cmd, dst, src: [FakeMsg(RTA_OIF=2, RTA_METRICS=FakeMsg(RTAX_MTU=1400))]
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).underlay() == ("u0", 1400)
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).carried_mtu() == 1350
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"], dev="u0").underlay() == ("u0", 1500)
+
+    def unreachable(cmd, dst, src):
+        raise NetlinkError(errno.ENETUNREACH)
+    ipr.route = unreachable         # no route now: the holder's alone
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).underlay() == ("u0", 1500)
 
 
 # --- The underlay's state -------------------------------------------------------

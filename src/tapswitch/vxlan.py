@@ -56,7 +56,9 @@ sends through that device whatever it is called later: a rename changes
 nothing, and a device that takes the name `dev` meanwhile is not the
 underlay. Only a device made again (its underlay deleted, then a device
 named `dev` back) binds anew, by name. Without `dev`, the kernel routes from
-`local`: the underlay is whichever device holds `local` now.
+`local`: the underlay is whichever device holds `local` now, and the devices the
+routes to the remote hosts leave through (`_routed`: `local` on `lo`, say) bound
+its MTU too; their state is not followed (vxlan.underlay_routed says so: give dev).
 
 The decisions are pure functions (`device_name`, `overhead`,
 `carried_mtu`, `frame_max`, `sends_tagged`, `segment_mtus`, `remotes_diff`, `underlay_fault`); `Tunnel`
@@ -276,7 +278,42 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
         raise VxlanError(f"remote {mine[0]} is this host's (a device here holds it): list the other hosts only")
     index = found[0] if dev is not None else held[local]
     link = ipr.link("get", index=index)[0]
-    return index, link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
+    name, mtu = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
+    if dev is None:      # the kernel sends by the routes to the remote hosts: their devices bound it too
+        name, mtu = _narrowest(name, mtu, _routed(ipr, local, remotes))
+    return index, name, mtu
+
+
+def _routed(ipr, local: str, remotes: Iterable[str]) -> dict[int, tuple[str, int]]:
+    """ifindex -> (name, MTU) of each device the kernel routes a remote host through from `local`,
+    the route's own `mtu` if smaller: without dev, the devices the tunnel's packets leave through,
+    which need not hold `local` (a VTEP address on `lo` or a dummy device, routed through the
+    NIC). A remote host the kernel has no route to now is left out: nothing goes there."""
+    out: dict[int, tuple[str, int]] = {}
+    for r in remotes:
+        try:
+            route = ipr.route("get", dst=r, src=local)[0]
+            oif = route.get_attr("RTA_OIF")
+            if oif is None:
+                continue
+            link = ipr.link("get", index=oif)[0]
+        except NetlinkError as e:      # no route (ENETUNREACH...), or its device gone since (ENODEV)
+            log.debug("vxlan.route_unknown", remote=r, error=_strerror(e))
+            continue
+        metrics = route.get_attr("RTA_METRICS")
+        mtus = [m for m in (link.get_attr("IFLA_MTU"), metrics.get_attr("RTAX_MTU") if metrics else None) if m]
+        name, was = out.get(oif, (link.get_attr("IFLA_IFNAME"), min(mtus)))
+        out[oif] = name, min([was, *mtus])
+    return out
+
+
+def _narrowest(name: str, mtu: int, routed: dict[int, tuple[str, int]]) -> tuple[str, int]:
+    """(name, MTU) of the device of the smallest MTU: the one holding local (`name`, `mtu`) or
+    one the tunnel is routed through (`routed`); the holder's when they tie."""
+    for other, other_mtu in routed.values():
+        if other_mtu < mtu:
+            name, mtu = other, other_mtu
+    return name, mtu
 
 
 def _addresses(ipr, local: str) -> dict[str, tuple[int, int]]:
@@ -323,7 +360,8 @@ class Tunnel:
         self.bound: int | None = None             # given dev: the ifindex the device is bound to (create)
         self.underlay_index: int | None = None    # the underlay device's, as underlay_fault() last found it
         self.underlay_name: str | None = None     # and its name then
-        self.underlay_mtu: int | None = None      # and its MTU then
+        self.underlay_mtu: int | None = None      # and its MTU then (without dev: or a routed device's, smaller)
+        self.routed: set[int] = set()             # without dev: the devices routing the remote hosts then (_routed)
         self.frame_max = 0           # the longest frame it carries whole (frame_max), as made (create)
 
     @property
@@ -366,6 +404,10 @@ class Tunnel:
             else:                            # (else it went since: dev is gone)
                 name, up = link.get_attr("IFLA_IFNAME"), link_up(link["flags"])
                 self.underlay_name, self.underlay_mtu = name, link.get_attr("IFLA_MTU")
+                if self.dev is None:         # routed through others, their MTU bounds the tunnel too
+                    routed = _routed(self.ipr, self.local, self.wanted)
+                    self.routed = set(routed)
+                    self.underlay_mtu = _narrowest(name, self.underlay_mtu, routed)[1]
         return underlay_fault(self.local, name, up, holder is not None, dad_state(flags))
 
     def carries(self) -> int | None:
@@ -380,7 +422,8 @@ class Tunnel:
         while no device is bound (the tunnel went with its dev), `dev` coming back under a new
         ifindex? A bound tunnel's underlay is its device by ifindex: another that takes the
         name `dev` is not."""
-        return ifindex == self.underlay_index or (self.bound is None and self.dev is not None and ifname == self.dev)
+        return (ifindex == self.underlay_index or ifindex in self.routed
+                or (self.bound is None and self.dev is not None and ifname == self.dev))
 
     def create(self, mtu: int | None = None, before_up=None) -> int:
         """Make the device (down; attaching it raises it) with one all-zeros FDB entry per remote host.
@@ -437,7 +480,24 @@ class Tunnel:
             raise
         log.info("vxlan.created", port=self.port, dev=self.name, vni=self.vni, local=self.local,
                  dstport=self.dstport, underlay=under_name, remotes=len(self.remotes))
+        if self.dev is None:
+            self._say_routed(under_index)
         return self.ifindex
+
+    def _say_routed(self, holder: int) -> None:
+        """Without dev, the remote hosts routed through devices other than the one holding local (a
+        VTEP address on `lo`): the tunnel's MTU heeds them (_routed), but the port's state follows
+        the holder, which stays up when they go down: say so, and that dev would follow them."""
+        routed = _routed(self.ipr, self.local, self.wanted)
+        others = sorted(name for index, (name, _mtu) in routed.items() if index != holder)
+        if others:
+            try:
+                holder_name = self.ipr.link("get", index=holder)[0].get_attr("IFLA_IFNAME")
+            except NetlinkError:     # gone since: the port goes down for it, and says so
+                return
+            log.warning("vxlan.underlay_routed", port=self.port, dev=self.name, local=self.local, holder=holder_name,
+                        routed=others, detail=f"the port is down only while {holder_name} or local is; "
+                                              f"give vxlan.dev ({others[0]}) to follow the device the tunnel sends through")
 
     def _remove_stale(self) -> None:
         """A device of our name left by a run that did not stop: ours by its alias, so remove it."""

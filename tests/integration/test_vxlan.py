@@ -999,3 +999,41 @@ def test_a_vxlan_device_whose_underlay_comes_back_too_small_is_made_again_by_a_r
     helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[site.vx(1)] == "up")
     assert {p["name"]: p["mtu"] for p in sw.cli_json("ports")} == dict.fromkeys(names, 1350)
     assert unreachable(site, [((1, 1), (2, 1))]) == []
+
+
+def test_a_vxlan_port_whose_local_is_on_loopback_takes_its_mtu_from_the_device_it_is_routed_through(lab, any_site):
+    """A VTEP address on `lo` (or a dummy device), the remote hosts routed through u0, and no dev:
+    the tunnel's packets leave through u0, whose MTU bounds the segment's, not lo's 65536. (Every
+    port got 65486 over IPv4, 65466 over IPv6: a full-size frame went into the tunnel whole, each
+    fragmented by the underlay over IPv4 and lost over IPv6.) The port says it follows lo's state,
+    and u0's MTU is followed as it changes."""
+    site = any_site
+    under, prefix = UNDERLAY[site.family]
+    transit = {4: ("198.19.1.{h}", 24), 6: ("fd00:e::{h}", 64)}[site.family]
+    for h in (1, 2):
+        ns, own = site.hosts[h], under.format(h=h)
+        helpers.nsexec(ns, "ip", "addr", "del", f"{own}/{prefix}", "dev", "u0")
+        helpers.nsexec(ns, "ip", "addr", "add", f"{own}/{32 if site.family == 4 else 128}", "dev", "lo")
+        helpers.nsexec(ns, "ip", "addr", "add", f"{transit[0].format(h=h)}/{transit[1]}", "dev", "u0",
+                       *(["nodad"] if site.family == 6 else []))
+        other = 3 - h
+        helpers.nsexec(ns, "ip", "route", "add", under.format(h=other), "via", transit[0].format(h=other))
+    for h in (1, 2):
+        cfg = site.config(h)
+        cfg["ports"][2]["vxlan"].pop("dev", None)
+        cfg["ports"][2]["vxlan"]["remotes"] = [under.format(h=3 - h)]
+        site.start(h, cfg)
+    sw = site.switches[1]
+    mtu = 1500 - (50 if site.family == 4 else 70)
+    assert {p["name"]: p["mtu"] for p in sw.cli_json("ports")} == {
+        lab.name("p11"): mtu, lab.name("p12"): mtu, site.vx(1): mtu}
+    assert [(e["port"], e["holder"], e["routed"]) for e in sw.events("vxlan.underlay_routed")] == [
+        (site.vx(1), "lo", ["u0"])]
+    assert unreachable(site, [((1, 1), (2, 1))]) == []
+    assert helpers.nsexec(site.containers[1, 1], "ping", "-c", "1", "-W", "2", "-M", "do",
+                          "-s", mtu - 28, address(2, 1), check=False).returncode == 0
+    helpers.nsexec(site.hosts[1], "ip", "link", "set", "u0", "mtu", 1400)
+    helpers.wait_for("the routed underlay's MTU followed", lambda: sw.events("vxlan.underlay_mtu_changed"), within=10)
+    event = sw.events("vxlan.underlay_mtu_changed")[-1]
+    assert (event["mtu"], event["frame_max"]) == (1400, 1400 - (36 if site.family == 4 else 56))
+    assert sw.stop() == 0
