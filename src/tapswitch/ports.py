@@ -272,7 +272,9 @@ def _address_hint(iface, code: int, mtu: int) -> str:
 def carried_mtus(cfgs: list, known: dict[str, int] | None = None) -> dict[str, int]:
     """name -> the largest MTU each VXLAN port's tunnel carries (untagged), as its underlay's MTU
     says now; `known`'s for a port in it (a running port whose device a reload keeps: what the
-    segment's MTUs were set with). PortError for an underlay not found, known or not."""
+    segment's MTUs were set with; its underlay, which may be down or without local meanwhile, is
+    not looked at: vxlan.Tunnel.check_kept). PortError for a `dev` no device has, known or not, a
+    `local` no device holds (not known), or a remote host that is this one."""
     known = known or {}
     carried = {}
     if not any(c.vxlan for c in cfgs):
@@ -280,11 +282,16 @@ def carried_mtus(cfgs: list, known: dict[str, int] | None = None) -> dict[str, i
     with IPRoute() as ipr:
         for c in cfgs:
             if c.vxlan:
+                # A kept tunnel's underlay is not looked at: it may be down, or without local, now.
+                tunnel = _tunnel(ipr, c)
                 try:
-                    mtu = _tunnel(ipr, c).carried_mtu()
+                    if c.name in known:
+                        tunnel.check_kept()
+                        carried[c.name] = known[c.name]
+                    else:
+                        carried[c.name] = tunnel.carried_mtu()
                 except vxlan.VxlanError as e:
                     raise PortError(f"port {c.name}: {e}") from None
-                carried[c.name] = known.get(c.name, mtu)
     return carried
 
 

@@ -273,15 +273,20 @@ def _find_underlay(ipr, dev: str | None, local: str, remotes: Iterable[str] = ()
     held = _held(ipr, local)
     if local not in held:
         raise VxlanError(f"no device holds the local address {local}: it is not this host's")
-    mine = [r for r in remotes if r in held]
-    if mine:
-        raise VxlanError(f"remote {mine[0]} is this host's (a device here holds it): list the other hosts only")
+    _none_held(held, remotes)
     index = found[0] if dev is not None else held[local]
     link = ipr.link("get", index=index)[0]
     name, mtu = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU")
     if dev is None:      # the kernel sends by the routes to the remote hosts: their devices bound it too
         name, mtu = _narrowest(name, mtu, _routed(ipr, local, remotes))
     return index, name, mtu
+
+
+def _none_held(held: dict[str, int], remotes: Iterable[str]) -> None:
+    """VxlanError for the first remote host that is this one (a device here holds it, `held`)."""
+    mine = [r for r in remotes if r in held]
+    if mine:
+        raise VxlanError(f"remote {mine[0]} is this host's (a device here holds it): list the other hosts only")
 
 
 def _routed(ipr, local: str, remotes: Iterable[str]) -> dict[int, tuple[str, int]]:
@@ -375,6 +380,15 @@ class Tunnel:
 
     def carried_mtu(self) -> int:
         return carried_mtu(self.underlay()[1], self.local)
+
+    def check_kept(self) -> None:
+        """What underlay() refuses of the config, for a tunnel a reload keeps (what it carries is
+        known): `dev` no device's name (renamed for good: the config must say the new one), or a
+        remote host that is this one. Not `local` held: gone meanwhile, the port is down, saying
+        why (underlay_fault), and the reload need not wait for it."""
+        if self.dev is not None and not self.ipr.link_lookup(ifname=self.dev):
+            raise VxlanError(f"underlay device {self.dev} does not exist")
+        _none_held(_held(self.ipr, self.local), self.wanted)
 
     def underlay_fault(self) -> str | None:
         """Why the tunnel cannot carry now (see the function of that name), or None, as the kernel

@@ -1037,3 +1037,33 @@ def test_a_vxlan_port_whose_local_is_on_loopback_takes_its_mtu_from_the_device_i
     event = sw.events("vxlan.underlay_mtu_changed")[-1]
     assert (event["mtu"], event["frame_max"]) == (1400, 1400 - (36 if site.family == 4 else 56))
     assert sw.stop() == 0
+
+
+def test_a_reload_while_a_kept_vxlan_ports_local_address_is_gone_updates_the_other_ports(lab, site):
+    """A VXLAN port the reload keeps has the MTU its tunnel carried when the segment's were set:
+    its underlay is not looked at for it. A reload that changed another port's speed while no
+    device held `local` (its address removed, or an IPv6 underlay down) was refused, 'port vx1:
+    no device holds the local address ...', and nothing else could change until it was back."""
+    cfg = site.config(1)
+    sw = site.start(1, cfg)
+    vx = site.vx(1)
+    helpers.nsexec(site.hosts[1], "ip", "addr", "del", "198.19.0.1/24", "dev", "u0")
+    helpers.wait_for("the VXLAN port down", lambda: port_states(sw)[vx] == "down")
+    cfg["ports"][0]["speed"] = 10
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    assert sw.cli("reload").stdout.strip() == f"reloaded: updated {lab.name('p11')}"
+    assert {p["name"]: p["speed"] for p in sw.cli_json("ports")}[lab.name("p11")] == 10
+    assert port_states(sw)[vx] == "down"
+    # A remote host that is this host's is still refused.
+    helpers.nsexec(site.hosts[1], "ip", "addr", "add", "198.19.0.9/32", "dev", "lo")
+    cfg["ports"][2]["vxlan"]["remotes"].append("198.19.0.9")
+    with open(sw.config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        sw.cli("reload")
+    assert refused.value.returncode == 2
+    assert "remote 198.19.0.9 is this host's" in refused.value.stdout + refused.value.stderr
+    helpers.nsexec(site.hosts[1], "ip", "addr", "add", "198.19.0.1/24", "dev", "u0")
+    helpers.wait_for("the VXLAN port up", lambda: port_states(sw)[vx] == "up")
+    assert sw.stop() == 0
