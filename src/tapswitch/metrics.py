@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import tapswitch
-from tapswitch.control import AcceptWaits
+from tapswitch.control import AcceptWaits, ControlError
 
 log = structlog.get_logger("tapswitch.metrics")
 
@@ -73,13 +73,24 @@ class SwitchCollector:
         self.switch = switch
 
     def collect(self):
-        with self.switch.shared_readers.reading():     # the stop waits for it before it unmaps the memory
-            yield from self._collect()
+        """Refused (ControlError, served as 503) once the switch stops. A scrape that came just
+        before, its thread run once the stop had begun, was answered from a switch half undone:
+        no series of any port or worker (closed meanwhile), which Prometheus took for a switch
+        running without them; or, the memory closed to readers, a 500 and a traceback. Lost race,
+        stated: one let in as the stop begins answers with what it read, as it was then."""
+        sw = self.switch
+        with sw.shared_readers.reading():     # the stop waits for it before it unmaps the memory
+            # Read before asking: the stop says so before it replaces them.
+            ports, sup = sw.ports, sw.supervisor
+            if sw.stopping or sw.undoing:
+                raise ControlError("the switch is stopping")
+            yield from self._collect(ports, sup)
 
-    def _collect(self):
+    def _collect(self, ports, sup):
+        """`ports`: one list for the whole scrape (a reload may swap it meanwhile); `sup`: the
+        supervisor, read once (the stop sets it to None once the workers are stopped)."""
         sw = self.switch
         shared, name = sw.shared, sw.name
-        ports = sw.ports        # one list for the whole scrape: a reload may swap it meanwhile
         per_queue = [(port, q, shared.queue_counters(port.index, q))
                      for port in ports for q in range(sw.queues)]
         for key, (metric, doc) in PORT_COUNTERS.items():
@@ -124,9 +135,6 @@ class SwitchCollector:
         stats = shared.fdb_stats()
         for key, doc in FDB_COUNTERS.items():
             yield _family(CounterMetricFamily, f"tapswitch_fdb_{key}", doc, ["switch"], [([name], stats[key])])
-        # Read once: the stop sets it to None, once the workers are stopped, while a scrape that
-        # came before it may still run here.
-        sup = sw.supervisor
         workers = sup.workers if sup is not None else []
         yield _family(GaugeMetricFamily, "tapswitch_worker_up", "1 if the worker process of the queue runs.",
                       ["switch", "queue"], (([name, str(w.queue)], int(sup.alive(w))) for w in workers))
@@ -195,6 +203,21 @@ class _Server(AcceptWaits, socketserver.ThreadingMixIn, WSGIServer):
             self.slots.release()
 
 
+def _app(registry):
+    """prometheus_client's WSGI app, but a scrape the switch refuses (it is stopping: ControlError)
+    is a 503 saying so, not a 500 and wsgiref's traceback. The answer is made whole before
+    anything is sent, so a refused scrape sends none of it."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ, start_response):
+        try:
+            return metrics_app(environ, start_response)
+        except ControlError as e:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"{e}\n".encode()]
+    return app
+
+
 def serve(switch, host: str, port: int):
     """Serve /metrics (text and OpenMetrics) on host:port; return the server to shut down."""
     registry = CollectorRegistry()
@@ -203,6 +226,6 @@ def serve(switch, host: str, port: int):
     # The whole address getaddrinfo gives: an IPv6 one carries its scope id ("fe80::1%eth0"),
     # without which the kernel refuses to bind a link-local address.
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    server = _Server(family, sockaddr, make_wsgi_app(registry))
+    server = _Server(family, sockaddr, _app(registry))
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

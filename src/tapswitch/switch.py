@@ -1720,7 +1720,7 @@ class Switch:
             with _undo_step("port", port=port.name):
                 port.close()
                 closed.append(port)
-        self.ports.clear()
+        self.ports = []     # a new list: a scrape let in before the stop keeps the one it read
         # A worker killed with io_uring keeps copies of its queues in its ring a moment after it
         # died (ports.wait_gone): the stop ends once the devices are gone, so that a start right
         # after it (`systemctl restart`) finds their names free. One wait for them all.

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -632,6 +633,49 @@ def test_metrics_listen_on_a_scoped_ipv6_link_local_address(lab):
     assert [e["address"] for e in sw.events("metrics.listening")] == [listen]
     r = helpers.nsexec(ns, "curl", "-sSg", "--max-time", "5", f"http://[{address}%25tsmet]:9417/metrics")
     assert "tapswitch_build_info" in r.stdout
+
+
+# --- Stopping -------------------------------------------------------------------
+
+SCRAPED_WHILE_STOPPING = (sys.executable, os.path.join(os.path.dirname(__file__), "..", "scraped_while_stopping.py"))
+
+
+@pytest.mark.parametrize("at", ["ports_closed", "memory_closed"])
+def test_a_scrape_served_while_the_switch_stops_is_refused_saying_so(lab, monkeypatch, at):
+    """A scrape that came just before a SIGTERM, its thread run once the stop had begun, was
+    answered from a switch half undone: 200, and no series of any port or worker (the ports
+    closed meanwhile), which Prometheus took for a switch that runs without them, up; or, once
+    the stop had closed the shared memory to readers, a 500 and a traceback in the log. It is
+    told 503, the switch is stopping, as the control socket's requests are."""
+    import threading
+
+    monkeypatch.setenv("TAPSWITCH_TEST_SCRAPE_AT", at)
+    ports = [{"name": lab.name(f"p{i}"), "netns": lab.name(f"c{i}"), "ifname": "eth0"} for i in range(2)]
+    listen = f"127.0.0.1:{free_port()}"
+    sw = lab.switch({"switch": {"name": lab.name("sw"), "queues": 2, "metrics": {"listen": listen}}, "ports": ports},
+                    wrapper=SCRAPED_WHILE_STOPPING)
+    answer = {}
+
+    def scrape():
+        try:
+            with urllib.request.urlopen(Exporter(listen).url, timeout=30) as r:
+                answer.update(status=r.status, body=r.read().decode())
+        except urllib.error.HTTPError as e:
+            answer.update(status=e.code, body=e.read().decode())
+        except OSError as e:
+            answer.update(status=None, body=repr(e))
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        helpers.wait_for("the scrape held", lambda: sw.events("test.scrape_held"), within=30)
+        assert sw.stop() == 0
+    finally:
+        scraper.join(60)
+    served = sorted({s.name for f in text_string_to_metric_families(answer["body"]) for s in f.samples
+                     if s.name.startswith(("tapswitch_port_", "tapswitch_worker_"))}) if answer["status"] == 200 else []
+    assert (answer["status"], answer["body"], served) == (503, "the switch is stopping\n", []), answer
+    assert "Traceback" not in sw.log()
 
 
 # --- Start failures -------------------------------------------------------------
