@@ -664,6 +664,23 @@ def test_the_readme_names_the_keys_and_states_of_queues_down_and_quotes_its_line
     assert quoted[1:] == [cli.queue_down_line(held)]
 
 
+
+def test_the_ports_row_states_how_long_a_held_back_worker_waits_as_the_supervisor_does():
+    """The `tapswitch ports` row said a held-back worker waits "1 s, then twice as long, up to
+    30 s, each time a restart fails or is held back": since a crash loop (CRASH_LOOP_RESTARTS
+    restarts within CRASH_LOOP_WINDOW) holds back a worker that ran RESTART_WINDOW seconds
+    between deaths BACKOFF each time (supervisor._ran), not twice as long, it said otherwise
+    than "How it works" and the supervisor. Its numbers are the supervisor's."""
+    from tapswitch import supervisor
+    row = re.sub(r"\s+", " ", " ".join(r[1] for r in table_rows(section("Command line"))
+                                       if r[0].startswith("`tapswitch ports")))
+    assert "each time a restart fails or is held back" not in row
+    assert (f"the switch waits before the next, {supervisor.BACKOFF:g} s, then twice as long, up to "
+            f"{supervisor.RETRY_MAX:g} s, each time a restart fails or the worker dies again within "
+            f"{supervisor.RESTART_WINDOW:g} s of its restart; one that runs {supervisor.RESTART_WINDOW:g} s "
+            f"or more between deaths waits {supervisor.BACKOFF:g} s each time while its crash loop lasts "
+            f"({supervisor.CRASH_LOOP_RESTARTS} restarts within {supervisor.CRASH_LOOP_WINDOW:g} s)") in row
+
 # --- Performance -------------------------------------------------------------------
 
 RESULTS = (ROOT / "bench" / "RESULTS.md").read_text()
