@@ -258,7 +258,7 @@ def drops_and_errors(sel: str, by: str) -> Row:
               "queue); tx: writes the kernel refused rather than wait (the TAP's send buffer was full).",
               tx_below=True),
         graph("Errors per second", "pps", rx_tx("errors", sel, by),
-              "rx: truncated or malformed frames; tx: frames over MTU or failed writes.",
+              "rx: truncated or malformed frames, or failed reads; tx: frames over MTU or failed writes.",
               tx_below=True),
         graph("Drops by reason", "pps",
               [Q(rate(f"tapswitch_port_{reason}_dropped_total", sel, by), f"{reason} " + legend(by))

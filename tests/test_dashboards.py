@@ -629,3 +629,18 @@ def test_dashboard_provisioning_loads_json_files():
     [provider] = doc["providers"]
     assert provider["type"] == "file"
     assert Path(provider["options"]["path"]).is_absolute()
+
+
+def test_every_word_on_rx_errors_names_the_failed_reads_they_count():
+    """A queue whose reads keep failing (EIO, ENOMEM...) counts one rx_errors about a second
+    for as long as it lasts (fastpath.c, rx_failed), as the metric's help says: five minutes of
+    it fire TapswitchErrorsRising, whose description, like the dashboards' "Errors per second"
+    panel, said the errors were truncated or malformed frames only."""
+    from tapswitch import metrics as exported
+    assert "read failed" in exported.PORT_COUNTERS["rx_errors"][1]
+    rules = {r["alert"]: r for g in yaml.safe_load((DASHBOARDS / "alerts.yml").read_text())["groups"]
+             for r in g["rules"] if "alert" in r}
+    said = [rules["TapswitchErrorsRising"]["annotations"]["description"]]
+    said += [p["description"] for _name, p in all_panels() if p.get("title") == "Errors per second"]
+    assert len(said) == 1 + len(DASHBOARD_NAMES)
+    assert all("rx: truncated or malformed frames, or failed reads;" in text for text in said), said
