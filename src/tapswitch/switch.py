@@ -716,13 +716,16 @@ class Switch:
         Read without static_lock (an `fdb add` or `del` meanwhile is said or not)."""
         if port.name in self.cfg.monitor_ports():
             return          # in no VLAN: no frame is sent to it by its MAC
-        names = {p.index: p.name for p in self.ports}
         for vlan in sorted(port.cfg.vlans):
-            slot = self.static_macs.get((port.mac, vlan))
-            if slot is not None and slot != port.index and slot in names:
-                log.warning("fdb.static_held", mac=port.mac, vlan=vlan, port=names[slot], claimed_by=port.name,
-                            reason=f"{port.mac} is the MAC of port {port.name} in VLAN {vlan} now: "
-                                   f"static on {names[slot]}, its frames go there")
+            self._static_held(port, vlan, self.static_macs.get((port.mac, vlan)))
+
+    def _static_held(self, port: ports.Port, vlan: int, slot: int | None) -> None:
+        """Say fdb.static_held if the entry of the port's MAC in `vlan` is static on `slot`, another port's."""
+        names = {p.index: p.name for p in self.ports}
+        if slot is not None and slot != port.index and slot in names:
+            log.warning("fdb.static_held", mac=port.mac, vlan=vlan, port=names[slot], claimed_by=port.name,
+                        reason=f"{port.mac} is the MAC of port {port.name} in VLAN {vlan} now: "
+                               f"static on {names[slot]}, its frames go there")
 
     def remote_changed(self, port: ports.Port, event: linkmon.LinkEvent) -> None:
         """IFACE went, came back, or changed state (a VM restarted, a driver reloaded, a cable)."""
@@ -1445,6 +1448,7 @@ class Switch:
         wanted.update(self.cli_macs)
         for mac, vlan in set(self.static_macs) - set(wanted):
             self.shared.fdb_del(mac, vlan)
+        written = []
         for (mac, vlan), port in list(wanted.items()):
             if self.static_macs.get((mac, vlan)) == index[port]:
                 continue        # in the table as wanted: written again, its age would start from 0
@@ -1457,7 +1461,18 @@ class Switch:
                 log.error("fdb.static_failed", mac=mac, vlan=vlan, port=port, error=e.strerror)
                 del wanted[mac, vlan]
                 self.cli_macs.pop((mac, vlan), None)
+                continue
+            written.append((mac, vlan))
         self.static_macs = {key: index[port] for key, port in wanted.items()}
+        # A config's entry written now (a start's, a reload's new or moved one) on the MAC that
+        # another port of its VLAN has now, its host's or its IFACE's, which check cannot know
+        # (`fdb add` refuses such a MAC: _mac_owner_error): said as when the host takes the MAC
+        # later (_say_static_held). It was installed unsaid, the host's frames sent to its port.
+        monitors = self.cfg.monitor_ports()
+        for mac, vlan in written:
+            for port in self.ports:
+                if port.mac == mac and vlan in port.cfg.vlans and port.name not in monitors:
+                    self._static_held(port, vlan, self.static_macs[mac, vlan])
 
     def fdb_add(self, req: dict) -> dict:
         """`tapswitch fdb add MAC --port P [--vlan V]`: a static entry until the switch stops, or a
