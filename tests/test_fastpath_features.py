@@ -1274,6 +1274,42 @@ def test_an_ipv6_first_fragment_cut_short_of_its_headers_matches_every_drop_rule
     assert not acl_send(sw, [dict(ip_proto=6, dst_port=80)], whole)
 
 
+def test_an_ipv6_first_fragment_cut_short_is_judged_so_by_rules_on_udp_or_a_source_port_alone(sw):
+    """UDP's ports cut off are as TCP's: a first fragment of more that ends before them matches
+    a drop rule on them. A rule on src_port alone needs the ports as one on dst_port does, and a
+    rule on none of ip_proto and ports is read as on any packet: an allow rule on its addresses
+    matches it."""
+    packet = first_fragment(17)
+    assert not acl_send(sw, [dict(ip_proto=17, dst_port=53)], packet)
+    assert not acl_send(sw, [dict(src_port=40000)], packet)
+    assert acl_send(sw, [dict(action="allow", ip_dst="fd00::2/128"), dict()], packet)
+
+
+def test_a_middle_ipv6_fragment_is_no_first_fragment_cut_short(sw):
+    """A fragment at an offset but 0 with more after it (M=1) holds payload, not headers: it is
+    not a first fragment cut short of its TCP header, and a rule on ports does not match it."""
+    packet = Ether(src=A, dst=B) / V6 / IPv6ExtHdrFragment(nh=6, offset=100, m=1, id=7) / Raw(bytes(2))
+    assert acl_send(sw, [dict(ip_proto=6, dst_port=22)], packet)
+    assert acl_send(sw, [dict(ip_proto=17)], packet)
+
+
+def test_a_first_fragment_whose_chain_ends_at_the_frame_s_end_is_not_cut_short(sw):
+    """A first fragment of more whose header chain ends at the frame's last byte, its upper
+    layer one without ports (ICMPv6), carries the whole chain: its protocol is read, and a rule
+    on another does not match it."""
+    packet = first_fragment(58)
+    assert not acl_send(sw, [dict(ip_proto=58)], packet)
+    assert acl_send(sw, [dict(ip_proto=17)], packet)
+
+
+def test_an_ipv6_payload_length_of_0_reads_the_packet_to_the_frame_s_end(sw):
+    """A payload length of 0 (a jumbogram, or a GSO super-frame over 64 KiB) trims nothing: the
+    ports after the IPv6 header are read."""
+    packet = ip6(17, PORTS)
+    packet[IPv6].plen = 0
+    assert not acl_send(sw, [dict(ip_proto=17, dst_port=53)], packet)
+
+
 def test_an_ipv6_packet_cut_short_that_is_no_fragment_of_more_matches_no_rule_on_ports(sw):
     """An atomic fragment (offset 0, M=0) or an unfragmented packet cut short of its TCP header
     is all there is of its packet: no later fragment completes it, the receiver drops it, and
