@@ -639,6 +639,74 @@ def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failur
     assert sw.counters(0)["rx_errors"] == faults.failed
 
 
+def epoll_watchers(fd):
+    """The epoll instances of this process that watch fd (the tfd lines of /proc/self/fdinfo)."""
+    found = []
+    for name in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{name}") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        if any(line.split()[1] == str(fd) for line in lines if line.startswith("tfd:")):
+            found.append(int(name))
+    return found
+
+
+def test_a_queue_that_ended_is_taken_out_of_epoll(sw, io_backend):
+    """Level-triggered epoll wakes the worker at once for a queue that ended, as long as it is
+    watched: rx_failed takes it out, so that the worker sleeps (it spun, counting nothing more)."""
+    if io_backend == "uring":
+        pytest.skip("multishot reads are no epoll's: a failed one is not armed again")
+    queue = sw.queues[2].fileno()
+    assert epoll_watchers(queue) != []
+    sw.hosts[2].close()
+    assert lib.ts_worker_poll(sw.worker, 100) == 0
+    assert epoll_watchers(queue) == []
+    assert sw.counters(2)["rx_errors"] == 1
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+def test_a_queue_whose_reads_keep_failing_is_read_again_ever_less_often(sw, io_backend):
+    """The rest after a failed read doubles at each failure in a row (1, 2, 4 ... ms, up to 1 s):
+    a failure that lasts a third of a second costs a few reads, not one a millisecond. (A bound
+    on the reads, which a slower machine only lowers.)"""
+    if io_backend != "readwrite":
+        pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them")
+    queue = sw.queues[0].fileno()
+    faults = ReadFaults(lambda _pid, fd: fd == queue)
+    faults.failing.set()
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:                                # the worker, in a process whose reads the test answers
+        try:
+            socket.send_fds(theirs, [b"L"], [trap_reads()])
+            sw.hosts[0].send(frame(B, A))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if lib.ts_worker_poll(sw.worker, 100) > 0:
+                    os._exit(0)
+            os._exit(1)
+        finally:
+            os._exit(2)
+    try:
+        _msg, [listener], _flags, _addr = socket.recv_fds(ours, 16, 1)
+        faults.add(listener)
+        time.sleep(0.3)
+        failed = faults.failed
+        faults.failing.clear()
+        assert os.waitpid(pid, 0)[1] == 0       # it forwarded the frame once its reads worked
+        pid = 0
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        faults.close()
+        ours.close()
+        theirs.close()
+    assert 1 <= failed <= 12, f"{failed} failed reads in 0.3 s"
+
+
 def test_a_failed_queue_a_later_worker_of_it_meets_again_is_counted_no_more(sw):
     """A reload starts each queue's new worker, handed the queue, while the old one still reads:
     a TAP deleted between the two failed both reads, and counted once in each (2 for the
@@ -1207,6 +1275,38 @@ def test_a_recount_waits_for_a_worker_inside_a_burst_and_gives_up_at_its_timeout
     assert lib.ts_fdb_recount(t.s, 20) == -errno.ETIMEDOUT
     t.s.fdb_writing = 0
     assert lib.ts_fdb_recount(t.s, 20) == 0
+    assert t.s.ports[1].fdb_entries == 1
+
+
+def test_a_recount_counts_no_slot_the_aging_sweep_marked():
+    """A half-written slot the sweep marked holds the mark's val (its low bits, read as a port,
+    1 or 3), not a valid one: the recount counts it for no port."""
+    t = Table(64)
+    assert t.learn(A, 1, now=990) == 1 and t.learn(B, 2, now=990) == 1
+    b = slot_of(t, B)
+    t.s.fdb[b].val = 0                           # a remover of B: val taken, key not
+    sweep(t, 1)
+    assert t.s.fdb[b].val != 0 and t.s.fdb[b].key != 0, "marked"
+    assert lib.ts_fdb_recount(t.s, 100) == 0
+    assert [t.s.ports[p].fdb_entries for p in (1, 2, 3)] == [1, 0, 0]
+
+
+def test_a_recount_is_done_once_a_worker_inside_a_burst_turns():
+    """A worker whose active stays set, as it goes from wake-up to wake-up without a pause, is
+    out of the burst it was in once its heartbeat moves: the next wake-up sees the flag and
+    learns nothing. The recount does not wait for active to fall (it may never, under load)."""
+    t = Table(64, workers=2)
+    assert t.learn(A, 1, now=990) == 1
+    t.s.ports[1].fdb_entries = 5
+    t.s.readers[1].active = 1
+    result = []
+    recount = threading.Thread(target=lambda: result.append(lib.ts_fdb_recount(t.s, 5000)))
+    recount.start()
+    while recount.is_alive():                    # worker 1 turns, always inside a burst
+        t.s.readers[1].heartbeat += 1
+        time.sleep(0.001)
+    recount.join()
+    assert result == [0]
     assert t.s.ports[1].fdb_entries == 1
 
 
