@@ -928,6 +928,28 @@ def test_a_worker_that_dies_every_few_seconds_is_held_back_as_a_crash_loop(monke
     assert [e["log_level"] for e in logs if e["event"] == "worker.exited"] == ["debug"] * 2 * loop + ["warning"]
 
 
+def test_a_burst_is_restart_burst_deaths_within_restart_window_not_a_little_more(monkeypatch):
+    """Deaths 2.2 s apart put RESTART_BURST - 1 restarts in RESTART_WINDOW: no burst, and
+    fewer than CRASH_LOOP_RESTARTS make no loop, each restarted at once; 1.9 s apart, the
+    sixth death is held back."""
+    die, _sinces = _dying(monkeypatch)
+    assert [die(2.0) for _ in range(supervisor.CRASH_LOOP_RESTARTS)] == [0.0] * supervisor.CRASH_LOOP_RESTARTS
+    die, _sinces = _dying(monkeypatch)
+    assert [die(1.7) for _ in range(supervisor.RESTART_BURST + 1)] == [0.0] * supervisor.RESTART_BURST + [1.0]
+
+
+def test_a_burst_after_an_older_death_is_said_from_its_own_first_death(monkeypatch):
+    """A death 100 s before a burst is within CRASH_LOOP_WINDOW, and no part of the burst:
+    worker.crashing's `since` and `restarts` are the burst's own."""
+    die, sinces = _dying(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        die(0.01)                                   # at 100.01
+        waits = [die(100.0)] + [die(0.01) for _ in range(supervisor.RESTART_BURST)]   # from 200.21
+    assert waits == [0.0] * supervisor.RESTART_BURST + [1.0]
+    assert sinces == [supervisor._utc(1796675465.0 + 200.21)]
+    assert [e["restarts"] for e in logs if e["event"] == "worker.crashing"] == [supervisor.RESTART_BURST]
+
+
 def test_a_worker_that_dies_once_an_hour_is_restarted_at_once_each_time(monkeypatch):
     """However many times, deaths an hour apart make no crash loop: each is restarted at once,
     and said at warning level, as a first."""
