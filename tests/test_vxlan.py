@@ -263,6 +263,24 @@ def test_without_dev_a_route_through_a_narrower_device_or_with_its_own_mtu_bound
     assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).underlay() == ("u0", 1500)
 
 
+def test_without_dev_the_narrowest_route_of_a_device_bounds_the_tunnel_and_its_device_is_followed():
+    """Two remote hosts routed through u1 (local on u0), by routes of their own mtu: the
+    narrower of the two bounds the tunnel, whichever comes last. The tunnel follows u1 (its
+    link events are the tunnel's), and underlay_fault reads the MTU it now lets through. A
+    routed device no narrower than the holder leaves the holder named."""
+    ipr = FakeIPR()
+    ipr.links["u1"] = 3
+    mtus = {"198.19.0.2": 1400, "198.19.0.3": 1450}
+    ipr.route = lambda cmd, dst, src: [FakeMsg(RTA_OIF=3, RTA_METRICS=FakeMsg(RTAX_MTU=mtus[dst]))]
+    t = vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2", "198.19.0.3"])
+    assert t.underlay() == ("u1", 1400)
+    assert t.underlay_fault() is None
+    assert (t.underlay_index, t.underlay_mtu) == (2, 1400)
+    assert t.underlies(3, "u1") and t.underlies(2, "u0")
+    ipr.route = lambda cmd, dst, src: [FakeMsg(RTA_OIF=3)]          # u1 as wide as u0
+    assert vxlan.Tunnel(ipr, "vx0", 1, "198.19.0.1", ["198.19.0.2"]).underlay() == ("u0", 1500)
+
+
 # --- The underlay's state -------------------------------------------------------
 
 
