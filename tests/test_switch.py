@@ -57,6 +57,33 @@ def test_fdb_add_while_a_reload_rewrites_the_static_entries_waits_for_it(monkeyp
         sw.shared.close()
 
 
+def test_a_static_entry_on_a_ports_mac_is_said_held_only_in_the_ports_vlans_and_not_for_a_monitor_port():
+    """fdb.static_held says a port's MAC is static on another port in a VLAN of the port's: when
+    the config's entry is written on it (install_static_macs) or its MAC changes (_say_static_held).
+    Not for an entry in a VLAN the port is not in (no frame of its host's is sent there), and
+    not for a mirror's monitor port, which no frame is sent to by its MAC."""
+    sw = make_switch()
+    try:
+        sw.cfg = config.loads(
+            "switch: {name: s}\nports: [{name: p0}, {name: p1, vlan: 1, trunk: [20]}, {name: p2}]\n"
+            "mirrors: [{name: m, from: [p0], to: p2}]\nstatic_macs:\n"
+            "  - {mac: '02:00:00:00:01:00', port: p1, vlan: 20}\n  - {mac: '02:00:00:00:01:00', port: p1}\n"
+            "  - {mac: '02:00:00:00:01:02', port: p1}\n  - {mac: '02:00:00:00:01:09', port: p1}\n")
+        sw.ports = [Port(index=i, cfg=c, fds=[], mac=f"02:00:00:00:01:0{i}", nspath=None, ifindex=0)
+                    for i, c in enumerate(sw.cfg.ports)]
+        with structlog.testing.capture_logs() as logs:
+            sw.install_static_macs()                     # p0's MAC in VLAN 1 said; in 20 (p0 is in 1 only)
+                                                         # and the monitor port's MAC not
+            sw.ports[2].mac = "02:00:00:00:01:09"        # the monitor port takes p1's pinned MAC
+            sw._say_static_held(sw.ports[2])
+            sw.ports[0].mac = "02:00:00:00:01:09"        # p0 does: said
+            sw._say_static_held(sw.ports[0])
+        assert [(e["mac"], e["vlan"], e["port"], e["claimed_by"]) for e in logs if e["event"] == "fdb.static_held"] \
+            == [("02:00:00:00:01:00", 1, "p1", "p0"), ("02:00:00:00:01:09", 1, "p1", "p0")]
+    finally:
+        sw.shared.close()
+
+
 def test_installing_the_static_entries_again_writes_only_those_that_changed(monkeypatch):
     """A reload installs the static entries again: one in the table as wanted is not written
     (its `seen`, the age `fdb` shows, would start again); one moved, on a port now on another
