@@ -572,6 +572,16 @@ def test_a_port_cannot_attach_a_vxlan_ports_underlay_in_a_mode_that_takes_the_tu
     assert "t.yaml:4: ports[0].remote: 'eth1' " + UNDERLAY_TAKEN.format(how=how) in info.value.errors
 
 
+def test_an_underlay_two_vxlan_ports_share_is_said_to_be_the_first_ones():
+    errors = errors_of("""\
+        - {name: up0, remote: eth1}
+        - {name: vx0, vxlan: {vni: 1, local: 198.19.0.1, dev: eth1}}
+        - {name: vx1, vxlan: {vni: 2, local: 198.19.0.1, dev: eth1}}
+        """)
+    assert errors == ["t.yaml:4: ports[0].remote: 'eth1' " + UNDERLAY_TAKEN.format(
+        how="in promisc mode every frame arriving on it goes to the switch")]
+
+
 @pytest.mark.parametrize("extra", ["remote_mode: shared", "remote_mode: local, mac: '02:00:00:00:00:01'"])
 def test_a_port_may_attach_a_vxlan_ports_underlay_in_a_mode_that_leaves_the_host_its_own_unicast(extra):
     cfg = loads(SWITCH + f"  - {{name: up0, remote: eth1, {extra}}}\n"
