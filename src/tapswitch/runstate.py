@@ -72,6 +72,7 @@ class RunState:
         self.netns: dict[str, Identity | None] = {}   # namespace created -> its identity (None while made)
         self.remotes: list[str] = []                   # remote interfaces attached (or about to be)
         self.originals: dict[str, Original] = {}       # remote interface -> as it was before attach() changed it
+        self.given_back: set[str] = set()              # remote interfaces this run's detach() gave back (not saved)
         self.lock = threading.Lock()                   # ports are made several at once
         self.unsaved: str | None = None                # why the last save failed (the file is behind), or None
 
@@ -148,8 +149,10 @@ class RunState:
         with self.lock:
             if original is None:
                 self.originals.pop(remote, None)
+                self.given_back.add(remote)
             else:
                 self.originals[remote] = original
+                self.given_back.discard(remote)
         if original is None:
             self.try_save()
         else:

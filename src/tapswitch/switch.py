@@ -1750,7 +1750,9 @@ class Switch:
             # (logged), or it was away in another namespace (remote.gone), also one whose port a reload
             # removed meanwhile; as does a dead run's that this run did not get to attach (a failed
             # start): the next start heals them.
-            kept = (self.inherited_remotes - attached) | set(self.state.originals)
+            # A dead run's remote that a port of this run took over and gave back (its attach
+            # failed, undone) is healed: not kept, though no port of this run has it attached.
+            kept = (self.inherited_remotes - attached - self.state.given_back) | set(self.state.originals)
             dead = self.unhealed
             self.state.remotes = sorted(kept | set(dead.remotes))
             self.state.originals = {**{r: o for r, o in self.state.originals.items() if r in kept},

@@ -41,6 +41,7 @@ STOP_IN_A_FINALIZER = (sys.executable, os.path.join(HERE, "..", "stop_in_a_final
 WORKER_FORK_REFUSED = (sys.executable, os.path.join(HERE, "..", "worker_fork_refused.py"))
 DEVICE_GOES = (sys.executable, os.path.join(HERE, "..", "device_goes.py"))
 UNDO_STEP_FAILS = (sys.executable, os.path.join(HERE, "..", "undo_step_fails.py"))
+INSTALL_FAILS = (sys.executable, os.path.join(HERE, "..", "install_fails.py"))
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -1456,3 +1457,26 @@ def test_a_nic_back_while_out_of_descriptors_is_attached_at_the_first_tick_that_
     assert [e["error"] for e in sw.events("remote.attach_failed")] == ["[Errno 24] Too many open files"]
     assert sw.stop() == 0
     assert "Traceback" not in sw.log() and "Exception ignored" not in sw.log(), sw.log()
+
+
+def test_a_failed_start_that_gives_back_a_killed_runs_remote_leaves_no_state_file(lab, tmp_path, monkeypatch):
+    """A run SIGKILLed with u0 attached, then a start whose attach of u0 is refused (every rule,
+    tests/install_fails.py): the failed start takes u0 over and gives it back as it was, but kept
+    it listed in the state file beside the socket, as a dead run's remote still to heal: a failed
+    start left a state file naming what it had healed. Now u0 is back and nothing is listed."""
+    host = underlay_host(lab)
+    before = nic_state(host)
+    cfg = {"switch": {"name": lab.name("sw"), "queues": 1},
+           "ports": [{"name": lab.name("up"), "remote": "u0"}, {"name": lab.name("p0")}]}
+    sw = lab.switch(cfg, netns=host)
+    assert sw.kill() != 0
+    assert nic_state(host) != before and os.path.exists(sw.socket + ".state")      # the dead run's
+    refused = tmp_path / "refused"
+    refused.write_text("")
+    monkeypatch.setenv("TAPSWITCH_TEST_INSTALL_FAILS", str(refused))
+    r = helpers.nsexec(host, *INSTALL_FAILS, sys.executable, "-m", "tapswitch", "run", "-c", sw.config_path,
+                       check=False, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert reason(r) == [f"tapswitch: port {lab.name('up')}: Cannot allocate memory"], r.stderr
+    assert nic_state(host) == before
+    assert sorted(os.listdir(sw.dir)) == ["switch.log", "tapswitch.yaml"]      # no socket, lock or state file
