@@ -5,6 +5,7 @@ Each port is a SOCK_SEQPACKET socketpair: the worker holds the queue end
 end. No root needed.
 """
 
+import contextlib
 import errno
 import mmap
 import os
@@ -593,24 +594,22 @@ def test_failed_queue_is_counted_once_and_not_polled_again(sw):
     assert sw.counters(2)["rx_errors"] == 1
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
-def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failure(sw, io_backend):
-    """A read failing otherwise than for a queue that ended or whose TAP was deleted (EIO here;
-    ENOMEM, ENOBUFS, EFAULT) may pass: each failure counts one rx_errors, and the queue is
-    listened to again after a rest (1 ms, doubling), where it was polled no more, for good."""
-    if io_backend != "readwrite":
-        pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them")
-    sw.learn(1, B)
-    f = frame(B, A)
-    sw.hosts[0].send(f)
-    queue = sw.queues[0].fileno()
+@contextlib.contextmanager
+def reads_failing(sw, q: int, send: bytes | None = None):
+    """The worker, forked into a process whose read(2)s of queue q fail (EIO) while the test
+    says (ReadFaults, failing at first): yields the faults. The child sends `send` from host 0
+    first, if given, then polls until a poll forwards a frame; at the end the reads work again
+    and it must have forwarded one (exit 0)."""
+    queue = sw.queues[q].fileno()
     faults = ReadFaults(lambda _pid, fd: fd == queue)
     faults.failing.set()
     ours, theirs = socket.socketpair()
     pid = os.fork()
-    if pid == 0:                                # the worker, in a process whose reads the test answers
+    if pid == 0:
         try:
             socket.send_fds(theirs, [b"L"], [trap_reads()])
+            if send is not None:
+                sw.hosts[0].send(send)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if lib.ts_worker_poll(sw.worker, 100) > 0:
@@ -621,10 +620,7 @@ def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failur
     try:
         _msg, [listener], _flags, _addr = socket.recv_fds(ours, 16, 1)
         faults.add(listener)
-        deadline = time.monotonic() + 5
-        while faults.failed < 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert faults.failed >= 4, "the queue was not read again after its read failed"
+        yield faults
         faults.failing.clear()
         assert os.waitpid(pid, 0)[1] == 0       # it forwarded the frame once its reads worked
         pid = 0
@@ -635,6 +631,23 @@ def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failur
         faults.close()
         ours.close()
         theirs.close()
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter names x86_64's syscall number")
+def test_a_queue_whose_reads_fail_for_a_while_is_read_again_counting_each_failure(sw, io_backend):
+    """A read failing otherwise than for a queue that ended or whose TAP was deleted (EIO here;
+    ENOMEM, ENOBUFS, EFAULT) may pass: each failure counts one rx_errors, and the queue is
+    listened to again after a rest (1 ms, doubling), where it was polled no more, for good."""
+    if io_backend != "readwrite":
+        pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them")
+    sw.learn(1, B)
+    f = frame(B, A)
+    sw.hosts[0].send(f)
+    with reads_failing(sw, 0) as faults:
+        deadline = time.monotonic() + 5
+        while faults.failed < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert faults.failed >= 4, "the queue was not read again after its read failed"
     assert sw.received(1) == [f]
     assert sw.counters(0)["rx_errors"] == faults.failed
 
@@ -673,39 +686,11 @@ def test_a_queue_whose_reads_keep_failing_is_read_again_ever_less_often(sw, io_b
     on the reads, from the time the failure lasted.)"""
     if io_backend != "readwrite":
         pytest.skip("io_uring's reads are no read(2): a seccomp filter cannot fail them")
-    queue = sw.queues[0].fileno()
-    faults = ReadFaults(lambda _pid, fd: fd == queue)
-    faults.failing.set()
-    ours, theirs = socket.socketpair()
-    pid = os.fork()
-    if pid == 0:                                # the worker, in a process whose reads the test answers
-        try:
-            socket.send_fds(theirs, [b"L"], [trap_reads()])
-            sw.hosts[0].send(frame(B, A))
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if lib.ts_worker_poll(sw.worker, 100) > 0:
-                    os._exit(0)
-            os._exit(1)
-        finally:
-            os._exit(2)
-    try:
-        _msg, [listener], _flags, _addr = socket.recv_fds(ours, 16, 1)
-        faults.add(listener)
+    with reads_failing(sw, 0, send=frame(B, A)) as faults:
         began = time.monotonic()
         time.sleep(0.3)
         failed = faults.failed
         took_ms = (time.monotonic() - began) * 1000
-        faults.failing.clear()
-        assert os.waitpid(pid, 0)[1] == 0       # it forwarded the frame once its reads worked
-        pid = 0
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        faults.close()
-        ours.close()
-        theirs.close()
     # The reads the rests allow in the time it took (more than 0.3 s on a loaded machine): the
     # first, then one after each rest of 1, 2, 4 ... ms (up to 1 s) that ended within it.
     allowed, rested, rest = 1, 0, 1
